@@ -1,0 +1,1 @@
+"""edgeq's converter: ONNX (or float TFLite) -> pruned, quantized TFLite flatbuffer."""

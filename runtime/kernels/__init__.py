@@ -1,0 +1,26 @@
+"""Kernels, one module per op family, all registered in ``REGISTRY``.
+
+Every kernel is split as TFLite Micro splits it: ``prepare(op, graph)`` runs once per model and
+computes everything static (weight layouts, requantization multipliers, index arrays); it returns
+``eval(*inputs)``, the hot path, which receives the op's input arrays in order (``None`` for an
+omitted optional input) and returns the output array, or a tuple of arrays for multi-output ops.
+A kernel module handles every dtype of its ops; ``prepare`` picks the float or integer path.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+REGISTRY: dict = {}
+
+
+def register(*op_types: str) -> Callable:
+    """Decorator: ``@register("ADD", "SUB")`` on a ``prepare(op, graph)`` function."""
+
+    def decorate(prepare: Callable) -> Callable:
+        for op_type in op_types:
+            if op_type in REGISTRY:
+                raise RuntimeError(f"kernel for {op_type} registered twice")
+            REGISTRY[op_type] = prepare
+        return prepare
+
+    return decorate
