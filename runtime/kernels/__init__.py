@@ -24,3 +24,33 @@ def register(*op_types: str) -> Callable:
         return prepare
 
     return decorate
+
+
+KERNEL_MODULES = (
+    "activations",
+    "batch_matmul",
+    "conv",
+    "depthwise_conv",
+    "elementwise",
+    "fully_connected",
+    "normalization",
+    "pooling",
+    "reduce",
+    "resize",
+    "shape_ops",
+    "softmax",
+    "transpose_conv",
+)
+
+
+def load_all_kernels() -> dict:
+    """Import every kernel module (each registers its ops) and return ``REGISTRY``."""
+    import importlib
+
+    for module in KERNEL_MODULES:
+        try:
+            importlib.import_module(f"{__name__}.{module}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{module}":
+                raise
+    return REGISTRY

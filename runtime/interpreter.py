@@ -1,0 +1,338 @@
+"""Interpreter: LiteRT's Python API over a list of prepared kernels and one tensor arena.
+
+Tensor indices are positions in ``graph.tensors``; for a graph read from a flatbuffer that is the
+file's tensor order, so an index means the same tensor here and in LiteRT.
+
+``allocate_tensors`` prepares every op once (see ``runtime.kernels``); ``invoke`` then only calls
+``eval(*inputs)`` per op over the arena, a list indexed by tensor index whose last slot stays None
+for omitted optional inputs. Intermediate tensors are released after their last use unless they are
+preserved (``experimental_preserve_all_tensors`` or ``run(..., keep=...)``).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from runtime.kernels import load_all_kernels
+from runtime.model import Graph, ModelError
+
+_TFLITE_TYPE_NAMES = {
+    np.dtype(np.float32): "FLOAT32",
+    np.dtype(np.float16): "FLOAT16",
+    np.dtype(np.float64): "FLOAT64",
+    np.dtype(np.int8): "INT8",
+    np.dtype(np.uint8): "UINT8",
+    np.dtype(np.int16): "INT16",
+    np.dtype(np.int32): "INT32",
+    np.dtype(np.int64): "INT64",
+    np.dtype(np.bool_): "BOOL",
+}
+
+
+def _type_name(dtype) -> str:
+    return _TFLITE_TYPE_NAMES.get(np.dtype(dtype), str(np.dtype(dtype)).upper())
+
+
+class Interpreter:
+    """Runs a TFLite model (file, bytes or IR ``Graph``) with numpy kernels."""
+
+    def __init__(self, model_path=None, model_content=None, num_threads=None,
+                 experimental_preserve_all_tensors=False, **_litert_only_options):
+        if num_threads is not None:
+            if not isinstance(num_threads, int):
+                raise ValueError("type of num_threads should be int")
+            if num_threads < 1:
+                raise ValueError("num_threads should >= 1")
+        if isinstance(model_path, Graph):
+            graph = model_path
+        elif model_path is not None and model_content is not None:
+            raise ValueError("Can't both provide `model_path` and `model_content`")
+        elif model_path is not None:
+            try:
+                with open(model_path, "rb") as f:
+                    model_content = f.read()
+            except OSError:
+                raise ValueError(f"Failed to open {model_path}") from None
+            graph = _read_flatbuffer(model_content)
+        elif model_content is not None:
+            graph = _read_flatbuffer(bytes(model_content))
+        else:
+            raise ValueError("`model_path` or `model_content` must be specified.")
+        self._init_from_graph(graph, experimental_preserve_all_tensors)
+
+    @classmethod
+    def from_graph(cls, graph: Graph, experimental_preserve_all_tensors=False) -> "Interpreter":
+        interpreter = cls.__new__(cls)
+        interpreter._init_from_graph(graph, experimental_preserve_all_tensors)
+        return interpreter
+
+    def _init_from_graph(self, graph: Graph, preserve_all_tensors: bool) -> None:
+        self._graph = graph
+        self._preserve_all_tensors = bool(preserve_all_tensors)
+        self._names = list(graph.tensors)
+        self._tensors = [graph.tensors[name] for name in self._names]
+        self._index = {name: i for i, name in enumerate(self._names)}
+        self._absent = len(self._names)  # arena slot that always holds None
+        for name in list(graph.inputs) + list(graph.outputs):
+            if name not in self._index:
+                raise ModelError(f"graph boundary tensor '{name}' is not in the graph")
+        self._input_indices = [self._index[name] for name in graph.inputs]
+        self._output_indices = [self._index[name] for name in graph.outputs]
+        self._op_io = [(self._indices(op.inputs, op), self._indices(op.outputs, op)) for op in graph.ops]
+        self._arena: Optional[list] = None
+        self._steps = None
+        self._invoke_steps = None
+
+    def _indices(self, names, op):
+        indices = []
+        for name in names:
+            if not name:
+                indices.append(self._absent)
+            elif name in self._index:
+                indices.append(self._index[name])
+            else:
+                raise ModelError(f"op {op} refers to unknown tensor '{name}'")
+        return tuple(indices)
+
+    # -- preparation -------------------------------------------------------------------------
+    def allocate_tensors(self) -> None:
+        if self._steps is None:
+            self._steps = self._prepare_ops()
+            self._invoke_steps = self._with_releases(self._keep_for_invoke())
+        arena = [None] * (self._absent + 1)
+        for i, tensor in enumerate(self._tensors):
+            if tensor.data is not None:
+                arena[i] = tensor.data
+        for i in self._input_indices:
+            tensor = self._tensors[i]
+            if tensor.data is None:
+                arena[i] = np.zeros(tensor.shape, tensor.dtype)
+        self._arena = arena
+        self._produced = False
+
+    def _prepare_ops(self):
+        registry = load_all_kernels()
+        unsupported = sorted({op.type for op in self._graph.ops if op.type not in registry})
+        if unsupported:
+            raise ModelError(f"no kernel for op type(s): {', '.join(unsupported)}")
+        steps = []
+        for op, (inputs, outputs) in zip(self._graph.ops, self._op_io):
+            try:
+                evaluate = registry[op.type](op, self._graph)
+            except ModelError:
+                raise
+            except Exception as error:  # a malformed op: name it instead of a bare numpy error
+                raise ModelError(f"cannot prepare op {op}: {error}") from error
+            steps.append((evaluate, inputs, outputs[0] if len(outputs) == 1 else outputs))
+        return steps
+
+    def _keep_for_invoke(self) -> set:
+        if self._preserve_all_tensors:
+            return set(range(self._absent))
+        return set(self._output_indices) | set(self._input_indices)
+
+    def _with_releases(self, keep: set):
+        """The prepared steps, each with the tensors whose last reader it is (to drop afterwards)."""
+        last_reader = {}
+        for position, (_, inputs, _) in enumerate(self._steps):
+            for i in inputs:
+                last_reader[i] = position
+        produced = set()
+        for _, _, outputs in self._steps:
+            produced.update(outputs if isinstance(outputs, tuple) else (outputs,))
+        releases = [[] for _ in self._steps]
+        for i, position in last_reader.items():
+            if i in produced and i not in keep:
+                releases[position].append(i)
+        return [(evaluate, inputs, outputs, tuple(released))
+                for (evaluate, inputs, outputs), released in zip(self._steps, releases)]
+
+    # -- running -----------------------------------------------------------------------------
+    def invoke(self) -> None:
+        if self._arena is None:
+            raise RuntimeError("Invoke called on model that is not ready.")
+        _execute(self._invoke_steps, self._arena)
+        self._produced = True
+
+    def run(self, inputs, keep=None) -> dict:
+        """Run once on ``inputs`` (a dict name -> array, or a list in graph-input order) and return
+        the graph outputs by name, plus the tensors in ``keep``: a set of names, or ``"all"`` for
+        every tensor that is not a constant. The first axis may hold a batch of samples when the
+        graph's batch size is 1. The interpreter's own tensors (``get_tensor``) are not touched."""
+        if self._steps is None:
+            self.allocate_tensors()
+        arena = [None] * (self._absent + 1)
+        for i, tensor in enumerate(self._tensors):
+            if tensor.data is not None:
+                arena[i] = tensor.data
+        for i, value in zip(self._input_indices, self._inputs_in_order(inputs)):
+            arena[i] = self._checked_input(i, value, allow_batch=True)
+        if keep is None:
+            keep_indices = set()
+        elif keep == "all":
+            keep_indices = {i for i, t in enumerate(self._tensors) if t.data is None}
+        else:
+            missing = [name for name in keep if name not in self._index]
+            if missing:
+                raise ValueError(f"no tensor named {', '.join(map(repr, missing))} in the model")
+            keep_indices = {self._index[name] for name in keep}
+        keep_indices |= set(self._output_indices)
+        _execute(self._with_releases(keep_indices), arena)
+        return {self._names[i]: arena[i] for i in sorted(keep_indices, key=self._order_key)}
+
+    def _order_key(self, index):
+        # Graph outputs first, in their order; the rest in tensor order.
+        if index in self._output_indices:
+            return (0, self._output_indices.index(index))
+        return (1, index)
+
+    def _inputs_in_order(self, inputs):
+        names = self._graph.inputs
+        if isinstance(inputs, dict):
+            unknown = set(inputs) - set(names)
+            missing = [name for name in names if name not in inputs]
+            if unknown or missing:
+                raise ValueError(f"inputs must be exactly {names}; missing {missing}, unknown {sorted(unknown)}")
+            return [inputs[name] for name in names]
+        if isinstance(inputs, np.ndarray):
+            inputs = [inputs]
+        inputs = list(inputs)
+        if len(inputs) != len(names):
+            raise ValueError(f"the model has {len(names)} inputs {names}, got {len(inputs)} arrays")
+        return inputs
+
+    # -- tensors -----------------------------------------------------------------------------
+    def _check_index(self, tensor_index) -> int:
+        index = int(tensor_index)
+        if not 0 <= index < self._absent:
+            raise ValueError(f"Invalid tensor index {index} exceeds max tensor index {self._absent}")
+        return index
+
+    def _checked_input(self, index, value, allow_batch=False):
+        tensor = self._tensors[index]
+        value = np.asarray(value)
+        if value.dtype != tensor.dtype:
+            raise ValueError(
+                f"Cannot set tensor: Got value of type {_type_name(value.dtype)} but expected type "
+                f"{_type_name(tensor.dtype)} for input {index}, name: {tensor.name} ")
+        if value.ndim != len(tensor.shape):
+            raise ValueError(
+                f"Cannot set tensor: Dimension mismatch. Got {value.ndim} but expected "
+                f"{len(tensor.shape)} for input {index}.")
+        for axis, (got, expected) in enumerate(zip(value.shape, tensor.shape)):
+            if got != expected and not (allow_batch and axis == 0 and expected == 1):
+                raise ValueError(
+                    f"Cannot set tensor: Dimension mismatch. Got {got} but expected {expected} "
+                    f"for dimension {axis} of input {index}.")
+        return value
+
+    def set_tensor(self, tensor_index, value) -> None:
+        index = self._check_index(tensor_index)
+        if self._arena is None:
+            raise ValueError("Cannot set tensor: Tensor is unallocated. Try calling allocate_tensors() first")
+        if self._tensors[index].data is not None:
+            raise ValueError(f"Cannot set tensor: tensor {index} ('{self._names[index]}') is a constant")
+        self._arena[index] = np.array(self._checked_input(index, value), copy=True)
+
+    def get_tensor(self, tensor_index, subgraph_index=0) -> np.ndarray:
+        if subgraph_index != 0:
+            raise ValueError(f"Invalid subgraph index {subgraph_index}: the model has 1 subgraph")
+        index = self._check_index(tensor_index)
+        if self._arena is None:
+            raise ValueError("Tensor data is null. Run allocate_tensors() first")
+        value = self._arena[index]
+        if value is None:
+            if self._produced:
+                raise ValueError(
+                    f"tensor {index} ('{self._names[index]}') is an intermediate that was released; "
+                    "create the Interpreter with experimental_preserve_all_tensors=True to read it")
+            tensor = self._tensors[index]
+            return np.zeros(tensor.shape, tensor.dtype)
+        return np.array(value, copy=True)
+
+    def tensor(self, tensor_index):
+        """A function returning the current array of the tensor (a read-only view)."""
+        index = self._check_index(tensor_index)
+
+        def current():
+            value = self._arena[index] if self._arena is not None else None
+            if value is None:
+                raise ValueError("Tensor data is null. Run allocate_tensors() first")
+            view = value.view()
+            if not (index in self._input_indices):
+                view.flags.writeable = False
+            return view
+
+        return current
+
+    def resize_tensor_input(self, input_index, tensor_size, strict=False):
+        raise NotImplementedError(
+            "resize_tensor_input is not supported: edgeq models have static shapes; "
+            "use Interpreter.run() to run a batch on the first axis")
+
+    # -- details -----------------------------------------------------------------------------
+    def _tensor_details(self, index) -> dict:
+        tensor = self._tensors[index]
+        quant = tensor.quant
+        if quant is None:
+            scales, zero_points, axis = np.zeros(0, np.float32), np.zeros(0, np.int32), 0
+        else:
+            scales = quant.scale.astype(np.float32)
+            zero_points = quant.zero_point.astype(np.int32)
+            axis = int(quant.axis)
+        per_tensor = (float(scales[0]), int(zero_points[0])) if scales.size == 1 else (0.0, 0)
+        shape = np.array(tensor.shape, dtype=np.int32)
+        return {
+            "name": tensor.name,
+            "index": index,
+            "shape": shape,
+            "shape_signature": shape.copy(),
+            "dtype": np.dtype(tensor.dtype).type,
+            "quantization": per_tensor,
+            "quantization_parameters": {
+                "scales": scales,
+                "zero_points": zero_points,
+                "quantized_dimension": axis,
+            },
+            "sparsity_parameters": {},
+        }
+
+    def get_input_details(self) -> list:
+        return [self._tensor_details(i) for i in self._input_indices]
+
+    def get_output_details(self) -> list:
+        return [self._tensor_details(i) for i in self._output_indices]
+
+    def get_tensor_details(self, subgraph_index=0) -> list:
+        if subgraph_index != 0:
+            raise ValueError(f"Invalid subgraph index {subgraph_index}: the model has 1 subgraph")
+        return [self._tensor_details(i) for i in range(self._absent)]
+
+    def get_signature_list(self) -> dict:
+        return {"serving_default": {"inputs": list(self._graph.inputs), "outputs": list(self._graph.outputs)}}
+
+    @property
+    def graph(self) -> Graph:
+        return self._graph
+
+
+def _execute(steps, arena) -> None:
+    """The hot loop: one kernel call per op; multi-output kernels return a tuple."""
+    for evaluate, inputs, outputs, released in steps:
+        result = evaluate(*[arena[i] for i in inputs])
+        if type(result) is tuple:
+            for i, value in zip(outputs if type(outputs) is tuple else (outputs,), result):
+                arena[i] = value
+        else:
+            arena[outputs] = result
+        for i in released:
+            arena[i] = None
+
+
+def _read_flatbuffer(content: bytes) -> Graph:
+    try:
+        from runtime.model import read_tflite
+    except ImportError:
+        raise ModelError("this build of edgeq cannot read .tflite files (runtime.model.read_tflite is missing)") from None
+    return read_tflite(content)

@@ -1,0 +1,288 @@
+"""Ops that move or select data without arithmetic: reshape, transpose, concat, pad, slices, ...
+
+Every kernel works for a batch larger than the graph's static one on the first axis: shapes fixed
+in the model are rescaled on that axis (``batched_shape``), and a slice that takes the whole static
+batch takes the whole actual batch.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.kernels import register
+from runtime.kernels.common import (
+    batched_shape,
+    constant_input,
+    fused_activation,
+    input_tensor,
+    with_activation,
+)
+from runtime.model import ModelError
+
+
+def _static_batch(shape):
+    return shape[0] if shape else 1
+
+
+def _resolve_shape(target, size, op):
+    target = [int(d) for d in target]
+    if target.count(-1) > 1:
+        raise ModelError(f"op {op}: more than one -1 in shape {target}")
+    if -1 in target:
+        known = int(np.prod([d for d in target if d != -1], dtype=np.int64))
+        target[target.index(-1)] = size // known if known else 0
+    return tuple(target)
+
+
+@register("RESHAPE")
+def prepare_reshape(op, graph):
+    in_shape = graph[op.inputs[0]].shape
+    shape_tensor = input_tensor(op, graph, 1)
+    if shape_tensor is not None and shape_tensor.data is None:
+        def reshape_dynamic(x, shape):
+            return x.reshape(tuple(int(d) for d in np.ravel(shape)))
+
+        return reshape_dynamic
+    if shape_tensor is not None:
+        target = np.ravel(shape_tensor.data)
+    elif op.options.get("new_shape") is not None:
+        target = op.options["new_shape"]
+    else:
+        target = graph[op.outputs[0]].shape
+    target = _resolve_shape(target, int(np.prod(in_shape, dtype=np.int64)), op)
+    static_batch = _static_batch(in_shape)
+    if not in_shape or not target:
+        return lambda x, _shape=None: x.reshape(target)
+
+    def reshape(x, _shape=None):
+        if x.shape[0] == static_batch:
+            return x.reshape(target)
+        return x.reshape(batched_shape(target, static_batch, x.shape[0]))
+
+    return reshape
+
+
+@register("TRANSPOSE")
+def prepare_transpose(op, graph):
+    permutation = tuple(int(a) for a in constant_input(op, graph, 1, "perm"))
+
+    def transpose(x, _perm=None):
+        return x.transpose(permutation)
+
+    return transpose
+
+
+@register("CONCATENATION")
+def prepare_concatenation(op, graph):
+    rank = len(graph[op.inputs[0]].shape)
+    axis = op.options.get("axis", 0) % max(rank, 1)
+
+    def concatenation(*xs):
+        return np.concatenate(xs, axis=axis)
+
+    return with_activation(concatenation, fused_activation(op))
+
+
+@register("PAD", "PADV2")
+def prepare_pad(op, graph):
+    in_tensor = graph[op.inputs[0]]
+    paddings = constant_input(op, graph, 1, "paddings").astype(np.int64).reshape(-1, 2)
+    if (paddings < 0).any():
+        raise ModelError(f"op {op}: negative paddings {paddings.tolist()}")
+    value = 0
+    if op.type == "PADV2" and input_tensor(op, graph, 2) is not None:
+        value = constant_input(op, graph, 2, "constant_values").reshape(-1)[0]
+    out_tail = tuple(int(d + a + b) for d, (a, b) in zip(in_tensor.shape[1:], paddings[1:]))
+    interior_tail = tuple(slice(int(a), int(a) + d) for d, (a, _) in zip(in_tensor.shape[1:], paddings[1:]))
+    batch_before, batch_after = int(paddings[0, 0]), int(paddings[0, 1])
+
+    def pad(x, _paddings=None, _value=None):
+        n = x.shape[0]
+        out = np.full((n + batch_before + batch_after,) + out_tail, value, dtype=x.dtype)
+        out[(slice(batch_before, batch_before + n),) + interior_tail] = x
+        return out
+
+    return pad
+
+
+@register("SQUEEZE")
+def prepare_squeeze(op, graph):
+    in_shape = graph[op.inputs[0]].shape
+    rank = len(in_shape)
+    dims = op.options.get("squeeze_dims") or []
+    if len(dims) == 0:
+        axes = tuple(i for i, d in enumerate(in_shape) if d == 1)
+    else:
+        axes = tuple(sorted(int(a) % rank for a in dims))
+
+    def squeeze(x):
+        return np.squeeze(x, axis=axes)
+
+    return squeeze
+
+
+@register("EXPAND_DIMS")
+def prepare_expand_dims(op, graph):
+    rank = len(graph[op.inputs[0]].shape)
+    axis = int(np.ravel(constant_input(op, graph, 1, "axis"))[0])
+    if axis < 0:
+        axis += rank + 1
+
+    def expand_dims(x, _axis=None):
+        return np.expand_dims(x, axis)
+
+    return expand_dims
+
+
+def _whole_batch(index_0, static_batch):
+    """A slice on axis 0 that takes all of the static batch should take all of any batch."""
+    if not isinstance(index_0, slice):
+        return index_0
+    start, stop, step = index_0.start, index_0.stop, index_0.step
+    if step in (None, 1) and start in (None, 0) and (stop is None or stop >= static_batch):
+        return slice(None)
+    return index_0
+
+
+@register("STRIDED_SLICE")
+def prepare_strided_slice(op, graph):
+    in_shape = graph[op.inputs[0]].shape
+    begin = np.ravel(constant_input(op, graph, 1, "begin")).astype(np.int64)
+    end = np.ravel(constant_input(op, graph, 2, "end")).astype(np.int64)
+    strides = np.ravel(constant_input(op, graph, 3, "strides")).astype(np.int64)
+    options = op.options
+    begin_mask, end_mask = options.get("begin_mask", 0), options.get("end_mask", 0)
+    ellipsis_mask, new_axis_mask = options.get("ellipsis_mask", 0), options.get("new_axis_mask", 0)
+    shrink_axis_mask, offset = options.get("shrink_axis_mask", 0), options.get("offset", False)
+    if (strides == 0).any():
+        raise ModelError(f"op {op}: a stride is 0")
+    index = []
+    for i in range(len(begin)):
+        bit = 1 << i
+        if ellipsis_mask & bit:
+            index.append(Ellipsis)
+        elif new_axis_mask & bit:
+            index.append(None)
+        elif shrink_axis_mask & bit:
+            index.append(int(begin[i]))
+        else:
+            start = None if begin_mask & bit else int(begin[i])
+            stop = None if end_mask & bit else int(begin[i] + end[i] if offset else end[i])
+            index.append(slice(start, stop, int(strides[i])))
+    if index and in_shape:
+        index[0] = _whole_batch(index[0], in_shape[0])
+    index = tuple(index)
+
+    def strided_slice(x, _begin=None, _end=None, _strides=None):
+        return x[index]
+
+    return strided_slice
+
+
+@register("SLICE")
+def prepare_slice(op, graph):
+    in_shape = graph[op.inputs[0]].shape
+    begin = np.ravel(constant_input(op, graph, 1, "begin")).astype(np.int64)
+    size = np.ravel(constant_input(op, graph, 2, "size")).astype(np.int64)
+    index = [slice(int(b), None if s == -1 else int(b + s)) for b, s in zip(begin, size)]
+    if index and in_shape:
+        index[0] = _whole_batch(index[0], in_shape[0])
+    index = tuple(index)
+
+    def slice_(x, _begin=None, _size=None):
+        return x[index]
+
+    return slice_
+
+
+@register("GATHER")
+def prepare_gather(op, graph):
+    rank = len(graph[op.inputs[0]].shape)
+    axis = op.options.get("axis", 0) % max(rank, 1)
+    if op.options.get("batch_dims", 0):
+        raise ModelError(f"op {op}: batch_dims other than 0 is not supported")
+
+    def gather(params, indices):
+        return np.take(params, indices, axis=axis)
+
+    return gather
+
+
+@register("SPLIT")
+def prepare_split(op, graph):
+    # TFLite's SPLIT takes (axis, input) in that order.
+    rank = len(graph[op.inputs[1]].shape)
+    axis = int(np.ravel(constant_input(op, graph, 0, "axis"))[0]) % rank
+    num_splits = op.options.get("num_splits", len(op.outputs))
+
+    def split(_axis, x):
+        return tuple(np.split(x, num_splits, axis=axis))
+
+    return split
+
+
+@register("SPLIT_V")
+def prepare_split_v(op, graph):
+    in_shape = graph[op.inputs[0]].shape
+    axis = int(np.ravel(constant_input(op, graph, 2, "axis"))[0]) % len(in_shape)
+    sizes = [int(s) for s in np.ravel(constant_input(op, graph, 1, "size_splits"))]
+    if -1 in sizes:
+        sizes[sizes.index(-1)] = in_shape[axis] - (sum(sizes) + 1)
+    boundaries = list(np.cumsum(sizes)[:-1])
+
+    def split_v(x, _sizes=None, _axis=None):
+        return tuple(np.split(x, boundaries, axis=axis))
+
+    return split_v
+
+
+@register("TILE")
+def prepare_tile(op, graph):
+    multiples_tensor = input_tensor(op, graph, 1)
+    if multiples_tensor.data is not None:
+        constant_multiples = tuple(int(m) for m in np.ravel(multiples_tensor.data))
+        return lambda x, _multiples=None: np.tile(x, constant_multiples)
+    return lambda x, multiples: np.tile(x, tuple(int(m) for m in np.ravel(multiples)))
+
+
+@register("PACK")
+def prepare_pack(op, graph):
+    rank = len(graph[op.inputs[0]].shape)
+    axis = op.options.get("axis", 0) % (rank + 1)
+
+    def pack(*xs):
+        return np.stack(xs, axis=axis)
+
+    return pack
+
+
+@register("UNPACK")
+def prepare_unpack(op, graph):
+    in_shape = graph[op.inputs[0]].shape
+    axis = op.options.get("axis", 0) % len(in_shape)
+    count = op.options.get("num", 0) or in_shape[axis]
+    indices = [(slice(None),) * axis + (i,) for i in range(count)]
+
+    def unpack(x):
+        return tuple(x[index] for index in indices)
+
+    return unpack
+
+
+@register("CAST")
+def prepare_cast(op, graph):
+    out_dtype = graph[op.outputs[0]].dtype
+
+    def cast(x):
+        return x.astype(out_dtype)
+
+    return cast
+
+
+@register("SHAPE")
+def prepare_shape(op, graph):
+    out_dtype = graph[op.outputs[0]].dtype
+
+    def shape(x):
+        return np.array(x.shape, dtype=out_dtype)
+
+    return shape
