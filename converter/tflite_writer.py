@@ -1,0 +1,590 @@
+"""Graph -> TFLite flatbuffer (schema v3), through the ``tflite`` binding's generated builders."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import flatbuffers
+import numpy as np
+import tflite
+
+from runtime import schema
+from runtime.model import Graph, ModelError, Op, QuantParams
+
+FILE_IDENTIFIER = b"TFL3"
+SCHEMA_VERSION = 3
+SIGNATURE_KEY = "serving_default"
+# TFLite's writer aligns every constant buffer so a reader can map weights in place with any dtype.
+BUFFER_ALIGNMENT = 16
+
+
+def write_tflite(graph: Graph, *, description: str = "edgeq", store_names: bool = True) -> bytes:
+    """Serialize ``graph`` as a one-subgraph TFLite model; ``store_names=False`` leaves tensor names empty."""
+    _check_references(graph)
+    builder = flatbuffers.Builder(_size_estimate(graph))
+    tensor_index = {name: i for i, name in enumerate(graph.tensors)}
+
+    buffers, buffer_of = _write_buffers(builder, graph)
+    opcode_keys, opcode_of = _assign_opcodes(graph)
+    operators = [_write_operator(builder, op, opcode_of[id(op)], tensor_index) for op in graph.ops]
+    tensors = [
+        _write_tensor(builder, graph[name], buffer_of[name], store_names) for name in graph.tensors
+    ]
+    subgraph = _write_subgraph(builder, graph, tensors, operators, tensor_index)
+    signature = _write_signature(builder, graph, tensor_index)
+    opcodes = [_write_opcode(builder, code, version) for code, version in opcode_keys]
+    description_offset = builder.CreateString(description)
+
+    model_vectors = {
+        "OperatorCodes": opcodes,
+        "Subgraphs": [subgraph],
+        "Buffers": buffers,
+        "SignatureDefs": [signature],
+    }
+    vector_offsets = {field: _offset_vector(builder, "Model", field, items) for field, items in model_vectors.items()}
+    tflite.ModelStart(builder)
+    tflite.ModelAddVersion(builder, SCHEMA_VERSION)
+    tflite.ModelAddDescription(builder, description_offset)
+    for field, offset in vector_offsets.items():
+        getattr(tflite, f"ModelAdd{field}")(builder, offset)
+    builder.Finish(tflite.ModelEnd(builder), file_identifier=FILE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+# -- checks -------------------------------------------------------------------------------------
+
+def _check_references(graph: Graph) -> None:
+    for op in graph.ops:
+        for name in list(op.inputs) + list(op.outputs):
+            if name and name not in graph.tensors:
+                raise ModelError(f"op {op}: tensor '{name}' is not in the graph")
+        if "" in op.outputs:
+            raise ModelError(f"op {op}: an output has no tensor")
+    for name in list(graph.inputs) + list(graph.outputs):
+        if name not in graph.tensors:
+            raise ModelError(f"graph input/output '{name}' is not in the graph")
+
+
+def _size_estimate(graph: Graph) -> int:
+    constant_bytes = sum(t.nbytes for t in graph.tensors.values() if t.is_constant)
+    return constant_bytes + 256 * (len(graph.tensors) + len(graph.ops)) + 1024
+
+
+# -- vectors ------------------------------------------------------------------------------------
+
+def _offset_vector(builder, table: str, field: str, offsets: list) -> int:
+    getattr(tflite, f"{table}Start{field}Vector")(builder, len(offsets))
+    for offset in reversed(offsets):
+        builder.PrependUOffsetTRelative(offset)
+    return builder.EndVector()
+
+
+def _int_vector(builder, values, dtype=np.int32) -> int:
+    return builder.CreateNumpyVector(np.asarray(values, dtype=dtype).reshape(-1))
+
+
+# -- buffers ------------------------------------------------------------------------------------
+
+def _write_buffers(builder, graph: Graph) -> tuple:
+    """Buffer tables (0 = the empty sentinel every activation uses), constants stored once each."""
+    data_offsets = [None]
+    index_of_content: dict = {}
+    buffer_of: dict = {}
+    for name, tensor in graph.tensors.items():
+        if not tensor.is_constant:
+            buffer_of[name] = 0
+            continue
+        raw = np.ascontiguousarray(tensor.data).astype(tensor.data.dtype.newbyteorder("<"), copy=False).tobytes()
+        key = hashlib.sha256(tensor.dtype.str.encode() + b":" + raw).digest()
+        if key not in index_of_content:
+            index_of_content[key] = len(data_offsets)
+            data_offsets.append(_aligned_bytes(builder, raw))
+        buffer_of[name] = index_of_content[key]
+
+    buffers = []
+    for data in data_offsets:
+        tflite.BufferStart(builder)
+        if data is not None:
+            tflite.BufferAddData(builder, data)
+        buffers.append(tflite.BufferEnd(builder))
+    return buffers, buffer_of
+
+
+def _aligned_bytes(builder, raw: bytes) -> int:
+    builder.Prep(BUFFER_ALIGNMENT, len(raw))
+    return builder.CreateByteVector(raw)
+
+
+# -- tensors ------------------------------------------------------------------------------------
+
+def _write_tensor(builder, tensor, buffer_index: int, store_name: bool) -> int:
+    shape = _int_vector(builder, tensor.shape)
+    name = builder.CreateString(tensor.name) if store_name else None
+    quant = _write_quantization(builder, tensor.quant, tensor) if tensor.quant is not None else None
+    tflite.TensorStart(builder)
+    tflite.TensorAddShape(builder, shape)
+    tflite.TensorAddType(builder, schema.tensor_type(tensor.dtype))
+    tflite.TensorAddBuffer(builder, buffer_index)
+    if name is not None:
+        tflite.TensorAddName(builder, name)
+    if quant is not None:
+        tflite.TensorAddQuantization(builder, quant)
+    return tflite.TensorEnd(builder)
+
+
+def _write_quantization(builder, quant: QuantParams, tensor) -> int:
+    if quant.zero_point.size not in (1, quant.scale.size):
+        raise ModelError(f"tensor '{tensor.name}': {quant.zero_point.size} zero points for {quant.scale.size} scales")
+    # TFLite wants one zero point per scale.
+    zero_point = np.broadcast_to(quant.zero_point, quant.scale.shape)
+    scale = builder.CreateNumpyVector(quant.scale.astype(np.float32))
+    zero_point = builder.CreateNumpyVector(zero_point.astype(np.int64))
+    tflite.QuantizationParametersStart(builder)
+    tflite.QuantizationParametersAddScale(builder, scale)
+    tflite.QuantizationParametersAddZeroPoint(builder, zero_point)
+    tflite.QuantizationParametersAddQuantizedDimension(builder, int(quant.axis))
+    return tflite.QuantizationParametersEnd(builder)
+
+
+# -- operators ----------------------------------------------------------------------------------
+
+def _assign_opcodes(graph: Graph) -> tuple:
+    """One operator code per (builtin code, version), in order of first use."""
+    keys: list = []
+    index_of_key: dict = {}
+    opcode_of: dict = {}
+    for op in graph.ops:
+        key = (schema.builtin_code(op.type), operator_version(op, graph))
+        if key not in index_of_key:
+            index_of_key[key] = len(keys)
+            keys.append(key)
+        opcode_of[id(op)] = index_of_key[key]
+    return keys, opcode_of
+
+
+def _write_opcode(builder, code: int, version: int) -> int:
+    tflite.OperatorCodeStart(builder)
+    # Readers older than the 8-bit code space overflowed look only at the deprecated field.
+    tflite.OperatorCodeAddDeprecatedBuiltinCode(builder, min(code, tflite.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES))
+    tflite.OperatorCodeAddBuiltinCode(builder, code)
+    tflite.OperatorCodeAddVersion(builder, version)
+    return tflite.OperatorCodeEnd(builder)
+
+
+def _write_operator(builder, op: Op, opcode_index: int, tensor_index: dict) -> int:
+    inputs = _int_vector(builder, [tensor_index[n] if n else -1 for n in op.inputs])
+    outputs = _int_vector(builder, [tensor_index[n] for n in op.outputs])
+    table = schema.options_table_name(op.type)
+    if table is None and op.options:
+        raise ModelError(f"op {op}: {op.type} takes no options, got {sorted(op.options)}")
+    options = _write_options(builder, op, table) if table is not None else None
+    tflite.OperatorStart(builder)
+    tflite.OperatorAddOpcodeIndex(builder, opcode_index)
+    tflite.OperatorAddInputs(builder, inputs)
+    tflite.OperatorAddOutputs(builder, outputs)
+    if options is not None:
+        tflite.OperatorAddBuiltinOptionsType(builder, schema.options_union_type(table))
+        tflite.OperatorAddBuiltinOptions(builder, options)
+    return tflite.OperatorEnd(builder)
+
+
+def _write_options(builder, op: Op, table: str) -> int:
+    fields = {f.name: f for f in schema.options_fields(table)}
+    unknown = sorted(set(op.options) - {n for n, f in fields.items() if f.kind != "unsupported"})
+    if unknown:
+        raise ModelError(f"op {op}: unknown options {unknown} for {table}")
+    # Vectors must be complete before the table is started.
+    vectors = {
+        name: _options_vector(builder, fields[name], value)
+        for name, value in op.options.items()
+        if fields[name].kind == "vector" and len(value) > 0
+    }
+    getattr(tflite, f"{table}Start")(builder)
+    for name, value in op.options.items():
+        field = fields[name]
+        if field.kind == "scalar":
+            try:
+                field.add(builder, field.to_flatbuffer(value))
+            except ModelError as error:
+                raise ModelError(f"op {op}: {error}") from None
+        elif name in vectors:
+            field.add(builder, vectors[name])
+    return getattr(tflite, f"{table}End")(builder)
+
+
+def _options_vector(builder, field, values) -> int:
+    array = np.asarray(values, dtype=field.vector_dtype).reshape(-1)
+    field.start_vector(builder, array.size)
+    for value in reversed(array.tolist()):
+        builder.Prepend(_NUMBER_FLAGS[array.dtype], value)
+    return builder.EndVector()
+
+
+_NUMBER_FLAGS = {
+    np.dtype(np.int8): flatbuffers.number_types.Int8Flags,
+    np.dtype(np.int16): flatbuffers.number_types.Int16Flags,
+    np.dtype(np.int32): flatbuffers.number_types.Int32Flags,
+    np.dtype(np.int64): flatbuffers.number_types.Int64Flags,
+    np.dtype(np.float32): flatbuffers.number_types.Float32Flags,
+}
+
+
+# -- subgraph and signature ---------------------------------------------------------------------
+
+def _write_subgraph(builder, graph: Graph, tensors: list, operators: list, tensor_index: dict) -> int:
+    tensor_vector = _offset_vector(builder, "SubGraph", "Tensors", tensors)
+    operator_vector = _offset_vector(builder, "SubGraph", "Operators", operators)
+    inputs = _int_vector(builder, [tensor_index[n] for n in graph.inputs])
+    outputs = _int_vector(builder, [tensor_index[n] for n in graph.outputs])
+    name = builder.CreateString("main")
+    tflite.SubGraphStart(builder)
+    tflite.SubGraphAddTensors(builder, tensor_vector)
+    tflite.SubGraphAddInputs(builder, inputs)
+    tflite.SubGraphAddOutputs(builder, outputs)
+    tflite.SubGraphAddOperators(builder, operator_vector)
+    tflite.SubGraphAddName(builder, name)
+    return tflite.SubGraphEnd(builder)
+
+
+def _write_signature(builder, graph: Graph, tensor_index: dict) -> int:
+    """The "serving_default" signature, naming the graph's inputs and outputs (even without tensor names)."""
+    maps = {
+        "Inputs": [_write_tensor_map(builder, n, tensor_index[n]) for n in graph.inputs],
+        "Outputs": [_write_tensor_map(builder, n, tensor_index[n]) for n in graph.outputs],
+    }
+    vectors = {field: _offset_vector(builder, "SignatureDef", field, items) for field, items in maps.items()}
+    key = builder.CreateString(SIGNATURE_KEY)
+    tflite.SignatureDefStart(builder)
+    tflite.SignatureDefAddInputs(builder, vectors["Inputs"])
+    tflite.SignatureDefAddOutputs(builder, vectors["Outputs"])
+    tflite.SignatureDefAddSignatureKey(builder, key)
+    tflite.SignatureDefAddSubgraphIndex(builder, 0)
+    return tflite.SignatureDefEnd(builder)
+
+
+def _write_tensor_map(builder, name: str, index: int) -> int:
+    name_offset = builder.CreateString(name)
+    tflite.TensorMapStart(builder)
+    tflite.TensorMapAddName(builder, name_offset)
+    tflite.TensorMapAddTensorIndex(builder, index)
+    return tflite.TensorMapEnd(builder)
+
+
+# -- operator versions --------------------------------------------------------------------------
+
+@dataclass
+class _Signature:
+    """What an op's version depends on: its tensors' dtypes, ranks and quantization, and its options."""
+
+    op: Op
+    inputs: list     # Tensor or None for an omitted input
+    outputs: list
+
+    def in_type(self, i: int) -> Optional[np.dtype]:
+        return self.inputs[i].dtype if i < len(self.inputs) and self.inputs[i] is not None else None
+
+    def out_type(self, i: int = 0) -> Optional[np.dtype]:
+        return self.outputs[i].dtype if i < len(self.outputs) else None
+
+    def in_rank(self, i: int = 0) -> int:
+        return len(self.inputs[i].shape) if i < len(self.inputs) and self.inputs[i] is not None else 0
+
+    def option(self, name: str):
+        return schema.options_with_defaults(self.op.type, self.op.options).get(name)
+
+    def types_are(self, *dtypes) -> bool:
+        """Input 0, input 1 (the weights) and output 0 have these dtypes."""
+        return (self.in_type(0), self.in_type(1), self.out_type(0)) == tuple(np.dtype(d) for d in dtypes)
+
+    def per_channel(self, tensor) -> bool:
+        return tensor is not None and tensor.quant is not None and tensor.quant.per_channel
+
+    def broadcasts_beyond_4d(self) -> bool:
+        shapes = [t.shape for t in self.inputs if t is not None]
+        return len(set(shapes)) > 1 and max(len(s) for s in shapes) > 4
+
+
+I8, I16, I32, I64, U8, F16, F32, F64, BOOL = (np.dtype(t) for t in ("int8", "int16", "int32", "int64", "uint8", "float16", "float32", "float64", "bool"))
+
+
+def _by_input_type(table: dict) -> Callable:
+    """A rule that only looks at input 0's dtype; ``table`` maps dtype -> version, anything else is 1."""
+    return lambda s: table.get(s.in_type(0), 1)
+
+
+def _conv_2d(s: _Signature) -> int:
+    if s.types_are(I16, I8, I16) and s.option("quantized_bias_type") != "FLOAT32":
+        return 8
+    filter_in_channels = s.inputs[1].shape[-1] if s.inputs[1] is not None else None
+    if s.inputs[0] is not None and s.inputs[0].shape and filter_in_channels not in (None, s.inputs[0].shape[-1]):
+        return 6
+    if s.types_are(I16, I16, I16):
+        return 4
+    if s.types_are(I8, I8, I8):
+        return 3
+    if s.types_are(F32, I8, F32):
+        return 5 if s.per_channel(s.inputs[1]) else 2
+    return 1
+
+
+def _depthwise_conv_2d(s: _Signature) -> int:
+    if s.types_are(I16, I16, I16):
+        return 5
+    if s.types_are(F32, I8, F32):
+        return 6 if s.per_channel(s.inputs[1]) else 4
+    if s.types_are(I8, I8, I8):
+        return 3
+    if s.option("dilation_w_factor") != 1 or s.option("dilation_h_factor") != 1:
+        return 2
+    return 1
+
+
+def _fully_connected(s: _Signature) -> int:
+    if s.types_are(F32, I8, F32) and s.per_channel(s.inputs[1]):
+        return 12
+    if s.types_are(I16, I8, I16) and s.option("quantized_bias_type") != "FLOAT32":
+        return 11
+    if s.types_are(I16, I16, I16):
+        return 7
+    if len(s.op.inputs) == 2:
+        return 6
+    if s.option("keep_num_dims"):
+        return 5
+    if s.types_are(I8, I8, I8):
+        return 4
+    if s.types_are(F32, I8, F32):
+        return 9 if s.option("asymmetric_quantize_inputs") else 3
+    if s.option("weights_format") != "DEFAULT":
+        return 2
+    return 1
+
+
+def _add(s: _Signature) -> int:
+    if s.in_type(0) == I16 and s.inputs[0].quant is None:
+        return 5
+    if s.in_type(0) == I64:
+        return 4
+    if s.in_type(0) == I16 and s.out_type() == I16 and not s.option("pot_scale_int16"):
+        return 3
+    return 2 if s.in_type(0) == I8 else 1
+
+
+def _sub(s: _Signature) -> int:
+    if s.in_type(0) == I16 and s.out_type() == I16 and not s.option("pot_scale_int16"):
+        return 5
+    if s.in_type(0) == I64:
+        return 4
+    if s.broadcasts_beyond_4d():
+        return 3
+    return 2 if s.in_type(0) == I8 else 1
+
+
+def _mul(s: _Signature) -> int:
+    if s.in_type(0) == I16 and s.inputs[0].quant is None:
+        return 7
+    if s.in_type(0) == np.dtype(np.complex64):
+        return 6
+    if s.in_type(0) == I64:
+        return 5
+    if s.in_type(0) == I16:
+        return 4
+    quants = [t.quant for t in (s.inputs[0], s.inputs[1], s.outputs[0]) if t is not None]
+    if len(quants) == 3 and all(q.scale[0] != 0 for q in quants):
+        if quants[0].scale[0] * quants[1].scale[0] / quants[2].scale[0] >= 1.0:
+            return 3
+    return 2 if s.in_type(0) == I8 else 1
+
+
+def _maximum_minimum(s: _Signature) -> int:
+    if s.in_type(0) == I16:
+        return 4
+    if s.broadcasts_beyond_4d():
+        return 3
+    return 2 if s.in_type(0) == I8 else 1
+
+
+def _div(s: _Signature) -> int:
+    return 2 if s.broadcasts_beyond_4d() else 1
+
+
+def _transpose(s: _Signature) -> int:
+    if s.in_rank() > 5:
+        return 6
+    if s.in_type(0) == I16:
+        return 5
+    if s.in_rank() > 4:
+        return 4
+    return {BOOL: 3, I8: 2}.get(s.in_type(0), 1)
+
+
+def _transpose_conv(s: _Signature) -> int:
+    # inputs: output_shape, weights, input, bias
+    if (s.in_type(2), s.in_type(1), s.out_type()) == (I16, I8, I16) and s.option("quantized_bias_type") != "FLOAT32":
+        return 5
+    if s.option("fused_activation_function") != "NONE":
+        return 4
+    if len(s.op.inputs) == 4 and s.op.inputs[3]:
+        return 3
+    return 2 if s.in_type(1) == I8 else 1
+
+
+def _pad(s: _Signature) -> int:
+    if s.in_rank() > 4:
+        return 4
+    return {I16: 3, I8: 2}.get(s.in_type(0), 1)
+
+
+def _slice(s: _Signature) -> int:
+    if s.in_rank() > 4:
+        return 5
+    return {I16: 4, I8: 2}.get(s.in_type(0), 1)
+
+
+def _strided_slice(s: _Signature) -> int:
+    if s.option("offset"):
+        return 8
+    if s.option("ellipsis_mask") or s.option("new_axis_mask"):
+        return 6
+    if s.in_rank() > 4:
+        return 4
+    return {BOOL: 3, I8: 2}.get(s.in_type(0), 1)
+
+
+def _gather(s: _Signature) -> int:
+    if s.in_type(1) == I16:
+        return 6
+    if s.option("batch_dims"):
+        return 5
+    return {I16: 4, BOOL: 3, I8: 2}.get(s.in_type(0), 1)
+
+
+def _split(s: _Signature) -> int:
+    # input 0 is the axis; the data is input 1
+    return {I16: 4, I32: 3, I8: 2}.get(s.in_type(1), 1)
+
+
+def _resize(s: _Signature) -> int:
+    if s.in_type(0) == I16:
+        return 4
+    if s.option("half_pixel_centers") or (s.op.type == "RESIZE_NEAREST_NEIGHBOR" and s.option("align_corners")):
+        return 3
+    return 2 if s.in_type(0) == I8 else 1
+
+
+def _quantize(s: _Signature) -> int:
+    if s.per_channel(s.outputs[0]):
+        return 3
+    return 2 if s.out_type() == I16 else 1
+
+
+def _dequantize(s: _Signature) -> int:
+    if s.in_type(0) in (I16, F16):
+        return 3
+    if s.in_type(0) == I8:
+        return 5 if s.per_channel(s.inputs[0]) else 2
+    return 1
+
+
+def _abs(s: _Signature) -> int:
+    if s.in_type(0) == I16:
+        return 3 if s.inputs[0].quant is not None else 4
+    return {I32: 5, I8: 2, U8: 2}.get(s.in_type(0), 1)
+
+
+def _batch_matmul(s: _Signature) -> int:
+    if s.in_type(0) in (I16, I8):
+        return {I16: 3, I8: 2}[s.in_type(0)]
+    if s.types_are(F32, I8, F32) and s.option("asymmetric_quantize_inputs"):
+        return 4
+    return 1
+
+
+def _cast(s: _Signature) -> int:
+    types = {s.in_type(0), s.out_type()}
+    if types & {F64, F16}:
+        return 5
+    if np.dtype(np.uint16) in types:
+        return 4
+    if I8 in types:
+        return 3
+    return 2 if np.dtype(np.uint32) in types else 1
+
+
+def _unpack(s: _Signature) -> int:
+    return {I8: 2, U8: 2, BOOL: 3, I16: 4}.get(s.in_type(0), 1)
+
+
+_INT8_IS_2 = _by_input_type({I8: 2})
+_INT16_3_INT8_2 = _by_input_type({I16: 3, I8: 2})
+
+# TFLite's GetBuiltinOperatorVersion (tensorflow/lite/tools/versioning/op_version.cc) for the ops edgeq
+# writes; an op not listed is version 1. LiteRT refuses versions its op resolver does not register.
+VERSION_RULES: dict = {
+    "CONV_2D": _conv_2d,
+    "DEPTHWISE_CONV_2D": _depthwise_conv_2d,
+    "FULLY_CONNECTED": _fully_connected,
+    "ADD": _add,
+    "SUB": _sub,
+    "MUL": _mul,
+    "DIV": _div,
+    "MAXIMUM": _maximum_minimum,
+    "MINIMUM": _maximum_minimum,
+    "RELU": _by_input_type({I16: 3, I8: 2, U8: 2}),
+    "RELU6": _INT16_3_INT8_2,
+    "LEAKY_RELU": _by_input_type({I16: 2}),
+    "LOGISTIC": _INT16_3_INT8_2,
+    "TANH": _INT16_3_INT8_2,
+    "MAX_POOL_2D": _INT16_3_INT8_2,
+    "AVERAGE_POOL_2D": _INT16_3_INT8_2,
+    "SOFTMAX": _INT16_3_INT8_2,
+    "MEAN": _INT16_3_INT8_2,
+    "REDUCE_MAX": _INT16_3_INT8_2,
+    "REDUCE_MIN": _INT16_3_INT8_2,
+    "MIRROR_PAD": _INT16_3_INT8_2,
+    "RSQRT": _INT16_3_INT8_2,
+    "CONCATENATION": _INT16_3_INT8_2,
+    "SUM": _INT8_IS_2,
+    "SPLIT_V": _INT8_IS_2,
+    "SQUARED_DIFFERENCE": _INT8_IS_2,
+    "SPACE_TO_DEPTH": _INT8_IS_2,
+    "DEPTH_TO_SPACE": _INT8_IS_2,
+    "LOG_SOFTMAX": _INT8_IS_2,
+    "GREATER": _INT8_IS_2,
+    "LESS_EQUAL": _INT8_IS_2,
+    "LESS": _INT16_3_INT8_2,
+    "GREATER_EQUAL": _INT16_3_INT8_2,
+    "EXP": _by_input_type({I8: 2, I16: 2}),
+    "LOG": _by_input_type({I8: 2, I16: 2}),
+    "REDUCE_PROD": _by_input_type({I8: 2, I16: 2}),
+    "GELU": _by_input_type({I8: 2, U8: 2}),
+    "ARG_MAX": _by_input_type({BOOL: 3, I8: 2}),
+    "ARG_MIN": _by_input_type({BOOL: 3, I8: 2}),
+    "TILE": _by_input_type({I8: 3}),
+    "PACK": _by_input_type({I8: 2, I16: 3}),
+    "UNPACK": _unpack,
+    "PAD": _pad,
+    "PADV2": _pad,
+    "TRANSPOSE": _transpose,
+    "TRANSPOSE_CONV": _transpose_conv,
+    "SLICE": _slice,
+    "STRIDED_SLICE": _strided_slice,
+    "GATHER": _gather,
+    "SPLIT": _split,
+    "RESIZE_BILINEAR": _resize,
+    "RESIZE_NEAREST_NEIGHBOR": _resize,
+    "QUANTIZE": _quantize,
+    "DEQUANTIZE": _dequantize,
+    "ABS": _abs,
+    "BATCH_MATMUL": _batch_matmul,
+    "CAST": _cast,
+}
+
+
+def operator_version(op: Op, graph: Graph) -> int:
+    """The operator-code version TFLite's converter gives ``op`` in ``graph``."""
+    rule = VERSION_RULES.get(op.type)
+    if rule is None:
+        return 1
+    signature = _Signature(op, [graph[n] if n else None for n in op.inputs], [graph[n] for n in op.outputs])
+    return rule(signature)
