@@ -294,6 +294,7 @@ class Interpreter:
                 "scales": scales,
                 "zero_points": zero_points,
                 "quantized_dimension": axis,
+                "block_size": 0,
             },
             "sparsity_parameters": {},
         }
