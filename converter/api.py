@@ -1,0 +1,130 @@
+"""The Python API of the converter: ``convert(...)`` is what ``edgeq convert`` runs."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from runtime.model import Graph, ModelError, read_tflite
+
+from converter.fileio import write_atomic
+from converter.tflite_writer import write_tflite
+
+
+@dataclass
+class BoundaryTensor:
+    """A model input or output as the user sees it: its name, shape and memory layout."""
+
+    name: str
+    shape: tuple
+    dtype: str
+    layout: str
+
+
+@dataclass
+class ConversionResult:
+    graph: Graph
+    content: bytes
+    inputs: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    output_path: Optional[Path] = None
+
+
+def parse_input_shapes(specs) -> dict:
+    """``["x:1,3,224,224", ...]`` -> ``{"x": (1, 3, 224, 224)}``; ValueError names the bad spec."""
+    shapes = {}
+    for spec in specs or ():
+        name, sep, dims = spec.rpartition(":")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shape = tuple(int(d) for d in dims.split(","))
+            if any(d <= 0 for d in shape):
+                raise ValueError
+        except ValueError:
+            raise ModelError(
+                f"bad --input-shape '{spec}': expected NAME:D1,D2,... with positive integers"
+            ) from None
+        shapes[name] = shape
+    return shapes
+
+
+def is_tflite_file(path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8)[4:8] == b"TFL3"
+
+
+def load_graph(model_path, input_shapes=None, keep_onnx_layout=False) -> tuple:
+    """Read an ONNX model or a float .tflite into the IR; returns (graph, notes)."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such file")
+    if is_tflite_file(path):
+        return read_tflite(path.read_bytes()), []
+    from converter.onnx_import import import_onnx  # onnx is a converter-only dependency
+
+    model, notes = _with_default_batch(path, input_shapes or {})
+    return import_onnx(model, input_shapes=input_shapes, keep_onnx_layout=keep_onnx_layout), notes
+
+
+def _with_default_batch(path: Path, input_shapes: dict):
+    """Load the ONNX model and fix a symbolic leading (batch) dimension to 1, as TFLite expects.
+
+    Any other dynamic dimension is left for the importer, which asks for ``--input-shape``.
+    """
+    from converter.onnx_import.load import load_model
+
+    model = load_model(path)
+    initializers = {t.name for t in model.graph.initializer}
+    notes = []
+    for value in model.graph.input:
+        if value.name in initializers or value.name in input_shapes:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            label = dims[0].dim_param or "?"
+            dims[0].Clear()
+            dims[0].dim_value = 1
+            notes.append(f"input '{value.name}': dynamic batch dimension '{label}' fixed to 1")
+    return model, notes
+
+
+def boundary_tensors(graph: Graph, names, from_onnx: bool, keep_onnx_layout: bool) -> list:
+    result = []
+    for name in names:
+        tensor = graph[name]
+        if len(tensor.shape) == 4 and from_onnx:
+            layout = "NCHW (as ONNX)" if keep_onnx_layout else "NHWC (ONNX: NCHW)"
+        else:
+            layout = "as ONNX" if from_onnx else "as source"
+        result.append(BoundaryTensor(name, tensor.shape, tensor.dtype.name, layout))
+    return result
+
+
+def convert(
+    model_path,
+    output_path=None,
+    *,
+    input_shapes: Optional[dict] = None,
+    keep_onnx_layout: bool = False,
+    store_names: bool = True,
+) -> ConversionResult:
+    """Convert an ONNX model (or a float .tflite) to a TFLite flatbuffer.
+
+    The output is written atomically when ``output_path`` is given; the bytes are returned either way.
+    """
+    graph, notes = load_graph(model_path, input_shapes, keep_onnx_layout)
+    from_onnx = not is_tflite_file(model_path)
+    content = write_tflite(graph, store_names=store_names)
+    result = ConversionResult(
+        graph=graph,
+        content=content,
+        inputs=boundary_tensors(graph, graph.inputs, from_onnx, keep_onnx_layout),
+        outputs=boundary_tensors(graph, graph.outputs, from_onnx, keep_onnx_layout),
+        notes=notes,
+    )
+    if output_path is not None:
+        result.output_path = write_atomic(output_path, content)
+    return result
+

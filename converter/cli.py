@@ -1,0 +1,334 @@
+"""The ``edgeq`` command line.
+
+Exit codes: 0 success, 1 a check failed or an internal error, 2 bad input (file, model, option).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import click
+import numpy as np
+
+from runtime.model import ModelError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"edgeq: error: {message}", err=True)
+    sys.exit(code)
+
+
+def reports_errors(command):
+    """One clear line and a non-zero exit instead of a traceback; ``--verbose`` keeps the traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        verbose = kwargs.get("verbose", False)
+        try:
+            return command(*args, **kwargs)
+        except ModelError as exc:
+            _fail(str(exc), EXIT_BAD_INPUT)
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            _fail(f"{exc.filename}: {exc.strerror}", EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            _fail("interrupted", EXIT_FAILED)
+        except Exception as exc:  # the last line of defence: still one line unless asked
+            if verbose:
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --verbose for details)", EXIT_FAILED)
+
+    return wrapper
+
+
+def verbosity_options(command):
+    command = click.option("--verbose", "-v", is_flag=True, help="More detail; tracebacks on internal errors.")(command)
+    command = click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")(command)
+    return command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgeq")
+def main():
+    """edgeq: ONNX -> pruned, int8 TFLite for edge CPUs, and a small runtime to run it.
+
+    \b
+    Examples:
+      edgeq convert model.onnx -o model.tflite
+      edgeq inspect model.tflite
+      edgeq run model.tflite --input x.npy --engine litert
+
+    Exit codes: 0 ok, 1 failed check or internal error, 2 bad input.
+    """
+
+
+# -- convert ---------------------------------------------------------------------------------
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The .tflite file to write.")
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME:D1,D2,...",
+    help="Fix an input's shape (ONNX layout), e.g. input:1,3,224,224. Repeatable.",
+)
+@click.option("--keep-onnx-layout", is_flag=True, help="Keep 4-D inputs/outputs NCHW as in ONNX (default: NHWC).")
+@click.option("--no-names", is_flag=True, help="Store no tensor names (a smaller file).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@verbosity_options
+@reports_errors
+def convert(model, output, input_shapes, keep_onnx_layout, no_names, as_json, quiet, verbose):
+    """Convert an ONNX model (or a float .tflite) to a TFLite flatbuffer.
+
+    \b
+    Examples:
+      edgeq convert model.onnx -o model.tflite
+      edgeq convert model.onnx -o model.tflite --input-shape images:1,3,640,640
+      edgeq convert model.onnx -o model.tflite --keep-onnx-layout
+    """
+    from converter.api import convert as convert_model
+    from converter.api import parse_input_shapes
+
+    started = time.perf_counter()
+    result = convert_model(
+        model,
+        output,
+        input_shapes=parse_input_shapes(input_shapes),
+        keep_onnx_layout=keep_onnx_layout,
+        store_names=not no_names,
+    )
+    seconds = time.perf_counter() - started
+    summary = {
+        "output": str(result.output_path),
+        "bytes": len(result.content),
+        "seconds": round(seconds, 3),
+        "ops": dict(Counter(op.type for op in result.graph.ops)),
+        "inputs": [vars(t) for t in result.inputs],
+        "outputs": [vars(t) for t in result.outputs],
+        "notes": result.notes,
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=list))
+        return
+    if quiet:
+        return
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    for kind, tensors in (("input", result.inputs), ("output", result.outputs)):
+        for t in tensors:
+            click.echo(f"{kind:6} {t.name}: {list(t.shape)} {t.dtype} {t.layout}")
+    click.echo(
+        f"wrote {result.output_path} ({len(result.content):,} bytes, {len(result.graph.ops)} ops) in {seconds:.2f} s"
+    )
+    if verbose:
+        for op_type, count in sorted(summary["ops"].items()):
+            click.echo(f"  {op_type}: {count}")
+
+
+# -- inspect ---------------------------------------------------------------------------------
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+@verbosity_options
+@reports_errors
+def inspect(model, as_json, quiet, verbose):
+    """Describe a .tflite file: inputs, outputs, ops, tensors and where the bytes go.
+
+    \b
+    Examples:
+      edgeq inspect model.tflite
+      edgeq inspect model.tflite --json | jq .ops
+    """
+    from runtime.model import read_tflite
+
+    content = Path(model).read_bytes()
+    graph = read_tflite(content)
+    description = describe_graph(graph, len(content))
+    if as_json:
+        click.echo(json.dumps(description, indent=2))
+        return
+    click.echo(f"{model}: {len(content):,} bytes, {len(graph.ops)} ops, {len(graph.tensors)} tensors")
+    for kind in ("inputs", "outputs"):
+        for t in description[kind]:
+            click.echo(f"  {kind[:-1]:6} {t['name']}: {t['shape']} {t['dtype']}{_quant_label(t)}")
+    click.echo("ops:")
+    for op_type, count in description["ops"].items():
+        click.echo(f"  {op_type:28} {count}")
+    click.echo(f"constant data: {description['constant_bytes']:,} bytes in {description['constants']} tensors")
+    if verbose:
+        click.echo("tensors:")
+        for t in description["tensors"]:
+            kind = "const" if t["constant"] else "act"
+            click.echo(f"  {t['name']:40} {str(t['shape']):20} {t['dtype']:8} {kind:5} {t['bytes']:>10,}{_quant_label(t)}")
+
+
+def _quant_label(t: dict) -> str:
+    q = t.get("quantization")
+    if not q:
+        return ""
+    if len(q["scale"]) == 1:
+        return f" (scale {q['scale'][0]:.6g}, zero point {q['zero_point'][0]})"
+    return f" ({len(q['scale'])} per-channel scales, axis {q['axis']})"
+
+
+def describe_graph(graph, file_bytes: int) -> dict:
+    def tensor_entry(t):
+        entry = {
+            "name": t.name,
+            "shape": list(t.shape),
+            "dtype": t.dtype.name,
+            "constant": t.is_constant,
+            "bytes": t.nbytes,
+        }
+        if t.quant is not None:
+            entry["quantization"] = {
+                "scale": [float(s) for s in t.quant.scale],
+                "zero_point": [int(z) for z in t.quant.zero_point],
+                "axis": t.quant.axis,
+            }
+        return entry
+
+    constants = [t for t in graph.tensors.values() if t.is_constant]
+    return {
+        "file_bytes": file_bytes,
+        "inputs": [tensor_entry(graph[n]) for n in graph.inputs],
+        "outputs": [tensor_entry(graph[n]) for n in graph.outputs],
+        "ops": dict(sorted(Counter(op.type for op in graph.ops).items())),
+        "constants": len(constants),
+        "constant_bytes": sum(t.nbytes for t in constants),
+        "tensors": [tensor_entry(t) for t in graph.tensors.values()],
+    }
+
+
+# -- run -------------------------------------------------------------------------------------
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--input", "-i", "input_path", type=click.Path(dir_okay=False), required=True,
+              help=".npy (one-input models) or .npz keyed by input name.")
+@click.option("--engine", type=click.Choice(["edgeq", "litert"]), default="edgeq", show_default=True,
+              help="Which interpreter runs the model.")
+@click.option("--output", "-o", "output_path", type=click.Path(dir_okay=False), help="Save the outputs as .npz.")
+@click.option("--top-k", type=int, default=5, show_default=True, help="How many classes to print for classifiers.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outputs' summary as JSON.")
+@verbosity_options
+@reports_errors
+def run(model, input_path, engine, output_path, top_k, as_json, quiet, verbose):
+    """Run a .tflite file on an input and print its outputs.
+
+    \b
+    Examples:
+      edgeq run model.tflite --input x.npy
+      edgeq run model.tflite --input batch.npz --engine litert -o out.npz
+    """
+    from converter.fileio import write_atomic
+
+    interpreter = _make_interpreter(model, engine)
+    interpreter.allocate_tensors()
+    feeds = _load_inputs(input_path, interpreter.get_input_details())
+    for detail, value in zip(interpreter.get_input_details(), feeds):
+        interpreter.set_tensor(detail["index"], value)
+    started = time.perf_counter()
+    interpreter.invoke()
+    seconds = time.perf_counter() - started
+    outputs = {d["name"]: interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()}
+
+    if output_path:
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **outputs)
+        write_atomic(output_path, buffer.getvalue())
+    summary = {
+        "engine": engine,
+        "seconds": round(seconds, 6),
+        "outputs": {name: _summarize_output(value, top_k) for name, value in outputs.items()},
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    elif not quiet:
+        click.echo(f"{engine}: invoke took {seconds * 1e3:.2f} ms")
+        for name, info in summary["outputs"].items():
+            click.echo(f"{name}: {info['shape']} {info['dtype']} min {info['min']:.6g} max {info['max']:.6g}")
+            if "top_k" in info:
+                ranked = ", ".join(f"{c}: {s:.4g}" for c, s in info["top_k"])
+                click.echo(f"  top-{len(info['top_k'])}: {ranked}")
+
+
+def _make_interpreter(model: str, engine: str):
+    content = Path(model).read_bytes()
+    if engine == "litert":
+        try:
+            from ai_edge_litert.interpreter import Interpreter as LiteRTInterpreter
+        except ImportError:
+            raise ModelError("--engine litert needs the ai-edge-litert package (pip install ai-edge-litert)") from None
+        try:
+            return LiteRTInterpreter(model_content=content, num_threads=1)
+        except ValueError as exc:
+            raise ModelError(f"{model}: LiteRT cannot load it: {exc}") from None
+    from runtime.interpreter import Interpreter
+
+    return Interpreter(model_content=content, num_threads=1)
+
+
+def _load_inputs(path: str, details: list) -> list:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise ModelError(f"{path}: not a numpy .npy/.npz file without pickles ({exc})") from None
+    if isinstance(loaded, np.ndarray):
+        if len(details) != 1:
+            names = ", ".join(d["name"] for d in details)
+            raise ModelError(f"{path}: the model has {len(details)} inputs ({names}); give an .npz keyed by name")
+        arrays = [loaded]
+    else:
+        with loaded:
+            missing = [d["name"] for d in details if d["name"] not in loaded.files]
+            if missing and len(details) == 1 and len(loaded.files) == 1:
+                arrays = [loaded[loaded.files[0]]]
+            elif missing:
+                raise ModelError(f"{path}: no array for input(s) {', '.join(missing)} (has {', '.join(loaded.files)})")
+            else:
+                arrays = [loaded[d["name"]] for d in details]
+    return [_fit_input(a, d, path) for a, d in zip(arrays, details)]
+
+
+def _fit_input(array: np.ndarray, detail: dict, path: str) -> np.ndarray:
+    shape = tuple(int(d) for d in detail["shape"])
+    if array.shape != shape and array.size == int(np.prod(shape)) and array.ndim == len(shape) - 1:
+        array = array.reshape(shape)
+    if array.shape != shape:
+        # an NCHW image for an NHWC model input is the common case
+        if array.ndim == 4 and array.shape == (shape[0], shape[3], shape[1], shape[2]):
+            array = array.transpose(0, 2, 3, 1)
+        else:
+            raise ModelError(f"{path}: input '{detail['name']}' has shape {list(array.shape)}, the model wants {list(shape)}")
+    if not np.issubdtype(array.dtype, np.dtype(detail["dtype"])):
+        if np.dtype(detail["dtype"]).kind == "f":
+            array = array.astype(detail["dtype"])
+        else:
+            raise ModelError(f"{path}: input '{detail['name']}' is {array.dtype}, the model wants {np.dtype(detail['dtype']).name}")
+    return np.ascontiguousarray(array)
+
+
+def _summarize_output(value: np.ndarray, top_k: int) -> dict:
+    info = {
+        "shape": list(value.shape),
+        "dtype": value.dtype.name,
+        "min": float(value.min()) if value.size else 0.0,
+        "max": float(value.max()) if value.size else 0.0,
+    }
+    if value.ndim == 2 and value.shape[0] == 1 and value.shape[1] > 1 and top_k > 0:
+        scores = value[0].astype(np.float64)
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        info["top_k"] = [(int(c), float(scores[c])) for c in order]
+    return info
+
+
+if __name__ == "__main__":
+    main()
