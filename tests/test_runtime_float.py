@@ -641,3 +641,201 @@ def test_batched_run_through_flatten_reshape_and_fully_connected():
 def test_resize_tensor_input_is_not_implemented():
     with pytest.raises(NotImplementedError, match="static shapes"):
         Interpreter.from_graph(two_op_graph()).resize_tensor_input(0, [2, 6, 6, 2])
+
+
+# -- against LiteRT on the file we write --------------------------------------------------------
+
+def _conv_case(padding, stride, dilation=1, k=3, activation="NONE", in_c=5):
+    return ("CONV_2D", [("x", rand(1, 11, 10, in_c), False), ("w", rand(6, k, k, in_c), True), ("b", rand(6), True)],
+            dict(padding=padding, stride_h=stride, stride_w=stride, dilation_h_factor=dilation,
+                 dilation_w_factor=dilation, fused_activation_function=activation))
+
+
+def _depthwise_case(multiplier, padding, stride):
+    return ("DEPTHWISE_CONV_2D", [("x", rand(1, 9, 10, 4), False), ("w", rand(1, 3, 3, 4 * multiplier), True),
+                                  ("b", rand(4 * multiplier), True)],
+            dict(padding=padding, stride_h=stride, stride_w=stride, depth_multiplier=multiplier))
+
+
+def _pool_case(op_type, padding, k, stride):
+    return (op_type, [("x", rand(1, 9, 10, 3), False)],
+            dict(padding=padding, stride_h=stride, stride_w=stride, filter_height=k, filter_width=k))
+
+
+def _unary_case(op_type, low=-6.0, high=6.0, **options):
+    return (op_type, [("x", rand(2, 40, low=low, high=high), False)], options)
+
+
+def _binary_case(op_type, **options):
+    return (op_type, [("a", rand(1, 4, 5, 6), False), ("b", rand(1, 1, 5, 1, low=0.5, high=2), False)], options)
+
+
+def _resize_case(op_type, **options):
+    return (op_type, [("x", rand(1, 5, 7, 3), False), ("size", np.array([11, 9], np.int32), True)], options)
+
+
+def _int32(values):
+    return np.array(values, np.int32)
+
+
+LITERT_CASES = {
+    "conv_same_stride1": _conv_case("SAME", 1),
+    "conv_valid_stride2": _conv_case("VALID", 2),
+    "conv_same_stride2_k4": _conv_case("SAME", 2, k=4),
+    "conv_same_dilation2": _conv_case("SAME", 1, dilation=2),
+    "conv_1x1_relu6": _conv_case("VALID", 1, k=1, activation="RELU6"),
+    "depthwise_m1_same_stride2": _depthwise_case(1, "SAME", 2),
+    "depthwise_m2_valid_stride1": _depthwise_case(2, "VALID", 1),
+    "transpose_conv_same_stride2": ("TRANSPOSE_CONV", [("shape", _int32([1, 12, 14, 4]), True),
+                                                       ("w", rand(4, 3, 3, 5), True), ("x", rand(1, 6, 7, 5), False),
+                                                       ("b", rand(4), True)],
+                                    dict(padding="SAME", stride_h=2, stride_w=2)),
+    "transpose_conv_valid_stride2": ("TRANSPOSE_CONV", [("shape", _int32([1, 13, 15, 4]), True),
+                                                        ("w", rand(4, 3, 3, 5), True), ("x", rand(1, 6, 7, 5), False),
+                                                        ("", None, True)],
+                                     dict(padding="VALID", stride_h=2, stride_w=2)),
+    "fully_connected": ("FULLY_CONNECTED", [("x", rand(3, 20), False), ("w", rand(7, 20), True), ("b", rand(7), True)],
+                        dict(fused_activation_function="RELU")),
+    "fully_connected_keep_num_dims": ("FULLY_CONNECTED", [("x", rand(2, 3, 20), False), ("w", rand(7, 20), True),
+                                                          ("", None, True)], dict(keep_num_dims=True)),
+    "batch_matmul_adj_y": ("BATCH_MATMUL", [("a", rand(2, 4, 5), False), ("b", rand(2, 6, 5), False)],
+                           dict(adj_x=False, adj_y=True)),
+    "add_relu": _binary_case("ADD", fused_activation_function="RELU"),
+    "sub": _binary_case("SUB"),
+    "mul_relu6": _binary_case("MUL", fused_activation_function="RELU6"),
+    "div": _binary_case("DIV"),
+    "maximum": _binary_case("MAXIMUM"),
+    "minimum": _binary_case("MINIMUM"),
+    "squared_difference": _binary_case("SQUARED_DIFFERENCE"),
+    "relu": _unary_case("RELU"),
+    "relu6": _unary_case("RELU6", low=-3, high=9),
+    "relu_n1_to_1": _unary_case("RELU_N1_TO_1"),
+    "leaky_relu": _unary_case("LEAKY_RELU", alpha=0.2),
+    "prelu": ("PRELU", [("x", rand(1, 3, 4, 5, low=-4, high=4), False), ("alpha", rand(5), True)], {}),
+    "logistic": _unary_case("LOGISTIC"),
+    "tanh": _unary_case("TANH"),
+    "hard_swish": _unary_case("HARD_SWISH"),
+    "gelu": _unary_case("GELU", approximate=False),
+    "gelu_tanh": _unary_case("GELU", approximate=True),
+    "exp": _unary_case("EXP"),
+    "log": _unary_case("LOG", low=0.01, high=10),
+    "sqrt": _unary_case("SQRT", low=0.01, high=10),
+    "rsqrt": _unary_case("RSQRT", low=0.01, high=10),
+    "abs": _unary_case("ABS"),
+    "neg": _unary_case("NEG"),
+    "max_pool_same": _pool_case("MAX_POOL_2D", "SAME", 3, 2),
+    "max_pool_valid": _pool_case("MAX_POOL_2D", "VALID", 2, 2),
+    "average_pool_same": _pool_case("AVERAGE_POOL_2D", "SAME", 3, 2),
+    "average_pool_valid": _pool_case("AVERAGE_POOL_2D", "VALID", 3, 1),
+    "lrn": ("LOCAL_RESPONSE_NORMALIZATION", [("x", rand(1, 4, 5, 12, low=-3, high=3), False)],
+            dict(radius=2, bias=1.5, alpha=0.01, beta=0.75)),
+    "softmax_beta": ("SOFTMAX", [("x", rand(2, 10, low=-5, high=5), False)], dict(beta=0.7)),
+    "mean_keep_dims": ("MEAN", [("x", rand(1, 6, 7, 4), False), ("axes", _int32([1, 2]), True)], dict(keep_dims=True)),
+    "sum": ("SUM", [("x", rand(2, 6, 7, 4), False), ("axes", _int32([-1]), True)], dict(keep_dims=False)),
+    "reduce_max": ("REDUCE_MAX", [("x", rand(2, 6, 7, 4), False), ("axes", _int32([1]), True)], dict(keep_dims=False)),
+    "resize_bilinear": _resize_case("RESIZE_BILINEAR"),
+    "resize_bilinear_align_corners": _resize_case("RESIZE_BILINEAR", align_corners=True),
+    "resize_bilinear_half_pixel": _resize_case("RESIZE_BILINEAR", half_pixel_centers=True),
+    "resize_nearest": _resize_case("RESIZE_NEAREST_NEIGHBOR"),
+    "resize_nearest_align_corners": _resize_case("RESIZE_NEAREST_NEIGHBOR", align_corners=True),
+    "resize_nearest_half_pixel": _resize_case("RESIZE_NEAREST_NEIGHBOR", half_pixel_centers=True),
+    "reshape": ("RESHAPE", [("x", rand(1, 4, 3, 2), False), ("shape", _int32([1, -1]), True)], {}),
+    "transpose": ("TRANSPOSE", [("x", rand(1, 4, 3, 2), False), ("perm", _int32([0, 3, 1, 2]), True)], {}),
+    "concatenation": ("CONCATENATION", [("a", rand(1, 4, 3, 2), False), ("b", rand(1, 4, 3, 5), False)],
+                      dict(axis=-1, fused_activation_function="NONE")),
+    "pad": ("PAD", [("x", rand(1, 4, 3, 2), False), ("p", _int32([[0, 0], [1, 2], [2, 1], [0, 0]]), True)], {}),
+    "padv2": ("PADV2", [("x", rand(1, 4, 3, 2), False), ("p", _int32([[0, 0], [1, 2], [2, 1], [0, 0]]), True),
+                        ("v", np.array([-2.5], np.float32), True)], {}),
+    "squeeze": ("SQUEEZE", [("x", rand(1, 4, 1, 2), False)], dict(squeeze_dims=[2])),
+    "expand_dims": ("EXPAND_DIMS", [("x", rand(1, 4, 2), False), ("axis", _int32([1]), True)], {}),
+    "strided_slice": ("STRIDED_SLICE", [("x", rand(1, 8, 7, 3), False), ("begin", _int32([0, 1, -1, 0]), True),
+                                        ("end", _int32([1, 7, -8, 2]), True), ("strides", _int32([1, 2, -2, 1]), True)],
+                      dict(begin_mask=0, end_mask=0b1000, shrink_axis_mask=0)),
+    "strided_slice_shrink": ("STRIDED_SLICE", [("x", rand(2, 8, 3), False), ("begin", _int32([0, 2, 1]), True),
+                                               ("end", _int32([2, 3, 3]), True), ("strides", _int32([1, 1, 1]), True)],
+                             dict(shrink_axis_mask=0b010)),
+    "slice": ("SLICE", [("x", rand(1, 8, 7, 3), False), ("begin", _int32([0, 2, 1, 0]), True),
+                        ("size", _int32([-1, 3, -1, 2]), True)], {}),
+    "gather": ("GATHER", [("x", rand(5, 6), False), ("i", _int32([4, 0, 2]), True)], dict(axis=0, batch_dims=0)),
+    "gather_axis1": ("GATHER", [("x", rand(2, 6, 3), False), ("i", _int32([[1, 5], [0, 0]]), True)],
+                     dict(axis=1, batch_dims=0)),
+    "split": ("SPLIT", [("axis", _int32([-1]), True), ("x", rand(1, 3, 6), False)], dict(num_splits=3)),
+    "split_v": ("SPLIT_V", [("x", rand(1, 7, 2), False), ("s", _int32([3, -1, 2]), True), ("axis", _int32([1]), True)],
+                dict(num_splits=3)),
+    "tile": ("TILE", [("x", rand(1, 2, 3), False), ("m", _int32([2, 1, 3]), True)], {}),
+    "pack": ("PACK", [("a", rand(2, 3), False), ("b", rand(2, 3), False)], dict(axis=1, values_count=2)),
+    "unpack": ("UNPACK", [("x", rand(3, 2, 4), False)], dict(num=2, axis=1)),
+}
+
+
+def _graph_for_litert(op_type, inputs, options):
+    """The single-op graph with its output shapes filled in from one run of our runtime."""
+    n_outputs = {"SPLIT": options.get("num_splits"), "SPLIT_V": options.get("num_splits"),
+                 "UNPACK": options.get("num")}.get(op_type) or 1
+    probe = single_op_graph(op_type, inputs, [()] * n_outputs, options)
+    feeds = {name: value for name, value, is_constant in inputs if name and not is_constant}
+    results = run_graph(probe, feeds)
+    return single_op_graph(op_type, inputs, [results[name].shape for name in probe.outputs], options), feeds
+
+
+def _litert(content):
+    litert = pytest.importorskip("ai_edge_litert.interpreter")
+    interpreter = litert.Interpreter(model_content=content)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _invoke(interpreter, feeds, graph):
+    index = {name: i for i, name in enumerate(graph.tensors)}
+    for name, value in feeds.items():
+        interpreter.set_tensor(index[name], value)
+    interpreter.invoke()
+    return [interpreter.get_tensor(index[name]) for name in graph.outputs]
+
+
+@pytest.mark.parametrize("case", LITERT_CASES)
+def test_kernel_matches_litert_on_written_file(case):
+    write_tflite = pytest.importorskip("converter.tflite_writer").write_tflite
+    graph, feeds = _graph_for_litert(*LITERT_CASES[case])
+    content = write_tflite(graph)
+    expected = _invoke(_litert(content), feeds, graph)
+    ours = Interpreter(model_content=content)
+    ours.allocate_tensors()
+    actual = _invoke(ours, feeds, graph)
+    for a, e in zip(actual, expected):
+        assert a.shape == e.shape and a.dtype == e.dtype
+        scale = max(float(np.abs(e).max()), 1e-30)
+        assert float(np.abs(a - e).max()) / scale <= 1e-5
+
+
+def test_details_equal_litert_details_on_written_file():
+    write_tflite = pytest.importorskip("converter.tflite_writer").write_tflite
+    content = write_tflite(two_op_graph())
+    reference = _litert(content)
+    ours = Interpreter(model_content=content)
+    ours.allocate_tensors()
+    for get in ("get_input_details", "get_output_details", "get_tensor_details"):
+        for mine, theirs in zip(getattr(ours, get)(), getattr(reference, get)()):
+            assert set(mine) == set(theirs)
+            for key, value in theirs.items():
+                if isinstance(value, np.ndarray):
+                    assert mine[key].dtype == value.dtype and np.array_equal(mine[key], value), key
+                elif isinstance(value, dict):
+                    assert set(mine[key]) == set(value)
+                    for sub_key, sub_value in value.items():
+                        assert np.array_equal(mine[key][sub_key], sub_value), (key, sub_key)
+                else:
+                    assert mine[key] == value, key
+    assert ours.get_signature_list() == reference.get_signature_list()
+
+
+def test_model_path_runs_the_same_as_model_content(tmp_path):
+    write_tflite = pytest.importorskip("converter.tflite_writer").write_tflite
+    graph = two_op_graph()
+    path = tmp_path / "model.tflite"
+    path.write_bytes(write_tflite(graph))
+    x = rand(1, 6, 6, 2)
+    from_path = Interpreter(model_path=str(path))
+    from_path.allocate_tensors()
+    assert_close(_invoke(from_path, {"x": x}, graph)[0], Interpreter.from_graph(graph).run({"x": x})["y"],
+                 atol=0, rtol=0)
