@@ -389,7 +389,7 @@ def _mul(s: _Signature) -> int:
         return 5
     if s.in_type(0) == I16:
         return 4
-    quants = [t.quant for t in (s.inputs[0], s.inputs[1], s.outputs[0]) if t is not None]
+    quants = [t.quant for t in (s.inputs[0], s.inputs[1], s.outputs[0]) if t is not None and t.quant is not None]
     if len(quants) == 3 and all(q.scale[0] != 0 for q in quants):
         if quants[0].scale[0] * quants[1].scale[0] / quants[2].scale[0] >= 1.0:
             return 3
