@@ -215,6 +215,12 @@ class Graph:
 
 
 # -- reading TFLite flatbuffers -------------------------------------------------------------------
+# runtime.schema imports ModelError from here, hence these imports below its definition.
+import struct  # noqa: E402
+
+import tflite  # noqa: E402
+
+from runtime import schema  # noqa: E402
 
 TFLITE_FILE_IDENTIFIER = b"TFL3"
 TFLITE_SCHEMA_VERSION = 3
@@ -225,10 +231,6 @@ def read_tflite(data) -> Graph:
 
     Raises ModelError, naming the tensor or op at fault, on anything malformed.
     """
-    import struct
-
-    import tflite
-
     data = memoryview(data).cast("B")
     if len(data) < 8 or bytes(data[4:8]) != TFLITE_FILE_IDENTIFIER:
         raise ModelError("not a TFLite model: the file identifier is not 'TFL3'")
@@ -236,9 +238,9 @@ def read_tflite(data) -> Graph:
         raise ModelError("not a TFLite model: the root offset points past the end (truncated file?)")
     try:
         return _read_model(tflite.Model.GetRootAs(data, 0), data)
+    except ModelError:
+        raise
     except (struct.error, IndexError, ValueError, TypeError, OverflowError) as error:
-        if isinstance(error, ModelError):
-            raise
         raise ModelError(f"malformed TFLite flatbuffer (truncated or corrupt): {error}") from None
 
 
@@ -293,8 +295,6 @@ def _tensor_names(model, subgraph) -> list:
 
 
 def _read_tensor(model, fb_tensor, name: str, data) -> Tensor:
-    from runtime import schema
-
     shape = tuple(_int_list(fb_tensor.ShapeAsNumpy()))
     if any(d < 0 for d in shape):
         raise ModelError(f"tensor '{name}': dynamic shape {shape} is not supported")
@@ -347,8 +347,6 @@ def _read_quantization(params, name: str, shape: tuple) -> Optional[QuantParams]
 
 
 def _read_operator(model, fb_op, position: int, name_of) -> Op:
-    from runtime import schema
-
     opcode_index = fb_op.OpcodeIndex()
     if not 0 <= opcode_index < model.OperatorCodesLength():
         raise ModelError(f"op #{position}: operator code index {opcode_index} is out of range")
@@ -370,10 +368,6 @@ def _read_operator(model, fb_op, position: int, name_of) -> Op:
 
 
 def _read_options(fb_op, op_type: str, where: str) -> dict:
-    import tflite
-
-    from runtime import schema
-
     table = schema.options_table_name(op_type)
     union_type = fb_op.BuiltinOptionsType()
     if table is None or union_type == tflite.BuiltinOptions.NONE:
