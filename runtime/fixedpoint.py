@@ -19,7 +19,10 @@ INT32_MAX = np.int64(2**31 - 1)
 # Which MultiplyByQuantizedMultiplier LiteRT's BUILTIN_REF kernels were compiled with:
 # False: double rounding (gemmlowp SaturatingRoundingDoublingHighMul + RoundingDivideByPOT),
 # True: single rounding (one int64 multiply, add, arithmetic shift; TFLITE_SINGLE_ROUNDING).
-# Measured against the ai-edge-litert wheel in tests/test_fixedpoint.py.
+# Measured against the ai-edge-litert wheel in tests/test_fixedpoint.py: CONV_2D, DEPTHWISE_CONV_2D,
+# MUL and requantizing QUANTIZE round twice. Its reference int8 FULLY_CONNECTED is the exception: it
+# rounds the exact product x * M / 2^(31 - shift) once, ties away from zero
+# (``multiply_by_quantized_multiplier_rounding_away``).
 SINGLE_ROUNDING = False
 
 
@@ -109,6 +112,20 @@ def multiply_by_quantized_multiplier(x, quantized_multiplier, shift, single_roun
     if single_rounding:
         return _multiply_single_rounding(x, multiplier, shift)
     return _multiply_double_rounding(x, multiplier, shift)
+
+
+def multiply_by_quantized_multiplier_rounding_away(x, quantized_multiplier, shift) -> np.ndarray:
+    """round(x * M / 2^(31 - shift)) in one step, ties away from zero: what LiteRT's reference int8
+    FULLY_CONNECTED computes (equal to single rounding except on negative exact ties)."""
+    x = np.asarray(x, dtype=np.int64)
+    multiplier = np.asarray(quantized_multiplier, dtype=np.int64)
+    shift = np.asarray(shift, dtype=np.int64)
+    product = x * multiplier  # |x * M| < 2^62
+    total_shift = 31 - shift
+    mask = (np.int64(1) << total_shift) - 1
+    threshold = (mask >> 1) + (product < 0)
+    result = (product >> total_shift) + ((product & mask) > threshold)
+    return _wrap_int32(result).astype(np.int32)
 
 
 def requantize(x, real_multiplier, single_rounding=None) -> np.ndarray:

@@ -160,3 +160,91 @@ def test_per_channel_multipliers_broadcast_along_the_last_axis():
     acc = np.full((2, 3), 10)
     out = multiply_by_quantized_multiplier(acc, multipliers, shifts)
     assert out.tolist() == [[3, 5, 20], [3, 5, 20]]
+
+
+# -- LiteRT as referee: which rounding does the wheel's BUILTIN_REF use? ------------------------
+#
+# Each model maps every int8 value x in [-128, 127] through one op whose effective real multiplier
+# is exactly 0.25 (input scale 1, weight 1, output scale 4, zero points 0): every x = 2 (mod 4) is a
+# tie, and x = 1 (mod 4) exposes the double-rounding artifact (e.g. 9 * 0.25: the high-mul rounds 4.5
+# to 5, then 5 / 2 rounds to 3 instead of 2). The builds disagree on 64 of the 256 values.
+
+litert = pytest.importorskip("ai_edge_litert.interpreter")
+
+from converter.tflite_writer import write_tflite  # noqa: E402
+from runtime.fixedpoint import multiply_by_quantized_multiplier_rounding_away  # noqa: E402
+from runtime.model import Graph, Op, QuantParams, Tensor  # noqa: E402
+
+ALL_INT8 = np.arange(-128, 128, dtype=np.int8)
+CONV_OPTIONS = {"padding": "VALID", "stride_w": 1, "stride_h": 1, "dilation_w_factor": 1,
+                "dilation_h_factor": 1, "fused_activation_function": "NONE"}
+
+
+def _run_reference(graph: Graph, x: np.ndarray) -> np.ndarray:
+    interpreter = litert.Interpreter(
+        model_content=write_tflite(graph),
+        experimental_op_resolver_type=litert.OpResolverType.BUILTIN_REF,
+    )
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).ravel().astype(np.int64)
+
+
+def _single_op(op_type, x_shape, constants=(), options=None, weight_axis=0) -> Graph:
+    g = Graph()
+    g.add_tensor(Tensor("x", x_shape, np.int8, quant=QuantParams(1.0, 0)))
+    names = ["x"]
+    for kind, shape in constants:
+        if kind == "weight":
+            g.add_tensor(Tensor("w", shape, np.int8, np.ones(shape), QuantParams([1.0], [0], weight_axis)))
+            names.append("w")
+        else:
+            g.add_tensor(Tensor("b", shape, np.int32, np.zeros(shape), QuantParams([1.0], [0], 0)))
+            names.append("b")
+    out_shape = x_shape
+    g.add_tensor(Tensor("y", out_shape, np.int8, quant=QuantParams(4.0, 0)))
+    g.add_op(Op(op_type, names, ["y"], options or {}))
+    g.inputs, g.outputs = ["x"], ["y"]
+    return g
+
+
+QUARTER_M, QUARTER_SHIFT = quantize_multiplier(0.25)
+DOUBLE = multiply_by_quantized_multiplier(ALL_INT8, QUARTER_M, QUARTER_SHIFT, single_rounding=False)
+SINGLE = multiply_by_quantized_multiplier(ALL_INT8, QUARTER_M, QUARTER_SHIFT, single_rounding=True)
+AWAY = multiply_by_quantized_multiplier_rounding_away(ALL_INT8, QUARTER_M, QUARTER_SHIFT)
+
+
+def test_the_probe_separates_the_builds():
+    assert np.count_nonzero(DOUBLE != SINGLE) == 64
+    assert np.count_nonzero(AWAY != SINGLE) == 32  # the negative ties
+    assert np.count_nonzero(AWAY != DOUBLE) == 32  # the double-rounding artifacts
+
+
+@pytest.mark.parametrize(
+    "graph",
+    [
+        _single_op("CONV_2D", (1, 16, 16, 1), [("weight", (1, 1, 1, 1)), ("bias", (1,))], CONV_OPTIONS),
+        _single_op("DEPTHWISE_CONV_2D", (1, 16, 16, 1), [("weight", (1, 1, 1, 1)), ("bias", (1,))],
+                   {**CONV_OPTIONS, "depth_multiplier": 1}, weight_axis=3),
+        _single_op("QUANTIZE", (256,)),
+        _single_op("MUL", (256,), [("weight", (1,))], {"fused_activation_function": "NONE"}),
+    ],
+    ids=["CONV_2D", "DEPTHWISE_CONV_2D", "QUANTIZE-requantize", "MUL"],
+)
+def test_litert_reference_kernels_use_double_rounding(graph):
+    result = _run_reference(graph, ALL_INT8.reshape(graph["x"].shape))
+    np.testing.assert_array_equal(result, DOUBLE)
+    assert not np.array_equal(result, SINGLE)
+    assert fixedpoint.SINGLE_ROUNDING is False
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_litert_reference_fully_connected_rounds_once_ties_away_from_zero(per_channel):
+    g = _single_op("FULLY_CONNECTED", (256, 1), [("weight", (1, 1)), ("bias", (1,))],
+                   {"fused_activation_function": "NONE"})
+    if not per_channel:
+        g["w"].quant = QuantParams(1.0, 0)
+    result = _run_reference(g, ALL_INT8.reshape(256, 1))
+    np.testing.assert_array_equal(result, AWAY)
+    assert not np.array_equal(result, DOUBLE) and not np.array_equal(result, SINGLE)
