@@ -1,0 +1,345 @@
+"""Calibration: run the float graph on edgeq's runtime over sample inputs and observe activation ranges.
+
+Only running statistics are kept per tensor (a min/max pair, or a histogram), never the tensors of all
+samples. Observers:
+
+* ``minmax``: the smallest and largest value seen (the default; TFLite's converter does this).
+* ``percentile``: the (100 - p)th and p-th percentiles of all values (p = 99.99 by default).
+* ``entropy``: TensorRT's threshold that minimises the KL divergence between the histogram of |x|
+  and its 8-bit quantized version; the observed range is clipped to [-threshold, threshold].
+* ``mse``: the clipping range whose int8 quantization has the least mean squared error.
+
+Histograms cover [-R, R] with a fixed number of bins; when a later batch exceeds R, R doubles and
+pairs of bins merge, so the histogram stays exact up to its current bin width.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from converter.quantize import choose_activation_params
+from runtime.model import Graph, ModelError
+
+OBSERVERS = ("minmax", "percentile", "entropy", "mse")
+
+
+# -- loading calibration data ----------------------------------------------------------------------
+
+def _sample_shape(graph: Graph, name: str) -> tuple:
+    return tuple(graph[name].shape[1:])
+
+
+def _to_graph_layout(name: str, data: np.ndarray, graph: Graph, nchw_to_nhwc: Optional[bool]) -> np.ndarray:
+    """Samples in the graph's (NHWC) layout; channels-first samples are transposed."""
+    expected = _sample_shape(graph, name)
+    given = tuple(data.shape[1:])
+    channels_first = (expected[-1],) + expected[:-1] if len(expected) >= 2 else expected
+    matches_nhwc = given == expected
+    matches_nchw = len(expected) >= 2 and given == channels_first
+    if nchw_to_nhwc is None:
+        if matches_nhwc and matches_nchw and expected[-1] > 1:
+            raise ModelError(
+                f"calibration input '{name}': shape {given} reads as NCHW and as NHWC; "
+                "say which with nchw_to_nhwc=True/False"
+            )
+        nchw_to_nhwc = matches_nchw and not matches_nhwc
+    if nchw_to_nhwc:
+        if not matches_nchw:
+            raise ModelError(
+                f"calibration input '{name}': samples of shape {given} are not NCHW {channels_first}"
+            )
+        return np.moveaxis(data, 1, -1)
+    if not matches_nhwc:
+        layouts = f"{expected} (NHWC)" + (f" or {channels_first} (NCHW)" if len(expected) >= 2 else "")
+        raise ModelError(f"calibration input '{name}': samples have shape {given}, expected {layouts}")
+    return data
+
+
+def load_calibration(path, graph: Graph, nchw_to_nhwc: Optional[bool] = None,
+                     num_samples: Optional[int] = None) -> dict:
+    """Calibration samples as ``{input name: array}`` in the graph's layout, first axis = samples.
+
+    ``path``: an ``.npz`` with one array per graph input (key = input name), or an ``.npy`` for a
+    one-input graph. Image samples may be NCHW (as the ONNX model takes them) or NHWC; the layout is
+    read from the shape unless ``nchw_to_nhwc`` says it. ``num_samples`` keeps the first N samples.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"calibration file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ModelError(f"calibration file {path} is empty")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            if len(graph.inputs) != 1:
+                raise ModelError(
+                    f"calibration file {path} holds one array but the model has inputs {graph.inputs}; "
+                    "use an .npz with one array per input name"
+                )
+            arrays = {graph.inputs[0]: loaded}
+        else:
+            with loaded:
+                arrays = {key: loaded[key] for key in loaded.files}
+    except ModelError:
+        raise
+    except ValueError as error:
+        if "pickle" in str(error).lower():
+            raise ModelError(
+                f"calibration file {path} contains pickled objects, which are refused for safety; "
+                "save plain numeric arrays (np.savez / np.save)"
+            ) from None
+        raise ModelError(f"calibration file {path} is not a numpy .npy/.npz file: {error}") from None
+    except (OSError, EOFError) as error:
+        raise ModelError(f"calibration file {path} cannot be read as .npy/.npz: {error}") from None
+
+    unknown = sorted(set(arrays) - set(graph.inputs))
+    missing = [n for n in graph.inputs if n not in arrays]
+    if unknown or missing:
+        raise ModelError(
+            f"calibration file {path}: arrays must be named after the model inputs {graph.inputs}; "
+            f"missing {missing}, unexpected {unknown}"
+        )
+    samples = {}
+    counts = set()
+    for name in graph.inputs:
+        data = arrays[name]
+        if data.dtype.kind not in "fiub":
+            raise ModelError(f"calibration input '{name}' has non-numeric dtype {data.dtype}")
+        if data.ndim == 0 or data.shape[0] == 0:
+            raise ModelError(f"calibration input '{name}' holds no samples")
+        if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+            raise ModelError(f"calibration input '{name}' contains NaN or Inf")
+        data = _to_graph_layout(name, data, graph, nchw_to_nhwc)
+        samples[name] = np.ascontiguousarray(data, dtype=graph[name].dtype)
+        counts.add(data.shape[0])
+    if len(counts) > 1:
+        raise ModelError(f"calibration inputs have different numbers of samples: {sorted(counts)}")
+    available = counts.pop()
+    if num_samples is not None:
+        if num_samples > available:
+            raise ModelError(f"asked for {num_samples} calibration samples but {path} holds only {available}")
+        samples = {name: data[:num_samples] for name, data in samples.items()}
+    return samples
+
+
+# -- observers -------------------------------------------------------------------------------------
+
+class RangeObserver:
+    """Running min and max."""
+
+    def __init__(self):
+        self.min = np.inf
+        self.max = -np.inf
+
+    def update(self, values: np.ndarray) -> None:
+        if values.size:
+            self.min = min(self.min, float(values.min()))
+            self.max = max(self.max, float(values.max()))
+
+    def range(self) -> tuple:
+        if self.min > self.max:
+            return 0.0, 0.0
+        return self.min, self.max
+
+
+class HistogramObserver(RangeObserver):
+    """Running min/max plus a histogram over [-R, R] whose R doubles as needed."""
+
+    def __init__(self, num_bins: int = 2048):
+        super().__init__()
+        if num_bins % 4:
+            raise ValueError("num_bins must be a multiple of 4 so that doubling the range merges bins evenly")
+        self.num_bins = num_bins
+        self.counts = np.zeros(num_bins, dtype=np.int64)
+        self.limit = 0.0  # R; 0 until the first non-zero value
+
+    def update(self, values: np.ndarray) -> None:
+        values = values.ravel()
+        if not values.size:
+            return
+        super().update(values)
+        peak = max(abs(self.min), abs(self.max))
+        if peak == 0:
+            self.counts[self.num_bins // 2] += values.size
+            return
+        if self.limit == 0:
+            # Everything seen so far was 0 and sits in the centre bin, which stays the centre bin.
+            self.limit = peak
+        while peak > self.limit:
+            self._double_range()
+        width = 2 * self.limit / self.num_bins
+        index = np.floor((values.astype(np.float64) + self.limit) / width).astype(np.int64)
+        np.clip(index, 0, self.num_bins - 1, out=index)
+        self.counts += np.bincount(index, minlength=self.num_bins)
+
+    def _double_range(self) -> None:
+        n = self.num_bins
+        merged = self.counts.reshape(-1, 2).sum(axis=1)
+        self.counts = np.zeros(n, dtype=np.int64)
+        self.counts[n // 4: n // 4 + n // 2] = merged
+        self.limit *= 2
+
+    @property
+    def edges(self) -> np.ndarray:
+        return np.linspace(-self.limit, self.limit, self.num_bins + 1)
+
+    def clipped(self, lo: float, hi: float) -> tuple:
+        """[lo, hi] intersected with the observed range."""
+        lo, hi = max(lo, self.min), min(hi, self.max)
+        return (lo, hi) if lo <= hi else (self.min, self.max)
+
+
+class PercentileObserver(HistogramObserver):
+    def __init__(self, percentile: float = 99.99, num_bins: int = 2048):
+        super().__init__(num_bins)
+        if not 50 < percentile <= 100:
+            raise ValueError("percentile must be in (50, 100]")
+        self.percentile = percentile
+
+    def range(self) -> tuple:
+        if self.min > self.max or self.limit == 0:
+            return super().range()
+        total = self.counts.sum()
+        cumulative = np.concatenate([[0], np.cumsum(self.counts)]) / total
+        edges = self.edges
+        # Linear interpolation of the empirical CDF between bin edges.
+        lo = float(np.interp(1 - self.percentile / 100, cumulative, edges))
+        hi = float(np.interp(self.percentile / 100, cumulative, edges))
+        return self.clipped(lo, hi)
+
+
+class EntropyObserver(HistogramObserver):
+    """TensorRT's entropy calibration on the histogram of |x|."""
+
+    def range(self) -> tuple:
+        if self.min > self.max or self.limit == 0:
+            return super().range()
+        half = self.num_bins // 2
+        magnitude = self.counts[half:].astype(np.float64)
+        magnitude[: half] += self.counts[:half][::-1]
+        # A one-signed tensor uses all 256 levels on one side; a two-signed one has 128 per side.
+        levels = 256 if self.min >= 0 or self.max <= 0 else 128
+        threshold_bin = _kl_threshold_bin(magnitude, levels)
+        threshold = threshold_bin * (self.limit / half)
+        return self.clipped(-threshold, threshold)
+
+
+def _kl_threshold_bin(hist: np.ndarray, levels: int) -> int:
+    """The number of leading bins whose clipped, ``levels``-quantized distribution loses least."""
+    nbins = hist.size
+    if nbins <= levels:
+        return nbins
+    best_bin, best_divergence = nbins, np.inf
+    total = hist.sum()
+    for i in range(levels, nbins + 1):
+        reference = hist[:i].copy()
+        reference[i - 1] += hist[i:].sum()  # outliers clip into the last kept bin
+        # Quantize the first i bins into ``levels`` groups, then spread each group's mass evenly over
+        # the bins of the group that were non-empty in the original histogram.
+        group = (np.arange(i) * levels) // i
+        nonzero = hist[:i] > 0
+        group_mass = np.bincount(group, weights=hist[:i], minlength=levels)
+        group_nonzero = np.bincount(group, weights=nonzero, minlength=levels)
+        candidate = np.where(nonzero, group_mass[group] / np.maximum(group_nonzero[group], 1), 0.0)
+        p = reference / total
+        q_sum = candidate.sum()
+        if q_sum == 0:
+            continue
+        q = candidate / q_sum
+        mask = p > 0
+        if np.any(q[mask] == 0):
+            divergence = np.inf
+        else:
+            divergence = float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+        if divergence < best_divergence:
+            best_bin, best_divergence = i, divergence
+    return best_bin
+
+
+class MseObserver(HistogramObserver):
+    """The range, shrunk from the observed one, whose int8 quantization has the least squared error."""
+
+    def range(self) -> tuple:
+        if self.min > self.max or self.limit == 0 or self.min == self.max:
+            return super().range()
+        edges = self.edges
+        centres = (edges[:-1] + edges[1:]) / 2
+        keep = self.counts > 0
+        centres, weights = centres[keep], self.counts[keep].astype(np.float64)
+        lo0, hi0 = min(self.min, 0.0), max(self.max, 0.0)
+
+        def error(lo, hi):
+            scale, zero_point = choose_activation_params(lo, hi)
+            q = np.clip(np.round(centres / scale) + zero_point, -128, 127)
+            return float(np.sum(weights * ((q - zero_point) * scale - centres) ** 2))
+
+        shrink = np.linspace(0.05, 1.0, 96)
+        best = min(shrink, key=lambda a: error(lo0 * a, hi0 * a))
+        lo, hi = lo0 * best, hi0 * best
+        # Then each end on its own: asymmetric tails want different clipping.
+        if lo0 < 0:
+            lo = lo0 * min(shrink, key=lambda a: error(lo0 * a, hi))
+        if hi0 > 0:
+            hi = hi0 * min(shrink, key=lambda a: error(lo, hi0 * a))
+        return self.clipped(lo, hi)
+
+
+def make_observer(method: str, percentile: float = 99.99, num_bins: int = 2048) -> RangeObserver:
+    if method == "minmax":
+        return RangeObserver()
+    if method == "percentile":
+        return PercentileObserver(percentile, num_bins)
+    if method == "entropy":
+        return EntropyObserver(num_bins)
+    if method == "mse":
+        return MseObserver(num_bins)
+    raise ValueError(f"unknown calibration method {method!r}; choose one of {', '.join(OBSERVERS)}")
+
+
+# -- calibration -----------------------------------------------------------------------------------
+
+def calibrate(graph: Graph, samples: dict, method: str = "minmax", batch_size: int = 32,
+              percentile: float = 99.99, num_bins: int = 2048, progress: bool = True) -> dict:
+    """``{tensor name: (min, max)}`` for every float activation (graph inputs included).
+
+    ``samples``: ``{input name: array}`` with samples on the first axis (see ``load_calibration``).
+    The float graph runs on edgeq's runtime ``batch_size`` samples at a time.
+    """
+    from runtime.interpreter import Interpreter
+
+    make_observer(method, percentile, num_bins)  # reject a bad method before running anything
+    missing = [n for n in graph.inputs if n not in samples]
+    if missing:
+        raise ModelError(f"calibration samples are missing model inputs {missing}")
+    counts = {int(np.shape(samples[n])[0]) for n in graph.inputs}
+    if len(counts) != 1 or 0 in counts:
+        raise ModelError(f"calibration inputs need the same, non-zero number of samples; got {sorted(counts)}")
+    total = counts.pop()
+
+    interpreter = Interpreter.from_graph(graph)
+    observed = [
+        name for name, t in graph.tensors.items() if t.data is None and t.dtype == np.float32
+    ]
+    observers = {name: make_observer(method, percentile, num_bins) for name in observed}
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=f"calibrating ({method})", unit="sample")
+    try:
+        for start in range(0, total, batch_size):
+            batch = {n: np.asarray(samples[n][start: start + batch_size]) for n in graph.inputs}
+            values = interpreter.run(batch, keep="all")
+            for name, value in values.items():
+                observer = observers.get(name)
+                if observer is not None and value is not None:
+                    observer.update(np.asarray(value))
+            if bar is not None:
+                bar.update(len(next(iter(batch.values()))))
+    finally:
+        if bar is not None:
+            bar.close()
+    return {name: tuple(float(v) for v in observer.range()) for name, observer in observers.items()}

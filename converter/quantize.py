@@ -1,0 +1,608 @@
+"""Post-training quantization of a float IR graph.
+
+* ``quantize_int8(graph, ranges)``: full integer quantization following the TFLite int8 spec: symmetric
+  int8 weights (per channel where TFLite allows it) in [-127, 127], int32 biases with
+  scale = input_scale * weight_scale and zero point 0, asymmetric per-tensor int8 activations whose
+  range always contains 0, and the op-specific constraints written down in ``RULES`` below.
+* ``quantize_dynamic(graph)``: dynamic-range ("hybrid") quantization: int8 weights, float activations.
+* ``quantize_float16(graph)``: float16 constants, each DEQUANTIZEd to float32 before use.
+
+``ranges`` maps activation tensor names to calibrated ``(min, max)`` (see ``converter.calibrate``).
+Ops without an int8 rule stay in float between DEQUANTIZE/QUANTIZE; the returned graph lists them
+in ``graph.float_ops``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from runtime.model import Graph, ModelError, Op, QuantParams, Tensor
+
+QMIN, QMAX = -128, 127  # int8 activations
+WEIGHT_QMAX = 127  # int8 weights are symmetric: [-127, 127], zero point 0
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+FLOAT32 = np.dtype(np.float32)
+
+# LiteRT's int8 FULLY_CONNECTED accepts per-channel weights (quantized_dimension 0) and its reference
+# kernel uses one multiplier per output channel; tests/test_quantize.py checks this.
+PER_CHANNEL_FULLY_CONNECTED = True
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one op type is quantized to int8.
+
+    ``weight``: (input index, per-channel axis) of the constant weight, quantized symmetric.
+    ``bias``: input index of the bias, quantized to int32 with scale = input scale * weight scale.
+    ``input``: the input index whose scale the bias scale is built from.
+    ``output``: "own" (the output's calibrated range), "shared" (every float input and output of the
+    op takes one set of params: TFLite's kernels for these ops do not requantize), or a fixed
+    (scale, zero_point) pair. Every other float input is an asymmetric int8 activation (a float
+    constant there is quantized from its own range).
+    """
+
+    output: object = "own"
+    weight: Optional[tuple] = None
+    bias: Optional[int] = None
+    input: int = 0
+
+
+SHARED = Rule(output="shared")
+OWN = Rule(output="own")
+
+RULES: dict = {
+    # Weighted ops: per-channel symmetric weights along the output-channel axis.
+    "CONV_2D": Rule(weight=(1, 0), bias=2),  # filter [O, H, W, I]
+    "DEPTHWISE_CONV_2D": Rule(weight=(1, 3), bias=2),  # filter [1, H, W, C]
+    "FULLY_CONNECTED": Rule(weight=(1, 0), bias=2),  # weights [O, I]
+    "TRANSPOSE_CONV": Rule(weight=(1, 0), bias=3, input=2),  # (output_shape, filter, input, bias)
+    # Ops that requantize freely: the output keeps its own calibrated range.
+    "ADD": OWN,
+    "SUB": OWN,
+    "MUL": OWN,
+    "MEAN": OWN,
+    "SUM": OWN,
+    "RELU": OWN,
+    "RELU6": OWN,
+    "RELU_N1_TO_1": OWN,
+    "LEAKY_RELU": OWN,
+    "PRELU": OWN,
+    "HARD_SWISH": OWN,
+    "SQUARED_DIFFERENCE": OWN,
+    # Fixed output params: the spec pins the output range to the function's range.
+    "SOFTMAX": Rule(output=(1.0 / 256, -128)),
+    "LOGISTIC": Rule(output=(1.0 / 256, -128)),
+    "TANH": Rule(output=(1.0 / 128, 0)),
+    "LOG_SOFTMAX": Rule(output=(16.0 / 256, 127)),
+    "L2_NORMALIZATION": Rule(output=(1.0 / 128, 0)),
+    # Data movement and max/min selection: inputs and outputs share one scale and zero point.
+    "MAX_POOL_2D": SHARED,
+    "AVERAGE_POOL_2D": SHARED,
+    "RESHAPE": SHARED,
+    "SQUEEZE": SHARED,
+    "EXPAND_DIMS": SHARED,
+    "TRANSPOSE": SHARED,
+    "PAD": SHARED,
+    "PADV2": SHARED,
+    "CONCATENATION": SHARED,
+    "SPLIT": SHARED,
+    "SPLIT_V": SHARED,
+    "PACK": SHARED,
+    "UNPACK": SHARED,
+    "SLICE": SHARED,
+    "STRIDED_SLICE": SHARED,
+    "GATHER": SHARED,
+    "TILE": SHARED,
+    "BROADCAST_TO": SHARED,
+    "SPACE_TO_DEPTH": SHARED,
+    "DEPTH_TO_SPACE": SHARED,
+    "SPACE_TO_BATCH_ND": SHARED,
+    "BATCH_TO_SPACE_ND": SHARED,
+    "RESIZE_BILINEAR": SHARED,
+    "RESIZE_NEAREST_NEIGHBOR": SHARED,
+    "MAXIMUM": SHARED,
+    "MINIMUM": SHARED,
+    "REDUCE_MAX": SHARED,
+    "REDUCE_MIN": SHARED,
+}
+
+# The real-valued range a fused activation (or the same activation as an op) clamps its output to.
+ACTIVATION_BOUNDS = {
+    "RELU": (0.0, np.inf),
+    "RELU6": (0.0, 6.0),
+    "RELU_N1_TO_1": (-1.0, 1.0),
+}
+
+
+# -- quantization parameters ---------------------------------------------------------------------
+
+def round_half_away(x) -> np.ndarray:
+    """std::round: to nearest, ties away from zero (numpy's round goes to even)."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
+def choose_activation_params(range_min: float, range_max: float, qmin: int = QMIN, qmax: int = QMAX):
+    """Asymmetric (scale, zero_point) for a real range, as the TFLite converter chooses them.
+
+    The range is first widened to contain 0, so that real 0 (padding, ReLU's floor) is exact; the
+    zero point round(qmin - min / scale) is clamped to [qmin, qmax].
+    """
+    range_min = min(float(range_min), 0.0)
+    range_max = max(float(range_max), 0.0)
+    if not np.isfinite(range_min) or not np.isfinite(range_max):
+        raise ModelError(f"cannot quantize the infinite range [{range_min}, {range_max}]")
+    if range_max == range_min:
+        return 1.0, qmin  # an all-zero tensor: any scale represents it
+    # The kernels see the float32 scale, so derive the zero point from that.
+    scale = float(np.float32((range_max - range_min) / (qmax - qmin)))
+    zero_point = int(np.clip(round_half_away(qmin - range_min / scale), qmin, qmax))
+    return scale, zero_point
+
+
+def symmetric_weight_params(weights: np.ndarray, axis: Optional[int]) -> np.ndarray:
+    """Per-channel (along ``axis``) or per-tensor (``axis=None``) scales max|w| / 127."""
+    w = np.abs(np.asarray(weights, dtype=np.float64))
+    if axis is None:
+        max_abs = np.atleast_1d(w.max() if w.size else 0.0)
+    else:
+        other_axes = tuple(a for a in range(w.ndim) if a != axis % w.ndim)
+        max_abs = w.max(axis=other_axes) if w.size else np.zeros(w.shape[axis])
+    scales = (max_abs / WEIGHT_QMAX).astype(np.float32)
+    return np.where(scales > 0, scales, np.float32(1.0))  # an all-zero channel quantizes to 0 anyway
+
+
+def quantize_symmetric(weights: np.ndarray, scales: np.ndarray, axis: Optional[int]) -> np.ndarray:
+    """int8 weights in [-127, 127] for the given per-channel or per-tensor scales."""
+    w = np.asarray(weights, dtype=np.float64)
+    shape = [1] * w.ndim
+    if axis is not None:
+        shape[axis % w.ndim] = -1
+    per_element_scale = np.asarray(scales, dtype=np.float64).reshape(shape if axis is not None else ())
+    q = round_half_away(w / per_element_scale)
+    return np.clip(q, -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
+
+
+def quantize_affine(values: np.ndarray, scale: float, zero_point: int, dtype=np.int8) -> np.ndarray:
+    """Per-tensor affine quantization of real values (TFLite's QUANTIZE: round, add zero point, clamp)."""
+    info = np.iinfo(dtype)
+    q = round_half_away(np.asarray(values, dtype=np.float64) / scale) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def quantize_bias(bias: np.ndarray, bias_scales: np.ndarray) -> np.ndarray:
+    q = round_half_away(np.asarray(bias, dtype=np.float64) / np.asarray(bias_scales, dtype=np.float64))
+    return np.clip(q, INT32_MIN, INT32_MAX).astype(np.int32)
+
+
+# -- full int8 -----------------------------------------------------------------------------------
+
+class _UnionFind:
+    def __init__(self):
+        self.parent = {}
+
+    def find(self, key):
+        self.parent.setdefault(key, key)
+        root = key
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[key] != root:
+            self.parent[key], key = root, self.parent[key]
+        return root
+
+    def union(self, a, b):
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+        return ra
+
+
+def _float_inputs(op: Op, graph: Graph, original_float: set):
+    """(index, name) of the op's float32 inputs."""
+    return [(i, n) for i, n in enumerate(op.inputs) if n and n in original_float]
+
+
+def _why_not_int8(op: Op, graph: Graph, original_float: set) -> Optional[str]:
+    rule = RULES.get(op.type)
+    if rule is None:
+        return "no int8 kernel rule"
+    if rule.weight is not None:
+        index = rule.weight[0]
+        if index >= len(op.inputs) or not op.inputs[index] or not graph[op.inputs[index]].is_constant:
+            return "weights are not constant"
+    if rule.bias is not None and rule.bias < len(op.inputs) and op.inputs[rule.bias]:
+        if not graph[op.inputs[rule.bias]].is_constant:
+            return "bias is not constant"
+    if any(name not in original_float for name in op.outputs):
+        return "output is not float32"
+    activation = op.options.get("fused_activation_function", "NONE")
+    if activation not in (None, "", "NONE", *ACTIVATION_BOUNDS):
+        return f"fused activation {activation} has no int8 form"
+    return None
+
+
+def _observed_range(name: str, graph: Graph, ranges: dict):
+    tensor = graph[name]
+    if tensor.is_constant:
+        data = tensor.data.astype(np.float64)
+        return (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
+    if name not in ranges:
+        raise ModelError(f"tensor '{name}' has no calibration range; calibrate every float activation")
+    lo, hi = ranges[name]
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ModelError(f"tensor '{name}' has a non-finite calibration range ({lo}, {hi})")
+    return float(lo), float(hi)
+
+
+def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str, original_float: set):
+    """QuantParams for every int8 activation, keyed by tensor name, or by (op index, input index)
+    for a float constant or a requantized use that has params of its own."""
+    groups = _UnionFind()
+    node_range: dict = {}
+    pinned: dict = {}  # group root -> (scale, zero_point)
+    input_node: dict = {}  # (op index, input index) -> node key
+
+    def add_node(key, name):
+        if key not in node_range:
+            node_range[key] = _observed_range(name, graph, ranges)
+        groups.find(key)
+
+    def merge(a, b) -> bool:
+        ra, rb = groups.find(a), groups.find(b)
+        if ra == rb:
+            return True
+        pa, pb = pinned.get(ra), pinned.get(rb)
+        if pa is not None and pb is not None and pa != pb:
+            return False  # two fixed params cannot share: the caller requantizes
+        root = groups.union(ra, rb)
+        pin = pa if pa is not None else pb
+        pinned.pop(ra, None), pinned.pop(rb, None)
+        if pin is not None:
+            pinned[root] = pin
+        return True
+
+    for index, op in int8_ops:
+        rule = RULES[op.type]
+        skip = {rule.weight[0] if rule.weight else None, rule.bias}
+        for name in op.outputs:
+            add_node(name, name)
+            lo, hi = node_range[name]
+            bounds = ACTIVATION_BOUNDS.get(op.options.get("fused_activation_function", "NONE"))
+            if bounds is None and op.type in ACTIVATION_BOUNDS:
+                bounds = ACTIVATION_BOUNDS[op.type]
+            if bounds is not None:
+                node_range[name] = (min(max(lo, bounds[0]), bounds[1]), max(min(hi, bounds[1]), bounds[0]))
+            if isinstance(rule.output, tuple):
+                pinned[groups.find(name)] = rule.output
+        for i, name in _float_inputs(op, graph, original_float):
+            if i in skip:
+                continue
+            key = (index, i) if graph[name].is_constant else name
+            add_node(key, name)
+            input_node[(index, i)] = key
+        if rule.output == "shared":
+            anchor = op.outputs[0]
+            for name in op.outputs[1:]:
+                merge(anchor, name)
+            for i, name in _float_inputs(op, graph, original_float):
+                key = input_node[(index, i)]
+                if not merge(anchor, key):
+                    # This use gets the op's params through a requantizing QUANTIZE.
+                    use = (index, i)
+                    node_range[use] = node_range[key]
+                    groups.find(use)
+                    merge(anchor, use)
+                    input_node[use] = use
+
+    for name in graph.inputs + graph.outputs:
+        if io_dtype != "float32" and name in original_float:
+            add_node(name, name)
+
+    members: dict = {}
+    for key in node_range:
+        members.setdefault(groups.find(key), []).append(key)
+    params = {}
+    for root, keys in members.items():
+        if root in pinned:
+            scale, zero_point = pinned[root]
+        else:
+            lo = min(node_range[k][0] for k in keys)
+            hi = max(node_range[k][1] for k in keys)
+            scale, zero_point = choose_activation_params(lo, hi)
+        for key in keys:
+            params[key] = QuantParams(scale, zero_point)
+    return params, input_node
+
+
+class _Rewriter:
+    """Builds the int8 op list, inserting QUANTIZE/DEQUANTIZE where int8 and float ops meet."""
+
+    def __init__(self, graph: Graph, params: dict, original_float: set, float_consumed: set):
+        self.graph = graph
+        self.params = params
+        self.original_float = original_float
+        self.float_consumed = float_consumed  # constants some float op still reads as float
+        self.float_data = {n: graph[n].data for n in original_float if graph[n].is_constant}
+        self.home: dict = {}  # activation name -> "int8" | "float"
+        self.views: dict = {}  # (name, params key) -> converted tensor name
+        self.constants: dict = {}  # (name, params key) -> quantized constant name
+        self.ops: list = []
+
+    @staticmethod
+    def _key(quant: QuantParams):
+        return (quant.scale.tobytes(), quant.zero_point.tobytes(), quant.axis)
+
+    def _new_tensor(self, base: str, like: str, dtype, quant=None, data=None) -> str:
+        name = self.graph.unique_name(base)
+        shape = self.graph[like].shape
+        self.graph.add_tensor(Tensor(name, shape, dtype, data, quant))
+        return name
+
+    def constant(self, name: str, quant: QuantParams, data: np.ndarray) -> str:
+        """The constant ``name`` stored as ``data`` with ``quant``; in place while no one else needs it."""
+        key = (name, self._key(quant))
+        if key in self.constants:
+            return self.constants[key]
+        tensor = self.graph[name]
+        if tensor.dtype == FLOAT32 and name not in self.float_consumed:
+            tensor.dtype, tensor.data, tensor.quant = data.dtype, data, quant
+            result = name
+        else:
+            result = self._new_tensor(f"{name}_{data.dtype.name}", name, data.dtype, quant, data)
+        self.constants[key] = result
+        return result
+
+    def as_int8(self, name: str, quant: QuantParams) -> str:
+        """An int8 activation with params ``quant`` holding the value of ``name``."""
+        if self.home.get(name) == "int8" and self.graph[name].quant == quant:
+            return name
+        key = (name, self._key(quant))
+        if key not in self.views:
+            kind = "requantized" if self.home.get(name) == "int8" else "int8"
+            view = self._new_tensor(f"{name}_{kind}", name, np.int8, quant)
+            self.ops.append(Op("QUANTIZE", [name], [view], name=f"{name}_{kind}"))
+            self.views[key] = view
+        return self.views[key]
+
+    def as_float(self, name: str) -> str:
+        if self.home.get(name) != "int8":
+            return name
+        key = (name, "float")
+        if key not in self.views:
+            view = self._new_tensor(f"{name}_float", name, np.float32)
+            self.ops.append(Op("DEQUANTIZE", [name], [view], name=f"{name}_dequantize"))
+            self.views[key] = view
+        return self.views[key]
+
+    def make_int8(self, name: str, quant: QuantParams) -> None:
+        tensor = self.graph[name]
+        tensor.dtype, tensor.quant = np.dtype(np.int8), quant
+        self.home[name] = "int8"
+
+    def int8_op(self, index: int, op: Op, input_node: dict) -> None:
+        rule = RULES[op.type]
+        weight_index = rule.weight[0] if rule.weight else None
+        for i, name in _float_inputs(op, self.graph, self.original_float):
+            if i in (weight_index, rule.bias):
+                continue
+            quant = self.params[input_node[(index, i)]]
+            if name in self.float_data:
+                data = quantize_affine(self.float_data[name], float(quant.scale[0]), int(quant.zero_point[0]))
+                op.inputs[i] = self.constant(name, quant, data)
+            else:
+                op.inputs[i] = self.as_int8(name, quant)
+        if weight_index is not None:
+            self._quantize_weights(op, rule)
+        for name in op.outputs:
+            self.make_int8(name, self.params[name])
+        self.ops.append(op)
+
+    def _quantize_weights(self, op: Op, rule: Rule) -> None:
+        weight_index, axis = rule.weight
+        if op.type == "FULLY_CONNECTED" and not PER_CHANNEL_FULLY_CONNECTED:
+            axis = None
+        name = op.inputs[weight_index]
+        weights = self.float_data[name]
+        scales = symmetric_weight_params(weights, axis)
+        weight_quant = QuantParams(scales, np.zeros(scales.size, np.int64), axis if axis is not None else 0)
+        op.inputs[weight_index] = self.constant(name, weight_quant, quantize_symmetric(weights, scales, axis))
+        bias_index = rule.bias
+        if bias_index is None or bias_index >= len(op.inputs) or not op.inputs[bias_index]:
+            return
+        input_scale = np.float64(self.graph[op.inputs[rule.input]].quant.scale[0])
+        bias_name = op.inputs[bias_index]
+        bias = self.float_data[bias_name]
+        bias_scales = (input_scale * scales.astype(np.float64)).astype(np.float32)
+        bias_quant = QuantParams(bias_scales, np.zeros(bias_scales.size, np.int64), 0)
+        op.inputs[bias_index] = self.constant(bias_name, bias_quant, quantize_bias(bias, bias_scales))
+
+    def float_op(self, op: Op) -> None:
+        op.inputs = [self.as_float(n) if n else n for n in op.inputs]
+        for name in op.outputs:
+            self.home[name] = "float"
+        self.ops.append(op)
+
+
+def _retarget_output(graph: Graph, name: str, suffix: str) -> str:
+    """Point every op at a copy of ``name`` so that ``name`` itself can be made by a conversion op."""
+    tensor = graph[name]
+    inner = graph.unique_name(f"{name}_{suffix}")
+    graph.add_tensor(Tensor(inner, tensor.shape, tensor.dtype, tensor.data, tensor.quant))
+    for op in graph.ops:
+        op.inputs = [inner if n == name else n for n in op.inputs]
+        op.outputs = [inner if n == name else n for n in op.outputs]
+    return inner
+
+
+def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32") -> Graph:
+    """The int8 version of a float graph, given calibrated activation ranges.
+
+    ``io_dtype``: "float32" keeps float inputs/outputs with QUANTIZE/DEQUANTIZE at the edges; "int8"
+    or "uint8" makes the graph's inputs and outputs integer (uint8 = the int8 params shifted by 128).
+    The returned graph's ``float_ops`` lists the ops left in float, with the reason.
+    """
+    if io_dtype not in ("float32", "int8", "uint8"):
+        raise ModelError(f"io_dtype must be float32, int8 or uint8, not {io_dtype!r}")
+    g = graph.copy()
+    ranges = dict(ranges)
+    original_float = {n for n, t in g.tensors.items() if t.dtype == FLOAT32}
+
+    int8_ops, float_ops = [], []
+    for index, op in enumerate(g.ops):
+        touches_float = any(n in original_float for n in list(op.inputs) + list(op.outputs) if n)
+        if not touches_float:
+            continue  # integer-only ops (shape arithmetic) are left as they are
+        reason = _why_not_int8(op, g, original_float)
+        if reason is None:
+            int8_ops.append((index, op))
+        else:
+            float_ops.append((op, reason))
+    float_op_ids = {id(op) for op, _ in float_ops}
+
+    # A graph output made in the other domain than io_dtype asks for is renamed inside the graph;
+    # a conversion op appended at the end then makes the output itself.
+    producers = g.producers()
+    output_conversions = []
+    for name in g.outputs:
+        producer = producers.get(name)
+        if producer is None or name not in original_float or name in g.inputs:
+            continue
+        produced_int8 = id(producer) not in float_op_ids
+        if io_dtype == "float32" and produced_int8:
+            conversion, suffix = "DEQUANTIZE", "int8"
+        elif io_dtype != "float32" and not produced_int8:
+            conversion, suffix = "QUANTIZE", "float"
+        else:
+            continue
+        inner = _retarget_output(g, name, suffix)
+        original_float.add(inner)
+        if name in ranges:
+            ranges[inner] = ranges[name]
+        output_conversions.append((conversion, inner, name))
+
+    params, input_node = _activation_params(g, int8_ops, ranges, io_dtype, original_float)
+    float_consumed = {
+        n for op, _ in float_ops for n in op.inputs if n and n in original_float and g[n].is_constant
+    }
+
+    rewriter = _Rewriter(g, params, original_float, float_consumed)
+    index_of = {id(op): index for index, op in int8_ops}
+    for name in g.inputs:
+        if name in original_float:
+            if io_dtype == "float32":
+                rewriter.home[name] = "float"
+            else:
+                rewriter.make_int8(name, params[name])
+    for op in g.ops:
+        if id(op) in index_of:
+            rewriter.int8_op(index_of[id(op)], op, input_node)
+        elif id(op) in float_op_ids:
+            rewriter.float_op(op)
+        else:
+            rewriter.ops.append(op)
+    for op_type, inner, name in output_conversions:
+        if op_type == "DEQUANTIZE":
+            rewriter.ops.append(Op("DEQUANTIZE", [inner], [name], name=f"{name}_dequantize"))
+        else:
+            rewriter.make_int8(name, params[name])
+            rewriter.ops.append(Op("QUANTIZE", [inner], [name], name=f"{name}_quantize"))
+    g.ops = rewriter.ops
+
+    if io_dtype == "uint8":
+        _make_io_uint8(g)
+    g.remove_unused()
+    g.float_ops = [f"{op} ({reason})" for op, reason in float_ops]
+    return g
+
+
+def _make_io_uint8(g: Graph) -> None:
+    """uint8 graph inputs/outputs: the same scale with the zero point shifted by 128, converted at the edge."""
+
+    def uint8_params(quant: QuantParams) -> QuantParams:
+        return QuantParams(quant.scale, quant.zero_point + 128)
+
+    for name in g.inputs:
+        tensor = g[name]
+        if tensor.dtype != np.int8:
+            continue
+        inner = _retarget_output(g, name, "int8")
+        tensor.dtype, tensor.quant = np.dtype(np.uint8), uint8_params(tensor.quant)
+        g.ops.insert(0, Op("QUANTIZE", [name], [inner], name=f"{name}_to_int8"))
+    for name in g.outputs:
+        tensor = g[name]
+        if tensor.dtype != np.int8:
+            continue
+        inner = _retarget_output(g, name, "int8")
+        tensor.dtype, tensor.quant = np.dtype(np.uint8), uint8_params(tensor.quant)
+        g.ops.append(Op("QUANTIZE", [inner], [name], name=f"{name}_to_uint8"))
+
+
+# -- dynamic range and float16 -------------------------------------------------------------------
+
+# Dynamic-range ("hybrid") ops: int8 weights, float input and output; the kernel quantizes the input
+# on the fly. The weight axis is the per-channel axis LiteRT's hybrid kernels accept.
+DYNAMIC_RULES = {
+    "CONV_2D": (1, 0),
+    "DEPTHWISE_CONV_2D": (1, 3),
+    "FULLY_CONNECTED": (1, 0),
+}
+
+
+def quantize_dynamic(graph: Graph, per_channel: bool = True) -> Graph:
+    """int8 symmetric weights for CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED; activations stay float."""
+    g = graph.copy()
+    consumers = g.consumers()
+    converted = {}
+    for op in g.ops:
+        if op.type not in DYNAMIC_RULES:
+            continue
+        index, axis = DYNAMIC_RULES[op.type]
+        name = op.inputs[index] if index < len(op.inputs) else ""
+        if not name:
+            continue
+        if name in converted:
+            op.inputs[index] = converted[name]
+            continue
+        if not g[name].is_constant or g[name].dtype != FLOAT32:
+            continue
+        axis = axis if per_channel else None
+        weights = g[name].data
+        scales = symmetric_weight_params(weights, axis)
+        quant = QuantParams(scales, np.zeros(scales.size, np.int64), axis if axis is not None else 0)
+        data = quantize_symmetric(weights, scales, axis)
+        shared = any(user.type not in DYNAMIC_RULES for user in consumers.get(name, []))
+        target = g.add_constant(f"{name}_int8", data, quant=quant) if shared else name
+        if not shared:
+            t = g[name]
+            t.dtype, t.data, t.quant = np.dtype(np.int8), data, quant
+        converted[name] = target
+        op.inputs[index] = target
+    return g
+
+
+def quantize_float16(graph: Graph) -> Graph:
+    """float16 constants, each DEQUANTIZEd to float32 once before the ops that read it."""
+    g = graph.copy()
+    dequantized = {}
+    new_ops = []
+    for op in g.ops:
+        for i, name in enumerate(op.inputs):
+            if not name or name in g.outputs:
+                continue
+            tensor = g[name]
+            if not tensor.is_constant or tensor.dtype != FLOAT32:
+                continue
+            if name not in dequantized:
+                tensor.dtype, tensor.data = np.dtype(np.float16), tensor.data.astype(np.float16)
+                out = g.add_activation(f"{name}_dequantized", tensor.shape, np.float32)
+                new_ops.append(Op("DEQUANTIZE", [name], [out], name=f"{name}_dequantize"))
+                dequantized[name] = out
+            op.inputs[i] = dequantized[name]
+        new_ops.append(op)
+    # Dequantizing every weight first keeps each op's float input ready whenever it runs.
+    g.ops = [op for op in new_ops if op.type == "DEQUANTIZE" and op.inputs[0] in dequantized] + [
+        op for op in new_ops if not (op.type == "DEQUANTIZE" and op.inputs[0] in dequantized)
+    ]
+    return g
