@@ -1,0 +1,184 @@
+"""The edgeq command line: conversions that work, and bad input that gets one clear line and exit 2."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from converter.cli import main
+from referees import run_litert
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def save_model(path: Path, nodes, inputs, outputs, initializers=()) -> Path:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, str(path))
+    return path
+
+
+def relu_model(path: Path, shape) -> Path:
+    return save_model(
+        path,
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+    )
+
+
+def test_convert_writes_a_tflite_that_litert_runs(tmp_path):
+    out = tmp_path / "mlp.tflite"
+    result = invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "input  input: [1, 64] float32" in result.output
+    assert "output logits: [1, 10] float32" in result.output
+    (y,) = run_litert(out.read_bytes(), [np.zeros((1, 64), np.float32)])
+    assert y.shape == (1, 10)
+
+
+def test_convert_reports_nhwc_layout_for_image_inputs(tmp_path):
+    result = invoke("convert", SAMPLES / "digits_cnn.onnx", "-o", tmp_path / "cnn.tflite", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["inputs"][0]["shape"] == [1, 8, 8, 1]
+    assert summary["inputs"][0]["layout"].startswith("NHWC")
+
+
+def test_convert_fixes_a_dynamic_batch_dimension_to_one_and_says_so(tmp_path):
+    model = relu_model(tmp_path / "m.onnx", ["batch", 4])
+    result = invoke("convert", model, "-o", tmp_path / "m.tflite")
+    assert result.exit_code == 0, result.output
+    assert "dynamic batch dimension 'batch' fixed to 1" in result.output
+
+
+def test_convert_refuses_a_non_onnx_file_without_writing_output(tmp_path):
+    bogus = tmp_path / "not_a_model.onnx"
+    bogus.write_bytes(b"this is not a protobuf \x00\xff" * 10)
+    out = tmp_path / "out.tflite"
+    result = invoke("convert", bogus, "-o", out)
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and "not_a_model.onnx" in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_convert_refuses_a_missing_file(tmp_path):
+    result = invoke("convert", tmp_path / "missing.onnx", "-o", tmp_path / "out.tflite")
+    assert result.exit_code == 2
+    assert "missing.onnx" in result.output
+
+
+def test_convert_lists_every_unsupported_op_with_node_names(tmp_path):
+    shape = [1, 4]
+    model = save_model(
+        tmp_path / "m.onnx",
+        [
+            helper.make_node("Relu", ["x"], ["a"], name="relu"),
+            helper.make_node("Sin", ["a"], ["b"], name="sine_1"),
+            helper.make_node("Cos", ["b"], ["c"], name="cosine"),
+            helper.make_node("Sin", ["c"], ["y"], name="sine_2"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+    )
+    out = tmp_path / "out.tflite"
+    result = invoke("convert", model, "-o", out)
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert "\n" not in line
+    for expected in ("Sin", "Cos", "sine_1", "sine_2", "cosine"):
+        assert expected in line
+    assert not out.exists()
+
+
+def test_convert_asks_for_input_shape_on_a_dynamic_non_batch_dimension(tmp_path):
+    model = relu_model(tmp_path / "m.onnx", [1, 3, "height", "width"])
+    out = tmp_path / "out.tflite"
+    result = invoke("convert", model, "-o", out)
+    assert result.exit_code == 2
+    assert "--input-shape" in result.output and "'x'" in result.output
+    assert not out.exists()
+
+
+def test_convert_accepts_input_shape_for_dynamic_dimensions(tmp_path):
+    model = relu_model(tmp_path / "m.onnx", [1, 3, "height", "width"])
+    result = invoke("convert", model, "-o", tmp_path / "m.tflite", "--input-shape", "x:1,3,16,20", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["inputs"][0]["shape"] == [1, 16, 20, 3]
+
+
+def test_convert_rejects_a_malformed_input_shape(tmp_path):
+    model = relu_model(tmp_path / "m.onnx", [1, 4])
+    result = invoke("convert", model, "-o", tmp_path / "m.tflite", "--input-shape", "x:1,four")
+    assert result.exit_code == 2
+    assert "x:1,four" in result.output
+
+
+def test_convert_keeps_the_old_output_when_conversion_fails(tmp_path):
+    out = tmp_path / "out.tflite"
+    out.write_bytes(b"previous")
+    bogus = tmp_path / "bad.onnx"
+    bogus.write_bytes(b"junk")
+    assert invoke("convert", bogus, "-o", out).exit_code == 2
+    assert out.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx", "out.tflite"]
+
+
+def test_inspect_describes_ops_tensors_and_sizes(tmp_path):
+    out = tmp_path / "cnn.tflite"
+    assert invoke("convert", SAMPLES / "digits_cnn.onnx", "-o", out).exit_code == 0
+    result = invoke("inspect", out, "--json")
+    assert result.exit_code == 0, result.output
+    description = json.loads(result.output)
+    assert description["file_bytes"] == out.stat().st_size
+    assert description["ops"]["CONV_2D"] >= 2
+    assert description["constant_bytes"] > 0
+    assert "TRANSPOSE" not in description["ops"]
+
+
+def test_inspect_refuses_a_file_that_is_not_tflite(tmp_path):
+    bogus = tmp_path / "x.tflite"
+    bogus.write_bytes(b"\x00" * 64)
+    result = invoke("inspect", bogus)
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("engine", ["edgeq", "litert"])
+def test_run_prints_top_classes_and_saves_outputs(tmp_path, engine):
+    model = tmp_path / "mlp.tflite"
+    assert invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", model).exit_code == 0
+    test = np.load(SAMPLES / "digits_mlp_test.npz")
+    np.save(tmp_path / "x.npy", test["input"][:1])
+    result = invoke("run", model, "--input", tmp_path / "x.npy", "--engine", engine, "-o", tmp_path / "y.npz", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    top_class = summary["outputs"]["logits"]["top_k"][0][0]
+    saved = np.load(tmp_path / "y.npz")["logits"]
+    assert int(np.argmax(saved)) == top_class
+
+
+def test_run_names_a_missing_input_array(tmp_path):
+    model = tmp_path / "mlp.tflite"
+    assert invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", model).exit_code == 0
+    np.savez(tmp_path / "x.npz", a=np.zeros((1, 64), np.float32), b=np.zeros((1, 64), np.float32))
+    result = invoke("run", model, "--input", tmp_path / "x.npz")
+    assert result.exit_code == 2
+    assert "input" in result.output
+
+
+def test_every_command_has_help_with_an_example():
+    for command in ("convert", "inspect", "run"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0
+        assert "Examples:" in result.output and f"edgeq {command}" in result.output
