@@ -839,3 +839,16 @@ def test_model_path_runs_the_same_as_model_content(tmp_path):
     from_path.allocate_tensors()
     assert_close(_invoke(from_path, {"x": x}, graph)[0], Interpreter.from_graph(graph).run({"x": x})["y"],
                  atol=0, rtol=0)
+
+
+def test_conv_2d_runs_large_batches_in_chunks(monkeypatch):
+    from runtime.kernels import conv
+
+    monkeypatch.setattr(conv, "IM2COL_BUDGET_BYTES", 1)  # one sample per chunk
+    x, w = rand(3, 7, 7, 2), rand(4, 3, 3, 2)
+    inputs = [("x", x, False), ("w", w, True), ("", None, True)]
+    options = dict(padding="SAME", stride_h=2, stride_w=2)
+    batched = run_single("CONV_2D", inputs, [(1, 4, 4, 4)], options)
+    one = run_single("CONV_2D", [("x", x[1:2], False)] + inputs[1:], [(1, 4, 4, 4)], options)
+    assert batched.shape == (3, 4, 4, 4)
+    assert_close(batched[1:2], one, atol=1e-6, rtol=1e-6)

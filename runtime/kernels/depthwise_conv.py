@@ -1,4 +1,9 @@
-"""DEPTHWISE_CONV_2D: filter [1, KH, KW, C*M]; output channel c*M+m reads input channel c."""
+"""DEPTHWISE_CONV_2D: filter [1, KH, KW, C*M]; output channel c*M+m reads input channel c.
+
+Eval is a sum of KH*KW shifted multiply-adds. Each tap is read as a [N, OH, OW*C] view whose rows
+are contiguous (the padded input is split into ``stride_w`` column phases first), so numpy's inner
+loop runs over whole rows instead of C channels; the per-tap weights are tiled to a row in prepare.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -28,51 +33,58 @@ def _prepare_float(op, graph):
     if out_c % in_c:
         raise ModelError(f"op {op}: filter depth {out_c} is not a multiple of input depth {in_c}")
     multiplier = out_c // in_c
-    bias = None
-    if input_tensor(op, graph, 2) is not None:
-        bias = constant_input(op, graph, 2, "bias").astype(np.float32)
     options = op.options
     stride_h, stride_w = options.get("stride_h", 1), options.get("stride_w", 1)
     dil_h, dil_w = options.get("dilation_h_factor", 1), options.get("dilation_w_factor", 1)
     padding = options.get("padding", "SAME")
     out_h, pad_top, pad_bottom = compute_padding(padding, in_h, k_h, stride_h, dil_h)
     out_w, pad_left, pad_right = compute_padding(padding, in_w, k_w, stride_w, dil_w)
-    padded_h, padded_w = in_h + pad_top + pad_bottom, in_w + pad_left + pad_right
-    rows_span, cols_span = (out_h - 1) * stride_h + 1, (out_w - 1) * stride_w + 1
-    # One (row slice, col slice, weight vector) per filter tap, all fixed by the model.
+    padded_h = in_h + pad_top + pad_bottom
+    # Width rounded up to whole phases; the extra columns are never read by a tap.
+    padded_w = -(-(in_w + pad_left + pad_right) // stride_w) * stride_w
+    row_len = out_w * out_c
+
     taps = []
     for ky in range(k_h):
+        rows = slice(ky * dil_h, ky * dil_h + (out_h - 1) * stride_h + 1, stride_h)
         for kx in range(k_w):
-            y0, x0 = ky * dil_h, kx * dil_w
-            taps.append((slice(y0, y0 + rows_span, stride_h), slice(x0, x0 + cols_span, stride_w),
-                         filters[0, ky, kx].copy()))
-    needs_padding = pad_top or pad_bottom or pad_left or pad_right
+            phase, offset = divmod(kx * dil_w, stride_w)[::-1]
+            cols = slice(offset * out_c, offset * out_c + row_len)
+            taps.append((phase, rows, cols, np.tile(filters[0, ky, kx], out_w)))
+    bias = None
+    if input_tensor(op, graph, 2) is not None:
+        bias = np.tile(constant_input(op, graph, 2, "bias").astype(np.float32), out_w)
+
+    needs_copy = (pad_top or pad_bottom or pad_left or pad_right or padded_w != in_w)
     buffers = {}
 
-    def padded_input(x):
+    def phases(x):
+        """The padded input as ``stride_w`` arrays [N, padded_h, (padded_w/stride_w)*C]."""
         n = x.shape[0]
         if multiplier > 1:
             x = np.repeat(x, multiplier, axis=3)
-        if not needs_padding:
-            return x
-        buffer = buffers.get(n)
-        if buffer is None:
-            buffer = buffers[n] = np.zeros((n, padded_h, padded_w, out_c), np.float32)
-        buffer[:, pad_top:pad_top + in_h, pad_left:pad_left + in_w, :] = x
-        return buffer
+        if needs_copy:
+            padded = buffers.get(n)
+            if padded is None:
+                padded = buffers[n] = np.zeros((n, padded_h, padded_w, out_c), np.float32)
+            padded[:, pad_top:pad_top + in_h, pad_left:pad_left + in_w, :] = x
+            x = padded
+        if stride_w == 1:
+            return (x.reshape(n, padded_h, -1),)
+        return tuple(np.ascontiguousarray(x[:, :, p::stride_w, :]).reshape(n, padded_h, -1)
+                     for p in range(stride_w))
 
-    first_rows, first_cols, first_weights = taps[0]
-    other_taps = taps[1:]
+    (first_phase, first_rows, first_cols, first_weights), other_taps = taps[0], taps[1:]
 
     def depthwise_conv_2d(x, _filters=None, _bias=None):
-        source = padded_input(x)
-        acc = source[:, first_rows, first_cols, :] * first_weights
+        sources = phases(x)
+        acc = sources[first_phase][:, first_rows, first_cols] * first_weights
         product = np.empty_like(acc)
-        for rows, cols, weights in other_taps:
-            np.multiply(source[:, rows, cols, :], weights, out=product)
+        for phase, rows, cols, weights in other_taps:
+            np.multiply(sources[phase][:, rows, cols], weights, out=product)
             acc += product
         if bias is not None:
             acc += bias
-        return acc
+        return acc.reshape(x.shape[0], out_h, out_w, out_c)
 
     return with_activation(depthwise_conv_2d, fused_activation(op))
