@@ -542,23 +542,28 @@ def _make_io_uint8(g: Graph) -> None:
 # -- dynamic range and float16 -------------------------------------------------------------------
 
 # Dynamic-range ("hybrid") ops: int8 weights, float input and output; the kernel quantizes the input
-# on the fly. The weight axis is the per-channel axis LiteRT's hybrid kernels accept.
+# on the fly. (weight input index, per-channel axis, per-channel required): LiteRT's hybrid
+# DEPTHWISE_CONV_2D reads one scale per channel and gives garbage for a per-tensor weight scale.
 DYNAMIC_RULES = {
-    "CONV_2D": (1, 0),
-    "DEPTHWISE_CONV_2D": (1, 3),
-    "FULLY_CONNECTED": (1, 0),
+    "CONV_2D": (1, 0, False),
+    "DEPTHWISE_CONV_2D": (1, 3, True),
+    "FULLY_CONNECTED": (1, 0, False),
 }
 
 
 def quantize_dynamic(graph: Graph, per_channel: bool = True) -> Graph:
-    """int8 symmetric weights for CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED; activations stay float."""
+    """int8 symmetric weights for CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED; activations stay float.
+
+    ``per_channel=False`` gives CONV_2D and FULLY_CONNECTED one weight scale; DEPTHWISE_CONV_2D is
+    per channel regardless, the only form LiteRT's hybrid kernel computes correctly.
+    """
     g = graph.copy()
     consumers = g.consumers()
     converted = {}
     for op in g.ops:
         if op.type not in DYNAMIC_RULES:
             continue
-        index, axis = DYNAMIC_RULES[op.type]
+        index, axis, needs_per_channel = DYNAMIC_RULES[op.type]
         name = op.inputs[index] if index < len(op.inputs) else ""
         if not name:
             continue
@@ -567,7 +572,7 @@ def quantize_dynamic(graph: Graph, per_channel: bool = True) -> Graph:
             continue
         if not g[name].is_constant or g[name].dtype != FLOAT32:
             continue
-        axis = axis if per_channel else None
+        axis = axis if per_channel or needs_per_channel else None
         weights = g[name].data
         scales = symmetric_weight_params(weights, axis)
         quant = QuantParams(scales, np.zeros(scales.size, np.int64), axis if axis is not None else 0)
