@@ -48,9 +48,5 @@ def load_all_kernels() -> dict:
     import importlib
 
     for module in KERNEL_MODULES:
-        try:
-            importlib.import_module(f"{__name__}.{module}")
-        except ModuleNotFoundError as error:
-            if error.name != f"{__name__}.{module}":
-                raise
+        importlib.import_module(f"{__name__}.{module}")
     return REGISTRY

@@ -100,3 +100,42 @@ def batched_shape(static_shape: tuple, static_batch: int, actual_batch: int) -> 
     if actual_batch == static_batch or not static_shape:
         return tuple(static_shape)
     return (static_shape[0] * actual_batch // max(static_batch, 1),) + tuple(static_shape[1:])
+
+
+def padded_column_phases(in_h: int, in_w: int, channels: int, pads: tuple, stride_w: int, fill=0.0):
+    """A function x -> the padded input as ``stride_w`` arrays [N, padded_h, W' * channels]:
+    phase p holds the padded columns p, p + stride_w, ... so a strided row of pixels is a
+    contiguous run of one phase (see ``window_taps``). The padding buffer is reused per batch size."""
+    pad_top, pad_bottom, pad_left, pad_right = pads
+    padded_h = in_h + pad_top + pad_bottom
+    # Rounded up to whole phases; the extra columns are never read by a tap.
+    padded_w = -(-(in_w + pad_left + pad_right) // stride_w) * stride_w
+    needs_copy = any(pads) or padded_w != in_w
+    buffers = {}
+
+    def column_phases(x):
+        n = x.shape[0]
+        if needs_copy:
+            padded = buffers.get(n)
+            if padded is None:
+                padded = buffers[n] = np.full((n, padded_h, padded_w, channels), fill, x.dtype)
+            padded[:, pad_top:pad_top + in_h, pad_left:pad_left + in_w, :] = x
+            x = padded
+        if stride_w == 1:
+            return (x.reshape(n, padded_h, -1),)
+        return tuple(np.ascontiguousarray(x[:, :, p::stride_w, :]).reshape(n, padded_h, -1)
+                     for p in range(stride_w))
+
+    return column_phases
+
+
+def window_taps(k_h, k_w, stride_h, stride_w, dil_h, dil_w, out_h, out_w, channels) -> list:
+    """(ky, kx, phase, rows, cols) per filter tap: ``phases[phase][:, rows, cols]`` is the
+    [N, out_h, out_w * channels] input that tap multiplies, for ``padded_column_phases`` output."""
+    taps = []
+    for ky in range(k_h):
+        rows = slice(ky * dil_h, ky * dil_h + (out_h - 1) * stride_h + 1, stride_h)
+        for kx in range(k_w):
+            offset, phase = divmod(kx * dil_w, stride_w)
+            taps.append((ky, kx, phase, rows, slice(offset * channels, (offset + out_w) * channels)))
+    return taps

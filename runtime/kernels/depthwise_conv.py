@@ -1,8 +1,8 @@
 """DEPTHWISE_CONV_2D: filter [1, KH, KW, C*M]; output channel c*M+m reads input channel c.
 
 Eval is a sum of KH*KW shifted multiply-adds. Each tap is read as a [N, OH, OW*C] view whose rows
-are contiguous (the padded input is split into ``stride_w`` column phases first), so numpy's inner
-loop runs over whole rows instead of C channels; the per-tap weights are tiled to a row in prepare.
+are contiguous (``padded_column_phases``), so numpy's inner loop runs over whole rows instead of C
+channels; the per-tap weights are tiled to a row in prepare.
 """
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from runtime.kernels.common import (
     constant_input,
     fused_activation,
     input_tensor,
+    padded_column_phases,
     require_float,
+    window_taps,
     with_activation,
 )
 from runtime.model import ModelError
@@ -39,40 +41,18 @@ def _prepare_float(op, graph):
     padding = options.get("padding", "SAME")
     out_h, pad_top, pad_bottom = compute_padding(padding, in_h, k_h, stride_h, dil_h)
     out_w, pad_left, pad_right = compute_padding(padding, in_w, k_w, stride_w, dil_w)
-    padded_h = in_h + pad_top + pad_bottom
-    # Width rounded up to whole phases; the extra columns are never read by a tap.
-    padded_w = -(-(in_w + pad_left + pad_right) // stride_w) * stride_w
-    row_len = out_w * out_c
-
-    taps = []
-    for ky in range(k_h):
-        rows = slice(ky * dil_h, ky * dil_h + (out_h - 1) * stride_h + 1, stride_h)
-        for kx in range(k_w):
-            phase, offset = divmod(kx * dil_w, stride_w)[::-1]
-            cols = slice(offset * out_c, offset * out_c + row_len)
-            taps.append((phase, rows, cols, np.tile(filters[0, ky, kx], out_w)))
+    taps = [(phase, rows, cols, np.tile(filters[0, ky, kx], out_w))
+            for ky, kx, phase, rows, cols in window_taps(k_h, k_w, stride_h, stride_w, dil_h, dil_w,
+                                                          out_h, out_w, out_c)]
     bias = None
     if input_tensor(op, graph, 2) is not None:
         bias = np.tile(constant_input(op, graph, 2, "bias").astype(np.float32), out_w)
-
-    needs_copy = (pad_top or pad_bottom or pad_left or pad_right or padded_w != in_w)
-    buffers = {}
+    column_phases = padded_column_phases(in_h, in_w, out_c, (pad_top, pad_bottom, pad_left, pad_right), stride_w)
 
     def phases(x):
-        """The padded input as ``stride_w`` arrays [N, padded_h, (padded_w/stride_w)*C]."""
-        n = x.shape[0]
         if multiplier > 1:
             x = np.repeat(x, multiplier, axis=3)
-        if needs_copy:
-            padded = buffers.get(n)
-            if padded is None:
-                padded = buffers[n] = np.zeros((n, padded_h, padded_w, out_c), np.float32)
-            padded[:, pad_top:pad_top + in_h, pad_left:pad_left + in_w, :] = x
-            x = padded
-        if stride_w == 1:
-            return (x.reshape(n, padded_h, -1),)
-        return tuple(np.ascontiguousarray(x[:, :, p::stride_w, :]).reshape(n, padded_h, -1)
-                     for p in range(stride_w))
+        return column_phases(x)
 
     (first_phase, first_rows, first_cols, first_weights), other_taps = taps[0], taps[1:]
 

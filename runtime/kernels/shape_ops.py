@@ -88,7 +88,8 @@ def prepare_pad(op, graph):
     paddings = constant_input(op, graph, 1, "paddings").astype(np.int64).reshape(-1, 2)
     if (paddings < 0).any():
         raise ModelError(f"op {op}: negative paddings {paddings.tolist()}")
-    value = 0
+    # TFLite pads a quantized tensor with its zero point, i.e. with real 0.
+    value = int(in_tensor.quant.zero_point[0]) if in_tensor.quant is not None else 0
     if op.type == "PADV2" and input_tensor(op, graph, 2) is not None:
         value = constant_input(op, graph, 2, "constant_values").reshape(-1)[0]
     out_tail = tuple(int(d + a + b) for d, (a, b) in zip(in_tensor.shape[1:], paddings[1:]))
