@@ -1,0 +1,57 @@
+"""ONNX model -> float IR Graph (TFLite ops, NHWC).
+
+    graph = import_onnx("model.onnx", input_shapes={"input": (1, 3, 224, 224)})
+
+4-D inputs and outputs are NHWC in the graph unless ``keep_onnx_layout`` is set; tensors keep their
+ONNX names where they map one to one; ``Op.name`` carries the ONNX node name.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+import onnx
+
+from runtime.model import Graph, ModelError
+
+from .. import passes
+from .context import ImportContext
+from .load import prepare_model
+from .ops import RULES
+
+__all__ = ["import_onnx", "ModelError"]
+
+
+def node_list(nodes: list) -> str:
+    names = [f"'{n.name or n.output[0]}'" for n in nodes]
+    return f"node {names[0]}" if len(names) == 1 else f"nodes {', '.join(names)}"
+
+
+def check_supported(model: onnx.ModelProto) -> None:
+    """One error naming every unsupported op type and all its nodes, so users see the whole list."""
+    missing: dict = {}
+    for node in model.graph.node:
+        known = node.domain in ("", "ai.onnx") and node.op_type in RULES
+        if not known:
+            label = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+            missing.setdefault(label, []).append(node)
+    if missing:
+        parts = [f"{op_type} ({node_list(nodes)})" for op_type, nodes in missing.items()]
+        raise ModelError(f"unsupported ONNX ops: {', '.join(parts)}")
+
+
+def import_onnx(
+    model: Union[str, Path, onnx.ModelProto],
+    input_shapes: Optional[dict] = None,
+    keep_onnx_layout: bool = False,
+) -> Graph:
+    proto = prepare_model(model, input_shapes)
+    check_supported(proto)
+    ctx = ImportContext(proto, keep_onnx_layout)
+    ctx.add_inputs()
+    for node in proto.graph.node:
+        RULES[node.op_type](ctx, node, ctx.attrs(node))
+    ctx.add_outputs()
+    graph = ctx.graph
+    graph.remove_unused()
+    return passes.clean_up(graph)

@@ -1,0 +1,261 @@
+"""Read an ONNX model and bring it to a static, constant-folded form the op rules can rely on.
+
+After ``prepare_model`` every graph input has a fixed shape, every tensor has an inferred shape,
+and every value computable from constants and static shapes is a constant (an initializer).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+from runtime.model import ModelError
+
+MIN_OPSET = 11
+MAX_OPSET = 21
+# Older models are upgraded with onnx's version converter to this opset before import.
+UPGRADE_OPSET = 13
+OLDEST_UPGRADABLE_OPSET = 7
+
+# Ops whose value is not a function of their inputs, so never folded.
+NONDETERMINISTIC_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
+# Ops carrying subgraphs: folded only if the reference evaluator manages; never required.
+SUBGRAPH_OPS = {"If", "Loop", "Scan"}
+
+
+def load_model(model: Union[str, Path, onnx.ModelProto]) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    path = Path(model)
+    if not path.exists():
+        raise ModelError(f"no such ONNX file: {path}")
+    if path.is_dir():
+        raise ModelError(f"{path} is a directory, not an ONNX file")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ... depending on version
+        raise ModelError(f"{path} is not an ONNX model (cannot parse it: {type(exc).__name__})") from None
+    if not proto.graph.node and not proto.graph.output:
+        raise ModelError(f"{path} is not an ONNX model (it has no graph)")
+    return proto
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    raise ModelError("the model imports no opset of the default ONNX domain")
+
+
+def check_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Accept opsets MIN..MAX; upgrade older ones the version converter can lift; reject the rest."""
+    opset = default_opset(model)
+    if opset > MAX_OPSET:
+        raise ModelError(f"ONNX opset {opset} is newer than the newest supported ({MAX_OPSET})")
+    if opset >= MIN_OPSET:
+        return model
+    if opset < OLDEST_UPGRADABLE_OPSET:
+        raise ModelError(f"ONNX opset {opset} is too old (supported: {MIN_OPSET}-{MAX_OPSET}, or {OLDEST_UPGRADABLE_OPSET}+ upgraded)")
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, UPGRADE_OPSET)
+    except Exception as exc:
+        raise ModelError(
+            f"ONNX opset {opset} is older than {MIN_OPSET} and could not be upgraded to {UPGRADE_OPSET}: {exc}"
+        ) from None
+
+
+def initializer_names(graph: onnx.GraphProto) -> set:
+    return {init.name for init in graph.initializer}
+
+
+def drop_initializer_inputs(model: onnx.ModelProto) -> None:
+    """Initializers listed as graph inputs are constants here (old exporters list them as inputs)."""
+    inits = initializer_names(model.graph)
+    keep = [inp for inp in model.graph.input if inp.name not in inits]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+
+
+def shape_hint(dims) -> str:
+    return ",".join(str(d) if d > 0 else "1" for d in dims)
+
+
+def fix_input_shapes(model: onnx.ModelProto, input_shapes: Optional[dict]) -> None:
+    """Give every graph input a static shape: its own, or the one the user passed."""
+    input_shapes = dict(input_shapes or {})
+    names = [inp.name for inp in model.graph.input]
+    unknown = set(input_shapes) - set(names)
+    if unknown:
+        raise ModelError(f"--input-shape names {sorted(unknown)}, but the model's inputs are {names}")
+    for inp in model.graph.input:
+        tensor_type = inp.type.tensor_type
+        if inp.name in input_shapes:
+            shape = tuple(int(d) for d in input_shapes[inp.name])
+            if tensor_type.HasField("shape") and len(tensor_type.shape.dim) not in (0, len(shape)):
+                raise ModelError(
+                    f"input '{inp.name}' has rank {len(tensor_type.shape.dim)}, but --input-shape gives {shape}"
+                )
+            for i, dim in enumerate(tensor_type.shape.dim):
+                if dim.HasField("dim_value") and dim.dim_value > 0 and dim.dim_value != shape[i]:
+                    raise ModelError(
+                        f"input '{inp.name}' has dimension {i} fixed to {dim.dim_value}, but --input-shape gives {shape[i]}"
+                    )
+            del tensor_type.shape.dim[:]
+            for d in shape:
+                tensor_type.shape.dim.add().dim_value = d
+            continue
+        if not tensor_type.HasField("shape"):
+            raise ModelError(
+                f"input '{inp.name}' has no shape; fix it with --input-shape {inp.name}:1,3,224,224"
+            )
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor_type.shape.dim]
+        for i, dim in enumerate(tensor_type.shape.dim):
+            if not (dim.HasField("dim_value") and dim.dim_value > 0):
+                label = f" ('{dim.dim_param}')" if dim.dim_param else ""
+                raise ModelError(
+                    f"input '{inp.name}' has a dynamic dimension {i}{label}; "
+                    f"fix it with --input-shape {inp.name}:{shape_hint(dims)}"
+                )
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as exc:
+        raise ModelError(f"ONNX shape inference failed: {exc}") from None
+
+
+def static_shapes(model: onnx.ModelProto) -> dict:
+    """name -> shape tuple, for every value whose shape is fully known."""
+    shapes = {}
+    graph = model.graph
+    for info in list(graph.input) + list(graph.value_info) + list(graph.output):
+        tensor_type = info.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            continue
+        dims = tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            shapes[info.name] = tuple(int(d.dim_value) for d in dims)
+    for init in graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    return shapes
+
+
+def elem_types(model: onnx.ModelProto) -> dict:
+    types = {}
+    graph = model.graph
+    for info in list(graph.input) + list(graph.value_info) + list(graph.output):
+        if info.type.tensor_type.elem_type:
+            types[info.name] = info.type.tensor_type.elem_type
+    for init in graph.initializer:
+        types[init.name] = init.data_type
+    return types
+
+
+def evaluate_node(node: onnx.NodeProto, inputs: list, opsets: dict) -> list:
+    from onnx.reference import ReferenceEvaluator
+
+    evaluator = ReferenceEvaluator(node, opsets=opsets)
+    feeds = {name: value for name, value in zip(node.input, inputs) if name}
+    return evaluator.run(None, feeds)
+
+
+def fold_constants(model: onnx.ModelProto) -> tuple:
+    """Evaluate every node computable from constants and static shapes; return (model, folded count).
+
+    Folded outputs become initializers; folded nodes are dropped.
+    """
+    graph = model.graph
+    opsets = {entry.domain or "": entry.version for entry in model.opset_import}
+    known = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    shapes = static_shapes(model)
+    kept_nodes = []
+    folded = 0
+    for node in graph.node:
+        value = None
+        if node.domain not in ("", "ai.onnx"):
+            kept_nodes.append(node)
+            continue
+        if node.op_type == "Shape" and node.input[0] in shapes:
+            value = [shape_of(node, shapes[node.input[0]])]
+        elif node.op_type == "Size" and node.input[0] in shapes:
+            value = [np.array(int(np.prod(shapes[node.input[0]])), dtype=np.int64)]
+        elif node.op_type not in NONDETERMINISTIC_OPS and all(not n or n in known for n in node.input):
+            try:
+                value = evaluate_node(node, [known[n] if n else None for n in node.input], opsets)
+            except Exception as exc:
+                if node.op_type in SUBGRAPH_OPS:
+                    value = None
+                else:
+                    raise ModelError(f"cannot evaluate constant {node.op_type} node '{node.name}': {exc}") from None
+        if value is None:
+            kept_nodes.append(node)
+            continue
+        folded += 1
+        for name, array in zip(node.output, value):
+            if name:
+                known[name] = np.asarray(array)
+    used = {name for node in kept_nodes for name in node.input} | {out.name for out in graph.output}
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    new_inits = [numpy_helper.from_array(np.asarray(known[n]), n) for n in known if n in used]
+    del graph.initializer[:]
+    graph.initializer.extend(new_inits)
+    # value_info of folded tensors would now contradict nothing, but stale entries confuse re-inference
+    live = {n for node in kept_nodes for n in list(node.input) + list(node.output)}
+    keep_info = [vi for vi in graph.value_info if vi.name in live and vi.name not in known]
+    del graph.value_info[:]
+    graph.value_info.extend(keep_info)
+    return model, folded
+
+
+def shape_of(node: onnx.NodeProto, shape: tuple) -> np.ndarray:
+    start, end = 0, None
+    for attr in node.attribute:
+        if attr.name == "start":
+            start = attr.i
+        elif attr.name == "end":
+            end = attr.i
+    return np.array(shape[start:end], dtype=np.int64)
+
+
+def remove_no_op_nodes(model: onnx.ModelProto) -> None:
+    """Identity and inference-mode Dropout only forward their input: rewire their consumers."""
+    graph = model.graph
+    outputs = {out.name for out in graph.output}
+    alias = {}
+    kept = []
+    for node in graph.node:
+        if node.op_type in ("Identity", "Dropout") and node.output[0] not in outputs:
+            src = node.input[0]
+            alias[node.output[0]] = alias.get(src, src)
+            continue
+        kept.append(node)
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def prepare_model(model, input_shapes: Optional[dict] = None) -> onnx.ModelProto:
+    """Load, check the opset, fix input shapes, infer shapes and fold constants to a fixed point."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(load_model(model))
+    proto = check_opset(proto)  # before dropping inputs: the version converter wants IR-3 style inputs
+    drop_initializer_inputs(proto)
+    fix_input_shapes(proto, input_shapes)
+    remove_no_op_nodes(proto)
+    for _ in range(8):
+        proto = infer_shapes(proto)
+        proto, folded = fold_constants(proto)
+        if not folded:
+            break
+    proto = infer_shapes(proto)
+    return proto

@@ -1,0 +1,31 @@
+"""ONNX op rules, one module per op family, all registered in ``RULES``.
+
+A rule is ``convert(ctx, node, attrs)``: it reads its inputs through the ``ImportContext`` (constants
+as numpy arrays in ONNX layout, activations as ``Value``s with their storage layout), emits IR ops, and
+defines the IR tensors of the node's outputs with the layout it chose for them.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+RULES: dict = {}
+
+
+def rule(*op_types: str) -> Callable:
+    """Decorator: ``@rule("Relu", "Sigmoid")`` on a ``convert(ctx, node, attrs)`` function."""
+
+    def decorate(convert: Callable) -> Callable:
+        for op_type in op_types:
+            if op_type in RULES:
+                raise RuntimeError(f"ONNX rule for {op_type} registered twice")
+            RULES[op_type] = convert
+        return convert
+
+    return decorate
+
+
+def node_label(node) -> str:
+    return f"{node.op_type} node '{node.name or node.output[0]}'"
+
+
+from . import activations, conv, elementwise, gemm, normalization, pooling, reduce, resize, shape_ops, softmax  # noqa: E402,F401

@@ -1,0 +1,138 @@
+"""Elementwise unary ops and activations; all keep their input's layout."""
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.model import ModelError
+
+from . import node_label, rule
+
+UNARY = {
+    "Relu": "RELU",
+    "Sigmoid": "LOGISTIC",
+    "Tanh": "TANH",
+    "Exp": "EXP",
+    "Log": "LOG",
+    "Sqrt": "SQRT",
+    "Abs": "ABS",
+    "Neg": "NEG",
+    "Floor": "FLOOR",
+    "Ceil": "CEIL",
+    "Sin": "SIN",
+    "Cos": "COS",
+    "Elu": "ELU",
+    "HardSwish": "HARD_SWISH",
+    "Round": "ROUND",
+    "Sign": "SIGN",
+    "Not": "LOGICAL_NOT",
+}
+
+
+def emit_unary(ctx, node, tfl_type: str, options=None) -> None:
+    value = ctx.value(node.input[0])
+    out = ctx.define(node.output[0], value.perm)
+    ctx.emit(tfl_type, [value.ir], [out], options or {}, node)
+
+
+@rule(*UNARY)
+def convert_unary(ctx, node, attrs):
+    if node.op_type == "Elu" and float(attrs.get("alpha", 1.0)) != 1.0:
+        raise ModelError(f"{node_label(node)}: Elu with alpha != 1 is not supported")
+    emit_unary(ctx, node, UNARY[node.op_type])
+
+
+@rule("Identity", "Dropout")
+def convert_identity(ctx, node, attrs):
+    value = ctx.value(node.input[0])
+    out = ctx.define(node.output[0], value.perm)
+    # Only reached when the node's output is a graph output: otherwise load.py rewired around it.
+    ctx.emit("RESHAPE", [value.ir, ctx.int32_tensor(f"{out}/shape", ctx.graph[out].shape)], [out],
+             {"new_shape": list(ctx.graph[out].shape)}, node)
+
+
+@rule("LeakyRelu")
+def convert_leaky_relu(ctx, node, attrs):
+    emit_unary(ctx, node, "LEAKY_RELU", {"alpha": float(attrs.get("alpha", 0.01))})
+
+
+@rule("PRelu")
+def convert_prelu(ctx, node, attrs):
+    value = ctx.value(node.input[0])
+    slope = ctx.broadcast_operand(node.input[1], value.perm)
+    out = ctx.define(node.output[0], value.perm)
+    ctx.emit("PRELU", [value.ir, slope], [out], {}, node)
+
+
+def clip_bounds(ctx, node, attrs) -> tuple:
+    if ctx.opset < 11:
+        return attrs.get("min", -np.inf), attrs.get("max", np.inf)
+    low = ctx.optional_const(node, 1, None)
+    high = ctx.optional_const(node, 2, None)
+    return (-np.inf if low is None else float(low)), (np.inf if high is None else float(high))
+
+
+@rule("Clip")
+def convert_clip(ctx, node, attrs):
+    low, high = clip_bounds(ctx, node, attrs)
+    named = {(0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1", (0.0, np.inf): "RELU", (0.0, 1.0): "RELU_0_TO_1"}
+    tfl_type = named.get((low, high))
+    if tfl_type and tfl_type != "RELU_0_TO_1":
+        emit_unary(ctx, node, tfl_type)
+        return
+    value = ctx.value(node.input[0])
+    out = ctx.define(node.output[0], value.perm)
+    current = value.ir
+    steps = [(op, bound) for op, bound in (("MAXIMUM", low), ("MINIMUM", high)) if np.isfinite(bound)]
+    if not steps:
+        ctx.emit("RESHAPE", [current, ctx.int32_tensor(f"{out}/shape", ctx.graph[out].shape)], [out],
+                 {"new_shape": list(ctx.graph[out].shape)}, node)
+        return
+    for i, (op, bound) in enumerate(steps):
+        target = out if i == len(steps) - 1 else ctx.temp(f"{out}/lower", ctx.graph[out].shape, value.dtype)
+        bound_ir = ctx.const_tensor(f"{out}/{op.lower()}", np.array(bound, dtype=value.dtype))
+        ctx.emit(op, [current, bound_ir], [target], {}, node)
+        current = target
+
+
+@rule("HardSigmoid")
+def convert_hard_sigmoid(ctx, node, attrs):
+    """max(0, min(1, alpha*x + beta)) = RELU6(6*alpha*x + 6*beta) / 6, all ops int8 quantization knows."""
+    alpha = float(attrs.get("alpha", 0.2))
+    beta = float(attrs.get("beta", 0.5))
+    value = ctx.value(node.input[0])
+    out = ctx.define(node.output[0], value.perm)
+    shape = ctx.graph[out].shape
+    base = out
+    scaled = ctx.temp(f"{base}/scaled", shape)
+    shifted = ctx.temp(f"{base}/shifted", shape)
+    ctx.emit("MUL", [value.ir, ctx.const_tensor(f"{base}/six_alpha", np.array(6 * alpha, np.float32))], [scaled],
+             {"fused_activation_function": "NONE"}, node)
+    ctx.emit("ADD", [scaled, ctx.const_tensor(f"{base}/six_beta", np.array(6 * beta, np.float32))], [shifted],
+             {"fused_activation_function": "RELU6", "pot_scale_int16": False}, node)
+    ctx.emit("MUL", [shifted, ctx.const_tensor(f"{base}/one_sixth", np.array(1 / 6, np.float32))], [out],
+             {"fused_activation_function": "NONE"}, node)
+
+
+@rule("Gelu")
+def convert_gelu(ctx, node, attrs):
+    approximate = attrs.get("approximate", b"none")
+    approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
+    emit_unary(ctx, node, "GELU", {"approximate": approximate == "tanh"})
+
+
+@rule("Cast")
+def convert_cast(ctx, node, attrs):
+    value = ctx.value(node.input[0])
+    target = ctx.dtype(node.output[0])
+    if target == value.dtype:
+        ctx.alias(node.output[0], value)
+        return
+    out = ctx.define(node.output[0], value.perm, dtype=target)
+    ctx.emit("CAST", [value.ir], [out], {"in_data_type": tflite_type_name(value.dtype),
+                                         "out_data_type": tflite_type_name(target)}, node)
+
+
+def tflite_type_name(dtype) -> str:
+    names = {"float32": "FLOAT32", "float16": "FLOAT16", "int32": "INT32", "int64": "INT64", "int8": "INT8",
+             "uint8": "UINT8", "int16": "INT16", "bool": "BOOL", "float64": "FLOAT64"}
+    return names[np.dtype(dtype).name]

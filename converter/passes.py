@@ -1,0 +1,231 @@
+"""Graph -> Graph clean-ups that run after import (and on any float TFLite graph).
+
+Each pass returns a new Graph and leaves its argument untouched.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.model import Graph, Op
+
+# Ops whose builtin options carry fused_activation_function (and whose kernels honour it).
+ACTIVATION_HOSTS = {
+    "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL", "DIV",
+    "MAX_POOL_2D", "AVERAGE_POOL_2D", "CONCATENATION",
+}
+# TANH is a valid fused_activation_function value, but TFLite's float kernels clamp only for the
+# RELU family and silently ignore TANH, so it is never fused.
+FUSABLE_ACTIVATIONS = {"RELU", "RELU6", "RELU_N1_TO_1"}
+# Producer -> axis of its weights that indexes output channels.
+CHANNEL_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 0}
+
+
+def bypass(graph: Graph, op: Op) -> bool:
+    """Remove a single-input op that does not change its data; False if the boundary forbids it."""
+    src, dst = op.inputs[0], op.outputs[0]
+    if graph[src].shape != graph[dst].shape or graph[src].dtype != graph[dst].dtype:
+        return False
+    if dst in graph.outputs:
+        if src in graph.inputs or src in graph.outputs:
+            return False
+        graph.ops.remove(op)
+        graph.rename_tensor(src, dst)
+        del graph.tensors[src]
+        return True
+    graph.ops.remove(op)
+    graph.rename_tensor(dst, src)
+    del graph.tensors[dst]
+    return True
+
+
+def sole_consumer(graph: Graph, tensor: str, consumers: dict):
+    users = consumers.get(tensor, [])
+    if len(users) != 1 or tensor in graph.outputs:
+        return None
+    return users[0]
+
+
+def is_identity_op(graph: Graph, op: Op) -> bool:
+    if op.type == "RESHAPE":
+        return graph[op.inputs[0]].shape == graph[op.outputs[0]].shape
+    if op.type == "TRANSPOSE":
+        perm = graph[op.inputs[1]].data
+        return perm is not None and list(perm) == list(range(len(perm)))
+    if op.type == "CAST":
+        return graph[op.inputs[0]].dtype == graph[op.outputs[0]].dtype
+    return False
+
+
+def remove_identities(graph: Graph) -> Graph:
+    """Drop RESHAPEs to the same shape, identity TRANSPOSEs and no-op CASTs; merge RESHAPE chains."""
+    graph = graph.copy()
+    changed = True
+    while changed:
+        changed = False
+        producers = graph.producers()
+        consumers = graph.consumers()
+        for op in list(graph.ops):
+            if is_identity_op(graph, op) and bypass(graph, op):
+                changed = True
+                break
+            if op.type == "RESHAPE":
+                parent = producers.get(op.inputs[0])
+                if parent is not None and parent.type == "RESHAPE" and sole_consumer(graph, op.inputs[0], consumers) is op:
+                    op.inputs[0] = parent.inputs[0]
+                    changed = True
+                    break
+    graph.remove_unused()
+    return graph
+
+
+def per_channel(data: np.ndarray, channels: int):
+    """The constant as a [channels] vector if it varies along the last axis only, else None."""
+    if data is None or data.dtype.kind != "f":
+        return None
+    if data.size == 1:
+        return np.full(channels, float(data.reshape(())), np.float32)
+    if data.shape[-1] == channels and data.size == channels:
+        return data.reshape(channels).astype(np.float32)
+    return None
+
+
+def replace_constant(graph: Graph, op: Op, index: int, data: np.ndarray) -> None:
+    old = graph[op.inputs[index]]
+    op.inputs[index] = graph.add_constant(old.name, data.astype(old.dtype))
+
+
+def fold_affine_into(graph: Graph, producer: Op, op: Op, channels_const: np.ndarray) -> bool:
+    weights = graph[producer.inputs[1]]
+    bias_name = producer.inputs[2] if len(producer.inputs) > 2 else ""
+    if producer.type == "TRANSPOSE_CONV":
+        weights, bias_name = graph[producer.inputs[1]], (producer.inputs[3] if len(producer.inputs) > 3 else "")
+    if weights.data is None or weights.quant is not None or not bias_name or graph[bias_name].data is None:
+        return False
+    bias = graph[bias_name].data.astype(np.float32)
+    bias_index = producer.inputs.index(bias_name)
+    const_is_second = graph[op.inputs[1]].data is not None
+    if op.type == "MUL":
+        axis = CHANNEL_AXIS[producer.type]
+        shape = [1] * weights.data.ndim
+        shape[axis] = -1
+        replace_constant(graph, producer, 1, weights.data * channels_const.reshape(shape))
+        replace_constant(graph, producer, bias_index, bias * channels_const)
+    elif op.type == "ADD":
+        replace_constant(graph, producer, bias_index, bias + channels_const)
+    elif op.type == "SUB" and const_is_second:
+        replace_constant(graph, producer, bias_index, bias - channels_const)
+    else:
+        return False
+    return True
+
+
+def fold_batch_norm(graph: Graph) -> Graph:
+    """Fold per-channel MUL/ADD/SUB by constants (a BatchNormalization) into the preceding conv/FC."""
+    graph = graph.copy()
+    changed = True
+    while changed:
+        changed = False
+        producers = graph.producers()
+        consumers = graph.consumers()
+        for op in graph.ops:
+            if op.type not in ("MUL", "ADD", "SUB") or op.options.get("fused_activation_function", "NONE") != "NONE":
+                continue
+            consts = [i for i, n in enumerate(op.inputs) if graph[n].data is not None]
+            if len(consts) != 1:
+                continue
+            act = op.inputs[1 - consts[0]]
+            producer = producers.get(act)
+            if producer is None or producer.type not in CHANNEL_AXIS:
+                continue
+            if producer.options.get("fused_activation_function", "NONE") != "NONE":
+                continue
+            if sole_consumer(graph, act, consumers) is not op or graph[act].shape != graph[op.outputs[0]].shape:
+                continue
+            channels = graph[act].shape[-1]
+            channels_const = per_channel(graph[op.inputs[consts[0]]].data, channels)
+            if channels_const is None or not fold_affine_into(graph, producer, op, channels_const):
+                continue
+            producer.outputs[0] = op.outputs[0]
+            graph.ops.remove(op)
+            del graph.tensors[act]
+            changed = True
+            break
+    graph.remove_unused()
+    return graph
+
+
+def fuse_activations(graph: Graph) -> Graph:
+    """RELU/RELU6/RELU_N1_TO_1 after an op that can apply it itself become its fused activation."""
+    graph = graph.copy()
+    producers = graph.producers()
+    consumers = graph.consumers()
+    for op in list(graph.ops):
+        if op.type not in FUSABLE_ACTIVATIONS:
+            continue
+        src = op.inputs[0]
+        host = producers.get(src)
+        if host is None or host.type not in ACTIVATION_HOSTS or len(host.outputs) != 1:
+            continue
+        if host.options.get("fused_activation_function", "NONE") != "NONE":
+            continue
+        if sole_consumer(graph, src, consumers) is not op:
+            continue
+        host.options["fused_activation_function"] = op.type
+        host.outputs[0] = op.outputs[0]
+        producers[op.outputs[0]] = host
+        graph.ops.remove(op)
+        del graph.tensors[src]
+    return graph
+
+
+def cancel_transposes(graph: Graph) -> Graph:
+    """Compose TRANSPOSE after TRANSPOSE into one; drop the pair when they cancel."""
+    graph = graph.copy()
+    changed = True
+    while changed:
+        changed = False
+        producers = graph.producers()
+        for op in graph.ops:
+            if op.type != "TRANSPOSE":
+                continue
+            parent = producers.get(op.inputs[0])
+            if parent is None or parent.type != "TRANSPOSE":
+                continue
+            outer, inner = graph[op.inputs[1]].data, graph[parent.inputs[1]].data
+            if outer is None or inner is None:
+                continue
+            composed = np.asarray(inner)[np.asarray(outer)]
+            op.inputs = [parent.inputs[0], graph.add_constant(f"{op.outputs[0]}/perm", composed.astype(np.int32))]
+            changed = True
+            break
+    graph.remove_unused()
+    return remove_identities(graph)
+
+
+def dedupe_buffers(graph: Graph) -> Graph:
+    """Let ops share one tensor for identical small constants (shapes, axes, perms)."""
+    graph = graph.copy()
+    seen: dict = {}
+    rename: dict = {}
+    for name, tensor in graph.tensors.items():
+        if tensor.data is None or tensor.nbytes > 1024 or tensor.quant is not None:
+            continue
+        key = (tensor.dtype.str, tensor.shape, tensor.data.tobytes())
+        if key in seen:
+            rename[name] = seen[key]
+        else:
+            seen[key] = name
+    for op in graph.ops:
+        op.inputs = [rename.get(n, n) for n in op.inputs]
+    graph.remove_unused()
+    return graph
+
+
+def clean_up(graph: Graph) -> Graph:
+    """The standard pass pipeline after import."""
+    graph = remove_identities(graph)
+    graph = fold_batch_norm(graph)
+    graph = cancel_transposes(graph)
+    graph = fuse_activations(graph)
+    graph = dedupe_buffers(graph)
+    return graph
