@@ -17,6 +17,7 @@ Conventions (the TFLite schema's, so reading and writing a flatbuffer is a one-t
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
@@ -152,8 +153,19 @@ class Graph:
             raise ModelError(f"no tensor named '{name}'") from None
 
     def copy(self) -> "Graph":
-        """A deep copy that shares nothing mutable with this graph."""
-        return copy.deepcopy(self)
+        """A copy whose tensors, ops and lists can be changed without touching this graph.
+
+        Constant arrays are shared, not copied: weights can be hundreds of MB, and no stage changes
+        an array in place (a pass that changes weights gives the tensor a new array).
+        """
+        tensors = [
+            dataclasses.replace(t, quant=copy.deepcopy(t.quant)) for t in self.tensors.values()
+        ]
+        ops = [
+            Op(op.type, list(op.inputs), list(op.outputs), copy.deepcopy(op.options), op.name)
+            for op in self.ops
+        ]
+        return Graph(tensors, ops, self.inputs, self.outputs)
 
     # -- maintenance -----------------------------------------------------------------------
     def toposort(self) -> None:
