@@ -219,6 +219,8 @@ class EntropyObserver(HistogramObserver):
         half = self.num_bins // 2
         magnitude = self.counts[half:].astype(np.float64)
         magnitude[: half] += self.counts[:half][::-1]
+        # Search only up to the largest magnitude seen, as TensorRT's [0, max|x|] histogram does.
+        magnitude = magnitude[: np.flatnonzero(magnitude).max() + 1]
         # A one-signed tensor uses all 256 levels on one side; a two-signed one has 128 per side.
         levels = 256 if self.min >= 0 or self.max <= 0 else 128
         threshold_bin = _kl_threshold_bin(magnitude, levels)
@@ -264,10 +266,14 @@ class MseObserver(HistogramObserver):
     def range(self) -> tuple:
         if self.min > self.max or self.limit == 0 or self.min == self.max:
             return super().range()
-        edges = self.edges
-        centres = (edges[:-1] + edges[1:]) / 2
-        keep = self.counts > 0
-        centres, weights = centres[keep], self.counts[keep].astype(np.float64)
+        # Values are taken as spread evenly inside each bin: a few points per bin stand for them, so
+        # that steps finer than a bin are not scored as error-free.
+        points_per_bin = 8
+        width = 2 * self.limit / self.num_bins
+        keep = np.flatnonzero(self.counts)
+        offsets = (np.arange(points_per_bin) + 0.5) / points_per_bin
+        centres = (self.edges[keep][:, None] + offsets * width).ravel()
+        weights = np.repeat(self.counts[keep].astype(np.float64) / points_per_bin, points_per_bin)
         lo0, hi0 = min(self.min, 0.0), max(self.max, 0.0)
 
         def error(lo, hi):
