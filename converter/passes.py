@@ -9,9 +9,11 @@ import numpy as np
 from runtime.model import Graph, Op
 
 # Ops whose builtin options carry fused_activation_function (and whose kernels honour it).
+# CONCATENATION has the option too, but LiteRT's reference kernel refuses it for float and its
+# XNNPACK path ignores it, so an activation after a concat stays a separate op.
 ACTIVATION_HOSTS = {
     "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL", "DIV",
-    "MAX_POOL_2D", "AVERAGE_POOL_2D", "CONCATENATION",
+    "MAX_POOL_2D", "AVERAGE_POOL_2D",
 }
 # TANH is a valid fused_activation_function value, but TFLite's float kernels clamp only for the
 # RELU family and silently ignore TANH, so it is never fused.
