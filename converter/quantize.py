@@ -286,9 +286,13 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
             anchor = op.outputs[0]
             for name in op.outputs[1:]:
                 merge(anchor, name)
-            for i, name in _float_inputs(op, graph, original_float):
+            shared_inputs = [(i, n) for i, n in _float_inputs(op, graph, original_float)]
+            for i, name in shared_inputs:
                 key = input_node[(index, i)]
-                if not merge(anchor, key):
+                # A fixed-params input (e.g. TANH's output) would pin every other input of a
+                # CONCATENATION to its range; it gets requantized instead.
+                pinned_among_several = len(shared_inputs) > 1 and groups.find(key) in pinned
+                if pinned_among_several or not merge(anchor, key):
                     # This use gets the op's params through a requantizing QUANTIZE.
                     use = (index, i)
                     node_range[use] = node_range[key]

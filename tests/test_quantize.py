@@ -343,3 +343,48 @@ def test_the_float_graph_is_left_untouched():
     quantize_int8(graph, calibrated(graph))
     assert graph["w"].dtype == np.float32 and np.array_equal(graph["w"].data, before["w"].data)
     assert [op.type for op in graph.ops] == [op.type for op in before.ops]
+
+
+def residual_network():
+    b = Builder()
+    c = b.op("CONV_2D", ["x", b.const("w1", (8, 3, 3, 3), 0.4), b.const("b1", (8,))], (1, 8, 8, 8),
+             {**CONV, "fused_activation_function": "RELU6"}, name="conv")
+    d = b.op("DEPTHWISE_CONV_2D", [c, b.const("w2", (1, 3, 3, 8), 0.3), b.const("b2", (8,))], (1, 8, 8, 8),
+             {**CONV, "depth_multiplier": 1, "fused_activation_function": "NONE"}, name="dw")
+    s = b.op("ADD", [c, d], (1, 8, 8, 8), {"fused_activation_function": "RELU"}, name="residual")
+    h = b.op("HARD_SWISH", [s], (1, 8, 8, 8), name="hswish")
+    t = b.op("TANH", [s], (1, 8, 8, 8), name="tanh")
+    cat = b.op("CONCATENATION", [h, t], (1, 8, 8, 16), {"axis": 3, "fused_activation_function": "NONE"})
+    m = b.op("MEAN", [cat, b.g.add_constant("axes", np.array([1, 2], np.int32))], (1, 16),
+             {"keep_dims": False})
+    f = b.op("FULLY_CONNECTED", [m, b.const("w3", (5, 16), 0.5), b.const("b3", (5,))], (1, 5),
+             {"fused_activation_function": "NONE"})
+    b.op("SOFTMAX", [f], (1, 5), {"beta": 1.0})
+    return b.done()
+
+
+@pytest.mark.parametrize("resolver", RESOLVERS)
+def test_residual_network_runs_in_litert_close_to_float(resolver):
+    graph = residual_network()
+    q = quantize_int8(graph, calibrate(graph, samples_for(graph, n=64), progress=False))
+    assert q.float_ops == []
+    # TANH's fixed params pin one concat input; the concat requantizes it to the shared scale.
+    concat = next(op for op in q.ops if op.type == "CONCATENATION")
+    assert len({q[n].quant.scale[0] for n in concat.inputs + concat.outputs}) == 1
+    x = samples_for(graph, n=8, seed=3)["x"]
+    expected = Interpreter.from_graph(graph).run({"x": x})[graph.outputs[0]]
+    got = run_litert(write_tflite(q), x, RESOLVERS[resolver])
+    assert np.max(np.abs(got - expected)) < 0.05
+
+
+def test_per_tensor_fully_connected_also_runs_in_litert(monkeypatch):
+    import converter.quantize as quantize
+
+    monkeypatch.setattr(quantize, "PER_CHANNEL_FULLY_CONNECTED", False)
+    graph = fully_connected()
+    q = quantize_int8(graph, calibrated(graph))
+    assert not q["w"].quant.per_channel and q["b"].quant.scale.size == 1
+    x = samples_for(graph, n=4, seed=2)["x"]
+    expected = Interpreter.from_graph(graph).run({"x": x})[graph.outputs[0]]
+    got = run_litert(write_tflite(q), x, RESOLVERS["reference"])
+    assert np.max(np.abs(got - expected)) <= 4 * output_step(q)
