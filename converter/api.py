@@ -21,6 +21,10 @@ class BoundaryTensor:
     layout: str
 
 
+QUANTIZE_MODES = ("none", "int8", "dynamic", "float16")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
+
+
 @dataclass
 class ConversionResult:
     graph: Graph
@@ -29,6 +33,9 @@ class ConversionResult:
     outputs: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     output_path: Optional[Path] = None
+    float_graph: Optional[Graph] = None
+    float_ops: list = field(default_factory=list)
+    layer_errors: list = field(default_factory=list)
 
 
 def parse_input_shapes(specs) -> dict:
@@ -109,22 +116,72 @@ def convert(
     input_shapes: Optional[dict] = None,
     keep_onnx_layout: bool = False,
     store_names: bool = True,
+    quantize: str = "none",
+    calibration=None,
+    calibration_method: str = "minmax",
+    num_calibration_samples: Optional[int] = None,
+    io_dtype: str = "float32",
+    debug: bool = False,
+    progress: bool = False,
 ) -> ConversionResult:
     """Convert an ONNX model (or a float .tflite) to a TFLite flatbuffer.
 
+    ``quantize``: "none" (float32), "int8" (full integer; needs ``calibration``, an .npz keyed by input
+    name or an .npy, samples on the first axis), "dynamic" (int8 weights, float activations) or
+    "float16" (float16 weights). ``io_dtype`` sets an int8 model's input/output type. ``debug`` measures
+    every int8 tensor's error against the float model on the calibration samples.
     The output is written atomically when ``output_path`` is given; the bytes are returned either way.
     """
-    graph, notes = load_graph(model_path, input_shapes, keep_onnx_layout)
+    if quantize not in QUANTIZE_MODES:
+        raise ModelError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
+    if quantize == "int8" and calibration is None:
+        raise ModelError("--quantize int8 needs calibration samples (--calibration FILE.npz)")
+    if io_dtype != "float32" and quantize != "int8":
+        raise ModelError(f"integer model inputs/outputs (--io {io_dtype}) need --quantize int8")
+    float_graph, notes = load_graph(model_path, input_shapes, keep_onnx_layout)
     from_onnx = not is_tflite_file(model_path)
+    graph, float_ops, errors = float_graph, [], []
+    if quantize == "int8":
+        graph, float_ops, errors = _quantize_int8(
+            float_graph, calibration, calibration_method, num_calibration_samples, io_dtype, debug, progress
+        )
+    elif quantize == "dynamic":
+        from converter.quantize import quantize_dynamic
+
+        graph = quantize_dynamic(float_graph)
+    elif quantize == "float16":
+        from converter.quantize import quantize_float16
+
+        graph = quantize_float16(float_graph)
     content = write_tflite(graph, store_names=store_names)
     result = ConversionResult(
         graph=graph,
         content=content,
         inputs=boundary_tensors(graph, graph.inputs, from_onnx, keep_onnx_layout),
         outputs=boundary_tensors(graph, graph.outputs, from_onnx, keep_onnx_layout),
-        notes=notes,
+        notes=notes + [f"kept in float: {op}" for op in float_ops],
+        float_graph=float_graph,
+        float_ops=float_ops,
+        layer_errors=errors,
     )
     if output_path is not None:
         result.output_path = write_atomic(output_path, content)
     return result
+
+
+def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debug, progress):
+    from converter.calibrate import calibrate, load_calibration
+    from converter.quantize import quantize_int8
+
+    if method not in CALIBRATION_METHODS:
+        raise ModelError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
+    samples = load_calibration(calibration, float_graph, num_samples=num_samples)
+    ranges = calibrate(float_graph, samples, method=method, progress=progress)
+    graph = quantize_int8(float_graph, ranges, io_dtype=io_dtype)
+    errors = []
+    if debug:
+        from converter.quant_debug import layer_errors
+
+        errors = layer_errors(float_graph, graph, samples)
+    return graph, list(getattr(graph, "float_ops", [])), errors
 

@@ -80,21 +80,38 @@ def main():
 )
 @click.option("--keep-onnx-layout", is_flag=True, help="Keep 4-D inputs/outputs NCHW as in ONNX (default: NHWC).")
 @click.option("--no-names", is_flag=True, help="Store no tensor names (a smaller file).")
+@click.option("--quantize", type=click.Choice(["none", "int8", "dynamic", "float16"]), default="none",
+              show_default=True, help="int8: full integer (needs --calibration); dynamic: int8 weights, "
+              "float activations; float16: float16 weights.")
+@click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration samples: .npz keyed by input "
+              "name, or .npy for one-input models; samples on the first axis, images NCHW or NHWC.")
+@click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]),
+              default="minmax", show_default=True, help="How activation ranges are chosen.")
+@click.option("--calibration-samples", type=click.IntRange(min=1), help="Use only the first N samples.")
+@click.option("--io", "io_dtype", type=click.Choice(["float32", "int8", "uint8"]), default="float32",
+              show_default=True, help="Input/output type of an int8 model.")
+@click.option("--debug", is_flag=True, help="With --quantize int8: per-tensor error against the float model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @verbosity_options
 @reports_errors
-def convert(model, output, input_shapes, keep_onnx_layout, no_names, as_json, quiet, verbose):
+def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, calibration, calibration_method,
+            calibration_samples, io_dtype, debug, as_json, quiet, verbose):
     """Convert an ONNX model (or a float .tflite) to a TFLite flatbuffer.
 
     \b
     Examples:
       edgeq convert model.onnx -o model.tflite
       edgeq convert model.onnx -o model.tflite --input-shape images:1,3,640,640
-      edgeq convert model.onnx -o model.tflite --keep-onnx-layout
+      edgeq convert model.onnx -o model_int8.tflite --quantize int8 --calibration calib.npz
+      edgeq convert model.onnx -o m.tflite --quantize int8 --calibration calib.npz --io uint8 --debug
+      edgeq convert model_float.tflite -o model_int8.tflite --quantize int8 --calibration calib.npz
+      edgeq convert model.onnx -o model_dynamic.tflite --quantize dynamic
     """
     from converter.api import convert as convert_model
     from converter.api import parse_input_shapes
 
+    if debug and quantize != "int8":
+        raise ModelError("--debug compares int8 tensors with float ones: it needs --quantize int8")
     started = time.perf_counter()
     result = convert_model(
         model,
@@ -102,6 +119,13 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, as_json, qu
         input_shapes=parse_input_shapes(input_shapes),
         keep_onnx_layout=keep_onnx_layout,
         store_names=not no_names,
+        quantize=quantize,
+        calibration=calibration,
+        calibration_method=calibration_method,
+        num_calibration_samples=calibration_samples,
+        io_dtype=io_dtype,
+        debug=debug,
+        progress=not (quiet or as_json),
     )
     seconds = time.perf_counter() - started
     summary = {
@@ -112,6 +136,8 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, as_json, qu
         "inputs": [vars(t) for t in result.inputs],
         "outputs": [vars(t) for t in result.outputs],
         "notes": result.notes,
+        "float_ops": result.float_ops,
+        "layer_errors": [e.as_dict() for e in result.layer_errors],
     }
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=list))
@@ -129,6 +155,13 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, as_json, qu
     if verbose:
         for op_type, count in sorted(summary["ops"].items()):
             click.echo(f"  {op_type}: {count}")
+    if result.layer_errors:
+        from converter.quant_debug import format_table, worst_first
+
+        click.echo("per-tensor error of the int8 model against the float model (calibration samples):")
+        click.echo(format_table(result.layer_errors))
+        worst = ", ".join(f"{e.tensor} ({e.sqnr_db:.1f} dB)" for e in worst_first(result.layer_errors, 3))
+        click.echo(f"hurt most: {worst}")
 
 
 # -- inspect ---------------------------------------------------------------------------------

@@ -182,3 +182,62 @@ def test_every_command_has_help_with_an_example():
         result = invoke(command, "--help")
         assert result.exit_code == 0
         assert "Examples:" in result.output and f"edgeq {command}" in result.output
+
+
+def test_convert_int8_writes_a_full_integer_model_that_litert_runs(tmp_path):
+    out = tmp_path / "cnn_int8.tflite"
+    result = invoke("convert", SAMPLES / "digits_cnn.onnx", "-o", out, "--quantize", "int8",
+                    "--calibration", SAMPLES / "digits_cnn_calib.npz", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["float_ops"] == []
+    assert summary["ops"]["QUANTIZE"] == 1 and summary["ops"]["DEQUANTIZE"] == 1
+    description = json.loads(invoke("inspect", out, "--json").output)
+    conv_weights = [t for t in description["tensors"] if t["constant"] and len(t["shape"]) == 4]
+    assert conv_weights and all(t["dtype"] == "int8" for t in conv_weights)
+    (y,) = run_litert(out.read_bytes(), [np.zeros((1, 8, 8, 1), np.float32)], reference_kernels=True)
+    assert y.shape == (1, 10)
+
+
+def test_convert_int8_with_uint8_io_has_integer_inputs_and_outputs(tmp_path):
+    out = tmp_path / "mlp_uint8.tflite"
+    result = invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", out, "--quantize", "int8",
+                    "--calibration", SAMPLES / "digits_mlp_calib.npz", "--io", "uint8", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["inputs"][0]["dtype"] == "uint8" and summary["outputs"][0]["dtype"] == "uint8"
+
+
+def test_convert_int8_without_calibration_is_refused(tmp_path):
+    out = tmp_path / "x.tflite"
+    result = invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", out, "--quantize", "int8")
+    assert result.exit_code == 2 and "--calibration" in result.output
+    assert not out.exists()
+
+
+def test_convert_int8_names_calibration_data_of_the_wrong_shape(tmp_path):
+    np.savez(tmp_path / "calib.npz", input=np.zeros((10, 63), np.float32))
+    out = tmp_path / "x.tflite"
+    result = invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", out, "--quantize", "int8",
+                    "--calibration", tmp_path / "calib.npz")
+    assert result.exit_code == 2 and "input" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_convert_int8_refuses_a_pickled_calibration_file(tmp_path):
+    np.savez(tmp_path / "calib.npz", input=np.array([{"a": 1}], dtype=object))
+    result = invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", tmp_path / "x.tflite", "--quantize", "int8",
+                    "--calibration", tmp_path / "calib.npz")
+    assert result.exit_code == 2 and "pickle" in result.output.lower()
+
+
+def test_convert_debug_prints_per_tensor_error_worst_first(tmp_path):
+    result = invoke("convert", SAMPLES / "digits_cnn.onnx", "-o", tmp_path / "x.tflite", "--quantize", "int8",
+                    "--calibration", SAMPLES / "digits_cnn_calib.npz", "--calibration-samples", "32", "--debug")
+    assert result.exit_code == 0, result.output
+    assert "SQNR dB" in result.output and "hurt most:" in result.output
+
+
+def test_convert_debug_without_int8_is_refused(tmp_path):
+    result = invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", tmp_path / "x.tflite", "--debug")
+    assert result.exit_code == 2 and "--quantize int8" in result.output

@@ -1,0 +1,119 @@
+"""Quantization debugger: how far each int8 tensor is from its float twin, on the same samples.
+
+For every activation that the int8 graph holds in int8 under the same name as in the float graph,
+the int8 values are dequantized and compared with the float values: SQNR in dB (signal power over
+error power) and the largest error in units of the tensor's scale (0.5 is the best rounding allows).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from converter.quantize import quantize_affine
+from runtime.interpreter import Interpreter
+from runtime.model import Graph
+
+
+@dataclass
+class TensorError:
+    tensor: str
+    op: str
+    sqnr_db: float
+    max_abs_error: float
+    max_error_in_scales: float
+    scale: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def power_ratio_db(signal: float, noise: float) -> float:
+    if noise == 0.0:
+        return float("inf")
+    if signal == 0.0:
+        return float("-inf")
+    return float(10.0 * np.log10(signal / noise))
+
+
+def sqnr_db(reference: np.ndarray, approximation: np.ndarray) -> float:
+    reference = np.asarray(reference, dtype=np.float64)
+    signal = float(np.sum(reference * reference))
+    noise = float(np.sum(np.square(reference - approximation)))
+    return power_ratio_db(signal, noise)
+
+
+def dequantize(values: np.ndarray, tensor) -> np.ndarray:
+    quant = tensor.quant
+    shape = [1] * values.ndim
+    if quant.per_channel:
+        shape[quant.axis] = -1
+    scale = quant.scale.astype(np.float64).reshape(shape)
+    zero_point = quant.zero_point.reshape(shape)
+    return (values.astype(np.float64) - zero_point) * scale
+
+
+def compared_tensors(float_graph: Graph, int8_graph: Graph) -> list:
+    """(name, producing op) of the activations held in int8 under their float name, in run order."""
+    pairs = []
+    for op in int8_graph.ops:
+        for name in op.outputs:
+            tensor = int8_graph.tensors.get(name)
+            twin = float_graph.tensors.get(name)
+            if (tensor is not None and twin is not None and tensor.quant is not None
+                    and tensor.dtype.kind in "iu" and twin.dtype == np.float32 and not twin.is_constant):
+                pairs.append((name, str(op)))
+    return pairs
+
+
+def layer_errors(float_graph: Graph, int8_graph: Graph, samples: dict, batch_size: int = 32) -> list:
+    """A ``TensorError`` per compared tensor, in run order, over all ``samples`` (name -> array)."""
+    pairs = compared_tensors(float_graph, int8_graph)
+    names = {name for name, _ in pairs}
+    float_run = Interpreter.from_graph(float_graph)
+    int8_run = Interpreter.from_graph(int8_graph)
+    total = next(iter(samples.values())).shape[0]
+    signal = dict.fromkeys(names, 0.0)
+    noise = dict.fromkeys(names, 0.0)
+    worst = dict.fromkeys(names, 0.0)
+    for start in range(0, total, batch_size):
+        batch = {n: samples[n][start:start + batch_size] for n in float_graph.inputs}
+        reference = float_run.run(batch, keep=names)
+        quantized = int8_run.run(_int8_feeds(int8_graph, batch), keep=names)
+        for name in names:
+            expected = reference[name].astype(np.float64)
+            error = expected - dequantize(quantized[name], int8_graph[name])
+            signal[name] += float(np.sum(expected * expected))
+            noise[name] += float(np.sum(error * error))
+            worst[name] = max(worst[name], float(np.max(np.abs(error))) if error.size else 0.0)
+    errors = []
+    for name, op in pairs:
+        scale = float(np.max(int8_graph[name].quant.scale))
+        ratio = power_ratio_db(signal[name], noise[name])
+        errors.append(TensorError(name, op, ratio, worst[name], worst[name] / scale, scale))
+    return errors
+
+
+def _int8_feeds(int8_graph: Graph, batch: dict) -> dict:
+    """Float samples in the form the int8 graph's inputs take (float, or quantized for integer I/O)."""
+    feeds = {}
+    for name, value in batch.items():
+        tensor = int8_graph[name]
+        if tensor.dtype == np.float32:
+            feeds[name] = value
+            continue
+        feeds[name] = quantize_affine(value, float(tensor.quant.scale[0]), int(tensor.quant.zero_point[0]), tensor.dtype)
+    return feeds
+
+
+def worst_first(errors: list, count: int = 5) -> list:
+    return sorted(errors, key=lambda e: e.sqnr_db)[:count]
+
+
+def format_table(errors: list) -> str:
+    lines = [f"{'tensor':40} {'op':28} {'SQNR dB':>8} {'max err':>10} {'/scale':>7}"]
+    for e in errors:
+        lines.append(
+            f"{e.tensor[:40]:40} {e.op[:28]:28} {e.sqnr_db:8.1f} {e.max_abs_error:10.4g} {e.max_error_in_scales:7.2f}"
+        )
+    return "\n".join(lines)
