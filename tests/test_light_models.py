@@ -7,6 +7,7 @@ so besides the shipped expected outputs each model is also checked with seeded r
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,16 @@ FLOAT_TOLERANCE = 1e-4
 
 def load_light_model(name: str) -> onnx.ModelProto:
     return onnx.load(str(LIGHT_DIR / f"light_{name}.onnx"))
+
+
+@lru_cache(maxsize=None)
+def converted_light_model(name: str, random_weights: bool) -> tuple:
+    """(ONNX model, IR graph, .tflite bytes), converted once per test session."""
+    model = load_light_model(name)
+    if random_weights:
+        model = with_random_weights(model)
+    graph = import_onnx(model)
+    return model, graph, write_tflite(graph)
 
 
 def graph_input(model: onnx.ModelProto):
@@ -74,15 +85,10 @@ def _random_weight(rng, shape, role) -> np.ndarray:
     return rng.uniform(0.5, 1.5, shape).astype(np.float32)  # scales and variances
 
 
-def convert(model: onnx.ModelProto) -> tuple:
-    graph = import_onnx(model)
-    return graph, write_tflite(graph)
-
-
-def check_against_onnxruntime(model: onnx.ModelProto):
+def check_against_onnxruntime(name: str, random_weights: bool):
+    model, graph, content = converted_light_model(name, random_weights)
     x = dummy_input(model)
     (expected,) = run_onnxruntime(model, {graph_input(model).name: x})
-    graph, content = convert(model)
     (litert,) = run_litert(content, [nchw_to_nhwc(x)])
     (ours,) = run_edgeq(content, [nchw_to_nhwc(x)])
     litert_error = relative_max_error(litert.reshape(expected.shape), expected)
@@ -90,25 +96,24 @@ def check_against_onnxruntime(model: onnx.ModelProto):
     print(f"LiteRT vs onnxruntime {litert_error:.2e}; edgeq vs LiteRT {ours_error:.2e}")
     assert litert_error <= FLOAT_TOLERANCE
     assert ours_error <= FLOAT_TOLERANCE
-    return graph, expected
+    return expected
 
 
 @pytest.mark.parametrize("name", LIGHT_MODELS)
 def test_light_model_with_random_weights_matches_onnxruntime(name):
-    check_against_onnxruntime(with_random_weights(load_light_model(name)))
+    check_against_onnxruntime(name, random_weights=True)
 
 
 @pytest.mark.parametrize("name", LIGHT_MODELS)
 def test_light_model_gives_the_shipped_expected_output(name):
-    model = load_light_model(name)
     expected_file = LIGHT_DIR / f"light_{name}_output_0.pb"
     shipped = numpy_helper.to_array(onnx.load_tensor(str(expected_file)))
-    _, expected = check_against_onnxruntime(model)
+    expected = check_against_onnxruntime(name, random_weights=False)
     np.testing.assert_allclose(expected, shipped, rtol=1e-3, atol=1e-7)  # the referee agrees with onnx
 
 
 @pytest.mark.parametrize("name", LIGHT_MODELS)
 def test_light_model_keeps_only_the_transposes_it_needs(name):
-    graph = import_onnx(load_light_model(name))
+    _, graph, _ = converted_light_model(name, random_weights=False)
     transposes = sum(op.type == "TRANSPOSE" for op in graph.ops)
     assert transposes == NEEDED_TRANSPOSES.get(name, 0)
