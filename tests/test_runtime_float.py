@@ -765,6 +765,21 @@ LITERT_CASES = {
     "tile": ("TILE", [("x", rand(1, 2, 3), False), ("m", _int32([2, 1, 3]), True)], {}),
     "pack": ("PACK", [("a", rand(2, 3), False), ("b", rand(2, 3), False)], dict(axis=1, values_count=2)),
     "unpack": ("UNPACK", [("x", rand(3, 2, 4), False)], dict(num=2, axis=1)),
+    "floor": _unary_case("FLOOR"),
+    "ceil": _unary_case("CEIL"),
+    "round": ("ROUND", [("x", np.array([[-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.4, -0.6]], np.float32), False)], {}),
+    "sin": _unary_case("SIN"),
+    "cos": _unary_case("COS"),
+    "sign": _unary_case("SIGN"),
+    "elu": _unary_case("ELU"),
+    "square": _unary_case("SQUARE"),
+    "pow": ("POW", [("a", rand(3, 4, low=0.1, high=3), False), ("b", rand(3, 4, low=-2, high=2), False)], {}),
+    "mirror_pad_reflect": ("MIRROR_PAD", [("x", rand(1, 4, 5, 2), False),
+                                          ("p", _int32([[0, 0], [1, 2], [2, 1], [0, 0]]), True)], dict(mode="REFLECT")),
+    "depth_to_space": ("DEPTH_TO_SPACE", [("x", rand(1, 3, 4, 8), False)], dict(block_size=2)),
+    "space_to_depth": ("SPACE_TO_DEPTH", [("x", rand(1, 4, 6, 3), False)], dict(block_size=2)),
+    "broadcast_to": ("BROADCAST_TO", [("x", rand(1, 1, 3), False), ("s", _int32([2, 4, 3]), True)], {}),
+    "add_int32": ("ADD", [("a", np.array([[1, 2, 3]], np.int32), False), ("b", _int32([5]), True)], {}),
 }
 
 
@@ -793,7 +808,12 @@ def _invoke(interpreter, feeds, graph):
     return [interpreter.get_tensor(index[name]) for name in graph.outputs]
 
 
-@pytest.mark.parametrize("case", LITERT_CASES)
+# The writer stamps BROADCAST_TO with version 1; LiteRT registers it from version 2 only.
+_WRITER_KNOWN_ISSUES = {"broadcast_to": "converter writes BROADCAST_TO as version 1, which LiteRT does not resolve"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.xfail(reason=_WRITER_KNOWN_ISSUES[case]))
+                                  if case in _WRITER_KNOWN_ISSUES else case for case in LITERT_CASES])
 def test_kernel_matches_litert_on_written_file(case):
     write_tflite = pytest.importorskip("converter.tflite_writer").write_tflite
     graph, feeds = _graph_for_litert(*LITERT_CASES[case])
@@ -852,3 +872,42 @@ def test_conv_2d_runs_large_batches_in_chunks(monkeypatch):
     one = run_single("CONV_2D", [("x", x[1:2], False)] + inputs[1:], [(1, 4, 4, 4)], options)
     assert batched.shape == (3, 4, 4, 4)
     assert_close(batched[1:2], one, atol=1e-6, rtol=1e-6)
+
+
+# -- ops the ONNX importer emits beyond the core set ---------------------------------------------
+
+@pytest.mark.parametrize("op_type,onnx_type", [("FLOOR", "Floor"), ("CEIL", "Ceil"), ("ROUND", "Round"),
+                                               ("SIN", "Sin"), ("COS", "Cos"), ("SIGN", "Sign"), ("ELU", "Elu")])
+def test_more_unary_ops_match_onnxruntime(op_type, onnx_type):
+    x = np.concatenate([rand(2, 30, low=-4, high=4), np.array([[-2.5, -0.5, 0.5, 1.5, 2.5, 0.0] * 5] * 2, np.float32)])
+    assert_close(run_single(op_type, [("x", x, False)], [x.shape]), run_onnx(onnx_type, {"x": x}), rtol=2e-6, atol=1e-7)
+
+
+def test_pow_matches_onnxruntime():
+    a, b = rand(3, 4, low=0.1, high=3), rand(4, low=-2, high=2)
+    assert_close(run_single("POW", [("a", a, False), ("b", b, False)], [(3, 4)]), run_onnx("Pow", {"a": a, "b": b}),
+                 rtol=2e-6)
+
+
+@pytest.mark.parametrize("mode", ["REFLECT", "SYMMETRIC"])
+def test_mirror_pad_modes(mode):
+    x = rand(1, 4, 5, 2)
+    paddings = np.array([[0, 0], [1, 2], [2, 1], [0, 0]], np.int32)
+    expected = np.pad(x, paddings.tolist(), mode=mode.lower())
+    actual = run_single("MIRROR_PAD", [("x", x, False), ("p", paddings, True)], [expected.shape], {"mode": mode})
+    assert_close(actual, expected, atol=0, rtol=0)
+
+
+def test_depth_to_space_and_back_match_onnxruntime():
+    x = rand(1, 8, 3, 4)
+    expected = nhwc(run_onnx("DepthToSpace", {"x": x}, {"blocksize": 2, "mode": "DCR"}))
+    actual = run_single("DEPTH_TO_SPACE", [("x", nhwc(x), False)], [expected.shape], {"block_size": 2})
+    assert_close(actual, expected, atol=0, rtol=0)
+    back = run_single("SPACE_TO_DEPTH", [("x", actual, False)], [(1, 3, 4, 8)], {"block_size": 2})
+    assert_close(back, nhwc(x), atol=0, rtol=0)
+
+
+def test_broadcast_to_expands_to_shape():
+    x = rand(1, 1, 3)
+    actual = run_single("BROADCAST_TO", [("x", x, False), ("s", np.array([1, 4, 3], np.int32), True)], [(1, 4, 3)])
+    assert_close(actual, np.broadcast_to(x, (1, 4, 3)), atol=0, rtol=0)

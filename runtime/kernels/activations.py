@@ -59,6 +59,22 @@ def _neg(x):
     return np.negative(x)
 
 
+def _elu(x):
+    return np.where(x > 0, x, np.expm1(np.minimum(x, np.float32(0))))
+
+
+def _sign(x):
+    return np.sign(x)
+
+
+def _square(x):
+    return np.multiply(x, x)
+
+
+def _logical_not(x):
+    return np.logical_not(x)
+
+
 _ERFC_COEFFICIENTS = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
                       0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277)
 
@@ -98,7 +114,17 @@ _UNARY = {
     "RSQRT": _rsqrt,
     "ABS": np.abs,
     "NEG": _neg,
+    "ELU": _elu,
+    "SIN": np.sin,
+    "COS": np.cos,
+    "SIGN": _sign,
+    "SQUARE": _square,
+    "FLOOR": np.floor,
+    "CEIL": np.ceil,
+    "ROUND": np.round,  # half to even, as TFLite's ROUND
 }
+
+_ANY_DTYPE = {"SIGN", "LOGICAL_NOT"}
 
 
 # -- int8: quantization parameters and the 256-entry tables -------------------------------------

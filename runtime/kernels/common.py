@@ -16,6 +16,10 @@ def _relu_n1_to_1(x):
     return np.clip(x, -1, 1, out=x)
 
 
+def _relu_0_to_1(x):
+    return np.clip(x, 0, 1, out=x)
+
+
 def _relu6(x):
     return np.clip(x, 0, 6, out=x)
 
@@ -31,6 +35,7 @@ _FUSED_ACTIVATIONS = {
     None: None,
     "RELU": _relu,
     "RELU_N1_TO_1": _relu_n1_to_1,
+    "RELU_0_TO_1": _relu_0_to_1,
     "RELU6": _relu6,
     "TANH": _tanh,
 }

@@ -20,13 +20,21 @@ _FLOAT_FUNCTIONS = {
     "MAXIMUM": np.maximum,
     "MINIMUM": np.minimum,
     "SQUARED_DIFFERENCE": _squared_difference,
+    "POW": np.power,
 }
 
 
-@register("ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM", "SQUARED_DIFFERENCE")
+@register("ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM", "SQUARED_DIFFERENCE", "POW")
 def prepare_binary(op, graph):
+    if _is_plain_integer(op, graph) and op.type not in ("DIV", "SQUARED_DIFFERENCE"):
+        return _FLOAT_FUNCTIONS[op.type]  # int32/int64 index arithmetic: numpy's integer ops agree
     require_float(op, graph, (0, 1))
     return _prepare_float(op, graph)
+
+
+def _is_plain_integer(op, graph):
+    tensors = [graph[name] for name in op.inputs[:2]]
+    return all(t.dtype in (np.int32, np.int64) and t.quant is None for t in tensors)
 
 
 def _prepare_float(op, graph):

@@ -287,3 +287,59 @@ def prepare_shape(op, graph):
         return np.array(x.shape, dtype=out_dtype)
 
     return shape
+
+
+@register("MIRROR_PAD")
+def prepare_mirror_pad(op, graph):
+    paddings = constant_input(op, graph, 1, "paddings").astype(np.int64).reshape(-1, 2)
+    mode = {"REFLECT": "reflect", "SYMMETRIC": "symmetric"}[op.options.get("mode", "REFLECT")]
+    pad_width = [tuple(int(p) for p in pair) for pair in paddings]
+
+    def mirror_pad(x, _paddings=None):
+        return np.pad(x, pad_width, mode=mode)
+
+    return mirror_pad
+
+
+@register("BROADCAST_TO")
+def prepare_broadcast_to(op, graph):
+    in_shape = graph[op.inputs[0]].shape
+    target = tuple(int(d) for d in np.ravel(constant_input(op, graph, 1, "shape")))
+    static_batch = _static_batch(in_shape)
+    batch_is_leading = len(in_shape) == len(target)
+
+    def broadcast_to(x, _shape=None):
+        shape = target
+        if batch_is_leading and x.ndim and x.shape[0] != static_batch:
+            shape = batched_shape(target, static_batch, x.shape[0])
+        return np.broadcast_to(x, shape)
+
+    return broadcast_to
+
+
+@register("DEPTH_TO_SPACE")
+def prepare_depth_to_space(op, graph):
+    _, height, width, depth = graph[op.inputs[0]].shape
+    block = int(op.options["block_size"])
+    out_depth = depth // (block * block)
+
+    def depth_to_space(x):
+        # TFLite's channel order is (block row, block column, output channel): ONNX's DCR.
+        n = x.shape[0]
+        blocks = x.reshape(n, height, width, block, block, out_depth).transpose(0, 1, 3, 2, 4, 5)
+        return blocks.reshape(n, height * block, width * block, out_depth)
+
+    return depth_to_space
+
+
+@register("SPACE_TO_DEPTH")
+def prepare_space_to_depth(op, graph):
+    _, height, width, depth = graph[op.inputs[0]].shape
+    block = int(op.options["block_size"])
+
+    def space_to_depth(x):
+        n = x.shape[0]
+        blocks = x.reshape(n, height // block, block, width // block, block, depth).transpose(0, 1, 3, 2, 4, 5)
+        return blocks.reshape(n, height // block, width // block, block * block * depth)
+
+    return space_to_depth
