@@ -1,0 +1,174 @@
+"""Helpers shared by the integer kernels: quantization params, activation ranges, exact int GEMM,
+TFLite's integer rounding divisions and float rounding, saturating casts.
+
+Everything here runs in prepare or works on whole arrays; nothing registers a kernel.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.model import ModelError, Op
+
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+
+# Real bounds of the fused activations TFLite's CalculateActivationRangeQuantized applies.
+_ACTIVATION_BOUNDS = {
+    "NONE": (None, None),
+    "": (None, None),
+    None: (None, None),
+    "RELU": (0.0, None),
+    "RELU6": (0.0, 6.0),
+    "RELU_N1_TO_1": (-1.0, 1.0),
+}
+
+# int8 x int8 products summed over K terms stay below 2^24 (exact in float32) while
+# K * 128 * 128 < 2^24; float64 is exact for any K a model has.
+FLOAT32_EXACT_LIMIT = 2**24
+
+
+def is_quantized_int(tensor) -> bool:
+    return tensor is not None and tensor.dtype in (np.int8, np.uint8, np.int16)
+
+
+def scale_and_zero_point(tensor, op: Op) -> tuple:
+    """(float32 scale, int zero point) of a per-tensor quantized tensor."""
+    quant = tensor.quant
+    if quant is None or quant.scale.size == 0:
+        raise ModelError(f"op {op}: tensor '{tensor.name}' ({tensor.dtype}) has no quantization parameters")
+    return np.float32(quant.scale[0]), int(quant.zero_point[0])
+
+
+def _round_float32(x: np.ndarray) -> np.ndarray:
+    # floor(|x| + 0.5) is wrong for the float32 just below 0.5 (0.49999997 + 0.5 rounds up to 1);
+    # np.round rounds ties to even; fix the ties only.
+    rounded = np.round(x)
+    ties = np.abs(x - np.trunc(x)) == 0.5
+    return np.where(ties, np.trunc(x) + np.sign(x), rounded)
+
+
+def round_half_away(x) -> np.ndarray:
+    """std::round on float32 or float64 arrays (to nearest, ties away from zero), same dtype."""
+    x = np.asarray(x)
+    return _round_float32(x).astype(x.dtype, copy=False)
+
+
+def activation_range(op: Op, scale, zero_point: int, dtype=np.int8) -> tuple:
+    """TFLite's CalculateActivationRangeQuantized: the output integer range of the fused activation."""
+    name = op.options.get("fused_activation_function", "NONE")
+    return activation_range_for(name, scale, zero_point, dtype, op)
+
+
+def activation_range_for(name, scale, zero_point: int, dtype=np.int8, op=None) -> tuple:
+    if name not in _ACTIVATION_BOUNDS:
+        raise ModelError(f"op {op}: fused activation {name!r} has no integer form")
+    info = np.iinfo(dtype)
+    low, high = int(info.min), int(info.max)
+    real_low, real_high = _ACTIVATION_BOUNDS[name]
+    scale = np.float32(scale)
+
+    def quantize(real):  # zero_point + round(real / scale), float32 as TFLite computes it
+        return zero_point + int(round_half_away(np.float32(real) / scale))
+
+    if real_low is not None:
+        low = max(low, quantize(real_low))
+    if real_high is not None:
+        high = min(high, quantize(real_high))
+    return low, high
+
+
+def exact_matmul_dtype(depth: int):
+    """The float dtype in which an int8 GEMM over ``depth`` terms is exact."""
+    return np.float32 if depth * 128 * 128 < FLOAT32_EXACT_LIMIT else np.float64
+
+
+def saturate(values: np.ndarray, low: int, high: int, dtype) -> np.ndarray:
+    """Clamp to [low, high] and cast (the last step of every integer kernel)."""
+    return np.clip(values, low, high).astype(dtype)
+
+
+def rounding_divide(acc: np.ndarray, count) -> np.ndarray:
+    """acc / count rounded to nearest with ties away from zero, as TFLite's integer average pool and
+    mean write it: acc > 0 ? (acc + count/2) / count : (acc - count/2) / count (C division)."""
+    acc = np.asarray(acc, dtype=np.int64)
+    count = np.asarray(count, dtype=np.int64)
+    magnitude = (np.abs(acc) + count // 2) // count
+    return np.where(acc > 0, magnitude, -magnitude)
+
+
+def c_divide(numerator: np.ndarray, denominator) -> np.ndarray:
+    """C integer division: truncates toward zero."""
+    numerator = np.asarray(numerator, dtype=np.int64)
+    quotient = np.abs(numerator) // np.abs(denominator)
+    return np.where((numerator < 0) != (np.asarray(denominator) < 0), -quotient, quotient)
+
+
+def double_to_int32(values: np.ndarray) -> np.ndarray:
+    """static_cast<int32_t>(double) as x86-64 does it: truncation, out-of-range gives INT32_MIN."""
+    values = np.asarray(values, dtype=np.float64)
+    inside = (values > INT32_MIN - 1.0) & (values < INT32_MAX + 1.0)
+    return np.where(inside, np.trunc(np.where(inside, values, 0.0)), INT32_MIN).astype(np.int64)
+
+
+def exact_matmul_dtype_for(depth: int, max_abs_lhs: int = 128, max_abs_rhs: int = 128):
+    """The float dtype in which a GEMM of integers bounded by the given magnitudes is exact."""
+    return np.float32 if depth * max_abs_lhs * max_abs_rhs < FLOAT32_EXACT_LIMIT else np.float64
+
+
+def per_channel_multipliers(input_scale, filter_scales, output_scale, channels: int):
+    """TFLite's PopulateConvolutionQuantizationParams: per output channel, the real multiplier
+    double(input_scale) * double(filter_scale) / double(output_scale) as (Q31 multiplier, shift)."""
+    from runtime.fixedpoint import quantize_multiplier
+
+    filter_scales = np.asarray(filter_scales, dtype=np.float32).astype(np.float64).reshape(-1)
+    if filter_scales.size == 1:
+        filter_scales = np.repeat(filter_scales, channels)
+    real = (np.float64(np.float32(input_scale)) * filter_scales) / np.float64(np.float32(output_scale))
+    multipliers, shifts = quantize_multiplier(real)
+    return multipliers.astype(np.int64), shifts.astype(np.int64)
+
+
+def weight_zero_points_are_zero(tensor, op: Op) -> None:
+    if tensor.quant is not None and np.any(tensor.quant.zero_point != 0):
+        raise ModelError(f"op {op}: int8 weights '{tensor.name}' must be symmetric (zero point 0)")
+
+
+# -- dynamic-range (hybrid) input quantization ---------------------------------------------------
+# TFLite's portable tensor_utils: each batch row of a float input is quantized on the fly.
+
+def symmetric_quantize_rows(x: np.ndarray):
+    """SymmetricQuantizeFloats per row of a [N, K] float32 array: (int32 values in [-127, 127],
+    float32 scaling factors range / 127)."""
+    x = np.asarray(x, dtype=np.float32)
+    value_range = np.maximum(np.abs(x.min(axis=1)), np.abs(x.max(axis=1)))
+    zero = value_range == 0
+    safe_range = np.where(zero, np.float32(1), value_range)
+    scaling = np.where(zero, np.float32(1), safe_range / np.float32(127)).astype(np.float32)
+    inverse = (np.float32(127) / safe_range).astype(np.float32)
+    q = np.clip(round_half_away(x * inverse[:, None]), -127, 127).astype(np.int32)
+    q[zero] = 0
+    return q, scaling
+
+
+def asymmetric_quantize_rows(x: np.ndarray):
+    """AsymmetricQuantizeFloats per row of a [N, K] float32 array: (int32 values in [-128, 127],
+    float32 scaling factors, int32 zero points), the range widened to contain 0."""
+    x = np.asarray(x, dtype=np.float32)
+    rmin = np.minimum(np.float32(0), x.min(axis=1)).astype(np.float64)
+    rmax = np.maximum(np.float32(0), x.max(axis=1)).astype(np.float64)
+    empty = rmin == rmax
+    scale = np.where(empty, 1.0, (rmax - rmin) / 255.0)
+    from_min = -128.0 - rmin / scale
+    from_max = 127.0 - rmax / scale
+    from_min_error = 128.0 + np.abs(rmin / scale)
+    from_max_error = 127.0 + np.abs(rmax / scale)
+    zero_point_double = np.where(from_min_error < from_max_error, from_min, from_max)
+    nudged = np.where(zero_point_double <= -128, -128,
+                      np.where(zero_point_double >= 127, 127, round_half_away(zero_point_double)))
+    offsets = np.where(empty, 0, nudged).astype(np.int32)
+    scaling = np.where(empty, 1.0, scale).astype(np.float32)
+    inverse = (np.float32(1) / scaling).astype(np.float32)
+    q = round_half_away(offsets[:, None].astype(np.float32) + x * inverse[:, None])
+    q = np.clip(q, -128, 127).astype(np.int32)
+    q[empty] = 0
+    return q, scaling, offsets
