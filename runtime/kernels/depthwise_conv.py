@@ -19,11 +19,25 @@ from runtime.kernels.common import (
     window_taps,
     with_activation,
 )
+from runtime.fixedpoint import multiply_by_quantized_multiplier
+from runtime.kernels.requantize import (
+    activation_range,
+    asymmetric_quantize_rows,
+    per_channel_multipliers,
+    saturate,
+    scale_and_zero_point,
+    weight_zero_points_are_zero,
+)
 from runtime.model import ModelError
 
 
 @register("DEPTHWISE_CONV_2D")
 def prepare_depthwise_conv_2d(op, graph):
+    input_dtype, filter_dtype = graph[op.inputs[0]].dtype, graph[op.inputs[1]].dtype
+    if input_dtype == np.int8:
+        return _prepare_int8(op, graph)
+    if input_dtype == np.float32 and filter_dtype == np.int8:
+        return _prepare_hybrid(op, graph)
     require_float(op, graph)
     return _prepare_float(op, graph)
 
@@ -68,3 +82,97 @@ def _prepare_float(op, graph):
         return acc.reshape(x.shape[0], out_h, out_w, out_c)
 
     return with_activation(depthwise_conv_2d, fused_activation(op))
+
+
+# -- int8 ------------------------------------------------------------------------------------------
+# reference_integer_ops::DepthwiseConvPerChannel: acc = sum w * (x + input_offset) + bias over the
+# taps inside the input, requantized per channel (double rounding), plus output_offset, clamped.
+# Eval shifts the input by input_offset once, so padding is plain 0, and sums the taps in int32.
+
+def _integer_taps(op, graph):
+    """eval(x_shifted int32 [N, H, W, C]) -> int32 [N, OH, OW, C*M]: sum over taps of w * x, with
+    padding contributing 0."""
+    _, in_h, in_w, in_c = graph[op.inputs[0]].shape
+    filters = constant_input(op, graph, 1, "filter").astype(np.int32)
+    _, k_h, k_w, out_c = filters.shape
+    if out_c % in_c:
+        raise ModelError(f"op {op}: filter depth {out_c} is not a multiple of input depth {in_c}")
+    multiplier = out_c // in_c
+    options = op.options
+    stride_h, stride_w = options.get("stride_h", 1), options.get("stride_w", 1)
+    dil_h, dil_w = options.get("dilation_h_factor", 1), options.get("dilation_w_factor", 1)
+    padding = options.get("padding", "SAME")
+    out_h, pad_top, pad_bottom = compute_padding(padding, in_h, k_h, stride_h, dil_h)
+    out_w, pad_left, pad_right = compute_padding(padding, in_w, k_w, stride_w, dil_w)
+    taps = [(phase, rows, cols, np.tile(filters[0, ky, kx], out_w))
+            for ky, kx, phase, rows, cols in window_taps(k_h, k_w, stride_h, stride_w, dil_h, dil_w,
+                                                          out_h, out_w, out_c)]
+    column_phases = padded_column_phases(in_h, in_w, out_c, (pad_top, pad_bottom, pad_left, pad_right),
+                                         stride_w, fill=0)
+    (first_phase, first_rows, first_cols, first_weights), other_taps = taps[0], taps[1:]
+
+    def accumulate(x_shifted):
+        if multiplier > 1:
+            x_shifted = np.repeat(x_shifted, multiplier, axis=3)
+        sources = column_phases(x_shifted)
+        acc = sources[first_phase][:, first_rows, first_cols] * first_weights
+        product = np.empty_like(acc)
+        for phase, rows, cols, weights in other_taps:
+            np.multiply(sources[phase][:, rows, cols], weights, out=product)
+            acc += product
+        return acc.reshape(x_shifted.shape[0], out_h, out_w, out_c)
+
+    return accumulate, out_c
+
+
+def _prepare_int8(op, graph):
+    filter_tensor = graph[op.inputs[1]]
+    weight_zero_points_are_zero(filter_tensor, op)
+    input_scale, input_zero_point = scale_and_zero_point(graph[op.inputs[0]], op)
+    output_scale, output_offset = scale_and_zero_point(graph[op.outputs[0]], op)
+    input_offset = np.int32(-input_zero_point)
+    accumulate, out_c = _integer_taps(op, graph)
+    bias = None
+    if input_tensor(op, graph, 2) is not None:
+        bias = constant_input(op, graph, 2, "bias").astype(np.int64)
+    output_multiplier, output_shift = per_channel_multipliers(
+        input_scale, filter_tensor.quant.scale, output_scale, out_c)
+    activation_min, activation_max = activation_range(op, output_scale, output_offset)
+
+    def depthwise_conv_2d_int8(x, _filters=None, _bias=None):
+        acc = accumulate(x.astype(np.int32) + input_offset).astype(np.int64)
+        if bias is not None:
+            acc += bias
+        scaled = multiply_by_quantized_multiplier(acc, output_multiplier, output_shift)
+        return saturate(scaled.astype(np.int64) + output_offset, activation_min, activation_max, np.int8)
+
+    return depthwise_conv_2d_int8
+
+
+# -- hybrid (dynamic range): int8 filter (per channel), float input and output ------------------
+# LiteRT's EvalHybridPerChannel: each batch row of the input is quantized asymmetrically,
+# acc = sum w * (q - offset) over the taps inside the input, out = acc * (channel_scale *
+# input_scale) + bias.
+
+def _prepare_hybrid(op, graph):
+    filter_tensor = graph[op.inputs[1]]
+    weight_zero_points_are_zero(filter_tensor, op)
+    accumulate, out_c = _integer_taps(op, graph)
+    channel_scales = np.broadcast_to(filter_tensor.quant.scale.astype(np.float32), (out_c,))
+    bias = None
+    if input_tensor(op, graph, 2) is not None:
+        bias = constant_input(op, graph, 2, "bias").astype(np.float32)
+    activation = fused_activation(op)
+
+    def depthwise_conv_2d_hybrid(x, _filters=None, _bias=None):
+        n = x.shape[0]
+        q, scaling, offsets = asymmetric_quantize_rows(x.reshape(n, -1))
+        q -= offsets[:, None]
+        acc = accumulate(q.reshape(x.shape)).astype(np.float32)
+        out = acc * (channel_scales * scaling[:, None, None, None])
+        if bias is not None:
+            out += bias
+        out = out.astype(np.float32, copy=False)
+        return activation(out) if activation is not None else out
+
+    return depthwise_conv_2d_hybrid

@@ -5,11 +5,27 @@ import numpy as np
 
 from runtime.kernels import register
 from runtime.kernels.common import fused_activation, input_tensor, require_float, with_activation
+from runtime.kernels.common import constant_input
+from runtime.kernels.requantize import (
+    activation_range,
+    asymmetric_quantize_rows,
+    double_to_int32,
+    exact_matmul_dtype_for,
+    round_half_away,
+    saturate,
+    scale_and_zero_point,
+    symmetric_quantize_rows,
+)
 from runtime.model import ModelError
 
 
 @register("FULLY_CONNECTED")
 def prepare_fully_connected(op, graph):
+    input_dtype, weights_dtype = graph[op.inputs[0]].dtype, graph[op.inputs[1]].dtype
+    if input_dtype == np.int8:
+        return _prepare_int8(op, graph)
+    if input_dtype == np.float32 and weights_dtype == np.int8:
+        return _prepare_hybrid(op, graph)
     require_float(op, graph)
     return _prepare_float(op, graph)
 
@@ -39,3 +55,87 @@ def _prepare_float(op, graph):
         return out
 
     return with_activation(fully_connected, fused_activation(op))
+
+
+def _output_shape(x, in_c, out_c, keep_num_dims):
+    if keep_num_dims:
+        return x.shape[:-1] + (out_c,)
+    return (x.size // in_c, out_c)
+
+
+# -- int8 ------------------------------------------------------------------------------------------
+# LiteRT's reference int8 FullyConnected (per-tensor and per-channel): acc = sum (w + weights_offset)
+# * (x + input_offset) + bias, then round(double(acc) * effective_scale) with std::round (ties away
+# from zero) and effective_scale = double(input_scale) * double(filter_scale) / double(output_scale),
+# plus output_offset, clamped. One rounding, from the float scales rather than a Q31 multiplier.
+
+def _prepare_int8(op, graph):
+    input_tensor_, weights_tensor = graph[op.inputs[0]], graph[op.inputs[1]]
+    output_tensor = graph[op.outputs[0]]
+    out_c, in_c = weights_tensor.shape
+    keep_num_dims = op.options.get("keep_num_dims", False)
+    input_scale, input_zero_point = scale_and_zero_point(input_tensor_, op)
+    output_scale, output_offset = scale_and_zero_point(output_tensor, op)
+    input_offset = -input_zero_point
+    quant = weights_tensor.quant
+    filter_scales = quant.scale.astype(np.float32)
+    weights_offset = 0 if filter_scales.size > 1 else -int(quant.zero_point[0])
+    weights = constant_input(op, graph, 1, "weights").astype(np.int64) + weights_offset
+    gemm_dtype = exact_matmul_dtype_for(in_c, 128, 256 if weights_offset else 128)
+    weights_t = np.ascontiguousarray(weights.T.astype(gemm_dtype))
+    constant_term = input_offset * weights.sum(axis=1)
+    if input_tensor(op, graph, 2) is not None:
+        constant_term = constant_term + constant_input(op, graph, 2, "bias").astype(np.int64)
+    effective_scale = (np.float64(input_scale) * filter_scales.astype(np.float64)) / np.float64(output_scale)
+    activation_min, activation_max = activation_range(op, output_scale, output_offset)
+
+    def fully_connected_int8(x, _weights=None, _bias=None):
+        acc = (x.reshape(-1, in_c).astype(gemm_dtype) @ weights_t).astype(np.int64)
+        acc += constant_term
+        scaled = double_to_int32(round_half_away(acc.astype(np.float64) * effective_scale))
+        out = saturate(scaled + output_offset, activation_min, activation_max, np.int8)
+        return out.reshape(_output_shape(x, in_c, out_c, keep_num_dims))
+
+    return fully_connected_int8
+
+
+# -- hybrid (dynamic range): int8 weights, float input and output -------------------------------
+# LiteRT's EvalHybrid: each input row is quantized (symmetric, or asymmetric when the op's
+# asymmetric_quantize_inputs is set), out = bias + dot(w, q - offset) * (row_scale * filter_scale),
+# the filter scale per output channel when the weights have several.
+
+def _prepare_hybrid(op, graph):
+    weights_tensor = graph[op.inputs[1]]
+    out_c, in_c = weights_tensor.shape
+    keep_num_dims = op.options.get("keep_num_dims", False)
+    asymmetric = bool(op.options.get("asymmetric_quantize_inputs", False))
+    filter_scales = weights_tensor.quant.scale.astype(np.float32)
+    per_channel = filter_scales.size > 1
+    gemm_dtype = exact_matmul_dtype_for(in_c, 256 if asymmetric else 128, 128)
+    weights_t = np.ascontiguousarray(constant_input(op, graph, 1, "weights").astype(gemm_dtype).T)
+    bias = None
+    if input_tensor(op, graph, 2) is not None:
+        bias = constant_input(op, graph, 2, "bias").astype(np.float32)
+    activation = fused_activation(op)
+
+    def fully_connected_hybrid(x, _weights=None, _bias=None):
+        rows = x.reshape(-1, in_c)
+        if asymmetric:
+            q, scaling, offsets = asymmetric_quantize_rows(rows)
+            q -= offsets[:, None]
+        else:
+            q, scaling = symmetric_quantize_rows(rows)
+        acc = (q.astype(gemm_dtype) @ weights_t).astype(np.float32)
+        if per_channel:
+            scale = scaling[:, None] * filter_scales
+        else:
+            scale = (scaling * filter_scales[0])[:, None]
+        out = acc * scale
+        if bias is not None:
+            out = bias + out
+        out = out.astype(np.float32, copy=False)
+        if activation is not None:
+            out = activation(out)
+        return out.reshape(_output_shape(x, in_c, out_c, keep_num_dims))
+
+    return fully_connected_hybrid
