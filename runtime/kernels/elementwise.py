@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.kernels import register
+from runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
 from runtime.kernels.common import fused_activation, require_float, with_activation
+from runtime.kernels.requantize import activation_range, saturate, scale_and_zero_point
 
 
 def _squared_difference(a, b):
@@ -26,6 +28,8 @@ _FLOAT_FUNCTIONS = {
 
 @register("ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM", "SQUARED_DIFFERENCE", "POW")
 def prepare_binary(op, graph):
+    if graph[op.inputs[0]].dtype in (np.int8, np.uint8) and op.type in _INTEGER_PREPARES:
+        return _INTEGER_PREPARES[op.type](op, graph)
     if _is_plain_integer(op, graph) and op.type not in ("DIV", "SQUARED_DIFFERENCE"):
         return _FLOAT_FUNCTIONS[op.type]  # int32/int64 index arithmetic: numpy's integer ops agree
     require_float(op, graph, (0, 1))
@@ -43,3 +47,69 @@ def _prepare_float(op, graph):
     if activation is None:
         return function
     return with_activation(function, activation)
+
+
+# -- int8 / uint8 ----------------------------------------------------------------------------------
+# Both inputs broadcast as numpy broadcasts (TFLite's BroadcastAdd/Mul6DSlow index the same way).
+
+def _int_params(op, graph):
+    tensors = [graph[op.inputs[0]], graph[op.inputs[1]], graph[op.outputs[0]]]
+    return [scale_and_zero_point(t, op) for t in tensors], tensors[2].dtype
+
+
+def _prepare_add_sub_int(op, graph):
+    """TFLite's quantized ADD/SUB: both inputs are rescaled to a common scale 2 * max(s1, s2) with
+    20 bits of headroom (left_shift), added (or subtracted) in int32, and requantized to the output:
+    every multiplier goes through MultiplyByQuantizedMultiplierSmallerThanOneExp (double rounding)."""
+    ((scale_1, zero_point_1), (scale_2, zero_point_2), (output_scale, output_offset)), dtype = _int_params(op, graph)
+    left_shift = 20
+    twice_max_input_scale = 2.0 * np.float64(max(scale_1, scale_2))
+    input1_multiplier, input1_shift = quantize_multiplier(np.float64(scale_1) / twice_max_input_scale)
+    input2_multiplier, input2_shift = quantize_multiplier(np.float64(scale_2) / twice_max_input_scale)
+    output_multiplier, output_shift = quantize_multiplier(
+        twice_max_input_scale / np.float64(np.float32((1 << left_shift) * output_scale)))
+    input1_offset, input2_offset = -zero_point_1, -zero_point_2
+    activation_min, activation_max = activation_range(op, output_scale, output_offset, dtype)
+    subtract = op.type == "SUB"
+
+    def add_sub_int(a, b):
+        shifted_1 = (a.astype(np.int64) + input1_offset) << left_shift
+        shifted_2 = (b.astype(np.int64) + input2_offset) << left_shift
+        scaled_1 = multiply_by_quantized_multiplier(shifted_1, input1_multiplier, input1_shift).astype(np.int64)
+        scaled_2 = multiply_by_quantized_multiplier(shifted_2, input2_multiplier, input2_shift).astype(np.int64)
+        raw = scaled_1 - scaled_2 if subtract else scaled_1 + scaled_2
+        out = multiply_by_quantized_multiplier(raw, output_multiplier, output_shift).astype(np.int64)
+        return saturate(out + output_offset, activation_min, activation_max, dtype)
+
+    return add_sub_int
+
+
+def _prepare_mul_int(op, graph):
+    """reference_integer_ops::Mul: (x1 + input1_offset) * (x2 + input2_offset) requantized by
+    s1 * s2 / s_out (computed in float32, as mul.cc does), double rounding."""
+    ((scale_1, zero_point_1), (scale_2, zero_point_2), (output_scale, output_offset)), dtype = _int_params(op, graph)
+    real_multiplier = np.float32(np.float32(scale_1) * np.float32(scale_2)) / np.float32(output_scale)
+    output_multiplier, output_shift = quantize_multiplier(np.float64(np.float32(real_multiplier)))
+    input1_offset, input2_offset = -zero_point_1, -zero_point_2
+    activation_min, activation_max = activation_range(op, output_scale, output_offset, dtype)
+
+    def mul_int(a, b):
+        product = (a.astype(np.int64) + input1_offset) * (b.astype(np.int64) + input2_offset)
+        out = multiply_by_quantized_multiplier(product, output_multiplier, output_shift).astype(np.int64)
+        return saturate(out + output_offset, activation_min, activation_max, dtype)
+
+    return mul_int
+
+
+def _prepare_max_min_int(op, graph):
+    """MAXIMUM/MINIMUM compare the stored integers (inputs and output share params)."""
+    return np.maximum if op.type == "MAXIMUM" else np.minimum
+
+
+_INTEGER_PREPARES = {
+    "ADD": _prepare_add_sub_int,
+    "SUB": _prepare_add_sub_int,
+    "MUL": _prepare_mul_int,
+    "MAXIMUM": _prepare_max_min_int,
+    "MINIMUM": _prepare_max_min_int,
+}
