@@ -10,6 +10,7 @@ preserved (``experimental_preserve_all_tensors`` or ``run(..., keep=...)``).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import numpy as np
@@ -59,15 +60,16 @@ class Interpreter:
             graph = _read_flatbuffer(bytes(model_content))
         else:
             raise ValueError("`model_path` or `model_content` must be specified.")
-        self._init_from_graph(graph, experimental_preserve_all_tensors)
+        self._init_from_graph(graph, experimental_preserve_all_tensors, num_threads)
 
     @classmethod
-    def from_graph(cls, graph: Graph, experimental_preserve_all_tensors=False) -> "Interpreter":
+    def from_graph(cls, graph: Graph, experimental_preserve_all_tensors=False, num_threads=None) -> "Interpreter":
         interpreter = cls.__new__(cls)
-        interpreter._init_from_graph(graph, experimental_preserve_all_tensors)
+        interpreter._init_from_graph(graph, experimental_preserve_all_tensors, num_threads)
         return interpreter
 
-    def _init_from_graph(self, graph: Graph, preserve_all_tensors: bool) -> None:
+    def _init_from_graph(self, graph: Graph, preserve_all_tensors: bool, num_threads=None) -> None:
+        self._thread_limit = _blas_thread_limit(num_threads)
         self._graph = graph
         self._preserve_all_tensors = bool(preserve_all_tensors)
         self._names = list(graph.tensors)
@@ -152,7 +154,8 @@ class Interpreter:
     def invoke(self) -> None:
         if self._arena is None:
             raise RuntimeError("Invoke called on model that is not ready.")
-        _execute(self._invoke_steps, self._arena)
+        with self._thread_limit():
+            _execute(self._invoke_steps, self._arena)
         self._produced = True
 
     def run(self, inputs, keep=None) -> dict:
@@ -178,7 +181,8 @@ class Interpreter:
                 raise ValueError(f"no tensor named {', '.join(map(repr, missing))} in the model")
             keep_indices = {self._index[name] for name in keep}
         keep_indices |= set(self._output_indices)
-        _execute(self._with_releases(keep_indices), arena)
+        with self._thread_limit():
+            _execute(self._with_releases(keep_indices), arena)
         return {self._names[i]: arena[i] for i in sorted(keep_indices, key=self._order_key)}
 
     def _order_key(self, index):
@@ -329,6 +333,22 @@ def _execute(steps, arena) -> None:
             arena[outputs] = result
         for i in released:
             arena[i] = None
+
+
+def _blas_thread_limit(num_threads):
+    """A context factory that caps numpy's BLAS threads at ``num_threads`` while running.
+
+    Only the GEMMs are multi-threaded, and only inside BLAS, so this is the one knob there is;
+    it needs the optional ``threadpoolctl`` (otherwise set OPENBLAS_NUM_THREADS before start-up).
+    On a small shared board, one thread is often faster than several fighting for cores."""
+    if num_threads is None:
+        return contextlib.nullcontext
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return contextlib.nullcontext
+    controller = ThreadpoolController()
+    return lambda: controller.limit(limits=num_threads, user_api="blas")
 
 
 def _read_flatbuffer(content: bytes) -> Graph:

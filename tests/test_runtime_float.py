@@ -911,3 +911,12 @@ def test_broadcast_to_expands_to_shape():
     x = rand(1, 1, 3)
     actual = run_single("BROADCAST_TO", [("x", x, False), ("s", np.array([1, 4, 3], np.int32), True)], [(1, 4, 3)])
     assert_close(actual, np.broadcast_to(x, (1, 4, 3)), atol=0, rtol=0)
+
+
+def test_num_threads_is_validated_and_caps_blas_while_running():
+    with pytest.raises(ValueError, match="num_threads should >= 1"):
+        Interpreter(model_path=two_op_graph(), num_threads=0)
+    x = rand(1, 6, 6, 2)
+    capped = Interpreter.from_graph(two_op_graph(), num_threads=1)
+    graph = capped.graph
+    assert_close(capped.run({"x": x})["y"], Interpreter.from_graph(graph).run({"x": x})["y"], atol=0, rtol=0)
