@@ -13,6 +13,7 @@ from runtime.kernels.common import (
     window_taps,
     with_activation,
 )
+from runtime.kernels.requantize import activation_range, rounding_divide, saturate, scale_and_zero_point
 
 
 def _geometry(op, graph):
@@ -32,6 +33,8 @@ def _geometry(op, graph):
 
 @register("MAX_POOL_2D")
 def prepare_max_pool_2d(op, graph):
+    if graph[op.inputs[0]].dtype in (np.int8, np.uint8, np.int16):
+        return _prepare_max_pool_int(op, graph)
     require_float(op, graph)
     in_h, in_w, channels, out_h, out_w, stride_w, pads, taps, _ = _geometry(op, graph)
     column_phases = padded_column_phases(in_h, in_w, channels, pads, stride_w, fill=-np.inf)
@@ -49,6 +52,8 @@ def prepare_max_pool_2d(op, graph):
 
 @register("AVERAGE_POOL_2D")
 def prepare_average_pool_2d(op, graph):
+    if graph[op.inputs[0]].dtype in (np.int8, np.uint8, np.int16):
+        return _prepare_average_pool_int(op, graph)
     require_float(op, graph)
     in_h, in_w, channels, out_h, out_w, stride_w, pads, taps, is_global = _geometry(op, graph)
     if is_global:
@@ -75,3 +80,58 @@ def prepare_average_pool_2d(op, graph):
         return out.reshape(x.shape[0], out_h, out_w, channels)
 
     return with_activation(average_pool_2d, fused_activation(op))
+
+
+# -- integer ---------------------------------------------------------------------------------------
+# reference_integer_ops::MaxPool / AveragePool: the window covers only positions inside the input;
+# the average is the int sum over them divided by their count, rounded half away from zero; the
+# result is clamped to the fused activation's range. Input and output share params.
+
+def _window_counts(in_h, in_w, channels, pads, stride_w, taps):
+    count_phases = padded_column_phases(in_h, in_w, 1, pads, stride_w, fill=0.0)(np.ones((1, in_h, in_w, 1), np.float32))
+    count_taps = [(phase, rows, slice(cols.start // channels, cols.stop // channels)) for phase, rows, cols in taps]
+    counts = sum(count_phases[phase][0, rows, cols] for phase, rows, cols in count_taps)
+    return np.repeat(counts, channels, axis=1).astype(np.int64)
+
+
+def _integer_range(op, graph):
+    tensor = graph[op.outputs[0]]
+    scale, zero_point = scale_and_zero_point(tensor, op)
+    return activation_range(op, scale, zero_point, tensor.dtype)
+
+
+def _prepare_max_pool_int(op, graph):
+    in_h, in_w, channels, out_h, out_w, stride_w, pads, taps, _ = _geometry(op, graph)
+    dtype = graph[op.inputs[0]].dtype
+    column_phases = padded_column_phases(in_h, in_w, channels, pads, stride_w, fill=np.iinfo(dtype).min)
+    (first_phase, first_rows, first_cols), other_taps = taps[0], taps[1:]
+    activation_min, activation_max = _integer_range(op, graph)
+
+    def max_pool_2d_int(x):
+        sources = column_phases(x)
+        out = sources[first_phase][:, first_rows, first_cols].copy()
+        for phase, rows, cols in other_taps:
+            np.maximum(out, sources[phase][:, rows, cols], out=out)
+        out = np.clip(out, activation_min, activation_max)
+        return out.reshape(x.shape[0], out_h, out_w, channels)
+
+    return max_pool_2d_int
+
+
+def _prepare_average_pool_int(op, graph):
+    in_h, in_w, channels, out_h, out_w, stride_w, pads, taps, _ = _geometry(op, graph)
+    dtype = graph[op.inputs[0]].dtype
+    column_phases = padded_column_phases(in_h, in_w, channels, pads, stride_w, fill=0)
+    window_counts = _window_counts(in_h, in_w, channels, pads, stride_w, taps)
+    (first_phase, first_rows, first_cols), other_taps = taps[0], taps[1:]
+    activation_min, activation_max = _integer_range(op, graph)
+
+    def average_pool_2d_int(x):
+        sources = column_phases(x.astype(np.int32))
+        acc = sources[first_phase][:, first_rows, first_cols].copy()
+        for phase, rows, cols in other_taps:
+            acc += sources[phase][:, rows, cols]
+        average = rounding_divide(acc, window_counts)
+        return saturate(average, activation_min, activation_max, dtype).reshape(x.shape[0], out_h, out_w, channels)
+
+    return average_pool_2d_int
