@@ -248,3 +248,116 @@ def test_litert_reference_fully_connected_rounds_once_ties_away_from_zero(per_ch
     result = _run_reference(g, ALL_INT8.reshape(256, 1))
     np.testing.assert_array_equal(result, AWAY)
     assert not np.array_equal(result, DOUBLE) and not np.array_equal(result, SINGLE)
+
+
+# -- gemmlowp fixed-point functions: hand-worked values -----------------------------------------
+
+from runtime.fixedpoint import (  # noqa: E402
+    calculate_input_radius,
+    count_leading_zeros_u32,
+    down_scale_int32_to_int16_multiplier,
+    exp_on_negative_values,
+    get_inv_sqrt_quantized_multiplier_exp,
+    get_reciprocal,
+    multiply_by_quantized_multiplier_greater_than_one,
+    one_over_one_plus_x_for_x_in_0_1,
+    preprocess_softmax_scaling,
+    rounding_divide_by_pot_int16,
+    rounding_half_sum,
+    saturating_doubling_high_mul_int16,
+    saturating_left_shift_int16,
+    saturating_rounding_doubling_high_mul_int16,
+    saturating_rounding_multiply_by_pot,
+)
+
+
+def test_saturating_rounding_multiply_by_pot():
+    x = np.array([5, -5, 6, 3, 2**29, -(2**29) - 1, 2**29 - 1])
+    assert saturating_rounding_multiply_by_pot(x, -1).tolist() == [3, -3, 3, 2, 2**28, -(2**28) - 1, 2**28]
+    # 2^29 * 4 = 2^31 does not fit: saturates; 2^29 - 1 is the largest value that shifts by 2 exactly.
+    assert saturating_rounding_multiply_by_pot(x, 2).tolist() == [20, -20, 24, 12, INT32_MAX, INT32_MIN, 2**31 - 4]
+    assert saturating_rounding_multiply_by_pot(x, 0).tolist() == x.tolist()
+
+
+def test_rounding_half_sum_rounds_half_away_from_zero():
+    assert rounding_half_sum([1, -1, 1, 2, INT32_MAX], [2, -2, -1, 2, INT32_MAX]).tolist() == [2, -2, 0, 2, INT32_MAX]
+
+
+def test_count_leading_zeros():
+    assert count_leading_zeros_u32([0, 1, 2, 255, 2**30, 2**31 - 1, -1]).tolist() == [32, 31, 30, 24, 1, 1, 0]
+
+
+def test_exp_on_negative_values_hand_worked():
+    # Q5.26 inputs 0, -1/4, -1, -2, -5; Q0.31 outputs. exp(0) is "one", INT32_MAX.
+    a = np.array([0, -(2**24), -(2**26), -(2**27), -5 * 2**26])
+    result = exp_on_negative_values(a, 5)
+    assert result[0] == INT32_MAX
+    np.testing.assert_allclose(result[1:] / 2.0**31, np.exp([-0.25, -1.0, -2.0, -5.0]), rtol=0, atol=5e-7)
+    # Below -32 (only representable with more than 5 integer bits) the result is exactly 0.
+    assert exp_on_negative_values(np.array([-33 * 2**25, -31 * 2**25]), 6).tolist()[0] == 0
+    assert exp_on_negative_values(np.array([-31 * 2**25]), 6)[0] > 0
+
+
+def test_exp_on_negative_values_is_monotonic():
+    a = -np.arange(0, 2**31 - 1, 2**31 // 4096, dtype=np.int64)
+    result = exp_on_negative_values(a, 5).astype(np.int64)
+    assert np.all(np.diff(result) <= 0)
+
+
+def test_one_over_one_plus_x_hand_worked():
+    x = np.array([0, 2**30, 2**29, 2**31 - 1])  # 0, 1/2, 1/4, ~1
+    result = one_over_one_plus_x_for_x_in_0_1(x) / 2.0**31
+    np.testing.assert_allclose(result, [1.0, 2.0 / 3.0, 0.8, 0.5], atol=3e-9)
+
+
+def test_get_reciprocal_hand_worked():
+    # 4.0 in Q12.19 is 2^21: normalized it is exactly 1 (reciprocal "one"), 2 bits over unit.
+    raw, bits = get_reciprocal(np.array([2**21, 3 * 2**19, 5 * 2**17]), 12)
+    assert raw[0] == INT32_MAX and bits[0] == 2
+    # 3.0 = 1.5 * 2^1: reciprocal of 1.5 with 1 bit over unit; 1.25 = 1.25 * 2^0.
+    assert bits.tolist() == [2, 1, 0]
+    np.testing.assert_allclose(raw[1:] / 2.0**31, [2.0 / 3.0, 0.8], atol=3e-9)
+
+
+def test_multiply_by_quantized_multiplier_greater_than_one():
+    # SRDHM(x * 2^2, 2^30) = x * 4 / 2 rounded: exact here.
+    assert multiply_by_quantized_multiplier_greater_than_one([-3, 7], 2**30, 2).tolist() == [-6, 14]
+
+
+def test_preprocess_softmax_scaling_and_input_radius():
+    # beta * scale * 2^26 = 2^-10 * 2^26 = 2^16 = 2^30 * 2^(17 - 31).
+    assert preprocess_softmax_scaling(1.0, 2.0**-10, 5) == (2**30, 17)
+    # floor(31 * 2^26 / 2^17) = 31 * 2^9.
+    assert calculate_input_radius(5, 17) == 31 * 512
+    # A huge scale caps the multiplier at 2^31 - 1.
+    assert preprocess_softmax_scaling(1.0, 100.0, 5) == quantize_multiplier(2.0**31 - 1)
+
+
+def test_int16_high_muls():
+    a = np.array([16384, -3, 3, -32768, 100])
+    b = np.array([16384, 16384, 16384, -32768, -100])
+    # 2ab / 2^16: 8192, -1.5, 1.5, 1 (saturates), -0.305.
+    assert saturating_rounding_doubling_high_mul_int16(a, b).tolist() == [8192, -1, 2, 32767, 0]
+    # SQDMULH truncates toward zero instead of rounding.
+    assert saturating_doubling_high_mul_int16(a, b).tolist() == [8192, -1, 1, 32767, 0]
+    assert saturating_doubling_high_mul_int16([3, -3], [32767, 32767]).tolist() == [2, -2]
+
+
+def test_int16_shifts():
+    assert rounding_divide_by_pot_int16([5, -5, 6, -7], 1).tolist() == [3, -3, 3, -4]
+    assert saturating_left_shift_int16([20000, -20000, 100], 1).tolist() == [32767, -32768, 200]
+
+
+def test_down_scale_int32_to_int16_multiplier():
+    assert down_scale_int32_to_int16_multiplier(2**30) == 2**14
+    assert down_scale_int32_to_int16_multiplier(2**30 + 2**15) == 2**14 + 1  # half rounds up
+    assert down_scale_int32_to_int16_multiplier(2**30 + 2**15 - 1) == 2**14
+    assert down_scale_int32_to_int16_multiplier(2**31 - 1) == 2**15 - 1
+
+
+def test_inverse_sqrt_multiplier():
+    x = np.array([0, 1, 4, 9, 100, 255, 2**20, 2**30])
+    multiplier, shift = get_inv_sqrt_quantized_multiplier_exp(x, -1)
+    assert multiplier[:2].tolist() == [INT32_MAX, INT32_MAX] and shift[:2].tolist() == [0, 0]
+    rebuilt = multiplier[2:] * 2.0 ** (shift[2:].astype(np.float64) - 31)
+    np.testing.assert_allclose(rebuilt, 1 / np.sqrt(x[2:].astype(np.float64)), rtol=1e-6)
