@@ -35,6 +35,7 @@ KERNEL_MODULES = (
     "fully_connected",
     "normalization",
     "pooling",
+    "quantize_ops",
     "reduce",
     "resize",
     "shape_ops",

@@ -1,0 +1,77 @@
+"""QUANTIZE (float -> int8/uint8/int16, and requantization between integer types) and DEQUANTIZE
+(int8/uint8/int16 -> float, and float16 -> float for float16 models), as LiteRT's reference kernels.
+
+* float -> integer (reference_ops::AffineQuantize): round(x / scale) in float32 with std::round
+  (ties away from zero), plus the zero point, clamped to the type's range.
+* integer -> integer (reference_ops::Requantize): (x - input_zero_point) * input_scale/output_scale
+  through a Q31 multiplier (MultiplyByQuantizedMultiplier, double rounding), plus the output zero
+  point, clamped. With equal scales this is just the shift of zero point (uint8 <-> int8 by 128).
+* integer -> float (reference_ops::Dequantize): (x - zero_point) * scale in double, cast to float.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
+from runtime.kernels import register
+from runtime.kernels.requantize import round_half_away, saturate, scale_and_zero_point
+from runtime.model import ModelError
+
+_INTEGER_TYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16))
+
+
+@register("QUANTIZE")
+def prepare_quantize(op, graph):
+    input_tensor, output_tensor = graph[op.inputs[0]], graph[op.outputs[0]]
+    if output_tensor.dtype not in _INTEGER_TYPES:
+        raise ModelError(f"op {op}: QUANTIZE to {output_tensor.dtype} is not supported")
+    output_scale, output_zero_point = scale_and_zero_point(output_tensor, op)
+    info = np.iinfo(output_tensor.dtype)
+    low, high = int(info.min), int(info.max)
+    dtype = output_tensor.dtype
+
+    if input_tensor.dtype in (np.float32, np.float16):
+        def quantize(x):
+            q = round_half_away(x.astype(np.float32, copy=False) / output_scale)
+            return saturate(q.astype(np.int64) + output_zero_point, low, high, dtype)
+
+        return quantize
+
+    if input_tensor.dtype not in _INTEGER_TYPES:
+        raise ModelError(f"op {op}: QUANTIZE from {input_tensor.dtype} is not supported")
+    input_scale, input_zero_point = scale_and_zero_point(input_tensor, op)
+    effective_scale = np.float64(input_scale) / np.float64(output_scale)
+    output_multiplier, output_shift = quantize_multiplier(effective_scale)
+
+    def requantize(x):
+        scaled = multiply_by_quantized_multiplier(x.astype(np.int64) - input_zero_point,
+                                                  output_multiplier, output_shift)
+        return saturate(scaled.astype(np.int64) + output_zero_point, low, high, dtype)
+
+    return requantize
+
+
+@register("DEQUANTIZE")
+def prepare_dequantize(op, graph):
+    input_tensor = graph[op.inputs[0]]
+    if input_tensor.dtype == np.float16:
+        return lambda x: x.astype(np.float32)
+    if input_tensor.dtype not in _INTEGER_TYPES:
+        raise ModelError(f"op {op}: DEQUANTIZE from {input_tensor.dtype} is not supported")
+    quant = input_tensor.quant
+    if quant is None:
+        raise ModelError(f"op {op}: tensor '{input_tensor.name}' has no quantization parameters")
+    if quant.scale.size > 1:  # per-channel constant (e.g. weights) along quant.axis
+        shape = [1] * len(input_tensor.shape)
+        shape[quant.axis] = -1
+        scale = quant.scale.astype(np.float64).reshape(shape)
+        zero_point = quant.zero_point.astype(np.int64).reshape(shape) if quant.zero_point.size > 1 \
+            else np.int64(quant.zero_point[0])
+    else:
+        scale = np.float64(np.float32(quant.scale[0]))
+        zero_point = np.int64(quant.zero_point[0])
+
+    def dequantize(x):
+        return ((x.astype(np.int64) - zero_point) * scale).astype(np.float32)
+
+    return dequantize
