@@ -45,11 +45,11 @@ def import_onnx(
     input_shapes: Optional[dict] = None,
     keep_onnx_layout: bool = False,
 ) -> Graph:
-    proto = prepare_model(model, input_shapes)
-    check_supported(proto)
-    ctx = ImportContext(proto, keep_onnx_layout)
+    prepared = prepare_model(model, input_shapes)
+    check_supported(prepared.proto)
+    ctx = ImportContext(prepared, keep_onnx_layout)
     ctx.add_inputs()
-    for node in proto.graph.node:
+    for node in prepared.proto.graph.node:
         RULES[node.op_type](ctx, node, ctx.attrs(node))
     ctx.add_outputs()
     graph = ctx.graph

@@ -6,12 +6,12 @@ from typing import Optional
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from runtime.model import Graph, ModelError, Op, Tensor
 
 from . import layout
-from .load import default_opset, elem_types, static_shapes
+from .load import PreparedModel, default_opset
 
 
 @dataclass
@@ -35,14 +35,15 @@ def onnx_dtype(elem_type: int) -> np.dtype:
 
 
 class ImportContext:
-    def __init__(self, model: onnx.ModelProto, keep_onnx_layout: bool = False):
+    def __init__(self, prepared: PreparedModel, keep_onnx_layout: bool = False):
+        model = prepared.proto
         self.model = model
         self.opset = default_opset(model)
         self.keep_onnx_layout = keep_onnx_layout
         self.graph = Graph()
-        self.constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-        self.shapes = static_shapes(model)
-        self.types = elem_types(model)
+        self.constants = dict(prepared.constants)
+        self.shapes = prepared.shapes
+        self.types = prepared.types
         self.values: dict = {}
         self.graph_outputs = {out.name for out in model.graph.output}
         self.consumers: dict = {}

@@ -5,12 +5,13 @@ and every value computable from constants and static shapes is a constant (an in
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import helper, numpy_helper, shape_inference
 
 from runtime.model import ModelError
 
@@ -61,6 +62,13 @@ def check_opset(model: onnx.ModelProto) -> onnx.ModelProto:
         raise ModelError(f"ONNX opset {opset} is too old (supported: {MIN_OPSET}-{MAX_OPSET}, or {OLDEST_UPGRADABLE_OPSET}+ upgraded)")
     from onnx import version_converter
 
+    # The converter resolves node inputs against graph inputs only (IR version 3 style).
+    listed = {inp.name for inp in model.graph.input}
+    model.graph.input.extend(
+        helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+        for init in model.graph.initializer
+        if init.name not in listed
+    )
     try:
         return version_converter.convert_version(model, UPGRADE_OPSET)
     except Exception as exc:
@@ -123,38 +131,61 @@ def fix_input_shapes(model: onnx.ModelProto, input_shapes: Optional[dict]) -> No
                 )
 
 
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+# Constants up to this many elements go into the model shape inference sees (shape data propagation
+# needs their values); bigger ones (weights) are declared by type and shape only, which keeps
+# inference from serializing hundreds of megabytes.
+SMALL_CONSTANT = 4096
+
+
+@dataclass
+class PreparedModel:
+    """The graph (nodes, inputs, outputs; no initializers) with its constants and inferred types."""
+
+    proto: onnx.ModelProto
+    constants: dict  # name -> numpy array, ONNX layout
+    shapes: dict  # name -> static shape, for every value shape inference could fix
+    types: dict  # name -> ONNX elem_type
+
+
+def inference_skeleton(proto: onnx.ModelProto, constants: dict) -> onnx.ModelProto:
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(proto)
+    # IR 3 reads initializers only through graph inputs; ours are not listed there.
+    skeleton.ir_version = max(skeleton.ir_version, 4)
+    graph = skeleton.graph
+    del graph.value_info[:]
+    used = {name for node in graph.node for name in node.input}
+    for name, data in constants.items():
+        if name not in used:
+            continue
+        if data.size <= SMALL_CONSTANT:
+            graph.initializer.append(numpy_helper.from_array(data, name))
+        else:
+            elem = helper.np_dtype_to_tensor_dtype(data.dtype)
+            graph.input.append(helper.make_tensor_value_info(name, elem, list(data.shape)))
+    return skeleton
+
+
+def infer_shapes(proto: onnx.ModelProto, constants: dict) -> tuple:
+    """(shapes, types) of every value, from onnx shape inference with data propagation."""
     try:
-        return shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        inferred = shape_inference.infer_shapes(
+            inference_skeleton(proto, constants), check_type=False, strict_mode=False, data_prop=True
+        )
     except Exception as exc:
         raise ModelError(f"ONNX shape inference failed: {exc}") from None
-
-
-def static_shapes(model: onnx.ModelProto) -> dict:
-    """name -> shape tuple, for every value whose shape is fully known."""
-    shapes = {}
-    graph = model.graph
+    shapes, types = {}, {}
+    graph = inferred.graph
     for info in list(graph.input) + list(graph.value_info) + list(graph.output):
         tensor_type = info.type.tensor_type
-        if not tensor_type.HasField("shape"):
-            continue
-        dims = tensor_type.shape.dim
-        if all(d.HasField("dim_value") for d in dims):
-            shapes[info.name] = tuple(int(d.dim_value) for d in dims)
-    for init in graph.initializer:
-        shapes[init.name] = tuple(init.dims)
-    return shapes
-
-
-def elem_types(model: onnx.ModelProto) -> dict:
-    types = {}
-    graph = model.graph
-    for info in list(graph.input) + list(graph.value_info) + list(graph.output):
-        if info.type.tensor_type.elem_type:
-            types[info.name] = info.type.tensor_type.elem_type
-    for init in graph.initializer:
-        types[init.name] = init.data_type
-    return types
+        if tensor_type.elem_type:
+            types[info.name] = tensor_type.elem_type
+        if tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in tensor_type.shape.dim):
+            shapes[info.name] = tuple(int(d.dim_value) for d in tensor_type.shape.dim)
+    for name, data in constants.items():
+        shapes[name] = tuple(data.shape)
+        types[name] = helper.np_dtype_to_tensor_dtype(data.dtype)
+    return shapes, types
 
 
 def evaluate_node(node: onnx.NodeProto, inputs: list, opsets: dict) -> list:
@@ -165,15 +196,13 @@ def evaluate_node(node: onnx.NodeProto, inputs: list, opsets: dict) -> list:
     return evaluator.run(None, feeds)
 
 
-def fold_constants(model: onnx.ModelProto) -> tuple:
-    """Evaluate every node computable from constants and static shapes; return (model, folded count).
+def fold_constants(proto: onnx.ModelProto, constants: dict, shapes: dict) -> int:
+    """Evaluate every node computable from constants and static shapes, in place; return how many.
 
-    Folded outputs become initializers; folded nodes are dropped.
+    Folded outputs join ``constants``; folded nodes leave the graph.
     """
-    graph = model.graph
-    opsets = {entry.domain or "": entry.version for entry in model.opset_import}
-    known = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    shapes = static_shapes(model)
+    graph = proto.graph
+    opsets = {entry.domain or "": entry.version for entry in proto.opset_import}
     kept_nodes = []
     folded = 0
     for node in graph.node:
@@ -185,9 +214,9 @@ def fold_constants(model: onnx.ModelProto) -> tuple:
             value = [shape_of(node, shapes[node.input[0]])]
         elif node.op_type == "Size" and node.input[0] in shapes:
             value = [np.array(int(np.prod(shapes[node.input[0]])), dtype=np.int64)]
-        elif node.op_type not in NONDETERMINISTIC_OPS and all(not n or n in known for n in node.input):
+        elif node.op_type not in NONDETERMINISTIC_OPS and all(not n or n in constants for n in node.input):
             try:
-                value = evaluate_node(node, [known[n] if n else None for n in node.input], opsets)
+                value = evaluate_node(node, [constants[n] if n else None for n in node.input], opsets)
             except Exception as exc:
                 if node.op_type in SUBGRAPH_OPS:
                     value = None
@@ -199,19 +228,10 @@ def fold_constants(model: onnx.ModelProto) -> tuple:
         folded += 1
         for name, array in zip(node.output, value):
             if name:
-                known[name] = np.asarray(array)
-    used = {name for node in kept_nodes for name in node.input} | {out.name for out in graph.output}
+                constants[name] = np.asarray(array)
     del graph.node[:]
     graph.node.extend(kept_nodes)
-    new_inits = [numpy_helper.from_array(np.asarray(known[n]), n) for n in known if n in used]
-    del graph.initializer[:]
-    graph.initializer.extend(new_inits)
-    # value_info of folded tensors would now contradict nothing, but stale entries confuse re-inference
-    live = {n for node in kept_nodes for n in list(node.input) + list(node.output)}
-    keep_info = [vi for vi in graph.value_info if vi.name in live and vi.name not in known]
-    del graph.value_info[:]
-    graph.value_info.extend(keep_info)
-    return model, folded
+    return folded
 
 
 def shape_of(node: onnx.NodeProto, shape: tuple) -> np.ndarray:
@@ -244,18 +264,22 @@ def remove_no_op_nodes(model: onnx.ModelProto) -> None:
     graph.node.extend(kept)
 
 
-def prepare_model(model, input_shapes: Optional[dict] = None) -> onnx.ModelProto:
+def prepare_model(model, input_shapes: Optional[dict] = None) -> PreparedModel:
     """Load, check the opset, fix input shapes, infer shapes and fold constants to a fixed point."""
-    proto = onnx.ModelProto()
-    proto.CopyFrom(load_model(model))
-    proto = check_opset(proto)  # before dropping inputs: the version converter wants IR-3 style inputs
+    proto = load_model(model)
+    if proto is model:  # the caller's model stays untouched
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+    proto = check_opset(proto)
     drop_initializer_inputs(proto)
     fix_input_shapes(proto, input_shapes)
     remove_no_op_nodes(proto)
-    for _ in range(8):
-        proto = infer_shapes(proto)
-        proto, folded = fold_constants(proto)
-        if not folded:
-            break
-    proto = infer_shapes(proto)
-    return proto
+    constants = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    del proto.graph.initializer[:]
+    del proto.graph.value_info[:]
+    shapes, types = infer_shapes(proto, constants)
+    while fold_constants(proto, constants, shapes):
+        shapes, types = infer_shapes(proto, constants)
+    used = {name for node in proto.graph.node for name in node.input} | {o.name for o in proto.graph.output}
+    constants = {name: data for name, data in constants.items() if name in used}
+    return PreparedModel(proto, constants, shapes, types)

@@ -13,7 +13,7 @@ def fc_input(ctx, name: str, weight: np.ndarray) -> tuple:
     """(IR input, weight [O, I] with columns in the input's storage order, output layout)."""
     value = ctx.value(name)
     if value.feature_order is not None:
-        return value.ir, weight[:, value.feature_order], layout.identity(2)
+        return value.ir, np.take(weight, value.feature_order, axis=1), layout.identity(2)
     rank = value.rank
     if value.perm[-1] == rank - 1:
         return value.ir, weight, value.perm
@@ -23,7 +23,7 @@ def fc_input(ctx, name: str, weight: np.ndarray) -> tuple:
 def emit_fully_connected(ctx, node, a_name: str, weight: np.ndarray, bias: np.ndarray) -> None:
     a_ir, weight, out_perm = fc_input(ctx, a_name, weight)
     base = node.output[0]
-    w_ir = ctx.const_tensor(f"{base}/weights", weight.astype(np.float32))
+    w_ir = ctx.const_tensor(f"{base}/weights", np.ascontiguousarray(weight, dtype=np.float32))
     b_ir = ctx.const_tensor(f"{base}/bias", bias.astype(np.float32))
     out = ctx.define(node.output[0], out_perm)
     options = {
@@ -43,8 +43,11 @@ def convert_gemm(ctx, node, attrs):
         raise ModelError(f"{label}: only Gemm with a constant B (weights) is supported")
     if attrs.get("transA", 0):
         raise ModelError(f"{label}: transA=1 is not supported")
-    b = ctx.const(b_name).astype(np.float32)
-    weight = (b if attrs.get("transB", 0) else b.T) * np.float32(attrs.get("alpha", 1.0))
+    b = ctx.const(b_name).astype(np.float32, copy=False)
+    weight = b if attrs.get("transB", 0) else b.T
+    alpha = float(attrs.get("alpha", 1.0))
+    if alpha != 1.0:
+        weight = weight * np.float32(alpha)
     out_features = weight.shape[0]
     bias = np.zeros(out_features, np.float32)
     if len(node.input) > 2 and node.input[2]:
