@@ -45,6 +45,8 @@ def _bilinear_axis(in_size, out_size, align_corners, half_pixel_centers):
 
 @register("RESIZE_BILINEAR")
 def prepare_resize_bilinear(op, graph):
+    if graph[op.inputs[0]].dtype in (np.int8, np.uint8, np.int16):
+        return _prepare_resize_bilinear_int(op, graph)
     require_float(op, graph)
     _, in_h, in_w, _ = graph[op.inputs[0]].shape
     out_h, out_w = _output_size(op, graph)
@@ -90,3 +92,51 @@ def prepare_resize_nearest_neighbor(op, graph):
         return x[:, rows][:, :, cols]
 
     return resize_nearest_neighbor
+
+
+# -- integer bilinear ------------------------------------------------------------------------------
+# reference_ops::ResizeBilinearInteger: coordinates in 10-bit fixed point (scale_10 rounded once in
+# integers), the four weights multiply to a 20-bit fraction, and the sum is rounded half away from
+# zero (the default double-rounding build) with a C division by 2^20. Input and output share params.
+
+def _c_div(a, b):
+    q = np.abs(a) // b
+    return np.where(a < 0, -q, q)
+
+
+def _bilinear_axis_integer(in_size, out_size, align_corners, half_pixel_centers):
+    if align_corners and out_size > 1:
+        scale_10 = ((1 << 10) * (in_size - 1) + (out_size - 1) // 2) // (out_size - 1)
+    else:
+        scale_10 = ((1 << 10) * in_size + out_size // 2) // out_size
+    positions = np.arange(out_size, dtype=np.int64)
+    if half_pixel_centers:
+        scaled = positions * scale_10 + scale_10 // 2 - (1 << 9)
+    else:
+        scaled = positions * scale_10
+    lower = np.maximum(_c_div(scaled, 1 << 10), 0)
+    upper = np.minimum(_c_div(scaled + (1 << 10) - 1, 1 << 10), in_size - 1)
+    fraction = scaled - (1 << 10) * lower  # weight of the upper sample, in 1/1024
+    return lower, upper, fraction
+
+
+def _prepare_resize_bilinear_int(op, graph):
+    _, in_h, in_w, _ = graph[op.inputs[0]].shape
+    out_h, out_w = _output_size(op, graph)
+    dtype = graph[op.inputs[0]].dtype
+    align_corners, half_pixel_centers = _options(op)
+    y0, y1, dy = _bilinear_axis_integer(in_h, out_h, align_corners, half_pixel_centers)
+    x0, x1, dx = _bilinear_axis_integer(in_w, out_w, align_corners, half_pixel_centers)
+    one = 1 << 10
+    dy = dy[:, None, None]
+    dx = dx[:, None]
+
+    def resize_bilinear_int(x, _size=None):
+        x = x.astype(np.int64)
+        top, bottom = x[:, y0], x[:, y1]
+        total = (top[:, :, x0] * ((one - dy) * (one - dx)) + bottom[:, :, x0] * (dy * (one - dx))
+                 + top[:, :, x1] * ((one - dy) * dx) + bottom[:, :, x1] * (dy * dx))
+        rounding = np.where(total > 0, 1 << 19, -(1 << 19))
+        return _c_div(total + rounding, 1 << 20).astype(dtype)
+
+    return resize_bilinear_int
