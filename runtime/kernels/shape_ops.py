@@ -79,7 +79,40 @@ def prepare_concatenation(op, graph):
     def concatenation(*xs):
         return np.concatenate(xs, axis=axis)
 
+    output = graph[op.outputs[0]]
+    if output.dtype in (np.int8, np.uint8, np.int16) and output.quant is not None:
+        return _quantized_concatenation(op, graph, axis)
     return with_activation(concatenation, fused_activation(op))
+
+
+def _quantized_concatenation(op, graph, axis):
+    """Inputs whose params equal the output's are copied; any other is requantized as TFLite's
+    ConcatenationWithScaling does: round(x * (s_in / s_out) - zp_in * (s_in / s_out)) + zp_out in
+    float32, clamped. (LiteRT's int8 kernel refuses differing params; its uint8 kernel rescales.)"""
+    from runtime.kernels.requantize import round_half_away
+
+    output = graph[op.outputs[0]]
+    out_scale, out_zero_point = np.float32(output.quant.scale[0]), int(output.quant.zero_point[0])
+    info = np.iinfo(output.dtype)
+    converters = []
+    for name in op.inputs:
+        quant = graph[name].quant
+        if quant is None or (np.float32(quant.scale[0]) == out_scale and int(quant.zero_point[0]) == out_zero_point):
+            converters.append(None)
+            continue
+        scale = np.float32(np.float32(quant.scale[0]) * (np.float32(1) / out_scale))
+        bias = np.float32(-int(quant.zero_point[0]) * scale)
+
+        def convert(x, scale=scale, bias=bias):
+            q = round_half_away(x.astype(np.float32) * scale + bias).astype(np.int64) + out_zero_point
+            return np.clip(q, info.min, info.max).astype(output.dtype)
+
+        converters.append(convert)
+
+    def concatenation_quantized(*xs):
+        return np.concatenate([x if c is None else c(x) for c, x in zip(converters, xs)], axis=axis)
+
+    return concatenation_quantized
 
 
 @register("PAD", "PADV2")
