@@ -38,6 +38,18 @@ def run_litert(content: bytes, inputs: list, reference_kernels: bool = False) ->
     return _run_tflite_interpreter(interpreter, inputs)
 
 
+def litert_tensors(content: bytes, inputs: list, names, reference_kernels: bool = False) -> dict:
+    """The named tensors (intermediates included) after one LiteRT run on ``content``."""
+    resolver = OpResolverType.BUILTIN_REF if reference_kernels else OpResolverType.AUTO
+    interpreter = LiteRTInterpreter(
+        model_content=content, num_threads=1, experimental_op_resolver_type=resolver,
+        experimental_preserve_all_tensors=True,
+    )
+    _run_tflite_interpreter(interpreter, inputs)
+    index = {d["name"]: d["index"] for d in interpreter.get_tensor_details()}
+    return {name: interpreter.get_tensor(index[name]).copy() for name in names}
+
+
 def run_edgeq(content: bytes, inputs: list) -> list:
     return _run_tflite_interpreter(Interpreter(model_content=content), inputs)
 
