@@ -808,12 +808,7 @@ def _invoke(interpreter, feeds, graph):
     return [interpreter.get_tensor(index[name]) for name in graph.outputs]
 
 
-# The writer stamps BROADCAST_TO with version 1; LiteRT registers it from version 2 only.
-_WRITER_KNOWN_ISSUES = {"broadcast_to": "converter writes BROADCAST_TO as version 1, which LiteRT does not resolve"}
-
-
-@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.xfail(reason=_WRITER_KNOWN_ISSUES[case]))
-                                  if case in _WRITER_KNOWN_ISSUES else case for case in LITERT_CASES])
+@pytest.mark.parametrize("case", list(LITERT_CASES))
 def test_kernel_matches_litert_on_written_file(case):
     write_tflite = pytest.importorskip("converter.tflite_writer").write_tflite
     graph, feeds = _graph_for_litert(*LITERT_CASES[case])
