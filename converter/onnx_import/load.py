@@ -16,7 +16,9 @@ from onnx import helper, numpy_helper, shape_inference
 from runtime.model import ModelError
 
 MIN_OPSET = 11
-MAX_OPSET = 21
+# Opsets after 21 mostly widen op type lists (bfloat16, float8); the rules read attributes and inputs
+# the same way, so any opset the installed onnx defines is accepted.
+MAX_OPSET = max(21, onnx.defs.onnx_opset_version())
 # Older models are upgraded with onnx's version converter to this opset before import.
 UPGRADE_OPSET = 13
 OLDEST_UPGRADABLE_OPSET = 7
@@ -251,7 +253,12 @@ def remove_no_op_nodes(model: onnx.ModelProto) -> None:
     alias = {}
     kept = []
     for node in graph.node:
-        if node.op_type in ("Identity", "Dropout") and node.output[0] not in outputs:
+        inference_dropout = (
+            node.op_type == "Dropout"
+            and (len(node.input) < 3 or not node.input[2])  # no training_mode flag
+            and (len(node.output) < 2 or not node.output[1])  # no mask wanted
+        )
+        if (node.op_type == "Identity" or inference_dropout) and node.output[0] not in outputs:
             src = node.input[0]
             alias[node.output[0]] = alias.get(src, src)
             continue

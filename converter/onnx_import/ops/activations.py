@@ -43,11 +43,18 @@ def convert_unary(ctx, node, attrs):
 
 @rule("Identity", "Dropout")
 def convert_identity(ctx, node, attrs):
+    if node.op_type == "Dropout" and (len(node.output) > 1 and node.output[1] or is_training(ctx, node)):
+        raise ModelError(f"{node_label(node)}: training-mode Dropout and its mask output are not supported")
     value = ctx.value(node.input[0])
     out = ctx.define(node.output[0], value.perm)
     # Only reached when the node's output is a graph output: otherwise load.py rewired around it.
     ctx.emit("RESHAPE", [value.ir, ctx.int32_tensor(f"{out}/shape", ctx.graph[out].shape)], [out],
              {"new_shape": list(ctx.graph[out].shape)}, node)
+
+
+def is_training(ctx, node) -> bool:
+    flag = ctx.optional_const(node, 2, np.array(False)) if ctx.opset >= 12 else np.array(False)
+    return bool(np.asarray(flag).reshape(-1)[0]) if np.asarray(flag).size else False
 
 
 @rule("LeakyRelu")
@@ -135,4 +142,7 @@ def convert_cast(ctx, node, attrs):
 def tflite_type_name(dtype) -> str:
     names = {"float32": "FLOAT32", "float16": "FLOAT16", "int32": "INT32", "int64": "INT64", "int8": "INT8",
              "uint8": "UINT8", "int16": "INT16", "bool": "BOOL", "float64": "FLOAT64"}
-    return names[np.dtype(dtype).name]
+    name = np.dtype(dtype).name
+    if name not in names:
+        raise ModelError(f"tensor type {name} has no TFLite equivalent")
+    return names[name]
