@@ -11,6 +11,7 @@ preserved (``experimental_preserve_all_tensors`` or ``run(..., keep=...)``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Optional
 
 import numpy as np
@@ -70,6 +71,7 @@ class Interpreter:
 
     def _init_from_graph(self, graph: Graph, preserve_all_tensors: bool, num_threads=None) -> None:
         self._thread_limit = _blas_thread_limit(num_threads)
+        graph = fold_constant_ops(graph)
         self._graph = graph
         self._preserve_all_tensors = bool(preserve_all_tensors)
         self._names = list(graph.tensors)
@@ -320,6 +322,36 @@ class Interpreter:
     @property
     def graph(self) -> Graph:
         return self._graph
+
+
+def fold_constant_ops(graph: Graph) -> Graph:
+    """Run once, here, every op whose inputs are all constants, and make its outputs constants.
+
+    A float16 model DEQUANTIZEs its weights this way; folding them (as LiteRT does in prepare) lets
+    the convolution after it lay out a constant filter once instead of on every invoke. Tensor
+    order, and so tensor indices, stay as they are.
+    """
+    foldable = [
+        op for op in graph.ops
+        if op.inputs and all(not name or graph.tensors[name].is_constant for name in op.inputs)
+    ]
+    if not foldable:
+        return graph
+    graph = graph.copy()
+    registry = load_all_kernels()
+    kept = []
+    for op in graph.ops:
+        inputs = [graph.tensors[name] if name else None for name in op.inputs]
+        if not op.inputs or op.type not in registry or any(t is not None and not t.is_constant for t in inputs):
+            kept.append(op)
+            continue
+        values = registry[op.type](op, graph)(*[t.data if t is not None else None for t in inputs])
+        values = values if isinstance(values, tuple) else (values,)
+        for name, value in zip(op.outputs, values):
+            tensor = graph.tensors[name]
+            graph.tensors[name] = dataclasses.replace(tensor, data=np.asarray(value, dtype=tensor.dtype).reshape(tensor.shape))
+    graph.ops = kept
+    return graph
 
 
 def _execute(steps, arena) -> None:

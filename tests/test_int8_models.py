@@ -22,7 +22,6 @@ from converter.quantize import quantize_int8  # noqa: E402
 from converter.tflite_writer import write_tflite  # noqa: E402
 from referees import nchw_to_nhwc  # noqa: E402
 from runtime.interpreter import Interpreter  # noqa: E402
-from runtime.model import ModelError  # noqa: E402
 from test_light_models import load_light_model, with_random_weights  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
@@ -147,13 +146,7 @@ def test_dynamic_range_and_float16_models_run_close_to_litert(name, mode, sample
     entry = MODELS[name]
     content = convert(SAMPLES / entry["file"], quantize=mode).content
     images = samples[name]["images"][:32]
-    try:
-        ours = our_outputs(content, images)
-    except ModelError as error:
-        if mode == "float16" and "must be a constant tensor" in str(error):
-            pytest.xfail("the float CONV_2D/DEPTHWISE_CONV_2D kernels need constant filters, and a "
-                         "float16 model DEQUANTIZEs them at run time")
-        raise
+    ours = our_outputs(content, images)
     for reference in (True, False):
         interpreter = _litert(content, reference)
         index = interpreter.get_output_details()[0]["index"]
