@@ -28,8 +28,9 @@ def write_tflite(graph: Graph, *, description: str = "edgeq", store_names: bool 
     buffers, buffer_of = _write_buffers(builder, graph)
     opcode_keys, opcode_of = _assign_opcodes(graph)
     operators = [_write_operator(builder, op, opcode_of[id(op)], tensor_index) for op in graph.ops]
+    shared = _SharedTables(builder)
     tensors = [
-        _write_tensor(builder, graph[name], buffer_of[name], store_names) for name in graph.tensors
+        _write_tensor(builder, graph[name], buffer_of[name], store_names, shared) for name in graph.tensors
     ]
     subgraph = _write_subgraph(builder, graph, tensors, operators, tensor_index)
     signature = _write_signature(builder, graph, tensor_index)
@@ -118,10 +119,33 @@ def _aligned_bytes(builder, raw: bytes) -> int:
 
 # -- tensors ------------------------------------------------------------------------------------
 
-def _write_tensor(builder, tensor, buffer_index: int, store_name: bool) -> int:
-    shape = _int_vector(builder, tensor.shape)
+class _SharedTables:
+    """Identical shape vectors and quantization tables are written once and referred to by every
+    tensor that has them: a flatbuffer may point many tables at one vector or table. Per-channel
+    zero points (one int64 per channel, all 0, which TFLite insists on) then cost one vector per
+    channel count instead of one per tensor."""
+
+    def __init__(self, builder):
+        self.builder = builder
+        self.offsets: dict = {}
+
+    def vector(self, values: np.ndarray) -> int:
+        key = ("vector", values.dtype.str, values.tobytes())
+        if key not in self.offsets:
+            self.offsets[key] = self.builder.CreateNumpyVector(values)
+        return self.offsets[key]
+
+    def quantization(self, quant: QuantParams, tensor) -> int:
+        key = ("quantization", quant.scale.tobytes(), quant.zero_point.tobytes(), int(quant.axis))
+        if key not in self.offsets:
+            self.offsets[key] = _write_quantization(self, quant, tensor)
+        return self.offsets[key]
+
+
+def _write_tensor(builder, tensor, buffer_index: int, store_name: bool, shared: _SharedTables) -> int:
+    shape = shared.vector(np.asarray(tensor.shape, dtype=np.int32))
     name = builder.CreateString(tensor.name) if store_name else None
-    quant = _write_quantization(builder, tensor.quant, tensor) if tensor.quant is not None else None
+    quant = shared.quantization(tensor.quant, tensor) if tensor.quant is not None else None
     tflite.TensorStart(builder)
     tflite.TensorAddShape(builder, shape)
     tflite.TensorAddType(builder, schema.tensor_type(tensor.dtype))
@@ -133,13 +157,14 @@ def _write_tensor(builder, tensor, buffer_index: int, store_name: bool) -> int:
     return tflite.TensorEnd(builder)
 
 
-def _write_quantization(builder, quant: QuantParams, tensor) -> int:
+def _write_quantization(shared: _SharedTables, quant: QuantParams, tensor) -> int:
     if quant.zero_point.size not in (1, quant.scale.size):
         raise ModelError(f"tensor '{tensor.name}': {quant.zero_point.size} zero points for {quant.scale.size} scales")
-    # TFLite wants one zero point per scale.
+    # LiteRT refuses a file with fewer zero points than scales, or none.
     zero_point = np.broadcast_to(quant.zero_point, quant.scale.shape)
-    scale = builder.CreateNumpyVector(quant.scale.astype(np.float32))
-    zero_point = builder.CreateNumpyVector(zero_point.astype(np.int64))
+    scale = shared.vector(quant.scale.astype(np.float32))
+    zero_point = shared.vector(np.ascontiguousarray(zero_point, dtype=np.int64))
+    builder = shared.builder
     tflite.QuantizationParametersStart(builder)
     tflite.QuantizationParametersAddScale(builder, scale)
     tflite.QuantizationParametersAddZeroPoint(builder, zero_point)
