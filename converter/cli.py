@@ -180,9 +180,12 @@ def inspect(model, as_json, quiet, verbose):
     """
     from runtime.model import read_tflite
 
+    from runtime.size import size_breakdown
+
     content = Path(model).read_bytes()
     graph = read_tflite(content)
     description = describe_graph(graph, len(content))
+    description["size_breakdown"] = size_breakdown(content)
     if as_json:
         click.echo(json.dumps(description, indent=2))
         return
@@ -194,6 +197,8 @@ def inspect(model, as_json, quiet, verbose):
     for op_type, count in description["ops"].items():
         click.echo(f"  {op_type:28} {count}")
     click.echo(f"constant data: {description['constant_bytes']:,} bytes in {description['constants']} tensors")
+    sizes = description["size_breakdown"]
+    click.echo("bytes: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sizes.items() if k != "total"))
     if verbose:
         click.echo("tensors:")
         for t in description["tensors"]:

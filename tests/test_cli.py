@@ -144,6 +144,7 @@ def test_inspect_describes_ops_tensors_and_sizes(tmp_path):
     assert description["ops"]["CONV_2D"] >= 2
     assert description["constant_bytes"] > 0
     assert "TRANSPOSE" not in description["ops"]
+    assert description["size_breakdown"]["total"] == out.stat().st_size
 
 
 def test_inspect_refuses_a_file_that_is_not_tflite(tmp_path):
