@@ -317,3 +317,12 @@ def test_too_new_opset_is_rejected():
     model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", [1, 3])], ["y"], opset=99)
     with pytest.raises(ModelError, match="opset 99"):
         import_onnx(model)
+
+
+def test_old_opset_model_is_upgraded_and_its_unused_dropout_mask_ignored():
+    nodes = [
+        helper.make_node("Dropout", ["x"], ["d", "unused_mask"]),
+        helper.make_node("Relu", ["d"], ["y"]),
+    ]
+    graph = assert_matches_onnxruntime(make_model(nodes, [("x", [1, 3, 4, 4])], ["y"], opset=9))
+    assert op_types(graph) == ["RELU"]

@@ -250,13 +250,14 @@ def remove_no_op_nodes(model: onnx.ModelProto) -> None:
     """Identity and inference-mode Dropout only forward their input: rewire their consumers."""
     graph = model.graph
     outputs = {out.name for out in graph.output}
+    used = {name for node in graph.node for name in node.input} | outputs
     alias = {}
     kept = []
     for node in graph.node:
         inference_dropout = (
             node.op_type == "Dropout"
             and (len(node.input) < 3 or not node.input[2])  # no training_mode flag
-            and (len(node.output) < 2 or not node.output[1])  # no mask wanted
+            and (len(node.output) < 2 or node.output[1] not in used)  # no mask wanted
         )
         if (node.op_type == "Identity" or inference_dropout) and node.output[0] not in outputs:
             src = node.input[0]

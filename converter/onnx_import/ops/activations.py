@@ -43,7 +43,8 @@ def convert_unary(ctx, node, attrs):
 
 @rule("Identity", "Dropout")
 def convert_identity(ctx, node, attrs):
-    if node.op_type == "Dropout" and (len(node.output) > 1 and node.output[1] or is_training(ctx, node)):
+    wants_mask = len(node.output) > 1 and (ctx.onnx_consumers(node.output[1]) or node.output[1] in ctx.graph_outputs)
+    if node.op_type == "Dropout" and (wants_mask or is_training(ctx, node)):
         raise ModelError(f"{node_label(node)}: training-mode Dropout and its mask output are not supported")
     value = ctx.value(node.input[0])
     out = ctx.define(node.output[0], value.perm)
