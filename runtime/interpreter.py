@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from typing import Optional
 
 import numpy as np
 
 from runtime.kernels import load_all_kernels
 from runtime.model import Graph, ModelError
+from runtime.validate import validate_graph
 
 _TFLITE_TYPE_NAMES = {
     np.dtype(np.float32): "FLOAT32",
@@ -37,10 +39,14 @@ def _type_name(dtype) -> str:
 
 
 class Interpreter:
-    """Runs a TFLite model (file, bytes or IR ``Graph``) with numpy kernels."""
+    """Runs a TFLite model (file, bytes or IR ``Graph``) with numpy kernels.
+
+    The model is checked (``runtime.validate``) before any kernel touches it; ``max_memory_bytes``
+    caps the bytes its tensors may need together (default: the memory available now).
+    """
 
     def __init__(self, model_path=None, model_content=None, num_threads=None,
-                 experimental_preserve_all_tensors=False, **_litert_only_options):
+                 experimental_preserve_all_tensors=False, max_memory_bytes=None, **_litert_only_options):
         if num_threads is not None:
             if not isinstance(num_threads, int):
                 raise ValueError("type of num_threads should be int")
@@ -61,16 +67,19 @@ class Interpreter:
             graph = _read_flatbuffer(bytes(model_content))
         else:
             raise ValueError("`model_path` or `model_content` must be specified.")
-        self._init_from_graph(graph, experimental_preserve_all_tensors, num_threads)
+        self._init_from_graph(graph, experimental_preserve_all_tensors, num_threads, max_memory_bytes)
 
     @classmethod
-    def from_graph(cls, graph: Graph, experimental_preserve_all_tensors=False, num_threads=None) -> "Interpreter":
+    def from_graph(cls, graph: Graph, experimental_preserve_all_tensors=False, num_threads=None,
+                   max_memory_bytes=None) -> "Interpreter":
         interpreter = cls.__new__(cls)
-        interpreter._init_from_graph(graph, experimental_preserve_all_tensors, num_threads)
+        interpreter._init_from_graph(graph, experimental_preserve_all_tensors, num_threads, max_memory_bytes)
         return interpreter
 
-    def _init_from_graph(self, graph: Graph, preserve_all_tensors: bool, num_threads=None) -> None:
+    def _init_from_graph(self, graph: Graph, preserve_all_tensors: bool, num_threads=None,
+                         max_memory_bytes=None) -> None:
         self._thread_limit = _blas_thread_limit(num_threads)
+        validate_graph(graph, max_memory_bytes)
         graph = fold_constant_ops(graph)
         self._graph = graph
         self._preserve_all_tensors = bool(preserve_all_tensors)
@@ -157,14 +166,36 @@ class Interpreter:
         if self._arena is None:
             raise RuntimeError("Invoke called on model that is not ready.")
         with self._thread_limit():
-            _execute(self._invoke_steps, self._arena)
+            _execute(self._invoke_steps, self._arena, self._graph.ops)
         self._produced = True
 
-    def run(self, inputs, keep=None) -> dict:
+    def profile(self, runs: int = 10, warmup: int = 1) -> list:
+        """Invoke ``warmup + runs`` times on the current inputs, timing every op; returns one dict
+        per op in execution order: ``index``, ``type``, ``output`` (first output's name), ``seconds``
+        (median over the timed runs). A separate timed loop, so ``invoke`` pays nothing for it."""
+        if self._arena is None:
+            raise RuntimeError("Invoke called on model that is not ready.")
+        samples = [[] for _ in self._invoke_steps]
+        with self._thread_limit():
+            for run in range(warmup + runs):
+                times = _execute_timed(self._invoke_steps, self._arena)
+                if run >= warmup:
+                    for op_samples, seconds in zip(samples, times):
+                        op_samples.append(seconds)
+        self._produced = True
+        return [{"index": position, "type": op.type, "output": op.outputs[0] if op.outputs else "",
+                 "seconds": float(np.median(op_samples)) if op_samples else 0.0}
+                for position, (op, op_samples) in enumerate(zip(self._graph.ops, samples))]
+
+    def run(self, inputs, keep=None, observe=None) -> dict:
         """Run once on ``inputs`` (a dict name -> array, or a list in graph-input order) and return
         the graph outputs by name, plus the tensors in ``keep``: a set of names, or ``"all"`` for
         every tensor that is not a constant. The first axis may hold a batch of samples when the
-        graph's batch size is 1. The interpreter's own tensors (``get_tensor``) are not touched."""
+        graph's batch size is 1. The interpreter's own tensors (``get_tensor``) are not touched.
+
+        ``observe(name, array)``, if given, sees every tensor an op produces right after it is
+        produced; unlike ``keep``, it lets each intermediate be released after its last use, so
+        calibration can look at all of them while holding only a few."""
         if self._steps is None:
             self.allocate_tensors()
         arena = [None] * (self._absent + 1)
@@ -183,8 +214,11 @@ class Interpreter:
                 raise ValueError(f"no tensor named {', '.join(map(repr, missing))} in the model")
             keep_indices = {self._index[name] for name in keep}
         keep_indices |= set(self._output_indices)
+        steps = self._with_releases(keep_indices)
+        if observe is not None:
+            steps = _observed(steps, self._names, observe)
         with self._thread_limit():
-            _execute(self._with_releases(keep_indices), arena)
+            _execute(steps, arena, self._graph.ops)
         return {self._names[i]: arena[i] for i in sorted(keep_indices, key=self._order_key)}
 
     def _order_key(self, index):
@@ -345,7 +379,12 @@ def fold_constant_ops(graph: Graph) -> Graph:
         if not op.inputs or op.type not in registry or any(t is not None and not t.is_constant for t in inputs):
             kept.append(op)
             continue
-        values = registry[op.type](op, graph)(*[t.data if t is not None else None for t in inputs])
+        try:
+            values = registry[op.type](op, graph)(*[t.data if t is not None else None for t in inputs])
+        except (ModelError, MemoryError):
+            raise
+        except Exception as error:  # a malformed op met at load: name it instead of a bare numpy error
+            raise ModelError(f"cannot fold constant op {op}: {type(error).__name__}: {error}") from error
         values = values if isinstance(values, tuple) else (values,)
         for name, value in zip(op.outputs, values):
             tensor = graph.tensors[name]
@@ -354,9 +393,34 @@ def fold_constant_ops(graph: Graph) -> Graph:
     return graph
 
 
-def _execute(steps, arena) -> None:
-    """The hot loop: one kernel call per op; multi-output kernels return a tuple."""
+def _execute(steps, arena, ops) -> None:
+    """The hot loop: one kernel call per op; multi-output kernels return a tuple.
+
+    A kernel failing on data its prepare could not foresee raises RuntimeError naming the op, as
+    LiteRT's invoke does; the try costs nothing until something is raised."""
+    position = 0
+    try:
+        for position, (evaluate, inputs, outputs, released) in enumerate(steps):
+            result = evaluate(*[arena[i] for i in inputs])
+            if type(result) is tuple:
+                for i, value in zip(outputs if type(outputs) is tuple else (outputs,), result):
+                    arena[i] = value
+            else:
+                arena[outputs] = result
+            for i in released:
+                arena[i] = None
+    except (ValueError, RuntimeError, MemoryError):
+        raise
+    except Exception as error:
+        raise RuntimeError(f"op #{position} ({ops[position]}) failed to invoke: {type(error).__name__}: {error}") from error
+
+
+def _execute_timed(steps, arena) -> list:
+    """``_execute`` with a clock read around every op: the seconds each step took."""
+    clock = time.perf_counter
+    times = []
     for evaluate, inputs, outputs, released in steps:
+        start = clock()
         result = evaluate(*[arena[i] for i in inputs])
         if type(result) is tuple:
             for i, value in zip(outputs if type(outputs) is tuple else (outputs,), result):
@@ -365,6 +429,26 @@ def _execute(steps, arena) -> None:
             arena[outputs] = result
         for i in released:
             arena[i] = None
+        times.append(clock() - start)
+    return times
+
+
+def _observed(steps, names, observe):
+    """The steps, each kernel wrapped to hand its outputs to ``observe(name, value)`` as it makes them."""
+
+    def watching(evaluate, outputs):
+        output_names = [names[i] for i in (outputs if type(outputs) is tuple else (outputs,))]
+
+        def evaluate_and_observe(*inputs):
+            result = evaluate(*inputs)
+            for name, value in zip(output_names, result if type(result) is tuple else (result,)):
+                observe(name, value)
+            return result
+
+        return evaluate_and_observe
+
+    return [(watching(evaluate, outputs), inputs, outputs, released)
+            for evaluate, inputs, outputs, released in steps]
 
 
 def _blas_thread_limit(num_threads):
