@@ -306,12 +306,32 @@ def make_observer(method: str, percentile: float = 99.99, num_bins: int = 2048) 
 
 # -- calibration -----------------------------------------------------------------------------------
 
-def calibrate(graph: Graph, samples: dict, method: str = "minmax", batch_size: int = 32,
+# A batch is sized so that its largest float activation stays near this many bytes: big enough to
+# spread the per-op cost over several samples, small enough that a batch's tensors stay in cache and
+# freed blocks are reused (allocations over 32 MB are mapped afresh by malloc each time, and filling
+# new pages costs more than the arithmetic in them).
+BATCH_BYTES = 4 << 20
+MAX_BATCH_SIZE = 256
+
+
+def default_batch_size(graph: Graph) -> int:
+    """Samples per calibration run: as many as keep the largest activation under ``BATCH_BYTES``."""
+    per_sample = [
+        int(np.prod(t.shape[1:], dtype=np.int64)) * t.dtype.itemsize
+        for t in graph.tensors.values() if t.data is None and t.shape
+    ]
+    largest = max(per_sample, default=0)
+    return int(np.clip(BATCH_BYTES // max(largest, 1), 1, MAX_BATCH_SIZE))
+
+
+def calibrate(graph: Graph, samples: dict, method: str = "minmax", batch_size: Optional[int] = None,
               percentile: float = 99.99, num_bins: int = 2048, progress: bool = True) -> dict:
     """``{tensor name: (min, max)}`` for every float activation (graph inputs included).
 
     ``samples``: ``{input name: array}`` with samples on the first axis (see ``load_calibration``).
-    The float graph runs on edgeq's runtime ``batch_size`` samples at a time.
+    The float graph runs on edgeq's runtime ``batch_size`` samples at a time (by default as many as
+    ``default_batch_size`` says); every activation is observed as it is produced and then released,
+    so memory holds one batch's live tensors, not all of them.
     """
     from runtime.interpreter import Interpreter
 
@@ -323,12 +343,18 @@ def calibrate(graph: Graph, samples: dict, method: str = "minmax", batch_size: i
     if len(counts) != 1 or 0 in counts:
         raise ModelError(f"calibration inputs need the same, non-zero number of samples; got {sorted(counts)}")
     total = counts.pop()
+    batch_size = batch_size or default_batch_size(graph)
 
     interpreter = Interpreter.from_graph(graph)
     observed = [
         name for name, t in graph.tensors.items() if t.data is None and t.dtype == np.float32
     ]
     observers = {name: make_observer(method, percentile, num_bins) for name in observed}
+
+    def observe(name, value):
+        observer = observers.get(name)
+        if observer is not None and value is not None:
+            observer.update(np.asarray(value))
 
     bar = None
     if progress:
@@ -338,11 +364,9 @@ def calibrate(graph: Graph, samples: dict, method: str = "minmax", batch_size: i
     try:
         for start in range(0, total, batch_size):
             batch = {n: np.asarray(samples[n][start: start + batch_size]) for n in graph.inputs}
-            values = interpreter.run(batch, keep="all")
-            for name, value in values.items():
-                observer = observers.get(name)
-                if observer is not None and value is not None:
-                    observer.update(np.asarray(value))
+            for name, value in batch.items():
+                observe(name, value)
+            interpreter.run(batch, observe=observe)
             if bar is not None:
                 bar.update(len(next(iter(batch.values()))))
     finally:
