@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import sys
 import time
 from collections import Counter
@@ -52,7 +53,17 @@ def verbosity_options(command):
     return command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _RecordsCommandLine(click.Group):
+    """The group keeps the command line as typed in ``ctx.meta``: the report records it."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        command_line = [info_name or "edgeq", *args]
+        ctx = super().make_context(info_name, args, parent=parent, **extra)
+        ctx.meta["command_line"] = command_line
+        return ctx
+
+
+@click.group(cls=_RecordsCommandLine, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgeq")
 def main():
     """edgeq: ONNX -> pruned, int8 TFLite for edge CPUs, and a small runtime to run it.
@@ -62,6 +73,7 @@ def main():
       edgeq convert model.onnx -o model.tflite
       edgeq inspect model.tflite
       edgeq run model.tflite --input x.npy --engine litert
+      edgeq report model.onnx --calibration calib.npz --eval test.npz -o report/
 
     Exit codes: 0 ok, 1 failed check or internal error, 2 bad input.
     """
@@ -366,6 +378,84 @@ def _summarize_output(value: np.ndarray, top_k: int) -> dict:
         order = np.argsort(-scores, kind="stable")[:top_k]
         info["top_k"] = [(int(c), float(scores[c])) for c in order]
     return info
+
+
+
+# -- report ----------------------------------------------------------------------------------
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--calibration", type=click.Path(dir_okay=False), required=True,
+              help="Calibration samples for the int8 variants (as for convert).")
+@click.option("--eval", "eval_path", type=click.Path(dir_okay=False), required=True,
+              help=".npz with the model input(s) (NCHW or NHWC images) and optional labels.")
+@click.option("-o", "--output", type=click.Path(file_okay=False), default="report", show_default=True,
+              help="The report folder (replaced if it holds an earlier report).")
+@click.option("--labels-key", help="Labels array in the eval file [default: y when present]; without labels, "
+              "accuracy is fidelity to the float32 variant.")
+@click.option("--methods", default="minmax", show_default=True, metavar="M1,M2,...",
+              help="Calibration methods, one full-int8 variant each: minmax, percentile, entropy, mse.")
+@click.option("--prune-sparsity", metavar="F1,F2,...", help="int8 variants with this fraction of weights pruned.")
+@click.option("--prune-channels", metavar="F1,F2,...", help="int8 variants with this fraction of channels removed.")
+@click.option("--reconstruct", is_flag=True, help="Pruned variants: least-squares reconstruction on calibration data.")
+@click.option("--metric", metavar="MODULE:FUNCTION", help="Your own evaluation instead of the built-in metrics: "
+              "imported by name from the current folder or sys.path, so it runs your code. It gets the outputs "
+              "(list of arrays stacked over eval samples) and the eval file's arrays (dict) and returns "
+              "{name: number}; the first is plotted, higher is better.")
+@click.option("--jobs", type=int, help="Variants built in parallel [default: min(2, CPUs)].")
+@click.option("--repeats", type=int, default=30, show_default=True, help="Timed inferences per variant and engine.")
+@click.option("--eval-samples", type=int, help="Use only the first N eval samples.")
+@click.option("--calibration-samples", type=int, help="Use only the first N calibration samples.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:D1,D2,...",
+              help="Fix an input's shape (ONNX layout). Repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
+@verbosity_options
+@reports_errors
+def report(model, calibration, eval_path, output, labels_key, methods, prune_sparsity, prune_channels, reconstruct,
+           metric, jobs, repeats, eval_samples, calibration_samples, input_shapes, as_json, quiet, verbose):
+    """Build the variants of a model and compare them: size, accuracy, latency, memory.
+
+    Variants: float32, float16, dynamic-range int8, full int8 per calibration method, and int8 per
+    pruning level asked for. Writes report.md, report.html (self-contained), report.json,
+    accuracy_vs_size.png, layer_sqnr.png and the variants' .tflite files in models/.
+
+    \b
+    Examples:
+      edgeq report model.onnx --calibration calib.npz --eval test.npz -o report/
+      edgeq report model.onnx --calibration calib.npz --eval test.npz --methods minmax,entropy,mse
+      edgeq report model.onnx --calibration calib.npz --eval test.npz --prune-sparsity 0.5,0.7 --reconstruct
+      edgeq report model.onnx --calibration calib.npz --eval val.npz --metric my_metrics:mean_iou --json
+
+    Exit codes: 0 ok, 1 edgeq and LiteRT disagree (the report is still written) or internal error,
+    2 bad input (files, options, --metric).
+    """
+    from converter.api import parse_input_shapes
+    from converter.report import ReportOptions, json_ready, make_report, parse_fractions, terminal_table
+
+    for option, value in (("--jobs", jobs), ("--repeats", repeats), ("--eval-samples", eval_samples),
+                          ("--calibration-samples", calibration_samples)):
+        if value is not None and value < 1:
+            raise ModelError(f"{option} {value}: needs a positive number")
+    command_line = click.get_current_context().meta.get("command_line") or sys.argv
+    options = ReportOptions(
+        model=model, calibration=calibration, eval=eval_path, output=output, labels_key=labels_key,
+        methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+        prune_sparsities=tuple(parse_fractions(prune_sparsity, "--prune-sparsity")),
+        prune_channels=tuple(parse_fractions(prune_channels, "--prune-channels")),
+        reconstruct=reconstruct, metric=metric, jobs=jobs, repeats=repeats, eval_samples=eval_samples,
+        calibration_samples=calibration_samples, input_shapes=parse_input_shapes(input_shapes),
+        command=shlex.join(str(a) for a in command_line),
+    )
+    result = make_report(options, progress=not (quiet or as_json))
+    if as_json:
+        click.echo(json.dumps(json_ready(result), indent=2))
+    elif not quiet:
+        click.echo(terminal_table(result))
+        click.echo(f"wrote {output}/: report.md, report.html, report.json, accuracy_vs_size.png, models/")
+        if verbose and result["layer_errors"]["tensors"]:
+            worst = result["layer_errors"]["tensors"][:5]
+            click.echo("hurt most by int8: " + ", ".join(f"{e['tensor']} ({e['sqnr_db']:.1f} dB)" for e in worst))
+    if not result["checks"]["ok"]:
+        _fail("; ".join(result["checks"]["problems"]), EXIT_FAILED)
 
 
 if __name__ == "__main__":
