@@ -260,27 +260,44 @@ def describe_graph(graph, file_bytes: int) -> dict:
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--input", "-i", "input_path", type=click.Path(dir_okay=False), required=True,
-              help=".npy (one-input models) or .npz keyed by input name.")
+              help=".npy (one-input models), .npz keyed by input name, or an image file (PNG, JPEG, ...; "
+              "needs Pillow).")
 @click.option("--engine", type=click.Choice(["edgeq", "litert"]), default="edgeq", show_default=True,
               help="Which interpreter runs the model.")
 @click.option("--output", "-o", "output_path", type=click.Path(dir_okay=False), help="Save the outputs as .npz.")
 @click.option("--top-k", type=int, default=5, show_default=True, help="How many classes to print for classifiers.")
+@click.option("--mean", metavar="M or M1,M2,M3", help="Images: subtract per channel after scaling pixels to [0, 1].")
+@click.option("--std", metavar="S or S1,S2,S3", help="Images: then divide per channel.")
+@click.option("--layout", type=click.Choice(["auto", "nhwc", "nchw"]), default="auto", show_default=True,
+              help="Images: the model input's layout (auto: read from its shape; edgeq models are NHWC "
+              "unless converted with --keep-onnx-layout).")
 @click.option("--json", "as_json", is_flag=True, help="Print the outputs' summary as JSON.")
 @verbosity_options
 @reports_errors
-def run(model, input_path, engine, output_path, top_k, as_json, quiet, verbose):
-    """Run a .tflite file on an input and print its outputs.
+def run(model, input_path, engine, output_path, top_k, mean, std, layout, as_json, quiet, verbose):
+    """Run a .tflite file on an input and print its outputs (top-k for classifiers).
+
+    An image is converted to the input's channels (grey or RGB), resized to its height and width
+    (bilinear), scaled to [0, 1], normalized with --mean/--std, and quantized for integer inputs.
 
     \b
     Examples:
       edgeq run model.tflite --input x.npy
       edgeq run model.tflite --input batch.npz --engine litert -o out.npz
+      edgeq run model.tflite --input cat.jpg --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --top-k 3
+
+    Exit codes: 0 ok, 1 internal error, 2 bad input (model, input file, options).
     """
     from converter.fileio import write_atomic
 
     interpreter = _make_interpreter(model, engine)
     interpreter.allocate_tensors()
-    feeds = _load_inputs(input_path, interpreter.get_input_details())
+    if Path(input_path).suffix.lower() in IMAGE_SUFFIXES:
+        feeds = [_image_input(input_path, interpreter.get_input_details(), mean, std, layout)]
+    elif mean or std or layout != "auto":
+        raise ModelError("--mean, --std and --layout apply to image inputs; give an image file to --input")
+    else:
+        feeds = _load_inputs(input_path, interpreter.get_input_details())
     for detail, value in zip(interpreter.get_input_details(), feeds):
         interpreter.set_tensor(detail["index"], value)
     started = time.perf_counter()
@@ -364,6 +381,83 @@ def _fit_input(array: np.ndarray, detail: dict, path: str) -> np.ndarray:
         else:
             raise ModelError(f"{path}: input '{detail['name']}' is {array.dtype}, the model wants {np.dtype(detail['dtype']).name}")
     return np.ascontiguousarray(array)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _image_layout(shape: tuple, layout: str) -> str:
+    """The input's layout: as told, or NHWC when the last axis holds 1 or 3 channels, else NCHW."""
+    if len(shape) != 4:
+        raise ModelError(f"an image needs a 4-D model input; this one has shape {list(shape)}")
+    if layout != "auto":
+        return layout
+    if shape[3] in (1, 3):
+        return "nhwc"
+    if shape[1] in (1, 3):
+        return "nchw"
+    raise ModelError(f"input shape {list(shape)} has no 1- or 3-channel axis; say --layout nhwc or nchw")
+
+
+def _channel_values(text, channels: int, option: str, default: float) -> np.ndarray:
+    if not text:
+        return np.full(channels, default, np.float32)
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ModelError(f"{option} '{text}': expected a number or a comma list, one per channel") from None
+    if len(values) not in (1, channels):
+        raise ModelError(f"{option} '{text}': {len(values)} values for {channels} channel(s)")
+    if option == "--std" and any(v == 0 for v in values):
+        raise ModelError(f"{option} '{text}': a standard deviation of 0")
+    return np.broadcast_to(np.array(values, np.float32), (channels,))
+
+
+def _read_image(path: str, channels: int, height: int, width: int) -> np.ndarray:
+    """H x W x C float32 pixels in [0, 1]."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise ModelError("reading images needs Pillow: pip install 'edgeq[images]' (or pip install Pillow)") from None
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+            pixels = np.asarray(image, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a readable image ({exc})") from None
+    return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def _image_input(path: str, details: list, mean, std, layout: str) -> np.ndarray:
+    if not Path(path).is_file():
+        raise ModelError(f"{path}: no such file")
+    if len(details) != 1:
+        raise ModelError(f"{path}: an image feeds one input, the model has {len(details)}; give an .npz")
+    detail = details[0]
+    shape = tuple(int(d) for d in detail["shape"])
+    layout = _image_layout(shape, layout)
+    height, width, channels = shape[1:4] if layout == "nhwc" else (shape[2], shape[3], shape[1])
+    if channels not in (1, 3):
+        raise ModelError(f"input shape {list(shape)} read as {layout.upper()} has {channels} channels; "
+                         "images give 1 or 3")
+    pixels = _read_image(path, channels, height, width)
+    pixels = (pixels - _channel_values(mean, channels, "--mean", 0.0)) / _channel_values(std, channels, "--std", 1.0)
+    batch = pixels[None] if layout == "nhwc" else pixels.transpose(2, 0, 1)[None]
+    if shape[0] != 1:
+        raise ModelError(f"input shape {list(shape)}: an image fills a batch of 1")
+    return np.ascontiguousarray(_as_input_dtype(batch, detail))
+
+
+def _as_input_dtype(values: np.ndarray, detail: dict) -> np.ndarray:
+    """Float pixels in the input's type: quantized with its scale and zero point for integer inputs."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return values.astype(dtype)
+    scale, zero_point = detail["quantization"]
+    if not scale:
+        raise ModelError(f"input '{detail['name']}' is {dtype.name} without quantization parameters")
+    info = np.iinfo(dtype)
+    return np.clip(np.round(values / scale) + zero_point, info.min, info.max).astype(dtype)
 
 
 def _summarize_output(value: np.ndarray, top_k: int) -> dict:
