@@ -242,3 +242,18 @@ def test_convert_debug_prints_per_tensor_error_worst_first(tmp_path):
 def test_convert_debug_without_int8_is_refused(tmp_path):
     result = invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", tmp_path / "x.tflite", "--debug")
     assert result.exit_code == 2 and "--quantize int8" in result.output
+
+
+def test_a_float_tflite_quantizes_like_its_onnx_source(tmp_path):
+    calibration = SAMPLES / "digits_cnn_calib.npz"
+    float_file = tmp_path / "cnn.tflite"
+    assert invoke("convert", SAMPLES / "digits_cnn.onnx", "-o", float_file).exit_code == 0
+    from_tflite, from_onnx = tmp_path / "a.tflite", tmp_path / "b.tflite"
+    result = invoke("convert", float_file, "-o", from_tflite, "--quantize", "int8", "--calibration", calibration)
+    assert result.exit_code == 0, result.output
+    assert invoke("convert", SAMPLES / "digits_cnn.onnx", "-o", from_onnx, "--quantize", "int8",
+                  "--calibration", calibration).exit_code == 0
+    x = np.load(SAMPLES / "digits_cnn_test.npz")["input"][:1].transpose(0, 2, 3, 1)
+    (a,) = run_litert(from_tflite.read_bytes(), [x], reference_kernels=True)
+    (b,) = run_litert(from_onnx.read_bytes(), [x], reference_kernels=True)
+    np.testing.assert_array_equal(a, b)
