@@ -10,7 +10,7 @@ import numpy as np
 import tflite
 
 from runtime import schema
-from runtime.model import Graph, ModelError, Op, QuantParams
+from runtime.model import Graph, ModelError, Op, QuantParams, sparse_positions
 
 FILE_IDENTIFIER = b"TFL3"
 SCHEMA_VERSION = 3
@@ -96,7 +96,7 @@ def _write_buffers(builder, graph: Graph) -> tuple:
         if not tensor.is_constant:
             buffer_of[name] = 0
             continue
-        raw = np.ascontiguousarray(tensor.data).astype(tensor.data.dtype.newbyteorder("<"), copy=False).tobytes()
+        raw = np.ascontiguousarray(_stored_values(tensor)).astype(tensor.data.dtype.newbyteorder("<"), copy=False).tobytes()
         key = hashlib.sha256(tensor.dtype.str.encode() + b":" + raw).digest()
         if key not in index_of_content:
             index_of_content[key] = len(data_offsets)
@@ -110,6 +110,19 @@ def _write_buffers(builder, graph: Graph) -> tuple:
             tflite.BufferAddData(builder, data)
         buffers.append(tflite.BufferEnd(builder))
     return buffers, buffer_of
+
+
+def _stored_values(tensor) -> np.ndarray:
+    """What the buffer holds: the data, or for a sparse-encoded tensor only the values its encoding
+    lists (in storage order); refuses an encoding that would drop a non-zero value."""
+    if tensor.sparsity is None:
+        return tensor.data
+    positions = sparse_positions(tensor.shape, tensor.sparsity)
+    flat = tensor.data.reshape(-1)
+    dropped = np.count_nonzero(flat) - np.count_nonzero(flat[positions])
+    if dropped:
+        raise ModelError(f"tensor '{tensor.name}': its sparse encoding leaves out {dropped} non-zero values")
+    return flat[positions]
 
 
 def _aligned_bytes(builder, raw: bytes) -> int:
@@ -146,6 +159,7 @@ def _write_tensor(builder, tensor, buffer_index: int, store_name: bool, shared: 
     shape = shared.vector(np.asarray(tensor.shape, dtype=np.int32))
     name = builder.CreateString(tensor.name) if store_name else None
     quant = shared.quantization(tensor.quant, tensor) if tensor.quant is not None else None
+    sparsity = _write_sparsity(builder, tensor.sparsity) if tensor.sparsity is not None else None
     tflite.TensorStart(builder)
     tflite.TensorAddShape(builder, shape)
     tflite.TensorAddType(builder, schema.tensor_type(tensor.dtype))
@@ -154,7 +168,54 @@ def _write_tensor(builder, tensor, buffer_index: int, store_name: bool, shared: 
         tflite.TensorAddName(builder, name)
     if quant is not None:
         tflite.TensorAddQuantization(builder, quant)
+    if sparsity is not None:
+        tflite.TensorAddSparsity(builder, sparsity)
     return tflite.TensorEnd(builder)
+
+
+def _write_sparsity(builder, sparsity: dict) -> int:
+    """The schema's SparsityParameters: traversal order, block map, one DimensionMetadata per level."""
+    levels = [_write_dimension_metadata(builder, meta) for meta in sparsity["dim_metadata"]]
+    traversal_order = _int_vector(builder, sparsity["traversal_order"])
+    block_map = _int_vector(builder, sparsity.get("block_map", []))
+    dim_metadata = _offset_vector(builder, "SparsityParameters", "DimMetadata", levels)
+    tflite.SparsityParametersStart(builder)
+    tflite.SparsityParametersAddTraversalOrder(builder, traversal_order)
+    tflite.SparsityParametersAddBlockMap(builder, block_map)
+    tflite.SparsityParametersAddDimMetadata(builder, dim_metadata)
+    return tflite.SparsityParametersEnd(builder)
+
+
+def _write_dimension_metadata(builder, meta: dict) -> int:
+    if meta["format"] == "DENSE":
+        tflite.DimensionMetadataStart(builder)
+        tflite.DimensionMetadataAddFormat(builder, tflite.DimensionType.DENSE)
+        tflite.DimensionMetadataAddDenseSize(builder, int(meta["dense_size"]))
+        return tflite.DimensionMetadataEnd(builder)
+    segments_type, segments = _index_vector(builder, meta["array_segments"])
+    indices_type, indices = _index_vector(builder, meta["array_indices"])
+    tflite.DimensionMetadataStart(builder)
+    tflite.DimensionMetadataAddFormat(builder, tflite.DimensionType.SPARSE_CSR)
+    tflite.DimensionMetadataAddArraySegmentsType(builder, segments_type)
+    tflite.DimensionMetadataAddArraySegments(builder, segments)
+    tflite.DimensionMetadataAddArrayIndicesType(builder, indices_type)
+    tflite.DimensionMetadataAddArrayIndices(builder, indices)
+    return tflite.DimensionMetadataEnd(builder)
+
+
+def _index_vector(builder, values) -> tuple:
+    """A SparseIndexVector in the narrowest type that holds ``values`` (uint8, uint16 or int32):
+    the indices are most of a sparse tensor's bytes."""
+    values = np.asarray(values, dtype=np.int64).reshape(-1)
+    largest = int(values.max()) if values.size else 0
+    for name, dtype, limit in (("Uint8Vector", np.uint8, 1 << 8), ("Uint16Vector", np.uint16, 1 << 16),
+                               ("Int32Vector", np.int32, 1 << 31)):
+        if largest < limit:
+            break
+    vector = builder.CreateNumpyVector(values.astype(dtype))
+    getattr(tflite, f"{name}Start")(builder)
+    getattr(tflite, f"{name}AddValues")(builder, vector)
+    return getattr(tflite.SparseIndexVector, name), getattr(tflite, f"{name}End")(builder)
 
 
 def _write_quantization(shared: _SharedTables, quant: QuantParams, tensor) -> int:

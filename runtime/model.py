@@ -60,6 +60,9 @@ class Tensor:
     dtype: np.dtype = np.dtype(np.float32)
     data: Optional[np.ndarray] = None
     quant: Optional[QuantParams] = None
+    # How a constant is stored in the file: None (dense) or the schema's SparsityParameters as a dict
+    # (see ``sparse_positions``). ``data`` is always the dense array.
+    sparsity: Optional[dict] = None
 
     def __post_init__(self):
         self.shape = tuple(int(d) for d in self.shape)
@@ -226,6 +229,57 @@ class Graph:
         return f"Graph({len(self.ops)} ops, {len(self.tensors)} tensors, inputs={self.inputs}, outputs={self.outputs})"
 
 
+def sparse_positions(shape: tuple, sparsity: dict) -> np.ndarray:
+    """The flat (row-major) dense index of every value a sparse-encoded tensor stores, in storage order.
+
+    ``sparsity`` mirrors the schema's SparsityParameters: ``traversal_order`` (the dims, then the block
+    dims, in storage order), ``block_map`` (which dim each block dim splits) and ``dim_metadata``, one
+    per level: ``{"format": "DENSE", "dense_size": n}`` or ``{"format": "SPARSE_CSR",
+    "array_segments": [...], "array_indices": [...]}``. The walk is TFLite's FormatConverter's: a
+    DENSE level repeats every parent position ``dense_size`` times; a CSR level keeps, for parent
+    position p, the entries segments[p]:segments[p + 1], whose coordinates are ``array_indices``.
+    """
+    rank = len(shape)
+    order = [int(d) for d in sparsity["traversal_order"]]
+    block_map = [int(d) for d in sparsity.get("block_map", [])]
+    levels = sparsity["dim_metadata"]
+    if sorted(order) != list(range(rank + len(block_map))) or len(levels) != len(order):
+        raise ModelError(f"sparsity: traversal order {order} does not fit rank {rank} with block map {block_map}")
+    positions = np.zeros(1, np.int64)
+    coordinates: dict = {}
+    for dim, level in zip(order, levels):
+        if level["format"] == "DENSE":
+            size = int(level["dense_size"])
+            parent = np.repeat(np.arange(positions.size), size)
+            inner = np.tile(np.arange(size, dtype=np.int64), positions.size)
+            positions = positions[parent] * size + inner
+        else:
+            segments = np.asarray(level["array_segments"], np.int64)
+            indices = np.asarray(level["array_indices"], np.int64)
+            if positions.size and positions.max() + 1 >= segments.size:
+                raise ModelError(f"sparsity: {segments.size} array segments are too few for dim {dim}")
+            counts = segments[positions + 1] - segments[positions]
+            parent = np.repeat(np.arange(positions.size), counts)
+            first = np.repeat(segments[positions] - (np.cumsum(counts) - counts), counts)
+            positions = first + np.arange(parent.size)
+            if positions.size and positions.max() >= indices.size:
+                raise ModelError(f"sparsity: array segments of dim {dim} point past its {indices.size} indices")
+            inner = indices[positions]
+        coordinates = {d: c[parent] for d, c in coordinates.items()}
+        coordinates[dim] = inner
+    dense = []
+    for dim in range(rank):
+        coordinate = coordinates[dim]
+        for block_dim, split in enumerate(block_map, start=rank):
+            if split == dim:
+                block_size = int(levels[order.index(block_dim)]["dense_size"])
+                coordinate = coordinate * block_size + coordinates[block_dim]
+        if coordinate.size and (coordinate.min() < 0 or coordinate.max() >= shape[dim]):
+            raise ModelError(f"sparsity: a coordinate of dim {dim} lies outside shape {shape}")
+        dense.append(coordinate)
+    return np.ravel_multi_index(dense, shape) if dense else positions
+
+
 # -- reading TFLite flatbuffers -------------------------------------------------------------------
 # runtime.schema imports ModelError from here, hence these imports below its definition.
 import struct  # noqa: E402
@@ -315,7 +369,10 @@ def _read_tensor(model, fb_tensor, name: str, data) -> Tensor:
     except ModelError as error:
         raise ModelError(f"tensor '{name}': {error}") from None
     constant = _read_buffer(model, fb_tensor.Buffer(), name, data)
-    if constant is not None:
+    sparsity = _read_sparsity(fb_tensor.Sparsity(), name)
+    if constant is not None and sparsity is not None:
+        constant = _densify(constant, shape, dtype, sparsity, name)
+    elif constant is not None:
         expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if constant.size != expected:
             raise ModelError(
@@ -323,7 +380,63 @@ def _read_tensor(model, fb_tensor, name: str, data) -> Tensor:
                 f" shape {shape} of {dtype} needs {expected}"
             )
         constant = constant.view(dtype).reshape(shape)
-    return Tensor(name, shape, dtype, constant, _read_quantization(fb_tensor.Quantization(), name, shape))
+    quant = _read_quantization(fb_tensor.Quantization(), name, shape)
+    return Tensor(name, shape, dtype, constant, quant, sparsity)
+
+
+def _read_sparsity(params, name: str) -> Optional[dict]:
+    """A tensor's SparsityParameters as the dict ``sparse_positions`` reads, or None when dense."""
+    if params is None:
+        return None
+    levels = []
+    for i in range(params.DimMetadataLength()):
+        meta = params.DimMetadata(i)
+        if meta.Format() == tflite.DimensionType.DENSE:
+            levels.append({"format": "DENSE", "dense_size": int(meta.DenseSize())})
+        else:
+            levels.append({
+                "format": "SPARSE_CSR",
+                "array_segments": _index_vector(meta.ArraySegmentsType(), meta.ArraySegments(), name),
+                "array_indices": _index_vector(meta.ArrayIndicesType(), meta.ArrayIndices(), name),
+            })
+    return {
+        "traversal_order": _int_list(params.TraversalOrderAsNumpy()),
+        "block_map": _int_list(params.BlockMapAsNumpy()),
+        "dim_metadata": levels,
+    }
+
+
+_INDEX_VECTORS = {
+    tflite.SparseIndexVector.Int32Vector: tflite.Int32Vector,
+    tflite.SparseIndexVector.Uint16Vector: tflite.Uint16Vector,
+    tflite.SparseIndexVector.Uint8Vector: tflite.Uint8Vector,
+}
+
+
+def _index_vector(kind: int, table, name: str) -> np.ndarray:
+    if kind not in _INDEX_VECTORS or table is None:
+        raise ModelError(f"tensor '{name}': sparse index vector of unknown type {kind}")
+    vector = _INDEX_VECTORS[kind]()
+    vector.Init(table.Bytes, table.Pos)
+    values = vector.ValuesAsNumpy()
+    return np.zeros(0, np.int64) if isinstance(values, int) else values.astype(np.int64)
+
+
+def _densify(stored: np.ndarray, shape: tuple, dtype: np.dtype, sparsity: dict, name: str) -> np.ndarray:
+    """The dense constant of a sparse-encoded tensor: runtime kernels only ever see dense arrays."""
+    try:
+        positions = sparse_positions(shape, sparsity)
+    except ModelError as error:
+        raise ModelError(f"tensor '{name}': {error}") from None
+    if stored.size != positions.size * dtype.itemsize:
+        raise ModelError(
+            f"tensor '{name}': sparse buffer holds {stored.size} bytes, its encoding lists {positions.size} values"
+        )
+    dense = np.zeros(int(np.prod(shape, dtype=np.int64)), dtype)
+    dense[positions] = stored.view(dtype)
+    dense = dense.reshape(shape)
+    dense.flags.writeable = False
+    return dense
 
 
 def _read_buffer(model, index: int, tensor_name: str, data) -> Optional[np.ndarray]:

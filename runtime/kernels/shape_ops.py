@@ -376,3 +376,9 @@ def prepare_space_to_depth(op, graph):
         return blocks.reshape(n, height // block, width // block, block * block * depth)
 
     return space_to_depth
+
+
+@register("DENSIFY")
+def prepare_densify(op, graph):
+    # The reader already expanded the sparse-encoded constant to a dense array.
+    return lambda values: values
