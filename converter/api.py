@@ -36,6 +36,7 @@ class ConversionResult:
     float_graph: Optional[Graph] = None
     float_ops: list = field(default_factory=list)
     layer_errors: list = field(default_factory=list)
+    prune_reports: list = field(default_factory=list)
 
 
 def parse_input_shapes(specs) -> dict:
@@ -123,6 +124,12 @@ def convert(
     io_dtype: str = "float32",
     debug: bool = False,
     progress: bool = False,
+    prune_sparsity: Optional[float] = None,
+    prune_scope: str = "global",
+    prune_channels: Optional[float] = None,
+    prune_importance: str = "l1",
+    reconstruct: bool = False,
+    sparse_encoding: bool = False,
 ) -> ConversionResult:
     """Convert an ONNX model (or a float .tflite) to a TFLite flatbuffer.
 
@@ -130,6 +137,11 @@ def convert(
     name or an .npy, samples on the first axis), "dynamic" (int8 weights, float activations) or
     "float16" (float16 weights). ``io_dtype`` sets an int8 model's input/output type. ``debug`` measures
     every int8 tensor's error against the float model on the calibration samples.
+    Pruning runs on the float model before quantization (see converter.prune): ``prune_channels``
+    removes that share of channels (``prune_importance`` "l1" or "activation"; ``reconstruct`` refits
+    the layers after them by least squares; both of those use the ``calibration`` samples), then
+    ``prune_sparsity`` zeroes that share of weights (``prune_scope`` "global" or "layer").
+    ``sparse_encoding`` stores float weights in TFLite's sparse encoding (float models only).
     The output is written atomically when ``output_path`` is given; the bytes are returned either way.
     """
     if quantize not in QUANTIZE_MODES:
@@ -138,8 +150,13 @@ def convert(
         raise ModelError("--quantize int8 needs calibration samples (--calibration FILE.npz)")
     if io_dtype != "float32" and quantize != "int8":
         raise ModelError(f"integer model inputs/outputs (--io {io_dtype}) need --quantize int8")
+    if sparse_encoding and quantize != "none":
+        raise ModelError("--sparse-encoding stores float weights: LiteRT's default interpreter cannot run "
+                         "quantized weights behind DENSIFY; drop --quantize or --sparse-encoding")
     float_graph, notes = load_graph(model_path, input_shapes, keep_onnx_layout)
     from_onnx = not is_tflite_file(model_path)
+    float_graph, prune_reports = _prune(float_graph, calibration, num_calibration_samples, prune_sparsity,
+                                        prune_scope, prune_channels, prune_importance, reconstruct)
     graph, float_ops, errors = float_graph, [], []
     if quantize == "int8":
         graph, float_ops, errors = _quantize_int8(
@@ -153,6 +170,11 @@ def convert(
         from converter.quantize import quantize_float16
 
         graph = quantize_float16(float_graph)
+    if sparse_encoding:
+        from converter.prune import encode_sparse_weights
+
+        graph, encoded = encode_sparse_weights(graph)
+        notes.append(f"sparse-encoded weights (CSR + DENSIFY): {len(encoded)} tensors")
     content = write_tflite(graph, store_names=store_names)
     result = ConversionResult(
         graph=graph,
@@ -163,10 +185,36 @@ def convert(
         float_graph=float_graph,
         float_ops=float_ops,
         layer_errors=errors,
+        prune_reports=prune_reports,
     )
     if output_path is not None:
         result.output_path = write_atomic(output_path, content)
     return result
+
+
+def _prune(graph, calibration, num_samples, sparsity, scope, channels, importance, reconstruct) -> tuple:
+    """Channel pruning, then magnitude pruning, of the float graph; returns (graph, reports)."""
+    reports = []
+    if channels:
+        from converter.prune import prune_channels
+
+        samples = None
+        if importance == "activation" or reconstruct:
+            if calibration is None:
+                raise ModelError("--prune-importance activation and --reconstruct need --calibration samples")
+            from converter.calibrate import load_calibration
+
+            samples = load_calibration(calibration, graph, num_samples=num_samples)
+        graph, report = prune_channels(graph, channels, importance, samples, reconstruct)
+        reports.append(report)
+    elif reconstruct:
+        raise ModelError("--reconstruct refits layers after removed channels: it needs --prune-channels")
+    if sparsity:
+        from converter.prune import prune_magnitude
+
+        graph, report = prune_magnitude(graph, sparsity, scope)
+        reports.append(report)
+    return graph, reports
 
 
 def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debug, progress):
