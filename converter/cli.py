@@ -103,11 +103,24 @@ def main():
 @click.option("--io", "io_dtype", type=click.Choice(["float32", "int8", "uint8"]), default="float32",
               show_default=True, help="Input/output type of an int8 model.")
 @click.option("--debug", is_flag=True, help="With --quantize int8: per-tensor error against the float model.")
+@click.option("--prune-sparsity", type=click.FloatRange(0, 1, max_open=True), help="Zero this share of the "
+              "smallest weights (CONV_2D / FULLY_CONNECTED; smaller only once compressed or --sparse-encoding).")
+@click.option("--prune-scope", type=click.Choice(["global", "layer"]), default="global", show_default=True,
+              help="One magnitude threshold across layers, or the same sparsity in every layer.")
+@click.option("--prune-channels", type=click.FloatRange(0, 1, max_open=True), help="Remove this share of "
+              "the output channels of every prunable layer (a smaller, faster dense model).")
+@click.option("--prune-importance", type=click.Choice(["l1", "activation"]), default="l1", show_default=True,
+              help="Rank channels by filter L1 norm or by mean |activation| on --calibration samples.")
+@click.option("--reconstruct", is_flag=True, help="With --prune-channels: refit the layers after removed "
+              "channels by least squares on --calibration samples.")
+@click.option("--sparse-encoding", is_flag=True, help="Store float weights in TFLite's sparse (CSR) "
+              "encoding where smaller (float models only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @verbosity_options
 @reports_errors
 def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, calibration, calibration_method,
-            calibration_samples, io_dtype, debug, as_json, quiet, verbose):
+            calibration_samples, io_dtype, debug, prune_sparsity, prune_scope, prune_channels, prune_importance,
+            reconstruct, sparse_encoding, as_json, quiet, verbose):
     """Convert an ONNX model (or a float .tflite) to a TFLite flatbuffer.
 
     \b
@@ -118,6 +131,8 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
       edgeq convert model.onnx -o m.tflite --quantize int8 --calibration calib.npz --io uint8 --debug
       edgeq convert model_float.tflite -o model_int8.tflite --quantize int8 --calibration calib.npz
       edgeq convert model.onnx -o model_dynamic.tflite --quantize dynamic
+      edgeq convert model.onnx -o small.tflite --prune-channels 0.3 --reconstruct --calibration calib.npz
+      edgeq convert model.onnx -o sparse.tflite --prune-sparsity 0.7 --sparse-encoding
     """
     from converter.api import convert as convert_model
     from converter.api import parse_input_shapes
@@ -138,6 +153,12 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
         io_dtype=io_dtype,
         debug=debug,
         progress=not (quiet or as_json),
+        prune_sparsity=prune_sparsity,
+        prune_scope=prune_scope,
+        prune_channels=prune_channels,
+        prune_importance=prune_importance,
+        reconstruct=reconstruct,
+        sparse_encoding=sparse_encoding,
     )
     seconds = time.perf_counter() - started
     summary = {
@@ -151,6 +172,11 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
         "float_ops": result.float_ops,
         "layer_errors": [e.as_dict() for e in result.layer_errors],
     }
+    if result.prune_reports:
+        from converter.prune import compressed_size
+
+        summary["pruning"] = [report.as_dict() for report in result.prune_reports]
+        summary["gzip_bytes"] = compressed_size(result.content)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=list))
         return
@@ -167,6 +193,10 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
     if verbose:
         for op_type, count in sorted(summary["ops"].items()):
             click.echo(f"  {op_type}: {count}")
+    for report in result.prune_reports:
+        click.echo("\n".join(report.format_lines()))
+    if result.prune_reports:
+        click.echo(f"size: {len(result.content):,} bytes raw, {summary['gzip_bytes']:,} bytes gzip -9")
     if result.layer_errors:
         from converter.quant_debug import format_table, worst_first
 

@@ -71,7 +71,12 @@ class PruneReport:
         }
 
     def format_lines(self) -> list:
-        lines = [f"{self.method} pruning: {self.sparsity:.1%} of the weights in the layers shown are zero"]
+        if self.groups:
+            before = sum(g["channels_before"] for g in self.groups)
+            after = sum(g["channels_after"] for g in self.groups)
+            lines = [f"{self.method} pruning: {len(self.groups)} groups keep {after} of {before} channels"]
+        else:
+            lines = [f"{self.method} pruning: {self.sparsity:.1%} of the weights in the layers shown are zero"]
         for layer in self.layers:
             channels = (f"channels {layer.channels_before} -> {layer.channels_after}"
                         if layer.channels_before != layer.channels_after else f"channels {layer.channels_after}")
