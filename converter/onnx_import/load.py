@@ -38,12 +38,71 @@ def load_model(model: Union[str, Path, onnx.ModelProto]) -> onnx.ModelProto:
     if path.is_dir():
         raise ModelError(f"{path} is a directory, not an ONNX file")
     try:
-        proto = onnx.load(str(path))
+        # External data is read below, only from files the checks there allow.
+        proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ... depending on version
         raise ModelError(f"{path} is not an ONNX model (cannot parse it: {type(exc).__name__})") from None
     if not proto.graph.node and not proto.graph.output:
         raise ModelError(f"{path} is not an ONNX model (it has no graph)")
+    load_external_data(proto, path)
     return proto
+
+
+def tensors_with_external_data(graph: onnx.GraphProto):
+    """Every tensor of the graph and its subgraphs (initializers, attribute tensors) stored outside it."""
+    for tensor in graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            yield tensor
+    for node in graph.node:
+        for attr in node.attribute:
+            for tensor in ([attr.t] if attr.HasField("t") else []) + list(attr.tensors):
+                if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                    yield tensor
+            for subgraph in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from tensors_with_external_data(subgraph)
+
+
+def external_data_path(folder: Path, location: str, tensor_name: str) -> Path:
+    """The file holding a tensor's external data: a file inside the model's folder, or ModelError.
+
+    A model file is untrusted: a location such as '../../etc/passwd' or '/etc/passwd' (or a symlink
+    leading out of the folder) must never be opened.
+    """
+    parts = location.replace("\\", "/").split("/")
+    if not location or Path(location).is_absolute() or location.startswith(("/", "\\")) or ".." in parts \
+            or (len(location) > 1 and location[1] == ":"):
+        raise ModelError(
+            f"tensor '{tensor_name}': external data location '{location}' is outside the model's folder; refused")
+    resolved = (folder / location).resolve()
+    if resolved != folder and folder not in resolved.parents:
+        raise ModelError(
+            f"tensor '{tensor_name}': external data location '{location}' leads outside the model's folder; refused")
+    if not resolved.is_file():
+        raise ModelError(f"tensor '{tensor_name}': external data file '{location}' not found in {folder}")
+    return resolved
+
+
+def load_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    """Read each external tensor's bytes from its checked file and range into the proto."""
+    folder = path.resolve().parent
+    for tensor in tensors_with_external_data(proto.graph):
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        data_path = external_data_path(folder, info.get("location", ""), tensor.name)
+        size = data_path.stat().st_size
+        try:
+            offset = int(info.get("offset") or 0)
+            length = int(info["length"]) if info.get("length") else size - offset
+        except ValueError:
+            raise ModelError(f"tensor '{tensor.name}': external data offset/length are not integers") from None
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ModelError(
+                f"tensor '{tensor.name}': external data range {offset}+{length} lies outside"
+                f" '{info['location']}' ({size} bytes)")
+        with open(data_path, "rb") as f:
+            f.seek(offset)
+            tensor.raw_data = f.read(length)
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -246,6 +305,43 @@ def shape_of(node: onnx.NodeProto, shape: tuple) -> np.ndarray:
     return np.array(shape[start:end], dtype=np.int64)
 
 
+def check_dataflow(graph: onnx.GraphProto) -> None:
+    """Nodes are in topological order and read only graph inputs, initializers and earlier outputs."""
+    available = {inp.name for inp in graph.input} | initializer_names(graph) | {""}
+    producer = {}
+    for node in graph.node:
+        for name in node.output:
+            if name and name in producer:
+                raise ModelError(
+                    f"tensor '{name}' is produced by node '{producer[name].name}' and again by node '{node.name}'")
+            producer[name] = node
+    for node in graph.node:
+        label = f"node '{node.name or (node.output[0] if node.output else '')}' ({node.op_type})"
+        for name in node.input:
+            if name in available:
+                continue
+            if name in producer:
+                raise ModelError(
+                    f"{label} reads '{name}' before node '{producer[name].name}' produces it"
+                    " (a cycle, or nodes out of topological order)")
+            raise ModelError(
+                f"{label} reads '{name}', which no node produces and no initializer or graph input provides")
+        available.update(node.output)
+    for out in graph.output:
+        if out.name not in available:
+            raise ModelError(f"graph output '{out.name}' is produced by no node")
+
+
+def initializer_array(tensor: onnx.TensorProto) -> np.ndarray:
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        # Only load_model reads external data, from checked paths; never resolve it against the cwd.
+        raise ModelError(f"initializer '{tensor.name}': its external data was not loaded (load the model by path)")
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception as exc:
+        raise ModelError(f"initializer '{tensor.name}' is malformed: {exc}") from None
+
+
 def remove_no_op_nodes(model: onnx.ModelProto) -> None:
     """Identity and inference-mode Dropout only forward their input: rewire their consumers."""
     graph = model.graph
@@ -278,11 +374,12 @@ def prepare_model(model, input_shapes: Optional[dict] = None) -> PreparedModel:
     if proto is model:  # the caller's model stays untouched
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
+    check_dataflow(proto.graph)
     proto = check_opset(proto)
     drop_initializer_inputs(proto)
     fix_input_shapes(proto, input_shapes)
     remove_no_op_nodes(proto)
-    constants = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    constants = {init.name: initializer_array(init) for init in proto.graph.initializer}
     del proto.graph.initializer[:]
     del proto.graph.value_info[:]
     shapes, types = infer_shapes(proto, constants)
