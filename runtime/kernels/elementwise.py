@@ -32,6 +32,8 @@ def prepare_binary(op, graph):
         return _INTEGER_PREPARES[op.type](op, graph)
     if _is_plain_integer(op, graph) and op.type not in ("DIV", "SQUARED_DIFFERENCE"):
         return _FLOAT_FUNCTIONS[op.type]  # int32/int64 index arithmetic: numpy's integer ops agree
+    if _is_plain_integer(op, graph) and op.type == "DIV":
+        return _truncating_divide
     require_float(op, graph, (0, 1))
     return _prepare_float(op, graph)
 
@@ -39,6 +41,13 @@ def prepare_binary(op, graph):
 def _is_plain_integer(op, graph):
     tensors = [graph[name] for name in op.inputs[:2]]
     return all(t.dtype in (np.int32, np.int64) and t.quant is None for t in tensors)
+
+
+def _truncating_divide(a, b):
+    """TFLite's integer DIV divides as C++ does, rounding toward zero (numpy's // floors)."""
+    with np.errstate(divide="ignore"):
+        quotient = np.abs(a) // np.abs(b)
+    return np.where((a < 0) != (b < 0), -quotient, quotient).astype(np.result_type(a, b))
 
 
 def _prepare_float(op, graph):
