@@ -449,7 +449,7 @@ def prune_channels(graph: Graph, ratio: float, importance: str = "l1", calibrati
         for op in producers:
             kept_by_producer[id(op)] = kept
         report.groups.append({"layers": [op.outputs[0] for op in producers], "channels_before": int(scores.size),
-                              "channels_after": int(kept.size)})
+                              "channels_after": int(kept.size), "kept": kept.tolist()})
     changed_inputs = _remove_channels(graph, kept_by_producer)
     if reconstruct and changed_inputs:
         reconstruct_consumers(original, graph, changed_inputs, calibration_samples)

@@ -1,0 +1,260 @@
+"""Pruning: magnitude pruning reaches its sparsity and spares the edge layers; channel pruning keeps
+every shape and residual group consistent and removes exactly what zeroing those channels would;
+least-squares reconstruction recovers what channel pruning loses; pruned models (float, int8,
+sparse-encoded) run the same in LiteRT and in our runtime."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from converter.api import convert, load_graph
+from converter.calibrate import load_calibration
+from converter.cli import main as cli
+from converter.prune import (
+    compressed_size,
+    encode_sparse_weights,
+    multiply_accumulates,
+    prune_channels,
+    prune_magnitude,
+)
+from converter.tflite_writer import write_tflite
+from referees import relative_max_error, run_edgeq, run_litert
+from runtime.interpreter import Interpreter
+from runtime.model import ModelError, read_tflite
+from test_sample_models import SAMPLES
+
+FLOAT_TOLERANCE = 1e-5
+
+
+def _nhwc(images: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: load_graph(SAMPLES / f"{name}.onnx")[0] for name in ("digits_cnn", "digits_mobilenetv2")}
+
+
+@pytest.fixture(scope="module")
+def calibration(models):
+    return {name: load_calibration(SAMPLES / f"{name}_calib.npz", graph, num_samples=64)
+            for name, graph in models.items()}
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    return {name: _nhwc(np.load(SAMPLES / f"{name}_test.npz")["input"]) for name in ("digits_cnn", "digits_mobilenetv2")}
+
+
+def outputs(graph, images: np.ndarray) -> np.ndarray:
+    return Interpreter.from_graph(graph).run({graph.inputs[0]: images})[graph.outputs[0]]
+
+
+def weight_names(graph, op_types=("CONV_2D", "FULLY_CONNECTED")) -> list:
+    return [op.inputs[1] for op in graph.ops if op.type in op_types]
+
+
+# -- magnitude pruning --------------------------------------------------------------------------
+
+def test_global_magnitude_pruning_reaches_the_sparsity_over_the_pruned_layers(models):
+    graph = models["digits_mobilenetv2"]
+    pruned, report = prune_magnitude(graph, 0.6, "global")
+    zeros = sum(np.count_nonzero(pruned[layer.layer].data == 0) for layer in report.layers)
+    total = sum(pruned[layer.layer].data.size for layer in report.layers)
+    assert abs(zeros - 0.6 * total) <= 1
+    assert len({round(layer.sparsity_after, 2) for layer in report.layers}) > 1  # one threshold, uneven layers
+
+
+def test_layer_magnitude_pruning_reaches_the_sparsity_in_every_layer(models):
+    pruned, report = prune_magnitude(models["digits_mobilenetv2"], 0.6, "layer")
+    for layer in report.layers:
+        data = pruned[layer.layer].data
+        assert abs(np.count_nonzero(data == 0) - 0.6 * data.size) <= 1, layer.layer
+
+
+def test_magnitude_pruning_leaves_the_first_and_last_layers_dense_unless_asked(models):
+    graph = models["digits_cnn"]
+    first, *_, last = weight_names(graph)
+    pruned, report = prune_magnitude(graph, 0.7)
+    assert np.array_equal(pruned[first].data, graph[first].data)
+    assert np.array_equal(pruned[last].data, graph[last].data)
+    assert {layer.layer for layer in report.layers}.isdisjoint({first, last})
+    pruned, _ = prune_magnitude(graph, 0.7, "layer", include_edges=True)
+    assert np.mean(pruned[first].data == 0) > 0.6 and np.mean(pruned[last].data == 0) > 0.6
+
+
+def test_magnitude_pruning_touches_depthwise_filters_only_when_asked(models):
+    graph = models["digits_mobilenetv2"]
+    depthwise = weight_names(graph, ("DEPTHWISE_CONV_2D",))[1]
+    assert np.array_equal(prune_magnitude(graph, 0.5)[0][depthwise].data, graph[depthwise].data)
+    assert np.mean(prune_magnitude(graph, 0.5, "layer", include_depthwise=True)[0][depthwise].data == 0) >= 0.49
+
+
+def test_pruning_leaves_the_input_graph_unchanged(models):
+    graph = models["digits_mobilenetv2"]
+    before = {name: graph[name].data.copy() for name in weight_names(graph)}
+    prune_magnitude(graph, 0.5)
+    prune_channels(graph, 0.5)
+    assert all(np.array_equal(graph[name].data, data) for name, data in before.items())
+
+
+def test_magnitude_pruning_shrinks_the_compressed_file_not_the_raw_one(models):
+    graph = models["digits_mobilenetv2"]
+    dense, pruned = write_tflite(graph), write_tflite(prune_magnitude(graph, 0.7)[0])
+    assert len(pruned) == len(dense)
+    assert compressed_size(pruned) < 0.75 * compressed_size(dense)
+
+
+# -- LiteRT agrees ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mobilenetv2"])
+def test_pruned_float_models_run_the_same_in_litert_and_edgeq(name, models, calibration, test_images):
+    graph = prune_channels(models[name], 0.5, "l1", calibration[name], reconstruct=True)[0]
+    graph = prune_magnitude(graph, 0.5)[0]
+    content = write_tflite(graph)
+    for image in test_images[name][:8]:
+        expected = run_litert(content, [image[None]])[0]
+        assert relative_max_error(run_edgeq(content, [image[None]])[0], expected) <= FLOAT_TOLERANCE
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mobilenetv2"])
+def test_pruned_int8_models_equal_litert_reference_kernels(name, test_images, tmp_path):
+    result = convert(SAMPLES / f"{name}.onnx", quantize="int8", calibration=SAMPLES / f"{name}_calib.npz",
+                     num_calibration_samples=64, io_dtype="int8", prune_channels=0.3, reconstruct=True,
+                     prune_sparsity=0.5)
+    scale, zero_point = result.graph[result.graph.inputs[0]].quant.scale[0], result.graph[result.graph.inputs[0]].quant.zero_point[0]
+    for image in test_images[name][:8]:
+        quantized = np.clip(np.round(image[None] / scale) + zero_point, -128, 127).astype(np.int8)
+        expected = run_litert(result.content, [quantized], reference_kernels=True)[0]
+        np.testing.assert_array_equal(run_edgeq(result.content, [quantized])[0], expected)
+
+
+def test_sparse_encoded_weights_run_in_litert_and_edgeq_and_shrink_the_file(models, test_images):
+    pruned = prune_magnitude(models["digits_mobilenetv2"], 0.7)[0]
+    sparse, encoded = encode_sparse_weights(pruned)
+    dense_content, sparse_content = write_tflite(pruned), write_tflite(sparse)
+    assert encoded and sum(op.type == "DENSIFY" for op in sparse.ops) == len(encoded)
+    assert len(sparse_content) < 0.6 * len(dense_content)
+    image = test_images["digits_mobilenetv2"][:1]
+    expected = run_litert(dense_content, [image])[0]
+    assert relative_max_error(run_litert(sparse_content, [image])[0], expected) <= FLOAT_TOLERANCE
+    assert relative_max_error(run_litert(sparse_content, [image], reference_kernels=True)[0], expected) <= FLOAT_TOLERANCE
+    assert relative_max_error(run_edgeq(sparse_content, [image])[0], expected) <= FLOAT_TOLERANCE
+
+
+def test_sparse_encoded_weights_read_back_dense_and_write_back_sparse(models):
+    sparse = encode_sparse_weights(prune_magnitude(models["digits_cnn"], 0.7)[0])[0]
+    content = write_tflite(sparse)
+    read = read_tflite(content)
+    for name, tensor in sparse.tensors.items():
+        if tensor.sparsity is not None:
+            assert read[name].sparsity is not None
+            np.testing.assert_array_equal(read[name].data, tensor.data)
+    assert write_tflite(read) == content
+
+
+def test_sparse_encoding_refuses_quantized_models():
+    with pytest.raises(ModelError, match="DENSIFY"):
+        convert(SAMPLES / "digits_cnn.onnx", quantize="int8", calibration=SAMPLES / "digits_cnn_calib.npz",
+                sparse_encoding=True)
+
+
+# -- channel pruning ----------------------------------------------------------------------------
+
+def test_channel_pruning_keeps_every_shape_consistent_and_the_outputs_shape(models, test_images):
+    graph = models["digits_mobilenetv2"]
+    pruned, _ = prune_channels(graph, 0.5)
+    values = Interpreter.from_graph(pruned).run({"input": test_images["digits_mobilenetv2"][:2]}, keep="all")
+    for name, value in values.items():
+        assert value.shape[1:] == pruned[name].shape[1:], name
+    assert [pruned[n].shape for n in pruned.outputs] == [graph[n].shape for n in graph.outputs]
+
+
+def test_channel_pruning_shrinks_the_file_and_the_multiply_accumulates(models):
+    graph = models["digits_mobilenetv2"]
+    pruned, _ = prune_channels(graph, 0.5)
+    assert multiply_accumulates(pruned) < 0.5 * multiply_accumulates(graph)
+    assert len(write_tflite(pruned)) < 0.5 * len(write_tflite(graph))
+
+
+def test_channel_pruning_prunes_residual_groups_consistently(models):
+    graph = models["digits_mobilenetv2"]
+    pruned, report = prune_channels(graph, 0.5)
+    adds = [op for op in pruned.ops if op.type == "ADD"]
+    assert all(pruned[op.inputs[0]].shape == pruned[op.inputs[1]].shape for op in adds)
+    shrunk = [op for op in adds if pruned[op.outputs[0]].shape[-1] < graph[op.outputs[0]].shape[-1]]
+    assert shrunk, "no residual group was pruned"
+    assert any(len(group["layers"]) >= 3 for group in report.groups)  # e.g. the 32-channel stage: 3 producers
+
+
+def test_removing_channels_equals_zeroing_them_in_the_unpruned_model(models, test_images):
+    """digits_cnn: conv1 -> conv2 -> pool -> conv3 -> flatten (h, w, c) -> FC. Zeroing the removed
+    channels' columns in each consumer of the unpruned model must give the pruned model's outputs."""
+    graph = models["digits_cnn"]
+    pruned, report = prune_channels(graph, 0.5)
+    removed = [np.setdiff1d(np.arange(g["channels_before"]), g["kept"]) for g in report.groups]
+    conv2, conv3, fc = weight_names(graph)[1:]
+    masked = graph.copy()
+    for name, drop in ((conv2, removed[0]), (conv3, removed[1])):
+        data = graph[name].data.copy()
+        data[..., drop] = 0
+        masked.tensors[name].data = data
+    columns = graph[fc].data.reshape(10, 4, 4, 32).copy()  # FC columns laid out h, w, c
+    columns[..., removed[2]] = 0
+    masked.tensors[fc].data = columns.reshape(10, 512)
+    images = test_images["digits_cnn"][:32]
+    np.testing.assert_allclose(outputs(pruned, images), outputs(masked, images), rtol=1e-5, atol=1e-5)
+
+
+def test_channel_pruning_never_prunes_the_output_layer(models):
+    graph = models["digits_mobilenetv2"]
+    pruned, _ = prune_channels(graph, 0.5)
+    last = weight_names(graph)[-1]
+    assert pruned[last].shape[0] == graph[last].shape[0]
+
+
+def test_activation_importance_prunes_as_many_channels_as_l1(models, calibration):
+    graph = models["digits_mobilenetv2"]
+    by_l1 = prune_channels(graph, 0.25, "l1")[1]
+    by_activation = prune_channels(graph, 0.25, "activation", calibration["digits_mobilenetv2"])[1]
+    assert [g["channels_after"] for g in by_l1.groups] == [g["channels_after"] for g in by_activation.groups]
+    assert [g["kept"] for g in by_l1.groups] != [g["kept"] for g in by_activation.groups]
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mobilenetv2"])
+def test_reconstruction_beats_plain_channel_pruning(name, models, calibration, test_images):
+    graph = models[name]
+    images = test_images[name]
+    labels = np.load(SAMPLES / f"{name}_test.npz")["y"]
+    reference = outputs(graph, images)
+    plain = outputs(prune_channels(graph, 0.5)[0], images)
+    refitted = outputs(prune_channels(graph, 0.5, calibration_samples=calibration[name], reconstruct=True)[0], images)
+    assert np.mean((refitted - reference) ** 2) < 0.5 * np.mean((plain - reference) ** 2)
+    assert np.mean(refitted.argmax(1) == labels) > np.mean(plain.argmax(1) == labels) + 0.2
+
+
+def test_reconstruction_needs_calibration_samples(models):
+    with pytest.raises(ModelError, match="calibration"):
+        prune_channels(models["digits_cnn"], 0.5, reconstruct=True)
+
+
+# -- convert and the CLI --------------------------------------------------------------------------
+
+def test_convert_prunes_a_float_tflite_too(tmp_path):
+    source = tmp_path / "float.tflite"
+    convert(SAMPLES / "digits_cnn.onnx", source)
+    result = convert(source, prune_channels=0.5, reconstruct=True, calibration=SAMPLES / "digits_cnn_calib.npz")
+    assert result.prune_reports and multiply_accumulates(result.graph) < 0.5 * multiply_accumulates(read_tflite(source.read_bytes()))
+
+
+def test_cli_convert_prints_the_pruning_report_and_sizes(tmp_path):
+    output = tmp_path / "pruned.tflite"
+    run = CliRunner().invoke(cli, [
+        "convert", str(SAMPLES / "digits_cnn.onnx"), "-o", str(output), "--prune-channels", "0.5",
+        "--prune-importance", "activation", "--reconstruct", "--calibration", str(SAMPLES / "digits_cnn_calib.npz"),
+        "--prune-sparsity", "0.5", "--prune-scope", "layer", "--sparse-encoding",
+    ])
+    assert run.exit_code == 0, run.output
+    assert "channels 32 -> 16" in run.output and "sparsity  50.0%" in run.output
+    assert "gzip" in run.output and output.stat().st_size > 0
