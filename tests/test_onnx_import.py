@@ -326,3 +326,90 @@ def test_old_opset_model_is_upgraded_and_its_unused_dropout_mask_ignored():
     ]
     graph = assert_matches_onnxruntime(make_model(nodes, [("x", [1, 3, 4, 4])], ["y"], opset=9))
     assert op_types(graph) == ["RELU"]
+
+
+# -- types TFLite kernels do not compute on plainly ------------------------------------------
+
+def typed_model(nodes, inputs, output_types, initializers=(), opset=OPSET):
+    """A model whose inputs are (name, numpy array) and outputs (name, ONNX elem type)."""
+    graph = helper.make_graph(
+        nodes,
+        "typed",
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape) for n, a in inputs],
+        [helper.make_tensor_value_info(n, t, None) for n, t in output_types],
+        list(initializers),
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def assert_typed_model_matches_reference(model, inputs):
+    """LiteRT and our runtime on the converted model equal ONNX's reference evaluator, dtype included."""
+    from onnx.reference import ReferenceEvaluator
+
+    from referees import run_edgeq
+
+    feeds = [array for _, array in inputs]
+    expected = ReferenceEvaluator(model).run(None, dict(inputs))
+    content = write_tflite(import_onnx(model, keep_onnx_layout=True))
+    for engine, outputs in (("LiteRT", run_litert(content, feeds)), ("edgeq", run_edgeq(content, feeds))):
+        for got, want in zip(outputs, expected):
+            assert got.dtype == want.dtype, engine
+            np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-6, err_msg=engine)
+    return content
+
+
+@pytest.mark.parametrize("op_type", ["Add", "Sub", "Mul", "Div"])
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16])
+def test_narrow_integer_arithmetic_wraps_as_onnx_does(op_type, dtype):
+    """TFLite's int8/uint8/int16 kernels are quantized and saturate (and abort without quantization
+    parameters); the importer computes in int32 and casts back, which wraps as ONNX does."""
+    info = np.iinfo(dtype)
+    x = np.array([info.max, info.min, 100, -7 if info.min < 0 else 7, 3], dtype=dtype)
+    y = np.array([1, 1 if op_type != "Sub" else 1, 100, 2, -2 if info.min < 0 else 2], dtype=dtype)
+    model = typed_model([helper.make_node(op_type, ["x", "y"], ["z"])], [("x", x), ("y", y)],
+                        [("z", helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))])
+    assert_typed_model_matches_reference(model, [("x", x), ("y", y)])
+
+
+def test_uint32_add_is_computed_in_int64_and_wraps():
+    x = np.array([4294967295, 5, 0], dtype=np.uint32)
+    y = np.array([2, 7, 0], dtype=np.uint32)
+    model = typed_model([helper.make_node("Add", ["x", "y"], ["z"])], [("x", x), ("y", y)], [("z", TensorProto.UINT32)])
+    assert_typed_model_matches_reference(model, [("x", x), ("y", y)])
+
+
+def test_float16_max_is_computed_in_float32_and_cast_back():
+    x = (RNG.standard_normal((3, 4)) * 100).astype(np.float16)
+    y = (RNG.standard_normal((3, 4)) * 100).astype(np.float16)
+    model = typed_model([helper.make_node("Max", ["x", "y"], ["z"])], [("x", x), ("y", y)], [("z", TensorProto.FLOAT16)])
+    assert_typed_model_matches_reference(model, [("x", x), ("y", y)])
+
+
+def test_uint64_arithmetic_and_float64_max_are_refused_by_name():
+    x = np.array([1, 2], dtype=np.uint64)
+    model = typed_model([helper.make_node("Add", ["x", "x"], ["z"], name="add_u64")], [("x", x)], [("z", TensorProto.UINT64)])
+    with pytest.raises(ModelError, match="'add_u64'.*uint64"):
+        import_onnx(model, keep_onnx_layout=True)
+    x = np.array([1.0, 2.0], dtype=np.float64)
+    model = typed_model([helper.make_node("Max", ["x", "x"], ["z"], name="max_f64")], [("x", x)], [("z", TensorProto.DOUBLE)])
+    with pytest.raises(ModelError, match="'max_f64'.*float64"):
+        import_onnx(model, keep_onnx_layout=True)
+
+
+def test_int8_clip_with_relu_bounds_compares_integers():
+    x = np.array([-128, -1, 0, 5, 127], dtype=np.int8)
+    low = numpy_helper.from_array(np.array(0, np.int8), "low")
+    model = typed_model([helper.make_node("Clip", ["x", "low"], ["z"])], [("x", x)], [("z", TensorProto.INT8)], [low])
+    assert_typed_model_matches_reference(model, [("x", x)])
+
+
+@pytest.mark.parametrize("base, exponent", [
+    (np.array([1.5, 2.0, 3.0], np.float32), np.array([2, 3, 1], np.int64)),
+    (np.array([1, 2, 3], np.int32), np.array([4.0, 5.0, 0.5], np.float32)),
+])
+def test_pow_with_mixed_types_follows_the_base_type(base, exponent):
+    model = typed_model([helper.make_node("Pow", ["x", "y"], ["z"])], [("x", base), ("y", exponent)],
+                        [("z", helper.np_dtype_to_tensor_dtype(base.dtype))])
+    assert_typed_model_matches_reference(model, [("x", base), ("y", exponent)])

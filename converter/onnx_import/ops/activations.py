@@ -6,6 +6,7 @@ import numpy as np
 from runtime.model import ModelError
 
 from . import node_label, rule
+from .elementwise import compute_dtype, emit_cast, operand_as, tflite_type_name, wide_output
 
 UNARY = {
     "Relu": "RELU",
@@ -82,24 +83,29 @@ def clip_bounds(ctx, node, attrs) -> tuple:
 @rule("Clip")
 def convert_clip(ctx, node, attrs):
     low, high = clip_bounds(ctx, node, attrs)
+    value = ctx.value(node.input[0])
     named = {(0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1", (0.0, np.inf): "RELU", (0.0, 1.0): "RELU_0_TO_1"}
     tfl_type = named.get((low, high))
-    if tfl_type and tfl_type != "RELU_0_TO_1":
+    # TFLite's RELU family reads int8/uint8/int16 as quantized; on plain integers Clip is MAXIMUM/MINIMUM.
+    if tfl_type and tfl_type != "RELU_0_TO_1" and value.dtype == np.float32:
         emit_unary(ctx, node, tfl_type)
         return
-    value = ctx.value(node.input[0])
     out = ctx.define(node.output[0], value.perm)
-    current = value.ir
     steps = [(op, bound) for op, bound in (("MAXIMUM", low), ("MINIMUM", high)) if np.isfinite(bound)]
     if not steps:
-        ctx.emit("RESHAPE", [current, ctx.int32_tensor(f"{out}/shape", ctx.graph[out].shape)], [out],
+        ctx.emit("RESHAPE", [value.ir, ctx.int32_tensor(f"{out}/shape", ctx.graph[out].shape)], [out],
                  {"new_shape": list(ctx.graph[out].shape)}, node)
         return
+    dtype = compute_dtype(node, "MAXIMUM", value.dtype)
+    current = operand_as(ctx, value.ir, dtype, f"{out}/input", node)
+    result = wide_output(ctx, out, dtype, node)
     for i, (op, bound) in enumerate(steps):
-        target = out if i == len(steps) - 1 else ctx.temp(f"{out}/lower", ctx.graph[out].shape, value.dtype)
-        bound_ir = ctx.const_tensor(f"{out}/{op.lower()}", np.array(bound, dtype=value.dtype))
+        target = result if i == len(steps) - 1 else ctx.temp(f"{out}/lower", ctx.graph[out].shape, dtype)
+        bound_ir = ctx.const_tensor(f"{out}/{op.lower()}", np.array(bound).astype(dtype))
         ctx.emit(op, [current, bound_ir], [target], {}, node)
         current = target
+    if result != out:
+        emit_cast(ctx, result, out, node)
 
 
 @rule("HardSigmoid")
@@ -138,12 +144,3 @@ def convert_cast(ctx, node, attrs):
     out = ctx.define(node.output[0], value.perm, dtype=target)
     ctx.emit("CAST", [value.ir], [out], {"in_data_type": tflite_type_name(value.dtype),
                                          "out_data_type": tflite_type_name(target)}, node)
-
-
-def tflite_type_name(dtype) -> str:
-    names = {"float32": "FLOAT32", "float16": "FLOAT16", "int32": "INT32", "int64": "INT64", "int8": "INT8",
-             "uint8": "UINT8", "int16": "INT16", "bool": "BOOL", "float64": "FLOAT64"}
-    name = np.dtype(dtype).name
-    if name not in names:
-        raise ModelError(f"tensor type {name} has no TFLite equivalent")
-    return names[name]
