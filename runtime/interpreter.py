@@ -219,7 +219,8 @@ class Interpreter:
             steps = _observed(steps, self._names, observe)
         with self._thread_limit():
             _execute(steps, arena, self._graph.ops)
-        return {self._names[i]: arena[i] for i in sorted(keep_indices, key=self._order_key)}
+        # Copies: kernels write into output buffers that they reuse on the next run.
+        return {self._names[i]: np.array(arena[i], copy=True) for i in sorted(keep_indices, key=self._order_key)}
 
     def _order_key(self, index):
         # Graph outputs first, in their order; the rest in tensor order.
@@ -244,6 +245,8 @@ class Interpreter:
 
     # -- tensors -----------------------------------------------------------------------------
     def _check_index(self, tensor_index) -> int:
+        if isinstance(tensor_index, (bool, np.bool_)) or not isinstance(tensor_index, (int, np.integer)):
+            raise TypeError(f"tensor_index must be an int, got {type(tensor_index).__name__}")  # as LiteRT's binding
         index = int(tensor_index)
         if not 0 <= index < self._absent:
             raise ValueError(f"Invalid tensor index {index} exceeds max tensor index {self._absent}")
@@ -277,7 +280,7 @@ class Interpreter:
 
     def get_tensor(self, tensor_index, subgraph_index=0) -> np.ndarray:
         if subgraph_index != 0:
-            raise ValueError(f"Invalid subgraph index {subgraph_index}: the model has 1 subgraph")
+            raise ValueError(f"Invalid subgraph index {subgraph_index} exceeds max subgraph index 1")
         index = self._check_index(tensor_index)
         if self._arena is None:
             raise ValueError("Tensor data is null. Run allocate_tensors() first")
@@ -347,7 +350,7 @@ class Interpreter:
 
     def get_tensor_details(self, subgraph_index=0) -> list:
         if subgraph_index != 0:
-            raise ValueError(f"Invalid subgraph index {subgraph_index}: the model has 1 subgraph")
+            raise ValueError(f"Invalid subgraph index {subgraph_index} exceeds max subgraph index 1")
         return [self._tensor_details(i) for i in range(self._absent)]
 
     def get_signature_list(self) -> dict:

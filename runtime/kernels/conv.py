@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.kernels import register
+from runtime.kernels import compiled, register
 from runtime.kernels.common import (
     compute_padding,
     constant_input,
@@ -86,12 +86,14 @@ def _prepare_float(op, graph):
             columns[:, out_rows, out_cols, ky, kx, :] = x[:, in_rows, in_cols, :]
         return columns.reshape(n * out_h * out_w, patch)
 
+    outputs = compiled.OutputBuffers((out_h * out_w, out_c), np.float32)
+
     def conv_2d(x, _filters=None, _bias=None):
         n = x.shape[0]
+        out = outputs.get(n).reshape(n * out_h * out_w, out_c)
         if n <= chunk:
-            out = im2col(x) @ weights
+            np.matmul(im2col(x), weights, out=out)
         else:
-            out = np.empty((n * out_h * out_w, out_c), np.float32)
             rows_per_sample = out_h * out_w
             for start in range(0, n, chunk):
                 part = x[start:start + chunk]
@@ -118,14 +120,19 @@ def _tap_range(offset, stride, in_size, out_size):
 def _pointwise(weights, bias, stride_h, stride_w):
     out_c = weights.shape[1]
     strided = stride_h > 1 or stride_w > 1
+    buffers = {}
 
     def conv_1x1(x, _filters=None, _bias=None):
         if strided:
             x = x[:, ::stride_h, ::stride_w, :]
-        out = x.reshape(-1, x.shape[-1]) @ weights
+        out_shape = x.shape[:-1] + (out_c,)
+        out = buffers.get(out_shape)
+        if out is None:
+            out = buffers[out_shape] = np.empty(out_shape, np.float32)
+        np.matmul(x.reshape(-1, x.shape[-1]), weights, out=out.reshape(-1, out_c))
         if bias is not None:
             out += bias
-        return out.reshape(x.shape[:-1] + (out_c,))
+        return out
 
     return conv_1x1
 
@@ -228,6 +235,23 @@ def _prepare_int8(op, graph):
     output_multiplier, output_shift = per_channel_multipliers(
         input_scale, filter_tensor.quant.scale, output_scale, out_c)
     activation_min, activation_max = activation_range(op, output_scale, output_offset)
+
+    if compiled.enabled():
+        _, _, _, _, out_h, out_w, _, _, _ = _geometry(op, graph)
+        outputs = compiled.OutputBuffers((out_h, out_w, out_c), np.int8)
+        constant_term_ = np.ascontiguousarray(constant_term, dtype=np.int64)
+        multipliers = np.ascontiguousarray(output_multiplier, dtype=np.int64)
+        shifts = np.ascontiguousarray(output_shift, dtype=np.int64)
+        requantize_rows = compiled.requantize_rows
+
+        def conv_2d_int8_compiled(x, _filters=None, _bias=None):
+            acc = gemm(x.astype(gemm_dtype))
+            out = outputs.get(x.shape[0])
+            requantize_rows(acc.reshape(-1, out_c), constant_term_, multipliers, shifts, output_offset,
+                            activation_min, activation_max, out.reshape(-1, out_c))
+            return out
+
+        return conv_2d_int8_compiled
 
     def conv_2d_int8(x, _filters=None, _bias=None):
         acc = gemm(x.astype(gemm_dtype)).astype(np.int64)

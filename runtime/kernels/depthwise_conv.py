@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.kernels import register
+from runtime.kernels import compiled, register
 from runtime.kernels.common import (
     compute_padding,
     constant_input,
@@ -61,6 +61,9 @@ def _prepare_float(op, graph):
     bias = None
     if input_tensor(op, graph, 2) is not None:
         bias = np.tile(constant_input(op, graph, 2, "bias").astype(np.float32), out_w)
+    bounds = compiled.float_activation_bounds(op)
+    if compiled.enabled() and bounds is not None:
+        return _compiled_float(filters, bias, options, pad_top, pad_left, multiplier, bounds, out_h, out_w, out_c)
     column_phases = padded_column_phases(in_h, in_w, out_c, (pad_top, pad_bottom, pad_left, pad_right), stride_w)
 
     def phases(x):
@@ -82,6 +85,22 @@ def _prepare_float(op, graph):
         return acc.reshape(x.shape[0], out_h, out_w, out_c)
 
     return with_activation(depthwise_conv_2d, fused_activation(op))
+
+
+def _compiled_float(filters, tiled_bias, options, pad_top, pad_left, multiplier, bounds, out_h, out_w, out_c):
+    """The same sums in one compiled pass per output pixel (runtime.kernels.compiled)."""
+    taps = np.ascontiguousarray(filters[0])  # [KH, KW, C*M]
+    bias = np.zeros(0, np.float32) if tiled_bias is None else np.ascontiguousarray(tiled_bias[:out_c])
+    geometry = (options.get("stride_h", 1), options.get("stride_w", 1), options.get("dilation_h_factor", 1),
+                options.get("dilation_w_factor", 1), pad_top, pad_left, multiplier)
+    low, high = bounds
+    outputs = compiled.OutputBuffers((out_h, out_w, out_c), np.float32)
+    kernel = compiled.depthwise_float
+
+    def depthwise_conv_2d_compiled(x, _filters=None, _bias=None):
+        return kernel(x, taps, bias, *geometry, low, high, outputs.get(x.shape[0]))
+
+    return depthwise_conv_2d_compiled
 
 
 # -- int8 ------------------------------------------------------------------------------------------
@@ -138,6 +157,9 @@ def _prepare_int8(op, graph):
     output_multiplier, output_shift = per_channel_multipliers(
         input_scale, filter_tensor.quant.scale, output_scale, out_c)
     activation_min, activation_max = activation_range(op, output_scale, output_offset)
+    if compiled.enabled():
+        return _compiled_int8(op, graph, bias, input_offset, output_multiplier, output_shift, output_offset,
+                              activation_min, activation_max)
 
     def depthwise_conv_2d_int8(x, _filters=None, _bias=None):
         acc = accumulate(x.astype(np.int32) + input_offset).astype(np.int64)
@@ -147,6 +169,32 @@ def _prepare_int8(op, graph):
         return saturate(scaled.astype(np.int64) + output_offset, activation_min, activation_max, np.int8)
 
     return depthwise_conv_2d_int8
+
+
+def _compiled_int8(op, graph, bias, input_offset, output_multiplier, output_shift, output_offset,
+                   activation_min, activation_max):
+    """DepthwiseConvPerChannel in one compiled pass: taps, bias, requantization, clamp."""
+    _, in_h, in_w, in_c = graph[op.inputs[0]].shape
+    filters = constant_input(op, graph, 1, "filter").astype(np.int32)
+    _, k_h, k_w, out_c = filters.shape
+    options = op.options
+    stride_h, stride_w = options.get("stride_h", 1), options.get("stride_w", 1)
+    dil_h, dil_w = options.get("dilation_h_factor", 1), options.get("dilation_w_factor", 1)
+    padding = options.get("padding", "SAME")
+    out_h, pad_top, _ = compute_padding(padding, in_h, k_h, stride_h, dil_h)
+    out_w, pad_left, _ = compute_padding(padding, in_w, k_w, stride_w, dil_w)
+    taps = np.ascontiguousarray(filters[0])
+    bias = np.zeros(0, np.int64) if bias is None else np.ascontiguousarray(bias, dtype=np.int64)
+    arguments = (taps, bias, np.int32(input_offset), stride_h, stride_w, dil_h, dil_w, pad_top, pad_left,
+                 out_c // in_c, np.ascontiguousarray(output_multiplier, dtype=np.int64),
+                 np.ascontiguousarray(output_shift, dtype=np.int64), output_offset, activation_min, activation_max)
+    outputs = compiled.OutputBuffers((out_h, out_w, out_c), np.int8)
+    kernel = compiled.depthwise_int8
+
+    def depthwise_conv_2d_int8_compiled(x, _filters=None, _bias=None):
+        return kernel(x, *arguments, outputs.get(x.shape[0]))
+
+    return depthwise_conv_2d_int8_compiled
 
 
 # -- hybrid (dynamic range): int8 filter (per channel), float input and output ------------------

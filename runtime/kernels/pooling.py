@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.kernels import register
+from runtime.kernels import compiled, register
 from runtime.kernels.common import (
     compute_padding,
     fused_activation,
@@ -37,6 +37,9 @@ def prepare_max_pool_2d(op, graph):
         return _prepare_max_pool_int(op, graph)
     require_float(op, graph)
     in_h, in_w, channels, out_h, out_w, stride_w, pads, taps, _ = _geometry(op, graph)
+    bounds = compiled.float_activation_bounds(op)
+    if compiled.enabled() and bounds is not None:
+        return _compiled_max_pool(op, pads, out_h, out_w, channels, np.float32, bounds)
     column_phases = padded_column_phases(in_h, in_w, channels, pads, stride_w, fill=-np.inf)
     (first_phase, first_rows, first_cols), other_taps = taps[0], taps[1:]
 
@@ -48,6 +51,21 @@ def prepare_max_pool_2d(op, graph):
         return out.reshape(x.shape[0], out_h, out_w, channels)
 
     return with_activation(max_pool_2d, fused_activation(op))
+
+
+def _compiled_max_pool(op, pads, out_h, out_w, channels, dtype, bounds):
+    """The window max over in-input positions in one compiled pass (runtime.kernels.compiled)."""
+    options = op.options
+    geometry = (options["filter_height"], options["filter_width"], options.get("stride_h", 1),
+                options.get("stride_w", 1), pads[0], pads[2])
+    low, high = bounds
+    outputs = compiled.OutputBuffers((out_h, out_w, channels), dtype)
+    kernel = compiled.max_pool
+
+    def max_pool_2d_compiled(x):
+        return kernel(x, *geometry, low, high, outputs.get(x.shape[0]))
+
+    return max_pool_2d_compiled
 
 
 @register("AVERAGE_POOL_2D")
@@ -103,9 +121,11 @@ def _integer_range(op, graph):
 def _prepare_max_pool_int(op, graph):
     in_h, in_w, channels, out_h, out_w, stride_w, pads, taps, _ = _geometry(op, graph)
     dtype = graph[op.inputs[0]].dtype
+    activation_min, activation_max = _integer_range(op, graph)
+    if compiled.enabled():
+        return _compiled_max_pool(op, pads, out_h, out_w, channels, dtype, (activation_min, activation_max))
     column_phases = padded_column_phases(in_h, in_w, channels, pads, stride_w, fill=np.iinfo(dtype).min)
     (first_phase, first_rows, first_cols), other_taps = taps[0], taps[1:]
-    activation_min, activation_max = _integer_range(op, graph)
 
     def max_pool_2d_int(x):
         sources = column_phases(x)
