@@ -301,10 +301,12 @@ def describe_graph(graph, file_bytes: int) -> dict:
 @click.option("--layout", type=click.Choice(["auto", "nhwc", "nchw"]), default="auto", show_default=True,
               help="Images: the model input's layout (auto: read from its shape; edgeq models are NHWC "
               "unless converted with --keep-onnx-layout).")
+@click.option("--max-memory", metavar="BYTES[K|M|G]", callback=lambda ctx, param, value: parse_byte_size(value),
+              help="Refuse a model whose tensors need more memory than this (default: the memory available).")
 @click.option("--json", "as_json", is_flag=True, help="Print the outputs' summary as JSON.")
 @verbosity_options
 @reports_errors
-def run(model, input_path, engine, output_path, top_k, mean, std, layout, as_json, quiet, verbose):
+def run(model, input_path, engine, output_path, top_k, mean, std, layout, max_memory, as_json, quiet, verbose):
     """Run a .tflite file on an input and print its outputs (top-k for classifiers).
 
     An image is converted to the input's channels (grey or RGB), resized to its height and width
@@ -320,7 +322,7 @@ def run(model, input_path, engine, output_path, top_k, mean, std, layout, as_jso
     """
     from converter.fileio import write_atomic
 
-    interpreter = _make_interpreter(model, engine)
+    interpreter = _make_interpreter(model, engine, max_memory)
     interpreter.allocate_tensors()
     if Path(input_path).suffix.lower() in IMAGE_SUFFIXES:
         feeds = [_image_input(input_path, interpreter.get_input_details(), mean, std, layout)]
@@ -357,7 +359,25 @@ def run(model, input_path, engine, output_path, top_k, mean, std, layout, as_jso
                 click.echo(f"  top-{len(info['top_k'])}: {ranked}")
 
 
-def _make_interpreter(model: str, engine: str):
+_BYTE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_byte_size(text):
+    """``"512M"`` -> 536870912; None stays None; click.BadParameter for anything else."""
+    if text is None:
+        return None
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, suffix = (value[:-1], value[-1]) if value[-1:] in _BYTE_SUFFIXES else (value, "")
+    try:
+        size = int(float(number) * _BYTE_SUFFIXES[suffix])
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a size such as 1000000, 512M or 2G") from None
+    if size <= 0:
+        raise click.BadParameter(f"'{text}' must be positive")
+    return size
+
+
+def _make_interpreter(model: str, engine: str, max_memory_bytes=None):
     content = Path(model).read_bytes()
     if engine == "litert":
         try:
@@ -370,7 +390,7 @@ def _make_interpreter(model: str, engine: str):
             raise ModelError(f"{model}: LiteRT cannot load it: {exc}") from None
     from runtime.interpreter import Interpreter
 
-    return Interpreter(model_content=content, num_threads=1)
+    return Interpreter(model_content=content, num_threads=1, max_memory_bytes=max_memory_bytes)
 
 
 def _load_inputs(path: str, details: list) -> list:

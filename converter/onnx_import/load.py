@@ -332,6 +332,30 @@ def check_dataflow(graph: onnx.GraphProto) -> None:
             raise ModelError(f"graph output '{out.name}' is produced by no node")
 
 
+def check_input_types(proto: onnx.ModelProto, types: dict) -> None:
+    """Inputs an op's schema ties to one type variable (Add's two T inputs) must have the same type;
+    shape inference runs without type checks, so a float + int64 Add would otherwise pass."""
+    opset = default_opset(proto)
+    for node in proto.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            formal_inputs = onnx.defs.get_schema(node.op_type, opset).inputs
+        except Exception:  # an op this onnx does not know: check_supported names it later
+            continue
+        first_of_type = {}
+        for position, name in enumerate(node.input):
+            if not name or name not in types or not formal_inputs:
+                continue
+            type_variable = formal_inputs[min(position, len(formal_inputs) - 1)].type_str
+            seen_name, seen_type = first_of_type.setdefault(type_variable, (name, types[name]))
+            if seen_type != types[name]:
+                type_name = onnx.TensorProto.DataType.Name
+                raise ModelError(
+                    f"node '{node.name}' ({node.op_type}): inputs '{seen_name}' ({type_name(seen_type)}) and"
+                    f" '{name}' ({type_name(types[name])}) must have the same type")
+
+
 def initializer_array(tensor: onnx.TensorProto) -> np.ndarray:
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         # Only load_model reads external data, from checked paths; never resolve it against the cwd.
@@ -383,8 +407,18 @@ def prepare_model(model, input_shapes: Optional[dict] = None) -> PreparedModel:
     del proto.graph.initializer[:]
     del proto.graph.value_info[:]
     shapes, types = infer_shapes(proto, constants)
+    check_input_types(proto, types)
     while fold_constants(proto, constants, shapes):
         shapes, types = infer_shapes(proto, constants)
     used = {name for node in proto.graph.node for name in node.input} | {o.name for o in proto.graph.output}
     constants = {name: data for name, data in constants.items() if name in used}
+    check_no_empty_outputs(proto, shapes)
     return PreparedModel(proto, constants, shapes, types)
+
+
+def check_no_empty_outputs(proto: onnx.ModelProto, shapes: dict) -> None:
+    """A graph output with no elements (a zero-size weight somewhere before it) computes nothing."""
+    for out in proto.graph.output:
+        shape = shapes.get(out.name)
+        if shape is not None and 0 in shape:
+            raise ModelError(f"graph output '{out.name}' has shape {list(shape)}: zero-size outputs are not supported")
