@@ -57,7 +57,7 @@ class _RecordsCommandLine(click.Group):
     """The group keeps the command line as typed in ``ctx.meta``: the report records it."""
 
     def make_context(self, info_name, args, parent=None, **extra):
-        command_line = [info_name or "edgeq", *args]
+        command_line = ["edgeq", *args]  # the program, whatever name click was invoked under
         ctx = super().make_context(info_name, args, parent=parent, **extra)
         ctx.meta["command_line"] = command_line
         return ctx

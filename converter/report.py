@@ -92,19 +92,21 @@ class VariantSpec:
             options["prune_sparsity"] = self.prune_sparsity
         if self.prune_channels is not None:
             options["prune_channels"] = self.prune_channels
-        if self.prune_sparsity is not None or self.prune_channels is not None:
-            options["reconstruct"] = self.reconstruct
+        if self.reconstruct:
+            options["reconstruct"] = True
         return options
 
 
 def _percent(fraction: float) -> str:
-    return f"{fraction * 100:g}%"
+    """0.5 -> "50": names become file names, so no "%" or "." in them."""
+    return f"{fraction * 100:g}".replace(".", "p")
 
 
 def plan_variants(methods=("minmax",), prune_sparsities=(), prune_channels=(), reconstruct=False) -> list:
     """The variants to build, float32 first: it is the reference that fidelity is measured against.
 
-    Pruned variants are full int8 calibrated with the first method asked for.
+    Pruned variants are full int8 calibrated with the first method asked for; ``reconstruct`` (a
+    least-squares refit on the calibration samples) applies to the channel-pruned ones.
     """
     from converter.api import CALIBRATION_METHODS
 
@@ -117,10 +119,11 @@ def plan_variants(methods=("minmax",), prune_sparsities=(), prune_channels=(), r
     specs = [VariantSpec("float32", "none"), VariantSpec("float16", "float16"), VariantSpec("dynamic-int8", "dynamic")]
     debug_method = "minmax" if "minmax" in methods else methods[0]
     specs += [VariantSpec(f"int8-{m}", "int8", m, layer_errors=(m == debug_method)) for m in methods]
-    suffix = "+reconstruct" if reconstruct else ""
+    if reconstruct and not prune_channels:
+        raise ModelError("--reconstruct refits the layers after removed channels: it needs --prune-channels")
+    suffix = "-reconstruct" if reconstruct else ""
     for sparsity in prune_sparsities:
-        specs.append(VariantSpec(f"int8-sparse{_percent(sparsity)}{suffix}", "int8", methods[0],
-                                 prune_sparsity=sparsity, reconstruct=reconstruct))
+        specs.append(VariantSpec(f"int8-sparse{_percent(sparsity)}", "int8", methods[0], prune_sparsity=sparsity))
     for channels in prune_channels:
         specs.append(VariantSpec(f"int8-channels{_percent(channels)}{suffix}", "int8", methods[0],
                                  prune_channels=channels, reconstruct=reconstruct))
@@ -141,17 +144,6 @@ def parse_fractions(text: Optional[str], option: str) -> list:
             raise ModelError(f"{option}: {value:g} is not a fraction between 0 and 1 (exclusive)")
         values.append(value)
     return values
-
-
-def check_pruning_available(specs: list) -> None:
-    """Asking for pruning variants from a converter that cannot prune is bad input, said up front."""
-    import inspect
-
-    from converter.api import convert
-
-    if any(s.prune_sparsity is not None or s.prune_channels is not None for s in specs):
-        if "prune_sparsity" not in inspect.signature(convert).parameters:
-            raise ModelError("this edgeq cannot prune yet: drop --prune-sparsity/--prune-channels")
 
 
 # -- eval data and metrics -------------------------------------------------------------------
@@ -446,19 +438,31 @@ print(json.dumps({"peak_rss_bytes": peak, "import_rss_bytes": baseline, "method"
 """
 
 
-def measure_peak_memory(model_file: Path, engine: str) -> Optional[dict]:
-    """Peak RSS of a fresh process that loads and runs the model once; None where unmeasurable."""
+def measure_peak_memory(model_file: Path, engines) -> dict:
+    """Per engine, the RSS of a fresh process that loads and runs the model once (None where
+    unmeasurable). The probes run at the same time: each process only measures itself."""
     try:
         import resource  # noqa: F401  (POSIX only)
     except ImportError:
-        return None
-    done = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, engine, str(model_file)],
-                          capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
-    probe = json.loads(done.stdout.strip().splitlines()[-1])
-    probe["model_bytes"] = probe["peak_rss_bytes"] - probe["import_rss_bytes"]
-    return probe
+        return dict.fromkeys(engines)
+    probes = {engine: subprocess.Popen([sys.executable, "-c", _MEMORY_PROBE, engine, str(model_file)],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for engine in engines}
+    return {engine: _probe_result(probe) for engine, probe in probes.items()}
+
+
+def _probe_result(probe) -> dict:
+    try:
+        stdout, stderr = probe.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        probe.kill()
+        probe.communicate()
+        return {"error": "timed out"}
+    if probe.returncode != 0:
+        return {"error": (stderr.strip().splitlines() or ["failed"])[-1]}
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result["model_bytes"] = result["peak_rss_bytes"] - result["import_rss_bytes"]
+    return result
 
 
 # -- building one variant (runs in a worker process) ------------------------------------------
@@ -485,6 +489,7 @@ class BuiltVariant:
     memory: dict                        # engine -> probe result
     float_ops: list = field(default_factory=list)
     layer_errors: list = field(default_factory=list)
+    pruning: list = field(default_factory=list)
 
 
 def build_variant(job: BuildJob) -> BuiltVariant:
@@ -500,12 +505,12 @@ def build_variant(job: BuildJob) -> BuiltVariant:
     result = convert(job.model_path, path, input_shapes=job.input_shapes or None, **options)
     seconds = time.perf_counter() - started
     outputs = {EDGEQ: outputs_on_edgeq(result.content, job.eval_inputs)}
-    memory = {EDGEQ: measure_peak_memory(path, EDGEQ)}
     if job.with_litert:
         outputs[LITERT] = outputs_on_litert(result.content, job.eval_inputs)
-        memory[LITERT] = measure_peak_memory(path, LITERT)
+    memory = measure_peak_memory(path, list(outputs))
     return BuiltVariant(spec, f"{MODELS_FOLDER}/{path.name}", result.content, seconds, outputs, memory,
-                        list(result.float_ops), [e.as_dict() for e in result.layer_errors])
+                        list(result.float_ops), [e.as_dict() for e in result.layer_errors],
+                        [r.as_dict() for r in getattr(result, "prune_reports", [])])
 
 
 # -- the whole report ------------------------------------------------------------------------
@@ -538,7 +543,7 @@ def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": platform.python_version(), "platform": platform.platform()}
-    for package in ("edgeq", "numpy", "onnx", "ai-edge-litert", "matplotlib"):
+    for package in ("edgeq", "numpy", "onnx", "ai-edge-litert", "matplotlib", "numba"):
         try:
             found[package] = version(package)
         except PackageNotFoundError:
@@ -582,7 +587,6 @@ def make_report(options: ReportOptions, progress: bool = False) -> dict:
         if not Path(path).is_file():
             raise ModelError(f"{label} {path} does not exist")
     specs = plan_variants(options.methods, options.prune_sparsities, options.prune_channels, options.reconstruct)
-    check_pruning_available(specs)
     metric = load_metric(options.metric) if options.metric else None
     graph, _ = load_graph(options.model, options.input_shapes or None)
     eval_data = load_eval(options.eval, graph, options.labels_key, options.eval_samples)
@@ -678,6 +682,7 @@ def assemble_report(options: ReportOptions, specs: list, built: dict, latency: d
             "latency_ms": latency[spec.name],
             "memory": variant.memory,
             "float_ops": variant.float_ops,
+            "pruning": variant.pruning,
         })
     headline = _headline_metric(options.metric, eval_data.labels, variants[0]["accuracy"][EDGEQ])
     _add_comparisons(variants, headline)
@@ -1009,7 +1014,7 @@ def render_markdown(report: dict) -> str:
 _CSS = """
 body { font: 14px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 13px; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; white-space: nowrap; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 tr.pareto td:first-child { font-weight: bold; }
 code { background: #f5f5f5; padding: 1px 4px; border-radius: 3px; word-break: break-all; }
