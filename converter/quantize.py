@@ -120,8 +120,12 @@ ACTIVATION_BOUNDS = {
 
 def round_half_away(x) -> np.ndarray:
     """std::round: to nearest, ties away from zero (numpy's round goes to even)."""
+    # x + copysign(0.5, x) is exactly -(|x| + 0.5) for negative x, so truncating it equals
+    # sign(x) * floor(|x| + 0.5), with one temporary instead of four (weights can be 100 MB).
     x = np.asarray(x, dtype=np.float64)
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+    rounded = np.copysign(0.5, x, out=np.empty_like(x))
+    rounded += x
+    return np.trunc(rounded, out=rounded)[()]  # [()]: a 0-d input gives a scalar, as before
 
 
 def choose_activation_params(range_min: float, range_max: float, qmin: int = QMIN, qmax: int = QMAX):
@@ -144,13 +148,13 @@ def choose_activation_params(range_min: float, range_max: float, qmin: int = QMI
 
 def symmetric_weight_params(weights: np.ndarray, axis: Optional[int]) -> np.ndarray:
     """Per-channel (along ``axis``) or per-tensor (``axis=None``) scales max|w| / 127."""
-    w = np.abs(np.asarray(weights, dtype=np.float64))
+    w = np.abs(np.asarray(weights))  # |w| and its maximum are exact in the weights' own dtype
     if axis is None:
         max_abs = np.atleast_1d(w.max() if w.size else 0.0)
     else:
         other_axes = tuple(a for a in range(w.ndim) if a != axis % w.ndim)
         max_abs = w.max(axis=other_axes) if w.size else np.zeros(w.shape[axis])
-    scales = (max_abs / WEIGHT_QMAX).astype(np.float32)
+    scales = (np.asarray(max_abs, dtype=np.float64) / WEIGHT_QMAX).astype(np.float32)
     return np.where(scales > 0, scales, np.float32(1.0))  # an all-zero channel quantizes to 0 anyway
 
 
@@ -162,7 +166,7 @@ def quantize_symmetric(weights: np.ndarray, scales: np.ndarray, axis: Optional[i
         shape[axis % w.ndim] = -1
     per_element_scale = np.asarray(scales, dtype=np.float64).reshape(shape if axis is not None else ())
     q = round_half_away(w / per_element_scale)
-    return np.clip(q, -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
+    return np.clip(q, -WEIGHT_QMAX, WEIGHT_QMAX, out=q).astype(np.int8)
 
 
 def quantize_affine(values: np.ndarray, scale: float, zero_point: int, dtype=np.int8) -> np.ndarray:
