@@ -19,7 +19,7 @@ import numpy as np
 
 from runtime.kernels import load_all_kernels
 from runtime.model import Graph, ModelError
-from runtime.validate import validate_graph
+from runtime.validate import validate_graph, with_implied_shapes
 
 _TFLITE_TYPE_NAMES = {
     np.dtype(np.float32): "FLOAT32",
@@ -79,7 +79,7 @@ class Interpreter:
     def _init_from_graph(self, graph: Graph, preserve_all_tensors: bool, num_threads=None,
                          max_memory_bytes=None) -> None:
         self._thread_limit = _blas_thread_limit(num_threads)
-        validate_graph(graph, max_memory_bytes)
+        graph = with_implied_shapes(graph, validate_graph(graph, max_memory_bytes))
         graph = fold_constant_ops(graph)
         self._graph = graph
         self._preserve_all_tensors = bool(preserve_all_tensors)

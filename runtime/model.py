@@ -500,6 +500,8 @@ def _read_options(fb_op, op_type: str, where: str) -> dict:
     if union_type != schema.options_union_type(table):
         raise ModelError(f"{where}: builtin options of union type {union_type}, expected {table}")
     position = fb_op.BuiltinOptions()
+    if position is None:  # a union type without its table: the defaults, as LiteRT reads it
+        return schema.options_defaults(op_type)
     options = getattr(tflite, table)()
     options.Init(position.Bytes, position.Pos)
     values = {}

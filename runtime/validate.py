@@ -10,6 +10,7 @@ paddings ask for terabytes). Every refusal is one ``ModelError`` naming the tens
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Optional
@@ -91,10 +92,11 @@ def available_memory_bytes() -> int:
         return FALLBACK_MEMORY_BYTES
 
 
-def validate_graph(graph: Graph, max_memory_bytes: Optional[int] = None) -> None:
+def validate_graph(graph: Graph, max_memory_bytes: Optional[int] = None) -> dict:
     """Raise ModelError, naming the tensor or op at fault, unless ``graph`` is safe to prepare and run.
 
     ``max_memory_bytes`` bounds the bytes of all tensors together (default: the available memory).
+    Returns every tensor's shape as its op gives it (see ``infer_shapes``), for ``with_implied_shapes``.
     """
     for tensor in graph.tensors.values():
         check_tensor(tensor)
@@ -106,6 +108,23 @@ def validate_graph(graph: Graph, max_memory_bytes: Optional[int] = None) -> None
         check_options(op, where)
     shapes = infer_shapes(graph)
     check_memory(graph, shapes, available_memory_bytes() if max_memory_bytes is None else int(max_memory_bytes))
+    return shapes
+
+
+def with_implied_shapes(graph: Graph, shapes: dict) -> Graph:
+    """``graph``, or a copy of it whose op outputs take the shapes their ops give.
+
+    Kernels size their buffers from the graph's shapes in prepare; a file declaring a CONV_2D output
+    of 25 channels for a 32-channel filter must not make one write past a 25-channel buffer. LiteRT
+    likewise resizes every output in prepare and ignores what the file declares.
+    """
+    changed = {name: shape for name, shape in shapes.items() if tuple(graph.tensors[name].shape) != shape}
+    if not changed:
+        return graph
+    graph = graph.copy()
+    for name, shape in changed.items():
+        graph.tensors[name] = dataclasses.replace(graph.tensors[name], shape=shape)
+    return graph
 
 
 # -- tensors -----------------------------------------------------------------------------------
