@@ -48,7 +48,7 @@ def prepare_conv_2d(op, graph):
 
 def _prepare_float(op, graph):
     _, in_h, in_w, in_c = graph[op.inputs[0]].shape
-    filters = constant_input(op, graph, 1, "filter").astype(np.float32)
+    filters = _aligned(constant_input(op, graph, 1, "filter").astype(np.float32, copy=False))
     out_c, k_h, k_w, filter_c = filters.shape
     if filter_c != in_c:
         raise ModelError(f"op {op}: filter depth {filter_c} differs from input depth {in_c} (grouped conv)")
@@ -59,8 +59,9 @@ def _prepare_float(op, graph):
     padding = options.get("padding", "SAME")
     out_h, pad_top, _ = compute_padding(padding, in_h, k_h, stride_h, dil_h)
     out_w, pad_left, _ = compute_padding(padding, in_w, k_w, stride_w, dil_w)
-    # Rows of the GEMM's right operand follow the im2col column order (kh, kw, c).
-    weights = np.ascontiguousarray(filters.reshape(out_c, -1).T)
+    # Rows of the GEMM's right operand follow the im2col column order (kh, kw, c). A transposed
+    # view: BLAS reads it as is, so the filter is not copied (the model's buffer is its only copy).
+    weights = filters.reshape(out_c, -1).T
     activation = fused_activation(op)
 
     if k_h == k_w == 1:  # a 1x1 filter never needs padding
@@ -104,6 +105,11 @@ def _prepare_float(op, graph):
         return out.reshape(n, out_h, out_w, out_c)
 
     return with_activation(conv_2d, activation)
+
+
+def _aligned(array):
+    """``array``, copied only if its data is not aligned for its dtype (BLAS needs aligned data)."""
+    return array if array.flags.aligned else array.copy()
 
 
 def _tap_range(offset, stride, in_size, out_size):

@@ -42,7 +42,10 @@ def _prepare_float(op, graph):
         constant_bias = bias_tensor.data.astype(np.float32)
     constant_weights_t = None
     if weights_tensor.data is not None:
-        constant_weights_t = np.ascontiguousarray(weights_tensor.data.astype(np.float32).T)
+        # A transposed view (BLAS reads it as is): no second copy of the weights.
+        constant_weights_t = weights_tensor.data.astype(np.float32, copy=False).T
+        if not constant_weights_t.flags.aligned:
+            constant_weights_t = np.ascontiguousarray(constant_weights_t)
 
     def fully_connected(x, weights, bias=None):
         weights_t = constant_weights_t if constant_weights_t is not None else weights.T
