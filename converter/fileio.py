@@ -1,25 +1,38 @@
-"""Writing output files so that a crash or Ctrl-C never leaves a half-written file behind."""
+"""Writing output files so that a crash or Ctrl-C never leaves a half-written file behind.
+
+Every file edgeq writes (models, run outputs, reports) goes through ``write_atomic``.
+"""
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
+from typing import Union
 
 
-def write_atomic(path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place.
+def write_atomic(path, data: Union[bytes, str]) -> Path:
+    """Write ``data`` (bytes, or text as UTF-8) to a temporary file beside ``path``, then rename it
+    into place.
 
-    The rename is atomic on POSIX and Windows, so readers see either the old file or the new one.
+    The rename is atomic on POSIX and Windows, so readers see either the old file or the new one;
+    on any exception, KeyboardInterrupt included, the temporary file is removed and the old file is
+    left as it was. The new file keeps the old one's permissions, or gets the usual ones for a new
+    file (0666 less the umask) rather than the private 0600 of a temporary file.
     """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     folder.mkdir(parents=True, exist_ok=True)
+    mode = _mode_for(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
     except BaseException:
         try:
@@ -28,3 +41,12 @@ def write_atomic(path, data: bytes) -> Path:
             pass
         raise
     return path
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask

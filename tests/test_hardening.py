@@ -359,3 +359,103 @@ def test_misuse_messages_equal_litert():
     litert = pytest.importorskip("ai_edge_litert.interpreter")
     content = write_tflite(_tiny())
     assert _misuse_outcomes(Interpreter, content) == _misuse_outcomes(litert.Interpreter, content)
+
+
+# -- output files: atomic ----------------------------------------------------------------------
+
+OLD_CONTENT = b"the previous model, which must survive"
+
+
+def _stray_temporary_files(folder: Path) -> list:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_an_exception_while_writing_keeps_the_old_file(tmp_path, monkeypatch):
+    import converter.fileio as fileio
+
+    out = tmp_path / "model.tflite"
+    out.write_bytes(OLD_CONTENT)
+
+    def failing_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        convert(str(SAMPLES / "digits_mlp.onnx"), out)
+    assert out.read_bytes() == OLD_CONTENT
+    assert _stray_temporary_files(tmp_path) == []
+
+
+def test_an_exception_mid_conversion_keeps_the_old_file(tmp_path, monkeypatch):
+    import converter.api as api
+
+    out = tmp_path / "model.tflite"
+    out.write_bytes(OLD_CONTENT)
+
+    def failing_writer(graph, **options):
+        raise RuntimeError("serializer failed")
+
+    monkeypatch.setattr(api, "write_tflite", failing_writer)
+    with pytest.raises(RuntimeError):
+        convert(str(SAMPLES / "digits_mlp.onnx"), out)
+    assert out.read_bytes() == OLD_CONTENT
+    assert _stray_temporary_files(tmp_path) == []
+
+
+def test_a_new_file_gets_ordinary_permissions(tmp_path):
+    from converter.fileio import write_atomic
+
+    umask = os.umask(0o022)
+    try:
+        written = write_atomic(tmp_path / "new.bin", b"x")
+    finally:
+        os.umask(umask)
+    assert written.stat().st_mode & 0o777 == 0o644
+
+
+# A conversion that pauses (and says so) at a chosen point, so the test can interrupt it there.
+SLOW_CONVERSION = """
+import sys, time
+import converter.api as api
+import converter.fileio as fileio
+where, model, out = sys.argv[1], sys.argv[2], sys.argv[3]
+
+def pause(real):
+    def paused(*args, **kwargs):
+        print("paused", flush=True)
+        time.sleep(60)
+        return real(*args, **kwargs)
+    return paused
+
+if where == "converting":
+    api.write_tflite = pause(api.write_tflite)
+else:  # while the temporary file is open and half-written
+    fileio.os.fsync = pause(fileio.os.fsync)
+from converter.cli import main
+main(["convert", model, "-o", out])
+"""
+
+
+@pytest.mark.parametrize("where", ["converting", "writing"])
+def test_ctrl_c_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path, where):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "model.tflite"
+    out.write_bytes(OLD_CONTENT)
+    root = Path(__file__).resolve().parent.parent
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_CONVERSION, where, str(SAMPLES / "digits_mlp.onnx"), str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        assert process.stdout.readline().strip() == "paused"
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1
+    assert stderr.strip() == "edgeq: error: interrupted"
+    assert out.read_bytes() == OLD_CONTENT
+    assert _stray_temporary_files(tmp_path) == []
