@@ -1,0 +1,206 @@
+"""The compiled kernels (runtime.kernels.compiled, numba) against the numpy kernels and LiteRT.
+
+Every kernel with a compiled twin runs here twice, with the compiled path off and on: int8 results
+must equal LiteRT's BUILTIN_REF integers both times, and float results must be identical between
+the two paths. The compiled half is skipped where numba is not installed.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from runtime.fixedpoint import multiply_by_quantized_multiplier
+from runtime.interpreter import Interpreter
+from runtime.kernels import compiled
+from runtime.kernels.common import compute_out_size
+from runtime.model import Graph, Op, Tensor
+
+pytest.importorskip("ai_edge_litert.interpreter")
+
+from test_runtime_int8 import (  # noqa: E402
+    BINARY_CASES,
+    PARAMS,
+    assert_exact,
+    binary_graph,
+    unary_graph,
+    weighted_op,
+)
+
+needs_numba = pytest.mark.skipif(not compiled.AVAILABLE, reason="numba is not installed (pip install edgeq[fast])")
+
+
+@pytest.fixture(params=["numpy", "compiled"])
+def kernel_path(request, monkeypatch):
+    """Kernels prepared inside the test use the numpy path, then the compiled one."""
+    if request.param == "compiled" and not compiled.AVAILABLE:
+        pytest.skip("numba is not installed (pip install edgeq[fast])")
+    monkeypatch.setattr(compiled, "ENABLED", request.param == "compiled")
+    return request.param
+
+
+def outputs_on_both_paths(graph: Graph, inputs, monkeypatch) -> tuple:
+    """Every non-constant tensor of one run, with the compiled path off and on."""
+    results = []
+    for enabled in (False, True):
+        monkeypatch.setattr(compiled, "ENABLED", enabled)
+        results.append(Interpreter.from_graph(graph).run(inputs, keep="all"))
+    return tuple(results)
+
+
+def assert_identical_on_both_paths(graph, inputs, monkeypatch):
+    numpy_outputs, compiled_outputs = outputs_on_both_paths(graph, inputs, monkeypatch)
+    assert numpy_outputs.keys() == compiled_outputs.keys()
+    for name, expected in numpy_outputs.items():
+        got = compiled_outputs[name]
+        assert got.dtype == expected.dtype and got.shape == expected.shape, name
+        assert np.array_equal(got, expected), f"{name}: {np.count_nonzero(got != expected)} elements differ"
+
+
+# -- int8: equal to LiteRT's reference kernels on both paths ------------------------------------------
+
+DEPTHWISE_GEOMETRIES = list(itertools.product([1, 3, 5], [1, 2], [1, 2], ["SAME", "VALID"]))
+
+
+@pytest.mark.parametrize("k, stride, dilation, padding", DEPTHWISE_GEOMETRIES)
+def test_depthwise_conv_2d_int8_geometries(kernel_path, k, stride, dilation, padding):
+    graph, inputs = weighted_op("DEPTHWISE_CONV_2D", (2, 11, 9, 6), *PARAMS["typical"], k=k, stride=stride,
+                                dilation=dilation, padding=padding, out_c=6, act="RELU6")
+    assert_exact(graph, inputs)
+
+
+@pytest.mark.parametrize("params", sorted(PARAMS))
+@pytest.mark.parametrize("multiplier", [1, 3])
+def test_depthwise_conv_2d_int8_params_and_multiplier(kernel_path, params, multiplier):
+    graph, inputs = weighted_op("DEPTHWISE_CONV_2D", (1, 8, 8, 4), *PARAMS[params], out_c=4 * multiplier, seed=3)
+    assert_exact(graph, inputs)
+
+
+@pytest.mark.parametrize("params", sorted(PARAMS))
+@pytest.mark.parametrize("k, stride", [(1, 1), (1, 2), (3, 1), (3, 2)])
+def test_conv_2d_int8_requantization(kernel_path, params, k, stride):
+    graph, inputs = weighted_op("CONV_2D", (2, 9, 7, 5), *PARAMS[params], k=k, stride=stride, out_c=7,
+                                act="RELU", seed=4)
+    assert_exact(graph, inputs)
+
+
+def test_conv_2d_int8_deep_patch_float64_gemm(kernel_path):
+    graph, inputs = weighted_op("CONV_2D", (1, 5, 5, 160), *PARAMS["typical"], out_c=4, seed=2)
+    assert_exact(graph, inputs)
+
+
+@pytest.mark.parametrize("case", sorted(BINARY_CASES))
+@pytest.mark.parametrize("op_type", ["ADD", "SUB"])
+def test_add_sub_int8(kernel_path, op_type, case):
+    graph, inputs = binary_graph(op_type, *BINARY_CASES[case])
+    assert_exact(graph, inputs)
+
+
+@pytest.mark.parametrize("k, stride, padding, act", list(itertools.product([2, 3], [1, 2], ["SAME", "VALID"],
+                                                                           ["NONE", "RELU6"])))
+def test_max_pool_int8(kernel_path, k, stride, padding, act):
+    q = (0.05, 3)
+    y_shape = (2, compute_out_size(padding, 9, k, stride), compute_out_size(padding, 8, k, stride), 3)
+    options = {"padding": padding, "stride_w": stride, "stride_h": stride, "filter_width": k,
+               "filter_height": k, "fused_activation_function": act}
+    graph, inputs = unary_graph("MAX_POOL_2D", (2, 9, 8, 3), y_shape, q, q, options)
+    assert_exact(graph, inputs)
+
+
+# -- float: the compiled path gives the numpy path's very values ------------------------------------
+
+def float_depthwise_graph(x_shape, k, stride, dilation, padding, multiplier, act, bias=True, seed=0):
+    rng = np.random.default_rng(seed)
+    n, h, w, in_c = x_shape
+    out_c = in_c * multiplier
+    g = Graph()
+    g.add_tensor(Tensor("x", x_shape, np.float32))
+    names = ["x", g.add_constant("w", rng.standard_normal((1, k, k, out_c)).astype(np.float32))]
+    if bias:
+        names.append(g.add_constant("b", rng.standard_normal(out_c).astype(np.float32)))
+    y_shape = (n, compute_out_size(padding, h, k, stride, dilation), compute_out_size(padding, w, k, stride, dilation),
+               out_c)
+    g.add_tensor(Tensor("y", y_shape, np.float32))
+    g.add_op(Op("DEPTHWISE_CONV_2D", names, ["y"], {
+        "padding": padding, "stride_h": stride, "stride_w": stride, "dilation_h_factor": dilation,
+        "dilation_w_factor": dilation, "depth_multiplier": multiplier, "fused_activation_function": act}))
+    g.inputs, g.outputs = ["x"], ["y"]
+    return g, [(rng.standard_normal(x_shape) * 3).astype(np.float32)]
+
+
+@needs_numba
+@pytest.mark.parametrize("k, stride, dilation, padding", DEPTHWISE_GEOMETRIES)
+@pytest.mark.parametrize("multiplier, act", [(1, "RELU6"), (2, "NONE"), (1, "RELU_N1_TO_1")])
+def test_depthwise_conv_2d_float_identical(monkeypatch, k, stride, dilation, padding, multiplier, act):
+    graph, inputs = float_depthwise_graph((2, 10, 9, 5), k, stride, dilation, padding, multiplier, act)
+    assert_identical_on_both_paths(graph, inputs, monkeypatch)
+
+
+@needs_numba
+def test_depthwise_conv_2d_float_without_bias_identical(monkeypatch):
+    graph, inputs = float_depthwise_graph((1, 7, 7, 16), 3, 1, 1, "SAME", 1, "RELU", bias=False)
+    assert_identical_on_both_paths(graph, inputs, monkeypatch)
+
+
+@needs_numba
+@pytest.mark.parametrize("k, stride, padding, act", list(itertools.product([2, 3], [1, 2], ["SAME", "VALID"],
+                                                                           ["NONE", "RELU"])))
+def test_max_pool_float_identical(monkeypatch, k, stride, padding, act):
+    y_shape = (2, compute_out_size(padding, 9, k, stride), compute_out_size(padding, 8, k, stride), 3)
+    options = {"padding": padding, "stride_w": stride, "stride_h": stride, "filter_width": k,
+               "filter_height": k, "fused_activation_function": act}
+    graph, inputs = unary_graph("MAX_POOL_2D", (2, 9, 8, 3), y_shape, None, None, options, dtype=np.float32)
+    assert_identical_on_both_paths(graph, inputs, monkeypatch)
+
+
+@needs_numba
+def test_batch_run_reuses_no_stale_buffer(monkeypatch):
+    # run() on a batch, then on one sample: each result is its own array, right for its input.
+    graph, inputs = float_depthwise_graph((1, 6, 6, 4), 3, 1, 1, "SAME", 1, "NONE")
+    monkeypatch.setattr(compiled, "ENABLED", True)
+    interpreter = Interpreter.from_graph(graph)
+    batch = np.concatenate([inputs[0], inputs[0] * 2])
+    first = interpreter.run(batch)["y"]
+    second = interpreter.run(inputs[0])["y"]
+    monkeypatch.setattr(compiled, "ENABLED", False)
+    reference = Interpreter.from_graph(graph)
+    assert np.array_equal(first, reference.run(batch)["y"])
+    assert np.array_equal(second, reference.run(inputs[0])["y"])
+
+
+# -- the requantization itself ----------------------------------------------------------------------
+
+@needs_numba
+def test_requantize_rows_equals_fixedpoint_on_edge_values():
+    rng = np.random.default_rng(7)
+    channels = 64
+    multipliers = np.concatenate([[0, 1 << 30, (1 << 31) - 1, 1518500250],
+                                  rng.integers(1 << 30, 1 << 31, channels - 4)]).astype(np.int64)
+    shifts = np.concatenate([[0, -31, 5, 30], rng.integers(-31, 8, channels - 4)]).astype(np.int64)
+    constant_term = rng.integers(-(1 << 20), 1 << 20, channels).astype(np.int64)
+    acc = rng.integers(-(1 << 24), 1 << 24, (300, channels)).astype(np.float64)
+    acc[:4] = [[-(2**31)], [2**31 - 1], [0], [-1]]  # int32 extremes (after the constant term, wrapped)
+    acc[:4] -= constant_term
+    expected = multiply_by_quantized_multiplier(acc.astype(np.int64) + constant_term, multipliers, shifts)
+    expected = np.clip(expected.astype(np.int64) + 3, -128, 127).astype(np.int8)
+    out = np.empty(acc.shape, np.int8)
+    compiled.requantize_rows(acc, constant_term, multipliers, shifts, 3, -128, 127, out)
+    assert np.array_equal(out, expected)
+
+
+@needs_numba
+def test_whole_int8_model_identical_on_both_paths(monkeypatch):
+    import json
+    from pathlib import Path
+
+    from converter.api import convert
+
+    samples = Path(__file__).resolve().parent.parent / "sample_models"
+    entry = next(m for m in json.loads((samples / "manifest.json").read_text())["models"]
+                 if m["name"] == "digits_mobilenetv2")
+    monkeypatch.setattr(compiled, "ENABLED", False)
+    result = convert(str(samples / entry["file"]), quantize="int8", calibration=str(samples / entry["calib_file"]),
+                     num_calibration_samples=16)
+    x = np.load(samples / entry["test_file"])[entry["input_name"]][:4].astype(np.float32).transpose(0, 2, 3, 1)
+    assert_identical_on_both_paths(result.graph, [np.ascontiguousarray(x)], monkeypatch)
