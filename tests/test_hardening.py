@@ -459,3 +459,41 @@ def test_ctrl_c_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path, where)
     assert stderr.strip() == "edgeq: error: interrupted"
     assert out.read_bytes() == OLD_CONTENT
     assert _stray_temporary_files(tmp_path) == []
+
+
+# -- damaged ONNX files ------------------------------------------------------------------------
+
+ONNX_MUTATION_CASES = 150
+
+
+def _damaged(content: bytes, case: int) -> bytes:
+    rng = np.random.default_rng([1, case])
+    data = bytearray(content)
+    for _ in range(int(rng.integers(1, 4))):
+        kind = int(rng.integers(0, 3))
+        if kind == 0:
+            bit = int(rng.integers(0, len(data) * 8))
+            data[bit // 8] ^= 1 << (bit % 8)
+        elif kind == 1:
+            data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+        else:
+            data = data[: int(rng.integers(0, len(data)))]
+    return bytes(data)
+
+
+def test_damaged_onnx_files_convert_or_raise_model_error(tmp_path):
+    import warnings
+
+    content = (SAMPLES / "digits_mlp.onnx").read_bytes()
+    path = tmp_path / "damaged.onnx"
+    outcomes = {"converted": 0, "refused": 0}
+    for case in range(ONNX_MUTATION_CASES):
+        path.write_bytes(_damaged(content, case))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                convert(str(path))
+                outcomes["converted"] += 1
+            except ModelError:
+                outcomes["refused"] += 1
+    assert outcomes["refused"] > ONNX_MUTATION_CASES // 4
