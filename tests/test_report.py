@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from converter.api import convert
 from converter.cli import main
-from converter.report import engine_agreement, label_offsets, pareto_front
+from converter.report import AGREEMENT_TOLERANCE, coincident_groups, engine_agreement, pareto_front, size_tick_label
 from referees import nchw_to_nhwc, run_litert, run_onnxruntime
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
@@ -72,6 +72,7 @@ def test_report_json_has_every_figure_for_every_variant(cnn_report):
     assert set(report["versions"]) >= {"edgeq", "numpy", "onnx", "ai-edge-litert", "python"}
     assert report["command"].startswith("edgeq report ") and "--methods minmax,entropy" in report["command"]
     assert report["headline_metric"] == "top1" and report["eval"]["samples"] == EVAL_SAMPLES
+    assert report["machine"]["cpus"] >= 1
     for v in report["variants"]:
         assert v["size"]["bytes"] > v["size"]["gzip_bytes"] > 0
         for engine in ("edgeq", "litert"):
@@ -153,18 +154,22 @@ def test_report_marks_the_pareto_front_it_computes(cnn_report):
     assert any(v["pareto"] for v in report["variants"])
 
 
-def test_labels_of_coinciding_points_stack_instead_of_overprinting():
-    offsets = label_offsets([(100.0, 50.0), (101.0, 50.0), (102.0, 50.5), (400.0, 50.0)])
-    assert offsets[0] < offsets[1] < offsets[2]
-    assert offsets[3] == offsets[0]  # far away: no need to move
+def test_variants_on_the_same_spot_share_one_label():
+    points = [(100.0, 50.0), (300.0, 80.0), (101.0, 51.0), (104.0, 53.0), (400.0, 50.0)]
+    assert coincident_groups(points) == [[0, 2, 3], [1], [4]]
+
+
+def test_size_axis_labels_only_one_two_and_five_times_powers_of_ten():
+    assert [size_tick_label(v) for v in (20, 30, 50, 100, 700, 1000, 0.5)] == ["20", "", "50", "100", "", "1000", "0.5"]
 
 
 def test_engine_agreement_demands_identical_int8_outputs():
     ours = [np.array([[1.0, 2.0]], np.float32)]
     off_by_a_bit = [np.array([[1.0, 2.0001]], np.float32)]
-    assert engine_agreement(ours, [ours[0].copy()], exact=True)["ok"]
-    assert not engine_agreement(ours, off_by_a_bit, exact=True)["ok"]
-    assert engine_agreement(ours, off_by_a_bit, exact=False)["ok"]
+    assert engine_agreement(ours, [ours[0].copy()], AGREEMENT_TOLERANCE["int8"])["ok"]
+    assert not engine_agreement(ours, off_by_a_bit, AGREEMENT_TOLERANCE["int8"])["ok"]
+    assert engine_agreement(ours, off_by_a_bit, AGREEMENT_TOLERANCE["none"])["ok"]
+    assert not engine_agreement(ours, [np.array([[1.0, 2.1]], np.float32)], AGREEMENT_TOLERANCE["dynamic"])["ok"]
 
 
 # -- the HTML in a browser -------------------------------------------------------------------
