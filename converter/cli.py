@@ -602,5 +602,184 @@ def report(model, calibration, eval_path, output, labels_key, methods, prune_spa
         _fail("; ".join(result["checks"]["problems"]), EXIT_FAILED)
 
 
+# -- bench -----------------------------------------------------------------------------------
+BENCH_WARMUP_RUNS = 3
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--engine", type=click.Choice(["edgeq", "litert", "both"]), default="edgeq", show_default=True,
+              help="edgeq's runtime, LiteRT (default kernels), or both, each in its own process.")
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True,
+              help=f"Timed runs, after {BENCH_WARMUP_RUNS} warm-up runs.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="num_threads of the interpreter (BLAS threads for edgeq).")
+@click.option("--profile", "with_profile", is_flag=True, help="Per-op times of edgeq's runtime: by op type and the slowest ops.")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Slowest ops listed with --profile.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@verbosity_options
+@reports_errors
+def bench(model, engine, runs, threads, with_profile, top, as_json, quiet, verbose):
+    """Latency (median, p90) and peak memory of one inference, on random inputs.
+
+    \b
+    Examples:
+      edgeq bench model.tflite
+      edgeq bench model.tflite --engine both --runs 100
+      edgeq bench model.tflite --profile --top 15
+    """
+    if not Path(model).is_file():
+        raise ModelError(f"{model}: no such file")
+    if engine == "both":
+        results = [_bench_in_subprocess(model, name, runs, threads, with_profile and name == "edgeq", top)
+                   for name in ("edgeq", "litert")]
+    else:
+        results = [_bench_engine(model, engine, runs, threads, with_profile, top)]
+    by_engine = {r["engine"]: r for r in results}
+    if "edgeq" in by_engine and "litert" in by_engine:
+        ours, theirs = by_engine["edgeq"], by_engine["litert"]
+        ours["latency_ratio_to_litert"] = ours["median_ms"] / theirs["median_ms"]
+        ours["peak_rss_ratio_to_litert"] = ours["peak_rss_mb"] / theirs["peak_rss_mb"]
+    output = {"model": model, "runs": runs, "threads": threads, "engines": results}
+    if as_json:
+        click.echo(json.dumps(output, indent=2))
+    elif not quiet:
+        click.echo(_bench_table(output, top))
+
+
+def _bench_in_subprocess(model, engine, runs, threads, with_profile, top) -> dict:
+    """One engine in a fresh process, so that its peak memory is its own."""
+    import subprocess
+
+    command = [sys.executable, "-m", "converter.cli", "bench", model, "--engine", engine, "--runs", str(runs),
+               "--threads", str(threads), "--top", str(top), "--json"] + (["--profile"] if with_profile else [])
+    completed = subprocess.run(command, capture_output=True, text=True)
+    if completed.returncode != 0:
+        message = (completed.stderr.strip().splitlines() or ["failed"])[-1]
+        raise ModelError(f"{engine}: {message}")
+    return json.loads(completed.stdout)["engines"][0]
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM; ru_maxrss where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
+
+
+def _random_input(detail: dict, rng) -> np.ndarray:
+    dtype = np.dtype(detail["dtype"])
+    shape = tuple(int(d) for d in detail["shape"])
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, shape).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(max(int(info.min), -128), min(int(info.max), 127) + 1, shape).astype(dtype)
+
+
+def _bench_engine(model, engine, runs, threads, with_profile, top) -> dict:
+    rss_before = _peak_rss_mb()
+    started = time.perf_counter()
+    if engine == "litert":
+        try:
+            from ai_edge_litert.interpreter import Interpreter as LiteRTInterpreter
+        except ImportError:
+            raise ModelError("--engine litert needs ai-edge-litert (pip install ai-edge-litert)") from None
+        interpreter = LiteRTInterpreter(model_path=model, num_threads=threads)
+    else:
+        from runtime.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=model, num_threads=threads)
+    interpreter.allocate_tensors()
+    rng = np.random.default_rng(0)
+    feeds = [(d["index"], _random_input(d, rng)) for d in interpreter.get_input_details()]
+    outputs = [d["index"] for d in interpreter.get_output_details()]
+
+    def run_once():
+        for index, value in feeds:
+            interpreter.set_tensor(index, value)
+        interpreter.invoke()
+        for index in outputs:
+            interpreter.get_tensor(index)
+
+    first = time.perf_counter()
+    run_once()
+    first_run_ms = (time.perf_counter() - first) * 1e3
+    load_ms = (first - started) * 1e3
+    for _ in range(BENCH_WARMUP_RUNS):
+        run_once()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run_once()
+        times.append(time.perf_counter() - start)
+    times_ms = np.array(times) * 1e3
+    result = {
+        "engine": engine,
+        "median_ms": float(np.median(times_ms)),
+        "p90_ms": float(np.percentile(times_ms, 90)),
+        "min_ms": float(times_ms.min()),
+        "load_ms": load_ms,
+        "first_run_ms": first_run_ms,
+        "peak_rss_mb": _peak_rss_mb(),
+        "rss_before_load_mb": rss_before,
+    }
+    if engine == "edgeq":
+        from runtime.kernels import compiled
+
+        result["compiled_kernels"] = compiled.enabled()
+        if with_profile:
+            result["profile"] = _profile_tables(interpreter.profile(runs=min(runs, 20)), top)
+    return result
+
+
+def _profile_tables(per_op: list, top: int) -> dict:
+    by_type = {}
+    for entry in per_op:
+        row = by_type.setdefault(entry["type"], {"type": entry["type"], "count": 0, "ms": 0.0})
+        row["count"] += 1
+        row["ms"] += entry["seconds"] * 1e3
+    total = sum(row["ms"] for row in by_type.values()) or 1.0
+    for row in by_type.values():
+        row["share"] = row["ms"] / total
+        row["us_per_op"] = row["ms"] * 1e3 / row["count"]
+    slowest = sorted(per_op, key=lambda e: -e["seconds"])[:top]
+    return {"total_ms": total, "ops": len(per_op),
+            "by_type": sorted(by_type.values(), key=lambda row: -row["ms"]),
+            "slowest": [{"index": e["index"], "type": e["type"], "output": e["output"], "ms": e["seconds"] * 1e3}
+                        for e in slowest]}
+
+
+def _bench_table(output: dict, top: int) -> str:
+    lines = [f"{output['model']}: {output['runs']} runs, {output['threads']} thread(s)",
+             f"{'engine':8s} {'median ms':>10s} {'p90 ms':>10s} {'peak RSS MB':>12s}"]
+    for r in output["engines"]:
+        extra = ""
+        if "latency_ratio_to_litert" in r:
+            extra = f"   x LiteRT: latency {r['latency_ratio_to_litert']:.2f}, memory {r['peak_rss_ratio_to_litert']:.2f}"
+        if r["engine"] == "edgeq":
+            extra += "   (compiled kernels)" if r.get("compiled_kernels") else "   (numpy kernels)"
+        lines.append(f"{r['engine']:8s} {r['median_ms']:10.3f} {r['p90_ms']:10.3f} {r['peak_rss_mb']:12.1f}{extra}")
+    for r in output["engines"]:
+        profile = r.get("profile")
+        if not profile:
+            continue
+        lines += ["", f"per op type ({profile['ops']} ops, {profile['total_ms']:.3f} ms summed medians):",
+                  f"  {'op type':22s} {'count':>5s} {'ms':>10s} {'share':>6s} {'us/op':>9s}"]
+        lines += [f"  {row['type']:22s} {row['count']:5d} {row['ms']:10.3f} {row['share']:6.1%} {row['us_per_op']:9.1f}"
+                  for row in profile["by_type"]]
+        lines += ["", f"slowest {len(profile['slowest'])} ops:", f"  {'#':>4s} {'op type':22s} {'ms':>10s}  output"]
+        lines += [f"  {e['index']:4d} {e['type']:22s} {e['ms']:10.3f}  {e['output']}" for e in profile["slowest"]]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     main()
