@@ -413,3 +413,21 @@ def test_pow_with_mixed_types_follows_the_base_type(base, exponent):
     model = typed_model([helper.make_node("Pow", ["x", "y"], ["z"])], [("x", base), ("y", exponent)],
                         [("z", helper.np_dtype_to_tensor_dtype(base.dtype))])
     assert_typed_model_matches_reference(model, [("x", base), ("y", exponent)])
+
+
+def test_uint8_max_pool_gets_identity_quantization_and_matches_the_reference():
+    x = RNG.integers(0, 256, (1, 2, 5, 5)).astype(np.uint8)
+    model = typed_model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2])], [("x", x)],
+                        [("y", TensorProto.UINT8)])
+    assert_typed_model_matches_reference(model, [("x", x)])
+    pooled = import_onnx(model, keep_onnx_layout=True)
+    quant = pooled["y"].quant
+    assert quant is not None and quant.scale.tolist() == [1.0] and quant.zero_point.tolist() == [0]
+
+
+def test_plain_int8_reaching_a_rescaling_quantized_kernel_is_refused_by_name():
+    """ONNX Neg of int8 -128 wraps to -128; TFLite's quantized NEG would saturate: refuse, naming the op."""
+    x = np.array([-128, 3], dtype=np.int8)
+    model = typed_model([helper.make_node("Neg", ["x"], ["y"], name="negate")], [("x", x)], [("y", TensorProto.INT8)])
+    with pytest.raises(ModelError, match="NEG 'negate'.*plain int8"):
+        import_onnx(model, keep_onnx_layout=True)

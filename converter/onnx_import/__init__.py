@@ -18,6 +18,7 @@ from .. import passes
 from .context import ImportContext
 from .load import prepare_model
 from .ops import RULES
+from .plain_integers import settle_plain_integers
 
 __all__ = ["import_onnx", "ModelError"]
 
@@ -54,4 +55,4 @@ def import_onnx(
     ctx.add_outputs()
     graph = ctx.graph
     graph.remove_unused()
-    return passes.clean_up(graph)
+    return settle_plain_integers(passes.clean_up(graph))
