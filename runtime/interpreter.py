@@ -466,8 +466,35 @@ def _blas_thread_limit(num_threads):
         from threadpoolctl import ThreadpoolController
     except ImportError:
         return contextlib.nullcontext
-    controller = ThreadpoolController()
-    return lambda: controller.limit(limits=num_threads, user_api="blas")
+    libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+    if not libraries:
+        return contextlib.nullcontext
+    limit = _BlasThreadLimit(libraries, num_threads)
+    return lambda: limit
+
+
+class _BlasThreadLimit:
+    """Sets the BLAS libraries' thread count on enter and restores it on exit, through the
+    library handles found once: threadpoolctl's own ``limit()`` looks them up again on every
+    call, which costs tens of microseconds per invoke (more than a small model's whole run)."""
+
+    __slots__ = ("libraries", "num_threads", "saved")
+
+    def __init__(self, libraries, num_threads):
+        self.libraries, self.num_threads, self.saved = libraries, num_threads, []
+
+    def __enter__(self):
+        self.saved = [library.get_num_threads() for library in self.libraries]
+        for library, current in zip(self.libraries, self.saved):
+            if current != self.num_threads:
+                library.set_num_threads(self.num_threads)
+        return self
+
+    def __exit__(self, *exc_info):
+        for library, previous in zip(self.libraries, self.saved):
+            if previous != self.num_threads:
+                library.set_num_threads(previous)
+        return False
 
 
 def _read_flatbuffer(content: bytes) -> Graph:

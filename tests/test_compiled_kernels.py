@@ -204,3 +204,10 @@ def test_whole_int8_model_identical_on_both_paths(monkeypatch):
                      num_calibration_samples=16)
     x = np.load(samples / entry["test_file"])[entry["input_name"]][:4].astype(np.float32).transpose(0, 2, 3, 1)
     assert_identical_on_both_paths(result.graph, [np.ascontiguousarray(x)], monkeypatch)
+
+
+@pytest.mark.parametrize("params", sorted(PARAMS))
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_fully_connected_int8(kernel_path, params, per_channel):
+    graph, inputs = weighted_op("FULLY_CONNECTED", (3, 40), *PARAMS[params], out_c=9, per_channel=per_channel, seed=5)
+    assert_exact(graph, inputs)

@@ -111,6 +111,27 @@ if AVAILABLE:
         return out
 
     @_jit
+    def requantize_rows_float_scale(acc, constant_term, scales, output_offset, low, high, out):
+        """LiteRT's reference int8 FULLY_CONNECTED ending: round(double(acc + constant_term[c]) *
+        scale[c]) with ties away from zero, cast as x86-64 casts a double to int32, + output_offset,
+        clamped (fully_connected.py's numpy twin; ``scales`` has one entry or one per channel)."""
+        rows, channels = acc.shape
+        per_channel = scales.size > 1
+        for r in range(rows):
+            for c in range(channels):
+                value = np.float64(np.int64(acc[r, c]) + constant_term[c]) * scales[c if per_channel else 0]
+                rounded = np.rint(value)
+                whole = np.trunc(value)
+                if abs(value - whole) == 0.5:
+                    rounded = whole + (1.0 if value > 0 else -1.0)
+                if rounded > -2147483649.0 and rounded < 2147483648.0:
+                    integer = np.int64(rounded)
+                else:
+                    integer = np.int64(_INT32_MIN)
+                out[r, c] = min(max(integer + output_offset, low), high)
+        return out
+
+    @_jit
     def depthwise_float(x, filters, bias, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left,
                         multiplier, low, high, out):
         """out[n, oy, ox, c*M+m] = sum over taps inside the input of x * w, then + bias, clamped

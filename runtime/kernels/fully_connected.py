@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.kernels import register
+from runtime.kernels import compiled, register
 from runtime.kernels.common import fused_activation, input_tensor, require_float, with_activation
 from runtime.kernels.common import constant_input
 from runtime.kernels.requantize import (
@@ -91,6 +91,19 @@ def _prepare_int8(op, graph):
         constant_term = constant_term + constant_input(op, graph, 2, "bias").astype(np.int64)
     effective_scale = (np.float64(input_scale) * filter_scales.astype(np.float64)) / np.float64(output_scale)
     activation_min, activation_max = activation_range(op, output_scale, output_offset)
+
+    if compiled.enabled():
+        constant_term_ = np.ascontiguousarray(np.broadcast_to(constant_term, (out_c,)), dtype=np.int64)
+        scales = np.ascontiguousarray(effective_scale, dtype=np.float64).reshape(-1)
+        requantize = compiled.requantize_rows_float_scale
+
+        def fully_connected_int8_compiled(x, _weights=None, _bias=None):
+            acc = x.reshape(-1, in_c).astype(gemm_dtype) @ weights_t
+            out = np.empty(acc.shape, np.int8)
+            requantize(acc, constant_term_, scales, output_offset, activation_min, activation_max, out)
+            return out.reshape(_output_shape(x, in_c, out_c, keep_num_dims))
+
+        return fully_connected_int8_compiled
 
     def fully_connected_int8(x, _weights=None, _bias=None):
         acc = (x.reshape(-1, in_c).astype(gemm_dtype) @ weights_t).astype(np.int64)
