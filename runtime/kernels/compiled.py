@@ -132,6 +132,30 @@ if AVAILABLE:
         return out
 
     @_jit
+    def im2col(x, k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left, out_h, out_w, fill, columns):
+        """columns[(n, oy, ox), (ky, kx, c)] = x[n, iy, ix, c] (converted to the columns' dtype),
+        or ``fill`` where the tap falls on padding: conv.py's im2col in one pass."""
+        n_batch, in_h, in_w, in_c = x.shape
+        row = 0
+        for n in range(n_batch):
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    col = 0
+                    for ky in range(k_h):
+                        iy = oy * stride_h - pad_top + ky * dil_h
+                        for kx in range(k_w):
+                            ix = ox * stride_w - pad_left + kx * dil_w
+                            if iy < 0 or iy >= in_h or ix < 0 or ix >= in_w:
+                                for c in range(in_c):
+                                    columns[row, col + c] = fill
+                            else:
+                                for c in range(in_c):
+                                    columns[row, col + c] = x[n, iy, ix, c]
+                            col += in_c
+                    row += 1
+        return columns
+
+    @_jit
     def depthwise_float(x, filters, bias, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left,
                         multiplier, low, high, out):
         """out[n, oy, ox, c*M+m] = sum over taps inside the input of x * w, then + bias, clamped

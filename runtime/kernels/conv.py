@@ -87,6 +87,11 @@ def _prepare_float(op, graph):
             columns[:, out_rows, out_cols, ky, kx, :] = x[:, in_rows, in_cols, :]
         return columns.reshape(n * out_h * out_w, patch)
 
+    if compiled.enabled():
+        # One compiled pass instead of one strided numpy copy per tap (slow for few channels).
+        im2col = _compiled_im2col(k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left, out_h, out_w,
+                                  patch, 0.0, np.float32)
+
     outputs = compiled.OutputBuffers((out_h * out_w, out_c), np.float32)
 
     def conv_2d(x, _filters=None, _bias=None):
@@ -105,6 +110,19 @@ def _prepare_float(op, graph):
         return out.reshape(n, out_h, out_w, out_c)
 
     return with_activation(conv_2d, activation)
+
+
+def _compiled_im2col(k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left, out_h, out_w, patch, fill, dtype):
+    """im2col(x) -> [N * OH * OW, KH * KW * C] columns of ``dtype`` (a buffer reused per batch size)."""
+    geometry = (k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left, out_h, out_w, fill)
+    buffers = compiled.OutputBuffers((out_h * out_w, patch), dtype)
+    kernel = compiled.im2col
+
+    def im2col(x):
+        n = x.shape[0]
+        return kernel(x, *geometry, buffers.get(n).reshape(n * out_h * out_w, patch))
+
+    return im2col
 
 
 def _aligned(array):
@@ -205,6 +223,8 @@ def _integer_gemm(op, graph, gemm_dtype, fill_value):
         return pointwise
     chunk = max(1, IM2COL_BUDGET_BYTES // (out_h * out_w * patch * np.dtype(gemm_dtype).itemsize))
     buffers = {}
+    if compiled.enabled():
+        return _compiled_integer_gemm(op, graph, weights, gemm_dtype, fill_value, out_h, out_w, out_c, patch, chunk)
 
     def gemm(x):
         n = x.shape[0]
@@ -217,6 +237,32 @@ def _integer_gemm(op, graph, gemm_dtype, fill_value):
                 columns = buffers[m] = np.full((m, out_h, out_w, k_h, k_w, in_c), fill_value, gemm_dtype)
             np.matmul(_patches(part, columns, taps), weights,
                       out=out[start:start + m].reshape(m * out_h * out_w, out_c))
+        return out
+
+    return gemm
+
+
+def _compiled_integer_gemm(op, graph, weights, gemm_dtype, fill_value, out_h, out_w, out_c, patch, chunk):
+    """``_integer_gemm``'s eval with the compiled im2col, which reads the integer input as is."""
+    _, k_h, k_w, _ = graph[op.inputs[1]].shape
+    in_h, in_w = graph[op.inputs[0]].shape[1:3]
+    options = op.options
+    stride_h, stride_w = options.get("stride_h", 1), options.get("stride_w", 1)
+    dil_h, dil_w = options.get("dilation_h_factor", 1), options.get("dilation_w_factor", 1)
+    padding = options.get("padding", "SAME")
+    _, pad_top, _ = compute_padding(padding, in_h, k_h, stride_h, dil_h)
+    _, pad_left, _ = compute_padding(padding, in_w, k_w, stride_w, dil_w)
+    im2col = _compiled_im2col(k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left, out_h, out_w, patch,
+                              float(fill_value), gemm_dtype)
+    outputs = compiled.OutputBuffers((out_h, out_w, out_c), gemm_dtype)
+
+    def gemm(x):
+        n = x.shape[0]
+        out = outputs.get(n)
+        for start in range(0, n, chunk):
+            part = x[start:start + chunk]
+            m = part.shape[0]
+            np.matmul(im2col(part), weights, out=out[start:start + m].reshape(m * out_h * out_w, out_c))
         return out
 
     return gemm
@@ -250,8 +296,11 @@ def _prepare_int8(op, graph):
         shifts = np.ascontiguousarray(output_shift, dtype=np.int64)
         requantize_rows = compiled.requantize_rows
 
+        pointwise = k_h == k_w == 1
+
         def conv_2d_int8_compiled(x, _filters=None, _bias=None):
-            acc = gemm(x.astype(gemm_dtype))
+            # The compiled im2col converts the int8 input itself; a 1x1 GEMM reads it converted.
+            acc = gemm(x.astype(gemm_dtype) if pointwise else x)
             out = outputs.get(x.shape[0])
             requantize_rows(acc.reshape(-1, out_c), constant_term_, multipliers, shifts, output_offset,
                             activation_min, activation_max, out.reshape(-1, out_c))
