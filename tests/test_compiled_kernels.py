@@ -217,12 +217,12 @@ def test_fully_connected_int8(kernel_path, params, per_channel):
 @pytest.mark.parametrize("k, stride, dilation, padding", list(itertools.product([3, 7], [1, 2], [1, 2], ["SAME", "VALID"])))
 def test_conv_2d_float_compiled_im2col_identical(monkeypatch, k, stride, dilation, padding):
     rng = np.random.default_rng(11)
-    x_shape, out_c = (2, 13, 11, 3), 6
+    x_shape, out_c = (2, 15, 14, 3), 6  # the widest filter (7, dilation 2) spans 13
     g = Graph()
     g.add_tensor(Tensor("x", x_shape, np.float32))
     names = ["x", g.add_constant("w", rng.standard_normal((out_c, k, k, 3)).astype(np.float32)),
              g.add_constant("b", rng.standard_normal(out_c).astype(np.float32))]
-    y_shape = (2, compute_out_size(padding, 13, k, stride, dilation), compute_out_size(padding, 11, k, stride, dilation),
+    y_shape = (2, compute_out_size(padding, 15, k, stride, dilation), compute_out_size(padding, 14, k, stride, dilation),
                out_c)
     g.add_tensor(Tensor("y", y_shape, np.float32))
     g.add_op(Op("CONV_2D", names, ["y"], {"padding": padding, "stride_h": stride, "stride_w": stride,
