@@ -66,7 +66,8 @@ METHODS_TEXT = {
     "memory": "a fresh subprocess per engine imports it, notes its RSS, resets its peak RSS (Linux: "
               "/proc/self/clear_refs; elsewhere the peak is ru_maxrss, import included), loads the model "
               "and runs it once on zeros; 'peak' is the peak RSS while loading and running, 'model' is "
-              "peak minus the RSS after the import",
+              "peak minus the RSS after the import (with numba installed, edgeq's first run compiles its "
+              "fast kernels or loads them from numba's cache, and that memory counts too)",
 }
 
 
@@ -1082,9 +1083,11 @@ def render_markdown(report: dict) -> str:
 
 
 _CSS = """
-body { font: 14px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
+body { font: 14px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1500px; color: #222; padding: 0 1em; }
+.scroll { overflow-x: auto; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 13px; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; white-space: nowrap; }
+th, td { border: 1px solid #ccc; padding: 4px 6px; text-align: right; white-space: nowrap; }
+th { white-space: normal; vertical-align: bottom; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 tr.pareto td:first-child { font-weight: bold; }
 code { background: #f5f5f5; padding: 1px 4px; border-radius: 3px; word-break: break-all; }
@@ -1099,7 +1102,7 @@ def _html_table(header: list, rows: list, row_classes: Optional[list] = None) ->
         css = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
         cells = "".join(f"<td>{html.escape(str(c).replace('**', ''))}</td>" for c in row)
         body.append(f"<tr{css}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 def _png_tag(png: bytes, alt: str) -> str:
