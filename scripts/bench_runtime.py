@@ -66,16 +66,19 @@ def _blas_info() -> list:
             for entry in threadpool_info() if entry.get("user_api") == "blas"]
 
 
-def _time_runs(run_once, min_runs: int, seconds: float, warmup: int) -> list:
+def _time_runs(run_once, min_runs: int, seconds: float, warmup: int) -> tuple:
+    """(wall seconds, process CPU seconds) of each timed run. On a shared machine the wall time
+    includes waiting for a core; the CPU time of a one-thread engine does not."""
     for _ in range(warmup):
         run_once()
-    times = []
+    times, cpu_times = [], []
     started = time.perf_counter()
     while len(times) < min_runs or (time.perf_counter() - started < seconds and len(times) < 5000):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         run_once()
         times.append(time.perf_counter() - start)
-    return times
+        cpu_times.append(time.process_time() - cpu_start)
+    return times, cpu_times
 
 
 def worker(spec: dict) -> dict:
@@ -130,18 +133,20 @@ def worker(spec: dict) -> dict:
     output = run_once()
     first_invoke = time.perf_counter() - first_start
     load_seconds = first_start - load_start
-    times = _time_runs(run_once, spec["min_runs"], spec["seconds"], spec["warmup"])
+    times, cpu_times = _time_runs(run_once, spec["min_runs"], spec["seconds"], spec["warmup"])
     peak_rss = _peak_rss_mb()
     blas, profile = _blas_info(), None
     if engine.startswith("edgeq"):
         with interpreter._thread_limit():
             blas = _blas_info()  # as it runs: num_threads capped by Interpreter(num_threads=1)
         profile = interpreter.profile(runs=max(3, min(20, spec["min_runs"])))
-    times_ms = np.array(times) * 1e3
+    times_ms, cpu_ms = np.array(times) * 1e3, np.array(cpu_times) * 1e3
     return {
         "note": note,
         "median_ms": float(np.median(times_ms)),
         "p90_ms": float(np.percentile(times_ms, 90)),
+        "cpu_median_ms": float(np.median(cpu_ms)),
+        "cpu_p90_ms": float(np.percentile(cpu_ms, 90)),
         "runs": len(times),
         "load_ms": load_seconds * 1e3,
         "first_invoke_ms": first_invoke * 1e3,
@@ -296,10 +301,11 @@ def _onnx_qdq(onnx_path: Path, calibration, out_path: Path):
         # models): upgrade first and keep weights out of the inputs.
         from onnx import version_converter
 
-        model = version_converter.convert_version(model, 13)
         kept = [i for i in model.graph.input if i.name not in initializers]
         del model.graph.input[:]
         model.graph.input.extend(kept)
+        model.ir_version = max(model.ir_version, 4)  # initializers need not be inputs from IR 4 on
+        model = version_converter.convert_version(model, 13)
         onnx_path = out_path.with_name(out_path.stem + "_opset13.onnx")
         onnx.save(model, str(onnx_path))
 
@@ -410,6 +416,7 @@ def main(argv=None) -> int:
                      "litert": "ai_edge_litert Interpreter(num_threads=1), default op resolver (XNNPACK)",
                      "onnxruntime": "intra_op_num_threads=1; int8 = quantize_static QDQ, per-channel QInt8"},
         "models": {},
+        "load_average_at_start": os.getloadavg(),
     }
     engines = [e for e in args.engines.split(",") if e]
     for name in [m for m in args.models.split(",") if m]:
@@ -439,6 +446,7 @@ def main(argv=None) -> int:
                 print(f"  {variant:5s} {engine:12s} {shown}", flush=True)
             _add_ratios(measured)
         Path(args.out).write_text(json.dumps(results, indent=1))
+    results["load_average_at_end"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(results, indent=1))
     print()
     print(format_table(results))
@@ -453,16 +461,18 @@ def _add_ratios(measured: dict) -> None:
     for engine, result in measured.items():
         if "median_ms" in result:
             result["latency_ratio_to_litert"] = result["median_ms"] / reference["median_ms"]
+            result["cpu_ratio_to_litert"] = result["cpu_median_ms"] / reference["cpu_median_ms"]
             result["rss_ratio_to_litert"] = result["peak_rss_mb"] / reference["peak_rss_mb"]
     for engine in ("edgeq", "edgeq-numpy"):
         ours = measured.get(engine)
         if ours and "median_ms" in ours and ours.get("ops"):
             ours["overhead_per_op_us"] = (ours["median_ms"] - reference["median_ms"]) * 1e3 / ours["ops"]
+            ours["cpu_overhead_per_op_us"] = (ours["cpu_median_ms"] - reference["cpu_median_ms"]) * 1e3 / ours["ops"]
 
 
 def format_table(results: dict) -> str:
     header = (f"{'model':18s} {'var':5s} {'engine':11s} {'median ms':>10s} {'p90 ms':>9s} {'x LiteRT':>8s} "
-              f"{'peak RSS MB':>11s} {'x LiteRT':>8s}")
+              f"{'CPU ms':>9s} {'x LiteRT':>8s} {'peak RSS MB':>11s} {'x LiteRT':>8s} {'us/op over':>10s}")
     lines = [header, "-" * len(header)]
     for name, entry in results["models"].items():
         if "variants" not in entry:
@@ -473,9 +483,11 @@ def format_table(results: dict) -> str:
                 if "error" in r:
                     lines.append(f"{name:18s} {variant:5s} {engine:11s} error: {r['error'][:80]}")
                     continue
+                overhead = f"{r['overhead_per_op_us']:10.1f}" if "overhead_per_op_us" in r else ""
                 lines.append(f"{name:18s} {variant:5s} {engine:11s} {r['median_ms']:10.3f} {r['p90_ms']:9.3f} "
-                             f"{r.get('latency_ratio_to_litert', float('nan')):8.2f} {r['peak_rss_mb']:11.1f} "
-                             f"{r.get('rss_ratio_to_litert', float('nan')):8.2f}")
+                             f"{r.get('latency_ratio_to_litert', float('nan')):8.2f} {r['cpu_median_ms']:9.3f} "
+                             f"{r.get('cpu_ratio_to_litert', float('nan')):8.2f} {r['peak_rss_mb']:11.1f} "
+                             f"{r.get('rss_ratio_to_litert', float('nan')):8.2f} {overhead}")
         for note in entry.get("skipped", []):
             lines.append(f"{name:18s} note: {note[:110]}")
     return "\n".join(lines)
