@@ -60,10 +60,11 @@ def freeze_inputs(model: onnx.ModelProto, inputs: list, frozen: set) -> onnx.Mod
 
 
 def convertible_variant(model: onnx.ModelProto, inputs: list):
-    """Integer operands after the first (shapes, axes, indices) are constants in any model TFLite can
-    hold; if the op still needs more constants (weights, scales), freeze every input but the first."""
+    """Integer and scalar operands after the first (shapes, axes, indices, an exponent, a ratio) are
+    constants in any model TFLite can hold; if the op still needs more constants (weights, scales),
+    freeze every input but the first."""
     names = [vi.name for vi in model.graph.input]
-    integer = {n for n, v in list(zip(names, inputs))[1:] if np.asarray(v).dtype.kind in "iub"}
+    integer = {n for n, v in list(zip(names, inputs))[1:] if np.asarray(v).dtype.kind in "iub" or np.ndim(v) == 0}
     attempts = [integer, set(names[1:]) | integer]
     error = None
     for frozen in attempts:

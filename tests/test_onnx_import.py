@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from converter.onnx_import import import_onnx
 from converter.tflite_writer import write_tflite
-from referees import nchw_to_nhwc, nhwc_to_nchw, relative_max_error, run_litert, run_onnxruntime
+from referees import nchw_to_nhwc, nhwc_to_nchw, relative_max_error, run_edgeq, run_litert, run_onnxruntime
 from runtime.model import ModelError
 
 RNG = np.random.default_rng(0)
@@ -47,10 +47,12 @@ def assert_matches_onnxruntime(model, keep_onnx_layout=False, tolerance=1e-5):
     graph = import_onnx(model, keep_onnx_layout=keep_onnx_layout)
     to_storage = (lambda a: a) if keep_onnx_layout else nchw_to_nhwc
     from_storage = (lambda a: a) if keep_onnx_layout else nhwc_to_nchw
-    outputs = run_litert(write_tflite(graph), [to_storage(feeds[i.name]) for i in model.graph.input])
-    for got, want in zip(outputs, expected):
-        got = from_storage(got).reshape(want.shape)
-        assert relative_max_error(got, want) <= tolerance
+    content = write_tflite(graph)
+    storage_feeds = [to_storage(feeds[i.name]) for i in model.graph.input]
+    for engine in (run_litert, run_edgeq):
+        for got, want in zip(engine(content, storage_feeds), expected):
+            got = from_storage(got).reshape(want.shape)
+            assert relative_max_error(got, want) <= tolerance, engine.__name__
     return graph
 
 
@@ -348,8 +350,6 @@ def assert_typed_model_matches_reference(model, inputs):
     """LiteRT and our runtime on the converted model equal ONNX's reference evaluator, dtype included."""
     from onnx.reference import ReferenceEvaluator
 
-    from referees import run_edgeq
-
     feeds = [array for _, array in inputs]
     expected = ReferenceEvaluator(model).run(None, dict(inputs))
     content = write_tflite(import_onnx(model, keep_onnx_layout=True))
@@ -431,3 +431,28 @@ def test_plain_int8_reaching_a_rescaling_quantized_kernel_is_refused_by_name():
     model = typed_model([helper.make_node("Neg", ["x"], ["y"], name="negate")], [("x", x)], [("y", TensorProto.INT8)])
     with pytest.raises(ModelError, match="NEG 'negate'.*plain int8"):
         import_onnx(model, keep_onnx_layout=True)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 2.0])
+def test_elu_with_alpha_other_than_one_matches_onnxruntime(alpha):
+    model = make_model([helper.make_node("Elu", ["x"], ["y"], alpha=alpha)], [("x", [2, 3, 4])], ["y"])
+    assert_matches_onnxruntime(model, keep_onnx_layout=True)
+
+
+def test_gemm_with_transposed_a_and_a_matrix_c_matches_onnxruntime():
+    node = helper.make_node("Gemm", ["a", "b", "c"], ["y"], transA=1, transB=1, alpha=0.5, beta=2.0)
+    inits = [weight(5, 3, name="b"), weight(4, 5, name="c")]
+    graph = assert_matches_onnxruntime(make_model([node], [("a", [3, 4])], ["y"], inits), keep_onnx_layout=True)
+    assert op_types(graph).count("TRANSPOSE") == 1
+
+
+@pytest.mark.parametrize("a_shape, b_shape", [([4], [2, 4, 3]), ([2, 3, 4], [4]), ([3, 4], [4])])
+def test_matmul_with_a_vector_operand_matches_onnxruntime(a_shape, b_shape):
+    model = make_model([helper.make_node("MatMul", ["a", "b"], ["y"])], [("a", a_shape), ("b", b_shape)], ["y"])
+    assert_matches_onnxruntime(model, keep_onnx_layout=True)
+
+
+def test_matmul_of_an_activation_vector_by_constant_weights_is_fully_connected():
+    model = make_model([helper.make_node("MatMul", ["a", "w"], ["y"])], [("a", [4])], ["y"], [weight(4, 3, name="w")])
+    graph = assert_matches_onnxruntime(model, keep_onnx_layout=True)
+    assert "FULLY_CONNECTED" in op_types(graph)

@@ -38,8 +38,23 @@ def emit_unary(ctx, node, tfl_type: str, options=None) -> None:
 @rule(*UNARY)
 def convert_unary(ctx, node, attrs):
     if node.op_type == "Elu" and float(attrs.get("alpha", 1.0)) != 1.0:
-        raise ModelError(f"{node_label(node)}: Elu with alpha != 1 is not supported")
+        emit_scaled_elu(ctx, node, float(attrs["alpha"]))
+        return
     emit_unary(ctx, node, UNARY[node.op_type])
+
+
+def emit_scaled_elu(ctx, node, alpha: float) -> None:
+    """TFLite's ELU has alpha 1. With e = ELU(x): Elu_alpha(x) = e + (alpha - 1) * min(e, 0), which is x
+    for x > 0 and alpha * (exp(x) - 1) otherwise."""
+    value = ctx.value(node.input[0])
+    out = ctx.define(node.output[0], value.perm)
+    shape = ctx.graph[out].shape
+    elu, negative, scaled = (ctx.temp(f"{out}/{tag}", shape) for tag in ("elu", "negative_part", "scaled"))
+    ctx.emit("ELU", [value.ir], [elu], {}, node)
+    ctx.emit("MINIMUM", [elu, ctx.const_tensor(f"{out}/zero", np.array(0.0, np.float32))], [negative], {}, node)
+    ctx.emit("MUL", [negative, ctx.const_tensor(f"{out}/alpha_minus_one", np.array(alpha - 1.0, np.float32))],
+             [scaled], {"fused_activation_function": "NONE"}, node)
+    ctx.emit("ADD", [elu, scaled], [out], {"fused_activation_function": "NONE", "pot_scale_int16": False}, node)
 
 
 @rule("Identity", "Dropout")

@@ -69,8 +69,9 @@ def onnx_probe(ctx, node, in_hw, out_hw, probe):
         if not name:
             continue
         data = ctx.const(name)
-        if i == 3:  # sizes
-            data = np.array([1, 1, out_hw[0], out_hw[1]], dtype=np.int64)
+        if i == 3 and np.asarray(data).size == 4:  # sizes of all axes: the probe has N = C = 1
+            # The node's own spatial sizes, not out_hw: keep_aspect_ratio_policy derives the output from them.
+            data = np.array([1, 1, *np.asarray(data).reshape(-1)[2:]], dtype=np.int64)
         inits.append(numpy_helper.from_array(np.asarray(data), f"in{i}"))
         inputs[i] = f"in{i}"
     inputs[0] = "probe"

@@ -234,8 +234,8 @@ def convert_expand(ctx, node, attrs):
 def convert_depth_space(ctx, node, attrs):
     mode = attrs.get("mode", b"DCR")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    if node.op_type == "DepthToSpace" and mode != "DCR":
-        raise ModelError(f"{node_label(node)}: DepthToSpace mode '{mode}' is not supported (DCR is)")
+    if mode != "DCR":  # TFLite orders the depth axis as ONNX's DCR mode does
+        raise ModelError(f"{node_label(node)}: {node.op_type} mode '{mode}' is not supported (DCR is)")
     x_ir = ctx.stored(node.input[0], NHWC)
     out = ctx.define(node.output[0], NHWC)
     tfl_type = "DEPTH_TO_SPACE" if node.op_type == "DepthToSpace" else "SPACE_TO_DEPTH"
