@@ -456,3 +456,16 @@ def test_matmul_of_an_activation_vector_by_constant_weights_is_fully_connected()
     model = make_model([helper.make_node("MatMul", ["a", "w"], ["y"])], [("a", [4])], ["y"], [weight(4, 3, name="w")])
     graph = assert_matches_onnxruntime(model, keep_onnx_layout=True)
     assert "FULLY_CONNECTED" in op_types(graph)
+
+
+@pytest.mark.parametrize("node", [
+    helper.make_node("Conv", ["x", "w1"], ["y"], pads=[1, 2], strides=[2]),
+    helper.make_node("ConvTranspose", ["x", "w1t"], ["y"], strides=[2]),
+    helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3], pads=[1, 1], strides=[2]),
+    helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2], ceil_mode=1, strides=[2]),
+], ids=lambda n: n.op_type)
+def test_one_dimensional_conv_and_pool_run_as_two_dimensional_ones(node):
+    inits = [weight(4, 3, 3, name="w1"), weight(3, 4, 3, name="w1t")]
+    model = make_model([node], [("x", [1, 3, 9])], ["y"], [i for i in inits if i.name in node.input])
+    graph = assert_matches_onnxruntime(model)
+    assert op_types(graph).count("TRANSPOSE") <= 2

@@ -7,6 +7,7 @@ from runtime.model import ModelError
 
 from ..padding import NHWC, emit_pad_nhwc, explicit_pads, tflite_padding
 from . import node_label, rule
+from .spatial_1d import convert_as_2d, is_1d
 
 
 def conv_geometry(ctx, node, attrs, weight_shape):
@@ -35,6 +36,9 @@ def conv_options(padding, strides, dilations) -> dict:
 
 @rule("Conv")
 def convert_conv(ctx, node, attrs):
+    if is_1d(ctx, node):
+        convert_as_2d(ctx, node, attrs, convert_conv)
+        return
     label = node_label(node)
     if not ctx.is_const(node.input[1]):
         raise ModelError(f"{label}: weights must be constant")
@@ -90,6 +94,9 @@ def emit_grouped_conv(ctx, node, x_ir, weight, bias, group, options, out):
 @rule("ConvTranspose")
 def convert_conv_transpose(ctx, node, attrs):
     """TRANSPOSE_CONV with VALID padding gives the full output; ONNX pads crop it with a SLICE."""
+    if is_1d(ctx, node):
+        convert_as_2d(ctx, node, attrs, convert_conv_transpose)
+        return
     label = node_label(node)
     if not ctx.is_const(node.input[1]):
         raise ModelError(f"{label}: weights must be constant")

@@ -12,6 +12,7 @@ from runtime.model import ModelError
 
 from ..padding import NHWC, emit_pad_nhwc, explicit_pads, same_pads
 from . import node_label, rule
+from .spatial_1d import convert_as_2d, is_1d
 
 LOWEST_FLOAT32 = float(np.finfo(np.float32).min)
 
@@ -61,6 +62,9 @@ def window_counts(in_size, out_size, kernel, stride, begin, lo, hi) -> np.ndarra
 
 @rule("MaxPool")
 def convert_max_pool(ctx, node, attrs):
+    if is_1d(ctx, node):
+        convert_as_2d(ctx, node, attrs, convert_max_pool)
+        return
     x_shape, kernel, strides, pads, _ = pool_geometry(ctx, node, attrs)
     x_ir = ctx.stored(node.input[0], NHWC)
     out = ctx.define(node.output[0], NHWC)
@@ -76,6 +80,9 @@ def convert_max_pool(ctx, node, attrs):
 
 @rule("AveragePool")
 def convert_average_pool(ctx, node, attrs):
+    if is_1d(ctx, node):
+        convert_as_2d(ctx, node, attrs, convert_average_pool)
+        return
     x_shape, kernel, strides, pads, declared = pool_geometry(ctx, node, attrs)
     include_pad = bool(attrs.get("count_include_pad", 0))
     x_ir = ctx.stored(node.input[0], NHWC)
