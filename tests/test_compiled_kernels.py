@@ -230,3 +230,19 @@ def test_conv_2d_float_compiled_im2col_identical(monkeypatch, k, stride, dilatio
                                            "fused_activation_function": "RELU"}))
     g.inputs, g.outputs = ["x"], ["y"]
     assert_identical_on_both_paths(g, [rng.standard_normal(x_shape).astype(np.float32)], monkeypatch)
+
+
+@pytest.mark.parametrize("out_dtype, q_out", [(np.int8, (0.0123, -128)), (np.uint8, (0.1, 128)),
+                                               (np.int16, (0.001, 0)), (np.int8, (0.5, 3))])
+def test_quantize_float(kernel_path, out_dtype, q_out):
+    rng = np.random.default_rng(12)
+    x = np.concatenate([(rng.standard_normal(500) * 4), np.arange(-260, 260) * q_out[0] / 2,
+                        [np.float32(0.49999997) * q_out[0], -np.float32(0.49999997) * q_out[0]]]).astype(np.float32)
+    g = Graph()
+    g.add_tensor(Tensor("x", (1, x.size), np.float32))
+    from runtime.model import QuantParams
+
+    g.add_tensor(Tensor("y", (1, x.size), out_dtype, quant=QuantParams(*q_out)))
+    g.add_op(Op("QUANTIZE", ["x"], ["y"], {}))
+    g.inputs, g.outputs = ["x"], ["y"]
+    assert_exact(g, [x[None]])

@@ -132,6 +132,19 @@ if AVAILABLE:
         return out
 
     @_jit
+    def quantize_float(x, scale, zero_point, low, high, out):
+        """reference_ops::AffineQuantize on flat arrays: round(float32(x) / scale) in float32, ties
+        away from zero, + zero_point, clamped (quantize_ops.py's numpy twin)."""
+        for i in range(x.size):
+            value = np.float32(x[i]) / scale
+            rounded = np.rint(value)
+            whole = np.trunc(value)
+            if abs(value - whole) == 0.5:
+                rounded = whole + (np.float32(1.0) if value > 0 else np.float32(-1.0))
+            out[i] = min(max(np.int64(rounded) + zero_point, low), high)
+        return out
+
+    @_jit
     def im2col(x, k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left, out_h, out_w, fill, columns):
         """columns[(n, oy, ox), (ky, kx, c)] = x[n, iy, ix, c] (converted to the columns' dtype),
         or ``fill`` where the tap falls on padding: conv.py's im2col in one pass."""

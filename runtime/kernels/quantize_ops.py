@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
-from runtime.kernels import register
+from runtime.kernels import compiled, register
 from runtime.kernels.requantize import round_half_away, saturate, scale_and_zero_point
 from runtime.model import ModelError
 
@@ -29,6 +29,16 @@ def prepare_quantize(op, graph):
     info = np.iinfo(output_tensor.dtype)
     low, high = int(info.min), int(info.max)
     dtype = output_tensor.dtype
+
+    if input_tensor.dtype in (np.float32, np.float16) and compiled.enabled():
+        kernel, scale = compiled.quantize_float, np.float32(output_scale)
+
+        def quantize_compiled(x):
+            out = np.empty(x.shape, dtype)
+            kernel(x.reshape(-1), scale, output_zero_point, low, high, out.reshape(-1))
+            return out
+
+        return quantize_compiled
 
     if input_tensor.dtype in (np.float32, np.float16):
         def quantize(x):
