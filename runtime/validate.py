@@ -370,6 +370,12 @@ def _window_output(op, in_shape, k_h, k_w, channels, where) -> tuple:
     for size, k, axis in ((h, k_h, "h"), (w, k_w, "w")):
         stride = _positive_option(op, f"stride_{axis}", where)
         dilation = _positive_option(op, f"dilation_{axis}_factor", where)
+        # Kernels work (and pad) per window position: a window far beyond the input only reads
+        # padding, and a 8-million-wide one runs for minutes. Twice the input covers every real model.
+        extent = (k - 1) * dilation + 1
+        if extent > 2 * size + 1:
+            raise ModelError(f"{where}: a window {extent} wide (filter {k}, dilation {dilation}) along {axis}"
+                             f" is more than twice the input's {size}")
         if padding == "SAME":
             sizes.append((size + stride - 1) // stride)
         else:

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "fuzz_tflite.py"
-SEEDED_CASES = 1500
+SEEDED_CASES = 1000
 SECONDS_PER_CASE = 5
 # The validator refuses models needing more than fuzz_tflite.FUZZ_MODEL_MEMORY (64 MB); kernels'
 # working buffers may add to that, but nothing near this.
