@@ -165,7 +165,7 @@ def _compiled_kernels():
         from runtime.kernels import compiled
     except ImportError:
         return False
-    return bool(compiled.AVAILABLE)
+    return compiled.enabled()
 
 
 # -- model preparation (converter side, in the parent process) -------------------------------------

@@ -28,13 +28,13 @@ from test_runtime_int8 import (  # noqa: E402
     weighted_op,
 )
 
-needs_numba = pytest.mark.skipif(not compiled.AVAILABLE, reason="numba is not installed (pip install edgeq[fast])")
+needs_numba = pytest.mark.skipif(not compiled.available(), reason="numba is not installed (pip install edgeq[fast])")
 
 
 @pytest.fixture(params=["numpy", "compiled"])
 def kernel_path(request, monkeypatch):
     """Kernels prepared inside the test use the numpy path, then the compiled one."""
-    if request.param == "compiled" and not compiled.AVAILABLE:
+    if request.param == "compiled" and not compiled.available():
         pytest.skip("numba is not installed (pip install edgeq[fast])")
     monkeypatch.setattr(compiled, "ENABLED", request.param == "compiled")
     return request.param

@@ -1,36 +1,55 @@
-"""Optional compiled twins (numba) of the kernels numpy cannot make fast: depthwise convolution,
-pooling windows, TFLite's per-channel int8 requantization and int8 ADD/SUB.
+"""Optional compiled twins (numba) of the kernels numpy cannot make fast: im2col, depthwise
+convolution, max pooling, TFLite's int8 requantizations (per-channel conv, FULLY_CONNECTED,
+QUANTIZE) and same-shape int8 ADD/SUB.
 
 numpy alone pays for every temporary: a requantization is a dozen int64 passes over the
-accumulators, a depthwise tap one pass per filter element. These loops do the same integer and
-float arithmetic in one pass, in the same order as the numpy kernels (taps in (ky, kx) order, the
-bias added last, TFLite's double-rounding MultiplyByQuantizedMultiplier), so both paths give
-identical results; tests/test_compiled_kernels.py holds them to that.
+accumulators, a depthwise tap one pass per filter element. These loops (``_compiled_loops``) do the
+same integer and float arithmetic in one pass, in the same order as the numpy kernels (taps in
+(ky, kx) order, the bias added last, TFLite's double-rounding MultiplyByQuantizedMultiplier), so
+both paths give identical results; tests/test_compiled_kernels.py holds them to that.
 
 The numpy kernels stay the reference and run everywhere (armv7, no numba). This path is used only
-when numba imports (``pip install edgeq[fast]``) and EDGEQ_NO_NUMBA is not set; kernels read
-``ENABLED`` in prepare. Functions compile on first use (so only for ops a model has) and are cached
-on disk (``cache=True``), so later processes load them instead of compiling.
+when numba imports (``pip install edgeq[fast]``) and EDGEQ_NO_NUMBA is not set. Kernels ask
+``enabled()`` in prepare; numba (about 100 MB of resident memory and a second of start-up) is
+imported then, so a model without such ops never loads it. The loops compile on first use, only
+for the ops a model has, and are cached on disk (``cache=True``) for later processes.
 """
 from __future__ import annotations
 
 import os
 
-ENABLED = False
 _DISABLED_BY_ENV = os.environ.get("EDGEQ_NO_NUMBA", "").strip() not in ("", "0")
+_LOOPS = ("requantize_rows", "requantize_rows_float_scale", "quantize_float", "im2col", "depthwise_float",
+          "depthwise_int8", "add_sub_int", "max_pool")
 
-if not _DISABLED_BY_ENV:
-    try:
-        import numba
-    except Exception:  # not installed, or its llvmlite does not load on this machine
-        numba = None
-    ENABLED = numba is not None
-AVAILABLE = ENABLED  # numba imported; ENABLED may be switched off (tests compare both paths)
+# None until the first kernel asks; then whether the compiled path is used. Tests set it to
+# True or False to run both paths (True only where ``available()``).
+ENABLED = None
+_available = None
+
+
+def available() -> bool:
+    """Whether numba imports here and is not disabled (imports it, and the loops, on first call)."""
+    global _available
+    if _available is None:
+        _available = False
+        if not _DISABLED_BY_ENV:
+            try:
+                from runtime.kernels import _compiled_loops
+            except Exception:  # numba not installed, or its llvmlite does not load on this machine
+                pass
+            else:
+                globals().update({name: getattr(_compiled_loops, name) for name in _LOOPS})
+                _available = True
+    return _available
 
 
 def enabled() -> bool:
     """Whether kernels prepared now should use the compiled path."""
-    return ENABLED
+    global ENABLED
+    if ENABLED is None:
+        ENABLED = available()
+    return bool(ENABLED) and available()
 
 
 # Fused float activations the compiled kernels apply as a clamp (TANH is left to numpy).
@@ -66,213 +85,3 @@ class OutputBuffers:
 
             buffer = self.buffers[n] = np.empty((n,) + self.shape_tail, self.dtype)
         return buffer
-
-
-if AVAILABLE:
-    import numpy as np
-
-    _jit = numba.njit(cache=True, nogil=True)
-    _INT32_MIN = -(2**31)
-    _INT32_MAX = 2**31 - 1
-
-    @numba.njit(cache=True, inline="always")
-    def _wrap_int32(x):
-        return ((x - _INT32_MIN) & 0xFFFFFFFF) + _INT32_MIN
-
-    @numba.njit(cache=True, inline="always")
-    def _multiply_by_quantized_multiplier(x, multiplier, shift):
-        """TFLite's double-rounding MultiplyByQuantizedMultiplier on int64 scalars holding int32s
-        (runtime.fixedpoint._multiply_double_rounding, one element)."""
-        left = shift if shift > 0 else 0
-        right = -shift if shift < 0 else 0
-        a = _wrap_int32(x << left)
-        if a == _INT32_MIN and multiplier == _INT32_MIN:
-            high = _INT32_MAX
-        else:
-            product = a * multiplier
-            total = product + ((1 << 30) if product >= 0 else (1 - (1 << 30)))
-            # C division truncates toward zero.
-            high = (total >> 31) if total >= 0 else -((-total) >> 31)
-        mask = (1 << right) - 1
-        remainder = high & mask
-        threshold = (mask >> 1) + (1 if high < 0 else 0)
-        return (high >> right) + (1 if remainder > threshold else 0)
-
-    @_jit
-    def requantize_rows(acc, constant_term, multipliers, shifts, output_offset, low, high, out):
-        """out[r, c] = clamp(MBQM(acc[r, c] + constant_term[c], M[c], s[c]) + output_offset):
-        the end of every per-channel int8 conv; ``acc`` holds exact integers (a float GEMM's)."""
-        rows, channels = acc.shape
-        for r in range(rows):
-            for c in range(channels):
-                x = np.int64(acc[r, c]) + constant_term[c]
-                value = _multiply_by_quantized_multiplier(x, multipliers[c], shifts[c]) + output_offset
-                out[r, c] = min(max(value, low), high)
-        return out
-
-    @_jit
-    def requantize_rows_float_scale(acc, constant_term, scales, output_offset, low, high, out):
-        """LiteRT's reference int8 FULLY_CONNECTED ending: round(double(acc + constant_term[c]) *
-        scale[c]) with ties away from zero, cast as x86-64 casts a double to int32, + output_offset,
-        clamped (fully_connected.py's numpy twin; ``scales`` has one entry or one per channel)."""
-        rows, channels = acc.shape
-        per_channel = scales.size > 1
-        for r in range(rows):
-            for c in range(channels):
-                value = np.float64(np.int64(acc[r, c]) + constant_term[c]) * scales[c if per_channel else 0]
-                rounded = np.rint(value)
-                whole = np.trunc(value)
-                if abs(value - whole) == 0.5:
-                    rounded = whole + (1.0 if value > 0 else -1.0)
-                if rounded > -2147483649.0 and rounded < 2147483648.0:
-                    integer = np.int64(rounded)
-                else:
-                    integer = np.int64(_INT32_MIN)
-                out[r, c] = min(max(integer + output_offset, low), high)
-        return out
-
-    @_jit
-    def quantize_float(x, scale, zero_point, low, high, out):
-        """reference_ops::AffineQuantize on flat arrays: round(float32(x) / scale) in float32, ties
-        away from zero, + zero_point, clamped (quantize_ops.py's numpy twin)."""
-        for i in range(x.size):
-            value = np.float32(x[i]) / scale
-            rounded = np.rint(value)
-            whole = np.trunc(value)
-            if abs(value - whole) == 0.5:
-                rounded = whole + (np.float32(1.0) if value > 0 else np.float32(-1.0))
-            out[i] = min(max(np.int64(rounded) + zero_point, low), high)
-        return out
-
-    @_jit
-    def im2col(x, k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left, out_h, out_w, fill, columns):
-        """columns[(n, oy, ox), (ky, kx, c)] = x[n, iy, ix, c] (converted to the columns' dtype),
-        or ``fill`` where the tap falls on padding: conv.py's im2col in one pass."""
-        n_batch, in_h, in_w, in_c = x.shape
-        row = 0
-        for n in range(n_batch):
-            for oy in range(out_h):
-                for ox in range(out_w):
-                    col = 0
-                    for ky in range(k_h):
-                        iy = oy * stride_h - pad_top + ky * dil_h
-                        for kx in range(k_w):
-                            ix = ox * stride_w - pad_left + kx * dil_w
-                            if iy < 0 or iy >= in_h or ix < 0 or ix >= in_w:
-                                for c in range(in_c):
-                                    columns[row, col + c] = fill
-                            else:
-                                for c in range(in_c):
-                                    columns[row, col + c] = x[n, iy, ix, c]
-                            col += in_c
-                    row += 1
-        return columns
-
-    @_jit
-    def depthwise_float(x, filters, bias, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left,
-                        multiplier, low, high, out):
-        """out[n, oy, ox, c*M+m] = sum over taps inside the input of x * w, then + bias, clamped
-        to [low, high] (the fused activation; +-inf for none). x [N, H, W, C], filters [KH, KW, C*M]."""
-        n_batch, in_h, in_w, in_c = x.shape
-        _, out_h, out_w, out_c = out.shape
-        k_h, k_w = filters.shape[0], filters.shape[1]
-        acc = np.empty(out_c, np.float32)
-        for n in range(n_batch):
-            for oy in range(out_h):
-                for ox in range(out_w):
-                    acc[:] = 0.0
-                    for ky in range(k_h):
-                        iy = oy * stride_h - pad_top + ky * dil_h
-                        if iy < 0 or iy >= in_h:
-                            continue
-                        for kx in range(k_w):
-                            ix = ox * stride_w - pad_left + kx * dil_w
-                            if ix < 0 or ix >= in_w:
-                                continue
-                            if multiplier == 1:
-                                for c in range(out_c):
-                                    acc[c] += x[n, iy, ix, c] * filters[ky, kx, c]
-                            else:
-                                for c in range(out_c):
-                                    acc[c] += x[n, iy, ix, c // multiplier] * filters[ky, kx, c]
-                    for c in range(out_c):
-                        value = acc[c] + bias[c] if bias.size else acc[c]
-                        out[n, oy, ox, c] = min(max(value, low), high)
-        return out
-
-    @_jit
-    def depthwise_int8(x, filters, bias, input_offset, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left,
-                       multiplier, multipliers, shifts, output_offset, low, high, out):
-        """reference_integer_ops::DepthwiseConvPerChannel: acc = sum w * (x + input_offset) over the
-        taps inside the input, + bias, requantized per channel, + output_offset, clamped."""
-        n_batch, in_h, in_w, in_c = x.shape
-        _, out_h, out_w, out_c = out.shape
-        k_h, k_w = filters.shape[0], filters.shape[1]
-        acc = np.empty(out_c, np.int32)
-        for n in range(n_batch):
-            for oy in range(out_h):
-                for ox in range(out_w):
-                    acc[:] = 0
-                    for ky in range(k_h):
-                        iy = oy * stride_h - pad_top + ky * dil_h
-                        if iy < 0 or iy >= in_h:
-                            continue
-                        for kx in range(k_w):
-                            ix = ox * stride_w - pad_left + kx * dil_w
-                            if ix < 0 or ix >= in_w:
-                                continue
-                            if multiplier == 1:
-                                for c in range(out_c):
-                                    acc[c] += (np.int32(x[n, iy, ix, c]) + input_offset) * filters[ky, kx, c]
-                            else:
-                                for c in range(out_c):
-                                    acc[c] += (np.int32(x[n, iy, ix, c // multiplier]) + input_offset) * filters[ky, kx, c]
-                    for c in range(out_c):
-                        total = np.int64(acc[c]) + (bias[c] if bias.size else 0)
-                        value = _multiply_by_quantized_multiplier(total, multipliers[c], shifts[c]) + output_offset
-                        out[n, oy, ox, c] = min(max(value, low), high)
-        return out
-
-    @_jit
-    def add_sub_int(a, b, input1_offset, input2_offset, left_shift, m1, s1, m2, s2, m_out, s_out,
-                    subtract, output_offset, low, high, out):
-        """TFLite's quantized ADD/SUB on same-shape flat inputs (elementwise.py's numpy twin)."""
-        for i in range(a.size):
-            scaled_1 = _multiply_by_quantized_multiplier((np.int64(a[i]) + input1_offset) << left_shift, m1, s1)
-            scaled_2 = _multiply_by_quantized_multiplier((np.int64(b[i]) + input2_offset) << left_shift, m2, s2)
-            raw = scaled_1 - scaled_2 if subtract else scaled_1 + scaled_2
-            value = _multiply_by_quantized_multiplier(raw, m_out, s_out) + output_offset
-            out[i] = min(max(value, low), high)
-        return out
-
-    @_jit
-    def max_pool(x, k_h, k_w, stride_h, stride_w, pad_top, pad_left, low, high, out):
-        """Max over the window positions inside the input, clamped to [low, high]; float or int."""
-        n_batch, in_h, in_w, channels = x.shape
-        _, out_h, out_w, _ = out.shape
-        for n in range(n_batch):
-            for oy in range(out_h):
-                y0 = oy * stride_h - pad_top
-                for ox in range(out_w):
-                    x0 = ox * stride_w - pad_left
-                    first = True
-                    for ky in range(k_h):
-                        iy = y0 + ky
-                        if iy < 0 or iy >= in_h:
-                            continue
-                        for kx in range(k_w):
-                            ix = x0 + kx
-                            if ix < 0 or ix >= in_w:
-                                continue
-                            if first:
-                                for c in range(channels):
-                                    out[n, oy, ox, c] = x[n, iy, ix, c]
-                                first = False
-                            else:
-                                for c in range(channels):
-                                    value = x[n, iy, ix, c]
-                                    if value > out[n, oy, ox, c]:
-                                        out[n, oy, ox, c] = value
-                    for c in range(channels):
-                        out[n, oy, ox, c] = min(max(out[n, oy, ox, c], low), high)
-        return out
