@@ -165,7 +165,7 @@ def _compiled_kernels():
         from runtime.kernels import compiled
     except ImportError:
         return False
-    return compiled.enabled()
+    return bool(compiled.ENABLED)  # None: no kernel of the model asked, numba was not loaded
 
 
 # -- model preparation (converter side, in the parent process) -------------------------------------
