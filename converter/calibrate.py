@@ -143,6 +143,11 @@ class RangeObserver:
             return 0.0, 0.0
         return self.min, self.max
 
+    def clipped(self, lo: float, hi: float) -> tuple:
+        """[lo, hi] intersected with the observed range."""
+        lo, hi = max(lo, self.min), min(hi, self.max)
+        return (lo, hi) if lo <= hi else (self.min, self.max)
+
 
 class HistogramObserver(RangeObserver):
     """Running min/max plus a histogram over [-R, R] whose R doubles as needed."""
@@ -185,11 +190,6 @@ class HistogramObserver(RangeObserver):
     def edges(self) -> np.ndarray:
         return np.linspace(-self.limit, self.limit, self.num_bins + 1)
 
-    def clipped(self, lo: float, hi: float) -> tuple:
-        """[lo, hi] intersected with the observed range."""
-        lo, hi = max(lo, self.min), min(hi, self.max)
-        return (lo, hi) if lo <= hi else (self.min, self.max)
-
 
 class PercentileObserver(HistogramObserver):
     def __init__(self, percentile: float = 99.99, num_bins: int = 2048):
@@ -210,54 +210,111 @@ class PercentileObserver(HistogramObserver):
         return self.clipped(lo, hi)
 
 
-class EntropyObserver(HistogramObserver):
-    """TensorRT's entropy calibration on the histogram of |x|."""
+class EntropyObserver(RangeObserver):
+    """TensorRT's entropy calibration: the threshold T that minimises the KL divergence between the
+    histogram of |x| clipped at T and its quantization into the int8 levels that [-T, T] (or [0, T]
+    for a one-signed tensor) gets.
+
+    Two departures from a plain histogram, both because the int8 grid represents these values
+    exactly and the KL divergence would otherwise score them as quantization loss:
+
+    * exact zeros (a ReLU's floor, often half of its output) are counted apart and left out of the
+      search. In a histogram bin they form a spike that any level spanning several bins smears over
+      its neighbours; only candidates with one bin per level escape that, so the search would always
+      pick its lower bound (with ReLU6, exactly a quarter of the range). TensorRT does the same by
+      replacing the first bin's count with the second's.
+    * |x| gets all ``num_bins`` bins (a signed histogram folded in two would give it half), so the
+      lowest candidate, ``levels`` bins, is a small share of the observed range.
+    """
+
+    def __init__(self, num_bins: int = 2048):
+        super().__init__()
+        if num_bins % 2:
+            raise ValueError("num_bins must be even so that doubling the range merges bins in pairs")
+        self.num_bins = num_bins
+        self.counts = np.zeros(num_bins, dtype=np.int64)  # of |x| over [0, limit]
+        self.zeros = 0  # exact zeros, also counted in counts[0]
+        self.limit = 0.0  # 0 until the first non-zero value
+
+    def update(self, values: np.ndarray) -> None:
+        values = values.ravel()
+        if not values.size:
+            return
+        super().update(values)
+        self.zeros += values.size - int(np.count_nonzero(values))
+        peak = max(abs(self.min), abs(self.max))
+        if peak == 0:
+            self.counts[0] += values.size
+            return
+        if self.limit == 0:
+            self.limit = peak
+        while peak > self.limit:
+            merged = self.counts.reshape(-1, 2).sum(axis=1)
+            self.counts = np.zeros(self.num_bins, dtype=np.int64)
+            self.counts[: self.num_bins // 2] = merged
+            self.limit *= 2
+        index = (np.abs(values.astype(np.float64)) * (self.num_bins / self.limit)).astype(np.int64)
+        np.minimum(index, self.num_bins - 1, out=index)  # |x| == limit belongs to the last bin
+        self.counts += np.bincount(index, minlength=self.num_bins)
 
     def range(self) -> tuple:
         if self.min > self.max or self.limit == 0:
             return super().range()
-        half = self.num_bins // 2
-        magnitude = self.counts[half:].astype(np.float64)
-        magnitude[: half] += self.counts[:half][::-1]
+        magnitude = self.counts.astype(np.float64)
+        magnitude[0] -= self.zeros
+        occupied = np.flatnonzero(magnitude)
+        if not occupied.size:
+            return super().range()
         # Search only up to the largest magnitude seen, as TensorRT's [0, max|x|] histogram does.
-        magnitude = magnitude[: np.flatnonzero(magnitude).max() + 1]
-        # A one-signed tensor uses all 256 levels on one side; a two-signed one has 128 per side.
-        levels = 256 if self.min >= 0 or self.max <= 0 else 128
-        threshold_bin = _kl_threshold_bin(magnitude, levels)
-        threshold = threshold_bin * (self.limit / half)
+        magnitude = magnitude[: occupied[-1] + 1]
+        # [0, T] spans 255 steps of the int8 grid; [-T, T] gives each side half of them.
+        levels = 255 if self.min >= 0 or self.max <= 0 else 128
+        threshold = _kl_threshold_bin(magnitude, levels) * (self.limit / self.num_bins)
         return self.clipped(-threshold, threshold)
 
 
 def _kl_threshold_bin(hist: np.ndarray, levels: int) -> int:
-    """The number of leading bins whose clipped, ``levels``-quantized distribution loses least."""
+    """The number i of leading bins (``levels`` <= i <= ``hist.size``) that loses least, TensorRT's way.
+
+    P is ``hist[:i]`` with the outliers ``hist[i:]`` added into its last bin; Q is ``hist[:i]`` (without
+    them) merged into ``levels`` groups of consecutive bins, each group's mass spread evenly over its
+    non-empty bins; the score is KL(P || Q), each normalised to sum 1. Q not seeing the outliers is
+    what makes clipping cost something. A candidate whose last bin is empty while outliers exist has
+    Q = 0 where P > 0 (an infinite divergence) and is skipped.
+
+    All candidates at once, through cumulative sums: with N = sum(hist), S = sum(hist[:i]), group
+    masses m_j and non-empty counts n_j, and M_j = m_j (+ the outliers for the last group),
+        KL = (sum_b P_b log P_b - sum_j M_j log(m_j / n_j)) / N + log(S / N).
+    """
     nbins = hist.size
     if nbins <= levels:
         return nbins
-    best_bin, best_divergence = nbins, np.inf
+    hist = hist.astype(np.float64)
     total = hist.sum()
-    for i in range(levels, nbins + 1):
-        reference = hist[:i].copy()
-        reference[i - 1] += hist[i:].sum()  # outliers clip into the last kept bin
-        # Quantize the first i bins into ``levels`` groups, then spread each group's mass evenly over
-        # the bins of the group that were non-empty in the original histogram.
-        group = (np.arange(i) * levels) // i
-        nonzero = hist[:i] > 0
-        group_mass = np.bincount(group, weights=hist[:i], minlength=levels)
-        group_nonzero = np.bincount(group, weights=nonzero, minlength=levels)
-        candidate = np.where(nonzero, group_mass[group] / np.maximum(group_nonzero[group], 1), 0.0)
-        p = reference / total
-        q_sum = candidate.sum()
-        if q_sum == 0:
-            continue
-        q = candidate / q_sum
-        mask = p > 0
-        if np.any(q[mask] == 0):
-            divergence = np.inf
-        else:
-            divergence = float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
-        if divergence < best_divergence:
-            best_bin, best_divergence = i, divergence
-    return best_bin
+    mass_before = np.concatenate([[0.0], np.cumsum(hist)])  # mass_before[b] = sum(hist[:b])
+    nonempty_before = np.concatenate([[0], np.cumsum(hist > 0)])
+    xlogx = np.where(hist > 0, hist * np.log(np.where(hist > 0, hist, 1.0)), 0.0)
+    xlogx_before = np.concatenate([[0.0], np.cumsum(xlogx)])
+
+    candidates = np.arange(levels, nbins + 1)  # i
+    outliers = total - mass_before[candidates]
+    last = hist[candidates - 1] + outliers
+    # Bin b of the first i falls in group (b * levels) // i, so group j starts at ceil(j * i / levels).
+    group_start = (np.arange(levels + 1)[None, :] * candidates[:, None] + levels - 1) // levels
+    group_mass = np.diff(mass_before[group_start], axis=1)
+    group_nonempty = np.diff(nonempty_before[group_start], axis=1)
+    spread = np.log(np.where(group_mass > 0, group_mass, 1.0) / np.maximum(group_nonempty, 1))
+    reference_mass = group_mass.copy()
+    reference_mass[:, -1] += outliers
+    p_log_p = xlogx_before[candidates - 1] + np.where(last > 0, last * np.log(np.where(last > 0, last, 1.0)), 0.0)
+    kept = total - outliers
+    with np.errstate(divide="ignore"):
+        divergence = (p_log_p - np.sum(reference_mass * spread, axis=1)) / total + np.log(kept / total)
+    impossible = (hist[candidates - 1] == 0) & (outliers > 0)
+    divergence[impossible | (kept <= 0)] = np.inf
+    if not np.isfinite(divergence).any():
+        return nbins
+    return int(candidates[np.argmin(divergence)])
 
 
 class MseObserver(HistogramObserver):
