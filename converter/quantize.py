@@ -240,6 +240,14 @@ def _observed_range(name: str, graph: Graph, ranges: dict):
     return float(lo), float(hi)
 
 
+def _pads_for_max(op: Op, graph: Graph) -> bool:
+    """A PADV2 whose fill is the lowest float: the padding a max pool with explicit pads needs."""
+    if op.type != "PADV2" or len(op.inputs) < 3 or not op.inputs[2]:
+        return False
+    fill = graph[op.inputs[2]]
+    return fill.is_constant and fill.data.size == 1 and float(fill.data.reshape(-1)[0]) <= -1e30
+
+
 def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str, original_float: set):
     """QuantParams for every int8 activation, keyed by tensor name, or by (op index, input index)
     for a float constant or a requantized use that has params of its own."""
@@ -286,6 +294,12 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
             key = (index, i) if graph[name].is_constant else name
             add_node(key, name)
             input_node[(index, i)] = key
+        if _pads_for_max(op, graph):
+            # The fill only has to lose every max: the data's own range is the range, and the
+            # fill quantizes (clamps) to the lowest int8 value.
+            data_range = node_range[input_node[(index, 0)]]
+            node_range[op.outputs[0]] = data_range
+            node_range[input_node[(index, 2)]] = data_range
         if rule.output == "shared":
             anchor = op.outputs[0]
             for name in op.outputs[1:]:

@@ -388,3 +388,33 @@ def test_per_tensor_fully_connected_also_runs_in_litert(monkeypatch):
     expected = Interpreter.from_graph(graph).run({"x": x})[graph.outputs[0]]
     got = run_litert(write_tflite(q), x, RESOLVERS["reference"])
     assert np.max(np.abs(got - expected)) <= 4 * output_step(q)
+
+
+def test_max_pool_padding_keeps_the_data_range_and_runs_on_litert_default_kernels(tmp_path):
+    """ResNet's MaxPool (3x3, stride 2, pads 1) becomes PADV2 with the lowest float + VALID pool;
+    the fill must not stretch the int8 range (XNNPACK refused the model when it did)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from converter.api import convert
+    from referees import run_litert
+
+    rng = np.random.default_rng(0)
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], rng.standard_normal(108).astype(np.float32))
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("MaxPool", ["c"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [weights])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "m.onnx"))
+    samples = rng.standard_normal((8, 3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "calib.npy", samples)
+    result = convert(tmp_path / "m.onnx", quantize="int8", calibration=tmp_path / "calib.npy")
+    pad = next(op for op in result.graph.ops if op.type == "PADV2")
+    assert result.graph[pad.inputs[0]].quant == result.graph[pad.outputs[0]].quant
+    assert result.graph[pad.outputs[0]].quant.scale[0] < 1.0
+    assert result.graph[pad.inputs[2]].data.reshape(-1)[0] == -128
+    x = samples[:1].transpose(0, 2, 3, 1)
+    (default,) = run_litert(result.content, [x])
+    (reference,) = run_litert(result.content, [x], reference_kernels=True)
+    assert np.max(np.abs(default - reference)) <= 2 * result.graph[pad.outputs[0]].quant.scale[0]
