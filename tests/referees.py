@@ -24,7 +24,8 @@ def run_onnxruntime(model: onnx.ModelProto, feeds: dict) -> list:
 def _run_tflite_interpreter(interpreter, inputs: list) -> list:
     interpreter.allocate_tensors()
     for detail, value in zip(interpreter.get_input_details(), inputs):
-        interpreter.set_tensor(detail["index"], np.ascontiguousarray(value, dtype=detail["dtype"]))
+        # np.array, not np.ascontiguousarray, which turns a 0-D input into a 1-D one
+        interpreter.set_tensor(detail["index"], np.array(value, dtype=detail["dtype"], order="C"))
     interpreter.invoke()
     return [interpreter.get_tensor(d["index"]).copy() for d in interpreter.get_output_details()]
 
