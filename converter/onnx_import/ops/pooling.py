@@ -14,7 +14,10 @@ from ..padding import NHWC, emit_pad_nhwc, explicit_pads, same_pads
 from . import node_label, rule
 from .spatial_1d import convert_as_2d, is_1d
 
-LOWEST_FLOAT32 = float(np.finfo(np.float32).min)
+def lowest_value(dtype) -> float:
+    """The fill that never wins a max: the type's lowest value (not -inf, which int types lack)."""
+    dtype = np.dtype(dtype)
+    return float(np.finfo(dtype).min if dtype.kind == "f" else np.iinfo(dtype).min)
 
 
 def pool_geometry(ctx, node, attrs):
@@ -73,7 +76,7 @@ def convert_max_pool(ctx, node, attrs):
     elif is_same(pads, x_shape[2:], kernel, strides):
         padding = "SAME"
     else:
-        x_ir = emit_pad_nhwc(ctx, x_ir, pads, out, node, value=LOWEST_FLOAT32)
+        x_ir = emit_pad_nhwc(ctx, x_ir, pads, out, node, value=lowest_value(ctx.graph[x_ir].dtype))
         padding = "VALID"
     ctx.emit("MAX_POOL_2D", [x_ir], [out], pool_options(padding, kernel, strides), node)
 
