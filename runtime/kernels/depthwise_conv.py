@@ -42,13 +42,13 @@ def prepare_depthwise_conv_2d(op, graph):
     return _prepare_float(op, graph)
 
 
-def _prepare_float(op, graph):
+def _geometry(op, graph, filters) -> tuple:
+    """What the float and integer paths share: sizes, padding, and the window taps, each tap with
+    its filter row tiled across the output width."""
     _, in_h, in_w, in_c = graph[op.inputs[0]].shape
-    filters = constant_input(op, graph, 1, "filter").astype(np.float32)
     _, k_h, k_w, out_c = filters.shape
     if out_c % in_c:
         raise ModelError(f"op {op}: filter depth {out_c} is not a multiple of input depth {in_c}")
-    multiplier = out_c // in_c
     options = op.options
     stride_h, stride_w = options.get("stride_h", 1), options.get("stride_w", 1)
     dil_h, dil_w = options.get("dilation_h_factor", 1), options.get("dilation_w_factor", 1)
@@ -58,12 +58,20 @@ def _prepare_float(op, graph):
     taps = [(phase, rows, cols, np.tile(filters[0, ky, kx], out_w))
             for ky, kx, phase, rows, cols in window_taps(k_h, k_w, stride_h, stride_w, dil_h, dil_w,
                                                           out_h, out_w, out_c)]
+    return (in_h, in_w, out_h, out_w, out_c, out_c // in_c, stride_w,
+            (pad_top, pad_bottom, pad_left, pad_right), taps)
+
+
+def _prepare_float(op, graph):
+    filters = constant_input(op, graph, 1, "filter").astype(np.float32)
+    (in_h, in_w, out_h, out_w, out_c, multiplier, stride_w,
+     (pad_top, pad_bottom, pad_left, pad_right), taps) = _geometry(op, graph, filters)
     bias = None
     if input_tensor(op, graph, 2) is not None:
         bias = np.tile(constant_input(op, graph, 2, "bias").astype(np.float32), out_w)
     bounds = compiled.float_activation_bounds(op)
     if compiled.enabled() and bounds is not None:
-        return _compiled_float(filters, bias, options, pad_top, pad_left, multiplier, bounds, out_h, out_w, out_c)
+        return _compiled_float(filters, bias, op.options, pad_top, pad_left, multiplier, bounds, out_h, out_w, out_c)
     column_phases = padded_column_phases(in_h, in_w, out_c, (pad_top, pad_bottom, pad_left, pad_right), stride_w)
 
     def phases(x):
@@ -111,21 +119,9 @@ def _compiled_float(filters, tiled_bias, options, pad_top, pad_left, multiplier,
 def _integer_taps(op, graph):
     """eval(x_shifted int32 [N, H, W, C]) -> int32 [N, OH, OW, C*M]: sum over taps of w * x, with
     padding contributing 0."""
-    _, in_h, in_w, in_c = graph[op.inputs[0]].shape
     filters = constant_input(op, graph, 1, "filter").astype(np.int32)
-    _, k_h, k_w, out_c = filters.shape
-    if out_c % in_c:
-        raise ModelError(f"op {op}: filter depth {out_c} is not a multiple of input depth {in_c}")
-    multiplier = out_c // in_c
-    options = op.options
-    stride_h, stride_w = options.get("stride_h", 1), options.get("stride_w", 1)
-    dil_h, dil_w = options.get("dilation_h_factor", 1), options.get("dilation_w_factor", 1)
-    padding = options.get("padding", "SAME")
-    out_h, pad_top, pad_bottom = compute_padding(padding, in_h, k_h, stride_h, dil_h)
-    out_w, pad_left, pad_right = compute_padding(padding, in_w, k_w, stride_w, dil_w)
-    taps = [(phase, rows, cols, np.tile(filters[0, ky, kx], out_w))
-            for ky, kx, phase, rows, cols in window_taps(k_h, k_w, stride_h, stride_w, dil_h, dil_w,
-                                                          out_h, out_w, out_c)]
+    (in_h, in_w, out_h, out_w, out_c, multiplier, stride_w,
+     (pad_top, pad_bottom, pad_left, pad_right), taps) = _geometry(op, graph, filters)
     column_phases = padded_column_phases(in_h, in_w, out_c, (pad_top, pad_bottom, pad_left, pad_right),
                                          stride_w, fill=0)
     (first_phase, first_rows, first_cols, first_weights), other_taps = taps[0], taps[1:]
