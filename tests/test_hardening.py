@@ -415,7 +415,9 @@ def test_a_new_file_gets_ordinary_permissions(tmp_path):
 
 # A conversion that pauses (and says so) at a chosen point, so the test can interrupt it there.
 SLOW_CONVERSION = """
-import sys, time
+import signal, sys, time
+# A job started in the background inherits SIGINT ignored; a terminal's Ctrl-C is what is tested.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import converter.api as api
 import converter.fileio as fileio
 where, model, out = sys.argv[1], sys.argv[2], sys.argv[3]
