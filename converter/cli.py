@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from runtime.memory import peak_rss_mb
 from runtime.model import ModelError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -660,20 +661,6 @@ def _bench_in_subprocess(model, engine, runs, threads, with_profile, top) -> dic
     return json.loads(completed.stdout)["engines"][0]
 
 
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process (VmHWM; ru_maxrss where /proc is missing)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
-
-
 def _random_input(detail: dict, rng) -> np.ndarray:
     dtype = np.dtype(detail["dtype"])
     shape = tuple(int(d) for d in detail["shape"])
@@ -686,7 +673,7 @@ def _random_input(detail: dict, rng) -> np.ndarray:
 
 
 def _bench_engine(model, engine, runs, threads, with_profile, top) -> dict:
-    rss_before = _peak_rss_mb()
+    rss_before = peak_rss_mb()
     started = time.perf_counter()
     if engine == "litert":
         try:
@@ -729,7 +716,7 @@ def _bench_engine(model, engine, runs, threads, with_profile, top) -> dict:
         "min_ms": float(times_ms.min()),
         "load_ms": load_ms,
         "first_run_ms": first_run_ms,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "rss_before_load_mb": rss_before,
     }
     if engine == "edgeq":

@@ -26,11 +26,12 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from runtime.memory import peak_rss_mb
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_models"
@@ -43,19 +44,6 @@ CALIBRATION_SAMPLES = 4
 
 
 # -- worker: one engine, one model, in its own process ----------------------------------------------
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory. VmHWM belongs to the process image, so unlike
-    ru_maxrss it does not carry over the parent's peak through fork + exec."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
-
 
 def _blas_info() -> list:
     try:
@@ -86,7 +74,7 @@ def worker(spec: dict) -> dict:
 
     engine, model_file = spec["engine"], spec["model"]
     x = np.load(spec["input"])
-    baseline_rss = _peak_rss_mb()
+    baseline_rss = peak_rss_mb()
     load_start = time.perf_counter()
     note = None
     if engine.startswith("edgeq"):
@@ -114,7 +102,7 @@ def worker(spec: dict) -> dict:
         feed_name = session.get_inputs()[0].name
     else:
         raise ValueError(engine)
-    imported_rss = _peak_rss_mb()
+    imported_rss = peak_rss_mb()
 
     if engine != "onnxruntime":
         interpreter.allocate_tensors()
@@ -134,7 +122,7 @@ def worker(spec: dict) -> dict:
     first_invoke = time.perf_counter() - first_start
     load_seconds = first_start - load_start
     times, cpu_times = _time_runs(run_once, spec["min_runs"], spec["seconds"], spec["warmup"])
-    peak_rss = _peak_rss_mb()
+    peak_rss = peak_rss_mb()
     blas, profile = _blas_info(), None
     if engine.startswith("edgeq"):
         with interpreter._thread_limit():
