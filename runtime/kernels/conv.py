@@ -7,6 +7,8 @@ on padding stay zero from allocation and no padded copy of the input is ever mad
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from runtime.kernels import compiled, register
@@ -47,33 +49,19 @@ def prepare_conv_2d(op, graph):
 
 
 def _prepare_float(op, graph):
-    _, in_h, in_w, in_c = graph[op.inputs[0]].shape
+    g = _geometry(op, graph)
+    in_c, out_c, k_h, k_w, out_h, out_w = g.in_c, g.out_c, g.k_h, g.k_w, g.out_h, g.out_w
     filters = _aligned(constant_input(op, graph, 1, "filter").astype(np.float32, copy=False))
-    out_c, k_h, k_w, filter_c = filters.shape
-    if filter_c != in_c:
-        raise ModelError(f"op {op}: filter depth {filter_c} differs from input depth {in_c} (grouped conv)")
     bias = _bias(op, graph, out_c)
-    options = op.options
-    stride_h, stride_w = options.get("stride_h", 1), options.get("stride_w", 1)
-    dil_h, dil_w = options.get("dilation_h_factor", 1), options.get("dilation_w_factor", 1)
-    padding = options.get("padding", "SAME")
-    out_h, pad_top, _ = compute_padding(padding, in_h, k_h, stride_h, dil_h)
-    out_w, pad_left, _ = compute_padding(padding, in_w, k_w, stride_w, dil_w)
     # Rows of the GEMM's right operand follow the im2col column order (kh, kw, c). A transposed
     # view: BLAS reads it as is, so the filter is not copied (the model's buffer is its only copy).
     weights = filters.reshape(out_c, -1).T
     activation = fused_activation(op)
 
     if k_h == k_w == 1:  # a 1x1 filter never needs padding
-        return with_activation(_pointwise(weights, bias, stride_h, stride_w), activation)
+        return with_activation(_pointwise(weights, bias, g.stride_h, g.stride_w), activation)
 
-    taps = []
-    for ky in range(k_h):
-        rows = _tap_range(ky * dil_h - pad_top, stride_h, in_h, out_h)
-        for kx in range(k_w):
-            cols = _tap_range(kx * dil_w - pad_left, stride_w, in_w, out_w)
-            if rows is not None and cols is not None:
-                taps.append((ky, kx, rows, cols))
+    taps = g.taps
     patch = k_h * k_w * in_c
     chunk = max(1, IM2COL_BUDGET_BYTES // (out_h * out_w * patch * 4))
     column_buffers = {}
@@ -89,8 +77,7 @@ def _prepare_float(op, graph):
 
     if compiled.enabled():
         # One compiled pass instead of one strided numpy copy per tap (slow for few channels).
-        im2col = _compiled_im2col(k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left, out_h, out_w,
-                                  patch, 0.0, np.float32)
+        im2col = _compiled_im2col_for(g, 0.0, np.float32)
 
     outputs = compiled.OutputBuffers((out_h * out_w, out_c), np.float32)
 
@@ -176,7 +163,24 @@ def _bias(op, graph, out_c):
 # As a GEMM: im2col entries that fall on padding hold the input zero point, so (x + input_offset)
 # is 0 there, and the input_offset term is folded into a per-channel constant in prepare.
 
-def _geometry(op, graph):
+class ConvGeometry(NamedTuple):
+    in_c: int
+    out_c: int
+    k_h: int
+    k_w: int
+    out_h: int
+    out_w: int
+    stride_h: int
+    stride_w: int
+    dil_h: int
+    dil_w: int
+    pad_top: int
+    pad_left: int
+    taps: list  # (ky, kx, (out_rows, in_rows), (out_cols, in_cols)) of the taps that see the input
+
+
+def _geometry(op, graph) -> ConvGeometry:
+    """Sizes, padding and the in-input slices of every filter tap: what every path shares."""
     _, in_h, in_w, in_c = graph[op.inputs[0]].shape
     out_c, k_h, k_w, filter_c = graph[op.inputs[1]].shape
     if filter_c != in_c:
@@ -194,7 +198,13 @@ def _geometry(op, graph):
             cols = _tap_range(kx * dil_w - pad_left, stride_w, in_w, out_w)
             if rows is not None and cols is not None:
                 taps.append((ky, kx, rows, cols))
-    return in_c, out_c, k_h, k_w, out_h, out_w, stride_h, stride_w, taps
+    return ConvGeometry(in_c, out_c, k_h, k_w, out_h, out_w, stride_h, stride_w, dil_h, dil_w,
+                        pad_top, pad_left, taps)
+
+
+def _compiled_im2col_for(g: ConvGeometry, fill, dtype):
+    return _compiled_im2col(g.k_h, g.k_w, g.stride_h, g.stride_w, g.dil_h, g.dil_w, g.pad_top, g.pad_left,
+                            g.out_h, g.out_w, g.k_h * g.k_w * g.in_c, fill, dtype)
 
 
 def _patches(x_float, columns, taps):
@@ -208,7 +218,9 @@ def _patches(x_float, columns, taps):
 def _integer_gemm(op, graph, gemm_dtype, fill_value):
     """eval(x_float [N, H, W, C]) -> int64 [N, OH, OW, O] accumulators sum w * x_float over each
     window, with padding entries equal to ``fill_value``; exact in ``gemm_dtype``."""
-    in_c, out_c, k_h, k_w, out_h, out_w, stride_h, stride_w, taps = _geometry(op, graph)
+    g = _geometry(op, graph)
+    in_c, out_c, k_h, k_w, out_h, out_w, stride_h, stride_w = g[:8]
+    taps = g.taps
     filters = constant_input(op, graph, 1, "filter").astype(gemm_dtype)
     weights = np.ascontiguousarray(filters.reshape(out_c, -1).T)
     patch = k_h * k_w * in_c
@@ -224,7 +236,7 @@ def _integer_gemm(op, graph, gemm_dtype, fill_value):
     chunk = max(1, IM2COL_BUDGET_BYTES // (out_h * out_w * patch * np.dtype(gemm_dtype).itemsize))
     buffers = {}
     if compiled.enabled():
-        return _compiled_integer_gemm(op, graph, weights, gemm_dtype, fill_value, out_h, out_w, out_c, patch, chunk)
+        return _compiled_integer_gemm(g, weights, gemm_dtype, fill_value, chunk)
 
     def gemm(x):
         n = x.shape[0]
@@ -242,18 +254,10 @@ def _integer_gemm(op, graph, gemm_dtype, fill_value):
     return gemm
 
 
-def _compiled_integer_gemm(op, graph, weights, gemm_dtype, fill_value, out_h, out_w, out_c, patch, chunk):
+def _compiled_integer_gemm(g: ConvGeometry, weights, gemm_dtype, fill_value, chunk):
     """``_integer_gemm``'s eval with the compiled im2col, which reads the integer input as is."""
-    _, k_h, k_w, _ = graph[op.inputs[1]].shape
-    in_h, in_w = graph[op.inputs[0]].shape[1:3]
-    options = op.options
-    stride_h, stride_w = options.get("stride_h", 1), options.get("stride_w", 1)
-    dil_h, dil_w = options.get("dilation_h_factor", 1), options.get("dilation_w_factor", 1)
-    padding = options.get("padding", "SAME")
-    _, pad_top, _ = compute_padding(padding, in_h, k_h, stride_h, dil_h)
-    _, pad_left, _ = compute_padding(padding, in_w, k_w, stride_w, dil_w)
-    im2col = _compiled_im2col(k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left, out_h, out_w, patch,
-                              float(fill_value), gemm_dtype)
+    out_h, out_w, out_c = g.out_h, g.out_w, g.out_c
+    im2col = _compiled_im2col_for(g, float(fill_value), gemm_dtype)
     outputs = compiled.OutputBuffers((out_h, out_w, out_c), gemm_dtype)
 
     def gemm(x):
@@ -289,7 +293,8 @@ def _prepare_int8(op, graph):
     activation_min, activation_max = activation_range(op, output_scale, output_offset)
 
     if compiled.enabled():
-        _, _, _, _, out_h, out_w, _, _, _ = _geometry(op, graph)
+        g = _geometry(op, graph)
+        out_h, out_w = g.out_h, g.out_w
         outputs = compiled.OutputBuffers((out_h, out_w, out_c), np.int8)
         constant_term_ = np.ascontiguousarray(constant_term, dtype=np.int64)
         multipliers = np.ascontiguousarray(output_multiplier, dtype=np.int64)
