@@ -22,6 +22,7 @@ class BoundaryTensor:
 
 
 QUANTIZE_MODES = ("none", "int8", "dynamic", "float16")
+FLOAT_FALLBACKS = ("auto", "none")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
 
 
@@ -37,6 +38,7 @@ class ConversionResult:
     float_ops: list = field(default_factory=list)
     layer_errors: list = field(default_factory=list)
     prune_reports: list = field(default_factory=list)
+    float_choice: Optional[object] = None  # converter.mixed_precision.FloatChoice of an int8 conversion
 
 
 def parse_input_shapes(specs) -> dict:
@@ -122,6 +124,8 @@ def convert(
     calibration_method: str = "minmax",
     num_calibration_samples: Optional[int] = None,
     io_dtype: str = "float32",
+    float_fallback: str = "auto",
+    min_sqnr_db: Optional[float] = None,
     debug: bool = False,
     progress: bool = False,
     prune_sparsity: Optional[float] = None,
@@ -137,6 +141,9 @@ def convert(
     name or an .npy, samples on the first axis), "dynamic" (int8 weights, float activations) or
     "float16" (float16 weights). ``io_dtype`` sets an int8 model's input/output type. ``debug`` measures
     every int8 tensor's error against the float model on the calibration samples.
+    ``float_fallback``: "auto" keeps float islands where int8 would wreck the outputs (mixed-range
+    joins, and ops where the error grows most while the outputs' SQNR on calibration samples is under
+    ``min_sqnr_db``; see converter.mixed_precision); "none" quantizes every op that has an int8 form.
     Pruning runs on the float model before quantization (see converter.prune): ``prune_channels``
     removes that share of channels (``prune_importance`` "l1" or "activation"; ``reconstruct`` refits
     the layers after them by least squares; both of those use the ``calibration`` samples), then
@@ -148,6 +155,8 @@ def convert(
         raise ModelError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
     if quantize == "int8" and calibration is None:
         raise ModelError("--quantize int8 needs calibration samples (--calibration FILE.npz)")
+    if float_fallback not in FLOAT_FALLBACKS:
+        raise ModelError(f"unknown float fallback {float_fallback!r}; choose one of {', '.join(FLOAT_FALLBACKS)}")
     if io_dtype != "float32" and quantize != "int8":
         raise ModelError(f"integer model inputs/outputs (--io {io_dtype}) need --quantize int8")
     if sparse_encoding and quantize != "none":
@@ -157,11 +166,14 @@ def convert(
     from_onnx = not is_tflite_file(model_path)
     float_graph, prune_reports = _prune(float_graph, calibration, num_calibration_samples, prune_sparsity,
                                         prune_scope, prune_channels, prune_importance, reconstruct)
-    graph, float_ops, errors = float_graph, [], []
+    graph, float_ops, errors, float_choice = float_graph, [], [], None
     if quantize == "int8":
-        graph, float_ops, errors = _quantize_int8(
-            float_graph, calibration, calibration_method, num_calibration_samples, io_dtype, debug, progress
+        graph, float_ops, errors, float_choice = _quantize_int8(
+            float_graph, calibration, calibration_method, num_calibration_samples, io_dtype, debug, progress,
+            float_fallback, min_sqnr_db,
         )
+        if float_choice is not None and float_choice.sqnr_db is not None:
+            notes.append(_float_choice_note(float_choice))
     elif quantize == "dynamic":
         from converter.quantize import quantize_dynamic
 
@@ -186,6 +198,7 @@ def convert(
         float_ops=float_ops,
         layer_errors=errors,
         prune_reports=prune_reports,
+        float_choice=float_choice,
     )
     if output_path is not None:
         result.output_path = write_atomic(output_path, content)
@@ -217,19 +230,35 @@ def _prune(graph, calibration, num_samples, sparsity, scope, channels, importanc
     return graph, reports
 
 
-def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debug, progress):
+def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debug, progress, float_fallback,
+                   min_sqnr_db):
     from converter.calibrate import calibrate, load_calibration
+    from converter.mixed_precision import DEFAULT_MIN_SQNR_DB, choose_float_ops
     from converter.quantize import quantize_int8
 
     if method not in CALIBRATION_METHODS:
         raise ModelError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
     samples = load_calibration(calibration, float_graph, num_samples=num_samples)
     ranges = calibrate(float_graph, samples, method=method, progress=progress)
-    graph = quantize_int8(float_graph, ranges, io_dtype=io_dtype)
+    choice = None
+    if float_fallback == "auto":
+        graph, choice = choose_float_ops(
+            float_graph, ranges, samples, lambda keep: quantize_int8(float_graph, ranges, io_dtype, keep),
+            min_sqnr_db=DEFAULT_MIN_SQNR_DB if min_sqnr_db is None else min_sqnr_db, progress=progress,
+        )
+    else:
+        graph = quantize_int8(float_graph, ranges, io_dtype=io_dtype)
     errors = []
     if debug:
         from converter.quant_debug import layer_errors
 
         errors = layer_errors(float_graph, graph, samples)
-    return graph, list(getattr(graph, "float_ops", [])), errors
+    return graph, list(getattr(graph, "float_ops", [])), errors, choice
+
+
+def _float_choice_note(choice) -> str:
+    if not choice.reasons:
+        return f"int8 outputs' SQNR on calibration samples: {choice.sqnr_db:.1f} dB, every op int8"
+    return (f"int8 outputs' SQNR on calibration samples: {choice.sqnr_all_int8_db:.1f} dB all-int8, "
+            f"{choice.sqnr_db:.1f} dB with {len(choice.reasons)} ops kept float")
 

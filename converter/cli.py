@@ -103,6 +103,12 @@ def main():
 @click.option("--calibration-samples", type=click.IntRange(min=1), help="Use only the first N samples.")
 @click.option("--io", "io_dtype", type=click.Choice(["float32", "int8", "uint8"]), default="float32",
               show_default=True, help="Input/output type of an int8 model.")
+@click.option("--float-fallback", type=click.Choice(["auto", "none"]), default="auto", show_default=True,
+              help="With --quantize int8: auto keeps float islands where int8 would wreck the outputs "
+              "(mixed-range joins; the ops where error grows most while the outputs' SQNR is under "
+              "--min-sqnr); none quantizes every op that has an int8 form.")
+@click.option("--min-sqnr", "min_sqnr_db", type=float, metavar="DB", help="Target SQNR of the int8 outputs "
+              "against float on calibration samples, for --float-fallback auto [default: 20].")
 @click.option("--debug", is_flag=True, help="With --quantize int8: per-tensor error against the float model.")
 @click.option("--prune-sparsity", type=click.FloatRange(0, 1, max_open=True), help="Zero this share of the "
               "smallest weights (CONV_2D / FULLY_CONNECTED; smaller only once compressed or --sparse-encoding).")
@@ -120,7 +126,7 @@ def main():
 @verbosity_options
 @reports_errors
 def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, calibration, calibration_method,
-            calibration_samples, io_dtype, debug, prune_sparsity, prune_scope, prune_channels, prune_importance,
+            calibration_samples, io_dtype, float_fallback, min_sqnr_db, debug, prune_sparsity, prune_scope, prune_channels, prune_importance,
             reconstruct, sparse_encoding, as_json, quiet, verbose):
     """Convert an ONNX model (or a float .tflite) to a TFLite flatbuffer.
 
@@ -130,6 +136,7 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
       edgeq convert model.onnx -o model.tflite --input-shape images:1,3,640,640
       edgeq convert model.onnx -o model_int8.tflite --quantize int8 --calibration calib.npz
       edgeq convert model.onnx -o m.tflite --quantize int8 --calibration calib.npz --io uint8 --debug
+      edgeq convert model.onnx -o m.tflite --quantize int8 --calibration calib.npz --float-fallback none
       edgeq convert model_float.tflite -o model_int8.tflite --quantize int8 --calibration calib.npz
       edgeq convert model.onnx -o model_dynamic.tflite --quantize dynamic
       edgeq convert model.onnx -o small.tflite --prune-channels 0.3 --reconstruct --calibration calib.npz
@@ -152,6 +159,8 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
         calibration_method=calibration_method,
         num_calibration_samples=calibration_samples,
         io_dtype=io_dtype,
+        float_fallback=float_fallback,
+        min_sqnr_db=min_sqnr_db,
         debug=debug,
         progress=not (quiet or as_json),
         prune_sparsity=prune_sparsity,
@@ -171,6 +180,7 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
         "outputs": [vars(t) for t in result.outputs],
         "notes": result.notes,
         "float_ops": result.float_ops,
+        "int8_output_sqnr_db": _float_choice_summary(result.float_choice),
         "layer_errors": [e.as_dict() for e in result.layer_errors],
     }
     if result.prune_reports:
@@ -205,6 +215,12 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
         click.echo(format_table(result.layer_errors))
         worst = ", ".join(f"{e.tensor} ({e.sqnr_db:.1f} dB)" for e in worst_first(result.layer_errors, 3))
         click.echo(f"hurt most: {worst}")
+
+
+def _float_choice_summary(choice) -> dict:
+    if choice is None or choice.sqnr_db is None:
+        return {}
+    return {"all_int8": choice.sqnr_all_int8_db, "with_float_islands": choice.sqnr_db}
 
 
 # -- inspect ---------------------------------------------------------------------------------

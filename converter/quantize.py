@@ -465,11 +465,13 @@ def _retarget_output(graph: Graph, name: str, suffix: str) -> str:
     return inner
 
 
-def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32") -> Graph:
+def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_float: Optional[dict] = None) -> Graph:
     """The int8 version of a float graph, given calibrated activation ranges.
 
     ``io_dtype``: "float32" keeps float inputs/outputs with QUANTIZE/DEQUANTIZE at the edges; "int8"
     or "uint8" makes the graph's inputs and outputs integer (uint8 = the int8 params shifted by 128).
+    ``keep_float``: ``{first output name: reason}`` of ops to leave in float although they have an
+    int8 form (see ``converter.mixed_precision``).
     The returned graph's ``float_ops`` lists the ops left in float, with the reason.
     """
     if io_dtype not in ("float32", "int8", "uint8"):
@@ -483,7 +485,7 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32") -> Grap
         touches_float = any(n in original_float for n in list(op.inputs) + list(op.outputs) if n)
         if not touches_float:
             continue  # integer-only ops (shape arithmetic) are left as they are
-        reason = _why_not_int8(op, g, original_float)
+        reason = _why_not_int8(op, g, original_float) or (keep_float or {}).get(op.outputs[0])
         if reason is None:
             int8_ops.append((index, op))
         else:

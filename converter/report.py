@@ -55,12 +55,15 @@ EDGEQ, LITERT = "edgeq", "litert"
 # range: a last-bit float difference can flip the rounding of the next op's on-the-fly input
 # quantization, so whole deep models agree to ~1e-2 (as tests/test_int8_models.py holds them).
 AGREEMENT_TOLERANCE = {"int8": 0.0, "none": 1e-4, "float16": 1e-4, "dynamic": 0.02}
+# An int8 model with float islands: a last-bit float difference inside an island can flip the
+# rounding of the QUANTIZE after it, as in dynamic range.
+INT8_WITH_FLOAT_ISLANDS_TOLERANCE = AGREEMENT_TOLERANCE["dynamic"]
 
 METHODS_TEXT = {
     "size": "bytes of the .tflite file; gzip: the same bytes compressed with gzip level 9",
     "accuracy": "edgeq: our runtime on the whole eval set (batched); litert: LiteRT with its reference "
-                "kernels (BUILTIN_REF), one sample at a time; the engines must agree: int8 outputs identical, "
-                "float32/float16 within 1e-4 and dynamic range within 2e-2 of the largest output",
+                "kernels (BUILTIN_REF), one sample at a time; the engines must agree: int8 outputs identical "
+                "(within 2e-2 where ops stay float islands), float32/float16 within 1e-4 and dynamic range within 2e-2 of the largest output",
     "latency": "median of repeated single-sample invokes after warm-up, 1 thread; edgeq's runtime and "
                "LiteRT's default kernels; measured serially, one variant at a time",
     "memory": "a fresh subprocess per engine imports it, notes its RSS, resets its peak RSS (Linux: "
@@ -274,6 +277,12 @@ def builtin_metrics(outputs: list, reference: list, labels: Optional[np.ndarray]
         metrics["top1"] = top1_accuracy(outputs[0], labels)
     metrics.update(fidelity(outputs, reference))
     return metrics
+
+
+def agreement_tolerance(quantize: str, float_ops: list) -> float:
+    if quantize == "int8" and float_ops:
+        return INT8_WITH_FLOAT_ISLANDS_TOLERANCE
+    return AGREEMENT_TOLERANCE[quantize]
 
 
 def engine_agreement(ours: list, litert: Optional[list], tolerance: float) -> dict:
@@ -697,7 +706,7 @@ def assemble_report(options: ReportOptions, specs: list, built: dict, latency: d
             "size": size_figures(variant.content),
             "accuracy": accuracy,
             "engine_agreement": engine_agreement(variant.outputs[EDGEQ], variant.outputs.get(LITERT),
-                                                 AGREEMENT_TOLERANCE[spec.quantize]),
+                                                 agreement_tolerance(spec.quantize, variant.float_ops)),
             "latency_ms": latency[spec.name],
             "memory": variant.memory,
             "float_ops": variant.float_ops,

@@ -1,0 +1,168 @@
+"""Float islands in int8 models: where one int8 scale cannot hold what flows through, the op stays
+float, chosen automatically; everything else stays int8, and LiteRT runs the mixed file."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from converter.api import convert
+from converter.mixed_precision import mixed_range_tails
+from converter.quant_debug import sqnr_db
+from referees import run_edgeq, run_litert, run_onnxruntime
+from runtime.model import ModelError
+
+RNG = np.random.default_rng(7)
+
+
+def save(model: onnx.ModelProto, tmp_path, name: str) -> str:
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(model, path)
+    return str(path)
+
+
+def detector_tail() -> onnx.ModelProto:
+    """Boxes in pixels (0..320) concatenated with class probabilities (0..1), as detectors end."""
+    w_box = numpy_helper.from_array(RNG.normal(size=(16, 4)).astype(np.float32), "w_box")
+    w_cls = numpy_helper.from_array(RNG.normal(size=(16, 3)).astype(np.float32), "w_cls")
+    pixels = numpy_helper.from_array(np.array([80.0], np.float32), "pixels")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w_box"], ["box_logits"]),
+        helper.make_node("Sigmoid", ["box_logits"], ["box_unit"]),
+        helper.make_node("Mul", ["box_unit", "pixels"], ["boxes"]),
+        helper.make_node("MatMul", ["x", "w_cls"], ["cls_logits"]),
+        helper.make_node("Sigmoid", ["cls_logits"], ["scores"]),
+        helper.make_node("Concat", ["boxes", "scores"], ["joined"], axis=1),
+        helper.make_node("Reshape", ["joined", "flat"], ["detections"]),
+    ]
+    flat = numpy_helper.from_array(np.array([1, 1, 7], np.int64), "flat")
+    graph = helper.make_graph(
+        nodes, "detector_tail",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("detections", TensorProto.FLOAT, [1, 1, 7])],
+        [w_box, w_cls, pixels, flat],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def masked_attention() -> onnx.ModelProto:
+    """Scores plus an additive -10000 mask, softmax, then a weighted sum: a transformer's attention."""
+    mask = np.zeros((1, 8, 8), np.float32)
+    mask[:, :, 5:] = -10000.0  # padding positions
+    inits = [
+        numpy_helper.from_array(RNG.normal(size=(6, 8)).astype(np.float32) * 0.5, "w_q"),
+        numpy_helper.from_array(RNG.normal(size=(6, 8)).astype(np.float32) * 0.5, "w_k"),
+        numpy_helper.from_array(RNG.normal(size=(6, 8)).astype(np.float32), "w_v"),
+        numpy_helper.from_array(mask, "mask"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w_q"], ["q"]),
+        helper.make_node("MatMul", ["x", "w_k"], ["k"]),
+        helper.make_node("MatMul", ["x", "w_v"], ["v"]),
+        helper.make_node("Transpose", ["k"], ["k_t"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "k_t"], ["scores"]),
+        helper.make_node("Add", ["scores", "mask"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["weights"], axis=-1),
+        helper.make_node("MatMul", ["weights", "v"], ["attended"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "masked_attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6])],
+        [helper.make_tensor_value_info("attended", TensorProto.FLOAT, [1, 8, 8])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def samples(tmp_path, shape, count=32) -> tuple:
+    data = RNG.normal(size=(count, *shape[1:])).astype(np.float32)
+    path = tmp_path / "calib.npz"
+    np.savez(path, x=data)
+    return str(path), data
+
+
+def float_outputs(model, data) -> np.ndarray:
+    return np.concatenate([run_onnxruntime(model, {"x": data[i:i + 1]})[0] for i in range(len(data))])
+
+
+def edgeq_outputs(content, data) -> np.ndarray:
+    return np.concatenate([run_edgeq(content, [data[i:i + 1]])[0] for i in range(len(data))])
+
+
+def test_join_of_pixels_and_probabilities_stays_float(tmp_path):
+    model = detector_tail()
+    calib, data = samples(tmp_path, (1, 16))
+    result = convert(save(model, tmp_path, "tail"), quantize="int8", calibration=calib)
+    kept = {op.type for op in result.graph.ops if op.type in ("CONCATENATION", "RESHAPE")
+            and result.graph[op.outputs[0]].dtype == np.float32}
+    assert kept == {"CONCATENATION", "RESHAPE"}
+    assert any("joins ranges" in line for line in result.float_ops)
+
+
+def test_probabilities_keep_their_precision_next_to_pixels(tmp_path):
+    model = detector_tail()
+    calib, data = samples(tmp_path, (1, 16))
+    path = save(model, tmp_path, "tail")
+    expected = float_outputs(model, data)[..., 4:]
+    islands = edgeq_outputs(convert(path, quantize="int8", calibration=calib).content, data)[..., 4:]
+    all_int8 = edgeq_outputs(convert(path, quantize="int8", calibration=calib, float_fallback="none").content,
+                             data)[..., 4:]
+    # A few of the probabilities' own int8 steps (1/256) against half of one shared step (80/256).
+    assert np.max(np.abs(islands - expected)) < 0.03
+    assert np.max(np.abs(all_int8 - expected)) > 0.1
+
+
+def test_masked_softmax_goes_float_and_restores_fidelity(tmp_path):
+    model = masked_attention()
+    calib, data = samples(tmp_path, (1, 8, 6))
+    path = save(model, tmp_path, "attention")
+    expected = float_outputs(model, data)
+    islands = convert(path, quantize="int8", calibration=calib)
+    all_int8 = convert(path, quantize="int8", calibration=calib, float_fallback="none")
+    assert any(line.startswith("SOFTMAX") for line in islands.float_ops)
+    assert sqnr_db(expected, edgeq_outputs(all_int8.content, data)) < 15
+    assert sqnr_db(expected, edgeq_outputs(islands.content, data)) >= 20
+    assert islands.float_choice.sqnr_db >= 20 > islands.float_choice.sqnr_all_int8_db
+
+
+def test_float_islands_run_alike_on_litert_reference_kernels(tmp_path):
+    model = masked_attention()
+    calib, data = samples(tmp_path, (1, 8, 6))
+    content = convert(save(model, tmp_path, "attention"), quantize="int8", calibration=calib).content
+    for i in range(8):
+        ours = run_edgeq(content, [data[i:i + 1]])[0]
+        reference = run_litert(content, [data[i:i + 1]], reference_kernels=True)[0]
+        np.testing.assert_allclose(ours, reference, atol=1e-5)
+
+
+def test_a_model_that_quantizes_well_stays_all_int8(tmp_path):
+    model = detector_tail()
+    model.graph.node.remove(model.graph.node[2])  # boxes become unit-range: no mixed join left
+    model.graph.node[4].input[0] = "box_unit"
+    calib, _ = samples(tmp_path, (1, 16))
+    result = convert(save(model, tmp_path, "unit"), quantize="int8", calibration=calib)
+    assert result.float_ops == []
+    assert result.float_choice.sqnr_db >= 20
+
+
+def test_none_keeps_every_op_with_an_int8_form_in_int8(tmp_path):
+    calib, _ = samples(tmp_path, (1, 8, 6))
+    result = convert(save(masked_attention(), tmp_path, "attention"), quantize="int8", calibration=calib,
+                     float_fallback="none")
+    assert not [line for line in result.float_ops if "joins ranges" in line or "int8 error grows" in line]
+    assert result.float_choice is None
+
+
+def test_mixed_range_rule_ignores_joins_of_similar_ranges():
+    from runtime.model import Graph, Op, Tensor
+
+    g = Graph([Tensor("a", (1, 4)), Tensor("b", (1, 4)), Tensor("c", (1, 8))], inputs=["a", "b"], outputs=["c"])
+    g.add_op(Op("CONCATENATION", ["a", "b"], ["c"], {"axis": 1}))
+    assert mixed_range_tails(g, {"a": (-1.0, 1.0), "b": (0.0, 8.0), "c": (-1.0, 8.0)}) == {}
+    assert set(mixed_range_tails(g, {"a": (-1.0, 1.0), "b": (0.0, 80.0), "c": (-1.0, 80.0)})) == {"c"}
+
+
+def test_unknown_float_fallback_is_refused(tmp_path):
+    calib, _ = samples(tmp_path, (1, 16))
+    with pytest.raises(ModelError, match="float fallback"):
+        convert(save(detector_tail(), tmp_path, "tail"), quantize="int8", calibration=calib,
+                float_fallback="sometimes")
