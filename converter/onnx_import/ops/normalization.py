@@ -1,10 +1,12 @@
-"""BatchNormalization -> per-channel MUL + ADD (folded into a preceding conv by passes.fold_batch_norm); LRN."""
+"""BatchNormalization -> per-channel MUL + ADD (folded into a preceding conv by passes.fold_batch_norm); LRN;
+LayerNormalization -> MEAN, RSQRT and arithmetic."""
 from __future__ import annotations
 
 import numpy as np
 
 from runtime.model import ModelError
 
+from .. import layout
 from ..padding import NHWC
 from . import node_label, rule
 
@@ -52,3 +54,52 @@ def convert_lrn(ctx, node, attrs):
         "beta": float(attrs.get("beta", 0.75)),
     }
     ctx.emit("LOCAL_RESPONSE_NORMALIZATION", [x_ir], [out], options, node)
+
+
+@rule("LayerNormalization")
+def convert_layer_norm(ctx, node, attrs):
+    """(x - mean) * rsqrt(var + epsilon) * scale + bias over ONNX axes axis..rank-1, in TFLite builtins:
+    MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, MUL, ADD (each with an int8 kernel). The reductions run over the storage
+    axes those ONNX axes live in, so an NHWC feature map needs no TRANSPOSE."""
+    value = ctx.value(node.input[0])
+    if value.dtype != np.float32:
+        raise ModelError(f"{node_label(node)}: LayerNormalization on {value.dtype.name} is supported on float32 only")
+    axis = layout.normalize_axis(int(attrs.get("axis", -1)), value.rank)
+    perm = value.perm
+    shape = ctx.graph[value.ir].shape
+    storage_axes = sorted(layout.storage_axis(perm, a) for a in range(axis, value.rank))
+    reduced_shape = tuple(1 if j in storage_axes else d for j, d in enumerate(shape))
+    stats_shape = tuple(value.shape[:axis]) + (1,) * (value.rank - axis)
+    out = ctx.define(node.output[0], perm)
+    axes_ir = ctx.int32_tensor(f"{out}/axes", storage_axes)
+    mean = layer_norm_statistic(ctx, node, 1, stats_shape, perm) or ctx.temp(f"{out}/mean", reduced_shape)
+    ctx.emit("MEAN", [value.ir, axes_ir], [mean], {"keep_dims": True}, node)
+    centered, squared, variance, shifted, normalized = (
+        ctx.temp(f"{out}/{tag}", shape_of)
+        for tag, shape_of in (("centered", shape), ("squared", shape), ("variance", reduced_shape),
+                              ("variance_plus_epsilon", reduced_shape), ("normalized", shape)))
+    inverse_std = layer_norm_statistic(ctx, node, 2, stats_shape, perm) or ctx.temp(f"{out}/inverse_std", reduced_shape)
+    epsilon = ctx.const_tensor(f"{out}/epsilon", np.array(float(attrs.get("epsilon", 1e-5)), np.float32))
+    no_activation = {"fused_activation_function": "NONE"}
+    ctx.emit("SUB", [value.ir, mean], [centered], {**no_activation, "pot_scale_int16": False}, node)
+    ctx.emit("MUL", [centered, centered], [squared], no_activation, node)
+    ctx.emit("MEAN", [squared, axes_ir], [variance], {"keep_dims": True}, node)
+    ctx.emit("ADD", [variance, epsilon], [shifted], {**no_activation, "pot_scale_int16": False}, node)
+    ctx.emit("RSQRT", [shifted], [inverse_std], {}, node)
+    has_bias = len(node.input) > 2 and bool(node.input[2])
+    ctx.emit("MUL", [centered, inverse_std], [normalized], no_activation, node)
+    scaled = ctx.temp(f"{out}/scaled", shape) if has_bias else out
+    ctx.emit("MUL", [normalized, ctx.broadcast_operand(node.input[1], perm)], [scaled], no_activation, node)
+    if has_bias:
+        ctx.emit("ADD", [scaled, ctx.broadcast_operand(node.input[2], perm)], [out],
+                 {**no_activation, "pot_scale_int16": False}, node)
+
+
+def layer_norm_statistic(ctx, node, index: int, shape: tuple, perm: tuple):
+    """The IR tensor for the optional Mean (1) or InvStdDev (2) output when the model uses it, else None."""
+    if len(node.output) <= index or not node.output[index]:
+        return None
+    name = node.output[index]
+    if not ctx.onnx_consumers(name) and name not in ctx.graph_outputs:
+        return None
+    return ctx.define(name, perm, shape, np.float32)

@@ -1,0 +1,166 @@
+"""Transformer-style ONNX ops: LayerNormalization, GELU written with Erf, Where, Einsum, and MatMul of two
+activations. Float: our runtime and LiteRT against onnxruntime. int8: every integer tensor of our
+runtime equals LiteRT's reference kernels (BUILTIN_REF)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from converter.calibrate import calibrate
+from converter.onnx_import import import_onnx
+from converter.quantize import quantize_int8
+from converter.tflite_writer import write_tflite
+from referees import nchw_to_nhwc, nhwc_to_nchw, relative_max_error, run_edgeq, run_litert, run_onnxruntime
+from runtime.model import ModelError
+from test_conformance_int8 import tensor_mismatches
+
+RNG = np.random.default_rng(11)
+OPSET = 17
+
+
+def const(name, array):
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def random_const(name, *shape, scale=0.5):
+    return const(name, (RNG.standard_normal(shape) * scale).astype(np.float32))
+
+
+def make_model(nodes, inputs, outputs, initializers=(), opset=OPSET, input_types=None, output_type=TensorProto.FLOAT):
+    input_types = input_types or {}
+    graph = helper.make_graph(
+        nodes,
+        "transformer_ops",
+        [helper.make_tensor_value_info(n, input_types.get(n, TensorProto.FLOAT), s) for n, s in inputs],
+        [helper.make_tensor_value_info(n, output_type, None) for n in outputs],
+        list(initializers),
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def random_feeds(model) -> dict:
+    feeds = {}
+    for i in model.graph.input:
+        shape = [d.dim_value for d in i.type.tensor_type.shape.dim]
+        if i.type.tensor_type.elem_type == TensorProto.BOOL:
+            feeds[i.name] = RNG.random(shape) < 0.5
+        else:
+            feeds[i.name] = RNG.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def op_types(graph) -> list:
+    return [op.type for op in graph.ops]
+
+
+def assert_float_matches_onnxruntime(model, tolerance=1e-5):
+    """Convert (NHWC boundary), run on our runtime and LiteRT, compare each output with onnxruntime."""
+    feeds = random_feeds(model)
+    expected = run_onnxruntime(model, feeds)
+    graph = import_onnx(model)
+    content = write_tflite(graph)
+    storage_feeds = [nchw_to_nhwc(feeds[i.name]) for i in model.graph.input]
+    for engine in (run_litert, run_edgeq):
+        outputs = engine(content, storage_feeds)
+        assert len(outputs) == len(expected)
+        for got, want in zip(outputs, expected):
+            got = nhwc_to_nchw(got).reshape(want.shape)
+            assert relative_max_error(got, want) <= tolerance, engine.__name__
+    return graph
+
+
+def assert_int8_matches_litert_reference(model, int8_ops=()):
+    """Calibrate on random samples, quantize, and check every integer tensor against BUILTIN_REF; the
+    ops named in ``int8_ops`` must have been quantized (not left as float islands)."""
+    graph = import_onnx(model)
+    samples = {}
+    for name in graph.inputs:
+        shape = graph[name].shape
+        samples[name] = RNG.standard_normal((16,) + tuple(shape[1:])).astype(np.float32)
+    qgraph = quantize_int8(graph, calibrate(graph, samples, "minmax", progress=False))
+    for op_type in int8_ops:
+        quantized = [op for op in qgraph.ops if op.type == op_type and qgraph[op.outputs[0]].dtype == np.int8]
+        assert quantized, f"{op_type} stayed float: {qgraph.float_ops}"
+    content = write_tflite(qgraph)
+    feeds = [samples[name][:1] for name in qgraph.inputs]
+    counts = tensor_mismatches(content, feeds)
+    assert counts and sum(counts.values()) == 0, {k: v for k, v in counts.items() if v}
+    return qgraph
+
+
+# -- LayerNormalization ----------------------------------------------------------------------------
+
+def layer_norm_model(shape, axis=-1, bias=True, epsilon=1e-5, opset=OPSET):
+    rank = len(shape)
+    normalized = shape[axis % rank:]
+    inputs = ["x", "scale"] + (["bias"] if bias else [])
+    node = helper.make_node("LayerNormalization", inputs, ["y"], axis=axis, epsilon=epsilon)
+    inits = [random_const("scale", *normalized, scale=1.0)] + ([random_const("bias", *normalized)] if bias else [])
+    return make_model([node], [("x", list(shape))], ["y"], inits, opset=opset)
+
+
+@pytest.mark.parametrize("shape, axis", [((1, 6, 16), -1), ((1, 5, 4, 8), -1), ((1, 4, 3, 5), 1), ((2, 8), 0)])
+def test_layer_norm_matches_onnxruntime(shape, axis):
+    graph = assert_float_matches_onnxruntime(layer_norm_model(shape, axis))
+    assert "TRANSPOSE" not in op_types(graph)
+
+
+def test_layer_norm_is_decomposed_into_builtins_reducing_over_the_last_axes():
+    graph = import_onnx(layer_norm_model((1, 6, 16)))
+    assert op_types(graph) == ["MEAN", "SUB", "MUL", "MEAN", "ADD", "RSQRT", "MUL", "MUL", "ADD"]
+    mean = graph.ops[0]
+    assert list(graph[mean.inputs[1]].data) == [2]
+
+
+def test_layer_norm_on_nhwc_feature_map_reduces_over_storage_axes_of_channels_and_space():
+    # ONNX axes 1..3 of an NCHW map are all of H, W, C in storage: NHWC axes 1, 2, 3.
+    graph = import_onnx(layer_norm_model((1, 4, 3, 5), axis=1))
+    assert list(graph[graph.ops[0].inputs[1]].data) == [1, 2, 3]
+
+
+def test_layer_norm_without_bias_and_with_large_epsilon_matches_onnxruntime():
+    graph = assert_float_matches_onnxruntime(layer_norm_model((1, 3, 10), bias=False, epsilon=0.5))
+    assert op_types(graph)[-1] == "MUL"
+
+
+def test_layer_norm_int8_matches_litert_reference():
+    assert_int8_matches_litert_reference(layer_norm_model((1, 6, 16)), int8_ops=["MEAN", "RSQRT", "MUL"])
+
+
+def test_layer_norm_on_float16_is_refused_by_name():
+    model = layer_norm_model((1, 4, 8))
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    for init in model.graph.initializer:
+        init.CopyFrom(const(init.name, numpy_helper.to_array(init).astype(np.float16)))
+    with pytest.raises(ModelError, match="LayerNormalization node 'y'.*float32"):
+        import_onnx(model)
+
+
+def pytorch_decomposed_layer_norm_model(shape):
+    """What torch.onnx's older exporter writes for nn.LayerNorm: ReduceMean, Sub, Pow 2, ReduceMean, Add,
+    Sqrt, Div, Mul, Add."""
+    width = shape[-1]
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["mean"], axes=[-1]),
+        helper.make_node("Sub", ["x", "mean"], ["centered"]),
+        helper.make_node("Pow", ["centered", "two"], ["squared"]),
+        helper.make_node("ReduceMean", ["squared"], ["variance"], axes=[-1]),
+        helper.make_node("Add", ["variance", "epsilon"], ["shifted"]),
+        helper.make_node("Sqrt", ["shifted"], ["std"]),
+        helper.make_node("Div", ["centered", "std"], ["normalized"]),
+        helper.make_node("Mul", ["normalized", "gamma"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "beta"], ["y"]),
+    ]
+    inits = [const("two", np.float32(2.0)), const("epsilon", np.float32(1e-5)),
+             random_const("gamma", width, scale=1.0), random_const("beta", width)]
+    return make_model(nodes, [("x", list(shape))], ["y"], inits, opset=13)
+
+
+def test_pytorch_decomposed_layer_norm_converts_through_the_per_op_rules():
+    graph = assert_float_matches_onnxruntime(pytorch_decomposed_layer_norm_model((1, 6, 16)))
+    assert "TRANSPOSE" not in op_types(graph)
+    assert "DIV" in op_types(graph) and "SQRT" in op_types(graph)
