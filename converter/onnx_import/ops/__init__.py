@@ -29,3 +29,4 @@ def node_label(node) -> str:
 
 
 from . import activations, conv, elementwise, gemm, normalization, pooling, reduce, resize, shape_ops, softmax  # noqa: E402,F401
+from . import recurrent  # noqa: E402,F401
