@@ -71,6 +71,12 @@ RULES: dict = {
     "PRELU": OWN,
     "HARD_SWISH": OWN,
     "SQUARED_DIFFERENCE": OWN,
+    # Lookup-table unary ops: LiteRT builds the int8 table from the input and output params.
+    "GELU": OWN,
+    "EXP": OWN,
+    "LOG": OWN,
+    "RSQRT": OWN,
+    "ABS": OWN,
     # Fixed output params: the spec pins the output range to the function's range.
     "SOFTMAX": Rule(output=(1.0 / 256, -128)),
     "LOGISTIC": Rule(output=(1.0 / 256, -128)),
@@ -210,7 +216,7 @@ def _float_inputs(op: Op, graph: Graph, original_float: set):
 
 # Ops the spec quantizes but edgeq's runtime cannot yet run in int8: they stay float islands, so
 # every file edgeq writes runs on its own runtime (remove an op here once its int8 kernel exists).
-NO_INT8_KERNEL_YET = {"TRANSPOSE_CONV", "LOG_SOFTMAX", "L2_NORMALIZATION"}
+NO_INT8_KERNEL_YET: set = set()
 
 
 def _why_not_int8(op: Op, graph: Graph, original_float: set) -> Optional[str]:
