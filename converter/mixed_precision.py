@@ -40,7 +40,8 @@ RANGE_RATIO_LIMIT = 16.0
 DEFAULT_MIN_SQNR_DB = 20.0
 DEFAULT_MAX_MOVES = 8
 TRIALS_PER_MOVE = 3  # candidates tried per kept move, at most: each trial runs the int8 graph
-ERROR_SAMPLES = 16  # calibration samples the error-driven search runs on
+ERROR_SAMPLES = 16  # calibration samples the error-driven search runs on, at most
+REFERENCE_BYTES = 256 << 20  # the float values of every activation on those samples, at most
 
 
 @dataclass
@@ -86,14 +87,14 @@ def mixed_range_tails(graph: Graph, ranges: dict, limit: float = RANGE_RATIO_LIM
 
 
 def _float_values(float_graph: Graph, batch: dict, names: Optional[set] = None) -> dict:
-    """The float graph's value of every activation (or of ``names``) on ``batch``, as float64."""
+    """The float graph's value of every activation (or of ``names``) on ``batch``."""
     from runtime.interpreter import Interpreter
 
-    values = {n: np.asarray(v, dtype=np.float64) for n, v in batch.items()}
+    values = {n: np.asarray(v, dtype=np.float32) for n, v in batch.items()}
 
     def observe(name, value):
         if names is None or name in names:
-            values[name] = np.asarray(value, dtype=np.float64)
+            values[name] = np.array(value, dtype=np.float32)
 
     Interpreter.from_graph(float_graph).run(batch, observe=observe)
     return values
@@ -114,6 +115,7 @@ def tensor_sqnr(int8_graph: Graph, batches: list, names: Optional[set] = None) -
             if expected is None or value is None or (names is not None and name not in names):
                 return
             tensor = int8_graph[name]
+            expected = expected.astype(np.float64)
             if tensor.quant is not None and tensor.dtype.kind in "iu":
                 got = dequantize(np.asarray(value), tensor)
             else:
@@ -173,7 +175,7 @@ def choose_float_ops(float_graph: Graph, ranges: dict, samples: dict, quantize, 
 
     choice = FloatChoice(reasons=mixed_range_tails(float_graph, ranges))
     graph = quantize(choice.reasons)
-    total = min(ERROR_SAMPLES, next(iter(samples.values())).shape[0])
+    total = min(ERROR_SAMPLES, _samples_within(REFERENCE_BYTES, float_graph), len(next(iter(samples.values()))))
     step = default_batch_size(float_graph)
     inputs = [{n: samples[n][start:min(start + step, total)] for n in float_graph.inputs}
               for start in range(0, total, step)]
@@ -209,6 +211,13 @@ def choose_float_ops(float_graph: Graph, ranges: dict, samples: dict, quantize, 
     if bar is not None:
         bar.close()
     return graph, choice
+
+
+def _samples_within(budget: int, graph: Graph) -> int:
+    """How many samples' float activations fit in ``budget`` bytes (at least one)."""
+    per_sample = sum(int(np.prod(t.shape[1:], dtype=np.int64)) * 4
+                     for t in graph.tensors.values() if t.data is None and t.shape)
+    return max(1, budget // max(per_sample, 1))
 
 
 def _progress_bar(total: int, enabled: bool):
