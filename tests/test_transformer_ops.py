@@ -164,3 +164,66 @@ def test_pytorch_decomposed_layer_norm_converts_through_the_per_op_rules():
     graph = assert_float_matches_onnxruntime(pytorch_decomposed_layer_norm_model((1, 6, 16)))
     assert "TRANSPOSE" not in op_types(graph)
     assert "DIV" in op_types(graph) and "SQRT" in op_types(graph)
+
+
+# -- GELU written with Erf ---------------------------------------------------------------------------
+
+def erf_gelu_nodes(ordering: str) -> tuple:
+    """(nodes, initializers) of x * 0.5 * (1 + erf(x / sqrt 2)) as exporters write it."""
+    if ordering == "div_then_times_x_then_half":  # torch.onnx: ((x * (1 + erf(x / 1.4142))) * 0.5)
+        scale = [helper.make_node("Div", ["x", "sqrt_two"], ["scaled"])]
+        tail = [helper.make_node("Mul", ["x", "one_plus_erf"], ["product"]),
+                helper.make_node("Mul", ["product", "half"], ["y"])]
+    elif ordering == "mul_then_half_then_times_x":  # ((0.5 * (1 + erf(x * 0.7071))) * x)
+        scale = [helper.make_node("Mul", ["x", "inverse_sqrt_two"], ["scaled"])]
+        tail = [helper.make_node("Mul", ["half", "one_plus_erf"], ["product"]),
+                helper.make_node("Mul", ["product", "x"], ["y"])]
+    else:  # "half_x_first": ((x * 0.5) * (1 + erf(x / 1.4142)))
+        scale = [helper.make_node("Div", ["x", "sqrt_two"], ["scaled"])]
+        tail = [helper.make_node("Mul", ["x", "half"], ["half_x"]),
+                helper.make_node("Mul", ["half_x", "one_plus_erf"], ["y"])]
+    nodes = scale + [helper.make_node("Erf", ["scaled"], ["erf"], name="erf"),
+                     helper.make_node("Add", ["one", "erf"], ["one_plus_erf"])] + tail
+    inits = [const("sqrt_two", np.float32(1.4142)), const("inverse_sqrt_two", np.float32(0.7071)),
+             const("one", np.float32(1.0)), const("half", np.float32(0.5))]
+    return nodes, inits
+
+
+def erf_gelu_model(ordering, shape=(1, 4, 3, 5)):
+    nodes, inits = erf_gelu_nodes(ordering)
+    return make_model(nodes, [("x", list(shape))], ["y"], inits)
+
+
+GELU_ORDERINGS = ["div_then_times_x_then_half", "mul_then_half_then_times_x", "half_x_first"]
+
+
+@pytest.mark.parametrize("ordering", GELU_ORDERINGS)
+def test_erf_gelu_pattern_becomes_one_gelu_op(ordering):
+    graph = assert_float_matches_onnxruntime(erf_gelu_model(ordering), tolerance=1e-4)
+    assert op_types(graph) == ["GELU"]
+    assert graph.ops[0].options["approximate"] is False
+
+
+def test_erf_gelu_after_a_projection_keeps_the_projection():
+    nodes, inits = erf_gelu_nodes("div_then_times_x_then_half")
+    nodes = [helper.make_node("MatMul", ["input", "w"], ["x"])] + nodes
+    model = make_model(nodes, [("input", [1, 6, 8])], ["y"], inits + [random_const("w", 8, 5)])
+    graph = assert_float_matches_onnxruntime(model, tolerance=1e-4)
+    assert op_types(graph) == ["FULLY_CONNECTED", "GELU"]
+
+
+def test_erf_whose_intermediate_is_used_elsewhere_is_not_fused_and_is_refused():
+    nodes, inits = erf_gelu_nodes("div_then_times_x_then_half")
+    model = make_model(nodes, [("x", [1, 8])], ["y", "erf"], inits)
+    with pytest.raises(ModelError, match="Erf node 'erf': TFLite has no ERF operator"):
+        import_onnx(model)
+
+
+def test_lone_erf_is_refused_naming_the_node():
+    model = make_model([helper.make_node("Erf", ["x"], ["y"], name="lonely")], [("x", [1, 8])], ["y"])
+    with pytest.raises(ModelError, match="Erf node 'lonely'.*GELU"):
+        import_onnx(model)
+
+
+def test_erf_gelu_int8_matches_litert_reference():
+    assert_int8_matches_litert_reference(erf_gelu_model("half_x_first", (1, 6, 16)), int8_ops=["GELU"])

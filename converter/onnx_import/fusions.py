@@ -1,0 +1,137 @@
+"""ONNX subgraphs that TFLite holds as one builtin, rewritten into one ONNX node before the op rules run.
+
+GELU: exporters write x * 0.5 * (1 + Erf(x / sqrt(2))) (nn.GELU before ONNX had a Gelu op). TFLite has
+no ERF, but GELU computes exactly this, so the pattern becomes one ONNX ``Gelu`` node.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+from onnx import helper
+
+from .load import PreparedModel
+
+# Exporters round the constants (1.4142, 0.7071); anything this close is sqrt(2) or 1/sqrt(2).
+RELATIVE_TOLERANCE = 1e-3
+
+
+class _Graph:
+    """Producer and consumer lookups over the prepared model."""
+
+    def __init__(self, prepared: PreparedModel):
+        graph = prepared.proto.graph
+        self.constants = prepared.constants
+        self.outputs = {out.name for out in graph.output}
+        self.producer = {name: node for node in graph.node for name in node.output}
+        self.consumers: dict = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+
+    def scalar(self, name: str) -> Optional[float]:
+        data = self.constants.get(name)
+        if data is None or np.asarray(data).size != 1 or np.asarray(data).dtype.kind != "f":
+            return None
+        return float(np.asarray(data).reshape(()))
+
+    def sole_consumer(self, name: str, op_type: str):
+        """The one node reading ``name`` if it is an ``op_type`` and ``name`` is no graph output."""
+        users = self.consumers.get(name, [])
+        if len(users) != 1 or name in self.outputs or users[0].op_type != op_type:
+            return None
+        return users[0]
+
+    def split_constant(self, node, value: float):
+        """(the other input, True) when one input of a binary ``node`` is the scalar ``value``."""
+        for const_index in (1, 0) if node.op_type in ("Mul", "Add") else (1,):
+            constant = self.scalar(node.input[const_index])
+            if constant is not None and math.isclose(constant, value, rel_tol=RELATIVE_TOLERANCE):
+                return node.input[1 - const_index]
+        return None
+
+
+def _other_input(node, name: str) -> Optional[str]:
+    if list(node.input).count(name) != 1:
+        return None
+    return node.input[1] if node.input[0] == name else node.input[0]
+
+
+def _erf_argument(g: _Graph, erf) -> Optional[tuple]:
+    """(x, node) when Erf reads x / sqrt(2) or x * (1 / sqrt(2)) computed by ``node`` for Erf alone."""
+    node = g.producer.get(erf.input[0])
+    if node is None or g.sole_consumer(erf.input[0], "Erf") is None:
+        return None
+    if node.op_type == "Div":
+        x = g.split_constant(node, math.sqrt(2.0))
+    elif node.op_type == "Mul":
+        x = g.split_constant(node, 1.0 / math.sqrt(2.0))
+    else:
+        return None
+    return (x, node) if x is not None and x not in g.constants else None
+
+
+def _half_of(g: _Graph, name: str, x: str):
+    """The node computing ``name`` = x * 0.5 (or x / 2), or None."""
+    node = g.producer.get(name)
+    if node is None or node.op_type not in ("Mul", "Div"):
+        return None
+    half = g.split_constant(node, 0.5 if node.op_type == "Mul" else 2.0)
+    return node if half == x else None
+
+
+def match_erf_gelu(g: _Graph, erf) -> Optional[tuple]:
+    """(x, nodes of the pattern, output) for the GELU around ``erf``, in the common exporter orderings:
+    ((x * (1 + erf)) * 0.5), ((0.5 * (1 + erf)) * x) and ((x * 0.5) * (1 + erf))."""
+    argument = _erf_argument(g, erf)
+    if argument is None:
+        return None
+    x, scale_node = argument
+    add = g.sole_consumer(erf.output[0], "Add")
+    if add is None or g.split_constant(add, 1.0) != erf.output[0]:
+        return None
+    product = g.sole_consumer(add.output[0], "Mul")
+    if product is None:
+        return None
+    other = _other_input(product, add.output[0])
+    if other is None:
+        return None
+    if other == x or g.scalar(other) is not None and math.isclose(g.scalar(other), 0.5, rel_tol=RELATIVE_TOLERANCE):
+        last = g.sole_consumer(product.output[0], "Mul")
+        wanted = 0.5 if other == x else None
+        if last is None:
+            return None
+        rest = _other_input(last, product.output[0])
+        if wanted is not None and (g.scalar(rest) is None or not math.isclose(g.scalar(rest), 0.5, rel_tol=RELATIVE_TOLERANCE)):
+            return None
+        if wanted is None and rest != x:
+            return None
+        return x, [scale_node, erf, add, product, last], last.output[0]
+    half = _half_of(g, other, x)
+    if half is None or g.sole_consumer(other, "Mul") is not product:
+        return None
+    return x, [scale_node, erf, add, half, product], product.output[0]
+
+
+def fuse_erf_gelu(prepared: PreparedModel) -> int:
+    """Replace every GELU written with Erf by one ``Gelu`` node, in place; return how many."""
+    g = _Graph(prepared)
+    graph = prepared.proto.graph
+    replaced: dict = {}  # id of the pattern's last node -> the Gelu node taking its place
+    dropped: set = set()
+    for erf in [node for node in graph.node if node.op_type == "Erf"]:
+        match = match_erf_gelu(g, erf)
+        if match is None:
+            continue
+        x, nodes, output = match
+        if any(id(node) in dropped for node in nodes):
+            continue
+        dropped.update(id(node) for node in nodes)
+        replaced[id(nodes[-1])] = helper.make_node("Gelu", [x], [output], name=erf.name or output)
+    if not replaced:
+        return 0
+    kept = [replaced.get(id(node), node) for node in graph.node if id(node) not in dropped or id(node) in replaced]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return len(replaced)
