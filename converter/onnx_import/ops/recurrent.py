@@ -214,8 +214,10 @@ def initial_states(unroller: Unroller, name: Optional[str], seq: Sequence, kind:
         states = layout.to_storage(ctx.const(name).astype(np.float32), seq.state_perm)  # [B, D, H]
         return [unroller.const(f"{kind}_{d}", states[:, d]) if np.any(states[:, d]) else None
                 for d in range(len(seq.directions))]
-    stored = ctx.stored(name, seq.state_perm)
-    return unroller.unpack(stored, 1, kind)
+    value = ctx.value(name)
+    if value.perm[-1] == 2:  # hidden stored last: unpack the directions where they are stored
+        return unroller.unpack(value.ir, value.perm.index(seq.state_perm[1]), kind)
+    return unroller.unpack(ctx.stored(name, seq.state_perm), 1, kind)
 
 
 def biases(ctx, node, gates: int, hidden: int, directions: int) -> tuple:
