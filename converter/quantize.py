@@ -112,6 +112,7 @@ RULES: dict = {
     "MINIMUM": SHARED,
     "REDUCE_MAX": SHARED,
     "REDUCE_MIN": SHARED,
+    "SELECT_V2": SHARED,  # picks stored values of x or y; the condition is bool
 }
 
 # The real-valued range a fused activation (or the same activation as an op) clamps its output to.

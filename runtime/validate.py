@@ -59,6 +59,7 @@ _ARITY = {
     "BROADCAST_TO": (2, 2, 1, 1),
     "SHAPE": (1, 1, 1, 1),
     "CAST": (1, 1, 1, 1),
+    "SELECT_V2": (3, 3, 1, 1),
 }
 _BINARY = ("ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM", "SQUARED_DIFFERENCE", "POW")
 _REDUCERS = ("MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN", "REDUCE_PROD", "REDUCE_ANY", "REDUCE_ALL")
@@ -453,6 +454,14 @@ def _broadcast_shape(op, inputs, where):
         raise ModelError(f"{where}: input shapes {list(a)} and {list(b)} do not broadcast") from None
 
 
+def _select_shape(op, inputs, where):
+    shapes = [t.shape for t in inputs]
+    try:
+        return np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise ModelError(f"{where}: input shapes {[list(s) for s in shapes]} do not broadcast") from None
+
+
 def _same_shape(op, inputs, where):
     return inputs[0].shape
 
@@ -580,6 +589,7 @@ _SHAPE_RULES = {
     "GATHER": _gather_shape,
     "RESHAPE": _reshape_shape,
     "PRELU": _broadcast_shape,
+    "SELECT_V2": _select_shape,
     **{op_type: _broadcast_shape for op_type in _BINARY},
     **{op_type: _same_shape for op_type in _UNARY_SAME_SHAPE},
 }

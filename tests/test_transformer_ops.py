@@ -227,3 +227,48 @@ def test_lone_erf_is_refused_naming_the_node():
 
 def test_erf_gelu_int8_matches_litert_reference():
     assert_int8_matches_litert_reference(erf_gelu_model("half_x_first", (1, 6, 16)), int8_ops=["GELU"])
+
+
+# -- Where ---------------------------------------------------------------------------------------------
+
+def causal_mask(size: int) -> np.ndarray:
+    return np.tril(np.ones((size, size), bool))
+
+
+def masked_scores_model(shape=(1, 2, 5, 5)):
+    """Attention scores with a constant causal mask: Where(mask, scores, -10000)."""
+    nodes = [helper.make_node("Where", ["mask", "scores", "fill"], ["y"], name="mask_scores")]
+    inits = [const("mask", causal_mask(shape[-1])[None, None]), const("fill", np.float32(-1e4))]
+    return make_model(nodes, [("scores", list(shape))], ["y"], inits)
+
+
+def test_where_with_constant_mask_is_select_v2_in_the_scores_layout():
+    graph = assert_float_matches_onnxruntime(masked_scores_model())
+    assert op_types(graph) == ["SELECT_V2"]
+    mask = graph[graph.ops[0].inputs[0]]
+    assert mask.dtype == np.bool_ and mask.shape == (1, 5, 5, 1)  # the NCHW [1, 1, 5, 5] mask, stored NHWC
+
+
+def test_where_with_a_computed_condition_matches_onnxruntime():
+    nodes = [helper.make_node("Where", ["condition", "x", "y"], ["z"])]
+    model = make_model(nodes, [("condition", [1, 3, 4]), ("x", [1, 3, 4]), ("y", [4])], ["z"],
+                       input_types={"condition": TensorProto.BOOL})
+    assert "SELECT_V2" in op_types(assert_float_matches_onnxruntime(model))
+
+
+def test_where_on_float64_values_is_refused_by_name():
+    nodes = [helper.make_node("Where", ["mask", "x", "x"], ["z"], name="pick")]
+    model = make_model(nodes, [("x", [1, 4])], ["z"], [const("mask", np.array([True, False, True, False]))],
+                       input_types={"x": TensorProto.DOUBLE}, output_type=TensorProto.DOUBLE)
+    with pytest.raises(ModelError, match="Where node 'pick'.*float64"):
+        import_onnx(model)
+
+
+def test_where_int8_shares_params_and_matches_litert_reference():
+    nodes = [helper.make_node("Mul", ["x", "three"], ["tripled"]),
+             helper.make_node("Where", ["mask", "x", "tripled"], ["y"])]
+    inits = [const("three", np.float32(3.0)), const("mask", causal_mask(6)[None])]
+    qgraph = assert_int8_matches_litert_reference(make_model(nodes, [("x", [1, 6, 6])], ["y"], inits),
+                                                  int8_ops=["SELECT_V2"])
+    select = next(op for op in qgraph.ops if op.type == "SELECT_V2")
+    assert qgraph[select.outputs[0]].quant == qgraph[select.inputs[1]].quant

@@ -7,6 +7,7 @@ from runtime.kernels import compiled, register
 from runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
 from runtime.kernels.common import fused_activation, require_float, with_activation
 from runtime.kernels.requantize import activation_range, saturate, scale_and_zero_point
+from runtime.model import ModelError
 
 
 def _squared_difference(a, b):
@@ -139,3 +140,19 @@ _INTEGER_PREPARES = {
     "MAXIMUM": _prepare_max_min_int,
     "MINIMUM": _prepare_max_min_int,
 }
+
+
+# -- SELECT_V2 ---------------------------------------------------------------------------------------
+
+@register("SELECT_V2")
+def prepare_select_v2(op, graph):
+    """condition ? x : y, broadcasting all three. It only picks stored values, so the int8 form is
+    the same (x, y and the output share one scale and zero point, as the quantizer gives them)."""
+    x, y, out = graph[op.inputs[1]], graph[op.inputs[2]], graph[op.outputs[0]]
+    if x.dtype != y.dtype or x.dtype != out.dtype:
+        raise ModelError(f"op {op}: x ({x.dtype}), y ({y.dtype}) and output ({out.dtype}) must have one type")
+    if out.quant is not None and not (x.quant == y.quant == out.quant):
+        raise ModelError(f"op {op}: quantized x, y and output must share their scale and zero point")
+    if graph[op.inputs[0]].dtype != np.bool_:
+        raise ModelError(f"op {op}: the condition must be bool")
+    return np.where

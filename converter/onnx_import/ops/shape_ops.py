@@ -1,4 +1,4 @@
-"""Reshape-like ops, Transpose, Concat, Split, Slice, Gather, Pad, Expand, DepthToSpace/SpaceToDepth.
+"""Reshape-like ops, Transpose, Concat, Split, Slice, Gather, Pad, Expand, DepthToSpace/SpaceToDepth, Where.
 
 These mostly rewrite layouts rather than move data: Transpose only changes the layout; Reshape,
 Flatten, Squeeze and Unsqueeze pick the output layout in which they are a plain storage reshape;
@@ -14,7 +14,7 @@ from .. import layout
 from ..context import Value
 from ..padding import NHWC
 from . import node_label, rule
-from .elementwise import reference_perm
+from .elementwise import broadcast_shape, reference_perm
 
 
 def feeds_fully_connected_only(ctx, name: str) -> bool:
@@ -240,3 +240,23 @@ def convert_depth_space(ctx, node, attrs):
     out = ctx.define(node.output[0], NHWC)
     tfl_type = "DEPTH_TO_SPACE" if node.op_type == "DepthToSpace" else "SPACE_TO_DEPTH"
     ctx.emit(tfl_type, [x_ir], [out], {"block_size": int(attrs["blocksize"])}, node)
+
+
+@rule("Where")
+def convert_where(ctx, node, attrs):
+    """SELECT_V2 broadcasts condition, x and y as ONNX Where does; the result takes the layout of the
+    highest-rank activation, constants (an attention mask) are laid out to match it."""
+    names = list(node.input)
+    if ctx.dtype(names[1]).name not in SELECT_TYPES:
+        raise ModelError(f"{node_label(node)}: Where on {ctx.dtype(names[1]).name} values: TFLite's SELECT_V2 "
+                         f"selects only {', '.join(sorted(SELECT_TYPES))}")
+    perm = reference_perm(ctx, names)
+    shape = broadcast_shape(ctx, names)
+    if len(shape) != len(perm):
+        perm = layout.identity(len(shape))
+    out = ctx.define(node.output[0], perm, shape)
+    ctx.emit("SELECT_V2", [ctx.broadcast_operand(n, perm) for n in names], [out], {}, node)
+
+
+# The value types LiteRT's SELECT_V2 kernel selects.
+SELECT_TYPES = {"bool", "float32", "int8", "uint8", "int16", "int32", "int64"}
