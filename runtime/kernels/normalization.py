@@ -1,11 +1,22 @@
-"""LOCAL_RESPONSE_NORMALIZATION over the channel (last) axis:
-out = x / (bias + alpha * sum_{c-radius..c+radius} x^2) ^ beta."""
+"""Normalizations over the channel (last) axis.
+
+LOCAL_RESPONSE_NORMALIZATION: out = x / (bias + alpha * sum_{c-radius..c+radius} x^2) ^ beta.
+L2_NORMALIZATION: out = x / max(sqrt(sum x^2), 1e-6); its int8 kernel is TFLite's
+reference_integer_ops::L2Normalization: the integer sum of squared (x - zero point) gives an inverse
+square root as a Q31 multiplier and shift (GetInvSqrtQuantizedMultiplierExp), which scales every
+x - zero point to the fixed output scale 1/128 (zero point 0).
+"""
 from __future__ import annotations
 
 import numpy as np
 
+from runtime.fixedpoint import get_inv_sqrt_quantized_multiplier_exp, multiply_by_quantized_multiplier
 from runtime.kernels import register
 from runtime.kernels.common import require_float
+from runtime.model import ModelError
+
+L2_NORM_EPSILON = np.float32(1e-6)  # LiteRT's float kernel divides by at least this
+L2_NORM_OUTPUT_SCALE_BITS = 7  # int8 output scale 1/128 = 2^-7
 
 
 @register("LOCAL_RESPONSE_NORMALIZATION")
@@ -31,3 +42,38 @@ def prepare_local_response_normalization(op, graph):
         return x / np.power(square_sum, beta)
 
     return local_response_normalization
+
+
+@register("L2_NORMALIZATION")
+def prepare_l2_normalization(op, graph):
+    if op.options.get("fused_activation_function", "NONE") not in ("NONE", "", None):
+        raise ModelError(f"op {op}: L2_NORMALIZATION takes no fused activation")
+    if graph[op.inputs[0]].dtype == np.int8:
+        return _prepare_l2_normalization_int8(op, graph)
+    require_float(op, graph)
+
+    def l2_normalization(x):
+        norm = np.sqrt(np.einsum("...c,...c->...", x, x, dtype=np.float32))[..., None]
+        return x / np.maximum(norm, L2_NORM_EPSILON)
+
+    return l2_normalization
+
+
+def _prepare_l2_normalization_int8(op, graph):
+    x, y = graph[op.inputs[0]], graph[op.outputs[0]]
+    if x.quant is None or y.quant is None or y.dtype != np.int8:
+        raise ModelError(f"op {op}: int8 L2_NORMALIZATION needs quantized int8 input and output tensors")
+    if np.float32(y.quant.scale[0]) != np.float32(1 / 128) or int(y.quant.zero_point[0]) != 0:
+        raise ModelError(f"op {op}: int8 L2_NORMALIZATION output must have scale 1/128 and zero point 0")
+    input_zero_point = int(x.quant.zero_point[0])
+
+    def l2_normalization_int8(x):
+        centered = x.astype(np.int64) - input_zero_point
+        sum_of_squares = np.einsum("...c,...c->...", centered, centered)[..., None]
+        # reverse_shift -1: the shift comes back as a left shift (<= 0), as MultiplyByQuantizedMultiplier takes it.
+        inv_sqrt_multiplier, inv_sqrt_shift = get_inv_sqrt_quantized_multiplier_exp(sum_of_squares, -1)
+        scaled = multiply_by_quantized_multiplier(centered, inv_sqrt_multiplier,
+                                                  inv_sqrt_shift.astype(np.int64) + L2_NORM_OUTPUT_SCALE_BITS)
+        return np.clip(scaled, -128, 127).astype(np.int8)
+
+    return l2_normalization_int8
