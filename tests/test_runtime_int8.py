@@ -320,8 +320,11 @@ def test_reduce_max_min(op_type, case):
     assert_exact(graph, inputs)
 
 
+# (output size, align_corners, half_pixel_centers) from a 5x7 input: up and down, exact 2x and 4x
+# (what F.interpolate(scale_factor=2) exports) with either flag, and a 1x1 output.
 RESIZE_CASES = [((11, 9), False, False), ((11, 9), True, False), ((11, 9), False, True),
-                ((3, 4), False, False), ((3, 4), False, True), ((10, 14), False, True)]
+                ((3, 4), False, False), ((3, 4), False, True), ((10, 14), False, True),
+                ((10, 14), True, False), ((20, 28), False, True), ((1, 1), False, True)]
 
 
 @pytest.mark.parametrize("op_type", ["RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"])
