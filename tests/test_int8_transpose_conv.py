@@ -17,6 +17,8 @@ from onnx import TensorProto, helper
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 
 from converter.api import convert  # noqa: E402
+from converter.calibrate import calibrate  # noqa: E402
+from converter.quantize import quantize_int8  # noqa: E402
 from converter.tflite_writer import operator_version, write_tflite  # noqa: E402
 from referees import nchw_to_nhwc, nhwc_to_nchw, run_onnxruntime  # noqa: E402
 from runtime.interpreter import Interpreter  # noqa: E402
@@ -318,3 +320,39 @@ def test_converted_conv_transpose_is_int8_and_equals_litert_reference(case, tmp_
 def test_converted_log_softmax_is_int8_and_equals_litert_reference(shape, axis, tmp_path):
     model = log_softmax_model(shape, axis)
     assert_converted_model_is_exact_and_close(model, tmp_path, "LOG_SOFTMAX", layout_nchw=len(shape) == 4)
+
+
+def test_quantized_float_l2_normalization_is_int8_and_equals_litert_reference():
+    # The ONNX importer does not emit L2_NORMALIZATION; a float .tflite holding one is quantized too.
+    rng = np.random.default_rng(6)
+    g = Graph()
+    g.add_tensor(Tensor("x", (1, 4, 4, 8), np.float32))
+    g.add_tensor(Tensor("w", (8, 1, 1, 8), np.float32, rng.standard_normal((8, 1, 1, 8)).astype(np.float32)))
+    g.add_tensor(Tensor("b", (8,), np.float32, rng.standard_normal(8).astype(np.float32)))
+    g.add_tensor(Tensor("features", (1, 4, 4, 8), np.float32))
+    g.add_tensor(Tensor("y", (1, 4, 4, 8), np.float32))
+    g.add_op(Op("CONV_2D", ["x", "w", "b"], ["features"], {"padding": "SAME", "stride_h": 1, "stride_w": 1,
+                                                          "fused_activation_function": "NONE"}))
+    g.add_op(Op("L2_NORMALIZATION", ["features"], ["y"], {"fused_activation_function": "NONE"}))
+    g.inputs, g.outputs = ["x"], ["y"]
+    samples = rng.standard_normal((8, 4, 4, 8)).astype(np.float32)
+    quantized = quantize_int8(g, calibrate(g, {"x": samples}, progress=False))
+    l2 = next(op for op in quantized.ops if op.type == "L2_NORMALIZATION")
+    assert quantized[l2.inputs[0]].dtype == np.int8 and not quantized.float_ops
+
+    content = write_tflite(quantized)
+    theirs = litert.Interpreter(model_content=content, experimental_op_resolver_type=litert.OpResolverType.BUILTIN_REF,
+                                experimental_preserve_all_tensors=True, num_threads=1)
+    ours = Interpreter(model_content=content, experimental_preserve_all_tensors=True)
+    for interpreter in (theirs, ours):
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], samples[:1])
+        interpreter.invoke()
+    for detail in ours.get_tensor_details():
+        if detail["dtype"] == np.int8 and quantized.tensors[detail["name"]].data is None:
+            assert np.array_equal(theirs.get_tensor(detail["index"]), ours.get_tensor(detail["index"])), detail["name"]
+    # The kernel's own error: against the exact L2 normalization of the int8 features it gets.
+    index = {d["name"]: d["index"] for d in ours.get_tensor_details()}
+    features = ours.get_tensor(index[l2.inputs[0]]).astype(np.float64) - quantized[l2.inputs[0]].quant.zero_point[0]
+    expected = features / np.linalg.norm(features, axis=-1, keepdims=True)
+    assert np.max(np.abs(ours.get_tensor(index[l2.outputs[0]]) / 128 - expected)) <= 1 / 128

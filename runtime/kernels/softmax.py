@@ -1,6 +1,6 @@
 """SOFTMAX and LOG_SOFTMAX over the last axis: exp(beta * (x - max)) / sum, and its log.
 
-The int8 kernel is TFLite's reference one (reference_ops::Softmax), gemmlowp fixed point: each
+The int8 SOFTMAX is TFLite's reference kernel (reference_ops::Softmax), gemmlowp fixed point: each
 difference x - max >= diff_min is rescaled by input_beta_multiplier * 2^input_beta_left_shift to
 Q5.26, exponentiated to Q0.31, summed in Q12.19; the reciprocal of the sum (GetReciprocal) scales each
 exponential to the output (int8 with zero point -128 and scale 1/256, or int16 with -32768 and
@@ -213,6 +213,7 @@ def _prepare_log_softmax_int8(op, graph):
     def log_softmax(x):
         x = x.astype(np.int32)
         negated_diff = x.max(axis=-1, keepdims=True) - x
+        # An int32 sum as the reference's F12 additions (it only wraps past 4096 terms of 2^19).
         sum_of_exps_in_q12 = _fixed_add(sum_term_table[negated_diff].sum(axis=-1, keepdims=True), 0)
         log_sum_of_exps_in_q5 = log_x_for_x_greater_than_or_equal_to_1(
             sum_of_exps_in_q12, ACCUMULATION_INTEGER_BITS, SCALED_DIFF_INTEGER_BITS)
