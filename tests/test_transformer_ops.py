@@ -57,18 +57,19 @@ def op_types(graph) -> list:
     return [op.type for op in graph.ops]
 
 
-def assert_float_matches_onnxruntime(model, tolerance=1e-5):
-    """Convert (NHWC boundary), run on our runtime and LiteRT, compare each output with onnxruntime."""
+def assert_float_matches_onnxruntime(model, tolerance=1e-5, keep_onnx_layout=False):
+    """Convert, run on our runtime and LiteRT, compare each output with onnxruntime."""
     feeds = random_feeds(model)
     expected = run_onnxruntime(model, feeds)
-    graph = import_onnx(model)
+    graph = import_onnx(model, keep_onnx_layout=keep_onnx_layout)
     content = write_tflite(graph)
-    storage_feeds = [nchw_to_nhwc(feeds[i.name]) for i in model.graph.input]
+    to_storage, from_storage = (lambda a: a, lambda a: a) if keep_onnx_layout else (nchw_to_nhwc, nhwc_to_nchw)
+    storage_feeds = [to_storage(feeds[i.name]) for i in model.graph.input]
     for engine in (run_litert, run_edgeq):
         outputs = engine(content, storage_feeds)
         assert len(outputs) == len(expected)
         for got, want in zip(outputs, expected):
-            got = nhwc_to_nchw(got).reshape(want.shape)
+            got = from_storage(got).reshape(want.shape)
             assert relative_max_error(got, want) <= tolerance, engine.__name__
     return graph
 
@@ -272,3 +273,78 @@ def test_where_int8_shares_params_and_matches_litert_reference():
                                                   int8_ops=["SELECT_V2"])
     select = next(op for op in qgraph.ops if op.type == "SELECT_V2")
     assert qgraph[select.outputs[0]].quant == qgraph[select.inputs[1]].quant
+
+
+# -- Einsum --------------------------------------------------------------------------------------------
+
+def einsum_model(equation, shapes, constant_right=False):
+    names = ["a", "b"][:len(shapes)]
+    node = helper.make_node("Einsum", names, ["y"], equation=equation, name="einsum")
+    inputs = list(zip(names, [list(s) for s in shapes]))
+    inits = []
+    if constant_right:
+        inits = [random_const("b", *shapes[1])]
+        inputs = inputs[:1]
+    return make_model([node], inputs, ["y"], inits, opset=12)
+
+
+@pytest.mark.parametrize("equation, shapes, adjoints", [
+    ("bhqd,bhkd->bhqk", [(1, 2, 5, 4), (1, 2, 6, 4)], (False, True)),  # attention scores: K read transposed
+    ("bhqk,bhkd->bhqd", [(1, 2, 5, 6), (1, 2, 6, 4)], (False, False)),  # attention-weighted values
+    ("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)], (False, False)),
+    ("...ij,...jk->...ik", [(1, 2, 3, 4), (1, 2, 4, 5)], (False, False)),
+    ("bji,bjk->bik", [(2, 4, 3), (2, 4, 5)], (True, False)),
+])
+def test_einsum_attention_products_are_one_batch_matmul_without_transposes(equation, shapes, adjoints):
+    graph = assert_float_matches_onnxruntime(einsum_model(equation, shapes), keep_onnx_layout=True)
+    assert op_types(graph) == ["BATCH_MATMUL"]
+    options = graph.ops[0].options
+    assert (options["adj_x"], options["adj_y"]) == adjoints
+
+
+def test_einsum_with_heads_after_the_sequence_transposes_each_operand_once():
+    graph = assert_float_matches_onnxruntime(einsum_model("bqhd,bkhd->bhqk", [(1, 5, 2, 4), (1, 6, 2, 4)]),
+                                             keep_onnx_layout=True)
+    assert op_types(graph).count("BATCH_MATMUL") == 1
+    assert op_types(graph).count("TRANSPOSE") <= 2
+
+
+@pytest.mark.parametrize("equation, shapes", [
+    ("bid,jd->bij", [(1, 6, 8), (5, 8)]),  # a Linear layer with torch's [out, in] weight
+    ("bi,ij->bj", [(3, 8), (8, 5)]),
+    ("bsd,dhk->bshk", [(1, 6, 8), (8, 2, 3)]),  # a projection split into heads
+])
+def test_einsum_with_a_constant_weight_is_fully_connected(equation, shapes):
+    graph = assert_float_matches_onnxruntime(einsum_model(equation, shapes, constant_right=True),
+                                             keep_onnx_layout=True)
+    assert "FULLY_CONNECTED" in op_types(graph) and "TRANSPOSE" not in op_types(graph)
+
+
+@pytest.mark.parametrize("equation, shapes", [
+    ("bhqd,bkhd->bqhk", [(1, 2, 5, 4), (1, 6, 2, 4)]),
+    ("ij,jk", [(3, 4), (4, 5)]),  # implicit output: "ik"
+    ("bij,bkj->bjik", [(2, 3, 4), (2, 5, 4)]),  # a batch letter that is not leading in the output
+    ("bij,bjk->bk", [(2, 3, 4), (2, 4, 5)]),  # a letter only one operand has is summed first
+    ("bqd,bkd->bqk", [(2, 1, 4), (2, 6, 4)]),
+])
+def test_einsum_general_two_operand_forms_match_onnxruntime(equation, shapes):
+    assert "BATCH_MATMUL" in op_types(assert_float_matches_onnxruntime(einsum_model(equation, shapes)))
+
+
+@pytest.mark.parametrize("equation, shape", [("ij->ji", (3, 4)), ("bij->bj", (2, 3, 4)), ("bchw->bhwc", (1, 3, 4, 5))])
+def test_einsum_of_one_operand_is_a_layout_or_a_sum(equation, shape):
+    graph = assert_float_matches_onnxruntime(einsum_model(equation, [shape]))
+    assert set(op_types(graph)) <= {"SUM", "TRANSPOSE", "RESHAPE"}
+
+
+@pytest.mark.parametrize("equation, shapes, reason", [
+    ("ii->i", [(4, 4)], "diagonal"),
+    ("i,i", [(5,), (5,)], "scalar"),
+    ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 5)], "one or two operands"),
+])
+def test_unsupported_einsum_is_refused_naming_node_and_equation(equation, shapes, reason):
+    names = ["a", "b", "c"][:len(shapes)]
+    node = helper.make_node("Einsum", names, ["y"], equation=equation, name="einsum")
+    model = make_model([node], list(zip(names, [list(s) for s in shapes])), ["y"], opset=12)
+    with pytest.raises(ModelError, match=f"Einsum node 'einsum' \\(equation '{equation}'\\).*{reason}"):
+        import_onnx(model)

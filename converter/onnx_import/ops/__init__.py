@@ -28,5 +28,5 @@ def node_label(node) -> str:
     return f"{node.op_type} node '{node.name or node.output[0]}'"
 
 
-from . import activations, conv, elementwise, gemm, normalization, pooling, reduce, resize, shape_ops, softmax  # noqa: E402,F401
+from . import activations, conv, einsum, elementwise, gemm, normalization, pooling, reduce, resize, shape_ops, softmax  # noqa: E402,F401
 from . import recurrent  # noqa: E402,F401
