@@ -22,6 +22,7 @@ from converter.quantize import quantize_int8  # noqa: E402
 from converter.tflite_writer import operator_version, write_tflite  # noqa: E402
 from referees import nchw_to_nhwc, nhwc_to_nchw, run_onnxruntime  # noqa: E402
 from runtime.interpreter import Interpreter  # noqa: E402
+from runtime.kernels import compiled  # noqa: E402
 from runtime.model import Graph, Op, QuantParams, Tensor  # noqa: E402
 from test_runtime_int8 import assert_exact, max_diff_default_kernels, random_int8  # noqa: E402
 
@@ -32,6 +33,15 @@ FLOAT_TOLERANCE_STEPS = 6
 
 
 # -- single-op TRANSPOSE_CONV ------------------------------------------------------------------------
+
+@pytest.fixture(params=["numpy", "compiled"])
+def kernel_path(request, monkeypatch):
+    """Kernels prepared inside the test use the numpy requantization, then the compiled one."""
+    if request.param == "compiled" and not compiled.available():
+        pytest.skip("numba is not installed (pip install edgeq[fast])")
+    monkeypatch.setattr(compiled, "ENABLED", request.param == "compiled")
+    return request.param
+
 
 def transpose_conv_graph(x_shape, out_hw, k, stride, padding, out_c=5, bias=True, act="NONE",
                          in_q=(0.05, 3), out_q=(0.2, -5), seed=0):
@@ -73,7 +83,7 @@ GEOMETRIES = list(itertools.product([1, 2, 3, 4], [1, 2, 3], ["SAME", "VALID"]))
 
 
 @pytest.mark.parametrize("k, stride, padding", GEOMETRIES)
-def test_transpose_conv_geometries(k, stride, padding):
+def test_transpose_conv_geometries(k, stride, padding, kernel_path):
     for extra in sorted({0, stride - 1}):
         out_hw = (output_size(padding, 5, k, stride, extra), output_size(padding, 6, k, stride, extra))
         graph, inputs = transpose_conv_graph((2, 5, 6, 4), out_hw, k, stride, padding)
@@ -100,7 +110,7 @@ PARAMS = {
 @pytest.mark.parametrize("params", PARAMS)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("act", ["NONE", "RELU", "RELU6", "RELU_N1_TO_1"])
-def test_transpose_conv_params_bias_and_fused_activation(params, bias, act):
+def test_transpose_conv_params_bias_and_fused_activation(params, bias, act, kernel_path):
     graph, inputs = transpose_conv_graph((2, 4, 5, 3), (8, 10), 3, 2, "SAME", bias=bias, act=act,
                                          in_q=PARAMS[params][0], out_q=PARAMS[params][1])
     expected_version = 4 if act != "NONE" else 3 if bias else 2
@@ -108,7 +118,7 @@ def test_transpose_conv_params_bias_and_fused_activation(params, bias, act):
     assert_exact(graph, inputs)
 
 
-def test_transpose_conv_deep_input_uses_an_exact_accumulation():
+def test_transpose_conv_deep_input_uses_an_exact_accumulation(kernel_path):
     # Interior outputs of a 4x4 stride-2 filter sum 4 taps of 1101 channels, about 2^26 here, where
     # float32 drops low bits. Every tap's weights are v + d[ky // 2][kx // 2], so every interior
     # output sums v four times plus all of d, whatever its phase: with a constant input the bias
