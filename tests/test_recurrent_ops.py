@@ -16,7 +16,7 @@ from converter.onnx_import import import_onnx
 from converter.tflite_writer import write_tflite
 from referees import nchw_to_nhwc, relative_max_error, run_edgeq, run_litert, run_onnxruntime
 from runtime.interpreter import Interpreter
-from runtime.model import ModelError
+from runtime.model import Graph, ModelError, Op, QuantParams, Tensor
 
 OPSET = 17
 GATES = {"LSTM": 4, "GRU": 3}
@@ -366,3 +366,19 @@ def test_variable_sequence_lengths_are_refused():
 def test_sequences_shorter_than_the_input_are_refused():
     model = with_extra_input(recurrent_model("LSTM", steps=5, batch=2), 4, "lengths", np.array([5, 3], np.int32))
     assert "sequence_lens" in refusal(model)
+
+
+# -- the cell activations at a scale an LSTM produced -------------------------------------------
+
+def test_int8_tanh_on_a_rounding_tie_equals_litert_reference_kernel():
+    """Scale 0.025459005, zero point 13 (a calibrated LSTM cell state) puts tanh(-0.48372108) * 128 within one
+    float32 ulp of -57.5: the table must use the same float tanh as LiteRT to round it the same way."""
+    graph = Graph()
+    graph.add_tensor(Tensor("x", (256,), np.int8, quant=QuantParams(np.float32(0.025459004566073418), 13)))
+    graph.add_tensor(Tensor("y", (256,), np.int8, quant=QuantParams(1.0 / 128, 0)))
+    graph.add_op(Op("TANH", ["x"], ["y"], {}))
+    graph.inputs, graph.outputs = ["x"], ["y"]
+    content = write_tflite(graph)
+    every_int8 = np.arange(-128, 128, dtype=np.int8)
+    np.testing.assert_array_equal(run_edgeq(content, [every_int8])[0],
+                                  run_litert(content, [every_int8], reference_kernels=True)[0])

@@ -9,6 +9,7 @@ float computation in float32. Eval is one table lookup, exact by construction.
 """
 from __future__ import annotations
 
+import ctypes
 import math
 
 import numpy as np
@@ -194,8 +195,32 @@ def populate_lut_int8(input_scale, input_zero_point, output_scale, output_zero_p
     return _table(quantized)
 
 
-# float32 libm functions, correctly rounded: evaluated in float64 and rounded once to float32.
+def _c_math_function(name: str):
+    """The C math library's float32 ``name`` (expf, tanhf) as a numpy function, or None.
+
+    LiteRT fills its LOGISTIC, TANH, EXP and GELU tables with std::exp/std::tanh on float, that is the
+    C library's expf/tanhf, and those are not correctly rounded everywhere (glibc 2.36's tanhf differs
+    from the correctly rounded value on ~14% of inputs); a table entry whose value sits on a rounding
+    tie then differs by one. Calling the same library gives LiteRT's integers on this machine."""
+    # The process's own symbols first (the libm Python and LiteRT already resolve against), then by name.
+    for library in (None, "libm.so.6", "libm.dylib"):
+        try:
+            function = getattr(ctypes.CDLL(library), name)
+        except (OSError, AttributeError, TypeError):
+            continue
+        function.restype, function.argtypes = ctypes.c_float, [ctypes.c_float]
+        return np.vectorize(function, otypes=[np.float32])
+    return None
+
+
+_C_EXPF = _c_math_function("expf")
+_C_TANHF = _c_math_function("tanhf")
+
+
+# float32 libm functions: the C library's where it loads, else correctly rounded (float64, rounded once).
 def _expf(v):
+    if _C_EXPF is not None:
+        return _C_EXPF(np.asarray(v, np.float32))
     return np.exp(v.astype(np.float64)).astype(np.float32)
 
 
@@ -204,6 +229,8 @@ def _logf(v):
 
 
 def _tanhf(v):
+    if _C_TANHF is not None:
+        return _C_TANHF(np.asarray(v, np.float32))
     return np.tanh(v.astype(np.float64)).astype(np.float32)
 
 
