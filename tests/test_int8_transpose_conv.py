@@ -314,6 +314,7 @@ CONV_TRANSPOSE_CASES = {
     "same_upper": dict(k=3, strides=[2, 2], auto_pad="SAME_UPPER"),
     "rectangular": dict(k=(2, 3), strides=[1, 2], pads=[0, 1, 0, 1]),
     "output_shape": dict(k=3, strides=[2, 2], output_shape=[9, 11]),
+    "output_shape_odd_padding": dict(k=3, strides=[2, 2], output_shape=[10, 12]),
     "no_bias": dict(k=3, strides=[2, 2], bias=False),
 }
 

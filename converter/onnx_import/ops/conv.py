@@ -121,10 +121,11 @@ def convert_conv_transpose(ctx, node, attrs):
         begins = list(attrs["pads"][:2])
     elif auto_pad == "SAME_LOWER":
         begins = [t - t // 2 for t in total_pad]
-    else:  # SAME_UPPER, VALID, or output_shape given: extra at the end
+    elif "output_shape" in attrs and auto_pad in ("NOTSET", ""):
+        # The ONNX spec (and onnxruntime) put an odd padding's extra row at the start here.
+        begins = [max(t, 0) - max(t, 0) // 2 for t in total_pad]
+    else:  # SAME_UPPER or VALID: extra at the end
         begins = [t // 2 if auto_pad.startswith("SAME") else 0 for t in total_pad]
-        if "output_shape" in attrs and auto_pad in ("NOTSET", ""):
-            begins = [max(t, 0) // 2 for t in total_pad]
     canvas = [max(full[i], begins[i] + onnx_out[2 + i]) for i in range(2)]
 
     x_ir = ctx.stored(node.input[0], NHWC)
