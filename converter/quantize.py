@@ -71,6 +71,7 @@ RULES: dict = {
     "PRELU": OWN,
     "HARD_SWISH": OWN,
     "SQUARED_DIFFERENCE": OWN,
+    "BATCH_MATMUL": OWN,  # int8 x int8 with per-tensor params (LiteRT has no per-channel form)
     # Lookup-table unary ops: LiteRT builds the int8 table from the input and output params.
     "GELU": OWN,
     "EXP": OWN,

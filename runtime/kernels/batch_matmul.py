@@ -1,17 +1,27 @@
-"""BATCH_MATMUL: broadcasting matmul over leading axes, with adj_x / adj_y transposing the last two."""
+"""BATCH_MATMUL: broadcasting matmul over leading axes, with adj_x / adj_y transposing the last two.
+
+int8 follows LiteRT's reference kernel: per-tensor params on both operands and the output, the int32
+sum of (lhs - lhs_zero_point) * (rhs - rhs_zero_point), requantized by lhs_scale * rhs_scale /
+output_scale (in double) and saturated to int8 (BATCH_MATMUL has no fused activation).
+"""
 from __future__ import annotations
 
 import numpy as np
 
+from runtime.fixedpoint import multiply_by_quantized_multiplier
 from runtime.kernels import register
 from runtime.kernels.common import require_float
+from runtime.kernels.requantize import exact_matmul_dtype_for, per_channel_multipliers, saturate, scale_and_zero_point
+from runtime.model import ModelError
 
 
 @register("BATCH_MATMUL")
 def prepare_batch_matmul(op, graph):
-    require_float(op, graph, (0, 1))
     adj_x = bool(op.options.get("adj_x", False))
     adj_y = bool(op.options.get("adj_y", False))
+    if graph[op.inputs[0]].dtype == np.int8:
+        return _prepare_int8(op, graph, adj_x, adj_y)
+    require_float(op, graph, (0, 1))
     rhs = graph[op.inputs[1]]
     constant_rhs = None
     if rhs.data is not None:
@@ -29,3 +39,30 @@ def prepare_batch_matmul(op, graph):
         return np.matmul(a, b)
 
     return batch_matmul
+
+
+def _prepare_int8(op, graph, adj_x: bool, adj_y: bool):
+    lhs, rhs, out = graph[op.inputs[0]], graph[op.inputs[1]], graph[op.outputs[0]]
+    if rhs.dtype != np.int8 or out.dtype != np.int8:
+        raise ModelError(f"op {op}: int8 BATCH_MATMUL needs int8 operands and output, not {rhs.dtype} -> {out.dtype}")
+    (lhs_scale, lhs_zero_point), (rhs_scale, rhs_zero_point), (out_scale, out_zero_point) = (
+        scale_and_zero_point(t, op) for t in (lhs, rhs, out))
+    multipliers, shifts = per_channel_multipliers(lhs_scale, [rhs_scale], out_scale, 1)
+    multiplier, shift = int(multipliers[0]), int(shifts[0])
+    depth = lhs.shape[-2] if adj_x else lhs.shape[-1]
+    # Operands minus their zero points lie in [-255, 255]; the float GEMM below is exact for them.
+    dtype = exact_matmul_dtype_for(depth, 255, 255)
+
+    def centered(values, zero_point, adjoint):
+        values = values.astype(dtype) - dtype(zero_point)
+        return np.swapaxes(values, -1, -2) if adjoint else values
+
+    constant_rhs = centered(rhs.data, rhs_zero_point, adj_y) if rhs.data is not None else None
+
+    def batch_matmul_int8(a, b):
+        b = constant_rhs if constant_rhs is not None else centered(b, rhs_zero_point, adj_y)
+        total = np.matmul(centered(a, lhs_zero_point, adj_x), b).astype(np.int64)
+        scaled = multiply_by_quantized_multiplier(total, multiplier, shift).astype(np.int64) + out_zero_point
+        return saturate(scaled, -128, 127, np.int8)
+
+    return batch_matmul_int8
