@@ -246,3 +246,54 @@ def test_quantize_float(kernel_path, out_dtype, q_out):
     g.add_op(Op("QUANTIZE", ["x"], ["y"], {}))
     g.inputs, g.outputs = ["x"], ["y"]
     assert_exact(g, [x[None]])
+
+
+# -- the folded per-channel requantization and the exact float32 GEMM pieces ---------------------------
+
+def test_folded_requantization_equals_fixedpoint():
+    from runtime.fixedpoint import quantize_multiplier
+    from runtime.kernels.requantize import fold_requantization, folded_requantizer
+
+    rng = np.random.default_rng(8)
+    checked = 0
+    for trial in range(200):
+        channels = 11
+        multipliers, shifts = quantize_multiplier(np.exp(rng.uniform(np.log(1e-9), np.log(30), channels)))
+        bound = int(rng.choice([100, 5000, 1 << 20, 1 << 26]))
+        constant_term = rng.integers(-bound, bound, channels)
+        offset = int(rng.integers(-128, 128))
+        acc = rng.integers(-bound, bound + 1, (257, channels))
+        folded = fold_requantization(constant_term, multipliers, shifts, offset, bound)
+        if folded is None:
+            continue
+        checked += 1
+        expected = multiply_by_quantized_multiplier(acc + constant_term, multipliers, shifts).astype(np.int64) + offset
+        wide = np.empty(acc.shape, np.int64)
+        folded_requantizer(folded, -(1 << 40), 1 << 40)(acc.astype(np.float64), wide)
+        assert np.array_equal(wide, expected), trial
+        if compiled.available():
+            got = np.empty(acc.shape, np.int8)
+            compiled.requantize_rows_folded(acc.astype(np.float64), *folded[:5], -128, 127, got)
+            assert np.array_equal(got, np.clip(expected, -128, 127)), trial
+    assert checked > 50
+    # Every tie of a small shift, where the two roundings of the double-rounding form show.
+    acc = np.arange(-70000, 70000).reshape(-1, 1)
+    for shift in range(-12, 3):
+        for multiplier in (1 << 30, (1 << 31) - 1, 1518500250, (1 << 30) | 1):
+            folded = fold_requantization([0], [multiplier], [shift], 5, 70000)
+            expected = np.clip(multiply_by_quantized_multiplier(acc, multiplier, shift).astype(np.int64) + 5, -128, 127)
+            got = np.empty(acc.shape, np.int8)
+            folded_requantizer(folded, -128, 127)(acc.astype(np.float32), got)
+            assert np.array_equal(got, expected), (shift, multiplier)
+
+
+def test_exact_float32_chunks_bound_every_channel():
+    from runtime.kernels.requantize import FLOAT32_EXACT_LIMIT, exact_float32_chunks
+
+    weights = np.random.default_rng(9).integers(-127, 128, (64, 4608))
+    chunks = exact_float32_chunks(weights, 128)
+    assert len(chunks) > 1 and chunks[0].start == 0 and chunks[-1].stop == 4608
+    assert all(a.stop == b.start for a, b in zip(chunks, chunks[1:]))
+    for chunk in chunks:
+        assert (np.abs(weights[:, chunk]).sum(axis=1) * 128).max() < FLOAT32_EXACT_LIMIT
+    assert exact_float32_chunks(weights[:, :1000], 128) == [slice(0, 1000)]

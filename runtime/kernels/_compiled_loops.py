@@ -48,6 +48,37 @@ def requantize_rows(acc, constant_term, multipliers, shifts, output_offset, low,
 
 
 @_jit
+def requantize_rows_folded(acc, scaled_multiplier, bias_term, threshold, correction, total_shift, low, high, out):
+    """requantize.folded_requantizer's numpy passes in one: out[r, c] = clamp((t - [t < T[c]] C[c])
+    >> S[c]) with t = acc[r, c] * M'[c] + K[c] (the per-channel constants fold_requantization made)."""
+    rows, channels = acc.shape
+    for r in range(rows):
+        for c in range(channels):
+            t = np.int64(acc[r, c]) * scaled_multiplier[c] + bias_term[c]
+            if t < threshold[c]:
+                t -= correction[c]
+            value = t >> total_shift[c]
+            out[r, c] = min(max(value, low), high)
+    return out
+
+
+@_jit
+def bias_clamp(out, bias, low, high):
+    """out[r, c] = min(max(out[r, c] + bias[c], low), high) in place (no bias when it is empty):
+    a float GEMM's epilogue in one pass instead of an add and a clip."""
+    rows, channels = out.shape
+    if bias.size:
+        for r in range(rows):
+            for c in range(channels):
+                out[r, c] = min(max(out[r, c] + bias[c], low), high)
+    else:
+        for r in range(rows):
+            for c in range(channels):
+                out[r, c] = min(max(out[r, c], low), high)
+    return out
+
+
+@_jit
 def requantize_rows_float_scale(acc, constant_term, scales, output_offset, low, high, out):
     """LiteRT's reference int8 FULLY_CONNECTED ending: round(double(acc + constant_term[c]) *
     scale[c]) with ties away from zero, cast as x86-64 casts a double to int32, + output_offset,

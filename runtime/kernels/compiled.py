@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 
 _DISABLED_BY_ENV = os.environ.get("EDGEQ_NO_NUMBA", "").strip() not in ("", "0")
-_LOOPS = ("requantize_rows", "requantize_rows_float_scale", "quantize_float", "im2col", "depthwise_float",
+_LOOPS = ("requantize_rows", "requantize_rows_folded", "bias_clamp", "requantize_rows_float_scale", "quantize_float", "im2col", "depthwise_float",
           "depthwise_int8", "add_sub_int", "max_pool")
 
 # None until the first kernel asks; then whether the compiled path is used. Tests set it to
@@ -85,3 +85,38 @@ class OutputBuffers:
 
             buffer = self.buffers[n] = np.empty((n,) + self.shape_tail, self.dtype)
         return buffer
+
+
+class SharedScratch:
+    """Working arrays that live only inside one kernel call (im2col columns, GEMM accumulators,
+    int64 requantization temporaries), shared by every kernel that runs on the same thread: ops run
+    one after another, so one buffer per purpose, as large as the largest request, serves them all
+    instead of one per op (which kept every layer's temporaries resident). Callers must overwrite
+    what they read and never hand a scratch array out of the call."""
+
+    def __init__(self):
+        import threading
+
+        self._local = threading.local()
+
+    def get(self, purpose, shape, dtype):
+        import numpy as np
+
+        buffers = getattr(self._local, "buffers", None)
+        if buffers is None:
+            buffers = self._local.buffers = {}
+        dtype = np.dtype(dtype)
+        count = 1
+        for size in shape:
+            count *= size
+        nbytes = count * dtype.itemsize
+        buffer = buffers.get(purpose)
+        if buffer is None or buffer.size < nbytes:
+            # 64-byte aligned, as numpy's own large allocations are, for BLAS and SIMD loads.
+            raw = np.empty(nbytes + 64, np.uint8)
+            offset = (-raw.ctypes.data) % 64
+            buffer = buffers[purpose] = raw[offset:offset + nbytes]
+        return buffer[:nbytes].view(dtype).reshape(shape)
+
+
+SCRATCH = SharedScratch()

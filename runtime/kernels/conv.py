@@ -24,7 +24,12 @@ from runtime.fixedpoint import multiply_by_quantized_multiplier
 from runtime.kernels.requantize import (
     activation_range,
     asymmetric_quantize_rows,
+    exact_float32_chunks,
+    exact_gemm,
+    exact_gemm_dtype,
     exact_matmul_dtype_for,
+    fold_requantization,
+    folded_requantizer,
     per_channel_multipliers,
     saturate,
     scale_and_zero_point,
@@ -52,62 +57,100 @@ def _prepare_float(op, graph):
     g = _geometry(op, graph)
     in_c, out_c, k_h, k_w, out_h, out_w = g.in_c, g.out_c, g.k_h, g.k_w, g.out_h, g.out_w
     filters = _aligned(constant_input(op, graph, 1, "filter").astype(np.float32, copy=False))
-    bias = _bias(op, graph, out_c)
     # Rows of the GEMM's right operand follow the im2col column order (kh, kw, c). A transposed
     # view: BLAS reads it as is, so the filter is not copied (the model's buffer is its only copy).
     weights = filters.reshape(out_c, -1).T
-    activation = fused_activation(op)
-
-    if k_h == k_w == 1:  # a 1x1 filter never needs padding
-        return with_activation(_pointwise(weights, bias, g.stride_h, g.stride_w), activation)
-
-    taps = g.taps
+    epilogue = _float_epilogue(_bias(op, graph, out_c), op)
     patch = k_h * k_w * in_c
     chunk = max(1, IM2COL_BUDGET_BYTES // (out_h * out_w * patch * 4))
+    patches = _pointwise_patches(g, np.float32)
+    if patches is None:
+        patches = _compiled_im2col_for(g, 0.0, np.float32) if compiled.enabled() else _numpy_im2col(g)
+    outputs = compiled.OutputBuffers((out_h * out_w, out_c), np.float32)
+    rows_per_sample = out_h * out_w
+
+    def conv_2d(x, _filters=None, _bias=None):
+        n = x.shape[0]
+        out = outputs.get(n).reshape(n * rows_per_sample, out_c)
+        if n <= chunk:
+            np.matmul(patches(x), weights, out=out)
+        else:
+            for start in range(0, n, chunk):
+                part = x[start:start + chunk]
+                np.matmul(patches(part), weights,
+                          out=out[start * rows_per_sample:(start + part.shape[0]) * rows_per_sample])
+        epilogue(out)
+        return out.reshape(n, out_h, out_w, out_c)
+
+    return conv_2d
+
+
+def _float_epilogue(bias, op):
+    """epilogue(out [rows, out_c]) in place: + bias, then the fused activation. One compiled pass
+    when the activation is a clamp; otherwise numpy's in-place add and activation."""
+    bounds = compiled.float_activation_bounds(op)
+    if compiled.enabled() and bounds is not None:
+        kernel = compiled.bias_clamp
+        bias_ = np.zeros(0, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+        low, high = bounds
+        return lambda out: kernel(out, bias_, low, high)
+    activation = fused_activation(op)
+
+    def epilogue(out):
+        if bias is not None:
+            np.add(out, bias, out=out)
+        if activation is not None:
+            activation(out)
+        return out
+
+    return epilogue
+
+
+def _pointwise_patches(g, dtype):
+    """For a 1x1 convolution without padding: patches(x) -> the GEMM's [N * OH * OW, C] left operand,
+    a view of x when it already is one (same dtype, stride 1), else x's pixels converted or picked
+    by the stride into a buffer; None for any other convolution."""
+    if not (g.k_h == g.k_w == 1 and g.pad_top == 0 and g.pad_left == 0):
+        return None
+    in_c, out_h, out_w, stride_h, stride_w = g.in_c, g.out_h, g.out_w, g.stride_h, g.stride_w
+    strided = stride_h > 1 or stride_w > 1
+    if not strided and dtype == np.float32:
+        return lambda x: x.reshape(-1, in_c)
+
+    def pointwise_patches(x):
+        n = x.shape[0]
+        columns = compiled.SCRATCH.get("patches", (n, out_h, out_w, in_c), dtype)
+        np.copyto(columns, x[:, ::stride_h, ::stride_w, :][:, :out_h, :out_w] if strided else x, casting="unsafe")
+        return columns.reshape(n * out_h * out_w, in_c)
+
+    return pointwise_patches
+
+
+def _numpy_im2col(g, fill=0, dtype=np.float32):
+    """im2col(x) -> [N * OH * OW, KH * KW * C] columns in a buffer of this op's own (reused per batch
+    size): its padding entries keep ``fill`` from allocation, so only the taps inside are copied."""
+    out_h, out_w, k_h, k_w, in_c, taps = g.out_h, g.out_w, g.k_h, g.k_w, g.in_c, g.taps
     column_buffers = {}
 
     def im2col(x):
         n = x.shape[0]
         columns = column_buffers.get(n)
         if columns is None:
-            columns = column_buffers[n] = np.zeros((n, out_h, out_w, k_h, k_w, in_c), np.float32)
-        for ky, kx, (out_rows, in_rows), (out_cols, in_cols) in taps:
-            columns[:, out_rows, out_cols, ky, kx, :] = x[:, in_rows, in_cols, :]
-        return columns.reshape(n * out_h * out_w, patch)
+            columns = column_buffers[n] = np.full((n, out_h, out_w, k_h, k_w, in_c), fill, dtype)
+        return _patches(x, columns, taps)
 
-    if compiled.enabled():
-        # One compiled pass instead of one strided numpy copy per tap (slow for few channels).
-        im2col = _compiled_im2col_for(g, 0.0, np.float32)
-
-    outputs = compiled.OutputBuffers((out_h * out_w, out_c), np.float32)
-
-    def conv_2d(x, _filters=None, _bias=None):
-        n = x.shape[0]
-        out = outputs.get(n).reshape(n * out_h * out_w, out_c)
-        if n <= chunk:
-            np.matmul(im2col(x), weights, out=out)
-        else:
-            rows_per_sample = out_h * out_w
-            for start in range(0, n, chunk):
-                part = x[start:start + chunk]
-                np.matmul(im2col(part), weights,
-                          out=out[start * rows_per_sample:(start + part.shape[0]) * rows_per_sample])
-        if bias is not None:
-            out += bias
-        return out.reshape(n, out_h, out_w, out_c)
-
-    return with_activation(conv_2d, activation)
+    return im2col
 
 
 def _compiled_im2col(k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left, out_h, out_w, patch, fill, dtype):
     """im2col(x) -> [N * OH * OW, KH * KW * C] columns of ``dtype`` (a buffer reused per batch size)."""
     geometry = (k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left, out_h, out_w, fill)
-    buffers = compiled.OutputBuffers((out_h * out_w, patch), dtype)
     kernel = compiled.im2col
+    scratch = compiled.SCRATCH
 
     def im2col(x):
-        n = x.shape[0]
-        return kernel(x, *geometry, buffers.get(n).reshape(n * out_h * out_w, patch))
+        # Shared scratch: the loop writes every entry, padding included.
+        return kernel(x, *geometry, scratch.get("patches", (x.shape[0] * out_h * out_w, patch), dtype))
 
     return im2col
 
@@ -126,26 +169,6 @@ def _tap_range(offset, stride, in_size, out_size):
         return None
     start = first * stride + offset
     return slice(first, last + 1), slice(start, start + (last - first) * stride + 1, stride)
-
-
-def _pointwise(weights, bias, stride_h, stride_w):
-    out_c = weights.shape[1]
-    strided = stride_h > 1 or stride_w > 1
-    buffers = {}
-
-    def conv_1x1(x, _filters=None, _bias=None):
-        if strided:
-            x = x[:, ::stride_h, ::stride_w, :]
-        out_shape = x.shape[:-1] + (out_c,)
-        out = buffers.get(out_shape)
-        if out is None:
-            out = buffers[out_shape] = np.empty(out_shape, np.float32)
-        np.matmul(x.reshape(-1, x.shape[-1]), weights, out=out.reshape(-1, out_c))
-        if bias is not None:
-            out += bias
-        return out
-
-    return conv_1x1
 
 
 def _bias(op, graph, out_c):
@@ -188,9 +211,15 @@ def _geometry(op, graph) -> ConvGeometry:
     options = op.options
     stride_h, stride_w = options.get("stride_h", 1), options.get("stride_w", 1)
     dil_h, dil_w = options.get("dilation_h_factor", 1), options.get("dilation_w_factor", 1)
-    padding = options.get("padding", "SAME")
-    out_h, pad_top, _ = compute_padding(padding, in_h, k_h, stride_h, dil_h)
-    out_w, pad_left, _ = compute_padding(padding, in_w, k_w, stride_w, dil_w)
+    explicit = options.get("explicit_padding")
+    if explicit is not None:  # (top, bottom, left, right): a PAD the interpreter folded in
+        pad_top, pad_bottom, pad_left, pad_right = explicit
+        out_h = (in_h + pad_top + pad_bottom - (k_h - 1) * dil_h - 1) // stride_h + 1
+        out_w = (in_w + pad_left + pad_right - (k_w - 1) * dil_w - 1) // stride_w + 1
+    else:
+        padding = options.get("padding", "SAME")
+        out_h, pad_top, _ = compute_padding(padding, in_h, k_h, stride_h, dil_h)
+        out_w, pad_left, _ = compute_padding(padding, in_w, k_w, stride_w, dil_w)
     taps = []
     for ky in range(k_h):
         rows = _tap_range(ky * dil_h - pad_top, stride_h, in_h, out_h)
@@ -279,47 +308,74 @@ def _prepare_int8(op, graph):
     input_scale, input_zero_point = scale_and_zero_point(input_tensor_, op)
     output_scale, output_offset = scale_and_zero_point(output_tensor, op)
     input_offset = -input_zero_point
-    out_c, k_h, k_w, in_c = filter_tensor.shape
-    depth = k_h * k_w * in_c
-    gemm_dtype = exact_matmul_dtype_for(depth)
-    gemm = _integer_gemm(op, graph, gemm_dtype, fill_value=input_zero_point)
-    filters = constant_input(op, graph, 1, "filter").astype(np.int64)
+    g = _geometry(op, graph)
+    out_c, out_h, out_w = g.out_c, g.out_h, g.out_w
+    filters = constant_input(op, graph, 1, "filter").astype(np.int64).reshape(out_c, -1)
+    # The GEMM multiplies raw int8 inputs (|x| <= 128; padding holds the zero point, also int8).
+    chunks = exact_float32_chunks(filters, 128)
+    gemm = exact_gemm(np.ascontiguousarray(filters.T, dtype=np.float32), chunks)
+    accumulator_dtype = exact_gemm_dtype(chunks)
+    accumulator_bound = 128 * int(np.abs(filters).sum(axis=1).max(initial=0))
     # sum_k w * (x + input_offset) = sum_k w * x + input_offset * sum_k w, folded with the bias.
-    constant_term = input_offset * filters.reshape(out_c, -1).sum(axis=1)
+    constant_term = input_offset * filters.sum(axis=1)
     if input_tensor(op, graph, 2) is not None:
         constant_term = constant_term + constant_input(op, graph, 2, "bias").astype(np.int64)
     output_multiplier, output_shift = per_channel_multipliers(
         input_scale, filter_tensor.quant.scale, output_scale, out_c)
     activation_min, activation_max = activation_range(op, output_scale, output_offset)
+    requantize = _per_channel_requantizer(constant_term, output_multiplier, output_shift, output_offset,
+                                          activation_min, activation_max, accumulator_bound)
 
-    if compiled.enabled():
-        g = _geometry(op, graph)
-        out_h, out_w = g.out_h, g.out_w
-        outputs = compiled.OutputBuffers((out_h, out_w, out_c), np.int8)
-        constant_term_ = np.ascontiguousarray(constant_term, dtype=np.int64)
-        multipliers = np.ascontiguousarray(output_multiplier, dtype=np.int64)
-        shifts = np.ascontiguousarray(output_shift, dtype=np.int64)
-        requantize_rows = compiled.requantize_rows
-
-        pointwise = k_h == k_w == 1
-
-        def conv_2d_int8_compiled(x, _filters=None, _bias=None):
-            # The compiled im2col converts the int8 input itself; a 1x1 GEMM reads it converted.
-            acc = gemm(x.astype(gemm_dtype) if pointwise else x)
-            out = outputs.get(x.shape[0])
-            requantize_rows(acc.reshape(-1, out_c), constant_term_, multipliers, shifts, output_offset,
-                            activation_min, activation_max, out.reshape(-1, out_c))
-            return out
-
-        return conv_2d_int8_compiled
+    patches = _pointwise_patches(g, np.float32)
+    if patches is None:
+        if compiled.enabled():
+            patches = _compiled_im2col_for(g, float(input_zero_point), np.float32)
+        else:
+            patches = _numpy_im2col(g, fill=input_zero_point)
+    rows_per_sample = out_h * out_w
+    chunk = max(1, IM2COL_BUDGET_BYTES // (rows_per_sample * g.k_h * g.k_w * g.in_c * 4))
+    outputs = compiled.OutputBuffers((out_h, out_w, out_c), np.int8)
+    scratch = compiled.SCRATCH
 
     def conv_2d_int8(x, _filters=None, _bias=None):
-        acc = gemm(x.astype(gemm_dtype)).astype(np.int64)
-        acc += constant_term
-        scaled = multiply_by_quantized_multiplier(acc, output_multiplier, output_shift)
-        return saturate(scaled.astype(np.int64) + output_offset, activation_min, activation_max, np.int8)
+        n = x.shape[0]
+        acc = scratch.get("accumulators", (n * rows_per_sample, out_c), accumulator_dtype)
+        if n <= chunk:
+            gemm(patches(x), acc)
+        else:
+            for start in range(0, n, chunk):
+                part = x[start:start + chunk]
+                gemm(patches(part), acc[start * rows_per_sample:(start + part.shape[0]) * rows_per_sample])
+        out = outputs.get(n)
+        requantize(acc, out.reshape(n * rows_per_sample, out_c))
+        return out
 
     return conv_2d_int8
+
+
+def _per_channel_requantizer(constant_term, multipliers, shifts, output_offset, low, high, accumulator_bound):
+    """requantize(acc [rows, C] exact integers, out int8 [rows, C]): TFLite's per-channel
+    MultiplyByQuantizedMultiplier of acc + constant_term, + output_offset, clamped to [low, high].
+    The folded form (requantize.fold_requantization) whenever the accumulators' bound allows it,
+    compiled when numba is there; the general fixed-point functions otherwise."""
+    folded = fold_requantization(constant_term, multipliers, shifts, output_offset, accumulator_bound)
+    if compiled.enabled():
+        if folded is not None:
+            kernel, constants = compiled.requantize_rows_folded, tuple(folded[:5])
+        else:
+            kernel = compiled.requantize_rows
+            constants = tuple(np.ascontiguousarray(a, dtype=np.int64) for a in (constant_term, multipliers, shifts))
+            constants += (output_offset,)
+        return lambda acc, out: kernel(acc, *constants, low, high, out)
+    if folded is not None:
+        return folded_requantizer(folded, low, high)
+
+    def requantize(acc, out):
+        scaled = multiply_by_quantized_multiplier(acc.astype(np.int64) + constant_term, multipliers, shifts)
+        out[...] = saturate(scaled.astype(np.int64) + output_offset, low, high, np.int8)
+        return out
+
+    return requantize
 
 
 # -- hybrid (dynamic range): int8 filter, float input and output --------------------------------

@@ -5,6 +5,8 @@ Everything here runs in prepare or works on whole arrays; nothing registers a ke
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from runtime.model import ModelError, Op
@@ -172,3 +174,130 @@ def asymmetric_quantize_rows(x: np.ndarray):
     q = np.clip(q, -128, 127).astype(np.int32)
     q[empty] = 0
     return q, scaling, offsets
+
+
+# -- exact integer GEMM on float32 BLAS ------------------------------------------------------------
+# Every partial sum a BLAS can form (in any order, with or without FMA) is bounded by the sum of the
+# absolute products, so a GEMM of integers is exact in float32 while, for every output channel,
+# max|input| * sum|weights| < 2^24. Real weights are far below the worst case K * 127, so most GEMMs
+# pass in one piece; the rest are cut along K into pieces that each pass, summed in float64.
+
+def exact_float32_chunks(weights_by_channel: np.ndarray, max_abs_input: int) -> list:
+    """Slices of the depth axis of ``weights_by_channel`` [channels, depth] (integers) such that a
+    float32 GEMM over each slice is exact for inputs bounded by ``max_abs_input``."""
+    magnitudes = np.abs(np.asarray(weights_by_channel, dtype=np.int64)) * int(max_abs_input)
+    channels, depth = magnitudes.shape
+    if depth == 0 or magnitudes.sum(axis=1).max(initial=0) < FLOAT32_EXACT_LIMIT:
+        return [slice(0, depth)]
+    running = np.cumsum(magnitudes, axis=1)
+    chunks, start = [], 0
+    while start < depth:
+        base = running[:, start - 1] if start else np.zeros(channels, np.int64)
+        # The longest run from ``start`` whose every channel stays under the limit (at least one column).
+        fits = (running[:, start:] - base[:, None]).max(axis=0) < FLOAT32_EXACT_LIMIT
+        stop = start + max(1, int(np.argmin(fits)) if not fits.all() else depth - start)
+        chunks.append(slice(start, stop))
+        start = stop
+    return chunks
+
+
+def exact_gemm(weights: np.ndarray, chunks: list):
+    """gemm(lhs [rows, depth] float32, out) -> out [rows, channels]: lhs @ weights, exact for integer
+    operands, into ``out`` (float32 for one chunk, else float64; see ``exact_gemm_dtype``)."""
+    if len(chunks) == 1:
+        def gemm(lhs, out):
+            return np.matmul(lhs, weights, out=out)
+
+        return gemm
+    from runtime.kernels.compiled import SCRATCH
+
+    pieces = [np.ascontiguousarray(weights[chunk]) for chunk in chunks]
+    channels = weights.shape[1]
+
+    def chunked_gemm(lhs, out):
+        partial = SCRATCH.get("gemm_partial", (lhs.shape[0], channels), np.float32)
+        np.matmul(lhs[:, chunks[0]], pieces[0], out=partial)
+        np.copyto(out, partial)
+        for chunk, piece in zip(chunks[1:], pieces[1:]):
+            np.matmul(lhs[:, chunk], piece, out=partial)
+            np.add(out, partial, out=out)
+        return out
+
+    return chunked_gemm
+
+
+def exact_gemm_dtype(chunks: list):
+    """The accumulator dtype ``exact_gemm`` writes: float32 when it is one piece, else float64."""
+    return np.float32 if len(chunks) == 1 else np.float64
+
+
+# -- per-channel requantization with everything static folded in prepare ---------------------------
+# MultiplyByQuantizedMultiplier (double rounding) of x = acc + constant_term, + output_offset:
+#   a = x * 2^L                                    (L = max(shift, 0); no int32 wrap when |x| 2^L < 2^31)
+#   h = SRDHM(a, M) = (a*M + 2^30) >> 31           (exact for M >= 0: C's truncating division of
+#                                                   a*M + (a*M >= 0 ? 2^30 : 1 - 2^30) by 2^31 is this floor)
+#   r = RoundingDivideByPOT(h, R) = (h + half - [h < 0 and R > 0]) >> R   (R = max(-shift, 0), half = 2^R / 2)
+# and since floor(floor(y) / 2^R) = floor(y / 2^R), the two shifts merge into one:
+#   r + o = (acc*M' + K - [t < T] * C) >> (31 + R)  with  M' = M 2^L,  K = constant_term*M' + 2^30 +
+#   half 2^31 + o 2^(31+R),  T = half 2^31 + o 2^(31+R),  C = 2^31 if R > 0 else 0,
+# where t is the sum before the correction. It holds while every term fits in int64, which prepare checks.
+
+class FoldedRequantization(NamedTuple):
+    scaled_multiplier: np.ndarray  # M', int64 per channel
+    bias_term: np.ndarray          # K
+    threshold: np.ndarray          # T
+    correction: np.ndarray         # C
+    total_shift: np.ndarray        # 31 + R
+    any_correction: bool
+
+
+def fold_requantization(constant_term, multipliers, shifts, output_offset: int, accumulator_bound: int):
+    """The per-channel constants of the folded form above, or None when an accumulator bounded by
+    ``accumulator_bound`` (in magnitude, before the constant term) could leave its int64 range."""
+    constant_term = np.asarray(constant_term, dtype=np.int64)
+    multipliers = np.asarray(multipliers, dtype=np.int64)
+    shifts = np.asarray(shifts, dtype=np.int64)
+    left = np.maximum(shifts, 0)
+    right = np.maximum(-shifts, 0)
+    if np.any(multipliers < 0) or np.any(right > 31):
+        return None
+    # Python ints for the bound checks: they cannot overflow.
+    x_bound = int(accumulator_bound) + int(np.abs(constant_term).max(initial=0))
+    if x_bound << int(left.max(initial=0)) >= 2**31:
+        return None  # TFLite would wrap a * 2^L in int32; the general path reproduces that
+    total_shift = 31 + right
+    offset_term = [int(output_offset) << int(s) for s in total_shift]
+    half_term = [((1 << int(r)) >> 1) << 31 for r in right]
+    worst = max((x_bound << int(l)) * int(m) + (1 << 30) + h + abs(o) + (1 << 31)
+                for l, m, h, o in zip(left, multipliers, half_term, offset_term))
+    if worst >= 2**62:
+        return None
+    scaled_multiplier = multipliers << left
+    bias_term = np.array([int(c) * int(m) + (1 << 30) + h + o
+                          for c, m, h, o in zip(constant_term, scaled_multiplier, half_term, offset_term)], np.int64)
+    threshold = np.array([h + o for h, o in zip(half_term, offset_term)], np.int64)
+    correction = np.where(right > 0, np.int64(1 << 31), np.int64(0))
+    return FoldedRequantization(scaled_multiplier, bias_term, threshold, correction, total_shift.astype(np.int64),
+                                bool(np.any(right > 0)))
+
+
+def folded_requantizer(folded: FoldedRequantization, low: int, high: int):
+    """requantize(acc [rows, channels] exact integers (float or int), out int8 [rows, channels]):
+    the folded form in numpy, a few whole-array int64 passes over shared scratch."""
+    from runtime.kernels.compiled import SCRATCH
+
+    def requantize(acc, out):
+        t = SCRATCH.get("requantize_wide", acc.shape, np.int64)
+        np.copyto(t, acc, casting="unsafe")  # exact: the accumulators are integers
+        np.multiply(t, folded.scaled_multiplier, out=t)
+        np.add(t, folded.bias_term, out=t)
+        if folded.any_correction:
+            below = SCRATCH.get("requantize_flags", acc.shape, np.bool_)
+            np.less(t, folded.threshold, out=below)
+            np.subtract(t, folded.correction, out=t, where=below)
+        np.right_shift(t, folded.total_shift, out=t)
+        np.clip(t, low, high, out=t)
+        np.copyto(out, t, casting="unsafe")
+        return out
+
+    return requantize
