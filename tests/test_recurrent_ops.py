@@ -1,6 +1,7 @@
 """ONNX LSTM and GRU, unrolled into FULLY_CONNECTED/ADD/MUL/LOGISTIC/TANH/...: float results of our runtime
-and LiteRT against onnxruntime (onnx's reference evaluator for layout 1, which onnxruntime refuses); int8 integers of our runtime against LiteRT's reference kernels; the forms
-that are refused, each with a one-line error naming the node."""
+and LiteRT against onnxruntime (onnx's reference evaluator for layout 1, which onnxruntime refuses); int8
+integers of our runtime against LiteRT's reference kernels; the forms that are refused, each with a one-line
+error naming the node."""
 from __future__ import annotations
 
 import numpy as np
@@ -350,11 +351,12 @@ def test_explicit_default_activations_are_accepted():
     assert max(float_errors(model).values()) <= 1e-5
 
 
-def test_computed_weights_are_refused():
+@pytest.mark.parametrize("position", [0, 1])
+def test_computed_weights_are_refused(position):
     model = recurrent_model("GRU")
-    weights = model.graph.initializer[0]
-    model.graph.input.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, list(weights.dims)))
-    del model.graph.initializer[0]
+    weights = model.graph.initializer[position]
+    model.graph.input.append(helper.make_tensor_value_info(weights.name, TensorProto.FLOAT, list(weights.dims)))
+    del model.graph.initializer[position]
     assert "weights" in refusal(model)
 
 

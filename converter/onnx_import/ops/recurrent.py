@@ -117,10 +117,10 @@ def sequence_of(ctx, node, attrs) -> Sequence:
     batch_first = bool(attrs.get("layout", 0))
     shape = ctx.shape(node.input[0])
     steps, batch = (shape[1], shape[0]) if batch_first else (shape[0], shape[1])
-    hidden = ctx.const(node.input[2]).shape[-1]
     reason = refusal(ctx, node, attrs, steps)
     if reason is not None:
         raise ModelError(f"{label(node)}: {reason} is not supported")
+    hidden = ctx.const(node.input[2]).shape[-1]
     return Sequence(steps, batch, hidden, DIRECTIONS[text(attrs.get("direction", "forward"))], batch_first)
 
 
