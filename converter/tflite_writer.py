@@ -586,6 +586,10 @@ def _batch_matmul(s: _Signature) -> int:
     return 1
 
 
+def _select_v2(s: _Signature) -> int:
+    return 2 if max(s.in_rank(i) for i in range(3)) > 4 else 1
+
+
 def _cast(s: _Signature) -> int:
     types = {s.in_type(0), s.out_type()}
     if types & {F64, F16}:
@@ -667,6 +671,7 @@ VERSION_RULES: dict = {
     "ABS": _abs,
     "BATCH_MATMUL": _batch_matmul,
     "CAST": _cast,
+    "SELECT_V2": _select_v2,
 }
 
 

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from converter.calibrate import calibrate
 from converter.onnx_import import import_onnx
 from converter.quantize import quantize_int8
-from converter.tflite_writer import write_tflite
+from converter.tflite_writer import operator_version, write_tflite
 from referees import nchw_to_nhwc, nhwc_to_nchw, relative_max_error, run_edgeq, run_litert, run_onnxruntime
 from runtime.model import ModelError
 from test_conformance_int8 import tensor_mismatches
@@ -434,3 +434,11 @@ def test_attention_block_matches_onnxruntime():
 def test_attention_block_int8_matches_litert_reference():
     qgraph = assert_int8_matches_litert_reference(attention_model(), int8_ops=["BATCH_MATMUL", "SOFTMAX"])
     assert not qgraph.float_ops
+
+
+def test_where_on_five_dimensional_values_is_select_v2_version_2():
+    nodes = [helper.make_node("Where", ["mask", "x", "fill"], ["y"])]
+    inits = [const("mask", RNG.random((1, 2, 1, 3, 4)) < 0.5), const("fill", np.float32(-1.0))]
+    model = make_model(nodes, [("x", [1, 2, 2, 3, 4])], ["y"], inits)
+    graph = assert_float_matches_onnxruntime(model)
+    assert operator_version(graph.ops[-1], graph) == 2
