@@ -286,16 +286,27 @@ def folded_requantizer(folded: FoldedRequantization, low: int, high: int):
     the folded form in numpy, a few whole-array int64 passes over shared scratch."""
     from runtime.kernels.compiled import SCRATCH
 
+    # -C as a mask: (t - T) >> 63 is all ones where t < T, so ANDing it with -C gives -C there and 0
+    # elsewhere (a masked subtract or a bool multiply is several times slower in numpy).
+    negative_correction = -folded.correction
+    if np.all(negative_correction == negative_correction[0]):
+        negative_correction = negative_correction[0]  # a scalar operand is a faster numpy loop
+    total_shift = folded.total_shift
+    if np.all(total_shift == total_shift[0]):
+        total_shift = total_shift[0]
+
     def requantize(acc, out):
         t = SCRATCH.get("requantize_wide", acc.shape, np.int64)
         np.copyto(t, acc, casting="unsafe")  # exact: the accumulators are integers
         np.multiply(t, folded.scaled_multiplier, out=t)
         np.add(t, folded.bias_term, out=t)
         if folded.any_correction:
-            below = SCRATCH.get("requantize_flags", acc.shape, np.bool_)
-            np.less(t, folded.threshold, out=below)
-            np.subtract(t, folded.correction, out=t, where=below)
-        np.right_shift(t, folded.total_shift, out=t)
+            below = SCRATCH.get("requantize_below", acc.shape, np.int64)
+            np.subtract(t, folded.threshold, out=below)
+            np.right_shift(below, 63, out=below)
+            np.bitwise_and(below, negative_correction, out=below)
+            np.add(t, below, out=t)
+        np.right_shift(t, total_shift, out=t)
         np.clip(t, low, high, out=t)
         np.copyto(out, t, casting="unsafe")
         return out
