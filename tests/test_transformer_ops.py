@@ -319,6 +319,12 @@ def test_einsum_with_a_constant_weight_is_fully_connected(equation, shapes):
     assert "FULLY_CONNECTED" in op_types(graph) and "TRANSPOSE" not in op_types(graph)
 
 
+def test_einsum_channel_mixing_on_a_feature_map_reads_nhwc_storage_directly():
+    # A 1x1 convolution written as Einsum: the channels are innermost in NHWC storage already.
+    graph = assert_float_matches_onnxruntime(einsum_model("bchw,dc->bdhw", [(1, 4, 3, 5), (6, 4)], constant_right=True))
+    assert op_types(graph) == ["FULLY_CONNECTED"]
+
+
 @pytest.mark.parametrize("equation, shapes", [
     ("bhqd,bkhd->bqhk", [(1, 2, 5, 4), (1, 6, 2, 4)]),
     ("ij,jk", [(3, 4), (4, 5)]),  # implicit output: "ik"
