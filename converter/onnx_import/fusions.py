@@ -1,7 +1,8 @@
 """ONNX subgraphs that TFLite holds as one builtin, rewritten into one ONNX node before the op rules run.
 
 GELU: exporters write x * 0.5 * (1 + Erf(x / sqrt(2))) (nn.GELU before ONNX had a Gelu op). TFLite has
-no ERF, but GELU computes exactly this, so the pattern becomes one ONNX ``Gelu`` node.
+no ERF, but GELU computes exactly this, so the pattern becomes one ONNX ``Gelu`` node; an Erf outside
+the pattern stays and is refused by name as an unsupported op.
 """
 from __future__ import annotations
 

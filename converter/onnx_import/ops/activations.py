@@ -149,13 +149,6 @@ def convert_gelu(ctx, node, attrs):
     emit_unary(ctx, node, "GELU", {"approximate": approximate == "tanh"})
 
 
-@rule("Erf")
-def refuse_lone_erf(ctx, node, attrs):
-    """Erf inside GELU (x * 0.5 * (1 + Erf(x / sqrt(2)))) was fused into a Gelu node before import."""
-    raise ModelError(f"{node_label(node)}: TFLite has no ERF operator; Erf converts only as part of GELU, "
-                     "x * 0.5 * (1 + Erf(x / sqrt(2)))")
-
-
 @rule("Cast")
 def convert_cast(ctx, node, attrs):
     value = ctx.value(node.input[0])
