@@ -93,26 +93,24 @@ def match_erf_gelu(g: _Graph, erf) -> Optional[tuple]:
     if add is None or g.split_constant(add, 1.0) != erf.output[0]:
         return None
     product = g.sole_consumer(add.output[0], "Mul")
-    if product is None:
-        return None
-    other = _other_input(product, add.output[0])
+    other = _other_input(product, add.output[0]) if product is not None else None
     if other is None:
         return None
-    if other == x or g.scalar(other) is not None and math.isclose(g.scalar(other), 0.5, rel_tol=RELATIVE_TOLERANCE):
-        last = g.sole_consumer(product.output[0], "Mul")
-        wanted = 0.5 if other == x else None
-        if last is None:
-            return None
-        rest = _other_input(last, product.output[0])
-        if wanted is not None and (g.scalar(rest) is None or not math.isclose(g.scalar(rest), 0.5, rel_tol=RELATIVE_TOLERANCE)):
-            return None
-        if wanted is None and rest != x:
-            return None
-        return x, [scale_node, erf, add, product, last], last.output[0]
     half = _half_of(g, other, x)
-    if half is None or g.sole_consumer(other, "Mul") is not product:
+    if half is not None and g.sole_consumer(other, "Mul") is product:  # (x * 0.5) * (1 + erf)
+        return x, [scale_node, erf, add, half, product], product.output[0]
+    last = g.sole_consumer(product.output[0], "Mul")
+    rest = _other_input(last, product.output[0]) if last is not None else None
+    if rest is None or x not in (other, rest):
         return None
-    return x, [scale_node, erf, add, half, product], product.output[0]
+    if not _is_half(g, rest if other == x else other):  # (x * (1 + erf)) * 0.5 or (0.5 * (1 + erf)) * x
+        return None
+    return x, [scale_node, erf, add, product, last], last.output[0]
+
+
+def _is_half(g: _Graph, name: str) -> bool:
+    value = g.scalar(name)
+    return value is not None and math.isclose(value, 0.5, rel_tol=RELATIVE_TOLERANCE)
 
 
 def fuse_erf_gelu(prepared: PreparedModel) -> int:
