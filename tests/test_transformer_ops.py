@@ -86,9 +86,10 @@ def assert_int8_matches_litert_reference(model, int8_ops=()):
         quantized = [op for op in qgraph.ops if op.type == op_type and qgraph[op.outputs[0]].dtype == np.int8]
         assert quantized, f"{op_type} stayed float: {qgraph.float_ops}"
     content = write_tflite(qgraph)
-    feeds = [samples[name][:1] for name in qgraph.inputs]
-    counts = tensor_mismatches(content, feeds)
-    assert counts and sum(counts.values()) == 0, {k: v for k, v in counts.items() if v}
+    for sample in range(3):
+        feeds = [samples[name][sample:sample + 1] for name in qgraph.inputs]
+        counts = tensor_mismatches(content, feeds)
+        assert counts and sum(counts.values()) == 0, {k: v for k, v in counts.items() if v}
     return qgraph
 
 
