@@ -99,7 +99,7 @@ def _int8_feeds(int8_graph: Graph, batch: dict) -> dict:
     feeds = {}
     for name, value in batch.items():
         tensor = int8_graph[name]
-        if tensor.dtype == np.float32:
+        if tensor.dtype == np.float32 or tensor.quant is None:  # float, or integer data such as token ids
             feeds[name] = value
             continue
         feeds[name] = quantize_affine(value, float(tensor.quant.scale[0]), int(tensor.quant.zero_point[0]), tensor.dtype)
