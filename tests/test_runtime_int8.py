@@ -229,6 +229,20 @@ def test_add_sub_mul(op_type, case):
         assert max_diff_default_kernels(graph, inputs) <= 1
 
 
+SQUARED_DIFFERENCE_CASES = {
+    "same_shape": ((2, 5, 6, 3), (2, 5, 6, 3), (0.05, 3), (0.07, -10), (0.2, -128)),
+    "broadcast_mean": ((2, 5, 6, 3), (2, 5, 6, 1), (0.05, 3), (0.05, 3), (0.05, -128)),
+    "saturating": ((4, 50), (4, 50), (0.5, -128), (0.001, 127), (0.01, -128)),
+    "equal_scales": ((4, 50), (4, 50), (0.02, 0), (0.02, 0), (0.01, -128)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SQUARED_DIFFERENCE_CASES))
+def test_squared_difference(case):
+    graph, inputs = binary_graph("SQUARED_DIFFERENCE", *SQUARED_DIFFERENCE_CASES[case], "NONE")
+    assert_exact(graph, inputs)
+
+
 @pytest.mark.parametrize("op_type", ["MAXIMUM", "MINIMUM"])
 def test_maximum_minimum(op_type):
     q = (0.05, 3)

@@ -128,6 +128,33 @@ def _prepare_mul_int(op, graph):
     return mul_int
 
 
+def _prepare_squared_difference_int(op, graph):
+    """squared_difference.cc's int8 path: both inputs rescaled to 2 * max(s1, s2) with 7 bits of
+    headroom, the difference squared in int32, requantized by (2 * max)^2 / (2^14 * s_out); every
+    multiplier is below one (MultiplyByQuantizedMultiplierSmallerThanOneExp, double rounding)."""
+    ((scale_1, zero_point_1), (scale_2, zero_point_2), (output_scale, output_offset)), dtype = _int_params(op, graph)
+    left_shift = 7
+    twice_max_input_scale = 2.0 * np.float64(max(np.float32(scale_1), np.float32(scale_2)))
+    input1_multiplier, input1_shift = quantize_multiplier(np.float64(np.float32(scale_1)) / twice_max_input_scale)
+    input2_multiplier, input2_shift = quantize_multiplier(np.float64(np.float32(scale_2)) / twice_max_input_scale)
+    # (1 << 14) * scale is float32 arithmetic in the C++ (int times float), exact for a power of two.
+    output_multiplier, output_shift = quantize_multiplier(
+        twice_max_input_scale * twice_max_input_scale / np.float64(np.float32((1 << 2 * left_shift) * output_scale)))
+    input1_offset, input2_offset = -zero_point_1, -zero_point_2
+    low, high = np.iinfo(dtype).min, np.iinfo(dtype).max
+
+    def squared_difference_int(a, b):
+        shifted_1 = (a.astype(np.int64) + input1_offset) << left_shift
+        shifted_2 = (b.astype(np.int64) + input2_offset) << left_shift
+        scaled_1 = multiply_by_quantized_multiplier(shifted_1, input1_multiplier, input1_shift).astype(np.int64)
+        scaled_2 = multiply_by_quantized_multiplier(shifted_2, input2_multiplier, input2_shift).astype(np.int64)
+        raw = np.square(scaled_1 - scaled_2)
+        out = multiply_by_quantized_multiplier(raw, output_multiplier, output_shift).astype(np.int64)
+        return saturate(out + output_offset, low, high, dtype)
+
+    return squared_difference_int
+
+
 def _prepare_max_min_int(op, graph):
     """MAXIMUM/MINIMUM compare the stored integers (inputs and output share params)."""
     return np.maximum if op.type == "MAXIMUM" else np.minimum
@@ -137,6 +164,7 @@ _INTEGER_PREPARES = {
     "ADD": _prepare_add_sub_int,
     "SUB": _prepare_add_sub_int,
     "MUL": _prepare_mul_int,
+    "SQUARED_DIFFERENCE": _prepare_squared_difference_int,
     "MAXIMUM": _prepare_max_min_int,
     "MINIMUM": _prepare_max_min_int,
 }
