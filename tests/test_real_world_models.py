@@ -1,0 +1,274 @@
+"""Real-world architectures exported from PyTorch with dynamic axes (tests/models/, made by
+scripts/make_real_world_models.py): a YOLOv8-style detector, a CRNN text recogniser with a
+bidirectional LSTM, a U-Net segmenter and a 2-layer BERT-style encoder.
+
+For each model, with its dynamic dimensions fixed by ``input_shapes``:
+- the float .tflite matches onnxruntime on the evaluation inputs, on our runtime and on LiteRT;
+- it holds no more TRANSPOSE ops than the model's own data movement needs;
+- the int8 .tflite (calibrated on the model's calibration inputs) gives in every integer tensor the
+  very integers of LiteRT's reference kernels (BUILTIN_REF);
+- the int8 model stays faithful to the float one: output cosine and SQNR, and the task's metric
+  (top detection, CTC character error rate, segmentation accuracy and mIoU, embedding cosine).
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+litert = pytest.importorskip("ai_edge_litert.interpreter")
+
+from converter.api import convert  # noqa: E402
+from referees import nchw_to_nhwc, nhwc_to_nchw, relative_max_error, run_onnxruntime  # noqa: E402
+from runtime.interpreter import Interpreter  # noqa: E402
+import task_metrics  # noqa: E402
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+INTEGER_TYPES = (np.int8, np.uint8, np.int16, np.int32)
+# float32 summation order differs between engines; these models are 10-40 layers deep.
+FLOAT_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    input_shapes: dict  # ONNX layout, fixing every dynamic dimension
+    # TRANSPOSE ops the model's own semantics need in the float .tflite (why: see MODEL_SPECS)
+    needed_transposes: int
+    # evaluation samples compared tensor by tensor with BUILTIN_REF, whose convolutions are plain loops
+    reference_samples: int
+    min_cosine: float = 0.99  # int8 output vs float output, over all evaluation samples
+    min_sqnr_db: float = 20.0
+
+
+MODEL_SPECS = {
+    # One: the output is [B, 4 + classes, anchors] with anchors innermost, while every conv head
+    # writes channels innermost; one transpose of the concatenated [anchors, 4 + classes] result is
+    # the only data movement the model asks for. (The DFL's Transpose(2, 1) swaps axes the NHWC
+    # storage already holds in the needed order: the softmax runs over the innermost bins and the
+    # arange 1x1 conv is a dot product over them.)
+    "yolo_detector": ModelSpec({"images": (1, 3, 64, 64)}, needed_transposes=1, reference_samples=3),
+    # None: with batch 1 and the feature map pooled to height 1, the CNN-to-sequence permute and the
+    # LSTM's seq/batch/direction transposes only move axes of size 1, which a RESHAPE does.
+    "crnn_text": ModelSpec({"images": (1, 1, 32, 128)}, needed_transposes=0, reference_samples=4),
+    # None: a pure convolutional network; concats and resizes work on NHWC directly.
+    "unet_segmenter": ModelSpec({"images": (1, 3, 64, 64)}, needed_transposes=0, reference_samples=2),
+    # Four per layer: the head split [S, heads, d] -> [heads, S, d] of Q, K and V, and the head merge
+    # back; K's further transpose for Q.K^T belongs in BATCH_MATMUL's adj_y or composed with its split.
+    "bert_encoder": ModelSpec({"input_ids": (1, 16), "attention_mask": (1, 16)}, needed_transposes=8,
+                              reference_samples=16),
+}
+NAMES = sorted(MODEL_SPECS)
+# The finest step of an int8 class probability (a Sigmoid output's fixed scale is 1/256): float
+# detections whose scores are closer than this are tied for the top in int8.
+DETECTION_SCORE_RESOLUTION = 1 / 256
+
+
+@lru_cache(maxsize=None)
+def model_data(name: str) -> dict:
+    """The model's data file, with uint8 images turned into the float inputs the model takes."""
+    with np.load(MODELS_DIR / f"{name}_data.npz") as loaded:
+        return {key: loaded[key].astype(np.float32) / 255.0 if loaded[key].dtype == np.uint8
+                and key.endswith("images") else loaded[key] for key in loaded.files}
+
+
+def onnx_input_names(name: str) -> list:
+    return list(MODEL_SPECS[name].input_shapes)
+
+
+def inputs(name: str, split: str) -> dict:
+    """Inputs by name for ``split`` ("calib" or "eval"), in the ONNX layout, samples first."""
+    data = model_data(name)
+    return {n: data[f"{split}_{n}"] for n in onnx_input_names(name)}
+
+
+@lru_cache(maxsize=None)
+def converted(name: str, quantize: str):
+    spec = MODEL_SPECS[name]
+    path = MODELS_DIR / f"{name}.onnx"
+    if quantize == "none":
+        return convert(path, input_shapes=spec.input_shapes)
+    with tempfile.TemporaryDirectory() as folder:
+        calibration = Path(folder) / "calibration.npz"
+        np.savez(calibration, **inputs(name, "calib"))
+        return convert(path, input_shapes=spec.input_shapes, quantize="int8", calibration=calibration)
+
+
+@lru_cache(maxsize=None)
+def onnxruntime_outputs(name: str) -> np.ndarray:
+    model = onnx.load(str(MODELS_DIR / f"{name}.onnx"))
+    (outputs,) = run_onnxruntime(model, inputs(name, "eval"))
+    return outputs
+
+
+def tflite_feeds(name: str, sample: int) -> list:
+    """One evaluation sample as the .tflite's inputs: batch 1, images NHWC."""
+    return [nchw_to_nhwc(values[sample:sample + 1]) for values in inputs(name, "eval").values()]
+
+
+def set_inputs_and_invoke(interpreter, feeds: list) -> None:
+    for detail, value in zip(interpreter.get_input_details(), feeds):
+        interpreter.set_tensor(detail["index"], np.array(value, dtype=detail["dtype"]))
+    interpreter.invoke()
+
+
+def new_interpreter(content: bytes, engine: str, preserve_all_tensors: bool = False):
+    if engine == "edgeq":
+        interpreter = Interpreter(model_content=content, experimental_preserve_all_tensors=preserve_all_tensors)
+    else:
+        resolver = litert.OpResolverType.BUILTIN_REF if engine == "litert_ref" else litert.OpResolverType.AUTO
+        interpreter = litert.Interpreter(model_content=content, num_threads=1,
+                                         experimental_op_resolver_type=resolver,
+                                         experimental_preserve_all_tensors=preserve_all_tensors)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def tflite_outputs(name: str, content: bytes, engine: str, samples: int = None) -> np.ndarray:
+    """The model output over the evaluation samples, in the ONNX layout, as float32."""
+    interpreter = new_interpreter(content, engine)
+    output = interpreter.get_output_details()[0]
+    results = []
+    for sample in range(samples or len(next(iter(inputs(name, "eval").values())))):
+        set_inputs_and_invoke(interpreter, tflite_feeds(name, sample))
+        value = interpreter.get_tensor(output["index"]).astype(np.float32)
+        if output["dtype"] in INTEGER_TYPES:  # an int8 output: dequantize with its parameters
+            scale, zero_point = output["quantization"]
+            value = (value - zero_point) * scale
+        results.append(nhwc_to_nchw(value))
+    return np.concatenate(results)
+
+
+def integer_mismatches(content: bytes, name: str, samples: int) -> dict:
+    """Per integer tensor: elements where our runtime differs from BUILTIN_REF, over ``samples``."""
+    theirs = new_interpreter(content, "litert_ref", preserve_all_tensors=True)
+    ours = new_interpreter(content, "edgeq", preserve_all_tensors=True)
+    details = [d for d in ours.get_tensor_details() if d["dtype"] in INTEGER_TYPES]
+    counts = {d["name"]: 0 for d in details}
+    for sample in range(samples):
+        feeds = tflite_feeds(name, sample)
+        set_inputs_and_invoke(theirs, feeds)
+        set_inputs_and_invoke(ours, feeds)
+        for d in details:
+            try:
+                expected = theirs.get_tensor(d["index"])
+            except ValueError:  # a constant LiteRT keeps elsewhere
+                continue
+            counts[d["name"]] += int(np.count_nonzero(expected != ours.get_tensor(d["index"])))
+    return counts
+
+
+def op_counts(graph) -> dict:
+    counts = {}
+    for op in graph.ops:
+        counts[op.type] = counts.get(op.type, 0) + 1
+    return counts
+
+
+# ----------------------------------------------------------------------------- task metrics
+
+def task_metric(name: str, float_outputs: np.ndarray, int8_outputs: np.ndarray) -> tuple:
+    """(printable summary, {figure: value}) of the int8 model's task quality against the float model's."""
+    data = model_data(name)
+    if name == "yolo_detector":
+        float_tops = [task_metrics.top_detection(d) for d in float_outputs]
+        int8_tops = [task_metrics.top_detection(d) for d in int8_outputs]
+        agreement = np.mean([task_metrics.top_detection_agrees(f, q, DETECTION_SCORE_RESOLUTION)
+                             for f, q in zip(float_outputs, int8_outputs)])
+        hits = [np.mean([task_metrics.detection_hits_ground_truth(t, b, c)
+                         for t, b, c in zip(tops, data["eval_boxes"], data["eval_classes"])])
+                for tops in (float_tops, int8_tops)]
+        strict = np.mean([task_metrics.same_detection(a, b) for a, b in zip(float_tops, int8_tops)])
+        figures = {"top_detection_agreement": agreement, "float_hits": hits[0], "int8_hits": hits[1]}
+        summary = (f"top detection agreement {agreement:.1%} (same class, IoU >= 0.5; {strict:.1%} "
+                   f"without allowing for ties within 1/256); top detection matches ground truth: "
+                   f"float {hits[0]:.1%}, int8 {hits[1]:.1%}")
+    elif name == "crnn_text":
+        cer = [task_metrics.character_error_rate(o, data["eval_labels"]) for o in (float_outputs, int8_outputs)]
+        figures = {"float_cer": cer[0], "int8_cer": cer[1]}
+        summary = f"CER float {cer[0]:.2%}, int8 {cer[1]:.2%} ({100 * (cer[1] - cer[0]):+.2f} points)"
+    elif name == "unet_segmenter":
+        truth = data["eval_masks"]
+        accuracy = [task_metrics.pixel_accuracy(o.argmax(1), truth) for o in (float_outputs, int8_outputs)]
+        miou = [task_metrics.mean_iou(o.argmax(1), truth, o.shape[1]) for o in (float_outputs, int8_outputs)]
+        figures = {"float_accuracy": accuracy[0], "int8_accuracy": accuracy[1],
+                   "float_miou": miou[0], "int8_miou": miou[1]}
+        summary = (f"pixel accuracy float {accuracy[0]:.2%}, int8 {accuracy[1]:.2%}; "
+                   f"mIoU float {miou[0]:.4f}, int8 {miou[1]:.4f}")
+    else:
+        cosines = task_metrics.row_cosines(int8_outputs, float_outputs)
+        figures = {"min_embedding_cosine": float(cosines.min()), "mean_embedding_cosine": float(cosines.mean())}
+        summary = f"sentence embedding cosine min {cosines.min():.4f}, mean {cosines.mean():.4f}"
+    return summary, figures
+
+
+def check_task_metric(name: str, figures: dict) -> None:
+    if name == "yolo_detector":
+        assert figures["top_detection_agreement"] >= 0.95
+    elif name == "crnn_text":
+        assert figures["int8_cer"] - figures["float_cer"] < 0.005  # under half a percentage point
+    elif name == "unet_segmenter":
+        assert figures["float_accuracy"] - figures["int8_accuracy"] < 0.01
+        assert figures["float_miou"] - figures["int8_miou"] < 0.02
+    else:
+        assert figures["min_embedding_cosine"] >= 0.99
+
+
+# ----------------------------------------------------------------------------- tests
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_file_has_dynamic_axes_and_shape_arithmetic(name):
+    """The exported models keep symbolic batch (and spatial/sequence) dims, so the converter meets
+    the Shape/Gather/Concat/Reshape chains of real exports, and the files stay small."""
+    model = onnx.load(str(MODELS_DIR / f"{name}.onnx"))
+    symbolic = [d.dim_param for i in model.graph.input for d in i.type.tensor_type.shape.dim if d.dim_param]
+    assert "batch" in symbolic
+    ops = {node.op_type for node in model.graph.node}
+    assert "Shape" in ops and ops & {"Gather", "Slice"} and ops & {"Concat", "Reshape", "Resize", "Range"}
+    assert (MODELS_DIR / f"{name}.onnx").stat().st_size < 1_500_000
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float_model_matches_onnxruntime_on_our_runtime_and_litert(name):
+    expected = onnxruntime_outputs(name)
+    content = converted(name, "none").content
+    ours = tflite_outputs(name, content, "edgeq")
+    theirs = tflite_outputs(name, content, "litert")
+    ours_error, litert_error = relative_max_error(ours, expected), relative_max_error(theirs, expected)
+    print(f"{name} float: edgeq vs onnxruntime {ours_error:.2e}, LiteRT vs onnxruntime {litert_error:.2e}")
+    assert ours_error <= FLOAT_TOLERANCE
+    assert litert_error <= FLOAT_TOLERANCE
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float_model_holds_only_the_transposes_the_model_needs(name):
+    counts = op_counts(converted(name, "none").graph)
+    print(f"{name} float ops: {dict(sorted(counts.items()))}")
+    assert counts.get("TRANSPOSE", 0) <= MODEL_SPECS[name].needed_transposes
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_int8_model_equals_litert_reference_in_every_integer_tensor(name):
+    result = converted(name, "int8")
+    counts = integer_mismatches(result.content, name, MODEL_SPECS[name].reference_samples)
+    print(f"{name} int8: {len(counts)} integer tensors, {sum(counts.values())} mismatching elements; "
+          f"kept float: {result.float_ops}")
+    assert counts and sum(counts.values()) == 0, {k: v for k, v in counts.items() if v}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_int8_model_stays_faithful_to_float(name):
+    spec = MODEL_SPECS[name]
+    float_outputs = onnxruntime_outputs(name)
+    int8_outputs = tflite_outputs(name, converted(name, "int8").content, "edgeq")
+    cosine = task_metrics.cosine(int8_outputs, float_outputs)
+    sqnr = task_metrics.sqnr_db(int8_outputs, float_outputs)
+    summary, figures = task_metric(name, float_outputs, int8_outputs)
+    print(f"{name} int8 vs float: cosine {cosine:.4f}, SQNR {sqnr:.1f} dB; {summary}")
+    assert cosine >= spec.min_cosine
+    assert sqnr >= spec.min_sqnr_db
+    check_task_metric(name, figures)
