@@ -112,7 +112,11 @@ class Interpreter:
     def allocate_tensors(self) -> None:
         if self._steps is None:
             self._steps = self._prepare_ops()
-            self._invoke_steps = self._with_releases(self._keep_for_invoke())
+            self._fused_steps, self._fused_ops = self._fold_pads(self._steps)
+            if self._preserve_all_tensors:  # every tensor must be readable: run each op as written
+                self._fused_steps, self._fused_ops = self._steps, list(range(len(self._steps)))
+            self._invoke_steps = self._with_releases(self._keep_for_invoke(), self._fused_steps)
+            self._invoke_ops = [self._graph.ops[position] for position in self._fused_ops]
         arena = [None] * (self._absent + 1)
         for i, tensor in enumerate(self._tensors):
             if tensor.data is not None:
@@ -140,33 +144,72 @@ class Interpreter:
             steps.append((evaluate, inputs, outputs[0] if len(outputs) == 1 else outputs))
         return steps
 
+    def _fold_pads(self, steps):
+        """(steps, graph op position of each step) with every zero PAD whose only reader is a VALID
+        CONV_2D or DEPTHWISE_CONV_2D folded into that convolution, prepared once more with the
+        padding as its own: it pads from precomputed indices instead of copying the whole input.
+        The model is not changed; the padded tensor just never exists during invoke."""
+        graph = self._graph
+        readers = {}
+        for position, (_, inputs, _) in enumerate(steps):
+            for i in set(inputs):
+                readers.setdefault(i, []).append(position)
+        boundary = set(self._output_indices) | set(self._input_indices)
+        replaced, skipped = {}, set()
+        for position, op in enumerate(graph.ops):
+            if op.type != "PAD" or len(op.inputs) != 2 or len(op.outputs) != 1:
+                continue
+            padded = self._index[op.outputs[0]]
+            consumers = readers.get(padded, [])
+            if padded in boundary or len(consumers) != 1:
+                continue
+            conv_position = consumers[0]
+            conv = graph.ops[conv_position]
+            folded = _conv_with_folded_pad(op, conv, graph)
+            if folded is None:
+                continue
+            try:
+                evaluate = load_all_kernels()[conv.type](folded, graph)
+            except Exception:  # the op as written still runs; folding is only a shortcut
+                continue
+            _, inputs, outputs = steps[conv_position]
+            replaced[conv_position] = (evaluate, (self._index[op.inputs[0]],) + inputs[1:], outputs)
+            skipped.add(position)
+        fused, positions = [], []
+        for position, step in enumerate(steps):
+            if position not in skipped:
+                fused.append(replaced.get(position, step))
+                positions.append(position)
+        return fused, positions
+
     def _keep_for_invoke(self) -> set:
         if self._preserve_all_tensors:
             return set(range(self._absent))
         return set(self._output_indices) | set(self._input_indices)
 
-    def _with_releases(self, keep: set):
+    def _with_releases(self, keep: set, steps=None):
         """The prepared steps, each with the tensors whose last reader it is (to drop afterwards)."""
+        steps = self._steps if steps is None else steps
         last_reader = {}
-        for position, (_, inputs, _) in enumerate(self._steps):
+        for position, (_, inputs, _) in enumerate(steps):
             for i in inputs:
                 last_reader[i] = position
         produced = set()
-        for _, _, outputs in self._steps:
+        for _, _, outputs in steps:
             produced.update(outputs if isinstance(outputs, tuple) else (outputs,))
-        releases = [[] for _ in self._steps]
+        releases = [[] for _ in steps]
         for i, position in last_reader.items():
             if i in produced and i not in keep:
                 releases[position].append(i)
         return [(evaluate, inputs, outputs, tuple(released))
-                for (evaluate, inputs, outputs), released in zip(self._steps, releases)]
+                for (evaluate, inputs, outputs), released in zip(steps, releases)]
 
     # -- running -----------------------------------------------------------------------------
     def invoke(self) -> None:
         if self._arena is None:
             raise RuntimeError("Invoke called on model that is not ready.")
         with self._thread_limit():
-            _execute(self._invoke_steps, self._arena, self._graph.ops)
+            _execute(self._invoke_steps, self._arena, self._invoke_ops)
         self._produced = True
 
     def profile(self, runs: int = 10, warmup: int = 1) -> list:
@@ -183,9 +226,10 @@ class Interpreter:
                     for op_samples, seconds in zip(samples, times):
                         op_samples.append(seconds)
         self._produced = True
+        # One entry per step: a convolution with a PAD folded into it (see _fold_pads) stands for both.
         return [{"index": position, "type": op.type, "output": op.outputs[0] if op.outputs else "",
                  "seconds": float(np.median(op_samples)) if op_samples else 0.0}
-                for position, (op, op_samples) in enumerate(zip(self._graph.ops, samples))]
+                for position, op, op_samples in zip(self._fused_ops, self._invoke_ops, samples)]
 
     def run(self, inputs, keep=None, observe=None) -> dict:
         """Run once on ``inputs`` (a dict name -> array, or a list in graph-input order) and return
@@ -214,11 +258,14 @@ class Interpreter:
                 raise ValueError(f"no tensor named {', '.join(map(repr, missing))} in the model")
             keep_indices = {self._index[name] for name in keep}
         keep_indices |= set(self._output_indices)
-        steps = self._with_releases(keep_indices)
+        if keep is None and observe is None:
+            steps, ops = self._with_releases(keep_indices, self._fused_steps), self._invoke_ops
+        else:  # every tensor the caller may look at is made
+            steps, ops = self._with_releases(keep_indices), self._graph.ops
         if observe is not None:
             steps = _observed(steps, self._names, observe)
         with self._thread_limit():
-            _execute(steps, arena, self._graph.ops)
+            _execute(steps, arena, ops)
         # Copies: kernels write into output buffers that they reuse on the next run.
         return {self._names[i]: np.array(arena[i], copy=True) for i in sorted(keep_indices, key=self._order_key)}
 
@@ -394,6 +441,35 @@ def fold_constant_ops(graph: Graph) -> Graph:
             graph.tensors[name] = dataclasses.replace(tensor, data=np.asarray(value, dtype=tensor.dtype).reshape(tensor.shape))
     graph.ops = kept
     return graph
+
+
+def _conv_with_folded_pad(pad, conv, graph):
+    """``conv`` reading ``pad``'s input with the padding as its own explicit padding, or None when
+    that would not give the same result: only zero spatial padding (a float 0, or the zero point
+    of an int8 tensor whose PAD keeps its quantization) into a VALID convolution's data input."""
+    from runtime.model import Op
+
+    if conv.type not in ("CONV_2D", "DEPTHWISE_CONV_2D") or not conv.inputs or conv.inputs[0] != pad.outputs[0]:
+        return None
+    if pad.outputs[0] in conv.inputs[1:] or conv.options.get("padding", "SAME") != "VALID":
+        return None
+    source, padded, paddings = graph[pad.inputs[0]], graph[pad.outputs[0]], graph[pad.inputs[1]]
+    if paddings.data is None or len(source.shape) != 4 or source.dtype != padded.dtype:
+        return None
+    pads = np.asarray(paddings.data).reshape(-1, 2)
+    if pads.shape != (4, 2) or np.any(pads < 0) or np.any(pads[0]) or np.any(pads[3]):
+        return None
+    if source.dtype == np.int8:
+        same = (source.quant is not None and padded.quant is not None
+                and np.array_equal(source.quant.scale, padded.quant.scale)
+                and np.array_equal(source.quant.zero_point, padded.quant.zero_point))
+        if not same:
+            return None
+    elif source.dtype != np.float32 or graph[conv.inputs[1]].dtype != np.float32:
+        return None
+    (top, bottom), (left, right) = pads[1].tolist(), pads[2].tolist()
+    options = dict(conv.options, explicit_padding=(top, bottom, left, right))
+    return Op(conv.type, [pad.inputs[0]] + list(conv.inputs[1:]), list(conv.outputs), options)
 
 
 def _execute(steps, arena, ops) -> None:

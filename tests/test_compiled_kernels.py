@@ -24,6 +24,7 @@ from test_runtime_int8 import (  # noqa: E402
     PARAMS,
     assert_exact,
     binary_graph,
+    random_int8,
     unary_graph,
     weighted_op,
 )
@@ -297,3 +298,62 @@ def test_exact_float32_chunks_bound_every_channel():
     for chunk in chunks:
         assert (np.abs(weights[:, chunk]).sum(axis=1) * 128).max() < FLOAT32_EXACT_LIMIT
     assert exact_float32_chunks(weights[:, :1000], 128) == [slice(0, 1000)]
+
+
+# -- a PAD folded into the convolution that reads it (Interpreter._fold_pads) ------------------------
+
+def padded_conv_graph(op_type, pads, dtype, stride=2, k=3, seed=13):
+    """PAD (x0 -> x) then a VALID ``op_type`` on x: int8 from weighted_op, float with random weights."""
+    (top, bottom), (left, right) = pads
+    x_shape = (2, 9 + top + bottom, 8 + left + right, 4)
+    if dtype == np.int8:
+        graph, _ = weighted_op(op_type, x_shape, *PARAMS["typical"], k=k, stride=stride, padding="VALID",
+                               out_c=4 if op_type == "DEPTHWISE_CONV_2D" else 6, act="RELU6", seed=seed)
+    else:
+        graph = float_depthwise_graph(x_shape, k, stride, 1, "VALID", 1, "RELU6", seed=seed)[0]
+        if op_type == "CONV_2D":
+            rng = np.random.default_rng(seed)
+            graph.tensors["w"] = Tensor("w", (6, k, k, 4), np.float32, rng.standard_normal((6, k, k, 4)).astype(np.float32))
+            graph.tensors["b"] = Tensor("b", (6,), np.float32, rng.standard_normal(6).astype(np.float32))
+            y = graph.tensors["y"]
+            graph.tensors["y"] = Tensor("y", y.shape[:3] + (6,), np.float32)
+            options = {key: value for key, value in graph.ops[0].options.items() if key != "depth_multiplier"}
+            graph.ops[0] = Op("CONV_2D", graph.ops[0].inputs, ["y"], options)
+    source = graph.tensors["x"]
+    graph.add_tensor(Tensor("x0", (2, 9, 8, 4), source.dtype, quant=source.quant))
+    graph.add_constant("paddings", np.array([[0, 0], [top, bottom], [left, right], [0, 0]], np.int32))
+    graph.ops.insert(0, Op("PAD", ["x0", "paddings"], ["x"], {}))
+    graph.inputs = ["x0"]
+    rng = np.random.default_rng(seed + 1)
+    x = random_int8(rng, (2, 9, 8, 4)) if dtype == np.int8 else rng.standard_normal((2, 9, 8, 4)).astype(np.float32)
+    return graph, x
+
+
+@pytest.mark.parametrize("op_type", ["CONV_2D", "DEPTHWISE_CONV_2D"])
+@pytest.mark.parametrize("pads", [((1, 1), (1, 1)), ((0, 2), (1, 0)), ((2, 1), (0, 0))])
+@pytest.mark.parametrize("dtype", [np.float32, np.int8])
+def test_pad_folded_into_convolution(kernel_path, op_type, pads, dtype):
+    from converter.tflite_writer import write_tflite
+
+    graph, x = padded_conv_graph(op_type, pads, dtype)
+    content = write_tflite(graph)
+    folded = Interpreter(model_content=content)
+    folded.allocate_tensors()
+    assert len(folded._invoke_steps) == 1  # the PAD runs inside the convolution
+    as_written = Interpreter(model_content=content, experimental_preserve_all_tensors=True)
+    results = []
+    for interpreter in (folded, as_written):
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+        interpreter.invoke()
+        results.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+    assert np.array_equal(results[0], results[1])
+    if dtype == np.int8:  # and equal to LiteRT's reference kernels running the PAD
+        import ai_edge_litert.interpreter as litert
+
+        theirs = litert.Interpreter(model_content=content, num_threads=1,
+                                    experimental_op_resolver_type=litert.OpResolverType.BUILTIN_REF)
+        theirs.allocate_tensors()
+        theirs.set_tensor(theirs.get_input_details()[0]["index"], x)
+        theirs.invoke()
+        assert np.array_equal(theirs.get_tensor(theirs.get_output_details()[0]["index"]), results[0])

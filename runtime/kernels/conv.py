@@ -40,6 +40,10 @@ from runtime.model import ModelError
 
 # Larger batches are run in chunks so the im2col buffer stays around this size.
 IM2COL_BUDGET_BYTES = 32 << 20
+# Float layers whose weights are copied to a contiguous GEMM operand: at most this many output
+# pixels per sample and weights (so the copies add little memory).
+SMALL_GEMM_ROWS = 784
+SMALL_GEMM_WEIGHTS = 1 << 20
 
 
 @register("CONV_2D")
@@ -58,8 +62,12 @@ def _prepare_float(op, graph):
     in_c, out_c, k_h, k_w, out_h, out_w = g.in_c, g.out_c, g.k_h, g.k_w, g.out_h, g.out_w
     filters = _aligned(constant_input(op, graph, 1, "filter").astype(np.float32, copy=False))
     # Rows of the GEMM's right operand follow the im2col column order (kh, kw, c). A transposed
-    # view: BLAS reads it as is, so the filter is not copied (the model's buffer is its only copy).
+    # view: BLAS reads it as is, so the filter is not copied (the model's buffer is its only copy),
+    # except for small layers with few output pixels, where OpenBLAS multiplies a contiguous
+    # [depth, out_c] operand 15-30% faster (7x7 and 14x14 layers of MobileNetV2/ResNet-50).
     weights = filters.reshape(out_c, -1).T
+    if out_h * out_w <= SMALL_GEMM_ROWS and weights.size <= SMALL_GEMM_WEIGHTS:
+        weights = np.ascontiguousarray(weights)
     epilogue = _float_epilogue(_bias(op, graph, out_c), op)
     patch = k_h * k_w * in_c
     chunk = max(1, IM2COL_BUDGET_BYTES // (out_h * out_w * patch * 4))

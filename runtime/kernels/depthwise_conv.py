@@ -52,14 +52,29 @@ def _geometry(op, graph, filters) -> tuple:
     options = op.options
     stride_h, stride_w = options.get("stride_h", 1), options.get("stride_w", 1)
     dil_h, dil_w = options.get("dilation_h_factor", 1), options.get("dilation_w_factor", 1)
-    padding = options.get("padding", "SAME")
-    out_h, pad_top, pad_bottom = compute_padding(padding, in_h, k_h, stride_h, dil_h)
-    out_w, pad_left, pad_right = compute_padding(padding, in_w, k_w, stride_w, dil_w)
+    out_h, out_w, (pad_top, pad_bottom, pad_left, pad_right) = _padding(options, in_h, in_w, k_h, k_w)
     taps = [(phase, rows, cols, np.tile(filters[0, ky, kx], out_w))
             for ky, kx, phase, rows, cols in window_taps(k_h, k_w, stride_h, stride_w, dil_h, dil_w,
                                                           out_h, out_w, out_c)]
     return (in_h, in_w, out_h, out_w, out_c, out_c // in_c, stride_w,
             (pad_top, pad_bottom, pad_left, pad_right), taps)
+
+
+def _padding(options, in_h, in_w, k_h, k_w):
+    """(out_h, out_w, (top, bottom, left, right)) from the op's padding, or from the explicit
+    padding the interpreter sets when it folds a PAD into this op."""
+    stride_h, stride_w = options.get("stride_h", 1), options.get("stride_w", 1)
+    dil_h, dil_w = options.get("dilation_h_factor", 1), options.get("dilation_w_factor", 1)
+    explicit = options.get("explicit_padding")
+    if explicit is not None:
+        top, bottom, left, right = explicit
+        out_h = (in_h + top + bottom - (k_h - 1) * dil_h - 1) // stride_h + 1
+        out_w = (in_w + left + right - (k_w - 1) * dil_w - 1) // stride_w + 1
+        return out_h, out_w, (top, bottom, left, right)
+    padding = options.get("padding", "SAME")
+    out_h, top, bottom = compute_padding(padding, in_h, k_h, stride_h, dil_h)
+    out_w, left, right = compute_padding(padding, in_w, k_w, stride_w, dil_w)
+    return out_h, out_w, (top, bottom, left, right)
 
 
 def _prepare_float(op, graph):
@@ -176,9 +191,7 @@ def _compiled_int8(op, graph, bias, input_offset, output_multiplier, output_shif
     options = op.options
     stride_h, stride_w = options.get("stride_h", 1), options.get("stride_w", 1)
     dil_h, dil_w = options.get("dilation_h_factor", 1), options.get("dilation_w_factor", 1)
-    padding = options.get("padding", "SAME")
-    out_h, pad_top, _ = compute_padding(padding, in_h, k_h, stride_h, dil_h)
-    out_w, pad_left, _ = compute_padding(padding, in_w, k_w, stride_w, dil_w)
+    out_h, out_w, (pad_top, _, pad_left, _) = _padding(options, in_h, in_w, k_h, k_w)
     taps = np.ascontiguousarray(filters[0])
     bias = np.zeros(0, np.int64) if bias is None else np.ascontiguousarray(bias, dtype=np.int64)
     arguments = (taps, bias, np.int32(input_offset), stride_h, stride_w, dil_h, dil_w, pad_top, pad_left,

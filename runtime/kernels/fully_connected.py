@@ -10,6 +10,9 @@ from runtime.kernels.requantize import (
     activation_range,
     asymmetric_quantize_rows,
     double_to_int32,
+    exact_float32_chunks,
+    exact_gemm,
+    exact_gemm_dtype,
     exact_matmul_dtype_for,
     round_half_away,
     saturate,
@@ -84,8 +87,11 @@ def _prepare_int8(op, graph):
     filter_scales = quant.scale.astype(np.float32)
     weights_offset = 0 if filter_scales.size > 1 else -int(quant.zero_point[0])
     weights = constant_input(op, graph, 1, "weights").astype(np.int64) + weights_offset
-    gemm_dtype = exact_matmul_dtype_for(in_c, 128, 256 if weights_offset else 128)
-    weights_t = np.ascontiguousarray(weights.T.astype(gemm_dtype))
+    # Raw int8 inputs (|x| <= 128) times the offset weights: exact float32 GEMM pieces.
+    chunks = exact_float32_chunks(weights, 128)
+    gemm = exact_gemm(np.ascontiguousarray(weights.T, dtype=np.float32), chunks)
+    accumulator_dtype = exact_gemm_dtype(chunks)
+    scratch = compiled.SCRATCH
     constant_term = input_offset * weights.sum(axis=1)
     if input_tensor(op, graph, 2) is not None:
         constant_term = constant_term + constant_input(op, graph, 2, "bias").astype(np.int64)
@@ -97,22 +103,34 @@ def _prepare_int8(op, graph):
         scales = np.ascontiguousarray(effective_scale, dtype=np.float64).reshape(-1)
         requantize = compiled.requantize_rows_float_scale
 
+        outputs = {}
+
         def fully_connected_int8_compiled(x, _weights=None, _bias=None):
-            acc = x.reshape(-1, in_c).astype(gemm_dtype) @ weights_t
-            out = np.empty(acc.shape, np.int8)
+            acc = _exact_product(x, in_c, out_c, gemm, accumulator_dtype, scratch)
+            out = outputs.get(acc.shape[0])
+            if out is None:
+                out = outputs[acc.shape[0]] = np.empty(acc.shape, np.int8)
             requantize(acc, constant_term_, scales, output_offset, activation_min, activation_max, out)
             return out.reshape(_output_shape(x, in_c, out_c, keep_num_dims))
 
         return fully_connected_int8_compiled
 
     def fully_connected_int8(x, _weights=None, _bias=None):
-        acc = (x.reshape(-1, in_c).astype(gemm_dtype) @ weights_t).astype(np.int64)
+        acc = _exact_product(x, in_c, out_c, gemm, accumulator_dtype, scratch).astype(np.int64)
         acc += constant_term
         scaled = double_to_int32(round_half_away(acc.astype(np.float64) * effective_scale))
         out = saturate(scaled + output_offset, activation_min, activation_max, np.int8)
         return out.reshape(_output_shape(x, in_c, out_c, keep_num_dims))
 
     return fully_connected_int8
+
+
+def _exact_product(x, in_c, out_c, gemm, accumulator_dtype, scratch):
+    """x [.., in_c] int8 @ the prepared weights, as exact integers in float scratch [rows, out_c]."""
+    rows = x.size // in_c
+    lhs = scratch.get("fc_input", (rows, in_c), np.float32)
+    np.copyto(lhs, x.reshape(rows, in_c), casting="unsafe")
+    return gemm(lhs, scratch.get("accumulators", (rows, out_c), accumulator_dtype))
 
 
 # -- hybrid (dynamic range): int8 weights, float input and output -------------------------------
