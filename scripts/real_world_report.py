@@ -57,8 +57,8 @@ def int8_columns(name: str) -> list:
         cosine = task_metrics.cosine(int8_outputs, float_outputs)
         sqnr = task_metrics.sqnr_db(int8_outputs, float_outputs)
         fidelity, task = f"{cosine:.4f} / {sqnr:.1f} dB", models.task_metric(name, float_outputs, int8_outputs)[0]
-    samples = models.MODEL_SPECS[name].reference_samples
-    counts, error = attempt(lambda: models.integer_mismatches(result.content, name, samples))
+    samples = models.evaluation_samples(name)
+    counts, error = attempt(lambda: models.integer_mismatches(result, name))
     if error:
         mismatches = f"fails: {error}"
     else:
