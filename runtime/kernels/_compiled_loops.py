@@ -148,16 +148,45 @@ def depthwise_float(x, filters, bias, stride_h, stride_w, dil_h, dil_w, pad_top,
     _, out_h, out_w, out_c = out.shape
     k_h, k_w = filters.shape[0], filters.shape[1]
     acc = np.empty(out_c, np.float32)
+    has_bias = bias.size > 0
+    three_by_three = k_h == 3 and k_w == 3 and multiplier == 1 and dil_h == 1 and dil_w == 1
     for n in range(n_batch):
         for oy in range(out_h):
+            iy0 = oy * stride_h - pad_top
+            rows_inside = iy0 >= 0 and iy0 + 2 < in_h
             for ox in range(out_w):
+                ix0 = ox * stride_w - pad_left
+                target = out[n, oy, ox]
+                if three_by_three and rows_inside and ix0 >= 0 and ix0 + 2 < in_w:
+                    # A 3x3 window wholly inside (most pixels): the nine products summed in the
+                    # same (ky, kx) order in one pass over the channels, with no accumulator array.
+                    a0, a1, a2 = x[n, iy0, ix0], x[n, iy0, ix0 + 1], x[n, iy0, ix0 + 2]
+                    b0, b1, b2 = x[n, iy0 + 1, ix0], x[n, iy0 + 1, ix0 + 1], x[n, iy0 + 1, ix0 + 2]
+                    c0, c1, c2 = x[n, iy0 + 2, ix0], x[n, iy0 + 2, ix0 + 1], x[n, iy0 + 2, ix0 + 2]
+                    w00, w01, w02 = filters[0, 0], filters[0, 1], filters[0, 2]
+                    w10, w11, w12 = filters[1, 0], filters[1, 1], filters[1, 2]
+                    w20, w21, w22 = filters[2, 0], filters[2, 1], filters[2, 2]
+                    for c in range(out_c):
+                        total = a0[c] * w00[c]
+                        total += a1[c] * w01[c]
+                        total += a2[c] * w02[c]
+                        total += b0[c] * w10[c]
+                        total += b1[c] * w11[c]
+                        total += b2[c] * w12[c]
+                        total += c0[c] * w20[c]
+                        total += c1[c] * w21[c]
+                        total += c2[c] * w22[c]
+                        if has_bias:
+                            total += bias[c]
+                        target[c] = min(max(total, low), high)
+                    continue
                 acc[:] = 0.0
                 for ky in range(k_h):
-                    iy = oy * stride_h - pad_top + ky * dil_h
+                    iy = iy0 + ky * dil_h
                     if iy < 0 or iy >= in_h:
                         continue
                     for kx in range(k_w):
-                        ix = ox * stride_w - pad_left + kx * dil_w
+                        ix = ix0 + kx * dil_w
                         if ix < 0 or ix >= in_w:
                             continue
                         if multiplier == 1:
@@ -167,8 +196,8 @@ def depthwise_float(x, filters, bias, stride_h, stride_w, dil_h, dil_w, pad_top,
                             for c in range(out_c):
                                 acc[c] += x[n, iy, ix, c // multiplier] * filters[ky, kx, c]
                 for c in range(out_c):
-                    value = acc[c] + bias[c] if bias.size else acc[c]
-                    out[n, oy, ox, c] = min(max(value, low), high)
+                    value = acc[c] + bias[c] if has_bias else acc[c]
+                    target[c] = min(max(value, low), high)
     return out
 
 
@@ -181,28 +210,55 @@ def depthwise_int8(x, filters, bias, input_offset, stride_h, stride_w, dil_h, di
     _, out_h, out_w, out_c = out.shape
     k_h, k_w = filters.shape[0], filters.shape[1]
     acc = np.empty(out_c, np.int32)
+    has_bias = bias.size > 0
+    three_by_three = k_h == 3 and k_w == 3 and multiplier == 1 and dil_h == 1 and dil_w == 1
     for n in range(n_batch):
         for oy in range(out_h):
+            iy0 = oy * stride_h - pad_top
+            rows_inside = iy0 >= 0 and iy0 + 2 < in_h
             for ox in range(out_w):
-                acc[:] = 0
-                for ky in range(k_h):
-                    iy = oy * stride_h - pad_top + ky * dil_h
-                    if iy < 0 or iy >= in_h:
-                        continue
-                    for kx in range(k_w):
-                        ix = ox * stride_w - pad_left + kx * dil_w
-                        if ix < 0 or ix >= in_w:
+                ix0 = ox * stride_w - pad_left
+                target = out[n, oy, ox]
+                if three_by_three and rows_inside and ix0 >= 0 and ix0 + 2 < in_w:
+                    # A 3x3 window wholly inside: the int32 sum in one pass over the channels into
+                    # the accumulator, requantized in a second (the requantization does not vectorize).
+                    a0, a1, a2 = x[n, iy0, ix0], x[n, iy0, ix0 + 1], x[n, iy0, ix0 + 2]
+                    b0, b1, b2 = x[n, iy0 + 1, ix0], x[n, iy0 + 1, ix0 + 1], x[n, iy0 + 1, ix0 + 2]
+                    c0, c1, c2 = x[n, iy0 + 2, ix0], x[n, iy0 + 2, ix0 + 1], x[n, iy0 + 2, ix0 + 2]
+                    w00, w01, w02 = filters[0, 0], filters[0, 1], filters[0, 2]
+                    w10, w11, w12 = filters[1, 0], filters[1, 1], filters[1, 2]
+                    w20, w21, w22 = filters[2, 0], filters[2, 1], filters[2, 2]
+                    for c in range(out_c):
+                        total = (np.int32(a0[c]) + input_offset) * w00[c]
+                        total += (np.int32(a1[c]) + input_offset) * w01[c]
+                        total += (np.int32(a2[c]) + input_offset) * w02[c]
+                        total += (np.int32(b0[c]) + input_offset) * w10[c]
+                        total += (np.int32(b1[c]) + input_offset) * w11[c]
+                        total += (np.int32(b2[c]) + input_offset) * w12[c]
+                        total += (np.int32(c0[c]) + input_offset) * w20[c]
+                        total += (np.int32(c1[c]) + input_offset) * w21[c]
+                        total += (np.int32(c2[c]) + input_offset) * w22[c]
+                        acc[c] = total
+                else:
+                    acc[:] = 0
+                    for ky in range(k_h):
+                        iy = iy0 + ky * dil_h
+                        if iy < 0 or iy >= in_h:
                             continue
-                        if multiplier == 1:
-                            for c in range(out_c):
-                                acc[c] += (np.int32(x[n, iy, ix, c]) + input_offset) * filters[ky, kx, c]
-                        else:
-                            for c in range(out_c):
-                                acc[c] += (np.int32(x[n, iy, ix, c // multiplier]) + input_offset) * filters[ky, kx, c]
+                        for kx in range(k_w):
+                            ix = ix0 + kx * dil_w
+                            if ix < 0 or ix >= in_w:
+                                continue
+                            if multiplier == 1:
+                                for c in range(out_c):
+                                    acc[c] += (np.int32(x[n, iy, ix, c]) + input_offset) * filters[ky, kx, c]
+                            else:
+                                for c in range(out_c):
+                                    acc[c] += (np.int32(x[n, iy, ix, c // multiplier]) + input_offset) * filters[ky, kx, c]
                 for c in range(out_c):
-                    total = np.int64(acc[c]) + (bias[c] if bias.size else 0)
-                    value = _multiply_by_quantized_multiplier(total, multipliers[c], shifts[c]) + output_offset
-                    out[n, oy, ox, c] = min(max(value, low), high)
+                    total64 = np.int64(acc[c]) + (bias[c] if has_bias else 0)
+                    value = _multiply_by_quantized_multiplier(total64, multipliers[c], shifts[c]) + output_offset
+                    target[c] = min(max(value, low), high)
     return out
 
 

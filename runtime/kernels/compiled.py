@@ -100,22 +100,36 @@ class SharedScratch:
         self._local = threading.local()
 
     def get(self, purpose, shape, dtype):
+        # The hot path is one dict lookup: views are cached per request until their purpose's
+        # buffer has to grow (then that purpose's views are dropped, so the old buffer is freed).
+        local = self._local
+        try:
+            views = local.views
+        except AttributeError:
+            views = local.views = {}
+            local.buffers = {}
+        key = (purpose, shape, dtype)
+        view = views.get(key)
+        if view is None:
+            view = views[key] = self._new_view(local, purpose, shape, dtype)
+        return view
+
+    def _new_view(self, local, purpose, shape, dtype):
         import numpy as np
 
-        buffers = getattr(self._local, "buffers", None)
-        if buffers is None:
-            buffers = self._local.buffers = {}
         dtype = np.dtype(dtype)
         count = 1
         for size in shape:
             count *= size
         nbytes = count * dtype.itemsize
-        buffer = buffers.get(purpose)
+        buffer = local.buffers.get(purpose)
         if buffer is None or buffer.size < nbytes:
+            for key in [key for key in local.views if key[0] == purpose]:
+                del local.views[key]
             # 64-byte aligned, as numpy's own large allocations are, for BLAS and SIMD loads.
             raw = np.empty(nbytes + 64, np.uint8)
             offset = (-raw.ctypes.data) % 64
-            buffer = buffers[purpose] = raw[offset:offset + nbytes]
+            buffer = local.buffers[purpose] = raw[offset:offset + nbytes]
         return buffer[:nbytes].view(dtype).reshape(shape)
 
 

@@ -22,6 +22,8 @@ from runtime.kernels.common import (
 from runtime.fixedpoint import multiply_by_quantized_multiplier
 from runtime.kernels.requantize import (
     activation_range,
+    fold_requantization,
+    folded_requantizer,
     asymmetric_quantize_rows,
     per_channel_multipliers,
     saturate,
@@ -171,6 +173,23 @@ def _prepare_int8(op, graph):
     if compiled.enabled():
         return _compiled_int8(op, graph, bias, input_offset, output_multiplier, output_shift, output_offset,
                               activation_min, activation_max)
+
+    # |x + input_offset| <= 255, so each channel's sum is bounded by 255 * sum |w|.
+    filters = constant_input(op, graph, 1, "filter").astype(np.int64).reshape(-1, out_c)
+    accumulator_bound = 255 * int(np.abs(filters).sum(axis=0).max(initial=0))
+    constant_term = bias if bias is not None else np.zeros(out_c, np.int64)
+    folded = fold_requantization(constant_term, output_multiplier, output_shift, output_offset, accumulator_bound)
+    if folded is not None:
+        requantize = folded_requantizer(folded, activation_min, activation_max)
+        outputs = compiled.OutputBuffers(graph[op.outputs[0]].shape[1:], np.int8)
+
+        def depthwise_conv_2d_int8_folded(x, _filters=None, _bias=None):
+            acc = accumulate(x.astype(np.int32) + input_offset)
+            out = outputs.get(x.shape[0])
+            requantize(acc.reshape(-1, out_c), out.reshape(-1, out_c))
+            return out
+
+        return depthwise_conv_2d_int8_folded
 
     def depthwise_conv_2d_int8(x, _filters=None, _bias=None):
         acc = accumulate(x.astype(np.int32) + input_offset).astype(np.int64)
