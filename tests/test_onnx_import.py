@@ -108,6 +108,18 @@ def test_channel_shuffle_needs_exactly_one_transpose():
     assert op_types(graph).count("TRANSPOSE") == 1
 
 
+def test_pointwise_conv_runs_on_any_layout_with_channels_last():
+    # Swapping H and W leaves the channels stored last: a 1x1 conv needs no TRANSPOSE to NHWC.
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["swapped"], perm=[0, 1, 3, 2]),
+        conv_node("swapped", "w", "mixed"),
+        helper.make_node("Transpose", ["mixed"], ["y"], perm=[0, 1, 3, 2]),
+    ]
+    model = make_model(nodes, [("x", [1, 6, 4, 5])], ["y"], conv_weights("w", 3, 6, 1))
+    graph = assert_matches_onnxruntime(model)
+    assert "TRANSPOSE" not in op_types(graph)
+
+
 def test_depthwise_and_grouped_convolutions_match_onnxruntime():
     nodes = [
         helper.make_node("Conv", ["x", "dw", "dw_b"], ["d"], group=4, pads=[1, 1, 1, 1], strides=[2, 2]),

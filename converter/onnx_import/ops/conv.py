@@ -34,6 +34,21 @@ def conv_options(padding, strides, dilations) -> dict:
     }
 
 
+def pointwise_layout(ctx, name, window, strides, pads, group):
+    """The input's own layout when a 1x1 convolution can run on it as stored, else None.
+
+    A 1x1, stride-1, unpadded convolution only mixes channels, so any 4-D storage with the channels
+    last will do: a detector head's anchors-first view (DFL) then needs no TRANSPOSE to NHWC and back.
+    """
+    unit_window = all(w == 1 for w in window) and all(s == 1 for s in strides) and not any(map(any, pads))
+    if ctx.is_const(name) or group != 1 or not unit_window:
+        return None
+    value = ctx.value(name)
+    if value.perm[-1] != 1 or value.feature_order is not None:
+        return None
+    return value.perm
+
+
 @rule("Conv")
 def convert_conv(ctx, node, attrs):
     if is_1d(ctx, node):
@@ -49,12 +64,13 @@ def convert_conv(ctx, node, attrs):
     group = int(attrs.get("group", 1))
     in_channels = x_shape[1]
 
-    x_ir = ctx.stored(node.input[0], NHWC)
+    perm = pointwise_layout(ctx, node.input[0], eff, strides, pads, group) or NHWC
+    x_ir = ctx.stored(node.input[0], perm)
     padding, extra = tflite_padding(pads, x_shape[2:], eff, strides)
     if extra:
         x_ir = emit_pad_nhwc(ctx, x_ir, extra, node.output[0], node)
     options = conv_options(padding, strides, dilations)
-    out = ctx.define(node.output[0], NHWC)
+    out = ctx.define(node.output[0], perm)
     base = node.output[0]
 
     if group == 1:
