@@ -166,12 +166,50 @@ def _tap_im2col(g, fill=0, dtype=np.float32):
     return im2col
 
 
-# Below this many input channels a tap's copy is too short for numpy; the compiled loop is faster.
-COMPILED_IM2COL_MAX_CHANNELS = 16
+def _window_im2col(g, fill=0, dtype=np.float32):
+    """im2col(x) for few channels and no dilation: x is copied once into a padded scratch array,
+    where each window row (KW * C values) is contiguous, so one strided view [N, OH, OW, KH, KW * C]
+    of it is the whole column matrix and one copy fills it (2-4x faster than the compiled loop or
+    per-tap copies of 3 channels, e.g. the RGB stems of ResNet-50 and MobileNetV2)."""
+    from numpy.lib.stride_tricks import as_strided
+
+    in_h, in_w = g.in_h, g.in_w
+    out_h, out_w, k_h, k_w, in_c = g.out_h, g.out_w, g.k_h, g.k_w, g.in_c
+    stride_h, stride_w, pad_top, pad_left = g.stride_h, g.stride_w, g.pad_top, g.pad_left
+    padded_h = max((out_h - 1) * stride_h + k_h, pad_top + in_h)
+    padded_w = max((out_w - 1) * stride_w + k_w, pad_left + in_w)
+    bottom, right = pad_top + in_h, pad_left + in_w
+    scratch = compiled.SCRATCH
+
+    def im2col(x):
+        n = x.shape[0]
+        padded = scratch.get("padded_input", (n, padded_h, padded_w, in_c), dtype)
+        padded[:, :pad_top] = fill
+        padded[:, bottom:] = fill
+        padded[:, pad_top:bottom, :pad_left] = fill
+        padded[:, pad_top:bottom, right:] = fill
+        padded[:, pad_top:bottom, pad_left:right] = x
+        sample, row, pixel, _ = padded.strides
+        windows = as_strided(padded, (n, out_h, out_w, k_h, k_w * in_c),
+                             (sample, stride_h * row, stride_w * pixel, row, padded.itemsize), writeable=False)
+        columns = scratch.get("patches", (n, out_h, out_w, k_h, k_w * in_c), dtype)
+        np.copyto(columns, windows)
+        return columns.reshape(n * out_h * out_w, k_h * k_w * in_c)
+
+    return im2col
+
+
+# From this many input channels on, per-tap copies move long enough runs to beat one padded copy
+# plus strided windows.
+TAP_IM2COL_MIN_CHANNELS = 16
 
 
 def _im2col_for(g, fill, dtype):
-    if compiled.enabled() and g.in_c < COMPILED_IM2COL_MAX_CHANNELS:
+    if g.in_c >= TAP_IM2COL_MIN_CHANNELS:
+        return _tap_im2col(g, fill, dtype)
+    if g.dil_h == 1 and g.dil_w == 1:
+        return _window_im2col(g, fill, dtype)
+    if compiled.enabled():
         return _compiled_im2col_for(g, float(fill), dtype)
     return _tap_im2col(g, fill, dtype)
 
@@ -221,6 +259,8 @@ def _bias(op, graph, out_c):
 # is 0 there, and the input_offset term is folded into a per-channel constant in prepare.
 
 class ConvGeometry(NamedTuple):
+    in_h: int
+    in_w: int
     in_c: int
     out_c: int
     k_h: int
@@ -261,7 +301,7 @@ def _geometry(op, graph) -> ConvGeometry:
             cols = _tap_range(kx * dil_w - pad_left, stride_w, in_w, out_w)
             if rows is not None and cols is not None:
                 taps.append((ky, kx, rows, cols))
-    return ConvGeometry(in_c, out_c, k_h, k_w, out_h, out_w, stride_h, stride_w, dil_h, dil_w,
+    return ConvGeometry(in_h, in_w, in_c, out_c, k_h, k_w, out_h, out_w, stride_h, stride_w, dil_h, dil_w,
                         pad_top, pad_left, taps)
 
 
@@ -282,7 +322,7 @@ def _integer_gemm(op, graph, gemm_dtype, fill_value):
     """eval(x_float [N, H, W, C]) -> int64 [N, OH, OW, O] accumulators sum w * x_float over each
     window, with padding entries equal to ``fill_value``; exact in ``gemm_dtype``."""
     g = _geometry(op, graph)
-    in_c, out_c, k_h, k_w, out_h, out_w, stride_h, stride_w = g[:8]
+    in_c, out_c, k_h, k_w, out_h, out_w, stride_h, stride_w = g[2:10]
     taps = g.taps
     filters = constant_input(op, graph, 1, "filter").astype(gemm_dtype)
     weights = np.ascontiguousarray(filters.reshape(out_c, -1).T)
