@@ -41,6 +41,8 @@ class ModelSpec:
     input_shapes: dict  # ONNX layout, fixing every dynamic dimension
     # TRANSPOSE ops the model's own semantics need in the float .tflite (why: see MODEL_SPECS)
     needed_transposes: int
+    # a second setting of the dynamic dimensions, so the shape arithmetic must follow the input
+    other_input_shapes: dict
     min_cosine: float = 0.99  # int8 output vs float output, over all evaluation samples
     min_sqnr_db: float = 20.0
 
@@ -51,15 +53,19 @@ MODEL_SPECS = {
     # the only data movement the model asks for. (The DFL's Transpose(2, 1) swaps axes the NHWC
     # storage already holds in the needed order: the softmax runs over the innermost bins and the
     # arange 1x1 conv is a dot product over them.)
-    "yolo_detector": ModelSpec({"images": (1, 3, 64, 64)}, needed_transposes=1),
+    "yolo_detector": ModelSpec({"images": (1, 3, 64, 64)}, needed_transposes=1,
+                               other_input_shapes={"images": (1, 3, 96, 128)}),
     # None: with batch 1 and the feature map pooled to height 1, the CNN-to-sequence permute and the
     # LSTM's seq/batch/direction transposes only move axes of size 1, which a RESHAPE does.
-    "crnn_text": ModelSpec({"images": (1, 1, 32, 128)}, needed_transposes=0),
+    "crnn_text": ModelSpec({"images": (1, 1, 32, 128)}, needed_transposes=0,
+                           other_input_shapes={"images": (1, 1, 32, 96)}),
     # None: a pure convolutional network; concats and resizes work on NHWC directly.
-    "unet_segmenter": ModelSpec({"images": (1, 3, 64, 64)}, needed_transposes=0),
+    "unet_segmenter": ModelSpec({"images": (1, 3, 64, 64)}, needed_transposes=0,
+                                other_input_shapes={"images": (1, 3, 96, 80)}),
     # Four per layer: the head split [S, heads, d] -> [heads, S, d] of Q, K and V, and the head merge
     # back; K's further transpose for Q.K^T belongs in BATCH_MATMUL's adj_y or composed with its split.
-    "bert_encoder": ModelSpec({"input_ids": (1, 16), "attention_mask": (1, 16)}, needed_transposes=8),
+    "bert_encoder": ModelSpec({"input_ids": (1, 16), "attention_mask": (1, 16)}, needed_transposes=8,
+                              other_input_shapes={"input_ids": (1, 11), "attention_mask": (1, 11)}),
 }
 NAMES = sorted(MODEL_SPECS)
 # The finest step of an int8 class probability (a Sigmoid output's fixed scale is 1/256): float
@@ -95,6 +101,18 @@ def converted(name: str, quantize: str):
         calibration = Path(folder) / "calibration.npz"
         np.savez(calibration, **inputs(name, "calib"))
         return convert(path, input_shapes=spec.input_shapes, quantize="int8", calibration=calibration)
+
+
+def resized(array: np.ndarray, shape: tuple) -> np.ndarray:
+    """``array`` (samples first) cropped or edge-padded at the end of each axis to ``shape[1:]``."""
+    for axis, size in enumerate(shape[1:], start=1):
+        if array.shape[axis] > size:
+            array = np.take(array, range(size), axis=axis)
+        elif array.shape[axis] < size:
+            padding = [(0, 0)] * array.ndim
+            padding[axis] = (0, size - array.shape[axis])
+            array = np.pad(array, padding, mode="edge")
+    return array
 
 
 @lru_cache(maxsize=None)
@@ -297,6 +315,28 @@ def test_float_model_matches_onnxruntime_on_our_runtime_and_litert(name):
     theirs = tflite_outputs(name, content, "litert")
     ours_error, litert_error = relative_max_error(ours, expected), relative_max_error(theirs, expected)
     print(f"{name} float: edgeq vs onnxruntime {ours_error:.2e}, LiteRT vs onnxruntime {litert_error:.2e}")
+    assert ours_error <= FLOAT_TOLERANCE
+    assert litert_error <= FLOAT_TOLERANCE
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float_model_converted_at_other_input_sizes_matches_onnxruntime(name):
+    """The dynamic dims fixed differently (other image sizes, a shorter sentence): the Shape/Gather/
+    Concat/Reshape arithmetic, anchors and position slices must follow."""
+    shapes = MODEL_SPECS[name].other_input_shapes
+    feeds = {n: resized(values[:8], shapes[n]) for n, values in inputs(name, "eval").items()}
+    (expected,) = run_onnxruntime(onnx.load(str(MODELS_DIR / f"{name}.onnx")), feeds)
+    content = convert(MODELS_DIR / f"{name}.onnx", input_shapes=shapes).content
+    outputs = {"edgeq": [], "litert": []}
+    for engine, results in outputs.items():
+        interpreter = new_interpreter(content, engine)
+        for sample in range(len(expected)):
+            set_inputs_and_invoke(interpreter, [nchw_to_nhwc(v[sample:sample + 1]) for v in feeds.values()])
+            results.append(nhwc_to_nchw(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])))
+    ours_error = relative_max_error(np.concatenate(outputs["edgeq"]), expected)
+    litert_error = relative_max_error(np.concatenate(outputs["litert"]), expected)
+    print(f"{name} float at {shapes}: output {expected.shape[1:]}, edgeq vs onnxruntime {ours_error:.2e}, "
+          f"LiteRT vs onnxruntime {litert_error:.2e}")
     assert ours_error <= FLOAT_TOLERANCE
     assert litert_error <= FLOAT_TOLERANCE
 
