@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Convert each real-world test model (tests/models/) to float and int8 and print a markdown table:
 float error against onnxruntime, TRANSPOSE count, int8 fidelity to float (cosine, SQNR, the task
-metric) and int8 integer mismatches against LiteRT's reference kernels.
+metric) and int8 integer mismatches against LiteRT's reference kernels; and the int8 fidelity with
+the automatic float fallback turned off, which shows what the float islands buy.
 
     python scripts/real_world_report.py                   # every model
     python scripts/real_world_report.py crnn_text         # some of them
@@ -13,13 +14,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import numpy as np  # noqa: E402
 import test_real_world_models as models  # noqa: E402
 import task_metrics  # noqa: E402
+from converter.api import convert  # noqa: E402
 from referees import relative_max_error  # noqa: E402
 
 
@@ -68,17 +72,39 @@ def int8_columns(name: str) -> list:
     return [fidelity, task, mismatches, kept_float]
 
 
+def all_int8_column(name: str) -> str:
+    """Fidelity with every op that has an int8 form quantized (``float_fallback="none"``): what the
+    automatic float islands buy."""
+    def all_int8():
+        with tempfile.TemporaryDirectory() as folder:
+            calibration = Path(folder) / "calibration.npz"
+            np.savez(calibration, **models.inputs(name, "calib"))
+            return convert(models.MODELS_DIR / f"{name}.onnx", input_shapes=models.MODEL_SPECS[name].input_shapes,
+                           quantize="int8", calibration=calibration, float_fallback="none")
+
+    result, error = attempt(all_int8)
+    if error:
+        return f"convert fails: {error}"
+    float_outputs = models.onnxruntime_outputs(name)
+    outputs, error = attempt(lambda: models.tflite_outputs(name, result.content, "edgeq"))
+    if error:
+        return f"runtime fails: {error}"
+    cosine = task_metrics.cosine(outputs, float_outputs)
+    sqnr = task_metrics.sqnr_db(outputs, float_outputs)
+    return f"{cosine:.4f} / {sqnr:.1f} dB; {models.task_metric(name, float_outputs, outputs)[0]}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="*", default=models.NAMES, help="subset of " + ", ".join(models.NAMES))
     args = parser.parse_args()
     header = ["model", "float max rel. error vs onnxruntime (edgeq / LiteRT)", "TRANSPOSE",
               "int8 vs float: cosine / SQNR", "int8 task metric", "int8 mismatches vs LiteRT REF",
-              "int8: kept float"]
+              "int8: kept float", "all-int8 (no float fallback): cosine / SQNR; task metric"]
     rows = []
     for name in args.models:
         start = time.time()
-        rows.append([f"`{name}`"] + float_columns(name) + int8_columns(name))
+        rows.append([f"`{name}`"] + float_columns(name) + int8_columns(name) + [all_int8_column(name)])
         print(f"{name}: {time.time() - start:.0f} s", file=sys.stderr)
     print("| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))
