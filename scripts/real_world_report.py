@@ -24,7 +24,6 @@ import numpy as np  # noqa: E402
 import test_real_world_models as models  # noqa: E402
 import task_metrics  # noqa: E402
 from converter.api import convert  # noqa: E402
-from referees import relative_max_error  # noqa: E402
 
 
 def attempt(step):
@@ -41,9 +40,9 @@ def float_columns(name: str) -> list:
     result, error = attempt(lambda: models.converted(name, "none"))
     if error:
         return [f"convert fails: {error}", "-"]
-    ours = relative_max_error(models.tflite_outputs(name, result.content, "edgeq"), expected)
+    ours = models.float_error(name, models.tflite_outputs(name, result.content, "edgeq"), expected)
     theirs, litert_error = attempt(
-        lambda: relative_max_error(models.tflite_outputs(name, result.content, "litert"), expected))
+        lambda: models.float_error(name, models.tflite_outputs(name, result.content, "litert"), expected))
     litert_text = f"{theirs:.1e}" if litert_error is None else f"fails: {litert_error}"
     transposes = models.op_counts(result.graph).get("TRANSPOSE", 0)
     return [f"{ours:.1e} / {litert_text}", f"{transposes} (needs {models.MODEL_SPECS[name].needed_transposes})"]
