@@ -309,6 +309,12 @@ def test_dynamic_dimension_error_names_the_input_and_the_fix():
         import_onnx(model)
 
 
+def test_dynamic_width_error_asks_for_the_width_by_name():
+    model = make_model([helper.make_node("Relu", ["images"], ["y"])], [("images", [1, 1, 32, "width"])], ["y"])
+    with pytest.raises(ModelError, match=r"dimension 3 \('width'\).*--input-shape images:1,1,32,<width>"):
+        import_onnx(model)
+
+
 def test_input_shapes_fix_dynamic_dimensions():
     model = make_model([helper.make_node("Relu", ["images"], ["y"])], [("images", ["batch", 3, 8, 8])], ["y"])
     graph = import_onnx(model, input_shapes={"images": (2, 3, 8, 8)})

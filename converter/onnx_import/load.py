@@ -150,8 +150,18 @@ def drop_initializer_inputs(model: onnx.ModelProto) -> None:
     model.graph.input.extend(keep)
 
 
-def shape_hint(dims) -> str:
-    return ",".join(str(d) if d > 0 else "1" for d in dims)
+def shape_hint(dims, names) -> str:
+    """The --input-shape value to suggest: known sizes as they are, batch 1, other dynamic sizes by
+    name (``<width>``) for the user to choose, since 1 is rarely a usable image width or sequence."""
+    parts = []
+    for i, (size, name) in enumerate(zip(dims, names)):
+        if size > 0:
+            parts.append(str(size))
+        elif i == 0:
+            parts.append("1")
+        else:
+            parts.append(f"<{name or f'dim{i}'}>")
+    return ",".join(parts)
 
 
 def fix_input_shapes(model: onnx.ModelProto, input_shapes: Optional[dict]) -> None:
@@ -183,12 +193,13 @@ def fix_input_shapes(model: onnx.ModelProto, input_shapes: Optional[dict]) -> No
                 f"input '{inp.name}' has no shape; fix it with --input-shape {inp.name}:1,3,224,224"
             )
         dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor_type.shape.dim]
+        dim_names = [d.dim_param for d in tensor_type.shape.dim]
         for i, dim in enumerate(tensor_type.shape.dim):
             if not (dim.HasField("dim_value") and dim.dim_value > 0):
                 label = f" ('{dim.dim_param}')" if dim.dim_param else ""
                 raise ModelError(
                     f"input '{inp.name}' has a dynamic dimension {i}{label}; "
-                    f"fix it with --input-shape {inp.name}:{shape_hint(dims)}"
+                    f"fix it with --input-shape {inp.name}:{shape_hint(dims, dim_names)}"
                 )
 
 
