@@ -60,10 +60,13 @@ _ARITY = {
     "SHAPE": (1, 1, 1, 1),
     "CAST": (1, 1, 1, 1),
     "SELECT_V2": (3, 3, 1, 1),
+    "ARG_MAX": (2, 2, 1, 1),
+    "ARG_MIN": (2, 2, 1, 1),
 }
 _BINARY = ("ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM", "SQUARED_DIFFERENCE", "POW")
+_COMPARISONS = ("EQUAL", "NOT_EQUAL", "LESS", "LESS_EQUAL", "GREATER", "GREATER_EQUAL", "LOGICAL_AND", "LOGICAL_OR")
 _REDUCERS = ("MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN", "REDUCE_PROD", "REDUCE_ANY", "REDUCE_ALL")
-_ARITY.update({op_type: (2, 2, 1, 1) for op_type in _BINARY + _REDUCERS})
+_ARITY.update({op_type: (2, 2, 1, 1) for op_type in _BINARY + _COMPARISONS + _REDUCERS})
 # Inputs that may be omitted ("" / index -1), by op; every other input must be present.
 _OPTIONAL_INPUTS = {
     "CONV_2D": {2},
@@ -590,6 +593,6 @@ _SHAPE_RULES = {
     "RESHAPE": _reshape_shape,
     "PRELU": _broadcast_shape,
     "SELECT_V2": _select_shape,
-    **{op_type: _broadcast_shape for op_type in _BINARY},
+    **{op_type: _broadcast_shape for op_type in _BINARY + _COMPARISONS},
     **{op_type: _same_shape for op_type in _UNARY_SAME_SHAPE},
 }

@@ -28,7 +28,9 @@ def register(*op_types: str) -> Callable:
 
 KERNEL_MODULES = (
     "activations",
+    "argminmax",
     "batch_matmul",
+    "comparison",
     "conv",
     "depthwise_conv",
     "elementwise",

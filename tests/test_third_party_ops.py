@@ -1,0 +1,223 @@
+"""Ops that detector, OCR and transformer exports use on activations: comparisons and boolean logic,
+Where on a computed condition, ArgMax/ArgMin, Softplus/Mish/Selu/Celu, InstanceNormalization, the
+L1/L2/log-sum-exp/sum-of-squares reductions, CumSum, Tile, Mod and TopK.
+
+Float: our runtime and LiteRT against onnxruntime (integer and bool outputs exactly). int8: every
+integer tensor of our runtime equals LiteRT's reference kernels (BUILTIN_REF)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from converter.calibrate import calibrate
+from converter.onnx_import import import_onnx
+from converter.quantize import quantize_int8
+from converter.tflite_writer import write_tflite
+from referees import nchw_to_nhwc, nhwc_to_nchw, relative_max_error, run_edgeq, run_litert, run_onnxruntime
+from runtime.model import ModelError
+from test_conformance_int8 import tensor_mismatches
+
+RNG = np.random.default_rng(23)
+OPSET = 17
+FLOAT, BOOL, INT64, INT32 = TensorProto.FLOAT, TensorProto.BOOL, TensorProto.INT64, TensorProto.INT32
+
+
+def const(name, array):
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def make_model(nodes, inputs, outputs, initializers=(), opset=OPSET):
+    """``inputs``: (name, shape[, elem_type]); ``outputs``: (name, elem_type)."""
+    graph = helper.make_graph(
+        nodes,
+        "third_party_ops",
+        [helper.make_tensor_value_info(i[0], i[2] if len(i) > 2 else FLOAT, list(i[1])) for i in inputs],
+        [helper.make_tensor_value_info(name, elem_type, None) for name, elem_type in outputs],
+        list(initializers),
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def random_input(shape, elem_type) -> np.ndarray:
+    if elem_type == BOOL:
+        return RNG.random(shape) < 0.5
+    if elem_type == FLOAT:
+        # Halves make ties, so comparisons see equal values too.
+        return (np.round(RNG.standard_normal(shape) * 4) / 2).astype(np.float32)
+    dtype = helper.tensor_dtype_to_np_dtype(elem_type)
+    return RNG.integers(-5 if np.dtype(dtype).kind == "i" else 0, 6, shape).astype(dtype)
+
+
+def random_feeds(model) -> dict:
+    return {i.name: random_input([d.dim_value for d in i.type.tensor_type.shape.dim], i.type.tensor_type.elem_type)
+            for i in model.graph.input}
+
+
+def op_types(graph) -> list:
+    return [op.type for op in graph.ops]
+
+
+def assert_float_matches_onnxruntime(model, tolerance=1e-5, feeds=None):
+    """Convert, run on our runtime and LiteRT, compare each output with onnxruntime."""
+    feeds = feeds or random_feeds(model)
+    expected = run_onnxruntime(model, feeds)
+    graph = import_onnx(model)
+    content = write_tflite(graph)
+    storage_feeds = [nchw_to_nhwc(feeds[i.name]) for i in model.graph.input]
+    for engine in (run_litert, run_edgeq):
+        outputs = engine(content, storage_feeds)
+        assert len(outputs) == len(expected)
+        for got, want in zip(outputs, expected):
+            got = nhwc_to_nchw(got).reshape(want.shape)
+            assert got.dtype == want.dtype, engine.__name__
+            if want.dtype.kind == "f":
+                assert relative_max_error(got, want) <= tolerance, engine.__name__
+            else:
+                np.testing.assert_array_equal(got, want, err_msg=engine.__name__)
+    return graph
+
+
+def assert_int8_matches_litert_reference(model, int8_ops=()):
+    """Calibrate on random samples, quantize, and check every integer tensor against BUILTIN_REF; the
+    ops named in ``int8_ops`` must have been quantized (not left as float islands)."""
+    graph = import_onnx(model)
+    samples = {name: RNG.standard_normal((16,) + tuple(graph[name].shape[1:])).astype(np.float32)
+               for name in graph.inputs}
+    qgraph = quantize_int8(graph, calibrate(graph, samples, "minmax", progress=False))
+    for op_type in int8_ops:
+        quantized = [op for op in qgraph.ops
+                     if op.type == op_type and any(qgraph[n].dtype == np.int8 for n in op.inputs + op.outputs if n)]
+        assert quantized, f"{op_type} stayed float: {qgraph.float_ops}"
+    content = write_tflite(qgraph)
+    for sample in range(3):
+        feeds = [samples[name][sample:sample + 1] for name in qgraph.inputs]
+        counts = tensor_mismatches(content, feeds)
+        assert counts and sum(counts.values()) == 0, {k: v for k, v in counts.items() if v}
+    return qgraph
+
+
+# -- comparisons and logic -----------------------------------------------------------------------------
+
+COMPARISONS = {"Equal": "EQUAL", "Greater": "GREATER", "Less": "LESS", "GreaterOrEqual": "GREATER_EQUAL",
+               "LessOrEqual": "LESS_EQUAL"}
+
+
+@pytest.mark.parametrize("op_type", sorted(COMPARISONS))
+def test_comparison_of_two_feature_maps_is_one_builtin_in_nhwc(op_type):
+    node = helper.make_node(op_type, ["a", "b"], ["y"])
+    model = make_model([node], [("a", [1, 3, 4, 5]), ("b", [1, 3, 4, 5])], [("y", BOOL)])
+    graph = assert_float_matches_onnxruntime(model)
+    assert op_types(graph) == [COMPARISONS[op_type]]
+
+
+@pytest.mark.parametrize("op_type", sorted(COMPARISONS))
+def test_comparison_with_a_per_channel_constant_broadcasts_in_nhwc(op_type):
+    node = helper.make_node(op_type, ["x", "threshold"], ["y"])
+    model = make_model([node], [("x", [1, 3, 4, 5])], [("y", BOOL)],
+                       [const("threshold", np.array([-0.5, 0.0, 0.5], np.float32).reshape(3, 1, 1))])
+    graph = assert_float_matches_onnxruntime(model)
+    assert graph[graph.ops[0].inputs[1]].shape == (1, 1, 1, 3)
+
+
+def test_attention_mask_equal_zero_selects_a_large_negative_score():
+    """BERT's exported mask: Where(mask == 0, -10000, scores) with the int64 mask an input."""
+    nodes = [helper.make_node("Equal", ["mask", "zero"], ["masked"]),
+             helper.make_node("Where", ["masked", "fill", "scores"], ["y"])]
+    inits = [const("zero", np.array(0, np.int64)), const("fill", np.float32(-1e4))]
+    model = make_model(nodes, [("scores", [1, 2, 6, 6]), ("mask", [1, 1, 1, 6], INT64)], [("y", FLOAT)], inits)
+    feeds = random_feeds(model)
+    feeds["mask"] = (RNG.random((1, 1, 1, 6)) < 0.5).astype(np.int64)
+    graph = assert_float_matches_onnxruntime(model, feeds=feeds)
+    assert op_types(graph) == ["EQUAL", "SELECT_V2"]
+
+
+@pytest.mark.parametrize("elem_type", [TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT32,
+                                       TensorProto.INT32, TensorProto.FLOAT16])
+def test_comparison_of_other_types_is_exact_through_a_wider_type(elem_type):
+    node = helper.make_node("Greater", ["a", "b"], ["y"])
+    model = make_model([node], [("a", [2, 7], elem_type), ("b", [7], elem_type)], [("y", BOOL)])
+    graph = assert_float_matches_onnxruntime(model)
+    assert op_types(graph)[-1] == "GREATER"
+
+
+def test_comparison_of_float64_is_refused_by_name():
+    node = helper.make_node("Less", ["a", "b"], ["y"], name="compare")
+    model = make_model([node], [("a", [4], TensorProto.DOUBLE), ("b", [4], TensorProto.DOUBLE)], [("y", BOOL)])
+    with pytest.raises(ModelError, match="Less node 'compare'.*float64"):
+        import_onnx(model)
+
+
+@pytest.mark.parametrize("op_type, tfl_type", [("And", "LOGICAL_AND"), ("Or", "LOGICAL_OR"), ("Xor", "NOT_EQUAL")])
+def test_logic_on_comparisons_of_a_feature_map(op_type, tfl_type):
+    nodes = [helper.make_node("Greater", ["x", "low"], ["above"]),
+             helper.make_node("Less", ["x", "high"], ["below"]),
+             helper.make_node(op_type, ["above", "below"], ["y"])]
+    inits = [const("low", np.float32(-0.5)), const("high", np.float32(1.0))]
+    model = make_model(nodes, [("x", [1, 2, 3, 4])], [("y", BOOL)], inits)
+    graph = assert_float_matches_onnxruntime(model)
+    assert op_types(graph) == ["GREATER", "LESS", tfl_type]
+
+
+def test_logic_broadcasts_a_lower_rank_bool_input():
+    node = helper.make_node("And", ["a", "b"], ["y"])
+    model = make_model([node], [("a", [2, 3, 4], BOOL), ("b", [4], BOOL)], [("y", BOOL)])
+    assert_float_matches_onnxruntime(model)
+
+
+def test_where_on_a_computed_condition_in_an_int8_graph_matches_litert_reference():
+    """A Relu-like gate written as Where(x > 0, 2x, x / 2): the comparison stays float (its output is
+    bool), the selection is int8."""
+    nodes = [helper.make_node("Greater", ["x", "zero"], ["positive"]),
+             helper.make_node("Mul", ["x", "two"], ["doubled"]),
+             helper.make_node("Mul", ["x", "half"], ["halved"]),
+             helper.make_node("Where", ["positive", "doubled", "halved"], ["y"])]
+    inits = [const("zero", np.float32(0)), const("two", np.float32(2)), const("half", np.float32(0.5))]
+    model = make_model(nodes, [("x", [1, 3, 4, 4])], [("y", FLOAT)], inits)
+    assert_float_matches_onnxruntime(model)
+    assert_int8_matches_litert_reference(model, int8_ops=["SELECT_V2"])
+
+
+# -- ArgMax / ArgMin -----------------------------------------------------------------------------------
+
+def arg_model(op_type, shape, **attrs):
+    node = helper.make_node(op_type, ["x"], ["y"], name="pick", **attrs)
+    return make_model([node], [("x", shape)], [("y", INT64)])
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_argmax_over_channels_of_a_segmentation_map_reads_the_last_nhwc_axis(keepdims):
+    graph = assert_float_matches_onnxruntime(arg_model("ArgMax", [1, 5, 6, 7], axis=1, keepdims=keepdims))
+    assert "TRANSPOSE" not in op_types(graph)
+    arg = graph.ops[0]
+    assert arg.type == "ARG_MAX" and list(graph[arg.inputs[1]].data) == [3]
+
+
+@pytest.mark.parametrize("op_type", ["ArgMax", "ArgMin"])
+@pytest.mark.parametrize("shape, axis, keepdims", [([2, 9], -1, 1), ([3, 4, 5], 0, 0), ([1, 3, 4, 5], 2, 1),
+                                                   ([1, 3, 4, 5], -1, 0), ([8], 0, 0)])
+def test_arg_min_max_match_onnxruntime(op_type, shape, axis, keepdims):
+    assert_float_matches_onnxruntime(arg_model(op_type, shape, axis=axis, keepdims=keepdims))
+
+
+def test_argmax_of_integer_values():
+    for elem_type in (INT32, TensorProto.INT8, TensorProto.UINT8):
+        node = helper.make_node("ArgMax", ["x"], ["y"], axis=1, keepdims=0)
+        assert_float_matches_onnxruntime(make_model([node], [("x", [3, 6], elem_type)], [("y", INT64)]))
+
+
+def test_argmax_select_last_index_is_refused_by_name():
+    with pytest.raises(ModelError, match="ArgMax node 'pick'.*select_last_index"):
+        import_onnx(arg_model("ArgMax", [2, 5], axis=1, select_last_index=1))
+
+
+def test_argmax_after_an_int8_convolution_matches_litert_reference():
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["features"], pads=[1, 1, 1, 1]),
+             helper.make_node("ArgMax", ["features"], ["y"], axis=1, keepdims=1)]
+    inits = [const("w", (RNG.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32)),
+             const("b", (RNG.standard_normal(4) * 0.1).astype(np.float32))]
+    model = make_model(nodes, [("x", [1, 3, 6, 6])], [("y", INT64)], inits)
+    assert_float_matches_onnxruntime(model, tolerance=1e-4)
+    assert_int8_matches_litert_reference(model, int8_ops=["CONV_2D"])
