@@ -221,3 +221,37 @@ def test_argmax_after_an_int8_convolution_matches_litert_reference():
     model = make_model(nodes, [("x", [1, 3, 6, 6])], [("y", INT64)], inits)
     assert_float_matches_onnxruntime(model, tolerance=1e-4)
     assert_int8_matches_litert_reference(model, int8_ops=["CONV_2D"])
+
+
+# -- InstanceNormalization -----------------------------------------------------------------------------
+
+def instance_norm_model(shape, epsilon=1e-5):
+    channels = shape[1]
+    node = helper.make_node("InstanceNormalization", ["x", "scale", "bias"], ["y"], epsilon=epsilon)
+    inits = [const("scale", (RNG.standard_normal(channels) + 1).astype(np.float32)),
+             const("bias", (RNG.standard_normal(channels) * 0.5).astype(np.float32))]
+    return make_model([node], [("x", shape)], [("y", FLOAT)], inits)
+
+
+@pytest.mark.parametrize("shape", [[1, 4, 5, 6], [2, 3, 7], [1, 2, 3, 4, 5]])
+def test_instance_norm_matches_onnxruntime(shape):
+    graph = assert_float_matches_onnxruntime(instance_norm_model(shape), tolerance=1e-5)
+    assert "TRANSPOSE" not in op_types(graph)
+
+
+def test_instance_norm_reduces_over_the_spatial_axes_of_nhwc_storage():
+    graph = import_onnx(instance_norm_model([1, 4, 5, 6]))
+    assert op_types(graph) == ["MEAN", "SUB", "MUL", "MEAN", "ADD", "RSQRT", "MUL", "MUL", "ADD"]
+    assert list(graph[graph.ops[0].inputs[1]].data) == [1, 2]
+    assert graph[graph.ops[-1].inputs[1]].shape == (1, 1, 1, 4)
+
+
+def test_instance_norm_with_a_computed_scale_is_refused_by_name():
+    node = helper.make_node("InstanceNormalization", ["x", "scale", "bias"], ["y"], name="norm")
+    model = make_model([node], [("x", [1, 2, 3, 3]), ("scale", [2])], [("y", FLOAT)], [const("bias", np.zeros(2, np.float32))])
+    with pytest.raises(ModelError, match="InstanceNormalization node 'norm'.*constants"):
+        import_onnx(model)
+
+
+def test_instance_norm_int8_matches_litert_reference():
+    assert_int8_matches_litert_reference(instance_norm_model([1, 4, 5, 6]), int8_ops=["MEAN", "RSQRT", "MUL", "ADD"])

@@ -1,5 +1,5 @@
 """BatchNormalization -> per-channel MUL + ADD (folded into a preceding conv by passes.fold_batch_norm); LRN;
-LayerNormalization -> MEAN, RSQRT and arithmetic."""
+LayerNormalization and InstanceNormalization -> MEAN, RSQRT and arithmetic."""
 from __future__ import annotations
 
 import numpy as np
@@ -103,3 +103,42 @@ def layer_norm_statistic(ctx, node, index: int, shape: tuple, perm: tuple):
     if not ctx.onnx_consumers(name) and name not in ctx.graph_outputs:
         return None
     return ctx.define(name, perm, shape, np.float32)
+
+
+@rule("InstanceNormalization")
+def convert_instance_norm(ctx, node, attrs):
+    """(x - mean) * rsqrt(var + epsilon) * scale[c] + bias[c], the statistics per sample and channel over the
+    spatial axes: MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, MUL, ADD, reducing over the storage axes H, W of
+    an NHWC map, so no TRANSPOSE."""
+    value = ctx.value(node.input[0])
+    if value.dtype != np.float32:
+        raise ModelError(f"{node_label(node)}: InstanceNormalization on {value.dtype.name} is supported on float32 only")
+    if value.rank < 3:
+        raise ModelError(f"{node_label(node)}: InstanceNormalization needs an input of rank 3 or more")
+    for name in node.input[1:3]:
+        if not ctx.is_const(name):
+            raise ModelError(f"{node_label(node)}: the scale and bias must be constants")
+    perm = value.perm
+    shape = ctx.graph[value.ir].shape
+    storage_axes = sorted(layout.storage_axis(perm, a) for a in range(2, value.rank))
+    reduced_shape = tuple(1 if j in storage_axes else d for j, d in enumerate(shape))
+    out = ctx.define(node.output[0], perm)
+    axes_ir = ctx.int32_tensor(f"{out}/axes", storage_axes)
+    mean, variance, shifted, inverse_std = (ctx.temp(f"{out}/{tag}", reduced_shape) for tag in
+                                            ("mean", "variance", "variance_plus_epsilon", "inverse_std"))
+    centered, squared, normalized, scaled = (ctx.temp(f"{out}/{tag}", shape) for tag in
+                                             ("centered", "squared", "normalized", "scaled"))
+    epsilon = ctx.const_tensor(f"{out}/epsilon", np.array(float(attrs.get("epsilon", 1e-5)), np.float32))
+    scale_ir, bias_ir = (ctx.broadcast_operand(channel_constant(ctx, node, tag, ctx.const(name), value.rank), perm)
+                         for tag, name in (("instance_norm_scale", node.input[1]), ("instance_norm_bias", node.input[2])))
+    no_activation = {"fused_activation_function": "NONE"}
+    add_options = {**no_activation, "pot_scale_int16": False}
+    ctx.emit("MEAN", [value.ir, axes_ir], [mean], {"keep_dims": True}, node)
+    ctx.emit("SUB", [value.ir, mean], [centered], add_options, node)
+    ctx.emit("MUL", [centered, centered], [squared], no_activation, node)
+    ctx.emit("MEAN", [squared, axes_ir], [variance], {"keep_dims": True}, node)
+    ctx.emit("ADD", [variance, epsilon], [shifted], add_options, node)
+    ctx.emit("RSQRT", [shifted], [inverse_std], {}, node)
+    ctx.emit("MUL", [centered, inverse_std], [normalized], no_activation, node)
+    ctx.emit("MUL", [normalized, scale_ir], [scaled], no_activation, node)
+    ctx.emit("ADD", [scaled, bias_ir], [out], add_options, node)
