@@ -35,10 +35,11 @@ def prepare_reduce(op, graph):
 
 
 # -- quantized (int8 / uint8 / int16) ------------------------------------------------------------
-# LiteRT's reduce.cc: MEAN and SUM go through reference_ops::QuantizedMeanOrSum, all in integers:
-# the input-to-output scale ratio as a Q31 multiplier; for MEAN, 1/count is folded into it
-# (multiplier << s / count with s = floor(log2(count)), s <= 32 and s <= 31 + shift); then
+# MEAN mirrors LiteRT's reference_ops::QuantizedMeanOrSum (reduce.cc EvalQuantizedMean, BUILTIN_REF's
+# MEAN), all in integers: the input-to-output scale ratio as a Q31 multiplier with 1/count folded
+# into it (multiplier << s / count with s = floor(log2(count)), s <= 32 and s <= 31 + shift); then
 # MultiplyByQuantizedMultiplier(sum - input_zero_point * count) + output_zero_point, clamped.
+# SUM mirrors another kernel, which rescales in float32 (see _prepare_quantized_sum).
 # REDUCE_MAX/MIN compare the stored integers (input and output share params).
 
 def _quantized_axes(op, graph):
@@ -67,17 +68,69 @@ def _prepare_quantized(op, graph):
     input_scale, input_zero_point = scale_and_zero_point(input_tensor, op)
     output_scale, output_zero_point = scale_and_zero_point(output_tensor, op)
     count = int(np.prod([input_tensor.shape[a] for a in axes], dtype=np.int64)) if axes else 1
+    info = np.iinfo(dtype)
+    if op.type == "SUM":
+        return _prepare_quantized_sum(axes, keep_dims, count, input_scale, input_zero_point,
+                                      output_scale, output_zero_point, info, dtype)
     multiplier, shift = quantize_multiplier(np.float64(input_scale) / np.float64(output_scale))
-    if op.type == "MEAN" and count > 0:
+    if count > 0:
         fold = min(count.bit_length() - 1, 32, 31 + shift)
         multiplier = (multiplier << fold) // count
         shift -= fold
-    info = np.iinfo(dtype)
     zero_point_term = input_zero_point * count
 
-    def reduce_quantized(x, _axes=None):
+    def reduce_mean(x, _axes=None):
         total = np.sum(x, axis=axes, keepdims=keep_dims, dtype=np.int64)
         scaled = multiply_by_quantized_multiplier(total - zero_point_term, multiplier, shift)
         return saturate(scaled.astype(np.int64) + output_zero_point, info.min, info.max, dtype)
 
-    return reduce_quantized
+    return reduce_mean
+
+
+# The rounded float32 sum is cast to int32, which C++ leaves undefined outside the int32 range
+# (aarch64 saturates, x86-64 gives INT32_MIN); we saturate. Only an output scale about
+# 2^31 / (128 * count) times finer than the input's gets there.
+_INT32_RANGE_AS_FLOAT32 = (np.float32(-(2.0**31)), np.float32(2.0**31))
+
+
+def _round_half_away_from_zero(value: np.ndarray) -> np.ndarray:
+    """std::round on float32 (TfLiteRound). floor(|v| + 0.5) would be wrong for the float32 just
+    below 0.5, whose sum with 0.5 rounds up to 1; np.round is right except on ties."""
+    whole = np.trunc(value)
+    return np.where(np.abs(value - whole) == 0.5, whole + np.sign(value), np.round(value))
+
+
+def _prepare_quantized_sum(axes, keep_dims, count, input_scale, input_zero_point, output_scale,
+                           output_zero_point, info, dtype):
+    """int8/uint8/int16 SUM as LiteRT's builtin SUM kernel computes it.
+
+    LiteRT registers SUM_OPT as its SUM kernel (Register_SUM). reduce.cc EvalSum sends every
+    quantized input, same params or not, to optimized_ops::QuantizedMeanOrSum with compute_sum,
+    which rescales the int32 sum in float32 with one rounding:
+        scale = input_scale / output_scale                        (float32 / float32)
+        bias  = (-input_zero_point * scale) * count               (float32, in that order)
+        out   = clamp(round(float(sum) * scale + bias) + output_zero_point)
+    round() is std::round, ties away from zero, and the x86-64 wheel fuses no multiply-add, so
+    each step rounds to float32 as numpy's float32 arithmetic does here.
+
+    BUILTIN_REF is not the referee: its SUM runs reference_ops::QuantizedMeanOrSum, the integer
+    MultiplyByQuantizedMultiplier path of MEAN, which rounds twice (it differs from this kernel by
+    1 on about a quarter of the values of a masked mean pooling), and LiteRT 2.3's int8 and int16
+    SUM there returns integers unrelated to the sum (0 where an all-zero-point input must give the
+    output zero point). The XNNPACK delegate, which LiteRT's default resolver applies to int8/uint8
+    SUM, rounds float(sum - input_zero_point * count) * scale + output_zero_point to nearest even
+    instead, so it may differ from this kernel by 1 on values within a float32 rounding of a tie.
+    """
+    scale = np.float32(input_scale) / np.float32(output_scale)
+    zero_point_bias = np.float32(np.float32(-input_zero_point) * scale) * np.float32(count)
+    low, high = _INT32_RANGE_AS_FLOAT32
+
+    def reduce_sum(x, _axes=None):
+        # int32 in TFLite, exact here (|sum| < 2^31 up to 2^24 int8 or 2^16 int16 terms)
+        total = np.sum(x, axis=axes, keepdims=keep_dims, dtype=np.int64)
+        # int32 -> float32 rounds to nearest even, as the C++ conversion does
+        value = np.asarray(total).astype(np.float32) * scale + zero_point_bias
+        rounded = np.clip(_round_half_away_from_zero(value), low, high).astype(np.int64)
+        return np.clip(rounded + output_zero_point, info.min, info.max).astype(dtype)
+
+    return reduce_sum
