@@ -255,3 +255,52 @@ def test_instance_norm_with_a_computed_scale_is_refused_by_name():
 
 def test_instance_norm_int8_matches_litert_reference():
     assert_int8_matches_litert_reference(instance_norm_model([1, 4, 5, 6]), int8_ops=["MEAN", "RSQRT", "MUL", "ADD"])
+
+
+# -- Softplus, Mish, Selu, Celu ------------------------------------------------------------------------
+
+def unary_model(op_type, shape=(1, 3, 4, 5), opset=18, **attrs):
+    return make_model([helper.make_node(op_type, ["x"], ["y"], **attrs)], [("x", list(shape))], [("y", FLOAT)],
+                      opset=opset)
+
+
+def wide_feeds(model, spread=8.0) -> dict:
+    return {i.name: (RNG.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]) * spread).astype(np.float32)
+            for i in model.graph.input}
+
+
+@pytest.mark.parametrize("op_type, attrs", [("Softplus", {}), ("Mish", {}), ("Selu", {}), ("Selu", {"alpha": 2.0, "gamma": 3.0}),
+                                            ("Celu", {}), ("Celu", {"alpha": 0.5})])
+def test_composed_activations_match_onnxruntime(op_type, attrs):
+    model = unary_model(op_type, opset=18, **attrs)
+    graph = assert_float_matches_onnxruntime(model, tolerance=1e-6, feeds=wide_feeds(model))
+    assert "TRANSPOSE" not in op_types(graph)
+
+
+def test_softplus_does_not_overflow_for_large_inputs():
+    model = unary_model("Softplus", shape=(1, 6))
+    feeds = {"x": np.array([[-200.0, -90.0, -1.0, 0.0, 90.0, 200.0]], np.float32)}
+    assert_float_matches_onnxruntime(model, tolerance=1e-6, feeds=feeds)
+
+
+def test_softplus_keeps_its_relative_precision_for_negative_inputs():
+    """log(1 + exp(x)) computed plainly would lose the digits 1 + exp(x) rounds off (mish(x) ~ x * softplus(x)
+    there). LiteRT's default LOG (XNNPACK) is itself off by up to 1.2e-7 near 1; its reference LOG is exact."""
+    model = unary_model("Softplus", shape=(1, 8))
+    x = np.array([[-30.0, -20.0, -16.0, -12.0, -10.0, -8.0, -4.0, -1.0]], np.float32)
+    expected = run_onnxruntime(model, {"x": x})[0]
+    content = write_tflite(import_onnx(model))
+    np.testing.assert_allclose(run_edgeq(content, [x])[0], expected, rtol=1e-5, atol=0)
+    np.testing.assert_allclose(run_litert(content, [x], reference_kernels=True)[0], expected, rtol=1e-5, atol=0)
+    np.testing.assert_allclose(run_litert(content, [x])[0], expected, rtol=1e-5, atol=2e-7)
+
+
+def test_mish_is_softplus_tanh_and_a_product():
+    graph = import_onnx(unary_model("Mish"))
+    assert op_types(graph) == ["ABS", "MUL", "EXP", "ADD", "SUB", "LOG", "ADD", "SUB", "RELU", "ADD", "TANH", "MUL"]
+
+
+@pytest.mark.parametrize("op_type", ["Softplus", "Mish"])
+def test_softplus_and_mish_int8_match_litert_reference(op_type):
+    qgraph = assert_int8_matches_litert_reference(unary_model(op_type), int8_ops=["EXP", "LOG", "ADD", "MUL"])
+    assert not qgraph.float_ops

@@ -1,4 +1,5 @@
-"""Elementwise unary ops and activations; all keep their input's layout."""
+"""Elementwise unary ops and activations; all keep their input's layout. Softplus, Mish, Selu and Celu,
+which TFLite lacks, are composed of its builtins."""
 from __future__ import annotations
 
 import numpy as np
@@ -159,3 +160,91 @@ def convert_cast(ctx, node, attrs):
     out = ctx.define(node.output[0], value.perm, dtype=target)
     ctx.emit("CAST", [value.ir], [out], {"in_data_type": tflite_type_name(value.dtype),
                                          "out_data_type": tflite_type_name(target)}, node)
+
+
+def emit_softplus(ctx, node, x_ir: str, out: str) -> None:
+    """TFLite has no SOFTPLUS. log(1 + exp(x)) = relu(x) + log1p(exp(-|x|)): exp never overflows, and every
+    intermediate has a small range (exp(-|x|) in (0, 1], the logs in [0, log 2]), which int8 needs.
+    TFLite has no LOG1P either: with w = 1 + u rounded, log1p(u) = (log(w) + u) - (w - 1), where w - 1 is
+    exact and the last two terms take off the rounding error of 1 + u; a plain log(1 + exp(x)) loses
+    most digits of softplus(x) for x < -8, where mish(x) = x * tanh(softplus(x)) still matters."""
+    shape = ctx.graph[out].shape
+    magnitude, negated, decay, rounded_sum, rounded_decay, log_sum, overshoot, soft, positive = (
+        ctx.temp(f"{out}/{tag}", shape) for tag in (
+            "magnitude", "negated_magnitude", "decay", "one_plus_decay", "rounded_decay", "log_one_plus_decay",
+            "log_plus_decay", "log1p_decay", "positive_part"))
+    no_activation = {"fused_activation_function": "NONE"}
+    add_options = {**no_activation, "pot_scale_int16": False}
+    one = ctx.const_tensor(f"{out}/one", np.array(1.0, np.float32))
+    ctx.emit("ABS", [x_ir], [magnitude], {}, node)
+    ctx.emit("MUL", [magnitude, ctx.const_tensor(f"{out}/minus_one", np.array(-1.0, np.float32))], [negated],
+             no_activation, node)
+    ctx.emit("EXP", [negated], [decay], {}, node)
+    ctx.emit("ADD", [decay, one], [rounded_sum], add_options, node)
+    ctx.emit("SUB", [rounded_sum, one], [rounded_decay], add_options, node)
+    ctx.emit("LOG", [rounded_sum], [log_sum], {}, node)
+    ctx.emit("ADD", [log_sum, decay], [overshoot], add_options, node)
+    ctx.emit("SUB", [overshoot, rounded_decay], [soft], add_options, node)
+    ctx.emit("RELU", [x_ir], [positive], {}, node)
+    ctx.emit("ADD", [positive, soft], [out], add_options, node)
+
+
+def float32_value(ctx, node):
+    value = ctx.value(node.input[0])
+    if value.dtype != np.float32:
+        raise ModelError(f"{node_label(node)}: {node.op_type} on {value.dtype.name} is supported on float32 only")
+    return value
+
+
+@rule("Softplus")
+def convert_softplus(ctx, node, attrs):
+    value = float32_value(ctx, node)
+    emit_softplus(ctx, node, value.ir, ctx.define(node.output[0], value.perm))
+
+
+@rule("Mish")
+def convert_mish(ctx, node, attrs):
+    """x * tanh(softplus(x))."""
+    value = float32_value(ctx, node)
+    out = ctx.define(node.output[0], value.perm)
+    softplus, tanh = (ctx.temp(f"{out}/{tag}", ctx.graph[out].shape) for tag in ("softplus", "tanh_softplus"))
+    emit_softplus(ctx, node, value.ir, softplus)
+    ctx.emit("TANH", [softplus], [tanh], {}, node)
+    ctx.emit("MUL", [value.ir, tanh], [out], {"fused_activation_function": "NONE"}, node)
+
+
+@rule("Selu")
+def convert_selu(ctx, node, attrs):
+    """gamma * (x if x > 0 else alpha * (exp(x) - 1)) = gamma * e + gamma * (alpha - 1) * min(e, 0), e = ELU(x)."""
+    alpha = float(attrs.get("alpha", 1.67326319217681884765625))
+    gamma = float(attrs.get("gamma", 1.05070102214813232421875))
+    value = float32_value(ctx, node)
+    out = ctx.define(node.output[0], value.perm)
+    shape = ctx.graph[out].shape
+    elu, negative, scaled_negative, scaled_elu = (ctx.temp(f"{out}/{tag}", shape) for tag in
+                                                  ("elu", "negative_part", "scaled_negative_part", "scaled_elu"))
+    no_activation = {"fused_activation_function": "NONE"}
+    ctx.emit("ELU", [value.ir], [elu], {}, node)
+    ctx.emit("MINIMUM", [elu, ctx.const_tensor(f"{out}/zero", np.array(0.0, np.float32))], [negative], {}, node)
+    ctx.emit("MUL", [negative, ctx.const_tensor(f"{out}/negative_scale", np.array(gamma * (alpha - 1), np.float32))],
+             [scaled_negative], no_activation, node)
+    ctx.emit("MUL", [elu, ctx.const_tensor(f"{out}/gamma", np.array(gamma, np.float32))], [scaled_elu], no_activation, node)
+    ctx.emit("ADD", [scaled_elu, scaled_negative], [out], {**no_activation, "pot_scale_int16": False}, node)
+
+
+@rule("Celu")
+def convert_celu(ctx, node, attrs):
+    """max(0, x) + min(0, alpha * (exp(x / alpha) - 1)) = alpha * ELU(x / alpha)."""
+    alpha = float(attrs.get("alpha", 1.0))
+    value = float32_value(ctx, node)
+    out = ctx.define(node.output[0], value.perm)
+    if alpha == 1.0:
+        ctx.emit("ELU", [value.ir], [out], {}, node)
+        return
+    shape = ctx.graph[out].shape
+    shrunk, elu = (ctx.temp(f"{out}/{tag}", shape) for tag in ("shrunk", "elu"))
+    no_activation = {"fused_activation_function": "NONE"}
+    ctx.emit("MUL", [value.ir, ctx.const_tensor(f"{out}/inverse_alpha", np.array(1 / alpha, np.float32))], [shrunk],
+             no_activation, node)
+    ctx.emit("ELU", [shrunk], [elu], {}, node)
+    ctx.emit("MUL", [elu, ctx.const_tensor(f"{out}/alpha", np.array(alpha, np.float32))], [out], no_activation, node)
