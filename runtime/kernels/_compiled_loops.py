@@ -201,64 +201,91 @@ def depthwise_float(x, filters, bias, stride_h, stride_w, dil_h, dil_w, pad_top,
     return out
 
 
+@numba.njit(cache=True, inline="always")
+def _depthwise_int8_pixel(x, filters, input_offset, n, iy0, ix0, dil_h, dil_w, multiplier, three_by_three, acc):
+    """acc[c] = sum over the window taps inside the input of w * (x + input_offset), int32,
+    for the window whose top-left input position is (iy0, ix0)."""
+    _, in_h, in_w, _ = x.shape
+    k_h, k_w, out_c = filters.shape
+    if three_by_three and iy0 >= 0 and iy0 + 2 < in_h and ix0 >= 0 and ix0 + 2 < in_w:
+        # A 3x3 window wholly inside: the nine products in one pass over the channels.
+        a0, a1, a2 = x[n, iy0, ix0], x[n, iy0, ix0 + 1], x[n, iy0, ix0 + 2]
+        b0, b1, b2 = x[n, iy0 + 1, ix0], x[n, iy0 + 1, ix0 + 1], x[n, iy0 + 1, ix0 + 2]
+        c0, c1, c2 = x[n, iy0 + 2, ix0], x[n, iy0 + 2, ix0 + 1], x[n, iy0 + 2, ix0 + 2]
+        w00, w01, w02 = filters[0, 0], filters[0, 1], filters[0, 2]
+        w10, w11, w12 = filters[1, 0], filters[1, 1], filters[1, 2]
+        w20, w21, w22 = filters[2, 0], filters[2, 1], filters[2, 2]
+        for c in range(out_c):
+            total = (np.int32(a0[c]) + input_offset) * w00[c]
+            total += (np.int32(a1[c]) + input_offset) * w01[c]
+            total += (np.int32(a2[c]) + input_offset) * w02[c]
+            total += (np.int32(b0[c]) + input_offset) * w10[c]
+            total += (np.int32(b1[c]) + input_offset) * w11[c]
+            total += (np.int32(b2[c]) + input_offset) * w12[c]
+            total += (np.int32(c0[c]) + input_offset) * w20[c]
+            total += (np.int32(c1[c]) + input_offset) * w21[c]
+            total += (np.int32(c2[c]) + input_offset) * w22[c]
+            acc[c] = total
+        return
+    acc[:] = 0
+    for ky in range(k_h):
+        iy = iy0 + ky * dil_h
+        if iy < 0 or iy >= in_h:
+            continue
+        for kx in range(k_w):
+            ix = ix0 + kx * dil_w
+            if ix < 0 or ix >= in_w:
+                continue
+            if multiplier == 1:
+                for c in range(out_c):
+                    acc[c] += (np.int32(x[n, iy, ix, c]) + input_offset) * filters[ky, kx, c]
+            else:
+                for c in range(out_c):
+                    acc[c] += (np.int32(x[n, iy, ix, c // multiplier]) + input_offset) * filters[ky, kx, c]
+
+
 @_jit
 def depthwise_int8(x, filters, bias, input_offset, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left,
                    multiplier, multipliers, shifts, output_offset, low, high, out):
     """reference_integer_ops::DepthwiseConvPerChannel: acc = sum w * (x + input_offset) over the
     taps inside the input, + bias, requantized per channel, + output_offset, clamped."""
-    n_batch, in_h, in_w, in_c = x.shape
-    _, out_h, out_w, out_c = out.shape
-    k_h, k_w = filters.shape[0], filters.shape[1]
+    n_batch, out_h, out_w, out_c = out.shape
     acc = np.empty(out_c, np.int32)
     has_bias = bias.size > 0
-    three_by_three = k_h == 3 and k_w == 3 and multiplier == 1 and dil_h == 1 and dil_w == 1
+    three_by_three = filters.shape[0] == 3 and filters.shape[1] == 3 and multiplier == 1 and dil_h == 1 and dil_w == 1
     for n in range(n_batch):
         for oy in range(out_h):
-            iy0 = oy * stride_h - pad_top
-            rows_inside = iy0 >= 0 and iy0 + 2 < in_h
             for ox in range(out_w):
-                ix0 = ox * stride_w - pad_left
+                _depthwise_int8_pixel(x, filters, input_offset, n, oy * stride_h - pad_top, ox * stride_w - pad_left,
+                                      dil_h, dil_w, multiplier, three_by_three, acc)
                 target = out[n, oy, ox]
-                if three_by_three and rows_inside and ix0 >= 0 and ix0 + 2 < in_w:
-                    # A 3x3 window wholly inside: the int32 sum in one pass over the channels into
-                    # the accumulator, requantized in a second (the requantization does not vectorize).
-                    a0, a1, a2 = x[n, iy0, ix0], x[n, iy0, ix0 + 1], x[n, iy0, ix0 + 2]
-                    b0, b1, b2 = x[n, iy0 + 1, ix0], x[n, iy0 + 1, ix0 + 1], x[n, iy0 + 1, ix0 + 2]
-                    c0, c1, c2 = x[n, iy0 + 2, ix0], x[n, iy0 + 2, ix0 + 1], x[n, iy0 + 2, ix0 + 2]
-                    w00, w01, w02 = filters[0, 0], filters[0, 1], filters[0, 2]
-                    w10, w11, w12 = filters[1, 0], filters[1, 1], filters[1, 2]
-                    w20, w21, w22 = filters[2, 0], filters[2, 1], filters[2, 2]
-                    for c in range(out_c):
-                        total = (np.int32(a0[c]) + input_offset) * w00[c]
-                        total += (np.int32(a1[c]) + input_offset) * w01[c]
-                        total += (np.int32(a2[c]) + input_offset) * w02[c]
-                        total += (np.int32(b0[c]) + input_offset) * w10[c]
-                        total += (np.int32(b1[c]) + input_offset) * w11[c]
-                        total += (np.int32(b2[c]) + input_offset) * w12[c]
-                        total += (np.int32(c0[c]) + input_offset) * w20[c]
-                        total += (np.int32(c1[c]) + input_offset) * w21[c]
-                        total += (np.int32(c2[c]) + input_offset) * w22[c]
-                        acc[c] = total
-                else:
-                    acc[:] = 0
-                    for ky in range(k_h):
-                        iy = iy0 + ky * dil_h
-                        if iy < 0 or iy >= in_h:
-                            continue
-                        for kx in range(k_w):
-                            ix = ix0 + kx * dil_w
-                            if ix < 0 or ix >= in_w:
-                                continue
-                            if multiplier == 1:
-                                for c in range(out_c):
-                                    acc[c] += (np.int32(x[n, iy, ix, c]) + input_offset) * filters[ky, kx, c]
-                            else:
-                                for c in range(out_c):
-                                    acc[c] += (np.int32(x[n, iy, ix, c // multiplier]) + input_offset) * filters[ky, kx, c]
                 for c in range(out_c):
                     total64 = np.int64(acc[c]) + (bias[c] if has_bias else 0)
                     value = _multiply_by_quantized_multiplier(total64, multipliers[c], shifts[c]) + output_offset
                     target[c] = min(max(value, low), high)
+    return out
+
+
+@_jit
+def depthwise_int8_folded(x, filters, input_offset, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left,
+                          multiplier, scaled_multiplier, bias_term, threshold, correction, total_shift,
+                          low, high, out):
+    """``depthwise_int8`` with the bias and the requantization in the folded form of
+    requantize.fold_requantization (branch-free per channel, so it vectorizes)."""
+    n_batch, out_h, out_w, out_c = out.shape
+    acc = np.empty(out_c, np.int32)
+    three_by_three = filters.shape[0] == 3 and filters.shape[1] == 3 and multiplier == 1 and dil_h == 1 and dil_w == 1
+    for n in range(n_batch):
+        for oy in range(out_h):
+            for ox in range(out_w):
+                _depthwise_int8_pixel(x, filters, input_offset, n, oy * stride_h - pad_top, ox * stride_w - pad_left,
+                                      dil_h, dil_w, multiplier, three_by_three, acc)
+                target = out[n, oy, ox]
+                for c in range(out_c):
+                    t = np.int64(acc[c]) * scaled_multiplier[c] + bias_term[c]
+                    if t < threshold[c]:
+                        t -= correction[c]
+                    target[c] = min(max(t >> total_shift[c], low), high)
     return out
 
 

@@ -20,7 +20,7 @@ import os
 
 _DISABLED_BY_ENV = os.environ.get("EDGEQ_NO_NUMBA", "").strip() not in ("", "0")
 _LOOPS = ("requantize_rows", "requantize_rows_folded", "bias_clamp", "requantize_rows_float_scale", "quantize_float", "im2col", "depthwise_float",
-          "depthwise_int8", "add_sub_int", "max_pool")
+          "depthwise_int8", "depthwise_int8_folded", "add_sub_int", "max_pool")
 
 # None until the first kernel asks; then whether the compiled path is used. Tests set it to
 # True or False to run both paths (True only where ``available()``).

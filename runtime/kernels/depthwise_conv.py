@@ -217,7 +217,16 @@ def _compiled_int8(op, graph, bias, input_offset, output_multiplier, output_shif
                  out_c // in_c, np.ascontiguousarray(output_multiplier, dtype=np.int64),
                  np.ascontiguousarray(output_shift, dtype=np.int64), output_offset, activation_min, activation_max)
     outputs = compiled.OutputBuffers((out_h, out_w, out_c), np.int8)
-    kernel = compiled.depthwise_int8
+    # |x + input_offset| <= 255: each channel's sum is bounded by 255 * sum |w|.
+    accumulator_bound = 255 * int(np.abs(taps).astype(np.int64).reshape(-1, out_c).sum(axis=0).max(initial=0))
+    constant_term = bias if bias.size else np.zeros(out_c, np.int64)
+    folded = fold_requantization(constant_term, output_multiplier, output_shift, output_offset, accumulator_bound)
+    if folded is not None:
+        kernel = compiled.depthwise_int8_folded
+        arguments = (taps, np.int32(input_offset), stride_h, stride_w, dil_h, dil_w, pad_top, pad_left,
+                     out_c // in_c) + tuple(folded[:5]) + (activation_min, activation_max)
+    else:
+        kernel = compiled.depthwise_int8
 
     def depthwise_conv_2d_int8_compiled(x, _filters=None, _bias=None):
         return kernel(x, *arguments, outputs.get(x.shape[0]))
