@@ -15,8 +15,9 @@ from converter.onnx_import import import_onnx
 from converter.quantize import quantize_int8
 from converter.tflite_writer import write_tflite
 from referees import nchw_to_nhwc, nhwc_to_nchw, relative_max_error, run_edgeq, run_litert, run_onnxruntime
+from ai_edge_litert import interpreter as litert
+from runtime.interpreter import Interpreter
 from runtime.model import ModelError
-from test_conformance_int8 import tensor_mismatches
 
 RNG = np.random.default_rng(23)
 OPSET = 17
@@ -80,9 +81,34 @@ def assert_float_matches_onnxruntime(model, tolerance=1e-5, feeds=None):
     return graph
 
 
+def integer_tensor_mismatches(content: bytes, feeds: list, resolver) -> dict:
+    """Per integer tensor name: elements where our runtime differs from LiteRT with ``resolver``."""
+    theirs = litert.Interpreter(model_content=content, num_threads=1, experimental_op_resolver_type=resolver,
+                                experimental_preserve_all_tensors=True)
+    ours = Interpreter(model_content=content, experimental_preserve_all_tensors=True)
+    counts = {}
+    for interpreter in (theirs, ours):
+        interpreter.allocate_tensors()
+        for detail, value in zip(interpreter.get_input_details(), feeds):
+            interpreter.set_tensor(detail["index"], np.array(value, dtype=detail["dtype"], order="C"))
+        interpreter.invoke()
+    for detail in ours.get_tensor_details():
+        if np.dtype(detail["dtype"]).kind not in "iub":
+            continue
+        try:
+            a = theirs.get_tensor(detail["index"])
+        except ValueError:  # a constant LiteRT keeps elsewhere
+            continue
+        b = ours.get_tensor(detail["index"])
+        counts[detail["name"]] = int(a.size) if a.shape != b.shape else int(np.count_nonzero(a != b))
+    return counts
+
+
 def assert_int8_matches_litert_reference(model, int8_ops=()):
     """Calibrate on random samples, quantize, and check every integer tensor against BUILTIN_REF; the
-    ops named in ``int8_ops`` must have been quantized (not left as float islands)."""
+    ops named in ``int8_ops`` must have been quantized (not left as float islands). A graph with an int8
+    SUM is held to LiteRT's builtin kernels instead: BUILTIN_REF's int8 SUM is broken in LiteRT 2.3
+    (see runtime/kernels/reduce.py)."""
     graph = import_onnx(model)
     samples = {name: RNG.standard_normal((16,) + tuple(graph[name].shape[1:])).astype(np.float32)
                for name in graph.inputs}
@@ -92,9 +118,12 @@ def assert_int8_matches_litert_reference(model, int8_ops=()):
                      if op.type == op_type and any(qgraph[n].dtype == np.int8 for n in op.inputs + op.outputs if n)]
         assert quantized, f"{op_type} stayed float: {qgraph.float_ops}"
     content = write_tflite(qgraph)
+    has_int8_sum = any(op.type == "SUM" and qgraph[op.outputs[0]].dtype == np.int8 for op in qgraph.ops)
+    resolver = (litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if has_int8_sum
+                else litert.OpResolverType.BUILTIN_REF)
     for sample in range(3):
         feeds = [samples[name][sample:sample + 1] for name in qgraph.inputs]
-        counts = tensor_mismatches(content, feeds)
+        counts = integer_tensor_mismatches(content, feeds, resolver)
         assert counts and sum(counts.values()) == 0, {k: v for k, v in counts.items() if v}
     return qgraph
 
@@ -304,3 +333,42 @@ def test_mish_is_softplus_tanh_and_a_product():
 def test_softplus_and_mish_int8_match_litert_reference(op_type):
     qgraph = assert_int8_matches_litert_reference(unary_model(op_type), int8_ops=["EXP", "LOG", "ADD", "MUL"])
     assert not qgraph.float_ops
+
+
+# -- ReduceL1 / ReduceL2 / ReduceSumSquare / ReduceLogSumExp -------------------------------------------
+
+def reduce_model(op_type, shape, axes, keepdims, opset=OPSET):
+    node = helper.make_node(op_type, ["x"], ["y"], axes=axes, keepdims=keepdims)
+    return make_model([node], [("x", shape)], [("y", FLOAT)], opset=opset)
+
+
+@pytest.mark.parametrize("op_type", ["ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp"])
+@pytest.mark.parametrize("shape, axes, keepdims", [([1, 4, 5, 6], [2, 3], 1), ([1, 4, 5, 6], [1], 0), ([3, 7], [-1], 0),
+                                                   ([2, 3, 4], [0, 2], 1)])
+def test_composed_reductions_match_onnxruntime(op_type, shape, axes, keepdims):
+    model = reduce_model(op_type, shape, axes, keepdims)
+    graph = assert_float_matches_onnxruntime(model, tolerance=2e-6, feeds=wide_feeds(model, spread=3.0))
+    assert "TRANSPOSE" not in op_types(graph)
+
+
+def test_reduce_log_sum_exp_does_not_overflow():
+    model = reduce_model("ReduceLogSumExp", [2, 3], [1], 0)
+    feeds = {"x": np.array([[100.0, 101.0, 99.0], [-100.0, -101.0, -99.0]], np.float32)}
+    assert_float_matches_onnxruntime(model, tolerance=1e-6, feeds=feeds)
+
+
+def test_reduce_l2_over_channels_of_a_feature_map_reduces_the_last_nhwc_axis():
+    graph = import_onnx(reduce_model("ReduceL2", [1, 4, 5, 6], [1], 1))
+    assert op_types(graph) == ["MUL", "SUM", "SQRT"]
+    assert list(graph[graph.ops[1].inputs[1]].data) == [3]
+
+
+def test_reduce_l2_with_axes_as_an_input_at_opset_18():
+    node = helper.make_node("ReduceL2", ["x", "axes"], ["y"], keepdims=0)
+    model = make_model([node], [("x", [2, 3, 4])], [("y", FLOAT)], [const("axes", np.array([1], np.int64))], opset=18)
+    assert_float_matches_onnxruntime(model)
+
+
+@pytest.mark.parametrize("op_type, int8_ops", [("ReduceL1", ["ABS", "SUM"]), ("ReduceLogSumExp", ["REDUCE_MAX", "EXP", "LOG"])])
+def test_composed_reductions_int8_match_litert_reference(op_type, int8_ops):
+    assert_int8_matches_litert_reference(reduce_model(op_type, [1, 4, 5, 6], [2, 3], 1), int8_ops=int8_ops)
