@@ -652,6 +652,7 @@ VERSION_RULES: dict = {
     "ARG_MAX": _by_input_type({BOOL: 3, I8: 2}),
     "ARG_MIN": _by_input_type({BOOL: 3, I8: 2}),
     "TILE": _by_input_type({I8: 3}),
+    "TOPK_V2": _by_input_type({I8: 2, I16: 3}),
     # Version 1 was withdrawn when the op changed its builtin code, so float starts at 2.
     "BROADCAST_TO": lambda s: 3 if s.in_type(0) == I16 else 2,
     "PACK": _by_input_type({I8: 2, I16: 3}),

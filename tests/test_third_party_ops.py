@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from converter.calibrate import calibrate
 from converter.onnx_import import import_onnx
 from converter.quantize import quantize_int8
-from converter.tflite_writer import write_tflite
+from converter.tflite_writer import operator_version, write_tflite
 from referees import nchw_to_nhwc, nhwc_to_nchw, relative_max_error, run_edgeq, run_litert, run_onnxruntime
 from ai_edge_litert import interpreter as litert
 from runtime.interpreter import Interpreter
@@ -104,11 +104,11 @@ def integer_tensor_mismatches(content: bytes, feeds: list, resolver) -> dict:
     return counts
 
 
-def assert_int8_matches_litert_reference(model, int8_ops=()):
+def assert_int8_matches_litert_reference(model, int8_ops=(), builtin_kernels=False):
     """Calibrate on random samples, quantize, and check every integer tensor against BUILTIN_REF; the
     ops named in ``int8_ops`` must have been quantized (not left as float islands). A graph with an int8
     SUM is held to LiteRT's builtin kernels instead: BUILTIN_REF's int8 SUM is broken in LiteRT 2.3
-    (see runtime/kernels/reduce.py)."""
+    (see runtime/kernels/reduce.py); so is one where ``builtin_kernels`` says BUILTIN_REF lacks an op."""
     graph = import_onnx(model)
     samples = {name: RNG.standard_normal((16,) + tuple(graph[name].shape[1:])).astype(np.float32)
                for name in graph.inputs}
@@ -119,7 +119,7 @@ def assert_int8_matches_litert_reference(model, int8_ops=()):
         assert quantized, f"{op_type} stayed float: {qgraph.float_ops}"
     content = write_tflite(qgraph)
     has_int8_sum = any(op.type == "SUM" and qgraph[op.outputs[0]].dtype == np.int8 for op in qgraph.ops)
-    resolver = (litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if has_int8_sum
+    resolver = (litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if has_int8_sum or builtin_kernels
                 else litert.OpResolverType.BUILTIN_REF)
     for sample in range(3):
         feeds = [samples[name][sample:sample + 1] for name in qgraph.inputs]
@@ -372,3 +372,108 @@ def test_reduce_l2_with_axes_as_an_input_at_opset_18():
 @pytest.mark.parametrize("op_type, int8_ops", [("ReduceL1", ["ABS", "SUM"]), ("ReduceLogSumExp", ["REDUCE_MAX", "EXP", "LOG"])])
 def test_composed_reductions_int8_match_litert_reference(op_type, int8_ops):
     assert_int8_matches_litert_reference(reduce_model(op_type, [1, 4, 5, 6], [2, 3], 1), int8_ops=int8_ops)
+
+
+# -- Tile, CumSum, Mod, TopK, Range --------------------------------------------------------------------
+
+def test_tile_of_a_feature_map_tiles_its_storage_axes():
+    node = helper.make_node("Tile", ["x", "repeats"], ["y"])
+    model = make_model([node], [("x", [1, 2, 3, 4])], [("y", FLOAT)], [const("repeats", np.array([2, 3, 1, 2], np.int64))])
+    graph = assert_float_matches_onnxruntime(model)
+    assert op_types(graph) == ["TILE"] and list(graph[graph.ops[0].inputs[1]].data) == [2, 1, 2, 3]
+
+
+def test_tile_int8_shares_params_and_matches_litert():
+    """LiteRT's BUILTIN_REF resolver registers no int8 TILE (version 3); its builtin kernels run it."""
+    nodes = [helper.make_node("Mul", ["x", "two"], ["doubled"]), helper.make_node("Tile", ["doubled", "repeats"], ["y"])]
+    inits = [const("two", np.float32(2)), const("repeats", np.array([1, 2, 2], np.int64))]
+    assert_int8_matches_litert_reference(make_model(nodes, [("x", [1, 3, 4])], [("y", FLOAT)], inits), int8_ops=["TILE"],
+                                         builtin_kernels=True)
+
+
+@pytest.mark.parametrize("exclusive", [0, 1])
+@pytest.mark.parametrize("reverse", [0, 1])
+@pytest.mark.parametrize("elem_type, axis", [(FLOAT, 1), (FLOAT, -1), (INT32, 0), (INT64, 2)])
+def test_cumsum_matches_onnxruntime(exclusive, reverse, elem_type, axis):
+    node = helper.make_node("CumSum", ["x", "axis"], ["y"], exclusive=exclusive, reverse=reverse)
+    model = make_model([node], [("x", [2, 3, 4, 5], elem_type)], [("y", elem_type)], [const("axis", np.array(axis, np.int64))])
+    graph = assert_float_matches_onnxruntime(model)
+    assert op_types(graph) == ["CUMSUM"]
+
+
+@pytest.mark.parametrize("elem_type", [INT32, INT64, TensorProto.INT8, TensorProto.UINT16])
+def test_mod_with_the_divisor_sign_matches_onnxruntime(elem_type):
+    node = helper.make_node("Mod", ["a", "b"], ["y"])
+    model = make_model([node], [("a", [3, 8], elem_type), ("b", [8], elem_type)], [("y", elem_type)])
+    feeds = random_feeds(model)
+    feeds["b"] = np.where(feeds["b"] == 0, 3, feeds["b"]).astype(feeds["b"].dtype)
+    graph = assert_float_matches_onnxruntime(model, feeds=feeds)
+    assert "FLOOR_MOD" in op_types(graph)
+
+
+def test_float_mod_with_the_divisor_sign_matches_numpy():
+    """Float Mod with fmod=0 is ONNX's from opset 28 on (onnxruntime here has it not yet): numpy's mod is its reference."""
+    node = helper.make_node("Mod", ["a", "b"], ["y"])
+    model = make_model([node], [("a", [3, 8]), ("b", [8])], [("y", FLOAT)])
+    a = (RNG.standard_normal((3, 8)) * 5).astype(np.float32)
+    b = np.where(RNG.random(8) < 0.5, -1.5, 2.25).astype(np.float32)
+    content = write_tflite(import_onnx(model))
+    for engine in (run_litert, run_edgeq):
+        np.testing.assert_allclose(engine(content, [a, b])[0], np.mod(a, b), rtol=1e-6, atol=1e-6, err_msg=engine.__name__)
+
+
+def test_mod_fmod_1_is_refused_by_name():
+    node = helper.make_node("Mod", ["a", "b"], ["y"], fmod=1, name="remainder")
+    model = make_model([node], [("a", [4]), ("b", [4])], [("y", FLOAT)])
+    with pytest.raises(ModelError, match="Mod node 'remainder'.*fmod=1"):
+        import_onnx(model)
+
+
+def topk_model(shape, k, axis=-1, largest=1, elem_type=FLOAT):
+    node = helper.make_node("TopK", ["x", "k"], ["values", "indices"], axis=axis, largest=largest)
+    return make_model([node], [("x", shape, elem_type)], [("values", elem_type), ("indices", INT64)],
+                      [const("k", np.array([k], np.int64))])
+
+
+@pytest.mark.parametrize("shape, k, axis, largest", [([2, 10], 3, -1, 1), ([1, 6, 4, 5], 2, 1, 1), ([3, 7, 4], 4, 1, 1),
+                                                      ([2, 10], 4, -1, 0), ([1, 6, 4, 5], 3, 3, 0)])
+def test_topk_matches_onnxruntime_with_ties_taking_the_lower_index(shape, k, axis, largest):
+    assert_float_matches_onnxruntime(topk_model(shape, k, axis, largest))
+
+
+def test_topk_over_channels_of_a_feature_map_needs_no_transpose():
+    graph = assert_float_matches_onnxruntime(topk_model([1, 8, 3, 3], 3, axis=1))
+    assert op_types(graph) == ["TOPK_V2", "CAST"]
+
+
+def test_topk_of_int32_values():
+    assert_float_matches_onnxruntime(topk_model([3, 9], 4, elem_type=INT32))
+
+
+def test_topk_of_int8_values_writes_the_int8_version_of_topk_v2():
+    model = topk_model([3, 9], 4, elem_type=TensorProto.INT8)
+    x = RNG.integers(-128, 128, (3, 9)).astype(np.int8)
+    order = np.argsort(-x.astype(np.int64), axis=-1, kind="stable")[:, :4]
+    graph = import_onnx(model)
+    assert operator_version(graph.ops[0], graph) == 2
+    content = write_tflite(graph)
+    for engine in (run_litert, run_edgeq):
+        values, indices = engine(content, [x])
+        np.testing.assert_array_equal(values, np.take_along_axis(x, order, axis=-1), err_msg=engine.__name__)
+        np.testing.assert_array_equal(indices, order, err_msg=engine.__name__)
+
+
+def test_topk_with_a_computed_k_is_refused_by_name():
+    node = helper.make_node("TopK", ["x", "k"], ["values", "indices"], name="best")
+    model = make_model([node], [("x", [2, 5]), ("k", [1], INT64)], [("values", FLOAT), ("indices", INT64)])
+    with pytest.raises(ModelError, match="TopK node 'best'.*constant"):
+        import_onnx(model)
+
+
+def test_range_of_constants_is_folded_away():
+    nodes = [helper.make_node("Range", ["start", "limit", "delta"], ["positions"]),
+             helper.make_node("Cast", ["positions"], ["positions_float"], to=FLOAT),
+             helper.make_node("Add", ["x", "positions_float"], ["y"])]
+    inits = [const("start", np.array(0, np.int64)), const("limit", np.array(6, np.int64)), const("delta", np.array(1, np.int64))]
+    graph = assert_float_matches_onnxruntime(make_model(nodes, [("x", [2, 6])], [("y", FLOAT)], inits))
+    assert op_types(graph) == ["ADD"]

@@ -1,4 +1,4 @@
-"""ARG_MAX / ARG_MIN over one axis (a constant axis tensor).
+"""ARG_MAX / ARG_MIN over one axis (a constant axis tensor), and TOPK_V2 along the last axis.
 
 ARG_MAX/ARG_MIN compare stored values, so one kernel serves float32, int32 and int8/uint8, quantized
 or not: a quantization's scale is positive and keeps the order. Of equal values the first wins, as
@@ -30,3 +30,27 @@ def prepare_arg_min_max(op, graph):
         return find(x, axis=axis).astype(out_dtype)
 
     return arg_min_max
+@register("TOPK_V2")
+def prepare_topk_v2(op, graph):
+    """The k largest values along the last axis, largest first; of equal values the lower index first
+    (a stable sort of the negated values gives that order)."""
+    x = graph[op.inputs[0]]
+    if x.dtype not in (np.float32, np.int32, np.int64, np.int8, np.uint8):
+        raise ModelError(f"op {op}: input '{x.name}' is {x.dtype}; float32, int32, int64, int8 and uint8 are supported")
+    k = int(np.ravel(constant_input(op, graph, 1, "k"))[0])
+    if not 0 <= k <= x.shape[-1]:
+        raise ModelError(f"op {op}: k = {k} is outside 0..{x.shape[-1]}")
+    index_dtype = graph[op.outputs[1]].dtype
+
+    def topk_v2(x, _k=None):
+        order = np.argsort(_descending_key(x), axis=-1, kind="stable")[..., :k]
+        return np.take_along_axis(x, order, axis=-1), order.astype(index_dtype)
+
+    return topk_v2
+
+
+def _descending_key(x: np.ndarray) -> np.ndarray:
+    """Values whose ascending order is ``x``'s descending order, without overflow for integers."""
+    if x.dtype.kind == "f":
+        return -x
+    return ~x.astype(np.int64)

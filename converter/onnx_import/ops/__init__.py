@@ -30,4 +30,4 @@ def node_label(node) -> str:
 
 from . import activations, conv, einsum, elementwise, gemm, normalization, pooling, reduce, resize, shape_ops, softmax  # noqa: E402,F401
 from . import recurrent  # noqa: E402,F401
-from . import argminmax, logical  # noqa: E402,F401
+from . import argminmax, logical, modulo  # noqa: E402,F401

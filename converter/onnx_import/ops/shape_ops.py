@@ -1,4 +1,5 @@
-"""Reshape-like ops, Transpose, Concat, Split, Slice, Gather, Pad, Expand, DepthToSpace/SpaceToDepth, Where.
+"""Reshape-like ops, Transpose, Concat, Split, Slice, Gather, Pad, Expand, DepthToSpace/SpaceToDepth, Where,
+Tile, CumSum and TopK.
 
 These mostly rewrite layouts rather than move data: Transpose only changes the layout; Reshape,
 Flatten, Squeeze and Unsqueeze pick the output layout in which they are a plain storage reshape;
@@ -260,3 +261,66 @@ def convert_where(ctx, node, attrs):
 
 # The value types LiteRT's SELECT_V2 kernel selects.
 SELECT_TYPES = {"bool", "float32", "int8", "uint8", "int16", "int32", "int64"}
+
+
+@rule("Tile")
+def convert_tile(ctx, node, attrs):
+    """Constant repeats, laid out like the input's storage axes."""
+    if not ctx.is_const(node.input[1]):
+        raise ModelError(f"{node_label(node)}: the repeats must be a constant")
+    value = ctx.value(node.input[0])
+    repeats = [int(r) for r in np.asarray(ctx.const(node.input[1])).reshape(-1)]
+    out = ctx.define(node.output[0], value.perm)
+    multiples = [repeats[a] for a in value.perm]
+    ctx.emit("TILE", [value.ir, ctx.int32_tensor(f"{out}/multiples", multiples)], [out], {}, node)
+
+
+# The types TFLite's CUMSUM adds; narrower integers would wrap differently, so they are not widened.
+CUMSUM_TYPES = {"float32", "int32", "int64"}
+
+
+@rule("CumSum")
+def convert_cumsum(ctx, node, attrs):
+    value = ctx.value(node.input[0])
+    if value.dtype.name not in CUMSUM_TYPES:
+        raise ModelError(f"{node_label(node)}: CumSum on {value.dtype.name}: TFLite's CUMSUM adds float32, int32, int64")
+    axis = layout.normalize_axis(int(np.asarray(ctx.const(node.input[1])).reshape(-1)[0]), value.rank)
+    out = ctx.define(node.output[0], value.perm)
+    options = {"exclusive": bool(attrs.get("exclusive", 0)), "reverse": bool(attrs.get("reverse", 0))}
+    axis_ir = ctx.const_tensor(f"{out}/axis", np.array(layout.storage_axis(value.perm, axis), np.int32))
+    ctx.emit("CUMSUM", [value.ir, axis_ir], [out], options, node)
+
+
+# The value types TFLite's TOPK_V2 sorts.
+TOPK_TYPES = {"float32", "int32", "int64", "int8", "uint8"}
+
+
+@rule("TopK")
+def convert_topk(ctx, node, attrs):
+    """TOPK_V2 along the last storage axis (a TRANSPOSE first when the ONNX axis is stored elsewhere); its
+    int32 indices are CAST to ONNX's int64. The smallest k of float32 values are the largest of -x, negated;
+    sorted=0 leaves the order free, so the sorted order serves."""
+    value = ctx.value(node.input[0])
+    largest = bool(attrs.get("largest", 1))
+    if value.dtype.name not in TOPK_TYPES or (not largest and value.dtype != np.float32):
+        kinds = "float32, int32, int64, int8, uint8" if largest else "float32 (largest=0)"
+        raise ModelError(f"{node_label(node)}: TopK on {value.dtype.name} is not supported (TOPK_V2 sorts {kinds})")
+    if not ctx.is_const(node.input[1]):
+        raise ModelError(f"{node_label(node)}: K must be a constant")
+    k = int(np.asarray(ctx.const(node.input[1])).reshape(-1)[0])
+    axis = layout.normalize_axis(int(attrs.get("axis", -1)), value.rank)
+    perm = tuple(a for a in value.perm if a != axis) + (axis,)
+    x_ir = ctx.stored_value(value, perm, key=node.input[0])
+    values_out = ctx.define(node.output[0], perm)
+    indices_out = ctx.define(node.output[1], perm, dtype=np.int64)
+    shape = ctx.graph[values_out].shape
+    indices = ctx.temp(f"{indices_out}/int32", shape, np.int32)
+    k_ir = ctx.const_tensor(f"{values_out}/k", np.array(k, np.int32))
+    if largest:
+        ctx.emit("TOPK_V2", [x_ir, k_ir], [values_out, indices], {}, node)
+    else:
+        negated, negated_top = ctx.temp(f"{values_out}/negated_input", ctx.graph[x_ir].shape), ctx.temp(f"{values_out}/negated", shape)
+        ctx.emit("NEG", [x_ir], [negated], {}, node)
+        ctx.emit("TOPK_V2", [negated, k_ir], [negated_top, indices], {}, node)
+        ctx.emit("NEG", [negated_top], [values_out], {}, node)
+    ctx.emit("CAST", [indices], [indices_out], {"in_data_type": "INT32", "out_data_type": "INT64"}, node)
