@@ -166,6 +166,23 @@ def _tap_im2col(g, fill=0, dtype=np.float32):
     return im2col
 
 
+def _own_buffer_im2col(g, fill, dtype):
+    """im2col(x) for a small layer on the numpy path: columns in a buffer of this op's own (small),
+    whose padding entries keep ``fill`` from allocation, so only the taps inside are copied."""
+    shape_tail = (g.out_h, g.out_w, g.k_h, g.k_w, g.in_c)
+    taps = g.taps
+    column_buffers = {}
+
+    def im2col(x):
+        n = x.shape[0]
+        columns = column_buffers.get(n)
+        if columns is None:
+            columns = column_buffers[n] = np.full((n,) + shape_tail, fill, dtype)
+        return _patches(x, columns, taps)
+
+    return im2col
+
+
 def _window_im2col(g, fill=0, dtype=np.float32):
     """im2col(x) for few channels and no dilation: x is copied once into a padded scratch array,
     where each window row (KW * C values) is contiguous, so one strided view [N, OH, OW, KH, KW * C]
@@ -208,8 +225,10 @@ SMALL_IM2COL_ENTRIES = 32768
 
 def _im2col_for(g, fill, dtype):
     entries = g.out_h * g.out_w * g.k_h * g.k_w * g.in_c
-    if compiled.enabled() and entries < SMALL_IM2COL_ENTRIES:
-        return _compiled_im2col_for(g, float(fill), dtype)
+    if entries < SMALL_IM2COL_ENTRIES:
+        if compiled.enabled():
+            return _compiled_im2col_for(g, float(fill), dtype)
+        return _own_buffer_im2col(g, fill, dtype)
     if g.in_c >= TAP_IM2COL_MIN_CHANNELS:
         return _tap_im2col(g, fill, dtype)
     if g.dil_h == 1 and g.dil_w == 1:
