@@ -290,16 +290,16 @@ def test_initializer_listed_as_graph_input_is_a_constant():
 
 def test_unsupported_ops_error_lists_every_op_and_node():
     nodes = [
-        helper.make_node("TopK", ["x", "k"], ["v1", "i1"], name="topk"),
+        helper.make_node("Trilu", ["x", "k"], ["v1"], name="trilu"),
         helper.make_node("NonMaxSuppression", ["x"], ["n"], name="nms_1"),
-        helper.make_node("TopK", ["x", "k"], ["v2", "i2"], name="topk_2"),
+        helper.make_node("Trilu", ["x", "k"], ["v2"], name="trilu_2"),
     ]
-    k = numpy_helper.from_array(np.array([1], np.int64), "k")
+    k = numpy_helper.from_array(np.array(1, np.int64), "k")
     model = make_model(nodes, [("x", [1, 4])], ["v1", "n", "v2"], [k])
     with pytest.raises(ModelError) as info:
         import_onnx(model)
     message = str(info.value)
-    assert "TopK (nodes 'topk', 'topk_2')" in message
+    assert "Trilu (nodes 'trilu', 'trilu_2')" in message
     assert "NonMaxSuppression (node 'nms_1')" in message
 
 
