@@ -196,6 +196,16 @@ def test_logic_broadcasts_a_lower_rank_bool_input():
     assert_float_matches_onnxruntime(model)
 
 
+def test_a_comparison_cast_to_float_masks_a_feature_map():
+    """PyTorch's ``x * (x > t).float()``: the bool result CAST to float32."""
+    nodes = [helper.make_node("Greater", ["x", "threshold"], ["keep"]),
+             helper.make_node("Cast", ["keep"], ["keep_float"], to=FLOAT),
+             helper.make_node("Mul", ["x", "keep_float"], ["y"])]
+    model = make_model(nodes, [("x", [1, 3, 4, 4])], [("y", FLOAT)], [const("threshold", np.float32(0.25))])
+    graph = assert_float_matches_onnxruntime(model)
+    assert op_types(graph) == ["GREATER", "CAST", "MUL"]
+
+
 def test_where_on_a_computed_condition_in_an_int8_graph_matches_litert_reference():
     """A Relu-like gate written as Where(x > 0, 2x, x / 2): the comparison stays float (its output is
     bool), the selection is int8."""
@@ -235,6 +245,12 @@ def test_argmax_of_integer_values():
     for elem_type in (INT32, TensorProto.INT8, TensorProto.UINT8):
         node = helper.make_node("ArgMax", ["x"], ["y"], axis=1, keepdims=0)
         assert_float_matches_onnxruntime(make_model([node], [("x", [3, 6], elem_type)], [("y", INT64)]))
+
+
+def test_argmax_over_the_classes_of_a_sequence_output_is_the_last_axis():
+    """A CTC recognizer's greedy decode: ArgMax over the classes of [N, T, C]."""
+    graph = assert_float_matches_onnxruntime(arg_model("ArgMax", [1, 12, 37], axis=2, keepdims=0))
+    assert op_types(graph) == ["ARG_MAX"] and list(graph[graph.ops[0].inputs[1]].data) == [2]
 
 
 def test_argmax_select_last_index_is_refused_by_name():
