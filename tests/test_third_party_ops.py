@@ -417,6 +417,13 @@ def test_cumsum_matches_onnxruntime(exclusive, reverse, elem_type, axis):
     assert op_types(graph) == ["CUMSUM"]
 
 
+def test_cumsum_with_a_computed_axis_is_refused_by_name():
+    node = helper.make_node("CumSum", ["x", "axis"], ["y"], name="running_total")
+    model = make_model([node], [("x", [2, 3]), ("axis", [], INT64)], [("y", FLOAT)])
+    with pytest.raises(ModelError, match="CumSum node 'running_total'.*axis must be a constant"):
+        import_onnx(model)
+
+
 @pytest.mark.parametrize("elem_type", [INT32, INT64, TensorProto.INT8, TensorProto.UINT16])
 def test_mod_with_the_divisor_sign_matches_onnxruntime(elem_type):
     node = helper.make_node("Mod", ["a", "b"], ["y"])

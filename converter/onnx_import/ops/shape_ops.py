@@ -284,6 +284,8 @@ def convert_cumsum(ctx, node, attrs):
     value = ctx.value(node.input[0])
     if value.dtype.name not in CUMSUM_TYPES:
         raise ModelError(f"{node_label(node)}: CumSum on {value.dtype.name}: TFLite's CUMSUM adds float32, int32, int64")
+    if not ctx.is_const(node.input[1]):
+        raise ModelError(f"{node_label(node)}: the axis must be a constant")
     axis = layout.normalize_axis(int(np.asarray(ctx.const(node.input[1])).reshape(-1)[0]), value.rank)
     out = ctx.define(node.output[0], value.perm)
     options = {"exclusive": bool(attrs.get("exclusive", 0)), "reverse": bool(attrs.get("reverse", 0))}
