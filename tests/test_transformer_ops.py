@@ -276,6 +276,45 @@ def test_where_int8_shares_params_and_matches_litert_reference():
     assert qgraph[select.outputs[0]].quant == qgraph[select.inputs[1]].quant
 
 
+def nan_guarded_softmax_model(shape=(1, 2, 4, 6)):
+    """torch's export of scaled_dot_product_attention with a boolean mask: scores plus Where(mask, 0,
+    -inf), Softmax, then Where(IsNaN(p), 0, p) so that a fully masked row gives zeros, not NaN."""
+    nodes = [helper.make_node("Where", ["keep", "zero", "minus_inf"], ["additive"]),
+             helper.make_node("Add", ["scores", "additive"], ["masked"]),
+             helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
+             helper.make_node("IsNaN", ["p"], ["is_nan"], name="nan_guard"),
+             helper.make_node("Where", ["is_nan", "zero", "p"], ["y"])]
+    return make_model(nodes, [("scores", list(shape)), ("keep", [shape[0], 1, 1, shape[-1]])], ["y"],
+                      [const("zero", np.float32(0.0)), const("minus_inf", np.float32(-np.inf))],
+                      input_types={"keep": TensorProto.BOOL})
+
+
+def test_isnan_is_not_equal_to_itself_and_guards_the_softmax_like_onnxruntime():
+    graph = assert_float_matches_onnxruntime(nan_guarded_softmax_model())
+    guard = next(op for op in graph.ops if op.type == "NOT_EQUAL")
+    assert guard.inputs[0] == guard.inputs[1] and graph[guard.outputs[0]].dtype == np.bool_
+
+
+def test_isnan_zeroes_a_fully_masked_softmax_row_on_our_runtime_and_litert():
+    model = nan_guarded_softmax_model(shape=(1, 1, 2, 3))
+    scores = RNG.standard_normal((1, 1, 2, 3)).astype(np.float32)
+    keep = np.zeros((1, 1, 1, 3), bool)
+    (expected,) = run_onnxruntime(model, {"scores": scores, "keep": keep})
+    assert np.all(expected == 0)
+    content = write_tflite(import_onnx(model))
+    for engine in (run_litert, run_edgeq):
+        (got,) = engine(content, [nchw_to_nhwc(scores), nchw_to_nhwc(keep)])
+        assert np.all(nhwc_to_nchw(got) == 0), engine.__name__
+
+
+def test_isnan_of_integers_is_refused_by_name():
+    nodes = [helper.make_node("IsNaN", ["x"], ["y"], name="nan_check")]
+    model = make_model(nodes, [("x", [1, 4])], ["y"], input_types={"x": TensorProto.INT32},
+                       output_type=TensorProto.BOOL)
+    with pytest.raises(ModelError, match="IsNaN node 'nan_check'.*int32"):
+        import_onnx(model)
+
+
 # -- Einsum --------------------------------------------------------------------------------------------
 
 def einsum_model(equation, shapes, constant_right=False):

@@ -1,5 +1,5 @@
 """Comparisons and boolean logic on activations: Equal, Greater, Less, GreaterOrEqual, LessOrEqual ->
-EQUAL, GREATER, LESS, GREATER_EQUAL, LESS_EQUAL; And, Or, Xor -> LOGICAL_AND, LOGICAL_OR, NOT_EQUAL.
+EQUAL, GREATER, LESS, GREATER_EQUAL, LESS_EQUAL; And, Or, Xor -> LOGICAL_AND, LOGICAL_OR, NOT_EQUAL; IsNaN -> NOT_EQUAL(x, x).
 
 All broadcast as ONNX does and give bool; the result takes the layout of the highest-rank activation.
 TFLite's comparison kernels read int8/uint8 as quantized values (they rescale through the zero point
@@ -55,3 +55,17 @@ def convert_comparison(ctx, node, attrs):
 def convert_logical(ctx, node, attrs):
     """Xor of two bools is their inequality."""
     emit_broadcasting(ctx, node, LOGICAL[node.op_type], np.dtype(np.bool_))
+
+
+@rule("IsNaN")
+def convert_isnan(ctx, node, attrs):
+    """NaN is the one value unequal to itself, so IsNaN(x) is NOT_EQUAL(x, x). torch's exporter guards
+    scaled_dot_product_attention's softmax with Where(IsNaN(p), 0, p) for fully masked rows."""
+    name = node.input[0]
+    dtype = np.dtype(ctx.dtype(name))
+    if dtype.kind != "f":
+        raise ModelError(f"{node_label(node)}: IsNaN of {dtype.name} values is not supported (float only)")
+    value = ctx.value(name)
+    out = ctx.define(node.output[0], value.perm, value.shape, np.bool_)
+    operand = operand_as(ctx, value.ir, comparison_dtype(node, dtype), f"{out}/operand", node)
+    ctx.emit("NOT_EQUAL", [operand, operand], [out], {}, node)
