@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from runtime.interpreter import Interpreter
-from runtime.model import Graph, ModelError, Op, Tensor
+from runtime.model import Graph, ModelError, Op, QuantParams, Tensor
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -636,6 +636,25 @@ def test_batched_run_through_flatten_reshape_and_fully_connected():
     batched = interpreter.run([batch])["y"]
     assert batched.shape == (3, 3)
     assert_close(batched[2:], interpreter.run([batch[2:]])["y"], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_batched_run_joins_a_constant_class_token_to_each_sample(quantized):
+    """ViT's class token is a constant of batch 1 put before each sample's patch embeddings; a batch
+    of samples (as calibration runs) must get it once per sample."""
+    token = np.arange(4, dtype=np.float32).reshape(1, 1, 4)
+    dtype = np.int8 if quantized else np.float32
+    quant = QuantParams(scale=np.array([0.5], np.float32), zero_point=np.array([1], np.int64)) if quantized else None
+    tensors = [Tensor("patches", (1, 3, 4), dtype, quant=quant),
+               Tensor("token", (1, 1, 4), dtype, data=token.astype(dtype), quant=quant),
+               Tensor("tokens", (1, 4, 4), dtype, quant=quant)]
+    ops = [Op("CONCATENATION", ["token", "patches"], ["tokens"], {"axis": 1})]
+    interpreter = Interpreter.from_graph(Graph(tensors, ops, ["patches"], ["tokens"]))
+    batch = (rand(5, 3, 4) * 10).astype(dtype)
+    batched = interpreter.run([batch])["tokens"]
+    assert batched.shape == (5, 4, 4)
+    for sample in range(5):
+        assert np.array_equal(batched[sample:sample + 1], interpreter.run([batch[sample:sample + 1]])["tokens"])
 
 
 def test_resize_tensor_input_is_not_implemented():

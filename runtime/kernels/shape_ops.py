@@ -76,16 +76,34 @@ def prepare_concatenation(op, graph):
     rank = len(graph[op.inputs[0]].shape)
     axis = op.options.get("axis", 0) % max(rank, 1)
 
+    align = _batch_aligner(op, graph, axis)
+
     def concatenation(*xs):
-        return np.concatenate(xs, axis=axis)
+        return np.concatenate(align(xs), axis=axis)
 
     output = graph[op.outputs[0]]
     if output.dtype in (np.int8, np.uint8, np.int16) and output.quant is not None:
-        return _quantized_concatenation(op, graph, axis)
+        return _quantized_concatenation(op, graph, axis, align)
     return with_activation(concatenation, fused_activation(op))
 
 
-def _quantized_concatenation(op, graph, axis):
+def _batch_aligner(op, graph, axis):
+    """When the graph's batch is 1 and a larger batch runs, an input that is the same for every sample
+    (a constant such as ViT's class token, stored with batch 1) is repeated over the actual batch, so
+    a join on another axis sees one per sample."""
+    if axis == 0 or _static_batch(graph[op.outputs[0]].shape) != 1:
+        return lambda xs: xs
+
+    def align(xs):
+        batch = max(x.shape[0] for x in xs)
+        if all(x.shape[0] == batch for x in xs):
+            return xs
+        return [np.broadcast_to(x, (batch,) + x.shape[1:]) if x.shape[0] == 1 else x for x in xs]
+
+    return align
+
+
+def _quantized_concatenation(op, graph, axis, align):
     """Inputs whose params equal the output's are copied; any other is requantized as TFLite's
     ConcatenationWithScaling does: round(x * (s_in / s_out) - zp_in * (s_in / s_out)) + zp_out in
     float32, clamped. (LiteRT's int8 kernel refuses differing params; its uint8 kernel rescales.)"""
@@ -110,7 +128,7 @@ def _quantized_concatenation(op, graph, axis):
         converters.append(convert)
 
     def concatenation_quantized(*xs):
-        return np.concatenate([x if c is None else c(x) for c, x in zip(converters, xs)], axis=axis)
+        return np.concatenate([x if c is None else c(x) for c, x in zip(converters, align(xs))], axis=axis)
 
     return concatenation_quantized
 
