@@ -381,13 +381,49 @@ def default_batch_size(graph: Graph) -> int:
     return int(np.clip(BATCH_BYTES // max(largest, 1), 1, MAX_BATCH_SIZE))
 
 
+def batch_size_for(graph: Graph, samples: dict) -> int:
+    """``default_batch_size``, or 1 when running several samples at once would not give each sample's
+    own results. The runtime runs a batch-1 graph on a batch by scaling the leading axis, which is
+    right while that axis stays the batch; a graph that folds the batch into another axis with
+    shapes fixed for batch 1 (Hugging Face's attention-mask builder flattens the [1, S] mask and
+    gathers with constant indices) would silently give every sample the first one's mask."""
+    size = default_batch_size(graph)
+    return size if size == 1 or runs_batched(graph, samples) else 1
+
+
+def runs_batched(graph: Graph, samples: dict, count: int = 4) -> bool:
+    """Whether ``count`` samples spread over ``samples`` (first and last included, as padding and
+    lengths tend to vary along a data set) give, run as one batch, the outputs they give one by one."""
+    from runtime.interpreter import Interpreter
+
+    total = len(samples[graph.inputs[0]]) if graph.inputs else 0
+    picks = np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(int))
+    if len(picks) < 2:
+        return True
+    interpreter = Interpreter.from_graph(graph)
+    try:
+        batched = interpreter.run({n: np.asarray(samples[n])[picks] for n in graph.inputs})
+    except (ValueError, IndexError, ModelError):  # a kernel met shapes it cannot batch
+        return False
+    singles = [interpreter.run({n: np.asarray(samples[n])[[i]] for n in graph.inputs}) for i in picks]
+    for name in graph.outputs:
+        expected = np.concatenate([single[name] for single in singles]).astype(np.float64)
+        actual = np.asarray(batched[name], dtype=np.float64)
+        if actual.shape != expected.shape:
+            return False
+        tolerance = 1e-4 * max(float(np.max(np.abs(expected), initial=0.0)), 1e-6)
+        if not np.allclose(actual, expected, rtol=0.0, atol=tolerance, equal_nan=True):
+            return False
+    return True
+
+
 def calibrate(graph: Graph, samples: dict, method: str = "minmax", batch_size: Optional[int] = None,
               percentile: float = 99.99, num_bins: int = 2048, progress: bool = True) -> dict:
     """``{tensor name: (min, max)}`` for every float activation (graph inputs included).
 
     ``samples``: ``{input name: array}`` with samples on the first axis (see ``load_calibration``).
     The float graph runs on edgeq's runtime ``batch_size`` samples at a time (by default as many as
-    ``default_batch_size`` says); every activation is observed as it is produced and then released,
+    ``batch_size_for`` says); every activation is observed as it is produced and then released,
     so memory holds one batch's live tensors, not all of them.
     """
     from runtime.interpreter import Interpreter
@@ -400,7 +436,7 @@ def calibrate(graph: Graph, samples: dict, method: str = "minmax", batch_size: O
     if len(counts) != 1 or 0 in counts:
         raise ModelError(f"calibration inputs need the same, non-zero number of samples; got {sorted(counts)}")
     total = counts.pop()
-    batch_size = batch_size or default_batch_size(graph)
+    batch_size = batch_size or batch_size_for(graph, samples)
 
     interpreter = Interpreter.from_graph(graph)
     observed = [

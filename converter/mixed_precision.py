@@ -171,12 +171,12 @@ def choose_float_ops(float_graph: Graph, ranges: dict, samples: dict, quantize, 
     ``quantize(keep_float: dict) -> Graph`` makes the int8 graph with the given ops kept float;
     ``samples`` are calibration samples (the first ``ERROR_SAMPLES`` are used).
     """
-    from converter.calibrate import default_batch_size
+    from converter.calibrate import batch_size_for
 
     choice = FloatChoice(reasons=mixed_range_tails(float_graph, ranges))
     graph = quantize(choice.reasons)
     total = min(ERROR_SAMPLES, _samples_within(REFERENCE_BYTES, float_graph), len(next(iter(samples.values()))))
-    step = default_batch_size(float_graph)
+    step = batch_size_for(float_graph, samples)
     inputs = [{n: samples[n][start:min(start + step, total)] for n in float_graph.inputs}
               for start in range(0, total, step)]
     # Most models meet the target: their outputs alone are compared, which is cheap.

@@ -7,6 +7,7 @@ error power) and the largest error in units of the tensor's scale (0.5 is the be
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -66,8 +67,12 @@ def compared_tensors(float_graph: Graph, int8_graph: Graph) -> list:
     return pairs
 
 
-def layer_errors(float_graph: Graph, int8_graph: Graph, samples: dict, batch_size: int = 32) -> list:
-    """A ``TensorError`` per compared tensor, in run order, over all ``samples`` (name -> array)."""
+def layer_errors(float_graph: Graph, int8_graph: Graph, samples: dict, batch_size: Optional[int] = None) -> list:
+    """A ``TensorError`` per compared tensor, in run order, over all ``samples`` (name -> array), run
+    ``batch_size`` at a time (by default as ``converter.calibrate.batch_size_for`` says)."""
+    from converter.calibrate import batch_size_for
+
+    batch_size = batch_size or batch_size_for(float_graph, samples)
     pairs = compared_tensors(float_graph, int8_graph)
     names = {name for name, _ in pairs}
     float_run = Interpreter.from_graph(float_graph)

@@ -11,6 +11,7 @@ from converter.calibrate import (
     PercentileObserver,
     RangeObserver,
     _kl_threshold_bin,
+    batch_size_for,
     calibrate,
     load_calibration,
 )
@@ -149,6 +150,34 @@ def test_calibrate_observes_inputs_and_activations_in_batches():
     ranges = calibrate(relu_graph(), {"x": x}, batch_size=32, progress=False)
     assert ranges["x"] == pytest.approx((x.min(), x.max()))
     assert ranges["y"] == pytest.approx((0.0, x.max()))
+
+
+def batch_folding_mask_graph():
+    """Hugging Face's mask builder in miniature: the [1, 4] mask is flattened, gathered with indices
+    fixed for batch 1, reshaped back and added to the scores; run on a batch, every sample would
+    get the first sample's mask."""
+    i32 = lambda name, values: Tensor(name, (len(values),), np.int32, np.array(values, np.int32))
+    tensors = [Tensor("mask", (1, 4)), Tensor("scores", (1, 4)), i32("flat_shape", [4]), Tensor("flat", (4,)),
+               i32("indices", [0, 1, 2, 3]), Tensor("picked", (4,)), i32("row_shape", [1, 4]),
+               Tensor("row", (1, 4)), Tensor("masked", (1, 4))]
+    ops = [Op("RESHAPE", ["mask", "flat_shape"], ["flat"]), Op("GATHER", ["flat", "indices"], ["picked"]),
+           Op("RESHAPE", ["picked", "row_shape"], ["row"]), Op("ADD", ["scores", "row"], ["masked"])]
+    return Graph(tensors, ops, inputs=["mask", "scores"], outputs=["masked"])
+
+
+def test_a_graph_that_folds_the_batch_into_another_axis_is_calibrated_one_sample_at_a_time():
+    mask = np.zeros((8, 4), np.float32)
+    mask[-1, 2:] = -100.0  # only the last sample is padded
+    samples = {"mask": mask, "scores": RNG.normal(size=(8, 4)).astype(np.float32)}
+    assert batch_size_for(batch_folding_mask_graph(), samples) == 1
+    ranges = calibrate(batch_folding_mask_graph(), samples, progress=False)
+    assert ranges["row"] == (-100.0, 0.0)
+    assert ranges == calibrate(batch_folding_mask_graph(), samples, batch_size=1, progress=False)
+
+
+def test_a_graph_that_keeps_the_batch_leading_is_calibrated_in_batches():
+    x = RNG.normal(size=(70, 4)).astype(np.float32)
+    assert batch_size_for(relu_graph(), {"x": x}) > 1
 
 
 def test_calibrate_rejects_an_unknown_method():
