@@ -242,6 +242,25 @@ def _why_not_int8(op: Op, graph: Graph, original_float: set) -> Optional[str]:
     return None
 
 
+def _infinite_range(op: Op, graph: Graph, ranges: dict, original_float: set) -> Optional[str]:
+    """Why ``op`` stays float when one of its float activations or non-weight constants holds an
+    infinite value: an additive attention mask of -inf (torch's export of scaled_dot_product_attention
+    with a boolean mask), the scores it is added to, and the softmax reading them. No int8 scale
+    holds -inf, and the softmax turns those entries into exact zeros only in float."""
+    rule = RULES[op.type]
+    skip = {rule.weight[0] if rule.weight else None, rule.bias}
+    names = [n for i, n in _float_inputs(op, graph, original_float) if i not in skip]
+    for name in names + [n for n in op.outputs if n in original_float]:
+        tensor = graph[name]
+        if tensor.is_constant:
+            finite = bool(np.all(np.isfinite(tensor.data)))
+        else:
+            finite = name not in ranges or bool(np.all(np.isfinite(ranges[name])))
+        if not finite:
+            return f"'{name}' holds infinite values, which int8 cannot represent"
+    return None
+
+
 def _observed_range(name: str, graph: Graph, ranges: dict):
     tensor = graph[name]
     if tensor.is_constant:
@@ -493,7 +512,8 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
         touches_float = any(n in original_float for n in list(op.inputs) + list(op.outputs) if n)
         if not touches_float:
             continue  # integer-only ops (shape arithmetic) are left as they are
-        reason = _why_not_int8(op, g, original_float) or (keep_float or {}).get(op.outputs[0])
+        reason = (_why_not_int8(op, g, original_float) or _infinite_range(op, g, ranges, original_float)
+                  or (keep_float or {}).get(op.outputs[0]))
         if reason is None:
             int8_ops.append((index, op))
         else:

@@ -307,6 +307,38 @@ def test_isnan_zeroes_a_fully_masked_softmax_row_on_our_runtime_and_litert():
         assert np.all(nhwc_to_nchw(got) == 0), engine.__name__
 
 
+def test_int8_keeps_an_infinite_attention_mask_and_its_softmax_float():
+    """No int8 scale holds -inf: the mask, the scores it is added to and the softmax reading them
+    stay float (the softmax output is finite and is quantized again); the rest is int8."""
+    nodes = [helper.make_node("Where", ["keep", "zero", "minus_inf"], ["additive"]),
+             helper.make_node("MatMul", ["x", "w"], ["scores"]),
+             helper.make_node("Add", ["scores", "additive"], ["masked"]),
+             helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["y"])]
+    model = make_model(nodes, [("x", [1, 6, 8]), ("keep", [1, 1, 6])], ["y"],
+                       [const("zero", np.float32(0.0)), const("minus_inf", np.float32(-np.inf)),
+                        random_const("w", 8, 6), random_const("v", 6, 5)],
+                       input_types={"keep": TensorProto.BOOL})
+    graph = import_onnx(model)
+    keep = np.ones((16, 1, 6), bool)
+    keep[8:, :, 4:] = False  # half of the samples padded at the end
+    samples = {"x": RNG.standard_normal((16, 6, 8)).astype(np.float32), "keep": keep}
+    ranges = calibrate(graph, samples, "minmax", progress=False)
+    qgraph = quantize_int8(graph, ranges)
+    float_types = sorted(op.split(" ")[0] for op in qgraph.float_ops)
+    assert float_types == ["ADD", "SELECT_V2", "SOFTMAX"]
+    assert all("infinite" in op for op in qgraph.float_ops)
+    assert {qgraph[op.outputs[0]].dtype for op in qgraph.ops if op.type == "FULLY_CONNECTED"} == {np.dtype(np.int8)}
+    content = write_tflite(qgraph)
+    for sample in (0, 12):
+        feeds = [samples[name][sample:sample + 1] for name in qgraph.inputs]
+        (expected,) = run_onnxruntime(model, {"x": feeds[0], "keep": feeds[1]})
+        (got,) = run_edgeq(content, feeds)
+        assert relative_max_error(got.reshape(expected.shape), expected) < 0.05
+        counts = tensor_mismatches(content, feeds)
+        assert counts and sum(counts.values()) == 0, {k: v for k, v in counts.items() if v}
+
+
 def test_isnan_of_integers_is_refused_by_name():
     nodes = [helper.make_node("IsNaN", ["x"], ["y"], name="nan_check")]
     model = make_model(nodes, [("x", [1, 4])], ["y"], input_types={"x": TensorProto.INT32},
