@@ -68,6 +68,19 @@ def test_int8_batch_matmul_with_a_constant_right_operand():
     assert_int8_outputs_equal_litert_reference(graph, [random_int8((2, 4, 6))])
 
 
+def test_int8_batch_matmul_multiplier_takes_the_float32_product_of_the_operand_scales():
+    """LiteRT's BATCH_MATMUL rescales by float32(lhs_scale * rhs_scale) / output_scale (in double), as
+    its GetQuantizedConvolutionMultipler does, not by the product taken in double. With these scales
+    (a Whisper encoder's Q.K^T) the two multipliers differ in the last bits, and the totals +-12245
+    land on the rounding boundary between them."""
+    params = ((0.0010770185617730021, 15), (0.0035480442456901073, -8), (0.00044780317693948746, -37))
+    graph = int8_batch_matmul_graph((1, 2, 2), (1, 2, 1), (1, 2, 1), params)
+    # (lhs - 15) . (rhs + 8): 90 * 135 + 95 * 1 = 12245 and -90 * 135 - 95 * 1 = -12245
+    lhs = np.array([[[105, 110], [-75, -80]]], np.int8)
+    rhs = np.array([[[127], [-7]]], np.int8)
+    assert_int8_outputs_equal_litert_reference(graph, [lhs, rhs])
+
+
 def test_int8_select_v2_picks_stored_values_like_litert_reference():
     params = QuantParams(0.05, -10)
     g = Graph()

@@ -1,7 +1,7 @@
 """BATCH_MATMUL: broadcasting matmul over leading axes, with adj_x / adj_y transposing the last two.
 
 int8 follows LiteRT's reference kernel: per-tensor params on both operands and the output, the int32
-sum of (lhs - lhs_zero_point) * (rhs - rhs_zero_point), requantized by lhs_scale * rhs_scale /
+sum of (lhs - lhs_zero_point) * (rhs - rhs_zero_point), requantized by float32(lhs_scale * rhs_scale) /
 output_scale (in double) and saturated to int8 (BATCH_MATMUL has no fused activation).
 """
 from __future__ import annotations
@@ -11,7 +11,8 @@ import numpy as np
 from runtime.fixedpoint import multiply_by_quantized_multiplier
 from runtime.kernels import register
 from runtime.kernels.common import require_float
-from runtime.kernels.requantize import exact_matmul_dtype_for, per_channel_multipliers, saturate, scale_and_zero_point
+from runtime.kernels.requantize import (exact_matmul_dtype_for, per_tensor_product_multiplier, saturate,
+                                         scale_and_zero_point)
 from runtime.model import ModelError
 
 
@@ -47,8 +48,7 @@ def _prepare_int8(op, graph, adj_x: bool, adj_y: bool):
         raise ModelError(f"op {op}: int8 BATCH_MATMUL needs int8 operands and output, not {rhs.dtype} -> {out.dtype}")
     (lhs_scale, lhs_zero_point), (rhs_scale, rhs_zero_point), (out_scale, out_zero_point) = (
         scale_and_zero_point(t, op) for t in (lhs, rhs, out))
-    multipliers, shifts = per_channel_multipliers(lhs_scale, [rhs_scale], out_scale, 1)
-    multiplier, shift = int(multipliers[0]), int(shifts[0])
+    multiplier, shift = per_tensor_product_multiplier(lhs_scale, rhs_scale, out_scale)
     depth = lhs.shape[-2] if adj_x else lhs.shape[-1]
     # Operands minus their zero points lie in [-255, 255]; the float GEMM below is exact for them.
     dtype = exact_matmul_dtype_for(depth, 255, 255)

@@ -130,6 +130,17 @@ def per_channel_multipliers(input_scale, filter_scales, output_scale, channels: 
     return multipliers.astype(np.int64), shifts.astype(np.int64)
 
 
+def per_tensor_product_multiplier(lhs_scale, rhs_scale, output_scale):
+    """TFLite's GetQuantizedConvolutionMultipler, which per-tensor int8 BATCH_MATMUL uses: the real
+    multiplier double(float32(lhs_scale * rhs_scale)) / double(output_scale), the scales' product
+    taken in float32 (unlike ``per_channel_multipliers``), as (Q31 multiplier, shift)."""
+    from runtime.fixedpoint import quantize_multiplier
+
+    product = np.float32(np.float32(lhs_scale) * np.float32(rhs_scale))
+    multipliers, shifts = quantize_multiplier(np.array([np.float64(product) / np.float64(np.float32(output_scale))]))
+    return int(multipliers[0]), int(shifts[0])
+
+
 def weight_zero_points_are_zero(tensor, op: Op) -> None:
     if tensor.quant is not None and np.any(tensor.quant.zero_point != 0):
         raise ModelError(f"op {op}: int8 weights '{tensor.name}' must be symmetric (zero point 0)")
