@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import numpy as np  # noqa: E402
 import test_real_world_models as models  # noqa: E402
-import task_metrics  # noqa: E402
 from converter.api import convert  # noqa: E402
 
 
@@ -57,8 +56,7 @@ def int8_columns(name: str) -> list:
     if error:
         fidelity, task = f"runtime fails: {error}", "-"
     else:
-        cosine = task_metrics.cosine(int8_outputs, float_outputs)
-        sqnr = task_metrics.sqnr_db(int8_outputs, float_outputs)
+        cosine, sqnr = models.fidelity(int8_outputs, float_outputs)
         fidelity, task = f"{cosine:.4f} / {sqnr:.1f} dB", models.task_metric(name, float_outputs, int8_outputs)[0]
     samples = models.evaluation_samples(name)
     counts, error = attempt(lambda: models.integer_mismatches(result, name))
@@ -88,8 +86,7 @@ def all_int8_column(name: str) -> str:
     outputs, error = attempt(lambda: models.tflite_outputs(name, result.content, "edgeq"))
     if error:
         return f"runtime fails: {error}"
-    cosine = task_metrics.cosine(outputs, float_outputs)
-    sqnr = task_metrics.sqnr_db(outputs, float_outputs)
+    cosine, sqnr = models.fidelity(outputs, float_outputs)
     return f"{cosine:.4f} / {sqnr:.1f} dB; {models.task_metric(name, float_outputs, outputs)[0]}"
 
 
