@@ -1,7 +1,9 @@
-"""Transformer-style ONNX ops: LayerNormalization, GELU written with Erf, Where, Einsum, and MatMul of two
+"""Transformer-style ONNX ops: LayerNormalization, GELU written with Erf or as its tanh approximation, Where, Einsum, and MatMul of two
 activations. Float: our runtime and LiteRT against onnxruntime. int8: every integer tensor of our
 runtime equals LiteRT's reference kernels (BUILTIN_REF)."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -229,6 +231,60 @@ def test_lone_erf_is_refused_naming_the_node():
 
 def test_erf_gelu_int8_matches_litert_reference():
     assert_int8_matches_litert_reference(erf_gelu_model("half_x_first", (1, 6, 16)), int8_ops=["GELU"])
+
+
+def tanh_gelu_nodes(form: str, cubic_coefficient: float = 0.044715) -> tuple:
+    """(nodes, initializers) of 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3))) as
+    exporters write it."""
+    c = lambda name, value: const(name, np.float32(value))
+    inits = [c("one", 1.0), c("half", 0.5), c("k", math.sqrt(2 / math.pi)), c("a", cubic_coefficient), c("three", 3.0)]
+    if form == "pow":  # Hugging Face gelu_new: 0.5 * x * (1 + tanh(k * (x + a * pow(x, 3))))
+        inner = [helper.make_node("Pow", ["x", "three"], ["cube"]), helper.make_node("Mul", ["a", "cube"], ["a_cube"]),
+                 helper.make_node("Add", ["x", "a_cube"], ["sum"]), helper.make_node("Mul", ["k", "sum"], ["t"])]
+        tail = [helper.make_node("Mul", ["half", "x"], ["half_x"]),
+                helper.make_node("Mul", ["half_x", "one_plus_tanh"], ["y"])]
+    elif form == "products":  # nn.GELU(approximate="tanh"): x * x * x, then ((x * (1 + tanh)) * 0.5)
+        inner = [helper.make_node("Mul", ["x", "x"], ["square"]), helper.make_node("Mul", ["square", "x"], ["cube"]),
+                 helper.make_node("Mul", ["cube", "a"], ["a_cube"]), helper.make_node("Add", ["x", "a_cube"], ["sum"]),
+                 helper.make_node("Mul", ["sum", "k"], ["t"])]
+        tail = [helper.make_node("Mul", ["x", "one_plus_tanh"], ["product"]),
+                helper.make_node("Mul", ["product", "half"], ["y"])]
+    else:  # "factored", Hugging Face gelu_fast: tanh(x * k * (1 + a * x * x)), then (0.5 * (1 + tanh)) * x
+        inner = [helper.make_node("Mul", ["x", "k"], ["kx"]), helper.make_node("Mul", ["a", "x"], ["ax"]),
+                 helper.make_node("Mul", ["ax", "x"], ["axx"]), helper.make_node("Add", ["one", "axx"], ["factor"]),
+                 helper.make_node("Mul", ["kx", "factor"], ["t"])]
+        tail = [helper.make_node("Mul", ["half", "one_plus_tanh"], ["product"]),
+                helper.make_node("Mul", ["product", "x"], ["y"])]
+    nodes = inner + [helper.make_node("Tanh", ["t"], ["tanh"], name="tanh"),
+                     helper.make_node("Add", ["tanh", "one"], ["one_plus_tanh"])] + tail
+    return nodes, inits
+
+
+def tanh_gelu_model(form, shape=(1, 4, 3, 5), cubic_coefficient=0.044715):
+    nodes, inits = tanh_gelu_nodes(form, cubic_coefficient)
+    return make_model(nodes, [("x", list(shape))], ["y"], inits)
+
+
+@pytest.mark.parametrize("form", ["pow", "products", "factored"])
+def test_tanh_gelu_pattern_becomes_one_approximate_gelu_op(form):
+    graph = assert_float_matches_onnxruntime(tanh_gelu_model(form), tolerance=1e-5)
+    assert op_types(graph) == ["GELU"]
+    assert graph.ops[0].options["approximate"] is True
+
+
+def test_tanh_of_another_polynomial_is_not_fused():
+    graph = assert_float_matches_onnxruntime(tanh_gelu_model("pow", cubic_coefficient=0.05))
+    assert "TANH" in op_types(graph) and "GELU" not in op_types(graph)
+
+
+def test_tanh_gelu_whose_cube_is_used_elsewhere_is_not_fused():
+    nodes, inits = tanh_gelu_nodes("pow")
+    graph = assert_float_matches_onnxruntime(make_model(nodes, [("x", [1, 8])], ["y", "cube"], inits))
+    assert "TANH" in op_types(graph) and "GELU" not in op_types(graph)
+
+
+def test_tanh_gelu_int8_matches_litert_reference():
+    assert_int8_matches_litert_reference(tanh_gelu_model("products", (1, 6, 16)), int8_ops=["GELU"])
 
 
 # -- Where ---------------------------------------------------------------------------------------------
