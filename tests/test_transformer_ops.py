@@ -1,6 +1,6 @@
 """Transformer-style ONNX ops: LayerNormalization, GELU written with Erf or as its tanh approximation,
-Where, IsNaN, Einsum, and MatMul of two activations. Float: our runtime and LiteRT against onnxruntime. int8: every integer tensor of our
-runtime equals LiteRT's reference kernels (BUILTIN_REF)."""
+Where, IsNaN, Einsum, and MatMul of two activations. Float: our runtime and LiteRT against onnxruntime.
+int8: every integer tensor of our runtime equals LiteRT's reference kernels (BUILTIN_REF)."""
 from __future__ import annotations
 
 import math
