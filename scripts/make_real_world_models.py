@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -34,6 +35,10 @@ import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# The task metrics the tests use (plain numpy), so the README's float figures are measured alike.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from task_metrics import box_iou, character_error_rate  # noqa: E402
 
 SEED = 0
 OPSET = 17
@@ -678,34 +683,11 @@ def float_task_metric(name, output, data) -> str:
             hits += any(c == cls and box_iou(top, b) >= 0.5 for b, c in zip(boxes, classes) if c >= 0)
         return f"top detection matches a ground-truth object (class, IoU >= 0.5) in {hits / len(output):.1%}"
     if name == "crnn_text":
-        errors = total = 0
-        for logits, labels in zip(output, data["eval_labels"]):
-            path = logits.argmax(-1)
-            decoded = [int(p) - 1 for i, p in enumerate(path) if p != 0 and (i == 0 or p != path[i - 1])]
-            truth = [int(l) for l in labels if l >= 0]
-            errors += edit_distance(decoded, truth)
-            total += len(truth)
-        return f"greedy CTC character error rate {errors / total:.2%}"
+        return f"greedy CTC character error rate {character_error_rate(output, data['eval_labels']):.2%}"
     if name == "unet_segmenter":
         predicted = output.argmax(1)
         return f"pixel accuracy {np.mean(predicted == data['eval_masks']):.2%}"
     return "random weights; embedding norm mean %.3f" % float(np.linalg.norm(output, axis=1).mean())
-
-
-def box_iou(a, b) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return float(w * h / union) if union > 0 else 0.0
-
-
-def edit_distance(a, b) -> int:
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        previous, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
-    return row[-1]
 
 
 if __name__ == "__main__":
