@@ -20,7 +20,6 @@ import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import onnx
@@ -46,9 +45,9 @@ class ModelSpec:
     input_shapes: dict  # ONNX layout, fixing every dynamic dimension
     # TRANSPOSE ops the model's own semantics need in the float .tflite (why: see MODEL_SPECS)
     needed_transposes: int
-    # a second setting of the dynamic dimensions, so the shape arithmetic must follow the input
-    # (None: the model takes one size only)
-    other_input_shapes: Optional[dict]
+    # a second setting of the dynamic dimensions (a batch of 2 where only the batch is dynamic), so
+    # the shape arithmetic must follow the input
+    other_input_shapes: dict
     min_cosine: float = 0.99  # int8 output vs float output, over all evaluation samples
     min_sqnr_db: float = 20.0
     shape_arithmetic: bool = True  # the export holds Shape/Gather/Concat/Reshape chains
@@ -85,8 +84,9 @@ MODEL_SPECS = {
                                other_input_shapes={"input_ids": (1, 11), "attention_mask": (1, 11)}),
     # The patch embedding's [B, C, 4, 4] -> [B, 16, C] flatten + transpose is free: NHWC storage
     # already holds the patches in that order. ViT's position embeddings are learned for 4 x 4 patches
-    # of a 32 x 32 image, so only the batch is dynamic.
-    "hf_vit": ModelSpec({"pixel_values": (1, 3, 32, 32)}, needed_transposes=8, other_input_shapes=None),
+    # of a 32 x 32 image, so only the batch is dynamic: the other setting is a batch of 2.
+    "hf_vit": ModelSpec({"pixel_values": (1, 3, 32, 32)}, needed_transposes=8,
+                        other_input_shapes={"pixel_values": (2, 3, 32, 32)}),
     # None: ConvNeXt's permutes to channels-last around its LayerNorm and pointwise Linears are what
     # NHWC storage already holds, so they vanish. Its export has no shape arithmetic at all.
     # One evaluation image in 64 has a patch inside a near-black rectangle: with the random init's
@@ -99,8 +99,9 @@ MODEL_SPECS = {
     # Nine: the eight of the attention, and one at the input: the [B, mel bins, frames] features
     # arrive channels first (rank-3 inputs keep the ONNX layout) and the Conv1d front end reads them
     # channels last; its output permute to [B, frames, d_model] is then free. The 16 positions are
-    # learned, so only the batch is dynamic.
-    "hf_whisper_encoder": ModelSpec({"input_features": (1, 16, 32)}, needed_transposes=9, other_input_shapes=None),
+    # learned, so only the batch is dynamic: the other setting is a batch of 2.
+    "hf_whisper_encoder": ModelSpec({"input_features": (1, 16, 32)}, needed_transposes=9,
+                                    other_input_shapes={"input_features": (2, 16, 32)}),
 }
 HF_MODELS = {"hf_bert", "hf_distilbert", "hf_vit", "hf_convnext", "hf_whisper_encoder"}
 NAMES = sorted(MODEL_SPECS)
@@ -404,19 +405,18 @@ def test_float_model_matches_onnxruntime_on_our_runtime_and_litert(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_float_model_converted_at_other_input_sizes_matches_onnxruntime(name):
-    """The dynamic dims fixed differently (other image sizes, a shorter sentence): the Shape/Gather/
-    Concat/Reshape arithmetic, anchors and position slices must follow."""
+    """The dynamic dims fixed differently (other image sizes, a shorter sentence, a batch of 2): the
+    Shape/Gather/Concat/Reshape arithmetic, anchors, position slices and batch must follow."""
     shapes = MODEL_SPECS[name].other_input_shapes
-    if shapes is None:
-        pytest.skip(f"{name} takes one input size only: {MODEL_SPECS[name].input_shapes}")
+    batch = next(iter(shapes.values()))[0]
     feeds = {n: resized(values[:8], shapes[n]) for n, values in inputs(name, "eval").items()}
     expected = run_onnxruntime(onnx.load(str(MODELS_DIR / f"{name}.onnx")), feeds)
     content = convert(MODELS_DIR / f"{name}.onnx", input_shapes=shapes).content
     outputs = {"edgeq": [], "litert": []}
     for engine, results in outputs.items():
         interpreter = new_interpreter(content, engine)
-        for sample in range(len(expected[0])):
-            set_inputs_and_invoke(interpreter, [nchw_to_nhwc(v[sample:sample + 1]) for v in feeds.values()])
+        for start in range(0, len(expected[0]), batch):
+            set_inputs_and_invoke(interpreter, [nchw_to_nhwc(v[start:start + batch]) for v in feeds.values()])
             results.append([nhwc_to_nchw(interpreter.get_tensor(d["index"])) for d in interpreter.get_output_details()])
     ours_error = float_error(name, [np.concatenate(o) for o in zip(*outputs["edgeq"])], expected)
     litert_error = float_error(name, [np.concatenate(o) for o in zip(*outputs["litert"])], expected)
