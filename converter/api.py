@@ -257,8 +257,8 @@ def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debu
 
 
 def _float_choice_note(choice) -> str:
-    if not choice.reasons:
-        return f"int8 outputs' SQNR on calibration samples: {choice.sqnr_db:.1f} dB, every op int8"
-    return (f"int8 outputs' SQNR on calibration samples: {choice.sqnr_all_int8_db:.1f} dB all-int8, "
-            f"{choice.sqnr_db:.1f} dB with {len(choice.reasons)} ops kept float")
+    note = f"int8 outputs' SQNR against float on calibration samples: {choice.sqnr_before_search_db:.1f} dB"
+    if choice.moved_by_search:
+        note += f", {choice.sqnr_db:.1f} dB once the error search kept {choice.moved_by_search} more ops float"
+    return note
 

@@ -220,7 +220,8 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
 def _float_choice_summary(choice) -> dict:
     if choice is None or choice.sqnr_db is None:
         return {}
-    return {"all_int8": choice.sqnr_all_int8_db, "with_float_islands": choice.sqnr_db}
+    return {"before_error_search": choice.sqnr_before_search_db, "final": choice.sqnr_db,
+            "ops_moved_by_error_search": choice.moved_by_search}
 
 
 # -- inspect ---------------------------------------------------------------------------------

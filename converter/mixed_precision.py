@@ -46,11 +46,13 @@ REFERENCE_BYTES = 256 << 20  # the float values of every activation on those sam
 
 @dataclass
 class FloatChoice:
-    """The ops kept float (op key -> why), and the outputs' worst SQNR before and after."""
+    """The ops kept float (op key -> why); the outputs' worst SQNR with the mixed-range joins float,
+    before the error-driven search, and at the end; how many ops the search moved to float."""
 
     reasons: dict = field(default_factory=dict)
-    sqnr_all_int8_db: Optional[float] = None
+    sqnr_before_search_db: Optional[float] = None
     sqnr_db: Optional[float] = None
+    moved_by_search: int = 0
 
 
 def op_key(op) -> str:
@@ -182,7 +184,7 @@ def choose_float_ops(float_graph: Graph, ranges: dict, samples: dict, quantize, 
     # Most models meet the target: their outputs alone are compared, which is cheap.
     outputs = set(float_graph.outputs)
     batches = [(batch, _float_values(float_graph, batch, outputs)) for batch in inputs]
-    choice.sqnr_all_int8_db = choice.sqnr_db = _worst_output(tensor_sqnr(graph, batches, outputs), float_graph)
+    choice.sqnr_before_search_db = choice.sqnr_db = _worst_output(tensor_sqnr(graph, batches, outputs), float_graph)
     if choice.sqnr_db >= min_sqnr_db or max_moves == 0:
         return graph, choice
     batches = [(batch, _float_values(float_graph, batch)) for batch in inputs]
@@ -206,6 +208,7 @@ def choose_float_ops(float_graph: Graph, ranges: dict, samples: dict, quantize, 
             bar.update(1)
         if worst <= choice.sqnr_db + 0.5:
             continue  # not worth a float island
+        choice.moved_by_search += len(trial) - len(choice.reasons)
         choice.reasons, choice.sqnr_db, graph, sqnr = trial, worst, trial_graph, trial_sqnr
         moves += 1
     if bar is not None:

@@ -200,6 +200,14 @@ def test_convert_int8_writes_a_full_integer_model_that_litert_runs(tmp_path):
     assert y.shape == (1, 10)
 
 
+def test_convert_int8_reports_the_outputs_sqnr_unless_float_fallback_is_off(tmp_path):
+    common = ("convert", SAMPLES / "digits_cnn.onnx", "-o", tmp_path / "cnn.tflite", "--quantize", "int8",
+              "--calibration", SAMPLES / "digits_cnn_calib.npz", "--json")
+    measured = json.loads(invoke(*common).output)["int8_output_sqnr_db"]
+    assert measured["final"] > 20 and measured["ops_moved_by_error_search"] == 0
+    assert json.loads(invoke(*common, "--float-fallback", "none").output)["int8_output_sqnr_db"] == {}
+
+
 def test_convert_int8_with_uint8_io_has_integer_inputs_and_outputs(tmp_path):
     out = tmp_path / "mlp_uint8.tflite"
     result = invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", out, "--quantize", "int8",

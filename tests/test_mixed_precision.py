@@ -121,7 +121,8 @@ def test_masked_softmax_goes_float_and_restores_fidelity(tmp_path):
     assert any(line.startswith("SOFTMAX") for line in islands.float_ops)
     assert sqnr_db(expected, edgeq_outputs(all_int8.content, data)) < 15
     assert sqnr_db(expected, edgeq_outputs(islands.content, data)) >= 20
-    assert islands.float_choice.sqnr_db >= 20 > islands.float_choice.sqnr_all_int8_db
+    assert islands.float_choice.sqnr_db >= 20 > islands.float_choice.sqnr_before_search_db
+    assert islands.float_choice.moved_by_search >= 2  # the softmax and the masked scores' ADD
 
 
 def test_float_islands_run_alike_on_litert_reference_kernels(tmp_path):
