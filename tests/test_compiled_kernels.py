@@ -357,3 +357,23 @@ def test_pad_folded_into_convolution(kernel_path, op_type, pads, dtype):
         theirs.set_tensor(theirs.get_input_details()[0]["index"], x)
         theirs.invoke()
         assert np.array_equal(theirs.get_tensor(theirs.get_output_details()[0]["index"]), results[0])
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.int8])
+def test_pad_folded_into_a_pointwise_convolution_grows_its_output(kernel_path, stride, dtype):
+    # Bottom/right-only padding leaves the top-left corner unpadded, yet the output outgrows the
+    # strided input: the 1x1 shortcut that reads the input as the GEMM operand must not be taken.
+    from converter.tflite_writer import write_tflite
+
+    graph, x = padded_conv_graph("CONV_2D", ((0, 1), (0, 1)), dtype, stride=stride, k=1)
+    content = write_tflite(graph)
+    outputs = []
+    for preserve in (False, True):  # folded, and as written
+        interpreter = Interpreter(model_content=content, experimental_preserve_all_tensors=preserve)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+    assert outputs[0].shape == graph["y"].shape
+    assert np.array_equal(outputs[0], outputs[1])

@@ -116,9 +116,13 @@ def _float_epilogue(bias, op):
 
 def _pointwise_patches(g, dtype):
     """For a 1x1 convolution without padding: patches(x) -> the GEMM's [N * OH * OW, C] left operand,
-    a view of x when it already is one (same dtype, stride 1), else x's pixels converted or picked
-    by the stride into a buffer; None for any other convolution."""
-    if not (g.k_h == g.k_w == 1 and g.pad_top == 0 and g.pad_left == 0):
+    a view of x when it already is one (float32 requested, stride 1), else x's pixels converted or
+    picked by the stride into a buffer; None for any other convolution."""
+    # Padding on any side (a folded PAD may pad only the bottom/right) makes the output outgrow the
+    # strided input: the general path handles it.
+    unpadded = (g.pad_top == g.pad_left == 0 and g.out_h == (g.in_h - 1) // g.stride_h + 1
+                and g.out_w == (g.in_w - 1) // g.stride_w + 1)
+    if not (g.k_h == g.k_w == 1 and unpadded):
         return None
     in_c, out_h, out_w, stride_h, stride_w = g.in_c, g.out_h, g.out_w, g.stride_h, g.stride_w
     strided = stride_h > 1 or stride_w > 1
@@ -346,7 +350,8 @@ def _integer_gemm(op, graph, gemm_dtype, fill_value):
     """eval(x_float [N, H, W, C]) -> int64 [N, OH, OW, O] accumulators sum w * x_float over each
     window, with padding entries equal to ``fill_value``; exact in ``gemm_dtype``."""
     g = _geometry(op, graph)
-    in_c, out_c, k_h, k_w, out_h, out_w, stride_h, stride_w = g[2:10]
+    in_c, out_c, k_h, k_w = g.in_c, g.out_c, g.k_h, g.k_w
+    out_h, out_w, stride_h, stride_w = g.out_h, g.out_w, g.stride_h, g.stride_w
     taps = g.taps
     filters = constant_input(op, graph, 1, "filter").astype(gemm_dtype)
     weights = np.ascontiguousarray(filters.reshape(out_c, -1).T)
