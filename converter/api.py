@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from runtime.model import Graph, ModelError, read_tflite
 
 from converter.fileio import write_atomic
@@ -172,7 +174,7 @@ def convert(
             float_graph, calibration, calibration_method, num_calibration_samples, io_dtype, debug, progress,
             float_fallback, min_sqnr_db,
         )
-        if float_choice is not None and float_choice.sqnr_db is not None:
+        if float_choice is not None and float_choice.sqnr_db is not None and np.isfinite(float_choice.sqnr_db):
             notes.append(_float_choice_note(float_choice))
     elif quantize == "dynamic":
         from converter.quantize import quantize_dynamic

@@ -189,7 +189,9 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
         summary["pruning"] = [report.as_dict() for report in result.prune_reports]
         summary["gzip_bytes"] = compressed_size(result.content)
     if as_json:
-        click.echo(json.dumps(summary, indent=2, default=list))
+        from converter.fileio import finite_for_json
+
+        click.echo(json.dumps(finite_for_json(summary), indent=2, default=list))
         return
     if quiet:
         return

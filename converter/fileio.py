@@ -4,6 +4,7 @@ Every file edgeq writes (models, run outputs, reports) goes through ``write_atom
 """
 from __future__ import annotations
 
+import math
 import os
 import stat
 import tempfile
@@ -50,3 +51,15 @@ def _mode_for(path: Path) -> int:
         umask = os.umask(0)
         os.umask(umask)
         return 0o666 & ~umask
+
+
+def finite_for_json(value):
+    """``value`` with every non-finite float as None: JSON has no Infinity or NaN, and an exact
+    match's SQNR is infinite (the texts say so)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_for_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_for_json(v) for v in value]
+    return value

@@ -775,27 +775,16 @@ def _sha256(path) -> str:
 # -- writing ---------------------------------------------------------------------------------
 
 def write_report_files(report: dict, folder: Path) -> None:
-    from converter.fileio import write_atomic
+    from converter.fileio import finite_for_json, write_atomic
 
     plot = plot_accuracy_vs_size(report)
     layer_plot = plot_layer_sqnr(report["layer_errors"]["tensors"]) if report["layer_errors"]["tensors"] else None
     write_atomic(folder / PLOT_FILE, plot)
     if layer_plot is not None:
         write_atomic(folder / LAYER_PLOT_FILE, layer_plot)
-    write_atomic(folder / "report.json", (json.dumps(_finite(report), indent=2) + "\n").encode())
+    write_atomic(folder / "report.json", (json.dumps(finite_for_json(report), indent=2) + "\n").encode())
     write_atomic(folder / "report.md", render_markdown(report).encode())
     write_atomic(folder / "report.html", render_html(report, plot, layer_plot).encode())
-
-
-def _finite(value):
-    """JSON has no Infinity/NaN: an exact match's SQNR (inf) is written as null, and said so in the text."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _figure_png(figure) -> bytes:
@@ -1165,4 +1154,6 @@ def terminal_table(report: dict) -> str:
 
 def json_ready(report: dict) -> dict:
     """The report as report.json holds it (infinities as null)."""
-    return _finite(report)
+    from converter.fileio import finite_for_json
+
+    return finite_for_json(report)

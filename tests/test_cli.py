@@ -208,6 +208,22 @@ def test_convert_int8_reports_the_outputs_sqnr_unless_float_fallback_is_off(tmp_
     assert json.loads(invoke(*common, "--float-fallback", "none").output)["int8_output_sqnr_db"] == {}
 
 
+def test_convert_json_is_strict_json_when_int8_is_exact(tmp_path):
+    # An ArgMax of the input quantizes without error: SQNR is infinite, and JSON has no Infinity.
+    model = save_model(tmp_path / "argmax.onnx", [helper.make_node("ArgMax", ["x"], ["y"], axis=1, keepdims=0)],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])],
+                       [helper.make_tensor_value_info("y", TensorProto.INT64, [1])])
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((8, 10)).astype(np.float32))
+    result = invoke("convert", model, "-o", tmp_path / "argmax.tflite", "--quantize", "int8",
+                    "--calibration", tmp_path / "calib.npz", "--json")
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    json.loads(result.output, parse_constant=refuse)
+
+
 def test_convert_int8_with_uint8_io_has_integer_inputs_and_outputs(tmp_path):
     out = tmp_path / "mlp_uint8.tflite"
     result = invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", out, "--quantize", "int8",
