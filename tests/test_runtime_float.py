@@ -657,6 +657,16 @@ def test_batched_run_joins_a_constant_class_token_to_each_sample(quantized):
         assert np.array_equal(batched[sample:sample + 1], interpreter.run([batch[sample:sample + 1]])["tokens"])
 
 
+def test_batched_run_refuses_to_join_a_computed_batch_1_input_to_a_larger_batch():
+    # Only constants are the same for every sample; a computed input with batch 1 next to a batch
+    # of 3 means the graph folded the batch away, and repeating one sample would be wrong.
+    tensors = [Tensor("a", (1, 2)), Tensor("b", (1, 2)), Tensor("b2", (1, 2)), Tensor("y", (1, 4))]
+    ops = [Op("RELU", ["b"], ["b2"]), Op("CONCATENATION", ["a", "b2"], ["y"], {"axis": 1})]
+    interpreter = Interpreter.from_graph(Graph(tensors, ops, ["a", "b"], ["y"]))
+    with pytest.raises(ValueError):
+        interpreter.run([rand(3, 2), rand(1, 2)])
+
+
 def test_resize_tensor_input_is_not_implemented():
     with pytest.raises(NotImplementedError, match="static shapes"):
         Interpreter.from_graph(two_op_graph()).resize_tensor_input(0, [2, 6, 6, 2])

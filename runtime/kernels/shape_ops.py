@@ -91,14 +91,16 @@ def _batch_aligner(op, graph, axis):
     """When the graph's batch is 1 and a larger batch runs, an input that is the same for every sample
     (a constant such as ViT's class token, stored with batch 1) is repeated over the actual batch, so
     a join on another axis sees one per sample."""
-    if axis == 0 or _static_batch(graph[op.outputs[0]].shape) != 1:
+    constants = {i for i, name in enumerate(op.inputs) if graph[name].data is not None}
+    if axis == 0 or not constants or _static_batch(graph[op.outputs[0]].shape) != 1:
         return lambda xs: xs
 
     def align(xs):
+        # Only constants are repeated: a computed batch-1 input next to a larger batch is a shape
+        # error (np.concatenate says so), not something to paper over with one sample's values.
         batch = max(x.shape[0] for x in xs)
-        if all(x.shape[0] == batch for x in xs):
-            return xs
-        return [np.broadcast_to(x, (batch,) + x.shape[1:]) if x.shape[0] == 1 else x for x in xs]
+        return [np.broadcast_to(x, (batch,) + x.shape[1:]) if i in constants and x.shape[0] == 1 else x
+                for i, x in enumerate(xs)]
 
     return align
 
