@@ -114,9 +114,12 @@ class Interpreter:
     def allocate_tensors(self) -> None:
         if self._steps is None:
             self._steps = self._prepare_ops()
-            self._fused_steps, self._fused_ops = self._fold_pads(self._steps)
             if self._preserve_all_tensors:  # every tensor must be readable: run each op as written
                 self._fused_steps, self._fused_ops = self._steps, list(range(len(self._steps)))
+            else:
+                self._fused_steps, self._fused_ops = self._fold_pads(self._steps)
+            self._readable = sorted(i for i in self._keep_for_invoke()
+                                    if self._tensors[i].data is None and i not in self._input_indices)
             self._invoke_steps = self._with_releases(self._keep_for_invoke(), self._fused_steps)
             self._invoke_ops = [self._graph.ops[position] for position in self._fused_ops]
         arena = [None] * (self._absent + 1)
@@ -212,7 +215,16 @@ class Interpreter:
             raise RuntimeError("Invoke called on model that is not ready.")
         with self._thread_limit():
             _execute(self._invoke_steps, self._arena, self._invoke_ops)
+        self._keep_readable_tensors()
         self._produced = True
+
+    def _keep_readable_tensors(self) -> None:
+        # Kernels reuse their output buffers, and run() shares the kernels: what get_tensor() shows
+        # must be a copy, or a run() after invoke() would change it.
+        arena = self._arena
+        for i in self._readable:
+            if arena[i] is not None:
+                arena[i] = arena[i].copy()
 
     def profile(self, runs: int = 10, warmup: int = 1) -> list:
         """Invoke ``warmup + runs`` times on the current inputs, timing every op; returns one dict
@@ -227,6 +239,7 @@ class Interpreter:
                 if run >= warmup:
                     for op_samples, seconds in zip(samples, times):
                         op_samples.append(seconds)
+        self._keep_readable_tensors()
         self._produced = True
         # One entry per step: a convolution with a PAD folded into it (see _fold_pads) stands for both.
         return [{"index": position, "type": op.type, "output": op.outputs[0] if op.outputs else "",

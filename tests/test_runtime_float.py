@@ -944,3 +944,18 @@ def test_num_threads_is_validated_and_caps_blas_while_running():
     capped = Interpreter.from_graph(two_op_graph(), num_threads=1)
     graph = capped.graph
     assert_close(capped.run({"x": x})["y"], Interpreter.from_graph(graph).run({"x": x})["y"], atol=0, rtol=0)
+
+
+def test_run_after_invoke_leaves_what_get_tensor_returns():
+    # Kernels reuse their output buffers; invoke's outputs must not be the buffers run() writes.
+    w = rand(3, 3, 3, 2)
+    tensors = [Tensor("x", (1, 5, 5, 2)), Tensor("w", w.shape, data=w), Tensor("y", (1, 5, 5, 3))]
+    ops = [Op("CONV_2D", ["x", "w", ""], ["y"], dict(padding="SAME", stride_h=1, stride_w=1))]
+    interpreter = Interpreter.from_graph(Graph(tensors, ops, ["x"], ["y"]))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], rand(1, 5, 5, 2))
+    interpreter.invoke()
+    output = interpreter.get_output_details()[0]["index"]
+    before = interpreter.get_tensor(output).copy()
+    interpreter.run([rand(1, 5, 5, 2)])
+    assert np.array_equal(interpreter.get_tensor(output), before)
