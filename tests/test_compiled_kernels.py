@@ -300,6 +300,18 @@ def test_exact_float32_chunks_bound_every_channel():
     assert exact_float32_chunks(weights[:, :1000], 128) == [slice(0, 1000)]
 
 
+def test_exact_float32_chunks_of_a_huge_layer_bound_every_channel_from_column_maxima(monkeypatch):
+    from runtime.kernels import requantize
+
+    monkeypatch.setattr(requantize, "EXACT_CHUNKING_MAX_WEIGHTS", 1000)  # as if the layer were huge
+    weights = np.random.default_rng(9).integers(-127, 128, (64, 4608))
+    chunks = requantize.exact_float32_chunks(weights, 128)
+    assert chunks[0].start == 0 and chunks[-1].stop == 4608
+    assert all(a.stop == b.start for a, b in zip(chunks, chunks[1:]))
+    for chunk in chunks:
+        assert (np.abs(weights[:, chunk]).sum(axis=1) * 128).max() < requantize.FLOAT32_EXACT_LIMIT
+
+
 # -- a PAD folded into the convolution that reads it (Interpreter._fold_pads) ------------------------
 
 def padded_conv_graph(op_type, pads, dtype, stride=2, k=3, seed=13):

@@ -193,14 +193,30 @@ def asymmetric_quantize_rows(x: np.ndarray):
 # max|input| * sum|weights| < 2^24. Real weights are far below the worst case K * 127, so most GEMMs
 # pass in one piece; the rest are cut along K into pieces that each pass, summed in float64.
 
+# Above this many weights, chunk bounds come from each depth column's largest weight instead of
+# per-channel running sums, which would take 8 bytes per weight at prepare (a VGG-size layer: GBs).
+EXACT_CHUNKING_MAX_WEIGHTS = 1 << 24
+
+
 def exact_float32_chunks(weights_by_channel: np.ndarray, max_abs_input: int) -> list:
     """Slices of the depth axis of ``weights_by_channel`` [channels, depth] (integers) such that a
     float32 GEMM over each slice is exact for inputs bounded by ``max_abs_input``."""
-    magnitudes = np.abs(np.asarray(weights_by_channel, dtype=np.int64)) * int(max_abs_input)
-    channels, depth = magnitudes.shape
-    if depth == 0 or magnitudes.sum(axis=1).max(initial=0) < FLOAT32_EXACT_LIMIT:
+    weights = np.asarray(weights_by_channel)
+    channels, depth = weights.shape
+    if depth == 0 or np.abs(weights).sum(axis=1, dtype=np.int64).max(initial=0) * int(max_abs_input) \
+            < FLOAT32_EXACT_LIMIT:
         return [slice(0, depth)]
-    running = np.cumsum(magnitudes, axis=1)
+    if weights.size > EXACT_CHUNKING_MAX_WEIGHTS:
+        # Every channel's sum over a slice is at most the slice's sum of column maxima.
+        column_bound = np.abs(weights).max(axis=0).astype(np.int64) * int(max_abs_input)
+        return _chunks_under_limit(np.cumsum(column_bound)[None, :])
+    return _chunks_under_limit(np.cumsum(np.abs(weights.astype(np.int64)) * int(max_abs_input), axis=1))
+
+
+def _chunks_under_limit(running: np.ndarray) -> list:
+    """Depth slices over which every row's increase of ``running`` (cumulative magnitudes) stays
+    under the float32 exact limit (at least one column each)."""
+    channels, depth = running.shape
     chunks, start = [], 0
     while start < depth:
         base = running[:, start - 1] if start else np.zeros(channels, np.int64)
