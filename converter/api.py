@@ -159,6 +159,9 @@ def convert(
         raise ModelError("--quantize int8 needs calibration samples (--calibration FILE.npz)")
     if float_fallback not in FLOAT_FALLBACKS:
         raise ModelError(f"unknown float fallback {float_fallback!r}; choose one of {', '.join(FLOAT_FALLBACKS)}")
+    if min_sqnr_db is not None and (quantize != "int8" or float_fallback != "auto"):
+        raise ModelError("--min-sqnr is the target of the float-island search: it needs --quantize int8 "
+                         "with --float-fallback auto")
     if io_dtype != "float32" and quantize != "int8":
         raise ModelError(f"integer model inputs/outputs (--io {io_dtype}) need --quantize int8")
     if sparse_encoding and quantize != "none":

@@ -216,17 +216,10 @@ def _float_inputs(op: Op, graph: Graph, original_float: set):
     return [(i, n) for i, n in enumerate(op.inputs) if n and n in original_float]
 
 
-# Ops the spec quantizes but edgeq's runtime cannot yet run in int8: they stay float islands, so
-# every file edgeq writes runs on its own runtime (remove an op here once its int8 kernel exists).
-NO_INT8_KERNEL_YET: set = set()
-
-
 def _why_not_int8(op: Op, graph: Graph, original_float: set) -> Optional[str]:
     rule = RULES.get(op.type)
     if rule is None:
         return "no int8 kernel rule"
-    if op.type in NO_INT8_KERNEL_YET:
-        return "edgeq's runtime has no int8 kernel for it yet"
     if rule.weight is not None:
         index = rule.weight[0]
         if index >= len(op.inputs) or not op.inputs[index] or not graph[op.inputs[index]].is_constant:

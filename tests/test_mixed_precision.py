@@ -167,3 +167,10 @@ def test_unknown_float_fallback_is_refused(tmp_path):
     with pytest.raises(ModelError, match="float fallback"):
         convert(save(detector_tail(), tmp_path, "tail"), quantize="int8", calibration=calib,
                 float_fallback="sometimes")
+
+
+def test_a_sqnr_target_without_the_float_island_search_is_refused(tmp_path):
+    calib, _ = samples(tmp_path, (1, 16))
+    with pytest.raises(ModelError, match="min-sqnr"):
+        convert(save(detector_tail(), tmp_path, "tail"), quantize="int8", calibration=calib,
+                float_fallback="none", min_sqnr_db=30)

@@ -16,7 +16,7 @@ from runtime.model import Graph, ModelError
 
 from .. import passes
 from .context import ImportContext
-from .fusions import fuse_erf_gelu
+from .fusions import fuse_gelu
 from .load import prepare_model
 from .ops import RULES
 from .plain_integers import settle_plain_integers
@@ -48,7 +48,7 @@ def import_onnx(
     keep_onnx_layout: bool = False,
 ) -> Graph:
     prepared = prepare_model(model, input_shapes)
-    fuse_erf_gelu(prepared)
+    fuse_gelu(prepared)
     check_supported(prepared.proto)
     ctx = ImportContext(prepared, keep_onnx_layout)
     ctx.add_inputs()

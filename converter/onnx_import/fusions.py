@@ -198,7 +198,7 @@ def _is_half(g: _Graph, name: str) -> bool:
     return value is not None and math.isclose(value, 0.5, rel_tol=RELATIVE_TOLERANCE)
 
 
-def fuse_erf_gelu(prepared: PreparedModel) -> int:
+def fuse_gelu(prepared: PreparedModel) -> int:
     """Replace every GELU written with Erf, or with Tanh as its tanh approximation, by one ``Gelu``
     node, in place; return how many."""
     g = _Graph(prepared)

@@ -9,7 +9,6 @@ float computation in float32. Eval is one table lookup, exact by construction.
 """
 from __future__ import annotations
 
-import ctypes
 import math
 
 import numpy as np
@@ -202,8 +201,13 @@ def _c_math_function(name: str):
     C library's expf/tanhf, and those are not correctly rounded everywhere (glibc 2.36's tanhf differs
     from the correctly rounded value on ~14% of inputs); a table entry whose value sits on a rounding
     tie then differs by one. Calling the same library gives LiteRT's integers on this machine."""
-    # The process's own symbols first (the libm Python and LiteRT already resolve against), then by name.
-    for library in (None, "libm.so.6", "libm.dylib"):
+    try:
+        import ctypes
+    except ImportError:  # a Python built without libffi (some embedded builds): no C library calls
+        return None
+    # The process's own symbols first (the libm Python and LiteRT already resolve against), then by
+    # name; ucrtbase is Windows' C runtime.
+    for library in (None, "libm.so.6", "libm.dylib", "ucrtbase"):
         try:
             function = getattr(ctypes.CDLL(library), name)
         except (OSError, AttributeError, TypeError):
