@@ -105,7 +105,7 @@ def _float_values(float_graph: Graph, batch: dict, names: Optional[set] = None) 
 def tensor_sqnr(int8_graph: Graph, batches: list, names: Optional[set] = None) -> dict:
     """SQNR in dB of the activations (all, or ``names``) that the int8 graph holds under their float
     name, int8 or float; ``batches`` pairs each input batch with the float values on it."""
-    from converter.quant_debug import _int8_feeds, dequantize, power_ratio_db
+    from converter.quant_debug import int8_feeds, dequantize, power_ratio_db
     from runtime.interpreter import Interpreter
 
     signal: dict = {}
@@ -127,7 +127,7 @@ def tensor_sqnr(int8_graph: Graph, batches: list, names: Optional[set] = None) -
             signal[name] = signal.get(name, 0.0) + float(np.sum(expected * expected))
             noise[name] = noise.get(name, 0.0) + float(np.sum(np.square(expected - got)))
 
-        int8_run.run(_int8_feeds(int8_graph, batch), observe=observe)
+        int8_run.run(int8_feeds(int8_graph, batch), observe=observe)
     return {name: power_ratio_db(signal[name], noise[name]) for name in signal}
 
 

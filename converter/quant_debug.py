@@ -84,7 +84,7 @@ def layer_errors(float_graph: Graph, int8_graph: Graph, samples: dict, batch_siz
     for start in range(0, total, batch_size):
         batch = {n: samples[n][start:start + batch_size] for n in float_graph.inputs}
         reference = float_run.run(batch, keep=names)
-        quantized = int8_run.run(_int8_feeds(int8_graph, batch), keep=names)
+        quantized = int8_run.run(int8_feeds(int8_graph, batch), keep=names)
         for name in names:
             expected = reference[name].astype(np.float64)
             error = expected - dequantize(quantized[name], int8_graph[name])
@@ -99,7 +99,7 @@ def layer_errors(float_graph: Graph, int8_graph: Graph, samples: dict, batch_siz
     return errors
 
 
-def _int8_feeds(int8_graph: Graph, batch: dict) -> dict:
+def int8_feeds(int8_graph: Graph, batch: dict) -> dict:
     """Float samples in the form the int8 graph's inputs take (float, or quantized for integer I/O)."""
     feeds = {}
     for name, value in batch.items():
