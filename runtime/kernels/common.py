@@ -85,6 +85,19 @@ def input_tensor(op: Op, graph: Graph, position: int):
     return graph[op.inputs[position]]
 
 
+def strided_overlap(offset: int, stride: int, strided_size: int, dense_size: int):
+    """For one filter tap: position ``i * stride + offset`` on the dense axis belongs to position i
+    on the strided axis. Returns (strided slice, dense slice) of the positions i that land inside
+    [0, dense_size), or None if none does. Convolution strides its output; a transposed convolution
+    strides its input."""
+    first = max(0, -(offset // stride))  # ceil(-offset / stride)
+    last = min(strided_size - 1, (dense_size - 1 - offset) // stride)
+    if last < first:
+        return None
+    start = first * stride + offset
+    return slice(first, last + 1), slice(start, start + (last - first) * stride + 1, stride)
+
+
 def constant_input(op: Op, graph: Graph, position: int, what: str) -> np.ndarray:
     tensor = input_tensor(op, graph, position)
     if tensor is None or tensor.data is None:

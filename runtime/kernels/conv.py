@@ -18,6 +18,7 @@ from runtime.kernels.common import (
     fused_activation,
     input_tensor,
     require_float,
+    strided_overlap,
     with_activation,
 )
 from runtime.fixedpoint import multiply_by_quantized_multiplier
@@ -260,17 +261,6 @@ def _aligned(array):
     return array if array.flags.aligned else array.copy()
 
 
-def _tap_range(offset, stride, in_size, out_size):
-    """For a tap reading input position ``o*stride + offset`` for output o: the (output slice,
-    input slice) of the outputs whose input lies inside [0, in_size), or None if there are none."""
-    first = max(0, -(offset // stride))  # ceil(-offset / stride)
-    last = min(out_size - 1, (in_size - 1 - offset) // stride)
-    if last < first:
-        return None
-    start = first * stride + offset
-    return slice(first, last + 1), slice(start, start + (last - first) * stride + 1, stride)
-
-
 def _bias(op, graph, out_c):
     if input_tensor(op, graph, 2) is None:
         return None
@@ -324,9 +314,9 @@ def _geometry(op, graph) -> ConvGeometry:
         out_w, pad_left, _ = compute_padding(padding, in_w, k_w, stride_w, dil_w)
     taps = []
     for ky in range(k_h):
-        rows = _tap_range(ky * dil_h - pad_top, stride_h, in_h, out_h)
+        rows = strided_overlap(ky * dil_h - pad_top, stride_h, out_h, in_h)
         for kx in range(k_w):
-            cols = _tap_range(kx * dil_w - pad_left, stride_w, in_w, out_w)
+            cols = strided_overlap(kx * dil_w - pad_left, stride_w, out_w, in_w)
             if rows is not None and cols is not None:
                 taps.append((ky, kx, rows, cols))
     return ConvGeometry(in_h, in_w, in_c, out_c, k_h, k_w, out_h, out_w, stride_h, stride_w, dil_h, dil_w,

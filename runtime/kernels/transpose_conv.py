@@ -21,6 +21,7 @@ from runtime.kernels.common import (
     fused_activation,
     input_tensor,
     require_float,
+    strided_overlap,
     with_activation,
 )
 from runtime.kernels.requantize import (
@@ -56,17 +57,6 @@ class TransposeConvGeometry(NamedTuple):
     taps: list  # (ky, kx, (in_rows, out_rows), (in_cols, out_cols)) of the taps that reach the output
 
 
-def _tap_range(offset, stride, in_size, out_size):
-    """For a tap writing output position ``i*stride + offset`` for input i: the (input slice,
-    output slice) of the inputs whose output lies inside [0, out_size), or None if none does."""
-    first = max(0, -(offset // stride))  # ceil(-offset / stride)
-    last = min(in_size - 1, (out_size - 1 - offset) // stride)
-    if last < first:
-        return None
-    start = first * stride + offset
-    return slice(first, last + 1), slice(start, start + (last - first) * stride + 1, stride)
-
-
 def _geometry(op, graph) -> TransposeConvGeometry:
     output_shape = tuple(int(d) for d in np.ravel(constant_input(op, graph, 0, "output_shape")))
     filter_shape = graph[op.inputs[1]].shape
@@ -86,9 +76,9 @@ def _geometry(op, graph) -> TransposeConvGeometry:
     _, pad_left, _ = compute_padding(padding, out_w, k_w, stride_w)
     taps = []
     for ky in range(k_h):
-        rows = _tap_range(ky - pad_top, stride_h, in_h, out_h)
+        rows = strided_overlap(ky - pad_top, stride_h, in_h, out_h)
         for kx in range(k_w):
-            cols = _tap_range(kx - pad_left, stride_w, in_w, out_w)
+            cols = strided_overlap(kx - pad_left, stride_w, in_w, out_w)
             if rows is not None and cols is not None:
                 taps.append((ky, kx, rows, cols))
     return TransposeConvGeometry(in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, output_shape[0],
