@@ -51,6 +51,30 @@ def litert_tensors(content: bytes, inputs: list, names, reference_kernels: bool 
     return {name: interpreter.get_tensor(index[name]).copy() for name in names}
 
 
+def integer_tensor_mismatches(content: bytes, inputs: list, resolver=OpResolverType.BUILTIN_REF,
+                              kinds: str = "iu") -> dict:
+    """Per tensor name, for every tensor whose dtype kind is in ``kinds`` (integers; "b" adds bools):
+    the elements where our runtime differs from LiteRT with ``resolver`` after one run on ``inputs``
+    (a whole tensor counts as different when the shapes differ). Constants LiteRT keeps elsewhere
+    are not compared."""
+    theirs = LiteRTInterpreter(model_content=content, num_threads=1, experimental_op_resolver_type=resolver,
+                               experimental_preserve_all_tensors=True)
+    ours = Interpreter(model_content=content, experimental_preserve_all_tensors=True)
+    _run_tflite_interpreter(theirs, inputs)
+    _run_tflite_interpreter(ours, inputs)
+    counts = {}
+    for detail in ours.get_tensor_details():
+        if np.dtype(detail["dtype"]).kind not in kinds:
+            continue
+        try:
+            want = theirs.get_tensor(detail["index"])
+        except ValueError:  # a constant LiteRT keeps elsewhere
+            continue
+        got = ours.get_tensor(detail["index"])
+        counts[detail["name"]] = int(want.size) if want.shape != got.shape else int(np.count_nonzero(want != got))
+    return counts
+
+
 def run_edgeq(content: bytes, inputs: list) -> list:
     return _run_tflite_interpreter(Interpreter(model_content=content), inputs)
 

@@ -21,17 +21,15 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-litert = pytest.importorskip("ai_edge_litert.interpreter")
+pytest.importorskip("ai_edge_litert.interpreter")
 
 from converter.calibrate import calibrate  # noqa: E402
 from converter.quantize import quantize_int8  # noqa: E402
 from converter.tflite_writer import write_tflite  # noqa: E402
-from runtime.interpreter import Interpreter  # noqa: E402
-from runtime.model import ModelError  # noqa: E402
+from referees import integer_tensor_mismatches, run_litert  # noqa: E402
 from test_conformance import CASES, UNSUPPORTED, convertible_variant  # noqa: E402
 
 UNSUPPORTED_INT8_FILE = Path(__file__).with_name("conformance_int8_unsupported.txt")
-INTEGER_TYPES = (np.int8, np.uint8, np.int16, np.int32, np.int64)
 PERTURBED_COPIES = 3
 STEPS = 4  # output quantization steps allowed ...
 RANGE_FRACTION = 0.01  # ... plus this fraction of the output range
@@ -139,41 +137,6 @@ def quantized_case(case):
     return qgraph, graph, ranges, feeds, expected
 
 
-def _litert(content: bytes, reference: bool, preserve: bool = False):
-    resolver = litert.OpResolverType.BUILTIN_REF if reference else litert.OpResolverType.AUTO
-    interpreter = litert.Interpreter(model_content=content, num_threads=1, experimental_op_resolver_type=resolver,
-                                     experimental_preserve_all_tensors=preserve)
-    interpreter.allocate_tensors()
-    return interpreter
-
-
-def _invoke(interpreter, feeds: list) -> list:
-    for detail, value in zip(interpreter.get_input_details(), feeds):
-        interpreter.set_tensor(detail["index"], np.array(value, dtype=detail["dtype"], order="C"))
-    interpreter.invoke()
-    return [interpreter.get_tensor(d["index"]).copy() for d in interpreter.get_output_details()]
-
-
-def tensor_mismatches(content: bytes, feeds: list) -> dict:
-    """Per integer tensor name: elements where our runtime differs from BUILTIN_REF."""
-    theirs = _litert(content, reference=True, preserve=True)
-    ours = Interpreter(model_content=content, experimental_preserve_all_tensors=True)
-    ours.allocate_tensors()
-    _invoke(theirs, feeds)
-    _invoke(ours, feeds)
-    counts = {}
-    for d in ours.get_tensor_details():
-        if d["dtype"] not in INTEGER_TYPES:
-            continue
-        try:
-            a = theirs.get_tensor(d["index"])
-        except ValueError:  # a constant LiteRT keeps elsewhere
-            continue
-        b = ours.get_tensor(d["index"])
-        counts[d["name"]] = int(a.size) if a.shape != b.shape else int(np.count_nonzero(a != b))
-    return counts
-
-
 def check_case(case) -> dict:
     prepared = quantized_case(case)
     assert prepared is not None, "not a float32 case with an int8 op"
@@ -181,12 +144,12 @@ def check_case(case) -> dict:
     content = write_tflite(qgraph)
 
     # (1) LiteRT runs it with both resolvers
-    default_outputs = _invoke(_litert(content, reference=False), feeds)
-    reference_outputs = _invoke(_litert(content, reference=True), feeds)
+    default_outputs = run_litert(content, feeds)
+    reference_outputs = run_litert(content, feeds, reference_kernels=True)
     assert len(default_outputs) == len(reference_outputs) == len(expected)
 
     # (2) every integer tensor equals BUILTIN_REF
-    counts = tensor_mismatches(content, feeds)
+    counts = integer_tensor_mismatches(content, feeds)
     assert counts, "no integer tensor to compare"
     assert sum(counts.values()) == 0, {k: v for k, v in counts.items() if v}
 

@@ -7,15 +7,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from ai_edge_litert.interpreter import Interpreter as LiteRTInterpreter
-from ai_edge_litert.interpreter import OpResolverType
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from converter.api import convert
 from converter.onnx_import import import_onnx
 from converter.tflite_writer import write_tflite
-from referees import nchw_to_nhwc, relative_max_error, run_edgeq, run_litert, run_onnxruntime
+from referees import integer_tensor_mismatches, nchw_to_nhwc, relative_max_error, run_edgeq, run_litert, run_onnxruntime
 from runtime.interpreter import Interpreter
 from runtime.model import Graph, ModelError, Op, QuantParams, Tensor
 
@@ -147,27 +145,9 @@ def int8_conversion(model, tmp_path, samples=32, seed=2):
 
 def integer_mismatches(content: bytes, feeds: list) -> int:
     """Elements of every integer tensor where our runtime differs from LiteRT's reference kernels."""
-    theirs = LiteRTInterpreter(model_content=content, num_threads=1, experimental_preserve_all_tensors=True,
-                               experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    ours = Interpreter(model_content=content, experimental_preserve_all_tensors=True)
-    for interpreter in (theirs, ours):
-        interpreter.allocate_tensors()
-        for detail, value in zip(interpreter.get_input_details(), feeds):
-            interpreter.set_tensor(detail["index"], np.array(value, dtype=detail["dtype"], order="C"))
-        interpreter.invoke()
-    mismatches, compared = 0, 0
-    for detail in ours.get_tensor_details():
-        if detail["dtype"] not in (np.int8, np.int32):
-            continue
-        try:
-            want = theirs.get_tensor(detail["index"])
-        except ValueError:  # a constant LiteRT keeps elsewhere
-            continue
-        got = ours.get_tensor(detail["index"])
-        compared += 1
-        mismatches += int(want.size) if want.shape != got.shape else int(np.count_nonzero(want != got))
-    assert compared > 0
-    return mismatches
+    counts = integer_tensor_mismatches(content, feeds)
+    assert counts
+    return sum(counts.values())
 
 
 def cosine(a, b) -> float:

@@ -14,9 +14,16 @@ from converter.calibrate import calibrate
 from converter.onnx_import import import_onnx
 from converter.quantize import quantize_int8
 from converter.tflite_writer import operator_version, write_tflite
-from referees import nchw_to_nhwc, nhwc_to_nchw, relative_max_error, run_edgeq, run_litert, run_onnxruntime
+from referees import (
+    integer_tensor_mismatches,
+    nchw_to_nhwc,
+    nhwc_to_nchw,
+    relative_max_error,
+    run_edgeq,
+    run_litert,
+    run_onnxruntime,
+)
 from ai_edge_litert import interpreter as litert
-from runtime.interpreter import Interpreter
 from runtime.model import ModelError
 
 RNG = np.random.default_rng(23)
@@ -81,29 +88,6 @@ def assert_float_matches_onnxruntime(model, tolerance=1e-5, feeds=None):
     return graph
 
 
-def integer_tensor_mismatches(content: bytes, feeds: list, resolver) -> dict:
-    """Per integer tensor name: elements where our runtime differs from LiteRT with ``resolver``."""
-    theirs = litert.Interpreter(model_content=content, num_threads=1, experimental_op_resolver_type=resolver,
-                                experimental_preserve_all_tensors=True)
-    ours = Interpreter(model_content=content, experimental_preserve_all_tensors=True)
-    counts = {}
-    for interpreter in (theirs, ours):
-        interpreter.allocate_tensors()
-        for detail, value in zip(interpreter.get_input_details(), feeds):
-            interpreter.set_tensor(detail["index"], np.array(value, dtype=detail["dtype"], order="C"))
-        interpreter.invoke()
-    for detail in ours.get_tensor_details():
-        if np.dtype(detail["dtype"]).kind not in "iub":
-            continue
-        try:
-            a = theirs.get_tensor(detail["index"])
-        except ValueError:  # a constant LiteRT keeps elsewhere
-            continue
-        b = ours.get_tensor(detail["index"])
-        counts[detail["name"]] = int(a.size) if a.shape != b.shape else int(np.count_nonzero(a != b))
-    return counts
-
-
 def assert_int8_matches_litert_reference(model, int8_ops=(), builtin_kernels=False):
     """Calibrate on random samples, quantize, and check every integer tensor against BUILTIN_REF; the
     ops named in ``int8_ops`` must have been quantized (not left as float islands). A graph with an int8
@@ -123,7 +107,7 @@ def assert_int8_matches_litert_reference(model, int8_ops=(), builtin_kernels=Fal
                 else litert.OpResolverType.BUILTIN_REF)
     for sample in range(3):
         feeds = [samples[name][sample:sample + 1] for name in qgraph.inputs]
-        counts = integer_tensor_mismatches(content, feeds, resolver)
+        counts = integer_tensor_mismatches(content, feeds, resolver, kinds="iub")
         assert counts and sum(counts.values()) == 0, {k: v for k, v in counts.items() if v}
     return qgraph
 

@@ -13,9 +13,16 @@ from converter.calibrate import calibrate
 from converter.onnx_import import import_onnx
 from converter.quantize import quantize_int8
 from converter.tflite_writer import operator_version, write_tflite
-from referees import nchw_to_nhwc, nhwc_to_nchw, relative_max_error, run_edgeq, run_litert, run_onnxruntime
+from referees import (
+    integer_tensor_mismatches,
+    nchw_to_nhwc,
+    nhwc_to_nchw,
+    relative_max_error,
+    run_edgeq,
+    run_litert,
+    run_onnxruntime,
+)
 from runtime.model import ModelError
-from test_conformance_int8 import tensor_mismatches
 
 RNG = np.random.default_rng(11)
 OPSET = 17
@@ -90,7 +97,7 @@ def assert_int8_matches_litert_reference(model, int8_ops=()):
     content = write_tflite(qgraph)
     for sample in range(3):
         feeds = [samples[name][sample:sample + 1] for name in qgraph.inputs]
-        counts = tensor_mismatches(content, feeds)
+        counts = integer_tensor_mismatches(content, feeds)
         assert counts and sum(counts.values()) == 0, {k: v for k, v in counts.items() if v}
     return qgraph
 
@@ -391,7 +398,7 @@ def test_int8_keeps_an_infinite_attention_mask_and_its_softmax_float():
         (expected,) = run_onnxruntime(model, {"x": feeds[0], "keep": feeds[1]})
         (got,) = run_edgeq(content, feeds)
         assert relative_max_error(got.reshape(expected.shape), expected) < 0.05
-        counts = tensor_mismatches(content, feeds)
+        counts = integer_tensor_mismatches(content, feeds)
         assert counts and sum(counts.values()) == 0, {k: v for k, v in counts.items() if v}
 
 

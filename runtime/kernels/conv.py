@@ -19,7 +19,6 @@ from runtime.kernels.common import (
     input_tensor,
     require_float,
     strided_overlap,
-    with_activation,
 )
 from runtime.fixedpoint import multiply_by_quantized_multiplier
 from runtime.kernels.requantize import (
