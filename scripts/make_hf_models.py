@@ -35,14 +35,11 @@ import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
@@ -50,7 +47,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_real_world_models as real_world  # noqa: E402
 
 SEED = 0
-OPSET = 17
 OUT_DIR = Path(__file__).resolve().parent.parent / "tests" / "models"
 CALIB_SAMPLES = 32
 EVAL_SAMPLES = 64
@@ -176,30 +172,20 @@ class TupleOutputs(torch.nn.Module):
 
 
 def export(name, model, input_names, output_names, axes, data) -> dict:
-    path = OUT_DIR / f"{name}.onnx"
+    """make_real_world_models' export of the model behind a tuple-returning wrapper, plus the facts
+    the manifest keeps for a Hugging Face model."""
     wrapper = TupleOutputs(model, input_names, output_names).eval()
     feeds = real_world.model_inputs(data, input_names, "eval")
     dummy = tuple(torch.from_numpy(feeds[n][:2]) for n in input_names)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, dummy, str(path), dynamo=False, opset_version=OPSET,
-                          input_names=input_names, output_names=output_names, dynamic_axes=axes,
-                          do_constant_folding=True)
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    np.savez_compressed(OUT_DIR / f"{name}_data.npz", **data)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    onnx_outputs = session.run(None, feeds)
-    with torch.no_grad():
-        torch_outputs = wrapper(*(torch.from_numpy(feeds[n]) for n in input_names))
-    error = max(float(np.max(np.abs(o - t.numpy())) / np.max(np.abs(t.numpy())))
-                for o, t in zip(onnx_outputs, torch_outputs))
-    ops = sorted({node.op_type for node in onnx.load(str(path)).graph.node})
-    return {"bytes": path.stat().st_size, "data_bytes": (OUT_DIR / f"{name}_data.npz").stat().st_size,
-            "params": sum(p.numel() for p in model.parameters()), "ops": ops, "onnx_vs_torch": error,
-            "float_metric": "random weights; last_hidden_state std %.3f" % float(onnx_outputs[0].std()),
-            "inputs": {n: [axes[n].get(i, d) for i, d in enumerate(feeds[n].shape)] for n in input_names},
-            "outputs": output_names,
-            "data_keys": {k: list(v.shape) for k, v in data.items()}}
+    facts = real_world.export(name, wrapper, dummy, input_names, output_names, axes, data)
+    outputs = facts.pop("outputs")
+    facts.update({
+        "float_metric": "random weights; last_hidden_state std %.3f" % float(outputs[0].std()),
+        "inputs": {n: [axes[n].get(i, d) for i, d in enumerate(feeds[n].shape)] for n in input_names},
+        "outputs": output_names,
+        "data_keys": {k: list(v.shape) for k, v in data.items()},
+    })
+    return facts
 
 
 def main():
