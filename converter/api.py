@@ -237,19 +237,21 @@ def _prune(graph, calibration, num_samples, sparsity, scope, channels, importanc
 
 def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debug, progress, float_fallback,
                    min_sqnr_db):
-    from converter.calibrate import calibrate, load_calibration
+    from converter.calibrate import batch_size_for, calibrate, load_calibration
     from converter.mixed_precision import DEFAULT_MIN_SQNR_DB, choose_float_ops
     from converter.quantize import quantize_int8
 
     if method not in CALIBRATION_METHODS:
         raise ModelError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
     samples = load_calibration(calibration, float_graph, num_samples=num_samples)
-    ranges = calibrate(float_graph, samples, method=method, progress=progress)
+    batch_size = batch_size_for(float_graph, samples)  # probes the float graph: once for every stage
+    ranges = calibrate(float_graph, samples, method=method, batch_size=batch_size, progress=progress)
     choice = None
     if float_fallback == "auto":
         graph, choice = choose_float_ops(
             float_graph, ranges, samples, lambda keep: quantize_int8(float_graph, ranges, io_dtype, keep),
             min_sqnr_db=DEFAULT_MIN_SQNR_DB if min_sqnr_db is None else min_sqnr_db, progress=progress,
+            batch_size=batch_size,
         )
     else:
         graph = quantize_int8(float_graph, ranges, io_dtype=io_dtype)
@@ -257,7 +259,7 @@ def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debu
     if debug:
         from converter.quant_debug import layer_errors
 
-        errors = layer_errors(float_graph, graph, samples)
+        errors = layer_errors(float_graph, graph, samples, batch_size=batch_size)
     return graph, list(getattr(graph, "float_ops", [])), errors, choice
 
 

@@ -167,18 +167,20 @@ def _move(op, float_graph: Graph) -> set:
 
 
 def choose_float_ops(float_graph: Graph, ranges: dict, samples: dict, quantize, min_sqnr_db: float =
-                     DEFAULT_MIN_SQNR_DB, max_moves: int = DEFAULT_MAX_MOVES, progress: bool = False):
+                     DEFAULT_MIN_SQNR_DB, max_moves: int = DEFAULT_MAX_MOVES, progress: bool = False,
+                     batch_size: Optional[int] = None):
     """The int8 graph with float islands where int8 would wreck the outputs, and a ``FloatChoice``.
 
     ``quantize(keep_float: dict) -> Graph`` makes the int8 graph with the given ops kept float;
-    ``samples`` are calibration samples (the first ``ERROR_SAMPLES`` are used).
+    ``samples`` are calibration samples (the first ``ERROR_SAMPLES`` are used), run ``batch_size``
+    at a time (by default as ``converter.calibrate.batch_size_for`` says).
     """
     from converter.calibrate import batch_size_for
 
     choice = FloatChoice(reasons=mixed_range_tails(float_graph, ranges))
     graph = quantize(choice.reasons)
     total = min(ERROR_SAMPLES, _samples_within(REFERENCE_BYTES, float_graph), len(next(iter(samples.values()))))
-    step = batch_size_for(float_graph, samples)
+    step = batch_size or batch_size_for(float_graph, samples)
     inputs = [{n: samples[n][start:min(start + step, total)] for n in float_graph.inputs}
               for start in range(0, total, step)]
     # Most models meet the target: their outputs alone are compared, which is cheap.
