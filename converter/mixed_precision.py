@@ -105,30 +105,10 @@ def _float_values(float_graph: Graph, batch: dict, names: Optional[set] = None) 
 def tensor_sqnr(int8_graph: Graph, batches: list, names: Optional[set] = None) -> dict:
     """SQNR in dB of the activations (all, or ``names``) that the int8 graph holds under their float
     name, int8 or float; ``batches`` pairs each input batch with the float values on it."""
-    from converter.quant_debug import int8_feeds, dequantize, power_ratio_db
-    from runtime.interpreter import Interpreter
+    from converter.quant_debug import error_totals, power_ratio_db
 
-    signal: dict = {}
-    noise: dict = {}
-    int8_run = Interpreter.from_graph(int8_graph)
-    for batch, reference in batches:
-        def observe(name, value):
-            expected = reference.get(name)
-            if expected is None or value is None or (names is not None and name not in names):
-                return
-            tensor = int8_graph[name]
-            expected = expected.astype(np.float64)
-            if tensor.quant is not None and tensor.dtype.kind in "iu":
-                got = dequantize(np.asarray(value), tensor)
-            else:
-                got = np.asarray(value, dtype=np.float64)
-            if got.shape != expected.shape:
-                return
-            signal[name] = signal.get(name, 0.0) + float(np.sum(expected * expected))
-            noise[name] = noise.get(name, 0.0) + float(np.sum(np.square(expected - got)))
-
-        int8_run.run(int8_feeds(int8_graph, batch), observe=observe)
-    return {name: power_ratio_db(signal[name], noise[name]) for name in signal}
+    return {name: power_ratio_db(signal, noise)
+            for name, (signal, noise, _) in error_totals(int8_graph, batches, names).items()}
 
 
 def _worst_output(sqnr: dict, graph: Graph) -> float:

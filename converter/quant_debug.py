@@ -76,27 +76,48 @@ def layer_errors(float_graph: Graph, int8_graph: Graph, samples: dict, batch_siz
     pairs = compared_tensors(float_graph, int8_graph)
     names = {name for name, _ in pairs}
     float_run = Interpreter.from_graph(float_graph)
-    int8_run = Interpreter.from_graph(int8_graph)
     total = next(iter(samples.values())).shape[0]
-    signal = dict.fromkeys(names, 0.0)
-    noise = dict.fromkeys(names, 0.0)
-    worst = dict.fromkeys(names, 0.0)
-    for start in range(0, total, batch_size):
-        batch = {n: samples[n][start:start + batch_size] for n in float_graph.inputs}
-        reference = float_run.run(batch, keep=names)
-        quantized = int8_run.run(int8_feeds(int8_graph, batch), keep=names)
-        for name in names:
-            expected = reference[name].astype(np.float64)
-            error = expected - dequantize(quantized[name], int8_graph[name])
-            signal[name] += float(np.sum(expected * expected))
-            noise[name] += float(np.sum(error * error))
-            worst[name] = max(worst[name], float(np.max(np.abs(error))) if error.size else 0.0)
+
+    def batches():  # one batch's float values at a time
+        for start in range(0, total, batch_size):
+            batch = {n: samples[n][start:start + batch_size] for n in float_graph.inputs}
+            yield batch, float_run.run(batch, keep=names)
+
+    totals = error_totals(int8_graph, batches(), names)
     errors = []
     for name, op in pairs:
+        signal, noise, worst = totals.get(name, (0.0, 0.0, 0.0))
         scale = float(np.max(int8_graph[name].quant.scale))
-        ratio = power_ratio_db(signal[name], noise[name])
-        errors.append(TensorError(name, op, ratio, worst[name], worst[name] / scale, scale))
+        errors.append(TensorError(name, op, power_ratio_db(signal, noise), worst, worst / scale, scale))
     return errors
+
+
+def error_totals(int8_graph: Graph, batches, names: Optional[set] = None) -> dict:
+    """``{name: (signal power, error power, largest |error|)}`` summed over ``batches``, pairs of an
+    input batch and the float graph's values on it (read one pair at a time), for every activation
+    (or those in ``names``) the int8 graph holds under its float name, dequantized or float."""
+    totals: dict = {}
+    int8_run = Interpreter.from_graph(int8_graph)
+    for batch, reference in batches:
+        def observe(name, value):
+            expected = reference.get(name)
+            if expected is None or value is None or (names is not None and name not in names):
+                return
+            tensor = int8_graph[name]
+            if tensor.quant is not None and tensor.dtype.kind in "iu":
+                got = dequantize(np.asarray(value), tensor)
+            else:
+                got = np.asarray(value, dtype=np.float64)
+            if got.shape != expected.shape:
+                return
+            expected = expected.astype(np.float64)
+            error = expected - got
+            signal, noise, worst = totals.get(name, (0.0, 0.0, 0.0))
+            totals[name] = (signal + float(np.sum(expected * expected)), noise + float(np.sum(error * error)),
+                            max(worst, float(np.max(np.abs(error))) if error.size else 0.0))
+
+        int8_run.run(int8_feeds(int8_graph, batch), observe=observe)
+    return totals
 
 
 def int8_feeds(int8_graph: Graph, batch: dict) -> dict:
