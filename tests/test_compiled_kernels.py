@@ -32,15 +32,6 @@ from test_runtime_int8 import (  # noqa: E402
 needs_numba = pytest.mark.skipif(not compiled.available(), reason="numba is not installed (pip install edgeq[fast])")
 
 
-@pytest.fixture(params=["numpy", "compiled"])
-def kernel_path(request, monkeypatch):
-    """Kernels prepared inside the test use the numpy path, then the compiled one."""
-    if request.param == "compiled" and not compiled.available():
-        pytest.skip("numba is not installed (pip install edgeq[fast])")
-    monkeypatch.setattr(compiled, "ENABLED", request.param == "compiled")
-    return request.param
-
-
 def outputs_on_both_paths(graph: Graph, inputs, monkeypatch) -> tuple:
     """Every non-constant tensor of one run, with the compiled path off and on."""
     results = []

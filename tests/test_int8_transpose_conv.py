@@ -22,7 +22,6 @@ from converter.quantize import quantize_int8  # noqa: E402
 from converter.tflite_writer import operator_version, write_tflite  # noqa: E402
 from referees import nchw_to_nhwc, nhwc_to_nchw, run_onnxruntime  # noqa: E402
 from runtime.interpreter import Interpreter  # noqa: E402
-from runtime.kernels import compiled  # noqa: E402
 from runtime.model import Graph, Op, QuantParams, Tensor  # noqa: E402
 from test_runtime_int8 import assert_exact, max_diff_default_kernels, random_int8  # noqa: E402
 
@@ -33,15 +32,6 @@ FLOAT_TOLERANCE_STEPS = 6
 
 
 # -- single-op TRANSPOSE_CONV ------------------------------------------------------------------------
-
-@pytest.fixture(params=["numpy", "compiled"])
-def kernel_path(request, monkeypatch):
-    """Kernels prepared inside the test use the numpy requantization, then the compiled one."""
-    if request.param == "compiled" and not compiled.available():
-        pytest.skip("numba is not installed (pip install edgeq[fast])")
-    monkeypatch.setattr(compiled, "ENABLED", request.param == "compiled")
-    return request.param
-
 
 def transpose_conv_graph(x_shape, out_hw, k, stride, padding, out_c=5, bias=True, act="NONE",
                          in_q=(0.05, 3), out_q=(0.2, -5), seed=0):
