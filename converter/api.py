@@ -7,10 +7,10 @@ from typing import Optional
 
 import numpy as np
 
-from runtime.model import Graph, ModelError, read_tflite
+from edgeq.runtime.model import Graph, ModelError, read_tflite
 
-from converter.fileio import write_atomic
-from converter.tflite_writer import write_tflite
+from edgeq.converter.fileio import write_atomic
+from edgeq.converter.tflite_writer import write_tflite
 
 
 @dataclass
@@ -74,7 +74,7 @@ def load_graph(model_path, input_shapes=None, keep_onnx_layout=False) -> tuple:
         raise ModelError(f"{path}: no such file")
     if is_tflite_file(path):
         return read_tflite(path.read_bytes()), []
-    from converter.onnx_import import import_onnx  # onnx is a converter-only dependency
+    from edgeq.converter.onnx_import import import_onnx  # onnx is a converter-only dependency
 
     model, notes = _with_default_batch(path, input_shapes or {})
     return import_onnx(model, input_shapes=input_shapes, keep_onnx_layout=keep_onnx_layout), notes
@@ -85,7 +85,7 @@ def _with_default_batch(path: Path, input_shapes: dict):
 
     Any other dynamic dimension is left for the importer, which asks for ``--input-shape``.
     """
-    from converter.onnx_import.load import load_model
+    from edgeq.converter.onnx_import.load import load_model
 
     model = load_model(path)
     initializers = {t.name for t in model.graph.initializer}
@@ -180,15 +180,15 @@ def convert(
         if float_choice is not None and float_choice.sqnr_db is not None and np.isfinite(float_choice.sqnr_db):
             notes.append(_float_choice_note(float_choice))
     elif quantize == "dynamic":
-        from converter.quantize import quantize_dynamic
+        from edgeq.converter.quantize import quantize_dynamic
 
         graph = quantize_dynamic(float_graph)
     elif quantize == "float16":
-        from converter.quantize import quantize_float16
+        from edgeq.converter.quantize import quantize_float16
 
         graph = quantize_float16(float_graph)
     if sparse_encoding:
-        from converter.prune import encode_sparse_weights
+        from edgeq.converter.prune import encode_sparse_weights
 
         graph, encoded = encode_sparse_weights(graph)
         notes.append(f"sparse-encoded weights (CSR + DENSIFY): {len(encoded)} tensors")
@@ -214,13 +214,13 @@ def _prune(graph, calibration, num_samples, sparsity, scope, channels, importanc
     """Channel pruning, then magnitude pruning, of the float graph; returns (graph, reports)."""
     reports = []
     if channels:
-        from converter.prune import prune_channels
+        from edgeq.converter.prune import prune_channels
 
         samples = None
         if importance == "activation" or reconstruct:
             if calibration is None:
                 raise ModelError("--prune-importance activation and --reconstruct need --calibration samples")
-            from converter.calibrate import load_calibration
+            from edgeq.converter.calibrate import load_calibration
 
             samples = load_calibration(calibration, graph, num_samples=num_samples)
         graph, report = prune_channels(graph, channels, importance, samples, reconstruct)
@@ -228,7 +228,7 @@ def _prune(graph, calibration, num_samples, sparsity, scope, channels, importanc
     elif reconstruct:
         raise ModelError("--reconstruct refits layers after removed channels: it needs --prune-channels")
     if sparsity:
-        from converter.prune import prune_magnitude
+        from edgeq.converter.prune import prune_magnitude
 
         graph, report = prune_magnitude(graph, sparsity, scope)
         reports.append(report)
@@ -237,9 +237,9 @@ def _prune(graph, calibration, num_samples, sparsity, scope, channels, importanc
 
 def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debug, progress, float_fallback,
                    min_sqnr_db):
-    from converter.calibrate import batch_size_for, calibrate, load_calibration
-    from converter.mixed_precision import DEFAULT_MIN_SQNR_DB, choose_float_ops
-    from converter.quantize import quantize_int8
+    from edgeq.converter.calibrate import batch_size_for, calibrate, load_calibration
+    from edgeq.converter.mixed_precision import DEFAULT_MIN_SQNR_DB, choose_float_ops
+    from edgeq.converter.quantize import quantize_int8
 
     if method not in CALIBRATION_METHODS:
         raise ModelError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
@@ -257,7 +257,7 @@ def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debu
         graph = quantize_int8(float_graph, ranges, io_dtype=io_dtype)
     errors = []
     if debug:
-        from converter.quant_debug import layer_errors
+        from edgeq.converter.quant_debug import layer_errors
 
         errors = layer_errors(float_graph, graph, samples, batch_size=batch_size)
     return graph, list(getattr(graph, "float_ops", [])), errors, choice

@@ -19,8 +19,8 @@ from typing import Optional
 
 import numpy as np
 
-from converter.quantize import choose_activation_params
-from runtime.model import Graph, ModelError
+from edgeq.converter.quantize import choose_activation_params
+from edgeq.runtime.model import Graph, ModelError
 
 OBSERVERS = ("minmax", "percentile", "entropy", "mse")
 
@@ -394,7 +394,7 @@ def batch_size_for(graph: Graph, samples: dict) -> int:
 def runs_batched(graph: Graph, samples: dict, count: int = 4) -> bool:
     """Whether ``count`` samples spread over ``samples`` (first and last included, as padding and
     lengths tend to vary along a data set) give, run as one batch, the outputs they give one by one."""
-    from runtime.interpreter import Interpreter
+    from edgeq.runtime.interpreter import Interpreter
 
     total = len(samples[graph.inputs[0]]) if graph.inputs else 0
     picks = np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(int))
@@ -426,7 +426,7 @@ def calibrate(graph: Graph, samples: dict, method: str = "minmax", batch_size: O
     ``batch_size_for`` says); every activation is observed as it is produced and then released,
     so memory holds one batch's live tensors, not all of them.
     """
-    from runtime.interpreter import Interpreter
+    from edgeq.runtime.interpreter import Interpreter
 
     make_observer(method, percentile, num_bins)  # reject a bad method before running anything
     missing = [n for n in graph.inputs if n not in samples]

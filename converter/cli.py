@@ -15,8 +15,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from runtime.memory import peak_rss_mb
-from runtime.model import ModelError
+from edgeq.runtime.memory import peak_rss_mb
+from edgeq.runtime.model import ModelError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -142,8 +142,8 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
       edgeq convert model.onnx -o small.tflite --prune-channels 0.3 --reconstruct --calibration calib.npz
       edgeq convert model.onnx -o sparse.tflite --prune-sparsity 0.7 --sparse-encoding
     """
-    from converter.api import convert as convert_model
-    from converter.api import parse_input_shapes
+    from edgeq.converter.api import convert as convert_model
+    from edgeq.converter.api import parse_input_shapes
 
     if debug and quantize != "int8":
         raise ModelError("--debug compares int8 tensors with float ones: it needs --quantize int8")
@@ -184,12 +184,12 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
         "layer_errors": [e.as_dict() for e in result.layer_errors],
     }
     if result.prune_reports:
-        from converter.prune import compressed_size
+        from edgeq.converter.prune import compressed_size
 
         summary["pruning"] = [report.as_dict() for report in result.prune_reports]
         summary["gzip_bytes"] = compressed_size(result.content)
     if as_json:
-        from converter.fileio import finite_for_json
+        from edgeq.converter.fileio import finite_for_json
 
         click.echo(json.dumps(finite_for_json(summary), indent=2, default=list))
         return
@@ -211,7 +211,7 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
     if result.prune_reports:
         click.echo(f"size: {len(result.content):,} bytes raw, {summary['gzip_bytes']:,} bytes gzip -9")
     if result.layer_errors:
-        from converter.quant_debug import format_table, worst_first
+        from edgeq.converter.quant_debug import format_table, worst_first
 
         click.echo("per-tensor error of the int8 model against the float model (calibration samples):")
         click.echo(format_table(result.layer_errors))
@@ -240,9 +240,9 @@ def inspect(model, as_json, quiet, verbose):
       edgeq inspect model.tflite
       edgeq inspect model.tflite --json | jq .ops
     """
-    from runtime.model import read_tflite
+    from edgeq.runtime.model import read_tflite
 
-    from runtime.size import size_breakdown
+    from edgeq.runtime.size import size_breakdown
 
     content = Path(model).read_bytes()
     graph = read_tflite(content)
@@ -340,7 +340,7 @@ def run(model, input_path, engine, output_path, top_k, mean, std, layout, max_me
 
     Exit codes: 0 ok, 1 internal error, 2 bad input (model, input file, options).
     """
-    from converter.fileio import write_atomic
+    from edgeq.converter.fileio import write_atomic
 
     interpreter = _make_interpreter(model, engine, max_memory)
     interpreter.allocate_tensors()
@@ -408,7 +408,7 @@ def _make_interpreter(model: str, engine: str, max_memory_bytes=None):
             return LiteRTInterpreter(model_content=content, num_threads=1)
         except ValueError as exc:
             raise ModelError(f"{model}: LiteRT cannot load it: {exc}") from None
-    from runtime.interpreter import Interpreter
+    from edgeq.runtime.interpreter import Interpreter
 
     return Interpreter(model_content=content, num_threads=1, max_memory_bytes=max_memory_bytes)
 
@@ -592,8 +592,8 @@ def report(model, calibration, eval_path, output, labels_key, methods, prune_spa
     Exit codes: 0 ok, 1 edgeq and LiteRT disagree (the report is still written) or internal error,
     2 bad input (files, options, --metric).
     """
-    from converter.api import parse_input_shapes
-    from converter.report import ReportOptions, json_ready, make_report, parse_fractions, terminal_table
+    from edgeq.converter.api import parse_input_shapes
+    from edgeq.converter.report import ReportOptions, json_ready, make_report, parse_fractions, terminal_table
 
     for option, value in (("--jobs", jobs), ("--repeats", repeats), ("--eval-samples", eval_samples),
                           ("--calibration-samples", calibration_samples)):
@@ -671,7 +671,7 @@ def _bench_in_subprocess(model, engine, runs, threads, with_profile, top) -> dic
     """One engine in a fresh process, so that its peak memory is its own."""
     import subprocess
 
-    command = [sys.executable, "-m", "converter.cli", "bench", model, "--engine", engine, "--runs", str(runs),
+    command = [sys.executable, "-m", "edgeq", "bench", model, "--engine", engine, "--runs", str(runs),
                "--threads", str(threads), "--top", str(top), "--json"] + (["--profile"] if with_profile else [])
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
@@ -701,7 +701,7 @@ def _bench_engine(model, engine, runs, threads, with_profile, top) -> dict:
             raise ModelError("--engine litert needs ai-edge-litert (pip install ai-edge-litert)") from None
         interpreter = LiteRTInterpreter(model_path=model, num_threads=threads)
     else:
-        from runtime.interpreter import Interpreter
+        from edgeq.runtime.interpreter import Interpreter
 
         interpreter = Interpreter(model_path=model, num_threads=threads)
     interpreter.allocate_tensors()
@@ -739,7 +739,7 @@ def _bench_engine(model, engine, runs, threads, with_profile, top) -> dict:
         "rss_before_load_mb": rss_before,
     }
     if engine == "edgeq":
-        from runtime.kernels import compiled
+        from edgeq.runtime.kernels import compiled
 
         result["compiled_kernels"] = bool(compiled.ENABLED)  # asked for (so numba loaded) by some kernel
         if with_profile:

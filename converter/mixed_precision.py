@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from runtime.model import Graph
+from edgeq.runtime.model import Graph
 
 # Ops whose int8 kernels require all inputs and the output to share one scale, and join inputs.
 JOINS = {"CONCATENATION", "PACK"}
@@ -90,7 +90,7 @@ def mixed_range_tails(graph: Graph, ranges: dict, limit: float = RANGE_RATIO_LIM
 
 def _float_values(float_graph: Graph, batch: dict, names: Optional[set] = None) -> dict:
     """The float graph's value of every activation (or of ``names``) on ``batch``."""
-    from runtime.interpreter import Interpreter
+    from edgeq.runtime.interpreter import Interpreter
 
     values = {n: np.asarray(v, dtype=np.float32) for n, v in batch.items()}
 
@@ -105,7 +105,7 @@ def _float_values(float_graph: Graph, batch: dict, names: Optional[set] = None) 
 def tensor_sqnr(int8_graph: Graph, batches: list, names: Optional[set] = None) -> dict:
     """SQNR in dB of the activations (all, or ``names``) that the int8 graph holds under their float
     name, int8 or float; ``batches`` pairs each input batch with the float values on it."""
-    from converter.quant_debug import error_totals, power_ratio_db
+    from edgeq.converter.quant_debug import error_totals, power_ratio_db
 
     return {name: power_ratio_db(signal, noise)
             for name, (signal, noise, _) in error_totals(int8_graph, batches, names).items()}
@@ -155,7 +155,7 @@ def choose_float_ops(float_graph: Graph, ranges: dict, samples: dict, quantize, 
     ``samples`` are calibration samples (the first ``ERROR_SAMPLES`` are used), run ``batch_size``
     at a time (by default as ``converter.calibrate.batch_size_for`` says).
     """
-    from converter.calibrate import batch_size_for
+    from edgeq.converter.calibrate import batch_size_for
 
     choice = FloatChoice(reasons=mixed_range_tails(float_graph, ranges))
     graph = quantize(choice.reasons)

@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from runtime.model import Graph, ModelError, Op, Tensor
+from edgeq.runtime.model import Graph, ModelError, Op, Tensor
 
 MAGNITUDE_SCOPES = ("global", "layer")
 CHANNEL_IMPORTANCES = ("l1", "activation")
@@ -436,7 +436,7 @@ def prune_channels(graph: Graph, ratio: float, importance: str = "l1", calibrati
     groups = spaces.groups()
     activations = None
     if importance == "activation":
-        from runtime.interpreter import Interpreter
+        from edgeq.runtime.interpreter import Interpreter
 
         wanted = {op.outputs[0] for producers in groups for op in producers}
         activations = Interpreter.from_graph(graph).run(calibration_samples, keep=wanted)
@@ -565,7 +565,7 @@ def reconstruct_consumers(original: Graph, pruned: Graph, consumers: list, sampl
     (pruning only slices constants). Each consumer sees the pruned model's actual inputs, after
     the layers before it were refitted, so errors do not pile up (He et al.'s formulation).
     """
-    from runtime.kernels import load_all_kernels
+    from edgeq.runtime.kernels import load_all_kernels
 
     registry = load_all_kernels()
     targets = {id(op): kept for op, kept in consumers}
@@ -644,7 +644,7 @@ def _columns(op_type: str, inputs: np.ndarray, weight_shape: tuple, options: dic
 
 def im2col(inputs: np.ndarray, kernel_h: int, kernel_w: int, options: dict) -> np.ndarray:
     """[N, H, W, C] -> [N * OH * OW, KH * KW * C] patches in TFLite's filter order (kh, kw, c)."""
-    from runtime.kernels.common import compute_padding
+    from edgeq.runtime.kernels.common import compute_padding
 
     n, height, width, channels = inputs.shape
     stride_h, stride_w = options.get("stride_h", 1), options.get("stride_w", 1)

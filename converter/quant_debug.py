@@ -11,9 +11,9 @@ from typing import Optional
 
 import numpy as np
 
-from converter.quantize import quantize_affine
-from runtime.interpreter import Interpreter
-from runtime.model import Graph
+from edgeq.converter.quantize import quantize_affine
+from edgeq.runtime.interpreter import Interpreter
+from edgeq.runtime.model import Graph
 
 
 @dataclass
@@ -70,7 +70,7 @@ def compared_tensors(float_graph: Graph, int8_graph: Graph) -> list:
 def layer_errors(float_graph: Graph, int8_graph: Graph, samples: dict, batch_size: Optional[int] = None) -> list:
     """A ``TensorError`` per compared tensor, in run order, over all ``samples`` (name -> array), run
     ``batch_size`` at a time (by default as ``converter.calibrate.batch_size_for`` says)."""
-    from converter.calibrate import batch_size_for
+    from edgeq.converter.calibrate import batch_size_for
 
     batch_size = batch_size or batch_size_for(float_graph, samples)
     pairs = compared_tensors(float_graph, int8_graph)

@@ -43,7 +43,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from runtime.model import ModelError
+from edgeq.runtime.model import ModelError
 
 REPORT_FORMAT = "edgeq-report/1"
 MODELS_FOLDER = "models"
@@ -117,7 +117,7 @@ def plan_variants(methods=("minmax",), prune_sparsities=(), prune_channels=(), r
     Pruned variants are full int8 calibrated with the first method asked for; ``reconstruct`` (a
     least-squares refit on the calibration samples) applies to the channel-pruned ones.
     """
-    from converter.api import CALIBRATION_METHODS
+    from edgeq.converter.api import CALIBRATION_METHODS
 
     methods = list(methods) or ["minmax"]
     unknown = [m for m in methods if m not in CALIBRATION_METHODS]
@@ -171,7 +171,7 @@ def load_eval(path, graph, labels_key: Optional[str] = None, num_samples: Option
     ``labels_key`` None uses ``y`` when present; a key that was asked for and is absent is an error.
     Layout detection and checks are ``load_calibration``'s, applied to the input arrays alone.
     """
-    from converter.calibrate import load_calibration
+    from edgeq.converter.calibrate import load_calibration
 
     path = Path(path)
     if not path.is_file():
@@ -259,7 +259,7 @@ def top1_accuracy(output: np.ndarray, labels: np.ndarray) -> float:
 def fidelity(outputs: list, reference: list) -> dict:
     """How close a variant's outputs are to the reference's: top-1 agreement (first output),
     mean per-sample cosine similarity and SQNR in dB over all outputs."""
-    from converter.quant_debug import power_ratio_db
+    from edgeq.converter.quant_debug import power_ratio_db
 
     ours = np.concatenate([_class_scores(o).astype(np.float64) for o in outputs], axis=1)
     ref = np.concatenate([_class_scores(o).astype(np.float64) for o in reference], axis=1)
@@ -318,7 +318,7 @@ def pareto_front(points: list) -> list:
 # -- running the models ----------------------------------------------------------------------
 
 def outputs_on_edgeq(content: bytes, inputs: dict, batch_size: int = 64) -> list:
-    from runtime.interpreter import Interpreter
+    from edgeq.runtime.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=content, num_threads=1)
     names = interpreter.graph.outputs
@@ -407,7 +407,7 @@ def measure_latency(content: bytes, inputs: dict, repeats: int, engine: str) -> 
     if engine == LITERT:
         interpreter = _litert_interpreter(content, reference_kernels=False)
     else:
-        from runtime.interpreter import Interpreter
+        from edgeq.runtime.interpreter import Interpreter
 
         interpreter = Interpreter(model_content=content, num_threads=1)
         interpreter.allocate_tensors()
@@ -435,7 +435,7 @@ def reset_peak():
 if engine == "litert":
     from ai_edge_litert.interpreter import Interpreter
 else:
-    from runtime.interpreter import Interpreter
+    from edgeq.runtime.interpreter import Interpreter
 try:
     reset_peak()
     baseline, method = status_bytes("VmRSS"), "VmHWM after resetting it through /proc/self/clear_refs"
@@ -511,7 +511,7 @@ class BuiltVariant:
 
 def build_variant(job: BuildJob) -> BuiltVariant:
     """Convert, save to the models folder, run the eval set on both engines, probe memory."""
-    from converter.api import convert
+    from edgeq.converter.api import convert
 
     spec = job.spec
     started = time.perf_counter()
@@ -596,7 +596,7 @@ def _move_into_place(staging: Path, output: Path) -> None:
 
 def make_report(options: ReportOptions, progress: bool = False) -> dict:
     """Build, measure and write the report folder; returns the report as a dict (report.json)."""
-    from converter.api import load_graph
+    from edgeq.converter.api import load_graph
 
     output = Path(options.output)
     _prepare_output_folder(output)
@@ -743,7 +743,7 @@ def assemble_report(options: ReportOptions, specs: list, built: dict, latency: d
 
 
 def size_figures(content: bytes) -> dict:
-    from runtime.size import size_breakdown
+    from edgeq.runtime.size import size_breakdown
 
     return {
         "bytes": len(content),
@@ -775,7 +775,7 @@ def _sha256(path) -> str:
 # -- writing ---------------------------------------------------------------------------------
 
 def write_report_files(report: dict, folder: Path) -> None:
-    from converter.fileio import finite_for_json, write_atomic
+    from edgeq.converter.fileio import finite_for_json, write_atomic
 
     plot = plot_accuracy_vs_size(report)
     layer_plot = plot_layer_sqnr(report["layer_errors"]["tensors"]) if report["layer_errors"]["tensors"] else None
@@ -1154,6 +1154,6 @@ def terminal_table(report: dict) -> str:
 
 def json_ready(report: dict) -> dict:
     """The report as report.json holds it (infinities as null)."""
-    from converter.fileio import finite_for_json
+    from edgeq.converter.fileio import finite_for_json
 
     return finite_for_json(report)

@@ -9,8 +9,8 @@ import flatbuffers
 import numpy as np
 import tflite
 
-from runtime import schema
-from runtime.model import Graph, ModelError, Op, QuantParams, sparse_positions
+from edgeq.runtime import schema
+from edgeq.runtime.model import Graph, ModelError, Op, QuantParams, sparse_positions
 
 FILE_IDENTIFIER = b"TFL3"
 SCHEMA_VERSION = 3

@@ -1,5 +1,5 @@
 """edgeq's runtime: a small numpy interpreter for TFLite flatbuffers (float32 and int8)."""
-from runtime.model import Graph, ModelError, Op, QuantParams, Tensor, read_tflite
-from runtime.interpreter import Interpreter
+from edgeq.runtime.model import Graph, ModelError, Op, QuantParams, Tensor, read_tflite
+from edgeq.runtime.interpreter import Interpreter
 
 __all__ = ["Graph", "Interpreter", "ModelError", "Op", "QuantParams", "Tensor", "read_tflite"]

@@ -19,9 +19,9 @@ from typing import Optional
 
 import numpy as np
 
-from runtime.kernels import load_all_kernels
-from runtime.model import Graph, ModelError
-from runtime.validate import validate_graph, with_implied_shapes
+from edgeq.runtime.kernels import load_all_kernels
+from edgeq.runtime.model import Graph, ModelError
+from edgeq.runtime.validate import validate_graph, with_implied_shapes
 
 _TFLITE_TYPE_NAMES = {
     np.dtype(np.float32): "FLOAT32",
@@ -462,7 +462,7 @@ def _conv_with_folded_pad(pad, conv, graph):
     """``conv`` reading ``pad``'s input with the padding as its own explicit padding, or None when
     that would not give the same result: only zero spatial padding (a float 0, or the zero point
     of an int8 tensor whose PAD keeps its quantization) into a VALID convolution's data input."""
-    from runtime.model import Op
+    from edgeq.runtime.model import Op
 
     if conv.type not in ("CONV_2D", "DEPTHWISE_CONV_2D") or not conv.inputs or conv.inputs[0] != pad.outputs[0]:
         return None
@@ -590,7 +590,7 @@ class _BlasThreadLimit:
 
 def _read_flatbuffer(content: bytes) -> Graph:
     try:
-        from runtime.model import read_tflite
+        from edgeq.runtime.model import read_tflite
     except ImportError:
         raise ModelError("this build of edgeq cannot read .tflite files (runtime.model.read_tflite is missing)") from None
     return read_tflite(content)

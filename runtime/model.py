@@ -286,7 +286,7 @@ import struct  # noqa: E402
 
 import tflite  # noqa: E402
 
-from runtime import schema  # noqa: E402
+from edgeq.runtime import schema  # noqa: E402
 
 TFLITE_FILE_IDENTIFIER = b"TFL3"
 TFLITE_SCHEMA_VERSION = 3

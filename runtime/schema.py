@@ -19,7 +19,7 @@ import flatbuffers
 import numpy as np
 import tflite
 
-from runtime.model import ModelError
+from edgeq.runtime.model import ModelError
 
 
 def _enum_members(enum_class) -> dict:

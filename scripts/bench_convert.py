@@ -4,7 +4,7 @@ For every sample model (sample_models/manifest.json, with its calibration file),
 wheel's light_resnet50.onnx, random calibration samples) and MobileNetV2 1.0 224 (scripts/
 mobilenet_v2_onnx.py, 100 random calibration samples), it measures:
 
-* the whole ``python -m converter.cli convert ... --quantize int8`` process, start-up included: wall
+* the whole ``python -m edgeq convert ... --quantize int8`` process, start-up included: wall
   and CPU seconds and peak RSS (``os.wait4`` on the child), median of ``--runs``;
 * the phases inside one process (imports, ONNX import, calibration, quantization, writing), timed
   by a child running ``--phases`` (median of ``--runs`` too);
@@ -107,7 +107,7 @@ def run_child(command: list, env: dict) -> dict:
 
 
 def cli_command(case: dict, output: Path) -> list:
-    return [sys.executable, "-m", "converter.cli", "convert", str(case["model"]), "-o", str(output),
+    return [sys.executable, "-m", "edgeq", "convert", str(case["model"]), "-o", str(output),
             "--quantize", "int8", "--calibration", str(case["calibration"]), "-q"]
 
 
@@ -120,10 +120,10 @@ def measure_phases(model: str, calibration: str, output: str) -> dict:
     """One conversion in this process, phase by phase, as ``converter.api.convert`` does it."""
     clock = time.perf_counter
     started = clock()
-    from converter.api import load_graph
-    from converter.calibrate import calibrate, load_calibration
-    from converter.quantize import quantize_int8
-    from converter.tflite_writer import write_tflite
+    from edgeq.converter.api import load_graph
+    from edgeq.converter.calibrate import calibrate, load_calibration
+    from edgeq.converter.quantize import quantize_int8
+    from edgeq.converter.tflite_writer import write_tflite
 
     seconds = {"imports": clock() - started}
     mark = clock()
@@ -171,9 +171,9 @@ def bench_case(case: dict, runs: int, env: dict, workdir: Path) -> dict:
 
 
 def startup_seconds(env: dict, runs: int) -> float:
-    """``python -m converter.cli --help``: interpreter start-up plus the CLI's own imports."""
+    """``python -m edgeq --help``: interpreter start-up plus the CLI's own imports."""
     return statistics.median(
-        run_child([sys.executable, "-m", "converter.cli", "--help"], env)["wall_s"] for _ in range(runs)
+        run_child([sys.executable, "-m", "edgeq", "--help"], env)["wall_s"] for _ in range(runs)
     )
 
 
@@ -236,7 +236,7 @@ def main(argv=None) -> None:
         "results": results,
     }
     print(table(results))
-    print(f"\nCLI start-up (python -m converter.cli --help): {startup:.2f} s; BLAS threads: {args.threads}; "
+    print(f"\nCLI start-up (python -m edgeq --help): {startup:.2f} s; BLAS threads: {args.threads}; "
           f"load average at the end: {', '.join(f'{x:.1f}' for x in report['load_average'])}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.memory import peak_rss_mb
+from edgeq.runtime.memory import peak_rss_mb
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_models"
@@ -78,7 +78,7 @@ def worker(spec: dict) -> dict:
     load_start = time.perf_counter()
     note = None
     if engine.startswith("edgeq"):
-        from runtime.interpreter import Interpreter
+        from edgeq.runtime.interpreter import Interpreter
 
         interpreter = Interpreter(model_path=model_file, num_threads=1)
     elif engine == "litert":
@@ -150,7 +150,7 @@ def worker(spec: dict) -> dict:
 
 def _compiled_kernels():
     try:
-        from runtime.kernels import compiled
+        from edgeq.runtime.kernels import compiled
     except ImportError:
         return False
     return bool(compiled.ENABLED)  # None: no kernel of the model asked, numba was not loaded
@@ -313,7 +313,7 @@ def prepare_model(name: str, work: Path) -> dict:
     the files per (variant, engine) and notes."""
     import numpy as np
 
-    from converter.api import convert
+    from edgeq.converter.api import convert
 
     path, x_nchw, calibration, note = _source_model(name, work)
     files = {"note": note, "runs": {}}
@@ -328,7 +328,7 @@ def prepare_model(name: str, work: Path) -> dict:
                 started = time.perf_counter()
                 convert(str(path), str(tflite_path), **options)
                 print(f"  converted {tflite_path.name} in {time.perf_counter() - started:.1f} s", flush=True)
-            from runtime.model import read_tflite
+            from edgeq.runtime.model import read_tflite
 
             graph = read_tflite(tflite_path.read_bytes())
             input_shape = tuple(graph[graph.inputs[0]].shape)

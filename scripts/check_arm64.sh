@@ -59,8 +59,8 @@ from pathlib import Path
 import numpy as np
 repo, cases = Path(sys.argv[1]), Path(sys.argv[2])
 sys.path.insert(0, str(repo))
-from converter.api import convert
-from runtime.interpreter import Interpreter
+from edgeq.converter.api import convert
+from edgeq.runtime.interpreter import Interpreter
 
 samples = repo / "sample_models"
 manifest = json.loads((samples / "manifest.json").read_text())
@@ -135,7 +135,7 @@ PYTHONPATH="$PYDEPS" PYTHONDONTWRITEBYTECODE=1 EDGEQ_NO_NUMBA=1 \
 import platform, sys
 from pathlib import Path
 import numpy as np
-from runtime.interpreter import Interpreter
+from edgeq.runtime.interpreter import Interpreter
 cases = Path(sys.argv[1])
 print(f"arm64: {platform.machine()}, Python {platform.python_version()}, numpy {np.__version__}")
 for model in sorted(cases.glob("*.tflite")):

@@ -49,8 +49,8 @@ INTERESTING_FLOAT32 = (0.0, -1.0, float("nan"), float("inf"), -float("inf"), 1e-
 
 def tiny_graph_model() -> bytes:
     """A hand-built float graph touching the ops whose output size follows from constants."""
-    from converter.tflite_writer import write_tflite
-    from runtime.model import Graph, Op, Tensor
+    from edgeq.converter.tflite_writer import write_tflite
+    from edgeq.runtime.model import Graph, Op, Tensor
 
     rng = np.random.default_rng(0)
     tensors = [
@@ -80,7 +80,7 @@ def tiny_graph_model() -> bytes:
 
 def seed_models() -> list:
     """[(label, bytes)] of the valid models every mutation starts from."""
-    from converter.api import convert
+    from edgeq.converter.api import convert
 
     cnn = ROOT / "sample_models" / "digits_cnn.onnx"
     calibration = ROOT / "sample_models" / "digits_cnn_calib.npz"
@@ -233,7 +233,7 @@ def mutate(seeds: list, fields: list, seed: int, case: int) -> tuple:
 def run_model(content: bytes, max_memory_bytes: int = FUZZ_MODEL_MEMORY) -> str:
     """Read, allocate and invoke; the outcome's name ("ok" or the accepted error's class name).
     Any other exception propagates: that is a finding."""
-    from runtime.interpreter import Interpreter
+    from edgeq.runtime.interpreter import Interpreter
 
     try:
         interpreter = Interpreter(model_content=content, max_memory_bytes=max_memory_bytes)
@@ -360,9 +360,9 @@ def atheris_main(argv) -> None:
     import atheris
 
     with atheris.instrument_imports():
-        import runtime.interpreter  # noqa: F401
-        import runtime.model  # noqa: F401
-        import runtime.validate  # noqa: F401
+        import edgeq.runtime.interpreter  # noqa: F401
+        import edgeq.runtime.model  # noqa: F401
+        import edgeq.runtime.validate  # noqa: F401
     corpus = Path(os.environ.get("EDGEQ_FUZZ_CORPUS", "/tmp/edgeq_fuzz_corpus"))
     corpus.mkdir(parents=True, exist_ok=True)
     for label, data in seed_models():

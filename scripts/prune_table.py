@@ -22,10 +22,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from converter.api import convert  # noqa: E402
-from converter.prune import compressed_size, encode_sparse_weights, multiply_accumulates  # noqa: E402
-from converter.tflite_writer import write_tflite  # noqa: E402
-from runtime.interpreter import Interpreter  # noqa: E402
+from edgeq.converter.api import convert  # noqa: E402
+from edgeq.converter.prune import compressed_size, encode_sparse_weights, multiply_accumulates  # noqa: E402
+from edgeq.converter.tflite_writer import write_tflite  # noqa: E402
+from edgeq.runtime.interpreter import Interpreter  # noqa: E402
 
 SAMPLES = ROOT / "sample_models"
 MODELS = ("digits_cnn", "digits_mobilenetv2")

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import numpy as np  # noqa: E402
 import test_real_world_models as models  # noqa: E402
-from converter.api import convert  # noqa: E402
+from edgeq.converter.api import convert  # noqa: E402
 
 
 def attempt(step):

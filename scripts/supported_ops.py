@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 import tflite  # noqa: E402
 
-from converter.onnx_import.ops import RULES  # noqa: E402
-from runtime.kernels import load_all_kernels  # noqa: E402
+from edgeq.converter.onnx_import.ops import RULES  # noqa: E402
+from edgeq.runtime.kernels import load_all_kernels  # noqa: E402
 
 TFLITE_OPS = {name for name in vars(tflite.BuiltinOperator) if name.isupper()}
 
@@ -63,7 +63,7 @@ def importer_strings(function, seen: set) -> set:
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             callee = namespace.get(node.func.id)
-            if inspect.isfunction(callee) and callee.__module__.startswith("converter.onnx_import"):
+            if inspect.isfunction(callee) and callee.__module__.startswith("edgeq.converter.onnx_import"):
                 found |= importer_strings(callee, seen)
     return found
 

@@ -1,7 +1,7 @@
 """Fixtures shared by the test modules."""
 import pytest
 
-from runtime.kernels import compiled
+from edgeq.runtime.kernels import compiled
 
 
 @pytest.fixture(params=["numpy", "compiled"])

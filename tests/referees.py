@@ -8,7 +8,7 @@ import onnxruntime
 from ai_edge_litert.interpreter import Interpreter as LiteRTInterpreter
 from ai_edge_litert.interpreter import OpResolverType
 
-from runtime.interpreter import Interpreter
+from edgeq.runtime.interpreter import Interpreter
 
 
 def run_onnxruntime(model: onnx.ModelProto, feeds: dict) -> list:

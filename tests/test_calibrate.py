@@ -4,7 +4,7 @@ import pickle
 import numpy as np
 import pytest
 
-from converter.calibrate import (
+from edgeq.converter.calibrate import (
     EntropyObserver,
     HistogramObserver,
     MseObserver,
@@ -15,7 +15,7 @@ from converter.calibrate import (
     calibrate,
     load_calibration,
 )
-from runtime.model import Graph, ModelError, Op, Tensor
+from edgeq.runtime.model import Graph, ModelError, Op, Tensor
 
 RNG = np.random.default_rng(0)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converter.api import CALIBRATION_METHODS, convert
-from runtime.interpreter import Interpreter
+from edgeq.converter.api import CALIBRATION_METHODS, convert
+from edgeq.runtime.interpreter import Interpreter
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_models"
 MODELS = ("digits_cnn", "digits_mobilenetv2")

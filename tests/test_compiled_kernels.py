@@ -11,11 +11,11 @@ import itertools
 import numpy as np
 import pytest
 
-from runtime.fixedpoint import multiply_by_quantized_multiplier
-from runtime.interpreter import Interpreter
-from runtime.kernels import compiled
-from runtime.kernels.common import compute_out_size
-from runtime.model import Graph, Op, Tensor
+from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier
+from edgeq.runtime.interpreter import Interpreter
+from edgeq.runtime.kernels import compiled
+from edgeq.runtime.kernels.common import compute_out_size
+from edgeq.runtime.model import Graph, Op, Tensor
 
 pytest.importorskip("ai_edge_litert.interpreter")
 
@@ -186,7 +186,7 @@ def test_whole_int8_model_identical_on_both_paths(monkeypatch):
     import json
     from pathlib import Path
 
-    from converter.api import convert
+    from edgeq.converter.api import convert
 
     samples = Path(__file__).resolve().parent.parent / "sample_models"
     entry = next(m for m in json.loads((samples / "manifest.json").read_text())["models"]
@@ -232,7 +232,7 @@ def test_quantize_float(kernel_path, out_dtype, q_out):
                         [np.float32(0.49999997) * q_out[0], -np.float32(0.49999997) * q_out[0]]]).astype(np.float32)
     g = Graph()
     g.add_tensor(Tensor("x", (1, x.size), np.float32))
-    from runtime.model import QuantParams
+    from edgeq.runtime.model import QuantParams
 
     g.add_tensor(Tensor("y", (1, x.size), out_dtype, quant=QuantParams(*q_out)))
     g.add_op(Op("QUANTIZE", ["x"], ["y"], {}))
@@ -243,8 +243,8 @@ def test_quantize_float(kernel_path, out_dtype, q_out):
 # -- the folded per-channel requantization and the exact float32 GEMM pieces ---------------------------
 
 def test_folded_requantization_equals_fixedpoint():
-    from runtime.fixedpoint import quantize_multiplier
-    from runtime.kernels.requantize import fold_requantization, folded_requantizer
+    from edgeq.runtime.fixedpoint import quantize_multiplier
+    from edgeq.runtime.kernels.requantize import fold_requantization, folded_requantizer
 
     rng = np.random.default_rng(8)
     checked = 0
@@ -280,7 +280,7 @@ def test_folded_requantization_equals_fixedpoint():
 
 
 def test_exact_float32_chunks_bound_every_channel():
-    from runtime.kernels.requantize import FLOAT32_EXACT_LIMIT, exact_float32_chunks
+    from edgeq.runtime.kernels.requantize import FLOAT32_EXACT_LIMIT, exact_float32_chunks
 
     weights = np.random.default_rng(9).integers(-127, 128, (64, 4608))
     chunks = exact_float32_chunks(weights, 128)
@@ -292,7 +292,7 @@ def test_exact_float32_chunks_bound_every_channel():
 
 
 def test_exact_float32_chunks_of_a_huge_layer_bound_every_channel_from_column_maxima(monkeypatch):
-    from runtime.kernels import requantize
+    from edgeq.runtime.kernels import requantize
 
     monkeypatch.setattr(requantize, "EXACT_CHUNKING_MAX_WEIGHTS", 1000)  # as if the layer were huge
     weights = np.random.default_rng(9).integers(-127, 128, (64, 4608))
@@ -336,7 +336,7 @@ def padded_conv_graph(op_type, pads, dtype, stride=2, k=3, seed=13):
 @pytest.mark.parametrize("pads", [((1, 1), (1, 1)), ((0, 2), (1, 0)), ((2, 1), (0, 0))])
 @pytest.mark.parametrize("dtype", [np.float32, np.int8])
 def test_pad_folded_into_convolution(kernel_path, op_type, pads, dtype):
-    from converter.tflite_writer import write_tflite
+    from edgeq.converter.tflite_writer import write_tflite
 
     graph, x = padded_conv_graph(op_type, pads, dtype)
     content = write_tflite(graph)
@@ -367,7 +367,7 @@ def test_pad_folded_into_convolution(kernel_path, op_type, pads, dtype):
 def test_pad_folded_into_a_pointwise_convolution_grows_its_output(kernel_path, stride, dtype):
     # Bottom/right-only padding leaves the top-left corner unpadded, yet the output outgrows the
     # strided input: the 1x1 shortcut that reads the input as the GEMM operand must not be taken.
-    from converter.tflite_writer import write_tflite
+    from edgeq.converter.tflite_writer import write_tflite
 
     graph, x = padded_conv_graph("CONV_2D", ((0, 1), (0, 1)), dtype, stride=stride, k=1)
     content = write_tflite(graph)

@@ -14,11 +14,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from converter.onnx_import import import_onnx
-from converter.onnx_import.ops import RULES
-from converter.tflite_writer import write_tflite
+from edgeq.converter.onnx_import import import_onnx
+from edgeq.converter.onnx_import.ops import RULES
+from edgeq.converter.tflite_writer import write_tflite
 from referees import run_edgeq, run_litert
-from runtime.model import ModelError
+from edgeq.runtime.model import ModelError
 
 UNSUPPORTED_FILE = Path(__file__).with_name("conformance_unsupported.txt")
 

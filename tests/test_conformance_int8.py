@@ -23,9 +23,9 @@ from onnx import numpy_helper
 
 pytest.importorskip("ai_edge_litert.interpreter")
 
-from converter.calibrate import calibrate  # noqa: E402
-from converter.quantize import quantize_int8  # noqa: E402
-from converter.tflite_writer import write_tflite  # noqa: E402
+from edgeq.converter.calibrate import calibrate  # noqa: E402
+from edgeq.converter.quantize import quantize_int8  # noqa: E402
+from edgeq.converter.tflite_writer import write_tflite  # noqa: E402
 from referees import integer_tensor_mismatches, run_litert  # noqa: E402
 from test_conformance import CASES, UNSUPPORTED, convertible_variant  # noqa: E402
 
@@ -89,7 +89,7 @@ def observed_ranges(graph, feed_sets: list) -> dict:
     """Min/max ranges over ``feed_sets``; each set is one whole run of the graph (a case's first axis is
     its own, not a batch axis). ``calibrate`` runs each set as one batch; inputs that cannot form one
     batch (different first dimensions, 0-D) are observed the same way by running the graph directly."""
-    from runtime.interpreter import Interpreter as FloatRunner
+    from edgeq.runtime.interpreter import Interpreter as FloatRunner
 
     merged: dict = {}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from converter.api import convert
+from edgeq.converter.api import convert
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
@@ -22,7 +22,7 @@ CALIBRATION_SAMPLES = 8
 
 CONVERT_ALL = """
 import hashlib, json, sys
-from converter.api import convert
+from edgeq.converter.api import convert
 samples, models, count = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 digests = {}
 for name in models:

@@ -4,8 +4,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from runtime import fixedpoint
-from runtime.fixedpoint import (
+from edgeq.runtime import fixedpoint
+from edgeq.runtime.fixedpoint import (
     multiply_by_quantized_multiplier,
     quantize_multiplier,
     rounding_divide_by_pot,
@@ -171,9 +171,9 @@ def test_per_channel_multipliers_broadcast_along_the_last_axis():
 
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 
-from converter.tflite_writer import write_tflite  # noqa: E402
-from runtime.fixedpoint import multiply_by_quantized_multiplier_rounding_away  # noqa: E402
-from runtime.model import Graph, Op, QuantParams, Tensor  # noqa: E402
+from edgeq.converter.tflite_writer import write_tflite  # noqa: E402
+from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier_rounding_away  # noqa: E402
+from edgeq.runtime.model import Graph, Op, QuantParams, Tensor  # noqa: E402
 
 ALL_INT8 = np.arange(-128, 128, dtype=np.int8)
 CONV_OPTIONS = {"padding": "VALID", "stride_w": 1, "stride_h": 1, "dilation_w_factor": 1,
@@ -252,7 +252,7 @@ def test_litert_reference_fully_connected_rounds_once_ties_away_from_zero(per_ch
 
 # -- gemmlowp fixed-point functions: hand-worked values -----------------------------------------
 
-from runtime.fixedpoint import (  # noqa: E402
+from edgeq.runtime.fixedpoint import (  # noqa: E402
     calculate_input_radius,
     count_leading_zeros_u32,
     down_scale_int32_to_int16_multiplier,

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import tflite
 
-from converter.tflite_writer import write_tflite
-from runtime import schema
-from runtime.model import Graph, ModelError, Op, QuantParams, Tensor, read_tflite
+from edgeq.converter.tflite_writer import write_tflite
+from edgeq.runtime import schema
+from edgeq.runtime.model import Graph, ModelError, Op, QuantParams, Tensor, read_tflite
 
 RNG = np.random.default_rng(7)
 

@@ -16,12 +16,12 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from converter.api import convert
-from converter.cli import main
-from converter.onnx_import.load import MAX_OPSET
-from converter.tflite_writer import write_tflite
-from runtime.interpreter import Interpreter
-from runtime.model import Graph, ModelError, Op, QuantParams, Tensor
+from edgeq.converter.api import convert
+from edgeq.converter.cli import main
+from edgeq.converter.onnx_import.load import MAX_OPSET
+from edgeq.converter.tflite_writer import write_tflite
+from edgeq.runtime.interpreter import Interpreter
+from edgeq.runtime.model import Graph, ModelError, Op, QuantParams, Tensor
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
@@ -371,7 +371,7 @@ def _stray_temporary_files(folder: Path) -> list:
 
 
 def test_an_exception_while_writing_keeps_the_old_file(tmp_path, monkeypatch):
-    import converter.fileio as fileio
+    import edgeq.converter.fileio as fileio
 
     out = tmp_path / "model.tflite"
     out.write_bytes(OLD_CONTENT)
@@ -387,7 +387,7 @@ def test_an_exception_while_writing_keeps_the_old_file(tmp_path, monkeypatch):
 
 
 def test_an_exception_mid_conversion_keeps_the_old_file(tmp_path, monkeypatch):
-    import converter.api as api
+    import edgeq.converter.api as api
 
     out = tmp_path / "model.tflite"
     out.write_bytes(OLD_CONTENT)
@@ -403,7 +403,7 @@ def test_an_exception_mid_conversion_keeps_the_old_file(tmp_path, monkeypatch):
 
 
 def test_a_new_file_gets_ordinary_permissions(tmp_path):
-    from converter.fileio import write_atomic
+    from edgeq.converter.fileio import write_atomic
 
     umask = os.umask(0o022)
     try:
@@ -418,8 +418,8 @@ SLOW_CONVERSION = """
 import signal, sys, time
 # A job started in the background inherits SIGINT ignored; a terminal's Ctrl-C is what is tested.
 signal.signal(signal.SIGINT, signal.default_int_handler)
-import converter.api as api
-import converter.fileio as fileio
+import edgeq.converter.api as api
+import edgeq.converter.fileio as fileio
 where, model, out = sys.argv[1], sys.argv[2], sys.argv[3]
 
 def pause(real):
@@ -433,7 +433,7 @@ if where == "converting":
     api.write_tflite = pause(api.write_tflite)
 else:  # while the temporary file is open and half-written
     fileio.os.fsync = pause(fileio.os.fsync)
-from converter.cli import main
+from edgeq.converter.cli import main
 main(["convert", model, "-o", out])
 """
 

@@ -16,13 +16,13 @@ from onnx import TensorProto, helper
 
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 
-from converter.api import convert  # noqa: E402
-from converter.calibrate import calibrate  # noqa: E402
-from converter.quantize import quantize_int8  # noqa: E402
-from converter.tflite_writer import operator_version, write_tflite  # noqa: E402
+from edgeq.converter.api import convert  # noqa: E402
+from edgeq.converter.calibrate import calibrate  # noqa: E402
+from edgeq.converter.quantize import quantize_int8  # noqa: E402
+from edgeq.converter.tflite_writer import operator_version, write_tflite  # noqa: E402
 from referees import nchw_to_nhwc, nhwc_to_nchw, run_onnxruntime  # noqa: E402
-from runtime.interpreter import Interpreter  # noqa: E402
-from runtime.model import Graph, Op, QuantParams, Tensor  # noqa: E402
+from edgeq.runtime.interpreter import Interpreter  # noqa: E402
+from edgeq.runtime.model import Graph, Op, QuantParams, Tensor  # noqa: E402
 from test_runtime_int8 import assert_exact, max_diff_default_kernels, random_int8  # noqa: E402
 
 INTEGER_TYPES = (np.int8, np.uint8, np.int16, np.int32)

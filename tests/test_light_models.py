@@ -15,8 +15,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from converter.onnx_import import import_onnx
-from converter.tflite_writer import write_tflite
+from edgeq.converter.onnx_import import import_onnx
+from edgeq.converter.tflite_writer import write_tflite
 from referees import (
     litert_tensors,
     nchw_to_nhwc,
@@ -25,7 +25,7 @@ from referees import (
     run_litert,
     run_onnxruntime,
 )
-from runtime.interpreter import Interpreter
+from edgeq.runtime.interpreter import Interpreter
 
 LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 LIGHT_MODELS = sorted(p.stem.removeprefix("light_") for p in LIGHT_DIR.glob("light_*.onnx"))

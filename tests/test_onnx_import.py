@@ -7,10 +7,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from converter.onnx_import import import_onnx
-from converter.tflite_writer import write_tflite
+from edgeq.converter.onnx_import import import_onnx
+from edgeq.converter.tflite_writer import write_tflite
 from referees import nchw_to_nhwc, nhwc_to_nchw, relative_max_error, run_edgeq, run_litert, run_onnxruntime
-from runtime.model import ModelError
+from edgeq.runtime.model import ModelError
 
 RNG = np.random.default_rng(0)
 OPSET = 17

@@ -8,20 +8,20 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converter.api import convert, load_graph
-from converter.calibrate import load_calibration
-from converter.cli import main as cli
-from converter.prune import (
+from edgeq.converter.api import convert, load_graph
+from edgeq.converter.calibrate import load_calibration
+from edgeq.converter.cli import main as cli
+from edgeq.converter.prune import (
     compressed_size,
     encode_sparse_weights,
     multiply_accumulates,
     prune_channels,
     prune_magnitude,
 )
-from converter.tflite_writer import write_tflite
+from edgeq.converter.tflite_writer import write_tflite
 from referees import relative_max_error, run_edgeq, run_litert
-from runtime.interpreter import Interpreter
-from runtime.model import ModelError, read_tflite
+from edgeq.runtime.interpreter import Interpreter
+from edgeq.runtime.model import ModelError, read_tflite
 from test_sample_models import SAMPLES
 
 FLOAT_TOLERANCE = 1e-5

@@ -2,17 +2,17 @@
 import numpy as np
 import pytest
 
-from converter.calibrate import calibrate
-from converter.quantize import (
+from edgeq.converter.calibrate import calibrate
+from edgeq.converter.quantize import (
     RULES,
     choose_activation_params,
     quantize_dynamic,
     quantize_float16,
     quantize_int8,
 )
-from converter.tflite_writer import write_tflite
-from runtime.interpreter import Interpreter
-from runtime.model import Graph, ModelError, Op, QuantParams, Tensor
+from edgeq.converter.tflite_writer import write_tflite
+from edgeq.runtime.interpreter import Interpreter
+from edgeq.runtime.model import Graph, ModelError, Op, QuantParams, Tensor
 
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 
@@ -378,7 +378,7 @@ def test_residual_network_runs_in_litert_close_to_float(resolver):
 
 
 def test_per_tensor_fully_connected_also_runs_in_litert(monkeypatch):
-    import converter.quantize as quantize
+    import edgeq.converter.quantize as quantize
 
     monkeypatch.setattr(quantize, "PER_CHANNEL_FULLY_CONNECTED", False)
     graph = fully_connected()
@@ -396,7 +396,7 @@ def test_max_pool_padding_keeps_the_data_range_and_runs_on_litert_default_kernel
     import onnx
     from onnx import TensorProto, helper
 
-    from converter.api import convert
+    from edgeq.converter.api import convert
     from referees import run_litert
 
     rng = np.random.default_rng(0)

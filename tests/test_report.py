@@ -17,9 +17,9 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from converter.api import convert
-from converter.cli import main
-from converter.report import AGREEMENT_TOLERANCE, coincident_groups, engine_agreement, pareto_front, size_tick_label
+from edgeq.converter.api import convert
+from edgeq.converter.cli import main
+from edgeq.converter.report import AGREEMENT_TOLERANCE, coincident_groups, engine_agreement, pareto_front, size_tick_label
 from referees import nchw_to_nhwc, run_litert, run_onnxruntime
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"

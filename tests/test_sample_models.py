@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from converter.api import convert
+from edgeq.converter.api import convert
 from referees import nchw_to_nhwc, relative_max_error, run_edgeq, run_litert, run_onnxruntime
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"

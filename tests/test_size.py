@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converter.api import convert
+from edgeq.converter.api import convert
 from referees import run_litert
-from runtime.model import read_tflite
-from runtime.size import size_breakdown
+from edgeq.runtime.model import read_tflite
+from edgeq.runtime.size import size_breakdown
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 MOBILENET = SAMPLES / "digits_mobilenetv2.onnx"

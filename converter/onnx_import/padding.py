@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from runtime.model import ModelError
+from edgeq.runtime.model import ModelError
 
 NHWC = (0, 2, 3, 1)
 

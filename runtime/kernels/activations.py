@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from runtime.fixedpoint import (
+from edgeq.runtime.fixedpoint import (
     down_scale_int32_to_int16_multiplier,
     get_inv_sqrt_quantized_multiplier_exp,
     multiply_by_quantized_multiplier,
@@ -23,9 +23,9 @@ from runtime.fixedpoint import (
     saturating_left_shift_int16,
     saturating_rounding_doubling_high_mul_int16,
 )
-from runtime.kernels import register
-from runtime.kernels.common import input_tensor, require_float
-from runtime.model import ModelError
+from edgeq.runtime.kernels import register
+from edgeq.runtime.kernels.common import input_tensor, require_float
+from edgeq.runtime.model import ModelError
 
 
 def _relu(x):

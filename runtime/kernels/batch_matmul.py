@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.fixedpoint import multiply_by_quantized_multiplier
-from runtime.kernels import register
-from runtime.kernels.common import require_float
-from runtime.kernels.requantize import (exact_matmul_dtype_for, per_tensor_product_multiplier, saturate,
+from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier
+from edgeq.runtime.kernels import register
+from edgeq.runtime.kernels.common import require_float
+from edgeq.runtime.kernels.requantize import (exact_matmul_dtype_for, per_tensor_product_multiplier, saturate,
                                          scale_and_zero_point)
-from runtime.model import ModelError
+from edgeq.runtime.model import ModelError
 
 
 @register("BATCH_MATMUL")

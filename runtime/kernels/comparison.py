@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.kernels import register
-from runtime.model import ModelError
+from edgeq.runtime.kernels import register
+from edgeq.runtime.model import ModelError
 
 _COMPARISONS = {
     "EQUAL": np.equal,

@@ -35,7 +35,7 @@ def available() -> bool:
         _available = False
         if not _DISABLED_BY_ENV:
             try:
-                from runtime.kernels import _compiled_loops
+                from edgeq.runtime.kernels import _compiled_loops
             except Exception:  # numba not installed, or its llvmlite does not load on this machine
                 pass
             else:

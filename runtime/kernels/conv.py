@@ -11,8 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from runtime.kernels import compiled, register
-from runtime.kernels.common import (
+from edgeq.runtime.kernels import compiled, register
+from edgeq.runtime.kernels.common import (
     compute_padding,
     constant_input,
     fused_activation,
@@ -20,8 +20,8 @@ from runtime.kernels.common import (
     require_float,
     strided_overlap,
 )
-from runtime.fixedpoint import multiply_by_quantized_multiplier
-from runtime.kernels.requantize import (
+from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier
+from edgeq.runtime.kernels.requantize import (
     activation_range,
     asymmetric_quantize_rows,
     exact_float32_chunks,
@@ -36,7 +36,7 @@ from runtime.kernels.requantize import (
     symmetric_quantize_rows,
     weight_zero_points_are_zero,
 )
-from runtime.model import ModelError
+from edgeq.runtime.model import ModelError
 
 # Larger batches are run in chunks so the im2col buffer stays around this size.
 IM2COL_BUDGET_BYTES = 32 << 20

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.kernels import register
-from runtime.kernels.common import constant_input
-from runtime.model import ModelError
+from edgeq.runtime.kernels import register
+from edgeq.runtime.kernels.common import constant_input
+from edgeq.runtime.model import ModelError
 
 
 @register("CUMSUM")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.kernels import compiled, register
-from runtime.kernels.common import (
+from edgeq.runtime.kernels import compiled, register
+from edgeq.runtime.kernels.common import (
     compute_padding,
     constant_input,
     fused_activation,
@@ -19,8 +19,8 @@ from runtime.kernels.common import (
     window_taps,
     with_activation,
 )
-from runtime.fixedpoint import multiply_by_quantized_multiplier
-from runtime.kernels.requantize import (
+from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier
+from edgeq.runtime.kernels.requantize import (
     activation_range,
     fold_requantization,
     folded_requantizer,
@@ -30,7 +30,7 @@ from runtime.kernels.requantize import (
     scale_and_zero_point,
     weight_zero_points_are_zero,
 )
-from runtime.model import ModelError
+from edgeq.runtime.model import ModelError
 
 
 @register("DEPTHWISE_CONV_2D")

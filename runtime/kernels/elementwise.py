@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.kernels import compiled, register
-from runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
-from runtime.kernels.common import fused_activation, require_float, with_activation
-from runtime.kernels.requantize import activation_range, saturate, scale_and_zero_point
-from runtime.model import ModelError
+from edgeq.runtime.kernels import compiled, register
+from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
+from edgeq.runtime.kernels.common import fused_activation, require_float, with_activation
+from edgeq.runtime.kernels.requantize import activation_range, saturate, scale_and_zero_point
+from edgeq.runtime.model import ModelError
 
 
 def _squared_difference(a, b):

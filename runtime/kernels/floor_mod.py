@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.kernels import register
-from runtime.model import ModelError
+from edgeq.runtime.kernels import register
+from edgeq.runtime.model import ModelError
 
 _TYPES = {np.dtype(t) for t in (np.float32, np.int32, np.int64)}
 

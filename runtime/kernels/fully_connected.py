@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.kernels import compiled, register
-from runtime.kernels.common import fused_activation, input_tensor, require_float, with_activation
-from runtime.kernels.common import constant_input
-from runtime.kernels.requantize import (
+from edgeq.runtime.kernels import compiled, register
+from edgeq.runtime.kernels.common import fused_activation, input_tensor, require_float, with_activation
+from edgeq.runtime.kernels.common import constant_input
+from edgeq.runtime.kernels.requantize import (
     activation_range,
     asymmetric_quantize_rows,
     double_to_int32,
@@ -19,7 +19,7 @@ from runtime.kernels.requantize import (
     scale_and_zero_point,
     symmetric_quantize_rows,
 )
-from runtime.model import ModelError
+from edgeq.runtime.model import ModelError
 
 
 @register("FULLY_CONNECTED")

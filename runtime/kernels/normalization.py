@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.fixedpoint import get_inv_sqrt_quantized_multiplier_exp, multiply_by_quantized_multiplier
-from runtime.kernels import register
-from runtime.kernels.common import require_float
-from runtime.model import ModelError
+from edgeq.runtime.fixedpoint import get_inv_sqrt_quantized_multiplier_exp, multiply_by_quantized_multiplier
+from edgeq.runtime.kernels import register
+from edgeq.runtime.kernels.common import require_float
+from edgeq.runtime.model import ModelError
 
 L2_NORM_EPSILON = np.float32(1e-6)  # LiteRT's float kernel divides by at least this
 L2_NORM_OUTPUT_SCALE_BITS = 7  # int8 output scale 1/128 = 2^-7

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.kernels import compiled, register
-from runtime.kernels.common import (
+from edgeq.runtime.kernels import compiled, register
+from edgeq.runtime.kernels.common import (
     compute_padding,
     fused_activation,
     padded_column_phases,
@@ -13,7 +13,7 @@ from runtime.kernels.common import (
     window_taps,
     with_activation,
 )
-from runtime.kernels.requantize import activation_range, rounding_divide, saturate, scale_and_zero_point
+from edgeq.runtime.kernels.requantize import activation_range, rounding_divide, saturate, scale_and_zero_point
 
 
 def _geometry(op, graph):

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
-from runtime.kernels import compiled, register
-from runtime.kernels.requantize import round_half_away, saturate, scale_and_zero_point
-from runtime.model import ModelError
+from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
+from edgeq.runtime.kernels import compiled, register
+from edgeq.runtime.kernels.requantize import round_half_away, saturate, scale_and_zero_point
+from edgeq.runtime.model import ModelError
 
 _INTEGER_TYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16))
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.kernels import register
-from runtime.kernels.common import constant_input, require_float
-from runtime.model import ModelError
+from edgeq.runtime.kernels import register
+from edgeq.runtime.kernels.common import constant_input, require_float
+from edgeq.runtime.model import ModelError
 
 _REDUCERS = {
     "MEAN": np.mean,
@@ -49,8 +49,8 @@ def _quantized_axes(op, graph):
 
 
 def _prepare_quantized(op, graph):
-    from runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
-    from runtime.kernels.requantize import saturate, scale_and_zero_point
+    from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
+    from edgeq.runtime.kernels.requantize import saturate, scale_and_zero_point
 
     input_tensor, output_tensor = graph[op.inputs[0]], graph[op.outputs[0]]
     axes = _quantized_axes(op, graph)

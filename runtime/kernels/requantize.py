@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from runtime.model import ModelError, Op
+from edgeq.runtime.model import ModelError, Op
 
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
@@ -120,7 +120,7 @@ def exact_matmul_dtype_for(depth: int, max_abs_lhs: int = 128, max_abs_rhs: int 
 def per_channel_multipliers(input_scale, filter_scales, output_scale, channels: int):
     """TFLite's PopulateConvolutionQuantizationParams: per output channel, the real multiplier
     double(input_scale) * double(filter_scale) / double(output_scale) as (Q31 multiplier, shift)."""
-    from runtime.fixedpoint import quantize_multiplier
+    from edgeq.runtime.fixedpoint import quantize_multiplier
 
     filter_scales = np.asarray(filter_scales, dtype=np.float32).astype(np.float64).reshape(-1)
     if filter_scales.size == 1:
@@ -134,7 +134,7 @@ def per_tensor_product_multiplier(lhs_scale, rhs_scale, output_scale):
     """TFLite's GetQuantizedConvolutionMultipler, which per-tensor int8 BATCH_MATMUL uses: the real
     multiplier double(float32(lhs_scale * rhs_scale)) / double(output_scale), the scales' product
     taken in float32 (unlike ``per_channel_multipliers``), as (Q31 multiplier, shift)."""
-    from runtime.fixedpoint import quantize_multiplier
+    from edgeq.runtime.fixedpoint import quantize_multiplier
 
     product = np.float32(np.float32(lhs_scale) * np.float32(rhs_scale))
     multipliers, shifts = quantize_multiplier(np.array([np.float64(product) / np.float64(np.float32(output_scale))]))
@@ -236,7 +236,7 @@ def exact_gemm(weights: np.ndarray, chunks: list):
             return np.matmul(lhs, weights, out=out)
 
         return gemm
-    from runtime.kernels.compiled import SCRATCH
+    from edgeq.runtime.kernels.compiled import SCRATCH
 
     pieces = [np.ascontiguousarray(weights[chunk]) for chunk in chunks]
     channels = weights.shape[1]
@@ -311,7 +311,7 @@ def fold_requantization(constant_term, multipliers, shifts, output_offset: int, 
 def folded_requantizer(folded: FoldedRequantization, low: int, high: int):
     """requantize(acc [rows, channels] exact integers (float or int), out int8 [rows, channels]):
     the folded form in numpy, a few whole-array int64 passes over shared scratch."""
-    from runtime.kernels.compiled import SCRATCH
+    from edgeq.runtime.kernels.compiled import SCRATCH
 
     # -C as a mask: (t - T) >> 63 is all ones where t < T, so ANDing it with -C gives -C there and 0
     # elsewhere (a masked subtract or a bool multiply is several times slower in numpy).

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.kernels import register
-from runtime.kernels.common import constant_input, require_float
-from runtime.model import ModelError
+from edgeq.runtime.kernels import register
+from edgeq.runtime.kernels.common import constant_input, require_float
+from edgeq.runtime.model import ModelError
 
 
 def _scale(in_size, out_size, align_corners):

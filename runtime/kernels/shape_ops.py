@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.kernels import register
-from runtime.kernels.common import (
+from edgeq.runtime.kernels import register
+from edgeq.runtime.kernels.common import (
     batched_shape,
     constant_input,
     fused_activation,
     input_tensor,
     with_activation,
 )
-from runtime.model import ModelError
+from edgeq.runtime.model import ModelError
 
 
 def _static_batch(shape):
@@ -109,7 +109,7 @@ def _quantized_concatenation(op, graph, axis, align):
     """Inputs whose params equal the output's are copied; any other is requantized as TFLite's
     ConcatenationWithScaling does: round(x * (s_in / s_out) - zp_in * (s_in / s_out)) + zp_out in
     float32, clamped. (LiteRT's int8 kernel refuses differing params; its uint8 kernel rescales.)"""
-    from runtime.kernels.requantize import round_half_away
+    from edgeq.runtime.kernels.requantize import round_half_away
 
     output = graph[op.outputs[0]]
     out_scale, out_zero_point = np.float32(output.quant.scale[0]), int(output.quant.zero_point[0])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.fixedpoint import (
+from edgeq.runtime.fixedpoint import (
     INT32_MAX,
     INT32_MIN,
     calculate_input_radius,
@@ -32,9 +32,9 @@ from runtime.fixedpoint import (
     saturating_rounding_doubling_high_mul,
     saturating_rounding_multiply_by_pot,
 )
-from runtime.kernels import register
-from runtime.kernels.common import require_float
-from runtime.model import ModelError
+from edgeq.runtime.kernels import register
+from edgeq.runtime.kernels.common import require_float
+from edgeq.runtime.model import ModelError
 
 SCALED_DIFF_INTEGER_BITS = 5  # exp's input format: Q5.26
 ACCUMULATION_INTEGER_BITS = 12  # the sum of exponentials: Q12.19

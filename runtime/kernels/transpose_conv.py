@@ -12,9 +12,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from runtime.fixedpoint import multiply_by_quantized_multiplier
-from runtime.kernels import compiled, register
-from runtime.kernels.common import (
+from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier
+from edgeq.runtime.kernels import compiled, register
+from edgeq.runtime.kernels.common import (
     batched_shape,
     compute_padding,
     constant_input,
@@ -24,7 +24,7 @@ from runtime.kernels.common import (
     strided_overlap,
     with_activation,
 )
-from runtime.kernels.requantize import (
+from edgeq.runtime.kernels.requantize import (
     activation_range,
     exact_matmul_dtype_for,
     per_channel_multipliers,
@@ -32,7 +32,7 @@ from runtime.kernels.requantize import (
     scale_and_zero_point,
     weight_zero_points_are_zero,
 )
-from runtime.model import ModelError
+from edgeq.runtime.model import ModelError
 
 
 @register("TRANSPOSE_CONV")

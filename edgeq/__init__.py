@@ -1,0 +1,17 @@
+"""edgeq: prune and quantize models to compact int8 TFLite files (``edgeq.converter``), and run them with a small
+interpreter (``edgeq.runtime``).
+
+``import edgeq`` needs only the runtime's dependencies; ``edgeq.convert`` imports the converter when first used.
+"""
+from edgeq.runtime import Interpreter
+
+__all__ = ["Interpreter", "convert"]
+
+
+def __getattr__(name):
+    # The converter needs the convert extra (onnx, tqdm): imported on first use, not by ``import edgeq``.
+    if name == "convert":
+        from edgeq.converter import convert
+
+        return convert
+    raise AttributeError(f"module 'edgeq' has no attribute {name!r}")
