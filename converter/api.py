@@ -7,10 +7,13 @@ from typing import Optional
 
 import numpy as np
 
-from edgeq.runtime.model import Graph, ModelError, read_tflite
+from edgeq.runtime.ir import Graph, ModelError
+
+from edgeq.runtime.tflite_format.reader import read_tflite
+from edgeq.runtime.tflite_format.schema import FILE_IDENTIFIER
 
 from edgeq.converter.fileio import write_atomic
-from edgeq.converter.tflite_writer import write_tflite
+from edgeq.runtime.tflite_format.writer import write_tflite
 
 
 @dataclass
@@ -64,7 +67,7 @@ def parse_input_shapes(specs) -> dict:
 
 def is_tflite_file(path) -> bool:
     with open(path, "rb") as f:
-        return f.read(8)[4:8] == b"TFL3"
+        return f.read(8)[4:8] == FILE_IDENTIFIER
 
 
 def load_graph(model_path, input_shapes=None, keep_onnx_layout=False) -> tuple:

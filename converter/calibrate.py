@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from edgeq.converter.quantize import choose_activation_params
-from edgeq.runtime.model import Graph, ModelError
+from edgeq.runtime.ir import Graph, ModelError
 
 OBSERVERS = ("minmax", "percentile", "entropy", "mse")
 

@@ -16,7 +16,7 @@ import click
 import numpy as np
 
 from edgeq.runtime.memory import peak_rss_mb
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -240,7 +240,7 @@ def inspect(model, as_json, quiet, verbose):
       edgeq inspect model.tflite
       edgeq inspect model.tflite --json | jq .ops
     """
-    from edgeq.runtime.model import read_tflite
+    from edgeq.runtime.tflite_format.reader import read_tflite
 
     from edgeq.runtime.size import size_breakdown
 

@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from edgeq.runtime.model import Graph
+from edgeq.runtime.ir import Graph
 
 # Ops whose int8 kernels require all inputs and the output to share one scale, and join inputs.
 JOINS = {"CONCATENATION", "PACK"}

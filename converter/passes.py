@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeq.runtime.model import Graph, Op
+from edgeq.runtime.ir import Graph, Op
 
 # Ops whose builtin options carry fused_activation_function (and whose kernels honour it).
 # CONCATENATION has the option too, but LiteRT's reference kernel refuses it for float and its

@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from edgeq.runtime.model import Graph, ModelError, Op, Tensor
+from edgeq.runtime.ir import Graph, ModelError, Op, Tensor
 
 MAGNITUDE_SCOPES = ("global", "layer")
 CHANNEL_IMPORTANCES = ("l1", "activation")

@@ -13,7 +13,7 @@ import numpy as np
 
 from edgeq.converter.quantize import quantize_affine
 from edgeq.runtime.interpreter import Interpreter
-from edgeq.runtime.model import Graph
+from edgeq.runtime.ir import Graph
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from edgeq.runtime.model import Graph, ModelError, Op, QuantParams, Tensor
+from edgeq.runtime.ir import Graph, ModelError, Op, QuantParams, Tensor
 
 QMIN, QMAX = -128, 127  # int8 activations
 WEIGHT_QMAX = 127  # int8 weights are symmetric: [-127, 127], zero point 0

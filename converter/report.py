@@ -43,7 +43,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 REPORT_FORMAT = "edgeq-report/1"
 MODELS_FOLDER = "models"

@@ -20,7 +20,8 @@ from typing import Optional
 import numpy as np
 
 from edgeq.runtime.kernels import load_all_kernels
-from edgeq.runtime.model import Graph, ModelError
+from edgeq.runtime.ir import Graph, ModelError
+from edgeq.runtime.tflite_format.reader import read_tflite
 from edgeq.runtime.validate import validate_graph, with_implied_shapes
 
 _TFLITE_TYPE_NAMES = {
@@ -64,9 +65,9 @@ class Interpreter:
                     model_content = f.read()
             except OSError:
                 raise ValueError(f"Failed to open {model_path}") from None
-            graph = _read_flatbuffer(model_content)
+            graph = read_tflite(model_content)
         elif model_content is not None:
-            graph = _read_flatbuffer(bytes(model_content))
+            graph = read_tflite(bytes(model_content))
         else:
             raise ValueError("`model_path` or `model_content` must be specified.")
         self._init_from_graph(graph, experimental_preserve_all_tensors, num_threads, max_memory_bytes)
@@ -462,7 +463,7 @@ def _conv_with_folded_pad(pad, conv, graph):
     """``conv`` reading ``pad``'s input with the padding as its own explicit padding, or None when
     that would not give the same result: only zero spatial padding (a float 0, or the zero point
     of an int8 tensor whose PAD keeps its quantization) into a VALID convolution's data input."""
-    from edgeq.runtime.model import Op
+    from edgeq.runtime.ir import Op
 
     if conv.type not in ("CONV_2D", "DEPTHWISE_CONV_2D") or not conv.inputs or conv.inputs[0] != pad.outputs[0]:
         return None
@@ -588,9 +589,3 @@ class _BlasThreadLimit:
         return False
 
 
-def _read_flatbuffer(content: bytes) -> Graph:
-    try:
-        from edgeq.runtime.model import read_tflite
-    except ImportError:
-        raise ModelError("this build of edgeq cannot read .tflite files (runtime.model.read_tflite is missing)") from None
-    return read_tflite(content)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tflite
 
-from edgeq.runtime.model import read_tflite
+from edgeq.runtime.tflite_format.reader import read_tflite
 
 _ALIGN = 4  # flatbuffers pads strings and vectors to 4 bytes
 

@@ -17,8 +17,8 @@ from typing import Optional
 
 import numpy as np
 
-from edgeq.runtime import schema
-from edgeq.runtime.model import Graph, ModelError, Op
+from edgeq.runtime.tflite_format import schema
+from edgeq.runtime.ir import Graph, ModelError, Op
 
 MAX_RANK = 8
 MAX_DIM = 2**31 - 1

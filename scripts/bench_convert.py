@@ -123,7 +123,7 @@ def measure_phases(model: str, calibration: str, output: str) -> dict:
     from edgeq.converter.api import load_graph
     from edgeq.converter.calibrate import calibrate, load_calibration
     from edgeq.converter.quantize import quantize_int8
-    from edgeq.converter.tflite_writer import write_tflite
+    from edgeq.runtime.tflite_format.writer import write_tflite
 
     seconds = {"imports": clock() - started}
     mark = clock()

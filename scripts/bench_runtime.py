@@ -328,7 +328,7 @@ def prepare_model(name: str, work: Path) -> dict:
                 started = time.perf_counter()
                 convert(str(path), str(tflite_path), **options)
                 print(f"  converted {tflite_path.name} in {time.perf_counter() - started:.1f} s", flush=True)
-            from edgeq.runtime.model import read_tflite
+            from edgeq.runtime.tflite_format.reader import read_tflite
 
             graph = read_tflite(tflite_path.read_bytes())
             input_shape = tuple(graph[graph.inputs[0]].shape)

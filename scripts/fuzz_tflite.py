@@ -49,8 +49,8 @@ INTERESTING_FLOAT32 = (0.0, -1.0, float("nan"), float("inf"), -float("inf"), 1e-
 
 def tiny_graph_model() -> bytes:
     """A hand-built float graph touching the ops whose output size follows from constants."""
-    from edgeq.converter.tflite_writer import write_tflite
-    from edgeq.runtime.model import Graph, Op, Tensor
+    from edgeq.runtime.tflite_format.writer import write_tflite
+    from edgeq.runtime.ir import Graph, Op, Tensor
 
     rng = np.random.default_rng(0)
     tensors = [
@@ -361,7 +361,7 @@ def atheris_main(argv) -> None:
 
     with atheris.instrument_imports():
         import edgeq.runtime.interpreter  # noqa: F401
-        import edgeq.runtime.model  # noqa: F401
+        import edgeq.runtime.tflite_format.reader  # noqa: F401
         import edgeq.runtime.validate  # noqa: F401
     corpus = Path(os.environ.get("EDGEQ_FUZZ_CORPUS", "/tmp/edgeq_fuzz_corpus"))
     corpus.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from edgeq.converter.api import convert  # noqa: E402
 from edgeq.converter.prune import compressed_size, encode_sparse_weights, multiply_accumulates  # noqa: E402
-from edgeq.converter.tflite_writer import write_tflite  # noqa: E402
+from edgeq.runtime.tflite_format.writer import write_tflite  # noqa: E402
 from edgeq.runtime.interpreter import Interpreter  # noqa: E402
 
 SAMPLES = ROOT / "sample_models"

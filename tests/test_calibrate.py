@@ -15,7 +15,7 @@ from edgeq.converter.calibrate import (
     calibrate,
     load_calibration,
 )
-from edgeq.runtime.model import Graph, ModelError, Op, Tensor
+from edgeq.runtime.ir import Graph, ModelError, Op, Tensor
 
 RNG = np.random.default_rng(0)
 

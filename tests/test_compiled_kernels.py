@@ -15,7 +15,7 @@ from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier
 from edgeq.runtime.interpreter import Interpreter
 from edgeq.runtime.kernels import compiled
 from edgeq.runtime.kernels.common import compute_out_size
-from edgeq.runtime.model import Graph, Op, Tensor
+from edgeq.runtime.ir import Graph, Op, Tensor
 
 pytest.importorskip("ai_edge_litert.interpreter")
 
@@ -232,7 +232,7 @@ def test_quantize_float(kernel_path, out_dtype, q_out):
                         [np.float32(0.49999997) * q_out[0], -np.float32(0.49999997) * q_out[0]]]).astype(np.float32)
     g = Graph()
     g.add_tensor(Tensor("x", (1, x.size), np.float32))
-    from edgeq.runtime.model import QuantParams
+    from edgeq.runtime.ir import QuantParams
 
     g.add_tensor(Tensor("y", (1, x.size), out_dtype, quant=QuantParams(*q_out)))
     g.add_op(Op("QUANTIZE", ["x"], ["y"], {}))
@@ -336,7 +336,7 @@ def padded_conv_graph(op_type, pads, dtype, stride=2, k=3, seed=13):
 @pytest.mark.parametrize("pads", [((1, 1), (1, 1)), ((0, 2), (1, 0)), ((2, 1), (0, 0))])
 @pytest.mark.parametrize("dtype", [np.float32, np.int8])
 def test_pad_folded_into_convolution(kernel_path, op_type, pads, dtype):
-    from edgeq.converter.tflite_writer import write_tflite
+    from edgeq.runtime.tflite_format.writer import write_tflite
 
     graph, x = padded_conv_graph(op_type, pads, dtype)
     content = write_tflite(graph)
@@ -367,7 +367,7 @@ def test_pad_folded_into_convolution(kernel_path, op_type, pads, dtype):
 def test_pad_folded_into_a_pointwise_convolution_grows_its_output(kernel_path, stride, dtype):
     # Bottom/right-only padding leaves the top-left corner unpadded, yet the output outgrows the
     # strided input: the 1x1 shortcut that reads the input as the GEMM operand must not be taken.
-    from edgeq.converter.tflite_writer import write_tflite
+    from edgeq.runtime.tflite_format.writer import write_tflite
 
     graph, x = padded_conv_graph("CONV_2D", ((0, 1), (0, 1)), dtype, stride=stride, k=1)
     content = write_tflite(graph)

@@ -16,9 +16,9 @@ from onnx import numpy_helper
 
 from edgeq.converter.onnx_import import import_onnx
 from edgeq.converter.onnx_import.ops import RULES
-from edgeq.converter.tflite_writer import write_tflite
+from edgeq.runtime.tflite_format.writer import write_tflite
 from referees import run_edgeq, run_litert
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 UNSUPPORTED_FILE = Path(__file__).with_name("conformance_unsupported.txt")
 

@@ -25,7 +25,7 @@ pytest.importorskip("ai_edge_litert.interpreter")
 
 from edgeq.converter.calibrate import calibrate  # noqa: E402
 from edgeq.converter.quantize import quantize_int8  # noqa: E402
-from edgeq.converter.tflite_writer import write_tflite  # noqa: E402
+from edgeq.runtime.tflite_format.writer import write_tflite  # noqa: E402
 from referees import integer_tensor_mismatches, run_litert  # noqa: E402
 from test_conformance import CASES, UNSUPPORTED, convertible_variant  # noqa: E402
 

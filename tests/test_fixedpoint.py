@@ -171,9 +171,9 @@ def test_per_channel_multipliers_broadcast_along_the_last_axis():
 
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 
-from edgeq.converter.tflite_writer import write_tflite  # noqa: E402
+from edgeq.runtime.tflite_format.writer import write_tflite  # noqa: E402
 from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier_rounding_away  # noqa: E402
-from edgeq.runtime.model import Graph, Op, QuantParams, Tensor  # noqa: E402
+from edgeq.runtime.ir import Graph, Op, QuantParams, Tensor
 
 ALL_INT8 = np.arange(-128, 128, dtype=np.int8)
 CONV_OPTIONS = {"padding": "VALID", "stride_w": 1, "stride_h": 1, "dilation_w_factor": 1,

@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import tflite
 
-from edgeq.converter.tflite_writer import write_tflite
-from edgeq.runtime import schema
-from edgeq.runtime.model import Graph, ModelError, Op, QuantParams, Tensor, read_tflite
+from edgeq.runtime.tflite_format.writer import write_tflite
+from edgeq.runtime.tflite_format import schema
+from edgeq.runtime.ir import Graph, ModelError, Op, QuantParams, Tensor
+from edgeq.runtime.tflite_format.reader import read_tflite
 
 RNG = np.random.default_rng(7)
 

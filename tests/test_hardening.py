@@ -19,9 +19,9 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeq.converter.api import convert
 from edgeq.converter.cli import main
 from edgeq.converter.onnx_import.load import MAX_OPSET
-from edgeq.converter.tflite_writer import write_tflite
+from edgeq.runtime.tflite_format.writer import write_tflite
 from edgeq.runtime.interpreter import Interpreter
-from edgeq.runtime.model import Graph, ModelError, Op, QuantParams, Tensor
+from edgeq.runtime.ir import Graph, ModelError, Op, QuantParams, Tensor
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 

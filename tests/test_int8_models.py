@@ -19,7 +19,7 @@ from edgeq.converter.api import convert  # noqa: E402
 from edgeq.converter.calibrate import calibrate  # noqa: E402
 from edgeq.converter.onnx_import import import_onnx  # noqa: E402
 from edgeq.converter.quantize import quantize_int8  # noqa: E402
-from edgeq.converter.tflite_writer import write_tflite  # noqa: E402
+from edgeq.runtime.tflite_format.writer import write_tflite  # noqa: E402
 from referees import nchw_to_nhwc  # noqa: E402
 from edgeq.runtime.interpreter import Interpreter  # noqa: E402
 from test_light_models import load_light_model, with_random_weights  # noqa: E402

@@ -19,10 +19,10 @@ litert = pytest.importorskip("ai_edge_litert.interpreter")
 from edgeq.converter.api import convert  # noqa: E402
 from edgeq.converter.calibrate import calibrate  # noqa: E402
 from edgeq.converter.quantize import quantize_int8  # noqa: E402
-from edgeq.converter.tflite_writer import operator_version, write_tflite  # noqa: E402
+from edgeq.runtime.tflite_format.writer import operator_version, write_tflite  # noqa: E402
 from referees import nchw_to_nhwc, nhwc_to_nchw, run_onnxruntime  # noqa: E402
 from edgeq.runtime.interpreter import Interpreter  # noqa: E402
-from edgeq.runtime.model import Graph, Op, QuantParams, Tensor  # noqa: E402
+from edgeq.runtime.ir import Graph, Op, QuantParams, Tensor
 from test_runtime_int8 import assert_exact, max_diff_default_kernels, random_int8  # noqa: E402
 
 INTEGER_TYPES = (np.int8, np.uint8, np.int16, np.int32)

@@ -16,7 +16,7 @@ import pytest
 from onnx import numpy_helper
 
 from edgeq.converter.onnx_import import import_onnx
-from edgeq.converter.tflite_writer import write_tflite
+from edgeq.runtime.tflite_format.writer import write_tflite
 from referees import (
     litert_tensors,
     nchw_to_nhwc,

@@ -9,7 +9,7 @@ from edgeq.converter.api import convert
 from edgeq.converter.mixed_precision import mixed_range_tails
 from edgeq.converter.quant_debug import sqnr_db
 from referees import run_edgeq, run_litert, run_onnxruntime
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 RNG = np.random.default_rng(7)
 
@@ -154,7 +154,7 @@ def test_none_keeps_every_op_with_an_int8_form_in_int8(tmp_path):
 
 
 def test_mixed_range_rule_ignores_joins_of_similar_ranges():
-    from edgeq.runtime.model import Graph, Op, Tensor
+    from edgeq.runtime.ir import Graph, Op, Tensor
 
     g = Graph([Tensor("a", (1, 4)), Tensor("b", (1, 4)), Tensor("c", (1, 8))], inputs=["a", "b"], outputs=["c"])
     g.add_op(Op("CONCATENATION", ["a", "b"], ["c"], {"axis": 1}))

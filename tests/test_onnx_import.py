@@ -8,9 +8,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.converter.onnx_import import import_onnx
-from edgeq.converter.tflite_writer import write_tflite
+from edgeq.runtime.tflite_format.writer import write_tflite
 from referees import nchw_to_nhwc, nhwc_to_nchw, relative_max_error, run_edgeq, run_litert, run_onnxruntime
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 RNG = np.random.default_rng(0)
 OPSET = 17

@@ -18,10 +18,11 @@ from edgeq.converter.prune import (
     prune_channels,
     prune_magnitude,
 )
-from edgeq.converter.tflite_writer import write_tflite
+from edgeq.runtime.tflite_format.writer import write_tflite
 from referees import relative_max_error, run_edgeq, run_litert
 from edgeq.runtime.interpreter import Interpreter
-from edgeq.runtime.model import ModelError, read_tflite
+from edgeq.runtime.ir import ModelError
+from edgeq.runtime.tflite_format.reader import read_tflite
 from test_sample_models import SAMPLES
 
 FLOAT_TOLERANCE = 1e-5

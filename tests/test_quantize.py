@@ -10,9 +10,9 @@ from edgeq.converter.quantize import (
     quantize_float16,
     quantize_int8,
 )
-from edgeq.converter.tflite_writer import write_tflite
+from edgeq.runtime.tflite_format.writer import write_tflite
 from edgeq.runtime.interpreter import Interpreter
-from edgeq.runtime.model import Graph, ModelError, Op, QuantParams, Tensor
+from edgeq.runtime.ir import Graph, ModelError, Op, QuantParams, Tensor
 
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 

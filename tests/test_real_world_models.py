@@ -28,10 +28,10 @@ import pytest
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 
 from edgeq.converter.api import convert  # noqa: E402
-from edgeq.converter.tflite_writer import write_tflite  # noqa: E402
+from edgeq.runtime.tflite_format.writer import write_tflite  # noqa: E402
 from referees import nchw_to_nhwc, nhwc_to_nchw, relative_max_error, run_onnxruntime  # noqa: E402
 from edgeq.runtime.interpreter import Interpreter  # noqa: E402
-from edgeq.runtime.model import Graph  # noqa: E402
+from edgeq.runtime.ir import Graph
 import task_metrics  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"

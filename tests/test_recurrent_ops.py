@@ -12,10 +12,10 @@ from onnx.reference import ReferenceEvaluator
 
 from edgeq.converter.api import convert
 from edgeq.converter.onnx_import import import_onnx
-from edgeq.converter.tflite_writer import write_tflite
+from edgeq.runtime.tflite_format.writer import write_tflite
 from referees import integer_tensor_mismatches, nchw_to_nhwc, relative_max_error, run_edgeq, run_litert, run_onnxruntime
 from edgeq.runtime.interpreter import Interpreter
-from edgeq.runtime.model import Graph, ModelError, Op, QuantParams, Tensor
+from edgeq.runtime.ir import Graph, ModelError, Op, QuantParams, Tensor
 
 OPSET = 17
 GATES = {"LSTM": 4, "GRU": 3}

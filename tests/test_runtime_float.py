@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgeq.runtime.interpreter import Interpreter
-from edgeq.runtime.model import Graph, ModelError, Op, QuantParams, Tensor
+from edgeq.runtime.ir import Graph, ModelError, Op, QuantParams, Tensor
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -839,7 +839,7 @@ def _invoke(interpreter, feeds, graph):
 
 @pytest.mark.parametrize("case", list(LITERT_CASES))
 def test_kernel_matches_litert_on_written_file(case):
-    write_tflite = pytest.importorskip("edgeq.converter.tflite_writer").write_tflite
+    write_tflite = pytest.importorskip("edgeq.runtime.tflite_format.writer").write_tflite
     graph, feeds = _graph_for_litert(*LITERT_CASES[case])
     content = write_tflite(graph)
     expected = _invoke(_litert(content), feeds, graph)
@@ -853,7 +853,7 @@ def test_kernel_matches_litert_on_written_file(case):
 
 
 def test_details_equal_litert_details_on_written_file():
-    write_tflite = pytest.importorskip("edgeq.converter.tflite_writer").write_tflite
+    write_tflite = pytest.importorskip("edgeq.runtime.tflite_format.writer").write_tflite
     content = write_tflite(two_op_graph())
     reference = _litert(content)
     ours = Interpreter(model_content=content)
@@ -874,7 +874,7 @@ def test_details_equal_litert_details_on_written_file():
 
 
 def test_model_path_runs_the_same_as_model_content(tmp_path):
-    write_tflite = pytest.importorskip("edgeq.converter.tflite_writer").write_tflite
+    write_tflite = pytest.importorskip("edgeq.runtime.tflite_format.writer").write_tflite
     graph = two_op_graph()
     path = tmp_path / "model.tflite"
     path.write_bytes(write_tflite(graph))

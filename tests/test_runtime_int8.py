@@ -15,10 +15,10 @@ import pytest
 
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 
-from edgeq.converter.tflite_writer import write_tflite  # noqa: E402
+from edgeq.runtime.tflite_format.writer import write_tflite  # noqa: E402
 from edgeq.runtime.interpreter import Interpreter  # noqa: E402
 from edgeq.runtime.kernels.common import compute_out_size  # noqa: E402
-from edgeq.runtime.model import Graph, Op, QuantParams, Tensor  # noqa: E402
+from edgeq.runtime.ir import Graph, Op, QuantParams, Tensor
 
 HYBRID_TOLERANCE = 1e-5
 # LiteRT's default (optimized) hybrid kernels quantize the input their own way; they agree with the

@@ -9,9 +9,9 @@ import pytest
 
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 
-from edgeq.converter.tflite_writer import write_tflite  # noqa: E402
+from edgeq.runtime.tflite_format.writer import write_tflite  # noqa: E402
 from edgeq.runtime.interpreter import Interpreter  # noqa: E402
-from edgeq.runtime.model import Graph, Op, QuantParams, Tensor  # noqa: E402
+from edgeq.runtime.ir import Graph, Op, QuantParams, Tensor
 
 ALL_INT8 = np.arange(-128, 128, dtype=np.int8)
 

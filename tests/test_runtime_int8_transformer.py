@@ -5,9 +5,9 @@ import pytest
 
 pytest.importorskip("ai_edge_litert.interpreter")
 
-from edgeq.converter.tflite_writer import write_tflite  # noqa: E402
+from edgeq.runtime.tflite_format.writer import write_tflite  # noqa: E402
 from referees import run_edgeq, run_litert  # noqa: E402
-from edgeq.runtime.model import Graph, Op, QuantParams, Tensor  # noqa: E402
+from edgeq.runtime.ir import Graph, Op, QuantParams, Tensor
 
 RNG = np.random.default_rng(5)
 

@@ -9,7 +9,7 @@ import pytest
 
 from edgeq.converter.api import convert
 from referees import run_litert
-from edgeq.runtime.model import read_tflite
+from edgeq.runtime.tflite_format.reader import read_tflite
 from edgeq.runtime.size import size_breakdown
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeq.converter.calibrate import calibrate
 from edgeq.converter.onnx_import import import_onnx
 from edgeq.converter.quantize import quantize_int8
-from edgeq.converter.tflite_writer import operator_version, write_tflite
+from edgeq.runtime.tflite_format.writer import operator_version, write_tflite
 from referees import (
     integer_tensor_mismatches,
     nchw_to_nhwc,
@@ -24,7 +24,7 @@ from referees import (
     run_onnxruntime,
 )
 from ai_edge_litert import interpreter as litert
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 RNG = np.random.default_rng(23)
 OPSET = 17

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeq.converter.calibrate import calibrate
 from edgeq.converter.onnx_import import import_onnx
 from edgeq.converter.quantize import quantize_int8
-from edgeq.converter.tflite_writer import operator_version, write_tflite
+from edgeq.runtime.tflite_format.writer import operator_version, write_tflite
 from referees import (
     integer_tensor_mismatches,
     nchw_to_nhwc,
@@ -22,7 +22,7 @@ from referees import (
     run_litert,
     run_onnxruntime,
 )
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 RNG = np.random.default_rng(11)
 OPSET = 17

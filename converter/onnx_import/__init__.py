@@ -12,7 +12,7 @@ from typing import Optional, Union
 
 import onnx
 
-from edgeq.runtime.model import Graph, ModelError
+from edgeq.runtime.ir import Graph, ModelError
 
 from .. import passes
 from .context import ImportContext

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from edgeq.runtime.model import Graph, ModelError, Op, Tensor
+from edgeq.runtime.ir import Graph, ModelError, Op, Tensor
 
 from . import layout
 from .load import PreparedModel, default_opset

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 MIN_OPSET = 11
 # Opsets after 21 mostly widen op type lists (bfloat16, float8); the rules read attributes and inputs

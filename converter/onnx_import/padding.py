@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 NHWC = (0, 2, 3, 1)
 

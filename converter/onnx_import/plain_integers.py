@@ -9,7 +9,7 @@ arithmetic wraps), results could differ from ONNX's, and the import is refused, 
 """
 from __future__ import annotations
 
-from edgeq.runtime.model import Graph, ModelError, QuantParams
+from edgeq.runtime.ir import Graph, ModelError, QuantParams
 
 NARROW_INTEGERS = ("int8", "uint8", "int16")
 # Kernels whose int8/uint8/int16 path is the quantized one.

@@ -25,7 +25,7 @@ from edgeq.runtime.fixedpoint import (
 )
 from edgeq.runtime.kernels import register
 from edgeq.runtime.kernels.common import input_tensor, require_float
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 
 def _relu(x):

@@ -10,7 +10,7 @@ import numpy as np
 
 from edgeq.runtime.kernels import register
 from edgeq.runtime.kernels.common import constant_input
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 _ARG_INPUT_DTYPES = {np.dtype(t) for t in (np.float32, np.int32, np.int8, np.uint8, np.bool_)}
 

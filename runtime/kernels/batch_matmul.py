@@ -13,7 +13,7 @@ from edgeq.runtime.kernels import register
 from edgeq.runtime.kernels.common import require_float
 from edgeq.runtime.kernels.requantize import (exact_matmul_dtype_for, per_tensor_product_multiplier, saturate,
                                          scale_and_zero_point)
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 
 @register("BATCH_MATMUL")

@@ -5,7 +5,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from edgeq.runtime.model import Graph, ModelError, Op
+from edgeq.runtime.ir import Graph, ModelError, Op
 
 
 def _relu(x):

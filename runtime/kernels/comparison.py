@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeq.runtime.kernels import register
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 _COMPARISONS = {
     "EQUAL": np.equal,

@@ -36,7 +36,7 @@ from edgeq.runtime.kernels.requantize import (
     symmetric_quantize_rows,
     weight_zero_points_are_zero,
 )
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 # Larger batches are run in chunks so the im2col buffer stays around this size.
 IM2COL_BUDGET_BYTES = 32 << 20

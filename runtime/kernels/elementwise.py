@@ -7,7 +7,7 @@ from edgeq.runtime.kernels import compiled, register
 from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
 from edgeq.runtime.kernels.common import fused_activation, require_float, with_activation
 from edgeq.runtime.kernels.requantize import activation_range, saturate, scale_and_zero_point
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 
 def _squared_difference(a, b):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeq.runtime.kernels import register
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 _TYPES = {np.dtype(t) for t in (np.float32, np.int32, np.int64)}
 

@@ -19,7 +19,7 @@ from edgeq.runtime.kernels.requantize import (
     scale_and_zero_point,
     symmetric_quantize_rows,
 )
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 
 @register("FULLY_CONNECTED")

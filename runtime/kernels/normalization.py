@@ -13,7 +13,7 @@ import numpy as np
 from edgeq.runtime.fixedpoint import get_inv_sqrt_quantized_multiplier_exp, multiply_by_quantized_multiplier
 from edgeq.runtime.kernels import register
 from edgeq.runtime.kernels.common import require_float
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 L2_NORM_EPSILON = np.float32(1e-6)  # LiteRT's float kernel divides by at least this
 L2_NORM_OUTPUT_SCALE_BITS = 7  # int8 output scale 1/128 = 2^-7

@@ -5,7 +5,7 @@ import numpy as np
 
 from edgeq.runtime.kernels import register
 from edgeq.runtime.kernels.common import constant_input, require_float
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 _REDUCERS = {
     "MEAN": np.mean,

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edgeq.runtime.model import ModelError, Op
+from edgeq.runtime.ir import ModelError, Op
 
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1

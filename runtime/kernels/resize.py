@@ -6,7 +6,7 @@ import numpy as np
 
 from edgeq.runtime.kernels import register
 from edgeq.runtime.kernels.common import constant_input, require_float
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 
 def _scale(in_size, out_size, align_corners):

@@ -16,7 +16,7 @@ from edgeq.runtime.kernels.common import (
     input_tensor,
     with_activation,
 )
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 
 def _static_batch(shape):

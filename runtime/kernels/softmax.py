@@ -34,7 +34,7 @@ from edgeq.runtime.fixedpoint import (
 )
 from edgeq.runtime.kernels import register
 from edgeq.runtime.kernels.common import require_float
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 SCALED_DIFF_INTEGER_BITS = 5  # exp's input format: Q5.26
 ACCUMULATION_INTEGER_BITS = 12  # the sum of exponentials: Q12.19

@@ -32,7 +32,7 @@ from edgeq.runtime.kernels.requantize import (
     scale_and_zero_point,
     weight_zero_points_are_zero,
 )
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 
 @register("TRANSPOSE_CONV")

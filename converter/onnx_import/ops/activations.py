@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 from . import node_label, rule
 from .elementwise import compute_dtype, emit_cast, operand_as, tflite_type_name, wide_output

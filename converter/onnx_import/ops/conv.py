@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 from ..padding import NHWC, emit_pad_nhwc, explicit_pads, tflite_padding
 from . import node_label, rule

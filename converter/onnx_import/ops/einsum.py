@@ -13,7 +13,7 @@ import string
 
 import numpy as np
 
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 from .. import layout
 from ..context import Value

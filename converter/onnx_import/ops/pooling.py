@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 from ..padding import NHWC, emit_pad_nhwc, explicit_pads, same_pads
 from . import node_label, rule

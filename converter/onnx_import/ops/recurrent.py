@@ -30,7 +30,7 @@ from typing import Optional
 
 import numpy as np
 
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 from .. import layout
 from . import rule

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 from .. import layout
 from . import node_label, rule

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
 
 from ..padding import NHWC
 from . import node_label, rule

@@ -19,7 +19,11 @@ import flatbuffers
 import numpy as np
 import tflite
 
-from edgeq.runtime.model import ModelError
+from edgeq.runtime.ir import ModelError
+
+# The flatbuffer's file identifier (bytes 4..8) and the schema version edgeq reads and writes.
+FILE_IDENTIFIER = b"TFL3"
+SCHEMA_VERSION = 3
 
 
 def _enum_members(enum_class) -> dict:

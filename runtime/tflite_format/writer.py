@@ -9,11 +9,11 @@ import flatbuffers
 import numpy as np
 import tflite
 
-from edgeq.runtime import schema
-from edgeq.runtime.model import Graph, ModelError, Op, QuantParams, sparse_positions
+from edgeq.runtime.ir import Graph, ModelError, Op, QuantParams
+from edgeq.runtime.tflite_format import schema
+from edgeq.runtime.tflite_format.schema import FILE_IDENTIFIER, SCHEMA_VERSION
+from edgeq.runtime.tflite_format.sparsity import sparse_positions
 
-FILE_IDENTIFIER = b"TFL3"
-SCHEMA_VERSION = 3
 SIGNATURE_KEY = "serving_default"
 # TFLite's writer aligns every constant buffer so a reader can map weights in place with any dtype.
 BUFFER_ALIGNMENT = 16
