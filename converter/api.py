@@ -76,11 +76,20 @@ def load_graph(model_path, input_shapes=None, keep_onnx_layout=False) -> tuple:
     if not path.is_file():
         raise ModelError(f"{path}: no such file")
     if is_tflite_file(path):
-        return read_tflite(path.read_bytes()), []
+        return _float_weights(read_tflite(path.read_bytes()))
     from edgeq.converter.onnx_import import import_onnx  # onnx is a converter-only dependency
 
     model, notes = _with_default_batch(path, input_shapes or {})
     return import_onnx(model, input_shapes=input_shapes, keep_onnx_layout=keep_onnx_layout), notes
+
+
+def _float_weights(graph: Graph) -> tuple:
+    """A .tflite graph with its float16 / int8 stored weights as float32 constants; returns (graph, notes)."""
+    from edgeq.converter.passes import fold_dequantized_constants
+
+    graph, folded = fold_dequantized_constants(graph)
+    notes = [f"{folded} weight tensors stored as float16 or int8 read as float32"] if folded else []
+    return graph, notes
 
 
 def _with_default_batch(path: Path, input_shapes: dict):

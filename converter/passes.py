@@ -223,6 +223,51 @@ def dedupe_buffers(graph: Graph) -> Graph:
     return graph
 
 
+# Ops that TFLite runs "hybrid" (float activations, int8 constant weights): input index of the weights.
+HYBRID_WEIGHTS = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1}
+
+
+def fold_dequantized_constants(graph: Graph) -> tuple:
+    """Store weights kept in a narrow type as the float32 constants they stand for; returns
+    (graph, number of constants made float32).
+
+    On-device models often keep weights as float16 (or int8 with scale and zero point) constants
+    behind a DEQUANTIZE, or as int8 weights that a float CONV_2D / FULLY_CONNECTED reads directly
+    (dynamic-range quantization). To the quantizer such weights are not constant float32, so they
+    could never become int8 weights; here each DEQUANTIZE of a constant becomes its float32 output
+    (computed by the runtime's own DEQUANTIZE kernel), and each hybrid op gets float32 weights.
+    """
+    from edgeq.runtime.kernels.quantize_ops import prepare_dequantize
+
+    graph = graph.copy()
+    folded = 0
+    kept = []
+    for op in graph.ops:
+        source = graph[op.inputs[0]] if op.type == "DEQUANTIZE" else None
+        if source is None or not source.is_constant or op.outputs[0] in graph.outputs:
+            kept.append(op)
+            continue
+        target = graph[op.outputs[0]]
+        target.data = prepare_dequantize(op, graph)(source.data).astype(target.dtype).reshape(target.shape)
+        folded += 1
+    graph.ops = kept
+    float32 = np.dtype(np.float32)
+    for op in graph.ops:
+        index = HYBRID_WEIGHTS.get(op.type)
+        if index is None or graph[op.inputs[0]].dtype != float32 or graph[op.outputs[0]].dtype != float32:
+            continue
+        weights = graph[op.inputs[index]]
+        if not weights.is_constant or weights.dtype.kind not in "iu" or weights.quant is None:
+            continue
+        dequantize = Op("DEQUANTIZE", [weights.name], [weights.name])
+        values = prepare_dequantize(dequantize, graph)(weights.data)
+        op.inputs[index] = graph.add_constant(f"{weights.name}_float", values, np.float32)
+        op.options.pop("asymmetric_quantize_inputs", None)  # a hybrid-only option
+        folded += 1
+    graph.remove_unused()
+    return graph, folded
+
+
 def clean_up(graph: Graph) -> Graph:
     """The standard pass pipeline after import."""
     graph = remove_identities(graph)

@@ -79,12 +79,19 @@ def _unique_vector_bytes(quant, counted: set) -> int:
 
 
 def _weight_inputs(graph) -> dict:
-    """Constant tensor name -> "weights" or "bias" for the inputs of ops that carry weights."""
-    roles = {}
+    """Constant tensor name -> "weights" or "bias" for the inputs of ops that carry weights.
+
+    A constant stored narrow (float16, int8) behind a DEQUANTIZE is a weight too, and takes the role
+    of the DEQUANTIZE's output where that feeds a weighted op (a bias stays a bias)."""
+    stored_as = {op.outputs[0]: op.inputs[0] for op in graph.ops
+                 if op.type == "DEQUANTIZE" and graph[op.inputs[0]].is_constant}
+    roles = {constant: "weights" for constant in stored_as.values()}
     for op in graph.ops:
         if op.type in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"):
             weight_index, bias_index = (1, 3) if op.type == "TRANSPOSE_CONV" else (1, 2)
             for index, role in ((weight_index, "weights"), (bias_index, "bias")):
-                if index < len(op.inputs) and op.inputs[index] and graph[op.inputs[index]].is_constant:
-                    roles[op.inputs[index]] = role
+                name = op.inputs[index] if index < len(op.inputs) else ""
+                name = stored_as.get(name, name)
+                if name and graph[name].is_constant:
+                    roles[name] = role
     return roles
