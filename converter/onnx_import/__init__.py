@@ -29,8 +29,9 @@ def node_list(nodes: list) -> str:
     return f"node {names[0]}" if len(names) == 1 else f"nodes {', '.join(names)}"
 
 
-def check_supported(model: onnx.ModelProto) -> None:
-    """One error naming every unsupported op type and all its nodes, so users see the whole list."""
+def check_supported(model: onnx.ModelProto, fold_failures=()) -> None:
+    """One error naming every unsupported op type and all its nodes, so users see the whole list;
+    then the first constant node that could not be folded, if any."""
     missing: dict = {}
     for node in model.graph.node:
         known = node.domain in ("", "ai.onnx") and node.op_type in RULES
@@ -39,7 +40,10 @@ def check_supported(model: onnx.ModelProto) -> None:
             missing.setdefault(label, []).append(node)
     if missing:
         parts = [f"{op_type} ({node_list(nodes)})" for op_type, nodes in missing.items()]
-        raise ModelError(f"unsupported ONNX ops: {', '.join(parts)}")
+        also = f"; and {fold_failures[0]}" if fold_failures else ""
+        raise ModelError(f"unsupported ONNX ops: {', '.join(parts)}{also}")
+    if fold_failures:
+        raise ModelError(fold_failures[0])
 
 
 def import_onnx(
@@ -49,7 +53,7 @@ def import_onnx(
 ) -> Graph:
     prepared = prepare_model(model, input_shapes)
     fuse_gelu(prepared)
-    check_supported(prepared.proto)
+    check_supported(prepared.proto, prepared.fold_failures)
     ctx = ImportContext(prepared, keep_onnx_layout)
     ctx.add_inputs()
     for node in prepared.proto.graph.node:

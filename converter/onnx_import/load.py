@@ -5,7 +5,7 @@ and every value computable from constants and static shapes is a constant (an in
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
@@ -217,6 +217,7 @@ class PreparedModel:
     constants: dict  # name -> numpy array, ONNX layout
     shapes: dict  # name -> static shape, for every value shape inference could fix
     types: dict  # name -> ONNX elem_type
+    fold_failures: list = field(default_factory=list)  # why constant nodes left in the graph could not be folded
 
 
 def inference_skeleton(proto: onnx.ModelProto, constants: dict) -> onnx.ModelProto:
@@ -291,15 +292,29 @@ def evaluate_node(node: onnx.NodeProto, inputs: list, opsets: dict) -> list:
         return [constant_of_shape(node, inputs[0])]
     from onnx.reference import ReferenceEvaluator
 
-    evaluator = ReferenceEvaluator(node, opsets=opsets)
     feeds = {name: value for name, value in zip(node.input, inputs) if name}
-    return evaluator.run(None, feeds)
+    return ReferenceEvaluator(one_node_model(node, feeds, opsets)).run(None, feeds)
 
 
-def fold_constants(proto: onnx.ModelProto, constants: dict, shapes: dict) -> int:
+def one_node_model(node: onnx.NodeProto, feeds: dict, opsets: dict) -> onnx.ModelProto:
+    """``node`` alone in a model importing the model's own opsets: the reference evaluator reads the
+    opset from a model, but runs a bare node at the newest version of its op (an opset-12 Unsqueeze,
+    whose axes are an attribute, would be evaluated as opset 13's, whose axes are an input)."""
+    inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.asarray(value).dtype),
+                                            list(np.shape(value)))
+              for name, value in feeds.items()]
+    outputs = [helper.make_empty_tensor_value_info(name) for name in node.output if name]
+    graph = helper.make_graph([node], "constant_folding", inputs, outputs)
+    opset_imports = [helper.make_opsetid(domain, version) for domain, version in opsets.items()]
+    return helper.make_model(graph, opset_imports=opset_imports)
+
+
+def fold_constants(proto: onnx.ModelProto, constants: dict, shapes: dict, failures: Optional[dict] = None) -> int:
     """Evaluate every node computable from constants and static shapes, in place; return how many.
 
-    Folded outputs join ``constants``; folded nodes leave the graph.
+    Folded outputs join ``constants``; folded nodes leave the graph. A node that cannot be evaluated
+    stays in the graph and its error goes into ``failures`` (by node), so the caller can name every
+    unsupported op before it; without ``failures`` the first such error is raised.
     """
     graph = proto.graph
     opsets = {entry.domain or "": entry.version for entry in proto.opset_import}
@@ -318,10 +333,11 @@ def fold_constants(proto: onnx.ModelProto, constants: dict, shapes: dict) -> int
             try:
                 value = evaluate_node(node, [constants[n] if n else None for n in node.input], opsets)
             except Exception as exc:
-                if node.op_type in SUBGRAPH_OPS:
-                    value = None
-                else:
-                    raise ModelError(f"cannot evaluate constant {node.op_type} node '{node.name}': {exc}") from None
+                if node.op_type not in SUBGRAPH_OPS:
+                    error = f"cannot evaluate constant {node.op_type} node '{node.name}': {exc}"
+                    if failures is None:
+                        raise ModelError(error) from None
+                    failures.setdefault(node.name or node.output[0], error)
         if value is None:
             kept_nodes.append(node)
             continue
@@ -447,12 +463,13 @@ def prepare_model(model, input_shapes: Optional[dict] = None) -> PreparedModel:
     del proto.graph.value_info[:]
     shapes, types = infer_shapes(proto, constants)
     check_input_types(proto, types)
-    while fold_constants(proto, constants, shapes):
+    failures: dict = {}
+    while fold_constants(proto, constants, shapes, failures):
         shapes, types = infer_shapes(proto, constants)
     used = {name for node in proto.graph.node for name in node.input} | {o.name for o in proto.graph.output}
     constants = {name: data for name, data in constants.items() if name in used}
     check_no_empty_outputs(proto, shapes)
-    return PreparedModel(proto, constants, shapes, types)
+    return PreparedModel(proto, constants, shapes, types, list(failures.values()))
 
 
 def check_no_empty_outputs(proto: onnx.ModelProto, shapes: dict) -> None:
