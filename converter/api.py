@@ -80,7 +80,7 @@ def load_graph(model_path, input_shapes=None, keep_onnx_layout=False) -> tuple:
     from edgeq.converter.onnx_import import import_onnx  # onnx is a converter-only dependency
 
     model, notes = _with_default_batch(path, input_shapes or {})
-    return import_onnx(model, input_shapes=input_shapes, keep_onnx_layout=keep_onnx_layout), notes
+    return import_onnx(model, input_shapes=input_shapes, keep_onnx_layout=keep_onnx_layout, notes=notes), notes
 
 
 def _float_weights(graph: Graph) -> tuple:

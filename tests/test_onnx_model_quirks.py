@@ -4,9 +4,11 @@ disagree with what the graph computes. Float results are matched with onnxruntim
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeq.converter.api import convert
 from edgeq.converter.onnx_import import import_onnx
 from edgeq.runtime.ir import ModelError
 from edgeq.runtime.tflite_format.writer import write_tflite
@@ -94,3 +96,44 @@ def test_unsupported_ops_are_all_listed_when_constant_folding_fails_first():
     message = str(error.value)
     assert message.startswith("unsupported ONNX ops: com.example.Mystery (nodes 'mystery_1', 'mystery_2')")
     assert "cannot evaluate constant Reshape node 'bad_reshape'" in message
+
+
+# -- declared output shapes that the graph contradicts --------------------------------------------
+
+def _transpose_model(declared_output_shape):
+    """x [1, 3, 5] -> Transpose (2, 0, 1) -> Relu -> '387' [5, 1, 3], declared as given."""
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], name="transpose", perm=[2, 0, 1]),
+             helper.make_node("Relu", ["t"], ["387"], name="relu")]
+    return _model(nodes, [("x", [1, 3, 5])], [("387", declared_output_shape)])
+
+
+def test_a_wrongly_declared_output_takes_the_computed_shape_and_matches_onnxruntime():
+    model = _transpose_model([1, "seqlen"])
+    graph = import_onnx(model)
+    assert graph["387"].shape == (5, 1, 3)
+    _assert_matches_onnxruntime(model, {"x": RNG.standard_normal((1, 3, 5)).astype(np.float32)})
+
+
+def test_a_wrongly_declared_output_shape_is_noted_by_tensor_name():
+    notes = []
+    import_onnx(_transpose_model([1, "seqlen"]), notes=notes)
+    assert notes == ["output '387': declared shape [1, 'seqlen'] differs from the computed [5, 1, 3]; "
+                     "the computed shape is used"]
+
+
+def test_a_wrong_size_in_a_declared_output_shape_is_noted():
+    notes = []
+    import_onnx(_transpose_model([5, 1, 4]), notes=notes)
+    assert len(notes) == 1 and "declared shape [5, 1, 4]" in notes[0]
+
+
+def test_named_dimensions_in_a_declared_output_shape_of_the_right_rank_need_no_note():
+    notes = []
+    import_onnx(_transpose_model(["seqlen", 1, "channels"]), notes=notes)
+    assert notes == []
+
+
+def test_convert_passes_the_declared_shape_note_on(tmp_path):
+    path = tmp_path / "wrong_output.onnx"
+    onnx.save(_transpose_model([1, "seqlen"]), str(path))
+    assert any(note.startswith("output '387': declared shape") for note in convert(path).notes)

@@ -50,8 +50,13 @@ def import_onnx(
     model: Union[str, Path, onnx.ModelProto],
     input_shapes: Optional[dict] = None,
     keep_onnx_layout: bool = False,
+    notes: Optional[list] = None,
 ) -> Graph:
+    """``notes``, when given, receives a line for each thing the import changed that the user should
+    know (a graph output whose declared shape contradicts the computed one)."""
     prepared = prepare_model(model, input_shapes)
+    if notes is not None:
+        notes.extend(prepared.notes)
     fuse_gelu(prepared)
     check_supported(prepared.proto, prepared.fold_failures)
     ctx = ImportContext(prepared, keep_onnx_layout)

@@ -218,6 +218,7 @@ class PreparedModel:
     shapes: dict  # name -> static shape, for every value shape inference could fix
     types: dict  # name -> ONNX elem_type
     fold_failures: list = field(default_factory=list)  # why constant nodes left in the graph could not be folded
+    notes: list = field(default_factory=list)  # what the import changed that the user should know
 
 
 def inference_skeleton(proto: onnx.ModelProto, constants: dict) -> onnx.ModelProto:
@@ -227,6 +228,8 @@ def inference_skeleton(proto: onnx.ModelProto, constants: dict) -> onnx.ModelPro
     skeleton.ir_version = max(skeleton.ir_version, 4)
     graph = skeleton.graph
     del graph.value_info[:]
+    for out in graph.output:  # inferred from the nodes instead: exporters declare outputs wrongly
+        out.type.tensor_type.ClearField("shape")
     used = {name for node in graph.node for name in node.input}
     for name, data in constants.items():
         if name not in used:
@@ -258,7 +261,37 @@ def infer_shapes(proto: onnx.ModelProto, constants: dict) -> tuple:
     for name, data in constants.items():
         shapes[name] = tuple(data.shape)
         types[name] = helper.np_dtype_to_tensor_dtype(data.dtype)
+    for out in proto.graph.output:  # what inference cannot compute, a static declaration still gives
+        declared = declared_shape(out)
+        if out.name not in shapes and declared is not None and all(isinstance(d, int) for d in declared):
+            shapes[out.name] = tuple(declared)
     return shapes, types
+
+
+def declared_shape(info: onnx.ValueInfoProto) -> Optional[list]:
+    """A value's declared shape, a dimension as its size or its name ('?' when it has neither);
+    None when no shape is declared."""
+    tensor_type = info.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor_type.shape.dim]
+
+
+def output_shape_notes(proto: onnx.ModelProto, shapes: dict) -> list:
+    """A note for each graph output whose computed shape contradicts its declared one (another rank,
+    or another size where a size is declared): the computed shape is the one used."""
+    notes = []
+    for out in proto.graph.output:
+        declared, computed = declared_shape(out), shapes.get(out.name)
+        if declared is None or computed is None:
+            continue
+        contradicts = len(declared) != len(computed) or any(
+            isinstance(d, int) and d > 0 and d != c for d, c in zip(declared, computed))
+        if contradicts:
+            shown = "[" + ", ".join(str(d) if isinstance(d, int) else f"'{d}'" for d in declared) + "]"
+            notes.append(f"output '{out.name}': declared shape {shown} differs from the computed "
+                         f"{list(computed)}; the computed shape is used")
+    return notes
 
 
 def constant_value(node: onnx.NodeProto) -> Optional[np.ndarray]:
@@ -469,7 +502,7 @@ def prepare_model(model, input_shapes: Optional[dict] = None) -> PreparedModel:
     used = {name for node in proto.graph.node for name in node.input} | {o.name for o in proto.graph.output}
     constants = {name: data for name, data in constants.items() if name in used}
     check_no_empty_outputs(proto, shapes)
-    return PreparedModel(proto, constants, shapes, types, list(failures.values()))
+    return PreparedModel(proto, constants, shapes, types, list(failures.values()), output_shape_notes(proto, shapes))
 
 
 def check_no_empty_outputs(proto: onnx.ModelProto, shapes: dict) -> None:
