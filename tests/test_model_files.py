@@ -1,5 +1,6 @@
 """Model files as on-device frameworks ship them (tests/models/, made by scripts/make_model_files.py):
-float16 weights behind DEQUANTIZE, int8 weights with scale and zero point, dynamic-range weights."""
+float16 weights behind DEQUANTIZE, int8 weights with scale and zero point, dynamic-range weights;
+and the int8 ops such models need at versions LiteRT's reference kernels load."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -171,3 +172,17 @@ def test_dynamic_range_file_quantizes_every_op_to_int8(dynamic_range_file, calib
     assert result.float_ops == []
     mismatches = integer_tensor_mismatches(result.content, [_images(1, seed=6)])
     assert mismatches and not any(mismatches.values()), mismatches
+
+
+# -- int8 ops at versions LiteRT's reference resolver loads ---------------------------------------
+
+def test_int8_depth_to_space_runs_on_litert_reference_kernels_with_our_integers():
+    quant = QuantParams(0.1, 3)
+    graph = Graph([Tensor("x", (1, 2, 3, 8), np.int8, quant=quant), Tensor("y", (1, 4, 6, 2), np.int8, quant=quant)],
+                  [Op("DEPTH_TO_SPACE", ["x"], ["y"], {"block_size": 2})], ["x"], ["y"])
+    x = np.random.default_rng(7).integers(-128, 128, (1, 2, 3, 8)).astype(np.int8)
+    mismatches = integer_tensor_mismatches(write_tflite(graph), [x])
+    assert mismatches == {"x": 0, "y": 0}
+    # DCR order: output pixel (2h + i, 2w + j) takes channels [(2i + j) * 2, (2i + j) * 2 + 2) of pixel (h, w)
+    expected = x.reshape(1, 2, 3, 2, 2, 2).transpose(0, 1, 3, 2, 4, 5).reshape(1, 4, 6, 2)
+    np.testing.assert_array_equal(run_edgeq(write_tflite(graph), [x])[0], expected)

@@ -638,7 +638,9 @@ VERSION_RULES: dict = {
     "SPLIT_V": _INT8_IS_2,
     "SQUARED_DIFFERENCE": _INT8_IS_2,
     "SPACE_TO_DEPTH": _INT8_IS_2,
-    "DEPTH_TO_SPACE": _INT8_IS_2,
+    # TFLite gives int8 version 2, which LiteRT's reference resolver does not register; its version 1
+    # kernel computes int8 all the same (it dispatches on the type), so version 1 runs everywhere.
+    "DEPTH_TO_SPACE": lambda s: 1,
     "LOG_SOFTMAX": _INT8_IS_2,
     "L2_NORMALIZATION": _INT8_IS_2,
     "GREATER": _INT8_IS_2,
