@@ -1,6 +1,7 @@
 """The Python API of the converter: ``convert(...)`` is what ``edgeq convert`` runs."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -76,19 +77,24 @@ def load_graph(model_path, input_shapes=None, keep_onnx_layout=False) -> tuple:
     if not path.is_file():
         raise ModelError(f"{path}: no such file")
     if is_tflite_file(path):
-        return _float_weights(read_tflite(path.read_bytes()))
+        return _tflite_for_conversion(read_tflite(path.read_bytes()))
     from edgeq.converter.onnx_import import import_onnx  # onnx is a converter-only dependency
 
     model, notes = _with_default_batch(path, input_shapes or {})
     return import_onnx(model, input_shapes=input_shapes, keep_onnx_layout=keep_onnx_layout, notes=notes), notes
 
 
-def _float_weights(graph: Graph) -> tuple:
-    """A .tflite graph with its float16 / int8 stored weights as float32 constants; returns (graph, notes)."""
-    from edgeq.converter.passes import fold_dequantized_constants
+def _tflite_for_conversion(graph: Graph) -> tuple:
+    """A .tflite graph with its float16 / int8 stored weights as float32 constants and its custom ops
+    that have a builtin equivalent rewritten to it; returns (graph, notes)."""
+    from edgeq.converter.passes import fold_dequantized_constants, lower_custom_ops
 
     graph, folded = fold_dequantized_constants(graph)
     notes = [f"{folded} weight tensors stored as float16 or int8 read as float32"] if folded else []
+    custom = Counter(op.options.get("custom_code") for op in graph.ops if op.type == "CUSTOM")
+    graph, _ = lower_custom_ops(graph)
+    left = Counter(op.options.get("custom_code") for op in graph.ops if op.type == "CUSTOM")
+    notes += [f"{count} custom {code} ops rewritten as builtin ops" for code, count in (custom - left).items()]
     return graph, notes
 
 

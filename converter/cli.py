@@ -299,7 +299,7 @@ def describe_graph(graph, file_bytes: int) -> dict:
         "file_bytes": file_bytes,
         "inputs": [tensor_entry(graph[n]) for n in graph.inputs],
         "outputs": [tensor_entry(graph[n]) for n in graph.outputs],
-        "ops": dict(sorted(Counter(op.type for op in graph.ops).items())),
+        "ops": dict(sorted(Counter(op.kind for op in graph.ops).items())),
         "constants": len(constants),
         "constant_bytes": sum(t.nbytes for t in constants),
         "tensors": [tensor_entry(t) for t in graph.tensors.values()],

@@ -268,6 +268,25 @@ def fold_dequantized_constants(graph: Graph) -> tuple:
     return graph, folded
 
 
+def lower_custom_ops(graph: Graph) -> tuple:
+    """Custom ops with a builtin equivalent become it, so LiteRT runs the converted file without the
+    custom op's registration and int8 can quantize it: MediaPipe's Convolution2DTransposeBias becomes
+    TRANSPOSE_CONV with a bias. Returns (graph, number of ops rewritten)."""
+    from edgeq.runtime.kernels.custom import TRANSPOSE_CONV_BIAS, transpose_conv_equivalent
+
+    graph = graph.copy()
+    lowered = 0
+    for position, op in enumerate(graph.ops):
+        if op.type != "CUSTOM" or op.options.get("custom_code") != TRANSPOSE_CONV_BIAS:
+            continue
+        options, output_shape = transpose_conv_equivalent(op, graph)
+        shape = graph.add_constant(f"{op.outputs[0]}/output_shape", np.array(output_shape, np.int32))
+        x, filters, bias = op.inputs
+        graph.ops[position] = Op("TRANSPOSE_CONV", [shape, filters, x, bias], list(op.outputs), options, op.name)
+        lowered += 1
+    return graph, lowered
+
+
 def clean_up(graph: Graph) -> Graph:
     """The standard pass pipeline after import."""
     graph = remove_identities(graph)

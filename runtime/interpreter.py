@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from edgeq.runtime.kernels import load_all_kernels
+from edgeq.runtime.kernels import has_kernel, load_all_kernels
 from edgeq.runtime.ir import Graph, ModelError
 from edgeq.runtime.tflite_format.reader import read_tflite
 from edgeq.runtime.validate import validate_graph, with_implied_shapes
@@ -136,7 +136,7 @@ class Interpreter:
 
     def _prepare_ops(self):
         registry = load_all_kernels()
-        unsupported = sorted({op.type for op in self._graph.ops if op.type not in registry})
+        unsupported = sorted({op.kind for op in self._graph.ops if not has_kernel(op)})
         if unsupported:
             raise ModelError(f"no kernel for op type(s): {', '.join(unsupported)}")
         steps = []

@@ -10,6 +10,8 @@ Conventions (the TFLite schema's, so reading and writing a flatbuffer is a one-t
   a dict of the op's builtin options under the schema's snake_case field names
   (``{"padding": "SAME", "stride_w": 1, ..., "fused_activation_function": "RELU6"}``); enum values
   are their schema names as strings. ``name`` is for messages only and is not serialized.
+  A custom op has type ``"CUSTOM"`` and options ``{"custom_code": "Convolution2DTransposeBias",
+  "custom_options": b"..."}``: its operator code's name and its options' raw bytes, as the file holds them.
 * Weight layouts are TFLite's: CONV_2D filter [O, H, W, I], DEPTHWISE_CONV_2D filter [1, H, W, C*M],
   FULLY_CONNECTED weights [O, I], TRANSPOSE_CONV filter [O, H, W, I]; biases are 1-D.
 * ``Graph.ops`` is kept in execution (topological) order.
@@ -91,9 +93,14 @@ class Op:
     options: dict = field(default_factory=dict)
     name: str = ""
 
+    @property
+    def kind(self) -> str:
+        """The builtin op name, or for a custom op "CUSTOM" and its custom code."""
+        return f"CUSTOM {self.options.get('custom_code', '')}" if self.type == "CUSTOM" else self.type
+
     def __str__(self):
         label = f" '{self.name}'" if self.name else ""
-        return f"{self.type}{label}"
+        return f"{self.kind}{label}"
 
 
 class Graph:

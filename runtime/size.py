@@ -78,6 +78,16 @@ def _unique_vector_bytes(quant, counted: set) -> int:
     return size
 
 
+# Ops that carry weights: (input index of the weights, input index of the bias).
+_WEIGHT_AND_BIAS_INPUTS = {
+    "CONV_2D": (1, 2),
+    "DEPTHWISE_CONV_2D": (1, 2),
+    "FULLY_CONNECTED": (1, 2),
+    "TRANSPOSE_CONV": (1, 3),
+    "CUSTOM Convolution2DTransposeBias": (1, 2),
+}
+
+
 def _weight_inputs(graph) -> dict:
     """Constant tensor name -> "weights" or "bias" for the inputs of ops that carry weights.
 
@@ -87,8 +97,8 @@ def _weight_inputs(graph) -> dict:
                  if op.type == "DEQUANTIZE" and graph[op.inputs[0]].is_constant}
     roles = {constant: "weights" for constant in stored_as.values()}
     for op in graph.ops:
-        if op.type in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"):
-            weight_index, bias_index = (1, 3) if op.type == "TRANSPOSE_CONV" else (1, 2)
+        if op.kind in _WEIGHT_AND_BIAS_INPUTS:
+            weight_index, bias_index = _WEIGHT_AND_BIAS_INPUTS[op.kind]
             for index, role in ((weight_index, "weights"), (bias_index, "bias")):
                 name = op.inputs[index] if index < len(op.inputs) else ""
                 name = stored_as.get(name, name)

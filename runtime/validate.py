@@ -64,6 +64,7 @@ _ARITY = {
     "ARG_MIN": (2, 2, 1, 1),
     "TOPK_V2": (2, 2, 2, 2),
     "CUMSUM": (2, 2, 1, 1),
+    "CUSTOM": (0, None, 1, None),  # each custom op's kernel checks its own inputs
 }
 _BINARY = ("ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM", "SQUARED_DIFFERENCE", "POW", "FLOOR_MOD")
 _COMPARISONS = ("EQUAL", "NOT_EQUAL", "LESS", "LESS_EQUAL", "GREATER", "GREATER_EQUAL", "LOGICAL_AND", "LOGICAL_OR")

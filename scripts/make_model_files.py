@@ -6,10 +6,15 @@
   DEQUANTIZE to float32 before the op that reads it (all DEQUANTIZEs first): the layout of float16
   on-device vision models.
 
+* ``transpose_conv_bias.tflite``: a small decoder with MediaPipe's custom op
+  Convolution2DTransposeBias (a transposed convolution with a bias; custom options: a TfLite params
+  struct starting with padding, stride_width, stride_height as int32), float16 weights as above.
+
 Seeded and deterministic: rerunning reproduces every file byte for byte.
 """
 from __future__ import annotations
 
+import struct
 import sys
 from pathlib import Path
 
@@ -75,8 +80,51 @@ def fp16_cnn() -> bytes:
     return write_tflite(quantize_float16(float_cnn()), description="fp16 weights")
 
 
+TFLITE_PADDING = {"SAME": 1, "VALID": 2}  # TfLitePadding, the C API's enum (not the schema's)
+
+
+def transpose_conv_bias_options(padding: str, stride: int, filter_size: int = 0, full_struct: bool = False) -> bytes:
+    """Custom options as the C struct's bytes: padding, stride_width, stride_height; ``full_struct``
+    adds the rest of a TfLitePoolParams (filter width and height, activation, computed padding)."""
+    raw = struct.pack("<3i", TFLITE_PADDING[padding], stride, stride)
+    return raw + struct.pack("<7i", filter_size, filter_size, 0, 0, 0, 0, 0) if full_struct else raw
+
+
+def float_decoder() -> Graph:
+    """[1, 5, 7, 3] -> conv 3x3 (8, RELU) -> Convolution2DTransposeBias 3x3/2 SAME (6) -> [1, 9, 13, 6]
+    -> Convolution2DTransposeBias 2x2/2 VALID (2) -> [1, 18, 26, 2]."""
+    rng = np.random.default_rng(2027)
+    tensors = [
+        Tensor("features", (1, 5, 7, 3)),
+        Tensor("conv_w", (8, 3, 3, 3), data=_weights(rng, (8, 3, 3, 3), 27)),
+        Tensor("conv_b", (8,), data=_bias(rng, 8)),
+        Tensor("conv", (1, 5, 7, 8)),
+        Tensor("up1_w", (6, 3, 3, 8), data=_weights(rng, (6, 3, 3, 8), 72)),
+        Tensor("up1_b", (6,), data=_bias(rng, 6)),
+        Tensor("up1", (1, 9, 13, 6)),
+        Tensor("up2_w", (2, 2, 2, 6), data=_weights(rng, (2, 2, 2, 6), 24)),
+        Tensor("up2_b", (2,), data=_bias(rng, 2)),
+        Tensor("mask", (1, 18, 26, 2)),
+    ]
+    ops = [
+        Op("CONV_2D", ["features", "conv_w", "conv_b"], ["conv"],
+           {"padding": "SAME", "stride_w": 1, "stride_h": 1, "fused_activation_function": "RELU"}),
+        Op("CUSTOM", ["conv", "up1_w", "up1_b"], ["up1"],
+           {"custom_code": "Convolution2DTransposeBias", "custom_options": transpose_conv_bias_options("SAME", 2)}),
+        Op("CUSTOM", ["up1", "up2_w", "up2_b"], ["mask"],
+           {"custom_code": "Convolution2DTransposeBias",
+            "custom_options": transpose_conv_bias_options("VALID", 2, 2, full_struct=True)}),
+    ]
+    return Graph(tensors, ops, ["features"], ["mask"])
+
+
+def transpose_conv_bias() -> bytes:
+    return write_tflite(quantize_float16(float_decoder()), description="custom op, fp16 weights")
+
+
 BUILDERS = {
     "fp16_cnn.tflite": fp16_cnn,
+    "transpose_conv_bias.tflite": transpose_conv_bias,
 }
 
 

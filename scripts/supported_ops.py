@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 import tflite  # noqa: E402
 
 from edgeq.converter.onnx_import.ops import RULES  # noqa: E402
-from edgeq.runtime.kernels import load_all_kernels  # noqa: E402
+from edgeq.runtime.kernels import CUSTOM_REGISTRY, load_all_kernels  # noqa: E402
 
 TFLITE_OPS = {name for name in vars(tflite.BuiltinOperator) if name.isupper()}
 
@@ -102,7 +102,8 @@ def kernel_table() -> str:
     lines = ["| family | TFLite op | float tests | int8 tests |", "| --- | --- | --- | --- |"]
     for op in sorted(registry, key=lambda op: (family(registry[op]), op)):
         mark = lambda tested: "✓" if op in tested else ""  # noqa: E731
-        lines.append(f"| {family(registry[op])} | `{op}` | {mark(float_tested)} | {mark(int8_tested)} |")
+        names = [f"CUSTOM {code}" for code in sorted(CUSTOM_REGISTRY)] if op == "CUSTOM" else [op]
+        lines += [f"| {family(registry[op])} | `{name}` | {mark(float_tested)} | {mark(int8_tested)} |" for name in names]
     return "\n".join(lines)
 
 

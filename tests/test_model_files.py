@@ -1,6 +1,8 @@
 """Model files as on-device frameworks ship them (tests/models/, made by scripts/make_model_files.py):
 float16 weights behind DEQUANTIZE, int8 weights with scale and zero point, dynamic-range weights;
-and the int8 ops such models need at versions LiteRT's reference kernels load."""
+the int8 ops such models need at versions LiteRT's reference kernels load; and custom ops
+(MediaPipe's Convolution2DTransposeBias: kept by the reader, run by its kernel, converted to
+TRANSPOSE_CONV)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,13 +11,14 @@ import numpy as np
 import pytest
 
 from edgeq.converter.api import convert, load_graph
-from edgeq.converter.passes import fold_dequantized_constants
+from edgeq.converter.passes import fold_dequantized_constants, lower_custom_ops
 from edgeq.converter.quantize import quantize_dynamic
-from edgeq.runtime.ir import Graph, Op, QuantParams, Tensor
+from edgeq.runtime.interpreter import Interpreter
+from edgeq.runtime.ir import Graph, ModelError, Op, QuantParams, Tensor
 from edgeq.runtime.size import size_breakdown
 from edgeq.runtime.tflite_format.reader import read_tflite
 from edgeq.runtime.tflite_format.writer import write_tflite
-from referees import integer_tensor_mismatches, run_edgeq, run_litert
+from referees import integer_tensor_mismatches, relative_max_error, run_edgeq, run_litert
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 FP16_CNN = MODELS_DIR / "fp16_cnn.tflite"
@@ -186,3 +189,155 @@ def test_int8_depth_to_space_runs_on_litert_reference_kernels_with_our_integers(
     # DCR order: output pixel (2h + i, 2w + j) takes channels [(2i + j) * 2, (2i + j) * 2 + 2) of pixel (h, w)
     expected = x.reshape(1, 2, 3, 2, 2, 2).transpose(0, 1, 3, 2, 4, 5).reshape(1, 4, 6, 2)
     np.testing.assert_array_equal(run_edgeq(write_tflite(graph), [x])[0], expected)
+
+
+# -- custom ops: MediaPipe's Convolution2DTransposeBias -------------------------------------------
+
+TRANSPOSE_CONV_BIAS_FILE = MODELS_DIR / "transpose_conv_bias.tflite"
+TFLITE_PADDING = {"SAME": 1, "VALID": 2}
+
+
+def _features(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((1, 5, 7, 3)).astype(np.float32)
+
+
+def transpose_conv_bias_reference(x, filters, bias, padding: str, stride: int) -> np.ndarray:
+    """The op as MediaPipe defines it: each input pixel adds input · filter into a patch of the
+    output, starting at in * stride - padding_before; the output starts as the bias."""
+    out_c, k_h, k_w, _ = filters.shape
+    sizes = []
+    for in_size, k in ((x.shape[1], k_h), (x.shape[2], k_w)):
+        total = max(0, k - 1 - (in_size - 1) % stride) if padding == "SAME" else 0
+        sizes.append((stride * (in_size - 1) + k - total, total // 2))
+    (out_h, pad_top), (out_w, pad_left) = sizes
+    out = np.broadcast_to(bias.astype(np.float64), (x.shape[0], out_h, out_w, out_c)).copy()
+    for iy in range(x.shape[1]):
+        for ix in range(x.shape[2]):
+            for ky in range(k_h):
+                for kx in range(k_w):
+                    oy, ox = iy * stride - pad_top + ky, ix * stride - pad_left + kx
+                    if 0 <= oy < out_h and 0 <= ox < out_w:
+                        out[:, oy, ox, :] += x[:, iy, ix, :].astype(np.float64) @ filters[:, ky, kx, :].T.astype(np.float64)
+    return out.astype(np.float32)
+
+
+def _custom_options(padding: str, stride: int) -> bytes:
+    return np.array([TFLITE_PADDING[padding], stride, stride], "<i4").tobytes()
+
+
+def _transpose_conv_bias_graph(in_h, in_w, k, stride, padding, out_shape, custom_options=None, seed=0):
+    rng = np.random.default_rng(seed)
+    filters = rng.standard_normal((3, k, k, 2)).astype(np.float32)
+    bias = rng.standard_normal(3).astype(np.float32)
+    options = {"custom_code": "Convolution2DTransposeBias",
+               "custom_options": _custom_options(padding, stride) if custom_options is None else custom_options}
+    return Graph(
+        [Tensor("x", (1, in_h, in_w, 2)), Tensor("w", filters.shape, data=filters), Tensor("b", (3,), data=bias),
+         Tensor("y", out_shape)],
+        [Op("CUSTOM", ["x", "w", "b"], ["y"], options)], ["x"], ["y"],
+    )
+
+
+GEOMETRIES = [  # (in_h, in_w, filter, stride, padding, output shape)
+    (5, 7, 3, 2, "SAME", (1, 9, 13, 3)),
+    (4, 4, 4, 2, "SAME", (1, 8, 8, 3)),
+    (3, 4, 5, 2, "SAME", (1, 5, 8, 3)),
+    (4, 3, 3, 3, "SAME", (1, 10, 9, 3)),
+    (3, 3, 2, 3, "SAME", (1, 8, 8, 3)),
+    (3, 5, 2, 2, "VALID", (1, 6, 10, 3)),
+    (2, 3, 3, 1, "VALID", (1, 4, 5, 3)),
+]
+
+
+def test_reader_keeps_custom_ops_with_their_code_and_raw_options():
+    graph = read_tflite(TRANSPOSE_CONV_BIAS_FILE.read_bytes())
+    custom = [op for op in graph.ops if op.type == "CUSTOM"]
+    assert [op.options["custom_code"] for op in custom] == ["Convolution2DTransposeBias"] * 2
+    assert custom[0].options["custom_options"] == _custom_options("SAME", 2)
+    assert len(custom[1].options["custom_options"]) == 40  # a whole TfLitePoolParams-like struct
+    assert custom[1].options["custom_options"][:12] == _custom_options("VALID", 2)
+
+
+def test_custom_ops_round_trip_through_the_writer():
+    graph = read_tflite(TRANSPOSE_CONV_BIAS_FILE.read_bytes())
+    again = read_tflite(write_tflite(graph))
+    assert [(op.kind, op.inputs, op.outputs, op.options) for op in again.ops] == \
+        [(op.kind, op.inputs, op.outputs, op.options) for op in graph.ops]
+
+
+@pytest.mark.parametrize("in_h, in_w, k, stride, padding, out_shape", GEOMETRIES)
+def test_transpose_conv_bias_kernel_matches_the_reference_formula(in_h, in_w, k, stride, padding, out_shape):
+    graph = _transpose_conv_bias_graph(in_h, in_w, k, stride, padding, out_shape)
+    x = np.random.default_rng(1).standard_normal((1, in_h, in_w, 2)).astype(np.float32)
+    expected = transpose_conv_bias_reference(x, graph["w"].data, graph["b"].data, padding, stride)
+    assert expected.shape == out_shape
+    np.testing.assert_allclose(run_edgeq(write_tflite(graph), [x])[0], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("in_h, in_w, k, stride, padding, out_shape", GEOMETRIES)
+def test_transpose_conv_bias_becomes_a_transpose_conv_litert_reference_kernels_agree_with(
+        in_h, in_w, k, stride, padding, out_shape):
+    graph, lowered = lower_custom_ops(_transpose_conv_bias_graph(in_h, in_w, k, stride, padding, out_shape))
+    assert lowered == 1 and [op.type for op in graph.ops] == ["TRANSPOSE_CONV"]
+    x = np.random.default_rng(2).standard_normal((1, in_h, in_w, 2)).astype(np.float32)
+    expected = transpose_conv_bias_reference(x, graph["w"].data, graph["b"].data, padding, stride)
+    np.testing.assert_allclose(run_litert(write_tflite(graph), [x], reference_kernels=True)[0], expected,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_transpose_conv_bias_file_runs_as_litert_runs_it_with_its_xnnpack_kernel():
+    # LiteRT's XNNPACK delegate implements this custom op, so its default interpreter runs the file.
+    x = _features(3)
+    np.testing.assert_allclose(run_edgeq(TRANSPOSE_CONV_BIAS_FILE.read_bytes(), [x])[0],
+                               run_litert(TRANSPOSE_CONV_BIAS_FILE.read_bytes(), [x])[0], rtol=1e-5, atol=1e-5)
+
+
+def test_transpose_conv_bias_file_converts_to_builtin_ops_litert_reference_kernels_run():
+    result = convert(TRANSPOSE_CONV_BIAS_FILE)
+    assert [op.type for op in result.graph.ops] == ["CONV_2D", "TRANSPOSE_CONV", "TRANSPOSE_CONV"]
+    assert "2 custom Convolution2DTransposeBias ops rewritten as builtin ops" in result.notes
+    x = _features(4)
+    np.testing.assert_allclose(run_litert(result.content, [x], reference_kernels=True)[0],
+                               run_edgeq(TRANSPOSE_CONV_BIAS_FILE.read_bytes(), [x])[0], rtol=1e-5, atol=1e-5)
+
+
+def test_transpose_conv_bias_file_quantizes_to_int8_with_litert_reference_integers(tmp_path):
+    calibration = tmp_path / "features.npz"
+    np.savez(calibration, features=np.concatenate([_features(seed) for seed in range(10, 42)]))
+    result = convert(TRANSPOSE_CONV_BIAS_FILE, quantize="int8", calibration=calibration)
+    assert result.float_ops == []
+    x = _features(5)
+    mismatches = integer_tensor_mismatches(result.content, [x])
+    assert mismatches and not any(mismatches.values()), mismatches
+    expected = run_edgeq(TRANSPOSE_CONV_BIAS_FILE.read_bytes(), [x])[0]
+    assert relative_max_error(run_edgeq(result.content, [x])[0], expected) < 0.05
+
+
+def test_inspect_names_custom_ops_by_their_code():
+    from click.testing import CliRunner
+
+    from edgeq.cli import main
+
+    result = CliRunner().invoke(main, ["inspect", str(TRANSPOSE_CONV_BIAS_FILE)])
+    assert result.exit_code == 0, result.output
+    assert "CUSTOM Convolution2DTransposeBias 2" in " ".join(result.output.split())
+
+
+def test_running_a_custom_op_without_a_kernel_is_refused_by_its_name():
+    graph = Graph([Tensor("x", (1, 4)), Tensor("y", (1, 4))],
+                  [Op("CUSTOM", ["x"], ["y"], {"custom_code": "MysteryOp", "custom_options": b"\x01"})], ["x"], ["y"])
+    interpreter = Interpreter(model_content=write_tflite(graph))
+    with pytest.raises(ModelError, match="no kernel for op type\\(s\\): CUSTOM MysteryOp"):
+        interpreter.allocate_tensors()
+
+
+def test_transpose_conv_bias_declared_with_another_output_shape_is_refused():
+    graph = _transpose_conv_bias_graph(5, 7, 3, 2, "SAME", (1, 10, 14, 3))
+    with pytest.raises(ModelError, match="output 'y' is declared \\(1, 10, 14, 3\\), the op gives \\(1, 9, 13, 3\\)"):
+        lower_custom_ops(graph)
+
+
+def test_transpose_conv_bias_with_short_custom_options_is_refused_naming_the_op():
+    graph = _transpose_conv_bias_graph(5, 7, 3, 2, "SAME", (1, 9, 13, 3), custom_options=b"\x01\x00\x00\x00")
+    with pytest.raises(ModelError, match="CUSTOM Convolution2DTransposeBias.*4 bytes, need 12"):
+        run_edgeq(write_tflite(graph), [np.zeros((1, 5, 7, 2), np.float32)])

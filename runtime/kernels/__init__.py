@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Callable
 
 REGISTRY: dict = {}
+# Custom ops (type "CUSTOM") are told apart by their custom code: custom code -> prepare.
+CUSTOM_REGISTRY: dict = {}
 
 
 def register(*op_types: str) -> Callable:
@@ -26,6 +28,26 @@ def register(*op_types: str) -> Callable:
     return decorate
 
 
+def register_custom(*custom_codes: str) -> Callable:
+    """Decorator: ``@register_custom("Convolution2DTransposeBias")`` on a custom op's ``prepare``."""
+
+    def decorate(prepare: Callable) -> Callable:
+        for code in custom_codes:
+            if code in CUSTOM_REGISTRY:
+                raise RuntimeError(f"kernel for custom op {code} registered twice")
+            CUSTOM_REGISTRY[code] = prepare
+        return prepare
+
+    return decorate
+
+
+def has_kernel(op) -> bool:
+    """Whether a kernel runs ``op`` (for a custom op: one registered for its custom code)."""
+    if op.type == "CUSTOM":
+        return op.options.get("custom_code") in CUSTOM_REGISTRY
+    return op.type in REGISTRY
+
+
 KERNEL_MODULES = (
     "activations",
     "argminmax",
@@ -33,6 +55,7 @@ KERNEL_MODULES = (
     "comparison",
     "conv",
     "cumsum",
+    "custom",
     "depthwise_conv",
     "elementwise",
     "floor_mod",

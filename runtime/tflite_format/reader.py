@@ -199,18 +199,29 @@ def _read_operator(model, fb_op, position: int, name_of) -> Op:
     opcode = model.OperatorCodes(opcode_index)
     # Files from before the extended code space set only the deprecated field: take the larger.
     code = max(opcode.BuiltinCode(), opcode.DeprecatedBuiltinCode())
-    if code == schema.BUILTIN_CODES["CUSTOM"]:
-        custom = (opcode.CustomCode() or b"").decode("utf-8", "replace")
-        raise ModelError(f"op #{position}: custom operator '{custom}' is not supported")
     if code not in schema.BUILTIN_NAMES:
         raise ModelError(f"op #{position}: unknown builtin operator code {code}")
     op_type = schema.BUILTIN_NAMES[code]
-    where = f"op #{position} ({op_type})"
+    if op_type == "CUSTOM":
+        options = _read_custom_options(opcode, fb_op)
+        where = f"op #{position} (CUSTOM {options['custom_code']})"
+    else:
+        where = f"op #{position} ({op_type})"
+        options = _read_options(fb_op, op_type, where)
     inputs = [name_of(int(i), where) for i in _int_list(fb_op.InputsAsNumpy())]
     outputs = [name_of(int(i), where) for i in _int_list(fb_op.OutputsAsNumpy())]
     if "" in outputs:
         raise ModelError(f"{where}: an output has tensor index -1")
-    return Op(op_type, inputs, outputs, _read_options(fb_op, op_type, where))
+    return Op(op_type, inputs, outputs, options)
+
+
+def _read_custom_options(opcode, fb_op) -> dict:
+    """A custom op's name and its options as raw bytes: only the op's kernel knows their layout."""
+    raw = fb_op.CustomOptionsAsNumpy()
+    return {
+        "custom_code": (opcode.CustomCode() or b"").decode("utf-8", "replace"),
+        "custom_options": b"" if isinstance(raw, int) else raw.tobytes(),
+    }
 
 
 def _read_options(fb_op, op_type: str, where: str) -> dict:

@@ -34,7 +34,7 @@ def write_tflite(graph: Graph, *, description: str = "edgeq", store_names: bool 
     ]
     subgraph = _write_subgraph(builder, graph, tensors, operators, tensor_index)
     signature = _write_signature(builder, graph, tensor_index)
-    opcodes = [_write_opcode(builder, code, version) for code, version in opcode_keys]
+    opcodes = [_write_opcode(builder, *key) for key in opcode_keys]
     description_offset = builder.CreateString(description)
 
     model_vectors = {
@@ -236,12 +236,13 @@ def _write_quantization(shared: _SharedTables, quant: QuantParams, tensor) -> in
 # -- operators ----------------------------------------------------------------------------------
 
 def _assign_opcodes(graph: Graph) -> tuple:
-    """One operator code per (builtin code, version), in order of first use."""
+    """One operator code per (builtin code, version, custom code), in order of first use."""
     keys: list = []
     index_of_key: dict = {}
     opcode_of: dict = {}
     for op in graph.ops:
-        key = (schema.builtin_code(op.type), operator_version(op, graph))
+        key = (schema.builtin_code(op.type), operator_version(op, graph), op.options.get("custom_code", "")
+               if op.type == "CUSTOM" else "")
         if key not in index_of_key:
             index_of_key[key] = len(keys)
             keys.append(key)
@@ -249,8 +250,11 @@ def _assign_opcodes(graph: Graph) -> tuple:
     return keys, opcode_of
 
 
-def _write_opcode(builder, code: int, version: int) -> int:
+def _write_opcode(builder, code: int, version: int, custom_code: str) -> int:
+    custom_code = builder.CreateString(custom_code) if custom_code else None
     tflite.OperatorCodeStart(builder)
+    if custom_code is not None:
+        tflite.OperatorCodeAddCustomCode(builder, custom_code)
     # Readers older than the 8-bit code space overflowed look only at the deprecated field.
     tflite.OperatorCodeAddDeprecatedBuiltinCode(builder, min(code, tflite.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES))
     tflite.OperatorCodeAddBuiltinCode(builder, code)
@@ -261,6 +265,8 @@ def _write_opcode(builder, code: int, version: int) -> int:
 def _write_operator(builder, op: Op, opcode_index: int, tensor_index: dict) -> int:
     inputs = _int_vector(builder, [tensor_index[n] if n else -1 for n in op.inputs])
     outputs = _int_vector(builder, [tensor_index[n] for n in op.outputs])
+    if op.type == "CUSTOM":
+        return _write_custom_operator(builder, op, opcode_index, inputs, outputs)
     table = schema.options_table_name(op.type)
     if table is None and op.options:
         raise ModelError(f"op {op}: {op.type} takes no options, got {sorted(op.options)}")
@@ -272,6 +278,23 @@ def _write_operator(builder, op: Op, opcode_index: int, tensor_index: dict) -> i
     if options is not None:
         tflite.OperatorAddBuiltinOptionsType(builder, schema.options_union_type(table))
         tflite.OperatorAddBuiltinOptions(builder, options)
+    return tflite.OperatorEnd(builder)
+
+
+def _write_custom_operator(builder, op: Op, opcode_index: int, inputs: int, outputs: int) -> int:
+    """A custom op: its options are raw bytes (custom_options) that only its kernel reads."""
+    unknown = sorted(set(op.options) - {"custom_code", "custom_options"})
+    if unknown or not op.options.get("custom_code"):
+        raise ModelError(f"op {op}: a CUSTOM op takes custom_code and custom_options, got {sorted(op.options)}")
+    raw = bytes(op.options.get("custom_options", b""))
+    custom_options = builder.CreateByteVector(raw) if raw else None
+    tflite.OperatorStart(builder)
+    tflite.OperatorAddOpcodeIndex(builder, opcode_index)
+    tflite.OperatorAddInputs(builder, inputs)
+    tflite.OperatorAddOutputs(builder, outputs)
+    if custom_options is not None:
+        tflite.OperatorAddCustomOptions(builder, custom_options)
+        tflite.OperatorAddCustomOptionsFormat(builder, tflite.CustomOptionsFormat.FLEXBUFFERS)
     return tflite.OperatorEnd(builder)
 
 
