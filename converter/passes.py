@@ -252,6 +252,7 @@ def fold_dequantized_constants(graph: Graph) -> tuple:
         folded += 1
     graph.ops = kept
     float32 = np.dtype(np.float32)
+    as_float: dict = {}  # int8 weights -> their float32 constant, made once however many ops share them
     for op in graph.ops:
         index = HYBRID_WEIGHTS.get(op.type)
         if index is None or graph[op.inputs[0]].dtype != float32 or graph[op.outputs[0]].dtype != float32:
@@ -259,11 +260,13 @@ def fold_dequantized_constants(graph: Graph) -> tuple:
         weights = graph[op.inputs[index]]
         if not weights.is_constant or weights.dtype.kind not in "iu" or weights.quant is None:
             continue
-        dequantize = Op("DEQUANTIZE", [weights.name], [weights.name])
-        values = prepare_dequantize(dequantize, graph)(weights.data)
-        op.inputs[index] = graph.add_constant(f"{weights.name}_float", values, np.float32)
+        if weights.name not in as_float:
+            dequantize = Op("DEQUANTIZE", [weights.name], [weights.name])
+            values = prepare_dequantize(dequantize, graph)(weights.data)
+            as_float[weights.name] = graph.add_constant(f"{weights.name}_float", values, np.float32)
+            folded += 1
+        op.inputs[index] = as_float[weights.name]
         op.options.pop("asymmetric_quantize_inputs", None)  # a hybrid-only option
-        folded += 1
     graph.remove_unused()
     return graph, folded
 
