@@ -13,7 +13,7 @@ from edgeq.runtime.ir import Graph, ModelError
 from edgeq.runtime.tflite_format.reader import read_tflite
 from edgeq.runtime.tflite_format.schema import FILE_IDENTIFIER
 
-from edgeq.converter.fileio import write_atomic
+from edgeq.runtime.fileio import write_atomic
 from edgeq.runtime.tflite_format.writer import write_tflite
 
 

@@ -189,7 +189,7 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
         summary["pruning"] = [report.as_dict() for report in result.prune_reports]
         summary["gzip_bytes"] = compressed_size(result.content)
     if as_json:
-        from edgeq.converter.fileio import finite_for_json
+        from edgeq.runtime.fileio import finite_for_json
 
         click.echo(json.dumps(finite_for_json(summary), indent=2, default=list))
         return
@@ -340,7 +340,7 @@ def run(model, input_path, engine, output_path, top_k, mean, std, layout, max_me
 
     Exit codes: 0 ok, 1 internal error, 2 bad input (model, input file, options).
     """
-    from edgeq.converter.fileio import write_atomic
+    from edgeq.runtime.fileio import write_atomic
 
     interpreter = _make_interpreter(model, engine, max_memory)
     interpreter.allocate_tensors()

@@ -775,7 +775,7 @@ def _sha256(path) -> str:
 # -- writing ---------------------------------------------------------------------------------
 
 def write_report_files(report: dict, folder: Path) -> None:
-    from edgeq.converter.fileio import finite_for_json, write_atomic
+    from edgeq.runtime.fileio import finite_for_json, write_atomic
 
     plot = plot_accuracy_vs_size(report)
     layer_plot = plot_layer_sqnr(report["layer_errors"]["tensors"]) if report["layer_errors"]["tensors"] else None
@@ -1154,6 +1154,6 @@ def terminal_table(report: dict) -> str:
 
 def json_ready(report: dict) -> dict:
     """The report as report.json holds it (infinities as null)."""
-    from edgeq.converter.fileio import finite_for_json
+    from edgeq.runtime.fileio import finite_for_json
 
     return finite_for_json(report)

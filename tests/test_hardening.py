@@ -371,7 +371,7 @@ def _stray_temporary_files(folder: Path) -> list:
 
 
 def test_an_exception_while_writing_keeps_the_old_file(tmp_path, monkeypatch):
-    import edgeq.converter.fileio as fileio
+    import edgeq.runtime.fileio as fileio
 
     out = tmp_path / "model.tflite"
     out.write_bytes(OLD_CONTENT)
@@ -403,7 +403,7 @@ def test_an_exception_mid_conversion_keeps_the_old_file(tmp_path, monkeypatch):
 
 
 def test_a_new_file_gets_ordinary_permissions(tmp_path):
-    from edgeq.converter.fileio import write_atomic
+    from edgeq.runtime.fileio import write_atomic
 
     umask = os.umask(0o022)
     try:
@@ -419,7 +419,7 @@ import signal, sys, time
 # A job started in the background inherits SIGINT ignored; a terminal's Ctrl-C is what is tested.
 signal.signal(signal.SIGINT, signal.default_int_handler)
 import edgeq.converter.api as api
-import edgeq.converter.fileio as fileio
+import edgeq.runtime.fileio as fileio
 where, model, out = sys.argv[1], sys.argv[2], sys.argv[3]
 
 def pause(real):
