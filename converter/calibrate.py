@@ -14,12 +14,12 @@ pairs of bins merge, so the histogram stays exact up to its current bin width.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from edgeq.converter.quantize import choose_activation_params
+from edgeq.runtime.inputs import load_samples
 from edgeq.runtime.ir import Graph, ModelError
 
 OBSERVERS = ("minmax", "percentile", "entropy", "mse")
@@ -27,101 +27,11 @@ OBSERVERS = ("minmax", "percentile", "entropy", "mse")
 
 # -- loading calibration data ----------------------------------------------------------------------
 
-def _sample_shape(graph: Graph, name: str) -> tuple:
-    return tuple(graph[name].shape[1:])
-
-
-def _to_graph_layout(name: str, data: np.ndarray, graph: Graph, nchw_to_nhwc: Optional[bool]) -> np.ndarray:
-    """Samples in the graph's (NHWC) layout; channels-first samples are transposed."""
-    expected = _sample_shape(graph, name)
-    given = tuple(data.shape[1:])
-    channels_first = (expected[-1],) + expected[:-1] if len(expected) >= 2 else expected
-    matches_nhwc = given == expected
-    matches_nchw = len(expected) >= 2 and given == channels_first
-    if nchw_to_nhwc is None:
-        if matches_nhwc and matches_nchw and expected[-1] > 1:
-            raise ModelError(
-                f"calibration input '{name}': shape {given} reads as NCHW and as NHWC; "
-                "say which with nchw_to_nhwc=True/False"
-            )
-        nchw_to_nhwc = matches_nchw and not matches_nhwc
-    if nchw_to_nhwc:
-        if not matches_nchw:
-            raise ModelError(
-                f"calibration input '{name}': samples of shape {given} are not NCHW {channels_first}"
-            )
-        return np.moveaxis(data, 1, -1)
-    if not matches_nhwc:
-        layouts = f"{expected} (NHWC)" + (f" or {channels_first} (NCHW)" if len(expected) >= 2 else "")
-        raise ModelError(f"calibration input '{name}': samples have shape {given}, expected {layouts}")
-    return data
-
-
 def load_calibration(path, graph: Graph, nchw_to_nhwc: Optional[bool] = None,
                      num_samples: Optional[int] = None) -> dict:
-    """Calibration samples as ``{input name: array}`` in the graph's layout, first axis = samples.
-
-    ``path``: an ``.npz`` with one array per graph input (key = input name), or an ``.npy`` for a
-    one-input graph. Image samples may be NCHW (as the ONNX model takes them) or NHWC; the layout is
-    read from the shape unless ``nchw_to_nhwc`` says it. ``num_samples`` keeps the first N samples.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"calibration file {path} does not exist")
-    if path.stat().st_size == 0:
-        raise ModelError(f"calibration file {path} is empty")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.ndarray):
-            if len(graph.inputs) != 1:
-                raise ModelError(
-                    f"calibration file {path} holds one array but the model has inputs {graph.inputs}; "
-                    "use an .npz with one array per input name"
-                )
-            arrays = {graph.inputs[0]: loaded}
-        else:
-            with loaded:
-                arrays = {key: loaded[key] for key in loaded.files}
-    except ModelError:
-        raise
-    except ValueError as error:
-        if "pickle" in str(error).lower():
-            raise ModelError(
-                f"calibration file {path} contains pickled objects, which are refused for safety; "
-                "save plain numeric arrays (np.savez / np.save)"
-            ) from None
-        raise ModelError(f"calibration file {path} is not a numpy .npy/.npz file: {error}") from None
-    except (OSError, EOFError) as error:
-        raise ModelError(f"calibration file {path} cannot be read as .npy/.npz: {error}") from None
-
-    unknown = sorted(set(arrays) - set(graph.inputs))
-    missing = [n for n in graph.inputs if n not in arrays]
-    if unknown or missing:
-        raise ModelError(
-            f"calibration file {path}: arrays must be named after the model inputs {graph.inputs}; "
-            f"missing {missing}, unexpected {unknown}"
-        )
-    samples = {}
-    counts = set()
-    for name in graph.inputs:
-        data = arrays[name]
-        if data.dtype.kind not in "fiub":
-            raise ModelError(f"calibration input '{name}' has non-numeric dtype {data.dtype}")
-        if data.ndim == 0 or data.shape[0] == 0:
-            raise ModelError(f"calibration input '{name}' holds no samples")
-        if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
-            raise ModelError(f"calibration input '{name}' contains NaN or Inf")
-        data = _to_graph_layout(name, data, graph, nchw_to_nhwc)
-        samples[name] = np.ascontiguousarray(data, dtype=graph[name].dtype)
-        counts.add(data.shape[0])
-    if len(counts) > 1:
-        raise ModelError(f"calibration inputs have different numbers of samples: {sorted(counts)}")
-    available = counts.pop()
-    if num_samples is not None:
-        if num_samples > available:
-            raise ModelError(f"asked for {num_samples} calibration samples but {path} holds only {available}")
-        samples = {name: data[:num_samples] for name, data in samples.items()}
-    return samples
+    """Calibration samples as ``{input name: array}`` in the graph's layout, first axis = samples:
+    ``edgeq.runtime.inputs.load_samples``, the loader ``edgeq run`` and the report use too."""
+    return load_samples(path, graph, "calibration", nchw_to_nhwc, num_samples)
 
 
 # -- observers -------------------------------------------------------------------------------------
