@@ -10,8 +10,9 @@ weights, MobileNetV2 1.0 224) in float32 and int8:
   ``onnxruntime.quantization.quantize_static``, ``intra_op_num_threads=1``.
 
 Each (model, variant, engine) runs in its own subprocess, which loads only numpy and that engine, so
-its peak RSS (``ru_maxrss``) is that engine's alone. Latency is one inference (set input, invoke, read
-output) after warm-up runs: median and p90. The edgeq worker also profiles per op
+its peak RSS (VmHWM, ``edgeq.runtime.memory``) is that engine's alone. Latency is one inference (set
+input, invoke, read outputs) after warm-up runs, timed by the harness ``edgeq bench`` and the report use
+(``edgeq.runtime.measure``): median and p90 of wall and CPU time. The edgeq worker also profiles per op
 (``Interpreter.profile``). Results go to a JSON file and a table; ratios are to LiteRT.
 
     python scripts/bench_runtime.py [--out bench_runtime.json] [--models resnet50,mobilenet_v2_224]
@@ -31,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from edgeq.runtime.measure import inference, time_runs
 from edgeq.runtime.memory import peak_rss_mb
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,21 +54,6 @@ def _blas_info() -> list:
         return []
     return [{key: entry.get(key) for key in ("internal_api", "version", "architecture", "num_threads")}
             for entry in threadpool_info() if entry.get("user_api") == "blas"]
-
-
-def _time_runs(run_once, min_runs: int, seconds: float, warmup: int) -> tuple:
-    """(wall seconds, process CPU seconds) of each timed run. On a shared machine the wall time
-    includes waiting for a core; the CPU time of a one-thread engine does not."""
-    for _ in range(warmup):
-        run_once()
-    times, cpu_times = [], []
-    started = time.perf_counter()
-    while len(times) < min_runs or (time.perf_counter() - started < seconds and len(times) < 5000):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        run_once()
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
-    return times, cpu_times
 
 
 def worker(spec: dict) -> dict:
@@ -106,36 +93,29 @@ def worker(spec: dict) -> dict:
 
     if engine != "onnxruntime":
         interpreter.allocate_tensors()
-        input_index = interpreter.get_input_details()[0]["index"]
-        output_index = interpreter.get_output_details()[0]["index"]
-
-        def run_once():
-            interpreter.set_tensor(input_index, x)
-            interpreter.invoke()
-            return interpreter.get_tensor(output_index)
+        run_once = inference(interpreter, [(interpreter.get_input_details()[0]["index"], x)])
     else:
         def run_once():
-            return session.run(None, {feed_name: x})[0]
+            return session.run(None, {feed_name: x})
 
     first_start = time.perf_counter()
-    output = run_once()
+    output = run_once()[0]
     first_invoke = time.perf_counter() - first_start
     load_seconds = first_start - load_start
-    times, cpu_times = _time_runs(run_once, spec["min_runs"], spec["seconds"], spec["warmup"])
+    latency = time_runs(run_once, spec["min_runs"], spec["warmup"], min_seconds=spec["seconds"]).summary()
     peak_rss = peak_rss_mb()
     blas, profile = _blas_info(), None
     if engine.startswith("edgeq"):
         with interpreter._thread_limit():
             blas = _blas_info()  # as it runs: num_threads capped by Interpreter(num_threads=1)
         profile = interpreter.profile(runs=max(3, min(20, spec["min_runs"])))
-    times_ms, cpu_ms = np.array(times) * 1e3, np.array(cpu_times) * 1e3
     return {
         "note": note,
-        "median_ms": float(np.median(times_ms)),
-        "p90_ms": float(np.percentile(times_ms, 90)),
-        "cpu_median_ms": float(np.median(cpu_ms)),
-        "cpu_p90_ms": float(np.percentile(cpu_ms, 90)),
-        "runs": len(times),
+        "median_ms": latency["median_ms"],
+        "p90_ms": latency["p90_ms"],
+        "cpu_median_ms": latency["cpu_median_ms"],
+        "cpu_p90_ms": latency["cpu_p90_ms"],
+        "runs": latency["runs"],
         "load_ms": load_seconds * 1e3,
         "first_invoke_ms": first_invoke * 1e3,
         "peak_rss_mb": peak_rss,
