@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from edgeq.converter.cli import main
+from edgeq.cli import main
 from referees import run_litert
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"

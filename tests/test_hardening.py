@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.converter.api import convert
-from edgeq.converter.cli import main
+from edgeq.cli import main
 from edgeq.converter.onnx_import.load import MAX_OPSET
 from edgeq.runtime.tflite_format.writer import write_tflite
 from edgeq.runtime.interpreter import Interpreter
@@ -433,7 +433,7 @@ if where == "converting":
     api.write_tflite = pause(api.write_tflite)
 else:  # while the temporary file is open and half-written
     fileio.os.fsync = pause(fileio.os.fsync)
-from edgeq.converter.cli import main
+from edgeq.cli import main
 main(["convert", model, "-o", out])
 """
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from edgeq.converter.api import convert, load_graph
 from edgeq.converter.calibrate import load_calibration
-from edgeq.converter.cli import main as cli
+from edgeq.cli import main as cli
 from edgeq.converter.prune import (
     compressed_size,
     encode_sparse_weights,

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeq.converter.api import convert
-from edgeq.converter.cli import main
+from edgeq.cli import main
 from edgeq.converter.report import AGREEMENT_TOLERANCE, coincident_groups, engine_agreement, pareto_front, size_tick_label
 from referees import nchw_to_nhwc, run_litert, run_onnxruntime
 
