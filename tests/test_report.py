@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from edgeq.converter.api import convert
 from edgeq.cli import main
-from edgeq.converter.report import AGREEMENT_TOLERANCE, coincident_groups, engine_agreement, pareto_front, size_tick_label
+from edgeq.converter.report.metrics import AGREEMENT_TOLERANCE, engine_agreement, pareto_front
+from edgeq.converter.report.plots import coincident_groups, size_tick_label
 from referees import nchw_to_nhwc, run_litert, run_onnxruntime
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"

@@ -1,0 +1,131 @@
+"""Measuring the variants: each is converted, run on the eval set by both engines and probed for memory
+in a worker process (``build_all``); latency is measured afterwards, serially, one variant at a time,
+so variants never compete (``measure_all_latency``). Latency and memory go through the runtime's one
+harness (``edgeq.runtime.measure``), as ``edgeq bench`` does."""
+from __future__ import annotations
+
+import gzip
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Optional
+
+from edgeq.converter.report.engines import (EDGEQ, LITERT, feeds_in_input_order, litert_available,
+                                            litert_interpreter, outputs_on_edgeq, outputs_on_litert)
+from edgeq.converter.report.plan import VariantSpec
+from edgeq.runtime.ir import ModelError
+from edgeq.runtime.measure import inference, peak_memory_in_fresh_processes, time_runs
+
+MODELS_FOLDER = "models"
+
+
+def measure_latency(content: bytes, inputs: dict, repeats: int, engine: str) -> dict:
+    """Median and min of ``repeats`` single-sample inferences (the first eval sample) after warm-up,
+    one thread; LiteRT with its default kernels."""
+    if engine == LITERT:
+        interpreter = litert_interpreter(content, reference_kernels=False)
+    else:
+        from edgeq.runtime.interpreter import Interpreter
+
+        interpreter = Interpreter(model_content=content, num_threads=1)
+        interpreter.allocate_tensors()
+    feeds = feeds_in_input_order(interpreter, inputs, slice(0, 1))
+    latency = time_runs(inference(interpreter, feeds), repeats).summary()
+    return {"median": latency["median_ms"], "min": latency["min_ms"], "repeats": repeats}
+
+
+@dataclass
+class BuildJob:
+    spec: VariantSpec
+    model_path: str
+    calibration: str
+    num_calibration_samples: Optional[int]
+    input_shapes: dict
+    models_folder: str
+    eval_inputs: dict
+    with_litert: bool
+
+
+@dataclass
+class BuiltVariant:
+    spec: VariantSpec
+    file: str
+    content: bytes
+    seconds: float
+    outputs: dict                       # engine -> list of stacked output arrays
+    memory: dict                        # engine -> probe result
+    float_ops: list = field(default_factory=list)
+    layer_errors: list = field(default_factory=list)
+    pruning: list = field(default_factory=list)
+
+
+def build_variant(job: BuildJob) -> BuiltVariant:
+    """Convert, save to the models folder, run the eval set on both engines, probe memory."""
+    from edgeq.converter.api import convert
+
+    spec = job.spec
+    started = time.perf_counter()
+    options = spec.convert_options()
+    if spec.is_int8:
+        options.update(calibration=job.calibration, num_calibration_samples=job.num_calibration_samples)
+    path = Path(job.models_folder) / f"{spec.name}.tflite"
+    result = convert(job.model_path, path, input_shapes=job.input_shapes or None, **options)
+    seconds = time.perf_counter() - started
+    outputs = {EDGEQ: outputs_on_edgeq(result.content, job.eval_inputs)}
+    if job.with_litert:
+        outputs[LITERT] = outputs_on_litert(result.content, job.eval_inputs)
+    memory = peak_memory_in_fresh_processes(path, list(outputs))
+    return BuiltVariant(spec, f"{MODELS_FOLDER}/{path.name}", result.content, seconds, outputs, memory,
+                        list(result.float_ops), [e.as_dict() for e in result.layer_errors],
+                        [r.as_dict() for r in getattr(result, "prune_reports", [])])
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="variant", disable=not enabled, file=sys.stderr, leave=False)
+
+
+def build_all(specs, options, eval_data, models_folder: Path, jobs: int, progress: bool) -> dict:
+    with_litert = litert_available()
+    jobs_by_spec = [
+        BuildJob(spec, str(options.model), str(options.calibration), options.calibration_samples,
+                 dict(options.input_shapes), str(models_folder), eval_data.inputs, with_litert)
+        for spec in specs
+    ]
+    built = {}
+    # spawn, not fork: the parent may hold BLAS and tqdm threads, which fork does not copy safely
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool, \
+            _progress_bar(len(specs), "building variants", progress) as bar:
+        futures = {pool.submit(build_variant, job): job.spec for job in jobs_by_spec}
+        for future in as_completed(futures):
+            spec = futures[future]
+            try:
+                built[spec.name] = future.result()
+            except ModelError as error:
+                raise ModelError(f"variant {spec.name}: {error}") from None
+            bar.update(1)
+    return built
+
+
+def measure_all_latency(built: dict, inputs: dict, repeats: int, progress: bool) -> dict:
+    engines = [EDGEQ, LITERT] if litert_available() else [EDGEQ]
+    latency = {}
+    with _progress_bar(len(built), "timing variants", progress) as bar:
+        for name, variant in built.items():
+            latency[name] = {engine: measure_latency(variant.content, inputs, repeats, engine) for engine in engines}
+            bar.update(1)
+    return latency
+
+
+def size_figures(content: bytes) -> dict:
+    from edgeq.runtime.size import size_breakdown
+
+    return {
+        "bytes": len(content),
+        "gzip_bytes": len(gzip.compress(content, compresslevel=9, mtime=0)),
+        "breakdown": size_breakdown(content),
+    }
