@@ -85,8 +85,7 @@ class OptionalCommand:
 
         return click.Command(
             self.name, callback=refuse, add_help_option=False,
-            help=f"{self.summary} Needs pip install \"edgeq[{self.extra}]\".",
-            short_help=f"{self.summary} (needs edgeq[{self.extra}])",
+            help=f"(needs edgeq[{self.extra}]) {self.summary}",  # the need first: the listing cuts it short
             context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
         )
 
