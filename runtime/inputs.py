@@ -170,7 +170,7 @@ def _fit_input(array: np.ndarray, detail: dict, path) -> np.ndarray:
         array = array.reshape(shape)
     if array.shape != shape:
         # an NCHW image for an NHWC model input is the common case
-        if array.ndim == 4 and array.shape == (shape[0], shape[3], shape[1], shape[2]):
+        if array.ndim == len(shape) == 4 and array.shape == (shape[0], shape[3], shape[1], shape[2]):
             array = array.transpose(0, 2, 3, 1)
         else:
             raise ModelError(f"{path}: input '{detail['name']}' has shape {list(array.shape)}, the model wants {list(shape)}")

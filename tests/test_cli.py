@@ -281,3 +281,43 @@ def test_a_float_tflite_quantizes_like_its_onnx_source(tmp_path):
     (a,) = run_litert(from_tflite.read_bytes(), [x], reference_kernels=True)
     (b,) = run_litert(from_onnx.read_bytes(), [x], reference_kernels=True)
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def mlp_and_sample(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench")
+    assert invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", folder / "mlp.tflite").exit_code == 0
+    np.save(folder / "x.npy", np.load(SAMPLES / "digits_mlp_test.npz")["input"][:1])
+    return folder / "mlp.tflite", folder / "x.npy"
+
+
+def test_bench_gives_latency_and_memory_of_each_engine_and_their_ratios(mlp_and_sample):
+    model, _ = mlp_and_sample
+    result = invoke("bench", model, "--engine", "both", "--runs", 5, "--json")
+    assert result.exit_code == 0, result.output
+    edgeq, litert = json.loads(result.output)["engines"]
+    assert (edgeq["engine"], litert["engine"]) == ("edgeq", "litert")
+    for figures in (edgeq, litert):
+        assert 0 < figures["min_ms"] <= figures["median_ms"] <= figures["p90_ms"]
+        assert figures["peak_rss_mb"] >= figures["rss_before_load_mb"] > 0
+    assert edgeq["latency_ratio_to_litert"] == pytest.approx(edgeq["median_ms"] / litert["median_ms"])
+
+
+def test_bench_times_a_given_input_through_the_run_loader(mlp_and_sample):
+    model, x = mlp_and_sample
+    result = invoke("bench", model, "--input", x, "--runs", 3, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["input"] == str(x)
+    result = invoke("bench", model, "--input", SAMPLES / "digits_cnn_test.npz", "--runs", 3)
+    assert result.exit_code == 2 and "has shape [450, 1, 8, 8], the model wants [1, 64]" in result.output
+
+
+def test_run_names_an_input_of_another_rank_than_the_models(mlp_and_sample):
+    result = invoke("run", mlp_and_sample[0], "--input", SAMPLES / "digits_cnn_test.npz")
+    assert result.exit_code == 2, result.output
+    assert "input 'input' has shape [450, 1, 8, 8], the model wants [1, 64]" in result.output
+
+
+def test_bench_refuses_image_options_without_an_image(mlp_and_sample):
+    result = invoke("bench", mlp_and_sample[0], "--mean", "0.5")
+    assert result.exit_code == 2 and "apply to image inputs" in result.output
