@@ -18,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 
+from edgeq.runtime.fixedpoint import round_half_away
 from edgeq.runtime.ir import Graph, ModelError, Op, QuantParams, Tensor
 
 QMIN, QMAX = -128, 127  # int8 activations
@@ -125,16 +126,6 @@ ACTIVATION_BOUNDS = {
 
 
 # -- quantization parameters ---------------------------------------------------------------------
-
-def round_half_away(x) -> np.ndarray:
-    """std::round: to nearest, ties away from zero (numpy's round goes to even)."""
-    # x + copysign(0.5, x) is exactly -(|x| + 0.5) for negative x, so truncating it equals
-    # sign(x) * floor(|x| + 0.5), with one temporary instead of four (weights can be 100 MB).
-    x = np.asarray(x, dtype=np.float64)
-    rounded = np.copysign(0.5, x, out=np.empty_like(x))
-    rounded += x
-    return np.trunc(rounded, out=rounded)[()]  # [()]: a 0-d input gives a scalar, as before
-
 
 def choose_activation_params(range_min: float, range_max: float, qmin: int = QMIN, qmax: int = QMAX):
     """Asymmetric (scale, zero_point) for a real range, as the TFLite converter chooses them.

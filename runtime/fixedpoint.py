@@ -26,6 +26,29 @@ INT32_MAX = np.int64(2**31 - 1)
 SINGLE_ROUNDING = False
 
 
+def round_half_away(x):
+    """C's std::round: to the nearest integer, ties away from zero, in the input's own float type.
+
+    TFLite rounds with std::round on float (roundf) in its kernels and on double in its converter,
+    so a float32 input is rounded as a float32 and a float64 one as a float64 (other inputs are
+    taken as float64). The fraction x - trunc(x) is exact in binary floating point, so comparing it
+    with 0.5 is exact too; floor(|x| + 0.5) is not: the sum rounds, which sends the largest float
+    below 0.5 (0.49999997 in float32) to 1 and odd integers beyond 2^(mantissa bits) to the next
+    even one. A 0-d input gives a numpy scalar.
+    """
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    rounded = np.trunc(x, out=np.empty_like(x))
+    with np.errstate(invalid="ignore"):  # inf - inf is nan, and nan >= 0.5 leaves infinities alone
+        fraction = np.subtract(x, rounded, out=np.empty_like(x))
+    away = np.abs(fraction, out=fraction) >= 0.5
+    del fraction  # at most two arrays of x's size at a time: weights can be hundreds of MB
+    # |x| < 2^(mantissa bits) wherever the fraction is >= 0.5, so adding +-1 is exact.
+    rounded += np.copysign(away, x, dtype=x.dtype)
+    return rounded[()]
+
+
 def quantize_multiplier(real_multiplier):
     """TFLite's QuantizeMultiplier: real -> (Q31 multiplier M, shift) with real = M * 2^(shift-31).
 
@@ -36,8 +59,7 @@ def quantize_multiplier(real_multiplier):
     fraction, shift = np.frexp(real)  # real = fraction * 2^shift, |fraction| in [0.5, 1)
     shift = shift.astype(np.int64)
     scaled = fraction * 2.0**31  # exact: a power-of-two scaling of a double
-    # std::round: half away from zero; adding 0.5 is exact at this magnitude (ulp 2^-22).
-    multiplier = (np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)).astype(np.int64)
+    multiplier = round_half_away(scaled).astype(np.int64)
     # A fraction that rounds up to 1.0 becomes 0.5 with the exponent one higher.
     carried = multiplier == 2**31
     multiplier = np.where(carried, multiplier // 2, multiplier)

@@ -8,11 +8,76 @@ from edgeq.runtime import fixedpoint
 from edgeq.runtime.fixedpoint import (
     multiply_by_quantized_multiplier,
     quantize_multiplier,
+    round_half_away,
     rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
 )
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+# -- std::round ---------------------------------------------------------------------------------
+
+FLOAT32_JUST_BELOW_HALF = np.nextafter(np.float32(0.5), np.float32(0))  # 0.49999997
+FLOAT64_JUST_BELOW_HALF = np.nextafter(0.5, 0.0)  # 0.49999999999999994
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_round_half_away_rounds_ties_away_from_zero(dtype):
+    ties = np.array([0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 126.5, -127.5], dtype=dtype)
+    np.testing.assert_array_equal(round_half_away(ties), [1, -1, 2, -2, 3, -3, 127, -128])
+
+
+@pytest.mark.parametrize("just_below_half", [FLOAT32_JUST_BELOW_HALF, FLOAT64_JUST_BELOW_HALF])
+def test_round_half_away_rounds_the_float_just_below_one_half_to_zero(just_below_half):
+    # floor(|x| + 0.5) gives 1 here: the sum itself rounds up to 1.0.
+    x = np.array([just_below_half, -just_below_half])
+    np.testing.assert_array_equal(round_half_away(x), [0, 0])
+
+
+@pytest.mark.parametrize("dtype, odd", [(np.float32, 2**23 + 1), (np.float64, 2**52 + 1)])
+def test_round_half_away_keeps_odd_integers_beyond_the_mantissa(dtype, odd):
+    # x + 0.5 is not representable there and rounds to the even neighbour.
+    x = np.array([odd, -odd, odd + 2], dtype=dtype)
+    np.testing.assert_array_equal(round_half_away(x), x)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_round_half_away_keeps_the_input_float_type(dtype):
+    assert round_half_away(np.array([0.7, -1.5], dtype=dtype)).dtype == dtype
+    assert round_half_away(dtype(2.5)) == 3 and isinstance(round_half_away(dtype(2.5)), dtype)
+
+
+def test_round_half_away_passes_infinities_and_nan_through():
+    result = round_half_away(np.array([np.inf, -np.inf, np.nan], dtype=np.float32))
+    assert result[0] == np.inf and result[1] == -np.inf and np.isnan(result[2])
+
+
+def _c_math_library():
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("m")
+    if name is None:
+        pytest.skip("no C math library to compare with")
+    return ctypes.CDLL(name)
+
+
+@pytest.mark.parametrize("dtype, c_function", [(np.float32, "roundf"), (np.float64, "round")])
+def test_round_half_away_equals_the_c_library_round(dtype, c_function):
+    import ctypes
+
+    function = getattr(_c_math_library(), c_function)
+    c_type = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+    function.restype, function.argtypes = c_type, [c_type]
+    rng = np.random.default_rng(0)
+    # Values around every magnitude where rounding is decided: halves, their neighbours, big values.
+    halves = (np.arange(-300, 300) + 0.5).astype(dtype)
+    near_halves = np.concatenate([np.nextafter(halves, dtype(np.inf)), np.nextafter(halves, dtype(-np.inf))])
+    spread = (rng.standard_normal(3000) * 10.0 ** rng.integers(-3, 20, 3000)).astype(dtype)
+    x = np.concatenate([halves, near_halves, spread, [FLOAT32_JUST_BELOW_HALF, FLOAT64_JUST_BELOW_HALF]]).astype(dtype)
+    expected = np.array([function(float(v)) for v in x], dtype=dtype)
+    np.testing.assert_array_equal(round_half_away(x), expected)
 
 
 # -- QuantizeMultiplier ------------------------------------------------------------------------
@@ -361,3 +426,55 @@ def test_inverse_sqrt_multiplier():
     assert multiplier[:2].tolist() == [INT32_MAX, INT32_MAX] and shift[:2].tolist() == [0, 0]
     rebuilt = multiplier[2:] * 2.0 ** (shift[2:].astype(np.float64) - 31)
     np.testing.assert_allclose(rebuilt, 1 / np.sqrt(x[2:].astype(np.float64)), rtol=1e-6)
+
+
+# -- LiteRT as referee: std::round in float32 ----------------------------------------------------
+#
+# LiteRT's QUANTIZE computes round(x / scale) and its RELU6 round(6 / output_scale), both with
+# std::round on float32 values; 0.49999997f is where floor(|x| + 0.5) rounds differently.
+
+from referees import integer_tensor_mismatches, run_edgeq  # noqa: E402
+
+
+def _float_to_int8_quantize(size: int, scale: float) -> Graph:
+    g = Graph()
+    g.add_tensor(Tensor("x", (size,), np.float32))
+    g.add_tensor(Tensor("y", (size,), np.int8, quant=QuantParams(scale, 0)))
+    g.add_op(Op("QUANTIZE", ["x"], ["y"], {}))
+    g.inputs, g.outputs = ["x"], ["y"]
+    return g
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0, 0.25])
+def test_float32_quantize_rounds_as_litert_reference_kernels(scale):
+    below = FLOAT32_JUST_BELOW_HALF
+    quotients = np.array([below, -below, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 1 + below, 126.5, -127.5,
+                          np.nextafter(np.float32(2.5), np.float32(3)), 1e6, -1e6], dtype=np.float32)
+    x = quotients * np.float32(scale)  # a power-of-two scale: x / scale gives the quotients exactly
+    content = write_tflite(_float_to_int8_quantize(x.size, scale))
+    assert integer_tensor_mismatches(content, [x]) == {"y": 0}
+    np.testing.assert_array_equal(run_edgeq(content, [x])[0][:2], [0, 0])  # not 1 and -1
+
+
+def _scale_with_quotient(numerator: float, quotient: np.float32) -> np.float32:
+    """A float32 scale s with float32(numerator) / s == quotient, searched around the real one."""
+    below = above = np.float32(numerator / float(quotient))
+    for _ in range(64):
+        for candidate in (below, above):
+            if np.float32(numerator) / candidate == quotient:
+                return candidate
+        below, above = np.nextafter(below, np.float32(0)), np.nextafter(above, np.float32(np.inf))
+    raise AssertionError(f"no float32 scale gives {numerator} / s == {quotient!r}")
+
+
+def test_int8_relu6_upper_bound_rounds_as_litert_reference_kernels():
+    scale = float(_scale_with_quotient(6.0, FLOAT32_JUST_BELOW_HALF))  # 6 / scale rounds to 0, not 1
+    g = Graph()
+    g.add_tensor(Tensor("x", (256,), np.int8, quant=QuantParams(scale, -128)))
+    g.add_tensor(Tensor("y", (256,), np.int8, quant=QuantParams(scale, -128)))
+    g.add_op(Op("RELU6", ["x"], ["y"], {}))
+    g.inputs, g.outputs = ["x"], ["y"]
+    content = write_tflite(g)
+    assert integer_tensor_mismatches(content, [ALL_INT8])["y"] == 0
+    # The upper bound is the zero point itself: every output is -128.
+    np.testing.assert_array_equal(run_edgeq(content, [ALL_INT8])[0], np.full(256, -128))

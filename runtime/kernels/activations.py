@@ -18,6 +18,7 @@ from edgeq.runtime.fixedpoint import (
     get_inv_sqrt_quantized_multiplier_exp,
     multiply_by_quantized_multiplier,
     quantize_multiplier,
+    round_half_away,
     rounding_divide_by_pot_int16,
     saturating_doubling_high_mul_int16,
     saturating_left_shift_int16,
@@ -173,15 +174,6 @@ def _float32_to_int32_saturating(values: np.ndarray) -> np.ndarray:
     return np.trunc(np.clip(values, -(2.0**31), 2.0**31 - 1)).astype(np.int64)
 
 
-def _round_half_away(values: np.ndarray) -> np.ndarray:
-    """std::round on float32: nearest, ties away from zero (exact in float32 for |v| < 2^23)."""
-    magnitude = np.abs(values)
-    rounded = np.floor(magnitude + np.float32(0.5)).astype(np.float32)
-    # For |v| >= 2^23 the value is already integral and adding 0.5 may round up: keep it.
-    rounded = np.where(magnitude >= np.float32(2.0**23), magnitude, rounded)
-    return np.copysign(rounded, values).astype(np.float32)
-
-
 def populate_lut_int8(input_scale, input_zero_point, output_scale, output_zero_point, transform) -> np.ndarray:
     """TFLite's LUTPopulate<int8_t>: dequantize each int8 input in float32, apply ``transform``
     (float32 array -> float32 array), requantize with std::round, clamp."""
@@ -189,7 +181,7 @@ def populate_lut_int8(input_scale, input_zero_point, output_scale, output_zero_p
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         transformed = np.asarray(transform(dequantized), dtype=np.float32)
         inverse_scale = np.float32(1) / np.float32(output_scale)
-        rescaled = _round_half_away((transformed * inverse_scale).astype(np.float32))
+        rescaled = round_half_away((transformed * inverse_scale).astype(np.float32))
         quantized = _float32_to_int32_saturating((rescaled + np.float32(output_zero_point)).astype(np.float32))
     return _table(quantized)
 
@@ -266,9 +258,9 @@ def _relu_family_table(op, graph, act_min: float, act_max: float) -> np.ndarray:
     input_scale, input_zero_point, output_scale, output_zero_point = _int8_params(op, graph)
     multiplier, shift = quantize_multiplier(float(input_scale / output_scale))
     # The activation bounds in the output's quantized domain, roundf(bound / output_scale).
-    quantized_min = max(INT8_MIN, output_zero_point + int(_round_half_away(np.float32(act_min) / output_scale)))
+    quantized_min = max(INT8_MIN, output_zero_point + int(round_half_away(np.float32(act_min) / output_scale)))
     quantized_max = INT8_MAX if act_max == np.inf else min(
-        INT8_MAX, output_zero_point + int(_round_half_away(np.float32(act_max) / output_scale)))
+        INT8_MAX, output_zero_point + int(round_half_away(np.float32(act_max) / output_scale)))
     requantized = output_zero_point + multiply_by_quantized_multiplier(
         _ALL_INT8 - input_zero_point, multiplier, shift).astype(np.int64)
     return _table(np.clip(requantized, quantized_min, quantized_max))

@@ -6,6 +6,7 @@ import numpy as np
 from edgeq.runtime.kernels import compiled, register
 from edgeq.runtime.kernels.common import fused_activation, input_tensor, require_float, with_activation
 from edgeq.runtime.kernels.common import constant_input
+from edgeq.runtime.fixedpoint import round_half_away
 from edgeq.runtime.kernels.requantize import (
     activation_range,
     asymmetric_quantize_rows,
@@ -14,7 +15,6 @@ from edgeq.runtime.kernels.requantize import (
     exact_gemm,
     exact_gemm_dtype,
     exact_matmul_dtype_for,
-    round_half_away,
     saturate,
     scale_and_zero_point,
     symmetric_quantize_rows,

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
+from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier, round_half_away
 from edgeq.runtime.kernels import compiled, register
-from edgeq.runtime.kernels.requantize import round_half_away, saturate, scale_and_zero_point
+from edgeq.runtime.kernels.requantize import saturate, scale_and_zero_point
 from edgeq.runtime.ir import ModelError
 
 _INTEGER_TYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16))

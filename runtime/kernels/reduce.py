@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeq.runtime.fixedpoint import round_half_away
 from edgeq.runtime.kernels import register
 from edgeq.runtime.kernels.common import constant_input, require_float
 from edgeq.runtime.ir import ModelError
@@ -93,13 +94,6 @@ def _prepare_quantized(op, graph):
 _INT32_RANGE_AS_FLOAT32 = (np.float32(-(2.0**31)), np.float32(2.0**31))
 
 
-def _round_half_away_from_zero(value: np.ndarray) -> np.ndarray:
-    """std::round on float32 (TfLiteRound). floor(|v| + 0.5) would be wrong for the float32 just
-    below 0.5, whose sum with 0.5 rounds up to 1; np.round is right except on ties."""
-    whole = np.trunc(value)
-    return np.where(np.abs(value - whole) == 0.5, whole + np.sign(value), np.round(value))
-
-
 def _prepare_quantized_sum(axes, keep_dims, count, input_scale, input_zero_point, output_scale,
                            output_zero_point, info, dtype):
     """int8/uint8/int16 SUM as LiteRT's builtin SUM kernel computes it.
@@ -130,7 +124,7 @@ def _prepare_quantized_sum(axes, keep_dims, count, input_scale, input_zero_point
         total = np.sum(x, axis=axes, keepdims=keep_dims, dtype=np.int64)
         # int32 -> float32 rounds to nearest even, as the C++ conversion does
         value = np.asarray(total).astype(np.float32) * scale + zero_point_bias
-        rounded = np.clip(_round_half_away_from_zero(value), low, high).astype(np.int64)
+        rounded = np.clip(round_half_away(value), low, high).astype(np.int64)
         return np.clip(rounded + output_zero_point, info.min, info.max).astype(dtype)
 
     return reduce_sum

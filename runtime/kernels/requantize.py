@@ -1,5 +1,5 @@
 """Helpers shared by the integer kernels: quantization params, activation ranges, exact int GEMM,
-TFLite's integer rounding divisions and float rounding, saturating casts.
+TFLite's integer rounding divisions, saturating casts.
 
 Everything here runs in prepare or works on whole arrays; nothing registers a kernel.
 """
@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from edgeq.runtime.fixedpoint import round_half_away
 from edgeq.runtime.ir import ModelError, Op
 
 INT32_MIN = -(2**31)
@@ -39,20 +40,6 @@ def scale_and_zero_point(tensor, op: Op) -> tuple:
     if quant is None or quant.scale.size == 0:
         raise ModelError(f"op {op}: tensor '{tensor.name}' ({tensor.dtype}) has no quantization parameters")
     return np.float32(quant.scale[0]), int(quant.zero_point[0])
-
-
-def _round_float32(x: np.ndarray) -> np.ndarray:
-    # floor(|x| + 0.5) is wrong for the float32 just below 0.5 (0.49999997 + 0.5 rounds up to 1);
-    # np.round rounds ties to even; fix the ties only.
-    rounded = np.round(x)
-    ties = np.abs(x - np.trunc(x)) == 0.5
-    return np.where(ties, np.trunc(x) + np.sign(x), rounded)
-
-
-def round_half_away(x) -> np.ndarray:
-    """std::round on float32 or float64 arrays (to nearest, ties away from zero), same dtype."""
-    x = np.asarray(x)
-    return _round_float32(x).astype(x.dtype, copy=False)
 
 
 def activation_range(op: Op, scale, zero_point: int, dtype=np.int8) -> tuple:

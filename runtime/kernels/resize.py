@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeq.runtime.fixedpoint import round_half_away
 from edgeq.runtime.kernels import register
 from edgeq.runtime.kernels.common import constant_input, require_float
 from edgeq.runtime.ir import ModelError
@@ -71,7 +72,7 @@ def _nearest_axis(in_size, out_size, align_corners, half_pixel_centers):
     offset = np.float32(0.5) if half_pixel_centers else np.float32(0)
     scaled = (np.arange(out_size, dtype=np.float32) + offset) * scale
     if align_corners:
-        source = np.floor(np.abs(scaled) + np.float32(0.5)) * np.sign(scaled)  # round half away
+        source = round_half_away(scaled)  # TfLiteRound
     else:
         source = np.floor(scaled)
     source = np.minimum(source.astype(np.int64), in_size - 1)

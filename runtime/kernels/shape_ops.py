@@ -109,7 +109,7 @@ def _quantized_concatenation(op, graph, axis, align):
     """Inputs whose params equal the output's are copied; any other is requantized as TFLite's
     ConcatenationWithScaling does: round(x * (s_in / s_out) - zp_in * (s_in / s_out)) + zp_out in
     float32, clamped. (LiteRT's int8 kernel refuses differing params; its uint8 kernel rescales.)"""
-    from edgeq.runtime.kernels.requantize import round_half_away
+    from edgeq.runtime.fixedpoint import round_half_away
 
     output = graph[op.outputs[0]]
     out_scale, out_zero_point = np.float32(output.quant.scale[0]), int(output.quant.zero_point[0])

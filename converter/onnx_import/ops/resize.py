@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgeq.runtime.fixedpoint import round_half_away
 from edgeq.runtime.ir import ModelError
 
 from ..padding import NHWC
@@ -29,7 +30,7 @@ def nearest_indices(in_size, out_size, align_corners, half_pixel):
     scale = np.float32(tflite_scale(in_size, out_size, align_corners))
     offset = np.float32(0.5 if half_pixel else 0.0)
     pos = (np.arange(out_size, dtype=np.float32) + offset) * scale
-    idx = np.round(pos) if align_corners else np.floor(pos)  # TfLiteRound rounds half away; pos >= 0
+    idx = round_half_away(pos) if align_corners else np.floor(pos)  # TfLiteRound: ties away from zero
     idx = np.minimum(idx.astype(np.int64), in_size - 1)
     return np.maximum(idx, 0)
 
