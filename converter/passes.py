@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeq.runtime.ir import Graph, Op
+from edgeq.runtime.kernels.common import FUSED_CLAMPS
 
 # Ops whose builtin options carry fused_activation_function (and whose kernels honour it).
 # CONCATENATION has the option too, but LiteRT's reference kernel refuses it for float and its
@@ -17,7 +18,7 @@ ACTIVATION_HOSTS = {
 }
 # TANH is a valid fused_activation_function value, but TFLite's float kernels clamp only for the
 # RELU family and silently ignore TANH, so it is never fused.
-FUSABLE_ACTIVATIONS = {"RELU", "RELU6", "RELU_N1_TO_1"}
+FUSABLE_ACTIVATIONS = frozenset(FUSED_CLAMPS)
 # Producer -> axis of its weights that indexes output channels.
 CHANNEL_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 0}
 

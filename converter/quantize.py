@@ -20,6 +20,7 @@ import numpy as np
 
 from edgeq.runtime.fixedpoint import round_half_away
 from edgeq.runtime.ir import Graph, ModelError, Op, QuantParams, Tensor
+from edgeq.runtime.kernels.common import ACTIVATION_BOUNDS, FUSED_CLAMPS, NO_ACTIVATION
 
 QMIN, QMAX = -128, 127  # int8 activations
 WEIGHT_QMAX = 127  # int8 weights are symmetric: [-127, 127], zero point 0
@@ -117,14 +118,6 @@ RULES: dict = {
     "SELECT_V2": SHARED,  # picks stored values of x or y; the condition is bool
 }
 
-# The real-valued range a fused activation (or the same activation as an op) clamps its output to.
-ACTIVATION_BOUNDS = {
-    "RELU": (0.0, np.inf),
-    "RELU6": (0.0, 6.0),
-    "RELU_N1_TO_1": (-1.0, 1.0),
-}
-
-
 # -- quantization parameters ---------------------------------------------------------------------
 
 def choose_activation_params(range_min: float, range_max: float, qmin: int = QMIN, qmax: int = QMAX):
@@ -221,7 +214,7 @@ def _why_not_int8(op: Op, graph: Graph, original_float: set) -> Optional[str]:
     if any(name not in original_float for name in op.outputs):
         return "output is not float32"
     activation = op.options.get("fused_activation_function", "NONE")
-    if activation not in (None, "", "NONE", *ACTIVATION_BOUNDS):
+    if activation not in (*NO_ACTIVATION, *FUSED_CLAMPS):
         return f"fused activation {activation} has no int8 form"
     return None
 

@@ -25,20 +25,9 @@ from edgeq.runtime.fixedpoint import (
     saturating_rounding_doubling_high_mul_int16,
 )
 from edgeq.runtime.kernels import register
-from edgeq.runtime.kernels.common import input_tensor, require_float
+from edgeq.runtime.kernels.common import FUSED_CLAMPS, clamp, input_tensor, require_float
+from edgeq.runtime.kernels.requantize import activation_range_for
 from edgeq.runtime.ir import ModelError
-
-
-def _relu(x):
-    return np.maximum(x, np.float32(0))
-
-
-def _relu6(x):
-    return np.clip(x, np.float32(0), np.float32(6))
-
-
-def _relu_n1_to_1(x):
-    return np.clip(x, np.float32(-1), np.float32(1))
 
 
 def _logistic(x):
@@ -103,9 +92,7 @@ def _gelu_tanh(x):
 
 
 _UNARY = {
-    "RELU": _relu,
-    "RELU6": _relu6,
-    "RELU_N1_TO_1": _relu_n1_to_1,
+    **{name: clamp(name) for name in FUSED_CLAMPS},
     "LOGISTIC": _logistic,
     "TANH": np.tanh,
     "HARD_SWISH": _hard_swish,
@@ -253,14 +240,12 @@ def _gelu_approximate_float32(v):
     return np.float32(0.5) * v * (np.float32(1) + _tanhf(_SQRT_2_OVER_PI_F32 * (v + cubic)))
 
 
-def _relu_family_table(op, graph, act_min: float, act_max: float) -> np.ndarray:
+def _relu_family_table(op, graph) -> np.ndarray:
     """TFLite's QuantizedReluX: requantize x to the output scale, clamp to the activation range."""
     input_scale, input_zero_point, output_scale, output_zero_point = _int8_params(op, graph)
     multiplier, shift = quantize_multiplier(float(input_scale / output_scale))
     # The activation bounds in the output's quantized domain, roundf(bound / output_scale).
-    quantized_min = max(INT8_MIN, output_zero_point + int(round_half_away(np.float32(act_min) / output_scale)))
-    quantized_max = INT8_MAX if act_max == np.inf else min(
-        INT8_MAX, output_zero_point + int(round_half_away(np.float32(act_max) / output_scale)))
+    quantized_min, quantized_max = activation_range_for(op.type, output_scale, output_zero_point, np.int8, op)
     requantized = output_zero_point + multiply_by_quantized_multiplier(
         _ALL_INT8 - input_zero_point, multiplier, shift).astype(np.int64)
     return _table(np.clip(requantized, quantized_min, quantized_max))
@@ -340,9 +325,7 @@ def _log_table(op, graph) -> np.ndarray:
 
 
 _INT8_TABLES = {
-    "RELU": lambda op, graph: _relu_family_table(op, graph, 0.0, np.inf),
-    "RELU6": lambda op, graph: _relu_family_table(op, graph, 0.0, 6.0),
-    "RELU_N1_TO_1": lambda op, graph: _relu_family_table(op, graph, -1.0, 1.0),
+    **dict.fromkeys(FUSED_CLAMPS, _relu_family_table),
     "LOGISTIC": _float_function_table(_logistic_float32),
     "TANH": _float_function_table(_tanhf),
     "HARD_SWISH": _hard_swish_table,

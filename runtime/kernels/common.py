@@ -8,20 +8,39 @@ import numpy as np
 from edgeq.runtime.ir import Graph, ModelError, Op
 
 
-def _relu(x):
-    return np.maximum(x, 0, out=x)
+# The real range [low, high] each clamping activation limits values to, fused into an op (its
+# ``fused_activation_function``) or as an op of the same name. The float kernels, the integer
+# kernels' output ranges, the importer and the quantizer all read this one table.
+ACTIVATION_BOUNDS = {
+    "RELU": (0.0, np.inf),
+    "RELU6": (0.0, 6.0),
+    "RELU_N1_TO_1": (-1.0, 1.0),
+    "RELU_0_TO_1": (0.0, 1.0),
+}
+# The fused activations TFLite's kernels apply as a clamp, float (CalculateActivationRange) and
+# integer (CalculateActivationRangeQuantized, which refuses any other); RELU_0_TO_1 and TANH are
+# valid option values they do not apply.
+FUSED_CLAMPS = ("RELU", "RELU6", "RELU_N1_TO_1")
+NO_ACTIVATION = ("NONE", "", None)
 
 
-def _relu_n1_to_1(x):
-    return np.clip(x, -1, 1, out=x)
+def clamp(name: str, in_place: bool = False) -> Callable:
+    """The activation ``name`` of ACTIVATION_BOUNDS as a function of an array: a new array, or the
+    argument overwritten. The bounds are whole numbers and go in as ints, so an integer array
+    keeps its dtype."""
+    low, high = ACTIVATION_BOUNDS[name]
+    low = int(low)
+    if high == np.inf:
+        def clamp_below(x):
+            return np.maximum(x, low, out=x if in_place else None)
 
+        return clamp_below
+    high = int(high)
 
-def _relu_0_to_1(x):
-    return np.clip(x, 0, 1, out=x)
+    def clamp_both(x):
+        return np.clip(x, low, high, out=x if in_place else None)
 
-
-def _relu6(x):
-    return np.clip(x, 0, 6, out=x)
+    return clamp_both
 
 
 def _tanh(x):
@@ -30,13 +49,8 @@ def _tanh(x):
 
 # In-place on purpose: a fused activation only ever runs on an array its own kernel just made.
 _FUSED_ACTIVATIONS = {
-    "NONE": None,
-    "": None,
-    None: None,
-    "RELU": _relu,
-    "RELU_N1_TO_1": _relu_n1_to_1,
-    "RELU_0_TO_1": _relu_0_to_1,
-    "RELU6": _relu6,
+    **dict.fromkeys(NO_ACTIVATION),
+    **{name: clamp(name, in_place=True) for name in ACTIVATION_BOUNDS},
     "TANH": _tanh,
 }
 

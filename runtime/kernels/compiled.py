@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 
+from edgeq.runtime.kernels.common import ACTIVATION_BOUNDS, NO_ACTIVATION
+
 _DISABLED_BY_ENV = os.environ.get("EDGEQ_NO_NUMBA", "").strip() not in ("", "0")
 _LOOPS = ("requantize_rows", "requantize_rows_folded", "bias_clamp", "requantize_rows_float_scale", "quantize_float", "im2col", "depthwise_float",
           "depthwise_int8", "depthwise_int8_folded", "add_sub_int", "max_pool")
@@ -53,15 +55,7 @@ def enabled() -> bool:
 
 
 # Fused float activations the compiled kernels apply as a clamp (TANH is left to numpy).
-FLOAT_ACTIVATION_BOUNDS = {
-    "NONE": (-float("inf"), float("inf")),
-    "": (-float("inf"), float("inf")),
-    None: (-float("inf"), float("inf")),
-    "RELU": (0.0, float("inf")),
-    "RELU6": (0.0, 6.0),
-    "RELU_N1_TO_1": (-1.0, 1.0),
-    "RELU_0_TO_1": (0.0, 1.0),
-}
+FLOAT_ACTIVATION_BOUNDS = {**dict.fromkeys(NO_ACTIVATION, (-float("inf"), float("inf"))), **ACTIVATION_BOUNDS}
 
 
 def float_activation_bounds(op):

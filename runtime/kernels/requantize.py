@@ -11,19 +11,10 @@ import numpy as np
 
 from edgeq.runtime.fixedpoint import round_half_away
 from edgeq.runtime.ir import ModelError, Op
+from edgeq.runtime.kernels.common import ACTIVATION_BOUNDS, FUSED_CLAMPS, NO_ACTIVATION
 
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
-
-# Real bounds of the fused activations TFLite's CalculateActivationRangeQuantized applies.
-_ACTIVATION_BOUNDS = {
-    "NONE": (None, None),
-    "": (None, None),
-    None: (None, None),
-    "RELU": (0.0, None),
-    "RELU6": (0.0, 6.0),
-    "RELU_N1_TO_1": (-1.0, 1.0),
-}
 
 # int8 x int8 products summed over K terms stay below 2^24 (exact in float32) while
 # K * 128 * 128 < 2^24; float64 is exact for any K a model has.
@@ -49,19 +40,22 @@ def activation_range(op: Op, scale, zero_point: int, dtype=np.int8) -> tuple:
 
 
 def activation_range_for(name, scale, zero_point: int, dtype=np.int8, op=None) -> tuple:
-    if name not in _ACTIVATION_BOUNDS:
-        raise ModelError(f"op {op}: fused activation {name!r} has no integer form")
+    """The integer range of activation ``name`` (fused, or a RELU-family op's own clamp) for an
+    output of ``dtype`` with ``scale`` and ``zero_point``."""
     info = np.iinfo(dtype)
     low, high = int(info.min), int(info.max)
-    real_low, real_high = _ACTIVATION_BOUNDS[name]
+    if name in NO_ACTIVATION:
+        return low, high
+    if name not in FUSED_CLAMPS:
+        raise ModelError(f"op {op}: fused activation {name!r} has no integer form")
+    real_low, real_high = ACTIVATION_BOUNDS[name]
     scale = np.float32(scale)
 
     def quantize(real):  # zero_point + round(real / scale), float32 as TFLite computes it
         return zero_point + int(round_half_away(np.float32(real) / scale))
 
-    if real_low is not None:
-        low = max(low, quantize(real_low))
-    if real_high is not None:
+    low = max(low, quantize(real_low))
+    if real_high != np.inf:
         high = min(high, quantize(real_high))
     return low, high
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeq.runtime.ir import ModelError
+from edgeq.runtime.kernels.common import ACTIVATION_BOUNDS
 
 from . import node_label, rule
 from .elementwise import compute_dtype, emit_cast, operand_as, tflite_type_name, wide_output
@@ -100,8 +101,7 @@ def clip_bounds(ctx, node, attrs) -> tuple:
 def convert_clip(ctx, node, attrs):
     low, high = clip_bounds(ctx, node, attrs)
     value = ctx.value(node.input[0])
-    named = {(0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1", (0.0, np.inf): "RELU", (0.0, 1.0): "RELU_0_TO_1"}
-    tfl_type = named.get((low, high))
+    tfl_type = {bounds: name for name, bounds in ACTIVATION_BOUNDS.items()}.get((low, high))
     # TFLite's RELU family reads int8/uint8/int16 as quantized; on plain integers Clip is MAXIMUM/MINIMUM.
     if tfl_type and tfl_type != "RELU_0_TO_1" and value.dtype == np.float32:
         emit_unary(ctx, node, tfl_type)
