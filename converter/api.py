@@ -278,7 +278,7 @@ def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debu
         from edgeq.converter.quant_debug import layer_errors
 
         errors = layer_errors(float_graph, graph, samples, batch_size=batch_size)
-    return graph, list(getattr(graph, "float_ops", [])), errors, choice
+    return graph, list(graph.float_ops), errors, choice
 
 
 def _float_choice_note(choice) -> str:

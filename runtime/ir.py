@@ -104,15 +104,22 @@ class Op:
 
 
 class Graph:
-    """Named tensors plus ops in execution order; ``inputs``/``outputs`` name the graph's boundary."""
+    """Named tensors plus ops in execution order; ``inputs``/``outputs`` name the graph's boundary.
 
-    def __init__(self, tensors: Iterable[Tensor] = (), ops: Iterable[Op] = (), inputs=(), outputs=()):
+    ``float_ops`` is what int8 quantization left in float, one line per op naming it and the
+    reason (``"SIN (no int8 kernel rule)"``); empty for a graph no quantization has touched. It is
+    not serialized.
+    """
+
+    def __init__(self, tensors: Iterable[Tensor] = (), ops: Iterable[Op] = (), inputs=(), outputs=(),
+                 float_ops=()):
         self.tensors: dict[str, Tensor] = {}
         for t in tensors:
             self.add_tensor(t)
         self.ops: list[Op] = list(ops)
         self.inputs: list[str] = list(inputs)
         self.outputs: list[str] = list(outputs)
+        self.float_ops: list[str] = list(float_ops)
 
     # -- building --------------------------------------------------------------------------
     def add_tensor(self, tensor: Tensor) -> Tensor:
@@ -175,7 +182,7 @@ class Graph:
             Op(op.type, list(op.inputs), list(op.outputs), copy.deepcopy(op.options), op.name)
             for op in self.ops
         ]
-        return Graph(tensors, ops, self.inputs, self.outputs)
+        return Graph(tensors, ops, self.inputs, self.outputs, self.float_ops)
 
     # -- maintenance -----------------------------------------------------------------------
     def toposort(self) -> None:

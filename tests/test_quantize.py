@@ -321,6 +321,14 @@ def test_ops_without_int8_rule_stay_float_between_dequantize_and_quantize():
     assert np.allclose(got, np.maximum(np.sin(x), 0), atol=2 * output_step(q))
 
 
+def test_the_ops_left_in_float_survive_a_copy_of_the_quantized_graph():
+    b = Builder()
+    b.op("SIN", ["x"], (1, 8, 8, 3))
+    graph = b.done()
+    assert graph.float_ops == []
+    assert quantize_int8(graph, calibrated(graph)).copy().float_ops == ["SIN (no int8 kernel rule)"]
+
+
 def test_float_op_between_int8_ops_gets_dequantize_and_quantize():
     b = Builder()
     r = b.op("RELU", ["x"], (1, 8, 8, 3))
