@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 
 from edgeq.converter.quantize import choose_activation_params
+from edgeq.runtime.fixedpoint import round_half_away
 from edgeq.runtime.inputs import load_samples
 from edgeq.runtime.ir import Graph, ModelError
 
@@ -245,7 +246,7 @@ class MseObserver(HistogramObserver):
 
         def error(lo, hi):
             scale, zero_point = choose_activation_params(lo, hi)
-            q = np.clip(np.round(centres / scale) + zero_point, -128, 127)
+            q = np.clip(round_half_away(centres / scale) + zero_point, -128, 127)  # as quantize_affine
             return float(np.sum(weights * ((q - zero_point) * scale - centres) ** 2))
 
         shrink = np.linspace(0.05, 1.0, 96)
