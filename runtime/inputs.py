@@ -17,6 +17,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from edgeq.runtime.fixedpoint import round_half_away
 from edgeq.runtime.ir import Graph, ModelError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -260,4 +261,6 @@ def as_input_dtype(values: np.ndarray, detail: dict) -> np.ndarray:
     if not scale:
         raise ModelError(f"input '{detail['name']}' is {dtype.name} without quantization parameters")
     info = np.iinfo(dtype)
-    return np.clip(np.round(values / scale) + zero_point, info.min, info.max).astype(dtype)
+    # As TFLite's QUANTIZE rounds: ties away from zero.
+    quantized = round_half_away(np.asarray(values, np.float32) / np.float32(scale)) + zero_point
+    return np.clip(quantized, info.min, info.max).astype(dtype)
