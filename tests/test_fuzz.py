@@ -82,6 +82,7 @@ def test_every_seed_model_runs(seeds):
         assert run_guarded(content) == "ok", label
 
 
+@pytest.mark.slow  # a thousand cases
 def test_seeded_mutations_run_or_fail_cleanly(seeds):
     models, fields = seeds
     outcomes = {}

@@ -55,6 +55,8 @@ FLOAT_TOLERANCE = 1e-4
 # exact float32 GEMM by column maxima. The shipped-weights checks run the models whole.
 RANDOM_WEIGHTS_CLASSIFIER_WIDTH = 1024
 
+# Every test here converts or runs an ImageNet-size model: the slow tier.
+pytestmark = pytest.mark.slow
 # The tests of one model run one after the other (a module-scoped parameter), so the module-scoped
 # fixtures below hold one model's conversions at a time.
 each_light_model = pytest.mark.parametrize("name", LIGHT_MODELS, scope="module")

@@ -378,6 +378,10 @@ def check_task_metric(name: str, figures: dict) -> None:
 
 # ----------------------------------------------------------------------------- tests
 
+# Each model is converted and run on every evaluation sample by several engines: the slow tier.
+pytestmark = pytest.mark.slow
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_model_file_has_dynamic_axes_and_shape_arithmetic(name):
     """The exported models keep symbolic batch (and spatial/sequence) dims, so the converter meets

@@ -43,6 +43,8 @@ def report_args(name: str, output: Path, *extra):
             "--eval-samples", EVAL_SAMPLES, "--repeats", 5, "-o", output, *extra]
 
 
+# Building a report converts and measures every variant, in worker and probe processes: the tests
+# that build one are in the slow tier.
 @pytest.fixture(scope="module")
 def cnn_report(tmp_path_factory):
     """One report on the CNN sample with two calibration methods and two pruned variants, built by
@@ -58,6 +60,7 @@ def variant(report: dict, name: str) -> dict:
     return next(v for v in report["variants"] if v["name"] == name)
 
 
+@pytest.mark.slow
 def test_report_writes_every_file_and_every_variant_model(cnn_report):
     folder, report, _ = cnn_report
     for name in REPORT_FILES:
@@ -68,6 +71,7 @@ def test_report_writes_every_file_and_every_variant_model(cnn_report):
     assert not list(folder.parent.glob(".report*")), "staging folder left behind"
 
 
+@pytest.mark.slow
 def test_report_json_has_every_figure_for_every_variant(cnn_report):
     _, report, _ = cnn_report
     assert set(report["versions"]) >= {"edgeq", "numpy", "onnx", "ai-edge-litert", "python"}
@@ -85,6 +89,7 @@ def test_report_json_has_every_figure_for_every_variant(cnn_report):
     assert report["checks"] == {"ok": True, "problems": []}
 
 
+@pytest.mark.slow
 def test_sizes_are_the_files_sizes(cnn_report):
     folder, report, _ = cnn_report
     for v in report["variants"]:
@@ -99,6 +104,7 @@ def top1_on_litert_reference(content: bytes, images: np.ndarray, labels: np.ndar
     return float(np.mean(np.argmax(logits, axis=1) == labels))
 
 
+@pytest.mark.slow
 def test_int8_top1_equals_litert_reference_kernels_on_the_written_file(cnn_report):
     folder, report, _ = cnn_report
     test = np.load(sample("digits_cnn", "test"))
@@ -111,6 +117,7 @@ def test_int8_top1_equals_litert_reference_kernels_on_the_written_file(cnn_repor
         assert v["engine_agreement"]["identical"] and v["engine_agreement"]["ok"]
 
 
+@pytest.mark.slow
 def test_float32_top1_matches_onnxruntime_on_the_source_model(cnn_report):
     _, report, _ = cnn_report
     test = np.load(sample("digits_cnn", "test"))
@@ -120,6 +127,7 @@ def test_float32_top1_matches_onnxruntime_on_the_source_model(cnn_report):
     assert variant(report, "float32")["accuracy"]["edgeq"]["top1_agreement"] == 1.0
 
 
+@pytest.mark.slow
 def test_layer_errors_of_the_minmax_variant_are_listed_worst_first(cnn_report):
     folder, report, _ = cnn_report
     errors = report["layer_errors"]
@@ -131,6 +139,7 @@ def test_layer_errors_of_the_minmax_variant_are_listed_worst_first(cnn_report):
     assert errors["tensors"][0]["tensor"] in markdown
 
 
+@pytest.mark.slow
 def test_markdown_lists_every_variant_and_shows_the_plot(cnn_report):
     folder, report, output = cnn_report
     markdown = (folder / "report.md").read_text()
@@ -148,6 +157,7 @@ def test_pareto_front_on_a_hand_made_example():
     assert pareto_front([(10, 0.5)]) == [True]
 
 
+@pytest.mark.slow
 def test_report_marks_the_pareto_front_it_computes(cnn_report):
     _, report, _ = cnn_report
     points = [(v["size"]["bytes"], v["accuracy"]["edgeq"]["top1"]) for v in report["variants"]]
@@ -214,6 +224,7 @@ def open_in_chromium(page: Path, screenshot: Path, profile: Path) -> list:
     return [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
 
 
+@pytest.mark.slow
 def test_html_is_self_contained(cnn_report):
     folder, _, _ = cnn_report
     page = (folder / "report.html").read_text()
@@ -222,6 +233,7 @@ def test_html_is_self_contained(cnn_report):
     assert "<script" not in page and "url(" not in page
 
 
+@pytest.mark.slow
 def test_html_renders_in_headless_chromium_without_console_errors(cnn_report, tmp_path):
     folder, _, _ = cnn_report
     page = tmp_path / "report.html"
@@ -251,6 +263,7 @@ def eval_without_labels(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_without_labels_accuracy_is_fidelity_to_float32_and_json_goes_to_stdout(tmp_path):
     out = tmp_path / "report"
     result = invoke("report", sample("digits_mlp", "model"), "--calibration", sample("digits_mlp", "calib"),
@@ -266,6 +279,7 @@ def test_without_labels_accuracy_is_fidelity_to_float32_and_json_goes_to_stdout(
     assert int8["edgeq"] == int8["litert"]
 
 
+@pytest.mark.slow
 def test_a_user_metric_replaces_the_builtin_ones_and_a_new_report_replaces_the_old(tmp_path, monkeypatch):
     (tmp_path / "digit_metrics_for_report.py").write_text(
         "import numpy as np\n"
@@ -288,6 +302,7 @@ def test_a_user_metric_replaces_the_builtin_ones_and_a_new_report_replaces_the_o
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
+@pytest.mark.slow
 def test_pruned_variants_carry_their_pruning_and_compress_better(cnn_report):
     _, report, _ = cnn_report
     sparse, narrow = variant(report, "int8-sparse50"), variant(report, "int8-channels25-reconstruct")
