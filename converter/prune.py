@@ -644,14 +644,14 @@ def _columns(op_type: str, inputs: np.ndarray, weight_shape: tuple, options: dic
 
 def im2col(inputs: np.ndarray, kernel_h: int, kernel_w: int, options: dict) -> np.ndarray:
     """[N, H, W, C] -> [N * OH * OW, KH * KW * C] patches in TFLite's filter order (kh, kw, c)."""
-    from edgeq.runtime.kernels.common import compute_padding
+    from edgeq.runtime.padding import output_and_padding
 
     n, height, width, channels = inputs.shape
     stride_h, stride_w = options.get("stride_h", 1), options.get("stride_w", 1)
     dilation_h, dilation_w = options.get("dilation_h_factor", 1), options.get("dilation_w_factor", 1)
     padding = options.get("padding", "SAME")
-    out_h, top, bottom = compute_padding(padding, height, kernel_h, stride_h, dilation_h)
-    out_w, left, right = compute_padding(padding, width, kernel_w, stride_w, dilation_w)
+    out_h, top, bottom = output_and_padding(padding, height, kernel_h, stride_h, dilation_h)
+    out_w, left, right = output_and_padding(padding, width, kernel_w, stride_w, dilation_w)
     if kernel_h == kernel_w == 1 and stride_h == stride_w == 1:
         return inputs.reshape(-1, channels)
     padded = np.pad(inputs, ((0, 0), (top, bottom), (left, right), (0, 0)))

@@ -19,6 +19,7 @@ import numpy as np
 
 from edgeq.runtime.tflite_format import schema
 from edgeq.runtime.ir import Graph, ModelError, Op
+from edgeq.runtime.padding import PADDINGS, dilated_size, output_size
 
 MAX_RANK = 8
 MAX_DIM = 2**31 - 1
@@ -371,7 +372,7 @@ def _positive_option(op, key, where) -> int:
 def _window_output(op, in_shape, k_h, k_w, channels, where) -> tuple:
     n, h, w, _ = in_shape
     padding = op.options.get("padding", "SAME")
-    if padding not in ("SAME", "VALID"):
+    if padding not in PADDINGS:
         raise ModelError(f"{where}: padding {padding!r} is not SAME or VALID")
     sizes = []
     for size, k, axis in ((h, k_h, "h"), (w, k_w, "w")):
@@ -379,14 +380,11 @@ def _window_output(op, in_shape, k_h, k_w, channels, where) -> tuple:
         dilation = _positive_option(op, f"dilation_{axis}_factor", where)
         # Kernels work (and pad) per window position: a window far beyond the input only reads
         # padding, and a 8-million-wide one runs for minutes. Twice the input covers every real model.
-        extent = (k - 1) * dilation + 1
+        extent = dilated_size(k, dilation)
         if extent > 2 * size + 1:
             raise ModelError(f"{where}: a window {extent} wide (filter {k}, dilation {dilation}) along {axis}"
                              f" is more than twice the input's {size}")
-        if padding == "SAME":
-            sizes.append((size + stride - 1) // stride)
-        else:
-            sizes.append(max((size - ((k - 1) * dilation + 1) + stride) // stride, 0))
+        sizes.append(max(output_size(padding, size, k, stride, dilation), 0))
     return (n, sizes[0], sizes[1], channels)
 
 

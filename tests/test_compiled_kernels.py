@@ -14,7 +14,7 @@ import pytest
 from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier
 from edgeq.runtime.interpreter import Interpreter
 from edgeq.runtime.kernels import compiled
-from edgeq.runtime.kernels.common import compute_out_size
+from edgeq.runtime.padding import output_size
 from edgeq.runtime.ir import Graph, Op, Tensor
 
 pytest.importorskip("ai_edge_litert.interpreter")
@@ -93,7 +93,7 @@ def test_add_sub_int8(kernel_path, op_type, case):
                                                                            ["NONE", "RELU6"])))
 def test_max_pool_int8(kernel_path, k, stride, padding, act):
     q = (0.05, 3)
-    y_shape = (2, compute_out_size(padding, 9, k, stride), compute_out_size(padding, 8, k, stride), 3)
+    y_shape = (2, output_size(padding, 9, k, stride), output_size(padding, 8, k, stride), 3)
     options = {"padding": padding, "stride_w": stride, "stride_h": stride, "filter_width": k,
                "filter_height": k, "fused_activation_function": act}
     graph, inputs = unary_graph("MAX_POOL_2D", (2, 9, 8, 3), y_shape, q, q, options)
@@ -111,7 +111,7 @@ def float_depthwise_graph(x_shape, k, stride, dilation, padding, multiplier, act
     names = ["x", g.add_constant("w", rng.standard_normal((1, k, k, out_c)).astype(np.float32))]
     if bias:
         names.append(g.add_constant("b", rng.standard_normal(out_c).astype(np.float32)))
-    y_shape = (n, compute_out_size(padding, h, k, stride, dilation), compute_out_size(padding, w, k, stride, dilation),
+    y_shape = (n, output_size(padding, h, k, stride, dilation), output_size(padding, w, k, stride, dilation),
                out_c)
     g.add_tensor(Tensor("y", y_shape, np.float32))
     g.add_op(Op("DEPTHWISE_CONV_2D", names, ["y"], {
@@ -139,7 +139,7 @@ def test_depthwise_conv_2d_float_without_bias_identical(monkeypatch):
 @pytest.mark.parametrize("k, stride, padding, act", list(itertools.product([2, 3], [1, 2], ["SAME", "VALID"],
                                                                            ["NONE", "RELU"])))
 def test_max_pool_float_identical(monkeypatch, k, stride, padding, act):
-    y_shape = (2, compute_out_size(padding, 9, k, stride), compute_out_size(padding, 8, k, stride), 3)
+    y_shape = (2, output_size(padding, 9, k, stride), output_size(padding, 8, k, stride), 3)
     options = {"padding": padding, "stride_w": stride, "stride_h": stride, "filter_width": k,
                "filter_height": k, "fused_activation_function": act}
     graph, inputs = unary_graph("MAX_POOL_2D", (2, 9, 8, 3), y_shape, None, None, options, dtype=np.float32)
@@ -214,7 +214,7 @@ def test_conv_2d_float_compiled_im2col_identical(monkeypatch, k, stride, dilatio
     g.add_tensor(Tensor("x", x_shape, np.float32))
     names = ["x", g.add_constant("w", rng.standard_normal((out_c, k, k, 3)).astype(np.float32)),
              g.add_constant("b", rng.standard_normal(out_c).astype(np.float32))]
-    y_shape = (2, compute_out_size(padding, 15, k, stride, dilation), compute_out_size(padding, 14, k, stride, dilation),
+    y_shape = (2, output_size(padding, 15, k, stride, dilation), output_size(padding, 14, k, stride, dilation),
                out_c)
     g.add_tensor(Tensor("y", y_shape, np.float32))
     g.add_op(Op("CONV_2D", names, ["y"], {"padding": padding, "stride_h": stride, "stride_w": stride,

@@ -17,7 +17,7 @@ litert = pytest.importorskip("ai_edge_litert.interpreter")
 
 from edgeq.runtime.tflite_format.writer import write_tflite  # noqa: E402
 from edgeq.runtime.interpreter import Interpreter  # noqa: E402
-from edgeq.runtime.kernels.common import compute_out_size  # noqa: E402
+from edgeq.runtime.padding import output_size  # noqa: E402
 from edgeq.runtime.ir import Graph, Op, QuantParams, Tensor
 
 HYBRID_TOLERANCE = 1e-5
@@ -110,8 +110,8 @@ def weighted_op(op_type, x_shape, in_q, out_q, k=3, stride=1, dilation=1, paddin
         options = {"fused_activation_function": act, "keep_num_dims": keep}
     else:
         n, h, w_, _ = x_shape
-        y_shape = (n, compute_out_size(padding, h, k, stride, dilation),
-                   compute_out_size(padding, w_, k, stride, dilation), out_c)
+        y_shape = (n, output_size(padding, h, k, stride, dilation),
+                   output_size(padding, w_, k, stride, dilation), out_c)
         options = {"padding": padding, "stride_w": stride, "stride_h": stride, "dilation_w_factor": dilation,
                    "dilation_h_factor": dilation, "fused_activation_function": act}
         if op_type == "DEPTHWISE_CONV_2D":
@@ -275,7 +275,7 @@ def unary_graph(op_type, x_shape, y_shape, q_in, q_out, options=None, constants=
                                                                            ["NONE", "RELU6"])))
 def test_pooling(op_type, k, stride, padding, act):
     q = (0.05, 3)
-    y_shape = (2, compute_out_size(padding, 9, k, stride), compute_out_size(padding, 8, k, stride), 3)
+    y_shape = (2, output_size(padding, 9, k, stride), output_size(padding, 8, k, stride), 3)
     options = {"padding": padding, "stride_w": stride, "stride_h": stride, "filter_width": k,
                "filter_height": k, "fused_activation_function": act}
     graph, inputs = unary_graph(op_type, (2, 9, 8, 3), y_shape, q, q, options)

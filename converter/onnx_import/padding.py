@@ -1,11 +1,10 @@
 """ONNX spatial padding (pads / auto_pad) against TFLite's two padding modes, SAME and VALID."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from edgeq.runtime.ir import ModelError
+from edgeq.runtime.padding import same_padding
 
 NHWC = (0, 2, 3, 1)
 
@@ -15,11 +14,9 @@ def decode(value) -> str:
 
 
 def same_pads(in_size: int, eff_kernel: int, stride: int, lower: bool = False) -> tuple:
-    """TFLite's SAME (= ONNX SAME_UPPER): the extra pad goes at the end."""
-    out = math.ceil(in_size / stride)
-    total = max((out - 1) * stride + eff_kernel - in_size, 0)
-    small = total // 2
-    return (total - small, small) if lower else (small, total - small)
+    """TFLite's SAME (= ONNX SAME_UPPER): the extra pad goes at the end; SAME_LOWER puts it first."""
+    before, after = same_padding(in_size, eff_kernel, stride)
+    return (after, before) if lower else (before, after)
 
 
 def explicit_pads(attrs: dict, in_hw, eff_kernels, strides, label: str) -> list:

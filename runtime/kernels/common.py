@@ -75,23 +75,6 @@ def with_activation(compute: Callable, activation: Optional[Callable]) -> Callab
     return compute_then_activate
 
 
-def compute_out_size(padding: str, in_size: int, filter_size: int, stride: int, dilation: int = 1) -> int:
-    effective_filter = (filter_size - 1) * dilation + 1
-    if padding == "SAME":
-        return (in_size + stride - 1) // stride
-    if padding == "VALID":
-        return (in_size + stride - effective_filter) // stride
-    raise ModelError(f"unknown padding {padding!r}")
-
-
-def compute_padding(padding: str, in_size: int, filter_size: int, stride: int, dilation: int = 1):
-    """(out_size, pad_before, pad_after) as TFLite's ComputePaddingHeightWidth: odd padding goes at the end."""
-    out_size = compute_out_size(padding, in_size, filter_size, stride, dilation)
-    effective_filter = (filter_size - 1) * dilation + 1
-    total = max((out_size - 1) * stride + effective_filter - in_size, 0)
-    return out_size, total // 2, total // 2 + total % 2
-
-
 def input_tensor(op: Op, graph: Graph, position: int):
     """The op's input tensor at ``position``, or None when the optional input is omitted."""
     if position >= len(op.inputs) or not op.inputs[position]:

@@ -13,13 +13,13 @@ import numpy as np
 
 from edgeq.runtime.kernels import compiled, register
 from edgeq.runtime.kernels.common import (
-    compute_padding,
     constant_input,
     fused_activation,
     input_tensor,
     require_float,
     strided_overlap,
 )
+from edgeq.runtime.padding import explicit_output_size, output_and_padding
 from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier
 from edgeq.runtime.kernels.requantize import (
     activation_range,
@@ -305,12 +305,12 @@ def _geometry(op, graph) -> ConvGeometry:
     explicit = options.get("explicit_padding")
     if explicit is not None:  # (top, bottom, left, right): a PAD the interpreter folded in
         pad_top, pad_bottom, pad_left, pad_right = explicit
-        out_h = (in_h + pad_top + pad_bottom - (k_h - 1) * dil_h - 1) // stride_h + 1
-        out_w = (in_w + pad_left + pad_right - (k_w - 1) * dil_w - 1) // stride_w + 1
+        out_h = explicit_output_size(in_h, pad_top, pad_bottom, k_h, stride_h, dil_h)
+        out_w = explicit_output_size(in_w, pad_left, pad_right, k_w, stride_w, dil_w)
     else:
         padding = options.get("padding", "SAME")
-        out_h, pad_top, _ = compute_padding(padding, in_h, k_h, stride_h, dil_h)
-        out_w, pad_left, _ = compute_padding(padding, in_w, k_w, stride_w, dil_w)
+        out_h, pad_top, _ = output_and_padding(padding, in_h, k_h, stride_h, dil_h)
+        out_w, pad_left, _ = output_and_padding(padding, in_w, k_w, stride_w, dil_w)
     taps = []
     for ky in range(k_h):
         rows = strided_overlap(ky * dil_h - pad_top, stride_h, out_h, in_h)

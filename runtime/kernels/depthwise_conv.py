@@ -10,7 +10,6 @@ import numpy as np
 
 from edgeq.runtime.kernels import compiled, register
 from edgeq.runtime.kernels.common import (
-    compute_padding,
     constant_input,
     fused_activation,
     input_tensor,
@@ -19,6 +18,7 @@ from edgeq.runtime.kernels.common import (
     window_taps,
     with_activation,
 )
+from edgeq.runtime.padding import explicit_output_size, output_and_padding
 from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier
 from edgeq.runtime.kernels.requantize import (
     activation_range,
@@ -70,12 +70,12 @@ def _padding(options, in_h, in_w, k_h, k_w):
     explicit = options.get("explicit_padding")
     if explicit is not None:
         top, bottom, left, right = explicit
-        out_h = (in_h + top + bottom - (k_h - 1) * dil_h - 1) // stride_h + 1
-        out_w = (in_w + left + right - (k_w - 1) * dil_w - 1) // stride_w + 1
+        out_h = explicit_output_size(in_h, top, bottom, k_h, stride_h, dil_h)
+        out_w = explicit_output_size(in_w, left, right, k_w, stride_w, dil_w)
         return out_h, out_w, (top, bottom, left, right)
     padding = options.get("padding", "SAME")
-    out_h, top, bottom = compute_padding(padding, in_h, k_h, stride_h, dil_h)
-    out_w, left, right = compute_padding(padding, in_w, k_w, stride_w, dil_w)
+    out_h, top, bottom = output_and_padding(padding, in_h, k_h, stride_h, dil_h)
+    out_w, left, right = output_and_padding(padding, in_w, k_w, stride_w, dil_w)
     return out_h, out_w, (top, bottom, left, right)
 
 

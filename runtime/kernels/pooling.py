@@ -6,13 +6,13 @@ import numpy as np
 
 from edgeq.runtime.kernels import compiled, register
 from edgeq.runtime.kernels.common import (
-    compute_padding,
     fused_activation,
     padded_column_phases,
     require_float,
     window_taps,
     with_activation,
 )
+from edgeq.runtime.padding import output_and_padding
 from edgeq.runtime.kernels.requantize import activation_range, rounding_divide, saturate, scale_and_zero_point
 
 
@@ -22,8 +22,8 @@ def _geometry(op, graph):
     k_h, k_w = options["filter_height"], options["filter_width"]
     stride_h, stride_w = options.get("stride_h", 1), options.get("stride_w", 1)
     padding = options.get("padding", "VALID")
-    out_h, pad_top, pad_bottom = compute_padding(padding, in_h, k_h, stride_h)
-    out_w, pad_left, pad_right = compute_padding(padding, in_w, k_w, stride_w)
+    out_h, pad_top, pad_bottom = output_and_padding(padding, in_h, k_h, stride_h)
+    out_w, pad_left, pad_right = output_and_padding(padding, in_w, k_w, stride_w)
     pads = (pad_top, pad_bottom, pad_left, pad_right)
     taps = [(phase, rows, cols) for _, _, phase, rows, cols
             in window_taps(k_h, k_w, stride_h, stride_w, 1, 1, out_h, out_w, channels)]

@@ -16,7 +16,6 @@ from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier
 from edgeq.runtime.kernels import compiled, register
 from edgeq.runtime.kernels.common import (
     batched_shape,
-    compute_padding,
     constant_input,
     fused_activation,
     input_tensor,
@@ -24,6 +23,7 @@ from edgeq.runtime.kernels.common import (
     strided_overlap,
     with_activation,
 )
+from edgeq.runtime.padding import output_and_padding
 from edgeq.runtime.kernels.requantize import (
     activation_range,
     exact_matmul_dtype_for,
@@ -72,8 +72,8 @@ def _geometry(op, graph) -> TransposeConvGeometry:
     stride_h, stride_w = options.get("stride_h", 1), options.get("stride_w", 1)
     padding = options.get("padding", "SAME")
     out_h, out_w = output_shape[1], output_shape[2]
-    _, pad_top, _ = compute_padding(padding, out_h, k_h, stride_h)
-    _, pad_left, _ = compute_padding(padding, out_w, k_w, stride_w)
+    _, pad_top, _ = output_and_padding(padding, out_h, k_h, stride_h)
+    _, pad_left, _ = output_and_padding(padding, out_w, k_w, stride_w)
     taps = []
     for ky in range(k_h):
         rows = strided_overlap(ky - pad_top, stride_h, in_h, out_h)
