@@ -28,7 +28,7 @@ MAX_ELEMENTS = 2**31 - 1
 FALLBACK_MEMORY_BYTES = 4 << 30
 
 # (fewest inputs, most inputs, fewest outputs, most outputs); None = no upper bound.
-_ARITY = {
+ARITY = {
     "CONV_2D": (2, 3, 1, 1),
     "DEPTHWISE_CONV_2D": (2, 3, 1, 1),
     "FULLY_CONNECTED": (2, 3, 1, 2),
@@ -70,7 +70,7 @@ _ARITY = {
 _BINARY = ("ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM", "SQUARED_DIFFERENCE", "POW", "FLOOR_MOD")
 _COMPARISONS = ("EQUAL", "NOT_EQUAL", "LESS", "LESS_EQUAL", "GREATER", "GREATER_EQUAL", "LOGICAL_AND", "LOGICAL_OR")
 _REDUCERS = ("MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN", "REDUCE_PROD", "REDUCE_ANY", "REDUCE_ALL")
-_ARITY.update({op_type: (2, 2, 1, 1) for op_type in _BINARY + _COMPARISONS + _REDUCERS})
+ARITY.update({op_type: (2, 2, 1, 1) for op_type in _BINARY + _COMPARISONS + _REDUCERS})
 # Inputs that may be omitted ("" / index -1), by op; every other input must be present.
 _OPTIONAL_INPUTS = {
     "CONV_2D": {2},
@@ -81,7 +81,7 @@ _OPTIONAL_INPUTS = {
     "PADV2": {2},
 }
 # Ops that take one input and give one output when not listed above.
-_DEFAULT_ARITY = (1, 1, 1, 1)
+DEFAULT_ARITY = (1, 1, 1, 1)
 _QUANTIZED_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16))
 
 
@@ -250,7 +250,7 @@ def check_dataflow(graph: Graph) -> None:
 
 
 def check_arity(op: Op, where: str) -> None:
-    fewest_in, most_in, fewest_out, most_out = _ARITY.get(op.type, _DEFAULT_ARITY)
+    fewest_in, most_in, fewest_out, most_out = ARITY.get(op.type, DEFAULT_ARITY)
     count_in, count_out = len(op.inputs), len(op.outputs)
     if count_in < fewest_in or (most_in is not None and count_in > most_in):
         raise ModelError(f"{where}: {count_in} inputs, expected {_count_range(fewest_in, most_in)}")
@@ -317,7 +317,7 @@ def infer_shapes(graph: Graph) -> dict:
     shapes = {name: tuple(t.shape) for name, t in graph.tensors.items()}
     for position, op in enumerate(graph.ops):
         where = f"op #{position} ({op})"
-        rule = _SHAPE_RULES.get(op.type)
+        rule = SHAPE_RULES.get(op.type)
         if rule is None:
             continue
         inputs = [_Input(graph.tensors[name], shapes[name]) if name else None for name in op.inputs]
@@ -567,12 +567,147 @@ def _reshape_shape(op, inputs, where):
     return None
 
 
+def _axis(inp, rank, where, what="axis", extra=0) -> int:
+    """A constant one-value axis input, checked against ``rank`` (+ ``extra`` for an inserted axis)."""
+    values = _constant(inp, where, what)
+    if values.size != 1:
+        raise ModelError(f"{where}: {what} {values.tolist()} must be one value")
+    return _axis_value(int(values[0]), rank + extra, where, what)
+
+
+def _axis_value(axis, rank, where, what="axis") -> int:
+    if not -rank <= axis < rank:
+        raise ModelError(f"{where}: {what} {axis} is out of range for rank {rank}")
+    return axis % rank
+
+
+def _indexed_shape(shape, index) -> tuple:
+    """The shape numpy gives ``x[index]`` for an ``x`` of ``shape``, without allocating ``x``."""
+    return np.broadcast_to(np.zeros((), np.int8), shape)[index].shape
+
+
+def _squeeze_shape(op, inputs, where):
+    data = inputs[0].shape
+    dims = [int(d) for d in (op.options.get("squeeze_dims") or [])]
+    axes = {_axis_value(d, len(data), where, "squeeze dimension") for d in dims}
+    if not dims:
+        axes = {i for i, d in enumerate(data) if d == 1}
+    if any(data[a] != 1 for a in axes):
+        raise ModelError(f"{where}: squeeze_dims {dims} name a dimension of {list(data)} that is not 1")
+    return tuple(d for i, d in enumerate(data) if i not in axes)
+
+
+def _expand_dims_shape(op, inputs, where):
+    data = inputs[0].shape
+    axis = _axis(inputs[1], len(data), where, extra=1)
+    return data[:axis] + (1,) + data[axis:]
+
+
+def _slice_shape(op, inputs, where):
+    from edgeq.runtime.kernels.shape_ops import slice_index
+
+    begin, size = _constant(inputs[1], where, "begin"), _constant(inputs[2], where, "size")
+    try:
+        return _indexed_shape(inputs[0].shape, slice_index(inputs[0].shape, begin, size))
+    except ModelError as error:
+        raise ModelError(f"{where}: {error}") from None
+
+
+def _strided_slice_shape(op, inputs, where):
+    from edgeq.runtime.kernels.shape_ops import strided_slice_index
+
+    begin, end, strides = (_constant(inputs[i], where, what) for i, what in ((1, "begin"), (2, "end"), (3, "strides")))
+    try:
+        index = strided_slice_index(inputs[0].shape, begin, end, strides, op.options)
+    except ModelError as error:
+        raise ModelError(f"{where}: {error}") from None
+    return _indexed_shape(inputs[0].shape, index)
+
+
+def _split_shape(op, inputs, where):
+    data = inputs[1].shape  # SPLIT takes (axis, input)
+    axis = _axis(inputs[0], len(data), where)
+    count = int(op.options.get("num_splits", len(op.outputs)) or len(op.outputs))
+    if count != len(op.outputs) or data[axis] % count:
+        raise ModelError(f"{where}: dimension {axis} of {list(data)} does not split into {len(op.outputs)} outputs"
+                         f" (num_splits {count})")
+    return [data[:axis] + (data[axis] // count,) + data[axis + 1:]] * count
+
+
+def _split_v_shape(op, inputs, where):
+    data = inputs[0].shape
+    axis = _axis(inputs[2], len(data), where)
+    sizes = _constant(inputs[1], where, "size_splits").tolist()
+    if sizes.count(-1) == 1:
+        sizes[sizes.index(-1)] = data[axis] - (sum(sizes) + 1)
+    if len(sizes) != len(op.outputs) or any(s < 0 for s in sizes) or sum(sizes) != data[axis]:
+        raise ModelError(f"{where}: size_splits {_constant(inputs[1], where, 'size_splits').tolist()} do not split"
+                         f" dimension {axis} of {list(data)} into {len(op.outputs)} outputs")
+    return [data[:axis] + (s,) + data[axis + 1:] for s in sizes]
+
+
+def _unpack_shape(op, inputs, where):
+    data = inputs[0].shape
+    axis = _axis_value(int(op.options.get("axis", 0)), len(data), where)
+    count = int(op.options.get("num", 0) or data[axis])
+    if count != data[axis] or count != len(op.outputs):
+        raise ModelError(f"{where}: {len(op.outputs)} outputs (num {count}) for dimension {axis} of {list(data)}")
+    return [data[:axis] + data[axis + 1:]] * count
+
+
+def _depth_to_space_shape(op, inputs, where):
+    n, h, w, c = _rank(inputs[0], (4,), where)
+    block = _positive_option(op, "block_size", where)
+    if c % (block * block):
+        raise ModelError(f"{where}: depth {c} is not a multiple of block_size² = {block * block}")
+    return (n, h * block, w * block, c // (block * block))
+
+
+def _space_to_depth_shape(op, inputs, where):
+    n, h, w, c = _rank(inputs[0], (4,), where)
+    block = _positive_option(op, "block_size", where)
+    if h % block or w % block:
+        raise ModelError(f"{where}: height {h} and width {w} are not multiples of block_size {block}")
+    return (n, h // block, w // block, c * block * block)
+
+
+def _reduce_shape(op, inputs, where):
+    data = inputs[0].shape
+    axes = {_axis_value(int(a), len(data), where) for a in _constant(inputs[1], where, "axis").tolist()}
+    if op.options.get("keep_dims", False):
+        return tuple(1 if i in axes else d for i, d in enumerate(data))
+    return tuple(d for i, d in enumerate(data) if i not in axes)
+
+
+def _arg_min_max_shape(op, inputs, where):
+    data = inputs[0].shape
+    axis = _axis(inputs[1], len(data), where)
+    return data[:axis] + data[axis + 1:]
+
+
+def _topk_shape(op, inputs, where):
+    data = _rank(inputs[0], range(1, MAX_RANK + 1), where)
+    k = _constant(inputs[1], where, "k")
+    if k.size != 1 or not 0 <= int(k[0]) <= data[-1]:
+        raise ModelError(f"{where}: k = {k.tolist()} is outside 0..{data[-1]}")
+    return [data[:-1] + (int(k[0]),)] * 2
+
+
+def _cumsum_shape(op, inputs, where):
+    _axis(inputs[1], len(inputs[0].shape), where)
+    return inputs[0].shape
+
+
+def _shape_shape(op, inputs, where):
+    return (len(inputs[0].shape),)
+
+
 _UNARY_SAME_SHAPE = ("RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1", "LOGISTIC", "TANH", "HARD_SWISH", "EXP",
                      "LOG", "SQRT", "RSQRT", "ABS", "NEG", "FLOOR", "CEIL", "ROUND", "SIN", "COS", "SIGN", "ELU",
                      "SQUARE", "GELU", "LEAKY_RELU", "SOFTMAX", "LOG_SOFTMAX", "QUANTIZE", "DEQUANTIZE", "CAST",
-                     "LOCAL_RESPONSE_NORMALIZATION", "L2_NORMALIZATION")
+                     "LOCAL_RESPONSE_NORMALIZATION", "L2_NORMALIZATION", "LOGICAL_NOT", "DENSIFY")
 
-_SHAPE_RULES = {
+SHAPE_RULES = {
     "CONV_2D": _conv_shape,
     "DEPTHWISE_CONV_2D": _conv_shape,
     "TRANSPOSE_CONV": _transpose_conv_shape,
@@ -594,6 +729,21 @@ _SHAPE_RULES = {
     "RESHAPE": _reshape_shape,
     "PRELU": _broadcast_shape,
     "SELECT_V2": _select_shape,
+    "SQUEEZE": _squeeze_shape,
+    "EXPAND_DIMS": _expand_dims_shape,
+    "SLICE": _slice_shape,
+    "STRIDED_SLICE": _strided_slice_shape,
+    "SPLIT": _split_shape,
+    "SPLIT_V": _split_v_shape,
+    "UNPACK": _unpack_shape,
+    "DEPTH_TO_SPACE": _depth_to_space_shape,
+    "SPACE_TO_DEPTH": _space_to_depth_shape,
+    "ARG_MAX": _arg_min_max_shape,
+    "ARG_MIN": _arg_min_max_shape,
+    "TOPK_V2": _topk_shape,
+    "CUMSUM": _cumsum_shape,
+    "SHAPE": _shape_shape,
+    **{op_type: _reduce_shape for op_type in _REDUCERS},
     **{op_type: _broadcast_shape for op_type in _BINARY + _COMPARISONS},
     **{op_type: _same_shape for op_type in _UNARY_SAME_SHAPE},
 }

@@ -197,18 +197,17 @@ def _whole_batch(index_0, static_batch):
     return index_0
 
 
-@register("STRIDED_SLICE")
-def prepare_strided_slice(op, graph):
-    in_shape = graph[op.inputs[0]].shape
-    begin = np.ravel(constant_input(op, graph, 1, "begin")).astype(np.int64)
-    end = np.ravel(constant_input(op, graph, 2, "end")).astype(np.int64)
-    strides = np.ravel(constant_input(op, graph, 3, "strides")).astype(np.int64)
-    options = op.options
+def strided_slice_index(in_shape, begin, end, strides, options) -> tuple:
+    """The numpy index STRIDED_SLICE takes with these constant inputs and options (masks, offset);
+    the validator sizes the output with it too."""
+    begin, end, strides = (np.ravel(v).astype(np.int64) for v in (begin, end, strides))
     begin_mask, end_mask = options.get("begin_mask", 0), options.get("end_mask", 0)
     ellipsis_mask, new_axis_mask = options.get("ellipsis_mask", 0), options.get("new_axis_mask", 0)
     shrink_axis_mask, offset = options.get("shrink_axis_mask", 0), options.get("offset", False)
     if (strides == 0).any():
-        raise ModelError(f"op {op}: a stride is 0")
+        raise ModelError("a stride is 0")
+    if not len(begin) == len(end) == len(strides):
+        raise ModelError(f"begin, end and strides have {len(begin)}, {len(end)} and {len(strides)} values")
     index = []
     for i in range(len(begin)):
         bit = 1 << i
@@ -224,7 +223,36 @@ def prepare_strided_slice(op, graph):
             index.append(slice(start, stop, int(strides[i])))
     if index and in_shape:
         index[0] = _whole_batch(index[0], in_shape[0])
-    index = tuple(index)
+    return tuple(index)
+
+
+def slice_index(in_shape, begin, size) -> tuple:
+    """The numpy index SLICE takes for constant ``begin`` and ``size`` (-1: to the end); refuses
+    what TFLite's SLICE refuses: a count other than the rank, a begin or end outside the input."""
+    begin, size = np.ravel(begin).astype(np.int64), np.ravel(size).astype(np.int64)
+    if not len(begin) == len(size) == len(in_shape):
+        raise ModelError(f"begin and size have {len(begin)} and {len(size)} values for an input of rank {len(in_shape)}")
+    for b, s, d in zip(begin.tolist(), size.tolist(), in_shape):
+        if not 0 <= b <= d or s < -1 or (s != -1 and b + s > d):
+            raise ModelError(f"begin {begin.tolist()} and size {size.tolist()} do not fit an input of shape {list(in_shape)}")
+    index = [slice(int(b), None if s == -1 else int(b + s)) for b, s in zip(begin, size)]
+    if index and in_shape:
+        index[0] = _whole_batch(index[0], in_shape[0])
+    return tuple(index)
+
+
+def _with_op(build, op, *args):
+    try:
+        return build(*args)
+    except ModelError as error:
+        raise ModelError(f"op {op}: {error}") from None
+
+
+@register("STRIDED_SLICE")
+def prepare_strided_slice(op, graph):
+    in_shape = graph[op.inputs[0]].shape
+    begin, end, strides = (constant_input(op, graph, i, what) for i, what in ((1, "begin"), (2, "end"), (3, "strides")))
+    index = _with_op(strided_slice_index, op, in_shape, begin, end, strides, op.options)
 
     def strided_slice(x, _begin=None, _end=None, _strides=None):
         return x[index]
@@ -235,12 +263,8 @@ def prepare_strided_slice(op, graph):
 @register("SLICE")
 def prepare_slice(op, graph):
     in_shape = graph[op.inputs[0]].shape
-    begin = np.ravel(constant_input(op, graph, 1, "begin")).astype(np.int64)
-    size = np.ravel(constant_input(op, graph, 2, "size")).astype(np.int64)
-    index = [slice(int(b), None if s == -1 else int(b + s)) for b, s in zip(begin, size)]
-    if index and in_shape:
-        index[0] = _whole_batch(index[0], in_shape[0])
-    index = tuple(index)
+    begin, size = constant_input(op, graph, 1, "begin"), constant_input(op, graph, 2, "size")
+    index = _with_op(slice_index, op, in_shape, begin, size)
 
     def slice_(x, _begin=None, _size=None):
         return x[index]
