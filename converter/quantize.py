@@ -95,6 +95,7 @@ RULES: dict = {
     "TRANSPOSE": SHARED,
     "PAD": SHARED,
     "PADV2": SHARED,
+    "MIRROR_PAD": SHARED,
     "CONCATENATION": SHARED,
     "SPLIT": SHARED,
     "SPLIT_V": SHARED,
@@ -117,6 +118,49 @@ RULES: dict = {
     "REDUCE_MIN": SHARED,
     "SELECT_V2": SHARED,  # picks stored values of x or y; the condition is bool
 }
+
+_BOOL_OUTPUT = "its output is bool: int8 holds real numbers, the quantizer leaves other outputs alone"
+_INDEX_OUTPUT = "its output is an int32 index: int8 holds real numbers, the quantizer leaves other outputs alone"
+_NO_INT8_KERNEL = "LiteRT's kernel has no int8 form"
+
+# The ops without an int8 rule, each with why it stays float (between DEQUANTIZE and QUANTIZE when it
+# sits among int8 ops). Every op has either a rule above or a reason here (tests/test_op_catalogue.py).
+STAYS_FLOAT: dict = {
+    "QUANTIZE": "it is the conversion between float and int8 itself, which the quantizer inserts",
+    "DEQUANTIZE": "it is the conversion between int8 and float itself, which the quantizer inserts",
+    "CAST": "it converts between dtypes: the side that is not float has no scale to share",
+    "SHAPE": "it reads only its input's shape and gives int32",
+    "DENSIFY": "it expands a sparse constant, which the reader has already made dense",
+    "ARG_MAX": _INDEX_OUTPUT,
+    "ARG_MIN": _INDEX_OUTPUT,
+    "TOPK_V2": "one of its outputs is an int32 index, and its values would need shared params with no rule yet",
+    "EQUAL": _BOOL_OUTPUT,
+    "NOT_EQUAL": _BOOL_OUTPUT,
+    "LESS": _BOOL_OUTPUT,
+    "LESS_EQUAL": _BOOL_OUTPUT,
+    "GREATER": _BOOL_OUTPUT,
+    "GREATER_EQUAL": _BOOL_OUTPUT,
+    "LOGICAL_AND": _BOOL_OUTPUT,
+    "LOGICAL_OR": _BOOL_OUTPUT,
+    "LOGICAL_NOT": _BOOL_OUTPUT,
+    "DIV": "LiteRT's DIV quantizes uint8 only, not int8",
+    "POW": _NO_INT8_KERNEL,
+    "FLOOR_MOD": "LiteRT's int8 FLOOR_MOD is plain integer arithmetic, without scales",
+    "SQRT": _NO_INT8_KERNEL,
+    "SQUARE": _NO_INT8_KERNEL,
+    "SIN": _NO_INT8_KERNEL,
+    "COS": _NO_INT8_KERNEL,
+    "FLOOR": _NO_INT8_KERNEL,
+    "CEIL": _NO_INT8_KERNEL,
+    "ROUND": _NO_INT8_KERNEL,
+    "NEG": "LiteRT's NEG takes float32, int32 and int64 only",
+    "SIGN": "LiteRT's SIGN takes float32 and int32 only",
+    "CUMSUM": "LiteRT's CUMSUM takes float32, int32 and int64 only",
+    "LOCAL_RESPONSE_NORMALIZATION": _NO_INT8_KERNEL,
+    "ELU": "the runtime has no int8 ELU table yet (LiteRT has one)",
+    "REDUCE_PROD": "the runtime has no int8 REDUCE_PROD kernel yet (LiteRT has one)",
+}
+
 
 # -- quantization parameters ---------------------------------------------------------------------
 

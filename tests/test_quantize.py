@@ -122,6 +122,13 @@ def pad():
     return b.done()
 
 
+def mirror_pad():
+    b = Builder()
+    paddings = b.g.add_constant("paddings", np.array([[0, 0], [1, 2], [2, 1], [0, 0]], np.int32))
+    b.op("MIRROR_PAD", ["x", paddings], (1, 11, 11, 3), {"mode": "REFLECT"})
+    return b.done()
+
+
 GRAPHS = {
     "conv_relu6": conv_relu6,
     "depthwise": depthwise,
@@ -134,6 +141,7 @@ GRAPHS = {
     "logistic": logistic,
     "hard_swish": hard_swish,
     "pad": pad,
+    "mirror_pad": mirror_pad,
 }
 
 

@@ -264,8 +264,15 @@ def _unpack(s: _Signature) -> int:
 _INT8_IS_2 = _by_input_type({I8: 2})
 _INT16_3_INT8_2 = _by_input_type({I16: 3, I8: 2})
 
+
+def _version_1(s: _Signature) -> int:
+    """op_version.cc has no case for the op, or none that a signature edgeq writes reaches."""
+    return 1
+
+
 # TFLite's GetBuiltinOperatorVersion (tensorflow/lite/tools/versioning/op_version.cc) for the ops edgeq
-# writes; an op not listed is version 1. LiteRT refuses versions its op resolver does not register.
+# writes or runs, each listed even when always version 1 (tests/test_op_catalogue.py holds every op to
+# that); an op read from someone else's file and not listed is written as version 1.
 VERSION_RULES: dict = {
     "CONV_2D": _conv_2d,
     "DEPTHWISE_CONV_2D": _depthwise_conv_2d,
@@ -331,6 +338,14 @@ VERSION_RULES: dict = {
     "BATCH_MATMUL": _batch_matmul,
     "CAST": _cast,
     "SELECT_V2": _select_v2,
+    "EQUAL": _by_input_type({I16: 4, I8: 2}),
+    "NOT_EQUAL": _INT8_IS_2,
+    "FLOOR_MOD": _by_input_type({I8: 2, I16: 2}),
+    "SIGN": _by_input_type({I32: 2}),
+    **{op_type: _version_1 for op_type in (
+        "CEIL", "COS", "CUMSUM", "DENSIFY", "ELU", "EXPAND_DIMS", "FLOOR", "HARD_SWISH", "LOCAL_RESPONSE_NORMALIZATION",
+        "LOGICAL_AND", "LOGICAL_NOT", "LOGICAL_OR", "NEG", "POW", "PRELU", "RELU_N1_TO_1", "RESHAPE", "ROUND", "SHAPE",
+        "SIN", "SQRT", "SQUARE", "SQUEEZE")},
 }
 
 
