@@ -174,6 +174,14 @@ def test_logic_on_comparisons_of_a_feature_map(op_type, tfl_type):
     assert op_types(graph) == ["GREATER", "LESS", tfl_type]
 
 
+def test_not_of_a_comparison_runs_as_logical_not():
+    nodes = [helper.make_node("Greater", ["x", "zero"], ["positive"]),
+             helper.make_node("Not", ["positive"], ["y"])]
+    model = make_model(nodes, [("x", [1, 2, 3, 4])], [("y", BOOL)], [const("zero", np.float32(0))])
+    graph = assert_float_matches_onnxruntime(model)
+    assert op_types(graph) == ["GREATER", "LOGICAL_NOT"]
+
+
 def test_logic_broadcasts_a_lower_rank_bool_input():
     node = helper.make_node("And", ["a", "b"], ["y"])
     model = make_model([node], [("a", [2, 3, 4], BOOL), ("b", [4], BOOL)], [("y", BOOL)])

@@ -1,5 +1,5 @@
 """Comparisons (EQUAL, NOT_EQUAL, LESS, LESS_EQUAL, GREATER, GREATER_EQUAL) and LOGICAL_AND/OR, all with
-numpy broadcasting and a bool output.
+numpy broadcasting and a bool output, and LOGICAL_NOT.
 
 Comparisons read plain (unquantized) float32, int32, int64 and bool tensors. A quantized int8 input
 would have to be compared through its scale and zero point (LiteRT rescales both sides); the
@@ -36,9 +36,9 @@ def prepare_comparison(op, graph):
     return _COMPARISONS[op.type]
 
 
-@register(*_LOGICAL)
+@register(*_LOGICAL, "LOGICAL_NOT")
 def prepare_logical(op, graph):
     for name in op.inputs:
         if graph[name].dtype != np.bool_:
             raise ModelError(f"op {op}: input '{name}' is {graph[name].dtype}; {op.type} takes bool tensors")
-    return _LOGICAL[op.type]
+    return np.logical_not if op.type == "LOGICAL_NOT" else _LOGICAL[op.type]
