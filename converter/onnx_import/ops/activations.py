@@ -102,8 +102,9 @@ def convert_clip(ctx, node, attrs):
     low, high = clip_bounds(ctx, node, attrs)
     value = ctx.value(node.input[0])
     tfl_type = {bounds: name for name, bounds in ACTIVATION_BOUNDS.items()}.get((low, high))
-    # TFLite's RELU family reads int8/uint8/int16 as quantized; on plain integers Clip is MAXIMUM/MINIMUM.
-    if tfl_type and tfl_type != "RELU_0_TO_1" and value.dtype == np.float32:
+    # TFLite's RELU family reads int8/uint8/int16 as quantized; on plain integers Clip is MAXIMUM/MINIMUM,
+    # and so is Clip(0, 1): the runtime has no kernel for that RELU.
+    if tfl_type in ("RELU", "RELU6", "RELU_N1_TO_1") and value.dtype == np.float32:
         emit_unary(ctx, node, tfl_type)
         return
     out = ctx.define(node.output[0], value.perm)
