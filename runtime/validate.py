@@ -110,12 +110,14 @@ def validate_graph(graph: Graph, max_memory_bytes: Optional[int] = None) -> dict
         check_tensor(tensor)
     check_boundary(graph)
     check_dataflow(graph)
+    check_kernels_exist(graph)
     for position, op in enumerate(graph.ops):
         where = f"op #{position} ({op})"
         check_arity(op, where)
         check_options(op, where)
     shapes = infer_shapes(graph)
     check_memory(graph, shapes, available_memory_bytes() if max_memory_bytes is None else int(max_memory_bytes))
+    check_kernel_requirements(with_implied_shapes(graph, shapes))
     return shapes
 
 
@@ -249,6 +251,33 @@ def check_dataflow(graph: Graph) -> None:
             raise ModelError(f"graph output '{name}' is written by no op and is not an input or constant")
 
 
+def check_kernels_exist(graph: Graph) -> None:
+    from edgeq.runtime.kernels import has_kernel, load_all_kernels
+
+    load_all_kernels()
+    missing = sorted({op.kind for op in graph.ops if not has_kernel(op)})
+    if missing:
+        raise ModelError(f"no kernel for op type(s): {', '.join(missing)}")
+
+
+def check_kernel_requirements(graph: Graph) -> None:
+    """Each op's check declared next to its kernel (``runtime.kernels.check``): what the kernel cannot
+    run is refused here, at load, and not later in allocate_tensors."""
+    from edgeq.runtime.kernels import CHECKS, load_all_kernels
+
+    from edgeq.runtime.kernels.common import check_fused_activation
+
+    load_all_kernels()
+    for position, op in enumerate(graph.ops):
+        try:
+            check_fused_activation(op, graph)
+            kernel_check = CHECKS.get(op.type)
+            if kernel_check is not None:
+                kernel_check(op, graph)
+        except ModelError as error:
+            raise ModelError(f"op #{position} ({op}): {error}") from None
+
+
 def check_arity(op: Op, where: str) -> None:
     fewest_in, most_in, fewest_out, most_out = ARITY.get(op.type, DEFAULT_ARITY)
     count_in, count_out = len(op.inputs), len(op.outputs)
@@ -340,7 +369,7 @@ class _Input:
     """An op input for the shape rules: its propagated shape and, if constant, its values."""
 
     def __init__(self, tensor, shape):
-        self.name, self.shape, self.data = tensor.name, tuple(shape), tensor.data
+        self.name, self.shape, self.data, self.dtype = tensor.name, tuple(shape), tensor.data, tensor.dtype
 
 
 def _check_implied_shape(shape, name, where) -> None:
@@ -420,6 +449,10 @@ def _transpose_conv_shape(op, inputs, where):
     weights = _rank(inputs[1], (4,), where, "filter")
     if output_shape.size != 4:
         raise ModelError(f"{where}: output_shape {output_shape.tolist()} is not 4 values")
+    data = inputs[2].shape
+    if weights[3] != data[3] or output_shape[3] != weights[0]:
+        raise ModelError(f"{where}: filter {list(weights)} does not fit input {list(data)}"
+                         f" and output_shape {output_shape.tolist()}")
     _check_bias(inputs[1:], weights[0], where) if len(inputs) > 3 else None
     for key in ("stride_h", "stride_w"):
         _positive_option(op, key, where)
@@ -560,11 +593,30 @@ def _gather_shape(op, inputs, where):
 
 
 def _reshape_shape(op, inputs, where):
-    # No memory is added; only the kernels' -1 arithmetic needs a shape of non-zero known size.
-    target = inputs[1].data if len(inputs) > 1 and inputs[1] is not None else op.options.get("new_shape")
-    if target is not None and len(np.ravel(target)) > MAX_RANK:
-        raise ModelError(f"{where}: target shape of rank {len(np.ravel(target))} exceeds {MAX_RANK}")
-    return None
+    """The target shape (the constant shape input, else the new_shape option) with its -1 resolved;
+    None for a shape computed at run time."""
+    shape_input = inputs[1] if len(inputs) > 1 else None
+    if shape_input is not None and shape_input.data is None:
+        if shape_input.dtype not in (np.int32, np.int64) or len(shape_input.shape) != 1 or shape_input.shape[0] > MAX_RANK:
+            raise ModelError(f"{where}: shape input '{shape_input.name}' ({shape_input.dtype}, {list(shape_input.shape)})"
+                             f" is not a list of at most {MAX_RANK} int32 dimensions")
+        return None
+    target = shape_input.data if shape_input is not None else op.options.get("new_shape")
+    if target is None:
+        return None
+    target = [int(d) for d in np.ravel(target)]
+    if len(target) > MAX_RANK:
+        raise ModelError(f"{where}: target shape of rank {len(target)} exceeds {MAX_RANK}")
+    count = element_count(inputs[0].shape)
+    if target.count(-1) > 1 or any(d < -1 for d in target):
+        raise ModelError(f"{where}: target shape {target} is not a shape (one -1 at most)")
+    if -1 in target:
+        known = element_count(d for d in target if d != -1)
+        target[target.index(-1)] = count // known if known else 0
+    if element_count(target) != count:
+        raise ModelError(f"{where}: cannot reshape input '{inputs[0].name}' {list(inputs[0].shape)}"
+                         f" ({count} values) to {target}")
+    return tuple(target)
 
 
 def _axis(inp, rank, where, what="axis", extra=0) -> int:

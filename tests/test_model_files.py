@@ -326,9 +326,8 @@ def test_inspect_names_custom_ops_by_their_code():
 def test_running_a_custom_op_without_a_kernel_is_refused_by_its_name():
     graph = Graph([Tensor("x", (1, 4)), Tensor("y", (1, 4))],
                   [Op("CUSTOM", ["x"], ["y"], {"custom_code": "MysteryOp", "custom_options": b"\x01"})], ["x"], ["y"])
-    interpreter = Interpreter(model_content=write_tflite(graph))
     with pytest.raises(ModelError, match="no kernel for op type\\(s\\): CUSTOM MysteryOp"):
-        interpreter.allocate_tensors()
+        Interpreter(model_content=write_tflite(graph)).allocate_tensors()
 
 
 def test_transpose_conv_bias_declared_with_another_output_shape_is_refused():

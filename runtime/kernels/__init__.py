@@ -13,6 +13,8 @@ from typing import Callable
 REGISTRY: dict = {}
 # Custom ops (type "CUSTOM") are told apart by their custom code: custom code -> prepare.
 CUSTOM_REGISTRY: dict = {}
+# op type -> check(op, graph): what a kernel cannot run, refused by the validator at load (see ``check``).
+CHECKS: dict = {}
 
 
 def register(*op_types: str) -> Callable:
@@ -37,6 +39,22 @@ def register_custom(*custom_codes: str) -> Callable:
                 raise RuntimeError(f"kernel for custom op {code} registered twice")
             CUSTOM_REGISTRY[code] = prepare
         return prepare
+
+    return decorate
+
+
+def check(*op_types: str) -> Callable:
+    """Decorator: ``@check("CONV_2D")`` on a ``check(op, graph)`` declared next to the kernel, raising
+    ModelError (saying why, without naming the op: the validator names it) for an op that the
+    kernel's prepare cannot handle. ``validate_graph`` calls it when a model is loaded, so a bad file
+    is refused there, before anything is allocated, and prepare may take it as given."""
+
+    def decorate(function: Callable) -> Callable:
+        for op_type in op_types:
+            if op_type in CHECKS:
+                raise RuntimeError(f"check for {op_type} registered twice")
+            CHECKS[op_type] = function
+        return function
 
     return decorate
 

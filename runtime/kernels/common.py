@@ -64,6 +64,18 @@ def fused_activation(op: Op) -> Optional[Callable]:
         raise ModelError(f"op {op}: unsupported fused activation {name!r}") from None
 
 
+def check_fused_activation(op: Op, graph: Graph) -> None:
+    """A fused activation the kernels have: any of ``_FUSED_ACTIVATIONS`` in float, and on an
+    integer output only the clamps TFLite's integer kernels apply (``FUSED_CLAMPS``)."""
+    name = op.options.get("fused_activation_function", "NONE")
+    if name not in _FUSED_ACTIVATIONS:
+        raise ModelError(f"fused activation {name!r} is not supported")
+    outputs = [graph[n] for n in op.outputs if n]
+    integer_output = any(t.dtype in (np.int8, np.uint8, np.int16) for t in outputs)
+    if integer_output and name not in NO_ACTIVATION and name not in FUSED_CLAMPS:
+        raise ModelError(f"fused activation {name!r} has no integer form")
+
+
 def with_activation(compute: Callable, activation: Optional[Callable]) -> Callable:
     """``compute`` followed by ``activation``, without an extra call level when there is none."""
     if activation is None:

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edgeq.runtime.kernels import compiled, register
+from edgeq.runtime.kernels import check, compiled, register
 from edgeq.runtime.kernels.common import (
     constant_input,
     fused_activation,
@@ -22,6 +22,7 @@ from edgeq.runtime.kernels.common import (
 from edgeq.runtime.padding import explicit_output_size, output_and_padding
 from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier
 from edgeq.runtime.kernels.requantize import (
+    check_quantized_tensors,
     activation_range,
     asymmetric_quantize_rows,
     exact_float32_chunks,
@@ -44,6 +45,14 @@ IM2COL_BUDGET_BYTES = 32 << 20
 # pixels per sample and weights (so the copies add little memory).
 SMALL_GEMM_ROWS = 784
 SMALL_GEMM_WEIGHTS = 1 << 20
+
+
+@check("CONV_2D")
+def check_conv_2d(op, graph):
+    in_c, filter_c = graph[op.inputs[0]].shape[-1], graph[op.inputs[1]].shape[-1]
+    if filter_c != in_c:
+        raise ModelError(f"filter depth {filter_c} differs from input depth {in_c}: grouped CONV_2D is not supported")
+    check_quantized_tensors(op, graph)
 
 
 @register("CONV_2D")
@@ -297,8 +306,6 @@ def _geometry(op, graph) -> ConvGeometry:
     """Sizes, padding and the in-input slices of every filter tap: what every path shares."""
     _, in_h, in_w, in_c = graph[op.inputs[0]].shape
     out_c, k_h, k_w, filter_c = graph[op.inputs[1]].shape
-    if filter_c != in_c:
-        raise ModelError(f"op {op}: filter depth {filter_c} differs from input depth {in_c} (grouped conv)")
     options = op.options
     stride_h, stride_w = options.get("stride_h", 1), options.get("stride_w", 1)
     dil_h, dil_w = options.get("dilation_h_factor", 1), options.get("dilation_w_factor", 1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeq.runtime.kernels import compiled, register
+from edgeq.runtime.kernels import check, compiled, register
 from edgeq.runtime.kernels.common import (
     constant_input,
     fused_activation,
@@ -21,6 +21,7 @@ from edgeq.runtime.kernels.common import (
 from edgeq.runtime.padding import explicit_output_size, output_and_padding
 from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier
 from edgeq.runtime.kernels.requantize import (
+    check_quantized_tensors,
     activation_range,
     fold_requantization,
     folded_requantizer,
@@ -31,6 +32,14 @@ from edgeq.runtime.kernels.requantize import (
     weight_zero_points_are_zero,
 )
 from edgeq.runtime.ir import ModelError
+
+
+@check("DEPTHWISE_CONV_2D")
+def check_depthwise_conv_2d(op, graph):
+    in_c, out_c = graph[op.inputs[0]].shape[-1], graph[op.inputs[1]].shape[-1]
+    if in_c == 0 or out_c % in_c:
+        raise ModelError(f"filter depth {out_c} is not a multiple of input depth {in_c}")
+    check_quantized_tensors(op, graph)
 
 
 @register("DEPTHWISE_CONV_2D")
@@ -49,8 +58,6 @@ def _geometry(op, graph, filters) -> tuple:
     its filter row tiled across the output width."""
     _, in_h, in_w, in_c = graph[op.inputs[0]].shape
     _, k_h, k_w, out_c = filters.shape
-    if out_c % in_c:
-        raise ModelError(f"op {op}: filter depth {out_c} is not a multiple of input depth {in_c}")
     options = op.options
     stride_h, stride_w = options.get("stride_h", 1), options.get("stride_w", 1)
     dil_h, dil_w = options.get("dilation_h_factor", 1), options.get("dilation_w_factor", 1)

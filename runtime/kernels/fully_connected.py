@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeq.runtime.kernels import compiled, register
+from edgeq.runtime.kernels import check, compiled, register
 from edgeq.runtime.kernels.common import fused_activation, input_tensor, require_float, with_activation
 from edgeq.runtime.kernels.common import constant_input
 from edgeq.runtime.fixedpoint import round_half_away
 from edgeq.runtime.kernels.requantize import (
+    check_quantized_tensors,
     activation_range,
     asymmetric_quantize_rows,
     double_to_int32,
@@ -20,6 +21,14 @@ from edgeq.runtime.kernels.requantize import (
     symmetric_quantize_rows,
 )
 from edgeq.runtime.ir import ModelError
+
+
+@check("FULLY_CONNECTED")
+def check_fully_connected(op, graph):
+    if op.options.get("weights_format", "DEFAULT") not in ("DEFAULT", 0):
+        raise ModelError(f"weights format {op.options['weights_format']} is not supported (DEFAULT is)")
+    # A per-tensor int8 weight may have a zero point: the kernel offsets the weights by it.
+    check_quantized_tensors(op, graph, symmetric_weights=False)
 
 
 @register("FULLY_CONNECTED")
@@ -37,8 +46,6 @@ def _prepare_float(op, graph):
     weights_tensor = graph[op.inputs[1]]
     out_c, in_c = weights_tensor.shape
     keep_num_dims = op.options.get("keep_num_dims", False)
-    if op.options.get("weights_format", "DEFAULT") not in ("DEFAULT", 0):
-        raise ModelError(f"op {op}: only the DEFAULT weights format is supported")
     bias_tensor = input_tensor(op, graph, 2)
     constant_bias = None
     if bias_tensor is not None and bias_tensor.data is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeq.runtime.fixedpoint import get_inv_sqrt_quantized_multiplier_exp, multiply_by_quantized_multiplier
-from edgeq.runtime.kernels import register
+from edgeq.runtime.kernels import check, register
 from edgeq.runtime.kernels.common import require_float
 from edgeq.runtime.ir import ModelError
 
@@ -44,10 +44,14 @@ def prepare_local_response_normalization(op, graph):
     return local_response_normalization
 
 
+@check("L2_NORMALIZATION")
+def check_l2_normalization(op, graph):
+    if op.options.get("fused_activation_function", "NONE") not in ("NONE", "", None):
+        raise ModelError("L2_NORMALIZATION takes no fused activation")
+
+
 @register("L2_NORMALIZATION")
 def prepare_l2_normalization(op, graph):
-    if op.options.get("fused_activation_function", "NONE") not in ("NONE", "", None):
-        raise ModelError(f"op {op}: L2_NORMALIZATION takes no fused activation")
     if graph[op.inputs[0]].dtype == np.int8:
         return _prepare_l2_normalization_int8(op, graph)
     require_float(op, graph)

@@ -13,18 +13,43 @@ from __future__ import annotations
 import numpy as np
 
 from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier, round_half_away
-from edgeq.runtime.kernels import compiled, register
+from edgeq.runtime.kernels import check, compiled, register
 from edgeq.runtime.kernels.requantize import saturate, scale_and_zero_point
 from edgeq.runtime.ir import ModelError
 
 _INTEGER_TYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16))
 
 
+def _check_quantized(tensor) -> None:
+    if tensor.quant is None or tensor.quant.scale.size == 0:
+        raise ModelError(f"tensor '{tensor.name}' ({tensor.dtype}) has no quantization parameters")
+
+
+@check("QUANTIZE")
+def check_quantize(op, graph):
+    input_tensor, output_tensor = graph[op.inputs[0]], graph[op.outputs[0]]
+    if output_tensor.dtype not in _INTEGER_TYPES:
+        raise ModelError(f"QUANTIZE to {output_tensor.dtype} is not supported (int8, uint8, int16 are)")
+    _check_quantized(output_tensor)
+    if input_tensor.dtype not in (np.float32, np.float16):
+        if input_tensor.dtype not in _INTEGER_TYPES:
+            raise ModelError(f"QUANTIZE from {input_tensor.dtype} is not supported")
+        _check_quantized(input_tensor)
+
+
+@check("DEQUANTIZE")
+def check_dequantize(op, graph):
+    input_tensor = graph[op.inputs[0]]
+    if input_tensor.dtype == np.float16:
+        return
+    if input_tensor.dtype not in _INTEGER_TYPES:
+        raise ModelError(f"DEQUANTIZE from {input_tensor.dtype} is not supported (int8, uint8, int16, float16 are)")
+    _check_quantized(input_tensor)
+
+
 @register("QUANTIZE")
 def prepare_quantize(op, graph):
     input_tensor, output_tensor = graph[op.inputs[0]], graph[op.outputs[0]]
-    if output_tensor.dtype not in _INTEGER_TYPES:
-        raise ModelError(f"op {op}: QUANTIZE to {output_tensor.dtype} is not supported")
     output_scale, output_zero_point = scale_and_zero_point(output_tensor, op)
     info = np.iinfo(output_tensor.dtype)
     low, high = int(info.min), int(info.max)
@@ -47,8 +72,6 @@ def prepare_quantize(op, graph):
 
         return quantize
 
-    if input_tensor.dtype not in _INTEGER_TYPES:
-        raise ModelError(f"op {op}: QUANTIZE from {input_tensor.dtype} is not supported")
     input_scale, input_zero_point = scale_and_zero_point(input_tensor, op)
     effective_scale = np.float64(input_scale) / np.float64(output_scale)
     output_multiplier, output_shift = quantize_multiplier(effective_scale)
@@ -66,11 +89,7 @@ def prepare_dequantize(op, graph):
     input_tensor = graph[op.inputs[0]]
     if input_tensor.dtype == np.float16:
         return lambda x: x.astype(np.float32)
-    if input_tensor.dtype not in _INTEGER_TYPES:
-        raise ModelError(f"op {op}: DEQUANTIZE from {input_tensor.dtype} is not supported")
     quant = input_tensor.quant
-    if quant is None:
-        raise ModelError(f"op {op}: tensor '{input_tensor.name}' has no quantization parameters")
     if quant.scale.size > 1:  # per-channel constant (e.g. weights) along quant.axis
         shape = [1] * len(input_tensor.shape)
         shape[quant.axis] = -1

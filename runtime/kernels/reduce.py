@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeq.runtime.fixedpoint import round_half_away
-from edgeq.runtime.kernels import register
+from edgeq.runtime.kernels import check, register
 from edgeq.runtime.kernels.common import constant_input, require_float
 from edgeq.runtime.ir import ModelError
 
@@ -17,9 +17,22 @@ _REDUCERS = {
 }
 
 
+_QUANTIZED_REDUCERS = ("MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN")
+
+
+def _is_quantized(tensor) -> bool:
+    return tensor.dtype in (np.int8, np.uint8, np.int16) and tensor.quant is not None
+
+
+@check(*_REDUCERS)
+def check_reduce(op, graph):
+    if _is_quantized(graph[op.inputs[0]]) and op.type not in _QUANTIZED_REDUCERS:
+        raise ModelError(f"quantized {op.type} is not supported ({', '.join(_QUANTIZED_REDUCERS)} are)")
+
+
 @register(*_REDUCERS)
 def prepare_reduce(op, graph):
-    if graph[op.inputs[0]].dtype in (np.int8, np.uint8, np.int16) and graph[op.inputs[0]].quant is not None:
+    if _is_quantized(graph[op.inputs[0]]):
         return _prepare_quantized(op, graph)
     require_float(op, graph)
     rank = len(graph[op.inputs[0]].shape)
@@ -64,8 +77,6 @@ def _prepare_quantized(op, graph):
             return reducer(x, axis=axes, keepdims=keep_dims)
 
         return reduce_extreme
-    if op.type not in ("MEAN", "SUM"):
-        raise ModelError(f"op {op}: quantized {op.type} is not supported")
     input_scale, input_zero_point = scale_and_zero_point(input_tensor, op)
     output_scale, output_zero_point = scale_and_zero_point(output_tensor, op)
     count = int(np.prod([input_tensor.shape[a] for a in axes], dtype=np.int64)) if axes else 1

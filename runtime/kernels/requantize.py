@@ -122,6 +122,25 @@ def per_tensor_product_multiplier(lhs_scale, rhs_scale, output_scale):
     return int(multipliers[0]), int(shifts[0])
 
 
+def check_quantized_tensors(op: Op, graph, data_index: int = 0, weight_index: int = 1,
+                            symmetric_weights: bool = True) -> None:
+    """What the weighted kernels need beyond shapes: a float32 or int8 input, int8 weights with quantization parameters (zero
+    points 0 where the kernel takes them symmetric), and an int8 input with a quantized input and
+    output. Raises ModelError saying which tensor lacks what."""
+    data, weights, output = graph[op.inputs[data_index]], graph[op.inputs[weight_index]], graph[op.outputs[0]]
+    if data.dtype not in (np.int8, np.float32):
+        raise ModelError(f"input '{data.name}' is {data.dtype}; float32 and int8 are supported")
+    if weights.dtype == np.int8:
+        if weights.quant is None or weights.quant.scale.size == 0:
+            raise ModelError(f"int8 weights '{weights.name}' have no quantization parameters")
+        if symmetric_weights and np.any(weights.quant.zero_point != 0):
+            raise ModelError(f"int8 weights '{weights.name}' must be symmetric (zero point 0)")
+    if data.dtype == np.int8:
+        for tensor in (data, output):
+            if tensor.quant is None or tensor.quant.scale.size == 0:
+                raise ModelError(f"tensor '{tensor.name}' ({tensor.dtype}) has no quantization parameters")
+
+
 def weight_zero_points_are_zero(tensor, op: Op) -> None:
     if tensor.quant is not None and np.any(tensor.quant.zero_point != 0):
         raise ModelError(f"op {op}: int8 weights '{tensor.name}' must be symmetric (zero point 0)")

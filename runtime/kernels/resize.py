@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeq.runtime.fixedpoint import round_half_away
-from edgeq.runtime.kernels import register
+from edgeq.runtime.kernels import check, register
 from edgeq.runtime.kernels.common import constant_input, require_float
 from edgeq.runtime.ir import ModelError
 
@@ -24,11 +24,13 @@ def _output_size(op, graph):
 
 
 def _options(op):
-    align_corners = bool(op.options.get("align_corners", False))
-    half_pixel_centers = bool(op.options.get("half_pixel_centers", False))
-    if align_corners and half_pixel_centers:
-        raise ModelError(f"op {op}: align_corners and half_pixel_centers cannot both be set")
-    return align_corners, half_pixel_centers
+    return bool(op.options.get("align_corners", False)), bool(op.options.get("half_pixel_centers", False))
+
+
+@check("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR")
+def check_resize(op, graph):
+    if all(_options(op)):
+        raise ModelError("align_corners and half_pixel_centers cannot both be set")
 
 
 def _bilinear_axis(in_size, out_size, align_corners, half_pixel_centers):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeq.runtime.kernels import register
+from edgeq.runtime.kernels import check, register
 from edgeq.runtime.kernels.common import (
     batched_shape,
     constant_input,
@@ -272,12 +272,16 @@ def prepare_slice(op, graph):
     return slice_
 
 
+@check("GATHER")
+def check_gather(op, graph):
+    if op.options.get("batch_dims", 0):
+        raise ModelError("batch_dims other than 0 is not supported")
+
+
 @register("GATHER")
 def prepare_gather(op, graph):
     rank = len(graph[op.inputs[0]].shape)
     axis = op.options.get("axis", 0) % max(rank, 1)
-    if op.options.get("batch_dims", 0):
-        raise ModelError(f"op {op}: batch_dims other than 0 is not supported")
 
     def gather(params, indices):
         return np.take(params, indices, axis=axis)

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier
-from edgeq.runtime.kernels import compiled, register
+from edgeq.runtime.kernels import check, compiled, register
 from edgeq.runtime.kernels.common import (
     batched_shape,
     constant_input,
@@ -25,6 +25,7 @@ from edgeq.runtime.kernels.common import (
 )
 from edgeq.runtime.padding import output_and_padding
 from edgeq.runtime.kernels.requantize import (
+    check_quantized_tensors,
     activation_range,
     exact_matmul_dtype_for,
     per_channel_multipliers,
@@ -33,6 +34,14 @@ from edgeq.runtime.kernels.requantize import (
     weight_zero_points_are_zero,
 )
 from edgeq.runtime.ir import ModelError
+
+
+@check("TRANSPOSE_CONV")
+def check_transpose_conv(op, graph):
+    data, output = graph[op.inputs[2]], graph[op.outputs[0]]
+    if data.dtype == np.int8 and output.dtype != np.int8:
+        raise ModelError(f"an int8 TRANSPOSE_CONV gives int8, not {output.dtype}")
+    check_quantized_tensors(op, graph, data_index=2)
 
 
 @register("TRANSPOSE_CONV")
@@ -126,8 +135,6 @@ def _prepare_int8(op, graph):
     g = _geometry(op, graph)
     input_tensor_, filter_tensor = graph[op.inputs[2]], graph[op.inputs[1]]
     output_tensor = graph[op.outputs[0]]
-    if output_tensor.dtype != np.int8:
-        raise ModelError(f"op {op}: int8 TRANSPOSE_CONV gives int8, not {output_tensor.dtype}")
     weight_zero_points_are_zero(filter_tensor, op)
     input_scale, input_zero_point = scale_and_zero_point(input_tensor_, op)
     output_scale, output_offset = scale_and_zero_point(output_tensor, op)
