@@ -597,9 +597,10 @@ def _reshape_shape(op, inputs, where):
     None for a shape computed at run time."""
     shape_input = inputs[1] if len(inputs) > 1 else None
     if shape_input is not None and shape_input.data is None:
-        if shape_input.dtype not in (np.int32, np.int64) or len(shape_input.shape) != 1 or shape_input.shape[0] > MAX_RANK:
-            raise ModelError(f"{where}: shape input '{shape_input.name}' ({shape_input.dtype}, {list(shape_input.shape)})"
-                             f" is not a list of at most {MAX_RANK} int32 dimensions")
+        listed = len(shape_input.shape) == 1 and shape_input.shape[0] <= MAX_RANK
+        if shape_input.dtype not in (np.int32, np.int64) or not listed:
+            raise ModelError(f"{where}: shape input '{shape_input.name}' ({shape_input.dtype},"
+                             f" {list(shape_input.shape)}) is not a list of at most {MAX_RANK} int32 dimensions")
         return None
     target = shape_input.data if shape_input is not None else op.options.get("new_shape")
     if target is None:

@@ -30,6 +30,15 @@ def weights(shape, dtype=np.float32, seed=0):
     return (values * 20).astype(dtype) if np.dtype(dtype).kind == "i" else values.astype(dtype)
 
 
+def constant(name, values) -> Tensor:
+    values = np.asarray(values)
+    return Tensor(name, values.shape, values.dtype, values)
+
+
+def int32s(name, values) -> Tensor:
+    return constant(name, np.array(values, np.int32))
+
+
 def one_op(op_type, inputs, output, options=None) -> bytes:
     """A one-op model: ``inputs`` are Tensors (those with data are constants), ``output`` a Tensor."""
     graph = Graph(list(inputs) + [output],
@@ -47,19 +56,19 @@ def assert_refused_at_load(content: bytes, *fragments) -> None:
 
 
 def test_a_grouped_conv_2d_is_refused_at_load():
-    content = one_op("CONV_2D", [Tensor("x", (1, 5, 5, 8)), Tensor("filter", (4, 3, 3, 4), data=weights((4, 3, 3, 4))),
-                                 Tensor("bias", (4,), data=weights(4))], Tensor("y", (1, 5, 5, 4)), CONV)
+    content = one_op("CONV_2D", [Tensor("x", (1, 5, 5, 8)), constant("filter", weights((4, 3, 3, 4))),
+                                 constant("bias", weights(4))], Tensor("y", (1, 5, 5, 4)), CONV)
     assert_refused_at_load(content, "op #0 (CONV_2D)", "grouped CONV_2D is not supported")
 
 
 def test_a_depthwise_filter_no_multiple_of_the_input_depth_is_refused_at_load():
-    content = one_op("DEPTHWISE_CONV_2D", [Tensor("x", (1, 5, 5, 4)), Tensor("filter", (1, 3, 3, 6), data=weights((1, 3, 3, 6)))],
+    content = one_op("DEPTHWISE_CONV_2D", [Tensor("x", (1, 5, 5, 4)), constant("filter", weights((1, 3, 3, 6)))],
                      Tensor("y", (1, 5, 5, 6)), dict(CONV, depth_multiplier=1))
     assert_refused_at_load(content, "op #0 (DEPTHWISE_CONV_2D)", "filter depth 6 is not a multiple of input depth 4")
 
 
 def test_a_conv_2d_on_an_unsupported_input_type_is_refused_at_load():
-    content = one_op("CONV_2D", [Tensor("x", (1, 5, 5, 2), np.int32), Tensor("filter", (4, 1, 1, 2), data=weights((4, 1, 1, 2)))],
+    content = one_op("CONV_2D", [Tensor("x", (1, 5, 5, 2), np.int32), constant("filter", weights((4, 1, 1, 2)))],
                      Tensor("y", (1, 5, 5, 4)), CONV)
     assert_refused_at_load(content, "op #0 (CONV_2D)", "int32; float32 and int8 are supported")
 
@@ -79,26 +88,26 @@ def test_int8_conv_weights_without_quantization_are_refused_at_load():
 
 
 def test_a_shuffled_fully_connected_weights_format_is_refused_at_load():
-    content = one_op("FULLY_CONNECTED", [Tensor("x", (1, 8)), Tensor("w", (4, 8), data=weights((4, 8)))], Tensor("y", (1, 4)),
+    content = one_op("FULLY_CONNECTED", [Tensor("x", (1, 8)), constant("w", weights((4, 8)))], Tensor("y", (1, 4)),
                      {"weights_format": "SHUFFLED4x16INT8", "fused_activation_function": "NONE"})
     assert_refused_at_load(content, "op #0 (FULLY_CONNECTED)", "weights format SHUFFLED4x16INT8 is not supported")
 
 
 def test_a_fused_activation_no_kernel_has_is_refused_at_load():
-    content = one_op("FULLY_CONNECTED", [Tensor("x", (1, 8)), Tensor("w", (4, 8), data=weights((4, 8)))], Tensor("y", (1, 4)),
+    content = one_op("FULLY_CONNECTED", [Tensor("x", (1, 8)), constant("w", weights((4, 8)))], Tensor("y", (1, 4)),
                      {"fused_activation_function": "SIGN_BIT"})
     assert_refused_at_load(content, "op #0 (FULLY_CONNECTED)", "fused activation 'SIGN_BIT' is not supported")
 
 
 def test_a_fused_tanh_on_an_int8_add_is_refused_at_load():
-    content = one_op("ADD", [Tensor("a", (1, 4), np.int8, quant=INT8_PARAMS), Tensor("b", (1, 4), np.int8, quant=INT8_PARAMS)],
+    content = one_op("ADD", [Tensor(n, (1, 4), np.int8, quant=INT8_PARAMS) for n in "ab"],
                      Tensor("y", (1, 4), np.int8, quant=INT8_PARAMS), {"fused_activation_function": "TANH"})
     assert_refused_at_load(content, "op #0 (ADD)", "fused activation 'TANH' has no integer form")
 
 
 def test_a_quantized_reduce_prod_is_refused_at_load():
     content = one_op("REDUCE_PROD", [Tensor("x", (1, 4, 3), np.int8, quant=INT8_PARAMS),
-                                     Tensor("axis", (1,), np.int32, np.array([1], np.int32))],
+                                     int32s("axis", [1])],
                      Tensor("y", (1, 3), np.int8, quant=INT8_PARAMS))
     assert_refused_at_load(content, "op #0 (REDUCE_PROD)", "quantized REDUCE_PROD is not supported")
 
@@ -110,12 +119,13 @@ def test_a_gather_with_batch_dims_is_refused_at_load():
 
 
 def test_an_l2_normalization_with_a_fused_activation_is_refused_at_load():
-    content = one_op("L2_NORMALIZATION", [Tensor("x", (1, 4))], Tensor("y", (1, 4)), {"fused_activation_function": "RELU"})
+    content = one_op("L2_NORMALIZATION", [Tensor("x", (1, 4))], Tensor("y", (1, 4)),
+                     {"fused_activation_function": "RELU"})
     assert_refused_at_load(content, "op #0 (L2_NORMALIZATION)", "takes no fused activation")
 
 
 def test_a_resize_with_both_corner_modes_is_refused_at_load():
-    content = one_op("RESIZE_BILINEAR", [Tensor("x", (1, 4, 4, 2)), Tensor("size", (2,), np.int32, np.array([8, 8], np.int32))],
+    content = one_op("RESIZE_BILINEAR", [Tensor("x", (1, 4, 4, 2)), int32s("size", [8, 8])],
                      Tensor("y", (1, 8, 8, 2)), {"align_corners": True, "half_pixel_centers": True})
     assert_refused_at_load(content, "op #0 (RESIZE_BILINEAR)", "align_corners and half_pixel_centers")
 
@@ -136,7 +146,7 @@ def test_an_op_without_a_kernel_is_refused_at_load():
 
 
 def test_a_reshape_to_a_shape_of_another_size_is_refused_at_load():
-    content = one_op("RESHAPE", [Tensor("x", (1, 4, 4, 2)), Tensor("shape", (2,), np.int32, np.array([1, 30], np.int32))],
+    content = one_op("RESHAPE", [Tensor("x", (1, 4, 4, 2)), int32s("shape", [1, 30])],
                      Tensor("y", (1, 30)))
     assert_refused_at_load(content, "op #0 (RESHAPE)", "cannot reshape input 'x' [1, 4, 4, 2] (32 values) to [1, 30]")
 
@@ -147,15 +157,15 @@ def test_a_reshape_to_a_float_tensor_computed_at_run_time_is_refused_at_load():
 
 
 def test_a_transpose_conv_filter_that_does_not_fit_its_input_is_refused_at_load():
-    content = one_op("TRANSPOSE_CONV", [Tensor("output_shape", (4,), np.int32, np.array([1, 8, 8, 3], np.int32)),
-                                        Tensor("filter", (3, 2, 2, 5), data=weights((3, 2, 2, 5))), Tensor("x", (1, 4, 4, 2))],
+    content = one_op("TRANSPOSE_CONV", [int32s("output_shape", [1, 8, 8, 3]),
+                                        constant("filter", weights((3, 2, 2, 5))), Tensor("x", (1, 4, 4, 2))],
                      Tensor("y", (1, 8, 8, 3)), {"padding": "SAME", "stride_w": 2, "stride_h": 2})
     assert_refused_at_load(content, "op #0 (TRANSPOSE_CONV)", "filter [3, 2, 2, 5] does not fit input [1, 4, 4, 2]")
 
 
 def test_a_slice_beyond_its_input_is_refused_at_load():
-    content = one_op("SLICE", [Tensor("x", (1, 6)), Tensor("begin", (2,), np.int32, np.array([0, 4], np.int32)),
-                               Tensor("size", (2,), np.int32, np.array([1, 3], np.int32))], Tensor("y", (1, 3)))
+    content = one_op("SLICE", [Tensor("x", (1, 6)), int32s("begin", [0, 4]),
+                               int32s("size", [1, 3])], Tensor("y", (1, 3)))
     assert_refused_at_load(content, "op #0 (SLICE)", "begin [0, 4] and size [1, 3] do not fit an input of shape [1, 6]")
 
 

@@ -124,9 +124,9 @@ def per_tensor_product_multiplier(lhs_scale, rhs_scale, output_scale):
 
 def check_quantized_tensors(op: Op, graph, data_index: int = 0, weight_index: int = 1,
                             symmetric_weights: bool = True) -> None:
-    """What the weighted kernels need beyond shapes: a float32 or int8 input, int8 weights with quantization parameters (zero
-    points 0 where the kernel takes them symmetric), and an int8 input with a quantized input and
-    output. Raises ModelError saying which tensor lacks what."""
+    """What the weighted kernels need beyond shapes: a float32 or int8 input; int8 weights with
+    quantization parameters (zero points 0 where the kernel takes them symmetric); for an int8
+    input, a quantized input and output. Raises ModelError saying which tensor lacks what."""
     data, weights, output = graph[op.inputs[data_index]], graph[op.inputs[weight_index]], graph[op.outputs[0]]
     if data.dtype not in (np.int8, np.float32):
         raise ModelError(f"input '{data.name}' is {data.dtype}; float32 and int8 are supported")

@@ -231,10 +231,12 @@ def slice_index(in_shape, begin, size) -> tuple:
     what TFLite's SLICE refuses: a count other than the rank, a begin or end outside the input."""
     begin, size = np.ravel(begin).astype(np.int64), np.ravel(size).astype(np.int64)
     if not len(begin) == len(size) == len(in_shape):
-        raise ModelError(f"begin and size have {len(begin)} and {len(size)} values for an input of rank {len(in_shape)}")
+        raise ModelError(f"begin and size have {len(begin)} and {len(size)} values"
+                         f" for an input of rank {len(in_shape)}")
     for b, s, d in zip(begin.tolist(), size.tolist(), in_shape):
         if not 0 <= b <= d or s < -1 or (s != -1 and b + s > d):
-            raise ModelError(f"begin {begin.tolist()} and size {size.tolist()} do not fit an input of shape {list(in_shape)}")
+            raise ModelError(f"begin {begin.tolist()} and size {size.tolist()}"
+                             f" do not fit an input of shape {list(in_shape)}")
     index = [slice(int(b), None if s == -1 else int(b + s)) for b, s in zip(begin, size)]
     if index and in_shape:
         index[0] = _whole_batch(index[0], in_shape[0])
