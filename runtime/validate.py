@@ -71,6 +71,12 @@ _BINARY = ("ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM", "SQUARED_DIFFERENCE
 _COMPARISONS = ("EQUAL", "NOT_EQUAL", "LESS", "LESS_EQUAL", "GREATER", "GREATER_EQUAL", "LOGICAL_AND", "LOGICAL_OR")
 _REDUCERS = ("MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN", "REDUCE_PROD", "REDUCE_ANY", "REDUCE_ALL")
 ARITY.update({op_type: (2, 2, 1, 1) for op_type in _BINARY + _COMPARISONS + _REDUCERS})
+_UNARY_SAME_SHAPE = ("RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1", "LOGISTIC", "TANH", "HARD_SWISH", "EXP",
+                     "LOG", "SQRT", "RSQRT", "ABS", "NEG", "FLOOR", "CEIL", "ROUND", "SIN", "COS", "SIGN", "ELU",
+                     "SQUARE", "GELU", "LEAKY_RELU", "SOFTMAX", "LOG_SOFTMAX", "QUANTIZE", "DEQUANTIZE", "CAST",
+                     "LOCAL_RESPONSE_NORMALIZATION", "L2_NORMALIZATION", "LOGICAL_NOT", "DENSIFY")
+_ONE_IN_ONE_OUT = _UNARY_SAME_SHAPE + ("DEPTH_TO_SPACE", "SPACE_TO_DEPTH")
+ARITY.update({op_type: (1, 1, 1, 1) for op_type in _ONE_IN_ONE_OUT if op_type not in ARITY})
 # Inputs that may be omitted ("" / index -1), by op; every other input must be present.
 _OPTIONAL_INPUTS = {
     "CONV_2D": {2},
@@ -80,7 +86,8 @@ _OPTIONAL_INPUTS = {
     "RESHAPE": {1},
     "PADV2": {2},
 }
-# Ops that take one input and give one output when not listed above.
+# Every op with a kernel is listed above (tests/test_op_catalogue.py holds them to it), and an op
+# without one is refused before its arity is looked at; this is only a fallback.
 DEFAULT_ARITY = (1, 1, 1, 1)
 _QUANTIZED_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16))
 
@@ -754,11 +761,6 @@ def _cumsum_shape(op, inputs, where):
 def _shape_shape(op, inputs, where):
     return (len(inputs[0].shape),)
 
-
-_UNARY_SAME_SHAPE = ("RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1", "LOGISTIC", "TANH", "HARD_SWISH", "EXP",
-                     "LOG", "SQRT", "RSQRT", "ABS", "NEG", "FLOOR", "CEIL", "ROUND", "SIN", "COS", "SIGN", "ELU",
-                     "SQUARE", "GELU", "LEAKY_RELU", "SOFTMAX", "LOG_SOFTMAX", "QUANTIZE", "DEQUANTIZE", "CAST",
-                     "LOCAL_RESPONSE_NORMALIZATION", "L2_NORMALIZATION", "LOGICAL_NOT", "DENSIFY")
 
 SHAPE_RULES = {
     "CONV_2D": _conv_shape,

@@ -1,33 +1,31 @@
 """The op catalogue: one TFLite op's facts live in several tables, and these tests hold them together.
 
 For every op the ONNX importer may emit and every op the runtime has a kernel for: the kernel exists,
-the validator has its shape rule, the writer its version rule, and the quantizer an int8 decision (a
-rule, or a stated reason to stay float). A new op fails ``test_every_op_has_its_whole_catalogue_entry``
-once, with the list of what it still lacks.
+the validator has its input/output counts and its shape rule, the writer its version rule, and the
+quantizer an int8 decision (a rule, or a stated reason to stay float). A new op fails
+``test_every_op_has_its_whole_catalogue_entry`` once, with the list of what it still lacks.
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from edgeq.converter import quantize
 from edgeq.converter.onnx_import.emitted import TFLITE_OPS, all_emitted_ops
 from edgeq.runtime import validate
-from edgeq.runtime.ir import Graph, ModelError, Op, Tensor
 from edgeq.runtime.kernels import load_all_kernels
 from edgeq.runtime.tflite_format import op_versions
 
 KERNELS = load_all_kernels()
 
-# What each entry of the catalogue is, and where it is missing from when it is missing.
-FACTS = {
-    "kernel": ("a kernel registered in runtime/kernels (KERNEL_MODULES, @register)", lambda op: op in KERNELS),
-    "shape rule": ("a shape rule in runtime/validate.py SHAPE_RULES", lambda op: op in validate.SHAPE_RULES),
-    "version rule": ("a version rule in runtime/tflite_format/op_versions.py VERSION_RULES",
-                     lambda op: op in op_versions.VERSION_RULES),
-    "int8 decision": ("an int8 decision in converter/quantize.py: a RULES entry or a STAYS_FLOAT reason",
-                      lambda op: op in quantize.RULES or op in quantize.STAYS_FLOAT),
-}
+# Each fact of a catalogue entry: where it belongs (what a gap report says), and whether an op has it.
+FACTS = [
+    ("a kernel registered in runtime/kernels (KERNEL_MODULES, @register)", lambda op: op in KERNELS),
+    ("its input and output counts in runtime/validate.py ARITY", lambda op: op in validate.ARITY),
+    ("a shape rule in runtime/validate.py SHAPE_RULES", lambda op: op in validate.SHAPE_RULES),
+    ("a version rule in runtime/tflite_format/op_versions.py VERSION_RULES", lambda op: op in op_versions.VERSION_RULES),
+    ("an int8 decision in converter/quantize.py: a RULES entry or a STAYS_FLOAT reason",
+     lambda op: op in quantize.RULES or op in quantize.STAYS_FLOAT),
+]
 
 
 def catalogue_ops() -> set:
@@ -36,7 +34,7 @@ def catalogue_ops() -> set:
 
 def missing_facts(op_type: str) -> list:
     """What ``op_type`` still lacks, as the places to add it."""
-    return [where for where, present in FACTS.values() if not present(op_type)]
+    return [where for where, present in FACTS if not present(op_type)]
 
 
 def gaps_report(ops) -> str:
@@ -55,7 +53,7 @@ def test_every_op_has_its_whole_catalogue_entry():
 
 def test_a_new_op_is_told_everything_it_lacks():
     report = gaps_report({"STABLEHLO_COMPOSITE"})
-    assert report.splitlines() == ["STABLEHLO_COMPOSITE lacks:"] + [f"  - {where}" for where, _ in FACTS.values()]
+    assert report.splitlines() == ["STABLEHLO_COMPOSITE lacks:"] + [f"  - {where}" for where, _ in FACTS]
 
 
 def test_the_catalogue_covers_what_the_importer_emits_and_the_runtime_runs():
@@ -69,6 +67,7 @@ def test_every_op_the_importer_emits_has_a_kernel():
 
 
 @pytest.mark.parametrize("table_name, table", [
+    ("validate.ARITY", validate.ARITY),
     ("validate.SHAPE_RULES", validate.SHAPE_RULES),
     ("op_versions.VERSION_RULES", op_versions.VERSION_RULES),
     ("quantize.RULES", quantize.RULES),
