@@ -159,6 +159,7 @@ STAYS_FLOAT: dict = {
     "LOCAL_RESPONSE_NORMALIZATION": _NO_INT8_KERNEL,
     "ELU": "the runtime has no int8 ELU table yet (LiteRT has one)",
     "REDUCE_PROD": "the runtime has no int8 REDUCE_PROD kernel yet (LiteRT has one)",
+    "CUSTOM": "its arithmetic is its own kernel's; conversion rewrites the custom ops it knows to builtins first",
 }
 
 

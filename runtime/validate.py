@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from edgeq.runtime.tflite_format import schema
-from edgeq.runtime.ir import Graph, ModelError, Op
+from edgeq.runtime.ir import Graph, ModelError, Op, Tensor
 from edgeq.runtime.padding import PADDINGS, dilated_size, output_size
 
 MAX_RANK = 8
@@ -758,6 +758,17 @@ def _cumsum_shape(op, inputs, where):
     return inputs[0].shape
 
 
+def _custom_shape(op, inputs, where):
+    """A custom op's output shape, from the function its kernel declares (``kernels.custom``)."""
+    from edgeq.runtime.kernels.custom import output_shape
+
+    tensors = [Tensor(inp.name, inp.shape, inp.dtype) for inp in inputs if inp is not None]
+    try:
+        return output_shape(op, Graph(tensors))
+    except ModelError as error:
+        raise ModelError(f"{where}: {str(error).removeprefix(f'op {op}: ')}") from None
+
+
 def _shape_shape(op, inputs, where):
     return (len(inputs[0].shape),)
 
@@ -798,6 +809,7 @@ SHAPE_RULES = {
     "TOPK_V2": _topk_shape,
     "CUMSUM": _cumsum_shape,
     "SHAPE": _shape_shape,
+    "CUSTOM": _custom_shape,
     **{op_type: _reduce_shape for op_type in _REDUCERS},
     **{op_type: _broadcast_shape for op_type in _BINARY + _COMPARISONS},
     **{op_type: _same_shape for op_type in _UNARY_SAME_SHAPE},

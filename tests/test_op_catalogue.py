@@ -62,6 +62,13 @@ def test_the_catalogue_covers_what_the_importer_emits_and_the_runtime_runs():
     assert "LSTM" not in ops  # an ONNX op name in the recurrent rules, not an op they emit
 
 
+def test_every_custom_op_with_a_kernel_declares_its_output_shape():
+    from edgeq.runtime.kernels import CUSTOM_REGISTRY
+    from edgeq.runtime.kernels.custom import CUSTOM_OUTPUT_SHAPES
+
+    assert sorted(set(CUSTOM_REGISTRY) - set(CUSTOM_OUTPUT_SHAPES)) == []
+
+
 def test_every_op_the_importer_emits_has_a_kernel():
     assert sorted(op for op in all_emitted_ops() if op not in KERNELS) == []
 

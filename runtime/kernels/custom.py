@@ -17,11 +17,24 @@ import struct
 import numpy as np
 
 from edgeq.runtime.ir import Graph, ModelError, Op, Tensor
-from edgeq.runtime.kernels import CUSTOM_REGISTRY, register, register_custom
+from edgeq.runtime.kernels import CUSTOM_REGISTRY, check, register, register_custom
 from edgeq.runtime.kernels.transpose_conv import prepare_transpose_conv
 
 TRANSPOSE_CONV_BIAS = "Convolution2DTransposeBias"
 _TFLITE_PADDING = {0: "VALID", 1: "SAME", 2: "VALID"}
+
+
+@check("CUSTOM")
+def check_custom(op, graph):
+    """The dtypes each custom op's kernel takes (its shapes are ``output_shape``'s)."""
+    if op.options.get("custom_code") == TRANSPOSE_CONV_BIAS:
+        if any(graph[name].dtype != np.float32 for name in op.inputs + op.outputs):
+            raise ModelError("only float32 is supported, as in MediaPipe")
+
+
+def output_shape(op, graph) -> tuple:
+    """The output shape of a custom op with a kernel here, as that kernel computes it."""
+    return CUSTOM_OUTPUT_SHAPES[op.options.get("custom_code")](op, graph)
 
 
 @register("CUSTOM")
@@ -79,11 +92,13 @@ def transpose_conv_equivalent(op: Op, graph: Graph) -> tuple:
     return {**options, "fused_activation_function": "NONE"}, output_shape
 
 
+# custom code -> output_shape(op, graph), declared for every custom op with a kernel here.
+CUSTOM_OUTPUT_SHAPES = {TRANSPOSE_CONV_BIAS: transpose_conv_bias_output_shape}
+
+
 @register_custom(TRANSPOSE_CONV_BIAS)
 def prepare_transpose_conv_bias(op, graph):
     x_name, filter_name, bias_name = op.inputs
-    if any(graph[name].dtype != np.float32 for name in op.inputs + op.outputs):
-        raise ModelError(f"op {op}: only float32 is supported, as in MediaPipe")
     options, output_shape = transpose_conv_equivalent(op, graph)
     # The TRANSPOSE_CONV kernel, prepared on a graph of this op's tensors alone.
     shape = np.array(output_shape, np.int32)

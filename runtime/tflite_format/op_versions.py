@@ -342,6 +342,9 @@ VERSION_RULES: dict = {
     "NOT_EQUAL": _INT8_IS_2,
     "FLOOR_MOD": _by_input_type({I8: 2, I16: 2}),
     "SIGN": _by_input_type({I32: 2}),
+    # op_version.cc versions builtins only; the custom ops with a kernel here (MediaPipe's
+    # Convolution2DTransposeBias) are registered as version 1.
+    "CUSTOM": _version_1,
     **{op_type: _version_1 for op_type in (
         "CEIL", "COS", "CUMSUM", "DENSIFY", "ELU", "EXPAND_DIMS", "FLOOR", "HARD_SWISH", "LOCAL_RESPONSE_NORMALIZATION",
         "LOGICAL_AND", "LOGICAL_NOT", "LOGICAL_OR", "NEG", "POW", "PRELU", "RELU_N1_TO_1", "RESHAPE", "ROUND", "SHAPE",

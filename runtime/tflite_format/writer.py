@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+
 import flatbuffers
 import numpy as np
 import tflite
