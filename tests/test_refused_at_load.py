@@ -211,6 +211,7 @@ def stage_of_failure(content: bytes, max_memory_bytes: int) -> str:
     return "ok"
 
 
+@pytest.mark.slow  # two thousand mutated files per seed
 @pytest.mark.parametrize("seed", [0, 1])
 def test_every_mutated_file_is_refused_at_load_or_runs(seed):
     """What the kernels refuse, the validator refuses: over mutated copies of the seed models (every
