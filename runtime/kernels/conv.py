@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edgeq.runtime.kernels import check, compiled, register
+from edgeq.runtime.kernels import check, compiled, native_int8, register
 from edgeq.runtime.kernels.common import (
     constant_input,
     fused_activation,
@@ -409,7 +409,16 @@ def _prepare_int8(op, graph):
     input_offset = -input_zero_point
     g = _geometry(op, graph)
     out_c, out_h, out_w = g.out_c, g.out_h, g.out_w
-    filters = constant_input(op, graph, 1, "filter").astype(np.int64).reshape(out_c, -1)
+    raw_filters = constant_input(op, graph, 1, "filter")
+    bias = constant_input(op, graph, 2, "bias").astype(np.int64) if input_tensor(op, graph, 2) is not None else None
+    output_multiplier, output_shift = per_channel_multipliers(
+        input_scale, filter_tensor.quant.scale, output_scale, out_c)
+    activation_min, activation_max = activation_range(op, output_scale, output_offset)
+    native_conv = native_int8.prepare_conv(g, raw_filters, bias, input_zero_point, output_multiplier, output_shift,
+                                           output_offset, activation_min, activation_max)
+    if native_conv is not None:
+        return native_conv
+    filters = raw_filters.astype(np.int64).reshape(out_c, -1)
     # The GEMM multiplies raw int8 inputs (|x| <= 128; padding holds the zero point, also int8).
     chunks = exact_float32_chunks(filters, 128)
     gemm = exact_gemm(np.ascontiguousarray(filters.T, dtype=np.float32), chunks)
@@ -417,11 +426,8 @@ def _prepare_int8(op, graph):
     accumulator_bound = 128 * int(np.abs(filters).sum(axis=1).max(initial=0))
     # sum_k w * (x + input_offset) = sum_k w * x + input_offset * sum_k w, folded with the bias.
     constant_term = input_offset * filters.sum(axis=1)
-    if input_tensor(op, graph, 2) is not None:
-        constant_term = constant_term + constant_input(op, graph, 2, "bias").astype(np.int64)
-    output_multiplier, output_shift = per_channel_multipliers(
-        input_scale, filter_tensor.quant.scale, output_scale, out_c)
-    activation_min, activation_max = activation_range(op, output_scale, output_offset)
+    if bias is not None:
+        constant_term = constant_term + bias
     requantize = _per_channel_requantizer(constant_term, output_multiplier, output_shift, output_offset,
                                           activation_min, activation_max, accumulator_bound)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeq.runtime.kernels import check, compiled, register
+from edgeq.runtime.kernels import check, compiled, native_int8, register
 from edgeq.runtime.kernels.common import (
     constant_input,
     fused_activation,
@@ -170,13 +170,18 @@ def _prepare_int8(op, graph):
     input_scale, input_zero_point = scale_and_zero_point(graph[op.inputs[0]], op)
     output_scale, output_offset = scale_and_zero_point(graph[op.outputs[0]], op)
     input_offset = np.int32(-input_zero_point)
-    accumulate, out_c = _integer_taps(op, graph)
+    out_c = filter_tensor.shape[3]
     bias = None
     if input_tensor(op, graph, 2) is not None:
         bias = constant_input(op, graph, 2, "bias").astype(np.int64)
     output_multiplier, output_shift = per_channel_multipliers(
         input_scale, filter_tensor.quant.scale, output_scale, out_c)
     activation_min, activation_max = activation_range(op, output_scale, output_offset)
+    native_depthwise = _native_int8(op, graph, bias, input_zero_point, output_multiplier, output_shift,
+                                    output_offset, activation_min, activation_max)
+    if native_depthwise is not None:
+        return native_depthwise
+    accumulate, out_c = _integer_taps(op, graph)
     if compiled.enabled():
         return _compiled_int8(op, graph, bias, input_offset, output_multiplier, output_shift, output_offset,
                               activation_min, activation_max)
@@ -206,6 +211,16 @@ def _prepare_int8(op, graph):
         return saturate(scaled.astype(np.int64) + output_offset, activation_min, activation_max, np.int8)
 
     return depthwise_conv_2d_int8
+
+
+def _native_int8(op, graph, bias, input_zero_point, output_multiplier, output_shift, output_offset,
+                 activation_min, activation_max):
+    _, in_h, in_w, _ = graph[op.inputs[0]].shape
+    filters = constant_input(op, graph, 1, "filter")
+    out_h, out_w, (pad_top, _, pad_left, _) = _padding(op.options, in_h, in_w, filters.shape[1], filters.shape[2])
+    return native_int8.prepare_depthwise(graph[op.inputs[0]].shape, filters, bias, input_zero_point,
+                                         output_multiplier, output_shift, output_offset, activation_min,
+                                         activation_max, op.options, out_h, out_w, pad_top, pad_left)
 
 
 def _compiled_int8(op, graph, bias, input_offset, output_multiplier, output_shift, output_offset,

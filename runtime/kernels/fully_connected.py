@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeq.runtime.kernels import check, compiled, register
+from edgeq.runtime.kernels import check, compiled, native_int8, register
 from edgeq.runtime.kernels.common import fused_activation, input_tensor, require_float, with_activation
 from edgeq.runtime.kernels.common import constant_input
 from edgeq.runtime.fixedpoint import round_half_away
@@ -93,17 +93,25 @@ def _prepare_int8(op, graph):
     quant = weights_tensor.quant
     filter_scales = quant.scale.astype(np.float32)
     weights_offset = 0 if filter_scales.size > 1 else -int(quant.zero_point[0])
-    weights = constant_input(op, graph, 1, "weights").astype(np.int64) + weights_offset
+    raw_weights = constant_input(op, graph, 1, "weights")
+    bias = constant_input(op, graph, 2, "bias").astype(np.int64) if input_tensor(op, graph, 2) is not None else None
+    effective_scale = (np.float64(input_scale) * filter_scales.astype(np.float64)) / np.float64(output_scale)
+    activation_min, activation_max = activation_range(op, output_scale, output_offset)
+    if weights_offset == 0:
+        native_fc = native_int8.prepare_fully_connected(
+            raw_weights, bias, input_zero_point, effective_scale, output_offset, activation_min, activation_max,
+            lambda x: _output_shape(x, in_c, out_c, keep_num_dims))
+        if native_fc is not None:
+            return native_fc
+    weights = raw_weights.astype(np.int64) + weights_offset
     # Raw int8 inputs (|x| <= 128) times the offset weights: exact float32 GEMM pieces.
     chunks = exact_float32_chunks(weights, 128)
     gemm = exact_gemm(np.ascontiguousarray(weights.T, dtype=np.float32), chunks)
     accumulator_dtype = exact_gemm_dtype(chunks)
     scratch = compiled.SCRATCH
     constant_term = input_offset * weights.sum(axis=1)
-    if input_tensor(op, graph, 2) is not None:
-        constant_term = constant_term + constant_input(op, graph, 2, "bias").astype(np.int64)
-    effective_scale = (np.float64(input_scale) * filter_scales.astype(np.float64)) / np.float64(output_scale)
-    activation_min, activation_max = activation_range(op, output_scale, output_offset)
+    if bias is not None:
+        constant_term = constant_term + bias
 
     if compiled.enabled():
         constant_term_ = np.ascontiguousarray(np.broadcast_to(constant_term, (out_c,)), dtype=np.int64)

@@ -1,0 +1,230 @@
+"""The native int8 kernels: C with intrinsics (runtime/native/src), one library holding a variant per
+instruction set (AVX512-VNNI, AVX-VNNI, AVX2 and portable C on x86-64; sdot and smlal NEON on
+aarch64), the best one the CPU runs chosen once at load.
+
+The library is an optional extension built at ``pip install`` time (setup.py); its functions are
+called through ctypes, so it needs nothing beyond a C compiler. Without it, or with EDGEQ_NO_NATIVE=1,
+the numpy kernels run, and the first kernel that asks says so once. EDGEQ_NATIVE_ISA=avx2|portable|...
+forces a lower variant (tests run every variant the machine has that way, or through ``use_isa``).
+``describe()`` tells which path runs.
+
+Kernels ask ``isa()`` in prepare (None: use numpy) and keep the answer; everything static (packed
+weights, the folded output stage) is made then, and eval is one call into the library.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+
+import numpy as np
+
+LOG = logging.getLogger(__name__)
+
+ISA_CODES = {"portable": 0, "avx2": 1, "avxvnni": 2, "avx512vnni": 3, "neon": 4, "neon-dotprod": 5}
+ISA_NAMES = {code: name for name, code in ISA_CODES.items()}
+# Best first: the variant chosen when nothing is forced.
+_PREFERENCE = ("avx512vnni", "avxvnni", "avx2", "neon-dotprod", "neon", "portable")
+
+# None until the first kernel asks; then whether prepare uses the native kernels. Tests set it.
+ENABLED = None
+_library = None
+_unavailable_reason = None
+_loaded = False
+_isa = None          # the variant kernels prepared now use (a name), when the library is there
+_threads = 1         # threads the kernels may use during the current invoke (set by the interpreter)
+
+
+class OutputStage(ctypes.Structure):
+    """native.h's edgeq_output_stage; the arrays it points to are kept alive by ``arrays``."""
+    _fields_ = [("kind", ctypes.c_int32), ("offset", ctypes.c_int32), ("low", ctypes.c_int32),
+                ("high", ctypes.c_int32), ("multiplier", ctypes.c_void_p), ("bias", ctypes.c_void_p),
+                ("threshold", ctypes.c_void_p), ("correction", ctypes.c_void_p), ("shift", ctypes.c_void_p),
+                ("scale", ctypes.c_void_p)]
+
+
+class ConvGeometry(ctypes.Structure):
+    """native.h's edgeq_conv_geometry."""
+    _fields_ = [(name, ctypes.c_int32) for name in (
+        "batch", "in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "k_h", "k_w", "stride_h", "stride_w",
+        "dil_h", "dil_w", "pad_top", "pad_left", "input_zero_point")]
+
+
+def _environment_disabled() -> bool:
+    return os.environ.get("EDGEQ_NO_NATIVE", "").strip() not in ("", "0")
+
+
+def _open_library():
+    """(ctypes library, None) or (None, why not)."""
+    if _environment_disabled():
+        return None, "disabled by EDGEQ_NO_NATIVE"
+    try:
+        from edgeq.runtime.native import _kernels
+    except ImportError as error:
+        return None, f"the extension is not built ({error}); reinstall with a C compiler present"
+    try:
+        library = ctypes.CDLL(_kernels.__file__)
+    except OSError as error:
+        return None, f"the extension does not load ({error})"
+    pointer, int32 = ctypes.c_void_p, ctypes.c_int
+    for name, result, arguments in (
+            ("edgeq_isa_compiled", int32, [int32]),
+            ("edgeq_isa_supported", int32, [int32]),
+            ("edgeq_isa_input_shift", int32, [int32]),
+            ("edgeq_packed_bytes", ctypes.c_size_t, [int32, int32]),
+            ("edgeq_pack_weights", None, [int32, int32, pointer, pointer]),
+            ("edgeq_conv", int32, [int32, pointer, pointer, pointer, pointer, pointer, int32]),
+            ("edgeq_depthwise", int32, [int32, pointer, int32, pointer, pointer, pointer, pointer, int32])):
+        function = getattr(library, name)
+        function.restype, function.argtypes = result, arguments
+    return library, None
+
+
+def _load():
+    global _library, _unavailable_reason, _loaded, _isa
+    if _loaded:
+        return
+    _loaded = True
+    _library, _unavailable_reason = _open_library()
+    if _library is None:
+        LOG.warning("edgeq: native int8 kernels off, numpy kernels run: %s", _unavailable_reason)
+        return
+    _isa = best_isa()
+    forced = os.environ.get("EDGEQ_NATIVE_ISA", "").strip().lower()
+    if forced:
+        if forced in supported_isas():
+            _isa = forced
+        else:
+            LOG.warning("edgeq: EDGEQ_NATIVE_ISA=%s is not a variant this CPU runs (%s); using %s",
+                        forced, ", ".join(supported_isas()), _isa)
+
+
+def available() -> bool:
+    """Whether the native library loaded (and is not disabled)."""
+    _load()
+    return _library is not None
+
+
+def supported_isas() -> list:
+    """The variants this build holds and this CPU runs, best first."""
+    if not available():
+        return []
+    return [name for name in _PREFERENCE if _library.edgeq_isa_supported(ISA_CODES[name])]
+
+
+def best_isa():
+    supported = supported_isas()
+    return supported[0] if supported else None
+
+
+def enabled() -> bool:
+    """Whether kernels prepared now use the native path."""
+    global ENABLED
+    if ENABLED is None:
+        ENABLED = available()
+    return bool(ENABLED) and available()
+
+
+def isa():
+    """The variant kernels prepared now use, or None for the numpy path."""
+    return _isa if enabled() else None
+
+
+def use_isa(name: str) -> None:
+    """Make kernels prepared from now on use variant ``name`` (one of ``supported_isas()``)."""
+    global _isa
+    if name not in supported_isas():
+        raise ValueError(f"native variant {name!r} is not available here (have: {supported_isas()})")
+    _isa = name
+
+
+def describe() -> str:
+    """One line naming the path int8 convolutions and FULLY_CONNECTED take."""
+    if enabled():
+        return f"native int8 kernels ({isa()})"
+    _load()
+    reason = _unavailable_reason or "turned off"
+    return f"numpy int8 kernels (native: {reason})"
+
+
+def set_threads(count: int) -> int:
+    """Threads the native kernels may use from now on; returns the previous count."""
+    global _threads
+    previous, _threads = _threads, max(1, int(count))
+    return previous
+
+
+def threads() -> int:
+    return _threads
+
+
+def input_shift(isa_name: str) -> int:
+    """What the variant adds to every int8 activation before its products (128 where the CPU's dot
+    product multiplies unsigned by signed bytes); prepare folds -shift * sum(weights) into the bias."""
+    return int(_library.edgeq_isa_input_shift(ISA_CODES[isa_name]))
+
+
+# -- prepared kernels --------------------------------------------------------------------------------
+
+def _address(array) -> int:
+    return array.ctypes.data
+
+
+def folded_stage(folded, low: int, high: int) -> OutputStage:
+    """An output stage in the folded fixed-point form (requantize.fold_requantization)."""
+    arrays = [np.ascontiguousarray(a, dtype=np.int64) for a in folded[:5]]
+    stage = OutputStage(0, 0, int(low), int(high), *[_address(a) for a in arrays], None)
+    stage.arrays = arrays
+    return stage
+
+
+def float_scale_stage(bias, scale, offset: int, low: int, high: int) -> OutputStage:
+    """An output stage rounding double(acc + bias) * scale half away from zero (reference int8
+    FULLY_CONNECTED), + offset, clamped."""
+    bias = np.ascontiguousarray(bias, dtype=np.int64)
+    scale = np.ascontiguousarray(scale, dtype=np.float64)
+    stage = OutputStage(1, int(offset), int(low), int(high), None, _address(bias), None, None, None, _address(scale))
+    stage.arrays = [bias, scale]
+    return stage
+
+
+def pack_weights(weights: np.ndarray) -> np.ndarray:
+    """int8 weights [out_c, depth] in the layout the GEMM micro-kernels read (a 64-byte aligned
+    buffer, made once in prepare)."""
+    weights = np.ascontiguousarray(weights, dtype=np.int8)
+    out_c, depth = weights.shape
+    size = int(_library.edgeq_packed_bytes(out_c, depth))
+    raw = np.empty(size + 64, np.uint8)
+    offset = (-raw.ctypes.data) % 64
+    packed = raw[offset:offset + size].view(np.int8)
+    _library.edgeq_pack_weights(out_c, depth, _address(weights), _address(packed))
+    return packed
+
+
+def conv_geometry(**fields) -> ConvGeometry:
+    return ConvGeometry(**{name: int(value) for name, value in fields.items()})
+
+
+class NativeError(RuntimeError):
+    pass
+
+
+def conv(isa_name: str, geometry: ConvGeometry, x: np.ndarray, packed: np.ndarray, stage: OutputStage,
+         out: np.ndarray) -> np.ndarray:
+    """out [batch, out_h, out_w, out_c] int8 = the convolution of x (NHWC int8, contiguous) with the
+    packed weights, through ``stage``; ``geometry.batch`` must be x's batch."""
+    status = _library.edgeq_conv(ISA_CODES[isa_name], ctypes.byref(geometry), x.ctypes.data, packed.ctypes.data,
+                                 ctypes.byref(stage), out.ctypes.data, _threads)
+    if status:
+        raise NativeError(f"native convolution failed ({status})")
+    return out
+
+
+def depthwise(isa_name: str, geometry: ConvGeometry, depth_multiplier: int, x: np.ndarray, filters: np.ndarray,
+              stage: OutputStage, out: np.ndarray) -> np.ndarray:
+    """out = int8 DEPTHWISE_CONV_2D of x with int16 filters [k_h, k_w, out_c] through ``stage``."""
+    status = _library.edgeq_depthwise(ISA_CODES[isa_name], ctypes.byref(geometry), depth_multiplier, x.ctypes.data,
+                                      filters.ctypes.data, ctypes.byref(stage), out.ctypes.data, _threads)
+    if status:
+        raise NativeError(f"native depthwise convolution failed ({status})")
+    return out

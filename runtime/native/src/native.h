@@ -1,0 +1,80 @@
+/* edgeq native kernels: shared declarations.
+ *
+ * Plain C99 with intrinsics. Every instruction-set variant is compiled into the one library with
+ * function-level target attributes and chosen at run time (cpu.c), so a build on any x86-64 or
+ * aarch64 machine runs on every other of its kind. Python reaches these functions through ctypes
+ * (runtime/native/__init__.py); the layouts below are mirrored there. */
+#ifndef EDGEQ_NATIVE_H
+#define EDGEQ_NATIVE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#define EDGEQ_API __declspec(dllexport)
+#else
+#define EDGEQ_API __attribute__((visibility("default")))
+#endif
+
+/* Instruction-set variants, lowest first. Only the ones of the build's architecture exist. */
+enum {
+    EDGEQ_ISA_PORTABLE = 0,
+    EDGEQ_ISA_AVX2 = 1,
+    EDGEQ_ISA_AVXVNNI = 2,
+    EDGEQ_ISA_AVX512VNNI = 3,
+    EDGEQ_ISA_NEON = 4,        /* aarch64 vmlal_s16 (Cortex-A72 class) */
+    EDGEQ_ISA_NEON_DOTPROD = 5 /* aarch64 vdotq_s32 (Cortex-A76 class) */
+};
+#define EDGEQ_ISA_COUNT 6
+
+/* The output stage that turns an int32 accumulator of column c into int8.
+ * FOLDED: TFLite's double-rounding MultiplyByQuantizedMultiplier with bias, zero points and output
+ *   offset folded per channel (runtime/kernels/requantize.py, fold_requantization):
+ *   t = acc * multiplier[c] + bias[c]; if (t < threshold[c]) t -= correction[c]; r = t >> shift[c].
+ * FLOAT_SCALE: TFLite's reference int8 FULLY_CONNECTED: r = round(double(acc + bias[c]) * scale[c])
+ *   (ties away from zero; out of int32 range gives INT32_MIN, as x86-64's cast), + offset.
+ * Then r is clamped to [low, high]. */
+enum { EDGEQ_STAGE_FOLDED = 0, EDGEQ_STAGE_FLOAT_SCALE = 1 };
+
+typedef struct {
+    int32_t kind;
+    int32_t offset;
+    int32_t low;
+    int32_t high;
+    const int64_t *multiplier;
+    const int64_t *bias;
+    const int64_t *threshold;
+    const int64_t *correction;
+    const int64_t *shift;
+    const double *scale;
+} edgeq_output_stage;
+
+/* A convolution's geometry, NHWC; a plain GEMM [rows, depth] is a 1x1 convolution over a
+ * 1 x rows image. */
+typedef struct {
+    int32_t batch, in_h, in_w, in_c;
+    int32_t out_h, out_w, out_c;
+    int32_t k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left;
+    int32_t input_zero_point;
+} edgeq_conv_geometry;
+
+/* cpu.c */
+int edgeq_cpu_supports(int isa);
+
+/* qgemm.c: packed weights are int8 [ceil(N/32)*2 blocks of 16 columns][ceil(K/4)][16][4]. */
+EDGEQ_API int edgeq_isa_compiled(int isa);
+EDGEQ_API int edgeq_isa_supported(int isa);
+EDGEQ_API int edgeq_isa_input_shift(int isa);
+EDGEQ_API size_t edgeq_packed_bytes(int out_c, int depth);
+EDGEQ_API void edgeq_pack_weights(int out_c, int depth, const int8_t *weights, int8_t *packed);
+EDGEQ_API int edgeq_conv(int isa, const edgeq_conv_geometry *g, const int8_t *x, const int8_t *packed,
+                         const edgeq_output_stage *stage, int8_t *out, int threads);
+
+/* dwconv.c */
+EDGEQ_API int edgeq_depthwise(int isa, const edgeq_conv_geometry *g, int depth_multiplier, const int8_t *x,
+                              const int16_t *filters, const edgeq_output_stage *stage, int8_t *out, int threads);
+
+/* threads.c: run work(context, index) for index in [0, count) on up to `threads` threads. */
+void edgeq_parallel_for(int count, int threads, void (*work)(void *context, int index), void *context);
+
+#endif

@@ -1,0 +1,411 @@
+/* int8 GEMM and convolution: u8/s8 activations x s8 weights -> int32 -> the output stage -> int8.
+ *
+ * Weights are packed once (prepare) as [column blocks of 16][ceil(K/4)][16][4]: for every group of
+ * four depth entries, 16 columns of 4 consecutive bytes, the layout of the dot-product instructions
+ * (vpdpbusd, sdot) that sum four byte products into each 32-bit lane. Columns are padded to a
+ * multiple of 32 and depth to a multiple of 4 with zero weights.
+ *
+ * Activations go through a small per-thread buffer of patch rows (an im2col of a few dozen output
+ * pixels at a time, never the whole patch matrix), padded with zeros to the packed depth. x86's
+ * vpdpbusd multiplies unsigned by signed bytes, so there the buffer holds x + 128 (x ^ 0x80) and the
+ * bias folds in -128 * the column's weight sum (prepare does that, edgeq_isa_input_shift tells by
+ * how much). Each variant has one register-blocked micro-kernel over MR rows x NR columns. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "native.h"
+#include "output_stage.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+
+static inline uint32_t load_u32(const void *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+typedef void (*tile_fn)(const uint8_t *a, size_t lda, const int8_t *w, size_t k4, int32_t *acc);
+typedef void (*stage_fn)(const edgeq_output_stage *stage, const int32_t *acc, int col0, int count, int8_t *out);
+
+typedef struct {
+    int mr, nr;          /* rows and columns of one micro-kernel call */
+    int input_shift;     /* 128 when the kernel reads activations as unsigned bytes (x ^ 0x80) */
+    tile_fn tile;        /* acc[MR][NR] = a[MR][4*k4] . w (NR columns from the block at w) */
+    stage_fn stage;
+} isa_kernels;
+
+/* -- portable C ------------------------------------------------------------------------------ */
+
+static void tile_portable(const uint8_t *a, size_t lda, const int8_t *w, size_t k4, int32_t *acc) {
+    for (int r = 0; r < 4; r++) {
+        int32_t sums[16] = {0};
+        const uint8_t *row = a + r * lda;
+        for (size_t k = 0; k < k4; k++) {
+            const int8_t *wk = w + 64 * k;
+            const int32_t a0 = row[4 * k], a1 = row[4 * k + 1], a2 = row[4 * k + 2], a3 = row[4 * k + 3];
+            for (int j = 0; j < 16; j++)
+                sums[j] += a0 * wk[4 * j] + a1 * wk[4 * j + 1] + a2 * wk[4 * j + 2] + a3 * wk[4 * j + 3];
+        }
+        memcpy(acc + 16 * r, sums, sizeof(sums));
+    }
+}
+
+static void stage_portable(const edgeq_output_stage *stage, const int32_t *acc, int col0, int count, int8_t *out) {
+    output_stage_row(stage, acc, col0, count, out);
+}
+
+/* -- x86-64 ----------------------------------------------------------------------------------- */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+
+/* AVX2: no byte dot product; bytes are widened to int16 and vpmaddwd sums pairs into int32 lanes,
+ * exact (vpmaddubsw would saturate u8 x s8 pairs at int16). Each 16 bytes of a packed group
+ * (4 columns x 4 depth) widen to one register; lanes hold pair sums, added pairwise at the end. */
+__attribute__((target("avx2"))) static void tile_avx2(const uint8_t *a, size_t lda, const int8_t *w, size_t k4,
+                                                      int32_t *acc) {
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c02 = c00, c03 = c00;
+    __m256i c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+    const uint8_t *a1 = a + lda;
+    for (size_t k = 0; k < k4; k++) {
+        const int8_t *wk = w + 64 * k;
+        const __m256i b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)wk));
+        const __m256i b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(wk + 16)));
+        const __m256i b2 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(wk + 32)));
+        const __m256i b3 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(wk + 48)));
+        __m256i x = _mm256_cvtepu8_epi16(_mm_set1_epi32((int)load_u32(a + 4 * k)));
+        c00 = _mm256_add_epi32(c00, _mm256_madd_epi16(x, b0));
+        c01 = _mm256_add_epi32(c01, _mm256_madd_epi16(x, b1));
+        c02 = _mm256_add_epi32(c02, _mm256_madd_epi16(x, b2));
+        c03 = _mm256_add_epi32(c03, _mm256_madd_epi16(x, b3));
+        x = _mm256_cvtepu8_epi16(_mm_set1_epi32((int)load_u32(a1 + 4 * k)));
+        c10 = _mm256_add_epi32(c10, _mm256_madd_epi16(x, b0));
+        c11 = _mm256_add_epi32(c11, _mm256_madd_epi16(x, b1));
+        c12 = _mm256_add_epi32(c12, _mm256_madd_epi16(x, b2));
+        c13 = _mm256_add_epi32(c13, _mm256_madd_epi16(x, b3));
+    }
+    /* Lanes are [c0 p01, c0 p23, c1 p01, c1 p23 | c2 .., c3 ..]; hadd of two such registers gives
+     * [c0 c1 c4 c5 | c2 c3 c6 c7], and the 64-bit permute (0, 2, 1, 3) puts them in order. */
+    _mm256_storeu_si256((__m256i *)acc, _mm256_permute4x64_epi64(_mm256_hadd_epi32(c00, c01), 0xD8));
+    _mm256_storeu_si256((__m256i *)(acc + 8), _mm256_permute4x64_epi64(_mm256_hadd_epi32(c02, c03), 0xD8));
+    _mm256_storeu_si256((__m256i *)(acc + 16), _mm256_permute4x64_epi64(_mm256_hadd_epi32(c10, c11), 0xD8));
+    _mm256_storeu_si256((__m256i *)(acc + 24), _mm256_permute4x64_epi64(_mm256_hadd_epi32(c12, c13), 0xD8));
+}
+
+__attribute__((target("avx2"))) static void stage_avx2(const edgeq_output_stage *stage, const int32_t *acc,
+                                                       int col0, int count, int8_t *out) {
+    output_stage_row(stage, acc, col0, count, out);
+}
+
+#define DPBUSD_ROW(row, x, c0, c1)                                 \
+    x = _mm256_set1_epi32((int)load_u32((row) + 4 * k));           \
+    c0 = _mm256_dpbusd_avx_epi32(c0, x, b0);                        \
+    c1 = _mm256_dpbusd_avx_epi32(c1, x, b1)
+
+/* AVX-VNNI: vpdpbusd on 256-bit registers, 4 rows x 16 columns. */
+__attribute__((target("avx2,avxvnni"))) static void tile_avxvnni(const uint8_t *a, size_t lda, const int8_t *w,
+                                                                 size_t k4, int32_t *acc) {
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00;
+    __m256i c20 = c00, c21 = c00, c30 = c00, c31 = c00, x;
+    const uint8_t *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda;
+    for (size_t k = 0; k < k4; k++) {
+        const __m256i b0 = _mm256_loadu_si256((const __m256i *)(w + 64 * k));
+        const __m256i b1 = _mm256_loadu_si256((const __m256i *)(w + 64 * k + 32));
+        DPBUSD_ROW(a, x, c00, c01);
+        DPBUSD_ROW(a1, x, c10, c11);
+        DPBUSD_ROW(a2, x, c20, c21);
+        DPBUSD_ROW(a3, x, c30, c31);
+    }
+    _mm256_storeu_si256((__m256i *)acc, c00);
+    _mm256_storeu_si256((__m256i *)(acc + 8), c01);
+    _mm256_storeu_si256((__m256i *)(acc + 16), c10);
+    _mm256_storeu_si256((__m256i *)(acc + 24), c11);
+    _mm256_storeu_si256((__m256i *)(acc + 32), c20);
+    _mm256_storeu_si256((__m256i *)(acc + 40), c21);
+    _mm256_storeu_si256((__m256i *)(acc + 48), c30);
+    _mm256_storeu_si256((__m256i *)(acc + 56), c31);
+}
+
+#define DPBUSD512_ROW(row, x, c0, c1)                              \
+    x = _mm512_set1_epi32((int)load_u32((row) + 4 * k));           \
+    c0 = _mm512_dpbusd_epi32(c0, x, b0);                            \
+    c1 = _mm512_dpbusd_epi32(c1, x, b1)
+
+/* AVX512-VNNI: 4 rows x 32 columns (two blocks of 16) in 8 zmm accumulators. */
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512vnni(const uint8_t *a, size_t lda,
+                                                                                  const int8_t *w, size_t k4,
+                                                                                  int32_t *acc) {
+    __m512i c00 = _mm512_setzero_si512(), c01 = c00, c10 = c00, c11 = c00;
+    __m512i c20 = c00, c21 = c00, c30 = c00, c31 = c00, x;
+    const uint8_t *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda;
+    const int8_t *w1 = w + 64 * k4;
+    for (size_t k = 0; k < k4; k++) {
+        const __m512i b0 = _mm512_loadu_si512((const void *)(w + 64 * k));
+        const __m512i b1 = _mm512_loadu_si512((const void *)(w1 + 64 * k));
+        DPBUSD512_ROW(a, x, c00, c01);
+        DPBUSD512_ROW(a1, x, c10, c11);
+        DPBUSD512_ROW(a2, x, c20, c21);
+        DPBUSD512_ROW(a3, x, c30, c31);
+    }
+    _mm512_storeu_si512((void *)acc, c00);
+    _mm512_storeu_si512((void *)(acc + 16), c01);
+    _mm512_storeu_si512((void *)(acc + 32), c10);
+    _mm512_storeu_si512((void *)(acc + 48), c11);
+    _mm512_storeu_si512((void *)(acc + 64), c20);
+    _mm512_storeu_si512((void *)(acc + 80), c21);
+    _mm512_storeu_si512((void *)(acc + 96), c30);
+    _mm512_storeu_si512((void *)(acc + 112), c31);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) static void stage_avx512(
+    const edgeq_output_stage *stage, const int32_t *acc, int col0, int count, int8_t *out) {
+    output_stage_row(stage, acc, col0, count, out);
+}
+#endif
+
+/* -- aarch64 ---------------------------------------------------------------------------------- */
+#if defined(__aarch64__)
+
+/* sdot: signed x signed bytes, 4 rows x 16 columns; the packed group of 16 columns x 4 depth is
+ * four registers whose 32-bit lanes are columns. */
+__attribute__((target("arch=armv8.2-a+dotprod"))) static void tile_neon_dotprod(const uint8_t *a, size_t lda,
+                                                                                const int8_t *w, size_t k4,
+                                                                                int32_t *acc) {
+    int32x4_t c[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int q = 0; q < 4; q++) c[r][q] = vdupq_n_s32(0);
+    for (size_t k = 0; k < k4; k++) {
+        const int8_t *wk = w + 64 * k;
+        const int8x16_t b0 = vld1q_s8(wk), b1 = vld1q_s8(wk + 16), b2 = vld1q_s8(wk + 32), b3 = vld1q_s8(wk + 48);
+        for (int r = 0; r < 4; r++) {
+            const int8x16_t x = vreinterpretq_s8_u32(vdupq_n_u32(load_u32(a + r * lda + 4 * k)));
+            c[r][0] = vdotq_s32(c[r][0], b0, x);
+            c[r][1] = vdotq_s32(c[r][1], b1, x);
+            c[r][2] = vdotq_s32(c[r][2], b2, x);
+            c[r][3] = vdotq_s32(c[r][3], b3, x);
+        }
+    }
+    for (int r = 0; r < 4; r++)
+        for (int q = 0; q < 4; q++) vst1q_s32(acc + 16 * r + 4 * q, c[r][q]);
+}
+
+#define SMLAL_DEPTH(t)                                                                    \
+    do {                                                                                  \
+        const int16x8_t lo = vmovl_s8(vget_low_s8(group.val[t]));                         \
+        const int16x8_t hi = vmovl_high_s8(group.val[t]);                                 \
+        for (int r = 0; r < 4; r++) {                                                     \
+            c[r][0] = vmlal_lane_s16(c[r][0], vget_low_s16(lo), x[r], t);                 \
+            c[r][1] = vmlal_high_lane_s16(c[r][1], lo, x[r], t);                          \
+            c[r][2] = vmlal_lane_s16(c[r][2], vget_low_s16(hi), x[r], t);                 \
+            c[r][3] = vmlal_high_lane_s16(c[r][3], hi, x[r], t);                          \
+        }                                                                                 \
+    } while (0)
+
+/* Without sdot (Cortex-A72): vld4 splits a packed group into its four depth entries over 16
+ * columns, widened to int16 and multiply-accumulated into int32 by activation lane. */
+static void tile_neon(const uint8_t *a, size_t lda, const int8_t *w, size_t k4, int32_t *acc) {
+    int32x4_t c[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int q = 0; q < 4; q++) c[r][q] = vdupq_n_s32(0);
+    for (size_t k = 0; k < k4; k++) {
+        const int8x16x4_t group = vld4q_s8(w + 64 * k);
+        int16x4_t x[4];
+        for (int r = 0; r < 4; r++)
+            x[r] = vget_low_s16(vmovl_s8(vreinterpret_s8_u32(vdup_n_u32(load_u32(a + r * lda + 4 * k)))));
+        SMLAL_DEPTH(0);
+        SMLAL_DEPTH(1);
+        SMLAL_DEPTH(2);
+        SMLAL_DEPTH(3);
+    }
+    for (int r = 0; r < 4; r++)
+        for (int q = 0; q < 4; q++) vst1q_s32(acc + 16 * r + 4 * q, c[r][q]);
+}
+#endif
+
+static const isa_kernels *kernels_for(int isa) {
+    static const isa_kernels portable = {4, 16, 128, tile_portable, stage_portable};
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    static const isa_kernels avx2 = {2, 16, 128, tile_avx2, stage_avx2};
+    static const isa_kernels avxvnni = {4, 16, 128, tile_avxvnni, stage_avx2};
+    static const isa_kernels avx512vnni = {4, 32, 128, tile_avx512vnni, stage_avx512};
+#endif
+#if defined(__aarch64__)
+    static const isa_kernels neon = {4, 16, 0, tile_neon, stage_portable};
+    static const isa_kernels neon_dotprod = {4, 16, 0, tile_neon_dotprod, stage_portable};
+#endif
+    switch (isa) {
+    case EDGEQ_ISA_PORTABLE:
+        return &portable;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    case EDGEQ_ISA_AVX2:
+        return &avx2;
+    case EDGEQ_ISA_AVXVNNI:
+        return &avxvnni;
+    case EDGEQ_ISA_AVX512VNNI:
+        return &avx512vnni;
+#endif
+#if defined(__aarch64__)
+    case EDGEQ_ISA_NEON:
+        return &neon;
+    case EDGEQ_ISA_NEON_DOTPROD:
+        return &neon_dotprod;
+#endif
+    default:
+        return NULL;
+    }
+}
+
+int edgeq_isa_compiled(int isa) { return kernels_for(isa) != NULL; }
+
+int edgeq_isa_supported(int isa) { return kernels_for(isa) != NULL && edgeq_cpu_supports(isa); }
+
+int edgeq_isa_input_shift(int isa) {
+    const isa_kernels *kernels = kernels_for(isa);
+    return kernels ? kernels->input_shift : -1;
+}
+
+size_t edgeq_packed_bytes(int out_c, int depth) {
+    const size_t blocks = ((size_t)out_c + 31) / 32 * 2, k4 = ((size_t)depth + 3) / 4;
+    return blocks * k4 * 64;
+}
+
+void edgeq_pack_weights(int out_c, int depth, const int8_t *weights, int8_t *packed) {
+    const size_t blocks = ((size_t)out_c + 31) / 32 * 2, k4 = ((size_t)depth + 3) / 4;
+    for (size_t b = 0; b < blocks; b++)
+        for (size_t k = 0; k < k4; k++)
+            for (size_t j = 0; j < 16; j++)
+                for (size_t t = 0; t < 4; t++) {
+                    const size_t column = 16 * b + j, d = 4 * k + t;
+                    packed[((b * k4 + k) * 16 + j) * 4 + t] =
+                        (column < (size_t)out_c && d < (size_t)depth) ? weights[column * depth + d] : 0;
+                }
+}
+
+/* -- the convolution driver ------------------------------------------------------------------- */
+
+typedef struct {
+    const isa_kernels *kernels;
+    const edgeq_conv_geometry *g;
+    const int8_t *x;
+    const int8_t *packed;
+    const edgeq_output_stage *stage;
+    int8_t *out;
+    size_t depth, k4, lda;
+    int rows, chunk_rows, row_chunks, column_parts, panels;
+    int failed;
+} conv_job;
+
+static void copy_shifted(uint8_t *dst, const int8_t *src, size_t count, uint8_t flip) {
+    for (size_t i = 0; i < count; i++) dst[i] = (uint8_t)src[i] ^ flip;
+}
+
+/* Patch rows [row0, row0 + rows) of the convolution into buf (lda bytes each): taps outside the
+ * input hold the input zero point, depth padding 0. */
+static void fill_rows(const conv_job *job, int row0, int rows, uint8_t *buf) {
+    const edgeq_conv_geometry *g = job->g;
+    const uint8_t flip = job->kernels->input_shift ? 0x80 : 0;
+    const uint8_t pad = (uint8_t)(int8_t)g->input_zero_point ^ flip;
+    const int pixels = g->out_h * g->out_w;
+    const size_t in_c = (size_t)g->in_c;
+    const int direct = g->k_h == 1 && g->k_w == 1 && g->stride_h == 1 && g->stride_w == 1 && g->pad_top == 0 &&
+                       g->pad_left == 0 && g->out_h == g->in_h && g->out_w == g->in_w;
+    for (int r = 0; r < rows; r++) {
+        const int row = row0 + r;
+        uint8_t *dst = buf + (size_t)r * job->lda;
+        if (direct) {
+            copy_shifted(dst, job->x + (size_t)row * in_c, in_c, flip);
+        } else {
+            const int n = row / pixels, pixel = row % pixels, oy = pixel / g->out_w, ox = pixel % g->out_w;
+            const int8_t *image = job->x + (size_t)n * g->in_h * g->in_w * in_c;
+            for (int ky = 0; ky < g->k_h; ky++) {
+                const int iy = oy * g->stride_h - g->pad_top + ky * g->dil_h;
+                for (int kx = 0; kx < g->k_w; kx++) {
+                    const int ix = ox * g->stride_w - g->pad_left + kx * g->dil_w;
+                    uint8_t *tap = dst + ((size_t)ky * g->k_w + kx) * in_c;
+                    if (iy >= 0 && iy < g->in_h && ix >= 0 && ix < g->in_w)
+                        copy_shifted(tap, image + ((size_t)iy * g->in_w + ix) * in_c, in_c, flip);
+                    else
+                        memset(tap, pad, in_c);
+                }
+            }
+        }
+        memset(dst + job->depth, 0, job->lda - job->depth);
+    }
+}
+
+static void conv_work(void *context, int index) {
+    conv_job *job = (conv_job *)context;
+    const isa_kernels *kernels = job->kernels;
+    const int chunk = index / job->column_parts, part = index % job->column_parts;
+    const int row0 = chunk * job->chunk_rows;
+    const int rows = job->rows - row0 < job->chunk_rows ? job->rows - row0 : job->chunk_rows;
+    const int panel0 = (int)((long long)job->panels * part / job->column_parts);
+    const int panel1 = (int)((long long)job->panels * (part + 1) / job->column_parts);
+    const int out_c = job->g->out_c, nr = kernels->nr, mr = kernels->mr;
+    const int buffer_rows = (rows + 3) / 4 * 4;
+    uint8_t *buf = (uint8_t *)malloc((size_t)buffer_rows * job->lda);
+    int32_t acc[4 * 32];
+    if (!buf) {
+        job->failed = 1;
+        return;
+    }
+    fill_rows(job, row0, rows, buf);
+    memset(buf + (size_t)rows * job->lda, 0, (size_t)(buffer_rows - rows) * job->lda);
+    for (int panel = panel0; panel < panel1; panel++) {
+        const int col0 = panel * nr;
+        const int count = out_c - col0 < nr ? out_c - col0 : nr;
+        const int8_t *w = job->packed + (size_t)(col0 / 16) * job->k4 * 64;
+        for (int m = 0; m < rows; m += mr) {
+            kernels->tile(buf + (size_t)m * job->lda, job->lda, w, job->k4, acc);
+            const int valid = rows - m < mr ? rows - m : mr;
+            for (int r = 0; r < valid; r++)
+                kernels->stage(job->stage, acc + r * nr, col0, count,
+                               job->out + (size_t)(row0 + m + r) * out_c + col0);
+        }
+    }
+    free(buf);
+}
+
+/* Patch rows per buffer: about 64 KB of them (L2-resident next to a 32-column weight panel). */
+#define PATCH_BUFFER_BYTES 65536
+/* Below this many multiply-adds one thread does the whole call. */
+#define PARALLEL_MIN_MACS 2000000LL
+
+int edgeq_conv(int isa, const edgeq_conv_geometry *g, const int8_t *x, const int8_t *packed,
+               const edgeq_output_stage *stage, int8_t *out, int threads) {
+    conv_job job;
+    job.kernels = kernels_for(isa);
+    if (!job.kernels || !edgeq_cpu_supports(isa)) return -1;
+    job.g = g;
+    job.x = x;
+    job.packed = packed;
+    job.stage = stage;
+    job.out = out;
+    job.depth = (size_t)g->k_h * g->k_w * g->in_c;
+    job.k4 = (job.depth + 3) / 4;
+    job.lda = job.k4 * 4;
+    job.rows = g->batch * g->out_h * g->out_w;
+    job.panels = (g->out_c + job.kernels->nr - 1) / job.kernels->nr;
+    job.failed = 0;
+    if (job.rows == 0 || g->out_c == 0) return 0;
+    if ((long long)job.rows * g->out_c * (long long)job.depth < PARALLEL_MIN_MACS) threads = 1;
+    int chunk = (int)(PATCH_BUFFER_BYTES / job.lda);
+    chunk = chunk < 4 ? 4 : (chunk > 256 ? 256 : chunk / 4 * 4);
+    if (threads > 1) { /* at least two chunks per thread when the rows allow it */
+        const int balanced = (job.rows + 2 * threads - 1) / (2 * threads);
+        if (balanced < chunk) chunk = balanced < 4 ? 4 : (balanced + 3) / 4 * 4;
+    }
+    job.chunk_rows = chunk;
+    job.row_chunks = (job.rows + chunk - 1) / chunk;
+    /* Few rows (a FULLY_CONNECTED on one sample): the threads split the columns instead. */
+    job.column_parts = 1;
+    if (threads > job.row_chunks) {
+        job.column_parts = (threads + job.row_chunks - 1) / job.row_chunks;
+        if (job.column_parts > job.panels) job.column_parts = job.panels;
+    }
+    edgeq_parallel_for(job.row_chunks * job.column_parts, threads, conv_work, &job);
+    return job.failed ? -2 : 0;
+}
