@@ -12,7 +12,6 @@ padded copy is never made; the model itself is not changed.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from typing import Optional
@@ -20,6 +19,7 @@ from typing import Optional
 import numpy as np
 
 from edgeq.runtime.kernels import has_kernel, load_all_kernels
+from edgeq.runtime.threads import thread_limit
 from edgeq.runtime.ir import Graph, ModelError
 from edgeq.runtime.tflite_format.reader import read_tflite
 from edgeq.runtime.validate import validate_graph, with_implied_shapes
@@ -81,7 +81,7 @@ class Interpreter:
 
     def _init_from_graph(self, graph: Graph, preserve_all_tensors: bool, num_threads=None,
                          max_memory_bytes=None) -> None:
-        self._thread_limit = _blas_thread_limit(num_threads)
+        self._thread_limit = thread_limit(num_threads)
         graph = with_implied_shapes(graph, validate_graph(graph, max_memory_bytes))
         graph = fold_constant_ops(graph)
         self._graph = graph
@@ -544,48 +544,3 @@ def _observed(steps, names, observe):
 
     return [(watching(evaluate, outputs), inputs, outputs, released)
             for evaluate, inputs, outputs, released in steps]
-
-
-def _blas_thread_limit(num_threads):
-    """A context factory that caps numpy's BLAS threads at ``num_threads`` while running.
-
-    Only the GEMMs are multi-threaded, and only inside BLAS, so this is the one knob there is;
-    it needs the optional ``threadpoolctl`` (otherwise set OPENBLAS_NUM_THREADS before start-up).
-    On a small shared board, one thread is often faster than several fighting for cores."""
-    if num_threads is None:
-        return contextlib.nullcontext
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return contextlib.nullcontext
-    libraries = ThreadpoolController().select(user_api="blas").lib_controllers
-    if not libraries:
-        return contextlib.nullcontext
-    limit = _BlasThreadLimit(libraries, num_threads)
-    return lambda: limit
-
-
-class _BlasThreadLimit:
-    """Sets the BLAS libraries' thread count on enter and restores it on exit, through the
-    library handles found once: threadpoolctl's own ``limit()`` looks them up again on every
-    call, which costs tens of microseconds per invoke (more than a small model's whole run)."""
-
-    __slots__ = ("libraries", "num_threads", "saved")
-
-    def __init__(self, libraries, num_threads):
-        self.libraries, self.num_threads, self.saved = libraries, num_threads, []
-
-    def __enter__(self):
-        self.saved = [library.get_num_threads() for library in self.libraries]
-        for library, current in zip(self.libraries, self.saved):
-            if current != self.num_threads:
-                library.set_num_threads(self.num_threads)
-        return self
-
-    def __exit__(self, *exc_info):
-        for library, previous in zip(self.libraries, self.saved):
-            if previous != self.num_threads:
-                library.set_num_threads(previous)
-        return False
-
-

@@ -5,7 +5,6 @@
 #include <stdlib.h>
 
 #include "native.h"
-#include "output_stage.h"
 
 typedef struct {
     const edgeq_conv_geometry *g;
@@ -13,6 +12,7 @@ typedef struct {
     const int8_t *x;
     const int16_t *filters; /* [k_h][k_w][out_c] */
     const edgeq_output_stage *stage;
+    edgeq_stage_fn run_stage;
     int8_t *out;
     int failed;
 } depthwise_job;
@@ -51,7 +51,7 @@ static inline __attribute__((always_inline)) void depthwise_row(depthwise_job *j
                 }
             }
         }
-        output_stage_row(job->stage, acc, 0, out_c, out_row + (size_t)ox * out_c);
+        job->run_stage(job->stage, acc, 0, out_c, out_row + (size_t)ox * out_c);
     }
     if (acc != stack_acc) free(acc);
 }
@@ -78,7 +78,7 @@ int edgeq_depthwise(int isa, const edgeq_conv_geometry *g, int depth_multiplier,
     if (isa == EDGEQ_ISA_AVX512VNNI) work = depthwise_avx512;
     else if (isa == EDGEQ_ISA_AVX2 || isa == EDGEQ_ISA_AVXVNNI) work = depthwise_avx2;
 #endif
-    depthwise_job job = {g, depth_multiplier, x, filters, stage, out, 0};
+    depthwise_job job = {g, depth_multiplier, x, filters, stage, edgeq_stage_for(isa), out, 0};
     const int rows = g->batch * g->out_h;
     if ((long long)rows * g->out_w * g->out_c * g->k_h * g->k_w < PARALLEL_MIN_MACS) threads = 1;
     edgeq_parallel_for(rows, threads, work, &job);

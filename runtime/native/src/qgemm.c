@@ -30,13 +30,12 @@ static inline uint32_t load_u32(const void *p) {
 }
 
 typedef void (*tile_fn)(const uint8_t *a, size_t lda, const int8_t *w, size_t k4, int32_t *acc);
-typedef void (*stage_fn)(const edgeq_output_stage *stage, const int32_t *acc, int col0, int count, int8_t *out);
 
 typedef struct {
     int mr, nr;          /* rows and columns of one micro-kernel call */
     int input_shift;     /* 128 when the kernel reads activations as unsigned bytes (x ^ 0x80) */
     tile_fn tile;        /* acc[MR][NR] = a[MR][4*k4] . w (NR columns from the block at w) */
-    stage_fn stage;
+    edgeq_stage_fn stage;
 } isa_kernels;
 
 /* -- portable C ------------------------------------------------------------------------------ */
@@ -95,9 +94,40 @@ __attribute__((target("avx2"))) static void tile_avx2(const uint8_t *a, size_t l
     _mm256_storeu_si256((__m256i *)(acc + 24), _mm256_permute4x64_epi64(_mm256_hadd_epi32(c12, c13), 0xD8));
 }
 
+/* The folded output stage, 4 columns per step. AVX2 lacks 64-bit multiplies, arithmetic shifts and
+ * min/max: the wrapping product is built from 32-bit halves, the shift from a logical one on the
+ * one's complement of negative values (floor division either way), the clamp from compares. */
 __attribute__((target("avx2"))) static void stage_avx2(const edgeq_output_stage *stage, const int32_t *acc,
                                                        int col0, int count, int8_t *out) {
-    output_stage_row(stage, acc, col0, count, out);
+    int j = 0;
+    if (stage->kind == EDGEQ_STAGE_FOLDED) {
+        const __m256i low = _mm256_set1_epi64x(stage->low), high = _mm256_set1_epi64x(stage->high);
+        const __m256i zero = _mm256_setzero_si256();
+        const __m256i first_bytes = _mm256_setr_epi8(0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                                     0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+        for (; j + 4 <= count; j += 4) {
+            const int c = col0 + j;
+            const __m256i a = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(acc + j)));
+            const __m256i m = _mm256_loadu_si256((const __m256i *)(stage->multiplier + c));
+            const __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(a, 32), m),
+                                                   _mm256_mul_epu32(a, _mm256_srli_epi64(m, 32)));
+            __m256i t = _mm256_add_epi64(_mm256_mul_epu32(a, m), _mm256_slli_epi64(cross, 32));
+            t = _mm256_add_epi64(t, _mm256_loadu_si256((const __m256i *)(stage->bias + c)));
+            const __m256i below = _mm256_cmpgt_epi64(_mm256_loadu_si256((const __m256i *)(stage->threshold + c)), t);
+            t = _mm256_sub_epi64(t, _mm256_and_si256(below, _mm256_loadu_si256((const __m256i *)(stage->correction + c))));
+            const __m256i sign = _mm256_cmpgt_epi64(zero, t);
+            t = _mm256_xor_si256(
+                _mm256_srlv_epi64(_mm256_xor_si256(t, sign), _mm256_loadu_si256((const __m256i *)(stage->shift + c))),
+                sign);
+            t = _mm256_blendv_epi8(t, low, _mm256_cmpgt_epi64(low, t));
+            t = _mm256_blendv_epi8(t, high, _mm256_cmpgt_epi64(t, high));
+            const __m256i bytes = _mm256_shuffle_epi8(t, first_bytes);
+            const uint32_t packed = (uint32_t)(uint16_t)_mm256_extract_epi16(bytes, 0) |
+                                    ((uint32_t)(uint16_t)_mm256_extract_epi16(bytes, 8) << 16);
+            memcpy(out + j, &packed, 4);
+        }
+    }
+    output_stage_row(stage, acc + j, col0 + j, count - j, out + j);
 }
 
 #define DPBUSD_ROW(row, x, c0, c1)                                 \
@@ -160,9 +190,28 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512vn
     _mm512_storeu_si512((void *)(acc + 112), c31);
 }
 
+/* The folded output stage, 8 columns per step with masked loads for the tail (a compiler-vectorized
+ * loop leaves rows of 16 or 32 columns to its scalar epilogue). Wrapping 64-bit products, as the
+ * portable form. */
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) static void stage_avx512(
     const edgeq_output_stage *stage, const int32_t *acc, int col0, int count, int8_t *out) {
-    output_stage_row(stage, acc, col0, count, out);
+    if (stage->kind != EDGEQ_STAGE_FOLDED) {
+        output_stage_row(stage, acc, col0, count, out);
+        return;
+    }
+    const __m512i low = _mm512_set1_epi64(stage->low), high = _mm512_set1_epi64(stage->high);
+    for (int j = 0; j < count; j += 8) {
+        const int c = col0 + j, left = count - j;
+        const __mmask8 mask = left >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << left) - 1);
+        const __m512i a = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(mask, acc + j));
+        __m512i t = _mm512_add_epi64(_mm512_mullo_epi64(a, _mm512_maskz_loadu_epi64(mask, stage->multiplier + c)),
+                                     _mm512_maskz_loadu_epi64(mask, stage->bias + c));
+        const __mmask8 below = _mm512_cmplt_epi64_mask(t, _mm512_maskz_loadu_epi64(mask, stage->threshold + c));
+        t = _mm512_mask_sub_epi64(t, below, t, _mm512_maskz_loadu_epi64(mask, stage->correction + c));
+        t = _mm512_srav_epi64(t, _mm512_maskz_loadu_epi64(mask, stage->shift + c));
+        t = _mm512_min_epi64(_mm512_max_epi64(t, low), high);
+        _mm512_mask_cvtepi64_storeu_epi8(out + j, mask, t);
+    }
 }
 #endif
 
@@ -256,6 +305,11 @@ static const isa_kernels *kernels_for(int isa) {
     default:
         return NULL;
     }
+}
+
+edgeq_stage_fn edgeq_stage_for(int isa) {
+    const isa_kernels *kernels = kernels_for(isa);
+    return kernels ? kernels->stage : stage_portable;
 }
 
 int edgeq_isa_compiled(int isa) { return kernels_for(isa) != NULL; }

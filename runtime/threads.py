@@ -1,0 +1,114 @@
+"""How many threads a run may use: the native kernels' own count, and numpy's BLAS (which the float
+GEMMs run on) capped through OpenBLAS's C API.
+
+threadpoolctl would find the BLAS for us, but it is not a dependency: numpy's wheels bundle
+OpenBLAS (``scipy_openblas`` in numpy 2, ``openblas64_`` in numpy 1.2x), so its
+``*_set_num_threads`` / ``*_get_num_threads`` are looked up once through ctypes in the library numpy
+loaded. A numpy on another BLAS (a distribution's, MKL) keeps its own thread count; ``blas_controls``
+finds none then, and OPENBLAS_NUM_THREADS / OMP_NUM_THREADS before start-up is the knob left.
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+
+from edgeq.runtime import native
+
+# Exported names of OpenBLAS builds: numpy 2's scipy-openblas (ILP64), numpy 1.2x's openblas64_, a
+# system OpenBLAS.
+_OPENBLAS_PREFIXES = ("scipy_openblas", "openblas")
+_OPENBLAS_SUFFIXES = ("64_", "_64_", "")
+
+
+class BlasControl:
+    """get() / set(count) of one loaded BLAS library's thread count."""
+
+    def __init__(self, path, get_function, set_function):
+        self.path, self._get, self._set = path, get_function, set_function
+
+    def get(self) -> int:
+        return int(self._get())
+
+    def set(self, count: int) -> None:
+        self._set(int(count))
+
+
+def _loaded_library_paths() -> list:
+    """Files of the shared libraries this process has loaded whose name mentions BLAS."""
+    import numpy  # noqa: F401  (loads numpy's bundled BLAS)
+
+    paths = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1] if line.strip() else ""
+                if "blas" in os.path.basename(path).lower() and path not in paths:
+                    paths.append(path)
+    except OSError:  # no /proc (macOS, Windows): look beside numpy instead
+        folder = os.path.dirname(os.path.dirname(numpy.__file__))
+        for pattern in ("numpy.libs/*blas*", "numpy/.dylibs/*blas*", "numpy.libs/*blas*.dll"):
+            paths += glob.glob(os.path.join(folder, pattern))
+    return paths
+
+
+def _control_for(path):
+    try:
+        library = ctypes.CDLL(path)
+    except OSError:
+        return None
+    for prefix in _OPENBLAS_PREFIXES:
+        for suffix in _OPENBLAS_SUFFIXES:
+            getter = getattr(library, f"{prefix}_get_num_threads{suffix}", None)
+            setter = getattr(library, f"{prefix}_set_num_threads{suffix}", None)
+            if getter is not None and setter is not None:
+                getter.restype, getter.argtypes = ctypes.c_int, []
+                setter.restype, setter.argtypes = None, [ctypes.c_int]
+                return BlasControl(path, getter, setter)
+    return None
+
+
+_controls = None
+
+
+def blas_controls() -> list:
+    """The thread controls of the BLAS libraries numpy uses (found once)."""
+    global _controls
+    if _controls is None:
+        _controls = [control for control in map(_control_for, _loaded_library_paths()) if control is not None]
+    return _controls
+
+
+class ThreadLimit:
+    """While entered: the native kernels use up to ``num_threads`` threads and every BLAS library
+    found has its thread count set to ``num_threads``; exit restores what was there."""
+
+    __slots__ = ("num_threads", "controls", "saved", "saved_native")
+
+    def __init__(self, num_threads: int, controls):
+        self.num_threads, self.controls, self.saved, self.saved_native = num_threads, controls, [], 1
+
+    def __enter__(self):
+        self.saved_native = native.set_threads(self.num_threads)
+        self.saved = [control.get() for control in self.controls]
+        for control, current in zip(self.controls, self.saved):
+            if current != self.num_threads:
+                control.set(self.num_threads)
+        return self
+
+    def __exit__(self, *exc_info):
+        native.set_threads(self.saved_native)
+        for control, previous in zip(self.controls, self.saved):
+            if previous != self.num_threads:
+                control.set(previous)
+        return False
+
+
+def thread_limit(num_threads):
+    """A context factory for one interpreter's runs. ``num_threads=None`` (LiteRT's default) leaves
+    BLAS as it is and lets the native kernels use every core."""
+    if num_threads is None:
+        limit = ThreadLimit(os.cpu_count() or 1, [])
+    else:
+        limit = ThreadLimit(num_threads, blas_controls())
+    return lambda: limit

@@ -1,0 +1,171 @@
+"""The native int8 kernels (edgeq.runtime.native): every variant this machine runs gives LiteRT's
+BUILTIN_REF integers on random shapes (odd depths and channel counts, edge zero points, per-tensor
+and per-channel scales, every fused activation); threads change nothing; without the extension, or
+with EDGEQ_NO_NATIVE=1, the numpy kernels run and say so once; EDGEQ_NATIVE_ISA forces a variant.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgeq.runtime import native
+from edgeq.runtime.interpreter import Interpreter
+from edgeq.runtime.kernels import REGISTRY, compiled, load_all_kernels
+
+pytest.importorskip("ai_edge_litert.interpreter")
+
+from test_runtime_int8 import assert_exact, weighted_op  # noqa: E402
+
+needs_native = pytest.mark.skipif(not native.available(), reason=f"no native kernels: {native.describe()}")
+ACTIVATIONS = ["NONE", "RELU", "RELU6", "RELU_N1_TO_1"]
+# (input scale, zero point), (output scale, zero point): the int8 range's ends and the middle.
+EDGE_PARAMS = {
+    "input_zero_point_min": ((0.03, -128), (0.1, 4)),
+    "input_zero_point_max": ((0.03, 127), (0.05, -128)),
+    "output_zero_point_max": ((0.2, 0), (0.5, 127)),
+}
+
+
+@pytest.fixture(params=native.supported_isas() or ["none"])
+def native_isa(request, monkeypatch):
+    """Kernels prepared inside the test run on one native variant (each the machine has)."""
+    if request.param == "none":
+        pytest.skip(f"no native kernels: {native.describe()}")
+    monkeypatch.setattr(compiled, "ENABLED", False)
+    monkeypatch.setattr(native, "ENABLED", True)
+    monkeypatch.setattr(native, "_isa", request.param)
+    return request.param
+
+
+def prepared_kernel_name(graph) -> str:
+    load_all_kernels()
+    op = graph.ops[0]
+    return REGISTRY[op.type](op, graph).__name__
+
+
+def test_native_path_is_what_int8_convolutions_prepare(native_isa):
+    for op_type, x_shape in (("CONV_2D", (1, 6, 6, 3)), ("DEPTHWISE_CONV_2D", (1, 6, 6, 3)),
+                             ("FULLY_CONNECTED", (2, 10))):
+        graph, _ = weighted_op(op_type, x_shape, (0.05, 3), (0.2, -5), out_c=3)
+        assert prepared_kernel_name(graph).endswith("_native"), op_type
+
+
+@pytest.mark.parametrize("depth, out_c", [(1, 1), (3, 7), (5, 16), (17, 17), (33, 31), (64, 33), (100, 65)])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_fully_connected_odd_shapes(native_isa, depth, out_c, rows):
+    graph, inputs = weighted_op("FULLY_CONNECTED", (rows, depth), (0.05, 3), (0.2, -5), out_c=out_c,
+                                seed=depth * 100 + out_c)
+    assert_exact(graph, inputs)
+
+
+@pytest.mark.parametrize("params", sorted(EDGE_PARAMS))
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_fully_connected_zero_points_activations_scales(native_isa, params, act, per_channel):
+    graph, inputs = weighted_op("FULLY_CONNECTED", (3, 21), *EDGE_PARAMS[params], out_c=19, act=act,
+                                per_channel=per_channel, seed=7)
+    assert_exact(graph, inputs)
+
+
+@pytest.mark.parametrize("in_c, out_c", [(1, 5), (3, 17), (7, 33), (20, 40)])
+@pytest.mark.parametrize("k, stride, padding", [(1, 1, "VALID"), (1, 2, "SAME"), (3, 1, "SAME"), (3, 2, "VALID"),
+                                                (5, 2, "SAME")])
+def test_conv_2d_odd_shapes(native_isa, in_c, out_c, k, stride, padding):
+    graph, inputs = weighted_op("CONV_2D", (2, 9, 11, in_c), (0.05, 3), (0.2, -5), k=k, stride=stride,
+                                padding=padding, out_c=out_c, seed=in_c * 10 + k)
+    assert_exact(graph, inputs)
+
+
+@pytest.mark.parametrize("params", sorted(EDGE_PARAMS))
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_conv_2d_zero_points_activations_scales(native_isa, params, act, per_channel):
+    # SAME padding: the padded taps hold the input zero point, the edge values among them.
+    graph, inputs = weighted_op("CONV_2D", (1, 7, 6, 5), *EDGE_PARAMS[params], k=3, dilation=2, out_c=11, act=act,
+                                per_channel=per_channel, seed=8)
+    assert_exact(graph, inputs)
+
+
+@pytest.mark.parametrize("params", sorted(EDGE_PARAMS))
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_depthwise_conv_2d_zero_points_activations_multiplier(native_isa, params, act, multiplier):
+    graph, inputs = weighted_op("DEPTHWISE_CONV_2D", (2, 8, 7, 5), *EDGE_PARAMS[params], k=3, stride=2,
+                                out_c=5 * multiplier, act=act, seed=9)
+    assert_exact(graph, inputs)
+
+
+@pytest.mark.parametrize("op_type, x_shape, out_c", [("CONV_2D", (2, 33, 31, 32), 40),
+                                                     ("DEPTHWISE_CONV_2D", (2, 40, 40, 64), 64),
+                                                     ("FULLY_CONNECTED", (1, 4000), 700)])
+def test_threads_give_the_same_integers(native_isa, op_type, x_shape, out_c):
+    # Large enough that the kernels split the work (rows, or columns for one FULLY_CONNECTED row).
+    graph, inputs = weighted_op(op_type, x_shape, (0.05, 3), (0.2, -5), k=3, out_c=out_c, seed=10)
+    single = Interpreter.from_graph(graph, num_threads=1).run(inputs)
+    threaded = Interpreter.from_graph(graph, num_threads=3).run(inputs)
+    assert np.array_equal(single["y"], threaded["y"])
+
+
+@needs_native
+def test_interpreter_threads_bound_the_native_threads_while_it_runs():
+    graph, inputs = weighted_op("CONV_2D", (1, 5, 5, 3), (0.05, 3), (0.2, -5), out_c=3)
+    interpreter = Interpreter.from_graph(graph, num_threads=2)
+    before = native.threads()
+    with interpreter._thread_limit():
+        assert native.threads() == 2
+    assert native.threads() == before
+
+
+def _python(code: str, **environment) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EDGEQ_")}
+    env.update(environment)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+
+PREPARE_TWO_CONVOLUTIONS = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_runtime_int8 import weighted_op
+from edgeq.runtime.interpreter import Interpreter
+from edgeq.runtime import native
+for seed in (1, 2):
+    graph, inputs = weighted_op("CONV_2D", (1, 5, 5, 3), (0.05, 3), (0.2, -5), out_c=3, seed=seed)
+    Interpreter.from_graph(graph).run(inputs)
+print(native.describe())
+""".format(tests=os.path.dirname(__file__))
+
+
+def test_no_native_environment_runs_numpy_and_says_so_once():
+    result = _python(PREPARE_TWO_CONVOLUTIONS, EDGEQ_NO_NATIVE="1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "numpy int8 kernels (native: disabled by EDGEQ_NO_NATIVE)"
+    assert result.stderr.count("native int8 kernels off") == 1, result.stderr
+
+
+@needs_native
+def test_native_isa_environment_forces_a_lower_variant():
+    result = _python(PREPARE_TWO_CONVOLUTIONS, EDGEQ_NATIVE_ISA="portable")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "native int8 kernels (portable)"
+
+
+@needs_native
+def test_describe_names_the_best_variant_by_default():
+    result = _python(PREPARE_TWO_CONVOLUTIONS)
+    assert result.stdout.strip() == f"native int8 kernels ({native.best_isa()})"
+    assert result.stderr == ""
+
+
+@needs_native
+def test_packed_weights_are_the_only_weight_copy_the_native_conv_keeps(native_isa):
+    graph, _ = weighted_op("CONV_2D", (1, 9, 9, 16), (0.05, 3), (0.2, -5), k=3, out_c=24)
+    load_all_kernels()
+    op = graph.ops[0]
+    evaluate = REGISTRY[op.type](op, graph)
+    arrays = [cell.cell_contents for cell in evaluate.__closure__ if isinstance(cell.cell_contents, np.ndarray)]
+    assert [a.dtype for a in arrays] == [np.int8]  # the packed weights; no float32 GEMM operand
