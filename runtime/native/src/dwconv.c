@@ -51,7 +51,7 @@ static inline __attribute__((always_inline)) void depthwise_row(depthwise_job *j
                 }
             }
         }
-        job->run_stage(job->stage, acc, 0, out_c, out_row + (size_t)ox * out_c);
+        job->run_stage(job->stage, acc, out_c, 1, 0, out_c, out_row + (size_t)ox * out_c, (size_t)out_c);
     }
     if (acc != stack_acc) free(acc);
 }

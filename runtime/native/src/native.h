@@ -61,8 +61,9 @@ typedef struct {
 /* cpu.c */
 int edgeq_cpu_supports(int isa);
 
-/* The output stage of one row of `count` accumulators for columns col0.., as the variant `isa` runs it. */
-typedef void (*edgeq_stage_fn)(const edgeq_output_stage *stage, const int32_t *acc, int col0, int count, int8_t *out);
+/* The output stage of `rows` rows of `count` accumulators for columns col0.., as the variant `isa` runs it. */
+typedef void (*edgeq_stage_fn)(const edgeq_output_stage *stage, const int32_t *acc, int acc_stride, int rows,
+                               int col0, int count, int8_t *out, size_t out_stride);
 edgeq_stage_fn edgeq_stage_for(int isa);
 
 /* qgemm.c: packed weights are int8 [ceil(N/32)*2 blocks of 16 columns][ceil(K/4)][16][4]. */

@@ -54,8 +54,9 @@ static void tile_portable(const uint8_t *a, size_t lda, const int8_t *w, size_t 
     }
 }
 
-static void stage_portable(const edgeq_output_stage *stage, const int32_t *acc, int col0, int count, int8_t *out) {
-    output_stage_row(stage, acc, col0, count, out);
+static void stage_portable(const edgeq_output_stage *stage, const int32_t *acc, int acc_stride, int rows, int col0,
+                           int count, int8_t *out, size_t out_stride) {
+    for (int r = 0; r < rows; r++) output_stage_row(stage, acc + r * acc_stride, col0, count, out + r * out_stride);
 }
 
 /* -- x86-64 ----------------------------------------------------------------------------------- */
@@ -98,7 +99,8 @@ __attribute__((target("avx2"))) static void tile_avx2(const uint8_t *a, size_t l
  * min/max: the wrapping product is built from 32-bit halves, the shift from a logical one on the
  * one's complement of negative values (floor division either way), the clamp from compares. */
 __attribute__((target("avx2"))) static void stage_avx2(const edgeq_output_stage *stage, const int32_t *acc,
-                                                       int col0, int count, int8_t *out) {
+                                                       int acc_stride, int rows, int col0, int count, int8_t *out,
+                                                       size_t out_stride) {
     int j = 0;
     if (stage->kind == EDGEQ_STAGE_FOLDED) {
         const __m256i low = _mm256_set1_epi64x(stage->low), high = _mm256_set1_epi64x(stage->high);
@@ -107,27 +109,32 @@ __attribute__((target("avx2"))) static void stage_avx2(const edgeq_output_stage 
                                                      0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
         for (; j + 4 <= count; j += 4) {
             const int c = col0 + j;
-            const __m256i a = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(acc + j)));
             const __m256i m = _mm256_loadu_si256((const __m256i *)(stage->multiplier + c));
-            const __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(a, 32), m),
-                                                   _mm256_mul_epu32(a, _mm256_srli_epi64(m, 32)));
-            __m256i t = _mm256_add_epi64(_mm256_mul_epu32(a, m), _mm256_slli_epi64(cross, 32));
-            t = _mm256_add_epi64(t, _mm256_loadu_si256((const __m256i *)(stage->bias + c)));
-            const __m256i below = _mm256_cmpgt_epi64(_mm256_loadu_si256((const __m256i *)(stage->threshold + c)), t);
-            t = _mm256_sub_epi64(t, _mm256_and_si256(below, _mm256_loadu_si256((const __m256i *)(stage->correction + c))));
-            const __m256i sign = _mm256_cmpgt_epi64(zero, t);
-            t = _mm256_xor_si256(
-                _mm256_srlv_epi64(_mm256_xor_si256(t, sign), _mm256_loadu_si256((const __m256i *)(stage->shift + c))),
-                sign);
-            t = _mm256_blendv_epi8(t, low, _mm256_cmpgt_epi64(low, t));
-            t = _mm256_blendv_epi8(t, high, _mm256_cmpgt_epi64(t, high));
-            const __m256i bytes = _mm256_shuffle_epi8(t, first_bytes);
-            const uint32_t packed = (uint32_t)(uint16_t)_mm256_extract_epi16(bytes, 0) |
-                                    ((uint32_t)(uint16_t)_mm256_extract_epi16(bytes, 8) << 16);
-            memcpy(out + j, &packed, 4);
+            const __m256i m_high = _mm256_srli_epi64(m, 32);
+            const __m256i bias = _mm256_loadu_si256((const __m256i *)(stage->bias + c));
+            const __m256i threshold = _mm256_loadu_si256((const __m256i *)(stage->threshold + c));
+            const __m256i correction = _mm256_loadu_si256((const __m256i *)(stage->correction + c));
+            const __m256i shift = _mm256_loadu_si256((const __m256i *)(stage->shift + c));
+            for (int r = 0; r < rows; r++) {
+                const __m256i a = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(acc + r * acc_stride + j)));
+                const __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(a, 32), m),
+                                                       _mm256_mul_epu32(a, m_high));
+                __m256i t = _mm256_add_epi64(_mm256_mul_epu32(a, m), _mm256_slli_epi64(cross, 32));
+                t = _mm256_add_epi64(t, bias);
+                t = _mm256_sub_epi64(t, _mm256_and_si256(_mm256_cmpgt_epi64(threshold, t), correction));
+                const __m256i sign = _mm256_cmpgt_epi64(zero, t);
+                t = _mm256_xor_si256(_mm256_srlv_epi64(_mm256_xor_si256(t, sign), shift), sign);
+                t = _mm256_blendv_epi8(t, low, _mm256_cmpgt_epi64(low, t));
+                t = _mm256_blendv_epi8(t, high, _mm256_cmpgt_epi64(t, high));
+                const __m256i bytes = _mm256_shuffle_epi8(t, first_bytes);
+                const uint32_t packed = (uint32_t)(uint16_t)_mm256_extract_epi16(bytes, 0) |
+                                        ((uint32_t)(uint16_t)_mm256_extract_epi16(bytes, 8) << 16);
+                memcpy(out + r * out_stride + j, &packed, 4);
+            }
         }
     }
-    output_stage_row(stage, acc + j, col0 + j, count - j, out + j);
+    for (int r = 0; r < rows && j < count; r++)
+        output_stage_row(stage, acc + r * acc_stride + j, col0 + j, count - j, out + r * out_stride + j);
 }
 
 #define DPBUSD_ROW(row, x, c0, c1)                                 \
@@ -194,23 +201,28 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512vn
  * loop leaves rows of 16 or 32 columns to its scalar epilogue). Wrapping 64-bit products, as the
  * portable form. */
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) static void stage_avx512(
-    const edgeq_output_stage *stage, const int32_t *acc, int col0, int count, int8_t *out) {
+    const edgeq_output_stage *stage, const int32_t *acc, int acc_stride, int rows, int col0, int count, int8_t *out,
+    size_t out_stride) {
     if (stage->kind != EDGEQ_STAGE_FOLDED) {
-        output_stage_row(stage, acc, col0, count, out);
+        stage_portable(stage, acc, acc_stride, rows, col0, count, out, out_stride);
         return;
     }
     const __m512i low = _mm512_set1_epi64(stage->low), high = _mm512_set1_epi64(stage->high);
     for (int j = 0; j < count; j += 8) {
         const int c = col0 + j, left = count - j;
         const __mmask8 mask = left >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << left) - 1);
-        const __m512i a = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(mask, acc + j));
-        __m512i t = _mm512_add_epi64(_mm512_mullo_epi64(a, _mm512_maskz_loadu_epi64(mask, stage->multiplier + c)),
-                                     _mm512_maskz_loadu_epi64(mask, stage->bias + c));
-        const __mmask8 below = _mm512_cmplt_epi64_mask(t, _mm512_maskz_loadu_epi64(mask, stage->threshold + c));
-        t = _mm512_mask_sub_epi64(t, below, t, _mm512_maskz_loadu_epi64(mask, stage->correction + c));
-        t = _mm512_srav_epi64(t, _mm512_maskz_loadu_epi64(mask, stage->shift + c));
-        t = _mm512_min_epi64(_mm512_max_epi64(t, low), high);
-        _mm512_mask_cvtepi64_storeu_epi8(out + j, mask, t);
+        const __m512i m = _mm512_maskz_loadu_epi64(mask, stage->multiplier + c);
+        const __m512i bias = _mm512_maskz_loadu_epi64(mask, stage->bias + c);
+        const __m512i threshold = _mm512_maskz_loadu_epi64(mask, stage->threshold + c);
+        const __m512i correction = _mm512_maskz_loadu_epi64(mask, stage->correction + c);
+        const __m512i shift = _mm512_maskz_loadu_epi64(mask, stage->shift + c);
+        for (int r = 0; r < rows; r++) {
+            const __m512i a = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(mask, acc + r * acc_stride + j));
+            __m512i t = _mm512_add_epi64(_mm512_mullo_epi64(a, m), bias);
+            t = _mm512_mask_sub_epi64(t, _mm512_cmplt_epi64_mask(t, threshold), t, correction);
+            t = _mm512_min_epi64(_mm512_max_epi64(_mm512_srav_epi64(t, shift), low), high);
+            _mm512_mask_cvtepi64_storeu_epi8(out + r * out_stride + j, mask, t);
+        }
     }
 }
 #endif
@@ -374,8 +386,16 @@ static void fill_rows(const conv_job *job, int row0, int rows, uint8_t *buf) {
         } else {
             const int n = row / pixels, pixel = row % pixels, oy = pixel / g->out_w, ox = pixel % g->out_w;
             const int8_t *image = job->x + (size_t)n * g->in_h * g->in_w * in_c;
+            const int ix0 = ox * g->stride_w - g->pad_left;
+            /* With dilation 1 a filter row that lies inside the input is one contiguous run. */
+            const int row_inside = g->dil_w == 1 && ix0 >= 0 && ix0 + g->k_w <= g->in_w;
             for (int ky = 0; ky < g->k_h; ky++) {
                 const int iy = oy * g->stride_h - g->pad_top + ky * g->dil_h;
+                if (row_inside && iy >= 0 && iy < g->in_h) {
+                    copy_shifted(dst + (size_t)ky * g->k_w * in_c, image + ((size_t)iy * g->in_w + ix0) * in_c,
+                                 (size_t)g->k_w * in_c, flip);
+                    continue;
+                }
                 for (int kx = 0; kx < g->k_w; kx++) {
                     const int ix = ox * g->stride_w - g->pad_left + kx * g->dil_w;
                     uint8_t *tap = dst + ((size_t)ky * g->k_w + kx) * in_c;
@@ -415,9 +435,8 @@ static void conv_work(void *context, int index) {
         for (int m = 0; m < rows; m += mr) {
             kernels->tile(buf + (size_t)m * job->lda, job->lda, w, job->k4, acc);
             const int valid = rows - m < mr ? rows - m : mr;
-            for (int r = 0; r < valid; r++)
-                kernels->stage(job->stage, acc + r * nr, col0, count,
-                               job->out + (size_t)(row0 + m + r) * out_c + col0);
+            kernels->stage(job->stage, acc, nr, valid, col0, count, job->out + (size_t)(row0 + m) * out_c + col0,
+                           (size_t)out_c);
         }
     }
     free(buf);
