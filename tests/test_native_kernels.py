@@ -169,3 +169,23 @@ def test_packed_weights_are_the_only_weight_copy_the_native_conv_keeps(native_is
     evaluate = REGISTRY[op.type](op, graph)
     arrays = [cell.cell_contents for cell in evaluate.__closure__ if isinstance(cell.cell_contents, np.ndarray)]
     assert [a.dtype for a in arrays] == [np.int8]  # the packed weights; no float32 GEMM operand
+
+
+@needs_native
+def test_an_int8_model_runs_without_loading_numba():
+    # Convolutions, depthwise, FULLY_CONNECTED, ADD, MAX_POOL and QUANTIZE all take the native path.
+    code = """
+import sys
+sys.path.insert(0, {tests!r})
+import numpy as np
+from test_runtime_int8 import weighted_op
+from edgeq.runtime.interpreter import Interpreter
+for op_type in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+    graph, inputs = weighted_op(op_type, (1, 6, 6, 4) if op_type != "FULLY_CONNECTED" else (2, 8), (0.05, 3),
+                                (0.2, -5), out_c=4)
+    Interpreter.from_graph(graph).run(inputs)
+print("numba" in sys.modules)
+""".format(tests=os.path.dirname(__file__))
+    result = _python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

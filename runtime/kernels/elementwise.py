@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeq.runtime import native
 from edgeq.runtime.kernels import compiled, register
 from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
 from edgeq.runtime.kernels.common import fused_activation, require_float, with_activation
@@ -82,7 +83,21 @@ def _prepare_add_sub_int(op, graph):
     activation_min, activation_max = activation_range(op, output_scale, output_offset, dtype)
     subtract = op.type == "SUB"
     shapes = [tuple(graph[name].shape) for name in (op.inputs[0], op.inputs[1], op.outputs[0])]
-    if compiled.enabled() and shapes[0] == shapes[1] == shapes[2]:
+    use_native = native.enabled() and dtype == np.int8 and shapes[0] == shapes[1] == shapes[2]
+    if use_native:
+        # Same-shape inputs (a residual connection): one native pass, no int64 temporaries.
+        params = native.AddParams(input1_offset, input2_offset, left_shift, input1_multiplier, input1_shift,
+                                  input2_multiplier, input2_shift, output_multiplier, output_shift, output_offset,
+                                  activation_min, activation_max, subtract)
+        native_outputs = compiled.OutputBuffers(shapes[2][1:], dtype)
+
+        def add_sub_int8_native(a, b):
+            if a.shape != b.shape:  # a batch run against a constant: numpy broadcasts
+                return add_sub_int(a, b)
+            return native.add_int8(params, np.ascontiguousarray(a), np.ascontiguousarray(b),
+                                   native_outputs.get(a.shape[0]))
+
+    if not use_native and compiled.enabled() and shapes[0] == shapes[1] == shapes[2]:
         # Same-shape inputs (a residual connection): one compiled pass, no int64 temporaries.
         outputs = compiled.OutputBuffers(shapes[2][1:], dtype)
         arguments = (input1_offset, input2_offset, left_shift, input1_multiplier, input1_shift, input2_multiplier,
@@ -106,6 +121,8 @@ def _prepare_add_sub_int(op, graph):
         out = multiply_by_quantized_multiplier(raw, output_multiplier, output_shift).astype(np.int64)
         return saturate(out + output_offset, activation_min, activation_max, dtype)
 
+    if use_native:
+        return add_sub_int8_native
     if compiled.enabled() and shapes[0] == shapes[1] == shapes[2]:
         return add_sub_int_compiled
     return add_sub_int

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeq.runtime import native
 from edgeq.runtime.kernels import compiled, register
 from edgeq.runtime.kernels.common import (
     fused_activation,
@@ -122,6 +123,8 @@ def _prepare_max_pool_int(op, graph):
     in_h, in_w, channels, out_h, out_w, stride_w, pads, taps, _ = _geometry(op, graph)
     dtype = graph[op.inputs[0]].dtype
     activation_min, activation_max = _integer_range(op, graph)
+    if native.enabled() and dtype == np.int8:
+        return _native_max_pool_int8(op, in_h, in_w, channels, out_h, out_w, pads, activation_min, activation_max)
     if compiled.enabled():
         return _compiled_max_pool(op, pads, out_h, out_w, channels, dtype, (activation_min, activation_max))
     column_phases = padded_column_phases(in_h, in_w, channels, pads, stride_w, fill=np.iinfo(dtype).min)
@@ -136,6 +139,25 @@ def _prepare_max_pool_int(op, graph):
         return out.reshape(x.shape[0], out_h, out_w, channels)
 
     return max_pool_2d_int
+
+
+def _native_max_pool_int8(op, in_h, in_w, channels, out_h, out_w, pads, low, high):
+    options = op.options
+    fields = dict(in_h=in_h, in_w=in_w, in_c=channels, out_h=out_h, out_w=out_w, out_c=channels,
+                  k_h=options.get("filter_height", 1), k_w=options.get("filter_width", 1),
+                  stride_h=options.get("stride_h", 1), stride_w=options.get("stride_w", 1), dil_h=1, dil_w=1,
+                  pad_top=pads[0], pad_left=pads[2], input_zero_point=0)
+    geometries = {}
+    outputs = compiled.OutputBuffers((out_h, out_w, channels), np.int8)
+
+    def max_pool_2d_int8_native(x):
+        n = x.shape[0]
+        geometry = geometries.get(n)
+        if geometry is None:
+            geometry = geometries[n] = native.conv_geometry(batch=n, **fields)
+        return native.max_pool_int8(geometry, np.ascontiguousarray(x), low, high, outputs.get(n))
+
+    return max_pool_2d_int8_native
 
 
 def _prepare_average_pool_int(op, graph):

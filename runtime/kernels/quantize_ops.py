@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeq.runtime import native
 from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier, round_half_away
 from edgeq.runtime.kernels import check, compiled, register
 from edgeq.runtime.kernels.requantize import saturate, scale_and_zero_point
@@ -54,6 +55,13 @@ def prepare_quantize(op, graph):
     info = np.iinfo(output_tensor.dtype)
     low, high = int(info.min), int(info.max)
     dtype = output_tensor.dtype
+
+    if input_tensor.dtype == np.float32 and dtype == np.int8 and native.enabled():
+        def quantize_native(x):
+            out = np.empty(x.shape, dtype)
+            return native.quantize_int8(np.ascontiguousarray(x), output_scale, output_zero_point, low, high, out)
+
+        return quantize_native
 
     if input_tensor.dtype in (np.float32, np.float16) and compiled.enabled():
         kernel, scale = compiled.quantize_float, np.float32(output_scale)

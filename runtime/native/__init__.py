@@ -50,6 +50,13 @@ class ConvGeometry(ctypes.Structure):
         "dil_h", "dil_w", "pad_top", "pad_left", "input_zero_point")]
 
 
+class AddParams(ctypes.Structure):
+    """native.h's edgeq_add_params."""
+    _fields_ = [(name, ctypes.c_int32) for name in (
+        "input1_offset", "input2_offset", "left_shift", "input1_multiplier", "input1_shift", "input2_multiplier",
+        "input2_shift", "output_multiplier", "output_shift", "output_offset", "low", "high", "subtract")]
+
+
 def _environment_disabled() -> bool:
     return os.environ.get("EDGEQ_NO_NATIVE", "").strip() not in ("", "0")
 
@@ -74,7 +81,10 @@ def _open_library():
             ("edgeq_packed_bytes", ctypes.c_size_t, [int32, int32]),
             ("edgeq_pack_weights", None, [int32, int32, pointer, pointer]),
             ("edgeq_conv", int32, [int32, pointer, pointer, pointer, pointer, pointer, int32]),
-            ("edgeq_depthwise", int32, [int32, pointer, int32, pointer, pointer, pointer, pointer, int32])):
+            ("edgeq_depthwise", int32, [int32, pointer, int32, pointer, pointer, pointer, pointer, int32]),
+            ("edgeq_add_int8", None, [pointer, pointer, ctypes.c_size_t, pointer, pointer]),
+            ("edgeq_quantize_int8", None, [pointer, ctypes.c_size_t, ctypes.c_float, int32, int32, int32, pointer]),
+            ("edgeq_max_pool_int8", None, [pointer, pointer, int32, int32, pointer])):
         function = getattr(library, name)
         function.restype, function.argtypes = result, arguments
     return library, None
@@ -227,4 +237,23 @@ def depthwise(isa_name: str, geometry: ConvGeometry, depth_multiplier: int, x: n
                                       filters.ctypes.data, ctypes.byref(stage), out.ctypes.data, _threads)
     if status:
         raise NativeError(f"native depthwise convolution failed ({status})")
+    return out
+
+
+def add_int8(params: AddParams, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """TFLite's int8 ADD/SUB of same-shape contiguous arrays into ``out``."""
+    _library.edgeq_add_int8(a.ctypes.data, b.ctypes.data, a.size, ctypes.byref(params), out.ctypes.data)
+    return out
+
+
+def quantize_int8(x: np.ndarray, scale, zero_point: int, low: int, high: int, out: np.ndarray) -> np.ndarray:
+    """float32 -> int8 QUANTIZE of a contiguous array into ``out``."""
+    _library.edgeq_quantize_int8(x.ctypes.data, x.size, float(scale), int(zero_point), int(low), int(high),
+                                 out.ctypes.data)
+    return out
+
+
+def max_pool_int8(geometry: ConvGeometry, x: np.ndarray, low: int, high: int, out: np.ndarray) -> np.ndarray:
+    """int8 MAX_POOL_2D (window max over in-input positions, clamped) of contiguous NHWC x."""
+    _library.edgeq_max_pool_int8(ctypes.byref(geometry), x.ctypes.data, int(low), int(high), out.ctypes.data)
     return out

@@ -79,6 +79,20 @@ EDGEQ_API int edgeq_conv(int isa, const edgeq_conv_geometry *g, const int8_t *x,
 EDGEQ_API int edgeq_depthwise(int isa, const edgeq_conv_geometry *g, int depth_multiplier, const int8_t *x,
                               const int16_t *filters, const edgeq_output_stage *stage, int8_t *out, int threads);
 
+/* elementwise.c: TFLite's quantized ADD/SUB parameters (elementwise.py, _prepare_add_sub_int). */
+typedef struct {
+    int32_t input1_offset, input2_offset, left_shift;
+    int32_t input1_multiplier, input1_shift, input2_multiplier, input2_shift;
+    int32_t output_multiplier, output_shift, output_offset, low, high, subtract;
+} edgeq_add_params;
+
+EDGEQ_API void edgeq_add_int8(const int8_t *a, const int8_t *b, size_t count, const edgeq_add_params *params,
+                              int8_t *out);
+EDGEQ_API void edgeq_quantize_int8(const float *x, size_t count, float scale, int32_t zero_point, int32_t low,
+                                   int32_t high, int8_t *out);
+EDGEQ_API void edgeq_max_pool_int8(const edgeq_conv_geometry *g, const int8_t *x, int32_t low, int32_t high,
+                                   int8_t *out);
+
 /* threads.c: run work(context, index) for index in [0, count) on up to `threads` threads. */
 void edgeq_parallel_for(int count, int threads, void (*work)(void *context, int index), void *context);
 

@@ -1,0 +1,80 @@
+/* int8 ADD/SUB of same-shape inputs, float32 -> int8 QUANTIZE and int8 MAX_POOL_2D, as TFLite's
+ * reference kernels compute them (runtime/kernels/elementwise.py, quantize_ops.py, pooling.py hold
+ * the numpy forms these equal). Plain C: the compiler vectorizes what it can. */
+#include <math.h>
+
+#include "native.h"
+
+/* TFLite's MultiplyByQuantizedMultiplier (double rounding) on an int32: x * 2^left wraps in int32,
+ * SaturatingRoundingDoublingHighMul, then RoundingDivideByPOT (ties away from zero). */
+static inline int32_t multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int32_t shift) {
+    const int left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
+    const int32_t a = (int32_t)((uint32_t)x << left);
+    int32_t high;
+    if (a == INT32_MIN && multiplier == INT32_MIN) {
+        high = INT32_MAX;
+    } else {
+        const int64_t product = (int64_t)a * multiplier;
+        const int64_t nudge = product >= 0 ? (1 << 30) : (1 - (1 << 30));
+        high = (int32_t)((product + nudge) / ((int64_t)1 << 31)); /* C division truncates */
+    }
+    const int32_t mask = (int32_t)(((int64_t)1 << right) - 1);
+    const int32_t remainder = high & mask, threshold = (mask >> 1) + (high < 0 ? 1 : 0);
+    return (high >> right) + (remainder > threshold ? 1 : 0);
+}
+
+void edgeq_add_int8(const int8_t *a, const int8_t *b, size_t count, const edgeq_add_params *p, int8_t *out) {
+    for (size_t i = 0; i < count; i++) {
+        const int32_t shifted_1 = (int32_t)((uint32_t)((int32_t)a[i] + p->input1_offset) << p->left_shift);
+        const int32_t shifted_2 = (int32_t)((uint32_t)((int32_t)b[i] + p->input2_offset) << p->left_shift);
+        const int32_t scaled_1 = multiply_by_quantized_multiplier(shifted_1, p->input1_multiplier, p->input1_shift);
+        const int32_t scaled_2 = multiply_by_quantized_multiplier(shifted_2, p->input2_multiplier, p->input2_shift);
+        const int32_t raw = p->subtract ? scaled_1 - scaled_2 : scaled_1 + scaled_2;
+        int32_t value = multiply_by_quantized_multiplier(raw, p->output_multiplier, p->output_shift) + p->output_offset;
+        value = value < p->low ? p->low : (value > p->high ? p->high : value);
+        out[i] = (int8_t)value;
+    }
+}
+
+void edgeq_quantize_int8(const float *x, size_t count, float scale, int32_t zero_point, int32_t low, int32_t high,
+                         int8_t *out) {
+    for (size_t i = 0; i < count; i++) {
+        const float rounded = roundf(x[i] / scale); /* float32 division; ties away from zero */
+        /* As x86-64 converts (and numpy and TFLite with it): NaN and out-of-range give INT64_MIN; the
+         * zero point is then added with wraparound. */
+        const int64_t whole = (rounded > -9.2233715e18f && rounded < 9.2233715e18f) ? (int64_t)rounded : INT64_MIN;
+        const int64_t value = (int64_t)((uint64_t)whole + (uint64_t)(int64_t)zero_point);
+        out[i] = (int8_t)(value < low ? low : (value > high ? high : value));
+    }
+}
+
+void edgeq_max_pool_int8(const edgeq_conv_geometry *g, const int8_t *x, int32_t low, int32_t high, int8_t *out) {
+    const int channels = g->in_c;
+    for (int n = 0; n < g->batch; n++) {
+        const int8_t *image = x + (size_t)n * g->in_h * g->in_w * channels;
+        for (int oy = 0; oy < g->out_h; oy++)
+            for (int ox = 0; ox < g->out_w; ox++) {
+                int8_t *target = out + (((size_t)n * g->out_h + oy) * g->out_w + ox) * channels;
+                int first = 1;
+                for (int ky = 0; ky < g->k_h; ky++) {
+                    const int iy = oy * g->stride_h - g->pad_top + ky;
+                    if (iy < 0 || iy >= g->in_h) continue;
+                    for (int kx = 0; kx < g->k_w; kx++) {
+                        const int ix = ox * g->stride_w - g->pad_left + kx;
+                        if (ix < 0 || ix >= g->in_w) continue;
+                        const int8_t *src = image + ((size_t)iy * g->in_w + ix) * channels;
+                        if (first) {
+                            for (int c = 0; c < channels; c++) target[c] = src[c];
+                            first = 0;
+                        } else {
+                            for (int c = 0; c < channels; c++) target[c] = src[c] > target[c] ? src[c] : target[c];
+                        }
+                    }
+                }
+                if (first) /* a window entirely in the padding: max of nothing, as numpy's path has it */
+                    for (int c = 0; c < channels; c++) target[c] = (int8_t)low;
+                for (int c = 0; c < channels; c++)
+                    target[c] = (int8_t)(target[c] < low ? low : (target[c] > high ? high : target[c]));
+            }
+    }
+}
