@@ -37,7 +37,8 @@ from edgeq.runtime.memory import peak_rss_mb
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_models"
-# edgeq-numpy: our runtime with the compiled kernels off (EDGEQ_NO_NUMBA=1), as on a board without numba.
+# edgeq-numpy: our runtime with the native and compiled kernels off (EDGEQ_NO_NATIVE=1, EDGEQ_NO_NUMBA=1), as on a
+# board without a C compiler at install time and without numba.
 ENGINES = ("edgeq", "edgeq-numpy", "litert", "onnxruntime")
 VARIANTS = ("float", "int8")
 SAMPLE_NAMES = ("digits_mlp", "digits_cnn", "digits_mobilenetv2")
@@ -124,6 +125,7 @@ def worker(spec: dict) -> dict:
         "output_shape": list(np.shape(output)),
         "blas": blas,
         "compiled_kernels": _compiled_kernels() if engine.startswith("edgeq") else None,
+        "native_kernels": _native_kernels() if engine.startswith("edgeq") else None,
         "profile": profile,
     }
 
@@ -134,6 +136,12 @@ def _compiled_kernels():
     except ImportError:
         return False
     return bool(compiled.ENABLED)  # None: no kernel of the model asked, numba was not loaded
+
+
+def _native_kernels():
+    from edgeq.runtime import native
+
+    return native.describe()
 
 
 # -- model preparation (converter side, in the parent process) -------------------------------------
@@ -409,7 +417,7 @@ def main(argv=None) -> int:
                     # disk cache: otherwise the measured process compiles them, and its peak RSS is
                     # LLVM's, not the runtime's.
                     run_worker(dict(spec, seconds=0.0, min_runs=1, warmup=0), env)
-                result = run_worker(spec, dict(env, EDGEQ_NO_NUMBA="1") if engine == "edgeq-numpy" else env)
+                result = run_worker(spec, dict(env, EDGEQ_NO_NUMBA="1", EDGEQ_NO_NATIVE="1") if engine == "edgeq-numpy" else env)
                 if "ops" in run:
                     result["ops"] = run["ops"]
                 if result.get("profile"):

@@ -85,7 +85,9 @@ def _open_library():
             ("edgeq_add_int8", None, [pointer, pointer, ctypes.c_size_t, pointer, pointer]),
             ("edgeq_quantize_int8", None, [pointer, ctypes.c_size_t, ctypes.c_float, int32, int32, int32, pointer]),
             ("edgeq_max_pool_int8", None, [pointer, pointer, int32, int32, pointer])):
-        function = getattr(library, name)
+        function = getattr(library, name, None)
+        if function is None:
+            return None, f"the extension is out of date (no {name}); reinstall edgeq to rebuild it"
         function.restype, function.argtypes = result, arguments
     return library, None
 
