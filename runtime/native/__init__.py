@@ -67,8 +67,8 @@ def _open_library():
         return None, "disabled by EDGEQ_NO_NATIVE"
     try:
         from edgeq.runtime.native import _kernels
-    except ImportError as error:
-        return None, f"the extension is not built ({error}); reinstall with a C compiler present"
+    except ImportError:
+        return None, "the extension is not built (reinstall edgeq where a C compiler is present)"
     try:
         library = ctypes.CDLL(_kernels.__file__)
     except OSError as error:
