@@ -10,7 +10,7 @@ import sys
 from setuptools import Extension, find_packages, setup
 
 SUBPACKAGE_FOLDERS = ("runtime", "converter")
-NATIVE_SOURCES = ("cpu.c", "qgemm.c", "dwconv.c", "elementwise.c", "threads.c")
+NATIVE_SOURCES = ("module.c", "cpu.c", "qgemm.c", "dwconv.c", "elementwise.c", "threads.c")
 
 
 def edgeq_packages():

@@ -1,8 +1,4 @@
-/* Which instruction sets this CPU runs, and the Python module stub that lets the library be found
- * and built as an ordinary extension module (its functions are called through ctypes). */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-
+/* Which instruction sets this CPU runs. */
 #include "native.h"
 
 #if defined(__aarch64__) && defined(__linux__)
@@ -42,10 +38,3 @@ int edgeq_cpu_supports(int isa) {
         return 0;
     }
 }
-
-static struct PyModuleDef native_module = {
-    PyModuleDef_HEAD_INIT, "_kernels",
-    "edgeq's native int8 kernels; called through ctypes (see edgeq.runtime.native).", -1, NULL, NULL, NULL, NULL, NULL,
-};
-
-PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&native_module); }
