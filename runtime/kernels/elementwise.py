@@ -90,11 +90,12 @@ def _prepare_add_sub_int(op, graph):
                                   input2_multiplier, input2_shift, output_multiplier, output_shift, output_offset,
                                   activation_min, activation_max, subtract)
         native_outputs = compiled.OutputBuffers(shapes[2][1:], dtype)
+        isa = native.isa()
 
         def add_sub_int8_native(a, b):
             if a.shape != b.shape:  # a batch run against a constant: numpy broadcasts
                 return add_sub_int(a, b)
-            return native.add_int8(params, np.ascontiguousarray(a), np.ascontiguousarray(b),
+            return native.add_int8(isa, params, np.ascontiguousarray(a), np.ascontiguousarray(b),
                                    native_outputs.get(a.shape[0]))
 
     if not use_native and compiled.enabled() and shapes[0] == shapes[1] == shapes[2]:

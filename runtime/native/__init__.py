@@ -82,7 +82,7 @@ def _open_library():
             ("edgeq_pack_weights", None, [int32, int32, pointer, pointer]),
             ("edgeq_conv", int32, [int32, pointer, pointer, pointer, pointer, pointer, int32]),
             ("edgeq_depthwise", int32, [int32, pointer, int32, pointer, pointer, pointer, pointer, int32]),
-            ("edgeq_add_int8", None, [pointer, pointer, ctypes.c_size_t, pointer, pointer]),
+            ("edgeq_add_int8", None, [int32, pointer, pointer, ctypes.c_size_t, pointer, pointer]),
             ("edgeq_quantize_int8", None, [pointer, ctypes.c_size_t, ctypes.c_float, int32, int32, int32, pointer]),
             ("edgeq_max_pool_int8", None, [pointer, pointer, int32, int32, pointer])):
         function = getattr(library, name, None)
@@ -242,9 +242,9 @@ def depthwise(isa_name: str, geometry: ConvGeometry, depth_multiplier: int, x: n
     return out
 
 
-def add_int8(params: AddParams, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+def add_int8(isa_name: str, params: AddParams, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """TFLite's int8 ADD/SUB of same-shape contiguous arrays into ``out``."""
-    _library.edgeq_add_int8(a.ctypes.data, b.ctypes.data, a.size, ctypes.byref(params), out.ctypes.data)
+    _library.edgeq_add_int8(ISA_CODES[isa_name], a.ctypes.data, b.ctypes.data, a.size, ctypes.byref(params), out.ctypes.data)
     return out
 
 

@@ -6,34 +6,73 @@
 #include "native.h"
 
 /* TFLite's MultiplyByQuantizedMultiplier (double rounding) on an int32: x * 2^left wraps in int32,
- * SaturatingRoundingDoublingHighMul, then RoundingDivideByPOT (ties away from zero). */
-static inline int32_t multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int32_t shift) {
-    const int left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
+ * SaturatingRoundingDoublingHighMul, then RoundingDivideByPOT (ties away from zero). Branch-free:
+ * the signs of residual sums are random, and mispredicted branches cost more than the arithmetic. */
+static inline __attribute__((always_inline)) int32_t multiply_by_quantized_multiplier(int32_t x, int32_t multiplier,
+                                                                                     int32_t left, int32_t right) {
     const int32_t a = (int32_t)((uint32_t)x << left);
-    int32_t high;
-    if (a == INT32_MIN && multiplier == INT32_MIN) {
-        high = INT32_MAX;
-    } else {
-        const int64_t product = (int64_t)a * multiplier;
-        const int64_t nudge = product >= 0 ? (1 << 30) : (1 - (1 << 30));
-        high = (int32_t)((product + nudge) / ((int64_t)1 << 31)); /* C division truncates */
-    }
+    const int64_t product = (int64_t)a * multiplier;
+    const int64_t negative = product >> 63; /* all ones when product < 0 */
+    const int64_t nudged = product + ((int64_t)1 << 30) + (negative & (1 - ((int64_t)1 << 31)));
+    /* C's truncating division by 2^31: add 2^31 - 1 first when negative */
+    int32_t high = (int32_t)((nudged + ((nudged >> 63) & (((int64_t)1 << 31) - 1))) >> 31);
+    /* the one overflow, INT32_MIN * INT32_MIN, saturates */
+    high = (a == INT32_MIN && multiplier == INT32_MIN) ? INT32_MAX : high;
     const int32_t mask = (int32_t)(((int64_t)1 << right) - 1);
-    const int32_t remainder = high & mask, threshold = (mask >> 1) + (high < 0 ? 1 : 0);
-    return (high >> right) + (remainder > threshold ? 1 : 0);
+    const int32_t threshold = (mask >> 1) + (int32_t)((uint32_t)high >> 31);
+    return (high >> right) + ((high & mask) > threshold);
 }
 
-void edgeq_add_int8(const int8_t *a, const int8_t *b, size_t count, const edgeq_add_params *p, int8_t *out) {
+static inline __attribute__((always_inline)) void add_int8_body(const int8_t *restrict a, const int8_t *restrict b,
+                                                               size_t count, const edgeq_add_params *params,
+                                                               int8_t *restrict out) {
+    const edgeq_add_params p = *params; /* a local copy: `out` may not alias it, so the loop vectorizes */
+    const int32_t left_1 = p.input1_shift > 0 ? p.input1_shift : 0, right_1 = p.input1_shift > 0 ? 0 : -p.input1_shift;
+    const int32_t left_2 = p.input2_shift > 0 ? p.input2_shift : 0, right_2 = p.input2_shift > 0 ? 0 : -p.input2_shift;
+    const int32_t left_o = p.output_shift > 0 ? p.output_shift : 0, right_o = p.output_shift > 0 ? 0 : -p.output_shift;
+    const int32_t sign = p.subtract ? -1 : 1;
     for (size_t i = 0; i < count; i++) {
-        const int32_t shifted_1 = (int32_t)((uint32_t)((int32_t)a[i] + p->input1_offset) << p->left_shift);
-        const int32_t shifted_2 = (int32_t)((uint32_t)((int32_t)b[i] + p->input2_offset) << p->left_shift);
-        const int32_t scaled_1 = multiply_by_quantized_multiplier(shifted_1, p->input1_multiplier, p->input1_shift);
-        const int32_t scaled_2 = multiply_by_quantized_multiplier(shifted_2, p->input2_multiplier, p->input2_shift);
-        const int32_t raw = p->subtract ? scaled_1 - scaled_2 : scaled_1 + scaled_2;
-        int32_t value = multiply_by_quantized_multiplier(raw, p->output_multiplier, p->output_shift) + p->output_offset;
-        value = value < p->low ? p->low : (value > p->high ? p->high : value);
+        const int32_t shifted_1 = (int32_t)((uint32_t)((int32_t)a[i] + p.input1_offset) << p.left_shift);
+        const int32_t shifted_2 = (int32_t)((uint32_t)((int32_t)b[i] + p.input2_offset) << p.left_shift);
+        const int32_t scaled_1 = multiply_by_quantized_multiplier(shifted_1, p.input1_multiplier, left_1, right_1);
+        const int32_t scaled_2 = multiply_by_quantized_multiplier(shifted_2, p.input2_multiplier, left_2, right_2);
+        const int32_t raw = scaled_1 + sign * scaled_2;
+        int32_t value = multiply_by_quantized_multiplier(raw, p.output_multiplier, left_o, right_o) + p.output_offset;
+        value = value < p.low ? p.low : (value > p.high ? p.high : value);
         out[i] = (int8_t)value;
     }
+}
+
+static void add_int8_portable(const int8_t *a, const int8_t *b, size_t count, const edgeq_add_params *p, int8_t *out) {
+    add_int8_body(a, b, count, p, out);
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("avx2"))) static void add_int8_avx2(const int8_t *a, const int8_t *b, size_t count,
+                                                          const edgeq_add_params *p, int8_t *out) {
+    add_int8_body(a, b, count, p, out);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) static void add_int8_avx512(
+    const int8_t *a, const int8_t *b, size_t count, const edgeq_add_params *p, int8_t *out) {
+    add_int8_body(a, b, count, p, out);
+}
+#endif
+
+void edgeq_add_int8(int isa, const int8_t *a, const int8_t *b, size_t count, const edgeq_add_params *p,
+                    int8_t *out) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (isa == EDGEQ_ISA_AVX512VNNI && edgeq_cpu_supports(isa)) {
+        add_int8_avx512(a, b, count, p, out);
+        return;
+    }
+    if ((isa == EDGEQ_ISA_AVX2 || isa == EDGEQ_ISA_AVXVNNI) && edgeq_cpu_supports(isa)) {
+        add_int8_avx2(a, b, count, p, out);
+        return;
+    }
+#endif
+    (void)isa;
+    add_int8_portable(a, b, count, p, out);
 }
 
 void edgeq_quantize_int8(const float *x, size_t count, float scale, int32_t zero_point, int32_t low, int32_t high,

@@ -86,7 +86,7 @@ typedef struct {
     int32_t output_multiplier, output_shift, output_offset, low, high, subtract;
 } edgeq_add_params;
 
-EDGEQ_API void edgeq_add_int8(const int8_t *a, const int8_t *b, size_t count, const edgeq_add_params *params,
+EDGEQ_API void edgeq_add_int8(int isa, const int8_t *a, const int8_t *b, size_t count, const edgeq_add_params *params,
                               int8_t *out);
 EDGEQ_API void edgeq_quantize_int8(const float *x, size_t count, float scale, int32_t zero_point, int32_t low,
                                    int32_t high, int8_t *out);
