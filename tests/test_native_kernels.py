@@ -121,6 +121,26 @@ def test_interpreter_threads_bound_the_native_threads_while_it_runs():
     assert native.threads() == before
 
 
+def test_interpreter_threads_cap_numpy_blas_while_it_runs():
+    from edgeq.runtime import threads
+
+    controls = threads.blas_controls()
+    if not controls:
+        pytest.skip("numpy's BLAS here exposes no thread control")
+    saved = [control.get() for control in controls]
+    try:
+        for control in controls:
+            control.set(2)
+        graph, _ = weighted_op("CONV_2D", (1, 5, 5, 3), (0.05, 3), (0.2, -5), out_c=3)
+        interpreter = Interpreter.from_graph(graph, num_threads=1)
+        with interpreter._thread_limit():
+            assert [control.get() for control in controls] == [1] * len(controls)
+        assert [control.get() for control in controls] == [2] * len(controls)
+    finally:
+        for control, count in zip(controls, saved):
+            control.set(count)
+
+
 def _python(code: str, **environment) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if not key.startswith("EDGEQ_")}
     env.update(environment)
