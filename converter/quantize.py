@@ -264,22 +264,40 @@ def _why_not_int8(op: Op, graph: Graph, original_float: set) -> Optional[str]:
     return None
 
 
+# Magnitudes from here up are "minus infinity" stand-ins (finfo(float32).min, -1e38 ...). An int8 scale
+# for such a range is ~1e36, and the requantization multipliers built from it leave float32: LiteRT
+# aborts in allocate_tensors() on an int8 ADD of an attention mask (1 - mask) * finfo(float32).min.
+NEAR_FLOAT32_LIMIT = 1e30
+
+
 def _infinite_range(op: Op, graph: Graph, ranges: dict, original_float: set) -> Optional[str]:
     """Why ``op`` stays float when one of its float activations or non-weight constants holds an
-    infinite value: an additive attention mask of -inf (torch's export of scaled_dot_product_attention
-    with a boolean mask), the scores it is added to, and the softmax reading them. No int8 scale
-    holds -inf, and the softmax turns those entries into exact zeros only in float."""
+    infinite value, or one near the float32 limit: an additive attention mask of -inf (torch's export
+    of scaled_dot_product_attention with a boolean mask) or of finfo(float32).min (Hugging Face's
+    eager attention), the scores it is added to, and the softmax reading them. No int8 scale holds
+    -inf, LiteRT cannot requantize a scale of 1e36, and the softmax turns those entries into exact
+    zeros only in float."""
     rule = RULES[op.type]
     skip = {rule.weight[0] if rule.weight else None, rule.bias}
     names = [n for i, n in _float_inputs(op, graph, original_float) if i not in skip]
-    for name in names + [n for n in op.outputs if n in original_float]:
+    names += [n for n in op.outputs if n in original_float]
+    if _pads_for_max(op, graph):
+        # The lowest-float fill only has to lose every max: it clamps to the lowest int8 value, and
+        # the output takes the data's range (see _activation_params).
+        names = [op.inputs[0]]
+    for name in names:
         tensor = graph[name]
         if tensor.is_constant:
-            finite = bool(np.all(np.isfinite(tensor.data)))
+            values = tensor.data
+        elif name in ranges:
+            values = np.asarray(ranges[name], dtype=np.float64)
         else:
-            finite = name not in ranges or bool(np.all(np.isfinite(ranges[name])))
-        if not finite:
+            continue
+        if not np.all(np.isfinite(values)):
             return f"'{name}' holds infinite values, which int8 cannot represent"
+        if values.size and float(np.max(np.abs(values))) >= NEAR_FLOAT32_LIMIT:
+            return (f"'{name}' holds values near the float32 limit (a stand-in for -inf), whose int8 "
+                    "scale LiteRT cannot requantize")
     return None
 
 
