@@ -173,8 +173,7 @@ def convert(
     """
     if quantize not in QUANTIZE_MODES:
         raise ModelError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
-    if quantize == "int8" and calibration is None:
-        raise ModelError("--quantize int8 needs calibration samples (--calibration FILE.npz)")
+
     if float_fallback not in FLOAT_FALLBACKS:
         raise ModelError(f"unknown float fallback {float_fallback!r}; choose one of {', '.join(FLOAT_FALLBACKS)}")
     if min_sqnr_db is not None and (quantize != "int8" or float_fallback != "auto"):
@@ -187,10 +186,20 @@ def convert(
                          "quantized weights behind DENSIFY; drop --quantize or --sparse-encoding")
     float_graph, notes = load_graph(model_path, input_shapes, keep_onnx_layout)
     from_onnx = not is_tflite_file(model_path)
+    given = getattr(float_graph, "given_quantization", None)
+    if quantize == "int8" and calibration is None and given is None:
+        raise ModelError("--quantize int8 needs calibration samples (--calibration FILE.npz)")
+    if given is not None and quantize != "int8":
+        notes.append("quantized (QDQ) model read as its float model; --quantize int8 keeps its own scales")
+    if given is not None and (prune_sparsity or prune_channels):
+        raise ModelError("pruning changes the weights a quantized (QDQ) model states scales for; prune the float model")
     float_graph, prune_reports = _prune(float_graph, calibration, num_calibration_samples, prune_sparsity,
                                         prune_scope, prune_channels, prune_importance, reconstruct)
     graph, float_ops, errors, float_choice = float_graph, [], [], None
-    if quantize == "int8":
+    if quantize == "int8" and given is not None:
+        graph, float_ops = _quantize_as_stated(float_graph, given, io_dtype)
+        notes += graph.quantization_notes
+    elif quantize == "int8":
         graph, float_ops, errors, float_choice = _quantize_int8(
             float_graph, calibration, calibration_method, num_calibration_samples, io_dtype, debug, progress,
             float_fallback, min_sqnr_db,
@@ -279,6 +288,17 @@ def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debu
 
         errors = layer_errors(float_graph, graph, samples, batch_size=batch_size)
     return graph, list(graph.float_ops), errors, choice
+
+
+def _quantize_as_stated(float_graph, given, io_dtype) -> tuple:
+    """int8 with the scales and zero points a QDQ model states: no calibration, no float-island search
+    (the model's own quantization is what its author chose)."""
+    from edgeq.converter.quantize import quantize_int8
+
+    graph = quantize_int8(float_graph, {}, io_dtype=io_dtype, given=given)
+    graph.quantization_notes.insert(0, f"quantized (QDQ) model: int8 with its own scales and zero points "
+                                       f"({len(given.activations)} activations, {len(given.weights)} weights)")
+    return graph, list(graph.float_ops)
 
 
 def _float_choice_note(choice) -> str:
