@@ -330,7 +330,7 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
     ``stated``: {tensor name: (scale, zero_point)} a quantized model states (see GivenQuantization);
     a group of tensors that must share params takes them from a member that has them, and a tensor
     with stated params needs no calibrated range. ``notes`` receives where the spec overrides them."""
-    stated = stated or {}
+    stated = _inherit_stated(int8_ops, dict(stated or {}), ranges, notes)
     groups = _UnionFind()
     node_range: dict = {}
     pinned: dict = {}  # group root -> (scale, zero_point)
@@ -338,8 +338,9 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
 
     def add_node(key, name):
         if key not in node_range:
-            has_own = isinstance(key, str) and key in stated and key not in ranges
-            node_range[key] = None if has_own else _observed_range(name, graph, ranges)
+            # With stated params, a tensor may take its group's (a PAD the importer added, say).
+            unranged = stated and isinstance(key, str) and key not in ranges and not graph[name].is_constant
+            node_range[key] = None if unranged else _observed_range(name, graph, ranges)
         groups.find(key)
 
     def merge(a, b) -> bool:
@@ -430,6 +431,26 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
         for key in keys:
             params[key] = QuantParams(scale, zero_point)
     return params, input_node
+
+
+def _inherit_stated(int8_ops: list, stated: dict, ranges: dict, notes: Optional[list]) -> dict:
+    """``stated`` with the params of each op output the model leaves unstated and uncalibrated taken
+    from the op's first input, in graph order: a quantized model quantizes only where the value
+    changes range, and its pooling and reshaping kernels keep their input's params (PyTorch's QAT
+    export puts no QuantizeLinear after an average pool or a flatten)."""
+    if not stated:
+        return stated
+    inherited = []
+    for _, op in int8_ops:
+        source = op.inputs[0] if op.inputs else None
+        for name in op.outputs:
+            if name not in stated and name not in ranges and source in stated:
+                stated[name] = stated[source]
+                inherited.append(name)
+    if inherited and notes is not None:
+        notes.append(f"{len(inherited)} tensors the model states no quantization for take their input's "
+                     f"({', '.join(repr(n) for n in inherited[:3])}{', ...' if len(inherited) > 3 else ''})")
+    return stated
 
 
 def _same_params(a: tuple, b: tuple) -> bool:
@@ -560,10 +581,13 @@ class _Rewriter:
         shape[axis] = -1
         per_element = scales.astype(np.float64).reshape(shape)
         steps = weights.astype(np.float64) / per_element
-        if np.max(np.abs(steps), initial=0.0) > WEIGHT_QMAX + 0.01 or \
-                np.max(np.abs(steps - np.round(steps)), initial=0.0) > 0.01:
+        if np.max(np.abs(steps - np.round(steps)), initial=0.0) > 0.01:
             # The importer changed the weights (a folded multiplier): the stated grid no longer holds them.
             self.notes.append(f"{op}: its weights are not on the model's stated int8 grid; requantized")
+            return None
+        if np.max(np.abs(steps), initial=0.0) > WEIGHT_QMAX + 0.01:
+            self.notes.append(f"{op}: the model's int8 weights reach -128, outside the symmetric [-127, 127] of "
+                              "TFLite's int8 weights; requantized")
             return None
         return scales.astype(np.float32)
 

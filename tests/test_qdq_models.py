@@ -216,3 +216,45 @@ def test_qoperator_model_is_refused_with_what_to_do(models, tmp_path):
     with pytest.raises(ModelError, match=r"QOperator format \(QLinearConv 'conv1_quant'\) is not supported: "
                                          r"quantize the float model in the QDQ format"):
         convert(path, quantize="int8")
+
+
+# -- PyTorch's quantization-aware-training export (tests/models/qat_cnn_qdq.onnx, made by
+# scripts/make_qat_model.py: fake-quantized float weights behind Q/DQ, no Q/DQ after pool and flatten)
+
+QAT_MODEL = MODELS_DIR / "qat_cnn_qdq.onnx"
+
+
+def test_pytorch_qat_export_converts_to_int8_within_two_output_steps_of_onnxruntime():
+    result = convert(QAT_MODEL, quantize="int8")
+    steps = output_steps(QAT_MODEL, result, images(16, seed=2))
+    print(f"PyTorch QAT export: worst output difference {steps:.2f} steps; notes {result.notes}")
+    assert steps <= MAX_OUTPUT_STEPS
+    assert [op.type for op in result.graph.ops].count("QUANTIZE") == 1
+
+
+def test_pytorch_qat_export_equals_litert_reference_in_every_integer_tensor():
+    content = convert(QAT_MODEL, quantize="int8").content
+    for x in images(4, seed=3):
+        mismatches = integer_tensor_mismatches(content, [nchw_to_nhwc(x)])
+        assert mismatches and sum(mismatches.values()) == 0, {k: v for k, v in mismatches.items() if v}
+
+
+def test_tensors_the_qat_export_leaves_unquantized_take_their_inputs_params():
+    """PyTorch's quantized average pool and flatten keep their input's params, so its export puts no
+    QuantizeLinear after them."""
+    result = convert(QAT_MODEL, quantize="int8")
+    graph = result.graph
+    (mean,) = [op for op in graph.ops if op.type == "MEAN"]
+    (reshape,) = [op for op in graph.ops if op.type == "RESHAPE"]
+    assert graph[mean.outputs[0]].quant == graph[mean.inputs[0]].quant == graph[reshape.outputs[0]].quant
+    assert any("tensors the model states no quantization for take their input's" in n for n in result.notes)
+
+
+def test_qat_weights_at_minus_128_are_requantized_to_tflites_symmetric_range_with_a_note():
+    """PyTorch's symmetric int8 weights span [-128, 127]; TFLite's span [-127, 127]."""
+    result = convert(QAT_MODEL, quantize="int8")
+    flagged = [n for n in result.notes if "int8 weights reach -128" in n]
+    assert flagged
+    for op in result.graph.ops:
+        if op.type in ("CONV_2D", "FULLY_CONNECTED"):
+            assert result.graph[op.inputs[1]].data.min() >= -127

@@ -60,6 +60,8 @@ def _constants(graph: onnx.GraphProto) -> dict:
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Identity" and node.input[0] in values:  # PyTorch shares zero points so
+            values[node.output[0]] = values[node.input[0]]
     return values
 
 
@@ -105,6 +107,18 @@ def _dequantized(node: onnx.NodeProto, constants: dict) -> tuple:
         shape[axis % q.ndim] = -1
     values = (q.astype(np.float64) - zero_point.reshape(shape)) * scale.astype(np.float64).reshape(shape)
     return values.astype(np.float32), scale, zero_point, np.dtype(q.dtype), axis % max(q.ndim, 1)
+
+
+def _quantized(node: onnx.NodeProto, constants: dict) -> np.ndarray:
+    """ONNX QuantizeLinear of a constant: round half to even, add the zero point, saturate."""
+    x = np.asarray(constants[node.input[0]], np.float64)
+    scale, zero_point, dtype, axis = _quantization(node, constants)
+    shape = [1] * x.ndim
+    if scale.size > 1:
+        shape[axis % x.ndim] = -1
+    q = np.rint(x / scale.astype(np.float64).reshape(shape)) + zero_point.reshape(shape)
+    info = np.iinfo(dtype)
+    return np.clip(q, info.min, info.max).astype(dtype)
 
 
 def weight_output_axis(node: onnx.NodeProto, rank: int) -> int:
@@ -159,6 +173,12 @@ def dissolve_qdq(model: onnx.ModelProto) -> tuple:
         if node.op_type != "DequantizeLinear":
             continue
         x = node.input[0]
+        quantize = producers.get(x)
+        if x not in constants and quantize is not None and quantize.op_type == "QuantizeLinear" \
+                and quantize.input[0] in constants:
+            # A fake-quantized weight (PyTorch's QAT export): the float weight through Q and DQ.
+            constants[x] = _quantized(quantize, constants)
+            removed.add(id(quantize))
         if x in constants:
             values, scale, zero_point, dtype, axis = _dequantized(node, constants)
             new_initializers.append(numpy_helper.from_array(values, node.output[0]))
@@ -169,7 +189,6 @@ def dissolve_qdq(model: onnx.ModelProto) -> tuple:
                         given.weights[consumer.name or consumer.output[0]] = scales
             removed.add(id(node))
             continue
-        quantize = producers.get(x)
         if quantize is None or quantize.op_type != "QuantizeLinear":
             raise ModelError(f"{node_label(node)} reads '{x}', which no QuantizeLinear makes: integer model "
                              "inputs and integer tensors between nodes are not supported")
