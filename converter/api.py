@@ -199,6 +199,8 @@ def convert(
     if quantize == "int8" and given is not None:
         graph, float_ops = _quantize_as_stated(float_graph, given, io_dtype)
         notes += graph.quantization_notes
+        if calibration is not None:
+            notes.append("calibration samples unused: the quantized (QDQ) model states its own ranges")
     elif quantize == "int8":
         graph, float_ops, errors, float_choice = _quantize_int8(
             float_graph, calibration, calibration_method, num_calibration_samples, io_dtype, debug, progress,
