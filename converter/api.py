@@ -197,10 +197,8 @@ def convert(
                                         prune_scope, prune_channels, prune_importance, reconstruct)
     graph, float_ops, errors, float_choice = float_graph, [], [], None
     if quantize == "int8" and given is not None:
-        graph, float_ops = _quantize_as_stated(float_graph, given, io_dtype)
+        graph, float_ops = _quantize_as_stated(float_graph, given, io_dtype, calibration, num_calibration_samples)
         notes += graph.quantization_notes
-        if calibration is not None:
-            notes.append("calibration samples unused: the quantized (QDQ) model states its own ranges")
     elif quantize == "int8":
         graph, float_ops, errors, float_choice = _quantize_int8(
             float_graph, calibration, calibration_method, num_calibration_samples, io_dtype, debug, progress,
@@ -292,12 +290,19 @@ def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debu
     return graph, list(graph.float_ops), errors, choice
 
 
-def _quantize_as_stated(float_graph, given, io_dtype) -> tuple:
-    """int8 with the scales and zero points a QDQ model states: no calibration, no float-island search
-    (the model's own quantization is what its author chose)."""
+def _quantize_as_stated(float_graph, given, io_dtype, calibration, num_samples) -> tuple:
+    """int8 with the scales and zero points a QDQ model states: no calibration needed, no float-island
+    search (the model's own quantization is what its author chose). Calibration samples, when given,
+    only range the tensors the model states nothing for (inside ops the importer decomposes)."""
     from edgeq.converter.quantize import quantize_int8
 
-    graph = quantize_int8(float_graph, {}, io_dtype=io_dtype, given=given)
+    ranges = {}
+    if calibration is not None:
+        from edgeq.converter.calibrate import batch_size_for, calibrate, load_calibration
+
+        samples = load_calibration(calibration, float_graph, num_samples=num_samples)
+        ranges = calibrate(float_graph, samples, batch_size=batch_size_for(float_graph, samples), progress=False)
+    graph = quantize_int8(float_graph, ranges, io_dtype=io_dtype, given=given)
     graph.quantization_notes.insert(0, f"quantized (QDQ) model: int8 with its own scales and zero points "
                                        f"({len(given.activations)} activations, {len(given.weights)} weights)")
     return graph, list(graph.float_ops)

@@ -330,7 +330,7 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
     ``stated``: {tensor name: (scale, zero_point)} a quantized model states (see GivenQuantization);
     a group of tensors that must share params takes them from a member that has them, and a tensor
     with stated params needs no calibrated range. ``notes`` receives where the spec overrides them."""
-    stated = _inherit_stated(int8_ops, dict(stated or {}), ranges, notes)
+    stated = stated or {}
     groups = _UnionFind()
     node_range: dict = {}
     pinned: dict = {}  # group root -> (scale, zero_point)
@@ -413,7 +413,8 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
         if root in pinned:
             scale, zero_point = pinned[root]
             if notes is not None and any(not _same_params(p, pinned[root]) for p in own):
-                notes.append(f"'{root}': the int8 spec fixes (scale {scale:.6g}, zero point {zero_point}) where "
+                named = next(k for k in keys if isinstance(k, str) and k in stated)
+                notes.append(f"'{named}': the int8 spec fixes (scale {scale:.6g}, zero point {zero_point}) where "
                              f"the model states {_params_text(own)}")
         elif own:
             # The widest stated range: no member is clipped more than its own params clip it.
@@ -433,24 +434,42 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
     return params, input_node
 
 
-def _inherit_stated(int8_ops: list, stated: dict, ranges: dict, notes: Optional[list]) -> dict:
-    """``stated`` with the params of each op output the model leaves unstated and uncalibrated taken
-    from the op's first input, in graph order: a quantized model quantizes only where the value
-    changes range, and its pooling and reshaping kernels keep their input's params (PyTorch's QAT
-    export puts no QuantizeLinear after an average pool or a flatten)."""
-    if not stated:
-        return stated
+# Ops whose output lies inside their input's range, so that it may keep the input's params: data
+# movement, max/min selection, averages and clamps. PyTorch's quantized kernels for these keep their
+# input's params, and its QAT export puts no QuantizeLinear after them.
+RANGE_KEEPING = {"MEAN", "RELU", "RELU6", "RELU_N1_TO_1"} | {t for t, r in RULES.items() if r is SHARED}
+
+
+def _inherit_stated(ops: list, stated: dict, ranges: dict) -> tuple:
+    """(``stated`` with the params of each range-keeping op's output that the model leaves unstated and
+    uncalibrated taken from the op's first input, in graph order; the names that took them)."""
     inherited = []
-    for _, op in int8_ops:
+    for op in ops:
         source = op.inputs[0] if op.inputs else None
+        if op.type not in RANGE_KEEPING or source not in stated:
+            continue
         for name in op.outputs:
-            if name not in stated and name not in ranges and source in stated:
+            if name not in stated and name not in ranges:
                 stated[name] = stated[source]
                 inherited.append(name)
-    if inherited and notes is not None:
-        notes.append(f"{len(inherited)} tensors the model states no quantization for take their input's "
-                     f"({', '.join(repr(n) for n in inherited[:3])}{', ...' if len(inherited) > 3 else ''})")
-    return stated
+    return stated, inherited
+
+
+def _unstated(op: Op, graph: Graph, stated: dict, ranges: dict, original_float: set) -> Optional[str]:
+    """Why ``op`` stays float in a model with stated quantization: an activation it reads or writes has
+    neither stated params nor a calibrated range (an op the importer adds inside a decomposed one, LayerNormalization's
+    variance say, where the model has no QuantizeLinear)."""
+    rule = RULES[op.type]
+    skip = {rule.weight[0] if rule.weight else None, rule.bias}
+    names = [n for i, n in enumerate(op.inputs) if n and i not in skip and n in original_float
+             and not graph[n].is_constant]
+    if not isinstance(rule.output, tuple):  # else the spec fixes the output's params
+        names += [n for n in op.outputs if n in original_float]
+    for name in names:
+        if name not in stated and name not in ranges:
+            return (f"the model states no quantization for '{name}'; calibration samples "
+                    "(--calibration) would give it a range")
+    return None
 
 
 def _same_params(a: tuple, b: tuple) -> bool:
@@ -642,6 +661,15 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
     g = graph.copy()
     ranges = dict(ranges)
     original_float = {n for n, t in g.tensors.items() if t.dtype == FLOAT32}
+    given = given or GivenQuantization()
+    notes = list(given.notes)
+    stated = {name: params for name, params in given.activations.items() if name in g.tensors}
+    if stated:
+        stated, inherited = _inherit_stated(g.ops, stated, ranges)
+        if inherited:
+            notes.append(f"{len(inherited)} tensors the model states no quantization for take their input's "
+                         f"params through ops that keep the range ({', '.join(repr(n) for n in inherited[:3])}"
+                         f"{', ...' if len(inherited) > 3 else ''})")
 
     int8_ops, float_ops = [], []
     for index, op in enumerate(g.ops):
@@ -649,7 +677,8 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
         if not touches_float:
             continue  # integer-only ops (shape arithmetic) are left as they are
         reason = (_why_not_int8(op, g, original_float) or _infinite_range(op, g, ranges, original_float)
-                  or (keep_float or {}).get(op.outputs[0]))
+                  or (keep_float or {}).get(op.outputs[0])
+                  or (_unstated(op, g, stated, ranges, original_float) if stated else None))
         if reason is None:
             int8_ops.append((index, op))
         else:
@@ -677,9 +706,6 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
             ranges[inner] = ranges[name]
         output_conversions.append((conversion, inner, name))
 
-    given = given or GivenQuantization()
-    notes = list(given.notes)
-    stated = {name: params for name, params in given.activations.items() if name in g.tensors}
     for inner in [inner for _, inner, name in output_conversions if name in stated]:
         stated[inner] = stated[[n for _, i, n in output_conversions if i == inner][0]]
     params, input_node = _activation_params(g, int8_ops, ranges, io_dtype, original_float, stated, notes)

@@ -258,3 +258,71 @@ def test_qat_weights_at_minus_128_are_requantized_to_tflites_symmetric_range_wit
     for op in result.graph.ops:
         if op.type in ("CONV_2D", "FULLY_CONNECTED"):
             assert result.graph[op.inputs[1]].data.min() >= -127
+
+
+# -- a transformer quantized by onnxruntime (tests/models/bert_encoder.onnx): LayerNormalization is one
+# ONNX node between Q/DQ pairs, but several TFLite ops inside, whose tensors the model states nothing for
+
+BERT_INPUTS = ("input_ids", "attention_mask")
+
+
+def bert_inputs(split: str, count: int) -> list:
+    with np.load(MODELS_DIR / "bert_encoder_data.npz") as data:
+        return [{n: data[f"{split}_{n}"][i:i + 1] for n in BERT_INPUTS} for i in range(count)]
+
+
+class BertSamples(quantization.CalibrationDataReader):
+    def __init__(self):
+        self.feeds = iter(bert_inputs("calib", 16))
+
+    def get_next(self):
+        return next(self.feeds, None)
+
+
+@pytest.fixture(scope="module")
+def qdq_bert(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("qdq_bert") / "bert_encoder_qdq.onnx"
+    quantization.quantize_static(str(MODELS_DIR / "bert_encoder.onnx"), str(path), BertSamples(),
+                                 quant_format=quantization.QuantFormat.QDQ, per_channel=True,
+                                 activation_type=quantization.QuantType.QUInt8,
+                                 weight_type=quantization.QuantType.QInt8)
+    return path
+
+
+def embedding_cosine(model_path: Path, content: bytes) -> float:
+    """Cosine of our runtime's outputs to onnxruntime's on the QDQ model, over 16 evaluation sentences."""
+    model = onnx.load(str(model_path))
+    expected, got = [], []
+    for feeds in bert_inputs("eval", 16):
+        (want,) = run_onnxruntime(model, feeds)
+        expected.append(want)
+        got.append(run_edgeq(content, [feeds[n] for n in BERT_INPUTS])[0].reshape(want.shape))
+    a, b = np.concatenate(got).ravel(), np.concatenate(expected).ravel()
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_ops_a_qdq_model_states_nothing_for_stay_float_without_calibration_and_say_why(qdq_bert):
+    result = convert(qdq_bert, quantize="int8", input_shapes={n: (1, 16) for n in BERT_INPUTS})
+    unstated = [op for op in result.float_ops if "the model states no quantization for" in op]
+    assert any("LayerNormalization" in op and op.startswith("RSQRT") for op in unstated)
+    assert {result.graph[op.outputs[0]].dtype for op in result.graph.ops
+            if op.type in ("FULLY_CONNECTED", "BATCH_MATMUL")} == {np.dtype(np.int8)}
+    cosine = embedding_cosine(qdq_bert, result.content)
+    print(f"QDQ bert_encoder, no calibration: {len(unstated)} ops float, cosine to onnxruntime {cosine:.5f}")
+    assert cosine >= 0.998
+
+
+def test_calibration_samples_range_only_what_a_qdq_model_leaves_unstated(qdq_bert, tmp_path):
+    calibration = tmp_path / "calibration.npz"
+    with np.load(MODELS_DIR / "bert_encoder_data.npz") as data:
+        np.savez(calibration, **{n: data[f"calib_{n}"] for n in BERT_INPUTS})
+    shapes = {n: (1, 16) for n in BERT_INPUTS}
+    result = convert(qdq_bert, quantize="int8", input_shapes=shapes, calibration=calibration)
+    assert all("no int8 kernel rule" in op for op in result.float_ops), result.float_ops
+    uncalibrated = convert(qdq_bert, quantize="int8", input_shapes=shapes).graph
+    for op in result.graph.ops:  # a tensor the model states params for keeps them
+        if op.type == "FULLY_CONNECTED" and uncalibrated[op.outputs[0]].dtype == np.int8:
+            assert result.graph[op.outputs[0]].quant == uncalibrated[op.outputs[0]].quant
+    cosine = embedding_cosine(qdq_bert, result.content)
+    print(f"QDQ bert_encoder with calibration: cosine to onnxruntime {cosine:.5f}")
+    assert cosine >= 0.998
