@@ -420,7 +420,8 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
             # The widest stated range: no member is clipped more than its own params clip it.
             scale, zero_point = max(own, key=lambda p: (p[0], -p[1]))
             if notes is not None and len(own) > 1:
-                notes.append(f"'{root}' and the tensors sharing its int8 params (the spec asks one scale) take "
+                named = next(k for k in keys if isinstance(k, str) and k in stated)
+                notes.append(f"'{named}' and the tensors sharing its int8 params (the spec asks one scale) take "
                              f"(scale {scale:.6g}, zero point {zero_point}) of the model's {_params_text(own)}")
         else:
             missing = [k for k in keys if node_range[k] is None]
@@ -709,6 +710,8 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
     for inner in [inner for _, inner, name in output_conversions if name in stated]:
         stated[inner] = stated[[n for _, i, n in output_conversions if i == inner][0]]
     params, input_node = _activation_params(g, int8_ops, ranges, io_dtype, original_float, stated, notes)
+    for _, inner, name in output_conversions:  # notes name the graph output, not its inner copy
+        notes = [note.replace(f"'{inner}'", f"'{name}'") for note in notes]
     float_consumed = {
         n for op, _ in float_ops for n in op.inputs if n and n in original_float and g[n].is_constant
     }

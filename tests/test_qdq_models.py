@@ -20,7 +20,7 @@ quantization = pytest.importorskip("onnxruntime.quantization")
 
 from edgeq.converter.api import convert  # noqa: E402
 from edgeq.runtime.ir import ModelError  # noqa: E402
-from referees import integer_tensor_mismatches, nchw_to_nhwc, run_edgeq, run_onnxruntime  # noqa: E402
+from referees import integer_tensor_mismatches, nchw_to_nhwc, nhwc_to_nchw, run_edgeq, run_onnxruntime  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 INPUT_SHAPE = (1, 3, 16, 16)
@@ -102,7 +102,7 @@ def output_steps(model_path: Path, result, inputs: list) -> float:
     for x in inputs:
         (expected,) = run_onnxruntime(model, {model.graph.input[0].name: x})
         (got,) = run_edgeq(result.content, [nchw_to_nhwc(x)])
-        worst = max(worst, float(np.max(np.abs(got.reshape(expected.shape) - expected))))
+        worst = max(worst, float(np.max(np.abs(nhwc_to_nchw(got) - expected))))
     scale = output.quant.scale[0] if output.quant is not None else result.graph[inner_output(result)].quant.scale[0]
     return worst / float(scale)
 
@@ -179,7 +179,7 @@ def test_softmax_takes_the_specs_fixed_output_scale_and_says_where_it_overrides_
     result = convert(path, quantize="int8")
     output = result.graph[inner_output(result)]
     assert (output.quant.scale[0], output.quant.zero_point[0]) == (np.float32(1 / 256), -128)
-    assert any("int8 spec fixes (scale 0.00390625, zero point -128) where the model states (scale 0.00392157"
+    assert any("'y': the int8 spec fixes (scale 0.00390625, zero point -128) where the model states (scale 0.00392157"
                in note for note in result.notes), result.notes
     assert output_steps(path, result, images(16, seed=2)) <= MAX_OUTPUT_STEPS + 0.5
 
@@ -326,3 +326,31 @@ def test_calibration_samples_range_only_what_a_qdq_model_leaves_unstated(qdq_ber
     cosine = embedding_cosine(qdq_bert, result.content)
     print(f"QDQ bert_encoder with calibration: cosine to onnxruntime {cosine:.5f}")
     assert cosine >= 0.998
+
+
+def concat_model() -> onnx.ModelProto:
+    """Two convolutions of one image, one with weights 10x the other's, concatenated on the channels."""
+    rng = np.random.default_rng(5)
+    weights = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * s).astype(np.float32), f"w{i}")
+               for i, s in enumerate((0.1, 1.0))]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["small"], pads=[1, 1, 1, 1], name="conv_small"),
+             helper.make_node("Conv", ["x", "w1"], ["large"], pads=[1, 1, 1, 1], name="conv_large"),
+             helper.make_node("Concat", ["small", "large"], ["y"], axis=1, name="concat")]
+    graph = helper.make_graph(nodes, "concat", [helper.make_tensor_value_info("x", TensorProto.FLOAT, INPUT_SHAPE)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_concat_inputs_share_one_scale_and_the_note_says_which_of_the_models(tmp_path):
+    """TFLite's int8 CONCATENATION does not requantize: its inputs and output take one set of params,
+    the widest the model states for them, and the narrower branch loses resolution."""
+    source, path = tmp_path / "float.onnx", tmp_path / "qdq.onnx"
+    onnx.save(concat_model(), str(source))
+    quantization.quantize_static(str(source), str(path), Samples(), quant_format=quantization.QuantFormat.QDQ,
+                                 per_channel=True)
+    result = convert(path, quantize="int8")
+    (concat,) = [op for op in result.graph.ops if op.type == "CONCATENATION"]
+    output = result.graph[concat.outputs[0]].quant
+    assert all(result.graph[n].quant == output for n in concat.inputs)
+    assert any("take (scale" in note and "(the spec asks one scale)" in note for note in result.notes), result.notes
+    assert output_steps(path, result, images(8, seed=2)) <= MAX_OUTPUT_STEPS
