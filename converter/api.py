@@ -186,7 +186,7 @@ def convert(
                          "quantized weights behind DENSIFY; drop --quantize or --sparse-encoding")
     float_graph, notes = load_graph(model_path, input_shapes, keep_onnx_layout)
     from_onnx = not is_tflite_file(model_path)
-    given = getattr(float_graph, "given_quantization", None)
+    given = float_graph.given_quantization
     if quantize == "int8" and calibration is None and given is None:
         raise ModelError("--quantize int8 needs calibration samples (--calibration FILE.npz)")
     if given is not None and quantize != "int8":
@@ -197,8 +197,8 @@ def convert(
                                         prune_scope, prune_channels, prune_importance, reconstruct)
     graph, float_ops, errors, float_choice = float_graph, [], [], None
     if quantize == "int8" and given is not None:
-        graph, float_ops = _quantize_as_stated(float_graph, given, io_dtype, calibration, num_calibration_samples)
-        notes += graph.quantization_notes
+        graph, float_ops = _quantize_as_stated(float_graph, given, io_dtype, calibration, num_calibration_samples,
+                                               notes)
     elif quantize == "int8":
         graph, float_ops, errors, float_choice = _quantize_int8(
             float_graph, calibration, calibration_method, num_calibration_samples, io_dtype, debug, progress,
@@ -290,7 +290,7 @@ def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debu
     return graph, list(graph.float_ops), errors, choice
 
 
-def _quantize_as_stated(float_graph, given, io_dtype, calibration, num_samples) -> tuple:
+def _quantize_as_stated(float_graph, given, io_dtype, calibration, num_samples, notes: list) -> tuple:
     """int8 with the scales and zero points a QDQ model states: no calibration needed, no float-island
     search (the model's own quantization is what its author chose). Calibration samples, when given,
     only range the tensors the model states nothing for (inside ops the importer decomposes)."""
@@ -302,9 +302,9 @@ def _quantize_as_stated(float_graph, given, io_dtype, calibration, num_samples) 
 
         samples = load_calibration(calibration, float_graph, num_samples=num_samples)
         ranges = calibrate(float_graph, samples, batch_size=batch_size_for(float_graph, samples), progress=False)
-    graph = quantize_int8(float_graph, ranges, io_dtype=io_dtype, given=given)
-    graph.quantization_notes.insert(0, f"quantized (QDQ) model: int8 with its own scales and zero points "
-                                       f"({len(given.activations)} activations, {len(given.weights)} weights)")
+    notes.append(f"quantized (QDQ) model: int8 with its own scales and zero points "
+                 f"({len(given.activations)} activations, {len(given.weights)} weights)")
+    graph = quantize_int8(float_graph, ranges, io_dtype=io_dtype, given=given, notes=notes)
     return graph, list(graph.float_ops)
 
 

@@ -645,7 +645,7 @@ class GivenQuantization:
 
 
 def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_float: Optional[dict] = None,
-                  given: Optional[GivenQuantization] = None) -> Graph:
+                  given: Optional[GivenQuantization] = None, notes: Optional[list] = None) -> Graph:
     """The int8 version of a float graph, given calibrated activation ranges.
 
     ``io_dtype``: "float32" keeps float inputs/outputs with QUANTIZE/DEQUANTIZE at the edges; "int8"
@@ -654,8 +654,8 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
     int8 form (see ``converter.mixed_precision``).
     ``given``: the quantization the model states itself; it takes the place of calibrated ranges
     wherever it has params (``ranges`` may then be empty), the spec's own constraints still apply.
-    The returned graph's ``float_ops`` lists the ops left in float, with the reason, and its
-    ``quantization_notes`` where the spec overrode the stated quantization.
+    ``notes``, when given, receives where the spec overrode the stated quantization.
+    The returned graph's ``float_ops`` lists the ops left in float, with the reason.
     """
     if io_dtype not in ("float32", "int8", "uint8"):
         raise ModelError(f"io_dtype must be float32, int8 or uint8, not {io_dtype!r}")
@@ -663,7 +663,7 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
     ranges = dict(ranges)
     original_float = {n for n, t in g.tensors.items() if t.dtype == FLOAT32}
     given = given or GivenQuantization()
-    notes = list(given.notes)
+    out_notes, notes = notes, list(given.notes)
     stated = {name: params for name, params in given.activations.items() if name in g.tensors}
     if stated:
         stated, inherited = _inherit_stated(g.ops, stated, ranges)
@@ -743,7 +743,8 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
         _make_io_uint8(g)
     g.remove_unused()
     g.float_ops = [f"{op} ({reason})" for op, reason in float_ops]
-    g.quantization_notes = notes
+    if out_notes is not None:
+        out_notes.extend(notes)
     return g
 
 
