@@ -158,7 +158,7 @@ def convert(
     """Convert an ONNX model (or a float .tflite) to a TFLite flatbuffer.
 
     ``quantize``: "none" (float32), "int8" (full integer; needs ``calibration``, an .npz keyed by input
-    name or an .npy, samples on the first axis), "dynamic" (int8 weights, float activations) or
+    name or an .npy, samples on the first axis, except for a QDQ model, whose own scales are used), "dynamic" (int8 weights, float activations) or
     "float16" (float16 weights). ``io_dtype`` sets an int8 model's input/output type. ``debug`` measures
     every int8 tensor's error against the float model on the calibration samples.
     ``float_fallback``: "auto" keeps float islands where int8 would wreck the outputs (mixed-range
