@@ -354,3 +354,28 @@ def test_concat_inputs_share_one_scale_and_the_note_says_which_of_the_models(tmp
     assert all(result.graph[n].quant == output for n in concat.inputs)
     assert any("take (scale" in note and "(the spec asks one scale)" in note for note in result.notes), result.notes
     assert output_steps(path, result, images(8, seed=2)) <= MAX_OUTPUT_STEPS
+
+
+def test_cli_converts_a_qdq_model_to_int8_without_calibration(tmp_path):
+    from click.testing import CliRunner
+
+    from edgeq.cli import main
+
+    out = tmp_path / "qat.tflite"
+    result = CliRunner().invoke(main, ["convert", str(QAT_MODEL), "-o", str(out), "--quantize", "int8"])
+    assert result.exit_code == 0, result.output
+    assert "note: quantized (QDQ) model: int8 with its own scales and zero points" in result.output
+    assert out.read_bytes()[4:8] == b"TFL3"
+
+
+def test_cli_refuses_a_dynamically_quantized_model_in_one_line(models, tmp_path):
+    from click.testing import CliRunner
+
+    from edgeq.cli import main
+
+    path = tmp_path / "dynamic.onnx"
+    quantization.quantize_dynamic(str(models["float"]), str(path), weight_type=quantization.QuantType.QInt8)
+    result = CliRunner().invoke(main, ["convert", str(path), "-o", str(tmp_path / "m.tflite"), "--quantize", "int8"])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "Traceback" not in result.output
+    assert "dynamically quantized ONNX" in result.output and "--quantize dynamic" in result.output
