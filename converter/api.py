@@ -158,7 +158,7 @@ def convert(
     """Convert an ONNX model (or a float .tflite) to a TFLite flatbuffer.
 
     ``quantize``: "none" (float32), "int8" (full integer; needs ``calibration``, an .npz keyed by input
-    name or an .npy, samples on the first axis), "dynamic" (int8 weights, float activations) or
+    name or an .npy, samples on the first axis, except for a QDQ model, whose own scales are used), "dynamic" (int8 weights, float activations) or
     "float16" (float16 weights). ``io_dtype`` sets an int8 model's input/output type. ``debug`` measures
     every int8 tensor's error against the float model on the calibration samples.
     ``float_fallback``: "auto" keeps float islands where int8 would wreck the outputs (mixed-range
@@ -173,8 +173,7 @@ def convert(
     """
     if quantize not in QUANTIZE_MODES:
         raise ModelError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
-    if quantize == "int8" and calibration is None:
-        raise ModelError("--quantize int8 needs calibration samples (--calibration FILE.npz)")
+
     if float_fallback not in FLOAT_FALLBACKS:
         raise ModelError(f"unknown float fallback {float_fallback!r}; choose one of {', '.join(FLOAT_FALLBACKS)}")
     if min_sqnr_db is not None and (quantize != "int8" or float_fallback != "auto"):
@@ -187,10 +186,20 @@ def convert(
                          "quantized weights behind DENSIFY; drop --quantize or --sparse-encoding")
     float_graph, notes = load_graph(model_path, input_shapes, keep_onnx_layout)
     from_onnx = not is_tflite_file(model_path)
+    given = float_graph.given_quantization
+    if quantize == "int8" and calibration is None and given is None:
+        raise ModelError("--quantize int8 needs calibration samples (--calibration FILE.npz)")
+    if given is not None and quantize != "int8":
+        notes.append("quantized (QDQ) model read as its float model; --quantize int8 keeps its own scales")
+    if given is not None and (prune_sparsity or prune_channels):
+        raise ModelError("pruning changes the weights a quantized (QDQ) model states scales for; prune the float model")
     float_graph, prune_reports = _prune(float_graph, calibration, num_calibration_samples, prune_sparsity,
                                         prune_scope, prune_channels, prune_importance, reconstruct)
     graph, float_ops, errors, float_choice = float_graph, [], [], None
-    if quantize == "int8":
+    if quantize == "int8" and given is not None:
+        graph, float_ops = _quantize_as_stated(float_graph, given, io_dtype, calibration, num_calibration_samples,
+                                               notes)
+    elif quantize == "int8":
         graph, float_ops, errors, float_choice = _quantize_int8(
             float_graph, calibration, calibration_method, num_calibration_samples, io_dtype, debug, progress,
             float_fallback, min_sqnr_db,
@@ -279,6 +288,24 @@ def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debu
 
         errors = layer_errors(float_graph, graph, samples, batch_size=batch_size)
     return graph, list(graph.float_ops), errors, choice
+
+
+def _quantize_as_stated(float_graph, given, io_dtype, calibration, num_samples, notes: list) -> tuple:
+    """int8 with the scales and zero points a QDQ model states: no calibration needed, no float-island
+    search (the model's own quantization is what its author chose). Calibration samples, when given,
+    only range the tensors the model states nothing for (inside ops the importer decomposes)."""
+    from edgeq.converter.quantize import quantize_int8
+
+    ranges = {}
+    if calibration is not None:
+        from edgeq.converter.calibrate import batch_size_for, calibrate, load_calibration
+
+        samples = load_calibration(calibration, float_graph, num_samples=num_samples)
+        ranges = calibrate(float_graph, samples, batch_size=batch_size_for(float_graph, samples), progress=False)
+    notes.append(f"quantized (QDQ) model: int8 with its own scales and zero points "
+                 f"({len(given.activations)} activations, {len(given.weights)} weights)")
+    graph = quantize_int8(float_graph, ranges, io_dtype=io_dtype, given=given, notes=notes)
+    return graph, list(graph.float_ops)
 
 
 def _float_choice_note(choice) -> str:

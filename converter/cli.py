@@ -32,8 +32,8 @@ from edgeq.runtime.ir import ModelError
 @click.option("--keep-onnx-layout", is_flag=True, help="Keep 4-D inputs/outputs NCHW as in ONNX (default: NHWC).")
 @click.option("--no-names", is_flag=True, help="Store no tensor names (a smaller file).")
 @click.option("--quantize", type=click.Choice(["none", "int8", "dynamic", "float16"]), default="none",
-              show_default=True, help="int8: full integer (needs --calibration); dynamic: int8 weights, "
-              "float activations; float16: float16 weights.")
+              show_default=True, help="int8: full integer (needs --calibration, except a QDQ model, which "
+              "states its own scales); dynamic: int8 weights, float activations; float16: float16 weights.")
 @click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration samples: .npz keyed by input "
               "name, or .npy for one-input models; samples on the first axis, images NCHW or NHWC.")
 @click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]),

@@ -13,7 +13,7 @@ in ``graph.float_ops``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -264,22 +264,40 @@ def _why_not_int8(op: Op, graph: Graph, original_float: set) -> Optional[str]:
     return None
 
 
+# Magnitudes from here up are "minus infinity" stand-ins (finfo(float32).min, -1e38 ...). An int8 scale
+# for such a range is ~1e36, and the requantization multipliers built from it leave float32: LiteRT
+# aborts in allocate_tensors() on an int8 ADD of an attention mask (1 - mask) * finfo(float32).min.
+NEAR_FLOAT32_LIMIT = 1e30
+
+
 def _infinite_range(op: Op, graph: Graph, ranges: dict, original_float: set) -> Optional[str]:
     """Why ``op`` stays float when one of its float activations or non-weight constants holds an
-    infinite value: an additive attention mask of -inf (torch's export of scaled_dot_product_attention
-    with a boolean mask), the scores it is added to, and the softmax reading them. No int8 scale
-    holds -inf, and the softmax turns those entries into exact zeros only in float."""
+    infinite value, or one near the float32 limit: an additive attention mask of -inf (torch's export
+    of scaled_dot_product_attention with a boolean mask) or of finfo(float32).min (Hugging Face's
+    eager attention), the scores it is added to, and the softmax reading them. No int8 scale holds
+    -inf, LiteRT cannot requantize a scale of 1e36, and the softmax turns those entries into exact
+    zeros only in float."""
     rule = RULES[op.type]
     skip = {rule.weight[0] if rule.weight else None, rule.bias}
     names = [n for i, n in _float_inputs(op, graph, original_float) if i not in skip]
-    for name in names + [n for n in op.outputs if n in original_float]:
+    names += [n for n in op.outputs if n in original_float]
+    if _pads_for_max(op, graph):
+        # The lowest-float fill only has to lose every max: it clamps to the lowest int8 value, and
+        # the output takes the data's range (see _activation_params).
+        names = [op.inputs[0]]
+    for name in names:
         tensor = graph[name]
         if tensor.is_constant:
-            finite = bool(np.all(np.isfinite(tensor.data)))
+            values = tensor.data
+        elif name in ranges:
+            values = np.asarray(ranges[name], dtype=np.float64)
         else:
-            finite = name not in ranges or bool(np.all(np.isfinite(ranges[name])))
-        if not finite:
+            continue
+        if not np.all(np.isfinite(values)):
             return f"'{name}' holds infinite values, which int8 cannot represent"
+        if values.size and float(np.max(np.abs(values))) >= NEAR_FLOAT32_LIMIT:
+            return (f"'{name}' holds values near the float32 limit (a stand-in for -inf), whose int8 "
+                    "scale LiteRT cannot requantize")
     return None
 
 
@@ -304,9 +322,15 @@ def _pads_for_max(op: Op, graph: Graph) -> bool:
     return fill.is_constant and fill.data.size == 1 and float(fill.data.reshape(-1)[0]) <= -1e30
 
 
-def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str, original_float: set):
+def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str, original_float: set,
+                       stated: Optional[dict] = None, notes: Optional[list] = None):
     """QuantParams for every int8 activation, keyed by tensor name, or by (op index, input index)
-    for a float constant or a requantized use that has params of its own."""
+    for a float constant or a requantized use that has params of its own.
+
+    ``stated``: {tensor name: (scale, zero_point)} a quantized model states (see GivenQuantization);
+    a group of tensors that must share params takes them from a member that has them, and a tensor
+    with stated params needs no calibrated range. ``notes`` receives where the spec overrides them."""
+    stated = stated or {}
     groups = _UnionFind()
     node_range: dict = {}
     pinned: dict = {}  # group root -> (scale, zero_point)
@@ -314,7 +338,9 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
 
     def add_node(key, name):
         if key not in node_range:
-            node_range[key] = _observed_range(name, graph, ranges)
+            # With stated params, a tensor may take its group's (a PAD the importer added, say).
+            unranged = stated and isinstance(key, str) and key not in ranges and not graph[name].is_constant
+            node_range[key] = None if unranged else _observed_range(name, graph, ranges)
         groups.find(key)
 
     def merge(a, b) -> bool:
@@ -336,11 +362,11 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
         skip = {rule.weight[0] if rule.weight else None, rule.bias}
         for name in op.outputs:
             add_node(name, name)
-            lo, hi = node_range[name]
             bounds = ACTIVATION_BOUNDS.get(op.options.get("fused_activation_function", "NONE"))
             if bounds is None and op.type in ACTIVATION_BOUNDS:
                 bounds = ACTIVATION_BOUNDS[op.type]
-            if bounds is not None:
+            if bounds is not None and node_range[name] is not None:
+                lo, hi = node_range[name]
                 node_range[name] = (min(max(lo, bounds[0]), bounds[1]), max(min(hi, bounds[1]), bounds[0]))
             if isinstance(rule.output, tuple):
                 pinned[groups.find(name)] = rule.output
@@ -383,9 +409,24 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
         members.setdefault(groups.find(key), []).append(key)
     params = {}
     for root, keys in members.items():
+        own = sorted({stated[k] for k in keys if isinstance(k, str) and k in stated})
         if root in pinned:
             scale, zero_point = pinned[root]
+            if notes is not None and any(not _same_params(p, pinned[root]) for p in own):
+                named = next(k for k in keys if isinstance(k, str) and k in stated)
+                notes.append(f"'{named}': the int8 spec fixes (scale {scale:.6g}, zero point {zero_point}) where "
+                             f"the model states {_params_text(own)}")
+        elif own:
+            # The widest stated range: no member is clipped more than its own params clip it.
+            scale, zero_point = max(own, key=lambda p: (p[0], -p[1]))
+            if notes is not None and len(own) > 1:
+                named = next(k for k in keys if isinstance(k, str) and k in stated)
+                notes.append(f"'{named}' and the tensors sharing its int8 params (the spec asks one scale) take "
+                             f"(scale {scale:.6g}, zero point {zero_point}) of the model's {_params_text(own)}")
         else:
+            missing = [k for k in keys if node_range[k] is None]
+            if missing:
+                raise ModelError(f"tensor '{missing[0]}' has neither a stated quantization nor a calibration range")
             lo = min(node_range[k][0] for k in keys)
             hi = max(node_range[k][1] for k in keys)
             scale, zero_point = choose_activation_params(lo, hi)
@@ -394,11 +435,60 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
     return params, input_node
 
 
+# Ops whose output lies inside their input's range, so that it may keep the input's params: data
+# movement, max/min selection, averages and clamps. PyTorch's quantized kernels for these keep their
+# input's params, and its QAT export puts no QuantizeLinear after them.
+RANGE_KEEPING = {"MEAN", "RELU", "RELU6", "RELU_N1_TO_1"} | {t for t, r in RULES.items() if r is SHARED}
+
+
+def _inherit_stated(ops: list, stated: dict, ranges: dict) -> tuple:
+    """(``stated`` with the params of each range-keeping op's output that the model leaves unstated and
+    uncalibrated taken from the op's first input, in graph order; the names that took them)."""
+    inherited = []
+    for op in ops:
+        source = op.inputs[0] if op.inputs else None
+        if op.type not in RANGE_KEEPING or source not in stated:
+            continue
+        for name in op.outputs:
+            if name not in stated and name not in ranges:
+                stated[name] = stated[source]
+                inherited.append(name)
+    return stated, inherited
+
+
+def _unstated(op: Op, graph: Graph, stated: dict, ranges: dict, original_float: set) -> Optional[str]:
+    """Why ``op`` stays float in a model with stated quantization: an activation it reads or writes has
+    neither stated params nor a calibrated range (an op the importer adds inside a decomposed one, LayerNormalization's
+    variance say, where the model has no QuantizeLinear)."""
+    rule = RULES[op.type]
+    skip = {rule.weight[0] if rule.weight else None, rule.bias}
+    names = [n for i, n in enumerate(op.inputs) if n and i not in skip and n in original_float
+             and not graph[n].is_constant]
+    if not isinstance(rule.output, tuple):  # else the spec fixes the output's params
+        names += [n for n in op.outputs if n in original_float]
+    for name in names:
+        if name not in stated and name not in ranges:
+            return (f"the model states no quantization for '{name}'; calibration samples "
+                    "(--calibration) would give it a range")
+    return None
+
+
+def _same_params(a: tuple, b: tuple) -> bool:
+    return a[1] == b[1] and bool(np.float32(a[0]) == np.float32(b[0]))
+
+
+def _params_text(params: list) -> str:
+    return ", ".join(f"(scale {s:.6g}, zero point {z})" for s, z in params)
+
+
 class _Rewriter:
     """Builds the int8 op list, inserting QUANTIZE/DEQUANTIZE where int8 and float ops meet."""
 
-    def __init__(self, graph: Graph, params: dict, original_float: set, float_consumed: set):
+    def __init__(self, graph: Graph, params: dict, original_float: set, float_consumed: set,
+                 stated_weights: Optional[dict] = None, notes: Optional[list] = None):
         self.graph = graph
+        self.stated_weights = stated_weights or {}  # op name -> per-output-channel weight scales
+        self.notes = notes if notes is not None else []
         self.params = params
         self.original_float = original_float
         self.float_consumed = float_consumed  # constants some float op still reads as float
@@ -483,7 +573,9 @@ class _Rewriter:
             axis = None
         name = op.inputs[weight_index]
         weights = self.float_data[name]
-        scales = symmetric_weight_params(weights, axis)
+        scales = self._stated_scales(op, weights, axis)
+        if scales is None:
+            scales = symmetric_weight_params(weights, axis)
         weight_quant = QuantParams(scales, np.zeros(scales.size, np.int64), axis if axis is not None else 0)
         op.inputs[weight_index] = self.constant(name, weight_quant, quantize_symmetric(weights, scales, axis))
         bias_index = rule.bias
@@ -495,6 +587,29 @@ class _Rewriter:
         bias_scales = (input_scale * scales.astype(np.float64)).astype(np.float32)
         bias_quant = QuantParams(bias_scales, np.zeros(bias_scales.size, np.int64), 0)
         op.inputs[bias_index] = self.constant(bias_name, bias_quant, quantize_bias(bias, bias_scales))
+
+    def _stated_scales(self, op: Op, weights: np.ndarray, axis: Optional[int]) -> Optional[np.ndarray]:
+        """The model's own weight scales for ``op`` when they quantize its weights exactly, else None."""
+        scales = self.stated_weights.get(op.name)
+        if scales is None or axis is None:
+            return None
+        if scales.size != weights.shape[axis]:
+            self.notes.append(f"{op}: the model's {scales.size} weight scales do not fit its "
+                              f"{weights.shape[axis]} output channels; weights requantized")
+            return None
+        shape = [1] * weights.ndim
+        shape[axis] = -1
+        per_element = scales.astype(np.float64).reshape(shape)
+        steps = weights.astype(np.float64) / per_element
+        if np.max(np.abs(steps - np.round(steps)), initial=0.0) > 0.01:
+            # The importer changed the weights (a folded multiplier): the stated grid no longer holds them.
+            self.notes.append(f"{op}: its weights are not on the model's stated int8 grid; requantized")
+            return None
+        if np.max(np.abs(steps), initial=0.0) > WEIGHT_QMAX + 0.01:
+            self.notes.append(f"{op}: the model's int8 weights reach -128, outside the symmetric [-127, 127] of "
+                              "TFLite's int8 weights; requantized")
+            return None
+        return scales.astype(np.float32)
 
     def float_op(self, op: Op) -> None:
         op.inputs = [self.as_float(n) if n else n for n in op.inputs]
@@ -514,13 +629,32 @@ def _retarget_output(graph: Graph, name: str, suffix: str) -> str:
     return inner
 
 
-def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_float: Optional[dict] = None) -> Graph:
+@dataclass
+class GivenQuantization:
+    """The quantization a quantized model states (a QDQ ONNX model's QuantizeLinear/DequantizeLinear
+    pairs, see converter.onnx_import.qdq).
+
+    ``activations``: tensor name -> (scale, zero point) as int8. ``weights``: op name -> one float32
+    scale per output channel of a symmetric int8 weight. ``notes``: what was changed to fit TFLite's
+    int8 spec while reading them.
+    """
+
+    activations: dict = field(default_factory=dict)
+    weights: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+
+def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_float: Optional[dict] = None,
+                  given: Optional[GivenQuantization] = None, notes: Optional[list] = None) -> Graph:
     """The int8 version of a float graph, given calibrated activation ranges.
 
     ``io_dtype``: "float32" keeps float inputs/outputs with QUANTIZE/DEQUANTIZE at the edges; "int8"
     or "uint8" makes the graph's inputs and outputs integer (uint8 = the int8 params shifted by 128).
     ``keep_float``: ``{first output name: reason}`` of ops to leave in float although they have an
     int8 form (see ``converter.mixed_precision``).
+    ``given``: the quantization the model states itself; it takes the place of calibrated ranges
+    wherever it has params (``ranges`` may then be empty), the spec's own constraints still apply.
+    ``notes``, when given, receives where the spec overrode the stated quantization.
     The returned graph's ``float_ops`` lists the ops left in float, with the reason.
     """
     if io_dtype not in ("float32", "int8", "uint8"):
@@ -528,6 +662,15 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
     g = graph.copy()
     ranges = dict(ranges)
     original_float = {n for n, t in g.tensors.items() if t.dtype == FLOAT32}
+    given = given or GivenQuantization()
+    out_notes, notes = notes, list(given.notes)
+    stated = {name: params for name, params in given.activations.items() if name in g.tensors}
+    if stated:
+        stated, inherited = _inherit_stated(g.ops, stated, ranges)
+        if inherited:
+            notes.append(f"{len(inherited)} tensors the model states no quantization for take their input's "
+                         f"params through ops that keep the range ({', '.join(repr(n) for n in inherited[:3])}"
+                         f"{', ...' if len(inherited) > 3 else ''})")
 
     int8_ops, float_ops = [], []
     for index, op in enumerate(g.ops):
@@ -535,7 +678,8 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
         if not touches_float:
             continue  # integer-only ops (shape arithmetic) are left as they are
         reason = (_why_not_int8(op, g, original_float) or _infinite_range(op, g, ranges, original_float)
-                  or (keep_float or {}).get(op.outputs[0]))
+                  or (keep_float or {}).get(op.outputs[0])
+                  or (_unstated(op, g, stated, ranges, original_float) if stated else None))
         if reason is None:
             int8_ops.append((index, op))
         else:
@@ -563,12 +707,16 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
             ranges[inner] = ranges[name]
         output_conversions.append((conversion, inner, name))
 
-    params, input_node = _activation_params(g, int8_ops, ranges, io_dtype, original_float)
+    for inner in [inner for _, inner, name in output_conversions if name in stated]:
+        stated[inner] = stated[[n for _, i, n in output_conversions if i == inner][0]]
+    params, input_node = _activation_params(g, int8_ops, ranges, io_dtype, original_float, stated, notes)
+    for _, inner, name in output_conversions:  # notes name the graph output, not its inner copy
+        notes = [note.replace(f"'{inner}'", f"'{name}'") for note in notes]
     float_consumed = {
         n for op, _ in float_ops for n in op.inputs if n and n in original_float and g[n].is_constant
     }
 
-    rewriter = _Rewriter(g, params, original_float, float_consumed)
+    rewriter = _Rewriter(g, params, original_float, float_consumed, given.weights, notes)
     index_of = {id(op): index for index, op in int8_ops}
     for name in g.inputs:
         if name in original_float:
@@ -595,6 +743,8 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
         _make_io_uint8(g)
     g.remove_unused()
     g.float_ops = [f"{op} ({reason})" for op, reason in float_ops]
+    if out_notes is not None:
+        out_notes.extend(notes)
     return g
 
 

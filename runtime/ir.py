@@ -107,8 +107,10 @@ class Graph:
     """Named tensors plus ops in execution order; ``inputs``/``outputs`` name the graph's boundary.
 
     ``float_ops`` is what int8 quantization left in float, one line per op naming it and the
-    reason (``"SIN (no int8 kernel rule)"``); empty for a graph no quantization has touched. It is
-    not serialized.
+    reason (``"SIN (no int8 kernel rule)"``); empty for a graph no quantization has touched.
+    ``given_quantization`` is what a quantized source model states (a QDQ ONNX model's scales and
+    zero points, converter.quantize.GivenQuantization) for int8 conversion to use; None otherwise.
+    Neither is serialized.
     """
 
     def __init__(self, tensors: Iterable[Tensor] = (), ops: Iterable[Op] = (), inputs=(), outputs=(),
@@ -120,6 +122,7 @@ class Graph:
         self.inputs: list[str] = list(inputs)
         self.outputs: list[str] = list(outputs)
         self.float_ops: list[str] = list(float_ops)
+        self.given_quantization = None
 
     # -- building --------------------------------------------------------------------------
     def add_tensor(self, tensor: Tensor) -> Tensor:
@@ -182,7 +185,9 @@ class Graph:
             Op(op.type, list(op.inputs), list(op.outputs), copy.deepcopy(op.options), op.name)
             for op in self.ops
         ]
-        return Graph(tensors, ops, self.inputs, self.outputs, self.float_ops)
+        copied = Graph(tensors, ops, self.inputs, self.outputs, self.float_ops)
+        copied.given_quantization = self.given_quantization
+        return copied
 
     # -- maintenance -----------------------------------------------------------------------
     def toposort(self) -> None:

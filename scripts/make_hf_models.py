@@ -10,6 +10,7 @@ tests/test_real_world_models.py:
 
     hf_bert        input_ids, attention_mask, token_type_ids [B, S] int64
                    -> last_hidden_state [B, S, 64], pooler_output [B, 64]   (BertModel)
+    hf_bert_eager  hf_bert with eager attention: the additive mask is (1 - mask) * finfo(float32).min
     hf_distilbert  input_ids, attention_mask [B, S] int64 -> last_hidden_state [B, S, 64]
                    (DistilBertModel)
     hf_vit         pixel_values [B, 3, 32, 32] in [0, 1] -> last_hidden_state [B, 17, 64],
@@ -86,6 +87,13 @@ def build_bert(rng):
     return model, names, ["last_hidden_state", "pooler_output"], axes, data
 
 
+def build_bert_eager(rng):
+    """hf_bert with eager attention: the export adds (1 - mask) * finfo(float32).min to the scores."""
+    model, names, outputs, axes, data = build_bert(rng)
+    model.set_attn_implementation("eager")
+    return model, names, outputs, axes, data
+
+
 def build_distilbert(rng):
     config = transformers.DistilBertConfig(vocab_size=VOCAB, dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS,
                                            hidden_dim=FFN, max_position_embeddings=64)
@@ -154,7 +162,7 @@ def build_whisper_encoder(rng):
     return model, names, ["last_hidden_state"], axes, data
 
 
-BUILDERS = {"hf_bert": build_bert, "hf_distilbert": build_distilbert, "hf_vit": build_vit,
+BUILDERS = {"hf_bert": build_bert, "hf_bert_eager": build_bert_eager, "hf_distilbert": build_distilbert, "hf_vit": build_vit,
             "hf_convnext": build_convnext, "hf_whisper_encoder": build_whisper_encoder}
 
 
@@ -223,6 +231,11 @@ random split point. Outputs `last_hidden_state` [B, S, 64] and `pooler_output` [
 The export builds the boolean mask by flattening the [B, S] mask and gathering with index
 arithmetic, adds Where(mask, 0, -inf) to the scores and guards the softmax with
 Where(IsNaN(p), 0, p).""",
+    "hf_bert_eager": """`hf_bert` with eager attention (`set_attn_implementation("eager")`), the same weights and
+data. The export builds the additive mask as `(1 - mask) * finfo(float32).min` (a Where of two constants
+on the boolean mask after gathering it, a LogicalAnd and an Expand) and adds it to the scores; int8
+conversion keeps that addition and the softmax reading it in float (no int8 scale that LiteRT can
+requantize holds -3.4e38).""",
     "hf_distilbert": """`transformers.DistilBertModel(DistilBertConfig(...))` with random weights: vocabulary 512,
 dim 64, 2 layers, 4 heads, hidden 128, the same sdpa mask pattern as `hf_bert`. Inputs `input_ids`,
 `attention_mask` [B, S] int64 (as `hf_bert`); output `last_hidden_state` [B, S, 64].""",

@@ -16,6 +16,8 @@ Models with several outputs (last_hidden_state and pooler_output) are judged on 
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -80,6 +82,11 @@ MODEL_SPECS = {
                          needed_transposes=8,
                          other_input_shapes={"input_ids": (1, 11), "attention_mask": (1, 11),
                                              "token_type_ids": (1, 11)}),
+    # hf_bert with eager attention: its additive mask is (1 - mask) * finfo(float32).min.
+    "hf_bert_eager": ModelSpec({"input_ids": (1, 16), "attention_mask": (1, 16), "token_type_ids": (1, 16)},
+                               needed_transposes=8,
+                               other_input_shapes={"input_ids": (1, 11), "attention_mask": (1, 11),
+                                                   "token_type_ids": (1, 11)}),
     "hf_distilbert": ModelSpec({"input_ids": (1, 16), "attention_mask": (1, 16)}, needed_transposes=8,
                                other_input_shapes={"input_ids": (1, 11), "attention_mask": (1, 11)}),
     # The patch embedding's [B, C, 4, 4] -> [B, 16, C] flatten + transpose is free: NHWC storage
@@ -103,7 +110,7 @@ MODEL_SPECS = {
     "hf_whisper_encoder": ModelSpec({"input_features": (1, 16, 32)}, needed_transposes=9,
                                     other_input_shapes={"input_features": (2, 16, 32)}),
 }
-HF_MODELS = {"hf_bert", "hf_distilbert", "hf_vit", "hf_convnext", "hf_whisper_encoder"}
+HF_MODELS = {"hf_bert", "hf_bert_eager", "hf_distilbert", "hf_vit", "hf_convnext", "hf_whisper_encoder"}
 NAMES = sorted(MODEL_SPECS)
 # The finest step of an int8 class probability (a Sigmoid output's fixed scale is 1/256): float
 # detections whose scores are closer than this are tied for the top in int8.
@@ -457,3 +464,35 @@ def test_int8_model_stays_faithful_to_float(name):
     assert cosine >= spec.min_cosine
     assert sqnr >= spec.min_sqnr_db
     check_task_metric(name, figures)
+
+
+LOAD_AND_RUN_ON_LITERT = """
+import sys
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+interpreter = Interpreter(model_path=sys.argv[1], num_threads=1,
+                          experimental_op_resolver_type=getattr(OpResolverType, sys.argv[2]))
+interpreter.allocate_tensors()
+for detail in interpreter.get_input_details():
+    interpreter.set_tensor(detail["index"], np.ones(detail["shape"], detail["dtype"]))
+interpreter.invoke()
+"""
+
+
+@pytest.mark.parametrize("resolver", ["BUILTIN_REF", "AUTO"])
+def test_int8_eager_attention_mask_loads_and_runs_on_litert_in_a_child_process(resolver):
+    """Hugging Face's eager attention adds (1 - mask) * finfo(float32).min to the scores. As int8
+    that addition had a scale of ~1e36 and LiteRT aborted (SIGABRT) in allocate_tensors(); the mask,
+    the addition and the softmax reading it now stay float, and every other layer is int8."""
+    result = converted("hf_bert_eager", "int8")
+    kept = sorted(op.split(" ")[0] for op in result.float_ops)
+    assert kept == ["ADD", "ADD", "RESHAPE", "SELECT_V2", "SOFTMAX", "SOFTMAX"], result.float_ops
+    assert all("near the float32 limit" in op for op in result.float_ops)
+    assert {result.graph[op.outputs[0]].dtype for op in result.graph.ops
+            if op.type == "FULLY_CONNECTED"} == {np.dtype(np.int8)}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.tflite"
+        path.write_bytes(result.content)
+        child = subprocess.run([sys.executable, "-c", LOAD_AND_RUN_ON_LITERT, str(path), resolver],
+                               capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, f"LiteRT exited with {child.returncode}: {child.stderr[-2000:]}"

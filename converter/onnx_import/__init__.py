@@ -17,7 +17,8 @@ from edgeq.runtime.ir import Graph, ModelError
 from .. import passes
 from .context import ImportContext
 from .fusions import fuse_gelu
-from .load import prepare_model
+from .load import load_model, prepare_model
+from .qdq import dissolve_qdq
 from .ops import RULES
 from .plain_integers import settle_plain_integers
 
@@ -52,9 +53,13 @@ def import_onnx(
     keep_onnx_layout: bool = False,
     notes: Optional[list] = None,
 ) -> Graph:
-    """``notes``, when given, receives a line for each thing the import changed that the user should
+    """A QDQ model (QuantizeLinear/DequantizeLinear pairs) is read as its float model; the quantization it
+    states is kept in ``graph.given_quantization`` (see .qdq) for int8 conversion.
+
+    ``notes``, when given, receives a line for each thing the import changed that the user should
     know (a graph output whose declared shape contradicts the computed one)."""
-    prepared = prepare_model(model, input_shapes)
+    proto, given = dissolve_qdq(load_model(model))
+    prepared = prepare_model(proto, input_shapes)
     if notes is not None:
         notes.extend(prepared.notes)
     fuse_gelu(prepared)
@@ -66,4 +71,17 @@ def import_onnx(
     ctx.add_outputs()
     graph = ctx.graph
     graph.remove_unused()
-    return settle_plain_integers(passes.clean_up(graph))
+    graph = settle_plain_integers(passes.clean_up(graph))
+    if given.activations or given.weights:
+        graph.given_quantization = given_in_ir(given, ctx, graph)
+    return graph
+
+
+def given_in_ir(given, ctx: ImportContext, graph: Graph):
+    """The QDQ model's stated quantization keyed by the IR tensors that hold its ONNX tensors."""
+    activations = {}
+    for onnx_name, params in given.activations.items():
+        value = ctx.values.get(onnx_name)
+        if value is not None and value.ir in graph.tensors:
+            activations[value.ir] = params
+    return type(given)(activations, dict(given.weights), list(given.notes))
