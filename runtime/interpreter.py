@@ -18,9 +18,9 @@ from typing import Optional
 
 import numpy as np
 
-from edgeq.runtime.kernels import has_kernel, load_all_kernels
 from edgeq.runtime.threads import thread_limit
 from edgeq.runtime.ir import Graph, ModelError
+from edgeq.runtime.op_runner import has_kernel, prepare_op, run_op
 from edgeq.runtime.tflite_format.reader import read_tflite
 from edgeq.runtime.validate import validate_graph, with_implied_shapes
 
@@ -135,20 +135,11 @@ class Interpreter:
         self._produced = False
 
     def _prepare_ops(self):
-        registry = load_all_kernels()
         unsupported = sorted({op.kind for op in self._graph.ops if not has_kernel(op)})
         if unsupported:
             raise ModelError(f"no kernel for op type(s): {', '.join(unsupported)}")
-        steps = []
-        for op, (inputs, outputs) in zip(self._graph.ops, self._op_io):
-            try:
-                evaluate = registry[op.type](op, self._graph)
-            except ModelError:
-                raise
-            except Exception as error:  # a malformed op: name it instead of a bare numpy error
-                raise ModelError(f"cannot prepare op {op}: {error}") from error
-            steps.append((evaluate, inputs, outputs[0] if len(outputs) == 1 else outputs))
-        return steps
+        return [(prepare_op(op, self._graph), inputs, outputs[0] if len(outputs) == 1 else outputs)
+                for op, (inputs, outputs) in zip(self._graph.ops, self._op_io)]
 
     def _fold_pads(self, steps):
         """(steps, graph op position of each step) with every zero PAD whose only reader is a VALID
@@ -175,7 +166,7 @@ class Interpreter:
             if folded is None:
                 continue
             try:
-                evaluate = load_all_kernels()[conv.type](folded, graph)
+                evaluate = prepare_op(folded, graph)
             except Exception:  # the op as written still runs; folding is only a shortcut
                 continue
             _, inputs, outputs = steps[conv_position]
@@ -438,20 +429,13 @@ def fold_constant_ops(graph: Graph) -> Graph:
     if not foldable:
         return graph
     graph = graph.copy()
-    registry = load_all_kernels()
     kept = []
     for op in graph.ops:
         inputs = [graph.tensors[name] if name else None for name in op.inputs]
-        if not op.inputs or op.type not in registry or any(t is not None and not t.is_constant for t in inputs):
-            kept.append(op)
+        if not op.inputs or not has_kernel(op) or any(t is not None and not t.is_constant for t in inputs):
+            kept.append(op)  # an op without a kernel is refused, with the others, when the model is prepared
             continue
-        try:
-            values = registry[op.type](op, graph)(*[t.data if t is not None else None for t in inputs])
-        except (ModelError, MemoryError):
-            raise
-        except Exception as error:  # a malformed op met at load: name it instead of a bare numpy error
-            raise ModelError(f"cannot fold constant op {op}: {type(error).__name__}: {error}") from error
-        values = values if isinstance(values, tuple) else (values,)
+        values = run_op(op, graph, [t.data if t is not None else None for t in inputs])
         for name, value in zip(op.outputs, values):
             tensor = graph.tensors[name]
             graph.tensors[name] = dataclasses.replace(tensor, data=np.asarray(value, dtype=tensor.dtype).reshape(tensor.shape))
