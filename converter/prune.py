@@ -565,11 +565,8 @@ def reconstruct_consumers(original: Graph, pruned: Graph, consumers: list, sampl
     (pruning only slices constants). Each consumer sees the pruned model's actual inputs, after
     the layers before it were refitted, so errors do not pile up (He et al.'s formulation).
     """
-    from edgeq.runtime.kernels import load_all_kernels
-
-    registry = load_all_kernels()
     targets = {id(op): kept for op, kept in consumers}
-    runs = [_ForwardRun(g, samples, registry) for g in (original, pruned)]
+    runs = [_StepwiseRun(g, samples) for g in (original, pruned)]
     if len(runs[0].graph.ops) != len(runs[1].graph.ops):
         raise ModelError("reconstruction needs the pruned graph's ops to match the original's one to one")
     for position, op in enumerate(pruned.ops):
@@ -581,12 +578,12 @@ def reconstruct_consumers(original: Graph, pruned: Graph, consumers: list, sampl
             run.step(position)
 
 
-class _ForwardRun:
-    """A graph run one op at a time, dropping each activation after its last reader."""
+class _StepwiseRun:
+    """A graph run one op at a time (``runtime.op_runner.run_op``: each op is prepared as it runs,
+    so it sees weights refitted after the run began), dropping each activation after its last reader."""
 
-    def __init__(self, graph: Graph, samples: dict, registry: dict):
+    def __init__(self, graph: Graph, samples: dict):
         self.graph = graph
-        self.registry = registry
         self.values = {name: np.asarray(samples[name], dtype=graph[name].dtype) for name in graph.inputs}
         last_reader = {}
         for position, op in enumerate(graph.ops):
@@ -599,11 +596,11 @@ class _ForwardRun:
         return tensor.data if tensor.is_constant else self.values[name]
 
     def step(self, position: int) -> None:
+        from edgeq.runtime.op_runner import run_op
+
         op = self.graph.ops[position]
-        evaluate = self.registry[op.type](op, self.graph)
-        result = evaluate(*[self.value(n) if n else None for n in op.inputs])
-        for name, value in zip(op.outputs, result if isinstance(result, tuple) else (result,)):
-            self.values[name] = value
+        outputs = run_op(op, self.graph, [self.value(n) if n else None for n in op.inputs])
+        self.values.update(zip(op.outputs, outputs))
         for name in op.inputs:
             if name in self.values and self.last_reader.get(name) == position and name not in self.graph.outputs:
                 del self.values[name]
@@ -618,8 +615,8 @@ def reconstruct_consumer(pruned: Graph, op: Op, pruned_input: np.ndarray, kept_o
     bias_name = reference_op.inputs[2] if len(reference_op.inputs) > 2 else ""
     bias = original[bias_name].data.astype(np.float64) if bias_name else np.zeros(weights.shape[0])
     new_weights = pruned[op.inputs[1]].data
-    original_columns = _columns(op.type, original_input, weights.shape, reference_op.options)
-    pruned_columns = _columns(op.type, pruned_input, new_weights.shape, op.options)
+    original_columns = _columns(original_input, reference_op, original)
+    pruned_columns = _columns(pruned_input, op, pruned)
     rows = np.random.default_rng(0).permutation(pruned_columns.shape[0])[:RECONSTRUCTION_MAX_ROWS]
     flat_weights = weights.reshape(weights.shape[0], -1)[kept_outputs]
     target = original_columns[rows] @ flat_weights.T + bias[kept_outputs]
@@ -634,31 +631,11 @@ def reconstruct_consumer(pruned: Graph, op: Op, pruned_input: np.ndarray, kept_o
         _set_data(pruned, op.inputs[2], solution[-1])
 
 
-def _columns(op_type: str, inputs: np.ndarray, weight_shape: tuple, options: dict) -> np.ndarray:
-    """The op's input as a matrix whose rows, times the flattened filter, give its outputs."""
-    inputs = inputs.astype(np.float64)
-    if op_type == "FULLY_CONNECTED":
-        return inputs.reshape(-1, weight_shape[1])
-    return im2col(inputs, weight_shape[1], weight_shape[2], options)
+def _columns(inputs: np.ndarray, op: Op, graph: Graph) -> np.ndarray:
+    """``op``'s input as a float64 matrix whose rows, times the flattened filter, give its outputs:
+    a convolution's patches (the runtime's CONV_2D im2col), a fully connected layer's input rows."""
+    if op.type == "FULLY_CONNECTED":
+        return inputs.astype(np.float64).reshape(-1, graph[op.inputs[1]].shape[1])
+    from edgeq.runtime.kernels.conv import im2col
 
-
-def im2col(inputs: np.ndarray, kernel_h: int, kernel_w: int, options: dict) -> np.ndarray:
-    """[N, H, W, C] -> [N * OH * OW, KH * KW * C] patches in TFLite's filter order (kh, kw, c)."""
-    from edgeq.runtime.padding import output_and_padding
-
-    n, height, width, channels = inputs.shape
-    stride_h, stride_w = options.get("stride_h", 1), options.get("stride_w", 1)
-    dilation_h, dilation_w = options.get("dilation_h_factor", 1), options.get("dilation_w_factor", 1)
-    padding = options.get("padding", "SAME")
-    out_h, top, bottom = output_and_padding(padding, height, kernel_h, stride_h, dilation_h)
-    out_w, left, right = output_and_padding(padding, width, kernel_w, stride_w, dilation_w)
-    if kernel_h == kernel_w == 1 and stride_h == stride_w == 1:
-        return inputs.reshape(-1, channels)
-    padded = np.pad(inputs, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    patches = np.empty((n, out_h, out_w, kernel_h, kernel_w, channels))
-    for i in range(kernel_h):
-        for j in range(kernel_w):
-            y, x = i * dilation_h, j * dilation_w
-            patches[:, :, :, i, j, :] = padded[:, y:y + stride_h * (out_h - 1) + 1:stride_h,
-                                               x:x + stride_w * (out_w - 1) + 1:stride_w, :]
-    return patches.reshape(n * out_h * out_w, -1)
+    return im2col(inputs, op, graph, np.float64)

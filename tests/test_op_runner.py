@@ -1,5 +1,6 @@
 """One op run by itself (``runtime.op_runner.run_op``) gives what the interpreter gives for that op
-inside a whole-model run, and an op type without a kernel is refused by name."""
+inside a whole-model run, and an op type without a kernel is refused by name; the CONV_2D kernel's
+``im2col`` patches, times the filter, are the convolution."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 
 from edgeq.runtime.interpreter import Interpreter
 from edgeq.runtime.ir import Graph, ModelError, Op, Tensor
+from edgeq.runtime.kernels.conv import im2col
 from edgeq.runtime.op_runner import run_op
 
 RNG = np.random.default_rng(7)
@@ -65,3 +67,18 @@ def test_run_op_refuses_an_op_type_without_a_kernel_by_name():
     with pytest.raises(ModelError, match="no kernel for op FANCY_NEW_OP"):
         run_op(unknown, graph, [_samples(graph)["x"]])
 
+
+@pytest.mark.parametrize("padding, stride", [("SAME", 1), ("SAME", 2), ("VALID", 1), ("VALID", 2)])
+def test_im2col_patches_times_the_filter_plus_bias_are_the_convolution(padding, stride):
+    options = {"padding": padding, "stride_h": stride, "stride_w": stride}
+    graph = _conv_then_add(options)
+    x = _samples(graph)["x"]
+    conv = graph.ops[0]
+    filters, bias = graph["filter"].data, graph["bias"].data
+    (expected,) = run_op(conv, graph, [x, filters, bias])
+
+    patches = im2col(x, conv, graph, np.float64)
+    product = patches @ filters.reshape(4, -1).T.astype(np.float64) + bias
+
+    assert patches.shape == (expected.size // 4, 3 * 3 * 3)
+    np.testing.assert_allclose(product.reshape(expected.shape), expected, rtol=1e-5, atol=1e-5)

@@ -196,6 +196,15 @@ def _own_buffer_im2col(g, fill, dtype):
     return im2col
 
 
+def im2col(x, op, graph, dtype=np.float32):
+    """The input ``x`` [N, H, W, C] of the CONV_2D ``op`` of ``graph`` as the patches its GEMM
+    multiplies: [N * OH * OW, KH * KW * C] of ``dtype``, columns in the filter's (kh, kw, c) order,
+    zero where a tap falls on padding; so ``im2col(x, op, graph) @ filter.reshape(O, -1).T + bias`` is
+    the convolution before its fused activation. A new array on every call (the kernel's own
+    patches live in buffers it reuses), so several may be held at once."""
+    return _own_buffer_im2col(_geometry(op, graph), 0, dtype)(x)
+
+
 def _window_im2col(g, fill=0, dtype=np.float32):
     """im2col(x) for few channels and no dilation: x is copied once into a padded scratch array,
     where each window row (KW * C values) is contiguous, so one strided view [N, OH, OW, KH, KW * C]
