@@ -3,12 +3,12 @@
 Tensor indices are positions in ``graph.tensors``; for a graph read from a flatbuffer that is the
 file's tensor order, so an index means the same tensor here and in LiteRT.
 
-``allocate_tensors`` prepares every op once (see ``runtime.kernels``); ``invoke`` then only calls
-``eval(*inputs)`` per op over the arena, a list indexed by tensor index whose last slot stays None
-for omitted optional inputs. Intermediate tensors are released after their last use unless they are
-preserved (``experimental_preserve_all_tensors`` or ``run(..., keep=...)``). When no tensor has to
-be preserved, a zero PAD feeding only a VALID convolution is folded into it (``_fold_pads``), so the
-padded copy is never made; the model itself is not changed.
+``allocate_tensors`` prepares every op once (``runtime.op_runner.prepare_op``); ``invoke`` then only
+calls ``eval(*inputs)`` per op over the arena, a list indexed by tensor index whose last slot stays
+None for omitted optional inputs. Intermediate tensors are released after their last use unless they
+are preserved (``experimental_preserve_all_tensors`` or ``run(..., keep=...)``). When no tensor has
+to be preserved, a zero PAD feeding only a VALID convolution is folded into it (``_fold_pads``), so
+the padded copy is never made; the model itself is not changed.
 """
 from __future__ import annotations
 
