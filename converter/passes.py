@@ -348,7 +348,7 @@ def fold_dequantized_constants(graph: Graph) -> tuple:
     could never become int8 weights; here each DEQUANTIZE of a constant becomes its float32 output
     (computed by the runtime's own DEQUANTIZE kernel), and each hybrid op gets float32 weights.
     """
-    from edgeq.runtime.kernels.quantize_ops import prepare_dequantize
+    from edgeq.runtime.op_runner import run_op
 
     graph = graph.copy()
     folded = 0
@@ -359,7 +359,8 @@ def fold_dequantized_constants(graph: Graph) -> tuple:
             kept.append(op)
             continue
         target = graph[op.outputs[0]]
-        target.data = prepare_dequantize(op, graph)(source.data).astype(target.dtype).reshape(target.shape)
+        (values,) = run_op(op, graph, [source.data])
+        target.data = values.astype(target.dtype).reshape(target.shape)
         folded += 1
     graph.ops = kept
     float32 = np.dtype(np.float32)
@@ -373,7 +374,7 @@ def fold_dequantized_constants(graph: Graph) -> tuple:
             continue
         if weights.name not in as_float:
             dequantize = Op("DEQUANTIZE", [weights.name], [weights.name])
-            values = prepare_dequantize(dequantize, graph)(weights.data)
+            (values,) = run_op(dequantize, graph, [weights.data])
             as_float[weights.name] = graph.add_constant(f"{weights.name}_float", values, np.float32)
             folded += 1
         op.inputs[index] = as_float[weights.name]
