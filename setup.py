@@ -15,7 +15,8 @@ NATIVE_SOURCES = ("module.c", "cpu.c", "qgemm.c", "dwconv.c", "elementwise.c", "
 
 def edgeq_packages():
     found = find_packages(include=[f"{folder}*" for folder in SUBPACKAGE_FOLDERS])
-    return ["edgeq"] + [f"edgeq.{name}" for name in found]
+    # edgeq/testing lives inside edgeq/ itself: the referees and model builders tests and scripts share
+    return ["edgeq", "edgeq.testing"] + [f"edgeq.{name}" for name in found]
 
 
 def native_extension():

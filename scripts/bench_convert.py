@@ -1,8 +1,8 @@
 """How long ONNX -> int8 TFLite takes, and how much memory it needs, as a user sees it.
 
 For every sample model (sample_models/manifest.json, with its calibration file), ResNet-50 (the onnx
-wheel's light_resnet50.onnx, random calibration samples) and MobileNetV2 1.0 224 (scripts/
-mobilenet_v2_onnx.py, 100 random calibration samples), it measures:
+wheel's light_resnet50.onnx, random calibration samples) and MobileNetV2 1.0 224
+(edgeq.testing.mobilenet_v2, 100 random calibration samples), it measures:
 
 * the whole ``python -m edgeq convert ... --quantize int8`` process, start-up included: wall
   and CPU seconds and peak RSS (``os.wait4`` on the child), median of ``--runs``;
@@ -62,15 +62,12 @@ def resnet50_case(workdir: Path) -> dict:
 
 
 def mobilenet_v2_case(workdir: Path) -> dict:
-    import importlib.util
-
     import onnx
 
-    spec = importlib.util.spec_from_file_location("mobilenet_v2_onnx", REPO / "scripts" / "mobilenet_v2_onnx.py")
-    builder = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(builder)
+    from edgeq.testing.mobilenet_v2 import build_mobilenet_v2
+
     model = workdir / "mobilenet_v2_1.0_224.onnx"
-    onnx.save(builder.build_mobilenet_v2(224, 1.0, seed=0), str(model))
+    onnx.save(build_mobilenet_v2(224, 1.0, seed=0), str(model))
     calibration = random_calibration(workdir / "mobilenet_v2_calib.npz", "input", (1, 3, 224, 224), MOBILENET_SAMPLES)
     return {"name": "mobilenet_v2_1.0_224", "model": model, "calibration": calibration}
 

@@ -146,89 +146,6 @@ def _native_kernels():
 
 # -- model preparation (converter side, in the parent process) -------------------------------------
 
-def _minimal_mobilenet_v2(resolution=224, width=1.0, seed=0):
-    """MobileNetV2 (Sandler et al. 2018) built with onnx.helper: random weights and BN statistics."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    nodes, inits = [], []
-    counter = [0]
-
-    def name(prefix):
-        counter[0] += 1
-        return f"{prefix}_{counter[0]}"
-
-    def const(prefix, value):
-        tensor_name = name(prefix)
-        inits.append(numpy_helper.from_array(np.asarray(value, np.float32), tensor_name))
-        return tensor_name
-
-    def conv_bn(x, in_c, out_c, k, stride, groups=1, relu6=True):
-        fan_in = in_c // groups * k * k
-        w = const("w", rng.normal(0, np.sqrt(2.0 / fan_in), (out_c, in_c // groups, k, k)))
-        conv_out = name("conv")
-        nodes.append(helper.make_node("Conv", [x, w], [conv_out], kernel_shape=[k, k], strides=[stride, stride],
-                                      pads=[k // 2] * 4, group=groups))
-        bn_out = name("bn")
-        nodes.append(helper.make_node("BatchNormalization", [
-            conv_out, const("gamma", rng.uniform(0.5, 1.5, out_c)), const("beta", rng.normal(0, 0.1, out_c)),
-            const("mean", rng.normal(0, 0.1, out_c)), const("var", rng.uniform(0.5, 1.5, out_c))], [bn_out]))
-        if not relu6:
-            return bn_out
-        clip_out = name("relu6")
-        nodes.append(helper.make_node("Clip", [bn_out, const("zero", 0.0), const("six", 6.0)], [clip_out]))
-        return clip_out
-
-    def channels(c):
-        return max(8, int(c * width + 4) // 8 * 8)
-
-    x, in_c = conv_bn("input", 3, channels(32), 3, 2), channels(32)
-    for expansion, c, repeats, stride in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                                          (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]:
-        out_c = channels(c)
-        for i in range(repeats):
-            block_stride = stride if i == 0 else 1
-            hidden = in_c * expansion
-            y = x if expansion == 1 else conv_bn(x, in_c, hidden, 1, 1)
-            y = conv_bn(y, hidden, hidden, 3, block_stride, groups=hidden)
-            y = conv_bn(y, hidden, out_c, 1, 1, relu6=False)
-            if block_stride == 1 and in_c == out_c:
-                added = name("add")
-                nodes.append(helper.make_node("Add", [x, y], [added]))
-                y = added
-            x, in_c = y, out_c
-    last_c = max(1280, channels(1280)) if width > 1.0 else 1280
-    x = conv_bn(x, in_c, last_c, 1, 1)
-    pooled, flat = name("pool"), name("flatten")
-    nodes.append(helper.make_node("GlobalAveragePool", [x], [pooled]))
-    nodes.append(helper.make_node("Flatten", [pooled], [flat], axis=1))
-    fc_w = const("fc_w", rng.normal(0, np.sqrt(1.0 / last_c), (1000, last_c)))
-    fc_b = const("fc_b", np.zeros(1000))
-    nodes.append(helper.make_node("Gemm", [flat, fc_w, fc_b], ["logits"], transB=1))
-    graph = helper.make_graph(
-        nodes, "mobilenet_v2", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, resolution, resolution])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
-
-
-def _build_mobilenet_v2():
-    """scripts/mobilenet_v2_onnx.py's builder when it is there, else the minimal one above."""
-    builder_file = REPO / "scripts" / "mobilenet_v2_onnx.py"
-    if builder_file.is_file():
-        import importlib.util
-
-        module_spec = importlib.util.spec_from_file_location("mobilenet_v2_onnx", builder_file)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        return module.build_mobilenet_v2(resolution=224, width=1.0, seed=0), "scripts/mobilenet_v2_onnx.py"
-    return _minimal_mobilenet_v2(), "bench_runtime._minimal_mobilenet_v2"
-
-
 def _source_model(name: str, work: Path):
     """(ONNX path, NCHW input array, calibration array, note) for one benchmark model."""
     import numpy as np
@@ -245,14 +162,15 @@ def _source_model(name: str, work: Path):
         return path, test[:1], calibration, note
     path = work / f"{name}.onnx"
     if name == "mobilenet_v2_224":
-        model, source = _build_mobilenet_v2()
-        note = f"random weights and BN statistics ({source})"
+        from edgeq.testing.mobilenet_v2 import build_mobilenet_v2
+
+        model = build_mobilenet_v2(resolution=224, width=1.0, seed=0)
+        note = "random weights and BN statistics (edgeq.testing.mobilenet_v2)"
     else:
-        sys.path.insert(0, str(REPO / "tests"))
-        from test_light_models import load_light_model, with_random_weights
+        from edgeq.testing.light_models import load_light_model, with_random_weights
 
         model = with_random_weights(load_light_model(name))
-        note = "onnx wheel's light model, seeded random weights (tests/test_light_models.with_random_weights)"
+        note = "onnx wheel's light model, seeded random weights (edgeq.testing.light_models.with_random_weights)"
     if not path.exists():
         onnx.save(model, str(path))
     initializers = {t.name for t in model.graph.initializer}

@@ -18,7 +18,7 @@ WORK=${1:-/tmp/edgeq-arm64}
 ROOT=$WORK/root
 CASES=$WORK/cases
 PYDEPS=$WORK/pydeps
-PYTHON_X86=${PYTHON:-python3}
+PYTHON_X86=${PYTHON:-python3}  # with edgeq installed (pip install -e .)
 mkdir -p "$WORK" "$CASES" "$PYDEPS"
 
 # -- 1. arm64 root: python3 + Debian's numpy (and its BLAS) -------------------------------------
@@ -58,7 +58,6 @@ import json, sys
 from pathlib import Path
 import numpy as np
 repo, cases = Path(sys.argv[1]), Path(sys.argv[2])
-sys.path.insert(0, str(repo))
 from edgeq.converter.api import convert
 from edgeq.runtime.interpreter import Interpreter
 

@@ -5,6 +5,7 @@ tests/test_real_world_models.py:
 
     python3 -m venv /tmp/torchvenv
     /tmp/torchvenv/bin/pip install torch==2.13.0 onnx numpy onnxruntime scikit-learn
+    /tmp/torchvenv/bin/pip install -e .   # edgeq.testing: the export, the task metrics
     /tmp/torchvenv/bin/pip install transformers==5.24.0
     HF_HUB_OFFLINE=1 /tmp/torchvenv/bin/python scripts/make_hf_models.py [model ...]
 
@@ -27,16 +28,14 @@ of tests/models/manifest.json and regenerates tests/models/README.md.
 
 Export: ``torch.onnx.export(dynamo=False)``, opset 17, dynamic axes for the batch and the sequence,
 the model in eval mode with its default attention implementation (sdpa for the text models). Torch and transformers are needed by
-this script only; the edgeq package and its tests never import them.
+this script only; edgeq imports torch only inside edgeq.testing.model_export's export and readme.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -44,11 +43,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import make_real_world_models as real_world  # noqa: E402
+from edgeq.testing import model_export  # noqa: E402
 
 SEED = 0
-OUT_DIR = Path(__file__).resolve().parent.parent / "tests" / "models"
+OUT_DIR = model_export.OUT_DIR
 CALIB_SAMPLES = 32
 EVAL_SAMPLES = 64
 VOCAB, HIDDEN, HEADS, FFN, LAYERS, SEQ_LEN = 512, 64, 4, 128, 2, 16
@@ -118,7 +116,7 @@ def image_dataset(rng, n):
             base = np.broadcast_to(base, (3, size, size)).copy()
             base[:, top:top + h, left:left + w] = rng.uniform(0, 1, (3, 1, 1))
         images[i] = np.clip(base, 0, 1)
-    return {"pixel_values": real_world.to_uint8(images)}
+    return {"pixel_values": model_export.to_uint8(images)}
 
 
 def build_vit(rng):
@@ -180,12 +178,12 @@ class TupleOutputs(torch.nn.Module):
 
 
 def export(name, model, input_names, output_names, axes, data) -> dict:
-    """make_real_world_models' export of the model behind a tuple-returning wrapper, plus the facts
+    """model_export's export of the model behind a tuple-returning wrapper, plus the facts
     the manifest keeps for a Hugging Face model."""
     wrapper = TupleOutputs(model, input_names, output_names).eval()
-    feeds = real_world.model_inputs(data, input_names, "eval")
+    feeds = model_export.model_inputs(data, input_names, "eval")
     dummy = tuple(torch.from_numpy(feeds[n][:2]) for n in input_names)
-    facts = real_world.export(name, wrapper, dummy, input_names, output_names, axes, data)
+    facts = model_export.export(name, wrapper, dummy, input_names, output_names, axes, data)
     outputs = facts.pop("outputs")
     facts.update({
         "float_metric": "random weights; last_hidden_state std %.3f" % float(outputs[0].std()),
@@ -216,10 +214,10 @@ def main():
         print(f"{name}: {facts['params']:,} parameters, ONNX {facts['bytes']:,} bytes, data "
               f"{facts['data_bytes']:,} bytes, onnxruntime vs torch {facts['onnx_vs_torch']:.1e}, "
               f"{time.time() - start:.0f} s\n  ops: {', '.join(facts['ops'])}")
-    order = list(real_world.BUILDERS) + list(BUILDERS)
+    order = list(model_export.DESCRIPTIONS) + list(BUILDERS)
     manifest = {name: manifest[name] for name in order if name in manifest}
     manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
-    (OUT_DIR / "README.md").write_text(real_world.readme(manifest))
+    (OUT_DIR / "README.md").write_text(model_export.readme(manifest))
 
 
 DESCRIPTIONS = {

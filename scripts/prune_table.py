@@ -13,19 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from edgeq.converter.api import convert
+from edgeq.converter.prune import compressed_size, encode_sparse_weights, multiply_accumulates
+from edgeq.runtime.interpreter import Interpreter
+from edgeq.runtime.tflite_format.writer import write_tflite
 
-from edgeq.converter.api import convert  # noqa: E402
-from edgeq.converter.prune import compressed_size, encode_sparse_weights, multiply_accumulates  # noqa: E402
-from edgeq.runtime.tflite_format.writer import write_tflite  # noqa: E402
-from edgeq.runtime.interpreter import Interpreter  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SAMPLES = ROOT / "sample_models"
 MODELS = ("digits_cnn", "digits_mobilenetv2")

@@ -18,11 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import numpy as np
 
-import numpy as np  # noqa: E402
-import test_real_world_models as models  # noqa: E402
-from edgeq.converter.api import convert  # noqa: E402
+from edgeq.converter.api import convert
+from edgeq.testing import real_world_models as models
 
 
 def attempt(step):

@@ -13,16 +13,14 @@ Usage: python scripts/supported_ops.py > ops.md
 from __future__ import annotations
 
 import re
-import sys
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from edgeq.converter.onnx_import.emitted import emitted_ops
+from edgeq.converter.onnx_import.ops import RULES
+from edgeq.runtime.kernels import CUSTOM_REGISTRY, load_all_kernels
 
-from edgeq.converter.onnx_import.emitted import emitted_ops  # noqa: E402
-from edgeq.converter.onnx_import.ops import RULES  # noqa: E402
-from edgeq.runtime.kernels import CUSTOM_REGISTRY, load_all_kernels  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def family(function) -> str:

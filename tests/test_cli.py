@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from edgeq.cli import main
-from referees import run_litert
+from edgeq.testing.referees import run_litert
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 

@@ -17,17 +17,17 @@ from edgeq.runtime.kernels import compiled
 from edgeq.runtime.padding import output_size
 from edgeq.runtime.ir import Graph, Op, Tensor
 
-pytest.importorskip("ai_edge_litert.interpreter")
+pytest.importorskip("ai_edge_litert")
 
-from test_runtime_int8 import (  # noqa: E402
+from edgeq.testing.int8_graphs import (  # noqa: E402
     BINARY_CASES,
     PARAMS,
-    assert_exact,
     binary_graph,
     random_int8,
     unary_graph,
     weighted_op,
 )
+from edgeq.testing.referees import assert_exact  # noqa: E402
 
 needs_numba = pytest.mark.skipif(not compiled.available(), reason="numba is not installed (pip install edgeq[fast])")
 
@@ -352,7 +352,7 @@ def test_pad_folded_into_convolution(kernel_path, op_type, pads, dtype):
         results.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
     assert np.array_equal(results[0], results[1])
     if dtype == np.int8:  # and equal to LiteRT's reference kernels running the PAD
-        import ai_edge_litert.interpreter as litert
+        from edgeq.testing import litert
 
         theirs = litert.Interpreter(model_content=content, num_threads=1,
                                     experimental_op_resolver_type=litert.OpResolverType.BUILTIN_REF)

@@ -6,7 +6,6 @@ strict xfails, so a case that starts passing must be taken off the list.
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,69 +13,13 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgeq.converter.onnx_import import import_onnx
-from edgeq.converter.onnx_import.ops import RULES
 from edgeq.runtime.tflite_format.writer import write_tflite
-from referees import run_edgeq, run_litert
-from edgeq.runtime.ir import ModelError
+from edgeq.testing.conformance import collect_cases, convertible_variant, load_listed_cases
+from edgeq.testing.referees import run_edgeq, run_litert
 
 UNSUPPORTED_FILE = Path(__file__).with_name("conformance_unsupported.txt")
-
-
-def load_unsupported() -> dict:
-    listed = {}
-    for line in UNSUPPORTED_FILE.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            name, _, reason = line.partition(":")
-            listed[name.strip()] = reason.strip()
-    return listed
-
-
-def collect_cases() -> list:
-    from onnx.backend.test.case.node import collect_testcases
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cases = collect_testcases()
-    claimed = [c for c in cases if {n.op_type for n in c.model.graph.node} <= set(RULES)]
-    return sorted(claimed, key=lambda c: c.name)
-
-
 CASES = collect_cases()
-UNSUPPORTED = load_unsupported()
-
-
-def freeze_inputs(model: onnx.ModelProto, inputs: list, frozen: set) -> onnx.ModelProto:
-    """The model with the named inputs turned into initializers holding the case's values."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    values = {vi.name: value for vi, value in zip(model.graph.input, inputs)}
-    kept = [vi for vi in model.graph.input if vi.name not in frozen]
-    for name in frozen:
-        model.graph.initializer.append(numpy_helper.from_array(np.asarray(values[name]), name))
-    del model.graph.input[:]
-    model.graph.input.extend(kept)
-    return model
-
-
-def convertible_variant(model: onnx.ModelProto, inputs: list):
-    """Integer and scalar operands after the first (shapes, axes, indices, an exponent, a ratio) are
-    constants in any model TFLite can hold; if the op still needs more constants (weights, scales),
-    freeze every input but the first."""
-    names = [vi.name for vi in model.graph.input]
-    integer = {n for n, v in list(zip(names, inputs))[1:] if np.asarray(v).dtype.kind in "iub" or np.ndim(v) == 0}
-    attempts = [integer, set(names[1:]) | integer]
-    error = None
-    for frozen in attempts:
-        variant = freeze_inputs(model, inputs, frozen)
-        try:
-            graph = import_onnx(variant, keep_onnx_layout=True)
-        except ModelError as exc:
-            error = exc
-            continue
-        feeds = [v for n, v in zip(names, inputs) if n not in frozen]
-        return graph, feeds
-    raise error
+UNSUPPORTED = load_listed_cases(UNSUPPORTED_FILE)
 
 
 def check_case(case) -> None:

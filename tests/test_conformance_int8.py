@@ -21,15 +21,17 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-pytest.importorskip("ai_edge_litert.interpreter")
+pytest.importorskip("ai_edge_litert")
 
 from edgeq.converter.calibrate import calibrate  # noqa: E402
 from edgeq.converter.quantize import quantize_int8  # noqa: E402
 from edgeq.runtime.tflite_format.writer import write_tflite  # noqa: E402
-from referees import integer_tensor_mismatches, run_litert  # noqa: E402
-from test_conformance import CASES, UNSUPPORTED, convertible_variant  # noqa: E402
+from edgeq.testing.referees import integer_tensor_mismatches, run_litert  # noqa: E402
+from edgeq.testing.conformance import collect_cases, convertible_variant, load_listed_cases  # noqa: E402
 
 UNSUPPORTED_INT8_FILE = Path(__file__).with_name("conformance_int8_unsupported.txt")
+# Cases the float conformance test lists as not passing yet
+UNSUPPORTED = load_listed_cases(Path(__file__).with_name("conformance_unsupported.txt"))
 PERTURBED_COPIES = 3
 STEPS = 4  # output quantization steps allowed ...
 RANGE_FRACTION = 0.01  # ... plus this fraction of the output range
@@ -43,17 +45,6 @@ EXCLUDED = {
                                  "[10000, 10001, 10002, 10003] quantizes to near-equal values and its "
                                  "softmax cannot be close to the expected one",
 }
-
-
-def load_int8_unsupported() -> dict:
-    listed = {}
-    if UNSUPPORTED_INT8_FILE.exists():
-        for line in UNSUPPORTED_INT8_FILE.read_text().splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                name, _, reason = line.partition(":")
-                listed[name.strip()] = reason.strip()
-    return listed
 
 
 def _arrays(values) -> list:
@@ -167,8 +158,8 @@ def check_case(case) -> dict:
     return {"int8_tensors": len(counts), "worst_steps": worst}
 
 
-UNSUPPORTED_INT8 = load_int8_unsupported()
-CANDIDATES = [c for c in CASES if c.name not in UNSUPPORTED]
+UNSUPPORTED_INT8 = load_listed_cases(UNSUPPORTED_INT8_FILE)
+CANDIDATES = [c for c in collect_cases() if c.name not in UNSUPPORTED]
 
 
 def _is_quantized_candidate(case) -> bool:

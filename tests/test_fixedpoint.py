@@ -234,7 +234,8 @@ def test_per_channel_multipliers_broadcast_along_the_last_axis():
 # tie, and x = 1 (mod 4) exposes the double-rounding artifact (e.g. 9 * 0.25: the high-mul rounds 4.5
 # to 5, then 5 / 2 rounds to 3 instead of 2). The builds disagree on 64 of the 256 values.
 
-litert = pytest.importorskip("ai_edge_litert.interpreter")
+pytest.importorskip("ai_edge_litert")
+from edgeq.testing import litert  # noqa: E402
 
 from edgeq.runtime.tflite_format.writer import write_tflite  # noqa: E402
 from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier_rounding_away  # noqa: E402
@@ -433,7 +434,7 @@ def test_inverse_sqrt_multiplier():
 # LiteRT's QUANTIZE computes round(x / scale) and its RELU6 round(6 / output_scale), both with
 # std::round on float32 values; 0.49999997f is where floor(|x| + 0.5) rounds differently.
 
-from referees import integer_tensor_mismatches, run_edgeq  # noqa: E402
+from edgeq.testing.referees import integer_tensor_mismatches, run_edgeq  # noqa: E402
 
 
 def _float_to_int8_quantize(size: int, scale: float) -> Graph:

@@ -101,7 +101,7 @@ def _opcodes(data: bytes) -> list:
 
 
 def _litert(data: bytes, reference_kernels: bool = False):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from edgeq.testing.litert import Interpreter, OpResolverType
 
     resolver = OpResolverType.BUILTIN_REF if reference_kernels else OpResolverType.AUTO
     interpreter = Interpreter(model_content=data, experimental_op_resolver_type=resolver)
@@ -267,7 +267,7 @@ NOT_IN_REFERENCE_RESOLVER = {("CEIL", "float32"), ("CEIL", "int8"), ("CEIL", "in
 
 @pytest.mark.parametrize("dtype", ["float32", "int8", "int16"])
 def test_litert_resolves_every_op_at_the_version_we_write(dtype):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from edgeq.testing.litert import Interpreter, OpResolverType
 
     quant = None if dtype == "float32" else QuantParams(0.1, 0)
     refused = []

@@ -1,41 +1,30 @@
 """Mutated .tflite files either run or fail with ModelError / ValueError / RuntimeError, quickly and
 within bounded memory: never another exception, a crash or a hang.
 
-The mutations and seed models are those of scripts/fuzz_tflite.py (which runs many more cases in
-guarded worker processes); here a fixed, seeded set runs in-process, each case under a wall-clock
-alarm and with its Python/numpy allocations traced, so an allocation the validator's memory limit
-did not foresee fails the test instead of going unnoticed.
+The mutations and seed models are edgeq.testing.tflite_mutations (scripts/fuzz_tflite.py runs many
+more cases in guarded worker processes); here a fixed, seeded set runs in-process, each case under a
+wall-clock alarm and with its Python/numpy allocations traced, so an allocation the validator's memory
+limit did not foresee fails the test instead of going unnoticed.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import signal
 import tracemalloc
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "fuzz_tflite.py"
+from edgeq.testing import tflite_mutations as fuzz
+
 SEEDED_CASES = 1000
 SECONDS_PER_CASE = 5
-# The validator refuses models needing more than fuzz_tflite.FUZZ_MODEL_MEMORY (64 MB); kernels'
+# The validator refuses models needing more than tflite_mutations.FUZZ_MODEL_MEMORY (64 MB); kernels'
 # working buffers may add to that, but nothing near this.
 PEAK_ALLOCATION_LIMIT = 4 * (64 << 20)
-
-
-def _load_fuzz_module():
-    spec = importlib.util.spec_from_file_location("fuzz_tflite", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = _load_fuzz_module()
 
 
 class CaseTimeout(Exception):

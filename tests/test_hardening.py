@@ -356,7 +356,8 @@ def _misuse_outcomes(interpreter_class, content):
 
 
 def test_misuse_messages_equal_litert():
-    litert = pytest.importorskip("ai_edge_litert.interpreter")
+    pytest.importorskip("ai_edge_litert")
+    from edgeq.testing import litert
     content = write_tflite(_tiny())
     assert _misuse_outcomes(Interpreter, content) == _misuse_outcomes(litert.Interpreter, content)
 

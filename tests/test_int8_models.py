@@ -14,10 +14,11 @@ import numpy as np
 import onnx
 import pytest
 
-litert = pytest.importorskip("ai_edge_litert.interpreter")
+pytest.importorskip("ai_edge_litert")
+from edgeq.testing import litert  # noqa: E402
 
 from edgeq.converter.api import convert  # noqa: E402
-from referees import nchw_to_nhwc  # noqa: E402
+from edgeq.testing.referees import nchw_to_nhwc  # noqa: E402
 from edgeq.runtime.interpreter import Interpreter  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"

@@ -14,16 +14,18 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-litert = pytest.importorskip("ai_edge_litert.interpreter")
+pytest.importorskip("ai_edge_litert")
+from edgeq.testing import litert  # noqa: E402
 
 from edgeq.converter.api import convert  # noqa: E402
 from edgeq.converter.calibrate import calibrate  # noqa: E402
 from edgeq.converter.quantize import quantize_int8  # noqa: E402
 from edgeq.runtime.tflite_format.writer import operator_version, write_tflite  # noqa: E402
-from referees import nchw_to_nhwc, nhwc_to_nchw, run_onnxruntime  # noqa: E402
+from edgeq.testing.referees import nchw_to_nhwc, nhwc_to_nchw, run_onnxruntime  # noqa: E402
 from edgeq.runtime.interpreter import Interpreter  # noqa: E402
 from edgeq.runtime.ir import Graph, Op, QuantParams, Tensor
-from test_runtime_int8 import assert_exact, max_diff_default_kernels, random_int8  # noqa: E402
+from edgeq.testing.int8_graphs import random_int8  # noqa: E402
+from edgeq.testing.referees import assert_exact, max_diff_default_kernels  # noqa: E402
 
 INTEGER_TYPES = (np.int8, np.uint8, np.int16, np.int32)
 # A converted model's dequantized output may differ from the float model's by this many output

@@ -12,7 +12,6 @@ model are held at a time (VGG-19's alone are 550 MB in every copy).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -24,7 +23,7 @@ from edgeq.converter.calibrate import calibrate
 from edgeq.converter.onnx_import import import_onnx
 from edgeq.converter.quantize import quantize_int8
 from edgeq.runtime.tflite_format.writer import write_tflite
-from referees import (
+from edgeq.testing.referees import (
     integer_tensor_mismatches,
     litert_tensors,
     nchw_to_nhwc,
@@ -34,8 +33,8 @@ from referees import (
     run_onnxruntime,
 )
 from edgeq.runtime.interpreter import Interpreter
+from edgeq.testing.light_models import LIGHT_DIR, load_light_model, with_random_weights
 
-LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 LIGHT_MODELS = sorted(p.stem.removeprefix("light_") for p in LIGHT_DIR.glob("light_*.onnx"))
 # Every light model but Inception v1: LiteRT's reference int8 SOFTMAX aborts the process on its
 # 1000 near-equal logits (input scale 0.0047); the graph up to the softmax equals ours, and LiteRT's
@@ -62,10 +61,6 @@ pytestmark = pytest.mark.slow
 each_light_model = pytest.mark.parametrize("name", LIGHT_MODELS, scope="module")
 
 
-def load_light_model(name: str) -> onnx.ModelProto:
-    return onnx.load(str(LIGHT_DIR / f"light_{name}.onnx"))
-
-
 def graph_input(model: onnx.ModelProto):
     initializers = {t.name for t in model.graph.initializer}
     return next(i for i in model.graph.input if i.name not in initializers)
@@ -76,38 +71,6 @@ def dummy_input(model: onnx.ModelProto) -> np.ndarray:
     shape = tuple(d.dim_value or 1 for d in graph_input(model).type.tensor_type.shape.dim)
     n = int(np.prod(shape))
     return (np.arange(n).reshape(shape) / n).astype(np.float32)
-
-
-def with_random_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
-    """Replace each ConstantOfShape-filled weight by seeded random values of a sensible scale."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    rng = np.random.default_rng(seed)
-    shapes = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    role = {}
-    for node in model.graph.node:
-        for position, name in enumerate(node.input):
-            role.setdefault(name, (node.op_type, position))
-    kept_nodes, new_weights = [], []
-    for node in model.graph.node:
-        if node.op_type != "ConstantOfShape" or node.input[0] not in shapes:
-            kept_nodes.append(node)
-            continue
-        shape = tuple(int(d) for d in shapes[node.input[0]])
-        new_weights.append(numpy_helper.from_array(_random_weight(rng, shape, role.get(node.output[0])), node.output[0]))
-    del model.graph.node[:]
-    model.graph.node.extend(kept_nodes)
-    model.graph.initializer.extend(new_weights)
-    return model
-
-
-def _random_weight(rng, shape, role) -> np.ndarray:
-    op_type, position = role or ("", 0)
-    if len(shape) >= 2:  # He initialisation keeps activations at a steady scale through depth
-        fan_in = int(np.prod(shape[1:])) if op_type != "Gemm" else shape[-1]
-        return (rng.standard_normal(shape) * np.sqrt(2.0 / max(fan_in, 1))).astype(np.float32)
-    if (op_type == "BatchNormalization" and position == 3) or position == 2:
-        return (rng.standard_normal(shape) * 0.1).astype(np.float32)  # means and biases
-    return rng.uniform(0.5, 1.5, shape).astype(np.float32)  # scales and variances
 
 
 def with_narrow_classifier(model: onnx.ModelProto, width: int) -> onnx.ModelProto:

@@ -8,7 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeq.converter.api import convert
 from edgeq.converter.mixed_precision import mixed_range_tails
 from edgeq.converter.quant_debug import sqnr_db
-from referees import run_edgeq, run_litert, run_onnxruntime
+from edgeq.testing.referees import run_edgeq, run_litert, run_onnxruntime
 from edgeq.runtime.ir import ModelError
 
 RNG = np.random.default_rng(7)

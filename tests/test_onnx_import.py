@@ -9,28 +9,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.converter.onnx_import import import_onnx
 from edgeq.runtime.tflite_format.writer import write_tflite
-from referees import nchw_to_nhwc, nhwc_to_nchw, relative_max_error, run_edgeq, run_litert, run_onnxruntime
+from edgeq.testing.referees import nchw_to_nhwc, nhwc_to_nchw, relative_max_error, run_edgeq, run_litert, run_onnxruntime
+from edgeq.testing.onnx_models import OPSET, make_model
 from edgeq.runtime.ir import ModelError
 
 RNG = np.random.default_rng(0)
-OPSET = 17
 
 
 def weight(*shape, name):
     return numpy_helper.from_array((RNG.standard_normal(shape) * 0.3).astype(np.float32), name)
-
-
-def make_model(nodes, inputs, outputs, initializers=(), opset=OPSET):
-    graph = helper.make_graph(
-        nodes,
-        "test",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
-        list(initializers),
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
 
 
 def op_types(graph) -> list:
@@ -352,16 +339,8 @@ def test_old_opset_model_is_upgraded_and_its_unused_dropout_mask_ignored():
 
 def typed_model(nodes, inputs, output_types, initializers=(), opset=OPSET):
     """A model whose inputs are (name, numpy array) and outputs (name, ONNX elem type)."""
-    graph = helper.make_graph(
-        nodes,
-        "typed",
-        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape) for n, a in inputs],
-        [helper.make_tensor_value_info(n, t, None) for n, t in output_types],
-        list(initializers),
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
+    typed_inputs = [(n, a.shape, helper.np_dtype_to_tensor_dtype(a.dtype)) for n, a in inputs]
+    return make_model(nodes, typed_inputs, output_types, initializers, opset, name="typed")
 
 
 def assert_typed_model_matches_reference(model, inputs):

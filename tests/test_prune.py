@@ -4,6 +4,8 @@ least-squares reconstruction recovers what channel pruning loses; pruned models 
 sparse-encoded) run the same in LiteRT and in our runtime."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -19,12 +21,12 @@ from edgeq.converter.prune import (
     prune_magnitude,
 )
 from edgeq.runtime.tflite_format.writer import write_tflite
-from referees import relative_max_error, run_edgeq, run_litert
+from edgeq.testing.referees import relative_max_error, run_edgeq, run_litert
 from edgeq.runtime.interpreter import Interpreter
 from edgeq.runtime.ir import ModelError
 from edgeq.runtime.tflite_format.reader import read_tflite
-from test_sample_models import SAMPLES
 
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 FLOAT_TOLERANCE = 1e-5
 
 

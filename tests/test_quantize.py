@@ -14,7 +14,8 @@ from edgeq.runtime.tflite_format.writer import write_tflite
 from edgeq.runtime.interpreter import Interpreter
 from edgeq.runtime.ir import Graph, ModelError, Op, QuantParams, Tensor
 
-litert = pytest.importorskip("ai_edge_litert.interpreter")
+pytest.importorskip("ai_edge_litert")
+from edgeq.testing import litert  # noqa: E402
 
 CONV = {"padding": "SAME", "stride_w": 1, "stride_h": 1, "dilation_w_factor": 1, "dilation_h_factor": 1,
         "fused_activation_function": "NONE"}
@@ -413,7 +414,7 @@ def test_max_pool_padding_keeps_the_data_range_and_runs_on_litert_default_kernel
     from onnx import TensorProto, helper
 
     from edgeq.converter.api import convert
-    from referees import run_litert
+    from edgeq.testing.referees import run_litert
 
     rng = np.random.default_rng(0)
     weights = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], rng.standard_normal(108).astype(np.float32))

@@ -13,11 +13,11 @@ from onnx.reference import ReferenceEvaluator
 from edgeq.converter.api import convert
 from edgeq.converter.onnx_import import import_onnx
 from edgeq.runtime.tflite_format.writer import write_tflite
-from referees import integer_tensor_mismatches, nchw_to_nhwc, relative_max_error, run_edgeq, run_litert, run_onnxruntime
+from edgeq.testing.referees import integer_tensor_mismatches, nchw_to_nhwc, relative_max_error, run_edgeq, run_litert, run_onnxruntime
+from edgeq.testing.onnx_models import make_model
 from edgeq.runtime.interpreter import Interpreter
 from edgeq.runtime.ir import Graph, ModelError, Op, QuantParams, Tensor
 
-OPSET = 17
 GATES = {"LSTM": 4, "GRU": 3}
 UNROLLED_OP_TYPES = {"FULLY_CONNECTED", "ADD", "SUB", "MUL", "LOGISTIC", "TANH", "SPLIT", "SPLIT_V",
                      "UNPACK", "PACK", "RESHAPE"}
@@ -54,18 +54,6 @@ def recurrent_model(op_type="LSTM", steps=5, batch=2, features=3, hidden=4, dire
     node = helper.make_node(op_type, names, [o if o in outputs else "" for o in all_outputs], name="rnn",
                             hidden_size=hidden, direction=direction, layout=layout, **attrs)
     return make_model([node], inputs, outputs, inits)
-
-
-def make_model(nodes, inputs, outputs, initializers):
-    graph = helper.make_graph(
-        nodes, "recurrent",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
-        list(initializers),
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    return model
 
 
 def crnn_model(op_type="LSTM", steps=16, hidden=16, classes=10, seed=0):

@@ -21,7 +21,7 @@ from edgeq.converter.api import convert
 from edgeq.cli import main
 from edgeq.converter.report.metrics import AGREEMENT_TOLERANCE, engine_agreement, pareto_front
 from edgeq.converter.report.plots import coincident_groups, size_tick_label
-from referees import nchw_to_nhwc, run_litert, run_onnxruntime
+from edgeq.testing.referees import nchw_to_nhwc, run_litert, run_onnxruntime
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 EVAL_SAMPLES = 64

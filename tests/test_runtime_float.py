@@ -823,7 +823,8 @@ def _graph_for_litert(op_type, inputs, options):
 
 
 def _litert(content):
-    litert = pytest.importorskip("ai_edge_litert.interpreter")
+    pytest.importorskip("ai_edge_litert")
+    from edgeq.testing import litert
     interpreter = litert.Interpreter(model_content=content)
     interpreter.allocate_tensors()
     return interpreter

@@ -7,7 +7,8 @@ the op directly.
 import numpy as np
 import pytest
 
-litert = pytest.importorskip("ai_edge_litert.interpreter")
+pytest.importorskip("ai_edge_litert")
+from edgeq.testing import litert  # noqa: E402
 
 from edgeq.runtime.tflite_format.writer import write_tflite  # noqa: E402
 from edgeq.runtime.interpreter import Interpreter  # noqa: E402

@@ -3,10 +3,10 @@ reference kernels' (BUILTIN_REF) over extreme scales, zero points, adjoints and 
 import numpy as np
 import pytest
 
-pytest.importorskip("ai_edge_litert.interpreter")
+pytest.importorskip("ai_edge_litert")
 
 from edgeq.runtime.tflite_format.writer import write_tflite  # noqa: E402
-from referees import run_edgeq, run_litert  # noqa: E402
+from edgeq.testing.referees import run_edgeq, run_litert  # noqa: E402
 from edgeq.runtime.ir import Graph, Op, QuantParams, Tensor
 
 RNG = np.random.default_rng(5)

@@ -11,7 +11,7 @@ import pytest
 
 from edgeq.converter.api import convert
 from edgeq.runtime.interpreter import Interpreter
-from referees import nchw_to_nhwc, relative_max_error, run_litert, run_onnxruntime
+from edgeq.testing.referees import nchw_to_nhwc, relative_max_error, run_litert, run_onnxruntime
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 MANIFEST = json.loads((SAMPLES / "manifest.json").read_text())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgeq.converter.api import convert
-from referees import run_litert
+from edgeq.testing.referees import run_litert
 from edgeq.runtime.tflite_format.reader import read_tflite
 from edgeq.runtime.size import size_breakdown
 

@@ -14,7 +14,7 @@ from edgeq.converter.calibrate import calibrate
 from edgeq.converter.onnx_import import import_onnx
 from edgeq.converter.quantize import quantize_int8
 from edgeq.runtime.tflite_format.writer import operator_version, write_tflite
-from referees import (
+from edgeq.testing.referees import (
     integer_tensor_mismatches,
     nchw_to_nhwc,
     nhwc_to_nchw,
@@ -23,30 +23,16 @@ from referees import (
     run_litert,
     run_onnxruntime,
 )
-from ai_edge_litert import interpreter as litert
+from edgeq.testing.onnx_models import OPSET, make_model
+from edgeq.testing import litert
 from edgeq.runtime.ir import ModelError
 
 RNG = np.random.default_rng(23)
-OPSET = 17
 FLOAT, BOOL, INT64, INT32 = TensorProto.FLOAT, TensorProto.BOOL, TensorProto.INT64, TensorProto.INT32
 
 
 def const(name, array):
     return numpy_helper.from_array(np.asarray(array), name)
-
-
-def make_model(nodes, inputs, outputs, initializers=(), opset=OPSET):
-    """``inputs``: (name, shape[, elem_type]); ``outputs``: (name, elem_type)."""
-    graph = helper.make_graph(
-        nodes,
-        "third_party_ops",
-        [helper.make_tensor_value_info(i[0], i[2] if len(i) > 2 else FLOAT, list(i[1])) for i in inputs],
-        [helper.make_tensor_value_info(name, elem_type, None) for name, elem_type in outputs],
-        list(initializers),
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
 
 
 def random_input(shape, elem_type) -> np.ndarray:

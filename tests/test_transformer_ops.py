@@ -13,7 +13,7 @@ from edgeq.converter.calibrate import calibrate
 from edgeq.converter.onnx_import import import_onnx
 from edgeq.converter.quantize import quantize_int8
 from edgeq.runtime.tflite_format.writer import operator_version, write_tflite
-from referees import (
+from edgeq.testing.referees import (
     integer_tensor_mismatches,
     nchw_to_nhwc,
     nhwc_to_nchw,
@@ -22,10 +22,10 @@ from referees import (
     run_litert,
     run_onnxruntime,
 )
+from edgeq.testing.onnx_models import OPSET, make_model
 from edgeq.runtime.ir import ModelError
 
 RNG = np.random.default_rng(11)
-OPSET = 17
 
 
 def const(name, array):
@@ -34,20 +34,6 @@ def const(name, array):
 
 def random_const(name, *shape, scale=0.5):
     return const(name, (RNG.standard_normal(shape) * scale).astype(np.float32))
-
-
-def make_model(nodes, inputs, outputs, initializers=(), opset=OPSET, input_types=None, output_type=TensorProto.FLOAT):
-    input_types = input_types or {}
-    graph = helper.make_graph(
-        nodes,
-        "transformer_ops",
-        [helper.make_tensor_value_info(n, input_types.get(n, TensorProto.FLOAT), s) for n, s in inputs],
-        [helper.make_tensor_value_info(n, output_type, None) for n in outputs],
-        list(initializers),
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
 
 
 def random_feeds(model) -> dict:
@@ -316,15 +302,14 @@ def test_where_with_constant_mask_is_select_v2_in_the_scores_layout():
 
 def test_where_with_a_computed_condition_matches_onnxruntime():
     nodes = [helper.make_node("Where", ["condition", "x", "y"], ["z"])]
-    model = make_model(nodes, [("condition", [1, 3, 4]), ("x", [1, 3, 4]), ("y", [4])], ["z"],
-                       input_types={"condition": TensorProto.BOOL})
+    model = make_model(nodes, [("condition", [1, 3, 4], TensorProto.BOOL), ("x", [1, 3, 4]), ("y", [4])], ["z"])
     assert "SELECT_V2" in op_types(assert_float_matches_onnxruntime(model))
 
 
 def test_where_on_float64_values_is_refused_by_name():
     nodes = [helper.make_node("Where", ["mask", "x", "x"], ["z"], name="pick")]
-    model = make_model(nodes, [("x", [1, 4])], ["z"], [const("mask", np.array([True, False, True, False]))],
-                       input_types={"x": TensorProto.DOUBLE}, output_type=TensorProto.DOUBLE)
+    model = make_model(nodes, [("x", [1, 4], TensorProto.DOUBLE)], [("z", TensorProto.DOUBLE)],
+                       [const("mask", np.array([True, False, True, False]))])
     with pytest.raises(ModelError, match="Where node 'pick'.*float64"):
         import_onnx(model)
 
@@ -347,9 +332,8 @@ def nan_guarded_softmax_model(shape=(1, 2, 4, 6)):
              helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
              helper.make_node("IsNaN", ["p"], ["is_nan"], name="nan_guard"),
              helper.make_node("Where", ["is_nan", "zero", "p"], ["y"])]
-    return make_model(nodes, [("scores", list(shape)), ("keep", [shape[0], 1, 1, shape[-1]])], ["y"],
-                      [const("zero", np.float32(0.0)), const("minus_inf", np.float32(-np.inf))],
-                      input_types={"keep": TensorProto.BOOL})
+    return make_model(nodes, [("scores", list(shape)), ("keep", [shape[0], 1, 1, shape[-1]], TensorProto.BOOL)],
+                      ["y"], [const("zero", np.float32(0.0)), const("minus_inf", np.float32(-np.inf))])
 
 
 def test_isnan_is_not_equal_to_itself_and_guards_the_softmax_like_onnxruntime():
@@ -378,10 +362,9 @@ def test_int8_keeps_an_infinite_attention_mask_and_its_softmax_float():
              helper.make_node("Add", ["scores", "additive"], ["masked"]),
              helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
              helper.make_node("MatMul", ["p", "v"], ["y"])]
-    model = make_model(nodes, [("x", [1, 6, 8]), ("keep", [1, 1, 6])], ["y"],
+    model = make_model(nodes, [("x", [1, 6, 8]), ("keep", [1, 1, 6], TensorProto.BOOL)], ["y"],
                        [const("zero", np.float32(0.0)), const("minus_inf", np.float32(-np.inf)),
-                        random_const("w", 8, 6), random_const("v", 6, 5)],
-                       input_types={"keep": TensorProto.BOOL})
+                        random_const("w", 8, 6), random_const("v", 6, 5)])
     graph = import_onnx(model)
     keep = np.ones((16, 1, 6), bool)
     keep[8:, :, 4:] = False  # half of the samples padded at the end
@@ -404,8 +387,7 @@ def test_int8_keeps_an_infinite_attention_mask_and_its_softmax_float():
 
 def test_isnan_of_integers_is_refused_by_name():
     nodes = [helper.make_node("IsNaN", ["x"], ["y"], name="nan_check")]
-    model = make_model(nodes, [("x", [1, 4])], ["y"], input_types={"x": TensorProto.INT32},
-                       output_type=TensorProto.BOOL)
+    model = make_model(nodes, [("x", [1, 4], TensorProto.INT32)], [("y", TensorProto.BOOL)])
     with pytest.raises(ModelError, match="IsNaN node 'nan_check'.*int32"):
         import_onnx(model)
 

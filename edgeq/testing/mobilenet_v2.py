@@ -7,11 +7,9 @@ BatchNormalization (random statistics), and Clip(0, 6) where the network has ReL
 input and output shapes add their input back. Weights are He-initialised from a fixed seed, so the
 same arguments always give the same model.
 
-    python scripts/mobilenet_v2_onnx.py mobilenet_v2.onnx [--resolution 224] [--width 1.0] [--seed 0]
+    python -m edgeq.testing.mobilenet_v2 mobilenet_v2.onnx [--resolution 224] [--width 1.0] [--seed 0]
 
-Other scripts import ``build_mobilenet_v2`` by path (``scripts/`` is not a package)::
-
-    spec = importlib.util.spec_from_file_location("mobilenet_v2_onnx", "scripts/mobilenet_v2_onnx.py")
+The benchmark scripts take ``build_mobilenet_v2`` from here.
 """
 from __future__ import annotations
 
