@@ -4,6 +4,7 @@ hold."""
 from __future__ import annotations
 
 import warnings
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,9 @@ def load_listed_cases(path: Path) -> dict:
     return listed
 
 
+@lru_cache(maxsize=None)
 def collect_cases() -> list:
-    """The wheel's node test cases whose every op has an import rule, sorted by name."""
+    """The wheel's node test cases whose every op has an import rule, sorted by name (collected once)."""
     from onnx.backend.test.case.node import collect_testcases
 
     with warnings.catch_warnings():

@@ -74,6 +74,7 @@ class _Worker:
 
     def __init__(self):
         self.process = None
+        self.owner = None  # the process that started the worker: a forked copy must start its own
         self.generation = 0
         self.released = []
         self._stderr = tempfile.TemporaryFile(mode="a+b")
@@ -82,11 +83,12 @@ class _Worker:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edgeq.testing.litert_worker"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self._stderr, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.owner = os.getpid()
         self.generation += 1
         self.released = []
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.process is not None and self.owner == os.getpid() and self.process.poll() is None
 
     def call(self, method: str, handle, args: tuple, describe) -> object:
         """The worker's answer to one request; ``describe()`` names the model if the worker dies."""
@@ -97,8 +99,10 @@ class _Worker:
         self._stderr.seek(0, os.SEEK_END)
         stderr_start = self._stderr.tell()
         released, self.released = self.released, []
+        # pickled whole before anything is written, so a request that cannot be pickled leaves the pipe clean
+        request = pickle.dumps((method, handle, args, released), protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            pickle.dump((method, handle, args, released), self.process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self.process.stdin.write(request)
             self.process.stdin.flush()
             answer = pickle.load(self.process.stdout)
         except (BrokenPipeError, EOFError, pickle.UnpicklingError, ConnectionResetError):
@@ -170,8 +174,12 @@ class Interpreter:
         return _WORKER.call(method, self._handle, args, self.describe)
 
     def __del__(self):
-        if getattr(self, "_handle", None) is not None and self._generation == _WORKER.generation:
-            _WORKER.released.append(self._handle)
+        # the worker frees the interpreter with the next request; nothing to do if that worker is gone
+        try:
+            if self._generation == _WORKER.generation:
+                _WORKER.released.append(self._handle)
+        except (AttributeError, TypeError):  # not fully made, or at interpreter shutdown
+            pass
 
     def allocate_tensors(self):
         return self._call("allocate_tensors")
