@@ -78,7 +78,6 @@ def child_environment(threads: int) -> dict:
     env = dict(os.environ)
     for name in THREAD_VARIABLES:
         env[name] = str(threads)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     return env
 
 
