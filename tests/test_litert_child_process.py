@@ -1,7 +1,11 @@
 """LiteRT runs in a child process: an abort inside LiteRT fails the one test that caused it, naming the
 model and its ops, instead of killing the test run; one worker process serves every interpreter until
-it dies; LiteRT's errors arrive as the exceptions LiteRT raises."""
+it dies; LiteRT's errors arrive as the exceptions LiteRT raises; the test process itself never loads
+LiteRT."""
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -91,3 +95,16 @@ def test_the_worker_gives_what_litert_gives():
     np.testing.assert_array_equal(y, [[1, 0, 3, 0]])
     tensors = interpreter.tensors([x["index"], interpreter.get_output_details()[0]["index"]])
     np.testing.assert_array_equal(tensors[x["index"]], [[1, -2, 3, -4]])
+
+
+def test_the_test_process_itself_loads_neither_litert_nor_onnxruntime():
+    code = (
+        "import sys\n"
+        "for name in ('ai_edge_litert', 'onnxruntime', 'onnx', 'torch'):\n"
+        "    sys.modules[name] = None  # importing it now raises ImportError\n"
+        "import edgeq.testing, edgeq.testing.litert, edgeq.testing.referees\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

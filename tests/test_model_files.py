@@ -18,7 +18,7 @@ from edgeq.runtime.ir import Graph, ModelError, Op, QuantParams, Tensor
 from edgeq.runtime.size import size_breakdown
 from edgeq.runtime.tflite_format.reader import read_tflite
 from edgeq.runtime.tflite_format.writer import write_tflite
-from referees import integer_tensor_mismatches, relative_max_error, run_edgeq, run_litert
+from edgeq.testing.referees import integer_tensor_mismatches, relative_max_error, run_edgeq, run_litert
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 FP16_CNN = MODELS_DIR / "fp16_cnn.tflite"

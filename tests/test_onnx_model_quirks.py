@@ -12,7 +12,7 @@ from edgeq.converter.api import convert
 from edgeq.converter.onnx_import import import_onnx
 from edgeq.runtime.ir import ModelError
 from edgeq.runtime.tflite_format.writer import write_tflite
-from referees import nchw_to_nhwc, nhwc_to_nchw, relative_max_error, run_edgeq, run_litert, run_onnxruntime
+from edgeq.testing.referees import nchw_to_nhwc, nhwc_to_nchw, relative_max_error, run_edgeq, run_litert, run_onnxruntime
 
 RNG = np.random.default_rng(12)
 
