@@ -112,7 +112,11 @@ class _Worker:
         raise _builtin_error(*answer[1:])
 
     def _died(self, method: str, describe, stderr_start: int) -> LiteRTDied:
-        returncode = self.process.wait()
+        try:
+            returncode = self.process.wait(5)
+        except subprocess.TimeoutExpired:  # alive but its answer unreadable: it cannot be trusted further
+            self.process.kill()
+            returncode = self.process.wait()
         self.process = None
         self._stderr.seek(stderr_start)
         tail = self._stderr.read().decode(errors="replace").strip().splitlines()[-STDERR_TAIL_LINES:]
