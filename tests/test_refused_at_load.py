@@ -9,9 +9,7 @@ no op names).
 """
 from __future__ import annotations
 
-import importlib.util
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ import pytest
 from edgeq.runtime.interpreter import Interpreter
 from edgeq.runtime.ir import Graph, ModelError, Op, QuantParams, Tensor
 from edgeq.runtime.tflite_format.writer import write_tflite
+from edgeq.testing import tflite_mutations as fuzz
 
 CONV = {"padding": "SAME", "stride_w": 1, "stride_h": 1, "dilation_w_factor": 1, "dilation_h_factor": 1,
         "fused_activation_function": "NONE"}
@@ -183,14 +182,6 @@ def test_a_split_that_does_not_divide_its_axis_is_refused_at_load():
 
 # -- the general check: mutated files ------------------------------------------------------------
 
-def _fuzz_module():
-    path = Path(__file__).resolve().parent.parent / "scripts" / "fuzz_tflite.py"
-    spec = importlib.util.spec_from_file_location("fuzz_tflite", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def stage_of_failure(content: bytes, max_memory_bytes: int) -> str:
     """"load" if the file is refused when loaded, "ok" if it runs on an input of ones, else the stage
     (allocate or invoke) and the error."""
@@ -217,7 +208,6 @@ def test_every_mutated_file_is_refused_at_load_or_runs(seed):
     """What the kernels refuse, the validator refuses: over mutated copies of the seed models (every
     byte of their op codes, options, shapes, types and quantization open to change), no file gets
     past loading only to fail in allocate_tensors, or in invoke on plain input."""
-    fuzz = _fuzz_module()
     models = fuzz.seed_models()
     fields = [fuzz.field_positions(data) for _, data in models]
     late = []
