@@ -17,9 +17,10 @@ from edgeq.runtime import native
 from edgeq.runtime.interpreter import Interpreter
 from edgeq.runtime.kernels import REGISTRY, compiled, load_all_kernels
 
-pytest.importorskip("ai_edge_litert.interpreter")
+pytest.importorskip("ai_edge_litert")
 
-from test_runtime_int8 import assert_exact, weighted_op  # noqa: E402
+from edgeq.testing.int8_graphs import weighted_op  # noqa: E402
+from edgeq.testing.referees import assert_exact  # noqa: E402
 
 needs_native = pytest.mark.skipif(not native.available(), reason=f"no native kernels: {native.describe()}")
 ACTIVATIONS = ["NONE", "RELU", "RELU6", "RELU_N1_TO_1"]
@@ -148,16 +149,14 @@ def _python(code: str, **environment) -> subprocess.CompletedProcess:
 
 
 PREPARE_TWO_CONVOLUTIONS = """
-import sys
-sys.path.insert(0, {tests!r})
-from test_runtime_int8 import weighted_op
+from edgeq.testing.int8_graphs import weighted_op
 from edgeq.runtime.interpreter import Interpreter
 from edgeq.runtime import native
 for seed in (1, 2):
     graph, inputs = weighted_op("CONV_2D", (1, 5, 5, 3), (0.05, 3), (0.2, -5), out_c=3, seed=seed)
     Interpreter.from_graph(graph).run(inputs)
 print(native.describe())
-""".format(tests=os.path.dirname(__file__))
+"""
 
 
 def test_no_native_environment_runs_numpy_and_says_so_once():
@@ -196,16 +195,15 @@ def test_an_int8_model_runs_without_loading_numba():
     # Convolutions, depthwise, FULLY_CONNECTED, ADD, MAX_POOL and QUANTIZE all take the native path.
     code = """
 import sys
-sys.path.insert(0, {tests!r})
 import numpy as np
-from test_runtime_int8 import weighted_op
+from edgeq.testing.int8_graphs import weighted_op
 from edgeq.runtime.interpreter import Interpreter
 for op_type in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
     graph, inputs = weighted_op(op_type, (1, 6, 6, 4) if op_type != "FULLY_CONNECTED" else (2, 8), (0.05, 3),
                                 (0.2, -5), out_c=4)
     Interpreter.from_graph(graph).run(inputs)
 print("numba" in sys.modules)
-""".format(tests=os.path.dirname(__file__))
+"""
     result = _python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"

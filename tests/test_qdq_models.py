@@ -20,7 +20,7 @@ quantization = pytest.importorskip("onnxruntime.quantization")
 
 from edgeq.converter.api import convert  # noqa: E402
 from edgeq.runtime.ir import ModelError  # noqa: E402
-from referees import integer_tensor_mismatches, nchw_to_nhwc, nhwc_to_nchw, run_edgeq, run_onnxruntime  # noqa: E402
+from edgeq.testing.referees import integer_tensor_mismatches, nchw_to_nhwc, nhwc_to_nchw, run_edgeq, run_onnxruntime  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 INPUT_SHAPE = (1, 3, 16, 16)
