@@ -122,3 +122,40 @@ def test_what_installs_is_one_top_level_package_edgeq(tmp_path):
     sources = {f"{package.replace('.', '/')}/{path.relative_to(folder).as_posix()}"
                for package, folder in PACKAGE_FOLDERS.items() for path in folder.rglob("*.py")}
     assert sources <= installed
+
+
+def python_files(folder: Path) -> list:
+    return sorted(path for path in folder.rglob("*.py") if ".venv" not in path.parts)
+
+
+def imported_names(path: Path) -> set:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_no_script_or_test_imports_a_test_module():
+    test_modules = {path.stem for path in (REPO / "tests").glob("*.py")} | {"tests", "conftest"}
+    offenders = {
+        path.relative_to(REPO).as_posix(): sorted(name for name in imported_names(path)
+                                                  if name.split(".")[0] in test_modules)
+        for path in python_files(REPO / "scripts") + python_files(REPO / "tests")
+    }
+    assert {path: names for path, names in offenders.items() if names} == {}
+
+
+# Spelled in two pieces so that this file does not match itself.
+IMPORT_PATH_PATCHES = ("sys.path." + "insert", "sys.path." + "append", "spec_from_" + "file_location")
+
+
+def test_no_script_or_test_patches_the_import_path():
+    patched = [
+        path.relative_to(REPO).as_posix()
+        for path in python_files(REPO / "scripts") + python_files(REPO / "tests")
+        if any(pattern in path.read_text() for pattern in IMPORT_PATH_PATCHES)
+    ]
+    assert patched == []
