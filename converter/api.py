@@ -1,6 +1,7 @@
 """The Python API of the converter: ``convert(...)`` is what ``edgeq convert`` runs."""
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,10 +158,15 @@ def convert(
 ) -> ConversionResult:
     """Convert an ONNX model (or a float .tflite) to a TFLite flatbuffer.
 
-    ``quantize``: "none" (float32), "int8" (full integer; needs ``calibration``, an .npz keyed by input
-    name or an .npy, samples on the first axis, except for a QDQ model, whose own scales are used), "dynamic" (int8 weights, float activations) or
-    "float16" (float16 weights). ``io_dtype`` sets an int8 model's input/output type. ``debug`` measures
-    every int8 tensor's error against the float model on the calibration samples.
+    ``quantize``: "none" (float32), "int8" (full integer; needs ``calibration``, except for a QDQ model,
+    whose own scales are used), "dynamic" (int8 weights, float activations) or "float16" (float16
+    weights). ``calibration``: an .npz keyed by input name or an .npy, samples on the
+    first axis; a folder of images (or an ``edgeq.runtime.inputs.ImageFolder`` saying how to read it);
+    arrays; an iterable or generator of samples, each an array, a list of arrays in input order or a
+    dict keyed by input name (as TFLite's ``representative_dataset``); or an object whose
+    ``get_next()`` returns input dicts until None (as onnxruntime's ``CalibrationDataReader``).
+    ``io_dtype`` sets an int8 model's input/output type. ``debug`` measures every int8 tensor's error
+    against the float model on the calibration samples.
     ``float_fallback``: "auto" keeps float islands where int8 would wreck the outputs (mixed-range
     joins, and ops where the error grows most while the outputs' SQNR on calibration samples is under
     ``min_sqnr_db``; see converter.mixed_precision); "none" quantizes every op that has an int8 form.
@@ -193,6 +199,11 @@ def convert(
         notes.append("quantized (QDQ) model read as its float model; --quantize int8 keeps its own scales")
     if given is not None and (prune_sparsity or prune_channels):
         raise ModelError("pruning changes the weights a quantized (QDQ) model states scales for; prune the float model")
+    if calibration is not None and not isinstance(calibration, (str, os.PathLike)):
+        from edgeq.converter.calibrate import load_calibration
+
+        # A generator or reader gives its samples once: read them once for every stage that uses them.
+        calibration = load_calibration(calibration, float_graph, num_samples=num_calibration_samples)
     float_graph, prune_reports = _prune(float_graph, calibration, num_calibration_samples, prune_sparsity,
                                         prune_scope, prune_channels, prune_importance, reconstruct)
     graph, float_ops, errors, float_choice = float_graph, [], [], None
