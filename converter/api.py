@@ -68,12 +68,23 @@ def parse_input_shapes(specs) -> dict:
 
 
 def is_tflite_file(path) -> bool:
+    if not isinstance(path, (str, os.PathLike)):
+        return False
     with open(path, "rb") as f:
         return f.read(8)[4:8] == FILE_IDENTIFIER
 
 
-def load_graph(model_path, input_shapes=None, keep_onnx_layout=False) -> tuple:
-    """Read an ONNX model or a float .tflite into the IR; returns (graph, notes)."""
+def load_graph(model_path, input_shapes=None, keep_onnx_layout=False, example_inputs=None) -> tuple:
+    """Read an ONNX model, a float .tflite or a PyTorch model (an nn.Module or ExportedProgram, called
+    with ``example_inputs``; a .pt2 or TorchScript file) into the IR; returns (graph, notes)."""
+    from edgeq.converter.torch_import import is_torch_source
+
+    if is_torch_source(model_path):
+        from edgeq.converter.onnx_import import import_onnx
+        from edgeq.converter.torch_import import torch_to_onnx
+
+        onnx_model = torch_to_onnx(model_path, example_inputs, input_shapes)
+        return import_onnx(onnx_model, keep_onnx_layout=keep_onnx_layout), ["exported from PyTorch to ONNX opset 17"]
     path = Path(model_path)
     if not path.is_file():
         raise ModelError(f"{path}: no such file")
@@ -155,8 +166,14 @@ def convert(
     prune_importance: str = "l1",
     reconstruct: bool = False,
     sparse_encoding: bool = False,
+    example_inputs=None,
 ) -> ConversionResult:
-    """Convert an ONNX model (or a float .tflite) to a TFLite flatbuffer.
+    """Convert an ONNX model (or a float .tflite, or a PyTorch model) to a TFLite flatbuffer.
+
+    ``model_path``: an ONNX or .tflite file; a ``torch.nn.Module`` or ``torch.export.ExportedProgram``
+    called with ``example_inputs`` (a tuple of tensors or arrays, which fix every dimension; an
+    ExportedProgram's own example inputs otherwise); or a ``.pt2`` file (``torch.export.save``) or a
+    TorchScript ``.pt``. PyTorch models are exported to ONNX in memory (needs ``edgeq[torch]``).
 
     ``quantize``: "none" (float32), "int8" (full integer; needs ``calibration``, except for a QDQ model,
     whose own scales are used), "dynamic" (int8 weights, float activations) or "float16" (float16
@@ -190,7 +207,7 @@ def convert(
     if sparse_encoding and quantize != "none":
         raise ModelError("--sparse-encoding stores float weights: LiteRT's default interpreter cannot run "
                          "quantized weights behind DENSIFY; drop --quantize or --sparse-encoding")
-    float_graph, notes = load_graph(model_path, input_shapes, keep_onnx_layout)
+    float_graph, notes = load_graph(model_path, input_shapes, keep_onnx_layout, example_inputs)
     from_onnx = not is_tflite_file(model_path)
     given = float_graph.given_quantization
     if quantize == "int8" and calibration is None and given is None:

@@ -93,11 +93,12 @@ def samples_source(path, size, mean, std, layout):
 def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, calibration, calibration_method,
             calibration_samples, io_dtype, float_fallback, min_sqnr_db, debug, prune_sparsity, prune_scope, prune_channels, prune_importance,
             reconstruct, sparse_encoding, as_json, quiet, verbose, size=None, mean=None, std=None, layout="auto"):
-    """Convert an ONNX model (or a float .tflite) to a TFLite flatbuffer.
+    """Convert an ONNX model (or a float .tflite, or a PyTorch .pt2 / TorchScript .pt) to a TFLite flatbuffer.
 
     \b
     Examples:
       edgeq convert model.onnx -o model.tflite
+      edgeq convert model.pt2 -o model.tflite         # saved by torch.export.save; needs edgeq[torch]
       edgeq convert model.onnx -o model.tflite --input-shape images:1,3,640,640
       edgeq convert model.onnx -o model_int8.tflite --quantize int8 --calibration calib.npz
       edgeq convert model.onnx -o m.tflite --quantize int8 --calibration images/ --size 256 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
