@@ -177,13 +177,13 @@ def convert(
 
     ``quantize``: "none" (float32), "int8" (full integer; needs ``calibration``, except for a QDQ model,
     whose own scales are used), "dynamic" (int8 weights, float activations) or "float16" (float16
-    weights). ``calibration``: an .npz keyed by input name or an .npy, samples on the
-    first axis; a folder of images (or an ``edgeq.runtime.inputs.ImageFolder`` saying how to read it);
-    arrays; an iterable or generator of samples, each an array, a list of arrays in input order or a
-    dict keyed by input name (as TFLite's ``representative_dataset``); or an object whose
-    ``get_next()`` returns input dicts until None (as onnxruntime's ``CalibrationDataReader``).
-    ``io_dtype`` sets an int8 model's input/output type. ``debug`` measures every int8 tensor's error
-    against the float model on the calibration samples.
+    weights). ``calibration``: an .npz keyed by input name or an .npy, samples on the first axis; a
+    folder of images (or an ``edgeq.runtime.inputs.ImageFolder`` saying how to read it); arrays; an
+    iterable or generator of samples, each an array, a list of arrays in input order or a dict keyed by
+    input name (as TFLite's ``representative_dataset``); or an object whose ``get_next()`` returns input
+    dicts until None (as onnxruntime's ``CalibrationDataReader``). ``io_dtype`` sets an int8 model's
+    input/output type. ``debug`` measures every int8 tensor's error against the float model on the
+    calibration samples.
     ``float_fallback``: "auto" keeps float islands where int8 would wreck the outputs (mixed-range
     joins, and ops where the error grows most while the outputs' SQNR on calibration samples is under
     ``min_sqnr_db``; see converter.mixed_precision); "none" quantizes every op that has an int8 form.

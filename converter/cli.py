@@ -101,7 +101,7 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
       edgeq convert model.pt2 -o model.tflite         # saved by torch.export.save; needs edgeq[torch]
       edgeq convert model.onnx -o model.tflite --input-shape images:1,3,640,640
       edgeq convert model.onnx -o model_int8.tflite --quantize int8 --calibration calib.npz
-      edgeq convert model.onnx -o m.tflite --quantize int8 --calibration images/ --size 256 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
+      edgeq convert model.onnx -o m.tflite --quantize int8 --calibration images/ --size 256 --mean 0.5 --std 0.25
       edgeq convert model.onnx -o m.tflite --quantize int8 --calibration calib.npz --io uint8 --debug
       edgeq convert model.onnx -o m.tflite --quantize int8 --calibration calib.npz --float-fallback none
       edgeq convert model_float.tflite -o model_int8.tflite --quantize int8 --calibration calib.npz
