@@ -191,3 +191,9 @@ def test_ops_tflm_lacks_names_builtin_and_custom_ops_it_has_no_kernel_for():
                   [Op("RELU", ["x"], ["y"]), Op("GELU", ["y"], ["z"]),
                    Op("CUSTOM", ["z"], ["w"], {"custom_code": "Convolution2DTransposeBias"})], ["x"], ["w"])
     assert ops_tflm_lacks(graph) == ["CUSTOM Convolution2DTransposeBias", "GELU"]
+
+
+def test_export_c_refuses_a_header_that_is_the_output_itself(cnn_tflite, tmp_path):
+    result = invoke("export-c", cnn_tflite, "-o", tmp_path / "m.h", "--header", tmp_path / "m.h")
+    assert result.exit_code == 2
+    assert "is the output itself" in result.output

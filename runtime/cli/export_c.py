@@ -28,6 +28,7 @@ def export_c(model, output, name, header, quiet, verbose):
       edgeq export-c model.tflite -o model_data.cc
       edgeq export-c model.tflite -o src/model_data.cc --name g_model --header include/model_data.h
     """
+    from edgeq.runtime.fileio import write_atomic
     from edgeq.runtime.micro import c_array_source, c_header_source, c_identifier
     from edgeq.runtime.tflite_format.schema import FILE_IDENTIFIER
 
@@ -39,9 +40,11 @@ def export_c(model, output, name, header, quiet, verbose):
         raise ModelError(f"--name {name!r} is not a C identifier")
     output = Path(output)
     header = Path(header) if header else output.with_suffix(".h")
+    if header.resolve() == output.resolve():
+        raise ModelError(f"--header {header} is the output itself; give the header its own file")
     include = _relative_include(header, output)
-    header.write_text(c_header_source(name))
-    output.write_text(c_array_source(content, name, include))
+    write_atomic(header, c_header_source(name))
+    write_atomic(output, c_array_source(content, name, include))
     if not quiet:
         click.echo(f"{output}: {name}[{len(content):,}] ({header} declares it)")
 
