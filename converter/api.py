@@ -1,6 +1,7 @@
 """The Python API of the converter: ``convert(...)`` is what ``edgeq convert`` runs."""
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,12 +68,23 @@ def parse_input_shapes(specs) -> dict:
 
 
 def is_tflite_file(path) -> bool:
+    if not isinstance(path, (str, os.PathLike)):
+        return False
     with open(path, "rb") as f:
         return f.read(8)[4:8] == FILE_IDENTIFIER
 
 
-def load_graph(model_path, input_shapes=None, keep_onnx_layout=False) -> tuple:
-    """Read an ONNX model or a float .tflite into the IR; returns (graph, notes)."""
+def load_graph(model_path, input_shapes=None, keep_onnx_layout=False, example_inputs=None) -> tuple:
+    """Read an ONNX model, a float .tflite or a PyTorch model (an nn.Module or ExportedProgram, called
+    with ``example_inputs``; a .pt2 or TorchScript file) into the IR; returns (graph, notes)."""
+    from edgeq.converter.torch_import import is_torch_source
+
+    if is_torch_source(model_path):
+        from edgeq.converter.onnx_import import import_onnx
+        from edgeq.converter.torch_import import torch_to_onnx
+
+        onnx_model = torch_to_onnx(model_path, example_inputs, input_shapes)
+        return import_onnx(onnx_model, keep_onnx_layout=keep_onnx_layout), ["exported from PyTorch to ONNX opset 17"]
     path = Path(model_path)
     if not path.is_file():
         raise ModelError(f"{path}: no such file")
@@ -154,13 +166,24 @@ def convert(
     prune_importance: str = "l1",
     reconstruct: bool = False,
     sparse_encoding: bool = False,
+    example_inputs=None,
 ) -> ConversionResult:
-    """Convert an ONNX model (or a float .tflite) to a TFLite flatbuffer.
+    """Convert an ONNX model (or a float .tflite, or a PyTorch model) to a TFLite flatbuffer.
 
-    ``quantize``: "none" (float32), "int8" (full integer; needs ``calibration``, an .npz keyed by input
-    name or an .npy, samples on the first axis, except for a QDQ model, whose own scales are used), "dynamic" (int8 weights, float activations) or
-    "float16" (float16 weights). ``io_dtype`` sets an int8 model's input/output type. ``debug`` measures
-    every int8 tensor's error against the float model on the calibration samples.
+    ``model_path``: an ONNX or .tflite file; a ``torch.nn.Module`` or ``torch.export.ExportedProgram``
+    called with ``example_inputs`` (a tuple of tensors or arrays, which fix every dimension; an
+    ExportedProgram's own example inputs otherwise); or a ``.pt2`` file (``torch.export.save``) or a
+    TorchScript ``.pt``. PyTorch models are exported to ONNX in memory (needs ``edgeq[torch]``).
+
+    ``quantize``: "none" (float32), "int8" (full integer; needs ``calibration``, except for a QDQ model,
+    whose own scales are used), "dynamic" (int8 weights, float activations) or "float16" (float16
+    weights). ``calibration``: an .npz keyed by input name or an .npy, samples on the first axis; a
+    folder of images (or an ``edgeq.runtime.inputs.ImageFolder`` saying how to read it); arrays; an
+    iterable or generator of samples, each an array, a list of arrays in input order or a dict keyed by
+    input name (as TFLite's ``representative_dataset``); or an object whose ``get_next()`` returns input
+    dicts until None (as onnxruntime's ``CalibrationDataReader``). ``io_dtype`` sets an int8 model's
+    input/output type. ``debug`` measures every int8 tensor's error against the float model on the
+    calibration samples.
     ``float_fallback``: "auto" keeps float islands where int8 would wreck the outputs (mixed-range
     joins, and ops where the error grows most while the outputs' SQNR on calibration samples is under
     ``min_sqnr_db``; see converter.mixed_precision); "none" quantizes every op that has an int8 form.
@@ -184,7 +207,7 @@ def convert(
     if sparse_encoding and quantize != "none":
         raise ModelError("--sparse-encoding stores float weights: LiteRT's default interpreter cannot run "
                          "quantized weights behind DENSIFY; drop --quantize or --sparse-encoding")
-    float_graph, notes = load_graph(model_path, input_shapes, keep_onnx_layout)
+    float_graph, notes = load_graph(model_path, input_shapes, keep_onnx_layout, example_inputs)
     from_onnx = not is_tflite_file(model_path)
     given = float_graph.given_quantization
     if quantize == "int8" and calibration is None and given is None:
@@ -193,6 +216,11 @@ def convert(
         notes.append("quantized (QDQ) model read as its float model; --quantize int8 keeps its own scales")
     if given is not None and (prune_sparsity or prune_channels):
         raise ModelError("pruning changes the weights a quantized (QDQ) model states scales for; prune the float model")
+    if calibration is not None and not isinstance(calibration, (str, os.PathLike)):
+        from edgeq.converter.calibrate import load_calibration
+
+        # A generator or reader gives its samples once: read them once for every stage that uses them.
+        calibration = load_calibration(calibration, float_graph, num_samples=num_calibration_samples)
     float_graph, prune_reports = _prune(float_graph, calibration, num_calibration_samples, prune_sparsity,
                                         prune_scope, prune_channels, prune_importance, reconstruct)
     graph, float_ops, errors, float_choice = float_graph, [], [], None

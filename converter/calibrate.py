@@ -28,11 +28,12 @@ OBSERVERS = ("minmax", "percentile", "entropy", "mse")
 
 # -- loading calibration data ----------------------------------------------------------------------
 
-def load_calibration(path, graph: Graph, nchw_to_nhwc: Optional[bool] = None,
+def load_calibration(source, graph: Graph, nchw_to_nhwc: Optional[bool] = None,
                      num_samples: Optional[int] = None) -> dict:
-    """Calibration samples as ``{input name: array}`` in the graph's layout, first axis = samples:
+    """Calibration samples as ``{input name: array}`` in the graph's layout, first axis = samples, from
+    a file, a folder of images, arrays, an iterable of samples or a ``get_next()`` reader:
     ``edgeq.runtime.inputs.load_samples``, the loader ``edgeq run`` and the report use too."""
-    return load_samples(path, graph, "calibration", nchw_to_nhwc, num_samples)
+    return load_samples(source, graph, "calibration", nchw_to_nhwc, num_samples)
 
 
 # -- observers -------------------------------------------------------------------------------------

@@ -18,6 +18,31 @@ from edgeq.runtime.cli.common import EXIT_FAILED, fail, reports_errors, verbosit
 from edgeq.runtime.ir import ModelError
 
 
+# -- samples as users hold them ----------------------------------------------------------------
+def image_folder_options(command):
+    """--size, --mean, --std and --layout: how a folder of images given as samples becomes the model's input."""
+    from edgeq.runtime.cli.run import image_options
+
+    command = image_options(command)
+    return click.option("--size", type=click.IntRange(min=1), metavar="PIXELS",
+                        help="Image folders: resize each image's shorter side to this, then crop the centre "
+                        "to the model's input (default: resize straight to the input's size).")(command)
+
+
+def samples_source(path, size, mean, std, layout):
+    """What ``path`` names as samples: a folder of images (read as the image options say) or a file."""
+    from pathlib import Path
+
+    from edgeq.runtime.inputs import ImageFolder
+
+    if path is None or not Path(path).is_dir():
+        if path is not None and (size or mean or std or layout != "auto"):
+            raise ModelError("--size, --mean, --std and --layout apply to folders of images; "
+                             f"{path} is a file")
+        return path
+    return ImageFolder(str(path), size=size, mean=mean, std=std, layout=layout)
+
+
 # -- convert ---------------------------------------------------------------------------------
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
@@ -34,8 +59,9 @@ from edgeq.runtime.ir import ModelError
 @click.option("--quantize", type=click.Choice(["none", "int8", "dynamic", "float16"]), default="none",
               show_default=True, help="int8: full integer (needs --calibration, except a QDQ model, which "
               "states its own scales); dynamic: int8 weights, float activations; float16: float16 weights.")
-@click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration samples: .npz keyed by input "
-              "name, or .npy for one-input models; samples on the first axis, images NCHW or NHWC.")
+@click.option("--calibration", type=click.Path(), help="Calibration samples: .npz keyed by input "
+              "name, or .npy for one-input models; samples on the first axis, images NCHW or NHWC; or a "
+              "folder of images (see --size, --mean, --std, --layout; needs Pillow).")
 @click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]),
               default="minmax", show_default=True, help="How activation ranges are chosen.")
 @click.option("--calibration-samples", type=click.IntRange(min=1), help="Use only the first N samples.")
@@ -60,19 +86,22 @@ from edgeq.runtime.ir import ModelError
               "channels by least squares on --calibration samples.")
 @click.option("--sparse-encoding", is_flag=True, help="Store float weights in TFLite's sparse (CSR) "
               "encoding where smaller (float models only).")
+@image_folder_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @verbosity_options
 @reports_errors
 def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, calibration, calibration_method,
             calibration_samples, io_dtype, float_fallback, min_sqnr_db, debug, prune_sparsity, prune_scope, prune_channels, prune_importance,
-            reconstruct, sparse_encoding, as_json, quiet, verbose):
-    """Convert an ONNX model (or a float .tflite) to a TFLite flatbuffer.
+            reconstruct, sparse_encoding, as_json, quiet, verbose, size=None, mean=None, std=None, layout="auto"):
+    """Convert an ONNX model (or a float .tflite, or a PyTorch .pt2 / TorchScript .pt) to a TFLite flatbuffer.
 
     \b
     Examples:
       edgeq convert model.onnx -o model.tflite
+      edgeq convert model.pt2 -o model.tflite         # saved by torch.export.save; needs edgeq[torch]
       edgeq convert model.onnx -o model.tflite --input-shape images:1,3,640,640
       edgeq convert model.onnx -o model_int8.tflite --quantize int8 --calibration calib.npz
+      edgeq convert model.onnx -o m.tflite --quantize int8 --calibration images/ --size 256 --mean 0.5 --std 0.25
       edgeq convert model.onnx -o m.tflite --quantize int8 --calibration calib.npz --io uint8 --debug
       edgeq convert model.onnx -o m.tflite --quantize int8 --calibration calib.npz --float-fallback none
       edgeq convert model_float.tflite -o model_int8.tflite --quantize int8 --calibration calib.npz
@@ -93,7 +122,7 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
         keep_onnx_layout=keep_onnx_layout,
         store_names=not no_names,
         quantize=quantize,
-        calibration=calibration,
+        calibration=samples_source(calibration, size, mean, std, layout),
         calibration_method=calibration_method,
         num_calibration_samples=calibration_samples,
         io_dtype=io_dtype,
@@ -167,10 +196,12 @@ def _float_choice_summary(choice) -> dict:
 # -- report ----------------------------------------------------------------------------------
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--calibration", type=click.Path(dir_okay=False), required=True,
-              help="Calibration samples for the int8 variants (as for convert).")
-@click.option("--eval", "eval_path", type=click.Path(dir_okay=False), required=True,
-              help=".npz with the model input(s) (NCHW or NHWC images) and optional labels.")
+@click.option("--calibration", type=click.Path(), required=True,
+              help="Calibration samples for the int8 variants (as for convert): a file or a folder of images.")
+@click.option("--eval", "eval_path", type=click.Path(), required=True,
+              help=".npz with the model input(s) (NCHW or NHWC images) and optional labels; or a folder of "
+              "images with one subfolder per class (labels.txt there lists the classes in the model's output "
+              "order, one per line; without it the sorted subfolder names are the classes).")
 @click.option("-o", "--output", type=click.Path(file_okay=False), default="report", show_default=True,
               help="The report folder (replaced if it holds an earlier report).")
 @click.option("--labels-key", help="Labels array in the eval file [default: y when present]; without labels, "
@@ -190,11 +221,13 @@ def _float_choice_summary(choice) -> dict:
 @click.option("--calibration-samples", type=int, help="Use only the first N calibration samples.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:D1,D2,...",
               help="Fix an input's shape (ONNX layout). Repeatable.")
+@image_folder_options
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
 @verbosity_options
 @reports_errors
 def report(model, calibration, eval_path, output, labels_key, methods, prune_sparsity, prune_channels, reconstruct,
-           metric, jobs, repeats, eval_samples, calibration_samples, input_shapes, as_json, quiet, verbose):
+           metric, jobs, repeats, eval_samples, calibration_samples, input_shapes, as_json, quiet, verbose,
+           size=None, mean=None, std=None, layout="auto"):
     """Build the variants of a model and compare them: size, accuracy, latency, memory.
 
     Variants: float32, float16, dynamic-range int8, full int8 per calibration method, and int8 per
@@ -207,6 +240,7 @@ def report(model, calibration, eval_path, output, labels_key, methods, prune_spa
       edgeq report model.onnx --calibration calib.npz --eval test.npz --methods minmax,entropy,mse
       edgeq report model.onnx --calibration calib.npz --eval test.npz --prune-sparsity 0.5,0.7 --reconstruct
       edgeq report model.onnx --calibration calib.npz --eval val.npz --metric my_metrics:mean_iou --json
+      edgeq report model.onnx --calibration images/ --eval val_images/ --size 256 --mean 0.5 --std 0.25
 
     Exit codes: 0 ok, 1 edgeq and LiteRT disagree (the report is still written) or internal error,
     2 bad input (files, options, --metric).
@@ -220,7 +254,8 @@ def report(model, calibration, eval_path, output, labels_key, methods, prune_spa
             raise ModelError(f"{option} {value}: needs a positive number")
     command_line = click.get_current_context().meta.get("command_line") or sys.argv
     options = ReportOptions(
-        model=model, calibration=calibration, eval=eval_path, output=output, labels_key=labels_key,
+        model=model, calibration=samples_source(calibration, size, mean, std, layout),
+        eval=samples_source(eval_path, size, mean, std, layout), output=output, labels_key=labels_key,
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
         prune_sparsities=tuple(parse_fractions(prune_sparsity, "--prune-sparsity")),
         prune_channels=tuple(parse_fractions(prune_channels, "--prune-channels")),

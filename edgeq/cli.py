@@ -9,7 +9,7 @@ from edgeq.runtime.cli.common import EdgeqGroup, OptionalCommand
 CONVERTER_COMMANDS = (
     OptionalCommand("convert", "edgeq.converter.cli:convert", extra="convert", part="the converter",
                     modules=("onnx", "tqdm"),
-                    summary="Convert an ONNX model (or a float .tflite) to a TFLite flatbuffer."),
+                    summary="Convert an ONNX model (or a float .tflite, a PyTorch .pt2) to a TFLite flatbuffer."),
     OptionalCommand("report", "edgeq.converter.cli:report", extra="report", part="the converter and matplotlib",
                     modules=("onnx", "tqdm", "matplotlib"),
                     summary="Build the variants of a model and compare them: size, accuracy, latency, memory."),

@@ -5,6 +5,9 @@ Two shapes of use:
 
 * samples for a graph (``load_samples``, ``samples_for_graph``): ``{input name: array}`` with samples on
   the first axis, in the graph's layout; images may come NCHW (as an ONNX model takes them) or NHWC.
+  They come as users hold them: an .npz/.npy file, arrays, a folder of images (``ImageFolder``), an
+  iterable or generator of samples (as TFLite's ``representative_dataset``), or a reader whose
+  ``get_next()`` returns input dicts until ``None`` (as onnxruntime's ``CalibrationDataReader``).
 * feeds for one inference of an interpreter (``load_inputs``): one array per input detail, of its exact
   shape and type; an image file is read (Pillow, optional), resized, normalized and quantized for it.
 
@@ -12,8 +15,10 @@ Every problem with the user's file is a ``ModelError`` that names the file and t
 """
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -57,15 +62,111 @@ def read_arrays(path, what: str) -> Union[np.ndarray, dict]:
 
 # -- samples for a graph (calibration, eval) -------------------------------------------------
 
-def load_samples(path, graph: Graph, what: str = "calibration", nchw_to_nhwc: Optional[bool] = None,
+class GraphSamples(dict):
+    """``{input name: array}`` already in a graph's layout (``load_samples``' result): loading it again
+    keeps it as it is, so samples from a one-shot source can be read once and used at every stage."""
+
+
+def load_samples(source, graph: Graph, what: str = "calibration", nchw_to_nhwc: Optional[bool] = None,
                  num_samples: Optional[int] = None) -> dict:
     """Samples as ``{input name: array}`` in the graph's layout, first axis = samples.
 
-    ``path``: an ``.npz`` with one array per graph input (key = input name), or an ``.npy`` for a
-    one-input graph. Image samples may be NCHW (as the ONNX model takes them) or NHWC; the layout is
-    read from the shape unless ``nchw_to_nhwc`` says it. ``num_samples`` keeps the first N samples.
+    ``source``: an ``.npz`` with one array per graph input (key = input name), or an ``.npy`` for a
+    one-input graph; a folder of images (or an ``ImageFolder`` that says how to read them); such
+    arrays themselves (an array, or a dict keyed by input name); an iterable or generator of samples,
+    each an array (one-input graph), a list of arrays in input order, or a dict keyed by input name,
+    with or without a batch axis; or an object whose ``get_next()`` returns such dicts until ``None``.
+    Image samples may be NCHW (as the ONNX model takes them) or NHWC; the layout is read from the shape
+    unless ``nchw_to_nhwc`` says it. ``num_samples`` keeps the first N samples (and reads no further).
     """
-    return samples_for_graph(read_arrays(path, what), graph, path, what, nchw_to_nhwc, num_samples)
+    if isinstance(source, GraphSamples):
+        return source if num_samples is None else GraphSamples({k: v[:num_samples] for k, v in source.items()})
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+        source = ImageFolder(str(source))
+    if isinstance(source, ImageFolder):
+        arrays = source.samples(graph, what, num_samples)
+        return GraphSamples(samples_for_graph(arrays, graph, source.path, what, False, num_samples))
+    if isinstance(source, (str, os.PathLike)):
+        arrays, label = read_arrays(source, what), source
+    elif isinstance(source, (np.ndarray, dict)):
+        arrays, label = source, "(arrays)"
+    else:
+        arrays, label = collect_samples(source, graph, what, num_samples), f"({type(source).__name__})"
+    return GraphSamples(samples_for_graph(arrays, graph, label, what, nchw_to_nhwc, num_samples))
+
+
+def _iterate_samples(source, what: str):
+    """The samples of an iterable, or of a reader's ``get_next()`` until it returns None."""
+    if callable(getattr(source, "get_next", None)):
+        while True:
+            sample = source.get_next()
+            if sample is None:
+                return
+            yield sample
+    elif isinstance(source, (bytes, bytearray)) or not hasattr(source, "__iter__"):
+        raise ModelError(f"{what} samples: expected a file, a folder of images, arrays, an iterable of samples "
+                         f"or an object with get_next(); got {type(source).__name__}")
+    else:
+        yield from source
+
+
+def collect_samples(source, graph: Graph, what: str = "calibration", num_samples: Optional[int] = None) -> dict:
+    """The samples of an iterable or reader stacked as ``{input name: array}`` (in the samples' own layout),
+    reading no more than ``num_samples`` when given."""
+    chunks = {name: [] for name in graph.inputs}
+    count = 0
+    for index, sample in enumerate(_iterate_samples(source, what)):
+        if num_samples is not None and count >= num_samples:
+            break
+        arrays = _sample_arrays(sample, graph, what, index)
+        sizes = set()
+        for name, array in arrays.items():
+            rank = len(graph[name].shape)
+            if array.ndim == rank - 1:
+                array = array[None]
+            elif array.ndim != rank:
+                raise ModelError(f"{what} sample {index}: input '{name}' has shape {list(array.shape)}; the model's "
+                                 f"input is {rank}-D (a batch axis first, or none for one sample)")
+            chunks[name].append(array)
+            sizes.add(array.shape[0])
+        if len(sizes) > 1:
+            raise ModelError(f"{what} sample {index}: inputs have different batch sizes {sorted(sizes)}")
+        count += sizes.pop()
+    if count == 0:
+        raise ModelError(f"{what} samples: the {type(source).__name__} gave no samples")
+    try:
+        return {name: np.concatenate(parts) for name, parts in chunks.items()}
+    except ValueError as error:
+        raise ModelError(f"{what} samples differ in shape: {error}") from None
+
+
+def _sample_arrays(sample, graph: Graph, what: str, index: int) -> dict:
+    """One sample as ``{input name: array}``: from a dict keyed by input name, a list or tuple of arrays in
+    input order, or a lone array for a one-input graph."""
+    if isinstance(sample, dict):
+        unknown = sorted(set(sample) - set(graph.inputs))
+        missing = [name for name in graph.inputs if name not in sample]
+        if unknown or missing:
+            raise ModelError(f"{what} sample {index}: keys must be the model inputs {graph.inputs}; "
+                             f"missing {missing}, unexpected {unknown}")
+        values = [sample[name] for name in graph.inputs]
+    elif isinstance(sample, (list, tuple)):
+        if len(sample) != len(graph.inputs):
+            raise ModelError(f"{what} sample {index}: {len(sample)} arrays for the model's "
+                             f"{len(graph.inputs)} inputs {graph.inputs}")
+        values = list(sample)
+    elif len(graph.inputs) == 1:
+        values = [sample]
+    else:
+        raise ModelError(f"{what} sample {index}: the model has inputs {graph.inputs}; give a dict keyed by "
+                         "input name or a list of arrays in that order")
+    arrays = {}
+    for name, value in zip(graph.inputs, values):
+        try:
+            arrays[name] = np.asarray(value)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ModelError(f"{what} sample {index}: input '{name}' is not an array: {error}") from None
+    return arrays
 
 
 def samples_for_graph(arrays: Union[np.ndarray, dict], graph: Graph, source, what: str = "calibration",
@@ -237,19 +338,128 @@ def channel_values(text: Optional[str], channels: int, option: str, default: flo
     return np.broadcast_to(np.array(values, np.float32), (channels,))
 
 
-def read_image(path, channels: int, height: int, width: int) -> np.ndarray:
-    """H x W x C float32 pixels in [0, 1]."""
+def read_image(path, channels: int, height: int, width: int, shorter_side: Optional[int] = None) -> np.ndarray:
+    """H x W x C float32 pixels in [0, 1]: resized to height x width (bilinear); with ``shorter_side``,
+    resized so that its shorter side is that long, then its centre cropped to height x width."""
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
         raise ModelError("reading images needs Pillow: pip install 'edgeq[images]' (or pip install Pillow)") from None
     try:
         with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+            image = image.convert("L" if channels == 1 else "RGB")
+            if shorter_side is None:
+                image = image.resize((width, height), Image.BILINEAR)
+            else:
+                image = _resize_and_crop(image, shorter_side, height, width, path)
             pixels = np.asarray(image, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ModelError(f"{path}: not a readable image ({exc})") from None
     return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def _resize_and_crop(image, shorter_side: int, height: int, width: int, path):
+    """As ImageNet evaluation prepares an image: shorter side resized to ``shorter_side`` (aspect kept),
+    then the centre ``height`` x ``width`` cut out."""
+    from PIL import Image
+
+    scale = shorter_side / min(image.size)
+    resized_width, resized_height = (max(1, round(side * scale)) for side in image.size)
+    if resized_width < width or resized_height < height:
+        raise ModelError(f"{path}: --size {shorter_side} makes it {resized_width}x{resized_height}, smaller than "
+                         f"the model's {width}x{height} input")
+    image = image.resize((resized_width, resized_height), Image.BILINEAR)
+    left = int(round((resized_width - width) / 2.0))
+    top = int(round((resized_height - height) / 2.0))
+    return image.crop((left, top, left + width, top + height))
+
+
+LABELS_FILE = "labels.txt"
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """A folder of images as the samples of a one-input image model.
+
+    Images are found in the folder and its subfolders, in sorted path order. Each is converted to the
+    input's channels (grey or RGB) and resized to its height and width (with ``size``: its shorter side
+    resized to ``size``, then its centre cropped to the input's size, as ImageNet evaluation does),
+    scaled to [0, 1], normalized per channel with ``mean`` and ``std`` (a number, a comma list such as
+    ``"0.485,0.456,0.406"``, or a sequence), and laid out as the model's input: ``layout`` "nhwc" or
+    "nchw", or "auto" to read it from the input's shape.
+
+    As eval data, each subfolder is a class: ``labels.txt`` in the folder names the classes in the
+    model's output order, one per line; without it, the sorted subfolder names are the classes.
+    """
+
+    path: str
+    size: Optional[int] = None
+    mean: Union[str, Sequence, None] = None
+    std: Union[str, Sequence, None] = None
+    layout: str = "auto"
+
+    def __str__(self) -> str:
+        return self.path
+
+    def image_paths(self, what: str = "calibration") -> list:
+        folder = Path(self.path)
+        if not folder.is_dir():
+            raise ModelError(f"{what} folder {folder} does not exist")
+        paths = sorted(p for p in folder.rglob("*") if p.is_file() and is_image(p))
+        if not paths:
+            raise ModelError(f"{what} folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return paths
+
+    def samples(self, graph: Graph, what: str = "calibration", num_samples: Optional[int] = None,
+                paths: Optional[list] = None) -> dict:
+        """``{input name: array}`` of the folder's images (the first ``num_samples``), in the input's layout."""
+        if len(graph.inputs) != 1:
+            raise ModelError(f"{what} folder {self.path}: images feed one input; the model has {graph.inputs}")
+        if self.layout not in IMAGE_LAYOUTS:
+            raise ModelError(f"layout {self.layout!r}: choose one of {', '.join(IMAGE_LAYOUTS)}")
+        name = graph.inputs[0]
+        shape = tuple(graph[name].shape)
+        layout = image_layout(shape, self.layout)
+        height, width, channels = shape[1:4] if layout == "nhwc" else (shape[2], shape[3], shape[1])
+        if channels not in (1, 3):
+            raise ModelError(f"input '{name}' of shape {list(shape)} read as {layout.upper()} has {channels} "
+                             "channels; images give 1 or 3 (say --layout nhwc or nchw)")
+        mean = channel_values(_as_text(self.mean), channels, "--mean", 0.0)
+        std = channel_values(_as_text(self.std), channels, "--std", 1.0)
+        paths = (paths or self.image_paths(what))[:num_samples]
+        pixels = np.stack([(read_image(p, channels, height, width, self.size) - mean) / std for p in paths])
+        return {name: pixels if layout == "nhwc" else pixels.transpose(0, 3, 1, 2)}
+
+    def labelled_images(self, what: str = "eval") -> tuple:
+        """(image paths, their class indices, the class names): each image's class is the subfolder
+        right under the folder that holds it."""
+        folder = Path(self.path)
+        paths = self.image_paths(what)
+        found = sorted({p.relative_to(folder).parts[0] for p in paths if len(p.relative_to(folder).parts) > 1})
+        if not found:
+            raise ModelError(f"{what} folder {folder}: labelled images go in one subfolder per class "
+                             "(e.g. cat/1.jpg, dog/2.jpg)")
+        loose = [p.name for p in paths if len(p.relative_to(folder).parts) == 1]
+        if loose:
+            raise ModelError(f"{what} folder {folder}: {loose[0]} is in no class subfolder")
+        classes = found
+        labels_file = folder / LABELS_FILE
+        if labels_file.is_file():
+            classes = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
+            unknown = [c for c in found if c not in classes]
+            if unknown:
+                raise ModelError(f"{labels_file}: no line for class folder(s) {', '.join(unknown)}")
+        index = {name: i for i, name in enumerate(classes)}
+        labels = np.array([index[p.relative_to(folder).parts[0]] for p in paths], np.int64)
+        return paths, labels, classes
+
+
+def _as_text(values) -> Optional[str]:
+    if values is None or isinstance(values, str):
+        return values
+    if np.isscalar(values):
+        return str(values)
+    return ",".join(str(float(v)) for v in values)
 
 
 def as_input_dtype(values: np.ndarray, detail: dict) -> np.ndarray:

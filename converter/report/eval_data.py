@@ -10,11 +10,12 @@ import importlib
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
-from edgeq.runtime.inputs import read_arrays, samples_for_graph
+from edgeq.runtime.inputs import ImageFolder, read_arrays, samples_for_graph
 from edgeq.runtime.ir import ModelError
 
 
@@ -32,7 +33,13 @@ def load_eval(path, graph, labels_key: Optional[str] = None, num_samples: Option
 
     ``labels_key`` None uses ``y`` when present; a key that was asked for and is absent is an error.
     The input arrays are checked and laid out as calibration samples are (``samples_for_graph``).
+    ``path`` may also be a folder of images with one subfolder per class (or its ``ImageFolder``), see
+    ``load_eval_folder``.
     """
+    if isinstance(path, (str, os.PathLike)) and Path(path).is_dir():
+        path = ImageFolder(str(path))
+    if isinstance(path, ImageFolder):
+        return load_eval_folder(path, graph, labels_key, num_samples)
     raw = read_arrays(path, "eval")
     if isinstance(raw, np.ndarray):
         if len(graph.inputs) != 1:
@@ -59,6 +66,20 @@ def load_eval(path, graph, labels_key: Optional[str] = None, num_samples: Option
             raise ModelError(f"eval file {path}: labels '{labels_key}' must be {count} integer classes, "
                              f"got {labels.dtype} {list(labels.shape)}")
     return EvalData(inputs=inputs, labels=labels, raw=raw, count=count)
+
+
+def load_eval_folder(folder: ImageFolder, graph, labels_key: Optional[str] = None,
+                     num_samples: Optional[int] = None) -> EvalData:
+    """A folder of images with one subfolder per class: the images as the model's input, read as
+    ``folder`` says, and their classes as labels ``y`` (numbered by ``labels.txt`` when the folder has
+    one, else by the sorted subfolder names)."""
+    if labels_key not in (None, "y"):
+        raise ModelError(f"--labels-key {labels_key}: the labels of an image folder are its class subfolders")
+    paths, labels, _ = folder.labelled_images("eval")
+    paths, labels = paths[:num_samples], labels[:num_samples]
+    arrays = folder.samples(graph, "eval", paths=paths)
+    inputs = samples_for_graph(arrays, graph, folder.path, "eval", False)
+    return EvalData(inputs=inputs, labels=labels, raw={**inputs, "y": labels}, count=len(paths))
 
 
 def load_metric(spec: str) -> Callable:

@@ -44,8 +44,8 @@ METHODS_TEXT = {
 @dataclass
 class ReportOptions:
     model: str
-    calibration: str
-    eval: str
+    calibration: object  # a file name, or an edgeq.runtime.inputs.ImageFolder
+    eval: object         # the same
     output: str
     labels_key: Optional[str] = None
     methods: tuple = ("minmax",)
@@ -109,8 +109,10 @@ def make_report(options: ReportOptions, progress: bool = False) -> dict:
 
     output = Path(options.output)
     _prepare_output_folder(output)
+    from edgeq.runtime.inputs import ImageFolder
+
     for label, path in (("model", options.model), ("calibration file", options.calibration)):
-        if not Path(path).is_file():
+        if not isinstance(path, ImageFolder) and not Path(path).is_file():
             raise ModelError(f"{label} {path} does not exist")
     specs = plan_variants(options.methods, options.prune_sparsities, options.prune_channels, options.reconstruct)
     metric = load_metric(options.metric) if options.metric else None

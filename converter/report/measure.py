@@ -41,7 +41,7 @@ def measure_latency(content: bytes, inputs: dict, repeats: int, engine: str) -> 
 class BuildJob:
     spec: VariantSpec
     model_path: str
-    calibration: str
+    calibration: object  # a file name, or an edgeq.runtime.inputs.ImageFolder
     num_calibration_samples: Optional[int]
     input_shapes: dict
     models_folder: str
@@ -92,7 +92,7 @@ def _progress_bar(total: int, desc: str, enabled: bool):
 def build_all(specs, options, eval_data, models_folder: Path, jobs: int, progress: bool) -> dict:
     with_litert = litert_available()
     jobs_by_spec = [
-        BuildJob(spec, str(options.model), str(options.calibration), options.calibration_samples,
+        BuildJob(spec, str(options.model), _as_path_or_folder(options.calibration), options.calibration_samples,
                  dict(options.input_shapes), str(models_folder), eval_data.inputs, with_litert)
         for spec in specs
     ]
@@ -129,3 +129,10 @@ def size_figures(content: bytes) -> dict:
         "gzip_bytes": len(gzip.compress(content, compresslevel=9, mtime=0)),
         "breakdown": size_breakdown(content),
     }
+
+
+def _as_path_or_folder(samples):
+    """A file name as a string; a folder of images as the ImageFolder that says how to read it."""
+    from edgeq.runtime.inputs import ImageFolder
+
+    return samples if isinstance(samples, ImageFolder) else str(samples)
