@@ -290,7 +290,38 @@ def main():
         print(f"{name}: {facts['params']:,} parameters, ONNX {facts['bytes']:,} bytes, "
               f"onnxruntime vs torch {facts['onnx_vs_torch']:.1e}\n  ops: {', '.join(facts['ops'])}")
     manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
-    (OUT_DIR / "README.md").write_text(real_world.readme(manifest))
+    readme_path = OUT_DIR / "README.md"
+    readme_path.write_text(with_model_entries(readme_path.read_text(), manifest))
+
+
+def with_model_entries(readme: str, manifest: dict) -> str:
+    """``readme`` with these models' table rows after the models table and their sections after the
+    last model section (before the sections other scripts write), replacing any earlier entries."""
+    lines = readme.split("\n")
+    for name in BUILDERS:  # drop an earlier entry: its table row and its section up to the next heading
+        lines = [line for line in lines if not line.startswith(f"| `{name}` |")]
+        if f"## {name}" in lines:
+            start = lines.index(f"## {name}")
+            end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+            lines[start:end] = []
+    last_row = next(i for i, line in enumerate(lines) if line.startswith("| `"))
+    while lines[last_row + 1].startswith("| `"):  # the end of the first (the models') table
+        last_row += 1
+    rows = []
+    for name in BUILDERS:
+        facts = manifest[name]
+        inputs = ", ".join(f"`{n}` [{', '.join(map(str, dims))}]" for n, dims in facts["inputs"].items())
+        rows.append(f"| `{name}` | {inputs} | {facts['params']:,} | {facts['bytes']:,} | "
+                    f"{facts['data_bytes']:,} | {facts['float_metric']} |")
+    lines[last_row + 1:last_row + 1] = rows
+    model_sections = [i for i, line in enumerate(lines) if line.startswith("## ") and line[3:] in manifest]
+    end = next((i for i in range(model_sections[-1] + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    sections = []
+    for name in BUILDERS:
+        sections += [f"## {name}", "", DESCRIPTIONS[name], "", "Made by `scripts/make_ptq_models.py`.", "",
+                     "ONNX ops: " + ", ".join(manifest[name]["ops"]) + ".", ""]
+    lines[end:end] = sections
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
