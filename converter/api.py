@@ -167,6 +167,9 @@ def convert(
     reconstruct: bool = False,
     sparse_encoding: bool = False,
     example_inputs=None,
+    equalize: bool = True,
+    bias_correction: bool = True,
+    smooth_quant: bool = True,
 ) -> ConversionResult:
     """Convert an ONNX model (or a float .tflite, or a PyTorch model) to a TFLite flatbuffer.
 
@@ -191,6 +194,11 @@ def convert(
     removes that share of channels (``prune_importance`` "l1" or "activation"; ``reconstruct`` refits
     the layers after them by least squares; both of those use the ``calibration`` samples), then
     ``prune_sparsity`` zeroes that share of weights (``prune_scope`` "global" or "layer").
+    Before an int8 model is calibrated, its float graph is rewritten into an equal function that
+    quantizes better: ``equalize`` balances the channel ranges of consecutive weighted ops
+    (converter.equalize), ``smooth_quant`` moves activation outliers after a LayerNorm into the next
+    weights (converter.smooth_quant), ``bias_correction`` folds the mean output shift of int8 weights,
+    measured on the calibration samples, into the biases (converter.bias_correction).
     ``sparse_encoding`` stores float weights in TFLite's sparse encoding (float models only).
     The output is written atomically when ``output_path`` is given; the bytes are returned either way.
     """
@@ -230,7 +238,7 @@ def convert(
     elif quantize == "int8":
         graph, float_ops, errors, float_choice = _quantize_int8(
             float_graph, calibration, calibration_method, num_calibration_samples, io_dtype, debug, progress,
-            float_fallback, min_sqnr_db,
+            float_fallback, min_sqnr_db, PtqPasses(equalize, smooth_quant, bias_correction), notes,
         )
         if float_choice is not None and float_choice.sqnr_db is not None and np.isfinite(float_choice.sqnr_db):
             notes.append(_float_choice_note(float_choice))
@@ -290,8 +298,42 @@ def _prune(graph, calibration, num_samples, sparsity, scope, channels, importanc
     return graph, reports
 
 
+@dataclass(frozen=True)
+class PtqPasses:
+    """Which float-graph rewrites run before int8 calibration."""
+
+    equalize: bool = True
+    smooth_quant: bool = True
+    bias_correction: bool = True
+
+
+def prepare_for_int8(graph: Graph, samples: dict, passes: PtqPasses, batch_size: int) -> tuple:
+    """The float graph rewritten by the chosen passes (an equal function that quantizes better);
+    returns (graph, notes)."""
+    notes = []
+    if passes.equalize:
+        from edgeq.converter.equalize import equalize_cross_layer
+
+        graph, report = equalize_cross_layer(graph, samples, batch_size=batch_size)
+        if report.pairs:
+            notes.append(str(report))
+    if passes.smooth_quant:
+        from edgeq.converter.smooth_quant import smooth_activation_outliers
+
+        graph, report = smooth_activation_outliers(graph, samples, batch_size=batch_size)
+        if report.layer_norms:
+            notes.append(str(report))
+    if passes.bias_correction:
+        from edgeq.converter.bias_correction import correct_bias
+
+        graph, report = correct_bias(graph, samples, batch_size=batch_size)
+        if report.corrected:
+            notes.append(str(report))
+    return graph, notes
+
+
 def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debug, progress, float_fallback,
-                   min_sqnr_db):
+                   min_sqnr_db, passes=PtqPasses(), notes=None):
     from edgeq.converter.calibrate import batch_size_for, calibrate, load_calibration
     from edgeq.converter.mixed_precision import DEFAULT_MIN_SQNR_DB, choose_float_ops
     from edgeq.converter.quantize import quantize_int8
@@ -300,6 +342,9 @@ def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debu
         raise ModelError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
     samples = load_calibration(calibration, float_graph, num_samples=num_samples)
     batch_size = batch_size_for(float_graph, samples)  # probes the float graph: once for every stage
+    float_graph, pass_notes = prepare_for_int8(float_graph, samples, passes, batch_size)
+    if notes is not None:
+        notes.extend(pass_notes)
     ranges = calibrate(float_graph, samples, method=method, batch_size=batch_size, progress=progress)
     choice = None
     if float_fallback == "auto":
