@@ -314,7 +314,7 @@ def prepare_for_int8(graph: Graph, samples: dict, passes: PtqPasses, batch_size:
     if passes.equalize:
         from edgeq.converter.equalize import equalize_cross_layer
 
-        graph, report = equalize_cross_layer(graph, samples, batch_size=batch_size)
+        graph, report = equalize_cross_layer(graph)  # data-free: measured better than activation ranges
         if report.pairs:
             notes.append(str(report))
     if passes.smooth_quant:
