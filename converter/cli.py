@@ -76,8 +76,8 @@ def samples_source(path, size, mean, std, layout):
 @click.option("--debug", is_flag=True, help="With --quantize int8: per-tensor error against the float model.")
 @click.option("--no-equalize", is_flag=True, help="With --quantize int8: skip cross-layer equalization of "
               "consecutive weighted ops' channel ranges.")
-@click.option("--no-smooth-quant", is_flag=True, help="With --quantize int8: leave activation outliers after "
-              "LayerNorms in place instead of moving them into the next layers' weights.")
+@click.option("--smooth-quant", is_flag=True, help="With --quantize int8: move activation outliers after "
+              "LayerNorms into the next layers' weights (SmoothQuant).")
 @click.option("--no-bias-correction", is_flag=True, help="With --quantize int8: skip folding the mean output "
               "shift of int8 weights (measured on --calibration samples) into the biases.")
 @click.option("--prune-sparsity", type=click.FloatRange(0, 1, max_open=True), help="Zero this share of the "
@@ -97,7 +97,7 @@ def samples_source(path, size, mean, std, layout):
 @verbosity_options
 @reports_errors
 def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, calibration, calibration_method,
-            calibration_samples, io_dtype, float_fallback, min_sqnr_db, debug, no_equalize, no_smooth_quant,
+            calibration_samples, io_dtype, float_fallback, min_sqnr_db, debug, no_equalize, smooth_quant,
             no_bias_correction, prune_sparsity, prune_scope, prune_channels, prune_importance,
             reconstruct, sparse_encoding, as_json, quiet, verbose, size=None, mean=None, std=None, layout="auto"):
     """Convert an ONNX model (or a float .tflite, or a PyTorch .pt2 / TorchScript .pt) to a TFLite flatbuffer.
@@ -144,7 +144,7 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
         reconstruct=reconstruct,
         sparse_encoding=sparse_encoding,
         equalize=not no_equalize,
-        smooth_quant=not no_smooth_quant,
+        smooth_quant=smooth_quant,
         bias_correction=not no_bias_correction,
     )
     seconds = time.perf_counter() - started
