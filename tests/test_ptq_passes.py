@@ -34,6 +34,8 @@ SHAPES = {"mobile_dwsep": {"images": (1, 3, 32, 32)},
           "unet_segmenter": {"images": (1, 3, 64, 64)}}
 NO_PASSES = {"equalize": False, "smooth_quant": False, "bias_correction": False}
 SMOOTH_ONLY = {"equalize": False, "smooth_quant": True, "bias_correction": False}
+# Whole real-world models converted a dozen times (about a minute and a half): the heaviest tier.
+pytestmark = pytest.mark.slow
 CONV = {"padding": "SAME", "stride_w": 1, "stride_h": 1, "dilation_w_factor": 1, "dilation_h_factor": 1,
         "fused_activation_function": "NONE"}
 
