@@ -40,19 +40,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import make_real_world_models as real_world  # noqa: E402
+from edgeq.testing.model_export import OUT_DIR, export, from_uint8, to_uint8
 
-OUT_DIR = real_world.OUT_DIR
-CALIB_SAMPLES = real_world.CALIB_SAMPLES
-EVAL_SAMPLES = real_world.EVAL_SAMPLES
+SEED = 0
+CALIB_SAMPLES = 32  # as scripts/make_real_world_models.py
+EVAL_SAMPLES = 64
+
+
+def seed_everything(seed: int = SEED) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
 
 
 # ----------------------------------------------------------------------------- mobile_dwsep
@@ -144,9 +146,9 @@ def build_mobile_dwsep(rng):
     calib, evaluation = image_dataset(rng, CALIB_SAMPLES), image_dataset(rng, EVAL_SAMPLES)
     set_pretrained_statistics(model, torch.from_numpy(np.concatenate([calib, evaluation])), rng)
     model.eval()
-    data = {"calib_images": real_world.to_uint8(calib), "eval_images": real_world.to_uint8(evaluation)}
+    data = {"calib_images": to_uint8(calib), "eval_images": to_uint8(evaluation)}
     # the stored images are what the model sees
-    dummy = (torch.from_numpy(real_world.from_uint8(data["calib_images"][:1])),)
+    dummy = (torch.from_numpy(from_uint8(data["calib_images"][:1])),)
     axes = {"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}}
     return model, dummy, ["images"], ["logits"], axes, data
 
@@ -275,10 +277,10 @@ def main():
     manifest_path = OUT_DIR / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     for name in args.models:
-        real_world.seed_everything()
-        rng = np.random.default_rng(real_world.SEED)
+        seed_everything()
+        rng = np.random.default_rng(SEED)
         model, dummy, input_names, output_names, axes, data = BUILDERS[name](rng)
-        facts = real_world.export(name, model, dummy, input_names, output_names, axes, data)
+        facts = export(name, model, dummy, input_names, output_names, axes, data)
         output = facts.pop("outputs")[0]
         facts["float_metric"] = (f"untrained; logits std {output.std():.3f}" if name == "mobile_dwsep" else
                                  f"random weights; embedding norm mean {np.linalg.norm(output, axis=1).mean():.3f}")

@@ -25,8 +25,8 @@ from edgeq.converter.equalize import channel_absmax, equalize_cross_layer, find_
 from edgeq.converter.smooth_quant import smooth_activation_outliers  # noqa: E402
 from edgeq.runtime.interpreter import Interpreter  # noqa: E402
 from edgeq.runtime.ir import Graph, Op, Tensor  # noqa: E402
-from referees import nchw_to_nhwc  # noqa: E402
-import task_metrics  # noqa: E402
+from edgeq.testing import task_metrics  # noqa: E402
+from edgeq.testing.referees import nchw_to_nhwc  # noqa: E402
 
 MODELS = Path(__file__).resolve().parent / "models"
 SHAPES = {"mobile_dwsep": {"images": (1, 3, 32, 32)},
