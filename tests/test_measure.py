@@ -37,10 +37,32 @@ def test_time_runs_goes_on_until_the_minimum_time_has_passed_but_not_past_max_ru
     assert capped.summary()["runs"] == 20
 
 
-def test_summary_gives_median_p90_and_min_of_wall_and_cpu_time_in_ms():
-    summary = time_runs(lambda: time.sleep(0.003), runs=5, warmup=0).summary()
-    assert 3.0 <= summary["min_ms"] <= summary["median_ms"] <= summary["p90_ms"]
-    assert summary["cpu_median_ms"] < summary["median_ms"]  # sleeping is wall time, not CPU time
+class FakeClocks:
+    """Wall and CPU clocks that advance only when a run says so, so timing tests do not depend on the load."""
+
+    def __init__(self):
+        self.wall = self.cpu = 0.0
+
+    def perf_counter(self):
+        return self.wall
+
+    def process_time(self):
+        return self.cpu
+
+    def run_taking(self, wall_seconds, cpu_seconds):
+        self.wall += wall_seconds
+        self.cpu += cpu_seconds
+
+
+def test_summary_gives_median_p90_and_min_of_wall_and_cpu_time_in_ms(monkeypatch):
+    clocks = FakeClocks()
+    monkeypatch.setattr("edgeq.runtime.measure.time", clocks)
+    durations = iter([(0.005, 0.001), (0.003, 0.001), (0.004, 0.002), (0.010, 0.001), (0.006, 0.003)])
+    summary = time_runs(lambda: clocks.run_taking(*next(durations)), runs=5, warmup=0).summary()
+    assert summary["min_ms"] == pytest.approx(3.0)
+    assert summary["median_ms"] == pytest.approx(5.0)
+    assert summary["min_ms"] <= summary["median_ms"] <= summary["p90_ms"] <= 10.0
+    assert summary["cpu_median_ms"] == pytest.approx(1.0)
 
 
 def test_one_inference_sets_the_inputs_invokes_and_returns_every_output(mlp_file):
