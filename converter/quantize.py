@@ -268,14 +268,25 @@ def _why_not_int8(op: Op, graph: Graph, original_float: set) -> Optional[str]:
 # for such a range is ~1e36, and the requantization multipliers built from it leave float32: LiteRT
 # aborts in allocate_tensors() on an int8 ADD of an attention mask (1 - mask) * finfo(float32).min.
 NEAR_FLOAT32_LIMIT = 1e30
+# An additive attention mask written with large finite values: Hugging Face's eager attention adds
+# (1 - mask) * finfo(float32).min, other exports -1e9 or -10000. Values this far below zero, beside a
+# tensor's values near zero, leave one int8 scale nothing for the values that matter.
+MASK_MAGNITUDE = 1e4
+MASK_DOMINANCE = 100.0  # the negative extreme is this many times the positive one, at least
 
 
-def _infinite_range(op: Op, graph: Graph, ranges: dict, original_float: set) -> Optional[str]:
+def is_mask_like(lo: float, hi: float) -> bool:
+    """Whether a tensor ranging over [lo, hi] looks like an additive mask (or scores with one added)."""
+    return lo <= -MASK_MAGNITUDE and max(hi, 0.0) * MASK_DOMINANCE < -lo
+
+
+def _unquantizable_range(op: Op, graph: Graph, ranges: dict, original_float: set) -> Optional[str]:
     """Why ``op`` stays float when one of its float activations or non-weight constants holds an
-    infinite value, or one near the float32 limit: an additive attention mask of -inf (torch's export
-    of scaled_dot_product_attention with a boolean mask) or of finfo(float32).min (Hugging Face's
-    eager attention), the scores it is added to, and the softmax reading them. No int8 scale holds
-    -inf, LiteRT cannot requantize a scale of 1e36, and the softmax turns those entries into exact
+    infinite value, one near the float32 limit, or mask-like values: an additive attention mask of
+    -inf (torch's export of scaled_dot_product_attention with a boolean mask) or of a huge finite
+    negative value (Hugging Face's eager attention: finfo(float32).min), the scores it is added to,
+    and the softmax reading them. No int8 scale holds -inf, LiteRT cannot requantize a scale of 1e36,
+    a scale stretched to a mask holds nothing else, and the softmax turns those entries into exact
     zeros only in float."""
     rule = RULES[op.type]
     skip = {rule.weight[0] if rule.weight else None, rule.bias}
@@ -295,7 +306,11 @@ def _infinite_range(op: Op, graph: Graph, ranges: dict, original_float: set) -> 
             continue
         if not np.all(np.isfinite(values)):
             return f"'{name}' holds infinite values, which int8 cannot represent"
-        if values.size and float(np.max(np.abs(values))) >= NEAR_FLOAT32_LIMIT:
+        lo, hi = (float(np.min(values)), float(np.max(values))) if values.size else (0.0, 0.0)
+        if is_mask_like(lo, hi):
+            return (f"'{name}' holds mask values down to {lo:.3g}: one int8 scale would leave nothing "
+                    f"for the values near 0")
+        if max(-lo, hi) >= NEAR_FLOAT32_LIMIT:
             return (f"'{name}' holds values near the float32 limit (a stand-in for -inf), whose int8 "
                     "scale LiteRT cannot requantize")
     return None
@@ -677,7 +692,7 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
         touches_float = any(n in original_float for n in list(op.inputs) + list(op.outputs) if n)
         if not touches_float:
             continue  # integer-only ops (shape arithmetic) are left as they are
-        reason = (_why_not_int8(op, g, original_float) or _infinite_range(op, g, ranges, original_float)
+        reason = (_why_not_int8(op, g, original_float) or _unquantizable_range(op, g, ranges, original_float)
                   or (keep_float or {}).get(op.outputs[0])
                   or (_unstated(op, g, stated, ranges, original_float) if stated else None))
         if reason is None:
