@@ -34,6 +34,37 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
 
 
 @dataclass
+class Int8Check:
+    """The int8 model's outputs against the float model's on the calibration samples: the worst
+    output's SQNR in dB, the threshold, whether it passed (a threshold of 0 accepts anything), and
+    below the threshold the op where the SQNR drops most."""
+
+    sqnr_db: float
+    min_sqnr_db: float
+    passed: bool
+    worst_op: Optional[str] = None
+    worst_op_drop_db: Optional[float] = None
+    float_fallback: str = "auto"
+
+    def as_dict(self) -> dict:
+        return {"sqnr_db": self.sqnr_db, "min_sqnr_db": self.min_sqnr_db, "passed": self.passed,
+                "worst_layer": self.worst_op, "worst_layer_drop_db": self.worst_op_drop_db}
+
+    def failure_line(self, output_path=None) -> str:
+        """One line: the figure, the worst layer and what to try."""
+        written = f" ({output_path} is written)" if output_path is not None else ""
+        line = (f"int8 outputs' SQNR against float on calibration samples is {self.sqnr_db:.1f} dB, under "
+                f"--min-sqnr {self.min_sqnr_db:g}{written}")
+        if self.worst_op is not None:
+            line += f"; worst layer: {self.worst_op} (SQNR drops {self.worst_op_drop_db:.1f} dB there)"
+        remedies = ["more or more representative calibration samples",
+                    "--calibration-method percentile, entropy or mse", "--debug for every tensor's error"]
+        if self.float_fallback != "auto":
+            remedies.append("--float-fallback auto")
+        return line + "; try " + ", ".join(remedies) + ", or --min-sqnr 0 to accept it"
+
+
+@dataclass
 class ConversionResult:
     graph: Graph
     content: bytes
@@ -46,6 +77,13 @@ class ConversionResult:
     layer_errors: list = field(default_factory=list)
     prune_reports: list = field(default_factory=list)
     float_choice: Optional[object] = None  # converter.mixed_precision.FloatChoice of an int8 conversion
+    int8_check: Optional[Int8Check] = None  # an int8 conversion's outputs against float; see ``passed``
+
+    @property
+    def passed(self) -> bool:
+        """False when an int8 model's outputs stay under the SQNR threshold: the file is written, but
+        it is not to be trusted as is."""
+        return self.int8_check is None or self.int8_check.passed
 
 
 def parse_input_shapes(specs) -> dict:
@@ -190,6 +228,10 @@ def convert(
     ``float_fallback``: "auto" keeps float islands where int8 would wreck the outputs (mixed-range
     joins, and ops where the error grows most while the outputs' SQNR on calibration samples is under
     ``min_sqnr_db``; see converter.mixed_precision); "none" quantizes every op that has an int8 form.
+    Either way an int8 model's outputs are compared with the float model's on the calibration
+    samples: ``result.int8_check`` holds the SQNR, and ``result.passed`` is False when it stays under
+    ``min_sqnr_db`` (default 20 dB; 0 accepts anything). The file is written all the same: the
+    caller decides (``edgeq convert`` exits 1).
     Pruning runs on the float model before quantization (see converter.prune): ``prune_channels``
     removes that share of channels (``prune_importance`` "l1" or "activation"; ``reconstruct`` refits
     the layers after them by least squares; both of those use the ``calibration`` samples), then
@@ -208,9 +250,8 @@ def convert(
 
     if float_fallback not in FLOAT_FALLBACKS:
         raise ModelError(f"unknown float fallback {float_fallback!r}; choose one of {', '.join(FLOAT_FALLBACKS)}")
-    if min_sqnr_db is not None and (quantize != "int8" or float_fallback != "auto"):
-        raise ModelError("--min-sqnr is the target of the float-island search: it needs --quantize int8 "
-                         "with --float-fallback auto")
+    if min_sqnr_db is not None and quantize != "int8":
+        raise ModelError("--min-sqnr is the SQNR an int8 model's outputs must reach: it needs --quantize int8")
     if io_dtype != "float32" and quantize != "int8":
         raise ModelError(f"integer model inputs/outputs (--io {io_dtype}) need --quantize int8")
     if sparse_encoding and quantize != "none":
@@ -232,7 +273,7 @@ def convert(
         calibration = load_calibration(calibration, float_graph, num_samples=num_calibration_samples)
     float_graph, prune_reports = _prune(float_graph, calibration, num_calibration_samples, prune_sparsity,
                                         prune_scope, prune_channels, prune_importance, reconstruct)
-    graph, float_ops, errors, float_choice = float_graph, [], [], None
+    graph, float_ops, errors, float_choice, check = float_graph, [], [], None, None
     if quantize == "int8" and given is not None:
         graph, float_ops = _quantize_as_stated(float_graph, given, io_dtype, calibration, num_calibration_samples,
                                                notes)
@@ -241,8 +282,8 @@ def convert(
             float_graph, calibration, calibration_method, num_calibration_samples, io_dtype, debug, progress,
             float_fallback, min_sqnr_db, PtqPasses(equalize, smooth_quant, bias_correction), notes,
         )
-        if float_choice is not None and float_choice.sqnr_db is not None and np.isfinite(float_choice.sqnr_db):
-            notes.append(_float_choice_note(float_choice))
+        check = _int8_check(float_choice, min_sqnr_db, float_fallback)
+        notes.append(_float_choice_note(float_choice, check))
     elif quantize == "dynamic":
         from edgeq.converter.quantize import quantize_dynamic
 
@@ -268,6 +309,7 @@ def convert(
         layer_errors=errors,
         prune_reports=prune_reports,
         float_choice=float_choice,
+        int8_check=check,
     )
     if output_path is not None:
         result.output_path = write_atomic(output_path, content)
@@ -347,15 +389,11 @@ def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debu
     if notes is not None:
         notes.extend(pass_notes)
     ranges = calibrate(float_graph, samples, method=method, batch_size=batch_size, progress=progress)
-    choice = None
-    if float_fallback == "auto":
-        graph, choice = choose_float_ops(
-            float_graph, ranges, samples, lambda keep: quantize_int8(float_graph, ranges, io_dtype, keep),
-            min_sqnr_db=DEFAULT_MIN_SQNR_DB if min_sqnr_db is None else min_sqnr_db, progress=progress,
-            batch_size=batch_size,
-        )
-    else:
-        graph = quantize_int8(float_graph, ranges, io_dtype=io_dtype)
+    graph, choice = choose_float_ops(
+        float_graph, ranges, samples, lambda keep: quantize_int8(float_graph, ranges, io_dtype, keep),
+        min_sqnr_db=DEFAULT_MIN_SQNR_DB if min_sqnr_db is None else min_sqnr_db, progress=progress,
+        batch_size=batch_size, search=float_fallback == "auto",
+    )
     errors = []
     if debug:
         from edgeq.converter.quant_debug import layer_errors
@@ -382,9 +420,23 @@ def _quantize_as_stated(float_graph, given, io_dtype, calibration, num_samples, 
     return graph, list(graph.float_ops)
 
 
-def _float_choice_note(choice) -> str:
-    note = f"int8 outputs' SQNR against float on calibration samples: {choice.sqnr_before_search_db:.1f} dB"
+def _int8_check(choice, min_sqnr_db, float_fallback) -> Int8Check:
+    from edgeq.converter.mixed_precision import DEFAULT_MIN_SQNR_DB
+
+    threshold = DEFAULT_MIN_SQNR_DB if min_sqnr_db is None else float(min_sqnr_db)
+    passed = threshold <= 0 or not choice.sqnr_db < threshold  # NaN (no float output compared) passes
+    return Int8Check(choice.sqnr_db, threshold, passed, choice.worst_op, choice.worst_op_drop_db, float_fallback)
+
+
+def _float_choice_note(choice, check: Int8Check) -> str:
+    note = f"int8 outputs' SQNR against float on calibration samples: {_db(choice.sqnr_before_search_db)}"
     if choice.moved_by_search:
-        note += f", {choice.sqnr_db:.1f} dB once the error search kept {choice.moved_by_search} more ops float"
+        note += f", {_db(choice.sqnr_db)} once the error search kept {choice.moved_by_search} more ops float"
+    note += f" (threshold {check.min_sqnr_db:g} dB: {'passed' if check.passed else 'FAILED'})"
+    if choice.trials:
+        note += "; " + choice.search_summary()
     return note
 
+
+def _db(value: float) -> str:
+    return f"{value:.1f} dB" if np.isfinite(value) else ("exact" if value > 0 else f"{value} dB")

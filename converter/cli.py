@@ -71,8 +71,9 @@ def samples_source(path, size, mean, std, layout):
               help="With --quantize int8: auto keeps float islands where int8 would wreck the outputs "
               "(mixed-range joins; the ops where error grows most while the outputs' SQNR is under "
               "--min-sqnr); none quantizes every op that has an int8 form.")
-@click.option("--min-sqnr", "min_sqnr_db", type=float, metavar="DB", help="Target SQNR of the int8 outputs "
-              "against float on calibration samples, for --float-fallback auto [default: 20].")
+@click.option("--min-sqnr", "min_sqnr_db", type=float, metavar="DB", help="SQNR the int8 outputs must reach "
+              "against float on calibration samples: the float-island search's target, and a check: under "
+              "it the file is written but convert exits 1; 0 accepts anything [default: 20].")
 @click.option("--debug", is_flag=True, help="With --quantize int8: per-tensor error against the float model.")
 @click.option("--no-equalize", is_flag=True, help="With --quantize int8: skip cross-layer equalization of "
               "consecutive weighted ops' channel ranges.")
@@ -158,6 +159,7 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
         "notes": result.notes,
         "float_ops": result.float_ops,
         "int8_output_sqnr_db": _float_choice_summary(result.float_choice),
+        "int8_check": result.int8_check.as_dict() if result.int8_check is not None else None,
         "layer_errors": [e.as_dict() for e in result.layer_errors],
     }
     if result.prune_reports:
@@ -169,8 +171,10 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
         from edgeq.runtime.fileio import finite_for_json
 
         click.echo(json.dumps(finite_for_json(summary), indent=2, default=list))
+        _fail_unless_passed(result)
         return
     if quiet:
+        _fail_unless_passed(result)
         return
     for note in result.notes:
         click.echo(f"note: {note}")
@@ -194,13 +198,21 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
         click.echo(format_table(result.layer_errors))
         worst = ", ".join(f"{e.tensor} ({e.sqnr_db:.1f} dB)" for e in worst_first(result.layer_errors, 3))
         click.echo(f"hurt most: {worst}")
+    _fail_unless_passed(result)
+
+
+def _fail_unless_passed(result) -> None:
+    """Exit 1 with the one line that says why, when the int8 outputs stay under --min-sqnr."""
+    if not result.passed:
+        fail(result.int8_check.failure_line(result.output_path), EXIT_FAILED)
 
 
 def _float_choice_summary(choice) -> dict:
     if choice is None or choice.sqnr_db is None:
         return {}
     return {"before_error_search": choice.sqnr_before_search_db, "final": choice.sqnr_db,
-            "ops_moved_by_error_search": choice.moved_by_search}
+            "ops_moved_by_error_search": choice.moved_by_search,
+            "error_search_trials": [t.as_dict() for t in choice.trials]}
 
 
 # -- report ----------------------------------------------------------------------------------

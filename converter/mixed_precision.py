@@ -9,11 +9,19 @@ cannot hold what flows through. Two automatic mechanisms find them (``choose_flo
   join stays float, and so does the data movement after it (reshapes, transposes, slices) up to the
   first op that computes, since those would share the one scale again.
 * **Error-driven.** The int8 graph runs on calibration samples beside the float graph. While the
-  worst graph output's SQNR is under the target, the op where the error grows most (the largest
-  drop in SQNR from its inputs to its output) goes to float together with the producers of its
-  inputs, so the tensor it reads is no longer quantized either: a softmax behind an attention mask,
-  a LayerNorm's variance, GELU outliers. A move is kept only if the outputs get better; the loop
-  stops at the target or after ``max_moves`` kept moves.
+  worst graph output's SQNR is under the target, ops where the error grows most (the largest drop
+  in SQNR from their inputs to their output) go to float together with the producers of their
+  inputs, so the tensors they read are no longer quantized either: a softmax behind wide logits, a
+  LayerNorm's variance, GELU outliers. A defect repeated in every layer of a transformer cannot be
+  fixed one layer at a time (the other layers keep the outputs where they were), so a move takes
+  every instance of a pattern at once: all int8 ops of the top candidate's type whose drop is
+  similar. Moves are ranked by the error they remove where they act (the sum of their ops' drops);
+  one is kept when the outputs get better, the worst one or on average; the loop stops at the
+  target, after ``max_moves`` kept moves or ``max_moves * TRIALS_PER_MOVE`` trials. What was tried
+  is reported (``FloatChoice.trials``).
+
+Whatever the search achieves, the outputs' SQNR is measured; under the target, the op where the
+SQNR drops most is named (``FloatChoice.worst_op``), which is what a user looks at first.
 
 TFLite's 16x8 mode (int16 activations) is the other answer to the same problem; edgeq's runtime has
 no int16 kernels, so float islands are the mechanism here.
@@ -40,19 +48,62 @@ RANGE_RATIO_LIMIT = 16.0
 DEFAULT_MIN_SQNR_DB = 20.0
 DEFAULT_MAX_MOVES = 8
 TRIALS_PER_MOVE = 3  # candidates tried per kept move, at most: each trial runs the int8 graph
+MIN_GAIN_DB = 0.5  # a move is worth its float ops when the outputs gain this much
+LOSS_ALLOWED_DB = 0.5  # ... and no output loses more than this
+PATTERN_SHARE = 0.5  # an op joins the top candidate's pattern when its drop is at least this share of the top's
+MIN_DROP_DB = 1.0  # smaller drops are rounding, not a defect worth a float island
+SQNR_CAP_DB = 120.0
+# What an int8 tensor's own rounding leaves at best (8 bits, about 6 dB each): the SQNR an op that
+# reads a graph input is measured against, since the quantized input is not observed under its name.
+GRAPH_INPUT_SQNR_DB = 48.0  # exact tensors (infinite SQNR) count as this much when gains are computed
 ERROR_SAMPLES = 16  # calibration samples the error-driven search runs on, at most
 REFERENCE_BYTES = 256 << 20  # the float values of every activation on those samples, at most
 
 
 @dataclass
+class Trial:
+    """One move the error-driven search tried: the ops it moved to float (op keys) and their type,
+    the drop in dB at each, how the outputs' SQNR changed (the worst output's SQNR, and each output's
+    on average), whether it was kept."""
+
+    ops: list
+    op_type: str
+    drops_db: list
+    worst_output_gain_db: float
+    mean_output_gain_db: float
+    kept: bool
+
+    def describe(self) -> str:
+        where = f"{self.op_type} '{self.ops[0]}'" if len(self.ops) == 1 else f"{len(self.ops)} {self.op_type} ops"
+        return f"{where} ({'kept' if self.kept else 'not kept'}, worst output {self.worst_output_gain_db:+.1f} dB)"
+
+    def as_dict(self) -> dict:
+        return {"ops": list(self.ops), "op_type": self.op_type, "drops_db": [round(d, 2) for d in self.drops_db],
+                "worst_output_gain_db": round(self.worst_output_gain_db, 2),
+                "mean_output_gain_db": round(self.mean_output_gain_db, 2), "kept": self.kept}
+
+
+@dataclass
 class FloatChoice:
     """The ops kept float (op key -> why); the outputs' worst SQNR with the mixed-range joins float,
-    before the error-driven search, and at the end; how many ops the search moved to float."""
+    before the error-driven search, and at the end; how many ops the search moved to float and the
+    moves it tried; under the target, the op where the SQNR drops most and by how much."""
 
     reasons: dict = field(default_factory=dict)
     sqnr_before_search_db: Optional[float] = None
     sqnr_db: Optional[float] = None
     moved_by_search: int = 0
+    trials: list = field(default_factory=list)
+    worst_op: Optional[str] = None
+    worst_op_drop_db: Optional[float] = None
+
+    def search_summary(self) -> str:
+        """What the error search tried, in a few words ("" when it tried nothing)."""
+        if not self.trials:
+            return ""
+        kept = sum(t.kept for t in self.trials)
+        return (f"the error search tried {len(self.trials)} move{'s' * (len(self.trials) != 1)} and kept {kept}: "
+                + "; ".join(t.describe() for t in self.trials))
 
 
 def op_key(op) -> str:
@@ -117,7 +168,7 @@ def _worst_output(sqnr: dict, graph: Graph) -> float:
     return min(values) if values else float("inf")
 
 
-def _candidates(float_graph: Graph, sqnr: dict, kept_float: set, tried: set) -> list:
+def _candidates(float_graph: Graph, sqnr: dict, kept_float: set, tried: set = frozenset()) -> list:
     """(drop in dB, op) for int8 ops, the largest drop first."""
     producers = float_graph.producers()
     ranked = []
@@ -129,7 +180,7 @@ def _candidates(float_graph: Graph, sqnr: dict, kept_float: set, tried: set) -> 
         inputs = [sqnr.get(n, float("inf")) for n in activations]
         best_input = min(inputs, default=float("inf"))
         if not np.isfinite(best_input):
-            best_input = 120.0  # a float graph input: only this op's own rounding counts
+            best_input = GRAPH_INPUT_SQNR_DB  # it reads a graph input: only this op's own rounding counts
         ranked.append((best_input - sqnr[key], op))
     ranked.sort(key=lambda item: -item[0])
     return ranked
@@ -146,18 +197,48 @@ def _move(op, float_graph: Graph) -> set:
     return keys
 
 
+def candidate_moves(ranked: list, grouped: set) -> list:
+    """Moves to try, as lists of (drop, op), the most error removed first: for each op type among the
+    candidates, every op of that type whose drop is similar to its largest (one pattern, such as the
+    softmax of every attention layer), and each leading op alone. ``grouped``: op keys whose
+    pattern was tried already (they are then tried alone only)."""
+    moves, seen = [], set()
+    for drop, op in ranked:
+        if drop < MIN_DROP_DB:
+            break
+        if op.type not in seen and op_key(op) not in grouped:
+            seen.add(op.type)
+            pattern = [(d, o) for d, o in ranked if o.type == op.type and d >= max(drop * PATTERN_SHARE, MIN_DROP_DB)
+                       and op_key(o) not in grouped]
+            if len(pattern) > 1:
+                moves.append(pattern)
+        moves.append([(drop, op)])
+    moves.sort(key=lambda move: -sum(d for d, _ in move))  # stable: a pattern before its leading op
+    return moves
+
+
+def _capped(value: float) -> float:
+    return float(np.clip(value, -SQNR_CAP_DB, SQNR_CAP_DB))
+
+
+def output_gains(before: dict, after: dict, graph: Graph) -> list:
+    """Each graph output's SQNR gain in dB from ``before`` to ``after`` (per-tensor SQNR dicts)."""
+    return [_capped(after.get(n, float("inf"))) - _capped(before.get(n, float("inf"))) for n in graph.outputs]
+
+
 def choose_float_ops(float_graph: Graph, ranges: dict, samples: dict, quantize, min_sqnr_db: float =
                      DEFAULT_MIN_SQNR_DB, max_moves: int = DEFAULT_MAX_MOVES, progress: bool = False,
-                     batch_size: Optional[int] = None):
+                     batch_size: Optional[int] = None, search: bool = True):
     """The int8 graph with float islands where int8 would wreck the outputs, and a ``FloatChoice``.
 
     ``quantize(keep_float: dict) -> Graph`` makes the int8 graph with the given ops kept float;
     ``samples`` are calibration samples (the first ``ERROR_SAMPLES`` are used), run ``batch_size``
-    at a time (by default as ``converter.calibrate.batch_size_for`` says).
+    at a time (by default as ``converter.calibrate.batch_size_for`` says). ``search=False`` keeps no
+    op float: the outputs' SQNR (and under ``min_sqnr_db`` the worst op) is only measured.
     """
     from edgeq.converter.calibrate import batch_size_for
 
-    choice = FloatChoice(reasons=mixed_range_tails(float_graph, ranges))
+    choice = FloatChoice(reasons=mixed_range_tails(float_graph, ranges) if search else {})
     graph = quantize(choice.reasons)
     total = min(ERROR_SAMPLES, _samples_within(REFERENCE_BYTES, float_graph), len(next(iter(samples.values()))))
     step = batch_size or batch_size_for(float_graph, samples)
@@ -167,35 +248,63 @@ def choose_float_ops(float_graph: Graph, ranges: dict, samples: dict, quantize, 
     outputs = set(float_graph.outputs)
     batches = [(batch, _float_values(float_graph, batch, outputs)) for batch in inputs]
     choice.sqnr_before_search_db = choice.sqnr_db = _worst_output(tensor_sqnr(graph, batches, outputs), float_graph)
-    if choice.sqnr_db >= min_sqnr_db or max_moves == 0:
+    if choice.sqnr_db >= min_sqnr_db:
         return graph, choice
     batches = [(batch, _float_values(float_graph, batch)) for batch in inputs]
     sqnr = tensor_sqnr(graph, batches)
-    tried: set = set()
+    if search and max_moves > 0:
+        graph, sqnr = _search(float_graph, quantize, batches, choice, graph, sqnr, min_sqnr_db, max_moves, progress)
+    if choice.sqnr_db < min_sqnr_db:
+        ranked = _candidates(float_graph, sqnr, set(choice.reasons))
+        if ranked:
+            choice.worst_op_drop_db, worst = ranked[0]
+            choice.worst_op = str(worst)
+    return graph, choice
+
+
+def _search(float_graph: Graph, quantize, batches: list, choice: FloatChoice, graph: Graph, sqnr: dict,
+            min_sqnr_db: float, max_moves: int, progress: bool) -> tuple:
+    """The error-driven moves (see the module's docstring); updates ``choice``, returns (graph, sqnr)."""
+    budget = max_moves * TRIALS_PER_MOVE
+    tried: set = set()  # ops tried alone
+    grouped: set = set()  # ops whose pattern was tried
     moves = 0
-    bar = _progress_bar(max_moves * TRIALS_PER_MOVE, progress)
-    while choice.sqnr_db < min_sqnr_db and moves < max_moves and len(tried) < max_moves * TRIALS_PER_MOVE:
+    bar = _progress_bar(budget, progress)
+    while choice.sqnr_db < min_sqnr_db and moves < max_moves and len(choice.trials) < budget:
         ranked = _candidates(float_graph, sqnr, set(choice.reasons), tried)
-        if not ranked or ranked[0][0] <= 0:
+        kept = False
+        for move in candidate_moves(ranked, grouped)[:TRIALS_PER_MOVE]:
+            if len(choice.trials) >= budget:
+                break
+            if len(move) > 1:
+                grouped.update(op_key(op) for _, op in move)
+            else:
+                tried.add(op_key(move[0][1]))
+            trial = dict(choice.reasons)
+            for drop, op in move:
+                for key in _move(op, float_graph) - set(trial):
+                    trial[key] = f"int8 error grows {drop:.1f} dB at {op}"
+            trial_graph = quantize(trial)
+            trial_sqnr = tensor_sqnr(trial_graph, batches)
+            gains = output_gains(sqnr, trial_sqnr, float_graph)
+            worst_gain = _capped(_worst_output(trial_sqnr, float_graph)) - _capped(choice.sqnr_db)
+            kept = (min(gains) >= -LOSS_ALLOWED_DB
+                    and (worst_gain >= MIN_GAIN_DB or float(np.mean(gains)) >= MIN_GAIN_DB))
+            choice.trials.append(Trial([op_key(op) for _, op in move], move[0][1].type, [d for d, _ in move],
+                                       worst_gain, float(np.mean(gains)), kept))
+            if bar is not None:
+                bar.update(1)
+            if kept:
+                choice.moved_by_search += len(trial) - len(choice.reasons)
+                choice.reasons, graph, sqnr = trial, trial_graph, trial_sqnr
+                choice.sqnr_db = _worst_output(sqnr, float_graph)
+                moves += 1
+                break
+        if not kept and not candidate_moves(_candidates(float_graph, sqnr, set(choice.reasons), tried), grouped):
             break
-        drop, op = ranked[0]
-        tried.add(op_key(op))
-        trial = dict(choice.reasons)
-        for key in _move(op, float_graph) - set(trial):
-            trial[key] = f"int8 error grows {drop:.1f} dB at {op}"
-        trial_graph = quantize(trial)
-        trial_sqnr = tensor_sqnr(trial_graph, batches)
-        worst = _worst_output(trial_sqnr, float_graph)
-        if bar is not None:
-            bar.update(1)
-        if worst <= choice.sqnr_db + 0.5:
-            continue  # not worth a float island
-        choice.moved_by_search += len(trial) - len(choice.reasons)
-        choice.reasons, choice.sqnr_db, graph, sqnr = trial, worst, trial_graph, trial_sqnr
-        moves += 1
     if bar is not None:
         bar.close()
-    return graph, choice
+    return graph, sqnr
 
 
 def _samples_within(budget: int, graph: Graph) -> int:
