@@ -184,6 +184,7 @@ def assemble_report(options: ReportOptions, specs: list, built: dict, latency: d
             "memory": variant.memory,
             "float_ops": variant.float_ops,
             "pruning": variant.pruning,
+            "int8_check": variant.int8_check,
         })
     headline = _headline_metric(options.metric, eval_data.labels, variants[0]["accuracy"][EDGEQ])
     _add_comparisons(variants, headline)

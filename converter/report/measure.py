@@ -60,6 +60,7 @@ class BuiltVariant:
     float_ops: list = field(default_factory=list)
     layer_errors: list = field(default_factory=list)
     pruning: list = field(default_factory=list)
+    int8_check: Optional[dict] = None  # converter.api.Int8Check.as_dict() of an int8 variant
 
 
 def build_variant(job: BuildJob) -> BuiltVariant:
@@ -80,7 +81,8 @@ def build_variant(job: BuildJob) -> BuiltVariant:
     memory = peak_memory_in_fresh_processes(path, list(outputs))
     return BuiltVariant(spec, f"{MODELS_FOLDER}/{path.name}", result.content, seconds, outputs, memory,
                         list(result.float_ops), [e.as_dict() for e in result.layer_errors],
-                        [r.as_dict() for r in getattr(result, "prune_reports", [])])
+                        [r.as_dict() for r in getattr(result, "prune_reports", [])],
+                        result.int8_check.as_dict() if result.int8_check is not None else None)
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):

@@ -45,7 +45,7 @@ def summary_table(report: dict) -> tuple:
     label = metric_label(headline)
     header = ["variant", "size", "× float32", "gzip -9", f"{label} (edgeq)", "Δ vs float32",
               f"{label} (LiteRT)", "engines agree", "edgeq ms", "LiteRT ms", "speedup (edgeq)",
-              "edgeq MiB", "LiteRT MiB", "Pareto"]
+              "edgeq MiB", "LiteRT MiB", "Pareto", "int8 outputs' SQNR"]
     rows = []
     for v in report["variants"]:
         lit_accuracy = v["accuracy"].get(LITERT, {}).get(headline)
@@ -61,8 +61,29 @@ def summary_table(report: dict) -> tuple:
             f"{v['latency_ms'][EDGEQ]['median']:.3f}", f"{lit_latency:.3f}" if lit_latency is not None else "–",
             f"{v['vs_float32']['speedup'].get(EDGEQ, float('nan')):.2f}×",
             _mib(v["memory"].get(EDGEQ)), _mib(v["memory"].get(LITERT)), "★" if v["pareto"] else "",
+            int8_check_cell(v.get("int8_check")),
         ])
     return header, rows
+
+
+def int8_check_cell(check: Optional[dict]) -> str:
+    """An int8 variant's outputs' SQNR against float, bold and marked when under the threshold."""
+    if not check:
+        return "–"
+    figure = f"{format_number(check['sqnr_db'], 3)} dB"
+    return figure if check["passed"] else f"**{figure} < {check['min_sqnr_db']:g}: FAILED**"
+
+
+def failed_int8_checks(report: dict) -> list:
+    """One line per variant whose int8 outputs stay under the SQNR threshold."""
+    lines = []
+    for v in report["variants"]:
+        check = v.get("int8_check")
+        if check and not check["passed"]:
+            worst = f"; worst layer {check['worst_layer']}" if check.get("worst_layer") else ""
+            lines.append(f"{v['name']}: int8 outputs' SQNR {format_number(check['sqnr_db'], 3)} dB, under "
+                         f"{check['min_sqnr_db']:g} dB{worst}")
+    return lines
 
 
 def layer_table(report: dict, count: int = 15) -> tuple:
@@ -121,6 +142,9 @@ def _intro_lines(report: dict) -> list:
                       "variants of one report; on a busy machine they are noisy)."]
     if not report["checks"]["ok"]:
         lines += ["", "**Check failed:** " + "; ".join(report["checks"]["problems"])]
+    failed = failed_int8_checks(report)
+    if failed:
+        lines += ["", "**Not to be trusted as is:** " + "; ".join(failed)]
     return lines
 
 
@@ -219,7 +243,7 @@ def render_html(report: dict, plot: bytes, layer_plot: Optional[bytes]) -> str:
 
 def terminal_table(report: dict) -> str:
     header, rows = summary_table(report)
-    keep = [0, 1, 2, 3, 4, 5, 7, 8, 9, 13]
+    keep = [0, 1, 2, 3, 4, 5, 7, 8, 9, 13, 14]
     cells = [[str(header[i]) for i in keep]] + [[str(r[i]).replace("**", "") for i in keep] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(keep))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
