@@ -63,22 +63,25 @@ REFERENCE_BYTES = 256 << 20  # the float values of every activation on those sam
 @dataclass
 class Trial:
     """One move the error-driven search tried: the ops it moved to float (op keys) and their type,
-    the drop in dB at each, how the outputs' SQNR changed (the worst output's SQNR, and each output's
+    the drop in dB at each, the SQNR they gained at their outputs, how the outputs' SQNR changed (the worst output's SQNR, and each output's
     on average), whether it was kept."""
 
     ops: list
     op_type: str
     drops_db: list
+    local_gain_db: float  # the SQNR gain at the moved ops' outputs, on average: the error removed there
     worst_output_gain_db: float
     mean_output_gain_db: float
     kept: bool
 
     def describe(self) -> str:
         where = f"{self.op_type} '{self.ops[0]}'" if len(self.ops) == 1 else f"{len(self.ops)} {self.op_type} ops"
-        return f"{where} ({'kept' if self.kept else 'not kept'}, worst output {self.worst_output_gain_db:+.1f} dB)"
+        return (f"{where} ({'kept' if self.kept else 'not kept'}: {self.local_gain_db:+.1f} dB there, worst output "
+                f"{self.worst_output_gain_db:+.1f} dB)")
 
     def as_dict(self) -> dict:
         return {"ops": list(self.ops), "op_type": self.op_type, "drops_db": [round(d, 2) for d in self.drops_db],
+                "local_gain_db": round(self.local_gain_db, 2),
                 "worst_output_gain_db": round(self.worst_output_gain_db, 2),
                 "mean_output_gain_db": round(self.mean_output_gain_db, 2), "kept": self.kept}
 
@@ -197,19 +200,35 @@ def _move(op, float_graph: Graph) -> set:
     return keys
 
 
-def candidate_moves(ranked: list, grouped: set) -> list:
-    """Moves to try, as lists of (drop, op), the most error removed first: for each op type among the
-    candidates, every op of that type whose drop is similar to its largest (one pattern, such as the
+def op_role(op, float_graph: Graph) -> tuple:
+    """What an op does where it is: its type and the types of the ops making its inputs (a constant
+    or graph input counts as such). Every layer of a transformer repeats the same roles."""
+    producers = float_graph.producers()
+    sources = []
+    for name in op.inputs:
+        if not name:
+            continue
+        producer = producers.get(name)
+        sources.append(producer.type if producer is not None else
+                       ("constant" if float_graph[name].is_constant else "input"))
+    return (op.type, tuple(sorted(sources)))
+
+
+def candidate_moves(ranked: list, grouped: set, float_graph: Graph) -> list:
+    """Moves to try, as lists of (drop, op), the most error removed first: for each op role among the
+    candidates, every op of that role whose drop is similar to its largest (one pattern, such as the
     softmax of every attention layer), and each leading op alone. ``grouped``: op keys whose
     pattern was tried already (they are then tried alone only)."""
     moves, seen = [], set()
+    roles = {op_key(op): op_role(op, float_graph) for _, op in ranked}
     for drop, op in ranked:
         if drop < MIN_DROP_DB:
             break
-        if op.type not in seen and op_key(op) not in grouped:
-            seen.add(op.type)
-            pattern = [(d, o) for d, o in ranked if o.type == op.type and d >= max(drop * PATTERN_SHARE, MIN_DROP_DB)
-                       and op_key(o) not in grouped]
+        role = roles[op_key(op)]
+        if role not in seen and op_key(op) not in grouped:
+            seen.add(role)
+            pattern = [(d, o) for d, o in ranked if roles[op_key(o)] == role
+                       and d >= max(drop * PATTERN_SHARE, MIN_DROP_DB) and op_key(o) not in grouped]
             if len(pattern) > 1:
                 moves.append(pattern)
         moves.append([(drop, op)])
@@ -273,7 +292,7 @@ def _search(float_graph: Graph, quantize, batches: list, choice: FloatChoice, gr
     while choice.sqnr_db < min_sqnr_db and moves < max_moves and len(choice.trials) < budget:
         ranked = _candidates(float_graph, sqnr, set(choice.reasons), tried)
         kept = False
-        for move in candidate_moves(ranked, grouped)[:TRIALS_PER_MOVE]:
+        for move in candidate_moves(ranked, grouped, float_graph)[:TRIALS_PER_MOVE]:
             if len(choice.trials) >= budget:
                 break
             if len(move) > 1:
@@ -290,8 +309,10 @@ def _search(float_graph: Graph, quantize, batches: list, choice: FloatChoice, gr
             worst_gain = _capped(_worst_output(trial_sqnr, float_graph)) - _capped(choice.sqnr_db)
             kept = (min(gains) >= -LOSS_ALLOWED_DB
                     and (worst_gain >= MIN_GAIN_DB or float(np.mean(gains)) >= MIN_GAIN_DB))
-            choice.trials.append(Trial([op_key(op) for _, op in move], move[0][1].type, [d for d, _ in move],
-                                       worst_gain, float(np.mean(gains)), kept))
+            keys = [op_key(op) for _, op in move]
+            local = float(np.mean([_capped(trial_sqnr.get(k, float("inf"))) - _capped(sqnr[k]) for k in keys]))
+            choice.trials.append(Trial(keys, move[0][1].type, [d for d, _ in move], local, worst_gain,
+                                       float(np.mean(gains)), kept))
             if bar is not None:
                 bar.update(1)
             if kept:
@@ -300,7 +321,8 @@ def _search(float_graph: Graph, quantize, batches: list, choice: FloatChoice, gr
                 choice.sqnr_db = _worst_output(sqnr, float_graph)
                 moves += 1
                 break
-        if not kept and not candidate_moves(_candidates(float_graph, sqnr, set(choice.reasons), tried), grouped):
+        if not kept and not candidate_moves(_candidates(float_graph, sqnr, set(choice.reasons), tried), grouped,
+                                             float_graph):
             break
     if bar is not None:
         bar.close()

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.cli import main
 from edgeq.testing.referees import run_litert
@@ -200,12 +200,72 @@ def test_convert_int8_writes_a_full_integer_model_that_litert_runs(tmp_path):
     assert y.shape == (1, 10)
 
 
-def test_convert_int8_reports_the_outputs_sqnr_unless_float_fallback_is_off(tmp_path):
+def test_convert_int8_reports_the_outputs_sqnr_with_or_without_float_fallback(tmp_path):
     common = ("convert", SAMPLES / "digits_cnn.onnx", "-o", tmp_path / "cnn.tflite", "--quantize", "int8",
               "--calibration", SAMPLES / "digits_cnn_calib.npz", "--json")
     measured = json.loads(invoke(*common).output)["int8_output_sqnr_db"]
     assert measured["final"] > 20 and measured["ops_moved_by_error_search"] == 0
-    assert json.loads(invoke(*common, "--float-fallback", "none").output)["int8_output_sqnr_db"] == {}
+    check = json.loads(invoke(*common, "--float-fallback", "none").output)["int8_check"]
+    assert check["sqnr_db"] > 20 and check["passed"]
+
+
+def outlier_channel_model(tmp_path: Path) -> tuple:
+    """(model, calibration file) of a model int8 wrecks: a hidden layer with one channel 1000 times the
+    others, which the next layer ignores; the hidden layer's int8 scale rounds the others to zero."""
+    rng = np.random.default_rng(11)
+    w1 = rng.normal(size=(16, 8)).astype(np.float32)
+    w1[:, 0] *= 1000.0
+    w2 = rng.normal(size=(8, 4)).astype(np.float32)
+    w2[0, :] = 0.0
+    model = save_model(tmp_path / "outlier.onnx",
+                       [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                       [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    np.savez(tmp_path / "calib.npz", x=rng.normal(size=(32, 16)).astype(np.float32))
+    return model, tmp_path / "calib.npz"
+
+
+def test_convert_int8_under_the_sqnr_threshold_writes_the_file_and_exits_1_with_one_line(tmp_path):
+    model, calib = outlier_channel_model(tmp_path)
+    out = tmp_path / "outlier.tflite"
+    result = invoke("convert", model, "-o", out, "--quantize", "int8", "--calibration", calib,
+                    "--float-fallback", "none")
+    assert result.exit_code == 1
+    assert out.is_file()
+    (line,) = [line for line in result.stderr.splitlines() if line and "calibrating" not in line]  # bars aside
+    assert line.startswith("edgeq: error: int8 outputs' SQNR against float on calibration samples is ")
+    assert "under --min-sqnr 20" in line and "worst layer: FULLY_CONNECTED 'y'" in line
+    assert "calibration samples" in line and "--float-fallback auto" in line and "--min-sqnr 0" in line
+
+
+def test_convert_int8_with_min_sqnr_0_accepts_any_sqnr(tmp_path):
+    model, calib = outlier_channel_model(tmp_path)
+    result = invoke("convert", model, "-o", tmp_path / "outlier.tflite", "--quantize", "int8", "--calibration",
+                    calib, "--float-fallback", "none", "--min-sqnr", 0)
+    assert result.exit_code == 0, result.output
+    assert "(threshold 0 dB: passed)" in result.output
+
+
+def test_convert_int8_json_carries_the_sqnr_check(tmp_path):
+    model, calib = outlier_channel_model(tmp_path)
+    result = invoke("convert", model, "-o", tmp_path / "outlier.tflite", "--quantize", "int8", "--calibration",
+                    calib, "--float-fallback", "none", "--min-sqnr", 25, "--json")
+    assert result.exit_code == 1
+    check = json.loads(result.stdout)["int8_check"]
+    assert check["sqnr_db"] < 25 and check["min_sqnr_db"] == 25 and check["passed"] is False
+    assert check["worst_layer"] == "FULLY_CONNECTED 'y'" and check["worst_layer_drop_db"] > 20
+
+
+def test_convert_int8_json_lists_the_error_searchs_trials(tmp_path):
+    model, calib = outlier_channel_model(tmp_path)
+    result = invoke("convert", model, "-o", tmp_path / "outlier.tflite", "--quantize", "int8", "--calibration",
+                    calib, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    (trial,) = summary["int8_output_sqnr_db"]["error_search_trials"]
+    assert trial["ops"] == ["y"] and trial["op_type"] == "FULLY_CONNECTED" and trial["kept"]
+    assert summary["int8_check"]["passed"]
 
 
 def test_convert_json_is_strict_json_when_int8_is_exact(tmp_path):

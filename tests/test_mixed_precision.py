@@ -215,7 +215,7 @@ def test_the_search_moves_every_instance_of_a_repeated_defect_at_once(tmp_path):
     assert choice.sqnr_before_search_db < 20 <= choice.sqnr_db
     kept = [trial for trial in choice.trials if trial.kept]
     assert [(trial.op_type, sorted(trial.ops)) for trial in kept] == [("FULLY_CONNECTED", ["y0", "y1", "y2", "y3"])]
-    assert any("the error search tried 1 move and kept 1: 4 FULLY_CONNECTED ops" in note for note in result.notes)
+    assert any("the error search tried 1 move and kept 1: 4 FULLY_CONNECTED ops (kept: " in note for note in result.notes)
 
 
 def test_the_worst_layer_is_the_op_where_the_sqnr_drops(tmp_path):

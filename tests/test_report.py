@@ -3,6 +3,7 @@ a Pareto front that is right, an HTML file a browser opens cleanly, and bad inpu
 without leaving a partial report. Also the CLI's image input for `edgeq run`."""
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import os
@@ -21,6 +22,7 @@ from edgeq.converter.api import convert
 from edgeq.cli import main
 from edgeq.converter.report.metrics import AGREEMENT_TOLERANCE, engine_agreement, pareto_front
 from edgeq.converter.report.plots import coincident_groups, size_tick_label
+from edgeq.converter.report.render import render_html, render_markdown
 from edgeq.testing.referees import nchw_to_nhwc, run_litert, run_onnxruntime
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
@@ -148,6 +150,26 @@ def test_markdown_lists_every_variant_and_shows_the_plot(cnn_report):
         assert v["name"] in output  # the terminal table
     assert "![accuracy vs size](accuracy_vs_size.png)" in markdown
     assert (folder / "accuracy_vs_size.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_int8_variant_carries_its_outputs_sqnr_check(cnn_report):
+    folder, report, _ = cnn_report
+    for v in report["variants"]:
+        if v["quantize"] == "int8":
+            assert v["int8_check"]["passed"] and v["int8_check"]["sqnr_db"] >= v["int8_check"]["min_sqnr_db"] == 20
+        else:
+            assert v["int8_check"] is None
+    assert "Not to be trusted" not in (folder / "report.md").read_text()
+
+
+def test_a_variant_under_the_sqnr_threshold_is_marked_in_markdown_and_html(cnn_report):
+    _, report, _ = cnn_report
+    failing = copy.deepcopy(report)
+    variant(failing, "int8-entropy")["int8_check"].update(sqnr_db=3.5, passed=False, worst_layer="SOFTMAX 's'")
+    markdown, page = render_markdown(failing), render_html(failing, b"", b"")
+    assert "| **3.5 dB < 20: FAILED** |" in markdown
+    assert "**Not to be trusted as is:** int8-entropy: int8 outputs' SQNR 3.5 dB, under 20 dB; worst layer SOFTMAX 's'" in markdown
+    assert "<td>3.5 dB &lt; 20: FAILED</td>" in page and "int8-entropy: int8 outputs&#x27; SQNR 3.5 dB" in page
 
 
 def test_pareto_front_on_a_hand_made_example():
