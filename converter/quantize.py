@@ -280,7 +280,92 @@ def is_mask_like(lo: float, hi: float) -> bool:
     return lo <= -MASK_MAGNITUDE and max(hi, 0.0) * MASK_DOMINANCE < -lo
 
 
-def _unquantizable_range(op: Op, graph: Graph, ranges: dict, original_float: set) -> Optional[str]:
+# A masked score is clamped this far below the lowest unmasked score (divided by the softmax's beta):
+# its weight is then at most exp(-16) ~ 1e-7 of the row's top, zero in int8 as it is in float.
+MASK_MARGIN = 16.0
+
+
+@dataclass
+class MaskClamp:
+    """How int8 holds one additive mask: the ranges that replace the calibrated ones, for the mask
+    tensor (a constant or an activation) and for the masked scores on their way to the softmax."""
+
+    mask: str
+    mask_range: tuple
+    scores: list  # the ADD's output and the data movement after it, up to the softmax
+    scores_range: tuple
+
+
+def _tensor_range(name: str, graph: Graph, ranges: dict) -> Optional[tuple]:
+    tensor = graph[name]
+    if tensor.is_constant:
+        data = tensor.data
+        return (float(np.min(data)), float(np.max(data))) if data.size else None
+    return tuple(float(v) for v in ranges[name]) if name in ranges else None
+
+
+def _path_to_softmax(name: str, consumers: dict) -> Optional[tuple]:
+    """(tensors from ``name`` on, softmax ops) when ``name`` flows only through data movement into
+    softmaxes; None when it goes anywhere else."""
+    tensors, softmaxes, frontier = [name], [], [name]
+    while frontier:
+        users = consumers.get(frontier.pop(), [])
+        if not users:
+            return None  # a graph output: masked scores are seen as they are
+        for user in users:
+            if user.type == "SOFTMAX":
+                softmaxes.append(user)
+            elif user.type in ("RESHAPE", "SQUEEZE", "EXPAND_DIMS", "TRANSPOSE") and user.inputs[0] in tensors:
+                tensors.append(user.outputs[0])
+                frontier.append(user.outputs[0])
+            else:
+                return None
+    return tensors, softmaxes
+
+
+def mask_clamps(graph: Graph, ranges: dict, original_float: set) -> list:
+    """``MaskClamp`` for every finite additive mask int8 can hold by clamping: an ADD of scores and a
+    mask-like tensor (see ``is_mask_like``) whose sum goes only to softmaxes, through data movement
+    at most, and a mask read by such ADDs only. The sum's range becomes the scores' range widened
+    down by ``MASK_MARGIN``: a masked score saturates at its low end, which the softmax turns into 0;
+    the mask's range reaches just low enough for that, so its 0 stays exact and its huge values
+    saturate. A mask used by several ADDs gets the lowest of their clamps."""
+    consumers = graph.consumers()
+    uses: dict = {}  # mask name -> [(ADD op, MaskClamp-to-be fields)]
+    for op in graph.ops:
+        if op.type != "ADD" or len(op.inputs) != 2 or not all(n in original_float for n in op.inputs):
+            continue
+        found = [_tensor_range(n, graph, ranges) for n in op.inputs]
+        if any(r is None or not np.all(np.isfinite(r)) for r in found):
+            continue
+        masks = [i for i in (0, 1) if is_mask_like(*found[i])]
+        if len(masks) != 1 or graph[op.inputs[1 - masks[0]]].is_constant or is_mask_like(*found[1 - masks[0]]):
+            continue
+        path = _path_to_softmax(op.outputs[0], consumers)
+        if path is None:
+            continue
+        tensors, softmaxes = path
+        beta = min(float(sm.options.get("beta", 1.0)) for sm in softmaxes)
+        if beta <= 0:
+            continue
+        scores_lo, scores_hi = found[1 - masks[0]]
+        mask_lo, mask_hi = found[masks[0]]
+        low = min(scores_lo, 0.0) - MASK_MARGIN / beta
+        high = max(scores_hi, 0.0) + max(mask_hi, 0.0)
+        # Every masked score, however high, must land at the sum's low end or below.
+        uses.setdefault(op.inputs[masks[0]], []).append((op, (low - high, max(mask_hi, 0.0)), tensors, (low, high)))
+    clamps = []
+    for mask, found in uses.items():
+        if not graph[mask].is_constant and len(consumers.get(mask, [])) != len(found):
+            continue  # the mask is read elsewhere too, where its huge values matter
+        mask_range = (min(r[0] for _, r, _, _ in found), max(r[1] for _, r, _, _ in found))
+        for _, _, tensors, scores_range in found:
+            clamps.append(MaskClamp(mask, mask_range, tensors, scores_range))
+    return clamps
+
+
+def _unquantizable_range(op: Op, graph: Graph, ranges: dict, original_float: set,
+                         constant_ranges: dict) -> Optional[str]:
     """Why ``op`` stays float when one of its float activations or non-weight constants holds an
     infinite value, one near the float32 limit, or mask-like values: an additive attention mask of
     -inf (torch's export of scaled_dot_product_attention with a boolean mask) or of a huge finite
@@ -298,7 +383,9 @@ def _unquantizable_range(op: Op, graph: Graph, ranges: dict, original_float: set
         names = [op.inputs[0]]
     for name in names:
         tensor = graph[name]
-        if tensor.is_constant:
+        if name in constant_ranges:  # a mask constant int8 holds clamped
+            values = np.asarray(constant_ranges[name], dtype=np.float64)
+        elif tensor.is_constant:
             values = tensor.data
         elif name in ranges:
             values = np.asarray(ranges[name], dtype=np.float64)
@@ -316,8 +403,10 @@ def _unquantizable_range(op: Op, graph: Graph, ranges: dict, original_float: set
     return None
 
 
-def _observed_range(name: str, graph: Graph, ranges: dict):
+def _observed_range(name: str, graph: Graph, ranges: dict, constant_ranges: Optional[dict] = None):
     tensor = graph[name]
+    if constant_ranges and name in constant_ranges:  # a mask constant held clamped (see ``mask_clamps``)
+        return constant_ranges[name]
     if tensor.is_constant:
         data = tensor.data.astype(np.float64)
         return (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
@@ -338,7 +427,8 @@ def _pads_for_max(op: Op, graph: Graph) -> bool:
 
 
 def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str, original_float: set,
-                       stated: Optional[dict] = None, notes: Optional[list] = None):
+                       stated: Optional[dict] = None, notes: Optional[list] = None,
+                       constant_ranges: Optional[dict] = None):
     """QuantParams for every int8 activation, keyed by tensor name, or by (op index, input index)
     for a float constant or a requantized use that has params of its own.
 
@@ -355,7 +445,7 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
         if key not in node_range:
             # With stated params, a tensor may take its group's (a PAD the importer added, say).
             unranged = stated and isinstance(key, str) and key not in ranges and not graph[name].is_constant
-            node_range[key] = None if unranged else _observed_range(name, graph, ranges)
+            node_range[key] = None if unranged else _observed_range(name, graph, ranges, constant_ranges)
         groups.find(key)
 
     def merge(a, b) -> bool:
@@ -686,13 +776,22 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
             notes.append(f"{len(inherited)} tensors the model states no quantization for take their input's "
                          f"params through ops that keep the range ({', '.join(repr(n) for n in inherited[:3])}"
                          f"{', ...' if len(inherited) > 3 else ''})")
+    constant_ranges = {}
+    for clamp in [] if stated else mask_clamps(g, ranges, original_float):  # a QDQ model states its own
+        if g[clamp.mask].is_constant:
+            constant_ranges[clamp.mask] = clamp.mask_range
+        else:
+            ranges[clamp.mask] = clamp.mask_range
+        for name in clamp.scores:
+            ranges[name] = clamp.scores_range
 
     int8_ops, float_ops = [], []
     for index, op in enumerate(g.ops):
         touches_float = any(n in original_float for n in list(op.inputs) + list(op.outputs) if n)
         if not touches_float:
             continue  # integer-only ops (shape arithmetic) are left as they are
-        reason = (_why_not_int8(op, g, original_float) or _unquantizable_range(op, g, ranges, original_float)
+        reason = (_why_not_int8(op, g, original_float)
+                  or _unquantizable_range(op, g, ranges, original_float, constant_ranges)
                   or (keep_float or {}).get(op.outputs[0])
                   or (_unstated(op, g, stated, ranges, original_float) if stated else None))
         if reason is None:
@@ -724,7 +823,8 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
 
     for inner in [inner for _, inner, name in output_conversions if name in stated]:
         stated[inner] = stated[[n for _, i, n in output_conversions if i == inner][0]]
-    params, input_node = _activation_params(g, int8_ops, ranges, io_dtype, original_float, stated, notes)
+    params, input_node = _activation_params(g, int8_ops, ranges, io_dtype, original_float, stated, notes,
+                                            constant_ranges)
     for _, inner, name in output_conversions:  # notes name the graph output, not its inner copy
         notes = [note.replace(f"'{inner}'", f"'{name}'") for note in notes]
     float_consumed = {

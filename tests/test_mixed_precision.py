@@ -1,6 +1,7 @@
 """Float islands in int8 models: where one int8 scale cannot hold what flows through, the op stays
 float, chosen automatically; everything else stays int8, and LiteRT runs the mixed file."""
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -14,6 +15,7 @@ from edgeq.testing.referees import run_edgeq, run_litert, run_onnxruntime
 from edgeq.runtime.ir import ModelError
 
 RNG = np.random.default_rng(7)
+MODELS = Path(__file__).resolve().parent / "models"
 
 
 def save(model: onnx.ModelProto, tmp_path, name: str) -> str:
@@ -46,18 +48,28 @@ def detector_tail() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def masked_attention(mask_value: float = -10000.0) -> onnx.ModelProto:
+def masked_attention(mask_value: float = -10000.0, computed: bool = False) -> onnx.ModelProto:
     """Scores plus an additive mask (-10000 at padding positions), softmax, then a weighted sum: a
-    transformer's attention."""
+    transformer's attention. ``computed``: the mask is (1 - keep) * mask_value from a second input
+    ``keep`` [1, 1, 8] of 0 and 1, as Hugging Face's eager attention builds it from attention_mask."""
     mask = np.zeros((1, 8, 8), np.float32)
     mask[:, :, 5:] = mask_value  # padding positions
     inits = [
         numpy_helper.from_array(RNG.normal(size=(6, 8)).astype(np.float32) * 0.5, "w_q"),
         numpy_helper.from_array(RNG.normal(size=(6, 8)).astype(np.float32) * 0.5, "w_k"),
         numpy_helper.from_array(RNG.normal(size=(6, 8)).astype(np.float32), "w_v"),
-        numpy_helper.from_array(mask, "mask"),
     ]
-    nodes = [
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6])]
+    if computed:
+        inits += [numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+                  numpy_helper.from_array(np.array(mask_value, np.float32), "mask_value")]
+        inputs.append(helper.make_tensor_value_info("keep", TensorProto.FLOAT, [1, 1, 8]))
+        mask_nodes = [helper.make_node("Sub", ["one", "keep"], ["dropped"]),
+                      helper.make_node("Mul", ["dropped", "mask_value"], ["mask"])]
+    else:
+        inits.append(numpy_helper.from_array(mask, "mask"))
+        mask_nodes = []
+    nodes = mask_nodes + [
         helper.make_node("MatMul", ["x", "w_q"], ["q"]),
         helper.make_node("MatMul", ["x", "w_k"], ["k"]),
         helper.make_node("MatMul", ["x", "w_v"], ["v"]),
@@ -68,9 +80,7 @@ def masked_attention(mask_value: float = -10000.0) -> onnx.ModelProto:
         helper.make_node("MatMul", ["weights", "v"], ["attended"]),
     ]
     graph = helper.make_graph(
-        nodes, "masked_attention",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6])],
-        [helper.make_tensor_value_info("attended", TensorProto.FLOAT, [1, 8, 8])],
+        nodes, "masked_attention", inputs, [helper.make_tensor_value_info("attended", TensorProto.FLOAT, [1, 8, 8])],
         inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -114,28 +124,79 @@ def test_probabilities_keep_their_precision_next_to_pixels(tmp_path):
     assert np.max(np.abs(all_int8 - expected)) > 0.1
 
 
-def test_a_finite_mask_keeps_its_addition_and_softmax_float_even_without_the_search(tmp_path):
+def test_a_finite_mask_constant_is_clamped_so_the_masked_scores_and_softmax_stay_int8(tmp_path):
     model = masked_attention()
     calib, data = samples(tmp_path, (1, 8, 6))
     result = convert(save(model, tmp_path, "attention"), quantize="int8", calibration=calib, float_fallback="none")
-    mask_ops = {line.split()[0] for line in result.float_ops if "mask values down to -1e+04" in line}
-    assert mask_ops == {"ADD", "SOFTMAX"}
+    assert result.float_ops == []
     assert sqnr_db(float_outputs(model, data), edgeq_outputs(result.content, data)) >= 20
 
 
+def attention_with_computed_mask(tmp_path, mask_value: float) -> tuple:
+    """(model, its path, inputs) of ``masked_attention(mask_value, computed=True)``, with
+    calibration samples of 3 to 8 kept positions."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(32, 8, 6)).astype(np.float32)
+    keep = (np.arange(8)[None] < rng.integers(3, 9, size=32)[:, None]).astype(np.float32).reshape(32, 1, 8)
+    np.savez(tmp_path / "calib.npz", x=x, keep=keep)
+    model = masked_attention(mask_value, computed=True)
+    return model, save(model, tmp_path, "attention"), x, keep
+
+
 @pytest.mark.parametrize("mask_value", [float(np.finfo(np.float32).min), -1e9])
-def test_a_huge_finite_mask_no_longer_stretches_the_scores_scale(tmp_path, mask_value):
+def test_a_huge_computed_mask_no_longer_stretches_the_scores_scale(tmp_path, mask_value):
     # Hugging Face's eager attention adds (1 - mask) * finfo(float32).min; one int8 scale for the
     # masked scores would be ~1e36 and the scores themselves would all round to zero.
-    model = masked_attention(mask_value)
-    calib, data = samples(tmp_path, (1, 8, 6))
+    model, path, x, keep = attention_with_computed_mask(tmp_path, mask_value)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no overflow while preparing the kernels
-        result = convert(save(model, tmp_path, "attention"), quantize="int8", calibration=calib,
-                         float_fallback="none")
-        outputs = edgeq_outputs(result.content, data)
-    assert sqnr_db(float_outputs(model, data), outputs) >= 20
-    assert result.int8_check.passed
+        result = convert(path, quantize="int8", calibration=str(tmp_path / "calib.npz"), float_fallback="none")
+        outputs = np.concatenate([run_edgeq(result.content, [x[i:i + 1], keep[i:i + 1]])[0] for i in range(32)])
+    expected = np.concatenate([run_onnxruntime(model, {"x": x[i:i + 1], "keep": keep[i:i + 1]})[0] for i in range(32)])
+    assert sqnr_db(expected, outputs) >= 20
+    # Only the op making the mask from the huge constant stays float; the sum and softmax are int8.
+    assert [line.split(" (")[0] for line in result.float_ops] == ["MUL 'mask'"]
+
+
+def test_a_clamped_mask_runs_alike_on_litert_reference_kernels(tmp_path):
+    _, path, x, keep = attention_with_computed_mask(tmp_path, float(np.finfo(np.float32).min))
+    content = convert(path, quantize="int8", calibration=str(tmp_path / "calib.npz"), float_fallback="none").content
+    for i in range(8):
+        feeds = [x[i:i + 1], keep[i:i + 1]]
+        np.testing.assert_array_equal(run_edgeq(content, feeds)[0], run_litert(content, feeds, reference_kernels=True)[0])
+
+
+def test_a_mask_like_sum_that_feeds_no_softmax_stays_float(tmp_path):
+    model = masked_attention()
+    nodes = [n for n in model.graph.node if n.op_type not in ("Softmax", "MatMul") or n.output[0] != "attended"]
+    del model.graph.node[:]
+    model.graph.node.extend(n for n in nodes if n.op_type != "Softmax")
+    model.graph.output[0].name = "masked"
+    calib, _ = samples(tmp_path, (1, 8, 6))
+    result = convert(save(model, tmp_path, "masked_scores"), quantize="int8", calibration=calib,
+                     float_fallback="none")
+    assert [line.split(" (")[0] for line in result.float_ops] == ["ADD 'masked'"]
+    assert "holds mask values down to -1e+04" in result.float_ops[0]
+
+
+def test_bert_encoder_with_a_finfo_min_mask_stays_faithful_in_int8(tmp_path):
+    # The test model's mask is (1 - attention_mask) * -10000; Hugging Face's eager attention writes
+    # finfo(float32).min there, which before clamping left the embeddings' cosine at 0.77 at worst.
+    model = onnx.load(MODELS / "bert_encoder.onnx")
+    (constant,) = [n for n in model.graph.node if n.op_type == "Constant"
+                   and numpy_helper.to_array(n.attribute[0].t).tolist() == -10000.0]
+    constant.attribute[0].t.CopyFrom(numpy_helper.from_array(np.array(np.finfo(np.float32).min, np.float32)))
+    data = np.load(MODELS / "bert_encoder_data.npz")
+    np.savez(tmp_path / "calib.npz", input_ids=data["calib_input_ids"], attention_mask=data["calib_attention_mask"])
+    path = save(model, tmp_path, "bert_finfo_mask")
+    result = convert(path, input_shapes={"input_ids": (1, 16), "attention_mask": (1, 16)}, quantize="int8",
+                     calibration=str(tmp_path / "calib.npz"), float_fallback="none")
+    ids, mask = data["eval_input_ids"][:16], data["eval_attention_mask"][:16]
+    (expected,) = run_onnxruntime(model, {"input_ids": ids, "attention_mask": mask})
+    actual = np.concatenate([run_edgeq(result.content, [ids[i:i + 1], mask[i:i + 1]])[0] for i in range(16)])
+    cosines = np.sum(expected * actual, 1) / np.linalg.norm(expected, axis=1) / np.linalg.norm(actual, axis=1)
+    assert cosines.min() > 0.99
+    assert not [line for line in result.float_ops if line.startswith(("ADD", "SOFTMAX"))]
 
 
 def test_float_islands_run_alike_on_litert_reference_kernels(tmp_path):
