@@ -14,8 +14,8 @@ cannot hold what flows through. Two automatic mechanisms find them (``choose_flo
   inputs, so the tensors they read are no longer quantized either: a softmax behind wide logits, a
   LayerNorm's variance, GELU outliers. A defect repeated in every layer of a transformer cannot be
   fixed one layer at a time (the other layers keep the outputs where they were), so a move takes
-  every instance of a pattern at once: all int8 ops of the top candidate's type whose drop is
-  similar. Moves are ranked by the error they remove where they act (the sum of their ops' drops);
+  every instance of a pattern at once: all int8 ops of the top candidate's role (its type and the
+  types of the ops feeding it) whose drop is similar. Moves are ranked by the error they remove where they act (the sum of their ops' drops);
   one is kept when the outputs get better, the worst one or on average; the loop stops at the
   target, after ``max_moves`` kept moves or ``max_moves * TRIALS_PER_MOVE`` trials. What was tried
   is reported (``FloatChoice.trials``).
@@ -52,10 +52,10 @@ MIN_GAIN_DB = 0.5  # a move is worth its float ops when the outputs gain this mu
 LOSS_ALLOWED_DB = 0.5  # ... and no output loses more than this
 PATTERN_SHARE = 0.5  # an op joins the top candidate's pattern when its drop is at least this share of the top's
 MIN_DROP_DB = 1.0  # smaller drops are rounding, not a defect worth a float island
-SQNR_CAP_DB = 120.0
+SQNR_CAP_DB = 120.0  # exact tensors (infinite SQNR) count as this much when gains are computed
 # What an int8 tensor's own rounding leaves at best (8 bits, about 6 dB each): the SQNR an op that
 # reads a graph input is measured against, since the quantized input is not observed under its name.
-GRAPH_INPUT_SQNR_DB = 48.0  # exact tensors (infinite SQNR) count as this much when gains are computed
+GRAPH_INPUT_SQNR_DB = 48.0
 ERROR_SAMPLES = 16  # calibration samples the error-driven search runs on, at most
 REFERENCE_BYTES = 256 << 20  # the float values of every activation on those samples, at most
 
@@ -63,8 +63,8 @@ REFERENCE_BYTES = 256 << 20  # the float values of every activation on those sam
 @dataclass
 class Trial:
     """One move the error-driven search tried: the ops it moved to float (op keys) and their type,
-    the drop in dB at each, the SQNR they gained at their outputs, how the outputs' SQNR changed (the worst output's SQNR, and each output's
-    on average), whether it was kept."""
+    the drop in dB at each, the SQNR they gained at their outputs, how the outputs' SQNR changed
+    (the worst output's SQNR, and each output's on average), whether it was kept."""
 
     ops: list
     op_type: str
@@ -200,10 +200,9 @@ def _move(op, float_graph: Graph) -> set:
     return keys
 
 
-def op_role(op, float_graph: Graph) -> tuple:
+def op_role(op, float_graph: Graph, producers: dict) -> tuple:
     """What an op does where it is: its type and the types of the ops making its inputs (a constant
     or graph input counts as such). Every layer of a transformer repeats the same roles."""
-    producers = float_graph.producers()
     sources = []
     for name in op.inputs:
         if not name:
@@ -220,7 +219,8 @@ def candidate_moves(ranked: list, grouped: set, float_graph: Graph) -> list:
     softmax of every attention layer), and each leading op alone. ``grouped``: op keys whose
     pattern was tried already (they are then tried alone only)."""
     moves, seen = [], set()
-    roles = {op_key(op): op_role(op, float_graph) for _, op in ranked}
+    producers = float_graph.producers()
+    roles = {op_key(op): op_role(op, float_graph, producers) for _, op in ranked}
     for drop, op in ranked:
         if drop < MIN_DROP_DB:
             break
