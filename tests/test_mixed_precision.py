@@ -306,3 +306,23 @@ def test_the_search_repairs_an_outlier_channel_it_can_move_to_float(tmp_path):
     calib, _ = samples(tmp_path, (1, 16))
     result = convert(save(outlier_channel(), tmp_path, "outlier"), quantize="int8", calibration=calib)
     assert result.passed and result.int8_check.sqnr_db >= 20
+
+
+def test_a_pattern_groups_ops_of_one_role_and_similar_drop_only():
+    from edgeq.converter.mixed_precision import candidate_moves
+    from edgeq.runtime.ir import Graph, Op, Tensor
+
+    names = ["x", "w", "l0", "l1", "l2", "s", "p0", "p1", "p2", "p3"]
+    g = Graph([Tensor(n, (1, 4)) for n in names], inputs=["x"], outputs=["p0", "p1", "p2", "p3"])
+    g.tensors["w"].data = np.ones((4, 4), np.float32)
+    for logits in ("l0", "l1", "l2"):
+        g.add_op(Op("FULLY_CONNECTED", ["x", "w"], [logits]))
+    g.add_op(Op("ADD", ["x", "x"], ["s"]))
+    softmax = {out: Op("SOFTMAX", [src], [out]) for src, out in (("l0", "p0"), ("l1", "p1"), ("l2", "p2"), ("s", "p3"))}
+    for op in softmax.values():
+        g.add_op(op)
+    # p3 reads an ADD, not a FULLY_CONNECTED: another role; p2's drop is under half the top's.
+    ranked = [(20.0, softmax["p0"]), (19.0, softmax["p3"]), (18.0, softmax["p1"]), (4.0, softmax["p2"])]
+    moves = [[op.outputs[0] for _, op in move] for move in candidate_moves(ranked, set(), g)]
+    assert moves[0] == ["p0", "p1"]
+    assert ["p0", "p1", "p2"] not in moves and ["p3"] in moves
