@@ -365,14 +365,14 @@ def mask_clamps(graph: Graph, ranges: dict, original_float: set) -> list:
 
 
 def _unquantizable_range(op: Op, graph: Graph, ranges: dict, original_float: set,
-                         constant_ranges: dict) -> Optional[str]:
+                         constant_ranges: dict, masks: bool = True) -> Optional[str]:
     """Why ``op`` stays float when one of its float activations or non-weight constants holds an
     infinite value, one near the float32 limit, or mask-like values: an additive attention mask of
     -inf (torch's export of scaled_dot_product_attention with a boolean mask) or of a huge finite
     negative value (Hugging Face's eager attention: finfo(float32).min), the scores it is added to,
     and the softmax reading them. No int8 scale holds -inf, LiteRT cannot requantize a scale of 1e36,
     a scale stretched to a mask holds nothing else, and the softmax turns those entries into exact
-    zeros only in float."""
+    zeros only in float. ``masks=False`` leaves mask-like values to a quantized model's stated params."""
     rule = RULES[op.type]
     skip = {rule.weight[0] if rule.weight else None, rule.bias}
     names = [n for i, n in _float_inputs(op, graph, original_float) if i not in skip]
@@ -394,7 +394,7 @@ def _unquantizable_range(op: Op, graph: Graph, ranges: dict, original_float: set
         if not np.all(np.isfinite(values)):
             return f"'{name}' holds infinite values, which int8 cannot represent"
         lo, hi = (float(np.min(values)), float(np.max(values))) if values.size else (0.0, 0.0)
-        if is_mask_like(lo, hi):
+        if masks and is_mask_like(lo, hi):
             return (f"'{name}' holds mask values down to {lo:.3g}: one int8 scale would leave nothing "
                     f"for the values near 0")
         if max(-lo, hi) >= NEAR_FLOAT32_LIMIT:
@@ -791,7 +791,7 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
         if not touches_float:
             continue  # integer-only ops (shape arithmetic) are left as they are
         reason = (_why_not_int8(op, g, original_float)
-                  or _unquantizable_range(op, g, ranges, original_float, constant_ranges)
+                  or _unquantizable_range(op, g, ranges, original_float, constant_ranges, masks=not stated)
                   or (keep_float or {}).get(op.outputs[0])
                   or (_unstated(op, g, stated, ranges, original_float) if stated else None))
         if reason is None:
