@@ -53,9 +53,10 @@ LOSS_ALLOWED_DB = 0.5  # ... and no output loses more than this
 PATTERN_SHARE = 0.5  # an op joins the top candidate's pattern when its drop is at least this share of the top's
 MIN_DROP_DB = 1.0  # smaller drops are rounding, not a defect worth a float island
 SQNR_CAP_DB = 120.0  # exact tensors (infinite SQNR) count as this much when gains are computed
-# What an int8 tensor's own rounding leaves at best (8 bits, about 6 dB each): the SQNR an op that
-# reads a graph input is measured against, since the quantized input is not observed under its name.
-GRAPH_INPUT_SQNR_DB = 48.0
+# What an int8 tensor's own rounding leaves at best (8 bits, about 6 dB each). An op's drop is measured
+# from at most this: below it is the op's own rounding, not a defect (an op reading a graph input or
+# an exact padding would otherwise seem to lose 100 dB).
+INT8_ROUNDING_SQNR_DB = 48.0
 ERROR_SAMPLES = 16  # calibration samples the error-driven search runs on, at most
 REFERENCE_BYTES = 256 << 20  # the float values of every activation on those samples, at most
 
@@ -181,9 +182,7 @@ def _candidates(float_graph: Graph, sqnr: dict, kept_float: set, tried: set = fr
             continue
         activations = [n for n in op.inputs if n and (n in producers or n in float_graph.inputs)]
         inputs = [sqnr.get(n, float("inf")) for n in activations]
-        best_input = min(inputs, default=float("inf"))
-        if not np.isfinite(best_input):
-            best_input = GRAPH_INPUT_SQNR_DB  # it reads a graph input: only this op's own rounding counts
+        best_input = min(min(inputs, default=float("inf")), INT8_ROUNDING_SQNR_DB)
         ranked.append((best_input - sqnr[key], op))
     ranked.sort(key=lambda item: -item[0])
     return ranked
