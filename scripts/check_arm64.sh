@@ -48,9 +48,12 @@ if [ ! -d "$PYDEPS/flatbuffers" ] || [ ! -d "$PYDEPS/tflite" ]; then
     done
 fi
 # The runtime package itself, copied so that the arm64 side imports exactly this checkout's code.
-rm -rf "$PYDEPS/runtime"
-cp -r "$REPO/runtime" "$PYDEPS/runtime"
-find "$PYDEPS/runtime" -name __pycache__ -prune -exec rm -rf {} +
+# Laid out as it installs: the package edgeq with edgeq.runtime inside (no converter, no native build).
+rm -rf "$PYDEPS/runtime" "$PYDEPS/edgeq"
+mkdir -p "$PYDEPS/edgeq"
+cp "$REPO/edgeq/__init__.py" "$PYDEPS/edgeq/"
+cp -r "$REPO/runtime" "$PYDEPS/edgeq/runtime"
+find "$PYDEPS/edgeq" \( -name __pycache__ -o -name '*.so' \) -prune -exec rm -rf {} +
 
 # -- 3. x86-64: write every sample model as float and int8 .tflite, with inputs and our outputs ----
 "$PYTHON_X86" - "$REPO" "$CASES" <<'EOF'
