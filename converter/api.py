@@ -257,6 +257,8 @@ def convert(
     if sparse_encoding and quantize != "none":
         raise ModelError("--sparse-encoding stores float weights: LiteRT's default interpreter cannot run "
                          "quantized weights behind DENSIFY; drop --quantize or --sparse-encoding")
+    if output_path is not None:
+        refuse_to_overwrite_a_source(output_path, model_path, calibration)
     float_graph, notes = load_graph(model_path, input_shapes, keep_onnx_layout, example_inputs)
     from_onnx = not is_tflite_file(model_path)
     given = float_graph.given_quantization
@@ -314,6 +316,41 @@ def convert(
     if output_path is not None:
         result.output_path = write_atomic(output_path, content)
     return result
+
+
+# Suffixes of the files a user converts from or calibrates with: a .tflite written under one of these names
+# would be taken for the source by every tool that goes by the suffix, and is most often a mistyped -o.
+SOURCE_SUFFIXES = (".onnx", ".npz", ".npy", ".pt", ".pth", ".pb", ".h5", ".keras")
+
+
+def refuse_to_overwrite_a_source(output_path, model_path, calibration=None) -> None:
+    """ModelError unless writing the TFLite output to ``output_path`` is safe: it must not be the model or the
+    calibration file (the conversion would replace its own source), must not carry a source file's suffix,
+    and, unless it is named .tflite, must not replace an existing file that is not a TFLite model."""
+    output = Path(output_path)
+    for role, source in (("the model", model_path), ("the calibration file", calibration)):
+        if source is not None and _same_file(output, Path(source)):
+            raise ModelError(f"{output}: the output is {role} itself; choose another -o (e.g. "
+                             f"{output.with_suffix('.tflite') if output.suffix != '.tflite' else output.stem + '_out.tflite'})")
+    if output.suffix.lower() in SOURCE_SUFFIXES:
+        raise ModelError(f"{output}: the output is a TFLite model and would be misnamed '{output.suffix}'; "
+                         f"name it {output.with_suffix('.tflite').name}")
+    if output.suffix.lower() != ".tflite" and output.is_file() and not _is_tflite_or_empty(output):
+        raise ModelError(f"{output}: exists and is not a TFLite model; refusing to replace it")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
+def _is_tflite_or_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0 or is_tflite_file(path)
+    except OSError:
+        return True  # unreadable: the write itself will say why
 
 
 def _prune(graph, calibration, num_samples, sparsity, scope, channels, importance, reconstruct) -> tuple:

@@ -1,0 +1,74 @@
+"""Nothing a user does loses their work, hangs, or gets a misleading answer."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgeq.cli import main
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def error_lines(result) -> list:
+    return [line for line in result.output.splitlines() if line.startswith("edgeq: error:")]
+
+
+# -- the output never replaces a source ------------------------------------------------------
+
+def test_convert_refuses_to_write_over_its_onnx_model(tmp_path):
+    model = shutil.copy(SAMPLES / "digits_mlp.onnx", tmp_path / "m.onnx")
+    before = Path(model).read_bytes()
+    result = invoke("convert", model, "-o", model)
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and "the model itself" in result.output
+    assert Path(model).read_bytes() == before
+
+
+def test_convert_refuses_to_write_over_its_tflite_model(tmp_path):
+    model = tmp_path / "m.tflite"
+    assert invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", model).exit_code == 0
+    before = model.read_bytes()
+    result = invoke("convert", model, "-o", tmp_path / "." / "m.tflite", "--quantize", "dynamic")
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and "the model itself" in result.output
+    assert model.read_bytes() == before
+
+
+def test_convert_refuses_to_write_over_its_calibration_file(tmp_path):
+    calibration = shutil.copy(SAMPLES / "digits_mlp_calib.npz", tmp_path / "c.tflite")
+    before = Path(calibration).read_bytes()
+    result = invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", calibration, "--quantize", "int8",
+                    "--calibration", calibration)
+    assert result.exit_code == 2
+    assert "the calibration file itself" in result.output
+    assert Path(calibration).read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["other.onnx", "samples.npz", "MODEL.ONNX"])
+def test_convert_refuses_an_output_named_like_a_source_file(tmp_path, name):
+    result = invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", tmp_path / name)
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and ".tflite" in result.output
+    assert not (tmp_path / name).exists()
+
+
+def test_convert_refuses_to_replace_an_existing_file_that_is_not_a_model(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    result = invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", notes)
+    assert result.exit_code == 2
+    assert "not a TFLite model" in result.output
+    assert notes.read_text() == "my notes"
+
+
+def test_convert_replaces_an_earlier_tflite_output(tmp_path):
+    out = tmp_path / "m.bin"
+    assert invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", out).exit_code == 0
+    assert invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", out, "--quantize", "float16").exit_code == 0
