@@ -29,7 +29,7 @@ def main():
       edgeq run model.tflite --input x.npy --engine litert
       edgeq report model.onnx --calibration calib.npz --eval test.npz -o report/
 
-    Exit codes: 0 ok, 1 failed check or internal error, 2 bad input.
+    Exit codes: 0 ok, 1 failed check or internal error, 2 bad input, 130 interrupted (Ctrl-C).
     """
 
 

@@ -106,10 +106,17 @@ def peak_memory_in_fresh_processes(model_file, engines: Iterable[str]) -> dict:
         return dict.fromkeys(engines)
     from edgeq.runtime import memory
 
-    probes = {engine: subprocess.Popen([sys.executable, memory.__file__, engine, str(model_file)],
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-              for engine in engines}
-    return {engine: _probe_result(probe) for engine, probe in probes.items()}
+    probes = {}
+    try:
+        for engine in engines:
+            probes[engine] = subprocess.Popen([sys.executable, memory.__file__, engine, str(model_file)],
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return {engine: _probe_result(probe) for engine, probe in probes.items()}
+    finally:  # a Ctrl-C or an error leaves no probe running
+        for probe in probes.values():
+            if probe.poll() is None:
+                probe.kill()
+                probe.wait()
 
 
 def _probe_result(probe) -> Optional[dict]:

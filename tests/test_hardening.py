@@ -457,7 +457,7 @@ def test_ctrl_c_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path, where)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 1
+    assert process.returncode == 130
     assert stderr.strip() == "edgeq: error: interrupted"
     assert out.read_bytes() == OLD_CONTENT
     assert _stray_temporary_files(tmp_path) == []

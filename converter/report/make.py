@@ -16,7 +16,8 @@ from typing import Callable, Optional
 
 from edgeq.converter.report.engines import EDGEQ, LITERT, litert_available
 from edgeq.converter.report.eval_data import EvalData, call_metric, load_eval, load_metric
-from edgeq.converter.report.measure import MODELS_FOLDER, build_all, measure_all_latency, size_figures
+from edgeq.converter.report.measure import (MODELS_FOLDER, build_all, measure_all_latency, sigint_blocked,
+                                            size_figures)
 from edgeq.converter.report.metrics import agreement_tolerance, builtin_metrics, engine_agreement, pareto_front
 from edgeq.converter.report.plan import plan_variants
 from edgeq.converter.report.plots import plot_accuracy_vs_size, plot_layer_sqnr
@@ -134,7 +135,8 @@ def make_report(options: ReportOptions, progress: bool = False) -> dict:
                              "load_average_after_timing": _load_average()}
         write_report_files(report, staging)
         _open_permissions(staging)
-        _move_into_place(staging, output)
+        with sigint_blocked():  # a Ctrl-C between the two renames would leave no report at -o
+            _move_into_place(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

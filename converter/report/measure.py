@@ -4,8 +4,12 @@ so variants never compete (``measure_all_latency``). Latency and memory go throu
 harness (``edgeq.runtime.measure``), as ``edgeq bench`` does."""
 from __future__ import annotations
 
+import contextlib
 import gzip
+import os
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -100,17 +104,58 @@ def build_all(specs, options, eval_data, models_folder: Path, jobs: int, progres
     ]
     built = {}
     # spawn, not fork: the parent may hold BLAS and tqdm threads, which fork does not copy safely
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool, \
-            _progress_bar(len(specs), "building variants", progress) as bar:
-        futures = {pool.submit(build_variant, job): job.spec for job in jobs_by_spec}
-        for future in as_completed(futures):
-            spec = futures[future]
-            try:
-                built[spec.name] = future.result()
-            except ModelError as error:
-                raise ModelError(f"variant {spec.name}: {error}") from None
-            bar.update(1)
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_worker_setup)
+    try:
+        with _progress_bar(len(specs), "building variants", progress) as bar:
+            # Workers start with Ctrl-C held back (they inherit the signal mask), so only this process
+            # sees it; it then ends them and everything they started (see _end_workers).
+            with sigint_blocked():
+                futures = {pool.submit(build_variant, job): job.spec for job in jobs_by_spec}
+            for future in as_completed(futures):
+                spec = futures[future]
+                try:
+                    built[spec.name] = future.result()
+                except ModelError as error:
+                    raise ModelError(f"variant {spec.name}: {error}") from None
+                bar.update(1)
+    except BaseException:
+        _end_workers(pool)
+        raise
+    pool.shutdown()
     return built
+
+
+def _worker_setup() -> None:
+    """A worker leads its own process group, so that it and the memory probes it starts end together."""
+    os.setpgrp()
+
+
+def _end_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill the pool's workers with their process groups (memory probes included) and let the pool notice,
+    so that nothing is left running and exiting does not wait for variants nobody will read."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    for worker in workers:
+        for kill in (lambda: os.killpg(worker.pid, signal.SIGKILL), worker.kill):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                kill()
+    pool.shutdown(wait=True, cancel_futures=True)
+    for worker in workers:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            worker.join(timeout=5)
+
+
+@contextlib.contextmanager
+def sigint_blocked():
+    """SIGINT held back (delivered when the block ends) while processes are started: a child inherits the
+    mask, so a Ctrl-C reaches only this process."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def measure_all_latency(built: dict, inputs: dict, repeats: int, progress: bool) -> dict:

@@ -1,7 +1,8 @@
 """What every ``edgeq`` command shares: exit codes, one-line errors, the verbosity options, and the click
 group that joins the runtime's commands with the converter's, whether or not the converter is installed.
 
-Exit codes: 0 success, 1 a check failed or an internal error, 2 bad input (file, model, option).
+Exit codes: 0 success, 1 a check failed or an internal error, 2 bad input (file, model, option),
+130 interrupted (Ctrl-C), as shells report a command ended by SIGINT.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import click
 from edgeq.runtime.ir import ModelError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 
 def fail(message: str, code: int) -> None:
@@ -36,7 +38,7 @@ def reports_errors(command):
         except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
             fail(f"{exc.filename}: {exc.strerror}", EXIT_BAD_INPUT)
         except KeyboardInterrupt:
-            fail("interrupted", EXIT_FAILED)
+            fail("interrupted", EXIT_INTERRUPTED)
         except Exception as exc:  # the last line of defence: still one line unless asked
             if verbose:
                 raise

@@ -1,0 +1,148 @@
+"""Ctrl-C at any point of convert, report and bench: exit 130 within 5 s, one line on stderr and no
+traceback, no process left behind, no partial output.
+
+A terminal's Ctrl-C sends SIGINT to every process of the foreground process group; the tests start each
+command in its own session and signal its whole group the same way."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_models"
+EXIT_WITHIN_SECONDS = 5
+
+
+def session_processes(session_id: int) -> list:
+    """The pids of live processes in a session (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        state, session = fields[0], int(fields[3])
+        if session == session_id and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def start(args, cwd) -> subprocess.Popen:
+    def terminal_like_signals():  # a job started in the background inherits SIGINT ignored
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    return subprocess.Popen([sys.executable, "-m", "edgeq", *map(str, args)], cwd=cwd, start_new_session=True,
+                            preexec_fn=terminal_like_signals, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def wait_for(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def interrupt(process: subprocess.Popen, when) -> tuple:
+    """Send a terminal's Ctrl-C once ``when(process)`` returns; returns (exit code, seconds to exit, stderr,
+    processes of the session left after it exited)."""
+    try:
+        when(process)
+        assert process.poll() is None, "the command ended before the interrupt: choose an earlier point"
+        os.killpg(process.pid, signal.SIGINT)
+        sent = time.monotonic()
+        try:
+            _, stderr = process.communicate(timeout=EXIT_WITHIN_SECONDS)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {EXIT_WITHIN_SECONDS} s after Ctrl-C")
+        seconds = time.monotonic() - sent
+        wait_for(lambda: not session_processes(process.pid), 2)
+        return process.returncode, seconds, stderr, session_processes(process.pid)
+    finally:
+        with_leftovers = session_processes(process.pid)
+        for pid in with_leftovers:
+            os.kill(pid, signal.SIGKILL)
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def after(seconds: float):
+    return lambda process: time.sleep(seconds)
+
+
+def workers_running(delay: float):
+    """Once the report's pool has started a worker (a process beyond the command and the resource tracker),
+    plus ``delay`` seconds."""
+    def when(process):
+        assert wait_for(lambda: len(session_processes(process.pid)) >= 3, 60), "no worker started"
+        time.sleep(delay)
+    return when
+
+
+def assert_clean_interrupt(code, seconds, stderr, left):
+    assert code == 130, stderr
+    assert seconds < EXIT_WITHIN_SECONDS
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert stderr.strip().splitlines() == ["edgeq: error: interrupted"]
+    assert left == [], "processes left running"
+
+
+def leftovers(folder: Path) -> list:
+    return sorted(p.name for p in folder.iterdir() if p.name not in ("m.onnx",))
+
+
+REPORT_POINTS = {
+    "starting": after(0.5),
+    "loading": after(2.0),
+    "pool_starting": workers_running(0.0),
+    "pool_busy": workers_running(1.5),
+    "pool_late": workers_running(4.0),
+}
+
+
+@pytest.mark.parametrize("point", list(REPORT_POINTS))
+def test_ctrl_c_during_report_exits_cleanly_and_writes_nothing(tmp_path, point):
+    process = start(["report", SAMPLES / "digits_cnn.onnx", "--calibration", SAMPLES / "digits_cnn_calib.npz",
+                     "--eval", SAMPLES / "digits_cnn_test.npz", "-o", tmp_path / "report", "-q",
+                     "--methods", "minmax,percentile,entropy,mse", "--prune-channels", "0.25,0.5"], tmp_path)
+    assert_clean_interrupt(*interrupt(process, REPORT_POINTS[point]))
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("seconds", [0.5, 2.0, 3.5])
+def test_ctrl_c_during_convert_exits_cleanly_and_writes_nothing(tmp_path, seconds):
+    process = start(["convert", SAMPLES / "digits_mobilenetv2.onnx", "-o", tmp_path / "m.tflite", "-q",
+                     "--quantize", "int8", "--calibration", SAMPLES / "digits_mobilenetv2_calib.npz",
+                     "--calibration-method", "entropy"], tmp_path)
+    assert_clean_interrupt(*interrupt(process, after(seconds)))
+    assert leftovers(tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def bench_model(tmp_path_factory):
+    from edgeq.converter.api import convert
+
+    path = tmp_path_factory.mktemp("bench") / "cnn.tflite"
+    convert(str(SAMPLES / "digits_cnn.onnx"), path)
+    return path
+
+
+@pytest.mark.parametrize("engine", ["edgeq", "both"])
+@pytest.mark.parametrize("seconds", [0.5, 2.5])
+def test_ctrl_c_during_bench_exits_cleanly(tmp_path, bench_model, engine, seconds):
+    process = start(["bench", bench_model, "--engine", engine, "--runs", "1000000", "-q"], tmp_path)
+    assert_clean_interrupt(*interrupt(process, after(seconds)))
