@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from edgeq.runtime.threads import thread_limit
-from edgeq.runtime.ir import Graph, ModelError
+from edgeq.runtime.ir import Graph, InvokeError, ModelError
 from edgeq.runtime.op_runner import has_kernel, prepare_op, run_op
 from edgeq.runtime.tflite_format.reader import read_tflite
 from edgeq.runtime.validate import validate_graph, with_implied_shapes
@@ -227,7 +227,7 @@ class Interpreter:
         samples = [[] for _ in self._invoke_steps]
         with self._thread_limit():
             for run in range(warmup + runs):
-                times = _execute_timed(self._invoke_steps, self._arena)
+                times = _execute_timed(self._invoke_steps, self._arena, self._invoke_ops)
                 if run >= warmup:
                     for op_samples, seconds in zip(samples, times):
                         op_samples.append(seconds)
@@ -475,8 +475,9 @@ def _conv_with_folded_pad(pad, conv, graph):
 def _execute(steps, arena, ops) -> None:
     """The hot loop: one kernel call per op; multi-output kernels return a tuple.
 
-    A kernel failing on data its prepare could not foresee raises RuntimeError naming the op, as
-    LiteRT's invoke does; the try costs nothing until something is raised."""
+    A kernel failing on data its prepare could not foresee raises InvokeError (a ModelError and a
+    RuntimeError, as LiteRT's invoke raises) naming the op: never a bare numpy error. The try costs
+    nothing until something is raised."""
     position = 0
     try:
         for position, (evaluate, inputs, outputs, released) in enumerate(steps):
@@ -488,19 +489,29 @@ def _execute(steps, arena, ops) -> None:
                 arena[outputs] = result
             for i in released:
                 arena[i] = None
-    except (ValueError, RuntimeError, MemoryError):
+    except (InvokeError, MemoryError):
         raise
     except Exception as error:
-        raise RuntimeError(f"op #{position} ({ops[position]}) failed to invoke: {type(error).__name__}: {error}") from error
+        raise _invoke_error(position, ops[position], error) from error
 
 
-def _execute_timed(steps, arena) -> list:
+def _invoke_error(position: int, op, error: Exception) -> InvokeError:
+    detail = str(error) if isinstance(error, ModelError) else f"{type(error).__name__}: {error}"
+    return InvokeError(f"op #{position} ({op}) failed to invoke: {detail}")
+
+
+def _execute_timed(steps, arena, ops) -> list:
     """``_execute`` with a clock read around every op: the seconds each step took."""
     clock = time.perf_counter
     times = []
-    for evaluate, inputs, outputs, released in steps:
+    for position, (evaluate, inputs, outputs, released) in enumerate(steps):
         start = clock()
-        result = evaluate(*[arena[i] for i in inputs])
+        try:
+            result = evaluate(*[arena[i] for i in inputs])
+        except (InvokeError, MemoryError):
+            raise
+        except Exception as error:
+            raise _invoke_error(position, ops[position], error) from error
         if type(result) is tuple:
             for i, value in zip(outputs if type(outputs) is tuple else (outputs,), result):
                 arena[i] = value

@@ -30,6 +30,11 @@ class ModelError(ValueError):
     """A model file or graph that edgeq cannot read or run; the message names the tensor/op at fault."""
 
 
+class InvokeError(ModelError, RuntimeError):
+    """An op that failed while the model ran, named with its position and type. Also a RuntimeError, as
+    LiteRT's invoke raises, so code written for LiteRT catches it."""
+
+
 @dataclass
 class QuantParams:
     """Affine quantization: real = scale * (q - zero_point), per tensor or along ``axis``."""

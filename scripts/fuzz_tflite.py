@@ -5,9 +5,11 @@ Each case takes a valid model (the digits CNN sample converted to float and to i
 hand-built graph of PAD, TILE, CONCATENATION, RESHAPE, FULLY_CONNECTED, SOFTMAX), applies one to
 three mutations (bit flips, byte overwrites, truncation, splices, and targeted writes of huge
 dimensions, out-of-range indices and odd quantization scales at the offsets the flatbuffer binding
-reports; edgeq.testing.tflite_mutations), then reads, allocates and invokes it. The only acceptable outcomes are a clean run or
-ModelError / ValueError / RuntimeError (LiteRT's errors for bad models). Anything else — another
-exception, a crash, a hang, an allocation beyond the memory guard — is a finding.
+reports, and small changes to the shapes: a dimension zeroed, off by one, doubled, swapped or bit-flipped;
+edgeq.testing.tflite_mutations), then reads, allocates and invokes it. The only acceptable outcomes are a
+clean run or edgeq's own ModelError (InvokeError, an op failing mid-invoke, is one). Anything else — another
+exception such as a bare numpy ValueError, a crash, a hang, an allocation beyond the memory guard — is a
+finding.
 
 Cases are numbered and seeded: case i of seed s is the same mutation on every machine, so a finding
 is reproduced with ``--replay I``.

@@ -72,3 +72,37 @@ def test_convert_replaces_an_earlier_tflite_output(tmp_path):
     out = tmp_path / "m.bin"
     assert invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", out).exit_code == 0
     assert invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", out, "--quantize", "float16").exit_code == 0
+
+
+# -- invoke raises only edgeq's own errors ---------------------------------------------------
+
+def test_a_kernel_failing_mid_invoke_raises_invoke_error_naming_the_op():
+    import numpy as np
+
+    from edgeq.runtime.interpreter import Interpreter
+    from edgeq.runtime.ir import Graph, InvokeError, ModelError, Op, Tensor
+    from edgeq.runtime.tflite_format.writer import write_tflite
+
+    graph = Graph([Tensor("x", (1, 6)), Tensor("shape", (2,), np.int32), Tensor("y", (2, 3))],
+                  [Op("RESHAPE", ["x", "shape"], ["y"])], ["x", "shape"], ["y"])
+    interpreter = Interpreter(model_content=write_tflite(graph))
+    interpreter.allocate_tensors()
+    x, shape = interpreter.get_input_details()
+    interpreter.set_tensor(x["index"], np.ones((1, 6), np.float32))
+    interpreter.set_tensor(shape["index"], np.array([4, 4], np.int32))
+    with pytest.raises(InvokeError, match=r"op #0 \(RESHAPE.*cannot reshape") as raised:
+        interpreter.invoke()
+    assert isinstance(raised.value, ModelError) and isinstance(raised.value, RuntimeError)
+
+
+def test_the_validator_refuses_a_reshape_whose_element_counts_differ():
+    import numpy as np
+
+    from edgeq.runtime.interpreter import Interpreter
+    from edgeq.runtime.ir import Graph, ModelError, Op, Tensor
+    from edgeq.runtime.tflite_format.writer import write_tflite
+
+    graph = Graph([Tensor("x", (1, 0, 4)), Tensor("shape", (2,), np.int32, np.array([1, 128], np.int32)),
+                   Tensor("y", (1, 128))], [Op("RESHAPE", ["x", "shape"], ["y"])], ["x"], ["y"])
+    with pytest.raises(ModelError, match=r"RESHAPE.*cannot reshape input 'x' \[1, 0, 4\] \(0 values\) to \[1, 128\]"):
+        Interpreter(model_content=write_tflite(graph))
