@@ -37,15 +37,46 @@ def inference(interpreter, feeds: list) -> Callable[[], list]:
     return run_once
 
 
-def random_feeds(details: list, seed: int = 0) -> list:
-    """``(tensor index, value)`` for every input: standard normal floats, integers within int8's range."""
+def random_feeds(details: list, seed: int = 0, index_bounds: Optional[dict] = None) -> list:
+    """``(tensor index, value)`` for every input: standard normal floats, integers within int8's range,
+    and for an input that indexes a table (token ids; see ``index_bounds``), valid indices 0..size-1."""
     rng = np.random.default_rng(seed)
-    return [(detail["index"], _random_value(detail, rng)) for detail in details]
+    bounds = index_bounds or {}
+    return [(detail["index"], _random_value(detail, rng, bounds.get(detail["name"]))) for detail in details]
 
 
-def _random_value(detail: dict, rng) -> np.ndarray:
+# Ops that pass an integer tensor on without changing its values, between a model input and a table lookup.
+_VALUE_PRESERVING = ("CAST", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "IDENTITY")
+
+
+def index_bounds(graph) -> dict:
+    """Model input name -> the number of rows of the smallest table it indexes (GATHER's indices along its
+    axis, EMBEDDING_LOOKUP's ids), followed through value-preserving ops: the inputs random values must
+    keep within 0..bound-1, as token ids are."""
+    producers = {name: op for op in graph.ops for name in op.outputs}
+    bounds = {}
+    for op in graph.ops:
+        if op.type == "GATHER" and len(op.inputs) > 1:
+            params, indices = graph[op.inputs[0]], op.inputs[1]
+            axis = int(op.options.get("axis", 0)) % max(len(params.shape), 1)
+            rows = params.shape[axis] if params.shape else 0
+        elif op.type == "EMBEDDING_LOOKUP" and len(op.inputs) > 1:
+            indices, rows = op.inputs[0], graph[op.inputs[1]].shape[0]
+        else:
+            continue
+        source = indices
+        while source in producers and producers[source].type in _VALUE_PRESERVING:
+            source = producers[source].inputs[0]
+        if source in graph.inputs:
+            bounds[source] = min(int(rows), bounds.get(source, int(rows)))
+    return bounds
+
+
+def _random_value(detail: dict, rng, index_bound: Optional[int] = None) -> np.ndarray:
     dtype = np.dtype(detail["dtype"])
     shape = tuple(int(d) for d in detail["shape"])
+    if index_bound is not None and dtype.kind in "iu":
+        return rng.integers(0, max(index_bound, 1), shape).astype(dtype)
     if dtype.kind == "f":
         return rng.standard_normal(shape).astype(dtype)
     if dtype.kind == "b":

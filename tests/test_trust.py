@@ -106,3 +106,34 @@ def test_the_validator_refuses_a_reshape_whose_element_counts_differ():
                    Tensor("y", (1, 128))], [Op("RESHAPE", ["x", "shape"], ["y"])], ["x"], ["y"])
     with pytest.raises(ModelError, match=r"RESHAPE.*cannot reshape input 'x' \[1, 0, 4\] \(0 values\) to \[1, 128\]"):
         Interpreter(model_content=write_tflite(graph))
+
+
+# -- bench -------------------------------------------------------------------------------------
+
+def token_id_model(path: Path) -> Path:
+    import numpy as np
+
+    from edgeq.runtime.ir import Graph, Op, Tensor
+    from edgeq.runtime.tflite_format.writer import write_tflite
+
+    table = np.arange(30 * 4, dtype=np.float32).reshape(30, 4)
+    graph = Graph([Tensor("input_ids", (1, 8), np.int32), Tensor("ids", (8,), np.int32),
+                   Tensor("shape", (1,), np.int32, np.array([8], np.int32)),
+                   Tensor("table", (30, 4), data=table), Tensor("embedded", (8, 4))],
+                  [Op("RESHAPE", ["input_ids", "shape"], ["ids"]),
+                   Op("GATHER", ["table", "ids"], ["embedded"], {"axis": 0})], ["input_ids"], ["embedded"])
+    path.write_bytes(write_tflite(graph))
+    return path
+
+
+@pytest.mark.parametrize("engine", ["edgeq", "litert"])
+def test_bench_feeds_token_id_inputs_valid_ids(tmp_path, engine):
+    model = token_id_model(tmp_path / "ids.tflite")
+    result = invoke("bench", model, "--engine", engine, "--runs", "3", "--json")
+    assert result.exit_code == 0, result.output
+
+
+def test_bench_both_engines_prints_the_error_prefix_once(tmp_path):
+    result = invoke("bench", tmp_path / "missing.tflite", "--engine", "both", "--runs", "1")
+    assert result.exit_code == 2
+    assert result.output.count("edgeq: error:") == 1 and "missing.tflite" in result.output

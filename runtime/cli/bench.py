@@ -8,7 +8,7 @@ import time
 
 import click
 
-from edgeq.runtime.cli.common import reports_errors, verbosity_options
+from edgeq.runtime.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, fail, reports_errors, verbosity_options
 from edgeq.runtime.cli.run import INPUT_FILES_HELP, image_options, open_interpreter
 from edgeq.runtime.ir import ModelError
 from edgeq.runtime.measure import WARMUP_RUNS
@@ -75,8 +75,10 @@ def _bench_in_subprocess(model, engine, runs, threads, with_profile, top, feedin
             command += [option, feeding[key]]
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
-        message = (completed.stderr.strip().splitlines() or ["failed"])[-1]
-        raise ModelError(f"{engine}: {message}")
+        message = (completed.stderr.strip().splitlines() or ["failed"])[-1].removeprefix("edgeq: error: ")
+        if completed.returncode == EXIT_INTERRUPTED:
+            raise KeyboardInterrupt
+        fail(f"{engine}: {message}", completed.returncode if completed.returncode in (1, 2) else EXIT_FAILED)
     return json.loads(completed.stdout)["engines"][0]
 
 
@@ -94,7 +96,7 @@ def _bench_engine(model, engine, runs, threads, with_profile, top, feeding) -> d
         values = load_inputs(feeding["input_path"], details, feeding["mean"], feeding["std"], feeding["layout"])
         feeds = [(detail["index"], value) for detail, value in zip(details, values)]
     else:
-        feeds = random_feeds(details)
+        feeds = random_feeds(details, index_bounds=_index_bounds_of(model))
     run_once = inference(interpreter, feeds)
     first = time.perf_counter()
     run_once()
@@ -119,6 +121,19 @@ def _bench_engine(model, engine, runs, threads, with_profile, top, feeding) -> d
         if with_profile:
             result["profile"] = _profile_tables(interpreter.profile(runs=min(runs, 20)), top)
     return result
+
+
+def _index_bounds_of(model: str) -> dict:
+    """The token-id inputs of the model file and their table sizes (see ``measure.index_bounds``)."""
+    from pathlib import Path
+
+    from edgeq.runtime.measure import index_bounds
+    from edgeq.runtime.tflite_format.reader import read_tflite
+
+    try:
+        return index_bounds(read_tflite(Path(model).read_bytes()))
+    except ModelError:  # LiteRT may run what our reader refuses; it then gets the usual random values
+        return {}
 
 
 def _profile_tables(per_op: list, top: int) -> dict:
