@@ -202,7 +202,7 @@ def convert(
     prune_scope: str = "global",
     prune_channels: Optional[float] = None,
     prune_importance: str = "l1",
-    reconstruct: bool = False,
+    reconstruct: Optional[bool] = None,
     sparse_encoding: bool = False,
     example_inputs=None,
     equalize: bool = True,
@@ -234,7 +234,8 @@ def convert(
     caller decides (``edgeq convert`` exits 1).
     Pruning runs on the float model before quantization (see converter.prune): ``prune_channels``
     removes that share of channels (``prune_importance`` "l1" or "activation"; ``reconstruct`` refits
-    the layers after them by least squares; both of those use the ``calibration`` samples), then
+    the layers after them by least squares, by default whenever ``calibration`` samples are given: without
+    it a classifier pruned by half can fall to chance), then
     ``prune_sparsity`` zeroes that share of weights (``prune_scope`` "global" or "layer").
     Before an int8 model is calibrated, its float graph is rewritten into an equal function that
     quantizes better: ``equalize`` balances the channel ranges of consecutive weighted ops
@@ -257,6 +258,9 @@ def convert(
     if sparse_encoding and quantize != "none":
         raise ModelError("--sparse-encoding stores float weights: LiteRT's default interpreter cannot run "
                          "quantized weights behind DENSIFY; drop --quantize or --sparse-encoding")
+    if calibration is not None and quantize != "int8" and not prune_channels:
+        raise ModelError("--calibration samples are used by --quantize int8 and --prune-channels; "
+                         "give one of them or drop --calibration")
     if output_path is not None:
         refuse_to_overwrite_a_source(output_path, model_path, calibration)
     float_graph, notes = load_graph(model_path, input_shapes, keep_onnx_layout, example_inputs)
@@ -356,6 +360,8 @@ def _is_tflite_or_empty(path: Path) -> bool:
 def _prune(graph, calibration, num_samples, sparsity, scope, channels, importance, reconstruct) -> tuple:
     """Channel pruning, then magnitude pruning, of the float graph; returns (graph, reports)."""
     reports = []
+    if reconstruct is None:
+        reconstruct = bool(channels) and calibration is not None
     if channels:
         from edgeq.converter.prune import prune_channels
 

@@ -89,8 +89,9 @@ def samples_source(path, size, mean, std, layout):
               "the output channels of every prunable layer (a smaller, faster dense model).")
 @click.option("--prune-importance", type=click.Choice(["l1", "activation"]), default="l1", show_default=True,
               help="Rank channels by filter L1 norm or by mean |activation| on --calibration samples.")
-@click.option("--reconstruct", is_flag=True, help="With --prune-channels: refit the layers after removed "
-              "channels by least squares on --calibration samples.")
+@click.option("--reconstruct/--no-reconstruct", default=None, help="With --prune-channels: refit the layers "
+              "after removed channels by least squares on --calibration samples [default: on when --calibration "
+              "is given].")
 @click.option("--sparse-encoding", is_flag=True, help="Store float weights in TFLite's sparse (CSR) "
               "encoding where smaller (float models only).")
 @image_folder_options
@@ -114,7 +115,7 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
       edgeq convert model.onnx -o m.tflite --quantize int8 --calibration calib.npz --float-fallback none
       edgeq convert model_float.tflite -o model_int8.tflite --quantize int8 --calibration calib.npz
       edgeq convert model.onnx -o model_dynamic.tflite --quantize dynamic
-      edgeq convert model.onnx -o small.tflite --prune-channels 0.3 --reconstruct --calibration calib.npz
+      edgeq convert model.onnx -o small.tflite --prune-channels 0.3 --calibration calib.npz
       edgeq convert model.onnx -o sparse.tflite --prune-sparsity 0.7 --sparse-encoding
 
     An int8 model's outputs are compared with the float model's on the calibration samples; under
@@ -128,6 +129,7 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
 
     if debug and quantize != "int8":
         raise ModelError("--debug compares int8 tensors with float ones: it needs --quantize int8")
+    _refuse_unused_calibration_options(quantize)
     started = time.perf_counter()
     result = convert_model(
         model,
@@ -211,6 +213,16 @@ def _fail_unless_passed(result) -> None:
     """Exit 1 with the one line that says why, when the int8 outputs stay under --min-sqnr."""
     if not result.passed:
         fail(result.int8_check.failure_line(result.output_path), EXIT_FAILED)
+
+
+def _refuse_unused_calibration_options(quantize: str) -> None:
+    """--calibration-method chooses int8 activation ranges: given without --quantize int8 it would be
+    silently ignored. (--calibration itself is checked by the API: pruning uses it too.)"""
+    if quantize == "int8":
+        return
+    source = click.get_current_context().get_parameter_source("calibration_method")
+    if source == click.core.ParameterSource.COMMANDLINE:
+        raise ModelError("--calibration-method chooses int8 activation ranges: it needs --quantize int8")
 
 
 def _float_choice_summary(choice) -> dict:

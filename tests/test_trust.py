@@ -137,3 +137,40 @@ def test_bench_both_engines_prints_the_error_prefix_once(tmp_path):
     result = invoke("bench", tmp_path / "missing.tflite", "--engine", "both", "--runs", "1")
     assert result.exit_code == 2
     assert result.output.count("edgeq: error:") == 1 and "missing.tflite" in result.output
+
+
+# -- options that would be silently ignored --------------------------------------------------
+
+@pytest.mark.parametrize("options", [
+    ["--calibration", SAMPLES / "digits_mlp_calib.npz"],
+    ["--calibration", SAMPLES / "digits_mlp_calib.npz", "--quantize", "dynamic"],
+    ["--calibration-method", "entropy"],
+    ["--calibration-method", "minmax", "--quantize", "float16"],
+])
+def test_convert_refuses_calibration_options_nothing_uses(tmp_path, options):
+    result = invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", tmp_path / "m.tflite", *options)
+    assert result.exit_code == 2
+    assert len(error_lines(result)) == 1 and "calibration" in result.output
+    assert not (tmp_path / "m.tflite").exists()
+
+
+@pytest.mark.parametrize("top_k", ["0", "-3"])
+def test_run_refuses_a_top_k_below_one(tmp_path, top_k):
+    import numpy as np
+
+    model = tmp_path / "m.tflite"
+    assert invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", model).exit_code == 0
+    np.save(tmp_path / "x.npy", np.zeros((1, 64), np.float32))
+    result = invoke("run", model, "--input", tmp_path / "x.npy", "--top-k", top_k)
+    assert result.exit_code == 2 and "--top-k" in result.output
+
+
+def test_channel_pruning_with_calibration_data_reconstructs_by_default(tmp_path):
+    common = [SAMPLES / "digits_cnn.onnx", "--prune-channels", "0.5", "--calibration",
+              SAMPLES / "digits_cnn_calib.npz", "--json"]
+    import json
+
+    default = json.loads(invoke("convert", "-o", tmp_path / "a.tflite", *common).output)
+    opted_out = json.loads(invoke("convert", "-o", tmp_path / "b.tflite", "--no-reconstruct", *common).output)
+    assert default["pruning"][0]["method"] == "channel (l1, reconstructed)"
+    assert opted_out["pruning"][0]["method"] == "channel (l1)"

@@ -33,8 +33,7 @@ class VariantSpec:
             options["prune_sparsity"] = self.prune_sparsity
         if self.prune_channels is not None:
             options["prune_channels"] = self.prune_channels
-        if self.reconstruct:
-            options["reconstruct"] = True
+            options["reconstruct"] = self.reconstruct  # explicit: the variant's name says which it is
         return options
 
 

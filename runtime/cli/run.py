@@ -70,7 +70,8 @@ def parse_byte_size(text):
 @click.option("--engine", type=click.Choice(["edgeq", "litert"]), default="edgeq", show_default=True,
               help="Which interpreter runs the model.")
 @click.option("--output", "-o", "output_path", type=click.Path(dir_okay=False), help="Save the outputs as .npz.")
-@click.option("--top-k", type=int, default=5, show_default=True, help="How many classes to print for classifiers.")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="How many classes to print for classifiers.")
 @image_options
 @click.option("--max-memory", metavar="BYTES[K|M|G]", callback=lambda ctx, param, value: parse_byte_size(value),
               help="Refuse a model whose tensors need more memory than this (default: the memory available).")
