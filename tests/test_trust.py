@@ -174,3 +174,22 @@ def test_channel_pruning_with_calibration_data_reconstructs_by_default(tmp_path)
     opted_out = json.loads(invoke("convert", "-o", tmp_path / "b.tflite", "--no-reconstruct", *common).output)
     assert default["pruning"][0]["method"] == "channel (l1, reconstructed)"
     assert opted_out["pruning"][0]["method"] == "channel (l1)"
+
+
+# -- report ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("labels_key", ["y", None])
+def test_report_eval_uses_the_one_array_left_besides_the_labels_for_a_one_input_model(tmp_path, labels_key):
+    import numpy as np
+
+    from edgeq.converter.api import load_graph
+    from edgeq.converter.report.eval_data import load_eval
+
+    stored = np.load(SAMPLES / "digits_mlp_test.npz")
+    (image_key,) = [key for key in stored.files if key != "y"]
+    np.savez(tmp_path / "test.npz", x=stored[image_key], y=stored["y"])
+    graph, _ = load_graph(SAMPLES / "digits_mlp.onnx")
+    data = load_eval(tmp_path / "test.npz", graph, labels_key)
+    assert data.count == len(stored["y"])
+    np.testing.assert_array_equal(data.labels, stored["y"])
+    np.testing.assert_array_equal(data.inputs[graph.inputs[0]], stored[image_key])

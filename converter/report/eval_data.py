@@ -53,9 +53,16 @@ def load_eval(path, graph, labels_key: Optional[str] = None, num_samples: Option
     if num_samples is not None:
         raw = {key: value[:num_samples] for key, value in raw.items()}
     missing = [name for name in graph.inputs if name not in raw]
+    others = [key for key in raw if key != labels_key]
+    if len(graph.inputs) == 1 and missing and len(others) == 1:  # {x, y}: x is the one input, whatever its name
+        inputs = samples_for_graph({graph.inputs[0]: raw[others[0]]}, graph, path, "eval")
+        missing = []
+    else:
+        inputs = None
     if missing:
         raise ModelError(f"eval file {path}: no array for model input(s) {', '.join(missing)} (has {', '.join(raw)})")
-    inputs = samples_for_graph({name: raw[name] for name in graph.inputs}, graph, path, "eval")
+    if inputs is None:
+        inputs = samples_for_graph({name: raw[name] for name in graph.inputs}, graph, path, "eval")
     count = next(iter(inputs.values())).shape[0]
     labels = None
     if labels_key is not None:
