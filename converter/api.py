@@ -127,7 +127,12 @@ def load_graph(model_path, input_shapes=None, keep_onnx_layout=False, example_in
     if not path.is_file():
         raise ModelError(f"{path}: no such file")
     if is_tflite_file(path):
-        return _tflite_for_conversion(read_tflite(path.read_bytes()))
+        try:
+            return _tflite_for_conversion(read_tflite(path.read_bytes()))
+        except ModelError as error:
+            from edgeq.runtime.ir import naming_file
+
+            raise naming_file(error, path) from None
     from edgeq.converter.onnx_import import import_onnx  # onnx is a converter-only dependency
 
     model, notes = _with_default_batch(path, input_shapes or {})

@@ -35,6 +35,9 @@ def is_image(path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
+NPY_MAGIC, NPZ_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
+
+
 def read_arrays(path, what: str) -> Union[np.ndarray, dict]:
     """The array of an .npy file, or ``{key: array}`` of an .npz file, read whole; never unpickles.
     ``what`` says in messages what the file is for: "calibration", "eval", "input"."""
@@ -43,6 +46,12 @@ def read_arrays(path, what: str) -> Union[np.ndarray, dict]:
         raise ModelError(f"{what} file {path} does not exist")
     if path.stat().st_size == 0:
         raise ModelError(f"{what} file {path} is empty")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not magic.startswith((NPY_MAGIC, NPZ_MAGIC)):
+        # numpy takes any other file for a pickle and advises loading it unsafely: say what it is instead
+        kind = "a Python pickle, which is refused for safety" if magic[:1] == b"\x80" else "not a numpy .npy/.npz file"
+        raise ModelError(f"{what} file {path} is {kind}; save plain numeric arrays with np.save / np.savez")
     try:
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
@@ -52,10 +61,10 @@ def read_arrays(path, what: str) -> Union[np.ndarray, dict]:
     except ValueError as error:
         if "pickle" in str(error).lower():
             raise ModelError(
-                f"{what} file {path} contains pickled objects, which are refused for safety; "
+                f"{what} file {path} holds object arrays (pickled objects), which are refused for safety; "
                 "save plain numeric arrays (np.savez / np.save)"
             ) from None
-        raise ModelError(f"{what} file {path} is not a numpy .npy/.npz file: {error}") from None
+        raise ModelError(f"{what} file {path} is a damaged .npy/.npz file: {error}") from None
     except (OSError, EOFError) as error:
         raise ModelError(f"{what} file {path} cannot be read as .npy/.npz: {error}") from None
 

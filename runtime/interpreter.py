@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from edgeq.runtime.threads import thread_limit
-from edgeq.runtime.ir import Graph, InvokeError, ModelError
+from edgeq.runtime.ir import Graph, InvokeError, ModelError, naming_file
 from edgeq.runtime.op_runner import has_kernel, prepare_op, run_op
 from edgeq.runtime.tflite_format.reader import read_tflite
 from edgeq.runtime.validate import validate_graph, with_implied_shapes
@@ -65,7 +65,12 @@ class Interpreter:
                     model_content = f.read()
             except OSError:
                 raise ValueError(f"Failed to open {model_path}") from None
-            graph = read_tflite(model_content)
+            try:  # a bad file's messages name it
+                self._init_from_graph(read_tflite(model_content), experimental_preserve_all_tensors, num_threads,
+                                      max_memory_bytes)
+            except ModelError as error:
+                raise naming_file(error, model_path) from None
+            return
         elif model_content is not None:
             graph = read_tflite(bytes(model_content))
         else:

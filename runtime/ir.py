@@ -30,6 +30,14 @@ class ModelError(ValueError):
     """A model file or graph that edgeq cannot read or run; the message names the tensor/op at fault."""
 
 
+def naming_file(error: ModelError, path) -> ModelError:
+    """``error`` with the file it is about in front of its message (once), of the same class."""
+    message = str(error)
+    if message.startswith(f"{path}:") or message.startswith(f"{path} "):
+        return error
+    return type(error)(f"{path}: {message}")
+
+
 class InvokeError(ModelError, RuntimeError):
     """An op that failed while the model ran, named with its position and type. Also a RuntimeError, as
     LiteRT's invoke raises, so code written for LiteRT catches it."""

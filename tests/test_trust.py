@@ -193,3 +193,49 @@ def test_report_eval_uses_the_one_array_left_besides_the_labels_for_a_one_input_
     assert data.count == len(stored["y"])
     np.testing.assert_array_equal(data.labels, stored["y"])
     np.testing.assert_array_equal(data.inputs[graph.inputs[0]], stored[image_key])
+
+
+# -- error messages that say what happened -----------------------------------------------------
+
+@pytest.fixture
+def mlp_tflite(tmp_path):
+    model = tmp_path / "m.tflite"
+    assert invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", model).exit_code == 0
+    return model
+
+
+def test_a_text_file_given_as_calibration_is_called_not_numpy_not_pickled(tmp_path):
+    text = tmp_path / "calib.npz"
+    text.write_text("x,y\n1,2\n")
+    result = invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", tmp_path / "m.tflite", "--quantize", "int8",
+                    "--calibration", text)
+    assert result.exit_code == 2
+    assert "not a numpy .npy/.npz file" in result.output and "pickle" not in result.output
+
+
+@pytest.mark.parametrize("content", [b"\x80\x04K\x01.", b"garbage that is no array"])
+def test_numpy_advice_to_load_pickles_never_reaches_the_user(tmp_path, mlp_tflite, content):
+    bad = tmp_path / "x.npy"
+    bad.write_bytes(content)
+    result = invoke("run", mlp_tflite, "--input", bad)
+    assert result.exit_code == 2 and len(error_lines(result)) == 1
+    assert "allow_pickle" not in result.output
+
+
+@pytest.mark.parametrize("command", ["run", "inspect", "bench", "convert"])
+def test_tflite_reader_errors_name_the_file(tmp_path, command):
+    import numpy as np
+
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(4))
+    np.save(tmp_path / "x.npy", np.zeros((1, 64), np.float32))
+    extra = {"run": ["--input", tmp_path / "x.npy"], "convert": ["-o", tmp_path / "out.tflite"]}.get(command, [])
+    result = invoke(command, broken, *extra)
+    assert result.exit_code == 2
+    assert f"{broken}:" in result.output
+
+
+def test_an_unwritable_output_names_the_users_path_not_a_temporary_file():
+    result = invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", "/proc/x.tflite")  # no files can be made there
+    assert result.exit_code == 2
+    assert "/proc/x.tflite:" in result.output and ".tmp" not in result.output

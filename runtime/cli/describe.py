@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from edgeq.runtime.ir import ModelError
+
 from edgeq.runtime.cli.common import reports_errors, verbosity_options
 
 
@@ -29,8 +31,13 @@ def inspect(model, with_arena, as_json, quiet, verbose):
     from edgeq.runtime.size import size_breakdown
     from edgeq.runtime.tflite_format.reader import read_tflite
 
+    from edgeq.runtime.ir import naming_file
+
     content = Path(model).read_bytes()
-    graph = read_tflite(content)
+    try:
+        graph = read_tflite(content)
+    except ModelError as error:
+        raise naming_file(error, model) from None
     description = describe_graph(graph, len(content))
     description["size_breakdown"] = size_breakdown(content)
     if with_arena:
