@@ -239,3 +239,20 @@ def test_an_unwritable_output_names_the_users_path_not_a_temporary_file():
     result = invoke("convert", SAMPLES / "digits_mlp.onnx", "-o", "/proc/x.tflite")  # no files can be made there
     assert result.exit_code == 2
     assert "/proc/x.tflite:" in result.output and ".tmp" not in result.output
+
+
+def test_every_missing_input_shape_is_reported_at_once(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", "sequence"])
+              for name in ("input_ids", "attention_mask", "token_type_ids")]
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["input_ids", "attention_mask"], ["s"]), helper.make_node("Add", ["s", "token_type_ids"], ["y"])],
+        "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence"])])
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(model))
+    result = invoke("convert", model, "-o", tmp_path / "m.tflite")
+    assert result.exit_code == 2 and len(error_lines(result)) == 1
+    for name in ("input_ids", "attention_mask", "token_type_ids"):
+        assert f"--input-shape {name}:1,<sequence>" in result.output

@@ -171,6 +171,7 @@ def fix_input_shapes(model: onnx.ModelProto, input_shapes: Optional[dict]) -> No
     unknown = set(input_shapes) - set(names)
     if unknown:
         raise ModelError(f"--input-shape names {sorted(unknown)}, but the model's inputs are {names}")
+    missing = []  # (what is wrong, the --input-shape value that fixes it), for every input without a shape
     for inp in model.graph.input:
         tensor_type = inp.type.tensor_type
         if inp.name in input_shapes:
@@ -189,18 +190,20 @@ def fix_input_shapes(model: onnx.ModelProto, input_shapes: Optional[dict]) -> No
                 tensor_type.shape.dim.add().dim_value = d
             continue
         if not tensor_type.HasField("shape"):
-            raise ModelError(
-                f"input '{inp.name}' has no shape; fix it with --input-shape {inp.name}:1,3,224,224"
-            )
+            missing.append((f"input '{inp.name}' has no shape", f"{inp.name}:1,3,224,224"))
+            continue
         dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor_type.shape.dim]
         dim_names = [d.dim_param for d in tensor_type.shape.dim]
-        for i, dim in enumerate(tensor_type.shape.dim):
-            if not (dim.HasField("dim_value") and dim.dim_value > 0):
-                label = f" ('{dim.dim_param}')" if dim.dim_param else ""
-                raise ModelError(
-                    f"input '{inp.name}' has a dynamic dimension {i}{label}; "
-                    f"fix it with --input-shape {inp.name}:{shape_hint(dims, dim_names)}"
-                )
+        dynamic = [i for i, dim in enumerate(tensor_type.shape.dim) if not (dim.HasField("dim_value") and dim.dim_value > 0)]
+        if dynamic:
+            i = dynamic[0]
+            label = f" ('{dim_names[i]}')" if dim_names[i] else ""
+            what = f"a dynamic dimension {i}{label}" if len(dynamic) == 1 else f"dynamic dimensions {dynamic}"
+            missing.append((f"input '{inp.name}' has {what}", f"{inp.name}:{shape_hint(dims, dim_names)}"))
+    if missing:  # every input at once: one rerun, not one per input
+        problems = "; ".join(problem for problem, _ in missing)
+        fixes = " ".join(f"--input-shape {fix}" for _, fix in missing)
+        raise ModelError(f"{problems}; fix with {fixes}")
 
 
 # Constants up to this many elements go into the model shape inference sees (shape data propagation
