@@ -64,7 +64,7 @@ class Int8Check:
         return line + "; try " + ", ".join(remedies) + ", or --min-sqnr 0 to accept it"
 
 
-@dataclass
+@dataclass(repr=False)
 class ConversionResult:
     graph: Graph
     content: bytes
@@ -84,6 +84,15 @@ class ConversionResult:
         """False when an int8 model's outputs stay under the SQNR threshold: the file is written, but
         it is not to be trusted as is."""
         return self.int8_check is None or self.int8_check.passed
+
+    def __repr__(self) -> str:
+        # Short: the default repr would print every byte of the flatbuffer and every tensor of both graphs.
+        boundary = ", ".join(f"{kind} {t.name} {list(t.shape)} {t.dtype}"
+                             for kind, tensors in (("input", self.inputs), ("output", self.outputs)) for t in tensors)
+        where = f"{str(self.output_path)!r}, " if self.output_path is not None else ""
+        return (f"<ConversionResult {where}{len(self.content):,} bytes, {len(self.graph.ops)} ops, {boundary}"
+                f"{f', {len(self.float_ops)} ops kept in float' if self.float_ops else ''}"
+                f"{'' if self.passed else ', int8 check FAILED'}>")
 
 
 def parse_input_shapes(specs) -> dict:

@@ -256,3 +256,12 @@ def test_every_missing_input_shape_is_reported_at_once(tmp_path):
     assert result.exit_code == 2 and len(error_lines(result)) == 1
     for name in ("input_ids", "attention_mask", "token_type_ids"):
         assert f"--input-shape {name}:1,<sequence>" in result.output
+
+
+def test_printing_a_conversion_result_is_one_short_line(tmp_path):
+    from edgeq.converter.api import convert
+
+    result = convert(str(SAMPLES / "digits_mlp.onnx"), tmp_path / "m.tflite")
+    text = repr(result)
+    assert len(text) < 300 and "\n" not in text
+    assert f"{len(result.content):,} bytes" in text and "input input [1, 64] float32" in text
