@@ -265,3 +265,16 @@ def test_printing_a_conversion_result_is_one_short_line(tmp_path):
     text = repr(result)
     assert len(text) < 300 and "\n" not in text
     assert f"{len(result.content):,} bytes" in text and "input input [1, 64] float32" in text
+
+
+def test_the_readme_python_snippet_runs_as_written(tmp_path, monkeypatch):
+    import re
+
+    readme = (SAMPLES.parent / "README.md").read_text()
+    (snippet,) = re.findall(r"## Python\n\n```python\n(.*?)```", readme, re.S)
+    (tmp_path / "sample_models").symlink_to(SAMPLES)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    assert namespace["y"].shape == (1, 10)
+    assert namespace["every_tensor"]["logits"].shape[0] == len(namespace["batch"])
