@@ -278,3 +278,42 @@ def test_the_readme_python_snippet_runs_as_written(tmp_path, monkeypatch):
     exec(compile(snippet, "README.md", "exec"), namespace)
     assert namespace["y"].shape == (1, 10)
     assert namespace["every_tensor"]["logits"].shape[0] == len(namespace["batch"])
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+def test_run_reports_the_steady_invoke_time_beside_the_first_calls(tmp_path, mlp_tflite):
+    import json
+
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.zeros((1, 64), np.float32))
+    text = invoke("run", mlp_tflite, "--input", tmp_path / "x.npy").output
+    assert "median of 10 calls after the first" in text
+    summary = json.loads(invoke("run", mlp_tflite, "--input", tmp_path / "x.npy", "--json").output)
+    assert summary["timed_calls"] == 10 and summary["first_call_seconds"] > 0 and summary["seconds"] > 0
+
+
+def relu_tflite(path: Path, name: str) -> Path:
+    import numpy as np
+
+    from edgeq.runtime.ir import Graph, Op, Tensor
+    from edgeq.runtime.tflite_format.writer import write_tflite
+
+    graph = Graph([Tensor("x", (1, 4)), Tensor(name, (1, 4))], [Op("RELU", ["x"], [name])], ["x"], [name])
+    path.write_bytes(write_tflite(graph))
+    np.save(path.with_suffix(".npy"), np.array([[0.5, -1.0, 2.0, 3.0]], np.float32))
+    return path
+
+
+def test_run_prints_no_top_k_for_an_output_that_is_not_class_scores(tmp_path):
+    model = relu_tflite(tmp_path / "boxes.tflite", "box")
+    result = invoke("run", model, "--input", model.with_suffix(".npy"))
+    assert result.exit_code == 0 and "top-" not in result.output
+
+
+def test_run_prints_top_k_for_logits_and_when_asked(tmp_path):
+    logits = relu_tflite(tmp_path / "logits.tflite", "logits")
+    assert "top-4:" in invoke("run", logits, "--input", logits.with_suffix(".npy")).output
+    boxes = relu_tflite(tmp_path / "boxes.tflite", "box")
+    assert "top-2: 3: 3, 2: 2" in invoke("run", boxes, "--input", boxes.with_suffix(".npy"), "--top-k", "2").output

@@ -71,7 +71,8 @@ def parse_byte_size(text):
               help="Which interpreter runs the model.")
 @click.option("--output", "-o", "output_path", type=click.Path(dir_okay=False), help="Save the outputs as .npz.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
-              help="How many classes to print for classifiers.")
+              help="How many classes to print for classifier-like outputs (probabilities, or a name such as "
+              "logits/scores); given explicitly, for every [1, N] output.")
 @image_options
 @click.option("--max-memory", metavar="BYTES[K|M|G]", callback=lambda ctx, param, value: parse_byte_size(value),
               help="Refuse a model whose tensors need more memory than this (default: the memory available).")
@@ -101,10 +102,9 @@ def run(model, input_path, engine, output_path, top_k, mean, std, layout, max_me
     feeds = load_inputs(input_path, details, mean, std, layout)
     for detail, value in zip(details, feeds):
         interpreter.set_tensor(detail["index"], value)
-    started = time.perf_counter()
-    interpreter.invoke()
-    seconds = time.perf_counter() - started
+    first_seconds, seconds, repeats = _invoke_timed(interpreter)
     outputs = {d["name"]: interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()}
+    top_k_asked = click.get_current_context().get_parameter_source("top_k") == click.core.ParameterSource.COMMANDLINE
 
     if output_path:
         import io
@@ -115,17 +115,51 @@ def run(model, input_path, engine, output_path, top_k, mean, std, layout, max_me
     summary = {
         "engine": engine,
         "seconds": round(seconds, 6),
-        "outputs": {name: _summarize_output(value, top_k) for name, value in outputs.items()},
+        "first_call_seconds": round(first_seconds, 6),
+        "timed_calls": repeats,
+        "outputs": {name: _summarize_output(value, top_k if top_k_asked or _classifier_like(name, value) else 0)
+                    for name, value in outputs.items()},
     }
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     elif not quiet:
-        click.echo(f"{engine}: invoke took {seconds * 1e3:.2f} ms")
+        click.echo(f"{engine}: invoke took {seconds * 1e3:.2f} ms (median of {repeats} calls after the first, "
+                   f"which took {first_seconds * 1e3:.2f} ms with loading)")
         for name, info in summary["outputs"].items():
             click.echo(f"{name}: {info['shape']} {info['dtype']} min {info['min']:.6g} max {info['max']:.6g}")
             if "top_k" in info:
                 ranked = ", ".join(f"{c}: {s:.4g}" for c, s in info["top_k"])
                 click.echo(f"  top-{len(info['top_k'])}: {ranked}")
+
+
+STEADY_CALLS, STEADY_SECONDS = 10, 1.0
+
+
+def _invoke_timed(interpreter) -> tuple:
+    """(first call's seconds, median seconds of the calls after it, how many): the first call pays for
+    loading kernels and warming caches, so it says little about the steady time a user will see."""
+    started = time.perf_counter()
+    interpreter.invoke()
+    first = time.perf_counter() - started
+    times, deadline = [], time.perf_counter() + STEADY_SECONDS
+    while len(times) < STEADY_CALLS and (not times or time.perf_counter() < deadline):
+        started = time.perf_counter()
+        interpreter.invoke()
+        times.append(time.perf_counter() - started)
+    return first, float(np.median(times)), len(times)
+
+
+CLASSIFIER_NAMES = ("logit", "prob", "class", "score", "softmax", "pred")
+
+
+def _classifier_like(name: str, value: np.ndarray) -> bool:
+    """A [1, N] output that reads as class scores: probabilities (in [0, 1], summing to 1), or named so."""
+    if value.ndim != 2 or value.shape[0] != 1 or value.shape[1] < 2:
+        return False
+    if any(word in name.lower() for word in CLASSIFIER_NAMES):
+        return True
+    scores = value.astype(np.float64)
+    return value.dtype.kind == "f" and scores.min() >= 0 and scores.max() <= 1 and abs(scores.sum() - 1) < 1e-3
 
 
 def _summarize_output(value: np.ndarray, top_k: int) -> dict:
