@@ -137,9 +137,17 @@ def worst_first(errors: list, count: int = 5) -> list:
 
 
 def format_table(errors: list) -> str:
-    lines = [f"{'tensor':40} {'op':28} {'SQNR dB':>8} {'max err':>10} {'/scale':>7}"]
-    for e in errors:
-        lines.append(
-            f"{e.tensor[:40]:40} {e.op[:28]:28} {e.sqnr_db:8.1f} {e.max_abs_error:10.4g} {e.max_error_in_scales:7.2f}"
-        )
+    """One line per tensor, worst SQNR first; the tensor's name comes last and whole, since names
+    (``/features/features.3/body/body.2/Clip_output_0``) differ only at their ends."""
+    ordered = sorted(errors, key=lambda e: (e.sqnr_db, e.tensor))
+    width = max([len("op")] + [len(_op_type(e.op)) for e in ordered])
+    lines = [f"{'SQNR dB':>8} {'max err':>10} {'/scale':>7}  {'op':{width}}  tensor"]
+    for e in ordered:
+        lines.append(f"{e.sqnr_db:8.1f} {e.max_abs_error:10.4g} {e.max_error_in_scales:7.2f}  "
+                     f"{_op_type(e.op):{width}}  {e.tensor}")
     return "\n".join(lines)
+
+
+def _op_type(op: str) -> str:
+    """``"CONV_2D '/features/...'"`` -> ``"CONV_2D"``: the op's name is its output's, printed beside it."""
+    return op.split(" ", 1)[0]

@@ -317,3 +317,15 @@ def test_run_prints_top_k_for_logits_and_when_asked(tmp_path):
     assert "top-4:" in invoke("run", logits, "--input", logits.with_suffix(".npy")).output
     boxes = relu_tflite(tmp_path / "boxes.tflite", "box")
     assert "top-2: 3: 3, 2: 2" in invoke("run", boxes, "--input", boxes.with_suffix(".npy"), "--top-k", "2").output
+
+
+def test_debug_table_is_worst_first_with_whole_tensor_names():
+    from edgeq.converter.quant_debug import TensorError, format_table
+
+    long_name = "/features/features.3/body/body.2/Clip_output_0_and_then_some_more"
+    errors = [TensorError("a", "CONV_2D 'a'", 40.0, 0.1, 1.0, 0.1),
+              TensorError(long_name, f"DEPTHWISE_CONV_2D '{long_name}'", 12.5, 0.3, 3.0, 0.1),
+              TensorError("c", "ADD 'c'", 25.0, 0.2, 2.0, 0.1)]
+    rows = format_table(errors).splitlines()[1:]
+    assert [row.split()[-1] for row in rows] == [long_name, "c", "a"]
+    assert rows[0].split()[3] == "DEPTHWISE_CONV_2D"
