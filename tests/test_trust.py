@@ -329,3 +329,21 @@ def test_debug_table_is_worst_first_with_whole_tensor_names():
     rows = format_table(errors).splitlines()[1:]
     assert [row.split()[-1] for row in rows] == [long_name, "c", "a"]
     assert rows[0].split()[3] == "DEPTHWISE_CONV_2D"
+
+
+def test_layer_sqnr_plot_shows_whole_names_and_labels_its_20_db_line():
+    import matplotlib.pyplot as plt
+
+    from edgeq.converter.report.plots import layer_sqnr_figure
+
+    names = ["/features/features.3/body/body.2/Clip_output_0_with_a_long_tail_to_keep", "short",
+             "x" * 120]
+    figure = layer_sqnr_figure([{"tensor": name, "sqnr_db": 10.0 + i} for i, name in enumerate(names)])
+    try:
+        (axes,) = figure.axes
+        shown = [label.get_text().replace("\n", "") for label in axes.get_yticklabels()]
+        assert shown == names
+        assert all(len(line) <= 48 for label in axes.get_yticklabels() for line in label.get_text().split("\n"))
+        assert any("20 dB" in text.get_text() for text in axes.get_legend().get_texts())
+    finally:
+        plt.close(figure)

@@ -142,23 +142,52 @@ def _pad_limits(axes, sizes, scores) -> None:
 def plot_layer_sqnr(errors: list) -> bytes:
     """Horizontal bars, one per int8 tensor in run order... shown worst first, as the table is."""
     plt = _pyplot()
-    shown = errors[:40]
-    values = [e["sqnr_db"] if math.isfinite(e["sqnr_db"]) else 99.0 for e in shown]
-    figure, axes = plt.subplots(figsize=(7.5, 0.22 * len(shown) + 1.2))
+    figure = layer_sqnr_figure(errors)
     try:
-        positions = np.arange(len(shown))
-        axes.barh(positions, values, color=["#d62728" if v < 20 else "#1f77b4" for v in values])
-        axes.set_yticks(positions, [_short(e["tensor"], 44) for e in shown], fontsize=7)
-        axes.invert_yaxis()
-        axes.set_xlabel("SQNR (dB) of the int8 tensor against float; higher is better")
-        more = f" (worst {len(shown)} of {len(errors)})" if len(errors) > len(shown) else ""
-        axes.set_title(f"per-layer quantization error{more}")
-        axes.axvline(20, color="#555", linestyle=":", linewidth=1)
-        axes.grid(True, axis="x", alpha=0.3)
         return _figure_png(figure)
     finally:
         plt.close(figure)
 
 
-def _short(text: str, width: int) -> str:
-    return text if len(text) <= width else "…" + text[-(width - 1):]
+SQNR_GOOD_DB = 20  # the --min-sqnr default: below it, int8 error is large enough to show in accuracy
+LABEL_WIDTH = 48
+
+
+def layer_sqnr_figure(errors: list):
+    """The figure of ``plot_layer_sqnr``; tensor names whole, wrapped at '/' (they differ at their ends)."""
+    plt = _pyplot()
+    shown = errors[:40]
+    values = [e["sqnr_db"] if math.isfinite(e["sqnr_db"]) else 99.0 for e in shown]
+    labels = [wrap_name(e["tensor"], LABEL_WIDTH) for e in shown]
+    lines = sum(label.count("\n") + 1 for label in labels)
+    figure, axes = plt.subplots(figsize=(8.5, 0.2 * lines + 0.1 * len(shown) + 1.4))
+    positions = np.arange(len(shown))
+    axes.barh(positions, values, color=["#d62728" if v < SQNR_GOOD_DB else "#1f77b4" for v in values])
+    axes.set_yticks(positions, labels, fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xlabel("SQNR (dB) of the int8 tensor against float; higher is better")
+    more = f" (worst {len(shown)} of {len(errors)})" if len(errors) > len(shown) else ""
+    axes.set_title(f"per-layer quantization error{more}")
+    axes.axvline(SQNR_GOOD_DB, color="#555", linestyle=":", linewidth=1,
+                 label=f"{SQNR_GOOD_DB} dB: below it (red), int8 error tends to cost accuracy")
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize=7, frameon=False)  # below: no bar hidden
+    axes.grid(True, axis="x", alpha=0.3)
+    return figure
+
+
+def wrap_name(name: str, width: int) -> str:
+    """``name`` on lines of at most ``width`` characters, broken after '/' where it can be."""
+    lines, line = [], ""
+    for part in name.replace("/", "/\0").split("\0"):
+        while len(part) > width:
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(part[:width])
+            part = part[width:]
+        if len(line) + len(part) > width:
+            lines.append(line)
+            line = ""
+        line += part
+    lines.append(line)
+    return "\n".join(l for l in lines if l)
