@@ -347,3 +347,33 @@ def test_layer_sqnr_plot_shows_whole_names_and_labels_its_20_db_line():
         assert any("20 dB" in text.get_text() for text in axes.get_legend().get_texts())
     finally:
         plt.close(figure)
+
+
+def fake_report(variants) -> dict:
+    """The parts of report.json the variants table and the pick lines read."""
+    base_size, base_ms = variants[0][1], variants[0][3]
+    return {"headline_metric": "top1", "variants": [
+        {"name": name, "size": {"bytes": size, "gzip_bytes": size}, "accuracy": {"edgeq": {"top1": top1}},
+         "latency_ms": {"edgeq": {"median": ms}}, "engine_agreement": {"ok": True, "checked": False},
+         "memory": {}, "pareto": True,
+         "vs_float32": {"size_ratio": size / base_size, "score_difference": top1 - variants[0][2],
+                        "speedup": {"edgeq": base_ms / ms}}}
+        for name, size, top1, ms in variants]}
+
+
+def test_report_prints_the_difference_with_the_accuracys_decimals():
+    from edgeq.converter.report.render import summary_table
+
+    header, rows = summary_table(fake_report([("float32", 4000, 0.9733, 1.0), ("int8", 1000, 0.97, 0.5)]))
+    accuracy, delta = header.index("top-1 accuracy (edgeq)"), header.index("Δ vs float32")
+    assert [(row[accuracy], row[delta]) for row in rows] == [("0.9733", "+0.0000"), ("0.97", "-0.00")]
+
+
+def test_report_says_which_variant_to_pick():
+    from edgeq.converter.report.render import pick_lines
+
+    lines = pick_lines(fake_report([("float32", 4000, 0.97, 1.0), ("float16", 2000, 0.97, 1.1),
+                                    ("int8", 1000, 0.965, 0.5), ("int8-prune-50", 500, 0.50, 0.4)]))
+    assert lines[0].startswith("Which to pick: the smallest within 1% of float32's top-1 accuracy is int8 (")
+    assert lines[1].startswith("Smallest of all: int8-prune-50 (")
+    assert lines[2].startswith("Fastest on edgeq: int8-prune-50 (")

@@ -29,6 +29,43 @@ def format_number(value, digits: int = 4) -> str:
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
+def format_difference(value, shown_beside: str) -> str:
+    """A signed difference with as many decimals as the figure it is printed beside ("0.9733" -> "+0.0011")."""
+    if value is None or not math.isfinite(value):
+        return format_number(value)
+    _, dot, decimals = shown_beside.partition(".")
+    places = len(decimals) if dot and decimals.isdigit() else 0
+    return f"{abs(value) if value == 0 else value:+.{places}f}"  # -0.0033 stays "-0.00"; -0.0 is "+0.00"
+
+
+def pick_lines(report: dict) -> list:
+    """Which variant to choose for a budget: the smallest that keeps float32's headline metric within
+    1% of it, the smallest and the fastest of all (on edgeq's runtime)."""
+    variants = report["variants"]
+    headline, label = report["headline_metric"], metric_label(report["headline_metric"])
+    base = variants[0]["accuracy"][EDGEQ][headline] if variants else None
+    if base is None or not math.isfinite(base):
+        return []
+    tolerance = 0.01 * abs(base)
+    close = [v for v in variants if v["accuracy"][EDGEQ][headline] >= base - tolerance]
+    smallest_close = min(close, key=lambda v: v["size"]["bytes"])
+    smallest = min(variants, key=lambda v: v["size"]["bytes"])
+    fastest = min(variants, key=lambda v: v["latency_ms"][EDGEQ]["median"])
+
+    def figures(v) -> str:
+        accuracy = format_number(v["accuracy"][EDGEQ][headline])
+        return (f"{_kib(v['size']['bytes'])}, {v['vs_float32']['size_ratio']:.2f}× float32, {label} {accuracy}, "
+                f"Δ {format_difference(v['vs_float32']['score_difference'], accuracy)}, "
+                f"{v['latency_ms'][EDGEQ]['median']:.3f} ms")
+
+    lines = [f"Which to pick: the smallest within 1% of float32's {label} is {smallest_close['name']} "
+             f"({figures(smallest_close)})."]
+    if smallest is not smallest_close:
+        lines.append(f"Smallest of all: {smallest['name']} ({figures(smallest)}).")
+    lines.append(f"Fastest on edgeq: {fastest['name']} ({figures(fastest)}).")
+    return lines
+
+
 def _kib(n: int) -> str:
     return f"{n / 1024:,.1f} KiB"
 
@@ -48,6 +85,7 @@ def summary_table(report: dict) -> tuple:
               "edgeq MiB", "LiteRT MiB", "Pareto", "int8 outputs' SQNR"]
     rows = []
     for v in report["variants"]:
+        accuracy = format_number(v["accuracy"][EDGEQ][headline])
         lit_accuracy = v["accuracy"].get(LITERT, {}).get(headline)
         agreement = v["engine_agreement"]
         agrees = ("identical" if agreement.get("identical") else "yes") if agreement["ok"] else "**NO**"
@@ -56,8 +94,8 @@ def summary_table(report: dict) -> tuple:
         lit_latency = v["latency_ms"].get(LITERT, {}).get("median")
         rows.append([
             v["name"], _kib(v["size"]["bytes"]), f"{v['vs_float32']['size_ratio']:.2f}",
-            _kib(v["size"]["gzip_bytes"]), format_number(v["accuracy"][EDGEQ][headline]),
-            f"{v['vs_float32']['score_difference']:+.4f}", format_number(lit_accuracy), agrees,
+            _kib(v["size"]["gzip_bytes"]), accuracy,
+            format_difference(v["vs_float32"]["score_difference"], accuracy), format_number(lit_accuracy), agrees,
             f"{v['latency_ms'][EDGEQ]['median']:.3f}", f"{lit_latency:.3f}" if lit_latency is not None else "–",
             f"{v['vs_float32']['speedup'].get(EDGEQ, float('nan')):.2f}×",
             _mib(v["memory"].get(EDGEQ)), _mib(v["memory"].get(LITERT)), "★" if v["pareto"] else "",
@@ -160,6 +198,7 @@ def render_markdown(report: dict) -> str:
         "memory is the RSS a model adds to a fresh process (MiB); ★ marks the Pareto front (smaller and more "
         "accurate is better).", "",
         _markdown_table(header, rows), "",
+        *pick_lines(report), "",
         f"![accuracy vs size]({PLOT_FILE})", "",
         "## All accuracy figures", "", _markdown_table(*_other_metrics(report)), "",
         "## Memory", "", _markdown_table(*_memory_rows(report)), "",
@@ -226,7 +265,8 @@ def render_html(report: dict, plot: bytes, layer_plot: Optional[bytes]) -> str:
         "<h2>Variants</h2>",
         "<p>Size in KiB; Δ is the change of the headline metric against float32; latency is the median in ms; "
         "memory is the RSS a model adds to a fresh process (MiB); ★ and bold mark the Pareto front.</p>",
-        _html_table(header, rows, pareto), _png_tag(plot, "accuracy vs size"),
+        _html_table(header, rows, pareto), *(f"<p>{html.escape(line)}</p>" for line in pick_lines(report)),
+        _png_tag(plot, "accuracy vs size"),
         "<h2>All accuracy figures</h2>", _html_table(*_other_metrics(report)),
         "<h2>Memory</h2>", _html_table(*_memory_rows(report)),
     ]
@@ -246,7 +286,8 @@ def terminal_table(report: dict) -> str:
     keep = [0, 1, 2, 3, 4, 5, 7, 8, 9, 13, 14]
     cells = [[str(header[i]) for i in keep]] + [[str(r[i]).replace("**", "") for i in keep] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(keep))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+    table = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(table + [""] + pick_lines(report))
 
 
 def json_ready(report: dict) -> dict:
