@@ -238,10 +238,18 @@ class Interpreter:
                         op_samples.append(seconds)
         self._keep_readable_tensors()
         self._produced = True
-        # One entry per step: a convolution with a PAD folded into it (see _fold_pads) stands for both.
-        return [{"index": position, "type": op.type, "output": op.outputs[0] if op.outputs else "",
-                 "seconds": float(np.median(op_samples)) if op_samples else 0.0}
-                for position, op, op_samples in zip(self._fused_ops, self._invoke_ops, samples)]
+        entries = [{"index": position, "type": op.type, "output": op.outputs[0] if op.outputs else "",
+                    "seconds": float(np.median(op_samples)) if op_samples else 0.0}
+                   for position, op, op_samples in zip(self._fused_ops, self._invoke_ops, samples)]
+        # One entry per op of the model, as inspect counts them: a PAD folded into the convolution after it
+        # (see _fold_pads) takes no time of its own, which its entry says.
+        stepped = set(self._fused_ops)
+        for position, op in enumerate(self._graph.ops):
+            if position not in stepped:
+                into = next((p for p in self._fused_ops if p > position), None)
+                entries.append({"index": position, "type": op.type, "output": op.outputs[0] if op.outputs else "",
+                                "seconds": 0.0, "folded_into": into})
+        return sorted(entries, key=lambda entry: entry["index"])
 
     def run(self, inputs, keep=None, observe=None) -> dict:
         """Run once on ``inputs`` (a dict name -> array, or a list in graph-input order) and return

@@ -377,3 +377,25 @@ def test_report_says_which_variant_to_pick():
     assert lines[0].startswith("Which to pick: the smallest within 1% of float32's top-1 accuracy is int8 (")
     assert lines[1].startswith("Smallest of all: int8-prune-50 (")
     assert lines[2].startswith("Fastest on edgeq: int8-prune-50 (")
+
+
+def test_profile_has_one_entry_per_op_of_the_model_folded_pads_included():
+    import numpy as np
+
+    from edgeq.runtime.interpreter import Interpreter
+    from edgeq.runtime.ir import Graph, Op, Tensor
+    from edgeq.runtime.tflite_format.writer import write_tflite
+
+    graph = Graph([Tensor("x", (1, 4, 4, 1)),
+                   Tensor("paddings", (4, 2), np.int32, np.array([[0, 0], [1, 1], [1, 1], [0, 0]], np.int32)),
+                   Tensor("padded", (1, 6, 6, 1)), Tensor("w", (1, 3, 3, 1), data=np.ones((1, 3, 3, 1), np.float32)),
+                   Tensor("b", (1,), data=np.zeros(1, np.float32)), Tensor("y", (1, 4, 4, 1))],
+                  [Op("PAD", ["x", "paddings"], ["padded"]),
+                   Op("CONV_2D", ["padded", "w", "b"], ["y"], {"padding": "VALID", "stride_w": 1, "stride_h": 1,
+                                                               "fused_activation_function": "NONE"})],
+                  ["x"], ["y"])
+    interpreter = Interpreter(model_content=write_tflite(graph))
+    interpreter.allocate_tensors()
+    entries = interpreter.profile(runs=1)
+    assert [(e["index"], e["type"]) for e in entries] == [(0, "PAD"), (1, "CONV_2D")]
+    assert entries[0]["folded_into"] == 1 and entries[0]["seconds"] == 0.0

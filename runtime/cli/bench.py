@@ -147,7 +147,7 @@ def _profile_tables(per_op: list, top: int) -> dict:
         row["share"] = row["ms"] / total
         row["us_per_op"] = row["ms"] * 1e3 / row["count"]
     slowest = sorted(per_op, key=lambda e: -e["seconds"])[:top]
-    return {"total_ms": total, "ops": len(per_op),
+    return {"total_ms": total, "ops": len(per_op), "folded": sum(1 for e in per_op if "folded_into" in e),
             "by_type": sorted(by_type.values(), key=lambda row: -row["ms"]),
             "slowest": [{"index": e["index"], "type": e["type"], "output": e["output"], "ms": e["seconds"] * 1e3}
                         for e in slowest]}
@@ -167,7 +167,9 @@ def _bench_table(output: dict, top: int) -> str:
         profile = r.get("profile")
         if not profile:
             continue
-        lines += ["", f"per op type ({profile['ops']} ops, {profile['total_ms']:.3f} ms summed medians):",
+        folded = (f"; {profile['folded']} PADs run inside the convolutions they feed"
+                  if profile.get("folded") else "")
+        lines += ["", f"per op type ({profile['ops']} ops{folded}, {profile['total_ms']:.3f} ms summed medians):",
                   f"  {'op type':22s} {'count':>5s} {'ms':>10s} {'share':>6s} {'us/op':>9s}"]
         lines += [f"  {row['type']:22s} {row['count']:5d} {row['ms']:10.3f} {row['share']:6.1%} {row['us_per_op']:9.1f}"
                   for row in profile["by_type"]]
