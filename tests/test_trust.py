@@ -399,3 +399,14 @@ def test_profile_has_one_entry_per_op_of_the_model_folded_pads_included():
     entries = interpreter.profile(runs=1)
     assert [(e["index"], e["type"]) for e in entries] == [(0, "PAD"), (1, "CONV_2D")]
     assert entries[0]["folded_into"] == 1 and entries[0]["seconds"] == 0.0
+
+
+def test_a_usage_error_is_one_line_in_edgeqs_form():
+    result = invoke_with_stderr("convert", SAMPLES / "digits_mlp.onnx")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "edgeq: error: Missing option '-o' / '--output'. (see 'edgeq convert --help')"]
+
+
+def invoke_with_stderr(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])

@@ -123,6 +123,25 @@ class EdgeqGroup(click.Group):
         optional = self.optional_commands.get(name)
         return optional.load() if optional is not None else None
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """As click's, but a usage error is one line in edgeq's form, like every other error, and
+        Ctrl-C while the command line is read exits 130 as it does later."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            returned = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except getattr(click.exceptions, "NoArgsIsHelpError", ()) as error:  # bare "edgeq": the help is the answer
+            click.echo(error.ctx.get_help())
+            sys.exit(EXIT_OK)
+        except click.exceptions.UsageError as error:
+            hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+            fail(error.format_message() + hint, EXIT_BAD_INPUT)
+        except click.exceptions.ClickException as error:
+            fail(error.format_message(), error.exit_code)
+        except click.exceptions.Abort:
+            fail("interrupted", EXIT_INTERRUPTED)
+        sys.exit(returned if isinstance(returned, int) else EXIT_OK)
+
     def make_context(self, info_name, args, parent=None, **extra):
         command_line = ["edgeq", *args]  # the program, whatever name click was invoked under
         ctx = super().make_context(info_name, args, parent=parent, **extra)
