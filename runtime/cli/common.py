@@ -103,6 +103,15 @@ def _importable(module: str) -> bool:
         return False
 
 
+def _command_path(ctx) -> str:
+    """``edgeq convert``, whatever name the program was started under (python -m edgeq, a test runner)."""
+    names = []
+    while ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(["edgeq", *reversed(names)])
+
+
 class EdgeqGroup(click.Group):
     """The ``edgeq`` group: its own commands, plus optional commands loaded when asked for. It keeps
     the command line as typed in ``ctx.meta`` (the report records it)."""
@@ -134,7 +143,7 @@ class EdgeqGroup(click.Group):
             click.echo(error.ctx.get_help())
             sys.exit(EXIT_OK)
         except click.exceptions.UsageError as error:
-            hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+            hint = f" (see '{_command_path(error.ctx)} --help')" if error.ctx is not None else ""
             fail(error.format_message() + hint, EXIT_BAD_INPUT)
         except click.exceptions.ClickException as error:
             fail(error.format_message(), error.exit_code)
