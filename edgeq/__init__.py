@@ -3,7 +3,14 @@ interpreter (``edgeq.runtime``).
 
 ``import edgeq`` needs only the runtime's dependencies; ``edgeq.convert`` imports the converter when first used.
 """
-from edgeq.runtime import Interpreter
+import sys as _sys
+
+if _sys.argv and _sys.argv[0].rsplit("/", 1)[-1] == "edgeq":  # the edgeq command, starting: see _startup
+    from edgeq import _startup
+
+    _startup.interrupts_end_quietly()
+
+from edgeq.runtime import Interpreter  # noqa: E402  (after the handler above)
 
 __all__ = ["Interpreter", "convert"]
 

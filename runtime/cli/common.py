@@ -135,6 +135,9 @@ class EdgeqGroup(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         """As click's, but a usage error is one line in edgeq's form, like every other error, and
         Ctrl-C while the command line is read exits 130 as it does later."""
+        from edgeq import _startup
+
+        _startup.restore()  # from here on a Ctrl-C is a KeyboardInterrupt, handled as every command's
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
