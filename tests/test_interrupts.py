@@ -57,10 +57,22 @@ def wait_for(condition, timeout: float) -> bool:
     return False
 
 
-def interrupt(process: subprocess.Popen, when) -> tuple:
-    """Send a terminal's Ctrl-C once ``when(process)`` returns; returns (exit code, seconds to exit, stderr,
-    processes of the session left after it exited)."""
+def catches_sigint(pid: int) -> bool:
+    """Whether the process has a SIGINT handler yet (SigCgt in /proc): before that, while the program is
+    still being loaded, no program can do anything about a Ctrl-C."""
     try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught, 16) & (1 << (signal.SIGINT - 1)))
+
+
+def interrupt(process: subprocess.Popen, when) -> tuple:
+    """Send a terminal's Ctrl-C once ``when(process)`` returns, counting from when Python has started;
+    returns (exit code, seconds to exit, stderr, processes of the session left after it exited)."""
+    try:
+        assert wait_for(lambda: catches_sigint(process.pid), 30), "the command never started"
         when(process)
         assert process.poll() is None, "the command ended before the interrupt: choose an earlier point"
         os.killpg(process.pid, signal.SIGINT)
