@@ -347,7 +347,8 @@ def refuse_to_overwrite_a_source(output_path, model_path, calibration=None) -> N
     and, unless it is named .tflite, must not replace an existing file that is not a TFLite model."""
     output = Path(output_path)
     for role, source in (("the model", model_path), ("the calibration file", calibration)):
-        if source is not None and _same_file(output, Path(source)):
+        # calibration may also be a folder of images or arrays in memory (edgeq.converter.calibration_sources)
+        if isinstance(source, (str, os.PathLike)) and _same_file(output, Path(source)):
             raise ModelError(f"{output}: the output is {role} itself; choose another -o (e.g. "
                              f"{output.with_suffix('.tflite') if output.suffix != '.tflite' else output.stem + '_out.tflite'})")
     if output.suffix.lower() in SOURCE_SUFFIXES:
