@@ -509,6 +509,11 @@ def _execute(steps, arena, ops) -> None:
 
 
 def _invoke_error(position: int, op, error: Exception) -> InvokeError:
+    # A Ctrl-C inside a compiled kernel surfaces as a SystemError ("returned a result with an exception
+    # set") around the KeyboardInterrupt: it is an interrupt, not a failing op.
+    interrupt = error.__cause__ or error.__context__
+    if isinstance(interrupt, KeyboardInterrupt):
+        raise KeyboardInterrupt from None
     detail = str(error) if isinstance(error, ModelError) else f"{type(error).__name__}: {error}"
     return InvokeError(f"op #{position} ({op}) failed to invoke: {detail}")
 

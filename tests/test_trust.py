@@ -410,3 +410,27 @@ def test_a_usage_error_is_one_line_in_edgeqs_form():
 
 def invoke_with_stderr(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_a_ctrl_c_inside_a_compiled_kernel_stays_an_interrupt():
+    import numpy as np
+
+    from edgeq.runtime.interpreter import Interpreter
+    from edgeq.runtime.ir import Graph, Op, Tensor
+    from edgeq.runtime.tflite_format.writer import write_tflite
+
+    interpreter = Interpreter(model_content=write_tflite(
+        Graph([Tensor("x", (1, 4)), Tensor("y", (1, 4))], [Op("RELU", ["x"], ["y"])], ["x"], ["y"])))
+    interpreter.allocate_tensors()
+
+    def interrupted_in_compiled_code(*_):  # what a numba kernel hit by SIGINT raises
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise SystemError("CPUDispatcher(<function im2col>) returned a result with an exception set")
+
+    _, inputs, outputs, released = interpreter._invoke_steps[0]
+    interpreter._invoke_steps[0] = (interrupted_in_compiled_code, inputs, outputs, released)
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.ones((1, 4), np.float32))
+    with pytest.raises(KeyboardInterrupt):
+        interpreter.invoke()
