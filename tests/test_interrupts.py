@@ -140,11 +140,11 @@ def test_ctrl_c_during_report_exits_cleanly_and_writes_nothing(tmp_path, point):
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("seconds", [DURING_IMPORTS, 1.0, 2.0, 3.5])
+@pytest.mark.parametrize("seconds", [DURING_IMPORTS, 0.5, 1.0, 1.8])  # the conversion takes about 3 s
 def test_ctrl_c_during_convert_exits_cleanly_and_writes_nothing(tmp_path, seconds):
     process = start(["convert", SAMPLES / "digits_mobilenetv2.onnx", "-o", tmp_path / "m.tflite", "-q",
                      "--quantize", "int8", "--calibration", SAMPLES / "digits_mobilenetv2_calib.npz",
-                     "--calibration-method", "entropy"], tmp_path)
+                     "--calibration-method", "entropy", "--debug"], tmp_path)
     assert_clean_interrupt(*interrupt(process, after(seconds)))
     assert leftovers(tmp_path) == []
 
