@@ -131,6 +131,8 @@ EOF
 
 # -- 4. arm64: the same models through the runtime, with Debian's numpy ---------------------------
 rm -f "$CASES"/*_arm64.npy
+# Away from the checkout, whose edgeq/ folder (without runtime/ inside) would shadow the copy on PYTHONPATH.
+cd "$WORK"
 export LD_LIBRARY_PATH=/usr/lib/aarch64-linux-gnu/blas:/usr/lib/aarch64-linux-gnu/lapack
 PYTHONPATH="$PYDEPS" PYTHONDONTWRITEBYTECODE=1 EDGEQ_NO_NUMBA=1 \
     qemu-aarch64-static -L "$ROOT" "$ROOT/usr/bin/python3.11" - "$CASES" <<'EOF'
