@@ -8,7 +8,7 @@ A kernel module handles every dtype of its ops; ``prepare`` picks the float or i
 """
 from __future__ import annotations
 
-from typing import Callable
+from edgeq.runtime.registry import registrar
 
 REGISTRY: dict = {}
 # Custom ops (type "CUSTOM") are told apart by their custom code: custom code -> prepare.
@@ -17,46 +17,15 @@ CUSTOM_REGISTRY: dict = {}
 CHECKS: dict = {}
 
 
-def register(*op_types: str) -> Callable:
-    """Decorator: ``@register("ADD", "SUB")`` on a ``prepare(op, graph)`` function."""
-
-    def decorate(prepare: Callable) -> Callable:
-        for op_type in op_types:
-            if op_type in REGISTRY:
-                raise RuntimeError(f"kernel for {op_type} registered twice")
-            REGISTRY[op_type] = prepare
-        return prepare
-
-    return decorate
-
-
-def register_custom(*custom_codes: str) -> Callable:
-    """Decorator: ``@register_custom("Convolution2DTransposeBias")`` on a custom op's ``prepare``."""
-
-    def decorate(prepare: Callable) -> Callable:
-        for code in custom_codes:
-            if code in CUSTOM_REGISTRY:
-                raise RuntimeError(f"kernel for custom op {code} registered twice")
-            CUSTOM_REGISTRY[code] = prepare
-        return prepare
-
-    return decorate
-
-
-def check(*op_types: str) -> Callable:
-    """Decorator: ``@check("CONV_2D")`` on a ``check(op, graph)`` declared next to the kernel, raising
-    ModelError (saying why, without naming the op: the validator names it) for an op that the
-    kernel's prepare cannot handle. ``validate_graph`` calls it when a model is loaded, so a bad file
-    is refused there, before anything is allocated, and prepare may take it as given."""
-
-    def decorate(function: Callable) -> Callable:
-        for op_type in op_types:
-            if op_type in CHECKS:
-                raise RuntimeError(f"check for {op_type} registered twice")
-            CHECKS[op_type] = function
-        return function
-
-    return decorate
+# ``@register("ADD", "SUB")`` on a ``prepare(op, graph)`` function.
+register = registrar(REGISTRY, "kernel")
+# ``@register_custom("Convolution2DTransposeBias")`` on a custom op's ``prepare``.
+register_custom = registrar(CUSTOM_REGISTRY, "kernel for custom op")
+# ``@check("CONV_2D")`` on a ``check(op, graph)`` declared next to the kernel, raising ModelError (saying why,
+# without naming the op: the validator names it) for an op that the kernel's prepare cannot handle.
+# ``validate_graph`` calls it when a model is loaded, so a bad file is refused there, before anything is
+# allocated, and prepare may take it as given.
+check = registrar(CHECKS, "check")
 
 
 def has_kernel(op) -> bool:

@@ -6,22 +6,13 @@ defines the IR tensors of the node's outputs with the layout it chose for them.
 """
 from __future__ import annotations
 
-from typing import Callable
+from edgeq.runtime.registry import registrar
 
 RULES: dict = {}
 
 
-def rule(*op_types: str) -> Callable:
-    """Decorator: ``@rule("Relu", "Sigmoid")`` on a ``convert(ctx, node, attrs)`` function."""
-
-    def decorate(convert: Callable) -> Callable:
-        for op_type in op_types:
-            if op_type in RULES:
-                raise RuntimeError(f"ONNX rule for {op_type} registered twice")
-            RULES[op_type] = convert
-        return convert
-
-    return decorate
+# ``@rule("Relu", "Sigmoid")`` on a ``convert(ctx, node, attrs)`` function.
+rule = registrar(RULES, "ONNX rule")
 
 
 def node_label(node) -> str:
