@@ -3,10 +3,9 @@ interpreter (``edgeq.runtime``).
 
 ``import edgeq`` needs only the runtime's dependencies; ``edgeq.convert`` imports the converter when first used.
 """
-import sys as _sys
+from edgeq import _startup  # noqa: E402
 
-if _sys.argv and _sys.argv[0].rsplit("/", 1)[-1] == "edgeq":  # the edgeq command, starting: see _startup
-    from edgeq import _startup
+if _startup.running_as_the_edgeq_command():  # starting: see _startup
 
     _startup.interrupts_end_quietly()
 

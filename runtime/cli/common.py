@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import click
 
+from edgeq import _startup
 from edgeq.runtime.ir import ModelError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -38,7 +39,8 @@ def reports_errors(command):
         except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
             fail(f"{exc.filename}: {exc.strerror}", EXIT_BAD_INPUT)
         except KeyboardInterrupt:
-            fail("interrupted", EXIT_INTERRUPTED)
+            click.echo("edgeq: error: interrupted", err=True)
+            _startup.exit_interrupted(EXIT_INTERRUPTED)
         except Exception as exc:  # the last line of defence: still one line unless asked
             if verbose:
                 raise
@@ -135,8 +137,6 @@ class EdgeqGroup(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         """As click's, but a usage error is one line in edgeq's form, like every other error, and
         Ctrl-C while the command line is read exits 130 as it does later."""
-        from edgeq import _startup
-
         _startup.restore()  # from here on a Ctrl-C is a KeyboardInterrupt, handled as every command's
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
