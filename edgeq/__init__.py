@@ -3,10 +3,9 @@ interpreter (``edgeq.runtime``).
 
 ``import edgeq`` needs only the runtime's dependencies; ``edgeq.convert`` imports the converter when first used.
 """
-from edgeq import _startup  # noqa: E402
+from edgeq import _startup
 
-if _startup.running_as_the_edgeq_command():  # starting: see _startup
-
+if _startup.running_as_the_edgeq_command():  # a Ctrl-C while the command starts: see _startup
     _startup.interrupts_end_quietly()
 
 from edgeq.runtime import Interpreter  # noqa: E402  (after the handler above)
