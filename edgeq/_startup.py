@@ -25,17 +25,3 @@ def restore() -> None:
     if signal.getsignal(signal.SIGINT) is _end:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
-
-def exit_interrupted(code: int) -> None:
-    """End the ``edgeq`` command after a Ctrl-C, its one line already printed and everything it owns already
-    cleaned up while the interrupt unwound. ``os._exit`` skips the interpreter's exit-time joins (the report's
-    process-pool threads and children), which can block after an interrupt; Python code that imports edgeq
-    gets ``SystemExit`` as before."""
-    if not running_as_the_edgeq_command():
-        sys.exit(code)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)

@@ -138,9 +138,7 @@ def _end_workers(pool: ProcessPoolExecutor) -> None:
         for kill in (lambda: os.killpg(worker.pid, signal.SIGKILL), worker.kill):
             with contextlib.suppress(OSError, ValueError, AttributeError):
                 kill()
-    # Not wait=True: the pool's manager thread may still be starting or reading a worker that is gone; the
-    # workers themselves are joined below, each with a bound.
-    pool.shutdown(wait=False, cancel_futures=True)
+    pool.shutdown(wait=True, cancel_futures=True)
     for worker in workers:
         with contextlib.suppress(OSError, ValueError, AttributeError):
             worker.join(timeout=5)

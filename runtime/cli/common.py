@@ -39,8 +39,7 @@ def reports_errors(command):
         except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
             fail(f"{exc.filename}: {exc.strerror}", EXIT_BAD_INPUT)
         except KeyboardInterrupt:
-            click.echo("edgeq: error: interrupted", err=True)
-            _startup.exit_interrupted(EXIT_INTERRUPTED)
+            fail("interrupted", EXIT_INTERRUPTED)
         except Exception as exc:  # the last line of defence: still one line unless asked
             if verbose:
                 raise
