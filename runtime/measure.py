@@ -107,9 +107,10 @@ class Timings:
 
 
 def time_runs(run_once: Callable, runs: int, warmup: int = WARMUP_RUNS, min_seconds: float = 0.0,
-              max_runs: int = 5000) -> Timings:
+              max_runs: int = 5000, max_seconds: Optional[float] = None) -> Timings:
     """``warmup`` untimed calls of ``run_once``, then at least ``runs`` timed ones, going on until
-    ``min_seconds`` have passed (but no more than ``max_runs``)."""
+    ``min_seconds`` have passed (but no more than ``max_runs``); with ``max_seconds``, fewer than ``runs``
+    (but at least one) once that much time has passed."""
     if runs < 1:
         raise ValueError(f"runs {runs}: needs at least 1")
     for _ in range(warmup):
@@ -118,6 +119,8 @@ def time_runs(run_once: Callable, runs: int, warmup: int = WARMUP_RUNS, min_seco
     started = time.perf_counter()
     while len(timings.wall_seconds) < runs or (
             time.perf_counter() - started < min_seconds and len(timings.wall_seconds) < max_runs):
+        if max_seconds is not None and timings.wall_seconds and time.perf_counter() - started >= max_seconds:
+            break
         wall_start, cpu_start = time.perf_counter(), time.process_time()
         run_once()
         timings.wall_seconds.append(time.perf_counter() - wall_start)

@@ -116,3 +116,12 @@ def test_a_failing_probe_reports_its_last_error_line(tmp_path):
     bogus = tmp_path / "bogus.tflite"
     bogus.write_bytes(b"\0" * 64)
     assert "error" in peak_memory_in_fresh_processes(bogus, ["edgeq"])["edgeq"]
+
+
+def test_time_runs_stops_before_the_runs_asked_for_once_max_seconds_have_passed(monkeypatch):
+    clocks = FakeClocks()
+    monkeypatch.setattr("edgeq.runtime.measure.time", clocks)
+    timings = time_runs(lambda: clocks.run_taking(0.4, 0.4), runs=10, warmup=0, max_seconds=1.0)
+    assert timings.summary()["runs"] == 3
+    slow = time_runs(lambda: clocks.run_taking(5.0, 5.0), runs=10, warmup=0, max_seconds=1.0)
+    assert slow.summary()["runs"] == 1

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import click
@@ -11,6 +10,7 @@ import numpy as np
 from edgeq.runtime.cli.common import reports_errors, verbosity_options
 from edgeq.runtime.inputs import IMAGE_LAYOUTS
 from edgeq.runtime.ir import ModelError
+from edgeq.runtime.measure import time_runs
 
 
 def image_options(command):
@@ -138,15 +138,9 @@ STEADY_CALLS, STEADY_SECONDS = 10, 1.0
 def _invoke_timed(interpreter) -> tuple:
     """(first call's seconds, median seconds of the calls after it, how many): the first call pays for
     loading kernels and warming caches, so it says little about the steady time a user will see."""
-    started = time.perf_counter()
-    interpreter.invoke()
-    first = time.perf_counter() - started
-    times, deadline = [], time.perf_counter() + STEADY_SECONDS
-    while len(times) < STEADY_CALLS and (not times or time.perf_counter() < deadline):
-        started = time.perf_counter()
-        interpreter.invoke()
-        times.append(time.perf_counter() - started)
-    return first, float(np.median(times)), len(times)
+    first = time_runs(interpreter.invoke, runs=1, warmup=0).wall_seconds[0]
+    steady = time_runs(interpreter.invoke, runs=STEADY_CALLS, warmup=0, max_seconds=STEADY_SECONDS)
+    return first, float(np.median(steady.wall_seconds)), len(steady.wall_seconds)
 
 
 CLASSIFIER_NAMES = ("logit", "prob", "class", "score", "softmax", "pred")
