@@ -252,12 +252,51 @@ def test_smoothing_raises_the_int8_fidelity_of_the_layers_after_layer_norms(tmp)
     without = int8_model("outlier_encoder", tmp, debug=True, **NO_PASSES)
     smoothed = int8_model("outlier_encoder", tmp, debug=True, **SMOOTH_ONLY)
     assert qkv_sqnr(smoothed) > qkv_sqnr(without) + 10
-    # LiteRT's reference kernels compute this encoder wrongly with or without smoothing (a constant
-    # embedding, far from float); its default kernels, which may round one int8 step apart, referee
-    # here: the output is a float DIV of the int8 token sum by the token count (>= 4), so one step
-    # of the sum over 4.
+    # LiteRT's reference kernels compute this encoder's int8 SUMs wrongly (see
+    # test_litert_reference_sum_is_what_makes_the_encoder_embedding_constant); its default kernels,
+    # which may round one int8 step apart, referee here: the output is a float DIV of the int8 token
+    # sum by the token count (>= 4), so one step of the sum over 4.
     step = float(smoothed.graph["/ReduceSum_output_0"].quant.scale[0])
     assert_litert_agrees(smoothed.content, eval_feeds("outlier_encoder"), "AUTO", tolerance=1.01 * step / 4)
+
+
+# -- LiteRT's reference SUM -----------------------------------------------------------------------------
+
+def test_litert_reference_sum_is_what_makes_the_encoder_embedding_constant(tmp):
+    """On the all-int8 encoder, LiteRT's BUILTIN_REF gives a near-constant embedding while our runtime
+    and LiteRT's default kernels follow float. Every integer tensor equals ours up to the masked mean
+    pooling's two int8 SUMs (token sum, token count), which differ; each SUM replayed alone on our
+    inputs gives ours on LiteRT's builtin optimized kernel and not on BUILTIN_REF: a defect of LiteRT's
+    reference int8 SUM with rescaling (its optimized kernel is the referee, as in
+    tests/test_runtime_int8.py). Should LiteRT fix it, this test fails and the referee can go back."""
+    from edgeq.testing import real_world_models as rw
+
+    result = int8_model("outlier_encoder", tmp)
+    graph = result.graph
+    sums = [op for op in graph.ops if op.type == "SUM"]
+    assert len(sums) == 2
+    downstream = {t for op in rw.ops_downstream_of(graph, lambda op: op.type == "SUM") for t in op.outputs}
+    reference = rw.new_interpreter(result.content, "litert_ref", preserve_all_tensors=True)
+    ours = rw.new_interpreter(result.content, "edgeq", preserve_all_tensors=True)
+    index = {d["name"]: d["index"] for d in ours.get_tensor_details()}
+    feeds = eval_feeds("outlier_encoder")
+    integer = [n for n, t in graph.tensors.items() if t.data is None and t.dtype in rw.INTEGER_TYPES and n in index]
+    for sample in range(4):
+        inputs = [feeds[n][sample:sample + 1] for n in SHAPES["outlier_encoder"]]
+        rw.set_inputs_and_invoke(reference, inputs)
+        rw.set_inputs_and_invoke(ours, inputs)
+        theirs = reference.tensors(index[n] for n in integer)
+        for name in integer:
+            if name not in downstream and index[name] in theirs:
+                np.testing.assert_array_equal(theirs[index[name]], ours.get_tensor(index[name]), err_msg=name)
+        assert any(np.any(theirs[index[op.outputs[0]]] != ours.get_tensor(index[op.outputs[0]])) for op in sums)
+        for op in sums:
+            values = {t: ours.get_tensor(index[t]) for t in op.inputs if t in index}
+            (optimized,) = rw.replay_op(graph, op, values, optimized=True)
+            np.testing.assert_array_equal(optimized, ours.get_tensor(index[op.outputs[0]]))
+            if sample == 0 and op is sums[0]:
+                (reference_alone,) = rw.replay_op(graph, op, values, optimized=False)
+                assert np.any(reference_alone != optimized)
 
 
 # -- switches ------------------------------------------------------------------------------------------
