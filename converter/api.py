@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -222,6 +222,7 @@ def convert(
     equalize: bool = True,
     bias_correction: bool = True,
     smooth_quant: bool = False,
+    adaround: bool = True,
 ) -> ConversionResult:
     """Convert an ONNX model (or a float .tflite, or a PyTorch model) to a TFLite flatbuffer.
 
@@ -256,7 +257,10 @@ def convert(
     (converter.equalize), ``smooth_quant`` (off by default: on the test models it sharpens the
     matmuls after LayerNorms but not the outputs) moves activation outliers after a LayerNorm into
     the next weights (converter.smooth_quant), ``bias_correction`` folds the mean output shift of int8 weights,
-    measured on the calibration samples, into the biases (converter.bias_correction).
+    measured on the calibration samples, into the biases (converter.bias_correction). ``adaround``
+    then chooses each int8 weight's rounding (down or up) so that each weighted op's output on the
+    calibration samples, fed by the int8 network, stays closest to the float op's (converter.adaround);
+    with ``bias_correction`` it also folds the mean shift it measures on those int8 inputs into the biases.
     ``sparse_encoding`` stores float weights in TFLite's sparse encoding (float models only).
     The output is written atomically when ``output_path`` is given; the bytes are returned either way.
     """
@@ -300,7 +304,7 @@ def convert(
     elif quantize == "int8":
         graph, float_ops, errors, float_choice = _quantize_int8(
             float_graph, calibration, calibration_method, num_calibration_samples, io_dtype, debug, progress,
-            float_fallback, min_sqnr_db, PtqPasses(equalize, smooth_quant, bias_correction), notes,
+            float_fallback, min_sqnr_db, PtqPasses(equalize, smooth_quant, bias_correction, adaround), notes,
         )
         check = _int8_check(float_choice, min_sqnr_db, float_fallback)
         notes.append(_float_choice_note(float_choice, check))
@@ -406,6 +410,7 @@ class PtqPasses:
     equalize: bool = True
     smooth_quant: bool = False
     bias_correction: bool = True
+    adaround: bool = True  # it makes the bias correction itself, on the int8 network's inputs
 
 
 def prepare_for_int8(graph: Graph, samples: dict, passes: PtqPasses, batch_size: int) -> tuple:
@@ -443,13 +448,28 @@ def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debu
         raise ModelError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
     samples = load_calibration(calibration, float_graph, num_samples=num_samples)
     batch_size = batch_size_for(float_graph, samples)  # probes the float graph: once for every stage
-    float_graph, pass_notes = prepare_for_int8(float_graph, samples, passes, batch_size)
+    prepared, pass_notes = prepare_for_int8(float_graph, samples, replace(passes, bias_correction=False), batch_size)
+    # with bias correction (converter.bias_correction): the float graph quantized with round-to-nearest
+    float_graph, correction_notes = prepare_for_int8(prepared, samples, PtqPasses(False, False, passes.bias_correction),
+                                                     batch_size)
+    ranges = calibrate(float_graph, samples, method=method, batch_size=batch_size, progress=progress)
+    rounding = None
+    if passes.adaround:
+        from edgeq.converter.adaround import rounding_if_better
+
+        rounding, adaround_note = rounding_if_better(prepared, float_graph, ranges, samples, passes.bias_correction,
+                                                     batch_size)
+        pass_notes.append(adaround_note)
+        if rounding is not None:  # it makes its own bias correction, on the int8 network's inputs
+            float_graph = prepared
+    if rounding is None:
+        pass_notes.extend(correction_notes)
     if notes is not None:
         notes.extend(pass_notes)
-    ranges = calibrate(float_graph, samples, method=method, batch_size=batch_size, progress=progress)
     graph, choice = choose_float_ops(
-        float_graph, ranges, samples, lambda keep: quantize_int8(float_graph, ranges, io_dtype, keep),
-        min_sqnr_db=DEFAULT_MIN_SQNR_DB if min_sqnr_db is None else min_sqnr_db, progress=progress,
+        float_graph, ranges, samples,
+        lambda keep: quantize_int8(float_graph, ranges, io_dtype, keep, rounding=rounding),
+        min_sqnr_db=_search_target(DEFAULT_MIN_SQNR_DB if min_sqnr_db is None else min_sqnr_db), progress=progress,
         batch_size=batch_size, search=float_fallback == "auto",
     )
     errors = []
@@ -458,6 +478,12 @@ def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debu
 
         errors = layer_errors(float_graph, graph, samples, batch_size=batch_size)
     return graph, list(graph.float_ops), errors, choice
+
+
+def _search_target(min_sqnr_db: float) -> float:
+    from edgeq.converter.mixed_precision import SEARCH_MARGIN_DB
+
+    return min_sqnr_db + SEARCH_MARGIN_DB if min_sqnr_db > 0 else min_sqnr_db
 
 
 def _quantize_as_stated(float_graph, given, io_dtype, calibration, num_samples, notes: list) -> tuple:

@@ -81,6 +81,8 @@ def samples_source(path, size, mean, std, layout):
               "LayerNorms into the next layers' weights (SmoothQuant).")
 @click.option("--no-bias-correction", is_flag=True, help="With --quantize int8: skip folding the mean output "
               "shift of int8 weights (measured on --calibration samples) into the biases.")
+@click.option("--no-adaround", is_flag=True, help="With --quantize int8: round weights to nearest instead of "
+              "choosing each rounding to reconstruct the layer's output on --calibration samples.")
 @click.option("--prune-sparsity", type=click.FloatRange(0, 1, max_open=True), help="Zero this share of the "
               "smallest weights (CONV_2D / FULLY_CONNECTED; smaller only once compressed or --sparse-encoding).")
 @click.option("--prune-scope", type=click.Choice(["global", "layer"]), default="global", show_default=True,
@@ -100,7 +102,7 @@ def samples_source(path, size, mean, std, layout):
 @reports_errors
 def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, calibration, calibration_method,
             calibration_samples, io_dtype, float_fallback, min_sqnr_db, debug, no_equalize, smooth_quant,
-            no_bias_correction, prune_sparsity, prune_scope, prune_channels, prune_importance,
+            no_bias_correction, no_adaround, prune_sparsity, prune_scope, prune_channels, prune_importance,
             reconstruct, sparse_encoding, as_json, quiet, verbose, size=None, mean=None, std=None, layout="auto"):
     """Convert an ONNX model (or a float .tflite, or a PyTorch .pt2 / TorchScript .pt) to a TFLite flatbuffer.
 
@@ -155,6 +157,7 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
         equalize=not no_equalize,
         smooth_quant=smooth_quant,
         bias_correction=not no_bias_correction,
+        adaround=not no_adaround,
     )
     seconds = time.perf_counter() - started
     summary = {

@@ -590,8 +590,9 @@ class _Rewriter:
     """Builds the int8 op list, inserting QUANTIZE/DEQUANTIZE where int8 and float ops meet."""
 
     def __init__(self, graph: Graph, params: dict, original_float: set, float_consumed: set,
-                 stated_weights: Optional[dict] = None, notes: Optional[list] = None):
+                 stated_weights: Optional[dict] = None, notes: Optional[list] = None, rounding=None):
         self.graph = graph
+        self.rounding = rounding  # converter.adaround.Rounding: int8 weights and biases chosen by reconstruction
         self.stated_weights = stated_weights or {}  # op name -> per-output-channel weight scales
         self.notes = notes if notes is not None else []
         self.params = params
@@ -682,13 +683,20 @@ class _Rewriter:
         if scales is None:
             scales = symmetric_weight_params(weights, axis)
         weight_quant = QuantParams(scales, np.zeros(scales.size, np.int64), axis if axis is not None else 0)
-        op.inputs[weight_index] = self.constant(name, weight_quant, quantize_symmetric(weights, scales, axis))
+        chosen = self.rounding.weights.get(name) if self.rounding is not None else None
+        if chosen is not None and np.array_equal(chosen[0], scales):  # made for these scales
+            integers = chosen[1]
+        else:
+            integers = quantize_symmetric(weights, scales, axis)
+        op.inputs[weight_index] = self.constant(name, weight_quant, integers)
         bias_index = rule.bias
         if bias_index is None or bias_index >= len(op.inputs) or not op.inputs[bias_index]:
             return
         input_scale = np.float64(self.graph[op.inputs[rule.input]].quant.scale[0])
         bias_name = op.inputs[bias_index]
         bias = self.float_data[bias_name]
+        if chosen is not None and self.rounding is not None and bias_name in self.rounding.biases:
+            bias = self.rounding.biases[bias_name]
         bias_scales = (input_scale * scales.astype(np.float64)).astype(np.float32)
         bias_quant = QuantParams(bias_scales, np.zeros(bias_scales.size, np.int64), 0)
         op.inputs[bias_index] = self.constant(bias_name, bias_quant, quantize_bias(bias, bias_scales))
@@ -750,7 +758,7 @@ class GivenQuantization:
 
 
 def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_float: Optional[dict] = None,
-                  given: Optional[GivenQuantization] = None, notes: Optional[list] = None) -> Graph:
+                  given: Optional[GivenQuantization] = None, notes: Optional[list] = None, rounding=None) -> Graph:
     """The int8 version of a float graph, given calibrated activation ranges.
 
     ``io_dtype``: "float32" keeps float inputs/outputs with QUANTIZE/DEQUANTIZE at the edges; "int8"
@@ -760,6 +768,7 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
     ``given``: the quantization the model states itself; it takes the place of calibrated ranges
     wherever it has params (``ranges`` may then be empty), the spec's own constraints still apply.
     ``notes``, when given, receives where the spec overrode the stated quantization.
+    ``rounding``: int8 weights and biases chosen by ``converter.adaround`` in place of round-to-nearest.
     The returned graph's ``float_ops`` lists the ops left in float, with the reason.
     """
     if io_dtype not in ("float32", "int8", "uint8"):
@@ -831,7 +840,7 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
         n for op, _ in float_ops for n in op.inputs if n and n in original_float and g[n].is_constant
     }
 
-    rewriter = _Rewriter(g, params, original_float, float_consumed, given.weights, notes)
+    rewriter = _Rewriter(g, params, original_float, float_consumed, given.weights, notes, rounding)
     index_of = {id(op): index for index, op in int8_ops}
     for name in g.inputs:
         if name in original_float:
