@@ -93,6 +93,18 @@ MODEL_SPECS = {
     "hf_whisper_encoder": ModelSpec({"input_features": (1, 16, 32)}, needed_transposes=9,
                                     other_input_shapes={"input_features": (2, 16, 32)}),
 }
+# Test models made for post-training quantization (scripts/make_ptq_models.py), with the statistics of
+# pretrained ones; reported beside the others (scripts/real_world_report.py) but not in NAMES, whose
+# tests (two input sizes, fidelity bars) the ones above are held to.
+PTQ_MODEL_SPECS = {
+    # Depthwise-separable, BN-folded depthwise weights spanning ~100x, hard-swish and PReLU; untrained.
+    "mobile_dwsep": ModelSpec({"images": (1, 3, 32, 32)}, needed_transposes=0,
+                              other_input_shapes={"images": (1, 3, 48, 40)}),
+    # Random-weight encoder whose LayerNorm outputs have a few channels 11-125x the median.
+    "outlier_encoder": ModelSpec({"input_ids": (1, 16), "attention_mask": (1, 16)}, needed_transposes=8,
+                                 other_input_shapes={"input_ids": (1, 11), "attention_mask": (1, 11)}),
+}
+ALL_SPECS = {**MODEL_SPECS, **PTQ_MODEL_SPECS}
 HF_MODELS = {"hf_bert", "hf_bert_eager", "hf_distilbert", "hf_vit", "hf_convnext", "hf_whisper_encoder"}
 NAMES = sorted(MODEL_SPECS)
 # The finest step of an int8 class probability (a Sigmoid output's fixed scale is 1/256): float
@@ -113,7 +125,7 @@ def model_data(name: str) -> dict:
 
 
 def onnx_input_names(name: str) -> list:
-    return list(MODEL_SPECS[name].input_shapes)
+    return list(ALL_SPECS[name].input_shapes)
 
 
 @lru_cache(maxsize=None)
@@ -129,7 +141,7 @@ def inputs(name: str, split: str) -> dict:
 
 @lru_cache(maxsize=None)
 def converted(name: str, quantize: str):
-    spec = MODEL_SPECS[name]
+    spec = ALL_SPECS[name]
     path = MODELS_DIR / f"{name}.onnx"
     if quantize == "none":
         return convert(path, input_shapes=spec.input_shapes)
@@ -335,6 +347,10 @@ def task_metric(name: str, float_outputs: list, int8_outputs: list) -> tuple:
         cer = [task_metrics.character_error_rate(o, data["eval_labels"]) for o in (float_outputs, int8_outputs)]
         figures = {"float_cer": cer[0], "int8_cer": cer[1]}
         summary = f"CER float {cer[0]:.2%}, int8 {cer[1]:.2%} ({100 * (cer[1] - cer[0]):+.2f} points)"
+    elif name == "mobile_dwsep":  # untrained: agreement with float is the task
+        agreement = float(np.mean(float_outputs.argmax(-1) == int8_outputs.argmax(-1)))
+        figures = {"top1_agreement": agreement}
+        summary = f"top-1 class agreement with float {agreement:.1%}"
     elif name == "unet_segmenter":
         truth = data["eval_masks"]
         accuracy = [task_metrics.pixel_accuracy(o.argmax(1), truth) for o in (float_outputs, int8_outputs)]
