@@ -205,10 +205,10 @@ def greedy_rounding(w: np.ndarray, scales: np.ndarray, hessian: np.ndarray, line
             flip = can_move[:, k] & (change < 0)
             if not flip.any():
                 continue
-            moved += int(flip.sum())
-            step = np.where(flip, delta, 0.0)
-            q[:, k] += np.where(flip, np.sign(delta), 0.0)
-            residual += step[:, None] * (hessian[k][None, :] if shared else hessian[:, k, :])
+            rows = np.flatnonzero(flip)  # only the channels that move: most do not
+            moved += len(rows)
+            q[rows, k] += np.sign(delta[rows])
+            residual[rows] += delta[rows, None] * (hessian[k][None, :] if shared else hessian[rows, k, :])
         if not moved:
             break
     return q
