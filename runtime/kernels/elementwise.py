@@ -5,7 +5,8 @@ import numpy as np
 
 from edgeq.runtime import native
 from edgeq.runtime.kernels import compiled, register
-from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
+from edgeq.runtime.fixedpoint import (multiply_by_quantized_multiplier, quantize_multiplier, round_half_away,
+                                      rounding_divide_by_pot)
 from edgeq.runtime.kernels.common import fused_activation, require_float, with_activation
 from edgeq.runtime.kernels.requantize import activation_range, saturate, scale_and_zero_point
 from edgeq.runtime.ir import ModelError
@@ -32,12 +33,19 @@ _FLOAT_FUNCTIONS = {
 def prepare_binary(op, graph):
     if graph[op.inputs[0]].dtype in (np.int8, np.uint8) and op.type in _INTEGER_PREPARES:
         return _INTEGER_PREPARES[op.type](op, graph)
+    if _is_quantized_int16(op, graph) and op.type in _INT16_PREPARES:
+        return _INT16_PREPARES[op.type](op, graph)
     if _is_plain_integer(op, graph) and op.type not in ("DIV", "SQUARED_DIFFERENCE"):
         return _FLOAT_FUNCTIONS[op.type]  # int32/int64 index arithmetic: numpy's integer ops agree
     if _is_plain_integer(op, graph) and op.type == "DIV":
         return _truncating_divide
     require_float(op, graph, (0, 1))
     return _prepare_float(op, graph)
+
+
+def _is_quantized_int16(op, graph):
+    tensor = graph[op.inputs[0]]
+    return tensor.dtype == np.int16 and tensor.quant is not None
 
 
 def _is_plain_integer(op, graph):
@@ -71,9 +79,11 @@ def _int_params(op, graph):
 def _prepare_add_sub_int(op, graph):
     """TFLite's quantized ADD/SUB: both inputs are rescaled to a common scale 2 * max(s1, s2) with
     20 bits of headroom (left_shift), added (or subtracted) in int32, and requantized to the output:
-    every multiplier goes through MultiplyByQuantizedMultiplierSmallerThanOneExp (double rounding)."""
+    every multiplier goes through MultiplyByQuantizedMultiplierSmallerThanOneExp (double rounding).
+    int16 (add.cc / sub.cc with general scales) is the same arithmetic with 15 bits of headroom, so
+    65535 << 15 still fits the int32 sum."""
     ((scale_1, zero_point_1), (scale_2, zero_point_2), (output_scale, output_offset)), dtype = _int_params(op, graph)
-    left_shift = 20
+    left_shift = 15 if dtype == np.int16 else 20
     twice_max_input_scale = 2.0 * np.float64(max(scale_1, scale_2))
     input1_multiplier, input1_shift = quantize_multiplier(np.float64(scale_1) / twice_max_input_scale)
     input2_multiplier, input2_shift = quantize_multiplier(np.float64(scale_2) / twice_max_input_scale)
@@ -98,7 +108,8 @@ def _prepare_add_sub_int(op, graph):
             return native.add_int8(isa, params, np.ascontiguousarray(a), np.ascontiguousarray(b),
                                    native_outputs.get(a.shape[0]))
 
-    if not use_native and compiled.enabled() and shapes[0] == shapes[1] == shapes[2]:
+    use_compiled = not use_native and compiled.enabled() and dtype != np.int16 and shapes[0] == shapes[1] == shapes[2]
+    if use_compiled:
         # Same-shape inputs (a residual connection): one compiled pass, no int64 temporaries.
         outputs = compiled.OutputBuffers(shapes[2][1:], dtype)
         arguments = (input1_offset, input2_offset, left_shift, input1_multiplier, input1_shift, input2_multiplier,
@@ -124,7 +135,7 @@ def _prepare_add_sub_int(op, graph):
 
     if use_native:
         return add_sub_int8_native
-    if compiled.enabled() and shapes[0] == shapes[1] == shapes[2]:
+    if use_compiled:
         return add_sub_int_compiled
     return add_sub_int
 
@@ -176,6 +187,99 @@ def _prepare_squared_difference_int(op, graph):
 def _prepare_max_min_int(op, graph):
     """MAXIMUM/MINIMUM compare the stored integers (inputs and output share params)."""
     return np.maximum if op.type == "MAXIMUM" else np.minimum
+
+
+# -- int16 (16x8: symmetric int16 activations, zero point 0) -------------------------------------
+
+def _require_zero_points_zero(op, graph):
+    """LiteRT's int16 binary kernels take symmetric tensors only (its Prepare checks every zero point)."""
+    for name in (op.inputs[0], op.inputs[1], op.outputs[0]):
+        tensor = graph[name]
+        if tensor.quant is None or tensor.quant.scale.size == 0:
+            raise ModelError(f"op {op}: int16 tensor '{name}' has no quantization parameters")
+        if np.any(tensor.quant.zero_point != 0):
+            raise ModelError(f"op {op}: int16 tensor '{name}' must have zero point 0")
+        if tensor.dtype != np.int16:
+            raise ModelError(f"op {op}: int16 inputs need int16 '{name}', not {tensor.dtype}")
+
+
+def checked_log2(scale) -> tuple:
+    """TFLite's CheckedLog2: (round(log2(scale)), whether scale is within 1e-3 of that power of two in
+    log2), computed in float32 as the C++ does."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log2 = np.float32(np.log(np.float32(scale))) * np.float32(np.float32(1.0) / np.float32(np.log(np.float32(2.0))))
+    rounded = round_half_away(np.float32(log2))
+    return int(rounded), bool(abs(np.float32(log2 - np.float32(rounded))) < np.float32(1e-3))
+
+
+def _power_of_two_shifts(op, graph):
+    """The input shifts of add.cc / sub.cc's power-of-two int16 path, or None when it does not apply:
+    the op asks for it (pot_scale_int16, the schema default) and every scale is a power of two."""
+    if not op.options.get("pot_scale_int16", True):
+        return None
+    logs = [checked_log2(graph[name].quant.scale[0]) for name in (op.inputs[0], op.inputs[1], op.outputs[0])]
+    if not all(is_power for _, is_power in logs):
+        return None
+    output_log2 = logs[2][0]
+    return logs[0][0] - output_log2, logs[1][0] - output_log2
+
+
+def _require_output_multiplier_below_one(op, graph):
+    """The general int16 path rescales the int32 sum by 2 max(s1, s2) / (2^15 s_out); LiteRT's add.cc
+    aborts when that is not below one, and sub.cc then right-shifts by a negative amount (undefined in
+    C), so such a file has no reference result to give."""
+    scales = [np.float32(graph[name].quant.scale[0]) for name in (op.inputs[0], op.inputs[1], op.outputs[0])]
+    twice_max_input_scale = 2.0 * np.float64(max(scales[0], scales[1]))
+    if twice_max_input_scale / np.float64(np.float32((1 << 15) * scales[2])) >= 1.0:
+        raise ModelError(f"op {op}: int16 {op.type} output scale {scales[2]:g} is too fine for input scales "
+                         f"{scales[0]:g}, {scales[1]:g} (2 * max input scale must be below 2^15 * output scale)")
+
+
+def _prepare_add_sub_int16(op, graph):
+    """int16 ADD/SUB. With general scales, the int8 arithmetic with 15 bits of headroom. With
+    pot_scale_int16 and power-of-two scales (the LSTM path), one input is rounding-divided by its
+    power of two and the two are added (or subtracted) in fixed point, then clamped."""
+    _require_zero_points_zero(op, graph)
+    shifts = _power_of_two_shifts(op, graph)
+    if shifts is None:
+        _require_output_multiplier_below_one(op, graph)
+        return _prepare_add_sub_int(op, graph)
+    shift_1, shift_2 = shifts
+    if not (shift_1 == 0 or shift_2 == 0) or shift_1 > 0 or shift_2 > 0:
+        raise ModelError(f"op {op}: power-of-two int16 {op.type} shifts one input right only "
+                         f"(input shifts {shift_1}, {shift_2})")
+    output_scale = graph[op.outputs[0]].quant.scale[0]
+    activation_min, activation_max = activation_range(op, output_scale, 0, np.int16)
+    subtract = op.type == "SUB"
+
+    def add_sub_int16_power_of_two(a, b):
+        scaled_1 = rounding_divide_by_pot(a, -shift_1).astype(np.int64)
+        scaled_2 = rounding_divide_by_pot(b, -shift_2).astype(np.int64)
+        raw = scaled_1 - scaled_2 if subtract else scaled_1 + scaled_2
+        return saturate(raw, activation_min, activation_max, np.int16)
+
+    return add_sub_int16_power_of_two
+
+
+def _prepare_mul_int16(op, graph):
+    """int16 MUL: reference_integer_ops::Mul on symmetric inputs, the int32 product (at most 2^30)
+    requantized by s1 * s2 / s_out as the int8 kernel does."""
+    _require_zero_points_zero(op, graph)
+    return _prepare_mul_int(op, graph)
+
+
+def _prepare_max_min_int16(op, graph):
+    """MAXIMUM/MINIMUM compare the stored integers (inputs and output share params)."""
+    return np.maximum if op.type == "MAXIMUM" else np.minimum
+
+
+_INT16_PREPARES = {
+    "ADD": _prepare_add_sub_int16,
+    "SUB": _prepare_add_sub_int16,
+    "MUL": _prepare_mul_int16,
+    "MAXIMUM": _prepare_max_min_int16,
+    "MINIMUM": _prepare_max_min_int16,
+}
 
 
 _INTEGER_PREPARES = {
