@@ -115,3 +115,119 @@ def test_int16_add_sub_refuse_an_output_multiplier_above_one(op_type):
     graph, _ = _int16_binary(op_type, ((4, 50), (4, 50), 0.5, 1e-5, 1e-5, "NONE"))
     with pytest.raises(ModelError, match="too fine"):
         Interpreter.from_graph(graph).allocate_tensors()
+
+
+# -- elementwise activations: all 65536 inputs ------------------------------------------------------
+
+INT16_INPUT_SCALES = [1e-6, 3.0517578125e-05, 1e-4, 2**-12, 1e-3, 0.0123, 0.5, 3.0]
+Q15 = 1.0 / 32768
+
+
+def _int16_unary(op_type, input_scale, output_scale, options=None, constants=()):
+    graph, _ = unary_graph(op_type, (65536,), (65536,), _symmetric(input_scale), _symmetric(output_scale),
+                           options=options, constants=constants, dtype=I16)
+    return graph
+
+
+def _exact_on_every_int16(op_type, input_scale, output_scale, options=None, x=ALL_INT16):
+    graph, _ = unary_graph(op_type, x.shape, x.shape, _symmetric(input_scale), _symmetric(output_scale),
+                           options=options, dtype=I16)
+    assert_exact(graph, [x])
+
+
+@pytest.mark.parametrize("input_scale", INT16_INPUT_SCALES + [2**-11, 2**-13], ids=str)
+@pytest.mark.parametrize("op_type", ["LOGISTIC", "TANH"])
+def test_int16_logistic_tanh_on_every_input(op_type, input_scale):
+    """Power-of-two input scales (2^-12 for both, 2^-11 for TANH) take the table's own scaling."""
+    _exact_on_every_int16(op_type, input_scale, Q15)
+
+
+@pytest.mark.parametrize("input_scale, output_scale", [(1e-3, 1e-3), (1e-3, 2e-4), (2e-4, 1e-2), (0.5, 1e-4),
+                                                       (1e-5, 1e-5)], ids=str)
+@pytest.mark.parametrize("op_type", ["RELU", "RELU6"])
+def test_int16_relu_family_on_every_input(op_type, input_scale, output_scale):
+    _exact_on_every_int16(op_type, input_scale, output_scale)
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.2, 1.5, -0.3])
+@pytest.mark.parametrize("input_scale, output_scale", [(1e-3, 1e-3), (1e-3, 2e-4), (0.5, 3e-3)], ids=str)
+def test_int16_leaky_relu_on_every_input(input_scale, output_scale, alpha):
+    _exact_on_every_int16("LEAKY_RELU", input_scale, output_scale, {"alpha": alpha})
+
+
+@pytest.mark.parametrize("input_scale, output_scale", [(1e-4, 1e-3), (2**-10, 2**-8), (1e-3, 0.05), (3e-4, 0.7),
+                                                       (0.01, 1e-3)], ids=str)
+def test_int16_exp_on_every_input(input_scale, output_scale):
+    _exact_on_every_int16("EXP", input_scale, output_scale)
+
+
+@pytest.mark.parametrize("input_scale, output_scale", [(1e-4, 1e-3), (1e-3, 2e-4), (0.05, 1e-3), (3.0, 0.01)], ids=str)
+def test_int16_log_on_every_input(input_scale, output_scale):
+    _exact_on_every_int16("LOG", input_scale, output_scale)
+
+
+@pytest.mark.parametrize("approximate", [False, True])
+@pytest.mark.parametrize("input_scale, output_scale", [(1e-4, 1e-4), (2**-12, 2**-12), (1e-3, 2e-3), (0.01, 0.01)],
+                         ids=str)
+def test_int16_gelu_on_every_input(input_scale, output_scale, approximate):
+    _exact_on_every_int16("GELU", input_scale, output_scale, {"approximate": approximate})
+
+
+@pytest.mark.parametrize("input_scale, output_scale", [(1e-4, 1e-2), (1e-3, 1e-3), (0.05, 1e-4)], ids=str)
+def test_int16_rsqrt_on_every_non_negative_input(input_scale, output_scale):
+    _exact_on_every_int16("RSQRT", input_scale, output_scale, x=ALL_INT16[ALL_INT16 >= 0])
+
+
+def test_int16_rsqrt_refuses_negative_inputs_like_litert():
+    graph, _ = unary_graph("RSQRT", (2,), (2,), (1e-3, 0), (1e-3, 0), dtype=I16)
+    interpreter = Interpreter.from_graph(graph)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.array([-1, 5], I16))
+    with pytest.raises(ValueError, match="positive"):
+        interpreter.invoke()
+
+
+@pytest.mark.parametrize("op_type", ["LOGISTIC", "TANH"])
+def test_int16_logistic_tanh_refuse_an_output_scale_other_than_q15(op_type):
+    graph, _ = unary_graph(op_type, (4,), (4,), (1e-3, 0), (1e-3, 0), dtype=I16)
+    with pytest.raises(ModelError, match="1/32768"):
+        Interpreter.from_graph(graph).allocate_tensors()
+
+
+@pytest.mark.parametrize("op_type", ["HARD_SWISH", "RELU_N1_TO_1"])
+def test_int16_ops_litert_cannot_run_are_refused(op_type):
+    """LiteRT's BUILTIN_REF has no int16 HARD_SWISH or RELU_N1_TO_1: it fails at invoke. We refuse at load."""
+    graph, inputs = unary_graph(op_type, (8,), (8,), (1e-3, 0), (1e-3, 0), dtype=I16)
+    with pytest.raises(RuntimeError, match="got INT16"):
+        run_litert(write_tflite(graph), inputs, reference_kernels=True)
+    with pytest.raises(ModelError, match="no integer kernel"):
+        Interpreter.from_graph(graph).allocate_tensors()
+
+
+# -- PRELU: int16 input, int8 alpha -----------------------------------------------------------------
+
+def _int16_prelu(alpha_shape, alpha_params, input_scale=1e-3, output_scale=1e-3, x_shape=(4, 8, 8, 3), seed=0,
+                 constant_alpha=True):
+    rng = np.random.default_rng(seed)
+    g = Graph()
+    g.add_tensor(Tensor("x", x_shape, I16, quant=QuantParams(input_scale, 0)))
+    alpha = random_int8(rng, alpha_shape)
+    g.add_tensor(Tensor("alpha", alpha_shape, np.int8, alpha if constant_alpha else None,
+                        quant=QuantParams(*alpha_params)))
+    g.add_tensor(Tensor("y", x_shape, I16, quant=QuantParams(output_scale, 0)))
+    g.add_op(Op("PRELU", ["x", "alpha"], ["y"], {}))
+    g.inputs, g.outputs = (["x"] if constant_alpha else ["x", "alpha"]), ["y"]
+    inputs = [random_int8(rng, x_shape, I16)] + ([] if constant_alpha else [alpha])
+    return g, inputs
+
+
+@pytest.mark.parametrize("alpha_shape", [(3,), (1, 1, 3), (8, 8, 3)], ids=str)
+@pytest.mark.parametrize("alpha_params, input_scale, output_scale",
+                         [((0.01, 0), 1e-3, 1e-3), ((0.02, 10), 1e-3, 2e-4), ((0.005, -3), 0.5, 0.3),
+                          ((0.05, -128), 1e-5, 1e-5)], ids=str)
+def test_int16_prelu_with_int8_alpha(alpha_shape, alpha_params, input_scale, output_scale):
+    assert_exact(*_int16_prelu(alpha_shape, alpha_params, input_scale, output_scale))
+
+
+def test_int16_prelu_with_a_runtime_alpha():
+    assert_exact(*_int16_prelu((1, 1, 3), (0.01, 4), constant_alpha=False))

@@ -24,7 +24,7 @@ from edgeq.runtime.fixedpoint import (
     saturating_left_shift_int16,
     saturating_rounding_doubling_high_mul_int16,
 )
-from edgeq.runtime.kernels import register
+from edgeq.runtime.kernels import int16_tables, register
 from edgeq.runtime.kernels.common import FUSED_CLAMPS, clamp, input_tensor, require_float
 from edgeq.runtime.kernels.requantize import activation_range_for
 from edgeq.runtime.ir import ModelError
@@ -336,8 +336,47 @@ _INT8_TABLES = {
 }
 
 
+# int16 (16x8) tables; LiteRT's reference kernels have no int16 HARD_SWISH or RELU_N1_TO_1 (they fail at
+# invoke with "Only float32, uint8 and int8 are supported"), so those are refused rather than invented.
+_INT16_TABLES = {
+    "RELU": int16_tables.relu_family_table,
+    "RELU6": int16_tables.relu_family_table,
+    "LOGISTIC": int16_tables.logistic_table,
+    "TANH": int16_tables.tanh_table,
+    "EXP": lambda op, graph: int16_tables.float_function_table(op, graph, _expf),
+    "LOG": lambda op, graph: int16_tables.log_table(op, graph, _logf),
+    "RSQRT": int16_tables.rsqrt_table,
+}
+
+
+def _is_quantized_int16(op, graph) -> bool:
+    tensor = graph[op.inputs[0]]
+    return tensor.dtype == np.int16 and tensor.quant is not None
+
+
+def _prepare_unary_int16(op, graph):
+    if op.type not in _INT16_TABLES:
+        raise ModelError(f"op {op}: int16 {op.type} has no integer kernel (LiteRT's reference kernels have "
+                         f"none either); int16 is supported for {', '.join(sorted(_INT16_TABLES))}")
+    table = _INT16_TABLES[op.type](op, graph)
+    if op.type == "RSQRT":
+        return _checked_rsqrt_int16(table, op)
+    return int16_tables.lookup(table)
+
+
+def _checked_rsqrt_int16(table, op):
+    def rsqrt_int16(x):
+        if x.size and int(x.min()) < 0:
+            raise ValueError(f"op {op}: RSQRT is only defined for positive values")
+        return table[x.view(np.uint16)]
+
+    return rsqrt_int16
+
+
 @register(*_UNARY)
 def prepare_unary(op, graph):
+    if _is_quantized_int16(op, graph):
+        return _prepare_unary_int16(op, graph)
     if _is_int8(op, graph) and op.type in _INT8_TABLES:
         table = _INT8_TABLES[op.type](op, graph)
         if op.type == "RSQRT":
@@ -359,6 +398,9 @@ def _checked_rsqrt(table, input_zero_point: int, op):
 @register("GELU")
 def prepare_gelu(op, graph):
     approximate = op.options.get("approximate", False)
+    if _is_quantized_int16(op, graph):
+        transform = _gelu_approximate_float32 if approximate else _gelu_float32
+        return int16_tables.lookup(int16_tables.float_function_table(op, graph, transform))
     if _is_int8(op, graph):
         transform = _gelu_approximate_float32 if approximate else _gelu_float32
         return _lookup(populate_lut_int8(*_int8_params(op, graph), transform))
@@ -369,6 +411,8 @@ def prepare_gelu(op, graph):
 @register("LEAKY_RELU")
 def prepare_leaky_relu(op, graph):
     alpha = np.float32(op.options.get("alpha", 0.2))
+    if _is_quantized_int16(op, graph):
+        return int16_tables.lookup(int16_tables.leaky_relu_table(op, graph, alpha))
     if _is_int8(op, graph):
         return _lookup(_leaky_relu_table(op, graph, alpha))
     require_float(op, graph)
@@ -395,6 +439,8 @@ def _leaky_relu_table(op, graph, alpha) -> np.ndarray:
 
 @register("PRELU")
 def prepare_prelu(op, graph):
+    if _is_quantized_int16(op, graph):
+        return _prepare_prelu_int16(op, graph)
     if _is_int8(op, graph):
         return _prepare_prelu_int8(op, graph)
     require_float(op, graph, (0, 1))
@@ -432,3 +478,31 @@ def _prepare_prelu_int8(op, graph):
         return table[rows + x.view(np.uint8)]
 
     return prelu
+
+
+def _prepare_prelu_int16(op, graph):
+    """TFLite's reference int16 PRELU (16x8): int16 input and output (zero point 0), int8 alpha, the same
+    two multipliers as int8; x >= 0 takes input_scale / output_scale, else x * (alpha - alpha zp) takes
+    input_scale * alpha_scale / output_scale. LiteRT reads alpha as int8 whatever its type, so an int16
+    alpha is refused."""
+    input_scale, output_scale = int16_tables.symmetric_params(op, graph)
+    alpha_tensor = input_tensor(op, graph, 1)
+    if alpha_tensor is None or alpha_tensor.dtype != np.int8:
+        raise ModelError(f"op {op}: an int16 PRELU needs an int8 alpha")
+    alpha_scale, alpha_zero_point = _affine(op, graph, alpha_tensor)
+    multiplier_1, shift_1 = quantize_multiplier(float(input_scale / output_scale))
+    multiplier_2, shift_2 = quantize_multiplier(float(input_scale * alpha_scale / output_scale))
+    positive_table = multiply_by_quantized_multiplier(int16_tables.ALL_INT16, multiplier_1, shift_1).astype(np.int64)
+    constant_alpha = None
+    if alpha_tensor.data is not None:
+        constant_alpha = alpha_tensor.data.astype(np.int64) - alpha_zero_point
+
+    def prelu_int16(x, alpha):
+        alpha_value = constant_alpha if constant_alpha is not None else alpha.astype(np.int64) - alpha_zero_point
+        value = x.astype(np.int64)
+        negative = multiply_by_quantized_multiplier(value * alpha_value, multiplier_2, shift_2).astype(np.int64)
+        positive = positive_table[x.view(np.uint16)]
+        out = np.where(value >= 0, positive, negative)
+        return np.clip(out, int16_tables.INT16_MIN, int16_tables.INT16_MAX).astype(np.int16)
+
+    return prelu_int16

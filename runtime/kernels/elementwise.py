@@ -5,8 +5,8 @@ import numpy as np
 
 from edgeq.runtime import native
 from edgeq.runtime.kernels import compiled, register
-from edgeq.runtime.fixedpoint import (multiply_by_quantized_multiplier, quantize_multiplier, round_half_away,
-                                      rounding_divide_by_pot)
+from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier, rounding_divide_by_pot
+from edgeq.runtime.kernels.int16_tables import checked_log2
 from edgeq.runtime.kernels.common import fused_activation, require_float, with_activation
 from edgeq.runtime.kernels.requantize import activation_range, saturate, scale_and_zero_point
 from edgeq.runtime.ir import ModelError
@@ -201,15 +201,6 @@ def _require_zero_points_zero(op, graph):
             raise ModelError(f"op {op}: int16 tensor '{name}' must have zero point 0")
         if tensor.dtype != np.int16:
             raise ModelError(f"op {op}: int16 inputs need int16 '{name}', not {tensor.dtype}")
-
-
-def checked_log2(scale) -> tuple:
-    """TFLite's CheckedLog2: (round(log2(scale)), whether scale is within 1e-3 of that power of two in
-    log2), computed in float32 as the C++ does."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log2 = np.float32(np.log(np.float32(scale))) * np.float32(np.float32(1.0) / np.float32(np.log(np.float32(2.0))))
-    rounded = round_half_away(np.float32(log2))
-    return int(rounded), bool(abs(np.float32(log2 - np.float32(rounded))) < np.float32(1e-3))
 
 
 def _power_of_two_shifts(op, graph):
