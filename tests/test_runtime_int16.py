@@ -231,3 +231,39 @@ def test_int16_prelu_with_int8_alpha(alpha_shape, alpha_params, input_scale, out
 
 def test_int16_prelu_with_a_runtime_alpha():
     assert_exact(*_int16_prelu((1, 1, 3), (0.01, 4), constant_alpha=False))
+
+
+# -- SOFTMAX ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("input_scale, beta", [(1e-4, 1.0), (2**-12, 1.0), (1e-3, 1.0), (0.01, 0.5), (0.3, 1.0),
+                                               (1e-6, 1.0), (1e-3, 3.0)], ids=str)
+@pytest.mark.parametrize("shape", [(4, 10), (2, 3, 7, 64), (1, 1000), (3, 1)], ids=str)
+def test_int16_softmax(shape, input_scale, beta):
+    graph, inputs = unary_graph("SOFTMAX", shape, shape, _symmetric(input_scale), _symmetric(Q15), {"beta": beta},
+                                dtype=I16)
+    assert_exact(graph, inputs)
+
+
+def test_int16_softmax_on_rows_spanning_every_difference():
+    """Each row holds the int16 extremes and a ramp, so every difference from -65535 to 0 occurs."""
+    rows = np.stack([np.concatenate([[32767], np.arange(-32768, 32767, 64, dtype=np.int64)]),
+                     np.concatenate([[-32768], np.arange(-32768, 32767, 64, dtype=np.int64) + 33])])
+    x = np.clip(rows, -32768, 32767).astype(I16)
+    for input_scale in (1e-4, 1e-3, 0.05):
+        graph, _ = unary_graph("SOFTMAX", x.shape, x.shape, _symmetric(input_scale), _symmetric(Q15), {"beta": 1.0},
+                               dtype=I16)
+        assert_exact(graph, [x])
+
+
+def test_int16_softmax_refuses_an_output_scale_other_than_q15():
+    graph, _ = unary_graph("SOFTMAX", (2, 4), (2, 4), (1e-3, 0), (1.0 / 256, 0), {"beta": 1.0}, dtype=I16)
+    with pytest.raises(ModelError, match="1/32768"):
+        Interpreter.from_graph(graph).allocate_tensors()
+
+
+def test_int16_log_softmax_is_refused_as_litert_cannot_run_it():
+    graph, inputs = unary_graph("LOG_SOFTMAX", (2, 8), (2, 8), (1e-3, 0), (16.0 / 32768, 0), dtype=I16)
+    with pytest.raises(RuntimeError, match="got INT16"):
+        run_litert(write_tflite(graph), inputs, reference_kernels=True)
+    with pytest.raises(ModelError):
+        Interpreter.from_graph(graph).allocate_tensors()
