@@ -267,3 +267,99 @@ def test_int16_log_softmax_is_refused_as_litert_cannot_run_it():
         run_litert(write_tflite(graph), inputs, reference_kernels=True)
     with pytest.raises(ModelError):
         Interpreter.from_graph(graph).allocate_tensors()
+
+
+# -- MEAN / SUM / REDUCE_MAX / REDUCE_MIN --------------------------------------------------------------
+
+INT16_REDUCE_CASES = [  # (shape, axes, keep_dims)
+    ((2, 5, 7, 6), (1, 2), True), ((2, 5, 7, 6), (1, 2), False), ((2, 5, 7, 6), (3,), True),
+    ((2, 5, 7, 6), (-1, 1), False), ((2, 5, 7, 6), (0, 1, 2, 3), False), ((1, 12, 64), (1,), True),
+    ((1, 300, 4), (1,), False), ((2, 5, 7, 6), (2, 2, -2), True), ((11,), (0,), False),
+]
+INT16_REDUCE_SCALES = [(1e-3, 1e-3), (1e-3, 2e-4), (2e-4, 5e-3), (0.5, 1e-5), (1e-5, 0.5), (2**-12, 2**-12)]
+
+
+def _int16_reduce(op_type, shape, axes, keep, input_scale, output_scale, seed=0):
+    rank = len(shape)
+    reduced = {a % rank for a in axes}
+    y_shape = tuple(1 if i in reduced else d for i, d in enumerate(shape) if keep or i not in reduced)
+    return unary_graph(op_type, shape, y_shape, _symmetric(input_scale), _symmetric(output_scale),
+                       {"keep_dims": keep}, [("axis", np.array(axes, np.int32))], seed=seed, dtype=I16)
+
+
+@pytest.mark.parametrize("scales", INT16_REDUCE_SCALES, ids=str)
+@pytest.mark.parametrize("shape, axes, keep", INT16_REDUCE_CASES, ids=str)
+def test_int16_mean(shape, axes, keep, scales):
+    assert_exact(*_int16_reduce("MEAN", shape, axes, keep, *scales))
+
+
+def test_int16_mean_of_extremes_saturates_like_litert():
+    graph, _ = _int16_reduce("MEAN", (2, 64), (1,), False, 1.0, 1e-3)
+    x = np.stack([np.full(64, 32767, I16), np.full(64, -32768, I16)])
+    assert_exact(graph, [x])
+
+
+@pytest.mark.parametrize("op_type", ["REDUCE_MAX", "REDUCE_MIN"])
+@pytest.mark.parametrize("shape, axes, keep", INT16_REDUCE_CASES[:4], ids=str)
+def test_int16_reduce_max_min(op_type, shape, axes, keep):
+    assert_exact(*_int16_reduce(op_type, shape, axes, keep, 1e-3, 1e-3))
+
+
+def _builtin_kernel_output(graph, inputs):
+    from edgeq.testing.litert import OpResolverType
+    from edgeq.testing.referees import LiteRTInterpreter, _run_litert
+    interpreter = LiteRTInterpreter(model_content=write_tflite(graph), num_threads=1,
+                                    experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    return _run_litert(interpreter, inputs)[0]
+
+
+# The rescaled float32 sum is cast to int32, which C++ leaves undefined beyond the int32 range (x86-64 gives
+# INT32_MIN, aarch64 saturates; the runtime saturates): (0.5, 1e-5) gets there, so SUM takes (0.5, 1e-3).
+INT16_SUM_SCALES = [scales for scales in INT16_REDUCE_SCALES if scales != (0.5, 1e-5)] + [(0.5, 1e-3)]
+
+
+@pytest.mark.parametrize("scales", INT16_SUM_SCALES, ids=str)
+@pytest.mark.parametrize("shape, axes, keep", INT16_REDUCE_CASES, ids=str)
+def test_int16_sum_equals_the_builtin_kernel(shape, axes, keep, scales):
+    """SUM is held to LiteRT's builtin SUM kernel (what Register_SUM gives, float32 rescaling), as int8 SUM is:
+    BUILTIN_REF's quantized SUM gives integers unrelated to the sum (see the next test)."""
+    graph, inputs = _int16_reduce("SUM", shape, axes, keep, *scales)
+    expected = _builtin_kernel_output(graph, inputs)
+    actual = Interpreter.from_graph(graph)
+    actual.allocate_tensors()
+    actual.set_tensor(actual.get_input_details()[0]["index"], inputs[0])
+    actual.invoke()
+    np.testing.assert_array_equal(actual.get_tensor(actual.get_output_details()[0]["index"]), expected)
+
+
+def test_int16_sum_on_litert_reference_kernels_is_not_the_sum():
+    """The finding behind the referee above: with equal scales the SUM is the clamped integer sum; LiteRT
+    2.3's BUILTIN_REF int16 SUM gives something else (mostly -1) for most of the sums, its builtin kernel
+    gives exactly that."""
+    graph, (x,) = _int16_reduce("SUM", (2, 5, 7, 6), (3,), True, 1e-3, 1e-3)
+    reference = run_litert(write_tflite(graph), [x], reference_kernels=True)[0]
+    exact = np.clip(x.astype(np.int64).sum(axis=3, keepdims=True), -32768, 32767)
+    assert np.count_nonzero(reference != exact) > exact.size // 2
+    np.testing.assert_array_equal(_builtin_kernel_output(graph, [x]), exact)
+
+
+# -- AVERAGE_POOL_2D ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k, stride, padding", [(2, 2, "VALID"), (3, 1, "SAME"), (3, 2, "SAME"), (9, 1, "VALID")],
+                         ids=str)
+@pytest.mark.parametrize("act", ["NONE", "RELU", "RELU6"])
+def test_int16_average_pool(k, stride, padding, act):
+    from edgeq.runtime.padding import output_size
+    y_shape = (2, output_size(padding, 9, k, stride), output_size(padding, 9, k, stride), 3)
+    options = {"padding": padding, "stride_w": stride, "stride_h": stride, "filter_width": k, "filter_height": k,
+               "fused_activation_function": act}
+    graph, inputs = unary_graph("AVERAGE_POOL_2D", (2, 9, 9, 3), y_shape, (1e-3, 0), (1e-3, 0), options, dtype=I16)
+    assert_exact(graph, inputs)
+
+
+def test_int16_average_pool_of_extremes():
+    options = {"padding": "SAME", "stride_w": 1, "stride_h": 1, "filter_width": 3, "filter_height": 3,
+               "fused_activation_function": "NONE"}
+    graph, _ = unary_graph("AVERAGE_POOL_2D", (1, 4, 4, 2), (1, 4, 4, 2), (1e-3, 0), (1e-3, 0), options, dtype=I16)
+    x = np.where(np.arange(32).reshape(1, 4, 4, 2) % 3 == 0, 32767, -32768).astype(I16)
+    assert_exact(graph, [x])
