@@ -363,3 +363,47 @@ def test_int16_average_pool_of_extremes():
     graph, _ = unary_graph("AVERAGE_POOL_2D", (1, 4, 4, 2), (1, 4, 4, 2), (1e-3, 0), (1e-3, 0), options, dtype=I16)
     x = np.where(np.arange(32).reshape(1, 4, 4, 2) % 3 == 0, 32767, -32768).astype(I16)
     assert_exact(graph, [x])
+
+
+# -- BATCH_MATMUL: int16 lhs, int16 or int8 rhs ----------------------------------------------------------
+
+def _int16_batch_matmul(lhs_shape, rhs_shape, rhs_dtype, scales, adj_x=False, adj_y=False, constant_rhs=False,
+                        seed=0):
+    rng = np.random.default_rng(seed)
+    lhs_scale, rhs_scale, out_scale = scales
+    rows = lhs_shape[-1] if adj_x else lhs_shape[-2]
+    cols = rhs_shape[-2] if adj_y else rhs_shape[-1]
+    batch = np.broadcast_shapes(lhs_shape[:-2], rhs_shape[:-2])
+    rhs = random_int8(rng, rhs_shape, rhs_dtype)
+    g = Graph()
+    g.add_tensor(Tensor("lhs", lhs_shape, I16, quant=QuantParams(lhs_scale, 0)))
+    g.add_tensor(Tensor("rhs", rhs_shape, rhs_dtype, rhs if constant_rhs else None, quant=QuantParams(rhs_scale, 0)))
+    g.add_tensor(Tensor("y", batch + (rows, cols), I16, quant=QuantParams(out_scale, 0)))
+    g.add_op(Op("BATCH_MATMUL", ["lhs", "rhs"], ["y"], {"adj_x": adj_x, "adj_y": adj_y}))
+    g.inputs, g.outputs = (["lhs"] if constant_rhs else ["lhs", "rhs"]), ["y"]
+    inputs = [random_int8(rng, lhs_shape, I16)] + ([] if constant_rhs else [rhs])
+    return g, inputs
+
+
+BATCH_MATMUL_SHAPES = [((2, 5, 7), (2, 7, 3)), ((3, 1, 4, 6), (1, 2, 6, 5)), ((4, 9), (9, 2)), ((2, 2, 3, 1, 64), (64, 8))]
+
+
+@pytest.mark.parametrize("rhs_dtype", [np.int16, np.int8], ids=["int16_rhs", "int8_rhs"])
+@pytest.mark.parametrize("scales", [(1e-3, 1e-3, 0.05), (1e-3, 2e-3, 1.0), (0.05, 1e-2, 1e-4), (1e-5, 1e-5, 1e-7)],
+                         ids=str)
+@pytest.mark.parametrize("lhs_shape, rhs_shape", BATCH_MATMUL_SHAPES, ids=str)
+def test_int16_batch_matmul(lhs_shape, rhs_shape, scales, rhs_dtype):
+    assert_exact(*_int16_batch_matmul(lhs_shape, rhs_shape, rhs_dtype, scales))
+
+
+@pytest.mark.parametrize("adj_x, adj_y", [(True, False), (False, True), (True, True)])
+def test_int16_batch_matmul_adjoints(adj_x, adj_y):
+    lhs_shape = (2, 7, 5) if adj_x else (2, 5, 7)
+    rhs_shape = (2, 3, 7) if adj_y else (2, 7, 3)
+    for rhs_dtype in (np.int16, np.int8):
+        assert_exact(*_int16_batch_matmul(lhs_shape, rhs_shape, rhs_dtype, (1e-3, 2e-3, 0.5), adj_x, adj_y))
+
+
+@pytest.mark.parametrize("rhs_dtype", [np.int16, np.int8], ids=["int16_rhs", "int8_rhs"])
+def test_int16_batch_matmul_with_constant_rhs(rhs_dtype):
+    assert_exact(*_int16_batch_matmul((2, 5, 16), (16, 4), rhs_dtype, (1e-3, 2e-3, 0.5), constant_rhs=True))
