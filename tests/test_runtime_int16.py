@@ -2,12 +2,23 @@
 single-op int16 models written with write_tflite, run on LiteRT's reference kernels (BUILTIN_REF, in
 LiteRT's child-process worker) and on our runtime, must agree integer for integer in every tensor.
 
+Ops with an int16 kernel here (operator version written, from op_version.cc):
+  ADD 3 (general scales; 1 with pot_scale_int16 and power-of-two scales), SUB 5 (1 likewise), MUL 4,
+  MAXIMUM 4, MINIMUM 4, RELU 3, RELU6 3, LEAKY_RELU 2, PRELU 1 (int8 alpha), LOGISTIC 3, TANH 3, EXP 2,
+  LOG 2, RSQRT 3, GELU 1, SOFTMAX 3, MEAN 3, REDUCE_MAX 3, REDUCE_MIN 3, SUM 1, AVERAGE_POOL_2D 3,
+  BATCH_MATMUL 3 (int16 or int8 rhs).
+Elementwise ops are checked on all 65536 int16 inputs. SUM is held to LiteRT's builtin SUM kernel,
+as int8 SUM is: BUILTIN_REF's int16 SUM is not the sum (pinned below).
+
 Ops LiteRT 2.3's BUILTIN_REF cannot run on int16 activations (so the int16x8 quantizer must not emit
-them with int16 tensors), each pinned by a test below with the error LiteRT gives:
+them with int16 tensors; our runtime refuses them at load), each pinned by a test with LiteRT's error:
   HARD_SWISH      "Only float32, uint8 and int8 are supported currently, got INT16" (at invoke)
   RELU_N1_TO_1    "Only float32, uint8, int8 supported currently, got INT16" (at invoke)
   LOG_SOFTMAX     "Only float32, uint8 and int8 are supported currently, got INT16" (at invoke)
   SQUARED_DIFFERENCE "SquaredDifference only supports FLOAT32 and INT32 now, got 7" (at invoke)
+Params LiteRT cannot take are refused too: int16 ADD/SUB whose output scale is finer than
+2 max(s1, s2) / 2^15 (add.cc aborts, sub.cc shifts by a negative amount), LOGISTIC/TANH/SOFTMAX with an
+output scale other than 1/32768, an int16 alpha for PRELU (LiteRT reads it as int8), nonzero zero points.
 """
 from __future__ import annotations
 
@@ -407,3 +418,80 @@ def test_int16_batch_matmul_adjoints(adj_x, adj_y):
 @pytest.mark.parametrize("rhs_dtype", [np.int16, np.int8], ids=["int16_rhs", "int8_rhs"])
 def test_int16_batch_matmul_with_constant_rhs(rhs_dtype):
     assert_exact(*_int16_batch_matmul((2, 5, 16), (16, 4), rhs_dtype, (1e-3, 2e-3, 0.5), constant_rhs=True))
+
+
+# -- ops LiteRT cannot run on int16 -------------------------------------------------------------------
+
+def test_int16_squared_difference_is_refused_as_litert_cannot_run_it():
+    graph, inputs = _int16_binary("SQUARED_DIFFERENCE", ((4, 8), (4, 8), 1e-3, 1e-3, 1e-3, "NONE"))
+    with pytest.raises(RuntimeError, match="SquaredDifference only supports FLOAT32 and INT32"):
+        run_litert(write_tflite(graph), inputs, reference_kernels=True)
+    with pytest.raises(ModelError):
+        Interpreter.from_graph(graph).allocate_tensors()
+
+
+# -- random scales and shapes (hypothesis) -------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+log_scales = st.floats(min_value=-18.0, max_value=2.0).map(lambda e: float(np.float32(2.0**e)))
+shapes = st.sampled_from([((3, 4, 5), (3, 4, 5)), ((3, 4, 5), (5,)), ((1, 4, 1), (3, 1, 5)), ((7,), ())])
+
+
+@settings(max_examples=60, derandomize=True, deadline=None, database=None)
+@given(op_type=st.sampled_from(["ADD", "SUB", "MUL"]), shape_pair=shapes, s1=log_scales, s2=log_scales,
+       so=log_scales, act=st.sampled_from(["NONE", "RELU", "RELU6"]), seed=st.integers(0, 1000))
+def test_int16_binary_ops_on_random_scales(op_type, shape_pair, s1, s2, so, act, seed):
+    graph, inputs = _int16_binary(op_type, (*shape_pair, s1, s2, so, act), seed=seed)
+    if op_type in ("ADD", "SUB") and 2 * max(np.float32(s1), np.float32(s2)) >= 2**15 * np.float32(so):
+        with pytest.raises(ModelError, match="too fine"):
+            Interpreter.from_graph(graph).allocate_tensors()
+        return
+    assert_exact(graph, inputs)
+
+
+@settings(max_examples=40, derandomize=True, deadline=None, database=None)
+@given(op_type=st.sampled_from(["LOGISTIC", "TANH", "EXP", "GELU", "LEAKY_RELU", "RELU"]), input_scale=log_scales,
+       output_scale=log_scales)
+def test_int16_unary_ops_on_random_scales(op_type, input_scale, output_scale):
+    if op_type in ("LOGISTIC", "TANH"):
+        output_scale = Q15
+    options = {"alpha": 0.1} if op_type == "LEAKY_RELU" else None
+    _exact_on_every_int16(op_type, input_scale, output_scale, options)
+
+
+# -- operator versions -------------------------------------------------------------------------------
+
+def test_int16_ops_are_written_with_the_versions_tflite_gives_them():
+    """op_version.cc's versions for the int16 forms (LiteRT refuses a version its resolver lacks)."""
+    from edgeq.runtime.tflite_format.op_versions import operator_version
+    expected = {"ADD": 3, "SUB": 5, "MUL": 4, "MAXIMUM": 4, "MINIMUM": 4, "RELU": 3, "RELU6": 3, "LEAKY_RELU": 2,
+                "LOGISTIC": 3, "TANH": 3, "EXP": 2, "LOG": 2, "RSQRT": 3, "GELU": 1, "SOFTMAX": 3}
+    for op_type, version in expected.items():
+        if op_type in ("ADD", "SUB", "MUL", "MAXIMUM", "MINIMUM"):
+            graph, _ = _int16_binary(op_type, ((4,), (4,), 1e-3, 1e-3, 1e-3, "NONE"))
+        else:
+            graph, _ = unary_graph(op_type, (4,), (4,), (1e-3, 0), (Q15, 0), dtype=I16)
+        assert operator_version(graph.ops[0], graph) == version, op_type
+    assert operator_version(*_op_and_graph(_int16_binary("ADD", ((4,), (4,), 2**-10, 2**-10, 2**-10, "NONE"),
+                                                         pot_scale_int16=True)[0])) == 1
+    for op_type, version in {"MEAN": 3, "SUM": 1, "REDUCE_MAX": 3, "REDUCE_MIN": 3}.items():
+        graph, _ = _int16_reduce(op_type, (2, 3), (1,), False, 1e-3, 1e-3)
+        assert operator_version(*_op_and_graph(graph)) == version, op_type
+    prelu, _ = _int16_prelu((3,), (0.01, 0))
+    matmul, _ = _int16_batch_matmul((2, 3), (3, 2), np.int8, (1e-3, 1e-3, 1e-3))
+    pool, _ = unary_graph("AVERAGE_POOL_2D", (1, 2, 2, 1), (1, 1, 1, 1), (1e-3, 0), (1e-3, 0),
+                          {"padding": "VALID", "filter_width": 2, "filter_height": 2}, dtype=I16)
+    assert [operator_version(*_op_and_graph(g)) for g in (prelu, matmul, pool)] == [1, 3, 3]
+
+
+def _op_and_graph(graph):
+    return graph.ops[0], graph
+
+
+@pytest.mark.parametrize("op_type", ["LOGISTIC", "TANH", "RELU", "EXP", "GELU", "SOFTMAX", "LEAKY_RELU"])
+def test_int16_unary_ops_on_an_empty_tensor(op_type):
+    options = {"beta": 1.0} if op_type == "SOFTMAX" else {"alpha": 0.1} if op_type == "LEAKY_RELU" else None
+    graph, _ = unary_graph(op_type, (0, 4), (0, 4), (1e-3, 0), (Q15, 0), options, dtype=I16)
+    assert_exact(graph, [np.zeros((0, 4), I16)])
