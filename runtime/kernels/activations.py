@@ -346,6 +346,7 @@ _INT16_TABLES = {
     "EXP": lambda op, graph: int16_tables.float_function_table(op, graph, _expf),
     "LOG": lambda op, graph: int16_tables.log_table(op, graph, _logf),
     "RSQRT": int16_tables.rsqrt_table,
+    "ABS": int16_tables.abs_table,
 }
 
 

@@ -3,7 +3,7 @@
 
 Prepare runs TFLite's own integer computation on every int16 value once; eval is one lookup, exact by
 construction. Three computations fill the tables:
-  - requantizing clamps and slopes (RELU, RELU6, LEAKY_RELU): MultiplyByQuantizedMultiplier, as int8;
+  - requantizing clamps and slopes (RELU, RELU6, LEAKY_RELU, ABS): MultiplyByQuantizedMultiplier, as int8;
   - LOGISTIC and TANH: reference_integer_ops' fixed-point scheme, the input rescaled to 1/(3 * 4096) (or
     by its power-of-two scale) and a 256-entry sigmoid table interpolated over 9 (LOGISTIC) or 8 (TANH)
     fraction bits;
@@ -77,6 +77,16 @@ def leaky_relu_table(op, graph, alpha) -> np.ndarray:
     if alpha_multiplier < 0:
         scaled_alpha = -scaled_alpha
     return _clamped(np.where(ALL_INT16 >= 0, identity, scaled_alpha))
+
+
+def abs_table(op, graph) -> np.ndarray:
+    """elementwise.cc's AbsEvalQuantized<int16_t>: |x|, requantized only when the scales differ."""
+    input_scale, output_scale = symmetric_params(op, graph)
+    value = np.abs(ALL_INT16)
+    if input_scale != output_scale:
+        multiplier, shift = quantize_multiplier(float(input_scale / output_scale))
+        value = multiply_by_quantized_multiplier(value, multiplier, shift).astype(np.int64)
+    return _clamped(value)
 
 
 # -- LOGISTIC and TANH: fixed point over a 256-entry sigmoid table -----------------------------------
