@@ -6,7 +6,7 @@ Ops with an int16 kernel here (operator version written, from op_version.cc):
   ADD 3 (general scales; 1 with pot_scale_int16 and power-of-two scales), SUB 5 (1 likewise), MUL 4,
   MAXIMUM 4, MINIMUM 4, RELU 3, RELU6 3, LEAKY_RELU 2, PRELU 1 (int8 alpha), LOGISTIC 3, TANH 3, EXP 2,
   LOG 2, RSQRT 3, GELU 1, ABS 3, SOFTMAX 3, MEAN 3, REDUCE_MAX 3, REDUCE_MIN 3, SUM 1, AVERAGE_POOL_2D 3,
-  BATCH_MATMUL 3 (int16 or int8 rhs).
+  BATCH_MATMUL 3 (int16 or int8 rhs), RESIZE_BILINEAR 4, RESIZE_NEAREST_NEIGHBOR 4.
 Elementwise ops are checked on all 65536 int16 inputs. SUM is held to LiteRT's builtin SUM kernel,
 as int8 SUM is: BUILTIN_REF's int16 SUM is not the sum (pinned below).
 
@@ -489,7 +489,9 @@ def test_int16_ops_are_written_with_the_versions_tflite_gives_them():
     matmul, _ = _int16_batch_matmul((2, 3), (3, 2), np.int8, (1e-3, 1e-3, 1e-3))
     pool, _ = unary_graph("AVERAGE_POOL_2D", (1, 2, 2, 1), (1, 1, 1, 1), (1e-3, 0), (1e-3, 0),
                           {"padding": "VALID", "filter_width": 2, "filter_height": 2}, dtype=I16)
-    assert [operator_version(*_op_and_graph(g)) for g in (prelu, matmul, pool)] == [1, 3, 3]
+    resize, _ = unary_graph("RESIZE_BILINEAR", (1, 2, 2, 1), (1, 4, 4, 1), (1e-3, 0), (1e-3, 0), {},
+                            [("size", np.array((4, 4), np.int32))], dtype=I16)
+    assert [operator_version(*_op_and_graph(g)) for g in (prelu, matmul, pool, resize)] == [1, 3, 3, 4]
 
 
 def _op_and_graph(graph):
@@ -501,3 +503,15 @@ def test_int16_unary_ops_on_an_empty_tensor(op_type):
     options = {"beta": 1.0} if op_type == "SOFTMAX" else {"alpha": 0.1} if op_type == "LEAKY_RELU" else None
     graph, _ = unary_graph(op_type, (0, 4), (0, 4), (1e-3, 0), (Q15, 0), options, dtype=I16)
     assert_exact(graph, [np.zeros((0, 4), I16)])
+
+
+# -- RESIZE_BILINEAR / RESIZE_NEAREST_NEIGHBOR ----------------------------------------------------------
+
+@pytest.mark.parametrize("align_corners, half_pixel_centers", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("op_type", ["RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"])
+@pytest.mark.parametrize("in_hw, out_hw", [((4, 5), (8, 10)), ((6, 6), (3, 4)), ((3, 7), (11, 5))], ids=str)
+def test_int16_resize(op_type, in_hw, out_hw, align_corners, half_pixel_centers):
+    options = {"align_corners": align_corners, "half_pixel_centers": half_pixel_centers}
+    graph, inputs = unary_graph(op_type, (2, *in_hw, 3), (2, *out_hw, 3), (1e-3, 0), (1e-3, 0), options,
+                                [("size", np.array(out_hw, np.int32))], dtype=I16)
+    assert_exact(graph, inputs)
