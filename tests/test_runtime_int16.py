@@ -5,7 +5,7 @@ LiteRT's child-process worker) and on our runtime, must agree integer for intege
 Ops with an int16 kernel here (operator version written, from op_version.cc):
   ADD 3 (general scales; 1 with pot_scale_int16 and power-of-two scales), SUB 5 (1 likewise), MUL 4,
   MAXIMUM 4, MINIMUM 4, RELU 3, RELU6 3, LEAKY_RELU 2, PRELU 1 (int8 alpha), LOGISTIC 3, TANH 3, EXP 2,
-  LOG 2, RSQRT 3, GELU 1, ABS 3, SOFTMAX 3, MEAN 3, REDUCE_MAX 3, REDUCE_MIN 3, SUM 1, AVERAGE_POOL_2D 3,
+  LOG 2, RSQRT 3, SQRT 2, GELU 1, ABS 3, SOFTMAX 3, MEAN 3, REDUCE_MAX 3, REDUCE_MIN 3, SUM 1, AVERAGE_POOL_2D 3,
   BATCH_MATMUL 3 (int16 or int8 rhs), RESIZE_BILINEAR 4, RESIZE_NEAREST_NEIGHBOR 4.
 Elementwise ops are checked on all 65536 int16 inputs. SUM is held to LiteRT's builtin SUM kernel,
 as int8 SUM is: BUILTIN_REF's int16 SUM is not the sum (pinned below).
@@ -195,12 +195,22 @@ def test_int16_rsqrt_on_every_non_negative_input(input_scale, output_scale):
     _exact_on_every_int16("RSQRT", input_scale, output_scale, x=ALL_INT16[ALL_INT16 >= 0])
 
 
-def test_int16_rsqrt_refuses_negative_inputs_like_litert():
-    graph, _ = unary_graph("RSQRT", (2,), (2,), (1e-3, 0), (1e-3, 0), dtype=I16)
+@pytest.mark.parametrize("input_scale, output_scale", [(1e-4, 1e-4), (1e-3, 1e-3), (0.05, 1e-3), (3.0, 1e-5)],
+                         ids=str)
+def test_int16_sqrt_on_every_non_negative_input(input_scale, output_scale):
+    _exact_on_every_int16("SQRT", input_scale, output_scale, x=ALL_INT16[ALL_INT16 >= 0])
+
+
+@pytest.mark.parametrize("op_type", ["RSQRT", "SQRT"])
+def test_int16_rsqrt_sqrt_refuse_negative_inputs_like_litert(op_type):
+    graph, _ = unary_graph(op_type, (2,), (2,), (1e-3, 0), (1e-3, 0), dtype=I16)
+    x = np.array([-1, 5], I16)
+    with pytest.raises(RuntimeError, match="only defined for"):
+        run_litert(write_tflite(graph), [x], reference_kernels=True)
     interpreter = Interpreter.from_graph(graph)
     interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.array([-1, 5], I16))
-    with pytest.raises(ValueError, match="positive"):
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    with pytest.raises(ValueError, match="non-negative"):
         interpreter.invoke()
 
 
@@ -473,7 +483,7 @@ def test_int16_ops_are_written_with_the_versions_tflite_gives_them():
     """op_version.cc's versions for the int16 forms (LiteRT refuses a version its resolver lacks)."""
     from edgeq.runtime.tflite_format.op_versions import operator_version
     expected = {"ADD": 3, "SUB": 5, "MUL": 4, "MAXIMUM": 4, "MINIMUM": 4, "RELU": 3, "RELU6": 3, "LEAKY_RELU": 2,
-                "LOGISTIC": 3, "TANH": 3, "EXP": 2, "LOG": 2, "RSQRT": 3, "GELU": 1, "SOFTMAX": 3, "ABS": 3}
+                "LOGISTIC": 3, "TANH": 3, "EXP": 2, "LOG": 2, "RSQRT": 3, "GELU": 1, "SOFTMAX": 3, "ABS": 3, "SQRT": 2}
     for op_type, version in expected.items():
         if op_type in ("ADD", "SUB", "MUL", "MAXIMUM", "MINIMUM"):
             graph, _ = _int16_binary(op_type, ((4,), (4,), 1e-3, 1e-3, 1e-3, "NONE"))

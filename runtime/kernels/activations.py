@@ -347,6 +347,7 @@ _INT16_TABLES = {
     "LOG": lambda op, graph: int16_tables.log_table(op, graph, _logf),
     "RSQRT": int16_tables.rsqrt_table,
     "ABS": int16_tables.abs_table,
+    "SQRT": int16_tables.sqrt_table,
 }
 
 
@@ -360,18 +361,19 @@ def _prepare_unary_int16(op, graph):
         raise ModelError(f"op {op}: int16 {op.type} has no integer kernel (LiteRT's reference kernels have "
                          f"none either); int16 is supported for {', '.join(sorted(_INT16_TABLES))}")
     table = _INT16_TABLES[op.type](op, graph)
-    if op.type == "RSQRT":
-        return _checked_rsqrt_int16(table, op)
+    if op.type in ("RSQRT", "SQRT"):
+        return _non_negative_only(table, op)
     return int16_tables.lookup(table)
 
 
-def _checked_rsqrt_int16(table, op):
-    def rsqrt_int16(x):
+def _non_negative_only(table, op):
+    """RSQRT / SQRT: LiteRT fails the invoke on a negative input; so does this."""
+    def lookup_non_negative_int16(x):
         if x.size and int(x.min()) < 0:
-            raise ValueError(f"op {op}: RSQRT is only defined for positive values")
+            raise ValueError(f"op {op}: {op.type} is only defined for non-negative values")
         return table[x.view(np.uint16)]
 
-    return rsqrt_int16
+    return lookup_non_negative_int16
 
 
 @register(*_UNARY)

@@ -89,6 +89,18 @@ def abs_table(op, graph) -> np.ndarray:
     return _clamped(value)
 
 
+def sqrt_table(op, graph) -> np.ndarray:
+    """elementwise.cc's SqrtEvalQuantized<int16_t>: sqrtf of the float32 dequantized input, divided by the
+    output scale and truncated toward zero (static_cast<int>), clamped. Entries for negative inputs are
+    unused (eval refuses them)."""
+    input_scale, output_scale = symmetric_params(op, graph)
+    dequantized = input_scale * np.maximum(ALL_INT16, 0).astype(np.float32)
+    quotient = (np.sqrt(dequantized) / output_scale).astype(np.float32)
+    # static_cast<int>(float): truncation; beyond the int32 range x86-64 gives INT32_MIN.
+    inside = quotient < np.float32(2.0**31)
+    return _clamped(np.where(inside, np.trunc(np.where(inside, quotient, 0)), -(2**31)).astype(np.int64))
+
+
 # -- LOGISTIC and TANH: fixed point over a 256-entry sigmoid table -----------------------------------
 
 # common.h's sigmoid_table_uint16: 65536 * sigmoid(x) at 256 points about 1/24 apart (one step is 512 units
