@@ -525,3 +525,43 @@ def test_int16_resize(op_type, in_hw, out_hw, align_corners, half_pixel_centers)
     graph, inputs = unary_graph(op_type, (2, *in_hw, 3), (2, *out_hw, 3), (1e-3, 0), (1e-3, 0), options,
                                 [("size", np.array(out_hw, np.int32))], dtype=I16)
     assert_exact(graph, inputs)
+
+
+# -- a chain of int16 ops between QUANTIZE and DEQUANTIZE ------------------------------------------------
+
+def test_int16_chain_equals_litert_reference_in_every_integer_tensor():
+    """float -> QUANTIZE(int16) -> TANH, ADD, MUL, LOGISTIC, SOFTMAX, MEAN, BATCH_MATMUL -> DEQUANTIZE."""
+    from edgeq.testing.referees import integer_tensor_mismatches
+    rng = np.random.default_rng(3)
+    g = Graph()
+    shape = (2, 6, 16)
+
+    def tensor(name, scale, dtype=I16, tensor_shape=shape, data=None):
+        g.add_tensor(Tensor(name, tensor_shape, dtype, data, QuantParams(scale, 0) if scale else None))
+
+    tensor("x", None, np.float32)
+    tensor("q", 2e-4)
+    tensor("t", Q15)
+    tensor("s", 4e-4)
+    tensor("m", 1e-4)
+    tensor("l", Q15)
+    tensor("p", Q15)
+    tensor("w", 3e-3, np.int8, (16, 8), random_int8(rng, (16, 8)).clip(-127, 127))
+    tensor("b", 1e-4, I16, (2, 6, 8))
+    tensor("a", 1e-4, I16, (2, 1, 8))
+    g.add_tensor(Tensor("axis", (1,), np.int32, np.array([1], np.int32)))
+    tensor("y", None, np.float32, (2, 1, 8))
+    g.add_op(Op("QUANTIZE", ["x"], ["q"], {}))
+    g.add_op(Op("TANH", ["q"], ["t"], {}))
+    g.add_op(Op("ADD", ["q", "t"], ["s"], {"fused_activation_function": "NONE", "pot_scale_int16": False}))
+    g.add_op(Op("MUL", ["s", "t"], ["m"], {"fused_activation_function": "NONE"}))
+    g.add_op(Op("LOGISTIC", ["m"], ["l"], {}))
+    g.add_op(Op("SOFTMAX", ["l"], ["p"], {"beta": 1.0}))
+    g.add_op(Op("BATCH_MATMUL", ["p", "w"], ["b"], {"adj_x": False, "adj_y": False}))
+    g.add_op(Op("MEAN", ["b", "axis"], ["a"], {"keep_dims": True}))
+    g.add_op(Op("DEQUANTIZE", ["a"], ["y"], {}))
+    g.inputs, g.outputs = ["x"], ["y"]
+    x = (rng.standard_normal(shape) * 2).astype(np.float32)
+    mismatches = integer_tensor_mismatches(write_tflite(g), [x])
+    assert set(mismatches) >= {"q", "t", "s", "m", "l", "p", "b", "a"}
+    assert sum(mismatches.values()) == 0, mismatches
