@@ -565,3 +565,24 @@ def test_int16_chain_equals_litert_reference_in_every_integer_tensor():
     mismatches = integer_tensor_mismatches(write_tflite(g), [x])
     assert set(mismatches) >= {"q", "t", "s", "m", "l", "p", "b", "a"}
     assert sum(mismatches.values()) == 0, mismatches
+
+
+def test_int16_power_of_two_add_that_broadcasts_is_refused_as_litert_aborts():
+    """add.cc's power-of-two path reads both inputs as one flat size: LiteRT aborts (SIGABRT) at invoke."""
+    from edgeq.testing.litert import LiteRTDied
+    graph, inputs = _int16_binary("ADD", ((4, 50), (1, 50), 2**-12, 2**-10, 2**-10, "NONE"), pot_scale_int16=True)
+    with pytest.raises(LiteRTDied):
+        run_litert(write_tflite(graph), inputs, reference_kernels=True)
+    with pytest.raises(ModelError, match="does not broadcast"):
+        Interpreter.from_graph(graph)
+
+
+@pytest.mark.parametrize("op_type", ["HARD_SWISH", "LOG_SOFTMAX", "SQUARED_DIFFERENCE", "LOGISTIC"])
+def test_int16_refusals_happen_when_the_file_is_loaded_and_name_the_op(op_type):
+    if op_type == "SQUARED_DIFFERENCE":
+        graph, _ = _int16_binary(op_type, ((4,), (4,), 1e-3, 1e-3, 1e-3, "NONE"))
+    else:  # LOGISTIC with a non-Q0.15 output
+        graph, _ = unary_graph(op_type, (4,), (4,), (1e-3, 0), (1e-3, 0), dtype=I16)
+    with pytest.raises(ModelError, match=rf"^op #0 \({op_type}.*int16 {op_type}") as refused:
+        Interpreter(model_content=write_tflite(graph))
+    assert "\n" not in str(refused.value)

@@ -24,7 +24,7 @@ from edgeq.runtime.fixedpoint import (
     saturating_left_shift_int16,
     saturating_rounding_doubling_high_mul_int16,
 )
-from edgeq.runtime.kernels import int16_tables, register
+from edgeq.runtime.kernels import check, int16_tables, register
 from edgeq.runtime.kernels.common import FUSED_CLAMPS, clamp, input_tensor, require_float
 from edgeq.runtime.kernels.requantize import activation_range_for
 from edgeq.runtime.ir import ModelError
@@ -356,10 +356,25 @@ def _is_quantized_int16(op, graph) -> bool:
     return tensor.dtype == np.int16 and tensor.quant is not None
 
 
+@check(*_UNARY, "GELU", "LEAKY_RELU", "PRELU")
+def check_int16_activation(op, graph):
+    """What the int16 (16x8) forms need, refused at load: a kernel for the op, zero points 0, Q0.15
+    outputs for LOGISTIC/TANH, an int8 alpha for PRELU (LiteRT reads alpha as int8 whatever its type)."""
+    if not _is_quantized_int16(op, graph):
+        return
+    if op.type in _UNARY and op.type not in _INT16_TABLES:
+        raise ModelError(f"int16 {op.type} has no integer kernel (LiteRT's reference kernels have none either); "
+                         f"int16 is supported for {', '.join(sorted(_INT16_TABLES))}, GELU, LEAKY_RELU, PRELU")
+    int16_tables.check_symmetric(graph, (op.inputs[0], op.outputs[0]))
+    if op.type in ("LOGISTIC", "TANH"):
+        int16_tables.check_q15_output(op, graph)
+    if op.type == "PRELU":
+        alpha = input_tensor(op, graph, 1)
+        if alpha is None or alpha.dtype != np.int8 or alpha.quant is None:
+            raise ModelError("an int16 PRELU needs a quantized int8 alpha")
+
+
 def _prepare_unary_int16(op, graph):
-    if op.type not in _INT16_TABLES:
-        raise ModelError(f"op {op}: int16 {op.type} has no integer kernel (LiteRT's reference kernels have "
-                         f"none either); int16 is supported for {', '.join(sorted(_INT16_TABLES))}")
     table = _INT16_TABLES[op.type](op, graph)
     if op.type in ("RSQRT", "SQRT"):
         return _non_negative_only(table, op)
@@ -490,8 +505,6 @@ def _prepare_prelu_int16(op, graph):
     alpha is refused."""
     input_scale, output_scale = int16_tables.symmetric_params(op, graph)
     alpha_tensor = input_tensor(op, graph, 1)
-    if alpha_tensor is None or alpha_tensor.dtype != np.int8:
-        raise ModelError(f"op {op}: an int16 PRELU needs an int8 alpha")
     alpha_scale, alpha_zero_point = _affine(op, graph, alpha_tensor)
     multiplier_1, shift_1 = quantize_multiplier(float(input_scale / output_scale))
     multiplier_2, shift_2 = quantize_multiplier(float(input_scale * alpha_scale / output_scale))

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from edgeq.runtime import native
-from edgeq.runtime.kernels import compiled, register
+from edgeq.runtime.kernels import check, compiled, register
 from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier, rounding_divide_by_pot
-from edgeq.runtime.kernels.int16_tables import checked_log2
+from edgeq.runtime.kernels.int16_tables import check_symmetric, checked_log2
 from edgeq.runtime.kernels.common import fused_activation, require_float, with_activation
 from edgeq.runtime.kernels.requantize import activation_range, saturate, scale_and_zero_point
 from edgeq.runtime.ir import ModelError
@@ -191,16 +191,26 @@ def _prepare_max_min_int(op, graph):
 
 # -- int16 (16x8: symmetric int16 activations, zero point 0) -------------------------------------
 
-def _require_zero_points_zero(op, graph):
-    """LiteRT's int16 binary kernels take symmetric tensors only (its Prepare checks every zero point)."""
-    for name in (op.inputs[0], op.inputs[1], op.outputs[0]):
-        tensor = graph[name]
-        if tensor.quant is None or tensor.quant.scale.size == 0:
-            raise ModelError(f"op {op}: int16 tensor '{name}' has no quantization parameters")
-        if np.any(tensor.quant.zero_point != 0):
-            raise ModelError(f"op {op}: int16 tensor '{name}' must have zero point 0")
-        if tensor.dtype != np.int16:
-            raise ModelError(f"op {op}: int16 inputs need int16 '{name}', not {tensor.dtype}")
+@check("ADD", "SUB", "MUL", "SQUARED_DIFFERENCE", "MAXIMUM", "MINIMUM")
+def check_binary_int16(op, graph):
+    """What the int16 (16x8) forms need, refused at load: zero points 0 on both inputs and the output
+    (LiteRT's Prepare checks them), ADD/SUB scales LiteRT can rescale; LiteRT has no int16
+    SQUARED_DIFFERENCE ("only supports FLOAT32 and INT32")."""
+    if not _is_quantized_int16(op, graph):
+        return
+    if op.type == "SQUARED_DIFFERENCE":
+        raise ModelError("int16 SQUARED_DIFFERENCE has no integer kernel (LiteRT's reference kernels have none "
+                         "either)")
+    check_symmetric(graph, (op.inputs[0], op.inputs[1], op.outputs[0]))
+    if op.type not in ("ADD", "SUB"):
+        return
+    shifts = _power_of_two_shifts(op, graph)
+    if shifts is None:
+        _require_output_multiplier_below_one(op, graph)
+    elif not (shifts[0] == 0 or shifts[1] == 0) or max(shifts) > 0:
+        raise ModelError(f"power-of-two int16 {op.type} shifts one input right only (input shifts {shifts})")
+    elif tuple(graph[op.inputs[0]].shape) != tuple(graph[op.inputs[1]].shape) and op.type == "ADD":
+        raise ModelError("power-of-two int16 ADD does not broadcast in LiteRT (set pot_scale_int16 false)")
 
 
 def _power_of_two_shifts(op, graph):
@@ -222,7 +232,7 @@ def _require_output_multiplier_below_one(op, graph):
     scales = [np.float32(graph[name].quant.scale[0]) for name in (op.inputs[0], op.inputs[1], op.outputs[0])]
     twice_max_input_scale = 2.0 * np.float64(max(scales[0], scales[1]))
     if twice_max_input_scale / np.float64(np.float32((1 << 15) * scales[2])) >= 1.0:
-        raise ModelError(f"op {op}: int16 {op.type} output scale {scales[2]:g} is too fine for input scales "
+        raise ModelError(f"int16 {op.type} output scale {scales[2]:g} is too fine for input scales "
                          f"{scales[0]:g}, {scales[1]:g} (2 * max input scale must be below 2^15 * output scale)")
 
 
@@ -230,15 +240,10 @@ def _prepare_add_sub_int16(op, graph):
     """int16 ADD/SUB. With general scales, the int8 arithmetic with 15 bits of headroom. With
     pot_scale_int16 and power-of-two scales (the LSTM path), one input is rounding-divided by its
     power of two and the two are added (or subtracted) in fixed point, then clamped."""
-    _require_zero_points_zero(op, graph)
     shifts = _power_of_two_shifts(op, graph)
     if shifts is None:
-        _require_output_multiplier_below_one(op, graph)
         return _prepare_add_sub_int(op, graph)
     shift_1, shift_2 = shifts
-    if not (shift_1 == 0 or shift_2 == 0) or shift_1 > 0 or shift_2 > 0:
-        raise ModelError(f"op {op}: power-of-two int16 {op.type} shifts one input right only "
-                         f"(input shifts {shift_1}, {shift_2})")
     output_scale = graph[op.outputs[0]].quant.scale[0]
     activation_min, activation_max = activation_range(op, output_scale, 0, np.int16)
     subtract = op.type == "SUB"
@@ -255,7 +260,6 @@ def _prepare_add_sub_int16(op, graph):
 def _prepare_mul_int16(op, graph):
     """int16 MUL: reference_integer_ops::Mul on symmetric inputs, the int32 product (at most 2^30)
     requantized by s1 * s2 / s_out as the int8 kernel does."""
-    _require_zero_points_zero(op, graph)
     return _prepare_mul_int(op, graph)
 
 

@@ -42,17 +42,32 @@ def _wrapped(values: np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=np.int64).astype(np.uint16).view(np.int16)
 
 
+def check_symmetric(graph, names) -> None:
+    """The 16x8 tensors ``names`` are quantized int16 with zero point 0 (what LiteRT's int16 kernels
+    require). Raises ModelError without naming the op (the validator does)."""
+    for name in names:
+        tensor = graph[name]
+        if tensor.dtype != np.int16:
+            raise ModelError(f"tensor '{name}' is {tensor.dtype}; an int16 input takes int16 tensors here")
+        if tensor.quant is None or tensor.quant.scale.size == 0:
+            raise ModelError(f"int16 tensor '{name}' has no quantization parameters")
+        if np.any(tensor.quant.zero_point != 0):
+            raise ModelError(f"int16 tensor '{name}' must have zero point 0 (16x8 quantization)")
+
+
+def check_q15_output(op, graph) -> None:
+    """LOGISTIC, TANH and SOFTMAX give Q0.15: output scale 1/32768 (as CheckedLog2 and the kernels test it)."""
+    output_scale = np.float32(graph[op.outputs[0]].quant.scale[0])
+    output_log2, is_power = checked_log2(output_scale)
+    if not is_power or output_log2 != -_OUTPUT_FRACTIONAL_BITS or (
+            op.type == "LOGISTIC" and output_scale != np.float32(1.0 / 32768)):
+        raise ModelError(f"int16 {op.type} needs the output scale 1/32768, not {output_scale:g}")
+
+
 def symmetric_params(op, graph) -> tuple:
     """(input_scale, output_scale) as float32 of an int16 -> int16 op; both zero points must be 0."""
-    x, y = graph[op.inputs[0]], graph[op.outputs[0]]
-    if y.dtype != np.int16:
-        raise ModelError(f"op {op}: int16 input '{x.name}' needs an int16 output, not {y.dtype}")
-    for tensor in (x, y):
-        if tensor.quant is None or tensor.quant.scale.size == 0:
-            raise ModelError(f"op {op}: int16 tensor '{tensor.name}' has no quantization parameters")
-        if np.any(tensor.quant.zero_point != 0):
-            raise ModelError(f"op {op}: int16 tensor '{tensor.name}' must have zero point 0")
-    return np.float32(x.quant.scale[0]), np.float32(y.quant.scale[0])
+    check_symmetric(graph, (op.inputs[0], op.outputs[0]))
+    return np.float32(graph[op.inputs[0]].quant.scale[0]), np.float32(graph[op.outputs[0]].quant.scale[0])
 
 
 # -- requantizing clamps ---------------------------------------------------------------------------
@@ -140,10 +155,8 @@ def checked_log2(scale) -> tuple:
 def _fixed_point_input_rescale(op, graph, power_of_two_shifts: tuple) -> tuple:
     """(input_multiplier, input_left_shift) of activations.cc's int16 SigmoidPrepare / TanhPrepare, after
     Logistic / Tanh's own power-of-two substitution (multiplier 3 << shift, shift 0)."""
-    input_scale, output_scale = symmetric_params(op, graph)
-    output_log2, output_is_power = checked_log2(output_scale)
-    if not output_is_power or output_log2 != -_OUTPUT_FRACTIONAL_BITS:
-        raise ModelError(f"op {op}: int16 {op.type} needs the output scale 1/32768, not {output_scale:g}")
+    input_scale, _ = symmetric_params(op, graph)
+    check_q15_output(op, graph)
     input_log2, is_power = checked_log2(input_scale)
     left_shift = (15 - _INPUT_INTEGER_BITS) + input_log2
     if is_power and left_shift in power_of_two_shifts:
@@ -169,8 +182,6 @@ def _rescaled_input(multiplier: int, left_shift: int) -> np.ndarray:
 def logistic_table(op, graph) -> np.ndarray:
     """reference_integer_ops::Logistic(int16): |input| interpolated over 9 fraction bits, mirrored for
     negative inputs as 1 - sigmoid(|x|), rounded to Q0.15."""
-    if np.float32(graph[op.outputs[0]].quant.scale[0]) != np.float32(1.0 / 32768):
-        raise ModelError(f"op {op}: int16 LOGISTIC needs the output scale 1/32768")
     multiplier, left_shift = _fixed_point_input_rescale(op, graph, (0,))
     value = _rescaled_input(multiplier, left_shift)
     magnitude = np.abs(value) & 0xFFFFFFFF

@@ -32,7 +32,7 @@ from edgeq.runtime.fixedpoint import (
     saturating_rounding_doubling_high_mul,
     saturating_rounding_multiply_by_pot,
 )
-from edgeq.runtime.kernels import register
+from edgeq.runtime.kernels import check, register
 from edgeq.runtime.kernels.common import require_float
 from edgeq.runtime.ir import ModelError
 
@@ -123,17 +123,26 @@ def _prepare_softmax_int8(op, graph):
 INT16_RANGE = 65535
 
 
+@check("SOFTMAX", "LOG_SOFTMAX")
+def check_softmax_int16(op, graph):
+    """int16 SOFTMAX needs zero points 0 and the output scale 1/32768 (within activations.cc's 0.1%);
+    LiteRT has no int16 LOG_SOFTMAX ("Only float32, uint8 and int8 are supported")."""
+    x = graph[op.inputs[0]]
+    if x.dtype != np.int16 or x.quant is None:
+        return
+    if op.type == "LOG_SOFTMAX":
+        raise ModelError("int16 LOG_SOFTMAX has no integer kernel (LiteRT's reference kernels have none either)")
+    from edgeq.runtime.kernels.int16_tables import check_symmetric
+    check_symmetric(graph, (op.inputs[0], op.outputs[0]))
+    output_scale = np.float32(graph[op.outputs[0]].quant.scale[0])
+    if abs(output_scale - np.float32(1.0 / 32768)) > np.float32(0.001 / 32768):
+        raise ModelError(f"int16 SOFTMAX needs the output scale 1/32768, not {output_scale:g}")
+
+
 def _prepare_softmax_int16(op, graph):
     from edgeq.runtime.kernels.int16_tables import lut_lookup_table, populate_lut_int16
 
-    x, y = graph[op.inputs[0]], graph[op.outputs[0]]
-    if y.dtype != np.int16 or y.quant is None:
-        raise ModelError(f"op {op}: int16 SOFTMAX gives a quantized int16 output, not {y.dtype}")
-    if np.any(x.quant.zero_point != 0) or np.any(y.quant.zero_point != 0):
-        raise ModelError(f"op {op}: int16 SOFTMAX needs zero points 0")
-    output_scale = np.float32(y.quant.scale[0])
-    if abs(output_scale - np.float32(1.0 / 32768)) > np.float32(0.001 / 32768):
-        raise ModelError(f"op {op}: int16 SOFTMAX needs the output scale 1/32768, not {output_scale:g}")
+    x = graph[op.inputs[0]]
     beta = np.float32(op.options.get("beta", 1.0))
     input_scale = np.float32(x.quant.scale[0])
     input_multiplier, input_left_shift = quantize_multiplier(
