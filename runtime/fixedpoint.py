@@ -150,6 +150,20 @@ def multiply_by_quantized_multiplier_rounding_away(x, quantized_multiplier, shif
     return _wrap_int32(result).astype(np.int32)
 
 
+def multiply_by_quantized_multiplier_int64(x, quantized_multiplier, shift) -> np.ndarray:
+    """TFLite's MultiplyByQuantizedMultiplier(int64 x, M, shift) -> int32, the overload 16x8 kernels
+    apply to their int64 accumulators (the same in both rounding builds): M is first reduced to a
+    Q15 multiplier, round((M + 2^15) / 2^16) (0x7FFF from M >= 0x7FFF0000 on), then
+    (x * M15 + 2^(14 - shift)) >> (15 - shift), ties toward +inf, cast to int32."""
+    x = np.asarray(x, dtype=np.int64)
+    multiplier = np.asarray(quantized_multiplier, dtype=np.int64)
+    shift = np.asarray(shift, dtype=np.int64)
+    reduced = np.where(multiplier < 0x7FFF0000, (multiplier + (1 << 15)) >> 16, np.int64(0x7FFF))
+    total_shift = 15 - shift
+    # |x| < 2^47 and M15 < 2^15: the product fits in int64.
+    return _wrap_int32((x * reduced + (np.int64(1) << (total_shift - 1))) >> total_shift).astype(np.int32)
+
+
 def requantize(x, real_multiplier, single_rounding=None) -> np.ndarray:
     """round(x * real_multiplier) as TFLite computes it (quantize the multiplier, then multiply)."""
     multiplier, shift = quantize_multiplier(real_multiplier)

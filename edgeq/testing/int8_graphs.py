@@ -70,16 +70,16 @@ BINARY_CASES = {
 }
 
 
-def binary_graph(op_type, shape_1, shape_2, q1, q2, qo, act, seed=0):
+def binary_graph(op_type, shape_1, shape_2, q1, q2, qo, act, seed=0, dtype=np.int8, options=None):
     rng = np.random.default_rng(seed)
     g = Graph()
-    g.add_tensor(Tensor("a", shape_1, np.int8, quant=QuantParams(*q1)))
-    g.add_tensor(Tensor("b", shape_2, np.int8, quant=QuantParams(*q2)))
-    g.add_tensor(Tensor("y", np.broadcast_shapes(shape_1, shape_2), np.int8, quant=QuantParams(*qo)))
-    options = {"fused_activation_function": act} if op_type in ("ADD", "SUB", "MUL") else {}
-    g.add_op(Op(op_type, ["a", "b"], ["y"], options))
+    g.add_tensor(Tensor("a", shape_1, dtype, quant=QuantParams(*q1)))
+    g.add_tensor(Tensor("b", shape_2, dtype, quant=QuantParams(*q2)))
+    g.add_tensor(Tensor("y", np.broadcast_shapes(shape_1, shape_2), dtype, quant=QuantParams(*qo)))
+    fused = {"fused_activation_function": act} if op_type in ("ADD", "SUB", "MUL") else {}
+    g.add_op(Op(op_type, ["a", "b"], ["y"], {**fused, **(options or {})}))
     g.inputs, g.outputs = ["a", "b"], ["y"]
-    return g, [random_int8(rng, shape_1), random_int8(rng, shape_2)]
+    return g, [random_int8(rng, shape_1, dtype), random_int8(rng, shape_2, dtype)]
 
 
 def unary_graph(op_type, x_shape, y_shape, q_in, q_out, options=None, constants=(), seed=0, dtype=np.int8):

@@ -24,7 +24,7 @@ from edgeq.runtime.fixedpoint import (
     saturating_left_shift_int16,
     saturating_rounding_doubling_high_mul_int16,
 )
-from edgeq.runtime.kernels import register
+from edgeq.runtime.kernels import check, int16_tables, register
 from edgeq.runtime.kernels.common import FUSED_CLAMPS, clamp, input_tensor, require_float
 from edgeq.runtime.kernels.requantize import activation_range_for
 from edgeq.runtime.ir import ModelError
@@ -336,8 +336,65 @@ _INT8_TABLES = {
 }
 
 
+# int16 (16x8) tables; LiteRT's reference kernels have no int16 HARD_SWISH or RELU_N1_TO_1 (they fail at
+# invoke with "Only float32, uint8 and int8 are supported"), so those are refused rather than invented.
+_INT16_TABLES = {
+    "RELU": int16_tables.relu_family_table,
+    "RELU6": int16_tables.relu_family_table,
+    "LOGISTIC": int16_tables.logistic_table,
+    "TANH": int16_tables.tanh_table,
+    "EXP": lambda op, graph: int16_tables.float_function_table(op, graph, _expf),
+    "LOG": lambda op, graph: int16_tables.log_table(op, graph, _logf),
+    "RSQRT": int16_tables.rsqrt_table,
+    "ABS": int16_tables.abs_table,
+    "SQRT": int16_tables.sqrt_table,
+}
+
+
+def _is_quantized_int16(op, graph) -> bool:
+    tensor = graph[op.inputs[0]]
+    return tensor.dtype == np.int16 and tensor.quant is not None
+
+
+@check(*_UNARY, "GELU", "LEAKY_RELU", "PRELU")
+def check_int16_activation(op, graph):
+    """What the int16 (16x8) forms need, refused at load: a kernel for the op, zero points 0, Q0.15
+    outputs for LOGISTIC/TANH, an int8 alpha for PRELU (LiteRT reads alpha as int8 whatever its type)."""
+    if not _is_quantized_int16(op, graph):
+        return
+    if op.type in _UNARY and op.type not in _INT16_TABLES:
+        raise ModelError(f"int16 {op.type} has no integer kernel (LiteRT's reference kernels have none either); "
+                         f"int16 is supported for {', '.join(sorted(_INT16_TABLES))}, GELU, LEAKY_RELU, PRELU")
+    int16_tables.check_symmetric(graph, (op.inputs[0], op.outputs[0]))
+    if op.type in ("LOGISTIC", "TANH"):
+        int16_tables.check_q15_output(op, graph)
+    if op.type == "PRELU":
+        alpha = input_tensor(op, graph, 1)
+        if alpha is None or alpha.dtype != np.int8 or alpha.quant is None:
+            raise ModelError("an int16 PRELU needs a quantized int8 alpha")
+
+
+def _prepare_unary_int16(op, graph):
+    table = _INT16_TABLES[op.type](op, graph)
+    if op.type in ("RSQRT", "SQRT"):
+        return _non_negative_only(table, op)
+    return int16_tables.lookup(table)
+
+
+def _non_negative_only(table, op):
+    """RSQRT / SQRT: LiteRT fails the invoke on a negative input; so does this."""
+    def lookup_non_negative_int16(x):
+        if x.size and int(x.min()) < 0:
+            raise ValueError(f"op {op}: {op.type} is only defined for non-negative values")
+        return table[x.view(np.uint16)]
+
+    return lookup_non_negative_int16
+
+
 @register(*_UNARY)
 def prepare_unary(op, graph):
+    if _is_quantized_int16(op, graph):
+        return _prepare_unary_int16(op, graph)
     if _is_int8(op, graph) and op.type in _INT8_TABLES:
         table = _INT8_TABLES[op.type](op, graph)
         if op.type == "RSQRT":
@@ -359,6 +416,9 @@ def _checked_rsqrt(table, input_zero_point: int, op):
 @register("GELU")
 def prepare_gelu(op, graph):
     approximate = op.options.get("approximate", False)
+    if _is_quantized_int16(op, graph):
+        transform = _gelu_approximate_float32 if approximate else _gelu_float32
+        return int16_tables.lookup(int16_tables.float_function_table(op, graph, transform))
     if _is_int8(op, graph):
         transform = _gelu_approximate_float32 if approximate else _gelu_float32
         return _lookup(populate_lut_int8(*_int8_params(op, graph), transform))
@@ -369,6 +429,8 @@ def prepare_gelu(op, graph):
 @register("LEAKY_RELU")
 def prepare_leaky_relu(op, graph):
     alpha = np.float32(op.options.get("alpha", 0.2))
+    if _is_quantized_int16(op, graph):
+        return int16_tables.lookup(int16_tables.leaky_relu_table(op, graph, alpha))
     if _is_int8(op, graph):
         return _lookup(_leaky_relu_table(op, graph, alpha))
     require_float(op, graph)
@@ -395,6 +457,8 @@ def _leaky_relu_table(op, graph, alpha) -> np.ndarray:
 
 @register("PRELU")
 def prepare_prelu(op, graph):
+    if _is_quantized_int16(op, graph):
+        return _prepare_prelu_int16(op, graph)
     if _is_int8(op, graph):
         return _prepare_prelu_int8(op, graph)
     require_float(op, graph, (0, 1))
@@ -432,3 +496,29 @@ def _prepare_prelu_int8(op, graph):
         return table[rows + x.view(np.uint8)]
 
     return prelu
+
+
+def _prepare_prelu_int16(op, graph):
+    """TFLite's reference int16 PRELU (16x8): int16 input and output (zero point 0), int8 alpha, the same
+    two multipliers as int8; x >= 0 takes input_scale / output_scale, else x * (alpha - alpha zp) takes
+    input_scale * alpha_scale / output_scale. LiteRT reads alpha as int8 whatever its type, so an int16
+    alpha is refused."""
+    input_scale, output_scale = int16_tables.symmetric_params(op, graph)
+    alpha_tensor = input_tensor(op, graph, 1)
+    alpha_scale, alpha_zero_point = _affine(op, graph, alpha_tensor)
+    multiplier_1, shift_1 = quantize_multiplier(float(input_scale / output_scale))
+    multiplier_2, shift_2 = quantize_multiplier(float(input_scale * alpha_scale / output_scale))
+    positive_table = multiply_by_quantized_multiplier(int16_tables.ALL_INT16, multiplier_1, shift_1).astype(np.int64)
+    constant_alpha = None
+    if alpha_tensor.data is not None:
+        constant_alpha = alpha_tensor.data.astype(np.int64) - alpha_zero_point
+
+    def prelu_int16(x, alpha):
+        alpha_value = constant_alpha if constant_alpha is not None else alpha.astype(np.int64) - alpha_zero_point
+        value = x.astype(np.int64)
+        negative = multiply_by_quantized_multiplier(value * alpha_value, multiplier_2, shift_2).astype(np.int64)
+        positive = positive_table[x.view(np.uint16)]
+        out = np.where(value >= 0, positive, negative)
+        return np.clip(out, int16_tables.INT16_MIN, int16_tables.INT16_MAX).astype(np.int16)
+
+    return prelu_int16

@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from edgeq.runtime import native
-from edgeq.runtime.kernels import compiled, register
-from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
+from edgeq.runtime.kernels import check, compiled, register
+from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier, rounding_divide_by_pot
+from edgeq.runtime.kernels.int16_tables import check_symmetric, checked_log2
 from edgeq.runtime.kernels.common import fused_activation, require_float, with_activation
 from edgeq.runtime.kernels.requantize import activation_range, saturate, scale_and_zero_point
 from edgeq.runtime.ir import ModelError
@@ -32,12 +33,19 @@ _FLOAT_FUNCTIONS = {
 def prepare_binary(op, graph):
     if graph[op.inputs[0]].dtype in (np.int8, np.uint8) and op.type in _INTEGER_PREPARES:
         return _INTEGER_PREPARES[op.type](op, graph)
+    if _is_quantized_int16(op, graph) and op.type in _INT16_PREPARES:
+        return _INT16_PREPARES[op.type](op, graph)
     if _is_plain_integer(op, graph) and op.type not in ("DIV", "SQUARED_DIFFERENCE"):
         return _FLOAT_FUNCTIONS[op.type]  # int32/int64 index arithmetic: numpy's integer ops agree
     if _is_plain_integer(op, graph) and op.type == "DIV":
         return _truncating_divide
     require_float(op, graph, (0, 1))
     return _prepare_float(op, graph)
+
+
+def _is_quantized_int16(op, graph):
+    tensor = graph[op.inputs[0]]
+    return tensor.dtype == np.int16 and tensor.quant is not None
 
 
 def _is_plain_integer(op, graph):
@@ -71,9 +79,11 @@ def _int_params(op, graph):
 def _prepare_add_sub_int(op, graph):
     """TFLite's quantized ADD/SUB: both inputs are rescaled to a common scale 2 * max(s1, s2) with
     20 bits of headroom (left_shift), added (or subtracted) in int32, and requantized to the output:
-    every multiplier goes through MultiplyByQuantizedMultiplierSmallerThanOneExp (double rounding)."""
+    every multiplier goes through MultiplyByQuantizedMultiplierSmallerThanOneExp (double rounding).
+    int16 (add.cc / sub.cc with general scales) is the same arithmetic with 15 bits of headroom, so
+    65535 << 15 still fits the int32 sum."""
     ((scale_1, zero_point_1), (scale_2, zero_point_2), (output_scale, output_offset)), dtype = _int_params(op, graph)
-    left_shift = 20
+    left_shift = 15 if dtype == np.int16 else 20
     twice_max_input_scale = 2.0 * np.float64(max(scale_1, scale_2))
     input1_multiplier, input1_shift = quantize_multiplier(np.float64(scale_1) / twice_max_input_scale)
     input2_multiplier, input2_shift = quantize_multiplier(np.float64(scale_2) / twice_max_input_scale)
@@ -98,7 +108,8 @@ def _prepare_add_sub_int(op, graph):
             return native.add_int8(isa, params, np.ascontiguousarray(a), np.ascontiguousarray(b),
                                    native_outputs.get(a.shape[0]))
 
-    if not use_native and compiled.enabled() and shapes[0] == shapes[1] == shapes[2]:
+    use_compiled = not use_native and compiled.enabled() and dtype != np.int16 and shapes[0] == shapes[1] == shapes[2]
+    if use_compiled:
         # Same-shape inputs (a residual connection): one compiled pass, no int64 temporaries.
         outputs = compiled.OutputBuffers(shapes[2][1:], dtype)
         arguments = (input1_offset, input2_offset, left_shift, input1_multiplier, input1_shift, input2_multiplier,
@@ -122,9 +133,25 @@ def _prepare_add_sub_int(op, graph):
         out = multiply_by_quantized_multiplier(raw, output_multiplier, output_shift).astype(np.int64)
         return saturate(out + output_offset, activation_min, activation_max, dtype)
 
+    if dtype == np.int16:
+        # Each input's rescaled value depends on its int16 alone: two 65536-entry tables replace two of
+        # the three requantizations.
+        every_int16 = np.arange(65536, dtype=np.uint16).view(np.int16).astype(np.int64)
+        scaled_1_table = multiply_by_quantized_multiplier((every_int16 + input1_offset) << left_shift, input1_multiplier,
+                                                          input1_shift).astype(np.int64)
+        scaled_2_table = multiply_by_quantized_multiplier((every_int16 + input2_offset) << left_shift, input2_multiplier,
+                                                          input2_shift).astype(np.int64)
+        combine = np.subtract if subtract else np.add
+
+        def add_sub_int16(a, b):
+            raw = combine(scaled_1_table[a.view(np.uint16)], scaled_2_table[b.view(np.uint16)])
+            out = multiply_by_quantized_multiplier(raw, output_multiplier, output_shift).astype(np.int64)
+            return saturate(out + output_offset, activation_min, activation_max, dtype)
+
+        return add_sub_int16
     if use_native:
         return add_sub_int8_native
-    if compiled.enabled() and shapes[0] == shapes[1] == shapes[2]:
+    if use_compiled:
         return add_sub_int_compiled
     return add_sub_int
 
@@ -176,6 +203,94 @@ def _prepare_squared_difference_int(op, graph):
 def _prepare_max_min_int(op, graph):
     """MAXIMUM/MINIMUM compare the stored integers (inputs and output share params)."""
     return np.maximum if op.type == "MAXIMUM" else np.minimum
+
+
+# -- int16 (16x8: symmetric int16 activations, zero point 0) -------------------------------------
+
+@check("ADD", "SUB", "MUL", "SQUARED_DIFFERENCE", "MAXIMUM", "MINIMUM")
+def check_binary_int16(op, graph):
+    """What the int16 (16x8) forms need, refused at load: zero points 0 on both inputs and the output
+    (LiteRT's Prepare checks them), ADD/SUB scales LiteRT can rescale; LiteRT has no int16
+    SQUARED_DIFFERENCE ("only supports FLOAT32 and INT32")."""
+    if not _is_quantized_int16(op, graph):
+        return
+    if op.type == "SQUARED_DIFFERENCE":
+        raise ModelError("int16 SQUARED_DIFFERENCE has no integer kernel (LiteRT's reference kernels have none "
+                         "either)")
+    check_symmetric(graph, (op.inputs[0], op.inputs[1], op.outputs[0]))
+    if op.type not in ("ADD", "SUB"):
+        return
+    shifts = _power_of_two_shifts(op, graph)
+    if shifts is None:
+        _require_output_multiplier_below_one(op, graph)
+    elif not (shifts[0] == 0 or shifts[1] == 0) or max(shifts) > 0:
+        raise ModelError(f"power-of-two int16 {op.type} shifts one input right only (input shifts {shifts})")
+    elif tuple(graph[op.inputs[0]].shape) != tuple(graph[op.inputs[1]].shape) and op.type == "ADD":
+        raise ModelError("power-of-two int16 ADD does not broadcast in LiteRT (set pot_scale_int16 false)")
+
+
+def _power_of_two_shifts(op, graph):
+    """The input shifts of add.cc / sub.cc's power-of-two int16 path, or None when it does not apply:
+    the op asks for it (pot_scale_int16, the schema default) and every scale is a power of two."""
+    if not op.options.get("pot_scale_int16", True):
+        return None
+    logs = [checked_log2(graph[name].quant.scale[0]) for name in (op.inputs[0], op.inputs[1], op.outputs[0])]
+    if not all(is_power for _, is_power in logs):
+        return None
+    output_log2 = logs[2][0]
+    return logs[0][0] - output_log2, logs[1][0] - output_log2
+
+
+def _require_output_multiplier_below_one(op, graph):
+    """The general int16 path rescales the int32 sum by 2 max(s1, s2) / (2^15 s_out); LiteRT's add.cc
+    aborts when that is not below one, and sub.cc then right-shifts by a negative amount (undefined in
+    C), so such a file has no reference result to give."""
+    scales = [np.float32(graph[name].quant.scale[0]) for name in (op.inputs[0], op.inputs[1], op.outputs[0])]
+    twice_max_input_scale = 2.0 * np.float64(max(scales[0], scales[1]))
+    if twice_max_input_scale / np.float64(np.float32((1 << 15) * scales[2])) >= 1.0:
+        raise ModelError(f"int16 {op.type} output scale {scales[2]:g} is too fine for input scales "
+                         f"{scales[0]:g}, {scales[1]:g} (2 * max input scale must be below 2^15 * output scale)")
+
+
+def _prepare_add_sub_int16(op, graph):
+    """int16 ADD/SUB. With general scales, the int8 arithmetic with 15 bits of headroom. With
+    pot_scale_int16 and power-of-two scales (the LSTM path), one input is rounding-divided by its
+    power of two and the two are added (or subtracted) in fixed point, then clamped."""
+    shifts = _power_of_two_shifts(op, graph)
+    if shifts is None:
+        return _prepare_add_sub_int(op, graph)
+    shift_1, shift_2 = shifts
+    output_scale = graph[op.outputs[0]].quant.scale[0]
+    activation_min, activation_max = activation_range(op, output_scale, 0, np.int16)
+    subtract = op.type == "SUB"
+
+    def add_sub_int16_power_of_two(a, b):
+        scaled_1 = rounding_divide_by_pot(a, -shift_1).astype(np.int64)
+        scaled_2 = rounding_divide_by_pot(b, -shift_2).astype(np.int64)
+        raw = scaled_1 - scaled_2 if subtract else scaled_1 + scaled_2
+        return saturate(raw, activation_min, activation_max, np.int16)
+
+    return add_sub_int16_power_of_two
+
+
+def _prepare_mul_int16(op, graph):
+    """int16 MUL: reference_integer_ops::Mul on symmetric inputs, the int32 product (at most 2^30)
+    requantized by s1 * s2 / s_out as the int8 kernel does."""
+    return _prepare_mul_int(op, graph)
+
+
+def _prepare_max_min_int16(op, graph):
+    """MAXIMUM/MINIMUM compare the stored integers (inputs and output share params)."""
+    return np.maximum if op.type == "MAXIMUM" else np.minimum
+
+
+_INT16_PREPARES = {
+    "ADD": _prepare_add_sub_int16,
+    "SUB": _prepare_add_sub_int16,
+    "MUL": _prepare_mul_int16,
+    "MAXIMUM": _prepare_max_min_int16,
+    "MINIMUM": _prepare_max_min_int16,
+}
 
 
 _INTEGER_PREPARES = {

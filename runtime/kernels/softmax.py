@@ -32,7 +32,7 @@ from edgeq.runtime.fixedpoint import (
     saturating_rounding_doubling_high_mul,
     saturating_rounding_multiply_by_pot,
 )
-from edgeq.runtime.kernels import register
+from edgeq.runtime.kernels import check, register
 from edgeq.runtime.kernels.common import require_float
 from edgeq.runtime.ir import ModelError
 
@@ -42,6 +42,8 @@ ACCUMULATION_INTEGER_BITS = 12  # the sum of exponentials: Q12.19
 
 @register("SOFTMAX")
 def prepare_softmax(op, graph):
+    if graph[op.inputs[0]].dtype == np.int16 and graph[op.inputs[0]].quant is not None:
+        return _prepare_softmax_int16(op, graph)
     if graph[op.inputs[0]].dtype == np.int8:
         return _prepare_softmax_int8(op, graph)
     require_float(op, graph)
@@ -109,6 +111,67 @@ def _prepare_softmax_int8(op, graph):
         return np.clip(unsat_output.astype(np.int64) + output_min, output_min, output_max).astype(y.dtype)
 
     return softmax
+
+
+# -- int16 SOFTMAX ----------------------------------------------------------------------------------
+# reference_ops::SoftmaxInt16: each difference x - max is rescaled so that [-65535, 0] spans [-10, 0],
+# recentred to int16 and looked up in an exp table (LUTPopulate<int16_t> of exp over [-10, 0], in double);
+# the Q16.15 sum of exponentials is normalized by its leading zeros and its reciprocal taken from a second
+# table of 1 / (1 + x) over [0, 1]. Both tables and the exponential of every possible difference are
+# built in prepare; the output is Q0.15 (scale 1/32768, zero point 0).
+
+INT16_RANGE = 65535
+
+
+@check("SOFTMAX", "LOG_SOFTMAX")
+def check_softmax_int16(op, graph):
+    """int16 SOFTMAX needs zero points 0 and the output scale 1/32768 (within activations.cc's 0.1%);
+    LiteRT has no int16 LOG_SOFTMAX ("Only float32, uint8 and int8 are supported")."""
+    x = graph[op.inputs[0]]
+    if x.dtype != np.int16 or x.quant is None:
+        return
+    if op.type == "LOG_SOFTMAX":
+        raise ModelError("int16 LOG_SOFTMAX has no integer kernel (LiteRT's reference kernels have none either)")
+    from edgeq.runtime.kernels.int16_tables import check_symmetric
+    check_symmetric(graph, (op.inputs[0], op.outputs[0]))
+    output_scale = np.float32(graph[op.outputs[0]].quant.scale[0])
+    if abs(output_scale - np.float32(1.0 / 32768)) > np.float32(0.001 / 32768):
+        raise ModelError(f"int16 SOFTMAX needs the output scale 1/32768, not {output_scale:g}")
+
+
+def _prepare_softmax_int16(op, graph):
+    from edgeq.runtime.kernels.int16_tables import lut_lookup_table, populate_lut_int16
+
+    x = graph[op.inputs[0]]
+    beta = np.float32(op.options.get("beta", 1.0))
+    input_scale = np.float32(x.quant.scale[0])
+    input_multiplier, input_left_shift = quantize_multiplier(
+        float(input_scale) * float(beta) / (10.0 / INT16_RANGE))
+
+    exp_lut = populate_lut_int16(10.0 / INT16_RANGE, 32767, 2.0 / INT16_RANGE, 0, np.exp, float_type=np.float64)
+    reciprocal_lut = populate_lut_int16(1.0 / INT16_RANGE, -32768, 2.0 / INT16_RANGE, 0,
+                                        lambda v: 1.0 / (1.0 + v), float_type=np.float64)
+    exp_of_int16 = lut_lookup_table(exp_lut).astype(np.int64)
+    reciprocal_of_int16 = lut_lookup_table(reciprocal_lut).astype(np.int64)
+    # Q0.15 exponential of every difference x - max in [-65535, 0], indexed by max - x.
+    scaled_diff = multiply_by_quantized_multiplier(-np.arange(INT16_RANGE + 1, dtype=np.int64), input_multiplier,
+                                                   input_left_shift).astype(np.int64)
+    centred = np.clip(scaled_diff + 32767, -32768, 32767)
+    exp_of_negated_diff = exp_of_int16[centred & 0xFFFF]
+
+    def softmax_int16(x):
+        x = x.astype(np.int64)
+        exps = exp_of_negated_diff[x.max(axis=-1, keepdims=True) - x]
+        sum_of_exps = exps.sum(axis=-1, keepdims=True)  # Q16.15
+        headroom_plus_one = count_leading_zeros_u32(sum_of_exps).astype(np.int64)
+        shifted_sum = ((sum_of_exps << (headroom_plus_one - 1)) + (1 << 13)) >> 14
+        centred_sum = np.clip(shifted_sum - ((1 << 15) + (1 << 16)), -32768, 32767)
+        reciprocal = reciprocal_of_int16[centred_sum & 0xFFFF]
+        right_shift = 31 - headroom_plus_one
+        result = (exps * reciprocal + (np.int64(1) << (right_shift - 1))) >> right_shift
+        return np.clip(result, 0, 32767).astype(np.int16)
+
+    return softmax_int16
 
 
 # -- int8 LOG_SOFTMAX ------------------------------------------------------------------------------

@@ -312,6 +312,7 @@ VERSION_RULES: dict = {
     "GREATER_EQUAL": _INT16_3_INT8_2,
     "EXP": _by_input_type({I8: 2, I16: 2}),
     "LOG": _by_input_type({I8: 2, I16: 2}),
+    "SQRT": _by_input_type({I8: 2, I16: 2}),
     "REDUCE_PROD": _by_input_type({I8: 2, I16: 2}),
     "GELU": _by_input_type({I8: 2, U8: 2}),
     "ARG_MAX": _by_input_type({BOOL: 3, I8: 2}),
@@ -348,7 +349,7 @@ VERSION_RULES: dict = {
     **{op_type: _version_1 for op_type in (
         "CEIL", "COS", "CUMSUM", "DENSIFY", "ELU", "EXPAND_DIMS", "FLOOR", "HARD_SWISH", "LOCAL_RESPONSE_NORMALIZATION",
         "LOGICAL_AND", "LOGICAL_NOT", "LOGICAL_OR", "NEG", "POW", "PRELU", "RELU_N1_TO_1", "RESHAPE", "ROUND", "SHAPE",
-        "SIN", "SQRT", "SQUARE", "SQUEEZE")},
+        "SIN", "SQUARE", "SQUEEZE")},
 }
 
 
