@@ -163,3 +163,34 @@ def bench_model(tmp_path_factory):
 def test_ctrl_c_during_bench_exits_cleanly(tmp_path, bench_model, engine, seconds):
     process = start(["bench", bench_model, "--engine", engine, "--runs", "1000000", "-q"], tmp_path)
     assert_clean_interrupt(*interrupt(process, after(seconds)))
+
+
+WAITING_FOR_VARIANTS = """
+import signal, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
+from edgeq.converter.report.measure import as_they_complete
+
+other_thread_ready, stop = threading.Event(), threading.Event()
+other = threading.Thread(target=lambda: (other_thread_ready.set(), stop.wait(60)), daemon=True)
+other.start()
+other_thread_ready.wait()
+variant = ThreadPoolExecutor(1).submit(time.sleep, 30)  # a variant that takes long to build
+# The kernel hands a process's SIGINT to another thread when the main thread holds it back (as the report
+# does while it starts its workers): the same as sending it to that thread.
+threading.Timer(0.5, signal.pthread_kill, (other.ident, signal.SIGINT)).start()
+try:
+    list(as_they_complete([variant]))
+except KeyboardInterrupt:
+    print("interrupted")
+    stop.set()
+    variant.cancel()
+    import os; os._exit(0)  # not waiting for the sleeping variant's thread
+"""
+
+
+def test_report_waiting_for_its_variants_notices_a_ctrl_c_taken_by_another_thread():
+    started = time.monotonic()
+    completed = subprocess.run([sys.executable, "-c", WAITING_FOR_VARIANTS], capture_output=True, text=True,
+                               timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert completed.stdout.strip() == "interrupted", completed.stderr
+    assert time.monotonic() - started < EXIT_WITHIN_SECONDS

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -111,7 +111,7 @@ def build_all(specs, options, eval_data, models_folder: Path, jobs: int, progres
             # sees it; it then ends them and everything they started (see _end_workers).
             with sigint_blocked():
                 futures = {pool.submit(build_variant, job): job.spec for job in jobs_by_spec}
-            for future in as_completed(futures):
+            for future in as_they_complete(futures):
                 spec = futures[future]
                 try:
                     built[spec.name] = future.result()
@@ -123,6 +123,22 @@ def build_all(specs, options, eval_data, models_folder: Path, jobs: int, progres
         raise
     pool.shutdown()
     return built
+
+
+# How often a waiting main thread wakes up; see as_they_complete.
+WAKE_UP_SECONDS = 0.2
+
+
+def as_they_complete(futures):
+    """The futures as they finish, like ``concurrent.futures.as_completed``, but waking the main thread every
+    WAKE_UP_SECONDS. A Ctrl-C that the kernel hands to another thread (while the main thread holds SIGINT back
+    to start processes, any thread that does not gets it: BLAS, tqdm's monitor) only marks the signal pending;
+    CPython raises KeyboardInterrupt in the main thread the next time that thread takes the GIL, which an
+    unbounded wait never does until a variant is built, minutes later."""
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=WAKE_UP_SECONDS, return_when=FIRST_COMPLETED)
+        yield from done
 
 
 def _worker_setup() -> None:
