@@ -253,7 +253,8 @@ def _float_choice_summary(choice) -> dict:
               help="Calibration methods, one full-int8 variant each: minmax, percentile, entropy, mse.")
 @click.option("--prune-sparsity", metavar="F1,F2,...", help="int8 variants with this fraction of weights pruned.")
 @click.option("--prune-channels", metavar="F1,F2,...", help="int8 variants with this fraction of channels removed.")
-@click.option("--reconstruct", is_flag=True, help="Pruned variants: least-squares reconstruction on calibration data.")
+@click.option("--reconstruct/--no-reconstruct", default=None, help="Channel-pruned variants: refit the layers "
+              "after removed channels by least squares on the calibration samples [default: on].")
 @click.option("--metric", metavar="MODULE:FUNCTION", help="Your own evaluation instead of the built-in metrics: "
               "imported by name from the current folder or sys.path, so it runs your code. It gets the outputs "
               "(list of arrays stacked over eval samples) and the eval file's arrays (dict) and returns "
@@ -281,7 +282,7 @@ def report(model, calibration, eval_path, output, labels_key, methods, prune_spa
     Examples:
       edgeq report model.onnx --calibration calib.npz --eval test.npz -o report/
       edgeq report model.onnx --calibration calib.npz --eval test.npz --methods minmax,entropy,mse
-      edgeq report model.onnx --calibration calib.npz --eval test.npz --prune-sparsity 0.5,0.7 --reconstruct
+      edgeq report model.onnx --calibration calib.npz --eval test.npz --prune-sparsity 0.5 --prune-channels 0.25,0.5
       edgeq report model.onnx --calibration calib.npz --eval val.npz --metric my_metrics:mean_iou --json
       edgeq report model.onnx --calibration images/ --eval val_images/ --size 256 --mean 0.5 --std 0.25
 

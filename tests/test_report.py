@@ -50,10 +50,10 @@ def report_args(name: str, output: Path, *extra):
 @pytest.fixture(scope="module")
 def cnn_report(tmp_path_factory):
     """One report on the CNN sample with two calibration methods and two pruned variants, built by
-    two worker processes."""
+    two worker processes; the channel-pruned one is reconstructed by default."""
     folder = tmp_path_factory.mktemp("cnn") / "report"
     result = invoke(*report_args("digits_cnn", folder, "--methods", "minmax,entropy", "--prune-sparsity", "0.5",
-                                 "--prune-channels", "0.25", "--reconstruct", "--jobs", 2))
+                                 "--prune-channels", "0.25", "--jobs", 2))
     assert result.exit_code == 0, result.output
     return folder, json.loads((folder / "report.json").read_text()), result.output
 
@@ -334,6 +334,37 @@ def test_pruned_variants_carry_their_pruning_and_compress_better(cnn_report):
     assert sparse["size"]["gzip_bytes"] < dense["size"]["gzip_bytes"]
     assert narrow["size"]["bytes"] < dense["size"]["bytes"]
     assert dense["pruning"] == []
+
+
+def planned_variants(monkeypatch, *extra) -> list:
+    """The variants ``edgeq report`` would build with these options (nothing is built)."""
+    import edgeq.converter.report as report_package
+    from edgeq.converter.report.plan import plan_variants
+
+    planned = []
+
+    def plan_only(options, progress=False):
+        planned.extend(plan_variants(options.methods, options.prune_sparsities, options.prune_channels,
+                                     options.reconstruct))
+        return {"checks": {"ok": True, "problems": []}}
+
+    monkeypatch.setattr(report_package, "make_report", plan_only)
+    assert invoke(*report_args("digits_cnn", "unused", "--json", *extra)).exit_code == 0
+    return planned
+
+
+def test_channel_pruned_report_variants_are_reconstructed_by_default(monkeypatch):
+    pruned = [v for v in planned_variants(monkeypatch, "--prune-channels", "0.25,0.5") if v.prune_channels]
+    assert [(v.name, v.reconstruct) for v in pruned] == [("int8-channels25-reconstruct", True),
+                                                         ("int8-channels50-reconstruct", True)]
+    assert all(v.convert_options()["reconstruct"] is True for v in pruned)
+
+
+def test_no_reconstruct_opts_the_report_variants_out(monkeypatch):
+    pruned = [v for v in planned_variants(monkeypatch, "--prune-channels", "0.25", "--no-reconstruct")
+              if v.prune_channels]
+    assert [(v.name, v.reconstruct) for v in pruned] == [("int8-channels25", False)]
+    assert pruned[0].convert_options()["reconstruct"] is False
 
 
 # -- bad input -------------------------------------------------------------------------------

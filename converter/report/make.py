@@ -52,7 +52,7 @@ class ReportOptions:
     methods: tuple = ("minmax",)
     prune_sparsities: tuple = ()
     prune_channels: tuple = ()
-    reconstruct: bool = False
+    reconstruct: Optional[bool] = None  # None: on for channel-pruned variants, as for convert
     metric: Optional[str] = None
     jobs: Optional[int] = None
     repeats: int = 30

@@ -42,11 +42,13 @@ def _percent(fraction: float) -> str:
     return f"{fraction * 100:g}".replace(".", "p")
 
 
-def plan_variants(methods=("minmax",), prune_sparsities=(), prune_channels=(), reconstruct=False) -> list:
+def plan_variants(methods=("minmax",), prune_sparsities=(), prune_channels=(), reconstruct=None) -> list:
     """The variants to build, float32 first: it is the reference that fidelity is measured against.
 
     Pruned variants are full int8 calibrated with the first method asked for; ``reconstruct`` (a
-    least-squares refit on the calibration samples) applies to the channel-pruned ones.
+    least-squares refit on the calibration samples) applies to the channel-pruned ones. As for convert,
+    it is on unless turned off (``False``): a report always has calibration samples, and channels removed
+    without a refit leave a model that barely beats chance.
     """
     from edgeq.converter.api import CALIBRATION_METHODS
 
@@ -59,8 +61,9 @@ def plan_variants(methods=("minmax",), prune_sparsities=(), prune_channels=(), r
     specs = [VariantSpec("float32", "none"), VariantSpec("float16", "float16"), VariantSpec("dynamic-int8", "dynamic")]
     debug_method = "minmax" if "minmax" in methods else methods[0]
     specs += [VariantSpec(f"int8-{m}", "int8", m, layer_errors=(m == debug_method)) for m in methods]
-    if reconstruct and not prune_channels:
+    if reconstruct and not prune_channels:  # asked for explicitly
         raise ModelError("--reconstruct refits the layers after removed channels: it needs --prune-channels")
+    reconstruct = reconstruct is not False
     suffix = "-reconstruct" if reconstruct else ""
     for sparsity in prune_sparsities:
         specs.append(VariantSpec(f"int8-sparse{_percent(sparsity)}", "int8", methods[0], prune_sparsity=sparsity))
