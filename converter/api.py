@@ -321,7 +321,7 @@ def convert(
 
         graph, encoded = encode_sparse_weights(graph)
         notes.append(f"sparse-encoded weights (CSR + DENSIFY): {len(encoded)} tensors")
-    content = write_tflite(graph, store_names=store_names)
+    content = write_tflite(graph, store_names=store_names, name_constants=False)
     result = ConversionResult(
         graph=graph,
         content=content,

@@ -55,7 +55,9 @@ def samples_source(path, size, mean, std, layout):
     help="Fix an input's shape (ONNX layout), e.g. input:1,3,224,224. Repeatable.",
 )
 @click.option("--keep-onnx-layout", is_flag=True, help="Keep 4-D inputs/outputs NCHW as in ONNX (default: NHWC).")
-@click.option("--no-names", is_flag=True, help="Store no tensor names (a smaller file).")
+@click.option("--no-names", is_flag=True, help="Store no tensor names (a smaller file). By default the inputs, "
+              "the outputs and every op's result are named; constants (weights, biases) take the name of the op "
+              "that uses them when edgeq reads the file.")
 @click.option("--quantize", type=click.Choice(["none", "int8", "dynamic", "float16"]), default="none",
               show_default=True, help="int8: full integer (needs --calibration, except a QDQ model, which "
               "states its own scales); dynamic: int8 weights, float activations; float16: float16 weights.")

@@ -78,7 +78,51 @@ def _tensor_names(model, subgraph) -> list:
             index = tensor_map.TensorIndex()
             if 0 <= index < len(names) and not names[index]:
                 names[index] = (tensor_map.Name() or b"").decode("utf-8", "replace")
+    _name_constants_after_their_ops(model, subgraph, names)
     return [name or f"tensor_{i}" for i, name in enumerate(names)]
+
+
+# The role of a constant input, by op and input position, for the names of unnamed constants.
+_INPUT_ROLES = {
+    "CONV_2D": {1: "filter", 2: "bias"},
+    "DEPTHWISE_CONV_2D": {1: "filter", 2: "bias"},
+    "FULLY_CONNECTED": {1: "weights", 2: "bias"},
+    "TRANSPOSE_CONV": {0: "output_shape", 1: "filter", 3: "bias"},
+    "PAD": {1: "paddings", 2: "pad_value"},
+    "PADV2": {1: "paddings", 2: "pad_value"},
+    "RESHAPE": {1: "shape"},
+    "TRANSPOSE": {1: "perm"},
+    **{reduction: {1: "axes"} for reduction in ("MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN", "REDUCE_PROD")},
+}
+
+
+def _holds_data(model, buffer_index: int) -> bool:
+    if not 0 < buffer_index < model.BuffersLength():
+        return False
+    buffer = model.Buffers(buffer_index)
+    return buffer.DataLength() > 0 or buffer.Size() > 0
+
+
+def _name_constants_after_their_ops(model, subgraph, names: list) -> None:
+    """An unnamed constant (edgeq stores weights, biases and shapes without names) takes the name of the
+    output of the first op it feeds, with its role there: ``<output>/filter``, ``<output>/bias``, or
+    ``<output>/input<k>`` where the role is not known. Indices out of range are left for the op reader
+    to refuse."""
+    count = len(names)
+    for position in range(subgraph.OperatorsLength()):
+        fb_op = subgraph.Operators(position)
+        outputs = _int_list(fb_op.OutputsAsNumpy())
+        if not outputs or not 0 <= outputs[0] < count or not names[outputs[0]]:
+            continue
+        opcode_index = fb_op.OpcodeIndex()
+        code = -1
+        if 0 <= opcode_index < model.OperatorCodesLength():
+            opcode = model.OperatorCodes(opcode_index)
+            code = max(opcode.BuiltinCode(), opcode.DeprecatedBuiltinCode())
+        roles = _INPUT_ROLES.get(schema.BUILTIN_NAMES.get(code), {})
+        for k, index in enumerate(_int_list(fb_op.InputsAsNumpy())):
+            if 0 <= index < count and not names[index] and _holds_data(model, subgraph.Tensors(index).Buffer()):
+                names[index] = f"{names[outputs[0]]}/{roles.get(k, f'input{k}')}"
 
 
 def _read_tensor(model, fb_tensor, name: str, data) -> Tensor:

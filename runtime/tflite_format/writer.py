@@ -18,18 +18,26 @@ SIGNATURE_KEY = "serving_default"
 BUFFER_ALIGNMENT = 16
 
 
-def write_tflite(graph: Graph, *, description: str = "edgeq", store_names: bool = True) -> bytes:
-    """Serialize ``graph`` as a one-subgraph TFLite model; ``store_names=False`` leaves tensor names empty."""
+def write_tflite(graph: Graph, *, description: str = "edgeq", store_names: bool = True,
+                 name_constants: bool = True) -> bytes:
+    """Serialize ``graph`` as a one-subgraph TFLite model; ``store_names=False`` leaves tensor names empty.
+
+    ``name_constants=False`` stores names only for the tensors a user can ask for or read about: the
+    inputs, the outputs and what every op computes. A constant's name (weights, biases, shapes) mostly
+    repeats the name of the op that uses it, and the reader gives it back as ``<that op's output>/<role>``."""
     _check_references(graph)
     builder = flatbuffers.Builder(_size_estimate(graph))
     tensor_index = {name: i for i, name in enumerate(graph.tensors)}
 
     buffers, buffer_of = _write_buffers(builder, graph)
     opcode_keys, opcode_of = _assign_opcodes(graph)
-    operators = [_write_operator(builder, op, opcode_of[id(op)], tensor_index) for op in graph.ops]
     shared = _SharedTables(builder)
+    operators = [_write_operator(builder, op, opcode_of[id(op)], tensor_index, shared) for op in graph.ops]
+    named = set(graph.tensors) if name_constants else (
+        set(graph.inputs) | set(graph.outputs) | {n for n, t in graph.tensors.items() if not t.is_constant})
     tensors = [
-        _write_tensor(builder, graph[name], buffer_of[name], store_names, shared) for name in graph.tensors
+        _write_tensor(builder, graph[name], buffer_of[name], store_names and name in named, shared)
+        for name in graph.tensors
     ]
     subgraph = _write_subgraph(builder, graph, tensors, operators, tensor_index)
     signature = _write_signature(builder, graph, tensor_index)
@@ -87,8 +95,10 @@ def _int_vector(builder, values, dtype=np.int32) -> int:
 # -- buffers ------------------------------------------------------------------------------------
 
 def _write_buffers(builder, graph: Graph) -> tuple:
-    """Buffer tables (0 = the empty sentinel every activation uses), constants stored once each."""
-    data_offsets = [None]
+    """Buffer tables (0 = the empty sentinel every activation uses), constants stored once each. Each
+    table is written right after its data: the table's 8 bytes then fill most of the gap that aligning
+    the next data to 16 bytes would otherwise leave as padding."""
+    buffers = [_buffer_table(builder, None)]
     index_of_content: dict = {}
     buffer_of: dict = {}
     for name, tensor in graph.tensors.items():
@@ -98,17 +108,17 @@ def _write_buffers(builder, graph: Graph) -> tuple:
         raw = np.ascontiguousarray(_stored_values(tensor)).astype(tensor.data.dtype.newbyteorder("<"), copy=False).tobytes()
         key = hashlib.sha256(tensor.dtype.str.encode() + b":" + raw).digest()
         if key not in index_of_content:
-            index_of_content[key] = len(data_offsets)
-            data_offsets.append(_aligned_bytes(builder, raw))
+            index_of_content[key] = len(buffers)
+            buffers.append(_buffer_table(builder, _aligned_bytes(builder, raw)))
         buffer_of[name] = index_of_content[key]
-
-    buffers = []
-    for data in data_offsets:
-        tflite.BufferStart(builder)
-        if data is not None:
-            tflite.BufferAddData(builder, data)
-        buffers.append(tflite.BufferEnd(builder))
     return buffers, buffer_of
+
+
+def _buffer_table(builder, data) -> int:
+    tflite.BufferStart(builder)
+    if data is not None:
+        tflite.BufferAddData(builder, data)
+    return tflite.BufferEnd(builder)
 
 
 def _stored_values(tensor) -> np.ndarray:
@@ -132,10 +142,10 @@ def _aligned_bytes(builder, raw: bytes) -> int:
 # -- tensors ------------------------------------------------------------------------------------
 
 class _SharedTables:
-    """Identical shape vectors and quantization tables are written once and referred to by every
-    tensor that has them: a flatbuffer may point many tables at one vector or table. Per-channel
+    """Identical shape vectors, quantization tables and op options are written once and referred to by
+    every tensor or op that has them: a flatbuffer may point many tables at one vector or table. Per-channel
     zero points (one int64 per channel, all 0, which TFLite insists on) then cost one vector per
-    channel count instead of one per tensor."""
+    channel count instead of one per tensor, and the convolutions of a network share a few options tables."""
 
     def __init__(self, builder):
         self.builder = builder
@@ -153,10 +163,16 @@ class _SharedTables:
             self.offsets[key] = _write_quantization(self, quant, tensor)
         return self.offsets[key]
 
+    def options(self, op: Op, table: str) -> int:
+        key = ("options", table, repr(sorted((name, np.asarray(value).tolist()) for name, value in op.options.items())))
+        if key not in self.offsets:
+            self.offsets[key] = _write_options(self.builder, op, table)
+        return self.offsets[key]
+
 
 def _write_tensor(builder, tensor, buffer_index: int, store_name: bool, shared: _SharedTables) -> int:
     shape = shared.vector(np.asarray(tensor.shape, dtype=np.int32))
-    name = builder.CreateString(tensor.name) if store_name else None
+    name = builder.CreateSharedString(tensor.name) if store_name else None  # the signature repeats some
     quant = shared.quantization(tensor.quant, tensor) if tensor.quant is not None else None
     sparsity = _write_sparsity(builder, tensor.sparsity) if tensor.sparsity is not None else None
     tflite.TensorStart(builder)
@@ -261,7 +277,7 @@ def _write_opcode(builder, code: int, version: int, custom_code: str) -> int:
     return tflite.OperatorCodeEnd(builder)
 
 
-def _write_operator(builder, op: Op, opcode_index: int, tensor_index: dict) -> int:
+def _write_operator(builder, op: Op, opcode_index: int, tensor_index: dict, shared: _SharedTables) -> int:
     inputs = _int_vector(builder, [tensor_index[n] if n else -1 for n in op.inputs])
     outputs = _int_vector(builder, [tensor_index[n] for n in op.outputs])
     if op.type == "CUSTOM":
@@ -269,7 +285,7 @@ def _write_operator(builder, op: Op, opcode_index: int, tensor_index: dict) -> i
     table = schema.options_table_name(op.type)
     if table is None and op.options:
         raise ModelError(f"op {op}: {op.type} takes no options, got {sorted(op.options)}")
-    options = _write_options(builder, op, table) if table is not None else None
+    options = shared.options(op, table) if table is not None else None
     tflite.OperatorStart(builder)
     tflite.OperatorAddOpcodeIndex(builder, opcode_index)
     tflite.OperatorAddInputs(builder, inputs)
@@ -372,7 +388,7 @@ def _write_signature(builder, graph: Graph, tensor_index: dict) -> int:
 
 
 def _write_tensor_map(builder, name: str, index: int) -> int:
-    name_offset = builder.CreateString(name)
+    name_offset = builder.CreateSharedString(name)
     tflite.TensorMapStart(builder)
     tflite.TensorMapAddName(builder, name_offset)
     tflite.TensorMapAddTensorIndex(builder, index)
