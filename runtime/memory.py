@@ -58,10 +58,24 @@ def reset_peak_rss() -> Optional[int]:
     return kib * 1024 if kib is not None else None
 
 
+def libraries_loaded(modules_before, modules_after) -> list:
+    """The libraries (top-level packages outside Python's standard library and edgeq) first imported
+    between the two snapshots of ``sys.modules``: what a model made its runtime load, such as a compiler
+    for some of its kernels, whose memory is the runtime's rather than the model's."""
+    def top_level(names):
+        return {name.partition(".")[0] for name in names}
+
+    new = top_level(modules_after) - top_level(modules_before)
+    standard = set(getattr(sys, "stdlib_module_names", ())) | set(sys.builtin_module_names)
+    return sorted(name for name in new if not name.startswith("_") and name not in standard and name != "edgeq"
+                  and getattr(sys.modules.get(name), "__file__", None))  # not a module an extension makes up
+
+
 def probe_model_memory(engine: str, model_path: str) -> dict:
     """In this (fresh) process: import the engine, reset the peak RSS, load the model, run it once on
-    zeros. ``import_rss_bytes`` is the RSS after the import, ``peak_rss_bytes`` the peak while
-    loading and running."""
+    zeros. ``import_rss_bytes`` is the RSS after the import (the runtime's own cost, the same for every
+    model), ``peak_rss_bytes`` the peak while loading and running, ``loaded_libraries`` what loading and
+    running the model imported (``libraries_loaded``)."""
     import numpy as np
 
     if engine == "litert":
@@ -76,12 +90,14 @@ def probe_model_memory(engine: str, model_path: str) -> dict:
         peak = peak_rss_bytes
     else:  # the peak cannot be reset: ru_maxrss, the import included
         baseline, method, peak = _max_rss_bytes(), "ru_maxrss", _max_rss_bytes
+    modules_before = list(sys.modules)
     interpreter = Interpreter(model_path=model_path, num_threads=1)
     interpreter.allocate_tensors()
     for detail in interpreter.get_input_details():
         interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
     interpreter.invoke()
-    return {"peak_rss_bytes": peak(), "import_rss_bytes": baseline, "method": method}
+    return {"peak_rss_bytes": peak(), "import_rss_bytes": baseline, "method": method,
+            "loaded_libraries": libraries_loaded(modules_before, list(sys.modules))}
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import pytest
 from edgeq.converter.api import convert
 from edgeq.runtime.interpreter import Interpreter
 from edgeq.runtime.measure import inference, peak_memory_in_fresh_processes, random_feeds, time_runs
-from edgeq.runtime.memory import reset_peak_rss
+from edgeq.runtime.memory import libraries_loaded, reset_peak_rss
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
@@ -125,3 +125,15 @@ def test_time_runs_stops_before_the_runs_asked_for_once_max_seconds_have_passed(
     assert timings.summary()["runs"] == 3
     slow = time_runs(lambda: clocks.run_taking(5.0, 5.0), runs=10, warmup=0, max_seconds=1.0)
     assert slow.summary()["runs"] == 1
+
+
+def test_the_memory_probe_names_the_libraries_a_model_made_its_runtime_load():
+    before = ["sys", "numpy"]
+    after = before + ["numpy.linalg", "json", "edgeq.runtime.interpreter", "_socket", "click.core"]
+    assert libraries_loaded(before, after) == ["click"]  # not the standard library, edgeq, or private modules
+
+
+def test_the_memory_probe_reports_what_loading_the_model_imported(mlp_file):
+    for engine, figures in peak_memory_in_fresh_processes(mlp_file, ["edgeq", "litert"]).items():
+        assert isinstance(figures["loaded_libraries"], list), engine
+        assert "edgeq" not in figures["loaded_libraries"]

@@ -367,6 +367,27 @@ def test_no_reconstruct_opts_the_report_variants_out(monkeypatch):
     assert pruned[0].convert_options()["reconstruct"] is False
 
 
+@pytest.mark.slow
+def test_memory_columns_say_what_they_count_and_name_a_library_a_variant_loads(cnn_report):
+    _, report, _ = cnn_report
+    loading = copy.deepcopy(report)
+    entropy = variant(loading, "int8-entropy")
+    entropy["float_ops"] = ["CONV_2D '/conv1/Conv'", "DEPTHWISE_CONV_2D '/conv2/Conv'"]
+    entropy["memory"]["edgeq"].update(loaded_libraries=["llvmlite", "numba"], model_bytes=109 * 2**20)
+    markdown = render_markdown(loading)
+    header = next(line for line in markdown.splitlines() if line.startswith("| variant | size"))
+    assert "| edgeq growth MiB | LiteRT growth MiB |" in header
+    row = next(line for line in markdown.splitlines() if line.startswith("| int8-entropy |"))
+    assert "| 109.0 (loads llvmlite, numba) |" in row
+    stated = re.search(r"the runtime itself, before any model, costs edgeq ([0-9.]+) MiB and LiteRT ([0-9.]+) MiB",
+                       markdown)
+    for engine, figure in zip(("edgeq", "litert"), stated.groups()):
+        after_import = [v["memory"][engine]["import_rss_bytes"] / 2**20 for v in report["variants"]]
+        assert min(after_import) - 0.05 <= float(figure) <= max(after_import) + 0.05
+    assert "int8-entropy on edgeq loads llvmlite, numba for the 2 ops it keeps in float" in markdown
+    assert "| variant | engine | runtime MiB (after import) | growth MiB (loading and running) |" in markdown
+
+
 # -- bad input -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("extra, message", [

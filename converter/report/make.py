@@ -34,11 +34,12 @@ METHODS_TEXT = {
     "latency": "median of repeated single-sample inferences (set the input, invoke, read the outputs) after "
                "warm-up, 1 thread; edgeq's runtime and LiteRT's default kernels; measured serially, one "
                "variant at a time (the harness of edgeq bench)",
-    "memory": "a fresh subprocess per engine imports it, notes its RSS, resets its peak RSS (Linux: "
-              "/proc/self/clear_refs; elsewhere the peak is ru_maxrss, import included), loads the model "
-              "and runs it once on zeros; 'peak' is the peak RSS while loading and running, 'model' is "
-              "peak minus the RSS after the import (with numba installed, edgeq's first run compiles its "
-              "fast kernels or loads them from numba's cache, and that memory counts too)",
+    "memory": "a fresh subprocess per engine imports it, notes its RSS ('runtime': the engine's own cost, "
+              "the same for every model), resets its peak RSS (Linux: /proc/self/clear_refs; elsewhere the "
+              "peak is ru_maxrss, import included), loads the model and runs it once on zeros; 'peak' is the "
+              "peak RSS while loading and running, 'growth' is peak minus runtime: the model, plus any "
+              "library that loading and running it imported (named in the table: with numba installed, "
+              "edgeq's float kernels load it, about 100 MiB)",
 }
 
 

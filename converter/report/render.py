@@ -76,13 +76,43 @@ def _mib(memory: Optional[dict], key: str = "model_bytes") -> str:
     return f"{memory[key] / 2**20:.1f}"
 
 
+def _growth_cell(memory: Optional[dict]) -> str:
+    """What loading and running a variant adds to a fresh process, naming any library it made the runtime
+    load: that memory is the runtime's, not the model's."""
+    figure = _mib(memory)
+    libraries = (memory or {}).get("loaded_libraries") or []
+    return f"{figure} (loads {', '.join(libraries)})" if libraries and figure != "–" else figure
+
+
+def memory_lines(report: dict) -> list:
+    """Under the variants table: what its memory columns count, what each runtime costs before any model
+    (the same in every variant's process), and which variants make a runtime load a library."""
+    fixed = []
+    for engine, label in ((EDGEQ, "edgeq"), (LITERT, "LiteRT")):
+        figures = sorted(v["memory"][engine]["import_rss_bytes"] for v in report["variants"]
+                         if (v["memory"].get(engine) or {}).get("import_rss_bytes"))
+        if figures:
+            fixed.append(f"{label} {figures[len(figures) // 2] / 2**20:.1f} MiB")
+    lines = ["Memory: 'growth' is what loading and running the variant adds to a fresh process (MiB); the "
+             "runtime itself, before any model, costs " + (" and ".join(fixed) or "–")
+             + " (RSS after its import, not counted in growth)."]
+    for v in report["variants"]:
+        for engine, memory in v["memory"].items():
+            libraries = (memory or {}).get("loaded_libraries") or []
+            if libraries:
+                cause = f" for the {len(v['float_ops'])} ops it keeps in float" if v.get("float_ops") else ""
+                lines.append(f"{v['name']} on {engine} loads {', '.join(libraries)}{cause}: its "
+                             f"{_mib(memory)} MiB growth includes that library, a cost of the runtime, not of the model.")
+    return lines
+
+
 def summary_table(report: dict) -> tuple:
     """(header, rows) of the variants table, shared by the Markdown, HTML and terminal outputs."""
     headline = report["headline_metric"]
     label = metric_label(headline)
     header = ["variant", "size", "× float32", "gzip -9", f"{label} (edgeq)", "Δ vs float32",
               f"{label} (LiteRT)", "engines agree", "edgeq ms", "LiteRT ms", "speedup (edgeq)",
-              "edgeq MiB", "LiteRT MiB", "Pareto", "int8 outputs' SQNR"]
+              "edgeq growth MiB", "LiteRT growth MiB", "Pareto", "int8 outputs' SQNR"]
     rows = []
     for v in report["variants"]:
         accuracy = format_number(v["accuracy"][EDGEQ][headline])
@@ -98,7 +128,7 @@ def summary_table(report: dict) -> tuple:
             format_difference(v["vs_float32"]["score_difference"], accuracy), format_number(lit_accuracy), agrees,
             f"{v['latency_ms'][EDGEQ]['median']:.3f}", f"{lit_latency:.3f}" if lit_latency is not None else "–",
             f"{v['vs_float32']['speedup'].get(EDGEQ, float('nan')):.2f}×",
-            _mib(v["memory"].get(EDGEQ)), _mib(v["memory"].get(LITERT)), "★" if v["pareto"] else "",
+            _growth_cell(v["memory"].get(EDGEQ)), _growth_cell(v["memory"].get(LITERT)), "★" if v["pareto"] else "",
             int8_check_cell(v.get("int8_check")),
         ])
     return header, rows
@@ -131,6 +161,10 @@ def layer_table(report: dict, count: int = 15) -> tuple:
     return header, rows
 
 
+def _as_paragraphs(lines: list) -> list:
+    return [part for line in lines for part in (line, "")]
+
+
 def _markdown_table(header: list, rows: list) -> str:
     def line(cells):
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
@@ -150,15 +184,16 @@ def _other_metrics(report: dict) -> tuple:
 
 
 def _memory_rows(report: dict) -> tuple:
-    header = ["variant", "engine", "after import MiB", "peak RSS MiB", "model MiB"]
+    header = ["variant", "engine", "runtime MiB (after import)", "growth MiB (loading and running)", "peak RSS MiB",
+              "libraries it made the runtime load"]
     rows = []
     for v in report["variants"]:
         for engine, memory in v["memory"].items():
             if memory and "peak_rss_bytes" in memory:
-                rows.append([v["name"], engine, _mib(memory, "import_rss_bytes"), _mib(memory, "peak_rss_bytes"),
-                             _mib(memory)])
+                rows.append([v["name"], engine, _mib(memory, "import_rss_bytes"), _mib(memory),
+                             _mib(memory, "peak_rss_bytes"), ", ".join(memory.get("loaded_libraries") or []) or "none"])
             else:
-                rows.append([v["name"], engine, "–", "–", (memory or {}).get("error", "not measured")])
+                rows.append([v["name"], engine, "–", (memory or {}).get("error", "not measured"), "–", "–"])
     return header, rows
 
 
@@ -195,9 +230,10 @@ def render_markdown(report: dict) -> str:
     parts = ["# edgeq report", ""] + _intro_lines(report) + [
         "", "## Variants", "",
         "Size in KiB; Δ is the change of the headline metric against float32; latency is the median in ms; "
-        "memory is the RSS a model adds to a fresh process (MiB); ★ marks the Pareto front (smaller and more "
+        "memory is the growth of a fresh process (MiB, below); ★ marks the Pareto front (smaller and more "
         "accurate is better).", "",
         _markdown_table(header, rows), "",
+        *_as_paragraphs(memory_lines(report)),
         *pick_lines(report), "",
         f"![accuracy vs size]({PLOT_FILE})", "",
         "## All accuracy figures", "", _markdown_table(*_other_metrics(report)), "",
@@ -264,8 +300,9 @@ def render_html(report: dict, plot: bytes, layer_plot: Optional[bytes]) -> str:
         "<h1>edgeq report</h1>", intro,
         "<h2>Variants</h2>",
         "<p>Size in KiB; Δ is the change of the headline metric against float32; latency is the median in ms; "
-        "memory is the RSS a model adds to a fresh process (MiB); ★ and bold mark the Pareto front.</p>",
-        _html_table(header, rows, pareto), *(f"<p>{html.escape(line)}</p>" for line in pick_lines(report)),
+        "memory is the growth of a fresh process (MiB, below); ★ and bold mark the Pareto front.</p>",
+        _html_table(header, rows, pareto),
+        *(f"<p>{html.escape(line)}</p>" for line in memory_lines(report) + pick_lines(report)),
         _png_tag(plot, "accuracy vs size"),
         "<h2>All accuracy figures</h2>", _html_table(*_other_metrics(report)),
         "<h2>Memory</h2>", _html_table(*_memory_rows(report)),
