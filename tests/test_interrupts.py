@@ -194,3 +194,31 @@ def test_report_waiting_for_its_variants_notices_a_ctrl_c_taken_by_another_threa
                                timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert completed.stdout.strip() == "interrupted", completed.stderr
     assert time.monotonic() - started < EXIT_WITHIN_SECONDS
+
+
+STARTING_WORKERS = """
+import signal, threading, time
+from edgeq.converter.report.measure import sigint_blocked
+
+other_thread_ready, stop = threading.Event(), threading.Event()
+other = threading.Thread(target=lambda: (other_thread_ready.set(), stop.wait(60)), daemon=True)
+other.start()
+other_thread_ready.wait()
+events = []
+try:
+    with sigint_blocked():
+        # While this thread blocks SIGINT, the kernel hands a Ctrl-C to another thread.
+        signal.pthread_kill(other.ident, signal.SIGINT)
+        for _ in range(20):  # starting a worker: this thread takes the GIL back many times
+            time.sleep(0.01)
+        events.append("workers started")
+except KeyboardInterrupt:
+    events.append("interrupted")
+print(",".join(events))
+"""
+
+
+def test_a_ctrl_c_while_the_report_starts_its_workers_waits_until_they_have_started():
+    completed = subprocess.run([sys.executable, "-c", STARTING_WORKERS], capture_output=True, text=True,
+                               timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert completed.stdout.strip() == "workers started,interrupted", completed.stderr

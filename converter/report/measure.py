@@ -103,7 +103,8 @@ def build_all(specs, options, eval_data, models_folder: Path, jobs: int, progres
         for spec in specs
     ]
     built = {}
-    # spawn, not fork: the parent may hold BLAS and tqdm threads, which fork does not copy safely
+    # spawn, not fork: the parent may hold BLAS and tqdm threads, which fork does not copy safely. Made
+    # before the block below: it starts multiprocessing's resource tracker, which unblocks SIGINT after.
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_worker_setup)
     try:
         with _progress_bar(len(specs), "building variants", progress) as bar:
@@ -162,16 +163,28 @@ def _end_workers(pool: ProcessPoolExecutor) -> None:
 
 @contextlib.contextmanager
 def sigint_blocked():
-    """SIGINT held back (delivered when the block ends) while processes are started: a child inherits the
-    mask, so a Ctrl-C reaches only this process."""
+    """SIGINT held back while processes are started, then acted on as usual once the block ends.
+
+    Blocked in this thread, so that a child inherits the mask and a Ctrl-C reaches only this process; and
+    deferred in Python, because the kernel hands a SIGINT that this thread blocks to any thread that does not
+    (BLAS, tqdm's monitor): CPython marks it pending and would raise KeyboardInterrupt here, in the middle
+    of starting a child, which then prints a traceback as it reads a half-sent start-up message."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    received = []
+    previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)  # runs the handler if one is pending
+        signal.signal(signal.SIGINT, previous_handler)
+    if received:  # only when the block ended normally: an error raised inside it goes on as it is
+        if callable(previous_handler):
+            previous_handler(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt
+        elif previous_handler == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGINT)
 
 
 def measure_all_latency(built: dict, inputs: dict, repeats: int, progress: bool) -> dict:
