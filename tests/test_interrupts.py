@@ -68,11 +68,23 @@ def catches_sigint(pid: int) -> bool:
     return bool(int(caught, 16) & (1 << (signal.SIGINT - 1)))
 
 
+def edgeq_catches_sigint(pid: int) -> bool:
+    """Whether edgeq's own SIGINT handler is in place. Python installs one of its own before it runs any of
+    the program (its Ctrl-C prints a KeyboardInterrupt traceback), so a caught SIGINT alone does not tell;
+    edgeq installs its handler first thing, before it loads numpy, so numpy's core module in the process's
+    memory map tells."""
+    try:
+        mapped = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+    return catches_sigint(pid) and "_multiarray_umath" in mapped
+
+
 def interrupt(process: subprocess.Popen, when) -> tuple:
-    """Send a terminal's Ctrl-C once ``when(process)`` returns, counting from when Python has started;
+    """Send a terminal's Ctrl-C once ``when(process)`` returns, counting from when edgeq catches SIGINT;
     returns (exit code, seconds to exit, stderr, processes of the session left after it exited)."""
     try:
-        assert wait_for(lambda: catches_sigint(process.pid), 30), "the command never started"
+        assert wait_for(lambda: edgeq_catches_sigint(process.pid), 30), "the command never started"
         when(process)
         assert process.poll() is None, "the command ended before the interrupt: choose an earlier point"
         os.killpg(process.pid, signal.SIGINT)
