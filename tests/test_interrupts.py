@@ -119,8 +119,8 @@ def workers_running(delay: float):
 
 
 def assert_clean_interrupt(code, seconds, stderr, left):
-    assert code == 130, stderr
-    assert seconds < EXIT_WITHIN_SECONDS
+    assert code == 130, f"exit {code} after {seconds:.2f} s: {stderr}"
+    assert seconds < EXIT_WITHIN_SECONDS, f"{seconds:.2f} s: {stderr}"
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
     assert stderr.strip().splitlines() == ["edgeq: error: interrupted"]
     assert left == [], "processes left running"
