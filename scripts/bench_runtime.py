@@ -4,10 +4,10 @@
 For every model (the digits samples, ResNet-50 and SqueezeNet from the onnx wheel with seeded random
 weights, MobileNetV2 1.0 224) in float32 and int8:
 
-- edgeq: our runtime on the .tflite we write (``Interpreter(num_threads=1)``);
-- litert: LiteRT's default kernels (XNNPACK) on the same file, ``num_threads=1``;
+- edgeq: our runtime on the .tflite we write (``Interpreter(num_threads=N)``, ``--threads N``, default 1);
+- litert: LiteRT's default kernels (XNNPACK) on the same file, the same ``num_threads``;
 - onnxruntime: the source ONNX model (float) and its QDQ int8 version from
-  ``onnxruntime.quantization.quantize_static``, ``intra_op_num_threads=1``.
+  ``onnxruntime.quantization.quantize_static``, the same ``intra_op_num_threads``.
 
 Each (model, variant, engine) runs in its own subprocess, which loads only numpy and that engine, so
 its peak RSS (VmHWM, ``edgeq.runtime.memory``) is that engine's alone. Latency is one inference (set
@@ -68,23 +68,23 @@ def worker(spec: dict) -> dict:
     if engine.startswith("edgeq"):
         from edgeq.runtime.interpreter import Interpreter
 
-        interpreter = Interpreter(model_path=model_file, num_threads=1)
+        interpreter = Interpreter(model_path=model_file, num_threads=spec.get("threads", 1))
     elif engine == "litert":
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        interpreter = Interpreter(model_path=model_file, num_threads=1)
+        interpreter = Interpreter(model_path=model_file, num_threads=spec.get("threads", 1))
         try:
             interpreter.allocate_tensors()
         except RuntimeError as error:
             # XNNPACK refuses some graphs outright; LiteRT's own optimized kernels still run them.
             note = f"XNNPACK refused the model ({str(error).splitlines()[0][:120]}); builtin optimized kernels"
-            interpreter = Interpreter(model_path=model_file, num_threads=1,
+            interpreter = Interpreter(model_path=model_file, num_threads=spec.get("threads", 1),
                                       experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     elif engine == "onnxruntime":
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1
+        options.intra_op_num_threads = spec.get("threads", 1)
         options.inter_op_num_threads = 1
         session = onnxruntime.InferenceSession(model_file, options, providers=["CPUExecutionProvider"])
         feed_name = session.get_inputs()[0].name
@@ -290,6 +290,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="Timed seconds per (model, engine) at least.")
     parser.add_argument("--min-runs", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="Threads each engine may use (num_threads).")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -305,10 +306,10 @@ def main(argv=None) -> int:
                     "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
                                                            "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                                            "EDGEQ_NO_NUMBA")}},
-        "settings": {"threads": 1, "seconds": args.seconds, "min_runs": args.min_runs, "warmup": args.warmup,
+        "settings": {"threads": args.threads, "seconds": args.seconds, "min_runs": args.min_runs, "warmup": args.warmup,
                      "latency": "set input + invoke + read output, one sample",
-                     "litert": "ai_edge_litert Interpreter(num_threads=1), default op resolver (XNNPACK)",
-                     "onnxruntime": "intra_op_num_threads=1; int8 = quantize_static QDQ, per-channel QInt8"},
+                     "litert": f"ai_edge_litert Interpreter(num_threads={args.threads}), default op resolver (XNNPACK)",
+                     "onnxruntime": f"intra_op_num_threads={args.threads}; int8 = quantize_static QDQ, per-channel QInt8"},
         "models": {},
         "load_average_at_start": os.getloadavg(),
     }
@@ -329,7 +330,7 @@ def main(argv=None) -> int:
                 if run is None:
                     continue
                 spec = {"engine": engine, "model": run["model"], "input": run["input"], "seconds": args.seconds,
-                        "min_runs": args.min_runs, "warmup": args.warmup}
+                        "min_runs": args.min_runs, "warmup": args.warmup, "threads": args.threads}
                 if engine == "edgeq":
                     # An untimed run first, so the compiled kernels this model needs are in numba's
                     # disk cache: otherwise the measured process compiles them, and its peak RSS is
