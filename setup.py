@@ -10,7 +10,8 @@ import sys
 from setuptools import Extension, find_packages, setup
 
 SUBPACKAGE_FOLDERS = ("runtime", "converter")
-NATIVE_SOURCES = ("module.c", "cpu.c", "qgemm.c", "dwconv.c", "elementwise.c", "threads.c")
+NATIVE_SOURCES = ("module.c", "cpu.c", "qgemm.c", "dwconv.c", "elementwise.c", "threads.c",
+                  "quantize.c", "add_int8_simd.c")
 
 
 def edgeq_packages():

@@ -57,9 +57,11 @@ def prepare_quantize(op, graph):
     dtype = output_tensor.dtype
 
     if input_tensor.dtype == np.float32 and dtype == np.int8 and native.enabled():
+        isa, outputs = native.isa(), _BuffersByShape(dtype)
+
         def quantize_native(x):
-            out = np.empty(x.shape, dtype)
-            return native.quantize_int8(np.ascontiguousarray(x), output_scale, output_zero_point, low, high, out)
+            return native.quantize_int8(np.ascontiguousarray(x), output_scale, output_zero_point, low, high,
+                                        outputs.get(x.shape), isa)
 
         return quantize_native
 
@@ -107,8 +109,32 @@ def prepare_dequantize(op, graph):
     else:
         scale = np.float64(np.float32(quant.scale[0]))
         zero_point = np.int64(quant.zero_point[0])
+        if input_tensor.dtype == np.int8 and native.enabled():
+            isa, outputs = native.isa(), _BuffersByShape(np.float32)
+
+            def dequantize_native(x):
+                return native.dequantize_int8(isa, np.ascontiguousarray(x), scale, int(zero_point),
+                                              outputs.get(x.shape))
+
+            return dequantize_native
 
     def dequantize(x):
         return ((x.astype(np.int64) - zero_point) * scale).astype(np.float32)
 
     return dequantize
+
+
+class _BuffersByShape:
+    """One output array per input shape, made on first use and reused (the interpreter copies what it
+    hands out), so an invoke allocates nothing."""
+
+    __slots__ = ("dtype", "buffers")
+
+    def __init__(self, dtype):
+        self.dtype, self.buffers = dtype, {}
+
+    def get(self, shape):
+        buffer = self.buffers.get(shape)
+        if buffer is None:
+            buffer = self.buffers[shape] = np.empty(shape, self.dtype)
+        return buffer

@@ -84,7 +84,10 @@ def _open_library():
             ("edgeq_depthwise", int32, [int32, pointer, int32, pointer, pointer, pointer, pointer, int32]),
             ("edgeq_add_int8", None, [int32, pointer, pointer, ctypes.c_size_t, pointer, pointer]),
             ("edgeq_quantize_int8", None, [pointer, ctypes.c_size_t, ctypes.c_float, int32, int32, int32, pointer]),
-            ("edgeq_max_pool_int8", None, [pointer, pointer, int32, int32, pointer])):
+            ("edgeq_max_pool_int8", None, [pointer, pointer, int32, int32, pointer]),
+            ("edgeq_quantize_to_int8", None,
+             [int32, pointer, ctypes.c_size_t, ctypes.c_float, int32, int32, int32, pointer]),
+            ("edgeq_dequantize_int8", None, [int32, pointer, ctypes.c_size_t, ctypes.c_double, int32, pointer])):
         function = getattr(library, name, None)
         if function is None:
             return None, f"the extension is out of date (no {name}); reinstall edgeq to rebuild it"
@@ -248,10 +251,19 @@ def add_int8(isa_name: str, params: AddParams, a: np.ndarray, b: np.ndarray, out
     return out
 
 
-def quantize_int8(x: np.ndarray, scale, zero_point: int, low: int, high: int, out: np.ndarray) -> np.ndarray:
-    """float32 -> int8 QUANTIZE of a contiguous array into ``out``."""
-    _library.edgeq_quantize_int8(x.ctypes.data, x.size, float(scale), int(zero_point), int(low), int(high),
-                                 out.ctypes.data)
+def quantize_int8(x: np.ndarray, scale, zero_point: int, low: int, high: int, out: np.ndarray,
+                  isa_name=None) -> np.ndarray:
+    """float32 -> int8 QUANTIZE of a contiguous array into ``out`` (vectorized on ``isa_name``)."""
+    _library.edgeq_quantize_to_int8(ISA_CODES[isa_name or "portable"], x.ctypes.data, x.size, float(scale),
+                                    int(zero_point), int(low), int(high), out.ctypes.data)
+    return out
+
+
+def dequantize_int8(isa_name: str, x: np.ndarray, scale, zero_point: int, out: np.ndarray) -> np.ndarray:
+    """int8 -> float32 DEQUANTIZE (per-tensor) of a contiguous array into ``out``: float((x - zp) * scale)
+    with the product in double, as the reference kernel."""
+    _library.edgeq_dequantize_int8(ISA_CODES[isa_name], x.ctypes.data, x.size, float(scale), int(zero_point),
+                                   out.ctypes.data)
     return out
 
 

@@ -61,6 +61,8 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) static void add_in
 
 void edgeq_add_int8(int isa, const int8_t *a, const int8_t *b, size_t count, const edgeq_add_params *p,
                     int8_t *out) {
+    const size_t done = edgeq_add_int8_vectors(isa, a, b, count, p, out); /* add_int8_simd.c; the tail here */
+    a += done, b += done, out += done, count -= done;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     if (isa == EDGEQ_ISA_AVX512VNNI && edgeq_cpu_supports(isa)) {
         add_int8_avx512(a, b, count, p, out);

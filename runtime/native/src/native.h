@@ -88,10 +88,20 @@ typedef struct {
 
 EDGEQ_API void edgeq_add_int8(int isa, const int8_t *a, const int8_t *b, size_t count, const edgeq_add_params *params,
                               int8_t *out);
+/* add_int8_simd.c: the leading multiple of the vector width of an int8 ADD/SUB in vector lanes (the
+ * variant's, where its parameters allow); returns how many values it did. */
+size_t edgeq_add_int8_vectors(int isa, const int8_t *a, const int8_t *b, size_t count, const edgeq_add_params *p,
+                              int8_t *out);
 EDGEQ_API void edgeq_quantize_int8(const float *x, size_t count, float scale, int32_t zero_point, int32_t low,
                                    int32_t high, int8_t *out);
 EDGEQ_API void edgeq_max_pool_int8(const edgeq_conv_geometry *g, const int8_t *x, int32_t low, int32_t high,
                                    int8_t *out);
+
+/* quantize.c: per-tensor float32 -> int8 QUANTIZE and int8 -> float32 DEQUANTIZE, vectorized per variant. */
+EDGEQ_API void edgeq_quantize_to_int8(int isa, const float *x, size_t count, float scale, int32_t zero_point,
+                                      int32_t low, int32_t high, int8_t *out);
+EDGEQ_API void edgeq_dequantize_int8(int isa, const int8_t *x, size_t count, double scale, int32_t zero_point,
+                                     float *out);
 
 /* threads.c: run work(context, index) for index in [0, count) on up to `threads` threads. */
 void edgeq_parallel_for(int count, int threads, void (*work)(void *context, int index), void *context);
