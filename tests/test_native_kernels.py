@@ -19,7 +19,7 @@ from edgeq.runtime.kernels import REGISTRY, compiled, load_all_kernels
 
 pytest.importorskip("ai_edge_litert")
 
-from edgeq.testing.int8_graphs import weighted_op  # noqa: E402
+from edgeq.testing.int8_graphs import BINARY_CASES, binary_graph, unary_graph, weighted_op  # noqa: E402
 from edgeq.testing.referees import assert_exact  # noqa: E402
 
 needs_native = pytest.mark.skipif(not native.available(), reason=f"no native kernels: {native.describe()}")
@@ -99,6 +99,67 @@ def test_depthwise_conv_2d_zero_points_activations_multiplier(native_isa, params
     graph, inputs = weighted_op("DEPTHWISE_CONV_2D", (2, 8, 7, 5), *EDGE_PARAMS[params], k=3, stride=2,
                                 out_c=5 * multiplier, act=act, seed=9)
     assert_exact(graph, inputs)
+
+
+@pytest.mark.parametrize("channels", [1, 5, 16, 17, 33, 71])
+@pytest.mark.parametrize("k, stride, dilation, padding", [(1, 1, 1, "VALID"), (3, 1, 1, "SAME"), (3, 2, 1, "SAME"),
+                                                          (3, 1, 2, "SAME"), (5, 2, 1, "VALID"), (5, 1, 1, "SAME")])
+def test_depthwise_conv_2d_odd_shapes(native_isa, channels, k, stride, dilation, padding):
+    # Channel counts around the 16- and 32-channel blocks; odd and even tap counts; taps in the padding.
+    graph, inputs = weighted_op("DEPTHWISE_CONV_2D", (2, 9, 8, channels), (0.05, 3), (0.2, -5), k=k, stride=stride,
+                                dilation=dilation, padding=padding, out_c=channels, seed=channels * 10 + k)
+    assert_exact(graph, inputs)
+
+
+@pytest.mark.parametrize("case", sorted(BINARY_CASES))
+@pytest.mark.parametrize("op_type", ["ADD", "SUB"])
+@pytest.mark.parametrize("act", ["NONE", "RELU6"])
+def test_add_sub_quantization_cases(native_isa, case, op_type, act):
+    shape_1, shape_2, q1, q2, qo, _ = BINARY_CASES[case]
+    graph, inputs = binary_graph(op_type, shape_1, shape_2, q1, q2, qo, act, seed=11)
+    assert_exact(graph, inputs)
+
+
+@pytest.mark.parametrize("count", [1, 7, 8, 15, 16, 17, 33, 1000])
+def test_add_lengths_around_the_vector_width(native_isa, count):
+    graph, inputs = binary_graph("ADD", (1, count), (1, count), (0.05, 3), (0.07, -10), (0.1, -4), "RELU", seed=count)
+    assert_exact(graph, inputs)
+
+
+@pytest.mark.parametrize("input_params, output_params", [((0.05, 3), (0.1, -4)), ((0.5, -128), (0.002, 127)),
+                                                         ((0.01, 127), (3.0, 0)), ((0.02, 0), (0.0200001, 0))])
+def test_add_scales_and_zero_points(native_isa, input_params, output_params):
+    graph, inputs = binary_graph("ADD", (3, 67), (3, 67), input_params, (0.03, -7), output_params, "NONE", seed=12)
+    assert_exact(graph, inputs)
+
+
+@pytest.mark.parametrize("scale, zero_point", [(0.05, 3), (0.37, -128), (0.01, 127), (1.0, 0)])
+def test_quantize_float_to_int8(native_isa, scale, zero_point):
+    graph, _ = unary_graph("QUANTIZE", (2, 57), (2, 57), None, (scale, zero_point), dtype=np.float32)
+    graph["y"].dtype = np.int8
+    values = np.random.default_rng(13).standard_normal((2, 57)).astype(np.float32) * 3
+    # ties of the rounding, both signs, and values far outside the int8 range
+    values[0, :12] = np.array([0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 1e9, -1e9, 0.0, -0.0, 300.0, -300.0]) * scale
+    assert_exact(graph, [values])
+
+
+@pytest.mark.parametrize("scale, zero_point", [(0.05, 3), (0.37, -128), (0.01, 127)])
+def test_dequantize_int8_to_float(native_isa, scale, zero_point):
+    graph, inputs = unary_graph("DEQUANTIZE", (3, 41), (3, 41), (scale, zero_point), None,
+                                options={"_out_dtype": np.float32}, seed=14)
+    assert_exact(graph, inputs)
+
+
+def test_native_quantize_matches_the_c_conversion_of_nan_and_infinities(native_isa):
+    # x86-64 turns NaN and values beyond int64 into INT64_MIN, and the zero point wraps it: the
+    # vector forms must give what the scalar C gives, for every variant.
+    values = np.array([np.nan, np.inf, -np.inf, 1e30, -1e30, 3e18, -3e18, 2.5] * 5, np.float32)
+    for zero_point in (-128, -5, 0, 127):
+        expected = native.quantize_int8(values, 1.0, zero_point, -128, 127, np.empty(values.size, np.int8),
+                                        "portable")
+        actual = native.quantize_int8(values, 1.0, zero_point, -128, 127, np.empty(values.size, np.int8),
+                                      native_isa)
+        assert np.array_equal(actual, expected), zero_point
 
 
 @pytest.mark.parametrize("op_type, x_shape, out_c", [("CONV_2D", (2, 33, 31, 32), 40),

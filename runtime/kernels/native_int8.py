@@ -122,6 +122,18 @@ def prepare_depthwise(in_shape, filters, bias, input_zero_point, multipliers, sh
     _, k_h, k_w, out_c = filters.shape
     if in_c == 0 or out_c % in_c:
         return None  # the numpy path reports the bad filter depth
+    multiplier = out_c // in_c
+    geometries = _Geometries(
+        in_h=in_h, in_w=in_w, in_c=in_c, out_h=out_h, out_w=out_w, out_c=out_c, k_h=k_h, k_w=k_w,
+        stride_h=options.get("stride_h", 1), stride_w=options.get("stride_w", 1),
+        dil_h=options.get("dilation_h_factor", 1), dil_w=options.get("dilation_w_factor", 1),
+        pad_top=pad_top, pad_left=pad_left, input_zero_point=input_zero_point)
+    outputs = OutputBuffers((out_h, out_w, out_c), np.int8)
+    if multiplier == 1:
+        paired = _prepare_depthwise_pairs(isa, filters[0].reshape(k_h * k_w, out_c), bias, input_zero_point,
+                                          multipliers, shifts, output_offset, low, high, geometries, outputs)
+        if paired is not None:
+            return paired
     taps = np.ascontiguousarray(filters[0], dtype=np.int16)
     abs_sums = np.abs(taps.astype(np.int64)).reshape(-1, out_c).sum(axis=0)
     # |x - input_zero_point| <= 255
@@ -132,17 +144,37 @@ def prepare_depthwise(in_shape, filters, bias, input_zero_point, multipliers, sh
     if folded is None:
         return None
     stage = native.folded_stage(folded, low, high)
-    geometries = _Geometries(
-        in_h=in_h, in_w=in_w, in_c=in_c, out_h=out_h, out_w=out_w, out_c=out_c, k_h=k_h, k_w=k_w,
-        stride_h=options.get("stride_h", 1), stride_w=options.get("stride_w", 1),
-        dil_h=options.get("dilation_h_factor", 1), dil_w=options.get("dilation_w_factor", 1),
-        pad_top=pad_top, pad_left=pad_left, input_zero_point=input_zero_point)
-    multiplier = out_c // in_c
-    outputs = OutputBuffers((out_h, out_w, out_c), np.int8)
     depthwise = native.depthwise
 
     def depthwise_conv_2d_int8_native(x, _filters=None, _bias=None):
         n = x.shape[0]
         return depthwise(isa, geometries.get(n), multiplier, np.ascontiguousarray(x), taps, stage, outputs.get(n))
+
+    return depthwise_conv_2d_int8_native
+
+
+def _prepare_depthwise_pairs(isa, taps, bias, input_zero_point, multipliers, shifts, output_offset, low, high,
+                             geometries, outputs):
+    """The int16 pair kernel (depth multiplier 1, x86-64 variants): every tap is read, those outside the
+    input from a row of the zero point, so the bias takes -input_zero_point * sum(weights) once."""
+    packed = native.pack_depthwise_pairs(isa, taps)
+    if packed is None:
+        return None
+    wide = taps.astype(np.int64)
+    weight_sums, abs_sums = wide.sum(axis=0), np.abs(wide).sum(axis=0)
+    if 128 * int(abs_sums.max(initial=0)) >= INT32_LIMIT:  # int8 x, not x - zero point, accumulates
+        return None
+    constant_term = -int(input_zero_point) * weight_sums
+    if bias is not None:
+        constant_term = constant_term + bias
+    folded = fold_requantization(constant_term, multipliers, shifts, output_offset, 128 * int(abs_sums.max(initial=0)))
+    if folded is None:
+        return None
+    stage = native.folded_stage(folded, low, high)
+    depthwise_pairs = native.depthwise_pairs
+
+    def depthwise_conv_2d_int8_native(x, _filters=None, _bias=None):
+        n = x.shape[0]
+        return depthwise_pairs(isa, geometries.get(n), np.ascontiguousarray(x), packed, stage, outputs.get(n))
 
     return depthwise_conv_2d_int8_native

@@ -85,6 +85,9 @@ def _open_library():
             ("edgeq_add_int8", None, [int32, pointer, pointer, ctypes.c_size_t, pointer, pointer]),
             ("edgeq_quantize_int8", None, [pointer, ctypes.c_size_t, ctypes.c_float, int32, int32, int32, pointer]),
             ("edgeq_max_pool_int8", None, [pointer, pointer, int32, int32, pointer]),
+            ("edgeq_depthwise_pairs_packed_bytes", ctypes.c_size_t, [int32, int32, int32]),
+            ("edgeq_depthwise_pairs_pack", int32, [int32, int32, int32, pointer, pointer]),
+            ("edgeq_depthwise_pairs", int32, [int32, pointer, pointer, pointer, pointer, pointer, int32]),
             ("edgeq_quantize_to_int8", None,
              [int32, pointer, ctypes.c_size_t, ctypes.c_float, int32, int32, int32, pointer]),
             ("edgeq_dequantize_int8", None, [int32, pointer, ctypes.c_size_t, ctypes.c_double, int32, pointer])):
@@ -240,6 +243,30 @@ def depthwise(isa_name: str, geometry: ConvGeometry, depth_multiplier: int, x: n
     """out = int8 DEPTHWISE_CONV_2D of x with int16 filters [k_h, k_w, out_c] through ``stage``."""
     status = _library.edgeq_depthwise(ISA_CODES[isa_name], ctypes.byref(geometry), depth_multiplier, x.ctypes.data,
                                       filters.ctypes.data, ctypes.byref(stage), out.ctypes.data, _threads)
+    if status:
+        raise NativeError(f"native depthwise convolution failed ({status})")
+    return out
+
+
+def pack_depthwise_pairs(isa_name: str, filters: np.ndarray):
+    """int8 depthwise filters [taps, channels] packed as int16 tap pairs for ``isa_name``'s pair kernel
+    (made once in prepare), or None where the variant has no such kernel."""
+    filters = np.ascontiguousarray(filters, dtype=np.int8)
+    taps, channels = filters.shape
+    size = int(_library.edgeq_depthwise_pairs_packed_bytes(ISA_CODES[isa_name], taps, channels))
+    if size == 0:
+        return None
+    packed = np.empty(size // 2, np.int16)
+    if _library.edgeq_depthwise_pairs_pack(ISA_CODES[isa_name], taps, channels, _address(filters), _address(packed)):
+        return None
+    return packed
+
+
+def depthwise_pairs(isa_name: str, geometry: ConvGeometry, x: np.ndarray, packed: np.ndarray, stage: OutputStage,
+                    out: np.ndarray) -> np.ndarray:
+    """out = int8 DEPTHWISE_CONV_2D (multiplier 1) of x with pair-packed filters through ``stage``."""
+    status = _library.edgeq_depthwise_pairs(ISA_CODES[isa_name], ctypes.byref(geometry), x.ctypes.data,
+                                            packed.ctypes.data, ctypes.byref(stage), out.ctypes.data, _threads)
     if status:
         raise NativeError(f"native depthwise convolution failed ({status})")
     return out

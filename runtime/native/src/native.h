@@ -79,6 +79,14 @@ EDGEQ_API int edgeq_conv(int isa, const edgeq_conv_geometry *g, const int8_t *x,
 EDGEQ_API int edgeq_depthwise(int isa, const edgeq_conv_geometry *g, int depth_multiplier, const int8_t *x,
                               const int16_t *filters, const edgeq_output_stage *stage, int8_t *out, int threads);
 
+/* dwconv_pairs.c: depth multiplier 1 as int16 pair dot products (x86-64 AVX2/AVX-VNNI/AVX512-VNNI;
+ * 0 bytes / -1 where the variant has none). Filters int8 [taps][channels] pack once; the stage's bias
+ * must hold -input_zero_point * the sum of each channel's weights over all taps. */
+EDGEQ_API size_t edgeq_depthwise_pairs_packed_bytes(int isa, int taps, int channels);
+EDGEQ_API int edgeq_depthwise_pairs_pack(int isa, int taps, int channels, const int8_t *filters, int16_t *packed);
+EDGEQ_API int edgeq_depthwise_pairs(int isa, const edgeq_conv_geometry *g, const int8_t *x, const int16_t *packed,
+                                    const edgeq_output_stage *stage, int8_t *out, int threads);
+
 /* elementwise.c: TFLite's quantized ADD/SUB parameters (elementwise.py, _prepare_add_sub_int). */
 typedef struct {
     int32_t input1_offset, input2_offset, left_shift;

@@ -1,0 +1,207 @@
+/* int8 DEPTHWISE_CONV_2D (depth multiplier 1) on x86-64 as int16 pair dot products: the taps of an
+ * output pixel are taken two at a time, their inputs widened to int16 and interleaved channel by
+ * channel, so one vpmaddwd (AVX2) or vpdpwssd (AVX512-VNNI) adds x_t * w_t + x_t' * w_t' into each
+ * channel's int32 lane: a quarter of the instructions of a widen-to-int32-and-multiply loop.
+ *
+ * Every pixel has all its taps: one outside the input reads a row of the input zero point, whose
+ * product the bias takes back (prepare folds -zero_point * sum of the channel's weights into it), so
+ * the loop has no branch and no per-pixel correction. Weights are packed once (prepare) per block of
+ * B channels (32 for AVX512, 16 for AVX2) and tap pair as the unpack instructions order channels:
+ * within each 128-bit lane of 8 channels, the low unpack holds channels 0-3 and the high one 4-7. An
+ * odd last tap pairs with zero weights. The accumulators of a whole output row then go through the
+ * output stage at once. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "native.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+#define MAX_TAPS 64
+
+static int block_width(int isa) {
+    if (isa == EDGEQ_ISA_AVX512VNNI) return 32;
+    if (isa == EDGEQ_ISA_AVX2 || isa == EDGEQ_ISA_AVXVNNI) return 16;
+    return 0;
+}
+
+size_t edgeq_depthwise_pairs_packed_bytes(int isa, int taps, int channels) {
+    const int width = block_width(isa);
+    if (!width || taps < 1 || taps > MAX_TAPS) return 0;
+    const size_t blocks = ((size_t)channels + width - 1) / width, pairs = ((size_t)taps + 1) / 2;
+    return blocks * pairs * 2 * width * sizeof(int16_t);
+}
+
+/* filters: int8 [taps][channels]. */
+int edgeq_depthwise_pairs_pack(int isa, int taps, int channels, const int8_t *filters, int16_t *packed) {
+    const int width = block_width(isa);
+    if (!width || taps < 1 || taps > MAX_TAPS) return -1;
+    const int blocks = (channels + width - 1) / width, pairs = (taps + 1) / 2;
+    for (int b = 0; b < blocks; b++)
+        for (int p = 0; p < pairs; p++)
+            for (int half = 0; half < 2; half++) {
+                int16_t *vector = packed + (((size_t)b * pairs + p) * 2 + half) * width;
+                for (int lane = 0; lane < width / 8; lane++)
+                    for (int j = 0; j < 4; j++)
+                        for (int t = 0; t < 2; t++) {
+                            const int channel = b * width + 8 * lane + 4 * half + j, tap = 2 * p + t;
+                            vector[8 * lane + 2 * j + t] = (channel < channels && tap < taps)
+                                                               ? filters[(size_t)tap * channels + channel]
+                                                               : 0;
+                        }
+            }
+    return 0;
+}
+
+typedef void (*pixel_fn)(int32_t *acc, int channels, int pairs, const int8_t *const *sources,
+                         const int16_t *packed);
+
+#define DW512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")))
+
+/* acc[0 .. channels) of one pixel; sources holds 2 * pairs rows (the last may be a filler). */
+static DW512 void pixel_avx512(int32_t *acc, int channels, int pairs, const int8_t *const *sources,
+                               const int16_t *packed) {
+    const __m512i order_low = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i order_high = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    for (int c0 = 0; c0 < channels; c0 += 32) {
+        const int left = channels - c0;
+        const __mmask32 mask = left >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << left) - 1);
+        const int16_t *w = packed + (size_t)(c0 / 32) * pairs * 64;
+        __m512i low_a = _mm512_setzero_si512(), high_a = low_a, low_b = low_a, high_b = low_a;
+        int p = 0;
+        for (; p + 2 <= pairs; p += 2) {
+            const __m512i x0 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, sources[2 * p] + c0));
+            const __m512i x1 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, sources[2 * p + 1] + c0));
+            const __m512i x2 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, sources[2 * p + 2] + c0));
+            const __m512i x3 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, sources[2 * p + 3] + c0));
+            low_a = _mm512_dpwssd_epi32(low_a, _mm512_unpacklo_epi16(x0, x1), _mm512_loadu_si512(w + 64 * p));
+            high_a = _mm512_dpwssd_epi32(high_a, _mm512_unpackhi_epi16(x0, x1), _mm512_loadu_si512(w + 64 * p + 32));
+            low_b = _mm512_dpwssd_epi32(low_b, _mm512_unpacklo_epi16(x2, x3), _mm512_loadu_si512(w + 64 * p + 64));
+            high_b = _mm512_dpwssd_epi32(high_b, _mm512_unpackhi_epi16(x2, x3), _mm512_loadu_si512(w + 64 * p + 96));
+        }
+        if (p < pairs) {
+            const __m512i x0 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, sources[2 * p] + c0));
+            const __m512i x1 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, sources[2 * p + 1] + c0));
+            low_a = _mm512_dpwssd_epi32(low_a, _mm512_unpacklo_epi16(x0, x1), _mm512_loadu_si512(w + 64 * p));
+            high_a = _mm512_dpwssd_epi32(high_a, _mm512_unpackhi_epi16(x0, x1), _mm512_loadu_si512(w + 64 * p + 32));
+        }
+        const __m512i low = _mm512_add_epi32(low_a, low_b), high = _mm512_add_epi32(high_a, high_b);
+        const __mmask16 first = (__mmask16)mask, second = (__mmask16)(mask >> 16);
+        _mm512_mask_storeu_epi32(acc + c0, first, _mm512_permutex2var_epi32(low, order_low, high));
+        _mm512_mask_storeu_epi32(acc + c0 + 16, second, _mm512_permutex2var_epi32(low, order_high, high));
+    }
+}
+
+static __attribute__((target("avx2"))) __m256i load_16(const int8_t *src, int count) {
+    if (count >= 16) return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)src));
+    int8_t buffer[16] = {0};
+    memcpy(buffer, src, (size_t)count);
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)buffer));
+}
+
+static __attribute__((target("avx2"))) void pixel_avx2(int32_t *acc, int channels, int pairs,
+                                                       const int8_t *const *sources, const int16_t *packed) {
+    for (int c0 = 0; c0 < channels; c0 += 16) {
+        const int left = channels - c0;
+        const int16_t *w = packed + (size_t)(c0 / 16) * pairs * 32;
+        __m256i low = _mm256_setzero_si256(), high = low;
+        for (int p = 0; p < pairs; p++) {
+            const __m256i x0 = load_16(sources[2 * p] + c0, left), x1 = load_16(sources[2 * p + 1] + c0, left);
+            low = _mm256_add_epi32(low, _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1),
+                                                          _mm256_loadu_si256((const __m256i *)(w + 32 * p))));
+            high = _mm256_add_epi32(high, _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1),
+                                                            _mm256_loadu_si256((const __m256i *)(w + 32 * p + 16))));
+        }
+        const __m256i first = _mm256_permute2x128_si256(low, high, 0x20);
+        const __m256i second = _mm256_permute2x128_si256(low, high, 0x31);
+        if (left >= 16) {
+            _mm256_storeu_si256((__m256i *)(acc + c0), first);
+            _mm256_storeu_si256((__m256i *)(acc + c0 + 8), second);
+        } else {
+            int32_t lanes[16];
+            _mm256_storeu_si256((__m256i *)lanes, first);
+            _mm256_storeu_si256((__m256i *)(lanes + 8), second);
+            memcpy(acc + c0, lanes, sizeof(int32_t) * (size_t)left);
+        }
+    }
+}
+
+typedef struct {
+    const edgeq_conv_geometry *g;
+    const int8_t *x;
+    const int16_t *packed;
+    const int8_t *filler; /* in_c bytes of the input zero point */
+    const edgeq_output_stage *stage;
+    edgeq_stage_fn run_stage;
+    pixel_fn pixel;
+    int8_t *out;
+    int failed;
+} pairs_job;
+
+static void pairs_row(void *context, int index) {
+    pairs_job *job = (pairs_job *)context;
+    const edgeq_conv_geometry *g = job->g;
+    const int channels = g->out_c, taps = g->k_h * g->k_w, pairs = (taps + 1) / 2;
+    const int n = index / g->out_h, oy = index % g->out_h;
+    int32_t *row_acc = (int32_t *)malloc(sizeof(int32_t) * (size_t)channels * g->out_w);
+    if (!row_acc) {
+        job->failed = 1;
+        return;
+    }
+    const int8_t *image = job->x + (size_t)n * g->in_h * g->in_w * channels;
+    const int8_t *sources[MAX_TAPS + 1];
+    sources[taps] = job->filler; /* the odd tap's partner, under zero weights */
+    for (int ox = 0; ox < g->out_w; ox++) {
+        for (int ky = 0; ky < g->k_h; ky++) {
+            const int iy = oy * g->stride_h - g->pad_top + ky * g->dil_h;
+            for (int kx = 0; kx < g->k_w; kx++) {
+                const int ix = ox * g->stride_w - g->pad_left + kx * g->dil_w;
+                const int inside = iy >= 0 && iy < g->in_h && ix >= 0 && ix < g->in_w;
+                sources[ky * g->k_w + kx] = inside ? image + ((size_t)iy * g->in_w + ix) * channels : job->filler;
+            }
+        }
+        job->pixel(row_acc + (size_t)ox * channels, channels, pairs, sources, job->packed);
+    }
+    job->run_stage(job->stage, row_acc, channels, g->out_w, 0, channels,
+                   job->out + ((size_t)n * g->out_h + oy) * g->out_w * channels, (size_t)channels);
+    free(row_acc);
+}
+
+#define PARALLEL_MIN_MACS 1000000LL
+
+int edgeq_depthwise_pairs(int isa, const edgeq_conv_geometry *g, const int8_t *x, const int16_t *packed,
+                          const edgeq_output_stage *stage, int8_t *out, int threads) {
+    const int taps = g->k_h * g->k_w;
+    if (!block_width(isa) || !edgeq_cpu_supports(isa) || taps < 1 || taps > MAX_TAPS || g->in_c != g->out_c)
+        return -1;
+    int8_t *filler = (int8_t *)malloc((size_t)g->in_c + 64);
+    if (!filler) return -2;
+    memset(filler, (int8_t)g->input_zero_point, (size_t)g->in_c + 64);
+    pairs_job job = {g, x, packed, filler, stage, edgeq_stage_for(isa),
+                     isa == EDGEQ_ISA_AVX512VNNI ? pixel_avx512 : pixel_avx2, out, 0};
+    const int rows = g->batch * g->out_h;
+    if ((long long)rows * g->out_w * g->out_c * taps < PARALLEL_MIN_MACS) threads = 1;
+    edgeq_parallel_for(rows, threads, pairs_row, &job);
+    free(filler);
+    return job.failed ? -2 : 0;
+}
+
+#else /* no x86-64 vector variants: the tap-by-tap kernel in dwconv.c runs */
+
+size_t edgeq_depthwise_pairs_packed_bytes(int isa, int taps, int channels) {
+    (void)isa, (void)taps, (void)channels;
+    return 0;
+}
+
+int edgeq_depthwise_pairs_pack(int isa, int taps, int channels, const int8_t *filters, int16_t *packed) {
+    (void)isa, (void)taps, (void)channels, (void)filters, (void)packed;
+    return -1;
+}
+
+int edgeq_depthwise_pairs(int isa, const edgeq_conv_geometry *g, const int8_t *x, const int16_t *packed,
+                          const edgeq_output_stage *stage, int8_t *out, int threads) {
+    (void)isa, (void)g, (void)x, (void)packed, (void)stage, (void)out, (void)threads;
+    return -1;
+}
+#endif
