@@ -19,7 +19,7 @@ from edgeq.runtime.kernels import REGISTRY, compiled, load_all_kernels
 
 pytest.importorskip("ai_edge_litert")
 
-from edgeq.testing.int8_graphs import BINARY_CASES, binary_graph, unary_graph, weighted_op  # noqa: E402
+from edgeq.testing.int8_graphs import BINARY_CASES, PARAMS, binary_graph, unary_graph, weighted_op  # noqa: E402
 from edgeq.testing.referees import assert_exact  # noqa: E402
 
 needs_native = pytest.mark.skipif(not native.available(), reason=f"no native kernels: {native.describe()}")
@@ -89,6 +89,15 @@ def test_conv_2d_zero_points_activations_scales(native_isa, params, act, per_cha
     # SAME padding: the padded taps hold the input zero point, the edge values among them.
     graph, inputs = weighted_op("CONV_2D", (1, 7, 6, 5), *EDGE_PARAMS[params], k=3, dilation=2, out_c=11, act=act,
                                 per_channel=per_channel, seed=8)
+    assert_exact(graph, inputs)
+
+
+@pytest.mark.parametrize("params", sorted(PARAMS))
+@pytest.mark.parametrize("op_type", ["CONV_2D", "DEPTHWISE_CONV_2D"])
+def test_requantization_multipliers_below_and_above_one(native_isa, params, op_type):
+    # "saturating" makes the multipliers exceed one: their folded form passes int32, the output
+    # stage's wide path; 40 channels run a full 16-column group and a partial one.
+    graph, inputs = weighted_op(op_type, (1, 6, 7, 40), *PARAMS[params], k=3, out_c=40, seed=15)
     assert_exact(graph, inputs)
 
 

@@ -66,6 +66,12 @@ typedef void (*edgeq_stage_fn)(const edgeq_output_stage *stage, const int32_t *a
                                int col0, int count, int8_t *out, size_t out_stride);
 edgeq_stage_fn edgeq_stage_for(int isa);
 
+#if defined(__x86_64__)
+/* output_stage_avx512.c: the folded stage in 32-bit lanes where multipliers fit in int32 (0: not done). */
+int edgeq_stage_avx512_narrow(const edgeq_output_stage *stage, const int32_t *acc, int acc_stride, int rows, int col0,
+                              int count, int8_t *out, size_t out_stride);
+#endif
+
 /* qgemm.c: packed weights are int8 [ceil(N/32)*2 blocks of 16 columns][ceil(K/4)][16][4]. */
 EDGEQ_API int edgeq_isa_compiled(int isa);
 EDGEQ_API int edgeq_isa_supported(int isa);

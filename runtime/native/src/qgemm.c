@@ -203,6 +203,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512vn
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) static void stage_avx512(
     const edgeq_output_stage *stage, const int32_t *acc, int acc_stride, int rows, int col0, int count, int8_t *out,
     size_t out_stride) {
+    if (edgeq_stage_avx512_narrow(stage, acc, acc_stride, rows, col0, count, out, out_stride)) return;
     if (stage->kind != EDGEQ_STAGE_FOLDED) {
         stage_portable(stage, acc, acc_stride, rows, col0, count, out, out_stride);
         return;
