@@ -8,7 +8,9 @@ calls ``eval(*inputs)`` per op over the arena, a list indexed by tensor index wh
 None for omitted optional inputs. Intermediate tensors are released after their last use unless they
 are preserved (``experimental_preserve_all_tensors`` or ``run(..., keep=...)``). When no tensor has
 to be preserved, a zero PAD feeding only a VALID convolution is folded into it (``_fold_pads``), so
-the padded copy is never made; the model itself is not changed.
+the padded copy is never made, and an int8 -> DEQUANTIZE -> MAX_POOL_2D -> QUANTIZE chain with the same
+quantization at both ends runs as one int8 max pool (``_int8_max_pool_islands``); the model itself is not
+changed.
 """
 from __future__ import annotations
 
@@ -119,11 +121,13 @@ class Interpreter:
     # -- preparation -------------------------------------------------------------------------
     def allocate_tensors(self) -> None:
         if self._steps is None:
-            self._steps = self._prepare_ops()
+            islands = {} if self._preserve_all_tensors else self._int8_max_pool_islands()
+            self._steps = self._prepare_ops(lazy={p for d, m, _ in islands.values() for p in (d, m)})
             if self._preserve_all_tensors:  # every tensor must be readable: run each op as written
                 self._fused_steps, self._fused_ops = self._steps, list(range(len(self._steps)))
             else:
-                self._fused_steps, self._fused_ops = self._fold_pads(self._steps)
+                self._fused_steps, self._fused_ops = self._fold_max_pool_islands(
+                    *self._fold_pads(self._steps), islands)
             self._readable = sorted(i for i in self._keep_for_invoke()
                                     if self._tensors[i].data is None and i not in self._input_indices)
             self._invoke_steps = self._with_releases(self._keep_for_invoke(), self._fused_steps)
@@ -139,12 +143,72 @@ class Interpreter:
         self._arena = arena
         self._produced = False
 
-    def _prepare_ops(self):
+    def _prepare_ops(self, lazy=()):
+        """Every op's prepared kernel; those at positions in ``lazy`` are prepared on their first call
+        (ops that invoke skips: only ``run(keep=...)`` and ``observe`` run them)."""
         unsupported = sorted({op.kind for op in self._graph.ops if not has_kernel(op)})
         if unsupported:
             raise ModelError(f"no kernel for op type(s): {', '.join(unsupported)}")
-        return [(prepare_op(op, self._graph), inputs, outputs[0] if len(outputs) == 1 else outputs)
-                for op, (inputs, outputs) in zip(self._graph.ops, self._op_io)]
+        return [((_prepared_on_first_call if position in lazy else prepare_op)(op, self._graph), inputs,
+                 outputs[0] if len(outputs) == 1 else outputs)
+                for position, (op, (inputs, outputs)) in enumerate(zip(self._graph.ops, self._op_io))]
+
+    def _int8_max_pool_islands(self) -> dict:
+        """{QUANTIZE position: (DEQUANTIZE position, MAX_POOL_2D position, the int8 MAX_POOL_2D op)} for
+        every int8 -> DEQUANTIZE -> float MAX_POOL_2D -> QUANTIZE chain that the int8 max pool computes
+        exactly: the same scale and zero point in and out, no fused activation, and intermediates no
+        other op reads. Dequantizing is strictly increasing, so it commutes with the max, and
+        quantizing a dequantized int8 value with the same parameters gives it back."""
+        from edgeq.runtime.ir import Op
+
+        graph, islands = self._graph, {}
+        readers = {}
+        for position, op in enumerate(graph.ops):
+            for name in set(op.inputs):
+                readers.setdefault(name, []).append(position)
+        producer = {name: position for position, op in enumerate(graph.ops) for name in op.outputs}
+        boundary = set(graph.inputs) | set(graph.outputs)
+        for position, quantize in enumerate(graph.ops):
+            if quantize.type != "QUANTIZE" or len(quantize.inputs) != 1:
+                continue
+            pool_position = producer.get(quantize.inputs[0])
+            pool = graph.ops[pool_position] if pool_position is not None else None
+            if (pool is None or pool.type != "MAX_POOL_2D" or len(pool.inputs) != 1
+                    or pool.options.get("fused_activation_function", "NONE") != "NONE"
+                    or pool.options.get("padding", "SAME") != "VALID"):
+                continue
+            dequantize_position = producer.get(pool.inputs[0])
+            dequantize = graph.ops[dequantize_position] if dequantize_position is not None else None
+            if dequantize is None or dequantize.type != "DEQUANTIZE":
+                continue
+            source, result = graph[dequantize.inputs[0]], graph[quantize.outputs[0]]
+            if source.dtype != np.int8 or result.dtype != np.int8 or source.quant is None or result.quant is None:
+                continue
+            if (np.asarray(source.quant.scale).size != 1 or not np.array_equal(source.quant.scale, result.quant.scale)
+                    or not np.array_equal(source.quant.zero_point, result.quant.zero_point)):
+                continue
+            middles = (dequantize.outputs[0], pool.outputs[0])
+            if any(name in boundary or len(readers.get(name, ())) != 1 for name in middles):
+                continue
+            islands[position] = (dequantize_position, pool_position,
+                                 Op("MAX_POOL_2D", [dequantize.inputs[0]], list(quantize.outputs), dict(pool.options)))
+        return islands
+
+    def _fold_max_pool_islands(self, steps, positions, islands):
+        """``steps`` (at graph positions ``positions``) with each island's QUANTIZE step running the
+        int8 max pool on the DEQUANTIZE's input, and its DEQUANTIZE and MAX_POOL_2D steps gone."""
+        skipped = {p for dequantize, pool, _ in islands.values() for p in (dequantize, pool)}
+        fused, kept = [], []
+        for step, position in zip(steps, positions):
+            if position in skipped:
+                continue
+            if position in islands:
+                op = islands[position][2]
+                _, _, outputs = step
+                step = (prepare_op(op, self._graph), (self._index[op.inputs[0]],), outputs)
+            fused.append(step)
+            kept.append(position)
+        return fused, kept
 
     def _fold_pads(self, steps):
         """(steps, graph op position of each step) with every zero PAD whose only reader is a VALID
@@ -483,6 +547,18 @@ def _conv_with_folded_pad(pad, conv, graph):
     (top, bottom), (left, right) = pads[1].tolist(), pads[2].tolist()
     options = dict(conv.options, explicit_padding=(top, bottom, left, right))
     return Op(conv.type, [pad.inputs[0]] + list(conv.inputs[1:]), list(conv.outputs), options)
+
+
+def _prepared_on_first_call(op, graph):
+    """A kernel for ``op`` that is prepared when first called."""
+    prepared = []
+
+    def evaluate(*inputs):
+        if not prepared:
+            prepared.append(prepare_op(op, graph))
+        return prepared[0](*inputs)
+
+    return evaluate
 
 
 def _execute(steps, arena, ops) -> None:

@@ -21,6 +21,19 @@ def _accumulators_fit(abs_weight_sums, shift: int) -> bool:
     return (128 + shift) * int(np.max(abs_weight_sums, initial=0)) < INT32_LIMIT
 
 
+def _weight_sums(weights):
+    """(sum, sum of |w|) per row of int8 weights [rows, depth], as int64, through int16 rows a block at a
+    time: an int64 copy of a large layer's weights (8 bytes each) is what set the peak memory of prepare."""
+    weight_sums = np.empty(weights.shape[0], np.int64)
+    abs_sums = np.empty(weights.shape[0], np.int64)
+    block = max(1, (1 << 20) // max(1, weights.shape[1]))
+    for start in range(0, weights.shape[0], block):
+        rows = weights[start:start + block].astype(np.int16)
+        weight_sums[start:start + block] = rows.sum(axis=1, dtype=np.int64)
+        abs_sums[start:start + block] = np.abs(rows).sum(axis=1, dtype=np.int64)
+    return weight_sums, abs_sums
+
+
 def _shifted_folded_stage(folded, weight_sums, shift, low, high):
     # The kernel's accumulator is sum (x + shift) * w = acc + shift * sum w: subtract the surplus in
     # the folded bias. |shift * sum w * M'| <= the bound fold_requantization checked (< 2^62).
@@ -47,8 +60,7 @@ def prepare_conv(g, filters, bias, input_zero_point, multipliers, shifts, output
     if isa is None:
         return None
     weights = np.ascontiguousarray(filters, dtype=np.int8).reshape(g.out_c, -1)
-    wide = weights.astype(np.int64)
-    weight_sums, abs_sums = wide.sum(axis=1), np.abs(wide).sum(axis=1)
+    weight_sums, abs_sums = _weight_sums(weights)
     shift = native.input_shift(isa)
     if not _accumulators_fit(abs_sums, shift):
         return None
@@ -84,8 +96,7 @@ def prepare_fully_connected(weights, bias, input_zero_point, effective_scale, ou
         return None
     weights = np.ascontiguousarray(weights, dtype=np.int8)
     out_c, in_c = weights.shape
-    wide = weights.astype(np.int64)
-    weight_sums, abs_sums = wide.sum(axis=1), np.abs(wide).sum(axis=1)
+    weight_sums, abs_sums = _weight_sums(weights)
     shift = native.input_shift(isa)
     if not _accumulators_fit(abs_sums, shift):
         return None
