@@ -142,6 +142,25 @@ def test_add_scales_and_zero_points(native_isa, input_params, output_params):
     assert_exact(graph, inputs)
 
 
+@pytest.mark.parametrize("op_type", ["ADD", "SUB"])
+@pytest.mark.parametrize("case", ["same_shape", "saturating", "tiny_output_scale"])
+def test_large_add_sub_read_from_the_pair_table(native_isa, op_type, case):
+    # Past elementwise.PAIR_TABLE_MIN_VALUES every output comes from the 64 KB table of input pairs.
+    _, _, q1, q2, qo, _ = BINARY_CASES[case]
+    graph, inputs = binary_graph(op_type, (1, 130, 131, 1), (1, 130, 131, 1), q1, q2, qo, "RELU6", seed=16)
+    assert_exact(graph, inputs)
+
+
+def test_pair_table_lookup_equals_the_direct_kernel(native_isa):
+    rng = np.random.default_rng(17)
+    a, b = (rng.integers(-128, 128, 5003).astype(np.int8) for _ in range(2))
+    for subtract in (0, 1):
+        params = native.AddParams(5, -3, 20, 1500000000, -1, 1200000000, -2, 1800000000, -19, 4, -100, 120, subtract)
+        direct = native.add_int8(native_isa, params, a, b, np.empty_like(a))
+        table = native.pair_table(native_isa, params)
+        assert np.array_equal(native.lookup_pairs_int8(native_isa, table, a, b, np.empty_like(a)), direct)
+
+
 @pytest.mark.parametrize("scale, zero_point", [(0.05, 3), (0.37, -128), (0.01, 127), (1.0, 0)])
 def test_quantize_float_to_int8(native_isa, scale, zero_point):
     graph, _ = unary_graph("QUANTIZE", (2, 57), (2, 57), None, (scale, zero_point), dtype=np.float32)

@@ -11,6 +11,9 @@ from edgeq.runtime.kernels.common import fused_activation, require_float, with_a
 from edgeq.runtime.kernels.requantize import activation_range, saturate, scale_and_zero_point
 from edgeq.runtime.ir import ModelError
 
+# Same-shape int8 ADD/SUB with at least this many values use a 64 KB table of every input pair.
+PAIR_TABLE_MIN_VALUES = 16384
+
 
 def _squared_difference(a, b):
     difference = np.subtract(a, b)
@@ -101,12 +104,22 @@ def _prepare_add_sub_int(op, graph):
                                   activation_min, activation_max, subtract)
         native_outputs = compiled.OutputBuffers(shapes[2][1:], dtype)
         isa = native.isa()
+        if int(np.prod(shapes[2])) >= PAIR_TABLE_MIN_VALUES:
+            # A large tensor reads each output from the table of all 65536 input pairs, made once here
+            # by the same kernel: a gather instead of three requantizations per value.
+            table, lookup = native.pair_table(isa, params), native.lookup_pairs_int8
 
-        def add_sub_int8_native(a, b):
-            if a.shape != b.shape:  # a batch run against a constant: numpy broadcasts
-                return add_sub_int(a, b)
-            return native.add_int8(isa, params, np.ascontiguousarray(a), np.ascontiguousarray(b),
-                                   native_outputs.get(a.shape[0]))
+            def add_sub_int8_native(a, b):
+                if a.shape != b.shape:  # a batch run against a constant: numpy broadcasts
+                    return add_sub_int(a, b)
+                return lookup(isa, table, np.ascontiguousarray(a), np.ascontiguousarray(b),
+                              native_outputs.get(a.shape[0]))
+        else:
+            def add_sub_int8_native(a, b):
+                if a.shape != b.shape:  # a batch run against a constant: numpy broadcasts
+                    return add_sub_int(a, b)
+                return native.add_int8(isa, params, np.ascontiguousarray(a), np.ascontiguousarray(b),
+                                       native_outputs.get(a.shape[0]))
 
     use_compiled = not use_native and compiled.enabled() and dtype != np.int16 and shapes[0] == shapes[1] == shapes[2]
     if use_compiled:

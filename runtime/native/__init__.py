@@ -88,6 +88,7 @@ def _open_library():
             ("edgeq_depthwise_pairs_packed_bytes", ctypes.c_size_t, [int32, int32, int32]),
             ("edgeq_depthwise_pairs_pack", int32, [int32, int32, int32, pointer, pointer]),
             ("edgeq_depthwise_pairs", int32, [int32, pointer, pointer, pointer, pointer, pointer, int32]),
+            ("edgeq_lookup_pairs_int8", None, [int32, pointer, pointer, ctypes.c_size_t, pointer, pointer]),
             ("edgeq_quantize_to_int8", None,
              [int32, pointer, ctypes.c_size_t, ctypes.c_float, int32, int32, int32, pointer]),
             ("edgeq_dequantize_int8", None, [int32, pointer, ctypes.c_size_t, ctypes.c_double, int32, pointer])):
@@ -275,6 +276,25 @@ def depthwise_pairs(isa_name: str, geometry: ConvGeometry, x: np.ndarray, packed
 def add_int8(isa_name: str, params: AddParams, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """TFLite's int8 ADD/SUB of same-shape contiguous arrays into ``out``."""
     _library.edgeq_add_int8(ISA_CODES[isa_name], a.ctypes.data, b.ctypes.data, a.size, ctypes.byref(params), out.ctypes.data)
+    return out
+
+
+def pair_table(isa_name: str, params: AddParams) -> np.ndarray:
+    """The int8 ADD/SUB with ``params`` of every pair of int8 inputs: table[(a & 255) * 256 + (b & 255)],
+    computed by the variant's own kernel (65536 values and 4 spare bytes for 32-bit gathers)."""
+    grid = np.arange(-128, 128, dtype=np.int8)
+    firsts, seconds = np.ascontiguousarray(np.repeat(grid, 256)), np.ascontiguousarray(np.tile(grid, 256))
+    table = np.zeros(65536 + 4, np.int8)
+    add_int8(isa_name, params, firsts, seconds, table[:65536])
+    # rows and columns in the order of the unsigned bytes the lookup indexes with
+    table[:65536] = np.roll(table[:65536].reshape(256, 256), (128, 128), axis=(0, 1)).reshape(-1)
+    return table
+
+
+def lookup_pairs_int8(isa_name: str, table: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = table[(a & 255) * 256 + (b & 255)] for same-shape contiguous int8 a, b."""
+    _library.edgeq_lookup_pairs_int8(ISA_CODES[isa_name], a.ctypes.data, b.ctypes.data, a.size, table.ctypes.data,
+                                     out.ctypes.data)
     return out
 
 
