@@ -12,7 +12,8 @@ from setuptools import Extension, find_packages, setup
 SUBPACKAGE_FOLDERS = ("runtime", "converter")
 NATIVE_SOURCES = ("module.c", "cpu.c", "qgemm.c", "dwconv.c", "elementwise.c", "threads.c",
                   "quantize.c", "add_int8_simd.c", "dwconv_pairs.c",
-                  "output_stage_avx512.c", "lookup_int8.c")
+                  "output_stage_avx512.c", "lookup_int8.c",
+                  "maxpool_int8.c")
 
 
 def edgeq_packages():

@@ -16,6 +16,7 @@ import pytest
 from edgeq.runtime import native
 from edgeq.runtime.interpreter import Interpreter
 from edgeq.runtime.kernels import REGISTRY, compiled, load_all_kernels
+from edgeq.runtime.padding import output_size
 
 pytest.importorskip("ai_edge_litert")
 
@@ -159,6 +160,18 @@ def test_pair_table_lookup_equals_the_direct_kernel(native_isa):
         direct = native.add_int8(native_isa, params, a, b, np.empty_like(a))
         table = native.pair_table(native_isa, params)
         assert np.array_equal(native.lookup_pairs_int8(native_isa, table, a, b, np.empty_like(a)), direct)
+
+
+@pytest.mark.parametrize("channels", [1, 5, 31, 32, 33, 64, 65, 130])
+@pytest.mark.parametrize("k, stride, padding", [(2, 2, "VALID"), (3, 2, "SAME"), (3, 1, "SAME"), (1, 1, "VALID")])
+def test_max_pool_channels_around_the_vector_width(native_isa, channels, k, stride, padding):
+    options = {"padding": padding, "stride_w": stride, "stride_h": stride, "filter_width": k, "filter_height": k,
+               "fused_activation_function": "RELU6"}
+    in_shape = (2, 7, 9, channels)
+    out_shape = (2, output_size(padding, 7, k, stride), output_size(padding, 9, k, stride), channels)
+    graph, inputs = unary_graph("MAX_POOL_2D", in_shape, out_shape, (0.05, -3), (0.05, -3), options=options,
+                                seed=channels)
+    assert_exact(graph, inputs)
 
 
 @pytest.mark.parametrize("scale, zero_point", [(0.05, 3), (0.37, -128), (0.01, 127), (1.0, 0)])

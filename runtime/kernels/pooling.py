@@ -149,13 +149,14 @@ def _native_max_pool_int8(op, in_h, in_w, channels, out_h, out_w, pads, low, hig
                   pad_top=pads[0], pad_left=pads[2], input_zero_point=0)
     geometries = {}
     outputs = compiled.OutputBuffers((out_h, out_w, channels), np.int8)
+    isa = native.isa()
 
     def max_pool_2d_int8_native(x):
         n = x.shape[0]
         geometry = geometries.get(n)
         if geometry is None:
             geometry = geometries[n] = native.conv_geometry(batch=n, **fields)
-        return native.max_pool_int8(geometry, np.ascontiguousarray(x), low, high, outputs.get(n))
+        return native.max_pool_int8(geometry, np.ascontiguousarray(x), low, high, outputs.get(n), isa)
 
     return max_pool_2d_int8_native
 

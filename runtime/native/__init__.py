@@ -88,6 +88,7 @@ def _open_library():
             ("edgeq_depthwise_pairs_packed_bytes", ctypes.c_size_t, [int32, int32, int32]),
             ("edgeq_depthwise_pairs_pack", int32, [int32, int32, int32, pointer, pointer]),
             ("edgeq_depthwise_pairs", int32, [int32, pointer, pointer, pointer, pointer, pointer, int32]),
+            ("edgeq_max_pool_int8_isa", None, [int32, pointer, pointer, int32, int32, pointer]),
             ("edgeq_lookup_pairs_int8", None, [int32, pointer, pointer, ctypes.c_size_t, pointer, pointer]),
             ("edgeq_quantize_to_int8", None,
              [int32, pointer, ctypes.c_size_t, ctypes.c_float, int32, int32, int32, pointer]),
@@ -314,7 +315,10 @@ def dequantize_int8(isa_name: str, x: np.ndarray, scale, zero_point: int, out: n
     return out
 
 
-def max_pool_int8(geometry: ConvGeometry, x: np.ndarray, low: int, high: int, out: np.ndarray) -> np.ndarray:
-    """int8 MAX_POOL_2D (window max over in-input positions, clamped) of contiguous NHWC x."""
-    _library.edgeq_max_pool_int8(ctypes.byref(geometry), x.ctypes.data, int(low), int(high), out.ctypes.data)
+def max_pool_int8(geometry: ConvGeometry, x: np.ndarray, low: int, high: int, out: np.ndarray,
+                  isa_name=None) -> np.ndarray:
+    """int8 MAX_POOL_2D (window max over in-input positions, clamped) of contiguous NHWC x (vectorized
+    on ``isa_name``)."""
+    _library.edgeq_max_pool_int8_isa(ISA_CODES[isa_name or "portable"], ctypes.byref(geometry), x.ctypes.data,
+                                     int(low), int(high), out.ctypes.data)
     return out

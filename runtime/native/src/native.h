@@ -117,6 +117,10 @@ EDGEQ_API void edgeq_quantize_to_int8(int isa, const float *x, size_t count, flo
 EDGEQ_API void edgeq_dequantize_int8(int isa, const int8_t *x, size_t count, double scale, int32_t zero_point,
                                      float *out);
 
+/* maxpool_int8.c: edgeq_max_pool_int8 vectorized for the variant `isa` (the portable form elsewhere). */
+EDGEQ_API void edgeq_max_pool_int8_isa(int isa, const edgeq_conv_geometry *g, const int8_t *x, int32_t low,
+                                       int32_t high, int8_t *out);
+
 /* lookup_int8.c: out[i] = table[(uint8)a[i] * 256 + (uint8)b[i]], table 65536 + 4 bytes. */
 EDGEQ_API void edgeq_lookup_pairs_int8(int isa, const int8_t *a, const int8_t *b, size_t count, const int8_t *table,
                                        int8_t *out);
