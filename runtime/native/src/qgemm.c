@@ -371,7 +371,7 @@ void edgeq_pack_weights(int out_c, int depth, const int8_t *weights, int8_t *pac
 typedef struct {
     const isa_kernels *kernels;
     const edgeq_conv_geometry *g;
-    const int8_t *x;
+    const int8_t *x, *x_end; /* the input and the byte past it */
     const int8_t *packed;
     const edgeq_output_stage *stage;
     int8_t *out;
@@ -380,8 +380,18 @@ typedef struct {
     int failed;
 } conv_job;
 
-static void copy_shifted(uint8_t *dst, const int8_t *src, size_t count, uint8_t flip) {
-    for (size_t i = 0; i < count; i++) dst[i] = (uint8_t)src[i] ^ flip;
+static inline void copy_shifted(uint8_t *dst, const int8_t *src, size_t count, uint8_t flip) {
+    size_t i = 0;
+    if (count < 32) { /* a filter row of a few channels (a first convolution): 8 bytes per step */
+        const uint64_t flips = flip ? 0x8080808080808080ull : 0;
+        for (; i + 8 <= count; i += 8) {
+            uint64_t word;
+            memcpy(&word, src + i, 8);
+            word ^= flips;
+            memcpy(dst + i, &word, 8);
+        }
+    }
+    for (; i < count; i++) dst[i] = (uint8_t)src[i] ^ flip;
 }
 
 /* Patch rows [row0, row0 + rows) of the convolution into buf (lda bytes each): taps outside the
@@ -408,8 +418,23 @@ static void fill_rows(const conv_job *job, int row0, int rows, uint8_t *buf) {
             for (int ky = 0; ky < g->k_h; ky++) {
                 const int iy = oy * g->stride_h - g->pad_top + ky * g->dil_h;
                 if (row_inside && iy >= 0 && iy < g->in_h) {
-                    copy_shifted(dst + (size_t)ky * g->k_w * in_c, image + ((size_t)iy * g->in_w + ix0) * in_c,
-                                 (size_t)g->k_w * in_c, flip);
+                    const int8_t *src = image + ((size_t)iy * g->in_w + ix0) * in_c;
+                    uint8_t *tap_row = dst + (size_t)ky * g->k_w * in_c;
+                    const size_t run = (size_t)g->k_w * in_c;
+                    if (run <= 16 && src + 16 <= job->x_end) {
+                        /* A short filter row (few channels) as two 8-byte words: the bytes written past
+                         * it are overwritten by the next filter row, the depth padding or the next
+                         * patch row, and the buffer has 16 spare bytes at its end. */
+                        uint64_t low, high;
+                        memcpy(&low, src, 8);
+                        memcpy(&high, src + 8, 8);
+                        low ^= flip ? 0x8080808080808080ull : 0;
+                        high ^= flip ? 0x8080808080808080ull : 0;
+                        memcpy(tap_row, &low, 8);
+                        memcpy(tap_row + 8, &high, 8);
+                        continue;
+                    }
+                    copy_shifted(tap_row, src, run, flip);
                     continue;
                 }
                 for (int kx = 0; kx < g->k_w; kx++) {
@@ -422,7 +447,7 @@ static void fill_rows(const conv_job *job, int row0, int rows, uint8_t *buf) {
                 }
             }
         }
-        memset(dst + job->depth, 0, job->lda - job->depth);
+        for (size_t d = job->depth; d < job->lda; d++) dst[d] = 0; /* at most 3 bytes of depth padding */
     }
 }
 
@@ -436,7 +461,7 @@ static void conv_work(void *context, int index) {
     const int panel1 = (int)((long long)job->panels * (part + 1) / job->column_parts);
     const int out_c = job->g->out_c, nr = kernels->nr, mr = kernels->mr;
     const int buffer_rows = (rows + mr - 1) / mr * mr;
-    uint8_t *buf = (uint8_t *)malloc((size_t)buffer_rows * job->lda);
+    uint8_t *buf = (uint8_t *)malloc((size_t)buffer_rows * job->lda + 16);
     /* The whole chunk's accumulators of one panel: the output stage then loads each column's
      * constants once per chunk instead of once per micro-tile. */
     int32_t *acc = (int32_t *)malloc(sizeof(int32_t) * (size_t)buffer_rows * nr);
@@ -472,6 +497,7 @@ int edgeq_conv(int isa, const edgeq_conv_geometry *g, const int8_t *x, const int
     if (!job.kernels || !edgeq_cpu_supports(isa)) return -1;
     job.g = g;
     job.x = x;
+    job.x_end = x + (size_t)g->batch * g->in_h * g->in_w * g->in_c;
     job.packed = packed;
     job.stage = stage;
     job.out = out;
