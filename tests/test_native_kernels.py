@@ -309,3 +309,15 @@ print("numba" in sys.modules)
     result = _python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+@needs_native
+def test_read_only_inputs_run_the_native_kernels_too(native_isa):
+    # Kernels read array addresses through the buffer protocol, which read-only arrays refuse.
+    graph, inputs = weighted_op("CONV_2D", (1, 6, 6, 4), (0.05, 3), (0.2, -5), out_c=4)
+    load_all_kernels()
+    evaluate = REGISTRY["CONV_2D"](graph.ops[0], graph)
+    expected = evaluate(inputs[0]).copy()
+    frozen = inputs[0].copy()
+    frozen.setflags(write=False)
+    assert np.array_equal(evaluate(frozen), expected)

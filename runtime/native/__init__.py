@@ -186,8 +186,16 @@ def input_shift(isa_name: str) -> int:
 
 # -- prepared kernels --------------------------------------------------------------------------------
 
+_char_from_buffer, _addressof = ctypes.c_char.from_buffer, ctypes.addressof
+
+
 def _address(array) -> int:
-    return array.ctypes.data
+    """The address of a contiguous array's data. Through the buffer protocol where the array is writable:
+    ``array.ctypes.data`` builds a helper object each time, and kernels ask on every call."""
+    try:
+        return _addressof(_char_from_buffer(array))
+    except (TypeError, ValueError):  # read-only, or empty
+        return array.ctypes.data
 
 
 def folded_stage(folded, low: int, high: int) -> OutputStage:
@@ -215,7 +223,7 @@ def pack_weights(weights: np.ndarray) -> np.ndarray:
     out_c, depth = weights.shape
     size = int(_library.edgeq_packed_bytes(out_c, depth))
     raw = np.empty(size + 64, np.uint8)
-    offset = (-raw.ctypes.data) % 64
+    offset = (-_address(raw)) % 64
     packed = raw[offset:offset + size].view(np.int8)
     _library.edgeq_pack_weights(out_c, depth, _address(weights), _address(packed))
     return packed
@@ -233,8 +241,8 @@ def conv(isa_name: str, geometry: ConvGeometry, x: np.ndarray, packed: np.ndarra
          out: np.ndarray) -> np.ndarray:
     """out [batch, out_h, out_w, out_c] int8 = the convolution of x (NHWC int8, contiguous) with the
     packed weights, through ``stage``; ``geometry.batch`` must be x's batch."""
-    status = _library.edgeq_conv(ISA_CODES[isa_name], ctypes.byref(geometry), x.ctypes.data, packed.ctypes.data,
-                                 ctypes.byref(stage), out.ctypes.data, _threads)
+    status = _library.edgeq_conv(ISA_CODES[isa_name], ctypes.byref(geometry), _address(x), _address(packed),
+                                 ctypes.byref(stage), _address(out), _threads)
     if status:
         raise NativeError(f"native convolution failed ({status})")
     return out
@@ -243,8 +251,8 @@ def conv(isa_name: str, geometry: ConvGeometry, x: np.ndarray, packed: np.ndarra
 def depthwise(isa_name: str, geometry: ConvGeometry, depth_multiplier: int, x: np.ndarray, filters: np.ndarray,
               stage: OutputStage, out: np.ndarray) -> np.ndarray:
     """out = int8 DEPTHWISE_CONV_2D of x with int16 filters [k_h, k_w, out_c] through ``stage``."""
-    status = _library.edgeq_depthwise(ISA_CODES[isa_name], ctypes.byref(geometry), depth_multiplier, x.ctypes.data,
-                                      filters.ctypes.data, ctypes.byref(stage), out.ctypes.data, _threads)
+    status = _library.edgeq_depthwise(ISA_CODES[isa_name], ctypes.byref(geometry), depth_multiplier, _address(x),
+                                      _address(filters), ctypes.byref(stage), _address(out), _threads)
     if status:
         raise NativeError(f"native depthwise convolution failed ({status})")
     return out
@@ -267,8 +275,8 @@ def pack_depthwise_pairs(isa_name: str, filters: np.ndarray):
 def depthwise_pairs(isa_name: str, geometry: ConvGeometry, x: np.ndarray, packed: np.ndarray, stage: OutputStage,
                     out: np.ndarray) -> np.ndarray:
     """out = int8 DEPTHWISE_CONV_2D (multiplier 1) of x with pair-packed filters through ``stage``."""
-    status = _library.edgeq_depthwise_pairs(ISA_CODES[isa_name], ctypes.byref(geometry), x.ctypes.data,
-                                            packed.ctypes.data, ctypes.byref(stage), out.ctypes.data, _threads)
+    status = _library.edgeq_depthwise_pairs(ISA_CODES[isa_name], ctypes.byref(geometry), _address(x),
+                                            _address(packed), ctypes.byref(stage), _address(out), _threads)
     if status:
         raise NativeError(f"native depthwise convolution failed ({status})")
     return out
@@ -276,7 +284,7 @@ def depthwise_pairs(isa_name: str, geometry: ConvGeometry, x: np.ndarray, packed
 
 def add_int8(isa_name: str, params: AddParams, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """TFLite's int8 ADD/SUB of same-shape contiguous arrays into ``out``."""
-    _library.edgeq_add_int8(ISA_CODES[isa_name], a.ctypes.data, b.ctypes.data, a.size, ctypes.byref(params), out.ctypes.data)
+    _library.edgeq_add_int8(ISA_CODES[isa_name], _address(a), _address(b), a.size, ctypes.byref(params), _address(out))
     return out
 
 
@@ -294,24 +302,24 @@ def pair_table(isa_name: str, params: AddParams) -> np.ndarray:
 
 def lookup_pairs_int8(isa_name: str, table: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out = table[(a & 255) * 256 + (b & 255)] for same-shape contiguous int8 a, b."""
-    _library.edgeq_lookup_pairs_int8(ISA_CODES[isa_name], a.ctypes.data, b.ctypes.data, a.size, table.ctypes.data,
-                                     out.ctypes.data)
+    _library.edgeq_lookup_pairs_int8(ISA_CODES[isa_name], _address(a), _address(b), a.size, _address(table),
+                                     _address(out))
     return out
 
 
 def quantize_int8(x: np.ndarray, scale, zero_point: int, low: int, high: int, out: np.ndarray,
                   isa_name=None) -> np.ndarray:
     """float32 -> int8 QUANTIZE of a contiguous array into ``out`` (vectorized on ``isa_name``)."""
-    _library.edgeq_quantize_to_int8(ISA_CODES[isa_name or "portable"], x.ctypes.data, x.size, float(scale),
-                                    int(zero_point), int(low), int(high), out.ctypes.data)
+    _library.edgeq_quantize_to_int8(ISA_CODES[isa_name or "portable"], _address(x), x.size, float(scale),
+                                    int(zero_point), int(low), int(high), _address(out))
     return out
 
 
 def dequantize_int8(isa_name: str, x: np.ndarray, scale, zero_point: int, out: np.ndarray) -> np.ndarray:
     """int8 -> float32 DEQUANTIZE (per-tensor) of a contiguous array into ``out``: float((x - zp) * scale)
     with the product in double, as the reference kernel."""
-    _library.edgeq_dequantize_int8(ISA_CODES[isa_name], x.ctypes.data, x.size, float(scale), int(zero_point),
-                                   out.ctypes.data)
+    _library.edgeq_dequantize_int8(ISA_CODES[isa_name], _address(x), x.size, float(scale), int(zero_point),
+                                   _address(out))
     return out
 
 
@@ -319,6 +327,6 @@ def max_pool_int8(geometry: ConvGeometry, x: np.ndarray, low: int, high: int, ou
                   isa_name=None) -> np.ndarray:
     """int8 MAX_POOL_2D (window max over in-input positions, clamped) of contiguous NHWC x (vectorized
     on ``isa_name``)."""
-    _library.edgeq_max_pool_int8_isa(ISA_CODES[isa_name or "portable"], ctypes.byref(geometry), x.ctypes.data,
-                                     int(low), int(high), out.ctypes.data)
+    _library.edgeq_max_pool_int8_isa(ISA_CODES[isa_name or "portable"], ctypes.byref(geometry), _address(x),
+                                     int(low), int(high), _address(out))
     return out
