@@ -27,7 +27,7 @@ from edgeq.testing.int8_graphs import (  # noqa: E402
     unary_graph,
     weighted_op,
 )
-from edgeq.testing.referees import assert_exact  # noqa: E402
+from edgeq.testing.referees import assert_exact, mismatches_in_every_tensor  # noqa: E402
 
 needs_numba = pytest.mark.skipif(not compiled.available(), reason="numba is not installed (pip install edgeq[fast])")
 
@@ -238,6 +238,19 @@ def test_quantize_float(kernel_path, out_dtype, q_out):
     g.add_op(Op("QUANTIZE", ["x"], ["y"], {}))
     g.inputs, g.outputs = ["x"], ["y"]
     assert_exact(g, [x[None]])
+
+
+@pytest.mark.parametrize("zero_point", [3, -128, 127])
+def test_quantize_of_nan_infinities_and_floats_beyond_int32(kernel_path, zero_point):
+    # The reference kernel casts to int32 as x86-64 does (INT32_MIN for these) and adds the zero point
+    # wrapping in int32: every path, on every machine, must give those integers, not the CPU's own cast
+    # (ARM's saturates, and NaN gives 0 there).
+    x = np.array([np.nan, np.inf, -np.inf, 3e9, -3e9, 1e19, -1e19, 3e38, 0.5, -2.0], np.float32) * np.float32(0.1)
+    graph, _ = unary_graph("QUANTIZE", (1, x.size), (1, x.size), None, (0.1, zero_point), dtype=np.float32,
+                           options={"_out_dtype": np.int8})
+    with np.errstate(all="ignore"):
+        mismatches = mismatches_in_every_tensor(graph, [x[None]])
+    assert mismatches["y"] == 0, mismatches  # (x holds NaN, unequal to itself)
 
 
 # -- the folded per-channel requantization and the exact float32 GEMM pieces ---------------------------

@@ -110,7 +110,11 @@ def quantize_float(x, scale, zero_point, low, high, out):
         whole = np.trunc(value)
         if abs(value - whole) == 0.5:
             rounded = whole + (np.float32(1.0) if value > 0 else np.float32(-1.0))
-        out[i] = min(max(np.int64(rounded) + zero_point, low), high)
+        # static_cast<int32_t> as on x86-64 (NaN and values outside int32 give INT32_MIN), + zero_point
+        # wrapping in int32
+        whole = np.int64(rounded) if rounded >= -2147483648.0 and rounded < 2147483648.0 else np.int64(_INT32_MIN)
+        total = (whole + zero_point + 2147483648) % 4294967296 - 2147483648
+        out[i] = min(max(total, low), high)
     return out
 
 

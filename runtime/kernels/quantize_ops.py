@@ -15,7 +15,7 @@ import numpy as np
 from edgeq.runtime import native
 from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier, round_half_away
 from edgeq.runtime.kernels import check, compiled, register
-from edgeq.runtime.kernels.requantize import saturate, scale_and_zero_point
+from edgeq.runtime.kernels.requantize import double_to_int32, saturate, scale_and_zero_point
 from edgeq.runtime.ir import ModelError
 
 _INTEGER_TYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16))
@@ -78,7 +78,11 @@ def prepare_quantize(op, graph):
     if input_tensor.dtype in (np.float32, np.float16):
         def quantize(x):
             q = round_half_away(x.astype(np.float32, copy=False) / output_scale)
-            return saturate(q.astype(np.int64) + output_zero_point, low, high, dtype)
+            # static_cast<int32_t>(q) + zero_point, as the reference kernel computes it on x86-64: NaN and
+            # values outside int32 give INT32_MIN, and the sum wraps in int32 (numpy's own cast would leave
+            # those values to the CPU, and ARM's saturates).
+            whole = double_to_int32(q).astype(np.int32) + np.int32(output_zero_point)
+            return saturate(whole.astype(np.int64), low, high, dtype)
 
         return quantize
 

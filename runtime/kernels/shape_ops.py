@@ -286,7 +286,9 @@ def prepare_gather(op, graph):
     axis = op.options.get("axis", 0) % max(rank, 1)
 
     def gather(params, indices):
-        return np.take(params, indices, axis=axis)
+        # np.take casts indices to the platform's intp only where that is safe: int64 ids on a 32-bit
+        # board (armv7) would be refused.
+        return np.take(params, indices.astype(np.intp, copy=False), axis=axis)
 
     return gather
 

@@ -81,10 +81,10 @@ void edgeq_quantize_int8(const float *x, size_t count, float scale, int32_t zero
                          int8_t *out) {
     for (size_t i = 0; i < count; i++) {
         const float rounded = roundf(x[i] / scale); /* float32 division; ties away from zero */
-        /* As x86-64 converts (and numpy and TFLite with it): NaN and out-of-range give INT64_MIN; the
-         * zero point is then added with wraparound. */
-        const int64_t whole = (rounded > -9.2233715e18f && rounded < 9.2233715e18f) ? (int64_t)rounded : INT64_MIN;
-        const int64_t value = (int64_t)((uint64_t)whole + (uint64_t)(int64_t)zero_point);
+        /* static_cast<int32_t>(rounded) + zero_point as TFLite's reference kernel computes it on x86-64, on
+         * every machine: NaN and values outside int32 give INT32_MIN, and the sum wraps in int32. */
+        const int32_t whole = (rounded >= -2147483648.0f && rounded < 2147483648.0f) ? (int32_t)rounded : INT32_MIN;
+        const int32_t value = (int32_t)((uint32_t)whole + (uint32_t)zero_point);
         out[i] = (int8_t)(value < low ? low : (value > high ? high : value));
     }
 }

@@ -1,0 +1,117 @@
+"""Every native variant this machine runs against edgeq's numpy kernels, op by op: the integers must be equal.
+
+What tests/test_native_kernels.py holds against LiteRT, for machines where neither pytest nor LiteRT is
+installed (scripts/check_arm64.sh runs it under qemu on arm64 and armhf). It needs only the runtime and
+edgeq.testing.int8_graphs. Cases: FULLY_CONNECTED, CONV_2D and DEPTHWISE_CONV_2D on random shapes (odd depths
+and channel counts, dilation, both paddings) with zero points at the int8 range's ends, saturating and tiny
+scales, per-channel and per-tensor weights, every fused activation; same-shape int8 ADD/SUB (the native one)
+with saturating scales; QUANTIZE of floats with ties, huge values, infinities and NaN; int8 MAX_POOL_2D.
+
+Usage: python scripts/check_native_exactness.py   (exit 1 when a variant differs, 2 without native kernels)
+"""
+from __future__ import annotations
+
+import itertools
+import sys
+
+import numpy as np
+
+from edgeq.runtime import native
+from edgeq.runtime.interpreter import Interpreter
+from edgeq.runtime.kernels import compiled
+from edgeq.runtime.padding import output_size
+from edgeq.testing.int8_graphs import BINARY_CASES, binary_graph, unary_graph, weighted_op
+
+ACTIVATIONS = ("NONE", "RELU", "RELU6", "RELU_N1_TO_1")
+# (input scale, zero point), (output scale, zero point)
+EDGE_PARAMS = {
+    "typical": ((0.05, 3), (0.2, -5)),
+    "input_zero_point_min": ((0.03, -128), (0.1, 4)),
+    "input_zero_point_max": ((0.03, 127), (0.05, -128)),
+    "output_zero_point_max": ((0.2, 0), (0.5, 127)),
+    "saturating": ((0.5, -128), (0.001, 127)),
+    "tiny_output_scale": ((0.9, 127), (1e-7, -128)),
+    "coarse_output": ((0.01, 127), (3.0, 0)),
+}
+
+
+def weighted_cases():
+    for params, act, per_channel in itertools.product(EDGE_PARAMS, ACTIVATIONS, (True, False)):
+        in_q, out_q = EDGE_PARAMS[params]
+        common = dict(act=act, per_channel=per_channel)
+        yield f"FC 3x21->19 {params} {act} pc={per_channel}", \
+            weighted_op("FULLY_CONNECTED", (3, 21), in_q, out_q, out_c=19, seed=7, **common)
+        yield f"CONV 3x3 dil2 {params} {act} pc={per_channel}", \
+            weighted_op("CONV_2D", (1, 7, 6, 5), in_q, out_q, k=3, dilation=2, out_c=11, seed=8, **common)
+        for multiplier in (1, 2):
+            yield f"DW x{multiplier} {params} {act} pc={per_channel}", \
+                weighted_op("DEPTHWISE_CONV_2D", (2, 8, 7, 5), in_q, out_q, k=3, stride=2, out_c=5 * multiplier,
+                            seed=9, **common)
+    for depth, out_c in ((1, 1), (3, 7), (5, 16), (17, 17), (33, 31), (64, 33), (100, 65)):
+        for rows in (1, 5):
+            yield f"FC {rows}x{depth}->{out_c}", weighted_op("FULLY_CONNECTED", (rows, depth), (0.05, 3), (0.2, -5),
+                                                             out_c=out_c, seed=depth * 100 + out_c)
+    for (in_c, out_c), (k, stride, padding) in itertools.product(
+            ((1, 5), (3, 17), (7, 33), (20, 40)),
+            ((1, 1, "VALID"), (1, 2, "SAME"), (3, 1, "SAME"), (3, 2, "VALID"), (5, 2, "SAME"))):
+        yield f"CONV {k}x{k}/{stride} {padding} {in_c}->{out_c}", \
+            weighted_op("CONV_2D", (2, 9, 11, in_c), (0.05, 3), (0.2, -5), k=k, stride=stride, padding=padding,
+                        out_c=out_c, seed=in_c * 10 + k)
+    for channels, k in ((1, 3), (16, 3), (33, 5), (64, 3), (70, 9)):  # > 64 taps: the per-tap loop
+        yield f"DW {k}x{k} c={channels}", weighted_op("DEPTHWISE_CONV_2D", (1, 11, 10, channels), (0.05, -128),
+                                                      (0.02, 127), k=k, out_c=channels, seed=channels)
+
+
+def elementwise_cases():
+    for op_type, (name, case) in itertools.product(("ADD", "SUB"), BINARY_CASES.items()):
+        for act in ("NONE", "RELU6"):
+            yield f"{op_type} {name} {act}", binary_graph(op_type, *case[:5], act, seed=3)
+    for q_out in ((0.1, 3), (0.0123, -128), (0.05, 127), (1e-30, 0)):
+        graph, inputs = unary_graph("QUANTIZE", (3, 200), (3, 200), None, q_out, dtype=np.float32,
+                                    options={"_out_dtype": np.int8})
+        x = inputs[0]
+        x[0, :8] = np.array([0.5, 1.5, -0.5, -1.5, 2.5, -2.5, 0.49999997, -0.49999997], np.float32) * \
+            np.float32(q_out[0])
+        x[1, :8] = [np.inf, -np.inf, np.nan, 1e30, -1e30, 3e38, -3e38, 1e19]
+        yield f"QUANTIZE scale {q_out[0]} zero point {q_out[1]}", (graph, inputs)
+    for k, stride, padding, act in itertools.product((2, 3), (1, 2), ("SAME", "VALID"), ("NONE", "RELU6")):
+        q = (0.05, 3)
+        y_shape = (2, output_size(padding, 9, k, stride), output_size(padding, 8, k, stride), 3)
+        options = {"padding": padding, "stride_w": stride, "stride_h": stride, "filter_width": k,
+                   "filter_height": k, "fused_activation_function": act}
+        yield f"MAX_POOL {k}x{k}/{stride} {padding} {act}", unary_graph("MAX_POOL_2D", (2, 9, 8, 3), y_shape, q, q,
+                                                                       options)
+
+
+def run(graph, inputs, isa):
+    """The graph's output with the numpy kernels (isa None) or native variant ``isa``."""
+    native.ENABLED = isa is not None
+    if isa is not None:
+        native.use_isa(isa)
+    with np.errstate(all="ignore"):  # QUANTIZE of infinities and NaN
+        return next(iter(Interpreter.from_graph(graph).run(inputs).values()))
+
+
+def main() -> int:
+    compiled.ENABLED = False  # numba, where installed, is a third path: not this check's business
+    variants = native.supported_isas()
+    print(native.describe())
+    if not variants:
+        return 2
+    cases = list(weighted_cases()) + list(elementwise_cases())
+    failures = 0
+    for isa in variants:
+        differing = []
+        for name, (graph, inputs) in cases:
+            expected, got = run(graph, inputs, None), run(graph, inputs, isa)
+            if expected.shape != got.shape or not np.array_equal(expected, got):
+                differing.append(f"{name}: {int(np.count_nonzero(expected != got))} of {expected.size} differ")
+        for line in differing:
+            print(f"  FAIL {isa}: {line}")
+        print(f"{isa}: native equals numpy on {len(cases) - len(differing)} of {len(cases)} cases")
+        failures += len(differing)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
