@@ -1,9 +1,11 @@
 /* float32 <-> int8 QUANTIZE and DEQUANTIZE with a per-tensor scale, as TFLite's reference kernels
  * (runtime/kernels/quantize_ops.py holds the numpy forms these equal), 16 or 8 values per step.
  *
- * QUANTIZE: q = round(x / scale) in float32 (ties away from zero), + zero point, clamped. x86-64
- * converts NaN and values beyond int64 to INT64_MIN, to which the zero point is added with wraparound
- * before the clamp; the vector forms give those lanes that same constant. The rounding is exact in vectors: trunc(q) plus the sign where the
+ * QUANTIZE: q = round(x / scale) in float32 (ties away from zero), + zero point, clamped. The reference
+ * kernel's static_cast<int32_t> gives NaN and values outside int32 INT32_MIN on x86-64, and the zero
+ * point is added wrapping in int32 before the clamp; every machine here gives those integers, and the
+ * vector forms give those lanes that same constant. (-2^31 itself casts to INT32_MIN, so it joins
+ * them; the largest float below 2^31 plus a zero point <= 127 cannot wrap.) The rounding is exact in vectors: trunc(q) plus the sign where the
  * dropped fraction is at least one half; |q| >= 2^23 is already whole.
  * DEQUANTIZE: float((double)(x - zero_point) * (double)scale), one double product rounded once to
  * float, the same in every lane as in C. */
@@ -15,12 +17,12 @@
 #include <immintrin.h>
 #endif
 
-#define INT64_EDGE 9.2233715e18f /* the float nearest 2^63: beyond it x86-64 converts to INT64_MIN */
+#define INT32_EDGE 2147483648.0f /* 2^31: from it on (and at -2^31) the cast gives INT32_MIN */
 
 static inline int8_t quantize_one(float x, float scale, int32_t zero_point, int32_t low, int32_t high) {
     const float rounded = roundf(x / scale);
-    const int64_t whole = (rounded > -INT64_EDGE && rounded < INT64_EDGE) ? (int64_t)rounded : INT64_MIN;
-    const int64_t value = (int64_t)((uint64_t)whole + (uint64_t)(int64_t)zero_point);
+    const int32_t whole = (rounded > -INT32_EDGE && rounded < INT32_EDGE) ? (int32_t)rounded : INT32_MIN;
+    const int32_t value = (int32_t)((uint32_t)whole + (uint32_t)zero_point);
     return (int8_t)(value < low ? low : (value > high ? high : value));
 }
 
@@ -42,11 +44,11 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) static void quanti
                                                                                 int32_t low, int32_t high,
                                                                                 int8_t *out) {
     const __m512 divisor = _mm512_set1_ps(scale), half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
-    const __m512 edge = _mm512_set1_ps(INT64_EDGE), minus_edge = _mm512_set1_ps(-INT64_EDGE);
+    const __m512 edge = _mm512_set1_ps(INT32_EDGE), minus_edge = _mm512_set1_ps(-INT32_EDGE);
     const __m512 lowest = _mm512_set1_ps((float)((int64_t)low - zero_point));
     const __m512 highest = _mm512_set1_ps((float)((int64_t)high - zero_point));
     const __m512i offset = _mm512_set1_epi32(zero_point);
-    /* what C gives NaN and out-of-range values: INT64_MIN + zero point, wrapped, clamped */
+    /* what the reference gives NaN and out-of-range values: INT32_MIN + zero point, wrapped, clamped */
     const __m512i beyond = _mm512_set1_epi32(quantize_one(NAN, 1.0f, zero_point, low, high));
     const __m512 sign_bit = _mm512_set1_ps(-0.0f);
     size_t i = 0;
@@ -71,7 +73,7 @@ __attribute__((target("avx2"))) static void quantize_avx2(const float *x, size_t
                                                           int32_t zero_point, int32_t low, int32_t high,
                                                           int8_t *out) {
     const __m256 divisor = _mm256_set1_ps(scale), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
-    const __m256 edge = _mm256_set1_ps(INT64_EDGE), minus_edge = _mm256_set1_ps(-INT64_EDGE);
+    const __m256 edge = _mm256_set1_ps(INT32_EDGE), minus_edge = _mm256_set1_ps(-INT32_EDGE);
     const __m256 lowest = _mm256_set1_ps((float)((int64_t)low - zero_point));
     const __m256 highest = _mm256_set1_ps((float)((int64_t)high - zero_point));
     const __m256i offset = _mm256_set1_epi32(zero_point);
