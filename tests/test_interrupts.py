@@ -193,7 +193,7 @@ threading.Timer(0.5, signal.pthread_kill, (other.ident, signal.SIGINT)).start()
 try:
     list(as_they_complete([variant]))
 except KeyboardInterrupt:
-    print("interrupted")
+    print("interrupted", flush=True)
     stop.set()
     variant.cancel()
     import os; os._exit(0)  # not waiting for the sleeping variant's thread
@@ -204,7 +204,7 @@ def test_report_waiting_for_its_variants_notices_a_ctrl_c_taken_by_another_threa
     started = time.monotonic()
     completed = subprocess.run([sys.executable, "-c", WAITING_FOR_VARIANTS], capture_output=True, text=True,
                                timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert completed.stdout.strip() == "interrupted", completed.stderr
+    assert completed.stdout.strip() == "interrupted", (completed.returncode, completed.stderr)
     assert time.monotonic() - started < EXIT_WITHIN_SECONDS
 
 
