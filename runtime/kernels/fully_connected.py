@@ -16,6 +16,8 @@ from edgeq.runtime.kernels.requantize import (
     exact_gemm,
     exact_gemm_dtype,
     exact_matmul_dtype_for,
+    int16_bias,
+    int16x8_requantizer,
     saturate,
     scale_and_zero_point,
     symmetric_quantize_rows,
@@ -36,6 +38,8 @@ def prepare_fully_connected(op, graph):
     input_dtype, weights_dtype = graph[op.inputs[0]].dtype, graph[op.inputs[1]].dtype
     if input_dtype == np.int8:
         return _prepare_int8(op, graph)
+    if input_dtype == np.int16:
+        return _prepare_int16x8(op, graph)
     if input_dtype == np.float32 and weights_dtype == np.int8:
         return _prepare_hybrid(op, graph)
     require_float(op, graph)
@@ -138,6 +142,30 @@ def _prepare_int8(op, graph):
         return out.reshape(_output_shape(x, in_c, out_c, keep_num_dims))
 
     return fully_connected_int8
+
+
+# 16x8 (reference_integer_ops::FullyConnected, int16 input, int8 weights, int64 bias): acc = sum w * x in
+# int64, + bias, MultiplyByQuantizedMultiplier's int64 overload (per channel with per-channel weights),
+# clamped. A float64 GEMM gives acc exactly (int16 x int8 products over any real depth stay below 2^53).
+
+def _prepare_int16x8(op, graph):
+    input_tensor_, weights_tensor = graph[op.inputs[0]], graph[op.inputs[1]]
+    out_c, in_c = weights_tensor.shape
+    keep_num_dims = op.options.get("keep_num_dims", False)
+    input_scale, _ = scale_and_zero_point(input_tensor_, op)
+    if np.any(weights_tensor.quant.zero_point != 0):
+        raise ModelError(f"op {op}: 16x8 weights '{weights_tensor.name}' must be symmetric (zero point 0)")
+    weights_t = np.ascontiguousarray(constant_input(op, graph, 1, "weights").astype(np.float64).T)
+    bias = int16_bias(op, graph, 2, out_c)
+    requantize = int16x8_requantizer(op, graph, input_scale, weights_tensor.quant.scale, out_c)
+
+    def fully_connected_int16x8(x, _weights=None, _bias=None):
+        acc = (x.reshape(-1, in_c).astype(np.float64) @ weights_t).astype(np.int64)
+        if bias is not None:
+            acc += bias
+        return requantize(acc).reshape(_output_shape(x, in_c, out_c, keep_num_dims))
+
+    return fully_connected_int16x8
 
 
 def _exact_product(x, in_c, out_c, gemm, accumulator_dtype, scratch):
