@@ -191,6 +191,14 @@ INT16_RULES: dict = {
     "SLICE": SHARED,
     "STRIDED_SLICE": SHARED,
     "GATHER": SHARED,
+    "TRANSPOSE_CONV": RULES["TRANSPOSE_CONV"],
+    "TILE": SHARED,
+    "BROADCAST_TO": SHARED,
+    "RESIZE_BILINEAR": SHARED,
+    "RESIZE_NEAREST_NEIGHBOR": SHARED,
+    "REDUCE_MAX": SHARED,
+    "REDUCE_MIN": SHARED,
+    "SELECT_V2": SHARED,
 }
 NO_INT16_KERNEL = "no int16 kernel (in LiteRT's reference kernels or edgeq's runtime) for int16x8"
 # Weighted ops whose int16 form takes an int64 bias (TFLite's 16x8 spec); int8 ops take int32.
