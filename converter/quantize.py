@@ -199,6 +199,26 @@ INT16_RULES: dict = {
     "REDUCE_MAX": SHARED,
     "REDUCE_MIN": SHARED,
     "SELECT_V2": SHARED,
+    "ADD": OWN,
+    "SUB": OWN,
+    "MUL": OWN,
+    "MAXIMUM": SHARED,
+    "MINIMUM": SHARED,
+    "RELU": OWN,
+    "RELU6": OWN,
+    "LEAKY_RELU": OWN,
+    "GELU": OWN,
+    "EXP": OWN,
+    "LOG": OWN,
+    "RSQRT": OWN,
+    "ABS": OWN,
+    "MEAN": OWN,
+    "AVERAGE_POOL_2D": SHARED,
+    "BATCH_MATMUL": OWN,
+    # Q0.15 outputs: int16 LOGISTIC, TANH and SOFTMAX take scale 1/32768 (zero point 0).
+    "LOGISTIC": Rule(output=(1.0 / 32768, 0)),
+    "TANH": Rule(output=(1.0 / 32768, 0)),
+    "SOFTMAX": Rule(output=(1.0 / 32768, 0)),
 }
 NO_INT16_KERNEL = "no int16 kernel (in LiteRT's reference kernels or edgeq's runtime) for int16x8"
 # Weighted ops whose int16 form takes an int64 bias (TFLite's 16x8 spec); int8 ops take int32.
@@ -758,6 +778,10 @@ class _Rewriter:
         if weight_index is not None:
             bias_dtype = np.int64 if dtype == INT16 and op.type in INT64_BIAS_OPS else np.int32
             self._quantize_weights(op, rule, bias_dtype)
+        if dtype == INT16 and op.type in ("ADD", "SUB"):
+            # The general-scale int16 kernels, as TFLite's converter writes 16x8 ADD/SUB; the power-of-two
+            # form (the schema default) is an LSTM-internal one.
+            op.options = {**op.options, "pot_scale_int16": False}
         for name in op.outputs:
             self.make_int8(name, self.params[name], dtype)
         self.ops.append(op)
