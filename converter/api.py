@@ -31,7 +31,7 @@ class BoundaryTensor:
 QUANTIZE_MODES = ("none", "int8", "int16x8", "dynamic", "float16")
 # The full-integer modes: calibrated, checked against float, searched for float islands.
 FULL_INTEGER_MODES = ("int8", "int16x8")
-FLOAT_FALLBACKS = ("auto", "none")
+FLOAT_FALLBACKS = ("auto", "int16", "none")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
 
 
@@ -245,9 +245,11 @@ def convert(
     dicts until None (as onnxruntime's ``CalibrationDataReader``). ``io_dtype`` sets an int8 model's
     input/output type. ``debug`` measures every int8 tensor's error against the float model on the
     calibration samples.
-    ``float_fallback``: "auto" keeps float islands where int8 would wreck the outputs (mixed-range
-    joins, and ops where the error grows most while the outputs' SQNR on calibration samples is under
-    ``min_sqnr_db``; see converter.mixed_precision); "none" quantizes every op that has an int8 form.
+    ``float_fallback``: "auto" gives int16 islands, or float islands where int16 does not help enough,
+    where int8 would wreck the outputs (mixed-range joins, and ops where the error grows most while the
+    outputs' SQNR on calibration samples is under ``min_sqnr_db``; see converter.mixed_precision);
+    "int16" gives int16 islands only (the file stays integer-only); "none" quantizes every op that has
+    an int8 form to int8.
     Either way an int8 model's outputs are compared with the float model's on the calibration
     samples: ``result.int8_check`` holds the SQNR, and ``result.passed`` is False when it stays under
     ``min_sqnr_db`` (default 20 dB; 0 accepts anything). The file is written all the same: the
@@ -448,7 +450,7 @@ def prepare_for_int8(graph: Graph, samples: dict, passes: PtqPasses, batch_size:
 def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debug, progress, float_fallback,
                    min_sqnr_db, passes=PtqPasses(), notes=None, activations="int8"):
     from edgeq.converter.calibrate import batch_size_for, calibrate, load_calibration
-    from edgeq.converter.mixed_precision import DEFAULT_MIN_SQNR_DB, choose_float_ops
+    from edgeq.converter.mixed_precision import DEFAULT_MIN_SQNR_DB, RANGE_RATIO_LIMIT, choose_float_ops
     from edgeq.converter.quantize import quantize_int8
 
     if method not in CALIBRATION_METHODS:
@@ -473,12 +475,18 @@ def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debu
         pass_notes.extend(correction_notes)
     if notes is not None:
         notes.extend(pass_notes)
+    int8 = activations == "int8"
     graph, choice = choose_float_ops(
         float_graph, ranges, samples,
-        lambda keep: quantize_int8(float_graph, ranges, io_dtype, keep, rounding=rounding, activations=activations),
+        lambda keep, int16=None: quantize_int8(float_graph, ranges, io_dtype, keep, rounding=rounding,
+                                               activations=activations, keep_int16=int16),
         min_sqnr_db=_search_target(DEFAULT_MIN_SQNR_DB if min_sqnr_db is None else min_sqnr_db), progress=progress,
-        batch_size=batch_size, search=float_fallback == "auto",
+        batch_size=batch_size, search=float_fallback != "none" and (int8 or float_fallback == "auto"),
+        int16_islands=int8, float_islands=float_fallback == "auto",
+        join_limit=RANGE_RATIO_LIMIT * (1 if int8 else 256),
     )
+    if int8 and notes is not None:
+        notes.extend(f"int16 island: {op}" for op in getattr(graph, "int16_ops", []))
     errors = []
     if debug:
         from edgeq.converter.quant_debug import layer_errors
@@ -523,7 +531,8 @@ def _int8_check(choice, min_sqnr_db, float_fallback, mode="int8") -> Int8Check:
 def _float_choice_note(choice, check: Int8Check) -> str:
     note = f"{check.mode} outputs' SQNR against float on calibration samples: {_db(choice.sqnr_before_search_db)}"
     if choice.moved_by_search:
-        note += f", {_db(choice.sqnr_db)} once the error search kept {choice.moved_by_search} more ops float"
+        note += (f", {_db(choice.sqnr_db)} once the error search moved {choice.moved_by_search} more ops to "
+                 f"{'int16 or float' if choice.int16 else 'float'}")
     note += f" (threshold {check.min_sqnr_db:g} dB: {'passed' if check.passed else 'FAILED'})"
     if choice.trials:
         note += "; " + choice.search_summary()

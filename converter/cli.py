@@ -70,10 +70,11 @@ def samples_source(path, size, mean, std, layout):
 @click.option("--calibration-samples", type=click.IntRange(min=1), help="Use only the first N samples.")
 @click.option("--io", "io_dtype", type=click.Choice(["float32", "int8", "uint8"]), default="float32",
               show_default=True, help="Input/output type of an int8 model.")
-@click.option("--float-fallback", type=click.Choice(["auto", "none"]), default="auto", show_default=True,
-              help="With --quantize int8: auto keeps float islands where int8 would wreck the outputs "
-              "(mixed-range joins; the ops where error grows most while the outputs' SQNR is under "
-              "--min-sqnr); none quantizes every op that has an int8 form.")
+@click.option("--float-fallback", type=click.Choice(["auto", "int16", "none"]), default="auto", show_default=True,
+              help="With --quantize int8: auto gives int16 islands, or float islands where int16 is not enough, "
+              "where int8 would wreck the outputs (mixed-range joins; the ops where error grows most while the "
+              "outputs' SQNR is under --min-sqnr); int16 gives int16 islands only (integer-only file); none "
+              "quantizes every op that has an int8 form to int8.")
 @click.option("--min-sqnr", "min_sqnr_db", type=float, metavar="DB", help="SQNR the int8 outputs must reach "
               "against float on calibration samples: the float-island search's target, and a check: under "
               "it the file is written but convert exits 1; 0 accepts anything [default: 20].")
