@@ -611,7 +611,7 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
 
     for name in graph.inputs + graph.outputs:
         if io_dtype != "float32" and name in original_float:
-            add_node(name, name, INT8)
+            add_node(name, name, home_dtype.get(name, INT8))
 
     members: dict = {}
     for key in node_range:
@@ -895,7 +895,8 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
     ``rounding``: int8 weights and biases chosen by ``converter.adaround`` in place of round-to-nearest.
     ``activations``: "int8", or "int16" for TFLite's 16x8 mode (see ``quantize_int16x8``).
     ``keep_int16``: ``{first output name: reason}`` of ops of an int8 graph to quantize with int16
-    activations instead (int16 islands; ops without an int16 rule stay int8).
+    activations instead (int16 islands; ops without an int16 rule stay int8). With integer ``io_dtype``,
+    a graph output an int16 island makes stays int16.
     The returned graph's ``float_ops`` lists the ops left in float, with the reason; ``int16_ops``
     the ops given int16 activations.
     """
@@ -958,10 +959,8 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
             conversion, suffix = "DEQUANTIZE", produced_dtype.name
         elif io_dtype != "float32" and not produced_int8:
             conversion, suffix = "QUANTIZE", "float"
-        elif io_dtype != "float32" and produced_dtype != INT8:
-            conversion, suffix = "QUANTIZE", produced_dtype.name
         else:
-            continue
+            continue  # an output an int16 island makes stays int16: int8 would undo the island
         inner = _retarget_output(g, name, suffix)
         original_float.add(inner)
         if name in ranges:
