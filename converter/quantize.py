@@ -584,6 +584,8 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
                 key = name if home_dtype.get(name, base_dtype) == dtype else (name, dtype.name)
             add_node(key, name, dtype)
             input_node[(index, i)] = key
+        if dtype == INT16 and op.type in ("ADD", "SUB"):
+            _widen_int16_sum(node_range, op.outputs[0], [input_node.get((index, i)) for i in (0, 1)])
         if _pads_for_max(op, graph):
             # The fill only has to lose every max: the data's own range is the range, and the
             # fill quantizes (clamps) to the lowest int8 value.
@@ -642,6 +644,22 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
         for key in keys:
             params[key] = QuantParams(scale, zero_point)
     return params, input_node
+
+
+# LiteRT's general int16 ADD/SUB rescales by 2 max(input scales) / (2^15 output scale), which must stay
+# below 1 (add.cc aborts otherwise): an output range this many times narrower than an input's is widened.
+INT16_SUM_RANGE_RATIO = 8192
+
+
+def _widen_int16_sum(node_range: dict, output: str, input_keys: list) -> None:
+    widest_input = max((max(-lo, hi) for key in input_keys if key is not None and node_range.get(key) is not None
+                        for lo, hi in [node_range[key]]), default=0.0)
+    if node_range.get(output) is None or widest_input == 0.0:
+        return
+    lo, hi = node_range[output]
+    floor = widest_input / INT16_SUM_RANGE_RATIO
+    if max(-lo, hi) < floor:
+        node_range[output] = (min(lo, -floor), max(hi, floor))
 
 
 # Ops whose output lies inside their input's range, so that it may keep the input's params: data

@@ -96,6 +96,22 @@ def test_int16x8_rules_are_a_subset_of_the_int8_rules():
         assert (rule.weight, rule.bias, rule.input) == (RULES[op_type].weight, RULES[op_type].bias, RULES[op_type].input)
 
 
+def test_int16x8_widens_a_sum_range_litert_could_not_rescale_and_the_file_equals_litert():
+    # a - b of nearly equal values: the calibrated output range is 10^6 times narrower than the inputs',
+    # finer than LiteRT's int16 SUB can rescale to (it needs 2 max(input scales) < 2^15 output scale).
+    g = Graph(tensors=[], ops=[], inputs=["a", "b"], outputs=["y"])
+    for name in "aby":
+        g.add_tensor(Tensor(name, (1, 8), np.float32))
+    g.ops = [Op("SUB", ["a", "b"], ["y"], {"fused_activation_function": "NONE", "pot_scale_int16": False}, name="sub")]
+    q = quantize_int16x8(g, {"a": (-100.0, 100.0), "b": (-100.0, 100.0), "y": (-1e-4, 1e-4)})
+    sub = next(op for op in q.ops if op.type == "SUB")
+    input_scale, output_scale = q[sub.inputs[0]].quant.scale[0], q[sub.outputs[0]].quant.scale[0]
+    assert 2 * input_scale < 2**15 * output_scale
+    a = np.linspace(-1, 1, 8, dtype=np.float32)[None]
+    counts = integer_tensor_mismatches(write_tflite(q), [a, a + np.float32(1e-5)])
+    assert counts and sum(counts.values()) == 0, counts
+
+
 def test_int16x8_refuses_integer_inputs_and_outputs():
     graph = _conv_softmax_graph()
     with pytest.raises(ModelError, match="float32 inputs and outputs"):
