@@ -219,7 +219,10 @@ INT16_RULES: dict = {
     "LOGISTIC": Rule(output=(1.0 / 32768, 0)),
     "TANH": Rule(output=(1.0 / 32768, 0)),
     "SOFTMAX": Rule(output=(1.0 / 32768, 0)),
+    "PRELU": OWN,  # its constant alpha stays int8 (INT16_OP_INT8_INPUTS)
 }
+# Inputs of int16 ops that LiteRT reads as int8 (asymmetric, own params): PRELU's alpha.
+INT16_OP_INT8_INPUTS = {"PRELU": (1,)}
 NO_INT16_KERNEL = "no int16 kernel (in LiteRT's reference kernels or edgeq's runtime) for int16x8"
 # Weighted ops whose int16 form takes an int64 bias (TFLite's 16x8 spec); int8 ops take int32.
 INT64_BIAS_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
@@ -578,11 +581,12 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
         for i, name in _float_inputs(op, graph, original_float):
             if i in skip:
                 continue
+            in_dtype = INT8 if dtype == INT16 and i in INT16_OP_INT8_INPUTS.get(op.type, ()) else dtype
             if graph[name].is_constant:
                 key = (index, i)
             else:
-                key = name if home_dtype.get(name, base_dtype) == dtype else (name, dtype.name)
-            add_node(key, name, dtype)
+                key = name if home_dtype.get(name, base_dtype) == in_dtype else (name, in_dtype.name)
+            add_node(key, name, in_dtype)
             input_node[(index, i)] = key
         if dtype == INT16 and op.type in ("ADD", "SUB"):
             _widen_int16_sum(node_range, op.outputs[0], [input_node.get((index, i)) for i in (0, 1)])
@@ -788,11 +792,12 @@ class _Rewriter:
             if i in (weight_index, rule.bias):
                 continue
             quant = self.params[input_node[(index, i)]]
+            stored = INT8 if dtype == INT16 and i in INT16_OP_INT8_INPUTS.get(op.type, ()) else dtype
             if name in self.float_data:
-                data = quantize_affine(self.float_data[name], float(quant.scale[0]), int(quant.zero_point[0]), dtype)
+                data = quantize_affine(self.float_data[name], float(quant.scale[0]), int(quant.zero_point[0]), stored)
                 op.inputs[i] = self.constant(name, quant, data)
             else:
-                op.inputs[i] = self.as_int8(name, quant, dtype)
+                op.inputs[i] = self.as_int8(name, quant, stored)
         if weight_index is not None:
             bias_dtype = np.int64 if dtype == INT16 and op.type in INT64_BIAS_OPS else np.int32
             self._quantize_weights(op, rule, bias_dtype)
