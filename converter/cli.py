@@ -175,6 +175,7 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
         "quantize": quantize,
         "notes": result.notes,
         "float_ops": result.float_ops,
+        "int16_islands": getattr(result.graph, "int16_ops", []) if quantize == "int8" else [],
         "int8_output_sqnr_db": _float_choice_summary(result.float_choice),
         "int8_check": result.int8_check.as_dict() if result.int8_check is not None else None,
         "layer_errors": [e.as_dict() for e in result.layer_errors],

@@ -250,3 +250,17 @@ def test_convert_int16x8_json_carries_the_mode_and_the_sqnr(tmp_path):
     description = json.loads(CliRunner().invoke(main, ["inspect", str(out), "--json"]).output)
     activations = [t for t in description["tensors"] if not t["constant"] and t["dtype"] != "float32"]
     assert activations and all(t["dtype"] == "int16" for t in activations)
+
+
+def test_convert_int8_json_lists_the_int16_islands(tmp_path):
+    from test_mixed_precision import detector_tail, samples, save
+
+    calibration, _ = samples(tmp_path, (1, 16))
+    model = save(detector_tail(), tmp_path, "tail")
+    result = CliRunner().invoke(main, ["convert", str(model), "-o", str(tmp_path / "tail.tflite"), "--quantize", "int8",
+                                       "--calibration", str(calibration), "--float-fallback", "int16", "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["float_ops"] == []
+    assert [line.split(" ")[0] for line in summary["int16_islands"]] == ["CONCATENATION", "RESHAPE"]
