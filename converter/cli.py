@@ -61,7 +61,8 @@ def samples_source(path, size, mean, std, layout):
 @click.option("--quantize", type=click.Choice(["none", "int8", "int16x8", "dynamic", "float16"]), default="none",
               show_default=True, help="int8: full integer (needs --calibration, except a QDQ model, which "
               "states its own scales); int16x8: int16 activations, int8 weights (TFLite's 16x8 mode; needs "
-              "--calibration; ops without an int16 kernel stay float); dynamic: int8 weights, float activations; float16: float16 weights.")
+              "--calibration; ops without an int16 kernel stay float); dynamic: int8 weights, float activations; "
+              "float16: float16 weights.")
 @click.option("--calibration", type=click.Path(), help="Calibration samples: .npz keyed by input "
               "name, or .npy for one-input models; samples on the first axis, images NCHW or NHWC; or a "
               "folder of images (see --size, --mean, --std, --layout; needs Pillow).")
