@@ -28,8 +28,10 @@ class BoundaryTensor:
     layout: str
 
 
-QUANTIZE_MODES = ("none", "int8", "dynamic", "float16")
-FLOAT_FALLBACKS = ("auto", "none")
+QUANTIZE_MODES = ("none", "int8", "int16x8", "dynamic", "float16")
+# The full-integer modes: calibrated, checked against float, searched for float islands.
+FULL_INTEGER_MODES = ("int8", "int16x8")
+FLOAT_FALLBACKS = ("auto", "int16", "none")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
 
 
@@ -45,15 +47,16 @@ class Int8Check:
     worst_op: Optional[str] = None
     worst_op_drop_db: Optional[float] = None
     float_fallback: str = "auto"
+    mode: str = "int8"  # or "int16x8"
 
     def as_dict(self) -> dict:
-        return {"sqnr_db": self.sqnr_db, "min_sqnr_db": self.min_sqnr_db, "passed": self.passed,
+        return {"mode": self.mode, "sqnr_db": self.sqnr_db, "min_sqnr_db": self.min_sqnr_db, "passed": self.passed,
                 "worst_layer": self.worst_op, "worst_layer_drop_db": self.worst_op_drop_db}
 
     def failure_line(self, output_path=None) -> str:
         """One line: the figure, the worst layer and what to try."""
         written = f" ({output_path} is written)" if output_path is not None else ""
-        line = (f"int8 outputs' SQNR against float on calibration samples is {self.sqnr_db:.1f} dB, under "
+        line = (f"{self.mode} outputs' SQNR against float on calibration samples is {self.sqnr_db:.1f} dB, under "
                 f"--min-sqnr {self.min_sqnr_db:g}{written}")
         if self.worst_op is not None:
             line += f"; worst layer: {self.worst_op} (SQNR drops {self.worst_op_drop_db:.1f} dB there)"
@@ -232,7 +235,9 @@ def convert(
     TorchScript ``.pt``. PyTorch models are exported to ONNX in memory (needs ``edgeq[torch]``).
 
     ``quantize``: "none" (float32), "int8" (full integer; needs ``calibration``, except for a QDQ model,
-    whose own scales are used), "dynamic" (int8 weights, float activations) or "float16" (float16
+    whose own scales are used), "int16x8" (TFLite's 16x8 mode: int16 activations, int8 weights, int64
+    biases; needs ``calibration``; ops without an int16 kernel stay float, listed in ``float_ops``;
+    float32 inputs and outputs), "dynamic" (int8 weights, float activations) or "float16" (float16
     weights). ``calibration``: an .npz keyed by input name or an .npy, samples on the first axis; a
     folder of images (or an ``edgeq.runtime.inputs.ImageFolder`` saying how to read it); arrays; an
     iterable or generator of samples, each an array, a list of arrays in input order or a dict keyed by
@@ -240,9 +245,11 @@ def convert(
     dicts until None (as onnxruntime's ``CalibrationDataReader``). ``io_dtype`` sets an int8 model's
     input/output type. ``debug`` measures every int8 tensor's error against the float model on the
     calibration samples.
-    ``float_fallback``: "auto" keeps float islands where int8 would wreck the outputs (mixed-range
-    joins, and ops where the error grows most while the outputs' SQNR on calibration samples is under
-    ``min_sqnr_db``; see converter.mixed_precision); "none" quantizes every op that has an int8 form.
+    ``float_fallback``: "auto" gives int16 islands, or float islands where int16 does not help enough,
+    where int8 would wreck the outputs (mixed-range joins, and ops where the error grows most while the
+    outputs' SQNR on calibration samples is under ``min_sqnr_db``; see converter.mixed_precision);
+    "int16" gives int16 islands only (the file stays integer-only); "none" quantizes every op that has
+    an int8 form to int8.
     Either way an int8 model's outputs are compared with the float model's on the calibration
     samples: ``result.int8_check`` holds the SQNR, and ``result.passed`` is False when it stays under
     ``min_sqnr_db`` (default 20 dB; 0 accepts anything). The file is written all the same: the
@@ -269,23 +276,24 @@ def convert(
 
     if float_fallback not in FLOAT_FALLBACKS:
         raise ModelError(f"unknown float fallback {float_fallback!r}; choose one of {', '.join(FLOAT_FALLBACKS)}")
-    if min_sqnr_db is not None and quantize != "int8":
-        raise ModelError("--min-sqnr is the SQNR an int8 model's outputs must reach: it needs --quantize int8")
+    if min_sqnr_db is not None and quantize not in FULL_INTEGER_MODES:
+        raise ModelError("--min-sqnr is the SQNR an int8 model's outputs must reach: it needs --quantize int8 "
+                         "or int16x8")
     if io_dtype != "float32" and quantize != "int8":
         raise ModelError(f"integer model inputs/outputs (--io {io_dtype}) need --quantize int8")
     if sparse_encoding and quantize != "none":
         raise ModelError("--sparse-encoding stores float weights: LiteRT's default interpreter cannot run "
                          "quantized weights behind DENSIFY; drop --quantize or --sparse-encoding")
-    if calibration is not None and quantize != "int8" and not prune_channels:
-        raise ModelError("--calibration samples are used by --quantize int8 and --prune-channels; "
+    if calibration is not None and quantize not in FULL_INTEGER_MODES and not prune_channels:
+        raise ModelError("--calibration samples are used by --quantize int8 or int16x8 and --prune-channels; "
                          "give one of them or drop --calibration")
     if output_path is not None:
         refuse_to_overwrite_a_source(output_path, model_path, calibration)
     float_graph, notes = load_graph(model_path, input_shapes, keep_onnx_layout, example_inputs)
     from_onnx = not is_tflite_file(model_path)
     given = float_graph.given_quantization
-    if quantize == "int8" and calibration is None and given is None:
-        raise ModelError("--quantize int8 needs calibration samples (--calibration FILE.npz)")
+    if quantize in FULL_INTEGER_MODES and calibration is None and (given is None or quantize != "int8"):
+        raise ModelError(f"--quantize {quantize} needs calibration samples (--calibration FILE.npz)")
     if given is not None and quantize != "int8":
         notes.append("quantized (QDQ) model read as its float model; --quantize int8 keeps its own scales")
     if given is not None and (prune_sparsity or prune_channels):
@@ -301,12 +309,13 @@ def convert(
     if quantize == "int8" and given is not None:
         graph, float_ops = _quantize_as_stated(float_graph, given, io_dtype, calibration, num_calibration_samples,
                                                notes)
-    elif quantize == "int8":
+    elif quantize in FULL_INTEGER_MODES:
         graph, float_ops, errors, float_choice = _quantize_int8(
             float_graph, calibration, calibration_method, num_calibration_samples, io_dtype, debug, progress,
             float_fallback, min_sqnr_db, PtqPasses(equalize, smooth_quant, bias_correction, adaround), notes,
+            activations="int16" if quantize == "int16x8" else "int8",
         )
-        check = _int8_check(float_choice, min_sqnr_db, float_fallback)
+        check = _int8_check(float_choice, min_sqnr_db, float_fallback, quantize)
         notes.append(_float_choice_note(float_choice, check))
     elif quantize == "dynamic":
         from edgeq.converter.quantize import quantize_dynamic
@@ -439,9 +448,9 @@ def prepare_for_int8(graph: Graph, samples: dict, passes: PtqPasses, batch_size:
 
 
 def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debug, progress, float_fallback,
-                   min_sqnr_db, passes=PtqPasses(), notes=None):
+                   min_sqnr_db, passes=PtqPasses(), notes=None, activations="int8"):
     from edgeq.converter.calibrate import batch_size_for, calibrate, load_calibration
-    from edgeq.converter.mixed_precision import DEFAULT_MIN_SQNR_DB, choose_float_ops
+    from edgeq.converter.mixed_precision import DEFAULT_MIN_SQNR_DB, RANGE_RATIO_LIMIT, choose_float_ops
     from edgeq.converter.quantize import quantize_int8
 
     if method not in CALIBRATION_METHODS:
@@ -454,7 +463,7 @@ def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debu
                                                      batch_size)
     ranges = calibrate(float_graph, samples, method=method, batch_size=batch_size, progress=progress)
     rounding = None
-    if passes.adaround:
+    if passes.adaround and activations == "int8":  # its check compares int8 models
         from edgeq.converter.adaround import rounding_if_better
 
         rounding, adaround_note = rounding_if_better(prepared, float_graph, ranges, samples, passes.bias_correction,
@@ -466,12 +475,18 @@ def _quantize_int8(float_graph, calibration, method, num_samples, io_dtype, debu
         pass_notes.extend(correction_notes)
     if notes is not None:
         notes.extend(pass_notes)
+    int8 = activations == "int8"
     graph, choice = choose_float_ops(
         float_graph, ranges, samples,
-        lambda keep: quantize_int8(float_graph, ranges, io_dtype, keep, rounding=rounding),
+        lambda keep, int16=None: quantize_int8(float_graph, ranges, io_dtype, keep, rounding=rounding,
+                                               activations=activations, keep_int16=int16),
         min_sqnr_db=_search_target(DEFAULT_MIN_SQNR_DB if min_sqnr_db is None else min_sqnr_db), progress=progress,
-        batch_size=batch_size, search=float_fallback == "auto",
+        batch_size=batch_size, search=float_fallback != "none" and (int8 or float_fallback == "auto"),
+        int16_islands=int8, float_islands=float_fallback == "auto",
+        join_limit=RANGE_RATIO_LIMIT * (1 if int8 else 256),
     )
+    if int8 and notes is not None:
+        notes.extend(f"int16 island: {op}" for op in getattr(graph, "int16_ops", []))
     errors = []
     if debug:
         from edgeq.converter.quant_debug import layer_errors
@@ -504,18 +519,20 @@ def _quantize_as_stated(float_graph, given, io_dtype, calibration, num_samples, 
     return graph, list(graph.float_ops)
 
 
-def _int8_check(choice, min_sqnr_db, float_fallback) -> Int8Check:
+def _int8_check(choice, min_sqnr_db, float_fallback, mode="int8") -> Int8Check:
     from edgeq.converter.mixed_precision import DEFAULT_MIN_SQNR_DB
 
     threshold = DEFAULT_MIN_SQNR_DB if min_sqnr_db is None else float(min_sqnr_db)
     passed = threshold <= 0 or not choice.sqnr_db < threshold  # NaN (no float output compared) passes
-    return Int8Check(choice.sqnr_db, threshold, passed, choice.worst_op, choice.worst_op_drop_db, float_fallback)
+    return Int8Check(choice.sqnr_db, threshold, passed, choice.worst_op, choice.worst_op_drop_db, float_fallback,
+                     mode)
 
 
 def _float_choice_note(choice, check: Int8Check) -> str:
-    note = f"int8 outputs' SQNR against float on calibration samples: {_db(choice.sqnr_before_search_db)}"
+    note = f"{check.mode} outputs' SQNR against float on calibration samples: {_db(choice.sqnr_before_search_db)}"
     if choice.moved_by_search:
-        note += f", {_db(choice.sqnr_db)} once the error search kept {choice.moved_by_search} more ops float"
+        note += (f", {_db(choice.sqnr_db)} once the error search moved {choice.moved_by_search} more ops to "
+                 f"{'int16 or float' if choice.int16 else 'float'}")
     note += f" (threshold {check.min_sqnr_db:g} dB: {'passed' if check.passed else 'FAILED'})"
     if choice.trials:
         note += "; " + choice.search_summary()

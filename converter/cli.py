@@ -58,9 +58,11 @@ def samples_source(path, size, mean, std, layout):
 @click.option("--no-names", is_flag=True, help="Store no tensor names (a smaller file). By default the inputs, "
               "the outputs and every op's result are named; constants (weights, biases) take the name of the op "
               "that uses them when edgeq reads the file.")
-@click.option("--quantize", type=click.Choice(["none", "int8", "dynamic", "float16"]), default="none",
+@click.option("--quantize", type=click.Choice(["none", "int8", "int16x8", "dynamic", "float16"]), default="none",
               show_default=True, help="int8: full integer (needs --calibration, except a QDQ model, which "
-              "states its own scales); dynamic: int8 weights, float activations; float16: float16 weights.")
+              "states its own scales); int16x8: int16 activations, int8 weights (TFLite's 16x8 mode; needs "
+              "--calibration; ops without an int16 kernel stay float); dynamic: int8 weights, float activations; "
+              "float16: float16 weights.")
 @click.option("--calibration", type=click.Path(), help="Calibration samples: .npz keyed by input "
               "name, or .npy for one-input models; samples on the first axis, images NCHW or NHWC; or a "
               "folder of images (see --size, --mean, --std, --layout; needs Pillow).")
@@ -69,10 +71,11 @@ def samples_source(path, size, mean, std, layout):
 @click.option("--calibration-samples", type=click.IntRange(min=1), help="Use only the first N samples.")
 @click.option("--io", "io_dtype", type=click.Choice(["float32", "int8", "uint8"]), default="float32",
               show_default=True, help="Input/output type of an int8 model.")
-@click.option("--float-fallback", type=click.Choice(["auto", "none"]), default="auto", show_default=True,
-              help="With --quantize int8: auto keeps float islands where int8 would wreck the outputs "
-              "(mixed-range joins; the ops where error grows most while the outputs' SQNR is under "
-              "--min-sqnr); none quantizes every op that has an int8 form.")
+@click.option("--float-fallback", type=click.Choice(["auto", "int16", "none"]), default="auto", show_default=True,
+              help="With --quantize int8: auto gives int16 islands, or float islands where int16 is not enough, "
+              "where int8 would wreck the outputs (mixed-range joins; the ops where error grows most while the "
+              "outputs' SQNR is under --min-sqnr); int16 gives int16 islands only (integer-only file); none "
+              "quantizes every op that has an int8 form to int8.")
 @click.option("--min-sqnr", "min_sqnr_db", type=float, metavar="DB", help="SQNR the int8 outputs must reach "
               "against float on calibration samples: the float-island search's target, and a check: under "
               "it the file is written but convert exits 1; 0 accepts anything [default: 20].")
@@ -118,6 +121,7 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
       edgeq convert model.onnx -o m.tflite --quantize int8 --calibration calib.npz --io uint8 --debug
       edgeq convert model.onnx -o m.tflite --quantize int8 --calibration calib.npz --float-fallback none
       edgeq convert model_float.tflite -o model_int8.tflite --quantize int8 --calibration calib.npz
+      edgeq convert model.onnx -o model_16x8.tflite --quantize int16x8 --calibration calib.npz
       edgeq convert model.onnx -o model_dynamic.tflite --quantize dynamic
       edgeq convert model.onnx -o small.tflite --prune-channels 0.3 --calibration calib.npz
       edgeq convert model.onnx -o sparse.tflite --prune-sparsity 0.7 --sparse-encoding
@@ -131,8 +135,8 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
     from edgeq.converter.api import convert as convert_model
     from edgeq.converter.api import parse_input_shapes
 
-    if debug and quantize != "int8":
-        raise ModelError("--debug compares int8 tensors with float ones: it needs --quantize int8")
+    if debug and quantize not in ("int8", "int16x8"):
+        raise ModelError("--debug compares int8 tensors with float ones: it needs --quantize int8 or int16x8")
     _refuse_unused_calibration_options(quantize)
     started = time.perf_counter()
     result = convert_model(
@@ -169,8 +173,10 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
         "ops": dict(Counter(op.type for op in result.graph.ops)),
         "inputs": [vars(t) for t in result.inputs],
         "outputs": [vars(t) for t in result.outputs],
+        "quantize": quantize,
         "notes": result.notes,
         "float_ops": result.float_ops,
+        "int16_islands": getattr(result.graph, "int16_ops", []) if quantize == "int8" else [],
         "int8_output_sqnr_db": _float_choice_summary(result.float_choice),
         "int8_check": result.int8_check.as_dict() if result.int8_check is not None else None,
         "layer_errors": [e.as_dict() for e in result.layer_errors],
@@ -223,7 +229,7 @@ def _fail_unless_passed(result) -> None:
 def _refuse_unused_calibration_options(quantize: str) -> None:
     """--calibration-method chooses int8 activation ranges: given without --quantize int8 it would be
     silently ignored. (--calibration itself is checked by the API: pruning uses it too.)"""
-    if quantize == "int8":
+    if quantize in ("int8", "int16x8"):
         return
     source = click.get_current_context().get_parameter_source("calibration_method")
     if source == click.core.ParameterSource.COMMANDLINE:

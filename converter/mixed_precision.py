@@ -23,8 +23,11 @@ cannot hold what flows through. Two automatic mechanisms find them (``choose_flo
 Whatever the search achieves, the outputs' SQNR is measured; under the target, the op where the
 SQNR drops most is named (``FloatChoice.worst_op``), which is what a user looks at first.
 
-TFLite's 16x8 mode (int16 activations) is the other answer to the same problem; edgeq's runtime has
-no int16 kernels, so float islands are the mechanism here.
+**int16 islands** come first (``int16_islands=True``): a join or a move is first tried with int16
+activations (TFLite's 16x8 kernels, int8 <-> int16 QUANTIZE at its edges, which LiteRT runs), so the
+file stays integer-only; it goes to float only where int16 does not help enough. In TFLite's 16x8
+mode itself (every activation int16), joins are float only when their ranges are
+``RANGE_RATIO_LIMIT * 256`` apart.
 """
 from __future__ import annotations
 
@@ -77,14 +80,16 @@ class Trial:
     worst_output_gain_db: float
     mean_output_gain_db: float
     kept: bool
+    island: str = "float"  # what the ops were moved to: "float" or "int16"
 
     def describe(self) -> str:
         where = f"{self.op_type} '{self.ops[0]}'" if len(self.ops) == 1 else f"{len(self.ops)} {self.op_type} ops"
-        return (f"{where} ({'kept' if self.kept else 'not kept'}: {self.local_gain_db:+.1f} dB there, worst output "
-                f"{self.worst_output_gain_db:+.1f} dB)")
+        return (f"{where} to {self.island} ({'kept' if self.kept else 'not kept'}: {self.local_gain_db:+.1f} dB "
+                f"there, worst output {self.worst_output_gain_db:+.1f} dB)")
 
     def as_dict(self) -> dict:
-        return {"ops": list(self.ops), "op_type": self.op_type, "drops_db": [round(d, 2) for d in self.drops_db],
+        return {"ops": list(self.ops), "op_type": self.op_type, "island": self.island,
+                "drops_db": [round(d, 2) for d in self.drops_db],
                 "local_gain_db": round(self.local_gain_db, 2),
                 "worst_output_gain_db": round(self.worst_output_gain_db, 2),
                 "mean_output_gain_db": round(self.mean_output_gain_db, 2), "kept": self.kept}
@@ -97,6 +102,7 @@ class FloatChoice:
     moves it tried; under the target, the op where the SQNR drops most and by how much."""
 
     reasons: dict = field(default_factory=dict)
+    int16: dict = field(default_factory=dict)  # op key -> why, for the ops given int16 activations (islands)
     sqnr_before_search_db: Optional[float] = None
     sqnr_db: Optional[float] = None
     moved_by_search: int = 0
@@ -249,18 +255,27 @@ def output_gains(before: dict, after: dict, graph: Graph) -> list:
 
 def choose_float_ops(float_graph: Graph, ranges: dict, samples: dict, quantize, min_sqnr_db: float =
                      DEFAULT_MIN_SQNR_DB, max_moves: int = DEFAULT_MAX_MOVES, progress: bool = False,
-                     batch_size: Optional[int] = None, search: bool = True):
+                     batch_size: Optional[int] = None, search: bool = True, int16_islands: bool = False,
+                     float_islands: bool = True, join_limit: float = RANGE_RATIO_LIMIT):
     """The int8 graph with float islands where int8 would wreck the outputs, and a ``FloatChoice``.
 
     ``quantize(keep_float: dict) -> Graph`` makes the int8 graph with the given ops kept float;
     ``samples`` are calibration samples (the first ``ERROR_SAMPLES`` are used), run ``batch_size``
     at a time (by default as ``converter.calibrate.batch_size_for`` says). ``search=False`` keeps no
     op float: the outputs' SQNR (and under ``min_sqnr_db`` the worst op) is only measured.
+    ``int16_islands``: try every remedy with int16 activations first (``quantize(keep_float, keep_int16)``
+    is then called with the int16 ops too); ``float_islands=False`` tries int16 islands only, so the
+    file stays integer-only. ``join_limit``: the range ratio from which a join is a remedy at once.
     """
     from edgeq.converter.calibrate import batch_size_for
 
-    choice = FloatChoice(reasons=mixed_range_tails(float_graph, ranges) if search else {})
-    graph = quantize(choice.reasons)
+    choice = FloatChoice()
+    for key, reason in (mixed_range_tails(float_graph, ranges, join_limit) if search else {}).items():
+        if int16_islands and _int16_capable(float_graph, {key}):
+            choice.int16[key] = reason.replace("one int8 scale would leave", "int8 would leave") + "; int16 island"
+        elif float_islands:
+            choice.reasons[key] = reason
+    graph = _quantized(quantize, choice.reasons, choice.int16)
     total = min(ERROR_SAMPLES, _samples_within(REFERENCE_BYTES, float_graph), len(next(iter(samples.values()))))
     step = batch_size or batch_size_for(float_graph, samples)
     inputs = [{n: samples[n][start:min(start + step, total)] for n in float_graph.inputs}
@@ -274,17 +289,31 @@ def choose_float_ops(float_graph: Graph, ranges: dict, samples: dict, quantize, 
     batches = [(batch, _float_values(float_graph, batch)) for batch in inputs]
     sqnr = tensor_sqnr(graph, batches)
     if search and max_moves > 0:
-        graph, sqnr = _search(float_graph, quantize, batches, choice, graph, sqnr, min_sqnr_db, max_moves, progress)
+        graph, sqnr = _search(float_graph, quantize, batches, choice, graph, sqnr, min_sqnr_db, max_moves, progress,
+                              int16_islands, float_islands)
     if choice.sqnr_db < min_sqnr_db:
-        ranked = _candidates(float_graph, sqnr, set(choice.reasons))
+        ranked = _candidates(float_graph, sqnr, set(choice.reasons) | set(choice.int16))
         if ranked:
             choice.worst_op_drop_db, worst = ranked[0]
             choice.worst_op = str(worst)
     return graph, choice
 
 
+def _quantized(quantize, keep_float: dict, keep_int16: dict) -> Graph:
+    return quantize(keep_float, keep_int16) if keep_int16 else quantize(keep_float)
+
+
+def _int16_capable(float_graph: Graph, keys: set) -> bool:
+    """Whether every op of ``keys`` has an int16 form (so that the move can be an int16 island)."""
+    from edgeq.converter.quantize import INT16_RULES
+
+    by_key = {op_key(op): op for op in float_graph.ops}
+    return all(key in by_key and by_key[key].type in INT16_RULES for key in keys)
+
+
 def _search(float_graph: Graph, quantize, batches: list, choice: FloatChoice, graph: Graph, sqnr: dict,
-            min_sqnr_db: float, max_moves: int, progress: bool) -> tuple:
+            min_sqnr_db: float, max_moves: int, progress: bool, int16_islands: bool = False,
+            float_islands: bool = True) -> tuple:
     """The error-driven moves (see the module's docstring); updates ``choice``, returns (graph, sqnr)."""
     budget = max_moves * TRIALS_PER_MOVE
     tried: set = set()  # ops tried alone
@@ -292,7 +321,7 @@ def _search(float_graph: Graph, quantize, batches: list, choice: FloatChoice, gr
     moves = 0
     bar = _progress_bar(budget, progress)
     while choice.sqnr_db < min_sqnr_db and moves < max_moves and len(choice.trials) < budget:
-        ranked = _candidates(float_graph, sqnr, set(choice.reasons), tried)
+        ranked = _candidates(float_graph, sqnr, set(choice.reasons) | set(choice.int16), tried)
         kept = False
         for move in candidate_moves(ranked, grouped, float_graph)[:TRIALS_PER_MOVE]:
             if len(choice.trials) >= budget:
@@ -301,30 +330,41 @@ def _search(float_graph: Graph, quantize, batches: list, choice: FloatChoice, gr
                 grouped.update(op_key(op) for _, op in move)
             else:
                 tried.add(op_key(move[0][1]))
-            trial = dict(choice.reasons)
-            for drop, op in move:
-                for key in _move(op, float_graph) - set(trial):
-                    trial[key] = f"int8 error grows {drop:.1f} dB at {op}"
-            trial_graph = quantize(trial)
-            trial_sqnr = tensor_sqnr(trial_graph, batches)
-            gains = output_gains(sqnr, trial_sqnr, float_graph)
-            worst_gain = _capped(_worst_output(trial_sqnr, float_graph)) - _capped(choice.sqnr_db)
-            kept = (min(gains) >= -LOSS_ALLOWED_DB
-                    and (worst_gain >= MIN_GAIN_DB or float(np.mean(gains)) >= MIN_GAIN_DB))
-            keys = [op_key(op) for _, op in move]
-            local = float(np.mean([_capped(trial_sqnr.get(k, float("inf"))) - _capped(sqnr[k]) for k in keys]))
-            choice.trials.append(Trial(keys, move[0][1].type, [d for d, _ in move], local, worst_gain,
-                                       float(np.mean(gains)), kept))
-            if bar is not None:
-                bar.update(1)
+            moved = set().union(*(_move(op, float_graph) for _, op in move))
+            islands = (["int16"] if int16_islands and _int16_capable(float_graph, moved) else []) + \
+                (["float"] if float_islands else [])
+            for island in islands:
+                if len(choice.trials) >= budget:
+                    break
+                trial, trial_int16 = dict(choice.reasons), dict(choice.int16)
+                target = trial_int16 if island == "int16" else trial
+                for drop, op in move:
+                    for key in _move(op, float_graph) - set(trial) - (set(trial_int16) if island == "int16" else set()):
+                        target[key] = f"int8 error grows {drop:.1f} dB at {op}"
+                        if island == "float":
+                            trial_int16.pop(key, None)
+                trial_graph = _quantized(quantize, trial, trial_int16)
+                trial_sqnr = tensor_sqnr(trial_graph, batches)
+                gains = output_gains(sqnr, trial_sqnr, float_graph)
+                worst_gain = _capped(_worst_output(trial_sqnr, float_graph)) - _capped(choice.sqnr_db)
+                kept = (min(gains) >= -LOSS_ALLOWED_DB
+                        and (worst_gain >= MIN_GAIN_DB or float(np.mean(gains)) >= MIN_GAIN_DB))
+                keys = [op_key(op) for _, op in move]
+                local = float(np.mean([_capped(trial_sqnr.get(k, float("inf"))) - _capped(sqnr[k]) for k in keys]))
+                choice.trials.append(Trial(keys, move[0][1].type, [d for d, _ in move], local, worst_gain,
+                                           float(np.mean(gains)), kept, island))
+                if bar is not None:
+                    bar.update(1)
+                if kept:
+                    choice.moved_by_search += (len(trial) + len(trial_int16)) - (len(choice.reasons) + len(choice.int16))
+                    choice.reasons, choice.int16, graph, sqnr = trial, trial_int16, trial_graph, trial_sqnr
+                    choice.sqnr_db = _worst_output(sqnr, float_graph)
+                    moves += 1
+                    break
             if kept:
-                choice.moved_by_search += len(trial) - len(choice.reasons)
-                choice.reasons, graph, sqnr = trial, trial_graph, trial_sqnr
-                choice.sqnr_db = _worst_output(sqnr, float_graph)
-                moves += 1
                 break
-        if not kept and not candidate_moves(_candidates(float_graph, sqnr, set(choice.reasons), tried), grouped,
-                                             float_graph):
+        if not kept and not candidate_moves(_candidates(float_graph, sqnr, set(choice.reasons) | set(choice.int16),
+                                                        tried), grouped, float_graph):
             break
     if bar is not None:
         bar.close()

@@ -4,6 +4,9 @@
   int8 weights (per channel where TFLite allows it) in [-127, 127], int32 biases with
   scale = input_scale * weight_scale and zero point 0, asymmetric per-tensor int8 activations whose
   range always contains 0, and the op-specific constraints written down in ``RULES`` below.
+* ``quantize_int16x8(graph, ranges)``: TFLite's 16x8 mode: int16 activations, symmetric (zero point 0,
+  scale max|x| / 32767), int8 per-channel weights as in int8, int64 biases for the weighted ops. Ops
+  listed in ``INT16_RULES`` are quantized so; every other op stays float between DEQUANTIZE/QUANTIZE.
 * ``quantize_dynamic(graph)``: dynamic-range ("hybrid") quantization: int8 weights, float activations.
 * ``quantize_float16(graph)``: float16 constants, each DEQUANTIZEd to float32 before use.
 
@@ -163,6 +166,69 @@ STAYS_FLOAT: dict = {
 }
 
 
+INT16_QMAX = 32767  # int16 activations are symmetric: zero point 0, [-32767, 32767] for the range
+
+# The ops TFLite's 16x8 mode quantizes (int16 activations, int8 weights) and that both LiteRT's reference
+# kernels and edgeq's runtime compute in int16, each with its int16 rule: the int8 rule unless the op
+# pins its output params differently in int16. Enabling an op in int16x8 is one line here; the rest of
+# RULES stays float in int16x8 (between DEQUANTIZE and QUANTIZE), with ``NO_INT16_KERNEL`` as reason.
+INT16_RULES: dict = {
+    "CONV_2D": RULES["CONV_2D"],
+    "DEPTHWISE_CONV_2D": RULES["DEPTHWISE_CONV_2D"],
+    "FULLY_CONNECTED": RULES["FULLY_CONNECTED"],
+    "MAX_POOL_2D": SHARED,
+    "RESHAPE": SHARED,
+    "SQUEEZE": SHARED,
+    "EXPAND_DIMS": SHARED,
+    "TRANSPOSE": SHARED,
+    "PAD": SHARED,
+    "PADV2": SHARED,
+    "CONCATENATION": SHARED,
+    "SPLIT": SHARED,
+    "SPLIT_V": SHARED,
+    "PACK": SHARED,
+    "UNPACK": SHARED,
+    "SLICE": SHARED,
+    "STRIDED_SLICE": SHARED,
+    "GATHER": SHARED,
+    "TRANSPOSE_CONV": RULES["TRANSPOSE_CONV"],
+    "TILE": SHARED,
+    "BROADCAST_TO": SHARED,
+    "RESIZE_BILINEAR": SHARED,
+    "RESIZE_NEAREST_NEIGHBOR": SHARED,
+    "REDUCE_MAX": SHARED,
+    "REDUCE_MIN": SHARED,
+    "SELECT_V2": SHARED,
+    "ADD": OWN,
+    "SUB": OWN,
+    "MUL": OWN,
+    "MAXIMUM": SHARED,
+    "MINIMUM": SHARED,
+    "RELU": OWN,
+    "RELU6": OWN,
+    "LEAKY_RELU": OWN,
+    "GELU": OWN,
+    "EXP": OWN,
+    "LOG": OWN,
+    "RSQRT": OWN,
+    "ABS": OWN,
+    "MEAN": OWN,
+    "AVERAGE_POOL_2D": SHARED,
+    "BATCH_MATMUL": OWN,
+    # Q0.15 outputs: int16 LOGISTIC, TANH and SOFTMAX take scale 1/32768 (zero point 0).
+    "LOGISTIC": Rule(output=(1.0 / 32768, 0)),
+    "TANH": Rule(output=(1.0 / 32768, 0)),
+    "SOFTMAX": Rule(output=(1.0 / 32768, 0)),
+    "PRELU": OWN,  # its constant alpha stays int8 (INT16_OP_INT8_INPUTS)
+}
+# Inputs of int16 ops that LiteRT reads as int8 (asymmetric, own params): PRELU's alpha.
+INT16_OP_INT8_INPUTS = {"PRELU": (1,)}
+NO_INT16_KERNEL = "no int16 kernel (in LiteRT's reference kernels or edgeq's runtime) for int16x8"
+# Weighted ops whose int16 form takes an int64 bias (TFLite's 16x8 spec); int8 ops take int32.
+INT64_BIAS_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
+INT8, INT16 = np.dtype(np.int8), np.dtype(np.int16)
+
+
 # -- quantization parameters ---------------------------------------------------------------------
 
 def choose_activation_params(range_min: float, range_max: float, qmin: int = QMIN, qmax: int = QMAX):
@@ -181,6 +247,25 @@ def choose_activation_params(range_min: float, range_max: float, qmin: int = QMI
     scale = float(np.float32((range_max - range_min) / (qmax - qmin)))
     zero_point = int(np.clip(round_half_away(qmin - range_min / scale), qmin, qmax))
     return scale, zero_point
+
+
+def choose_int16_params(range_min: float, range_max: float):
+    """Symmetric int16 (scale, 0) for a real range, as TFLite's 16x8 mode chooses them:
+    scale = max(|min|, |max|) / 32767."""
+    range_min, range_max = float(range_min), float(range_max)
+    if not np.isfinite(range_min) or not np.isfinite(range_max):
+        raise ModelError(f"cannot quantize the infinite range [{range_min}, {range_max}]")
+    max_abs = max(abs(range_min), abs(range_max))
+    if max_abs == 0:
+        return 1.0, 0  # an all-zero tensor: any scale represents it
+    return float(np.float32(max_abs / INT16_QMAX)), 0
+
+
+def activation_params_for(dtype, range_min: float, range_max: float):
+    """(scale, zero_point) of an activation of ``dtype`` (int8: asymmetric; int16: symmetric)."""
+    if np.dtype(dtype) == INT16:
+        return choose_int16_params(range_min, range_max)
+    return choose_activation_params(range_min, range_max)
 
 
 def symmetric_weight_params(weights: np.ndarray, axis: Optional[int]) -> np.ndarray:
@@ -213,8 +298,12 @@ def quantize_affine(values: np.ndarray, scale: float, zero_point: int, dtype=np.
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
-def quantize_bias(bias: np.ndarray, bias_scales: np.ndarray) -> np.ndarray:
+def quantize_bias(bias: np.ndarray, bias_scales: np.ndarray, dtype=np.int32) -> np.ndarray:
+    """int32 (int8 ops) or int64 (16x8 ops) bias, scale = input scale * weight scale, zero point 0."""
     q = round_half_away(np.asarray(bias, dtype=np.float64) / np.asarray(bias_scales, dtype=np.float64))
+    if np.dtype(dtype) == np.int64:
+        # 16x8 kernels accumulate in int64 but require |acc| < 2^47 before the requantization.
+        return np.clip(q, -(2.0**47), 2.0**47 - 1).astype(np.int64)
     return np.clip(q, INT32_MIN, INT32_MAX).astype(np.int32)
 
 
@@ -428,20 +517,33 @@ def _pads_for_max(op: Op, graph: Graph) -> bool:
 
 def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str, original_float: set,
                        stated: Optional[dict] = None, notes: Optional[list] = None,
-                       constant_ranges: Optional[dict] = None):
-    """QuantParams for every int8 activation, keyed by tensor name, or by (op index, input index)
-    for a float constant or a requantized use that has params of its own.
+                       constant_ranges: Optional[dict] = None, op_dtypes: Optional[dict] = None,
+                       base_dtype=INT8):
+    """QuantParams for every int8 (or int16) activation, keyed by tensor name, or by (op index, input
+    index) for a float constant or a requantized use that has params of its own, or by (name, dtype
+    name) for a tensor read by an op of another integer type than its own (an int16 op reading an
+    int8 tensor: a QUANTIZE between them).
+
+    ``op_dtypes``: id(op) -> the op's activation dtype (``base_dtype`` when absent). Every group of
+    tensors sharing params then has one dtype, the dtype of the ops it belongs to.
 
     ``stated``: {tensor name: (scale, zero_point)} a quantized model states (see GivenQuantization);
     a group of tensors that must share params takes them from a member that has them, and a tensor
     with stated params needs no calibrated range. ``notes`` receives where the spec overrides them."""
     stated = stated or {}
+    op_dtypes = op_dtypes or {}
     groups = _UnionFind()
     node_range: dict = {}
+    node_dtype: dict = {}
     pinned: dict = {}  # group root -> (scale, zero_point)
     input_node: dict = {}  # (op index, input index) -> node key
+    # An activation's own integer type: its producer's; a graph input's is the io type (or the base).
+    home_dtype = {name: op_dtypes.get(id(op), base_dtype) for _, op in int8_ops for name in op.outputs}
+    if io_dtype != "float32":
+        home_dtype.update({name: INT8 for name in graph.inputs})
 
-    def add_node(key, name):
+    def add_node(key, name, dtype):
+        node_dtype.setdefault(key, dtype)
         if key not in node_range:
             # With stated params, a tensor may take its group's (a PAD the importer added, say).
             unranged = stated and isinstance(key, str) and key not in ranges and not graph[name].is_constant
@@ -463,10 +565,11 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
         return True
 
     for index, op in int8_ops:
-        rule = RULES[op.type]
+        dtype = op_dtypes.get(id(op), base_dtype)
+        rule = (INT16_RULES if dtype == INT16 else RULES)[op.type]
         skip = {rule.weight[0] if rule.weight else None, rule.bias}
         for name in op.outputs:
-            add_node(name, name)
+            add_node(name, name, dtype)
             bounds = ACTIVATION_BOUNDS.get(op.options.get("fused_activation_function", "NONE"))
             if bounds is None and op.type in ACTIVATION_BOUNDS:
                 bounds = ACTIVATION_BOUNDS[op.type]
@@ -478,9 +581,15 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
         for i, name in _float_inputs(op, graph, original_float):
             if i in skip:
                 continue
-            key = (index, i) if graph[name].is_constant else name
-            add_node(key, name)
+            in_dtype = INT8 if dtype == INT16 and i in INT16_OP_INT8_INPUTS.get(op.type, ()) else dtype
+            if graph[name].is_constant:
+                key = (index, i)
+            else:
+                key = name if home_dtype.get(name, base_dtype) == in_dtype else (name, in_dtype.name)
+            add_node(key, name, in_dtype)
             input_node[(index, i)] = key
+        if dtype == INT16 and op.type in ("ADD", "SUB"):
+            _widen_int16_sum(node_range, op.outputs[0], [input_node.get((index, i)) for i in (0, 1)])
         if _pads_for_max(op, graph):
             # The fill only has to lose every max: the data's own range is the range, and the
             # fill quantizes (clamps) to the lowest int8 value.
@@ -501,13 +610,14 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
                     # This use gets the op's params through a requantizing QUANTIZE.
                     use = (index, i)
                     node_range[use] = node_range[key]
+                    node_dtype[use] = dtype
                     groups.find(use)
                     merge(anchor, use)
                     input_node[use] = use
 
     for name in graph.inputs + graph.outputs:
         if io_dtype != "float32" and name in original_float:
-            add_node(name, name)
+            add_node(name, name, home_dtype.get(name, INT8))
 
     members: dict = {}
     for key in node_range:
@@ -534,10 +644,26 @@ def _activation_params(graph: Graph, int8_ops: list, ranges: dict, io_dtype: str
                 raise ModelError(f"tensor '{missing[0]}' has neither a stated quantization nor a calibration range")
             lo = min(node_range[k][0] for k in keys)
             hi = max(node_range[k][1] for k in keys)
-            scale, zero_point = choose_activation_params(lo, hi)
+            scale, zero_point = activation_params_for(node_dtype[root], lo, hi)
         for key in keys:
             params[key] = QuantParams(scale, zero_point)
     return params, input_node
+
+
+# LiteRT's general int16 ADD/SUB rescales by 2 max(input scales) / (2^15 output scale), which must stay
+# below 1 (add.cc aborts otherwise): an output range this many times narrower than an input's is widened.
+INT16_SUM_RANGE_RATIO = 8192
+
+
+def _widen_int16_sum(node_range: dict, output: str, input_keys: list) -> None:
+    widest_input = max((max(-lo, hi) for key in input_keys if key is not None and node_range.get(key) is not None
+                        for lo, hi in [node_range[key]]), default=0.0)
+    if node_range.get(output) is None or widest_input == 0.0:
+        return
+    lo, hi = node_range[output]
+    floor = widest_input / INT16_SUM_RANGE_RATIO
+    if max(-lo, hi) < floor:
+        node_range[output] = (min(lo, -floor), max(hi, floor))
 
 
 # Ops whose output lies inside their input's range, so that it may keep the input's params: data
@@ -599,7 +725,7 @@ class _Rewriter:
         self.original_float = original_float
         self.float_consumed = float_consumed  # constants some float op still reads as float
         self.float_data = {n: graph[n].data for n in original_float if graph[n].is_constant}
-        self.home: dict = {}  # activation name -> "int8" | "float"
+        self.home: dict = {}  # activation name -> its integer dtype (int8, int16) | "float"
         self.views: dict = {}  # (name, params key) -> converted tensor name
         self.constants: dict = {}  # (name, params key) -> quantized constant name
         self.ops: list = []
@@ -616,7 +742,7 @@ class _Rewriter:
 
     def constant(self, name: str, quant: QuantParams, data: np.ndarray) -> str:
         """The constant ``name`` stored as ``data`` with ``quant``; in place while no one else needs it."""
-        key = (name, self._key(quant))
+        key = (name, data.dtype.name, self._key(quant))
         if key in self.constants:
             return self.constants[key]
         tensor = self.graph[name]
@@ -628,20 +754,22 @@ class _Rewriter:
         self.constants[key] = result
         return result
 
-    def as_int8(self, name: str, quant: QuantParams) -> str:
-        """An int8 activation with params ``quant`` holding the value of ``name``."""
-        if self.home.get(name) == "int8" and self.graph[name].quant == quant:
+    def as_int8(self, name: str, quant: QuantParams, dtype=INT8) -> str:
+        """An int8 (or ``dtype``) activation with params ``quant`` holding the value of ``name``."""
+        dtype = np.dtype(dtype)
+        home = self.home.get(name, "float")
+        if home == dtype and self.graph[name].quant == quant:
             return name
-        key = (name, self._key(quant))
+        key = (name, dtype.name, self._key(quant))
         if key not in self.views:
-            kind = "requantized" if self.home.get(name) == "int8" else "int8"
-            view = self._new_tensor(f"{name}_{kind}", name, np.int8, quant)
+            kind = "requantized" if home == dtype else dtype.name
+            view = self._new_tensor(f"{name}_{kind}", name, dtype, quant)
             self.ops.append(Op("QUANTIZE", [name], [view], name=f"{name}_{kind}"))
             self.views[key] = view
         return self.views[key]
 
     def as_float(self, name: str) -> str:
-        if self.home.get(name) != "int8":
+        if self.home.get(name, "float") == "float":
             return name
         key = (name, "float")
         if key not in self.views:
@@ -650,30 +778,38 @@ class _Rewriter:
             self.views[key] = view
         return self.views[key]
 
-    def make_int8(self, name: str, quant: QuantParams) -> None:
+    def make_int8(self, name: str, quant: QuantParams, dtype=INT8) -> None:
         tensor = self.graph[name]
-        tensor.dtype, tensor.quant = np.dtype(np.int8), quant
-        self.home[name] = "int8"
+        tensor.dtype, tensor.quant = np.dtype(dtype), quant
+        self.home[name] = np.dtype(dtype)
 
-    def int8_op(self, index: int, op: Op, input_node: dict) -> None:
-        rule = RULES[op.type]
+    def int8_op(self, index: int, op: Op, input_node: dict, dtype=INT8) -> None:
+        """``op`` with int8 (or int16: ``dtype``) activations and int8 weights."""
+        dtype = np.dtype(dtype)
+        rule = (INT16_RULES if dtype == INT16 else RULES)[op.type]
         weight_index = rule.weight[0] if rule.weight else None
         for i, name in _float_inputs(op, self.graph, self.original_float):
             if i in (weight_index, rule.bias):
                 continue
             quant = self.params[input_node[(index, i)]]
+            stored = INT8 if dtype == INT16 and i in INT16_OP_INT8_INPUTS.get(op.type, ()) else dtype
             if name in self.float_data:
-                data = quantize_affine(self.float_data[name], float(quant.scale[0]), int(quant.zero_point[0]))
+                data = quantize_affine(self.float_data[name], float(quant.scale[0]), int(quant.zero_point[0]), stored)
                 op.inputs[i] = self.constant(name, quant, data)
             else:
-                op.inputs[i] = self.as_int8(name, quant)
+                op.inputs[i] = self.as_int8(name, quant, stored)
         if weight_index is not None:
-            self._quantize_weights(op, rule)
+            bias_dtype = np.int64 if dtype == INT16 and op.type in INT64_BIAS_OPS else np.int32
+            self._quantize_weights(op, rule, bias_dtype)
+        if dtype == INT16 and op.type in ("ADD", "SUB"):
+            # The general-scale int16 kernels, as TFLite's converter writes 16x8 ADD/SUB; the power-of-two
+            # form (the schema default) is an LSTM-internal one.
+            op.options = {**op.options, "pot_scale_int16": False}
         for name in op.outputs:
-            self.make_int8(name, self.params[name])
+            self.make_int8(name, self.params[name], dtype)
         self.ops.append(op)
 
-    def _quantize_weights(self, op: Op, rule: Rule) -> None:
+    def _quantize_weights(self, op: Op, rule: Rule, bias_dtype=np.int32) -> None:
         weight_index, axis = rule.weight
         if op.type == "FULLY_CONNECTED" and not PER_CHANNEL_FULLY_CONNECTED:
             axis = None
@@ -699,7 +835,7 @@ class _Rewriter:
             bias = self.rounding.biases[bias_name]
         bias_scales = (input_scale * scales.astype(np.float64)).astype(np.float32)
         bias_quant = QuantParams(bias_scales, np.zeros(bias_scales.size, np.int64), 0)
-        op.inputs[bias_index] = self.constant(bias_name, bias_quant, quantize_bias(bias, bias_scales))
+        op.inputs[bias_index] = self.constant(bias_name, bias_quant, quantize_bias(bias, bias_scales, bias_dtype))
 
     def _stated_scales(self, op: Op, weights: np.ndarray, axis: Optional[int]) -> Optional[np.ndarray]:
         """The model's own weight scales for ``op`` when they quantize its weights exactly, else None."""
@@ -757,8 +893,19 @@ class GivenQuantization:
     notes: list = field(default_factory=list)
 
 
+def quantize_int16x8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_float: Optional[dict] = None,
+                     notes: Optional[list] = None) -> Graph:
+    """TFLite's 16x8 version of a float graph: the ops of ``INT16_RULES`` with int16 activations
+    (symmetric, zero point 0), int8 per-channel weights and int64 biases; every other op in float,
+    listed in the returned graph's ``float_ops`` with the reason. Inputs and outputs stay float32."""
+    if io_dtype != "float32":
+        raise ModelError(f"int16x8 models keep float32 inputs and outputs, not {io_dtype}")
+    return quantize_int8(graph, ranges, io_dtype, keep_float, notes=notes, activations="int16")
+
+
 def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_float: Optional[dict] = None,
-                  given: Optional[GivenQuantization] = None, notes: Optional[list] = None, rounding=None) -> Graph:
+                  given: Optional[GivenQuantization] = None, notes: Optional[list] = None, rounding=None,
+                  activations: str = "int8", keep_int16: Optional[dict] = None) -> Graph:
     """The int8 version of a float graph, given calibrated activation ranges.
 
     ``io_dtype``: "float32" keeps float inputs/outputs with QUANTIZE/DEQUANTIZE at the edges; "int8"
@@ -769,10 +916,18 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
     wherever it has params (``ranges`` may then be empty), the spec's own constraints still apply.
     ``notes``, when given, receives where the spec overrode the stated quantization.
     ``rounding``: int8 weights and biases chosen by ``converter.adaround`` in place of round-to-nearest.
-    The returned graph's ``float_ops`` lists the ops left in float, with the reason.
+    ``activations``: "int8", or "int16" for TFLite's 16x8 mode (see ``quantize_int16x8``).
+    ``keep_int16``: ``{first output name: reason}`` of ops of an int8 graph to quantize with int16
+    activations instead (int16 islands; ops without an int16 rule stay int8). With integer ``io_dtype``,
+    a graph output an int16 island makes stays int16.
+    The returned graph's ``float_ops`` lists the ops left in float, with the reason; ``int16_ops``
+    the ops given int16 activations.
     """
     if io_dtype not in ("float32", "int8", "uint8"):
         raise ModelError(f"io_dtype must be float32, int8 or uint8, not {io_dtype!r}")
+    if activations not in ("int8", "int16"):
+        raise ModelError(f"activations must be int8 or int16, not {activations!r}")
+    base_dtype = INT16 if activations == "int16" else INT8
     g = graph.copy()
     ranges = dict(ranges)
     original_float = {n for n, t in g.tensors.items() if t.dtype == FLOAT32}
@@ -795,16 +950,20 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
             ranges[name] = clamp.scores_range
 
     int8_ops, float_ops = [], []
+    op_dtypes: dict = {}  # id(op) -> INT16 for the ops with int16 activations; int8 otherwise
     for index, op in enumerate(g.ops):
         touches_float = any(n in original_float for n in list(op.inputs) + list(op.outputs) if n)
         if not touches_float:
             continue  # integer-only ops (shape arithmetic) are left as they are
         reason = (_why_not_int8(op, g, original_float)
+                  or (NO_INT16_KERNEL if base_dtype == INT16 and op.type not in INT16_RULES else None)
                   or _unquantizable_range(op, g, ranges, original_float, constant_ranges, masks=not stated)
                   or (keep_float or {}).get(op.outputs[0])
                   or (_unstated(op, g, stated, ranges, original_float) if stated else None))
         if reason is None:
             int8_ops.append((index, op))
+            if base_dtype == INT16 or (op.outputs[0] in (keep_int16 or {}) and op.type in INT16_RULES):
+                op_dtypes[id(op)] = INT16
         else:
             float_ops.append((op, reason))
     float_op_ids = {id(op) for op, _ in float_ops}
@@ -818,12 +977,13 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
         if producer is None or name not in original_float or name in g.inputs:
             continue
         produced_int8 = id(producer) not in float_op_ids
+        produced_dtype = op_dtypes.get(id(producer), INT8)
         if io_dtype == "float32" and produced_int8:
-            conversion, suffix = "DEQUANTIZE", "int8"
+            conversion, suffix = "DEQUANTIZE", produced_dtype.name
         elif io_dtype != "float32" and not produced_int8:
             conversion, suffix = "QUANTIZE", "float"
         else:
-            continue
+            continue  # an output an int16 island makes stays int16: int8 would undo the island
         inner = _retarget_output(g, name, suffix)
         original_float.add(inner)
         if name in ranges:
@@ -833,7 +993,7 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
     for inner in [inner for _, inner, name in output_conversions if name in stated]:
         stated[inner] = stated[[n for _, i, n in output_conversions if i == inner][0]]
     params, input_node = _activation_params(g, int8_ops, ranges, io_dtype, original_float, stated, notes,
-                                            constant_ranges)
+                                            constant_ranges, op_dtypes, base_dtype)
     for _, inner, name in output_conversions:  # notes name the graph output, not its inner copy
         notes = [note.replace(f"'{inner}'", f"'{name}'") for note in notes]
     float_consumed = {
@@ -850,7 +1010,7 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
                 rewriter.make_int8(name, params[name])
     for op in g.ops:
         if id(op) in index_of:
-            rewriter.int8_op(index_of[id(op)], op, input_node)
+            rewriter.int8_op(index_of[id(op)], op, input_node, op_dtypes.get(id(op), base_dtype))
         elif id(op) in float_op_ids:
             rewriter.float_op(op)
         else:
@@ -861,12 +1021,14 @@ def quantize_int8(graph: Graph, ranges: dict, io_dtype: str = "float32", keep_fl
         else:
             rewriter.make_int8(name, params[name])
             rewriter.ops.append(Op("QUANTIZE", [inner], [name], name=f"{name}_quantize"))
+    int16_ops = [op for op in g.ops if op_dtypes.get(id(op)) == INT16]
     g.ops = rewriter.ops
 
     if io_dtype == "uint8":
         _make_io_uint8(g)
     g.remove_unused()
     g.float_ops = [f"{op} ({reason})" for op, reason in float_ops]
+    g.int16_ops = [str(op) for op in int16_ops]
     if out_notes is not None:
         out_notes.extend(notes)
     return g

@@ -17,22 +17,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 
 pytest.importorskip("ai_edge_litert")
 
-from edgeq.converter.calibrate import calibrate  # noqa: E402
 from edgeq.converter.quantize import quantize_int8  # noqa: E402
 from edgeq.runtime.tflite_format.writer import write_tflite  # noqa: E402
 from edgeq.testing.referees import integer_tensor_mismatches, run_litert  # noqa: E402
-from edgeq.testing.conformance import collect_cases, convertible_variant, load_listed_cases  # noqa: E402
+from edgeq.testing.conformance import (  # noqa: E402
+    case_arrays,
+    collect_cases,
+    convertible_variant,
+    is_float32_case,
+    load_listed_cases,
+    observed_ranges,
+    perturbed,
+)
 
 UNSUPPORTED_INT8_FILE = Path(__file__).with_name("conformance_int8_unsupported.txt")
 # Cases the float conformance test lists as not passing yet
 UNSUPPORTED = load_listed_cases(Path(__file__).with_name("conformance_unsupported.txt"))
-PERTURBED_COPIES = 3
 STEPS = 4  # output quantization steps allowed ...
 RANGE_FRACTION = 0.01  # ... plus this fraction of the output range
 
@@ -47,73 +51,12 @@ EXCLUDED = {
 }
 
 
-def _arrays(values) -> list:
-    return [numpy_helper.to_array(v) if isinstance(v, onnx.TensorProto) else np.asarray(v) for v in values]
-
-
-def _is_float32_case(inputs: list, expected: list) -> bool:
-    arrays = inputs + expected
-    floats = [a for a in arrays if a.dtype.kind == "f"]
-    return bool(floats) and all(a.dtype == np.float32 for a in floats) and all(
-        a.dtype == np.float32 for a in expected
-    )
-
-
-def perturbed(feeds: list, graph, copies: int = PERTURBED_COPIES) -> list:
-    """``copies`` seeded variations of the float feeds (integer feeds are kept as they are)."""
-    rng = np.random.default_rng(0)
-    variants = []
-    for _ in range(copies):
-        variant = []
-        for name, value in zip(graph.inputs, feeds):
-            value = np.asarray(value)
-            if value.dtype == np.float32 and value.size:
-                spread = float(np.std(value)) or float(np.max(np.abs(value))) or 1.0
-                noise = rng.standard_normal(value.shape) * 0.05 * spread
-                value = (value * rng.uniform(0.9, 1.1) + noise).astype(np.float32)
-            variant.append(value)
-        variants.append(variant)
-    return variants
-
-
-def observed_ranges(graph, feed_sets: list) -> dict:
-    """Min/max ranges over ``feed_sets``; each set is one whole run of the graph (a case's first axis is
-    its own, not a batch axis). ``calibrate`` runs each set as one batch; inputs that cannot form one
-    batch (different first dimensions, 0-D) are observed the same way by running the graph directly."""
-    from edgeq.runtime.interpreter import Interpreter as FloatRunner
-
-    merged: dict = {}
-
-    def merge(name, lo, hi):
-        old = merged.get(name)
-        merged[name] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
-
-    observed = {n for n, t in graph.tensors.items() if t.data is None and t.dtype == np.float32}
-
-    def observe(name, value):
-        if name in observed and value is not None and np.size(value):
-            merge(name, float(np.min(value)), float(np.max(value)))
-
-    for feeds in feed_sets:
-        samples = {name: np.asarray(value) for name, value in zip(graph.inputs, feeds)}
-        first = {v.shape[0] if v.ndim else None for v in samples.values()}
-        if len(first) == 1 and None not in first and 0 not in first:
-            ranges = calibrate(graph, samples, "minmax", batch_size=first.pop(), progress=False)
-            for name, (lo, hi) in ranges.items():
-                merge(name, lo, hi)
-        else:
-            for name, value in samples.items():
-                observe(name, value)
-            FloatRunner.from_graph(graph).run(samples, observe=observe)
-    return merged
-
-
 def quantized_case(case):
     """(int8 graph, float graph, ranges, feeds, expected outputs), or None when the case is not a
     float32 case or no op of its graph is quantized to int8."""
     inputs, expected = case.data_sets[0]
-    inputs, expected = _arrays(inputs), _arrays(expected)
-    if not _is_float32_case(inputs, expected):
+    inputs, expected = case_arrays(inputs), case_arrays(expected)
+    if not is_float32_case(inputs, expected):
         return None
     graph, feeds = convertible_variant(case.model, inputs)
     ranges = observed_ranges(graph, [feeds] + perturbed(feeds, graph))

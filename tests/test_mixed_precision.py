@@ -101,14 +101,15 @@ def edgeq_outputs(content, data) -> np.ndarray:
     return np.concatenate([run_edgeq(content, [data[i:i + 1]])[0] for i in range(len(data))])
 
 
-def test_join_of_pixels_and_probabilities_stays_float(tmp_path):
+def test_join_of_pixels_and_probabilities_is_an_int16_island(tmp_path):
     model = detector_tail()
     calib, data = samples(tmp_path, (1, 16))
     result = convert(save(model, tmp_path, "tail"), quantize="int8", calibration=calib)
-    kept = {op.type for op in result.graph.ops if op.type in ("CONCATENATION", "RESHAPE")
-            and result.graph[op.outputs[0]].dtype == np.float32}
-    assert kept == {"CONCATENATION", "RESHAPE"}
-    assert any("joins ranges" in line for line in result.float_ops)
+    int16 = {op.type for op in result.graph.ops if op.type in ("CONCATENATION", "RESHAPE")
+             and result.graph[op.outputs[0]].dtype == np.int16}
+    assert int16 == {"CONCATENATION", "RESHAPE"}
+    assert result.float_ops == []
+    assert any("joins ranges" in reason for reason in result.float_choice.int16.values())
 
 
 def test_probabilities_keep_their_precision_next_to_pixels(tmp_path):
@@ -276,7 +277,9 @@ def test_the_search_moves_every_instance_of_a_repeated_defect_at_once(tmp_path):
     assert choice.sqnr_before_search_db < 20 <= choice.sqnr_db
     kept = [trial for trial in choice.trials if trial.kept]
     assert [(trial.op_type, sorted(trial.ops)) for trial in kept] == [("FULLY_CONNECTED", ["y0", "y1", "y2", "y3"])]
-    assert any("the error search tried 1 move and kept 1: 4 FULLY_CONNECTED ops (kept: " in note for note in result.notes)
+    assert [trial.island for trial in kept] == ["int16"]  # int16 is tried first, and is enough here
+    assert any("the error search tried 1 move and kept 1: 4 FULLY_CONNECTED ops to int16 (kept: " in note
+               for note in result.notes)
 
 
 def test_the_worst_layer_is_the_op_where_the_sqnr_drops(tmp_path):

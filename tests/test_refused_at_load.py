@@ -69,7 +69,7 @@ def test_a_depthwise_filter_no_multiple_of_the_input_depth_is_refused_at_load():
 def test_a_conv_2d_on_an_unsupported_input_type_is_refused_at_load():
     content = one_op("CONV_2D", [Tensor("x", (1, 5, 5, 2), np.int32), constant("filter", weights((4, 1, 1, 2)))],
                      Tensor("y", (1, 5, 5, 4)), CONV)
-    assert_refused_at_load(content, "op #0 (CONV_2D)", "int32; float32 and int8 are supported")
+    assert_refused_at_load(content, "op #0 (CONV_2D)", "int32; float32, int8 and int16 are supported")
 
 
 def test_int8_conv_weights_with_a_zero_point_are_refused_at_load():

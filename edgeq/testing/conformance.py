@@ -70,3 +70,72 @@ def convertible_variant(model: onnx.ModelProto, inputs: list):
         feeds = [v for n, v in zip(names, inputs) if n not in frozen]
         return graph, feeds
     raise error
+
+
+# -- calibrating a case for the integer conformance tests ---------------------------------------------
+
+PERTURBED_COPIES = 3
+
+
+def case_arrays(values) -> list:
+    """A case's inputs or expected outputs as numpy arrays."""
+    return [numpy_helper.to_array(v) if isinstance(v, onnx.TensorProto) else np.asarray(v) for v in values]
+
+
+def is_float32_case(inputs: list, expected: list) -> bool:
+    """Whether a case's float arrays, and all its expected outputs, are float32."""
+    arrays = inputs + expected
+    floats = [a for a in arrays if a.dtype.kind == "f"]
+    return bool(floats) and all(a.dtype == np.float32 for a in floats) and all(
+        a.dtype == np.float32 for a in expected
+    )
+
+
+def perturbed(feeds: list, graph, copies: int = PERTURBED_COPIES) -> list:
+    """``copies`` seeded variations of the float feeds (integer feeds are kept as they are)."""
+    rng = np.random.default_rng(0)
+    variants = []
+    for _ in range(copies):
+        variant = []
+        for name, value in zip(graph.inputs, feeds):
+            value = np.asarray(value)
+            if value.dtype == np.float32 and value.size:
+                spread = float(np.std(value)) or float(np.max(np.abs(value))) or 1.0
+                noise = rng.standard_normal(value.shape) * 0.05 * spread
+                value = (value * rng.uniform(0.9, 1.1) + noise).astype(np.float32)
+            variant.append(value)
+        variants.append(variant)
+    return variants
+
+
+def observed_ranges(graph, feed_sets: list) -> dict:
+    """Min/max ranges over ``feed_sets``; each set is one whole run of the graph (a case's first axis is
+    its own, not a batch axis). ``calibrate`` runs each set as one batch; inputs that cannot form one
+    batch (different first dimensions, 0-D) are observed the same way by running the graph directly."""
+    from edgeq.converter.calibrate import calibrate
+    from edgeq.runtime.interpreter import Interpreter as FloatRunner
+
+    merged: dict = {}
+
+    def merge(name, lo, hi):
+        old = merged.get(name)
+        merged[name] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+
+    observed = {n for n, t in graph.tensors.items() if t.data is None and t.dtype == np.float32}
+
+    def observe(name, value):
+        if name in observed and value is not None and np.size(value):
+            merge(name, float(np.min(value)), float(np.max(value)))
+
+    for feeds in feed_sets:
+        samples = {name: np.asarray(value) for name, value in zip(graph.inputs, feeds)}
+        first = {v.shape[0] if v.ndim else None for v in samples.values()}
+        if len(first) == 1 and None not in first and 0 not in first:
+            ranges = calibrate(graph, samples, "minmax", batch_size=first.pop(), progress=False)
+            for name, (lo, hi) in ranges.items():
+                merge(name, lo, hi)
+        else:
+            for name, value in samples.items():
+                observe(name, value)
+            FloatRunner.from_graph(graph).run(samples, observe=observe)
+    return merged

@@ -148,7 +148,7 @@ def converted(name: str, quantize: str):
     with tempfile.TemporaryDirectory() as folder:
         calibration = Path(folder) / "calibration.npz"
         np.savez(calibration, **inputs(name, "calib"))
-        return convert(path, input_shapes=spec.input_shapes, quantize="int8", calibration=calibration)
+        return convert(path, input_shapes=spec.input_shapes, quantize=quantize, calibration=calibration)
 
 
 def resized(array: np.ndarray, shape: tuple) -> np.ndarray:

@@ -31,6 +31,8 @@ from edgeq.runtime.kernels.requantize import (
     exact_matmul_dtype_for,
     fold_requantization,
     folded_requantizer,
+    int16_bias,
+    int16x8_requantizer,
     per_channel_multipliers,
     saturate,
     scale_and_zero_point,
@@ -60,6 +62,8 @@ def prepare_conv_2d(op, graph):
     input_dtype, filter_dtype = graph[op.inputs[0]].dtype, graph[op.inputs[1]].dtype
     if input_dtype == np.int8:
         return _prepare_int8(op, graph)
+    if input_dtype == np.int16:
+        return _prepare_int16x8(op, graph)
     if input_dtype == np.float32 and filter_dtype == np.int8:
         return _prepare_hybrid(op, graph)
     require_float(op, graph)
@@ -494,6 +498,30 @@ def _per_channel_requantizer(constant_term, multipliers, shifts, output_offset, 
         return out
 
     return requantize
+
+
+# -- 16x8: int16 input and output (zero point 0), int8 filter, int64 bias ---------------------------
+# reference_integer_ops::ConvPerChannel (int16 overload): acc = sum w * x (int64) over the taps inside the
+# input, + bias, then MultiplyByQuantizedMultiplier's int64 overload per channel, clamped. int16 x int8
+# products summed over any real depth stay far below 2^53, so a float64 GEMM gives acc exactly.
+
+def _prepare_int16x8(op, graph):
+    filter_tensor = graph[op.inputs[1]]
+    weight_zero_points_are_zero(filter_tensor, op)
+    input_scale, _ = scale_and_zero_point(graph[op.inputs[0]], op)
+    g = _geometry(op, graph)
+    out_c, out_h, out_w = g.out_c, g.out_h, g.out_w
+    weights = np.ascontiguousarray(constant_input(op, graph, 1, "filter").astype(np.float64).reshape(out_c, -1).T)
+    bias = int16_bias(op, graph, 2, out_c)
+    requantize = int16x8_requantizer(op, graph, input_scale, filter_tensor.quant.scale, out_c)
+
+    def conv_2d_int16x8(x, _filters=None, _bias=None):
+        acc = (im2col(x, op, graph, np.float64) @ weights).astype(np.int64)
+        if bias is not None:
+            acc += bias
+        return requantize(acc).reshape(x.shape[0], out_h, out_w, out_c)
+
+    return conv_2d_int16x8
 
 
 # -- hybrid (dynamic range): int8 filter, float input and output --------------------------------

@@ -26,6 +26,8 @@ from edgeq.runtime.kernels.requantize import (
     fold_requantization,
     folded_requantizer,
     asymmetric_quantize_rows,
+    int16_bias,
+    int16x8_requantizer,
     per_channel_multipliers,
     saturate,
     scale_and_zero_point,
@@ -47,6 +49,8 @@ def prepare_depthwise_conv_2d(op, graph):
     input_dtype, filter_dtype = graph[op.inputs[0]].dtype, graph[op.inputs[1]].dtype
     if input_dtype == np.int8:
         return _prepare_int8(op, graph)
+    if input_dtype == np.int16:
+        return _prepare_int16x8(op, graph)
     if input_dtype == np.float32 and filter_dtype == np.int8:
         return _prepare_hybrid(op, graph)
     require_float(op, graph)
@@ -211,6 +215,28 @@ def _prepare_int8(op, graph):
         return saturate(scaled.astype(np.int64) + output_offset, activation_min, activation_max, np.int8)
 
     return depthwise_conv_2d_int8
+
+
+# 16x8 (reference_integer_ops::DepthwiseConvPerChannel, int16 overload): acc = sum w * x in int64 over
+# the taps inside the input (zero point 0: padding adds 0), + int64 bias, MultiplyByQuantizedMultiplier's
+# int64 overload per channel, clamped.
+
+def _prepare_int16x8(op, graph):
+    filter_tensor = graph[op.inputs[1]]
+    weight_zero_points_are_zero(filter_tensor, op)
+    input_scale, _ = scale_and_zero_point(graph[op.inputs[0]], op)
+    out_c = filter_tensor.shape[3]
+    bias = int16_bias(op, graph, 2, out_c)
+    requantize = int16x8_requantizer(op, graph, input_scale, filter_tensor.quant.scale, out_c)
+    accumulate, _ = _integer_taps(op, graph)
+
+    def depthwise_conv_2d_int16x8(x, _filters=None, _bias=None):
+        acc = accumulate(x.astype(np.int64))
+        if bias is not None:
+            acc += bias
+        return requantize(acc)
+
+    return depthwise_conv_2d_int16x8
 
 
 def _native_int8(op, graph, bias, input_zero_point, output_multiplier, output_shift, output_offset,

@@ -124,21 +124,66 @@ def per_tensor_product_multiplier(lhs_scale, rhs_scale, output_scale):
 
 def check_quantized_tensors(op: Op, graph, data_index: int = 0, weight_index: int = 1,
                             symmetric_weights: bool = True) -> None:
-    """What the weighted kernels need beyond shapes: a float32 or int8 input; int8 weights with
-    quantization parameters (zero points 0 where the kernel takes them symmetric); for an int8
-    input, a quantized input and output. Raises ModelError saying which tensor lacks what."""
+    """What the weighted kernels need beyond shapes: a float32, int8 or int16 input (int16: 16x8,
+    with int8 weights and zero points 0); int8 weights with quantization parameters (zero points 0
+    where the kernel takes them symmetric); for an integer input, a quantized input and output.
+    Raises ModelError saying which tensor lacks what."""
     data, weights, output = graph[op.inputs[data_index]], graph[op.inputs[weight_index]], graph[op.outputs[0]]
-    if data.dtype not in (np.int8, np.float32):
-        raise ModelError(f"input '{data.name}' is {data.dtype}; float32 and int8 are supported")
+    if data.dtype not in (np.int8, np.int16, np.float32):
+        raise ModelError(f"input '{data.name}' is {data.dtype}; float32, int8 and int16 are supported")
+    if data.dtype == np.int16:
+        _check_16x8(data, weights, output)
     if weights.dtype == np.int8:
         if weights.quant is None or weights.quant.scale.size == 0:
             raise ModelError(f"int8 weights '{weights.name}' have no quantization parameters")
         if symmetric_weights and np.any(weights.quant.zero_point != 0):
             raise ModelError(f"int8 weights '{weights.name}' must be symmetric (zero point 0)")
-    if data.dtype == np.int8:
+    if data.dtype in (np.int8, np.int16):
         for tensor in (data, output):
             if tensor.quant is None or tensor.quant.scale.size == 0:
                 raise ModelError(f"tensor '{tensor.name}' ({tensor.dtype}) has no quantization parameters")
+
+
+def _check_16x8(data, weights, output) -> None:
+    """TFLite's 16x8 weighted ops: int8 weights, an int16 output, zero points 0 on the int16 tensors."""
+    if weights.dtype != np.int8:
+        raise ModelError(f"weights '{weights.name}' are {weights.dtype}; an int16 input takes int8 weights (16x8)")
+    if output.dtype != np.int16:
+        raise ModelError(f"output '{output.name}' is {output.dtype}; an int16 input gives an int16 output")
+    for tensor in (data, output):
+        if tensor.quant is not None and np.any(tensor.quant.zero_point != 0):
+            raise ModelError(f"int16 tensor '{tensor.name}' must have zero point 0 (16x8 quantization)")
+
+
+def int16_bias(op: Op, graph, index: int, channels: int):
+    """A 16x8 op's bias as int64 [channels] (TFLite writes it int64; int32 is read too), or None."""
+    if index >= len(op.inputs) or not op.inputs[index]:
+        return None
+    tensor = graph[op.inputs[index]]
+    if tensor.data is None:
+        raise ModelError(f"op {op}: bias '{tensor.name}' must be constant")
+    if tensor.dtype not in (np.int64, np.int32):
+        raise ModelError(f"op {op}: bias '{tensor.name}' is {tensor.dtype}; an int16 op takes an int64 or int32 bias")
+    bias = tensor.data.astype(np.int64).reshape(-1)
+    if bias.size != channels:
+        raise ModelError(f"op {op}: bias has {bias.size} values for {channels} output channels")
+    return bias
+
+
+def int16x8_requantizer(op: Op, graph, input_scale, filter_scales, channels: int):
+    """requantize(acc int64 [..., channels]) -> int16: reference_integer_ops' 16x8 epilogue,
+    MultiplyByQuantizedMultiplier(int64 acc) per channel, clamped to the fused activation's range."""
+    from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier_int64
+
+    output_scale, _ = scale_and_zero_point(graph[op.outputs[0]], op)
+    multipliers, shifts = per_channel_multipliers(input_scale, filter_scales, output_scale, channels)
+    low, high = activation_range(op, output_scale, 0, np.int16)
+
+    def requantize(acc):
+        scaled = multiply_by_quantized_multiplier_int64(acc, multipliers, shifts)
+        return saturate(scaled, low, high, np.int16)
+
+    return requantize
 
 
 def weight_zero_points_are_zero(tensor, op: Op) -> None:

@@ -28,6 +28,8 @@ from edgeq.runtime.kernels.requantize import (
     check_quantized_tensors,
     activation_range,
     exact_matmul_dtype_for,
+    int16_bias,
+    int16x8_requantizer,
     per_channel_multipliers,
     saturate,
     scale_and_zero_point,
@@ -41,6 +43,8 @@ def check_transpose_conv(op, graph):
     data, output = graph[op.inputs[2]], graph[op.outputs[0]]
     if data.dtype == np.int8 and output.dtype != np.int8:
         raise ModelError(f"an int8 TRANSPOSE_CONV gives int8, not {output.dtype}")
+    if data.dtype == np.int16 and output.dtype != np.int16:
+        raise ModelError(f"an int16 TRANSPOSE_CONV gives int16, not {output.dtype}")
     check_quantized_tensors(op, graph, data_index=2)
 
 
@@ -48,6 +52,8 @@ def check_transpose_conv(op, graph):
 def prepare_transpose_conv(op, graph):
     if graph[op.inputs[2]].dtype == np.int8:
         return _prepare_int8(op, graph)
+    if graph[op.inputs[2]].dtype == np.int16:
+        return _prepare_int16x8(op, graph)
     require_float(op, graph, (2,))
     return _prepare_float(op, graph)
 
@@ -192,3 +198,31 @@ def _prepare_int8(op, graph):
         return out.reshape(batched_shape(g.output_shape, g.static_batch, x.shape[0]))
 
     return transpose_conv_int8
+
+
+# -- 16x8: int16 input and output (zero point 0), int8 filter, int64 bias ---------------------------
+# reference_integer_ops::TransposeConv (int16 overload): the int64 scratch sums x * w over the (input
+# pixel, tap) pairs reaching each output position, + bias, then MultiplyByQuantizedMultiplier's int64
+# overload per channel, clamped. float64 GEMM and col2im adds are exact for int16 x int8 terms.
+
+def _prepare_int16x8(op, graph):
+    g = _geometry(op, graph)
+    filter_tensor = graph[op.inputs[1]]
+    weight_zero_points_are_zero(filter_tensor, op)
+    input_scale, _ = scale_and_zero_point(graph[op.inputs[2]], op)
+    in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w = g[:8]
+    taps = g.taps
+    filters = constant_input(op, graph, 1, "filter").astype(np.float64)
+    weights = np.ascontiguousarray(filters.transpose(3, 1, 2, 0).reshape(in_c, k_h * k_w * out_c))
+    bias = int16_bias(op, graph, 3, out_c)
+    requantize = int16x8_requantizer(op, graph, input_scale, filter_tensor.quant.scale, out_c)
+
+    def transpose_conv_int16x8(_output_shape, _filters, x, _bias=None):
+        n = x.shape[0]
+        patches = (x.reshape(-1, in_c).astype(np.float64) @ weights).reshape(n, in_h, in_w, k_h, k_w, out_c)
+        acc = _col2im(patches, np.zeros((n, out_h, out_w, out_c), np.float64), taps).astype(np.int64)
+        if bias is not None:
+            acc += bias
+        return requantize(acc).reshape(batched_shape(g.output_shape, g.static_batch, n))
+
+    return transpose_conv_int16x8
