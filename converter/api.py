@@ -215,7 +215,8 @@ def convert(
     prune_sparsity: Optional[float] = None,
     prune_scope: str = "global",
     prune_channels: Optional[float] = None,
-    prune_importance: str = "l1",
+    prune_importance: Optional[str] = None,
+    prune_allocation: Optional[str] = None,
     reconstruct: Optional[bool] = None,
     sparse_encoding: bool = False,
     example_inputs=None,
@@ -248,10 +249,12 @@ def convert(
     ``min_sqnr_db`` (default 20 dB; 0 accepts anything). The file is written all the same: the
     caller decides (``edgeq convert`` exits 1).
     Pruning runs on the float model before quantization (see converter.prune): ``prune_channels``
-    removes that share of channels (``prune_importance`` "l1" or "activation"; ``reconstruct`` refits
-    the layers after them by least squares, by default whenever ``calibration`` samples are given: without
-    it a classifier pruned by half can fall to chance), then
-    ``prune_sparsity`` zeroes that share of weights (``prune_scope`` "global" or "layer").
+    removes that share of channels (``prune_importance`` "l1", "activation" or "reconstruction",
+    ``prune_allocation`` "uniform" or "sensitivity": see ``prune_channels``), then ``prune_sparsity``
+    zeroes that share of weights (``prune_scope`` "global" or "layer"). ``reconstruct``, by default on
+    whenever ``calibration`` samples are given (without it a classifier pruned by half can fall to
+    chance), chooses channels by the error their removal causes and refits the pruned layers and
+    those after them by least squares towards the unpruned model's outputs.
     Before an int8 model is calibrated, its float graph is rewritten into an equal function that
     quantizes better: ``equalize`` balances the channel ranges of consecutive weighted ops
     (converter.equalize), ``smooth_quant`` (off by default: on the test models it sharpens the
@@ -276,8 +279,8 @@ def convert(
     if sparse_encoding and quantize != "none":
         raise ModelError("--sparse-encoding stores float weights: LiteRT's default interpreter cannot run "
                          "quantized weights behind DENSIFY; drop --quantize or --sparse-encoding")
-    if calibration is not None and quantize != "int8" and not prune_channels:
-        raise ModelError("--calibration samples are used by --quantize int8 and --prune-channels; "
+    if calibration is not None and quantize != "int8" and not (prune_channels or prune_sparsity):
+        raise ModelError("--calibration samples are used by --quantize int8 and pruning; "
                          "give one of them or drop --calibration")
     if output_path is not None:
         refuse_to_overwrite_a_source(output_path, model_path, calibration)
@@ -296,7 +299,7 @@ def convert(
         # A generator or reader gives its samples once: read them once for every stage that uses them.
         calibration = load_calibration(calibration, float_graph, num_samples=num_calibration_samples)
     float_graph, prune_reports = _prune(float_graph, calibration, num_calibration_samples, prune_sparsity,
-                                        prune_scope, prune_channels, prune_importance, reconstruct)
+                                        prune_scope, prune_channels, prune_importance, prune_allocation, reconstruct)
     graph, float_ops, errors, float_choice, check = float_graph, [], [], None, None
     if quantize == "int8" and given is not None:
         graph, float_ops = _quantize_as_stated(float_graph, given, io_dtype, calibration, num_calibration_samples,
@@ -376,29 +379,30 @@ def _is_tflite_or_empty(path: Path) -> bool:
         return True  # unreadable: the write itself will say why
 
 
-def _prune(graph, calibration, num_samples, sparsity, scope, channels, importance, reconstruct) -> tuple:
+def _prune(graph, calibration, num_samples, sparsity, scope, channels, importance, allocation, reconstruct) -> tuple:
     """Channel pruning, then magnitude pruning, of the float graph; returns (graph, reports)."""
     reports = []
     if reconstruct is None:
-        reconstruct = bool(channels) and calibration is not None
+        reconstruct = bool(channels or sparsity) and calibration is not None
+    if reconstruct and not (channels or sparsity):
+        raise ModelError("--reconstruct refits pruned layers: it needs --prune-channels or --prune-sparsity")
+    samples = None
+    if importance in ("activation", "reconstruction") or reconstruct:
+        if calibration is None:
+            raise ModelError(f"--prune-importance {importance or 'reconstruction'} and --reconstruct need "
+                             "--calibration samples")
+        from edgeq.converter.calibrate import load_calibration
+
+        samples = load_calibration(calibration, graph, num_samples=num_samples)
     if channels:
         from edgeq.converter.prune import prune_channels
 
-        samples = None
-        if importance == "activation" or reconstruct:
-            if calibration is None:
-                raise ModelError("--prune-importance activation and --reconstruct need --calibration samples")
-            from edgeq.converter.calibrate import load_calibration
-
-            samples = load_calibration(calibration, graph, num_samples=num_samples)
-        graph, report = prune_channels(graph, channels, importance, samples, reconstruct)
+        graph, report = prune_channels(graph, channels, importance, samples, reconstruct, allocation)
         reports.append(report)
-    elif reconstruct:
-        raise ModelError("--reconstruct refits layers after removed channels: it needs --prune-channels")
     if sparsity:
         from edgeq.converter.prune import prune_magnitude
 
-        graph, report = prune_magnitude(graph, sparsity, scope)
+        graph, report = prune_magnitude(graph, sparsity, scope, calibration_samples=samples if reconstruct else None)
         reports.append(report)
     return graph, reports
 

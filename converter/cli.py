@@ -91,11 +91,15 @@ def samples_source(path, size, mean, std, layout):
               help="One magnitude threshold across layers, or the same sparsity in every layer.")
 @click.option("--prune-channels", type=click.FloatRange(0, 1, max_open=True), help="Remove this share of "
               "the output channels of every prunable layer (a smaller, faster dense model).")
-@click.option("--prune-importance", type=click.Choice(["l1", "activation"]), default="l1", show_default=True,
-              help="Rank channels by filter L1 norm or by mean |activation| on --calibration samples.")
-@click.option("--reconstruct/--no-reconstruct", default=None, help="With --prune-channels: refit the layers "
-              "after removed channels by least squares on --calibration samples [default: on when --calibration "
-              "is given].")
+@click.option("--prune-importance", type=click.Choice(["l1", "activation", "reconstruction"]),
+              help="Rank channels by filter L1 norm, by mean |activation|, or by the reconstruction error their "
+              "removal causes on --calibration samples [default: reconstruction when reconstructing, else l1].")
+@click.option("--prune-allocation", type=click.Choice(["uniform", "sensitivity"]), help="Remove the same share "
+              "of every layer's channels, or as many in all where the measured error grows least [default: "
+              "sensitivity with reconstruction importance].")
+@click.option("--reconstruct/--no-reconstruct", default=None, help="With --prune-channels or --prune-sparsity: "
+              "refit the pruned layers and those after them by least squares on --calibration samples, in order, "
+              "towards the unpruned model's outputs [default: on when --calibration is given].")
 @click.option("--sparse-encoding", is_flag=True, help="Store float weights in TFLite's sparse (CSR) "
               "encoding where smaller (float models only).")
 @image_folder_options
@@ -105,7 +109,8 @@ def samples_source(path, size, mean, std, layout):
 def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, calibration, calibration_method,
             calibration_samples, io_dtype, float_fallback, min_sqnr_db, debug, no_equalize, smooth_quant,
             no_bias_correction, no_adaround, prune_sparsity, prune_scope, prune_channels, prune_importance,
-            reconstruct, sparse_encoding, as_json, quiet, verbose, size=None, mean=None, std=None, layout="auto"):
+            prune_allocation, reconstruct, sparse_encoding, as_json, quiet, verbose, size=None, mean=None, std=None,
+            layout="auto"):
     """Convert an ONNX model (or a float .tflite, or a PyTorch .pt2 / TorchScript .pt) to a TFLite flatbuffer.
 
     \b
@@ -154,6 +159,7 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
         prune_scope=prune_scope,
         prune_channels=prune_channels,
         prune_importance=prune_importance,
+        prune_allocation=prune_allocation,
         reconstruct=reconstruct,
         sparse_encoding=sparse_encoding,
         equalize=not no_equalize,
