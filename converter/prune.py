@@ -30,6 +30,7 @@ WEIGHTED_OPS = ("CONV_2D", "FULLY_CONNECTED")
 # activations are few or collinear (ReLU6 outputs often are).
 RECONSTRUCTION_RIDGE = 1e-3
 RECONSTRUCTION_MAX_ROWS = 16_384
+CROSS_VALIDATION_FOLDS = 4
 # A depthwise channel has KH·KW + 1 unknowns: a few thousand rows pin them down.
 DEPTHWISE_MAX_ROWS = 4096
 
@@ -611,6 +612,10 @@ def _set_reshape_target(graph: Graph, op: Op, shape: tuple, users: dict) -> None
 # -- structured pruning: channels chosen by the reconstruction error they cause --------------------
 
 SELECTION_MAX_ROWS = 8192
+# Where a consumer has more input columns than calibration rows, least squares can absorb any removal
+# on those rows and the errors measured there say nothing; a ridge growing with columns per row
+# keeps the measured costs honest.
+SELECTION_RIDGE_PER_COLUMN = 0.1
 # No group loses more than this share of its channels, however cheap they look on calibration samples.
 MAX_GROUP_PRUNING = 0.9
 
@@ -734,7 +739,8 @@ def _consumer_fits(graph: Graph, spaces: _ChannelSpaces, groups: list, samples: 
         design = np.concatenate([columns, np.ones((columns.shape[0], 1))], axis=1)
         gram = design.T @ design
         inputs = columns.shape[1]
-        gram[np.arange(inputs), np.arange(inputs)] += RECONSTRUCTION_RIDGE * max(np.mean(np.diag(gram)[:-1]), 1e-12)
+        relative = max(RECONSTRUCTION_RIDGE, SELECTION_RIDGE_PER_COLUMN * inputs / columns.shape[0])
+        gram[np.arange(inputs), np.arange(inputs)] += relative * max(np.mean(np.diag(gram)[:-1]), 1e-12)
         outputs = design @ weights
         energy = max(float(np.sum((outputs - outputs.mean(axis=0)) ** 2)), 1e-12)
         inverse = _inverse(gram)
@@ -889,8 +895,10 @@ def _refit_op(pruned: Graph, op: Op, pruned_input, original: Graph, reference_op
     prior = weights.data.astype(np.float64).reshape(weights.shape[0], -1)
     prior_bias = _bias(pruned, op, prior.shape[0])
     mask = masks.get(op.inputs[1])
+    per_sample = pruned_columns.shape[0] // subset.size
     solution, intercept = _ridge_towards(pruned_columns[rows], target, prior, prior_bias,
-                                         None if mask is None else mask.reshape(prior.shape))
+                                         None if mask is None else mask.reshape(prior.shape),
+                                         folds=(rows // per_sample) % CROSS_VALIDATION_FOLDS)
     _set_data(pruned, op.inputs[1], solution.reshape(weights.shape))
     _set_bias(pruned, op, intercept)
     return True
@@ -933,14 +941,23 @@ def _refit_depthwise(pruned, op, pruned_input, original, reference_op, original_
 
 
 def _ridge_towards(columns: np.ndarray, target: np.ndarray, prior: np.ndarray, prior_bias: np.ndarray,
-                   mask: Optional[np.ndarray] = None) -> tuple:
-    """argmin over W, b of ‖X Wᵀ + b − Y‖² + λ‖W − P‖² (b free), λ = RECONSTRUCTION_RIDGE × the mean
-    diagonal of XᵀX; with ``mask`` [O, K], W keeps zeros where the mask is False. Returns (W [O, K], b [O])."""
+                   mask: Optional[np.ndarray] = None, folds: Optional[np.ndarray] = None) -> tuple:
+    """argmin over W, b of ‖X Wᵀ + b − Y‖² + λ‖W − P‖² (b free); with ``mask`` [O, K], W keeps zeros
+    where the mask is False. Returns (W [O, K], b [O]).
+
+    λ is relative to the mean diagonal of XᵀX: chosen by cross-validation over ``folds`` (a fold
+    number per row: rows of one sample together) from RIDGE_CHOICES when given, else
+    RECONSTRUCTION_RIDGE. With few samples per weight (a classifier's last layer refitted on a few
+    dozen images) a weak pull towards the current weights overfits; with many it only slows the fit."""
     design = np.concatenate([columns, np.ones((columns.shape[0], 1))], axis=1)
     gram = design.T @ design
     moment = design.T @ target                               # [K + 1, O]
     inputs = columns.shape[1]
-    ridge = RECONSTRUCTION_RIDGE * max(float(np.mean(np.diag(gram)[:-1])), 1e-12)
+    scale = max(float(np.mean(np.diag(gram)[:-1])), 1e-12)
+    relative = RECONSTRUCTION_RIDGE
+    if folds is not None and np.unique(folds).size > 1:
+        relative = _cross_validated_ridge(design, target, gram, moment, prior, folds)
+    ridge = relative * scale
     gram[np.arange(inputs), np.arange(inputs)] += ridge
     moment[:inputs] += ridge * prior.T
     if mask is None or mask.all():
@@ -952,6 +969,32 @@ def _ridge_towards(columns: np.ndarray, target: np.ndarray, prior: np.ndarray, p
         solved = _solve(gram[np.ix_(keep, keep)], moment[keep, output])
         weights[output, keep[:-1]], bias[output] = solved[:-1], solved[-1]
     return weights, bias
+
+
+RIDGE_CHOICES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+def _cross_validated_ridge(design, target, gram, moment, prior, folds) -> float:
+    """The relative ridge of RIDGE_CHOICES with the least held-out error over ``folds``; each fold's
+    error comes from its own XᵀX, XᵀY and ‖Y‖², so no fit touches the rows."""
+    inputs = design.shape[1] - 1
+    pieces = []
+    for fold in np.unique(folds):
+        rows = folds == fold
+        part = design[rows]
+        pieces.append((part.T @ part, part.T @ target[rows], float(np.sum(target[rows] ** 2))))
+    errors = []
+    for relative in RIDGE_CHOICES:
+        total = 0.0
+        for fold_gram, fold_moment, fold_energy in pieces:
+            train_gram, train_moment = gram - fold_gram, moment - fold_moment
+            ridge = relative * max(float(np.mean(np.diag(train_gram)[:-1])), 1e-12)
+            train_gram[np.arange(inputs), np.arange(inputs)] += ridge
+            train_moment[:inputs] += ridge * prior.T
+            solution = _solve(train_gram, train_moment)
+            total += (np.sum(solution * (fold_gram @ solution)) - 2 * np.sum(solution * fold_moment) + fold_energy)
+        errors.append(total)
+    return RIDGE_CHOICES[int(np.argmin(errors))]
 
 
 def _solve(gram: np.ndarray, right: np.ndarray) -> np.ndarray:

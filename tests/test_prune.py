@@ -14,6 +14,7 @@ from edgeq.converter.api import convert, load_graph
 from edgeq.converter.calibrate import load_calibration
 from edgeq.cli import main as cli
 from edgeq.converter.prune import (
+    MAX_GROUP_PRUNING,
     compressed_size,
     encode_sparse_weights,
     multiply_accumulates,
@@ -235,6 +236,85 @@ def test_reconstruction_beats_plain_channel_pruning(name, models, calibration, t
     refitted = outputs(prune_channels(graph, 0.5, calibration_samples=calibration[name], reconstruct=True)[0], images)
     assert np.mean((refitted - reference) ** 2) < 0.5 * np.mean((plain - reference) ** 2)
     assert np.mean(refitted.argmax(1) == labels) > np.mean(plain.argmax(1) == labels) + 0.2
+
+
+def accuracy(graph, name: str, images: np.ndarray) -> float:
+    return float(np.mean(outputs(graph, images).argmax(1) == np.load(SAMPLES / f"{name}_test.npz")["y"]))
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mobilenetv2"])
+def test_half_the_channels_with_calibration_keeps_accuracy_within_two_points(name, models, calibration, test_images):
+    graph, images = models[name], test_images[name]
+    pruned, report = prune_channels(graph, 0.5, calibration_samples=calibration[name], reconstruct=True)
+    removed = sum(g["channels_before"] - g["channels_after"] for g in report.groups)
+    assert removed == sum(min(g["channels_before"] // 2, g["channels_before"] - 1) for g in report.groups)
+    assert accuracy(pruned, name, images) >= accuracy(graph, name, images) - 0.02
+
+
+def test_reconstruction_importance_drops_channels_the_refit_can_do_without(models, calibration, test_images):
+    graph, images = models["digits_mobilenetv2"], test_images["digits_mobilenetv2"]
+    reference = outputs(graph, images)
+    errors = {}
+    for importance in ("l1", "reconstruction"):
+        pruned = prune_channels(graph, 0.5, importance, calibration["digits_mobilenetv2"], reconstruct=True,
+                                allocation="uniform")[0]
+        errors[importance] = np.mean((outputs(pruned, images) - reference) ** 2)
+    assert errors["reconstruction"] < 0.7 * errors["l1"]
+
+
+def test_sensitivity_allocation_removes_as_many_channels_where_they_cost_least(models, calibration, test_images):
+    graph, images = models["digits_mobilenetv2"], test_images["digits_mobilenetv2"]
+    reference = outputs(graph, images)
+    results = {allocation: prune_channels(graph, 0.5, "reconstruction", calibration["digits_mobilenetv2"],
+                                          reconstruct=True, allocation=allocation)
+               for allocation in ("uniform", "sensitivity")}
+    after = {allocation: [g["channels_after"] for g in report.groups] for allocation, (_, report) in results.items()}
+    before = [g["channels_before"] for g in results["uniform"][1].groups]
+    assert sum(after["sensitivity"]) == sum(after["uniform"]) and after["sensitivity"] != after["uniform"]
+    assert all(a >= b * (1 - MAX_GROUP_PRUNING) for a, b in zip(after["sensitivity"], before))
+    error = {allocation: np.mean((outputs(pruned, images) - reference) ** 2) for allocation, (pruned, _) in results.items()}
+    assert error["sensitivity"] < 0.7 * error["uniform"]
+
+
+def test_sensitivity_allocation_keeps_residual_groups_consistent(models, calibration, test_images):
+    graph = models["digits_mobilenetv2"]
+    pruned, report = prune_channels(graph, 0.5, calibration_samples=calibration["digits_mobilenetv2"], reconstruct=True)
+    for op in pruned.ops:
+        if op.type == "ADD":
+            assert pruned[op.inputs[0]].shape == pruned[op.inputs[1]].shape == pruned[op.outputs[0]].shape
+    assert outputs(pruned, test_images["digits_mobilenetv2"][:4]).shape == (4, 10)
+
+
+def test_refit_reestimates_the_biases_of_depthwise_layers_after_pruned_ones(models, calibration):
+    graph = models["digits_mobilenetv2"]
+    pruned, report = prune_channels(graph, 0.5, calibration_samples=calibration["digits_mobilenetv2"], reconstruct=True)
+    kept = {layer: group["kept"] for group in report.groups for layer in group["layers"]}
+    refit = 0
+    for before, after in zip(graph.ops, pruned.ops):
+        if after.type == "DEPTHWISE_CONV_2D" and pruned[after.inputs[1]].shape != graph[before.inputs[1]].shape:
+            producer = next(op for op in pruned.ops if op.outputs[0] == _producer_of(pruned, after.inputs[0]))
+            sliced_bias = graph[before.inputs[2]].data[kept[producer.outputs[0]]]
+            refit += not np.allclose(pruned[after.inputs[2]].data, sliced_bias)
+    assert refit >= 5
+
+
+def _producer_of(graph, name: str) -> str:
+    """The CONV_2D output a depthwise input comes from through padding and activations."""
+    producers = {out: op for op in graph.ops for out in op.outputs}
+    while producers[name].type not in ("CONV_2D", "FULLY_CONNECTED"):
+        name = producers[name].inputs[0]
+    return name
+
+
+def test_magnitude_sparsity_with_calibration_refits_the_remaining_weights(models, calibration, test_images):
+    graph, images = models["digits_mobilenetv2"], test_images["digits_mobilenetv2"]
+    plain, plain_report = prune_magnitude(graph, 0.7)
+    refit, report = prune_magnitude(graph, 0.7, calibration_samples=calibration["digits_mobilenetv2"])
+    assert report.sparsity >= plain_report.sparsity >= 0.7 - 1e-4  # floor(0.7 n) zeros
+    for layer in plain_report.layers:  # zeros stay zero, the rest move
+        assert np.all(refit[layer.layer].data[plain[layer.layer].data == 0] == 0)
+    assert accuracy(plain, "digits_mobilenetv2", images) < 0.5
+    assert accuracy(refit, "digits_mobilenetv2", images) >= accuracy(graph, "digits_mobilenetv2", images) - 0.02
 
 
 def test_reconstruction_needs_calibration_samples(models):
