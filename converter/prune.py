@@ -134,14 +134,14 @@ def _set_data(graph: Graph, name: str, data: np.ndarray) -> None:
 
 # -- magnitude pruning --------------------------------------------------------------------------
 
-def prune_magnitude(graph: Graph, sparsity: float, scope: str = "global", include_edges: bool = False,
+def prune_magnitude(graph: Graph, sparsity: float, scope: str = "global", include_edges: Optional[bool] = None,
                     include_depthwise: bool = False, calibration_samples: Optional[dict] = None) -> tuple:
     """Zero the ``sparsity`` share of smallest-magnitude weights; returns (graph, PruneReport).
 
     ``scope="global"``: one magnitude threshold across the layers (layers with many small weights
     lose more); ``"layer"``: every layer reaches ``sparsity``. The first and last weighted layers
     (which see the raw input and produce the output, and are small) are left alone unless
-    ``include_edges``; depthwise filters (9 weights per channel) only with ``include_depthwise``.
+    ``include_edges`` (by default: when the pruned weights are refitted, which absorbs the loss there too); depthwise filters (9 weights per channel) only with ``include_depthwise``.
     With ``calibration_samples`` the weights that remain are refitted (``refit_layers``: masked least
     squares per output channel, zeros stay zero), and so are the layers after them.
     """
@@ -149,6 +149,8 @@ def prune_magnitude(graph: Graph, sparsity: float, scope: str = "global", includ
         raise ModelError(f"pruning sparsity must be in [0, 1), got {sparsity}")
     if scope not in MAGNITUDE_SCOPES:
         raise ModelError(f"unknown pruning scope {scope!r}; choose one of {', '.join(MAGNITUDE_SCOPES)}")
+    if include_edges is None:
+        include_edges = calibration_samples is not None
     original = graph
     graph = graph.copy()
     every_layer = _weighted_ops(graph, WEIGHTED_OPS + ("DEPTHWISE_CONV_2D",))
@@ -427,7 +429,7 @@ def channel_importance(graph: Graph, producers: list, importance: str, activatio
 
 def prune_channels(graph: Graph, ratio: float, importance: Optional[str] = None,
                    calibration_samples: Optional[dict] = None, reconstruct: bool = False,
-                   allocation: Optional[str] = None, group_weights: Optional[str] = None) -> tuple:
+                   allocation: Optional[str] = None, max_weights: Optional[int] = None) -> tuple:
     """Remove the ``ratio`` share of the output channels of the prunable groups of CONV_2D /
     FULLY_CONNECTED layers and rewire their consumers; returns (graph, PruneReport).
 
@@ -439,6 +441,8 @@ def prune_channels(graph: Graph, ratio: float, importance: Optional[str] = None,
     ``allocation``: "uniform" (every group loses ``ratio`` of its channels) or "sensitivity" (the default
     with reconstruction importance): as many channels in all, taken where the measured reconstruction
     error grows least, each group keeping at least 1 - MAX_GROUP_PRUNING of its channels.
+    ``max_weights`` (sensitivity allocation) replaces ``ratio`` by a budget: channels go, the cheapest
+    error per weight saved first, until about that many weights remain (``weight_count``).
     ``reconstruct`` then refits every layer after a removed channel, in order, on the pruned model's
     own activations towards the unpruned model's outputs (``refit_layers``).
     "activation", "reconstruction" and ``reconstruct`` need ``calibration_samples`` ({input name:
@@ -447,13 +451,15 @@ def prune_channels(graph: Graph, ratio: float, importance: Optional[str] = None,
     if not 0.0 <= ratio < 1.0:
         raise ModelError(f"channel pruning ratio must be in [0, 1), got {ratio}")
     if importance is None:
-        importance = "reconstruction" if reconstruct else "l1"
+        importance = "reconstruction" if reconstruct or max_weights is not None else "l1"
     if importance not in CHANNEL_IMPORTANCES:
         raise ModelError(f"unknown channel importance {importance!r}; choose one of {', '.join(CHANNEL_IMPORTANCES)}")
     if allocation is None:
         allocation = "sensitivity" if importance == "reconstruction" else "uniform"
     if allocation not in CHANNEL_ALLOCATIONS:
         raise ModelError(f"unknown channel allocation {allocation!r}; choose one of {', '.join(CHANNEL_ALLOCATIONS)}")
+    if max_weights is not None and allocation != "sensitivity":
+        raise ModelError("a weight budget is spread by measured sensitivity: it needs allocation 'sensitivity'")
     if allocation == "sensitivity" and importance != "reconstruction":
         raise ModelError("sensitivity allocation measures reconstruction error: it needs importance 'reconstruction'")
     if (importance != "l1" or reconstruct) and calibration_samples is None:
@@ -463,7 +469,8 @@ def prune_channels(graph: Graph, ratio: float, importance: Optional[str] = None,
     spaces = _ChannelSpaces(graph)
     groups = spaces.groups()
     with _single_threaded_blas():
-        orders, removals = _channel_orders(graph, spaces, groups, ratio, importance, allocation, calibration_samples)
+        orders, removals = _channel_orders(graph, spaces, groups, ratio, importance, allocation, calibration_samples,
+                                           max_weights)
     kept_by_producer = {}
     label = importance + ("" if allocation == "uniform" else f", {allocation}") + (", reconstructed" if reconstruct else "")
     report = PruneReport(f"channel ({label})")
@@ -489,7 +496,7 @@ def prune_channels(graph: Graph, ratio: float, importance: Optional[str] = None,
 
 
 def _channel_orders(graph: Graph, spaces: _ChannelSpaces, groups: list, ratio: float, importance: str,
-                    allocation: str, samples: Optional[dict]) -> tuple:
+                    allocation: str, samples: Optional[dict], max_weights: Optional[int] = None) -> tuple:
     """Per group: its channels, the first to remove first, and how many to remove."""
     sizes = [graph[producers[0].outputs[0]].shape[-1] for producers in groups]
     uniform = [min(int(np.floor(ratio * size)), size - 1) for size in sizes]
@@ -515,8 +522,36 @@ def _channel_orders(graph: Graph, spaces: _ChannelSpaces, groups: list, ratio: f
         removed = set(order)
         orders.append(order + [c for c in range(size) if c not in removed])
         curves.append(curve)
-    removals = uniform if allocation == "uniform" else _allocate(curves, sum(uniform))
+    if allocation == "uniform":
+        return orders, uniform
+    if max_weights is None:
+        return orders, _allocate(curves, sum(uniform))
+    # Removing channels on both sides of a layer saves less than the two removals' sum: allocate,
+    # count what remains, and ask for the shortfall again (a few rounds get within a channel or two).
+    per_channel = _weights_per_channel(graph, spaces, groups)
+    budget = weight_count(graph) - max_weights
+    for _ in range(BUDGET_ROUNDS):
+        removals = _allocate(curves, budget, per_channel)
+        shortfall = _weights_after(graph, groups, orders, removals) - max_weights
+        if shortfall <= 0:
+            break
+        budget += shortfall
     return orders, removals
+
+
+BUDGET_ROUNDS = 6
+
+
+def _weights_after(graph: Graph, groups: list, orders: list, removals: list) -> int:
+    """``weight_count`` of ``graph`` once each group lost its first ``removals`` channels."""
+    trial = graph.copy()
+    position = {id(op): index for index, op in enumerate(graph.ops)}
+    kept = {}
+    for producers, order, remove in zip(groups, orders, removals):
+        for op in producers:
+            kept[id(trial.ops[position[id(op)]])] = np.sort(np.asarray(order[remove:], dtype=np.int64))
+    _remove_channels(trial, kept)
+    return weight_count(trial)
 
 
 def _slice_constant(graph: Graph, op: Op, index: int, kept: np.ndarray, axis: int, users: dict) -> None:
@@ -774,23 +809,56 @@ def _greedy_removal_order(fits: list, channels: int, limit: int) -> tuple:
     return order, costs
 
 
-def _allocate(curves: list, budget: int, weights: Optional[list] = None) -> list:
-    """How many channels each group loses: ``budget`` removals in all, each time from the group whose
-    next removal costs least (its measured error increase, divided by its weight: e.g. the bytes
-    one of its channels holds). Returns one count per curve."""
+def _allocate(curves: list, budget: float, weights: Optional[list] = None) -> list:
+    """How many channels each group loses: removals until their weights add up to ``budget``, each
+    time from the group whose next removal raises the measured error least per unit of weight
+    (``weights``: what one of its channels holds, e.g. its parameters; 1 each by default, so the
+    budget counts channels). Returns one count per curve."""
     counts = [0] * len(curves)
     weights = weights or [1.0] * len(curves)
     heap = [((curve[1] - curve[0]) / weights[g], g) for g, curve in enumerate(curves) if len(curve) > 1]
     heapq.heapify(heap)
-    for _ in range(budget):
-        if not heap:
-            break
+    removed = 0.0
+    while heap and removed < budget:
         _, g = heapq.heappop(heap)
         counts[g] += 1
+        removed += weights[g]
         curve = curves[g]
         if counts[g] + 1 < len(curve):
             heapq.heappush(heap, ((curve[counts[g] + 1] - curve[counts[g]]) / weights[g], g))
     return counts
+
+
+def weight_count(graph: Graph) -> int:
+    """Weights and biases of the CONV_2D, FULLY_CONNECTED and DEPTHWISE_CONV_2D layers: what channel
+    pruning removes and what most of a converted file holds."""
+    names = {name for op in _weighted_ops(graph, WEIGHTED_OPS + ("DEPTHWISE_CONV_2D",)) for name in op.inputs[1:3] if name}
+    return sum(int(graph[name].data.size) for name in names)
+
+
+def _weights_per_channel(graph: Graph, spaces: _ChannelSpaces, groups: list) -> list:
+    """Per group: the weights one of its channels holds (its producers' filters and biases, the
+    depthwise filters on its way, its consumers' input columns), what removing it saves."""
+    origins = _channel_origins(graph, spaces)
+    result = []
+    for producers in groups:
+        root = spaces.find(spaces.space_of[producers[0].outputs[0]])
+        total = sum(int(np.prod(graph[op.inputs[1]].shape[1:])) + 1 for op in producers)
+        for op in _weighted_ops(graph, WEIGHTED_OPS + ("DEPTHWISE_CONV_2D",)):
+            if op.inputs[0] not in origins:
+                continue
+            columns = int(np.sum(origins[op.inputs[0]][0] == root)) / graph[producers[0].outputs[0]].shape[-1]
+            if not columns:
+                continue
+            weights = graph[op.inputs[1]].shape
+            if op.type == "DEPTHWISE_CONV_2D":
+                total += columns * (weights[1] * weights[2] + 1)
+            elif op.type == "CONV_2D":
+                total += columns * weights[0] * weights[1] * weights[2]
+            else:
+                total += columns * weights[0]
+        result.append(float(total))
+    return result
 
 
 def _single_threaded_blas():
@@ -921,19 +989,19 @@ def _refit_depthwise(pruned, op, pruned_input, original, reference_op, original_
         original_patches = original_patches[:, :, kept_outputs]
     target = np.einsum("rkc,kc->rc", original_patches, reference) + reference_bias  # [R, C]
     prior = weights.data.astype(np.float64).reshape(k_h * k_w, channels)
-    design = np.ones((channels, patches.shape[0], k_h * k_w + 1))
-    design[:, :, :-1] = patches.transpose(2, 0, 1)
-    gram = np.matmul(design.transpose(0, 2, 1), design)                      # [C, K + 1, K + 1]
-    moment = np.matmul(design.transpose(0, 2, 1), target.T[:, :, None])[:, :, 0]  # [C, K + 1]
+    design = np.ones((channels, k_h * k_w + 1, patches.shape[0]))          # [C, K + 1, R]: rows last, so
+    design[:, :-1, :] = patches.transpose(2, 1, 0)                           # each channel's product is one GEMM
+    gram = design @ design.transpose(0, 2, 1)                                # [C, K + 1, K + 1]
+    moment = (design @ target.T[:, :, None])[:, :, 0]                        # [C, K + 1]
     taps = k_h * k_w
     ridge = RECONSTRUCTION_RIDGE * np.maximum(np.mean(np.diagonal(gram, axis1=1, axis2=2)[:, :taps], axis=1), 1e-12)
     gram[:, np.arange(taps), np.arange(taps)] += ridge[:, None]
     moment[:, :taps] += ridge[:, None] * prior.T
     if mask is not None:  # a zero tap stays zero: its row and column of the system become the identity's
-        zero = ~mask.reshape(taps, channels).T
-        gram[:, :taps, :taps] *= ~(zero[:, :, None] | zero[:, None, :])
-        gram[:, np.arange(taps), np.arange(taps)] += zero
-        moment[:, :taps] *= ~zero
+        zero = np.concatenate([~mask.reshape(taps, channels).T, np.zeros((channels, 1), bool)], axis=1)
+        gram *= ~(zero[:, :, None] | zero[:, None, :])
+        gram[:, np.arange(taps + 1), np.arange(taps + 1)] += zero
+        moment *= ~zero
     solution = _batched_solve(gram, moment[:, :, None])[:, :, 0]
     _set_data(pruned, op.inputs[1], solution[:, :taps].T.reshape(weights.shape))
     _set_bias(pruned, op, solution[:, taps])
