@@ -102,6 +102,15 @@ def samples_source(path, size, mean, std, layout):
               "towards the unpruned model's outputs [default: on when --calibration is given].")
 @click.option("--sparse-encoding", is_flag=True, help="Store float weights in TFLite's sparse (CSR) "
               "encoding where smaller (float models only).")
+@click.option("--target-size", metavar="SIZE", help="A file-size budget (e.g. 150kB, 1.5MiB): search the pruning "
+              "of every layer and the quantization mode that meet it with the least loss on --eval samples.")
+@click.option("--target-ratio", type=click.FloatRange(0, 1, min_open=True), help="A budget as a share of the "
+              "unpruned model's file in the --quantize mode (int8 unless given).")
+@click.option("--max-drop", type=click.FloatRange(0), default=1.0, show_default=True, help="With a budget: the most "
+              "top-1 accuracy points the model may lose against the unpruned one; over it, exit 1.")
+@click.option("--eval", "eval_path", type=click.Path(), help="With a budget: labelled samples (.npz) the search "
+              "measures accuracy on.")
+@click.option("--labels-key", help="The labels array in the --eval file [default: y].")
 @image_folder_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @verbosity_options
@@ -109,8 +118,8 @@ def samples_source(path, size, mean, std, layout):
 def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, calibration, calibration_method,
             calibration_samples, io_dtype, float_fallback, min_sqnr_db, debug, no_equalize, smooth_quant,
             no_bias_correction, no_adaround, prune_sparsity, prune_scope, prune_channels, prune_importance,
-            prune_allocation, reconstruct, sparse_encoding, as_json, quiet, verbose, size=None, mean=None, std=None,
-            layout="auto"):
+            prune_allocation, reconstruct, sparse_encoding, target_size, target_ratio, max_drop, eval_path, labels_key,
+            as_json, quiet, verbose, size=None, mean=None, std=None, layout="auto"):
     """Convert an ONNX model (or a float .tflite, or a PyTorch .pt2 / TorchScript .pt) to a TFLite flatbuffer.
 
     \b
@@ -126,15 +135,32 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
       edgeq convert model.onnx -o model_dynamic.tflite --quantize dynamic
       edgeq convert model.onnx -o small.tflite --prune-channels 0.3 --calibration calib.npz
       edgeq convert model.onnx -o sparse.tflite --prune-sparsity 0.7 --sparse-encoding
+      edgeq convert model.onnx -o small.tflite --target-size 150kB --max-drop 1 --calibration c.npz --eval val.npz
 
     An int8 model's outputs are compared with the float model's on the calibration samples; under
     --min-sqnr the file is still written, and the one line on stderr names the figure, the layer
     where the SQNR drops most and what to try.
 
-    Exit codes: 0 ok, 1 the int8 outputs' SQNR is under --min-sqnr or an internal error, 2 bad input.
+    With --target-size or --target-ratio, the model written is the one the search chose; when no
+    candidate meets the budget within --max-drop, the best one found is written and the exit code is 1.
+
+    Exit codes: 0 ok, 1 the int8 outputs' SQNR is under --min-sqnr, the budget cannot be met within
+    --max-drop, or an internal error, 2 bad input.
     """
     from edgeq.converter.api import convert as convert_model
     from edgeq.converter.api import parse_input_shapes
+
+    if target_size is not None or target_ratio is not None:
+        context = click.get_current_context()
+        explicit = [name for name in ("prune_sparsity", "prune_channels", "sparse_encoding", "debug")
+                    if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if explicit:
+            raise ModelError(f"--{explicit[0].replace('_', '-')} and a size budget: the budget search chooses "
+                             "the pruning itself; drop one of them")
+        _convert_to_budget(model, output, input_shapes, quantize, samples_source(calibration, size, mean, std, layout),
+                           samples_source(eval_path, size, mean, std, layout) if eval_path else None, target_size,
+                           target_ratio, max_drop, labels_key, as_json, quiet)
+        return
 
     if debug and quantize != "int8":
         raise ModelError("--debug compares int8 tensors with float ones: it needs --quantize int8")
@@ -218,6 +244,39 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
         worst = ", ".join(f"{e.tensor} ({e.sqnr_db:.1f} dB)" for e in worst_first(result.layer_errors, 3))
         click.echo(f"hurt most: {worst}")
     _fail_unless_passed(result)
+
+
+def _convert_to_budget(model, output, input_shapes, quantize, calibration, eval_source, target_size, target_ratio,
+                       max_drop, labels_key, as_json, quiet) -> None:
+    from edgeq.converter.api import parse_input_shapes, refuse_to_overwrite_a_source
+    from edgeq.converter.budget import parse_size, search_budget
+    from edgeq.runtime.fileio import finite_for_json, write_atomic
+
+    if target_size is not None and target_ratio is not None:
+        raise ModelError("--target-size and --target-ratio are two budgets: give one")
+    if calibration is None or eval_source is None:
+        raise ModelError("a size budget needs --calibration samples (to prune and quantize) and --eval samples "
+                         "with labels (to measure what each candidate loses)")
+    refuse_to_overwrite_a_source(output, model, calibration)
+    search = search_budget(model, calibration, eval_source,
+                           target_bytes=parse_size(target_size) if target_size is not None else None,
+                           target_ratio=target_ratio, max_drop=max_drop,
+                           quantize="int8" if quantize == "none" else quantize, labels_key=labels_key,
+                           input_shapes=parse_input_shapes(input_shapes))
+    if search.best is not None:
+        write_atomic(output, search.contents[search.best])
+    if as_json:
+        click.echo(json.dumps(finite_for_json(search.as_dict() | {"output": str(output) if search.best is not None
+                                                                   else None}), indent=2))
+    elif not quiet:
+        for line in search.format_lines():
+            click.echo(line)
+        if search.best is not None:
+            click.echo(f"wrote {output} ({len(search.contents[search.best]):,} bytes)")
+    if not search.met:
+        fail(search.verdict(), EXIT_FAILED)
+    if not (as_json or quiet):
+        click.echo(search.verdict())
 
 
 def _fail_unless_passed(result) -> None:
