@@ -322,6 +322,10 @@ def _float_choice_summary(choice) -> dict:
 @click.option("--prune-channels", metavar="F1,F2,...", help="int8 variants with this fraction of channels removed.")
 @click.option("--reconstruct/--no-reconstruct", default=None, help="Channel-pruned variants: refit the layers "
               "after removed channels by least squares on the calibration samples [default: on].")
+@click.option("--target-size", metavar="SIZE", help="Also run the size-budget search of edgeq convert --target-size "
+              "(e.g. 150kB) and draw its path on the accuracy-vs-size plot.")
+@click.option("--max-drop", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="With --target-size: the most top-1 points the search may lose.")
 @click.option("--metric", metavar="MODULE:FUNCTION", help="Your own evaluation instead of the built-in metrics: "
               "imported by name from the current folder or sys.path, so it runs your code. It gets the outputs "
               "(list of arrays stacked over eval samples) and the eval file's arrays (dict) and returns "
@@ -337,6 +341,7 @@ def _float_choice_summary(choice) -> dict:
 @verbosity_options
 @reports_errors
 def report(model, calibration, eval_path, output, labels_key, methods, prune_sparsity, prune_channels, reconstruct,
+           target_size, max_drop,
            metric, jobs, repeats, eval_samples, calibration_samples, input_shapes, as_json, quiet, verbose,
            size=None, mean=None, std=None, layout="auto"):
     """Build the variants of a model and compare them: size, accuracy, latency, memory.
@@ -370,7 +375,8 @@ def report(model, calibration, eval_path, output, labels_key, methods, prune_spa
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
         prune_sparsities=tuple(parse_fractions(prune_sparsity, "--prune-sparsity")),
         prune_channels=tuple(parse_fractions(prune_channels, "--prune-channels")),
-        reconstruct=reconstruct, metric=metric, jobs=jobs, repeats=repeats, eval_samples=eval_samples,
+        reconstruct=reconstruct, target_size=target_size, max_drop=max_drop,
+        metric=metric, jobs=jobs, repeats=repeats, eval_samples=eval_samples,
         calibration_samples=calibration_samples, input_shapes=parse_input_shapes(input_shapes),
         command=shlex.join(str(a) for a in command_line),
     )

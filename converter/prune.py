@@ -442,7 +442,7 @@ def prune_channels(graph: Graph, ratio: float, importance: Optional[str] = None,
     with reconstruction importance): as many channels in all, taken where the measured reconstruction
     error grows least, each group keeping at least 1 - MAX_GROUP_PRUNING of its channels.
     ``max_weights`` (sensitivity allocation) replaces ``ratio`` by a budget: channels go, the cheapest
-    error per weight saved first, until about that many weights remain (``weight_count``).
+    error per weight saved first, until at most that many weights remain (``weight_count``).
     ``reconstruct`` then refits every layer after a removed channel, in order, on the pruned model's
     own activations towards the unpruned model's outputs (``refit_layers``).
     "activation", "reconstruction" and ``reconstruct`` need ``calibration_samples`` ({input name:
@@ -527,7 +527,7 @@ def _channel_orders(graph: Graph, spaces: _ChannelSpaces, groups: list, ratio: f
     if max_weights is None:
         return orders, _allocate(curves, sum(uniform))
     # Removing channels on both sides of a layer saves less than the two removals' sum: allocate,
-    # count what remains, and ask for the shortfall again (a few rounds get within a channel or two).
+    # count what remains, and ask for more than the shortfall again until the budget holds.
     per_channel = _weights_per_channel(graph, spaces, groups)
     budget = weight_count(graph) - max_weights
     for _ in range(BUDGET_ROUNDS):
@@ -535,11 +535,11 @@ def _channel_orders(graph: Graph, spaces: _ChannelSpaces, groups: list, ratio: f
         shortfall = _weights_after(graph, groups, orders, removals) - max_weights
         if shortfall <= 0:
             break
-        budget += shortfall
+        budget += 1.25 * shortfall
     return orders, removals
 
 
-BUDGET_ROUNDS = 6
+BUDGET_ROUNDS = 10
 
 
 def _weights_after(graph: Graph, groups: list, orders: list, removals: list) -> int:

@@ -4,6 +4,7 @@ least-squares reconstruction recovers what channel pruning loses; pruned models 
 sparse-encoded) run the same in LiteRT and in our runtime."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,9 @@ from edgeq.converter.prune import (
     multiply_accumulates,
     prune_channels,
     prune_magnitude,
+    weight_count,
 )
+from edgeq.converter.budget import parse_size
 from edgeq.runtime.tflite_format.writer import write_tflite
 from edgeq.testing.referees import relative_max_error, run_edgeq, run_litert
 from edgeq.runtime.interpreter import Interpreter
@@ -341,3 +344,69 @@ def test_cli_convert_prints_the_pruning_report_and_sizes(tmp_path):
     assert run.exit_code == 0, run.output
     assert "channels 32 -> 16" in run.output and "sparsity  50.0%" in run.output
     assert "gzip" in run.output and output.stat().st_size > 0
+
+
+def test_convert_reconstructs_with_chosen_channels_by_default_when_calibration_is_given():
+    result = convert(SAMPLES / "digits_cnn.onnx", prune_channels=0.5, calibration=SAMPLES / "digits_cnn_calib.npz")
+    assert result.prune_reports[0].method == "channel (reconstruction, sensitivity, reconstructed)"
+    sparse = convert(SAMPLES / "digits_cnn.onnx", prune_sparsity=0.7, calibration=SAMPLES / "digits_cnn_calib.npz")
+    assert sparse.prune_reports[0].method == "magnitude (global, reconstructed)"
+
+
+def test_channel_pruning_to_a_weight_budget_keeps_at_most_that_many_weights(models, calibration):
+    graph = models["digits_mobilenetv2"]
+    budget = int(0.4 * weight_count(graph))
+    pruned, _ = prune_channels(graph, 0.0, calibration_samples=calibration["digits_mobilenetv2"], reconstruct=True,
+                               max_weights=budget)
+    assert 0.95 * budget <= weight_count(pruned) <= budget
+
+
+# -- compression to a budget ----------------------------------------------------------------------
+
+def test_target_sizes_read_decimal_and_binary_units():
+    assert parse_size("150kB") == 150_000 and parse_size("1.5 MiB") == 1_572_864 and parse_size("2000") == 2000
+    with pytest.raises(ModelError, match="target-size"):
+        parse_size("150 apples")
+
+
+def budget_run(tmp_path, *options):
+    output = tmp_path / "budget.tflite"
+    run = CliRunner().invoke(cli, [
+        "convert", str(SAMPLES / "digits_cnn.onnx"), "-o", str(output), "--calibration",
+        str(SAMPLES / "digits_cnn_calib.npz"), "--eval", str(SAMPLES / "digits_cnn_test.npz"), "--json", *options,
+    ])
+    return run, output
+
+
+def test_cli_convert_to_half_the_int8_size_finds_a_model_within_the_allowed_drop(tmp_path, test_images):
+    run, output = budget_run(tmp_path, "--target-ratio", "0.5", "--max-drop", "1")
+    assert run.exit_code == 0, run.output
+    search = json.loads(run.output)
+    chosen = search["steps"][search["chosen"]]
+    assert output.stat().st_size == chosen["bytes"] <= 0.5 * search["reference_bytes"]
+    assert chosen["drop"] <= 1.0 and chosen["fits"]
+    interpreter = Interpreter(model_content=output.read_bytes())
+    detail = interpreter.get_input_details()[0]
+    images = test_images["digits_cnn"]
+    if np.dtype(detail["dtype"]) != np.float32:
+        scale, zero_point = detail["quantization"]
+        images = np.clip(np.round(images / scale) + zero_point, -128, 127).astype(detail["dtype"])
+    logits = interpreter.run([images])[interpreter.get_output_details()[0]["name"]]
+    labels = np.load(SAMPLES / "digits_cnn_test.npz")["y"]
+    assert 100 * np.mean(logits.argmax(1) == labels) == pytest.approx(chosen["metric"])
+
+
+def test_cli_convert_refuses_a_budget_it_cannot_meet_and_writes_the_best_found(tmp_path):
+    run, output = budget_run(tmp_path, "--target-size", "5kB", "--max-drop", "0.5")
+    assert run.exit_code == 1
+    assert "cannot meet 5,000 bytes within 0.5 points; best found:" in run.output
+    search = json.loads(run.output[:run.output.rindex("}") + 1])
+    assert not search["met"] and search["best"] is not None
+    assert output.stat().st_size == search["steps"][search["best"]]["bytes"] <= 5000
+
+
+def test_cli_budget_needs_labelled_eval_samples(tmp_path):
+    output = tmp_path / "budget.tflite"
+    run = CliRunner().invoke(cli, ["convert", str(SAMPLES / "digits_cnn.onnx"), "-o", str(output), "--calibration",
+                                   str(SAMPLES / "digits_cnn_calib.npz"), "--target-ratio", "0.5"])
+    assert run.exit_code == 2 and "--eval" in run.output and not output.exists()
