@@ -1,6 +1,9 @@
 """Pruning of the float IR: magnitude (zeroed weights), structured (removed channels), and the
-least-squares reconstruction of the layers after removed channels (He et al. 2017, "Channel
-Pruning for Accelerating Very Deep Neural Networks", the weight-refit step).
+least-squares reconstruction that keeps a model accurate without training: channels chosen by the
+reconstruction error their removal causes (ThiNet's greedy selection, with Optimal Brain Surgeon's
+refit of the rest), removals spread over the layers by that measured error, and every changed layer
+refitted in order on the pruned model's own activations towards the unpruned model's outputs (He et
+al. 2017, "Channel Pruning for Accelerating Very Deep Neural Networks").
 
 TFLite stores weights densely, so zeroed weights only make the file smaller once it is compressed
 (``compressed_size``: what an OTA update or a flash compressor sees) or stored in TFLite's sparse
@@ -141,7 +144,8 @@ def prune_magnitude(graph: Graph, sparsity: float, scope: str = "global", includ
     ``scope="global"``: one magnitude threshold across the layers (layers with many small weights
     lose more); ``"layer"``: every layer reaches ``sparsity``. The first and last weighted layers
     (which see the raw input and produce the output, and are small) are left alone unless
-    ``include_edges`` (by default: when the pruned weights are refitted, which absorbs the loss there too); depthwise filters (9 weights per channel) only with ``include_depthwise``.
+    ``include_edges`` (by default: when the pruned weights are refitted, which absorbs the loss there
+    too); depthwise filters (9 weights per channel) only with ``include_depthwise``.
     With ``calibration_samples`` the weights that remain are refitted (``refit_layers``: masked least
     squares per output channel, zeros stay zero), and so are the layers after them.
     """
@@ -472,7 +476,8 @@ def prune_channels(graph: Graph, ratio: float, importance: Optional[str] = None,
         orders, removals = _channel_orders(graph, spaces, groups, ratio, importance, allocation, calibration_samples,
                                            max_weights)
     kept_by_producer = {}
-    label = importance + ("" if allocation == "uniform" else f", {allocation}") + (", reconstructed" if reconstruct else "")
+    label = ", ".join([importance] + ([allocation] if allocation != "uniform" else [])
+                      + (["reconstructed"] if reconstruct else []))
     report = PruneReport(f"channel ({label})")
     for producers, order, remove in zip(groups, orders, removals):
         kept = np.sort(np.asarray(order[remove:], dtype=np.int64))
@@ -832,7 +837,8 @@ def _allocate(curves: list, budget: float, weights: Optional[list] = None) -> li
 def weight_count(graph: Graph) -> int:
     """Weights and biases of the CONV_2D, FULLY_CONNECTED and DEPTHWISE_CONV_2D layers: what channel
     pruning removes and what most of a converted file holds."""
-    names = {name for op in _weighted_ops(graph, WEIGHTED_OPS + ("DEPTHWISE_CONV_2D",)) for name in op.inputs[1:3] if name}
+    layers = _weighted_ops(graph, WEIGHTED_OPS + ("DEPTHWISE_CONV_2D",))
+    names = {name for op in layers for name in op.inputs[1:3] if name}
     return sum(int(graph[name].data.size) for name in names)
 
 

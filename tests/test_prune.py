@@ -275,7 +275,8 @@ def test_sensitivity_allocation_removes_as_many_channels_where_they_cost_least(m
     before = [g["channels_before"] for g in results["uniform"][1].groups]
     assert sum(after["sensitivity"]) == sum(after["uniform"]) and after["sensitivity"] != after["uniform"]
     assert all(a >= b * (1 - MAX_GROUP_PRUNING) for a, b in zip(after["sensitivity"], before))
-    error = {allocation: np.mean((outputs(pruned, images) - reference) ** 2) for allocation, (pruned, _) in results.items()}
+    error = {allocation: np.mean((outputs(pruned, images) - reference) ** 2)
+             for allocation, (pruned, _) in results.items()}
     assert error["sensitivity"] < 0.7 * error["uniform"]
 
 

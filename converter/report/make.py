@@ -154,8 +154,8 @@ def _budget_search(options: ReportOptions, eval_data: EvalData) -> dict:
 
     if eval_data.labels is None:
         raise ModelError("--target-size weighs accuracy against labels: the eval samples have none")
-    search = search_budget(options.model, options.calibration, options.eval, target_bytes=parse_size(options.target_size),
-                           max_drop=options.max_drop, labels_key=options.labels_key,
+    search = search_budget(options.model, options.calibration, options.eval,
+                           target_bytes=parse_size(options.target_size), max_drop=options.max_drop, labels_key=options.labels_key,
                            input_shapes=options.input_shapes or None)
     return search.as_dict() | {"verdict": search.verdict(), "lines": search.format_lines()}
 
