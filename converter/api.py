@@ -398,8 +398,8 @@ def _prune(graph, calibration, num_samples, sparsity, scope, channels, importanc
     samples = None
     if importance in ("activation", "reconstruction") or reconstruct:
         if calibration is None:
-            raise ModelError(f"--prune-importance {importance or 'reconstruction'} and --reconstruct need "
-                             "--calibration samples")
+            asked = f"--prune-importance {importance}" if importance and not reconstruct else "--reconstruct"
+            raise ModelError(f"{asked} needs --calibration samples")
         from edgeq.converter.calibrate import load_calibration
 
         samples = load_calibration(calibration, graph, num_samples=num_samples)
