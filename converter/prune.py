@@ -658,6 +658,8 @@ SELECTION_MAX_ROWS = 8192
 SELECTION_RIDGE_PER_COLUMN = 0.1
 # No group loses more than this share of its channels, however cheap they look on calibration samples.
 MAX_GROUP_PRUNING = 0.9
+# The cost recorded for a removal whose error cannot be measured: far above any relative error.
+UNMEASURABLE_COST = 1e6
 
 
 def _channel_origins(graph: Graph, spaces: _ChannelSpaces) -> dict:
@@ -700,18 +702,21 @@ class _ConsumerFit:
     blocks: np.ndarray        # [channels of the group, columns per channel]: the columns each channel feeds
     energy: float             # squared norm of the centred outputs: errors are relative to it
 
-    def removal_costs(self) -> np.ndarray:
-        """Increase of the squared output error, relative to ``energy``, if each channel's columns
-        went and the remaining weights were refitted."""
+    def removal_costs(self, alive: np.ndarray) -> np.ndarray:
+        """Increase of the squared output error, relative to ``energy``, if each channel still
+        ``alive`` lost its columns and the remaining weights were refitted (inf for the others)."""
+        costs = np.full(self.blocks.shape[0], np.inf)
+        blocks = self.blocks[alive]
         with np.errstate(divide="ignore", invalid="ignore"):
-            if self.blocks.shape[1] == 1:
-                index = self.blocks[:, 0]
-                costs = np.sum(self.weights[index] ** 2, axis=1) / np.diag(self.inverse_gram)[index]
+            if blocks.shape[1] == 1:
+                index = blocks[:, 0]
+                found = np.sum(self.weights[index] ** 2, axis=1) / np.diag(self.inverse_gram)[index]
             else:
-                sub = self.inverse_gram[self.blocks[:, :, None], self.blocks[:, None, :]]
-                rows = self.weights[self.blocks]
-                costs = np.einsum("cko,cko->c", rows, _batched_solve(sub, rows))
-        return np.nan_to_num(costs, nan=np.inf) / self.energy
+                sub = self.inverse_gram[blocks[:, :, None], blocks[:, None, :]]
+                rows = self.weights[blocks]
+                found = np.einsum("cko,cko->c", rows, _batched_solve(sub, rows))
+        costs[alive] = np.nan_to_num(found, nan=np.inf) / self.energy
+        return costs
 
     def remove(self, channel: int) -> None:
         block = self.blocks[channel]
@@ -801,14 +806,14 @@ def _greedy_removal_order(fits: list, channels: int, limit: int) -> tuple:
     for _ in range(limit):
         total = np.zeros(channels)
         for fit in fits:
-            total += fit.removal_costs()
-        total[~alive] = np.inf
+            total += fit.removal_costs(alive)
         channel = int(np.argmin(total))
         if not alive[channel]:  # every cost unmeasurable: take the first channel left
             channel = int(np.flatnonzero(alive)[0])
         alive[channel] = False
         order.append(channel)
-        costs.append(costs[-1] + max(float(total[channel]), 0.0))
+        step = float(total[channel])
+        costs.append(costs[-1] + (max(step, 0.0) if np.isfinite(step) else UNMEASURABLE_COST))
         for fit in fits:
             fit.remove(channel)
     return order, costs
