@@ -117,8 +117,8 @@ def test_magnitude_pruning_shrinks_the_compressed_file_not_the_raw_one(models):
 
 @pytest.mark.parametrize("name", ["digits_cnn", "digits_mobilenetv2"])
 def test_pruned_float_models_run_the_same_in_litert_and_edgeq(name, models, calibration, test_images):
-    graph = prune_channels(models[name], 0.5, "l1", calibration[name], reconstruct=True)[0]
-    graph = prune_magnitude(graph, 0.5)[0]
+    graph = prune_channels(models[name], 0.5, calibration_samples=calibration[name], reconstruct=True)[0]
+    graph = prune_magnitude(graph, 0.5, calibration_samples=calibration[name])[0]
     content = write_tflite(graph)
     for image in test_images[name][:8]:
         expected = run_litert(content, [image[None]])[0]
