@@ -218,7 +218,9 @@ def convert(
     prune_sparsity: Optional[float] = None,
     prune_scope: str = "global",
     prune_channels: Optional[float] = None,
-    prune_importance: str = "l1",
+    prune_importance: Optional[str] = None,
+    prune_allocation: Optional[str] = None,
+    prune_max_weights: Optional[int] = None,
     reconstruct: Optional[bool] = None,
     sparse_encoding: bool = False,
     example_inputs=None,
@@ -255,10 +257,14 @@ def convert(
     ``min_sqnr_db`` (default 20 dB; 0 accepts anything). The file is written all the same: the
     caller decides (``edgeq convert`` exits 1).
     Pruning runs on the float model before quantization (see converter.prune): ``prune_channels``
-    removes that share of channels (``prune_importance`` "l1" or "activation"; ``reconstruct`` refits
-    the layers after them by least squares, by default whenever ``calibration`` samples are given: without
-    it a classifier pruned by half can fall to chance), then
-    ``prune_sparsity`` zeroes that share of weights (``prune_scope`` "global" or "layer").
+    removes that share of channels (``prune_importance`` "l1", "activation" or "reconstruction",
+    ``prune_allocation`` "uniform" or "sensitivity": see ``prune_channels``), then ``prune_sparsity``
+    zeroes that share of weights (``prune_scope`` "global" or "layer"). ``reconstruct``, by default on
+    whenever ``calibration`` samples are given (without it a classifier pruned by half can fall to
+    chance), chooses channels by the error their removal causes and refits the pruned layers and
+    those after them by least squares towards the unpruned model's outputs. ``prune_max_weights``
+    instead of ``prune_channels`` removes channels until about that many weights remain
+    (``converter.budget`` searches it against a file size).
     Before an int8 model is calibrated, its float graph is rewritten into an equal function that
     quantizes better: ``equalize`` balances the channel ranges of consecutive weighted ops
     (converter.equalize), ``smooth_quant`` (off by default: on the test models it sharpens the
@@ -284,8 +290,9 @@ def convert(
     if sparse_encoding and quantize != "none":
         raise ModelError("--sparse-encoding stores float weights: LiteRT's default interpreter cannot run "
                          "quantized weights behind DENSIFY; drop --quantize or --sparse-encoding")
-    if calibration is not None and quantize not in FULL_INTEGER_MODES and not prune_channels:
-        raise ModelError("--calibration samples are used by --quantize int8 or int16x8 and --prune-channels; "
+    if calibration is not None and quantize not in FULL_INTEGER_MODES and not (
+            prune_channels or prune_sparsity or prune_max_weights):
+        raise ModelError("--calibration samples are used by --quantize int8 or int16x8 and pruning; "
                          "give one of them or drop --calibration")
     if output_path is not None:
         refuse_to_overwrite_a_source(output_path, model_path, calibration)
@@ -296,7 +303,7 @@ def convert(
         raise ModelError(f"--quantize {quantize} needs calibration samples (--calibration FILE.npz)")
     if given is not None and quantize != "int8":
         notes.append("quantized (QDQ) model read as its float model; --quantize int8 keeps its own scales")
-    if given is not None and (prune_sparsity or prune_channels):
+    if given is not None and (prune_sparsity or prune_channels or prune_max_weights):
         raise ModelError("pruning changes the weights a quantized (QDQ) model states scales for; prune the float model")
     if calibration is not None and not isinstance(calibration, (str, os.PathLike)):
         from edgeq.converter.calibrate import load_calibration
@@ -304,7 +311,8 @@ def convert(
         # A generator or reader gives its samples once: read them once for every stage that uses them.
         calibration = load_calibration(calibration, float_graph, num_samples=num_calibration_samples)
     float_graph, prune_reports = _prune(float_graph, calibration, num_calibration_samples, prune_sparsity,
-                                        prune_scope, prune_channels, prune_importance, reconstruct)
+                                        prune_scope, prune_channels, prune_importance, prune_allocation, reconstruct,
+                                        prune_max_weights)
     graph, float_ops, errors, float_choice, check = float_graph, [], [], None, None
     if quantize == "int8" and given is not None:
         graph, float_ops = _quantize_as_stated(float_graph, given, io_dtype, calibration, num_calibration_samples,
@@ -385,29 +393,35 @@ def _is_tflite_or_empty(path: Path) -> bool:
         return True  # unreadable: the write itself will say why
 
 
-def _prune(graph, calibration, num_samples, sparsity, scope, channels, importance, reconstruct) -> tuple:
+def _prune(graph, calibration, num_samples, sparsity, scope, channels, importance, allocation, reconstruct,
+           max_weights=None) -> tuple:
     """Channel pruning, then magnitude pruning, of the float graph; returns (graph, reports)."""
     reports = []
+    if max_weights is not None and calibration is None:
+        raise ModelError("pruning to a weight budget measures each layer's sensitivity: it needs --calibration samples")
+    if not channels:
+        channels = 0.0 if max_weights is not None else None
     if reconstruct is None:
-        reconstruct = bool(channels) and calibration is not None
-    if channels:
+        reconstruct = (channels is not None or bool(sparsity)) and calibration is not None
+    if reconstruct and channels is None and not sparsity:
+        raise ModelError("--reconstruct refits pruned layers: it needs --prune-channels or --prune-sparsity")
+    samples = None
+    if importance in ("activation", "reconstruction") or reconstruct:
+        if calibration is None:
+            asked = f"--prune-importance {importance}" if importance and not reconstruct else "--reconstruct"
+            raise ModelError(f"{asked} needs --calibration samples")
+        from edgeq.converter.calibrate import load_calibration
+
+        samples = load_calibration(calibration, graph, num_samples=num_samples)
+    if channels is not None:
         from edgeq.converter.prune import prune_channels
 
-        samples = None
-        if importance == "activation" or reconstruct:
-            if calibration is None:
-                raise ModelError("--prune-importance activation and --reconstruct need --calibration samples")
-            from edgeq.converter.calibrate import load_calibration
-
-            samples = load_calibration(calibration, graph, num_samples=num_samples)
-        graph, report = prune_channels(graph, channels, importance, samples, reconstruct)
+        graph, report = prune_channels(graph, channels, importance, samples, reconstruct, allocation, max_weights)
         reports.append(report)
-    elif reconstruct:
-        raise ModelError("--reconstruct refits layers after removed channels: it needs --prune-channels")
     if sparsity:
         from edgeq.converter.prune import prune_magnitude
 
-        graph, report = prune_magnitude(graph, sparsity, scope)
+        graph, report = prune_magnitude(graph, sparsity, scope, calibration_samples=samples if reconstruct else None)
         reports.append(report)
     return graph, reports
 

@@ -94,13 +94,26 @@ def samples_source(path, size, mean, std, layout):
               help="One magnitude threshold across layers, or the same sparsity in every layer.")
 @click.option("--prune-channels", type=click.FloatRange(0, 1, max_open=True), help="Remove this share of "
               "the output channels of every prunable layer (a smaller, faster dense model).")
-@click.option("--prune-importance", type=click.Choice(["l1", "activation"]), default="l1", show_default=True,
-              help="Rank channels by filter L1 norm or by mean |activation| on --calibration samples.")
-@click.option("--reconstruct/--no-reconstruct", default=None, help="With --prune-channels: refit the layers "
-              "after removed channels by least squares on --calibration samples [default: on when --calibration "
-              "is given].")
+@click.option("--prune-importance", type=click.Choice(["l1", "activation", "reconstruction"]),
+              help="Rank channels by filter L1 norm, by mean |activation|, or by the reconstruction error their "
+              "removal causes on --calibration samples [default: reconstruction when reconstructing, else l1].")
+@click.option("--prune-allocation", type=click.Choice(["uniform", "sensitivity"]), help="Remove the same share "
+              "of every layer's channels, or as many in all where the measured error grows least [default: "
+              "sensitivity with reconstruction importance].")
+@click.option("--reconstruct/--no-reconstruct", default=None, help="With --prune-channels or --prune-sparsity: "
+              "refit the pruned layers and those after them by least squares on --calibration samples, in order, "
+              "towards the unpruned model's outputs [default: on when --calibration is given].")
 @click.option("--sparse-encoding", is_flag=True, help="Store float weights in TFLite's sparse (CSR) "
               "encoding where smaller (float models only).")
+@click.option("--target-size", metavar="SIZE", help="A file-size budget (e.g. 150kB, 1.5MiB): search the pruning "
+              "of every layer and the quantization mode that meet it with the least loss on --eval samples.")
+@click.option("--target-ratio", type=click.FloatRange(0, 1, min_open=True), help="A budget as a share of the "
+              "unpruned model's file in the --quantize mode (int8 unless given).")
+@click.option("--max-drop", type=click.FloatRange(0), default=1.0, show_default=True, help="With a budget: the most "
+              "top-1 accuracy points the model may lose against the unpruned one; over it, exit 1.")
+@click.option("--eval", "eval_path", type=click.Path(), help="With a budget: labelled samples (.npz) the search "
+              "measures accuracy on.")
+@click.option("--labels-key", help="The labels array in the --eval file [default: y].")
 @image_folder_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @verbosity_options
@@ -108,7 +121,8 @@ def samples_source(path, size, mean, std, layout):
 def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, calibration, calibration_method,
             calibration_samples, io_dtype, float_fallback, min_sqnr_db, debug, no_equalize, smooth_quant,
             no_bias_correction, no_adaround, prune_sparsity, prune_scope, prune_channels, prune_importance,
-            reconstruct, sparse_encoding, as_json, quiet, verbose, size=None, mean=None, std=None, layout="auto"):
+            prune_allocation, reconstruct, sparse_encoding, target_size, target_ratio, max_drop, eval_path, labels_key,
+            as_json, quiet, verbose, size=None, mean=None, std=None, layout="auto"):
     """Convert an ONNX model (or a float .tflite, or a PyTorch .pt2 / TorchScript .pt) to a TFLite flatbuffer.
 
     \b
@@ -125,15 +139,32 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
       edgeq convert model.onnx -o model_dynamic.tflite --quantize dynamic
       edgeq convert model.onnx -o small.tflite --prune-channels 0.3 --calibration calib.npz
       edgeq convert model.onnx -o sparse.tflite --prune-sparsity 0.7 --sparse-encoding
+      edgeq convert model.onnx -o small.tflite --target-size 150kB --max-drop 1 --calibration c.npz --eval val.npz
 
     An int8 model's outputs are compared with the float model's on the calibration samples; under
     --min-sqnr the file is still written, and the one line on stderr names the figure, the layer
     where the SQNR drops most and what to try.
 
-    Exit codes: 0 ok, 1 the int8 outputs' SQNR is under --min-sqnr or an internal error, 2 bad input.
+    With --target-size or --target-ratio, the model written is the one the search chose; when no
+    candidate meets the budget within --max-drop, the best one found is written and the exit code is 1.
+
+    Exit codes: 0 ok, 1 the int8 outputs' SQNR is under --min-sqnr, the budget cannot be met within
+    --max-drop, or an internal error, 2 bad input.
     """
     from edgeq.converter.api import convert as convert_model
     from edgeq.converter.api import parse_input_shapes
+
+    if target_size is not None or target_ratio is not None:
+        context = click.get_current_context()
+        explicit = [name for name in ("prune_sparsity", "prune_channels", "sparse_encoding", "debug")
+                    if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if explicit:
+            raise ModelError(f"--{explicit[0].replace('_', '-')} and a size budget: the budget search chooses "
+                             "the pruning itself; drop one of them")
+        _convert_to_budget(model, output, input_shapes, quantize, samples_source(calibration, size, mean, std, layout),
+                           samples_source(eval_path, size, mean, std, layout) if eval_path else None, target_size,
+                           target_ratio, max_drop, labels_key, as_json, quiet)
+        return
 
     if debug and quantize not in ("int8", "int16x8"):
         raise ModelError("--debug compares int8 tensors with float ones: it needs --quantize int8 or int16x8")
@@ -158,6 +189,7 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
         prune_scope=prune_scope,
         prune_channels=prune_channels,
         prune_importance=prune_importance,
+        prune_allocation=prune_allocation,
         reconstruct=reconstruct,
         sparse_encoding=sparse_encoding,
         equalize=not no_equalize,
@@ -220,6 +252,39 @@ def convert(model, output, input_shapes, keep_onnx_layout, no_names, quantize, c
     _fail_unless_passed(result)
 
 
+def _convert_to_budget(model, output, input_shapes, quantize, calibration, eval_source, target_size, target_ratio,
+                       max_drop, labels_key, as_json, quiet) -> None:
+    from edgeq.converter.api import parse_input_shapes, refuse_to_overwrite_a_source
+    from edgeq.converter.budget import parse_size, search_budget
+    from edgeq.runtime.fileio import finite_for_json, write_atomic
+
+    if target_size is not None and target_ratio is not None:
+        raise ModelError("--target-size and --target-ratio are two budgets: give one")
+    if calibration is None or eval_source is None:
+        raise ModelError("a size budget needs --calibration samples (to prune and quantize) and --eval samples "
+                         "with labels (to measure what each candidate loses)")
+    refuse_to_overwrite_a_source(output, model, calibration)
+    search = search_budget(model, calibration, eval_source,
+                           target_bytes=parse_size(target_size) if target_size is not None else None,
+                           target_ratio=target_ratio, max_drop=max_drop,
+                           quantize="int8" if quantize == "none" else quantize, labels_key=labels_key,
+                           input_shapes=parse_input_shapes(input_shapes))
+    if search.best is not None:
+        write_atomic(output, search.contents[search.best])
+    if as_json:
+        click.echo(json.dumps(finite_for_json(search.as_dict() | {"output": str(output) if search.best is not None
+                                                                   else None}), indent=2))
+    elif not quiet:
+        for line in search.format_lines():
+            click.echo(line)
+        if search.best is not None:
+            click.echo(f"wrote {output} ({len(search.contents[search.best]):,} bytes)")
+    if not search.met:
+        fail(search.verdict(), EXIT_FAILED)
+    if not (as_json or quiet):
+        click.echo(search.verdict())
+
+
 def _fail_unless_passed(result) -> None:
     """Exit 1 with the one line that says why, when the int8 outputs stay under --min-sqnr."""
     if not result.passed:
@@ -263,6 +328,10 @@ def _float_choice_summary(choice) -> dict:
 @click.option("--prune-channels", metavar="F1,F2,...", help="int8 variants with this fraction of channels removed.")
 @click.option("--reconstruct/--no-reconstruct", default=None, help="Channel-pruned variants: refit the layers "
               "after removed channels by least squares on the calibration samples [default: on].")
+@click.option("--target-size", metavar="SIZE", help="Also run the size-budget search of edgeq convert --target-size "
+              "(e.g. 150kB) and draw its path on the accuracy-vs-size plot.")
+@click.option("--max-drop", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="With --target-size: the most top-1 points the search may lose.")
 @click.option("--metric", metavar="MODULE:FUNCTION", help="Your own evaluation instead of the built-in metrics: "
               "imported by name from the current folder or sys.path, so it runs your code. It gets the outputs "
               "(list of arrays stacked over eval samples) and the eval file's arrays (dict) and returns "
@@ -278,6 +347,7 @@ def _float_choice_summary(choice) -> dict:
 @verbosity_options
 @reports_errors
 def report(model, calibration, eval_path, output, labels_key, methods, prune_sparsity, prune_channels, reconstruct,
+           target_size, max_drop,
            metric, jobs, repeats, eval_samples, calibration_samples, input_shapes, as_json, quiet, verbose,
            size=None, mean=None, std=None, layout="auto"):
     """Build the variants of a model and compare them: size, accuracy, latency, memory.
@@ -311,7 +381,8 @@ def report(model, calibration, eval_path, output, labels_key, methods, prune_spa
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
         prune_sparsities=tuple(parse_fractions(prune_sparsity, "--prune-sparsity")),
         prune_channels=tuple(parse_fractions(prune_channels, "--prune-channels")),
-        reconstruct=reconstruct, metric=metric, jobs=jobs, repeats=repeats, eval_samples=eval_samples,
+        reconstruct=reconstruct, target_size=target_size, max_drop=max_drop,
+        metric=metric, jobs=jobs, repeats=repeats, eval_samples=eval_samples,
         calibration_samples=calibration_samples, input_shapes=parse_input_shapes(input_shapes),
         command=shlex.join(str(a) for a in command_line),
     )

@@ -1,6 +1,9 @@
 """Pruning of the float IR: magnitude (zeroed weights), structured (removed channels), and the
-least-squares reconstruction of the layers after removed channels (He et al. 2017, "Channel
-Pruning for Accelerating Very Deep Neural Networks", the weight-refit step).
+least-squares reconstruction that keeps a model accurate without training: channels chosen by the
+reconstruction error their removal causes (ThiNet's greedy selection, with Optimal Brain Surgeon's
+refit of the rest), removals spread over the layers by that measured error, and every changed layer
+refitted in order on the pruned model's own activations towards the unpruned model's outputs (He et
+al. 2017, "Channel Pruning for Accelerating Very Deep Neural Networks").
 
 TFLite stores weights densely, so zeroed weights only make the file smaller once it is compressed
 (``compressed_size``: what an OTA update or a flash compressor sees) or stored in TFLite's sparse
@@ -12,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import heapq
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
@@ -20,13 +25,17 @@ import numpy as np
 from edgeq.runtime.ir import Graph, ModelError, Op, Tensor
 
 MAGNITUDE_SCOPES = ("global", "layer")
-CHANNEL_IMPORTANCES = ("l1", "activation")
+CHANNEL_IMPORTANCES = ("l1", "activation", "reconstruction")
+CHANNEL_ALLOCATIONS = ("uniform", "sensitivity")
 # Ops whose outputs are a weighted sum over their inputs: their weights are what pruning removes.
 WEIGHTED_OPS = ("CONV_2D", "FULLY_CONNECTED")
 # A ridge term relative to the mean diagonal of XᵀX keeps the refit stable when calibration
 # activations are few or collinear (ReLU6 outputs often are).
 RECONSTRUCTION_RIDGE = 1e-3
-RECONSTRUCTION_MAX_ROWS = 40_000
+RECONSTRUCTION_MAX_ROWS = 16_384
+CROSS_VALIDATION_FOLDS = 4
+# A depthwise channel has KH·KW + 1 unknowns: a few thousand rows pin them down.
+DEPTHWISE_MAX_ROWS = 4096
 
 
 # -- reports ------------------------------------------------------------------------------------
@@ -128,19 +137,25 @@ def _set_data(graph: Graph, name: str, data: np.ndarray) -> None:
 
 # -- magnitude pruning --------------------------------------------------------------------------
 
-def prune_magnitude(graph: Graph, sparsity: float, scope: str = "global", include_edges: bool = False,
-                    include_depthwise: bool = False) -> tuple:
+def prune_magnitude(graph: Graph, sparsity: float, scope: str = "global", include_edges: Optional[bool] = None,
+                    include_depthwise: bool = False, calibration_samples: Optional[dict] = None) -> tuple:
     """Zero the ``sparsity`` share of smallest-magnitude weights; returns (graph, PruneReport).
 
     ``scope="global"``: one magnitude threshold across the layers (layers with many small weights
     lose more); ``"layer"``: every layer reaches ``sparsity``. The first and last weighted layers
     (which see the raw input and produce the output, and are small) are left alone unless
-    ``include_edges``; depthwise filters (9 weights per channel) only with ``include_depthwise``.
+    ``include_edges`` (by default: when the pruned weights are refitted, which absorbs the loss there
+    too); depthwise filters (9 weights per channel) only with ``include_depthwise``.
+    With ``calibration_samples`` the weights that remain are refitted (``refit_layers``: masked least
+    squares per output channel, zeros stay zero), and so are the layers after them.
     """
     if not 0.0 <= sparsity < 1.0:
         raise ModelError(f"pruning sparsity must be in [0, 1), got {sparsity}")
     if scope not in MAGNITUDE_SCOPES:
         raise ModelError(f"unknown pruning scope {scope!r}; choose one of {', '.join(MAGNITUDE_SCOPES)}")
+    if include_edges is None:
+        include_edges = calibration_samples is not None
+    original = graph
     graph = graph.copy()
     every_layer = _weighted_ops(graph, WEIGHTED_OPS + ("DEPTHWISE_CONV_2D",))
     edges = {id(every_layer[0]), id(every_layer[-1])} if every_layer and not include_edges else set()
@@ -163,7 +178,11 @@ def prune_magnitude(graph: Graph, sparsity: float, scope: str = "global", includ
             keep = _keep_largest(np.abs(data).reshape(-1), sparsity).reshape(data.shape)
             _set_data(graph, name, np.where(keep, data, 0))
     op_of = {op.inputs[1]: op for op in targets}
-    report = PruneReport(f"magnitude ({scope})")
+    if calibration_samples is not None and names:
+        masks = {name: graph[name].data != 0 for name in names}
+        with _single_threaded_blas():
+            refit_layers(original, graph, calibration_samples, {id(op) for op in targets}, masks)
+    report = PruneReport(f"magnitude ({scope}{', reconstructed' if calibration_samples is not None else ''})")
     for name in names:
         channels = graph[name].shape[0] if op_of[name].type != "DEPTHWISE_CONV_2D" else graph[name].shape[-1]
         report.layers.append(LayerPruning(name, op_of[name].type, graph[name].data.size, before[name],
@@ -412,47 +431,64 @@ def channel_importance(graph: Graph, producers: list, importance: str, activatio
     return np.asarray(scores, dtype=np.float64)
 
 
-def prune_channels(graph: Graph, ratio: float, importance: str = "l1", calibration_samples: Optional[dict] = None,
-                   reconstruct: bool = False) -> tuple:
-    """Remove the ``ratio`` share of least important output channels of every prunable group of
-    CONV_2D / FULLY_CONNECTED layers and rewire their consumers; returns (graph, PruneReport).
+def prune_channels(graph: Graph, ratio: float, importance: Optional[str] = None,
+                   calibration_samples: Optional[dict] = None, reconstruct: bool = False,
+                   allocation: Optional[str] = None, max_weights: Optional[int] = None) -> tuple:
+    """Remove the ``ratio`` share of the output channels of the prunable groups of CONV_2D /
+    FULLY_CONNECTED layers and rewire their consumers; returns (graph, PruneReport).
 
-    Layers joined by a residual ADD form one group and lose the same channels (ranked by summed
-    importance); channels that reach a model output, or an op that mixes channels in a way this
-    cannot follow, stay. ``importance="activation"`` and ``reconstruct`` need
-    ``calibration_samples`` ({input name: samples on axis 0}, in the graph's layout).
-    ``reconstruct`` refits, by least squares, every layer whose inputs lost channels so that its
-    outputs match the unpruned model's.
+    Layers joined by a residual ADD form one group and lose the same channels; channels that reach a
+    model output, or an op that mixes channels in a way this cannot follow, stay.
+    ``importance`` ranks a group's channels: "l1" (filter norm), "activation" (mean |activation|), or
+    "reconstruction" (the default with ``reconstruct``): greedily, the channel whose removal raises the
+    reconstruction error of the layers reading it least, the rest refitted (ThiNet / OBS).
+    ``allocation``: "uniform" (every group loses ``ratio`` of its channels) or "sensitivity" (the default
+    with reconstruction importance): as many channels in all, taken where the measured reconstruction
+    error grows least, each group keeping at least 1 - MAX_GROUP_PRUNING of its channels.
+    ``max_weights`` (sensitivity allocation) replaces ``ratio`` by a budget: channels go, the cheapest
+    error per weight saved first, until at most that many weights remain (``weight_count``).
+    ``reconstruct`` then refits every layer after a removed channel, in order, on the pruned model's
+    own activations towards the unpruned model's outputs (``refit_layers``).
+    "activation", "reconstruction" and ``reconstruct`` need ``calibration_samples`` ({input name:
+    samples on axis 0}, in the graph's layout).
     """
     if not 0.0 <= ratio < 1.0:
         raise ModelError(f"channel pruning ratio must be in [0, 1), got {ratio}")
+    if importance is None:
+        importance = "reconstruction" if reconstruct or max_weights is not None else "l1"
     if importance not in CHANNEL_IMPORTANCES:
         raise ModelError(f"unknown channel importance {importance!r}; choose one of {', '.join(CHANNEL_IMPORTANCES)}")
-    if (importance == "activation" or reconstruct) and calibration_samples is None:
-        raise ModelError("activation importance and reconstruction need calibration samples")
+    if allocation is None:
+        allocation = "sensitivity" if importance == "reconstruction" else "uniform"
+    if allocation not in CHANNEL_ALLOCATIONS:
+        raise ModelError(f"unknown channel allocation {allocation!r}; choose one of {', '.join(CHANNEL_ALLOCATIONS)}")
+    if max_weights is not None and allocation != "sensitivity":
+        raise ModelError("a weight budget is spread by measured sensitivity: it needs allocation 'sensitivity'")
+    if allocation == "sensitivity" and importance != "reconstruction":
+        raise ModelError("sensitivity allocation measures reconstruction error: it needs importance 'reconstruction'")
+    if (importance != "l1" or reconstruct) and calibration_samples is None:
+        raise ModelError(f"{importance} importance and reconstruction need calibration samples")
     original = graph
     graph = graph.copy()
     spaces = _ChannelSpaces(graph)
     groups = spaces.groups()
-    activations = None
-    if importance == "activation":
-        from edgeq.runtime.interpreter import Interpreter
-
-        wanted = {op.outputs[0] for producers in groups for op in producers}
-        activations = Interpreter.from_graph(graph).run(calibration_samples, keep=wanted)
+    with _single_threaded_blas():
+        orders, removals = _channel_orders(graph, spaces, groups, ratio, importance, allocation, calibration_samples,
+                                           max_weights)
     kept_by_producer = {}
-    report = PruneReport(f"channel ({importance}{', reconstructed' if reconstruct else ''})")
-    for producers in groups:
-        scores = channel_importance(graph, producers, importance, activations)
-        remove = min(int(np.floor(ratio * scores.size)), scores.size - 1)
-        kept = np.sort(np.argsort(-scores, kind="stable")[: scores.size - remove])
+    label = ", ".join([importance] + ([allocation] if allocation != "uniform" else [])
+                      + (["reconstructed"] if reconstruct else []))
+    report = PruneReport(f"channel ({label})")
+    for producers, order, remove in zip(groups, orders, removals):
+        kept = np.sort(np.asarray(order[remove:], dtype=np.int64))
         for op in producers:
             kept_by_producer[id(op)] = kept
-        report.groups.append({"layers": [op.outputs[0] for op in producers], "channels_before": int(scores.size),
+        report.groups.append({"layers": [op.outputs[0] for op in producers], "channels_before": len(order),
                               "channels_after": int(kept.size), "kept": kept.tolist()})
-    changed_inputs = _remove_channels(graph, kept_by_producer)
+    changed_inputs, kept_of = _remove_channels(graph, kept_by_producer)
     if reconstruct and changed_inputs:
-        reconstruct_consumers(original, graph, changed_inputs, calibration_samples)
+        with _single_threaded_blas():
+            refit_layers(original, graph, calibration_samples, {id(op) for op, _ in changed_inputs}, kept_of=kept_of)
     for op in _weighted_ops(graph, WEIGHTED_OPS + ("DEPTHWISE_CONV_2D",)):
         axis = -1 if op.type == "DEPTHWISE_CONV_2D" else 0
         before = original[op.inputs[1]].shape[axis] if op.inputs[1] in original.tensors else graph[op.inputs[1]].shape[axis]
@@ -462,6 +498,65 @@ def prune_channels(graph: Graph, ratio: float, importance: str = "l1", calibrati
     report.notes.append(f"{len(groups)} groups pruned; {len(spaces.blocked)} channel sets kept whole "
                         "(model outputs or ops whose channels cannot be followed)")
     return graph, report
+
+
+def _channel_orders(graph: Graph, spaces: _ChannelSpaces, groups: list, ratio: float, importance: str,
+                    allocation: str, samples: Optional[dict], max_weights: Optional[int] = None) -> tuple:
+    """Per group: its channels, the first to remove first, and how many to remove."""
+    sizes = [graph[producers[0].outputs[0]].shape[-1] for producers in groups]
+    uniform = [min(int(np.floor(ratio * size)), size - 1) for size in sizes]
+    if importance != "reconstruction":
+        activations = None
+        if importance == "activation":
+            from edgeq.runtime.interpreter import Interpreter
+
+            wanted = {op.outputs[0] for producers in groups for op in producers}
+            activations = Interpreter.from_graph(graph).run(samples, keep=wanted)
+        orders = [_least_important_first(channel_importance(graph, producers, importance, activations))
+                  for producers in groups]
+        return orders, uniform
+    fits = _consumer_fits(graph, spaces, groups, samples)
+    orders, curves = [], []
+    for producers, size, count in zip(groups, sizes, uniform):
+        limit = count if allocation == "uniform" else min(int(np.floor(MAX_GROUP_PRUNING * size)), size - 1)
+        consumers = fits.get(spaces.find(spaces.space_of[producers[0].outputs[0]]), [])
+        if consumers:
+            order, curve = _greedy_removal_order(consumers, size, limit)
+        else:  # nothing reads these channels that a refit could measure: fall back to filter norms
+            order, curve = _least_important_first(channel_importance(graph, producers, "l1", None)), [0.0]
+        removed = set(order)
+        orders.append(order + [c for c in range(size) if c not in removed])
+        curves.append(curve)
+    if allocation == "uniform":
+        return orders, uniform
+    if max_weights is None:
+        return orders, _allocate(curves, sum(uniform))
+    # Removing channels on both sides of a layer saves less than the two removals' sum: allocate,
+    # count what remains, and ask for more than the shortfall again until the budget holds.
+    per_channel = _weights_per_channel(graph, spaces, groups)
+    budget = weight_count(graph) - max_weights
+    for _ in range(BUDGET_ROUNDS):
+        removals = _allocate(curves, budget, per_channel)
+        shortfall = _weights_after(graph, groups, orders, removals) - max_weights
+        if shortfall <= 0:
+            break
+        budget += 1.25 * shortfall
+    return orders, removals
+
+
+BUDGET_ROUNDS = 10
+
+
+def _weights_after(graph: Graph, groups: list, orders: list, removals: list) -> int:
+    """``weight_count`` of ``graph`` once each group lost its first ``removals`` channels."""
+    trial = graph.copy()
+    position = {id(op): index for index, op in enumerate(graph.ops)}
+    kept = {}
+    for producers, order, remove in zip(groups, orders, removals):
+        for op in producers:
+            kept[id(trial.ops[position[id(op)]])] = np.sort(np.asarray(order[remove:], dtype=np.int64))
+    _remove_channels(trial, kept)
+    return weight_count(trial)
 
 
 def _slice_constant(graph: Graph, op: Op, index: int, kept: np.ndarray, axis: int, users: dict) -> None:
@@ -479,10 +574,10 @@ def _slice_constant(graph: Graph, op: Op, index: int, kept: np.ndarray, axis: in
         _set_data(graph, name, data)
 
 
-def _remove_channels(graph: Graph, kept_by_producer: dict) -> list:
+def _remove_channels(graph: Graph, kept_by_producer: dict) -> tuple:
     """Slice every producer's output channels and follow them through their consumers; returns
-    (op, kept output channels) for the CONV_2D / FULLY_CONNECTED ops whose input channels changed:
-    the ones reconstruction refits."""
+    ((op, kept output channels) for the CONV_2D / FULLY_CONNECTED ops whose input channels changed:
+    the ones reconstruction starts from, {tensor name: indices of the original channels it keeps})."""
     users = {name: list(ops) for name, ops in graph.consumers().items()}
     kept_of: dict = {}  # tensor name -> indices of its original channels that remain (last axis)
     changed_inputs = []
@@ -531,7 +626,7 @@ def _remove_channels(graph: Graph, kept_by_producer: dict) -> list:
     for name, kept in kept_of.items():
         tensor = graph[name]
         graph.tensors[name] = dataclasses.replace(tensor, shape=tensor.shape[:-1] + (kept.size,))
-    return changed_inputs
+    return changed_inputs, kept_of
 
 
 def _flattened(shape: tuple, kept: np.ndarray) -> np.ndarray:
@@ -554,28 +649,275 @@ def _set_reshape_target(graph: Graph, op: Op, shape: tuple, users: dict) -> None
                 _set_data(graph, name, data)
 
 
+# -- structured pruning: channels chosen by the reconstruction error they cause --------------------
+
+SELECTION_MAX_ROWS = 8192
+# Where a consumer has more input columns than calibration rows, least squares can absorb any removal
+# on those rows and the errors measured there say nothing; a ridge growing with columns per row
+# keeps the measured costs honest.
+SELECTION_RIDGE_PER_COLUMN = 0.1
+# No group loses more than this share of its channels, however cheap they look on calibration samples.
+MAX_GROUP_PRUNING = 0.9
+# The cost recorded for a removal whose error cannot be measured: far above any relative error.
+UNMEASURABLE_COST = 1e6
+
+
+def _channel_origins(graph: Graph, spaces: _ChannelSpaces) -> dict:
+    """tensor name -> (space, channel) arrays, one entry per index of its last axis: which prunable
+    channel each of its channels is (space -1: a channel no group owns, e.g. a concatenated input)."""
+    origins: dict = {}
+    for op in graph.ops:
+        out = op.outputs[0] if op.outputs else ""
+        if out not in spaces.space_of:
+            continue
+        if op.type in WEIGHTED_OPS:
+            channels = graph[out].shape[-1]
+            origins[out] = (np.full(channels, spaces.find(spaces.space_of[out])), np.arange(channels))
+            continue
+        tracked = [n for n in op.inputs if n in origins]
+        if not tracked:
+            continue
+        if op.type == "CONCATENATION":
+            parts = [origins[n] if n in origins else (np.full(graph[n].shape[-1], -1), np.arange(graph[n].shape[-1]))
+                     for n in op.inputs]
+            origin = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+        elif op.type in ("RESHAPE", "SQUEEZE") and graph[out].shape[-1] != graph[tracked[0]].shape[-1]:
+            repeats = graph[out].shape[-1] // graph[tracked[0]].shape[-1]
+            origin = tuple(np.tile(part, repeats) for part in origins[tracked[0]])  # (h, w, c) flatten order
+        else:
+            origin = origins[tracked[0]]
+        for name in op.outputs:
+            origins[name] = origin
+    return origins
+
+
+@dataclass
+class _ConsumerFit:
+    """One consumer of a group's channels during greedy selection: the inverse Gram matrix of its
+    input columns (plus intercept) and the weights that are least-squares optimal for the columns
+    still there (Optimal Brain Surgeon's update, applied to a layer's reconstruction error)."""
+
+    inverse_gram: np.ndarray  # [K + 1, K + 1]
+    weights: np.ndarray       # [K + 1, O]
+    blocks: np.ndarray        # [channels of the group, columns per channel]: the columns each channel feeds
+    energy: float             # squared norm of the centred outputs: errors are relative to it
+
+    def removal_costs(self, alive: np.ndarray) -> np.ndarray:
+        """Increase of the squared output error, relative to ``energy``, if each channel still
+        ``alive`` lost its columns and the remaining weights were refitted (inf for the others)."""
+        costs = np.full(self.blocks.shape[0], np.inf)
+        blocks = self.blocks[alive]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if blocks.shape[1] == 1:
+                index = blocks[:, 0]
+                found = np.sum(self.weights[index] ** 2, axis=1) / np.diag(self.inverse_gram)[index]
+            else:
+                sub = self.inverse_gram[blocks[:, :, None], blocks[:, None, :]]
+                rows = self.weights[blocks]
+                found = np.einsum("cko,cko->c", rows, _batched_solve(sub, rows))
+        costs[alive] = np.nan_to_num(found, nan=np.inf) / self.energy
+        return costs
+
+    def remove(self, channel: int) -> None:
+        block = self.blocks[channel]
+        if block.size == 1:  # a rank-one downdate
+            across = self.inverse_gram[:, block[0]].copy()
+            pivot = across[block[0]]
+            if pivot > 0:
+                self.weights -= np.outer(across / pivot, self.weights[block[0]])
+                self.inverse_gram -= np.outer(across / pivot, across)
+            self.inverse_gram[block, :] = 0.0
+            self.inverse_gram[:, block] = 0.0
+            self.weights[block] = 0.0
+            return
+        across = self.inverse_gram[:, block]
+        pivot = _inverse(self.inverse_gram[np.ix_(block, block)])
+        self.weights -= across @ (pivot @ self.weights[block])
+        self.inverse_gram -= across @ pivot @ across.T
+        self.inverse_gram[block, :] = 0.0
+        self.inverse_gram[:, block] = 0.0
+        self.weights[block] = 0.0
+
+
+def _inverse(matrix: np.ndarray) -> np.ndarray:
+    try:
+        return np.linalg.inv(matrix)
+    except np.linalg.LinAlgError:
+        return np.linalg.pinv(matrix)
+
+
+def _batched_solve(matrices: np.ndarray, right: np.ndarray) -> np.ndarray:
+    try:
+        return np.linalg.solve(matrices, right)
+    except np.linalg.LinAlgError:
+        return np.linalg.pinv(matrices) @ right
+
+
+def _least_important_first(scores: np.ndarray) -> list:
+    """Channel indices, lowest score first (ties: the later channel goes first)."""
+    return np.argsort(-scores, kind="stable")[::-1].tolist()
+
+
+def _consumer_fits(graph: Graph, spaces: _ChannelSpaces, groups: list, samples: dict) -> dict:
+    """space -> [_ConsumerFit] for every CONV_2D / FULLY_CONNECTED op that reads a group's channels,
+    measured on the unpruned model's activations for ``samples``."""
+    from edgeq.runtime.interpreter import Interpreter
+
+    origins = _channel_origins(graph, spaces)
+    roots = {spaces.find(spaces.space_of[producers[0].outputs[0]]) for producers in groups}
+    consumers = [op for op in _weighted_ops(graph, WEIGHTED_OPS) if op.inputs[0] in origins
+                 and np.isin(origins[op.inputs[0]][0], list(roots)).any()]
+    activations = Interpreter.from_graph(graph).run(samples, keep={op.inputs[0] for op in consumers})
+    fits: dict = {}
+    for op in consumers:
+        space_of_column, channel_of_column = origins[op.inputs[0]]
+        taps = 1
+        if op.type == "CONV_2D":
+            _, k_h, k_w, _ = graph[op.inputs[1]].shape
+            taps = k_h * k_w
+        space_of_column, channel_of_column = np.tile(space_of_column, taps), np.tile(channel_of_column, taps)
+        values = activations[op.inputs[0]]
+        columns = _columns(values[_sample_subset(values, graph[op.outputs[0]].shape, SELECTION_MAX_ROWS)], op, graph)
+        columns = columns[_sample_rows(columns.shape[0], SELECTION_MAX_ROWS)]
+        weights = graph[op.inputs[1]].data.astype(np.float64)
+        weights = np.concatenate([weights.reshape(weights.shape[0], -1).T, _bias(graph, op, weights.shape[0])[None]])
+        design = np.concatenate([columns, np.ones((columns.shape[0], 1))], axis=1)
+        gram = design.T @ design
+        inputs = columns.shape[1]
+        relative = max(RECONSTRUCTION_RIDGE, SELECTION_RIDGE_PER_COLUMN * inputs / columns.shape[0])
+        gram[np.arange(inputs), np.arange(inputs)] += relative * max(np.mean(np.diag(gram)[:-1]), 1e-12)
+        outputs = design @ weights
+        energy = max(float(np.sum((outputs - outputs.mean(axis=0)) ** 2)), 1e-12)
+        inverse = _inverse(gram)
+        for root in np.unique(space_of_column[np.isin(space_of_column, list(roots))]):
+            count = int(channel_of_column[space_of_column == root].max()) + 1
+            blocks = np.stack([np.flatnonzero((space_of_column == root) & (channel_of_column == c))
+                               for c in range(count)])
+            fits.setdefault(int(root), []).append(_ConsumerFit(inverse.copy(), weights.copy(), blocks, energy))
+    return fits
+
+
+def _greedy_removal_order(fits: list, channels: int, limit: int) -> tuple:
+    """Remove channels one at a time, each time the one whose loss (refitting the rest) raises the
+    consumers' summed relative reconstruction error least (ThiNet's greedy selection, with the
+    error measured after the refit). Returns (removal order, cumulative error after each removal)."""
+    alive = np.ones(channels, bool)
+    order, costs = [], [0.0]
+    for _ in range(limit):
+        total = np.zeros(channels)
+        for fit in fits:
+            total += fit.removal_costs(alive)
+        channel = int(np.argmin(total))
+        if not alive[channel]:  # every cost unmeasurable: take the first channel left
+            channel = int(np.flatnonzero(alive)[0])
+        alive[channel] = False
+        order.append(channel)
+        step = float(total[channel])
+        costs.append(costs[-1] + (max(step, 0.0) if np.isfinite(step) else UNMEASURABLE_COST))
+        for fit in fits:
+            fit.remove(channel)
+    return order, costs
+
+
+def _allocate(curves: list, budget: float, weights: Optional[list] = None) -> list:
+    """How many channels each group loses: removals until their weights add up to ``budget``, each
+    time from the group whose next removal raises the measured error least per unit of weight
+    (``weights``: what one of its channels holds, e.g. its parameters; 1 each by default, so the
+    budget counts channels). Returns one count per curve."""
+    counts = [0] * len(curves)
+    weights = weights or [1.0] * len(curves)
+    heap = [((curve[1] - curve[0]) / weights[g], g) for g, curve in enumerate(curves) if len(curve) > 1]
+    heapq.heapify(heap)
+    removed = 0.0
+    while heap and removed < budget:
+        _, g = heapq.heappop(heap)
+        counts[g] += 1
+        removed += weights[g]
+        curve = curves[g]
+        if counts[g] + 1 < len(curve):
+            heapq.heappush(heap, ((curve[counts[g] + 1] - curve[counts[g]]) / weights[g], g))
+    return counts
+
+
+def weight_count(graph: Graph) -> int:
+    """Weights and biases of the CONV_2D, FULLY_CONNECTED and DEPTHWISE_CONV_2D layers: what channel
+    pruning removes and what most of a converted file holds."""
+    layers = _weighted_ops(graph, WEIGHTED_OPS + ("DEPTHWISE_CONV_2D",))
+    names = {name for op in layers for name in op.inputs[1:3] if name}
+    return sum(int(graph[name].data.size) for name in names)
+
+
+def _weights_per_channel(graph: Graph, spaces: _ChannelSpaces, groups: list) -> list:
+    """Per group: the weights one of its channels holds (its producers' filters and biases, the
+    depthwise filters on its way, its consumers' input columns), what removing it saves."""
+    origins = _channel_origins(graph, spaces)
+    result = []
+    for producers in groups:
+        root = spaces.find(spaces.space_of[producers[0].outputs[0]])
+        total = sum(int(np.prod(graph[op.inputs[1]].shape[1:])) + 1 for op in producers)
+        for op in _weighted_ops(graph, WEIGHTED_OPS + ("DEPTHWISE_CONV_2D",)):
+            if op.inputs[0] not in origins:
+                continue
+            columns = int(np.sum(origins[op.inputs[0]][0] == root)) / graph[producers[0].outputs[0]].shape[-1]
+            if not columns:
+                continue
+            weights = graph[op.inputs[1]].shape
+            if op.type == "DEPTHWISE_CONV_2D":
+                total += columns * (weights[1] * weights[2] + 1)
+            elif op.type == "CONV_2D":
+                total += columns * weights[0] * weights[1] * weights[2]
+            else:
+                total += columns * weights[0]
+        result.append(float(total))
+    return result
+
+
+def _single_threaded_blas():
+    """Selection and refits multiply small matrices (at most a few thousand columns): a second BLAS
+    thread gains little there, and on a busy machine OpenBLAS threads spinning for a core make the
+    same products 10-20x slower."""
+    from edgeq.runtime.threads import ThreadLimit, blas_controls
+
+    return ThreadLimit(1, blas_controls())
+
+
 # -- reconstruction -----------------------------------------------------------------------------
 
-def reconstruct_consumers(original: Graph, pruned: Graph, consumers: list, samples: dict) -> None:
-    """Refit the weights and bias of ``consumers`` ((op of ``pruned``, indices of the original
-    output channels it keeps) pairs) by least squares so their pre-activation outputs on
-    ``samples`` match those of the same op in ``original``.
+def refit_layers(original: Graph, pruned: Graph, samples: dict, start: set, masks: Optional[dict] = None,
+                 kept_of: Optional[dict] = None) -> list:
+    """Refit, in execution order, every weighted op of ``pruned`` (CONV_2D, FULLY_CONNECTED,
+    DEPTHWISE_CONV_2D) whose output no longer equals the same op's in ``original``: the ops in
+    ``start`` (ids: the ones pruning changed) and every one downstream of them. Returns the refit ops.
 
-    Both graphs run side by side, op by op, on our runtime's kernels: the ops correspond one to one
-    (pruning only slices constants). Each consumer sees the pruned model's actual inputs, after
-    the layers before it were refitted, so errors do not pile up (He et al.'s formulation).
+    Each op is fitted by ridge least squares on the *pruned* network's actual input (the samples run
+    through the already refitted prefix) towards the *original* network's output of that op, before
+    its fused activation, so errors do not pile up from layer to layer (He et al. 2017). The
+    intercept re-estimates the bias a folded batch norm left: pruning shifts channel means. The
+    ridge pulls towards the op's current weights rather than towards zero, so a layer with more
+    weights than calibration rows keeps what it had where the samples say nothing. ``masks``
+    ({weight name: bool array}) keeps zero weights zero (masked least squares per output channel).
+    ``kept_of`` (tensor -> indices of the original channels it keeps, from channel pruning) says which
+    original output channels each op's outputs are. The ops of both graphs correspond one to one.
     """
-    targets = {id(op): kept for op, kept in consumers}
+    masks = masks or {}
+    kept_of = kept_of or {}
     runs = [_StepwiseRun(g, samples) for g in (original, pruned)]
-    if len(runs[0].graph.ops) != len(runs[1].graph.ops):
+    if len(original.ops) != len(pruned.ops):
         raise ModelError("reconstruction needs the pruned graph's ops to match the original's one to one")
+    changed: set = set()
+    refit = []
     for position, op in enumerate(pruned.ops):
-        if id(op) in targets:
-            reference_op = runs[0].graph.ops[position]
-            reconstruct_consumer(pruned, op, runs[1].value(op.inputs[0]), targets[id(op)],
-                                 original, reference_op, runs[0].value(reference_op.inputs[0]))
+        activations = [n for n in op.inputs if n and not pruned[n].is_constant]
+        if id(op) in start or any(n in changed for n in activations):
+            reference_op = original.ops[position]
+            kept = kept_of.get(op.outputs[0])
+            if _refit_op(pruned, op, runs[1].value(op.inputs[0]) if op.inputs else None, original, reference_op,
+                         runs[0].value(reference_op.inputs[0]) if op.inputs else None, kept, masks):
+                refit.append(op)
+            changed.update(op.outputs)
         for run in runs:
             run.step(position)
+    return refit
 
 
 class _StepwiseRun:
@@ -606,29 +948,166 @@ class _StepwiseRun:
                 del self.values[name]
 
 
-def reconstruct_consumer(pruned: Graph, op: Op, pruned_input: np.ndarray, kept_outputs: np.ndarray,
-                         original: Graph, reference_op: Op, original_input: np.ndarray) -> None:
-    """Least-squares refit of one CONV_2D / FULLY_CONNECTED op: min ‖X'W'ᵀ + b' − Y‖² + λ‖W'‖²,
-    where X' is the im2col of its pruned input and Y the original op's pre-activation output
-    (restricted to the output channels it keeps)."""
-    weights = original[reference_op.inputs[1]].data.astype(np.float64)
-    bias_name = reference_op.inputs[2] if len(reference_op.inputs) > 2 else ""
-    bias = original[bias_name].data.astype(np.float64) if bias_name else np.zeros(weights.shape[0])
-    new_weights = pruned[op.inputs[1]].data
-    original_columns = _columns(original_input, reference_op, original)
-    pruned_columns = _columns(pruned_input, op, pruned)
-    rows = np.random.default_rng(0).permutation(pruned_columns.shape[0])[:RECONSTRUCTION_MAX_ROWS]
-    flat_weights = weights.reshape(weights.shape[0], -1)[kept_outputs]
-    target = original_columns[rows] @ flat_weights.T + bias[kept_outputs]
-    design = np.concatenate([pruned_columns[rows], np.ones((rows.size, 1))], axis=1)
+def _refit_op(pruned: Graph, op: Op, pruned_input, original: Graph, reference_op: Op, original_input,
+              kept_outputs, masks: dict) -> bool:
+    """Refit one op in place (see ``refit_layers``); False for an op that has no weights to refit."""
+    if op.type not in WEIGHTED_OPS + ("DEPTHWISE_CONV_2D",) or len(op.inputs) < 2:
+        return False
+    weights = pruned[op.inputs[1]]
+    if not weights.is_constant or weights.dtype.kind != "f" or not original[reference_op.inputs[1]].is_constant:
+        return False
+    if op.type == "DEPTHWISE_CONV_2D":
+        if weights.shape[-1] != pruned[op.inputs[0]].shape[-1]:
+            return False  # a depth multiplier: channels do not map one to one
+        return _refit_depthwise(pruned, op, pruned_input, original, reference_op, original_input, kept_outputs,
+                                masks.get(op.inputs[1]))
+    reference_weights = original[reference_op.inputs[1]].data.astype(np.float64)
+    reference_weights = reference_weights.reshape(reference_weights.shape[0], -1)
+    reference_bias = _bias(original, reference_op, reference_weights.shape[0])
+    if kept_outputs is not None:
+        reference_weights, reference_bias = reference_weights[kept_outputs], reference_bias[kept_outputs]
+    subset = _sample_subset(pruned_input, pruned[op.outputs[0]].shape, RECONSTRUCTION_MAX_ROWS)
+    pruned_columns = _columns(pruned_input[subset], op, pruned)
+    original_columns = _columns(original_input[subset], reference_op, original)
+    rows = _sample_rows(pruned_columns.shape[0])
+    target = original_columns[rows] @ reference_weights.T + reference_bias
+    prior = weights.data.astype(np.float64).reshape(weights.shape[0], -1)
+    prior_bias = _bias(pruned, op, prior.shape[0])
+    mask = masks.get(op.inputs[1])
+    per_sample = pruned_columns.shape[0] // subset.size
+    solution, intercept = _ridge_towards(pruned_columns[rows], target, prior, prior_bias,
+                                         None if mask is None else mask.reshape(prior.shape),
+                                         folds=(rows // per_sample) % CROSS_VALIDATION_FOLDS)
+    _set_data(pruned, op.inputs[1], solution.reshape(weights.shape))
+    _set_bias(pruned, op, intercept)
+    return True
+
+
+def _refit_depthwise(pruned, op, pruned_input, original, reference_op, original_input, kept_outputs, mask) -> bool:
+    """Per-channel refit of a depthwise convolution: each channel's KH·KW taps and bias on its own
+    input channel's patches."""
+    weights = pruned[op.inputs[1]]
+    _, k_h, k_w, channels = weights.shape
+    reference = original[reference_op.inputs[1]].data.astype(np.float64).reshape(k_h * k_w, -1)
+    reference_bias = _bias(original, reference_op, reference.shape[1])
+    subset = _sample_subset(pruned_input, pruned[op.outputs[0]].shape, DEPTHWISE_MAX_ROWS)
+    pruned_patches = _depthwise_patches(pruned_input[subset], op, pruned)
+    original_patches = _depthwise_patches(original_input[subset], reference_op, original)
+    rows = _sample_rows(pruned_patches.shape[0], DEPTHWISE_MAX_ROWS)
+    patches, original_patches = pruned_patches[rows], original_patches[rows]       # [R, K, C]
+    if kept_outputs is not None:
+        reference, reference_bias = reference[:, kept_outputs], reference_bias[kept_outputs]
+        original_patches = original_patches[:, :, kept_outputs]
+    target = np.einsum("rkc,kc->rc", original_patches, reference) + reference_bias  # [R, C]
+    prior = weights.data.astype(np.float64).reshape(k_h * k_w, channels)
+    design = np.ones((channels, k_h * k_w + 1, patches.shape[0]))          # [C, K + 1, R]: rows last, so
+    design[:, :-1, :] = patches.transpose(2, 1, 0)                           # each channel's product is one GEMM
+    gram = design @ design.transpose(0, 2, 1)                                # [C, K + 1, K + 1]
+    moment = (design @ target.T[:, :, None])[:, :, 0]                        # [C, K + 1]
+    taps = k_h * k_w
+    ridge = RECONSTRUCTION_RIDGE * np.maximum(np.mean(np.diagonal(gram, axis1=1, axis2=2)[:, :taps], axis=1), 1e-12)
+    gram[:, np.arange(taps), np.arange(taps)] += ridge[:, None]
+    moment[:, :taps] += ridge[:, None] * prior.T
+    if mask is not None:  # a zero tap stays zero: its row and column of the system become the identity's
+        zero = np.concatenate([~mask.reshape(taps, channels).T, np.zeros((channels, 1), bool)], axis=1)
+        gram *= ~(zero[:, :, None] | zero[:, None, :])
+        gram[:, np.arange(taps + 1), np.arange(taps + 1)] += zero
+        moment *= ~zero
+    solution = _batched_solve(gram, moment[:, :, None])[:, :, 0]
+    _set_data(pruned, op.inputs[1], solution[:, :taps].T.reshape(weights.shape))
+    _set_bias(pruned, op, solution[:, taps])
+    return True
+
+
+def _ridge_towards(columns: np.ndarray, target: np.ndarray, prior: np.ndarray, prior_bias: np.ndarray,
+                   mask: Optional[np.ndarray] = None, folds: Optional[np.ndarray] = None) -> tuple:
+    """argmin over W, b of ‖X Wᵀ + b − Y‖² + λ‖W − P‖² (b free); with ``mask`` [O, K], W keeps zeros
+    where the mask is False. Returns (W [O, K], b [O]).
+
+    λ is relative to the mean diagonal of XᵀX: chosen by cross-validation over ``folds`` (a fold
+    number per row: rows of one sample together) from RIDGE_CHOICES when given, else
+    RECONSTRUCTION_RIDGE. With few samples per weight (a classifier's last layer refitted on a few
+    dozen images) a weak pull towards the current weights overfits; with many it only slows the fit."""
+    design = np.concatenate([columns, np.ones((columns.shape[0], 1))], axis=1)
     gram = design.T @ design
-    ridge = RECONSTRUCTION_RIDGE * np.mean(np.diag(gram)[:-1]) if gram.shape[0] > 1 else 0.0
-    gram[np.arange(gram.shape[0] - 1), np.arange(gram.shape[0] - 1)] += ridge
-    solution = np.linalg.solve(gram, design.T @ target)
-    _set_data(pruned, op.inputs[1], solution[:-1].T.reshape(new_weights.shape))
+    moment = design.T @ target                               # [K + 1, O]
+    inputs = columns.shape[1]
+    scale = max(float(np.mean(np.diag(gram)[:-1])), 1e-12)
+    relative = RECONSTRUCTION_RIDGE
+    if folds is not None and np.unique(folds).size > 1:
+        relative = _cross_validated_ridge(design, target, gram, moment, prior, folds)
+    ridge = relative * scale
+    gram[np.arange(inputs), np.arange(inputs)] += ridge
+    moment[:inputs] += ridge * prior.T
+    if mask is None or mask.all():
+        solution = _solve(gram, moment)
+        return solution[:-1].T, solution[-1]
+    weights, bias = np.zeros_like(prior), np.array(prior_bias, dtype=np.float64)
+    for output in range(prior.shape[0]):
+        keep = np.concatenate([np.flatnonzero(mask[output]), [inputs]])
+        solved = _solve(gram[np.ix_(keep, keep)], moment[keep, output])
+        weights[output, keep[:-1]], bias[output] = solved[:-1], solved[-1]
+    return weights, bias
+
+
+RIDGE_CHOICES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+def _cross_validated_ridge(design, target, gram, moment, prior, folds) -> float:
+    """The relative ridge of RIDGE_CHOICES with the least held-out error over ``folds``; each fold's
+    error comes from its own XᵀX, XᵀY and ‖Y‖², so no fit touches the rows."""
+    inputs = design.shape[1] - 1
+    pieces = []
+    for fold in np.unique(folds):
+        rows = folds == fold
+        part = design[rows]
+        pieces.append((part.T @ part, part.T @ target[rows], float(np.sum(target[rows] ** 2))))
+    errors = []
+    for relative in RIDGE_CHOICES:
+        total = 0.0
+        for fold_gram, fold_moment, fold_energy in pieces:
+            train_gram, train_moment = gram - fold_gram, moment - fold_moment
+            ridge = relative * max(float(np.mean(np.diag(train_gram)[:-1])), 1e-12)
+            train_gram[np.arange(inputs), np.arange(inputs)] += ridge
+            train_moment[:inputs] += ridge * prior.T
+            solution = _solve(train_gram, train_moment)
+            total += (np.sum(solution * (fold_gram @ solution)) - 2 * np.sum(solution * fold_moment) + fold_energy)
+        errors.append(total)
+    return RIDGE_CHOICES[int(np.argmin(errors))]
+
+
+def _solve(gram: np.ndarray, right: np.ndarray) -> np.ndarray:
+    try:
+        return np.linalg.solve(gram, right)
+    except np.linalg.LinAlgError:  # a dead input (all-zero column) with no ridge on it: least norm
+        return np.linalg.lstsq(gram, right, rcond=None)[0]
+
+
+def _sample_subset(values: np.ndarray, output_shape: tuple, limit: int) -> np.ndarray:
+    """Indices of evenly spread samples (axis 0 of ``values``) that give about ``limit`` output rows
+    (positions of an output of ``output_shape``, batch 1): im2col of the rest would be discarded."""
+    per_sample = max(int(np.prod(output_shape[:-1])), 1)
+    count = values.shape[0]
+    wanted = min(count, -(-2 * limit // per_sample))  # twice the rows, so the row sample still mixes samples
+    return np.unique(np.linspace(0, count - 1, wanted).round().astype(np.int64))
+
+
+def _sample_rows(count: int, limit: int = RECONSTRUCTION_MAX_ROWS) -> np.ndarray:
+    if count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(0).choice(count, limit, replace=False))
+
+
+def _bias(graph: Graph, op: Op, outputs: int) -> np.ndarray:
+    if len(op.inputs) > 2 and op.inputs[2]:
+        return graph[op.inputs[2]].data.astype(np.float64)
+    return np.zeros(outputs)
+
+
+def _set_bias(graph: Graph, op: Op, bias: np.ndarray) -> None:
     # An op without a bias input drops the intercept (rare: TFLite convolutions carry biases).
     if len(op.inputs) > 2 and op.inputs[2]:
-        _set_data(pruned, op.inputs[2], solution[-1])
+        _set_data(graph, op.inputs[2], bias)
 
 
 def _columns(inputs: np.ndarray, op: Op, graph: Graph) -> np.ndarray:
@@ -639,3 +1118,23 @@ def _columns(inputs: np.ndarray, op: Op, graph: Graph) -> np.ndarray:
     from edgeq.runtime.kernels.conv import im2col
 
     return im2col(inputs, op, graph, np.float64)
+
+
+class _Shapes:
+    """Just enough of a Graph for ``im2col``: tensor shapes by name."""
+
+    def __init__(self, shapes: dict):
+        self.shapes = shapes
+
+    def __getitem__(self, name):
+        return SimpleNamespace(shape=self.shapes[name])
+
+
+def _depthwise_patches(inputs: np.ndarray, op: Op, graph: Graph) -> np.ndarray:
+    """A depthwise convolution's input as [N·OH·OW, KH·KW, C]: the CONV_2D im2col of the same window."""
+    from edgeq.runtime.kernels.conv import im2col
+
+    _, k_h, k_w, channels = graph[op.inputs[1]].shape
+    window = Op("CONV_2D", [op.inputs[0], op.inputs[1]], list(op.outputs), dict(op.options))
+    shapes = _Shapes({op.inputs[0]: graph[op.inputs[0]].shape, op.inputs[1]: (1, k_h, k_w, channels)})
+    return im2col(inputs, window, shapes, np.float64).reshape(-1, k_h * k_w, channels)

@@ -1,7 +1,9 @@
 """Accuracy, size and speed of pruned sample models: magnitude pruning at several sparsities and
-channel pruning at several ratios (with and without least-squares reconstruction), float and int8.
+channel pruning at several ratios, each without and with reconstruction (the default when calibration
+samples are given: channels chosen by the error their removal causes, spread by measured sensitivity,
+every layer after them refitted), float and int8; then the size-budget search at half the int8 file.
 
-    python scripts/prune_table.py [results.json] [--repeats N]
+    python scripts/prune_table.py [results.json] [--repeats N] [--models a,b]
 
 Accuracy is on the whole test split (our runtime, batched). Sizes are the .tflite bytes, raw and
 gzip -9. For channel pruning, the time ratio is pruned/unpruned per-sample invoke time (median
@@ -27,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SAMPLES = ROOT / "sample_models"
 MODELS = ("digits_cnn", "digits_mobilenetv2")
-SPARSITIES = (0.0, 0.3, 0.5, 0.7, 0.9)
+SPARSITIES = (0.0, 0.5, 0.7, 0.9)
 CHANNEL_RATIOS = (0.0, 0.25, 0.5)
 
 
@@ -66,8 +68,11 @@ def litert(content: bytes):
 
 def variants(name: str):
     """(label, convert keyword arguments) for every row of the table."""
-    for sparsity in SPARSITIES:
-        yield f"magnitude {sparsity:.1f}", {"prune_sparsity": sparsity or None}
+    yield "magnitude 0.0", {}
+    for sparsity in SPARSITIES[1:]:
+        for reconstruct in (False, True):
+            yield f"magnitude {sparsity:.1f}{' +LS' if reconstruct else ''}", {"prune_sparsity": sparsity,
+                                                                             "reconstruct": reconstruct}
     for ratio in CHANNEL_RATIOS[1:]:
         for reconstruct in (False, True):
             label = f"channels {ratio:.2f}{' +LS' if reconstruct else ''}"
@@ -81,7 +86,8 @@ def measure(name: str, repeats: int) -> list:
     rows, baseline = [], {}
     for label, options in variants(name):
         for quantize in ("none", "int8"):
-            result = convert(SAMPLES / f"{name}.onnx", quantize=quantize, calibration=calibration,
+            given = calibration if quantize == "int8" or options.get("reconstruct") else None
+            result = convert(SAMPLES / f"{name}.onnx", quantize=quantize, calibration=given,
                              io_dtype="int8" if quantize == "int8" else "float32", **options)
             content = result.content
             row = {
@@ -120,13 +126,29 @@ HEADER = ("| model              | pruning           | dtype | accuracy |       r
           "       MACs | edgeq t | LiteRT t |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
+def budget_rows(name: str) -> list:
+    """The size-budget search at half the unpruned int8 file, at most 1 point lost (test images as the
+    eval set, as the accuracy column)."""
+    from edgeq.converter.budget import search_budget
+
+    search = search_budget(SAMPLES / f"{name}.onnx", SAMPLES / f"{name}_calib.npz", SAMPLES / f"{name}_test.npz",
+                           target_ratio=0.5, max_drop=1.0)
+    print(f"\n{name}: --target-ratio 0.5 --max-drop 1")
+    for line in search.format_lines() + [search.verdict()]:
+        print(f"    {line}")
+    return [{"model": name, "budget_search": search.as_dict()}]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json_path", nargs="?", help="Write the rows as JSON here.")
     parser.add_argument("--repeats", type=int, default=200, help="Timed invokes per model (median).")
+    parser.add_argument("--models", default=",".join(MODELS), help="Comma-separated sample model names.")
     args = parser.parse_args()
+    models = args.models.split(",")
     print(HEADER)
-    rows = [row for name in MODELS for row in measure(name, args.repeats)]
+    rows = [row for name in models for row in measure(name, args.repeats)]
+    rows += [row for name in models for row in budget_rows(name)]
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(rows, indent=2))
         print(f"wrote {args.json_path}")

@@ -4,6 +4,7 @@ least-squares reconstruction recovers what channel pruning loses; pruned models 
 sparse-encoded) run the same in LiteRT and in our runtime."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,15 @@ from edgeq.converter.api import convert, load_graph
 from edgeq.converter.calibrate import load_calibration
 from edgeq.cli import main as cli
 from edgeq.converter.prune import (
+    MAX_GROUP_PRUNING,
     compressed_size,
     encode_sparse_weights,
     multiply_accumulates,
     prune_channels,
     prune_magnitude,
+    weight_count,
 )
+from edgeq.converter.budget import parse_size
 from edgeq.runtime.tflite_format.writer import write_tflite
 from edgeq.testing.referees import relative_max_error, run_edgeq, run_litert
 from edgeq.runtime.interpreter import Interpreter
@@ -113,8 +117,8 @@ def test_magnitude_pruning_shrinks_the_compressed_file_not_the_raw_one(models):
 
 @pytest.mark.parametrize("name", ["digits_cnn", "digits_mobilenetv2"])
 def test_pruned_float_models_run_the_same_in_litert_and_edgeq(name, models, calibration, test_images):
-    graph = prune_channels(models[name], 0.5, "l1", calibration[name], reconstruct=True)[0]
-    graph = prune_magnitude(graph, 0.5)[0]
+    graph = prune_channels(models[name], 0.5, calibration_samples=calibration[name], reconstruct=True)[0]
+    graph = prune_magnitude(graph, 0.5, calibration_samples=calibration[name])[0]
     content = write_tflite(graph)
     for image in test_images[name][:8]:
         expected = run_litert(content, [image[None]])[0]
@@ -237,6 +241,86 @@ def test_reconstruction_beats_plain_channel_pruning(name, models, calibration, t
     assert np.mean(refitted.argmax(1) == labels) > np.mean(plain.argmax(1) == labels) + 0.2
 
 
+def accuracy(graph, name: str, images: np.ndarray) -> float:
+    return float(np.mean(outputs(graph, images).argmax(1) == np.load(SAMPLES / f"{name}_test.npz")["y"]))
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mobilenetv2"])
+def test_half_the_channels_with_calibration_keeps_accuracy_within_two_points(name, models, calibration, test_images):
+    graph, images = models[name], test_images[name]
+    pruned, report = prune_channels(graph, 0.5, calibration_samples=calibration[name], reconstruct=True)
+    removed = sum(g["channels_before"] - g["channels_after"] for g in report.groups)
+    assert removed == sum(min(g["channels_before"] // 2, g["channels_before"] - 1) for g in report.groups)
+    assert accuracy(pruned, name, images) >= accuracy(graph, name, images) - 0.02
+
+
+def test_reconstruction_importance_drops_channels_the_refit_can_do_without(models, calibration, test_images):
+    graph, images = models["digits_mobilenetv2"], test_images["digits_mobilenetv2"]
+    reference = outputs(graph, images)
+    errors = {}
+    for importance in ("l1", "reconstruction"):
+        pruned = prune_channels(graph, 0.5, importance, calibration["digits_mobilenetv2"], reconstruct=True,
+                                allocation="uniform")[0]
+        errors[importance] = np.mean((outputs(pruned, images) - reference) ** 2)
+    assert errors["reconstruction"] < 0.7 * errors["l1"]
+
+
+def test_sensitivity_allocation_removes_as_many_channels_where_they_cost_least(models, calibration, test_images):
+    graph, images = models["digits_mobilenetv2"], test_images["digits_mobilenetv2"]
+    reference = outputs(graph, images)
+    results = {allocation: prune_channels(graph, 0.5, "reconstruction", calibration["digits_mobilenetv2"],
+                                          reconstruct=True, allocation=allocation)
+               for allocation in ("uniform", "sensitivity")}
+    after = {allocation: [g["channels_after"] for g in report.groups] for allocation, (_, report) in results.items()}
+    before = [g["channels_before"] for g in results["uniform"][1].groups]
+    assert sum(after["sensitivity"]) == sum(after["uniform"]) and after["sensitivity"] != after["uniform"]
+    assert all(a >= b * (1 - MAX_GROUP_PRUNING) for a, b in zip(after["sensitivity"], before))
+    error = {allocation: np.mean((outputs(pruned, images) - reference) ** 2)
+             for allocation, (pruned, _) in results.items()}
+    assert error["sensitivity"] < 0.7 * error["uniform"]
+
+
+def test_sensitivity_allocation_keeps_residual_groups_consistent(models, calibration, test_images):
+    graph = models["digits_mobilenetv2"]
+    pruned, report = prune_channels(graph, 0.5, calibration_samples=calibration["digits_mobilenetv2"], reconstruct=True)
+    for op in pruned.ops:
+        if op.type == "ADD":
+            assert pruned[op.inputs[0]].shape == pruned[op.inputs[1]].shape == pruned[op.outputs[0]].shape
+    assert outputs(pruned, test_images["digits_mobilenetv2"][:4]).shape == (4, 10)
+
+
+def test_refit_reestimates_the_biases_of_depthwise_layers_after_pruned_ones(models, calibration):
+    graph = models["digits_mobilenetv2"]
+    pruned, report = prune_channels(graph, 0.5, calibration_samples=calibration["digits_mobilenetv2"], reconstruct=True)
+    kept = {layer: group["kept"] for group in report.groups for layer in group["layers"]}
+    refit = 0
+    for before, after in zip(graph.ops, pruned.ops):
+        if after.type == "DEPTHWISE_CONV_2D" and pruned[after.inputs[1]].shape != graph[before.inputs[1]].shape:
+            producer = next(op for op in pruned.ops if op.outputs[0] == _producer_of(pruned, after.inputs[0]))
+            sliced_bias = graph[before.inputs[2]].data[kept[producer.outputs[0]]]
+            refit += not np.allclose(pruned[after.inputs[2]].data, sliced_bias)
+    assert refit >= 5
+
+
+def _producer_of(graph, name: str) -> str:
+    """The CONV_2D output a depthwise input comes from through padding and activations."""
+    producers = {out: op for op in graph.ops for out in op.outputs}
+    while producers[name].type not in ("CONV_2D", "FULLY_CONNECTED"):
+        name = producers[name].inputs[0]
+    return name
+
+
+def test_magnitude_sparsity_with_calibration_refits_the_remaining_weights(models, calibration, test_images):
+    graph, images = models["digits_mobilenetv2"], test_images["digits_mobilenetv2"]
+    plain, plain_report = prune_magnitude(graph, 0.7)
+    refit, report = prune_magnitude(graph, 0.7, calibration_samples=calibration["digits_mobilenetv2"])
+    assert report.sparsity >= plain_report.sparsity >= 0.7 - 1e-4  # floor(0.7 n) zeros
+    for layer in plain_report.layers:  # zeros stay zero, the rest move
+        assert np.all(refit[layer.layer].data[plain[layer.layer].data == 0] == 0)
+    assert accuracy(plain, "digits_mobilenetv2", images) < 0.5
+    assert accuracy(refit, "digits_mobilenetv2", images) >= accuracy(graph, "digits_mobilenetv2", images) - 0.02
+
+
 def test_reconstruction_needs_calibration_samples(models):
     with pytest.raises(ModelError, match="calibration"):
         prune_channels(models["digits_cnn"], 0.5, reconstruct=True)
@@ -261,3 +345,69 @@ def test_cli_convert_prints_the_pruning_report_and_sizes(tmp_path):
     assert run.exit_code == 0, run.output
     assert "channels 32 -> 16" in run.output and "sparsity  50.0%" in run.output
     assert "gzip" in run.output and output.stat().st_size > 0
+
+
+def test_convert_reconstructs_with_chosen_channels_by_default_when_calibration_is_given():
+    result = convert(SAMPLES / "digits_cnn.onnx", prune_channels=0.5, calibration=SAMPLES / "digits_cnn_calib.npz")
+    assert result.prune_reports[0].method == "channel (reconstruction, sensitivity, reconstructed)"
+    sparse = convert(SAMPLES / "digits_cnn.onnx", prune_sparsity=0.7, calibration=SAMPLES / "digits_cnn_calib.npz")
+    assert sparse.prune_reports[0].method == "magnitude (global, reconstructed)"
+
+
+def test_channel_pruning_to_a_weight_budget_keeps_at_most_that_many_weights(models, calibration):
+    graph = models["digits_mobilenetv2"]
+    budget = int(0.4 * weight_count(graph))
+    pruned, _ = prune_channels(graph, 0.0, calibration_samples=calibration["digits_mobilenetv2"], reconstruct=True,
+                               max_weights=budget)
+    assert 0.95 * budget <= weight_count(pruned) <= budget
+
+
+# -- compression to a budget ----------------------------------------------------------------------
+
+def test_target_sizes_read_decimal_and_binary_units():
+    assert parse_size("150kB") == 150_000 and parse_size("1.5 MiB") == 1_572_864 and parse_size("2000") == 2000
+    with pytest.raises(ModelError, match="target-size"):
+        parse_size("150 apples")
+
+
+def budget_run(tmp_path, *options):
+    output = tmp_path / "budget.tflite"
+    run = CliRunner().invoke(cli, [
+        "convert", str(SAMPLES / "digits_cnn.onnx"), "-o", str(output), "--calibration",
+        str(SAMPLES / "digits_cnn_calib.npz"), "--eval", str(SAMPLES / "digits_cnn_test.npz"), "--json", *options,
+    ])
+    return run, output
+
+
+def test_cli_convert_to_half_the_int8_size_finds_a_model_within_the_allowed_drop(tmp_path, test_images):
+    run, output = budget_run(tmp_path, "--target-ratio", "0.5", "--max-drop", "1")
+    assert run.exit_code == 0, run.output
+    search = json.loads(run.output)
+    chosen = search["steps"][search["chosen"]]
+    assert output.stat().st_size == chosen["bytes"] <= 0.5 * search["reference_bytes"]
+    assert chosen["drop"] <= 1.0 and chosen["fits"]
+    interpreter = Interpreter(model_content=output.read_bytes())
+    detail = interpreter.get_input_details()[0]
+    images = test_images["digits_cnn"]
+    if np.dtype(detail["dtype"]) != np.float32:
+        scale, zero_point = detail["quantization"]
+        images = np.clip(np.round(images / scale) + zero_point, -128, 127).astype(detail["dtype"])
+    logits = interpreter.run([images])[interpreter.get_output_details()[0]["name"]]
+    labels = np.load(SAMPLES / "digits_cnn_test.npz")["y"]
+    assert 100 * np.mean(logits.argmax(1) == labels) == pytest.approx(chosen["metric"])
+
+
+def test_cli_convert_refuses_a_budget_it_cannot_meet_and_writes_the_best_found(tmp_path):
+    run, output = budget_run(tmp_path, "--target-size", "5kB", "--max-drop", "0.5")
+    assert run.exit_code == 1
+    assert "cannot meet 5,000 bytes within 0.5 points; best found:" in run.output
+    search = json.loads(run.output[:run.output.rindex("}") + 1])
+    assert not search["met"] and search["best"] is not None
+    assert output.stat().st_size == search["steps"][search["best"]]["bytes"] <= 5000
+
+
+def test_cli_budget_needs_labelled_eval_samples(tmp_path):
+    output = tmp_path / "budget.tflite"
+    run = CliRunner().invoke(cli, ["convert", str(SAMPLES / "digits_cnn.onnx"), "-o", str(output), "--calibration",
+                                   str(SAMPLES / "digits_cnn_calib.npz"), "--target-ratio", "0.5"])
+    assert run.exit_code == 2 and "--eval" in run.output and not output.exists()

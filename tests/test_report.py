@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from edgeq.converter.api import convert
 from edgeq.cli import main
 from edgeq.converter.report.metrics import AGREEMENT_TOLERANCE, engine_agreement, pareto_front
-from edgeq.converter.report.plots import coincident_groups, size_tick_label
+from edgeq.converter.report.plots import coincident_groups, plot_accuracy_vs_size, size_tick_label
 from edgeq.converter.report.render import render_html, render_markdown
 from edgeq.testing.referees import nchw_to_nhwc, run_litert, run_onnxruntime
 
@@ -509,3 +509,18 @@ def test_run_says_how_to_get_pillow_when_it_is_missing(digit_image, monkeypatch)
     monkeypatch.setitem(sys.modules, "PIL", None)  # import PIL now raises ImportError
     result = invoke("run", folder / "cnn.tflite", "--input", folder / "digit.png")
     assert result.exit_code == 2 and "edgeq[images]" in result.output and result.output.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_report_target_size_draws_the_budget_search_path_on_the_plot(tmp_path):
+    folder = tmp_path / "report"
+    result = invoke(*report_args("digits_cnn", folder, "--target-size", "12kB", "--max-drop", "1", "--jobs", 1))
+    assert result.exit_code == 0, result.output
+    report = json.loads((folder / "report.json").read_text())
+    search = report["budget_search"]
+    assert search["target_bytes"] == 12000 and len(search["steps"]) >= 2
+    assert search["met"] and search["steps"][search["chosen"]]["bytes"] <= 12000
+    markdown = (folder / "report.md").read_text()
+    assert "## Size budget search" in markdown and search["verdict"] in markdown
+    without_path = plot_accuracy_vs_size({key: value for key, value in report.items() if key != "budget_search"})
+    assert (folder / "accuracy_vs_size.png").read_bytes() != without_path

@@ -172,7 +172,7 @@ def test_channel_pruning_with_calibration_data_reconstructs_by_default(tmp_path)
 
     default = json.loads(invoke("convert", "-o", tmp_path / "a.tflite", *common).output)
     opted_out = json.loads(invoke("convert", "-o", tmp_path / "b.tflite", "--no-reconstruct", *common).output)
-    assert default["pruning"][0]["method"] == "channel (l1, reconstructed)"
+    assert default["pruning"][0]["method"] == "channel (reconstruction, sensitivity, reconstructed)"
     assert opted_out["pruning"][0]["method"] == "channel (l1)"
 
 

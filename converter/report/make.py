@@ -54,6 +54,8 @@ class ReportOptions:
     prune_sparsities: tuple = ()
     prune_channels: tuple = ()
     reconstruct: Optional[bool] = None  # None: on for channel-pruned variants, as for convert
+    target_size: Optional[str] = None   # a size budget (e.g. "150kB"): the budget search's path is drawn
+    max_drop: float = 1.0
     metric: Optional[str] = None
     jobs: Optional[int] = None
     repeats: int = 30
@@ -132,6 +134,8 @@ def make_report(options: ReportOptions, progress: bool = False) -> dict:
         load_before = _load_average()
         latency = measure_all_latency(built, eval_data.inputs, options.repeats, progress)
         report = assemble_report(options, specs, built, latency, eval_data, metric)
+        if options.target_size is not None:
+            report["budget_search"] = _budget_search(options, eval_data)
         report["machine"] = {"cpus": os.cpu_count(), "load_average_before_timing": load_before,
                              "load_average_after_timing": _load_average()}
         write_report_files(report, staging)
@@ -142,6 +146,18 @@ def make_report(options: ReportOptions, progress: bool = False) -> dict:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return report
+
+
+def _budget_search(options: ReportOptions, eval_data: EvalData) -> dict:
+    """edgeq convert --target-size's search on the report's eval set, for its path on the plot."""
+    from edgeq.converter.budget import parse_size, search_budget
+
+    if eval_data.labels is None:
+        raise ModelError("--target-size weighs accuracy against labels: the eval samples have none")
+    search = search_budget(options.model, options.calibration, options.eval,
+                           target_bytes=parse_size(options.target_size), max_drop=options.max_drop, labels_key=options.labels_key,
+                           input_shapes=options.input_shapes or None)
+    return search.as_dict() | {"verdict": search.verdict(), "lines": search.format_lines()}
 
 
 def _load_average() -> Optional[float]:

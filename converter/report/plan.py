@@ -31,6 +31,7 @@ class VariantSpec:
             options["debug"] = self.layer_errors
         if self.prune_sparsity is not None:
             options["prune_sparsity"] = self.prune_sparsity
+            options["reconstruct"] = self.reconstruct  # plain magnitude pruning, as the name says
         if self.prune_channels is not None:
             options["prune_channels"] = self.prune_channels
             options["reconstruct"] = self.reconstruct  # explicit: the variant's name says which it is

@@ -49,6 +49,10 @@ def plot_accuracy_vs_size(report: dict) -> bytes:
         if below:
             axes.scatter(*zip(*below), color="#8a8a8a", s=44, marker="v", label="below the axis", zorder=3)
         axes.scatter(*zip(*front), color="#d62728", s=56, marker="D", label="Pareto front", zorder=4)
+        limits = (sizes, shown)
+        if report.get("budget_search") and headline == "top1":
+            path_sizes, path_scores = _draw_budget_search(axes, report["budget_search"])
+            limits = (sizes + path_sizes, shown + [max(a, floor) for a in path_scores])
         axes.step([s for s, _ in front], [a for _, a in front], where="post", color="#d62728", alpha=0.6, zorder=2)
         axes.set_xscale("log")
         axes.xaxis.set_major_formatter(FuncFormatter(size_tick_label))
@@ -59,11 +63,29 @@ def plot_accuracy_vs_size(report: dict) -> bytes:
         axes.set_title("accuracy vs size: smaller and more accurate is better")
         axes.grid(True, which="both", alpha=0.3)
         legend = axes.legend(loc="lower right", fontsize=8)
-        _pad_limits(axes, sizes, shown)
+        _pad_limits(axes, *limits)
         _place_labels(axes, sizes, shown, names, legend)
         return _figure_png(figure)
     finally:
         plt.close(figure)
+
+
+def _draw_budget_search(axes, search: dict) -> tuple:
+    """The size-budget search: every candidate it measured, in order, joined per quantization mode; the
+    budget as a vertical line; the model it chose as a star. Returns the (sizes, scores) drawn."""
+    steps = search["steps"]
+    sizes = [step["bytes"] / 1024 for step in steps]
+    scores = [step["metric"] / 100 for step in steps]
+    for mode in dict.fromkeys(step["quantize"] for step in steps):
+        points = [(s, a) for s, a, step in zip(sizes, scores, steps) if step["quantize"] == mode]
+        axes.plot(*zip(*points), marker="o", markersize=4, linewidth=1, alpha=0.8, zorder=5,
+                  label=f"budget search: {mode}")
+    axes.axvline(search["target_bytes"] / 1024, color="#2ca02c", linestyle="--", linewidth=1, label="size budget")
+    if search.get("best") is not None:
+        best = search["best"]
+        axes.scatter([sizes[best]], [scores[best]], marker="*", s=160, color="#2ca02c", zorder=6,
+                     label="chosen" if search.get("met") else "best found (over --max-drop)")
+    return sizes, scores
 
 
 def focus_floor(scores: list, front_scores: list) -> float:

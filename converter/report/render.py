@@ -239,6 +239,11 @@ def render_markdown(report: dict) -> str:
         "## All accuracy figures", "", _markdown_table(*_other_metrics(report)), "",
         "## Memory", "", _markdown_table(*_memory_rows(report)), "",
     ]
+    if report.get("budget_search"):
+        search = report["budget_search"]
+        parts += ["## Size budget search", "", "Every candidate the search converted and measured "
+                  "(drawn on the plot as a path per quantization mode):", "", "```", *search["lines"], "```", "",
+                  search["verdict"], ""]
     if report["layer_errors"]["tensors"]:
         lheader, lrows = layer_table(report)
         total = len(report["layer_errors"]["tensors"])
