@@ -124,6 +124,21 @@ EDGEQ_API void edgeq_max_pool_int8_isa(int isa, const edgeq_conv_geometry *g, co
 /* lookup_int8.c: out[i] = table[(uint8)a[i] * 256 + (uint8)b[i]], table 65536 + 4 bytes. */
 EDGEQ_API void edgeq_lookup_pairs_int8(int isa, const int8_t *a, const int8_t *b, size_t count, const int8_t *table,
                                        int8_t *out);
+/* dwconv_f32.c: float32 depthwise convolution, filters [k_h][k_w][out_c], with the bias (or NULL) and
+ * the fused activation as a clamp to [low, high]; the bias + clamp pass over a GEMM's [rows][channels]. */
+EDGEQ_API int edgeq_depthwise_f32(int isa, const edgeq_conv_geometry *g, int depth_multiplier, const float *x,
+                                  const float *filters, const float *bias, float low, float high, float *out,
+                                  int threads);
+EDGEQ_API void edgeq_bias_activation_f32(int isa, float *out, size_t rows, int channels, const float *bias,
+                                         float low, float high);
+
+/* pool.c: float32 max (average = 0) or average (1) pool, int8 average pool (scratch: in_c int32), and
+ * the float32 im2col of a convolution ([batch * out_h * out_w][k_h * k_w * in_c], fill on padding). */
+EDGEQ_API void edgeq_pool_f32(int isa, int average, const edgeq_conv_geometry *g, const float *x, float low,
+                              float high, float *out);
+EDGEQ_API void edgeq_average_pool_int8(int isa, const edgeq_conv_geometry *g, const int8_t *x, int32_t low,
+                                       int32_t high, int32_t *scratch, int8_t *out);
+EDGEQ_API void edgeq_im2col_f32(const edgeq_conv_geometry *g, const float *x, float fill, float *columns);
 
 /* threads.c: run work(context, index) for index in [0, count) on up to `threads` threads. */
 void edgeq_parallel_for(int count, int threads, void (*work)(void *context, int index), void *context);
