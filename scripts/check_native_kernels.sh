@@ -10,7 +10,7 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SRC=$REPO/runtime/native/src
-SOURCES=("$SRC/cpu.c" "$SRC/qgemm.c" "$SRC/dwconv.c" "$SRC/elementwise.c" "$SRC/threads.c" "$SRC/dwconv_f32.c" "$SRC/pool.c")
+SOURCES=("$SRC/cpu.c" "$SRC/qgemm.c" "$SRC/dwconv.c" "$SRC/elementwise.c" "$SRC/threads.c" "$SRC/dwconv_f32.c" "$SRC/pool.c" "$SRC/sgemm.c")
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 

@@ -207,21 +207,45 @@ def test_average_pool_int8(kernel_path, k, stride, padding, act):
     assert_exact(graph, inputs)
 
 
-@pytest.mark.parametrize("act", ["NONE", "RELU", "RELU6", "RELU_N1_TO_1"])
-@pytest.mark.parametrize("bias", [True, False])
-def test_pointwise_conv_2d_float_bias_and_activation_identical(native_variant, monkeypatch, act, bias):
-    # A 1x1 convolution is the GEMM alone: the native pass adds the bias and clamps as numpy does.
-    rng = np.random.default_rng(21)
-    x_shape, out_c = (2, 6, 5, 12), 37
+def pointwise_conv_graph(x_shape, out_c, act, bias=True, seed=21):
+    rng = np.random.default_rng(seed)
     g = Graph()
     g.add_tensor(Tensor("x", x_shape, np.float32))
-    names = ["x", g.add_constant("w", rng.standard_normal((out_c, 1, 1, 12)).astype(np.float32))]
+    names = ["x", g.add_constant("w", rng.standard_normal((out_c, 1, 1, x_shape[3])).astype(np.float32))]
     names.append(g.add_constant("b", rng.standard_normal(out_c).astype(np.float32)) if bias else "")
     g.add_tensor(Tensor("y", x_shape[:3] + (out_c,), np.float32))
     g.add_op(Op("CONV_2D", names, ["y"], {"padding": "SAME", "stride_h": 1, "stride_w": 1,
                                            "fused_activation_function": act}))
     g.inputs, g.outputs = ["x"], ["y"]
-    assert_equal_on_both_paths(g, [rng.standard_normal(x_shape).astype(np.float32)], monkeypatch)
+    return g, [rng.standard_normal(x_shape).astype(np.float32)]
+
+
+@pytest.mark.parametrize("act", ["NONE", "RELU", "RELU6", "RELU_N1_TO_1"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_conv_2d_float_bias_and_activation(native_variant, monkeypatch, act, bias):
+    # A 1x1 convolution is the GEMM alone: bias and clamp in its output stage (or the native pass after BLAS).
+    graph, inputs = pointwise_conv_graph((2, 6, 5, 12), 37, act, bias)
+    assert_equal_on_both_paths(graph, inputs, monkeypatch, rtol=FMA_RTOL)
+
+
+@pytest.mark.parametrize("in_c", [1, 16, 33, 200])
+@pytest.mark.parametrize("out_c", [1, 15, 16, 17, 31, 32, 33, 70])
+def test_pointwise_conv_2d_float_every_tile_and_tail(native_variant, monkeypatch, in_c, out_c):
+    # 7 x 9 = 63 pixels: a partial row tile for every micro-kernel height (4, 6, 8).
+    graph, inputs = pointwise_conv_graph((1, 7, 9, in_c), out_c, "RELU6", seed=in_c * 100 + out_c)
+    assert_equal_on_both_paths(graph, inputs, monkeypatch, rtol=FMA_RTOL)
+
+
+def test_float_conv_2d_takes_the_native_gemm_with_avx512(monkeypatch):
+    if "avx512vnni" not in native.supported_isas():
+        pytest.skip("needs AVX-512")
+    from edgeq.runtime.kernels import REGISTRY, load_all_kernels
+
+    load_all_kernels()
+    monkeypatch.setattr(native, "ENABLED", True)
+    monkeypatch.setattr(native, "_isa", "avx512vnni")
+    graph, _ = pointwise_conv_graph((1, 7, 9, 64), 40, "RELU6")
+    assert REGISTRY["CONV_2D"](graph.ops[0], graph).__name__ == "conv_2d_native"
 
 
 def test_batch_run_reuses_no_stale_buffer(native_variant, monkeypatch):
@@ -262,7 +286,7 @@ def test_fully_connected_int8(kernel_path, params, per_channel):
 
 
 @pytest.mark.parametrize("k, stride, dilation, padding", list(itertools.product([3, 7], [1, 2], [1, 2], ["SAME", "VALID"])))
-def test_conv_2d_float_native_im2col_identical(native_variant, monkeypatch, k, stride, dilation, padding):
+def test_conv_2d_float_im2col_and_gemm(native_variant, monkeypatch, k, stride, dilation, padding):
     rng = np.random.default_rng(11)
     x_shape, out_c = (2, 15, 14, 3), 6  # the widest filter (7, dilation 2) spans 13
     g = Graph()
@@ -276,7 +300,7 @@ def test_conv_2d_float_native_im2col_identical(native_variant, monkeypatch, k, s
                                            "dilation_h_factor": dilation, "dilation_w_factor": dilation,
                                            "fused_activation_function": "RELU"}))
     g.inputs, g.outputs = ["x"], ["y"]
-    assert_equal_on_both_paths(g, [rng.standard_normal(x_shape).astype(np.float32)], monkeypatch)
+    assert_equal_on_both_paths(g, [rng.standard_normal(x_shape).astype(np.float32)], monkeypatch, rtol=FMA_RTOL)
 
 
 @pytest.mark.parametrize("out_dtype, q_out", [(np.int8, (0.0123, -128)), (np.uint8, (0.1, 128)),

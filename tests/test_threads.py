@@ -28,18 +28,19 @@ from edgeq.runtime.ir import Graph, Op, Tensor
 num_threads = int(sys.argv[1])
 rng = np.random.default_rng(0)
 graph = Graph()
-graph.add_tensor(Tensor("x", (1, 56, 56, 64), np.float32))
-graph.add_constant("w", rng.standard_normal((64, 3, 3, 64)).astype(np.float32))
-graph.add_constant("d", rng.standard_normal((1, 3, 3, 64)).astype(np.float32))
-graph.add_tensor(Tensor("h", (1, 56, 56, 64), np.float32))
-graph.add_tensor(Tensor("y", (1, 56, 56, 64), np.float32))
-# A 3x3 CONV_2D (a BLAS sgemm of 3136 x 576 x 64) and a DEPTHWISE_CONV_2D (the native kernel).
+graph.add_tensor(Tensor("x", (1, 28, 28, 512), np.float32))
+graph.add_constant("w", rng.standard_normal((256, 3, 3, 512)).astype(np.float32))
+graph.add_constant("d", rng.standard_normal((1, 3, 3, 256)).astype(np.float32))
+graph.add_tensor(Tensor("h", (1, 28, 28, 256), np.float32))
+graph.add_tensor(Tensor("y", (1, 28, 28, 256), np.float32))
+# A 3x3 CONV_2D with over a million weights (a BLAS sgemm of 784 x 4608 x 256) and a DEPTHWISE_CONV_2D
+# (the native kernel).
 graph.add_op(Op("CONV_2D", ["x", "w", ""], ["h"], {"padding": "SAME", "fused_activation_function": "RELU6"}))
 graph.add_op(Op("DEPTHWISE_CONV_2D", ["h", "d", ""], ["y"], {"padding": "SAME", "depth_multiplier": 1,
                                                              "fused_activation_function": "RELU6"}))
 graph.inputs, graph.outputs = ["x"], ["y"]
 interpreter = Interpreter.from_graph(graph, num_threads=num_threads)
-x = rng.standard_normal((1, 56, 56, 64)).astype(np.float32)
+x = rng.standard_normal((1, 28, 28, 512)).astype(np.float32)
 interpreter.run([x])  # prepare and first-run buffers
 
 

@@ -99,7 +99,11 @@ def _open_library():
                                                  ctypes.c_float]),
             ("edgeq_pool_f32", None, [int32, int32, pointer, pointer, ctypes.c_float, ctypes.c_float, pointer]),
             ("edgeq_average_pool_int8", None, [int32, pointer, pointer, int32, int32, pointer, pointer]),
-            ("edgeq_im2col_f32", None, [pointer, pointer, ctypes.c_float, pointer])):
+            ("edgeq_im2col_f32", None, [pointer, pointer, ctypes.c_float, pointer]),
+            ("edgeq_sgemm_packed_floats", ctypes.c_size_t, [int32, int32, int32]),
+            ("edgeq_sgemm_pack", None, [int32, int32, int32, pointer, pointer]),
+            ("edgeq_sgemm", int32, [int32, int32, int32, int32, pointer, ctypes.c_size_t, pointer, pointer,
+                                    ctypes.c_float, ctypes.c_float, pointer, int32])):
         function = getattr(library, name, None)
         if function is None:
             return None, f"the extension is out of date (no {name}); reinstall edgeq to rebuild it"
@@ -382,3 +386,32 @@ def im2col_f32(geometry: ConvGeometry, x: np.ndarray, fill: float, columns: np.n
     """columns [batch * out_h * out_w, k_h * k_w * in_c] = the patches of contiguous float32 x."""
     _library.edgeq_im2col_f32(ctypes.byref(geometry), x.ctypes.data, fill, columns.ctypes.data)
     return columns
+
+
+# Bias of the float GEMM: padded with zeros to a multiple of the widest panel.
+SGEMM_BIAS_MULTIPLE = 32
+
+
+def sgemm_pack(isa_name: str, weights: np.ndarray) -> np.ndarray:
+    """float32 weights [n, k] in the panels the variant's GEMM micro-kernel reads (64-byte aligned, made
+    once in prepare)."""
+    weights = np.ascontiguousarray(weights, dtype=np.float32)
+    n, k = weights.shape
+    count = int(_library.edgeq_sgemm_packed_floats(ISA_CODES[isa_name], k, n))
+    raw = np.empty(count * 4 + 64, np.uint8)
+    offset = (-raw.ctypes.data) % 64
+    packed = raw[offset:offset + count * 4].view(np.float32)
+    _library.edgeq_sgemm_pack(ISA_CODES[isa_name], k, n, weights.ctypes.data, packed.ctypes.data)
+    return packed
+
+
+def sgemm(isa_name: str, a: np.ndarray, packed: np.ndarray, n: int, bias, low: float, high: float,
+          out: np.ndarray) -> np.ndarray:
+    """out [m, n] = clamp(a [m, k] (float32, rows contiguous) . weights^T + bias, low, high); ``bias``
+    None or padded (``SGEMM_BIAS_MULTIPLE``)."""
+    m, k = a.shape
+    status = _library.edgeq_sgemm(ISA_CODES[isa_name], m, k, n, a.ctypes.data, a.strides[0] // 4, packed.ctypes.data,
+                                  None if bias is None else bias.ctypes.data, low, high, out.ctypes.data, _threads)
+    if status:
+        raise NativeError(f"native float GEMM failed ({status})")
+    return out

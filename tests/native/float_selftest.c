@@ -1,6 +1,6 @@
 /* Every native variant this build holds and this CPU runs against a plain C reference float32
- * depthwise convolution (bias and clamp included) and float32 max / average pooling, on random
- * shapes: depthwise within a few float32 roundings (the variants fuse multiply and add), pools
+ * depthwise convolution and GEMM (bias and clamp included) and float32 max / average pooling, on
+ * random shapes: depthwise and GEMM within a few float32 roundings (the variants fuse multiply and add), pools
  * exactly. Built and run by scripts/check_native_kernels.sh, natively or cross-compiled for aarch64
  * under qemu (where the NEON variant cannot be checked from Python). Exit status 0 when all agree. */
 #include <math.h>
@@ -111,15 +111,42 @@ static int check_pool(int isa, int trial) {
     return failures;
 }
 
+static int check_sgemm(int isa, int trial) {
+    const int m = 1 + random_below(trial % 4 ? 40 : 300), k = 1 + random_below(trial % 3 ? 70 : 600);
+    const int n = 1 + random_below(trial % 5 ? 70 : 200), lda = k + random_below(3);
+    float *a = random_array((size_t)m * lda), *w = random_array((size_t)n * k), *bias = random_array((size_t)n + 32);
+    float *packed = (float *)malloc(sizeof(float) * edgeq_sgemm_packed_floats(isa, k, n));
+    float *c = (float *)malloc(sizeof(float) * (size_t)m * n);
+    for (int j = n; j < n + 32; j++) bias[j] = 0.0f; /* padding past the last column */
+    const float low = trial % 3 ? -4.0f : -INFINITY, high = trial % 3 ? 3.0f : INFINITY;
+    edgeq_sgemm_pack(isa, k, n, w, packed);
+    int failures = edgeq_sgemm(isa, m, k, n, a, (size_t)lda, packed, trial % 7 ? bias : NULL, low, high, c,
+                               1 + trial % 2) != 0;
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            float acc = 0.0f, magnitude = 0.0f;
+            for (int p = 0; p < k; p++) {
+                const float product = a[(size_t)i * lda + p] * w[(size_t)j * k + p];
+                acc += product;
+                magnitude += fabsf(product);
+            }
+            if (trial % 7) acc += bias[j];
+            acc = acc < low ? low : (acc > high ? high : acc);
+            if (fabsf(c[(size_t)i * n + j] - acc) > 1e-6f * (magnitude + 1.0f)) failures++;
+        }
+    free(a), free(w), free(bias), free(packed), free(c);
+    return failures;
+}
+
 int main(void) {
     int failures = 0, variants = 0;
     for (int isa = 0; isa < EDGEQ_ISA_COUNT; isa++) {
         if (!edgeq_isa_supported(isa)) continue;
         variants++;
         int isa_failures = 0;
-        for (int trial = 0; trial < 300; trial++) isa_failures += check_depthwise(isa, trial) + check_pool(isa, trial);
+        for (int trial = 0; trial < 300; trial++) isa_failures += check_depthwise(isa, trial) + check_pool(isa, trial) + check_sgemm(isa, trial);
         printf("variant %d: %s\n", isa,
-               isa_failures ? "MISMATCH" : "float32 equal to the reference on 300 depthwise convolutions and 300 pools");
+               isa_failures ? "MISMATCH" : "float32 equal to the reference on 300 depthwise convolutions, 300 pools and 300 GEMMs");
         failures += isa_failures;
     }
     printf("%d variants checked, %d failures\n", variants, failures);

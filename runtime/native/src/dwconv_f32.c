@@ -183,8 +183,40 @@ static void depthwise_f32_row(void *context, int index) {
     const float *image = job->x + (size_t)n * g->in_h * g->in_w * in_c;
     float *out_row = job->out + ((size_t)n * g->out_h + oy) * g->out_w * out_c;
     const int tap_list = multiplier == 1 && g->k_h * g->k_w <= MAX_TAPS;
+    /* Output columns whose every tap column is inside the input: there the tap list of one pixel,
+     * shifted by the stride, is the next pixel's, so it is made once for the whole run. */
+    int inner_first = g->out_w, inner_last = g->out_w;
+    if (tap_list) {
+        const int reach = (g->k_w - 1) * g->dil_w;
+        inner_first = g->pad_left > 0 ? (g->pad_left + g->stride_w - 1) / g->stride_w : 0;
+        inner_last = g->in_w - 1 - reach + g->pad_left >= 0 ? (g->in_w - 1 - reach + g->pad_left) / g->stride_w + 1 : 0;
+        if (inner_last > g->out_w) inner_last = g->out_w;
+        if (inner_first > inner_last) inner_first = inner_last = g->out_w;
+    }
+    if (inner_first < inner_last) {
+        const float *sources[MAX_TAPS], *weights[MAX_TAPS];
+        int taps = 0;
+        const int ix0 = inner_first * g->stride_w - g->pad_left;
+        for (int ky = 0; ky < g->k_h; ky++) {
+            const int iy = oy * g->stride_h - g->pad_top + ky * g->dil_h;
+            if (iy < 0 || iy >= g->in_h) continue;
+            for (int kx = 0; kx < g->k_w; kx++) {
+                sources[taps] = image + ((size_t)iy * g->in_w + ix0 + kx * g->dil_w) * in_c;
+                weights[taps++] = job->filters + ((size_t)ky * g->k_w + kx) * out_c;
+            }
+        }
+        const size_t step = (size_t)g->stride_w * in_c;
+        for (int ox = inner_first; ox < inner_last; ox++) {
+            job->block(out_row + (size_t)ox * out_c, out_c, taps, sources, weights, job->bias, job->low, job->high);
+            for (int t = 0; t < taps; t++) sources[t] += step;
+        }
+    }
     for (int ox = 0; ox < g->out_w; ox++) {
         float *target = out_row + (size_t)ox * out_c;
+        if (ox == inner_first && inner_first < inner_last) {
+            ox = inner_last - 1; /* done above */
+            continue;
+        }
         if (tap_list) {
             const float *sources[MAX_TAPS], *weights[MAX_TAPS];
             int taps = 0;
@@ -219,36 +251,32 @@ static void depthwise_f32_row(void *context, int index) {
     }
 }
 
-/* Which float code the int8 variant `isa` goes with: its vector unit, if the CPU has what the float
- * kernels need of it (FMA beside AVX2). */
-enum { FLOAT_PORTABLE, FLOAT_AVX2, FLOAT_AVX512, FLOAT_NEON };
-
-static int float_level(int isa) {
+int edgeq_float_level(int isa) {
 #if defined(EDGEQ_X86)
-    if (isa == EDGEQ_ISA_AVX512VNNI && edgeq_cpu_supports(isa)) return FLOAT_AVX512;
+    if (isa == EDGEQ_ISA_AVX512VNNI && edgeq_cpu_supports(isa)) return EDGEQ_FLOAT_AVX512;
     if ((isa == EDGEQ_ISA_AVX2 || isa == EDGEQ_ISA_AVXVNNI || isa == EDGEQ_ISA_AVX512VNNI) &&
         edgeq_cpu_supports(EDGEQ_ISA_AVX2)) {
         __builtin_cpu_init();
-        if (__builtin_cpu_supports("fma")) return FLOAT_AVX2;
+        if (__builtin_cpu_supports("fma")) return EDGEQ_FLOAT_AVX2;
     }
 #endif
 #if defined(__aarch64__)
-    if (isa == EDGEQ_ISA_NEON || isa == EDGEQ_ISA_NEON_DOTPROD) return FLOAT_NEON;
+    if (isa == EDGEQ_ISA_NEON || isa == EDGEQ_ISA_NEON_DOTPROD) return EDGEQ_FLOAT_NEON;
 #endif
     (void)isa;
-    return FLOAT_PORTABLE;
+    return EDGEQ_FLOAT_PORTABLE;
 }
 
 static block_f32_fn block_for(int level) {
     switch (level) {
 #if defined(EDGEQ_X86)
-    case FLOAT_AVX512:
+    case EDGEQ_FLOAT_AVX512:
         return block_avx512;
-    case FLOAT_AVX2:
+    case EDGEQ_FLOAT_AVX2:
         return block_avx2;
 #endif
 #if defined(__aarch64__)
-    case FLOAT_NEON:
+    case EDGEQ_FLOAT_NEON:
         return block_neon;
 #endif
     default:
@@ -261,7 +289,7 @@ static block_f32_fn block_for(int level) {
 int edgeq_depthwise_f32(int isa, const edgeq_conv_geometry *g, int depth_multiplier, const float *x,
                         const float *filters, const float *bias, float low, float high, float *out, int threads) {
     if (!edgeq_isa_supported(isa) || depth_multiplier < 1) return -1;
-    depthwise_f32_job job = {g, depth_multiplier, x, filters, bias, low, high, block_for(float_level(isa)), out};
+    depthwise_f32_job job = {g, depth_multiplier, x, filters, bias, low, high, block_for(edgeq_float_level(isa)), out};
     const int rows = g->batch * g->out_h;
     if ((long long)rows * g->out_w * g->out_c * g->k_h * g->k_w < PARALLEL_MIN_MACS) threads = 1;
     edgeq_parallel_for(rows, threads, depthwise_f32_row, &job);
@@ -301,12 +329,12 @@ __attribute__((target("avx512f"))) static void bias_activation_avx512(float *out
 
 void edgeq_bias_activation_f32(int isa, float *out, size_t rows, int channels, const float *bias, float low,
                                float high) {
-    switch (float_level(isa)) {
+    switch (edgeq_float_level(isa)) {
 #if defined(EDGEQ_X86)
-    case FLOAT_AVX512:
+    case EDGEQ_FLOAT_AVX512:
         bias_activation_avx512(out, rows, channels, bias, low, high);
         return;
-    case FLOAT_AVX2:
+    case EDGEQ_FLOAT_AVX2:
         bias_activation_avx2(out, rows, channels, bias, low, high);
         return;
 #endif
