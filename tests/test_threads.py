@@ -1,5 +1,7 @@
 """Interpreter(num_threads=N) bounds the threads a run uses: numpy's OpenBLAS (through its C API, in a
-process whose OpenBLAS started with a thread per core) and the native kernels' own.
+process whose OpenBLAS started with a thread per core) and the native kernels' own. Where the native
+kernels run, they use the N threads and OpenBLAS keeps one (its workers would spin against them);
+without them, OpenBLAS gets the N.
 
 Each case runs in a child process started without OPENBLAS_NUM_THREADS / OMP_NUM_THREADS, so the only
 bound is the interpreter's. While the model runs, a watcher thread lists /proc/self/task (threads the
@@ -88,8 +90,9 @@ print(json.dumps({
 """
 
 
-def threads_used(num_threads: int) -> dict:
+def threads_used(num_threads: int, extra_env=None) -> dict:
     env = {key: value for key, value in os.environ.items() if key not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    env.update(extra_env or {})
     result = subprocess.run([sys.executable, "-c", CHILD, str(num_threads)], capture_output=True, text=True,
                             env=env, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -105,7 +108,13 @@ def test_one_thread_runs_everything_on_the_calling_thread():
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores")
 @pytest.mark.skipif(not native.available(), reason=f"no native kernels: {native.describe()}")
-def test_two_threads_put_a_second_thread_to_work():
+def test_two_threads_put_the_native_kernels_second_thread_to_work_and_leave_blas_on_one():
     used = threads_used(2)
     assert used["threads_started"] >= 1, used  # the native depthwise kernel's worker
-    assert used["other_threads_working"] >= 1, used  # and a BLAS worker beside the calling thread
+    assert used["other_threads_working"] == 0, used  # OpenBLAS's workers stay idle
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores")
+def test_two_threads_without_the_native_kernels_put_a_blas_worker_to_work():
+    used = threads_used(2, {"EDGEQ_NO_NATIVE": "1"})
+    assert used["other_threads_working"] >= 1, used
