@@ -10,7 +10,11 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SRC=$REPO/runtime/native/src
-SOURCES=("$SRC/cpu.c" "$SRC/qgemm.c" "$SRC/dwconv.c" "$SRC/elementwise.c" "$SRC/threads.c" "$SRC/dwconv_f32.c" "$SRC/pool.c" "$SRC/sgemm.c")
+# Every kernel source but the Python module stub.
+SOURCES=()
+for source in "$SRC"/*.c; do
+    [ "$(basename "$source")" = module.c ] || SOURCES+=("$source")
+done
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
