@@ -6,6 +6,11 @@ OpenBLAS (``scipy_openblas`` in numpy 2, ``openblas64_`` in numpy 1.2x), so its
 ``*_set_num_threads`` / ``*_get_num_threads`` are looked up once through ctypes in the library numpy
 loaded. A numpy on another BLAS (a distribution's, MKL) keeps its own thread count; ``blas_controls``
 finds none then, and OPENBLAS_NUM_THREADS / OMP_NUM_THREADS before start-up is the knob left.
+
+Where the native kernels run, OpenBLAS gets one thread whatever N is: its workers busy-wait for a
+while after each call (OpenBLAS's THREAD_TIMEOUT, about 0.1 s), so between the few GEMMs left to BLAS
+a worker would spin on a core the native kernels' own threads need; measured on two cores, that made
+MobileNetV2 and ResNet-50 float 2-4x slower at two threads than at one.
 """
 from __future__ import annotations
 
@@ -81,25 +86,27 @@ def blas_controls() -> list:
 
 class ThreadLimit:
     """While entered: the native kernels use up to ``num_threads`` threads and every BLAS library
-    found has its thread count set to ``num_threads``; exit restores what was there."""
+    found has its thread count set to ``blas_threads`` (``num_threads`` unless told); exit restores
+    what was there."""
 
-    __slots__ = ("num_threads", "controls", "saved", "saved_native")
+    __slots__ = ("num_threads", "blas_threads", "controls", "saved", "saved_native")
 
-    def __init__(self, num_threads: int, controls):
+    def __init__(self, num_threads: int, controls, blas_threads=None):
         self.num_threads, self.controls, self.saved, self.saved_native = num_threads, controls, [], 1
+        self.blas_threads = num_threads if blas_threads is None else blas_threads
 
     def __enter__(self):
         self.saved_native = native.set_threads(self.num_threads)
         self.saved = [control.get() for control in self.controls]
         for control, current in zip(self.controls, self.saved):
-            if current != self.num_threads:
-                control.set(self.num_threads)
+            if current != self.blas_threads:
+                control.set(self.blas_threads)
         return self
 
     def __exit__(self, *exc_info):
         native.set_threads(self.saved_native)
         for control, previous in zip(self.controls, self.saved):
-            if previous != self.num_threads:
+            if previous != self.blas_threads:
                 control.set(previous)
         return False
 
@@ -110,5 +117,5 @@ def thread_limit(num_threads):
     if num_threads is None:
         limit = ThreadLimit(os.cpu_count() or 1, [])
     else:
-        limit = ThreadLimit(num_threads, blas_controls())
+        limit = ThreadLimit(num_threads, blas_controls(), 1 if native.enabled() else num_threads)
     return lambda: limit

@@ -4,22 +4,23 @@
 For every model (the digits samples, ResNet-50 and SqueezeNet from the onnx wheel with seeded random
 weights, MobileNetV2 1.0 224) in float32 and int8:
 
-- edgeq: our runtime on the .tflite we write (``Interpreter(num_threads=N)``, ``--threads N``, default 1);
-- litert: LiteRT's default kernels (XNNPACK) on the same file, the same ``num_threads``;
+- edgeq: our runtime on the .tflite we write (``Interpreter(num_threads=N)``, N = --threads, 1 by default);
+- litert: LiteRT's default kernels (XNNPACK) on the same file, ``num_threads=N``;
 - onnxruntime: the source ONNX model (float) and its QDQ int8 version from
-  ``onnxruntime.quantization.quantize_static``, the same ``intra_op_num_threads``.
+  ``onnxruntime.quantization.quantize_static``, ``intra_op_num_threads=N``.
 
 Each (model, variant, engine) runs in its own subprocess, which loads only numpy and that engine, so
 its peak RSS (VmHWM, ``edgeq.runtime.memory``) is that engine's alone. Latency is one inference (set
 input, invoke, read outputs) after warm-up runs, timed by the harness ``edgeq bench`` and the report use
 (``edgeq.runtime.measure``): median and p90 of wall and CPU time. The edgeq worker also profiles per op
-(``Interpreter.profile``). Results go to a JSON file and a table; ratios are to LiteRT.
+(``Interpreter.profile``). Results go to a JSON file and a table; ratios are to LiteRT. The first
+invoke (which pays for anything a kernel sets up lazily) is recorded beside the steady median.
 
-    python scripts/bench_runtime.py [--out bench_runtime.json] [--models resnet50,mobilenet_v2_224]
+    python scripts/bench_runtime.py [--out bench_runtime.json] [--models resnet50,mobilenet_v2_224] [--threads 2]
 
 To benchmark against OpenBLAS's own kernel choice, run it with OPENBLAS_CORETYPE and
 OPENBLAS_L2_SIZE unset (``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python ...``); the JSON
-records the BLAS library, kernel architecture and thread count threadpoolctl reports.
+records the BLAS library and the thread count it has while our interpreter runs.
 """
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ from edgeq.runtime.memory import peak_rss_mb
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_models"
-# edgeq-numpy: our runtime with the native and compiled kernels off (EDGEQ_NO_NATIVE=1, EDGEQ_NO_NUMBA=1), as on a
-# board without a C compiler at install time and without numba.
+# edgeq-numpy: our runtime with the native kernels off (EDGEQ_NO_NATIVE=1), as on a board without a C compiler
+# at install time.
 ENGINES = ("edgeq", "edgeq-numpy", "litert", "onnxruntime")
 VARIANTS = ("float", "int8")
 SAMPLE_NAMES = ("digits_mlp", "digits_cnn", "digits_mobilenetv2")
@@ -49,18 +50,16 @@ CALIBRATION_SAMPLES = 4
 # -- worker: one engine, one model, in its own process ----------------------------------------------
 
 def _blas_info() -> list:
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return []
-    return [{key: entry.get(key) for key in ("internal_api", "version", "architecture", "num_threads")}
-            for entry in threadpool_info() if entry.get("user_api") == "blas"]
+    """The OpenBLAS libraries numpy loaded and their thread counts (edgeq.runtime.threads finds them)."""
+    from edgeq.runtime.threads import blas_controls
+
+    return [{"library": os.path.basename(control.path), "num_threads": control.get()} for control in blas_controls()]
 
 
 def worker(spec: dict) -> dict:
     import numpy as np
 
-    engine, model_file = spec["engine"], spec["model"]
+    engine, model_file, threads = spec["engine"], spec["model"], spec.get("threads", 1)
     x = np.load(spec["input"])
     baseline_rss = peak_rss_mb()
     load_start = time.perf_counter()
@@ -68,23 +67,23 @@ def worker(spec: dict) -> dict:
     if engine.startswith("edgeq"):
         from edgeq.runtime.interpreter import Interpreter
 
-        interpreter = Interpreter(model_path=model_file, num_threads=spec.get("threads", 1))
+        interpreter = Interpreter(model_path=model_file, num_threads=threads)
     elif engine == "litert":
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        interpreter = Interpreter(model_path=model_file, num_threads=spec.get("threads", 1))
+        interpreter = Interpreter(model_path=model_file, num_threads=threads)
         try:
             interpreter.allocate_tensors()
         except RuntimeError as error:
             # XNNPACK refuses some graphs outright; LiteRT's own optimized kernels still run them.
             note = f"XNNPACK refused the model ({str(error).splitlines()[0][:120]}); builtin optimized kernels"
-            interpreter = Interpreter(model_path=model_file, num_threads=spec.get("threads", 1),
+            interpreter = Interpreter(model_path=model_file, num_threads=threads,
                                       experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     elif engine == "onnxruntime":
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = spec.get("threads", 1)
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         session = onnxruntime.InferenceSession(model_file, options, providers=["CPUExecutionProvider"])
         feed_name = session.get_inputs()[0].name
@@ -108,7 +107,7 @@ def worker(spec: dict) -> dict:
     blas, profile = _blas_info(), None
     if engine.startswith("edgeq"):
         with interpreter._thread_limit():
-            blas = _blas_info()  # as it runs: num_threads capped by Interpreter(num_threads=1)
+            blas = _blas_info()  # as it runs: num_threads capped by Interpreter(num_threads=N)
         profile = interpreter.profile(runs=max(3, min(20, spec["min_runs"])))
     return {
         "note": note,
@@ -124,18 +123,9 @@ def worker(spec: dict) -> dict:
         "rss_after_load_mb": imported_rss,
         "output_shape": list(np.shape(output)),
         "blas": blas,
-        "compiled_kernels": _compiled_kernels() if engine.startswith("edgeq") else None,
         "native_kernels": _native_kernels() if engine.startswith("edgeq") else None,
         "profile": profile,
     }
-
-
-def _compiled_kernels():
-    try:
-        from edgeq.runtime.kernels import compiled
-    except ImportError:
-        return False
-    return bool(compiled.ENABLED)  # None: no kernel of the model asked, numba was not loaded
 
 
 def _native_kernels():
@@ -290,7 +280,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="Timed seconds per (model, engine) at least.")
     parser.add_argument("--min-runs", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="Threads each engine may use (num_threads).")
+    parser.add_argument("--threads", type=int, default=1, help="num_threads of every engine (1 by default).")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -304,10 +294,9 @@ def main(argv=None) -> int:
         "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
                     "python": platform.python_version(),
                     "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
-                                                           "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                                                           "EDGEQ_NO_NUMBA")}},
-        "settings": {"threads": args.threads, "seconds": args.seconds, "min_runs": args.min_runs, "warmup": args.warmup,
-                     "latency": "set input + invoke + read output, one sample",
+                                                           "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}},
+        "settings": {"threads": args.threads, "seconds": args.seconds, "min_runs": args.min_runs,
+                     "warmup": args.warmup, "latency": "set input + invoke + read output, one sample",
                      "litert": f"ai_edge_litert Interpreter(num_threads={args.threads}), default op resolver (XNNPACK)",
                      "onnxruntime": f"intra_op_num_threads={args.threads}; int8 = quantize_static QDQ, per-channel QInt8"},
         "models": {},
@@ -331,12 +320,7 @@ def main(argv=None) -> int:
                     continue
                 spec = {"engine": engine, "model": run["model"], "input": run["input"], "seconds": args.seconds,
                         "min_runs": args.min_runs, "warmup": args.warmup, "threads": args.threads}
-                if engine == "edgeq":
-                    # An untimed run first, so the compiled kernels this model needs are in numba's
-                    # disk cache: otherwise the measured process compiles them, and its peak RSS is
-                    # LLVM's, not the runtime's.
-                    run_worker(dict(spec, seconds=0.0, min_runs=1, warmup=0), env)
-                result = run_worker(spec, dict(env, EDGEQ_NO_NUMBA="1", EDGEQ_NO_NATIVE="1") if engine == "edgeq-numpy" else env)
+                result = run_worker(spec, dict(env, EDGEQ_NO_NATIVE="1") if engine == "edgeq-numpy" else env)
                 if "ops" in run:
                     result["ops"] = run["ops"]
                 if result.get("profile"):
@@ -372,7 +356,8 @@ def _add_ratios(measured: dict) -> None:
 
 def format_table(results: dict) -> str:
     header = (f"{'model':18s} {'var':5s} {'engine':11s} {'median ms':>10s} {'p90 ms':>9s} {'x LiteRT':>8s} "
-              f"{'CPU ms':>9s} {'x LiteRT':>8s} {'peak RSS MB':>11s} {'x LiteRT':>8s} {'us/op over':>10s}")
+              f"{'CPU ms':>9s} {'x LiteRT':>8s} {'peak RSS MB':>11s} {'x LiteRT':>8s} {'1st/median':>10s} "
+              f"{'us/op over':>10s}")
     lines = [header, "-" * len(header)]
     for name, entry in results["models"].items():
         if "variants" not in entry:
@@ -387,7 +372,8 @@ def format_table(results: dict) -> str:
                 lines.append(f"{name:18s} {variant:5s} {engine:11s} {r['median_ms']:10.3f} {r['p90_ms']:9.3f} "
                              f"{r.get('latency_ratio_to_litert', float('nan')):8.2f} {r['cpu_median_ms']:9.3f} "
                              f"{r.get('cpu_ratio_to_litert', float('nan')):8.2f} {r['peak_rss_mb']:11.1f} "
-                             f"{r.get('rss_ratio_to_litert', float('nan')):8.2f} {overhead}")
+                             f"{r.get('rss_ratio_to_litert', float('nan')):8.2f} "
+                             f"{r['first_invoke_ms'] / r['median_ms']:10.2f} {overhead}")
         for note in entry.get("skipped", []):
             lines.append(f"{name:18s} note: {note[:110]}")
     return "\n".join(lines)

@@ -220,7 +220,7 @@ RUNS=(numpy "${CPUS[@]}")
 cd "$WORK"
 for run in "${RUNS[@]}"; do
     if [ "$run" = numpy ]; then cpu="" no_native=1; else cpu=$run no_native=""; fi
-    ARM_CPU=$cpu PYTHONPATH="$PYDEPS" PYTHONDONTWRITEBYTECODE=1 EDGEQ_NO_NUMBA=1 EDGEQ_NO_NATIVE=$no_native \
+    ARM_CPU=$cpu PYTHONPATH="$PYDEPS" PYTHONDONTWRITEBYTECODE=1 EDGEQ_NO_NATIVE=$no_native \
         arm "$ROOT/usr/bin/python3.11" - "$CASES" "$ARCH" "$run" <<'EOF' 2>&1 | grep -v "native int8 kernels off"
 import platform, sys
 from pathlib import Path
@@ -250,7 +250,7 @@ done
 EXACTNESS_FAILED=0
 for cpu in "${CPUS[@]}"; do
     echo "$ARCH (qemu -cpu $cpu): native variants against the numpy kernels"
-    ARM_CPU=$cpu PYTHONPATH="$PYDEPS" PYTHONDONTWRITEBYTECODE=1 EDGEQ_NO_NUMBA=1 \
+    ARM_CPU=$cpu PYTHONPATH="$PYDEPS" PYTHONDONTWRITEBYTECODE=1 \
         arm "$ROOT/usr/bin/python3.11" "$REPO/scripts/check_native_exactness.py" || EXACTNESS_FAILED=1
     stage_time "$ARCH op-by-op exactness, $cpu"
 done

@@ -18,7 +18,6 @@ import numpy as np
 
 from edgeq.runtime import native
 from edgeq.runtime.interpreter import Interpreter
-from edgeq.runtime.kernels import compiled
 from edgeq.runtime.padding import output_size
 from edgeq.testing.int8_graphs import BINARY_CASES, binary_graph, unary_graph, weighted_op
 
@@ -93,7 +92,6 @@ def run(graph, inputs, isa):
 
 
 def main() -> int:
-    compiled.ENABLED = False  # numba, where installed, is a third path: not this check's business
     variants = native.supported_isas()
     print(native.describe())
     if not variants:

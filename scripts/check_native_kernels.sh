@@ -10,21 +10,31 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SRC=$REPO/runtime/native/src
-SOURCES=("$SRC/cpu.c" "$SRC/qgemm.c" "$SRC/dwconv.c" "$SRC/elementwise.c" "$SRC/threads.c")
+# Every kernel source but the Python module stub.
+SOURCES=()
+for source in "$SRC"/*.c; do
+    [ "$(basename "$source")" = module.c ] || SOURCES+=("$source")
+done
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
 echo "== $(uname -m) (this machine)"
 ${CC:-cc} -O2 -std=gnu99 -Wall -o "$OUT/selftest" "$REPO/tests/native/kernel_selftest.c" "${SOURCES[@]}" -lm -lpthread
 "$OUT/selftest"
+${CC:-cc} -O2 -std=gnu99 -Wall -o "$OUT/float_selftest" "$REPO/tests/native/float_selftest.c" "${SOURCES[@]}" -lm -lpthread
+"$OUT/float_selftest"
 
 if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64-static >/dev/null; then
     aarch64-linux-gnu-gcc -O2 -std=gnu99 -Wall -static -o "$OUT/selftest-aarch64" \
         "$REPO/tests/native/kernel_selftest.c" "${SOURCES[@]}" -lm -lpthread
+    aarch64-linux-gnu-gcc -O2 -std=gnu99 -Wall -static -o "$OUT/float_selftest-aarch64" \
+        "$REPO/tests/native/float_selftest.c" "${SOURCES[@]}" -lm -lpthread
     echo "== aarch64 with dotprod (qemu -cpu max)"
     qemu-aarch64-static -cpu max "$OUT/selftest-aarch64"
+    qemu-aarch64-static -cpu max "$OUT/float_selftest-aarch64"
     echo "== aarch64 without dotprod (qemu -cpu cortex-a72)"
     qemu-aarch64-static -cpu cortex-a72 "$OUT/selftest-aarch64"
+    qemu-aarch64-static -cpu cortex-a72 "$OUT/float_selftest-aarch64"
 else
     echo "aarch64: skipped (needs aarch64-linux-gnu-gcc and qemu-aarch64-static)"
 fi

@@ -2,23 +2,18 @@
 import pytest
 
 from edgeq.runtime import native
-from edgeq.runtime.kernels import compiled
 
 # Every native variant this machine runs (x86-64: avx512vnni, avxvnni, avx2, portable where the CPU
 # has them); one skipped entry where the extension is not built.
 NATIVE_PATHS = [f"native-{isa}" for isa in native.supported_isas()] or ["native"]
 
 
-@pytest.fixture(params=["numpy", "compiled"] + NATIVE_PATHS)
+@pytest.fixture(params=["numpy"] + NATIVE_PATHS)
 def kernel_path(request, monkeypatch):
-    """Kernels prepared inside the test use the numpy path, then the compiled (numba) one, then each
-    native variant."""
+    """Kernels prepared inside the test use the numpy path, then each native variant."""
     path = request.param
-    if path == "compiled" and not compiled.available():
-        pytest.skip("numba is not installed (pip install edgeq[fast])")
     if path == "native":
         pytest.skip(f"no native kernels: {native.describe()}")
-    monkeypatch.setattr(compiled, "ENABLED", path == "compiled")
     monkeypatch.setattr(native, "ENABLED", path.startswith("native-"))
     if path.startswith("native-"):
         monkeypatch.setattr(native, "_isa", path[len("native-"):])

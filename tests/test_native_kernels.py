@@ -15,7 +15,7 @@ import pytest
 
 from edgeq.runtime import native
 from edgeq.runtime.interpreter import Interpreter
-from edgeq.runtime.kernels import REGISTRY, compiled, load_all_kernels
+from edgeq.runtime.kernels import REGISTRY, load_all_kernels
 from edgeq.runtime.padding import output_size
 
 pytest.importorskip("ai_edge_litert")
@@ -38,7 +38,6 @@ def native_isa(request, monkeypatch):
     """Kernels prepared inside the test run on one native variant (each the machine has)."""
     if request.param == "none":
         pytest.skip(f"no native kernels: {native.describe()}")
-    monkeypatch.setattr(compiled, "ENABLED", False)
     monkeypatch.setattr(native, "ENABLED", True)
     monkeypatch.setattr(native, "_isa", request.param)
     return request.param
@@ -293,22 +292,31 @@ def test_packed_weights_are_the_only_weight_copy_the_native_conv_keeps(native_is
 
 
 @needs_native
-def test_an_int8_model_runs_without_loading_numba():
-    # Convolutions, depthwise, FULLY_CONNECTED, ADD, MAX_POOL and QUANTIZE all take the native path.
+def test_int8_and_float_models_run_without_loading_numba_or_llvm():
+    # One compiled path: the native library. Even where numba is installed, no kernel imports it.
     code = """
 import sys
 import numpy as np
 from edgeq.testing.int8_graphs import weighted_op
 from edgeq.runtime.interpreter import Interpreter
+from edgeq.runtime.ir import Graph, Op, Tensor
 for op_type in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
-    graph, inputs = weighted_op(op_type, (1, 6, 6, 4) if op_type != "FULLY_CONNECTED" else (2, 8), (0.05, 3),
-                                (0.2, -5), out_c=4)
+    x_shape = (1, 6, 6, 4) if op_type != "FULLY_CONNECTED" else (2, 8)
+    graph, inputs = weighted_op(op_type, x_shape, (0.05, 3), (0.2, -5), out_c=4)
     Interpreter.from_graph(graph).run(inputs)
-print("numba" in sys.modules)
+for op_type, w_shape in (("CONV_2D", (4, 3, 3, 4)), ("DEPTHWISE_CONV_2D", (1, 3, 3, 4))):
+    graph = Graph()
+    graph.add_tensor(Tensor("x", (1, 6, 6, 4), np.float32))
+    graph.add_constant("w", np.ones(w_shape, np.float32))
+    graph.add_tensor(Tensor("y", (1, 6, 6, 4), np.float32))
+    graph.add_op(Op(op_type, ["x", "w", ""], ["y"], {"padding": "SAME", "fused_activation_function": "RELU6"}))
+    graph.inputs, graph.outputs = ["x"], ["y"]
+    Interpreter.from_graph(graph).run([np.ones((1, 6, 6, 4), np.float32)])
+print(sorted(name for name in ("numba", "llvmlite") if name in sys.modules))
 """
     result = _python(code)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
+    assert result.stdout.strip() == "[]"
 
 
 @needs_native

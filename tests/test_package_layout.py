@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 # Where each import package's source lives in the repository (setup.py maps them the same way).
 PACKAGE_FOLDERS = {"edgeq": REPO / "edgeq", "edgeq.runtime": REPO / "runtime", "edgeq.converter": REPO / "converter"}
-CONVERTER_ONLY_DEPENDENCIES = ("onnx", "onnxruntime", "tqdm", "matplotlib", "ai_edge_litert", "numba")
+CONVERTER_ONLY_DEPENDENCIES = ("onnx", "onnxruntime", "tqdm", "matplotlib", "ai_edge_litert")
 
 
 def package_modules() -> dict:

@@ -423,7 +423,7 @@ def test_a_ctrl_c_inside_a_compiled_kernel_stays_an_interrupt():
         Graph([Tensor("x", (1, 4)), Tensor("y", (1, 4))], [Op("RELU", ["x"], ["y"])], ["x"], ["y"])))
     interpreter.allocate_tensors()
 
-    def interrupted_in_compiled_code(*_):  # what a numba kernel hit by SIGINT raises
+    def interrupted_in_compiled_code(*_):  # what compiled code hit by SIGINT may raise
         try:
             raise KeyboardInterrupt
         except KeyboardInterrupt:

@@ -38,8 +38,7 @@ METHODS_TEXT = {
               "the same for every model), resets its peak RSS (Linux: /proc/self/clear_refs; elsewhere the "
               "peak is ru_maxrss, import included), loads the model and runs it once on zeros; 'peak' is the "
               "peak RSS while loading and running, 'growth' is peak minus runtime: the model, plus any "
-              "library that loading and running it imported (named in the table: with numba installed, "
-              "edgeq's float kernels load it, about 100 MiB)",
+              "library that loading and running it imported (named in the table)",
 }
 
 
@@ -73,7 +72,7 @@ def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": platform.python_version(), "platform": platform.platform()}
-    for package in ("edgeq", "numpy", "onnx", "ai-edge-litert", "matplotlib", "numba"):
+    for package in ("edgeq", "numpy", "onnx", "ai-edge-litert", "matplotlib"):
         try:
             found[package] = version(package)
         except PackageNotFoundError:

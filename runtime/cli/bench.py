@@ -115,11 +115,8 @@ def _bench_engine(model, engine, runs, threads, with_profile, top, feeding) -> d
         "rss_before_load_mb": rss_before,
     }
     if engine == "edgeq":
-        from edgeq.runtime.kernels import compiled
-
         from edgeq.runtime import native
 
-        result["compiled_kernels"] = bool(compiled.ENABLED)  # asked for (so numba loaded) by some kernel
         result["int8_kernels"] = native.describe()  # the one line saying which int8 path ran
         if with_profile:
             result["profile"] = _profile_tables(interpreter.profile(runs=min(runs, 20)), top)
@@ -164,7 +161,6 @@ def _bench_table(output: dict, top: int) -> str:
         if "latency_ratio_to_litert" in r:
             extra = f"   x LiteRT: latency {r['latency_ratio_to_litert']:.2f}, memory {r['peak_rss_ratio_to_litert']:.2f}"
         if r["engine"] == "edgeq":
-            extra += "   (compiled kernels)" if r.get("compiled_kernels") else ""
             extra += f"   ({r['int8_kernels']})" if r.get("int8_kernels") else ""
         lines.append(f"{r['engine']:8s} {r['median_ms']:10.3f} {r['p90_ms']:10.3f} {r['peak_rss_mb']:12.1f}{extra}")
     for r in output["engines"]:

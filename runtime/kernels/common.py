@@ -22,6 +22,13 @@ ACTIVATION_BOUNDS = {
 # valid option values they do not apply.
 FUSED_CLAMPS = ("RELU", "RELU6", "RELU_N1_TO_1")
 NO_ACTIVATION = ("NONE", "", None)
+# Fused float activations that are a clamp, as (low, high) (TANH and the like are not).
+FLOAT_ACTIVATION_BOUNDS = {**dict.fromkeys(NO_ACTIVATION, (-float("inf"), float("inf"))), **ACTIVATION_BOUNDS}
+
+
+def float_activation_bounds(op):
+    """(low, high) of the op's fused activation as a clamp, or None when it is not one."""
+    return FLOAT_ACTIVATION_BOUNDS.get(op.options.get("fused_activation_function", "NONE"))
 
 
 def clamp(name: str, in_place: bool = False) -> Callable:

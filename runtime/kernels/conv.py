@@ -11,9 +11,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edgeq.runtime.kernels import check, compiled, native_int8, register
+from edgeq.runtime.kernels import check, native_float, native_int8, register
+from edgeq.runtime.kernels.buffers import SCRATCH, OutputBuffers
 from edgeq.runtime.kernels.common import (
     constant_input,
+    float_activation_bounds,
     fused_activation,
     input_tensor,
     require_float,
@@ -79,16 +81,32 @@ def _prepare_float(op, graph):
     # except for small layers with few output pixels, where OpenBLAS multiplies a contiguous
     # [depth, out_c] operand 15-30% faster (7x7 and 14x14 layers of MobileNetV2/ResNet-50).
     weights = filters.reshape(out_c, -1).T
-    if out_h * out_w <= SMALL_GEMM_ROWS and weights.size <= SMALL_GEMM_WEIGHTS:
+    bias = _bias(op, graph, out_c)
+    # The native GEMM packs its own copy of the weights: only for layers small enough that the copy
+    # costs little (the same budget as BLAS's contiguous copies).
+    native_gemm = None
+    if weights.size <= SMALL_GEMM_WEIGHTS:
+        native_gemm = native_float.gemm(filters.reshape(out_c, -1), bias, float_activation_bounds(op))
+    if native_gemm is None and out_h * out_w <= SMALL_GEMM_ROWS and weights.size <= SMALL_GEMM_WEIGHTS:
         weights = np.ascontiguousarray(weights)
-    epilogue = _float_epilogue(_bias(op, graph, out_c), op)
+    epilogue = _float_epilogue(bias, op)
     patch = k_h * k_w * in_c
     chunk = max(1, IM2COL_BUDGET_BYTES // (out_h * out_w * patch * 4))
     patches = _pointwise_patches(g, np.float32)
     if patches is None:
         patches = _im2col_for(g, 0.0, np.float32)
-    outputs = compiled.OutputBuffers((out_h * out_w, out_c), np.float32)
+    outputs = OutputBuffers((out_h * out_w, out_c), np.float32)
     rows_per_sample = out_h * out_w
+    if native_gemm is not None:
+        def conv_2d_native(x, _filters=None, _bias=None):
+            n = x.shape[0]
+            out = outputs.get(n).reshape(n * rows_per_sample, out_c)
+            for start in range(0, n, chunk):
+                part = x[start:start + chunk]
+                native_gemm(patches(part), out[start * rows_per_sample:(start + part.shape[0]) * rows_per_sample])
+            return out.reshape(n, out_h, out_w, out_c)
+
+        return conv_2d_native
 
     def conv_2d(x, _filters=None, _bias=None):
         n = x.shape[0]
@@ -107,14 +125,11 @@ def _prepare_float(op, graph):
 
 
 def _float_epilogue(bias, op):
-    """epilogue(out [rows, out_c]) in place: + bias, then the fused activation. One compiled pass
+    """epilogue(out [rows, out_c]) in place: + bias, then the fused activation. One native pass
     when the activation is a clamp; otherwise numpy's in-place add and activation."""
-    bounds = compiled.float_activation_bounds(op)
-    if compiled.enabled() and bounds is not None:
-        kernel = compiled.bias_clamp
-        bias_ = np.zeros(0, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
-        low, high = bounds
-        return lambda out: kernel(out, bias_, low, high)
+    native_epilogue = native_float.bias_activation(bias, float_activation_bounds(op))
+    if native_epilogue is not None:
+        return native_epilogue
     activation = fused_activation(op)
 
     def epilogue(out):
@@ -144,7 +159,7 @@ def _pointwise_patches(g, dtype):
 
     def pointwise_patches(x):
         n = x.shape[0]
-        columns = compiled.SCRATCH.get("patches", (n, out_h, out_w, in_c), dtype)
+        columns = SCRATCH.get("patches", (n, out_h, out_w, in_c), dtype)
         np.copyto(columns, x[:, ::stride_h, ::stride_w, :][:, :out_h, :out_w] if strided else x, casting="unsafe")
         return columns.reshape(n * out_h * out_w, in_c)
 
@@ -171,7 +186,7 @@ def _tap_im2col(g, fill=0, dtype=np.float32):
                                if len(range(*rows.indices(out_h))) and len(range(*cols.indices(out_w)))]
     taps = g.taps
     shape_tail = (out_h, out_w, k_h, k_w, in_c)
-    scratch = compiled.SCRATCH
+    scratch = SCRATCH
 
     def im2col(x):
         n = x.shape[0]
@@ -219,15 +234,14 @@ def im2col(x, op, graph, dtype=np.float32):
 def _window_im2col(g, fill=0, dtype=np.float32):
     """im2col(x) for few channels and no dilation: x is copied once into a padded scratch array,
     where each window row (KW * C values) is contiguous, so one strided view [N, OH, OW, KH, KW * C]
-    of it is the whole column matrix and one copy fills it (2-4x faster than the compiled loop or
-    per-tap copies of 3 channels, e.g. the RGB stems of ResNet-50 and MobileNetV2)."""
+    of it is the whole column matrix and one copy fills it (2-4x faster than per-tap copies of 3 channels, e.g. the RGB stems of ResNet-50 and MobileNetV2)."""
     in_h, in_w = g.in_h, g.in_w
     out_h, out_w, k_h, k_w, in_c = g.out_h, g.out_w, g.k_h, g.k_w, g.in_c
     stride_h, stride_w, pad_top, pad_left = g.stride_h, g.stride_w, g.pad_top, g.pad_left
     padded_h = max((out_h - 1) * stride_h + k_h, pad_top + in_h)
     padded_w = max((out_w - 1) * stride_w + k_w, pad_left + in_w)
     bottom, right = pad_top + in_h, pad_left + in_w
-    scratch = compiled.SCRATCH
+    scratch = SCRATCH
 
     def im2col(x):
         n = x.shape[0]
@@ -252,36 +266,21 @@ def _window_im2col(g, fill=0, dtype=np.float32):
 # plus strided windows.
 TAP_IM2COL_MIN_CHANNELS = 16
 # Below this many column entries per sample the numpy copies' fixed cost (a few microseconds per
-# slice) outweighs the work, and the compiled loop's single call is faster.
+# slice) outweighs the work: a buffer of the op's own keeps its padding entries instead.
 SMALL_IM2COL_ENTRIES = 32768
 
 
 def _im2col_for(g, fill, dtype):
+    if dtype == np.float32:
+        native_im2col = native_float.im2col(g, fill)  # one pass in C, whatever the shape
+        if native_im2col is not None:
+            return native_im2col
     entries = g.out_h * g.out_w * g.k_h * g.k_w * g.in_c
     if entries < SMALL_IM2COL_ENTRIES:
-        if compiled.enabled():
-            return _compiled_im2col_for(g, float(fill), dtype)
         return _own_buffer_im2col(g, fill, dtype)
-    if g.in_c >= TAP_IM2COL_MIN_CHANNELS:
+    if g.in_c >= TAP_IM2COL_MIN_CHANNELS or g.dil_h != 1 or g.dil_w != 1:
         return _tap_im2col(g, fill, dtype)
-    if g.dil_h == 1 and g.dil_w == 1:
-        return _window_im2col(g, fill, dtype)
-    if compiled.enabled():
-        return _compiled_im2col_for(g, float(fill), dtype)
-    return _tap_im2col(g, fill, dtype)
-
-
-def _compiled_im2col(k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left, out_h, out_w, patch, fill, dtype):
-    """im2col(x) -> [N * OH * OW, KH * KW * C] columns of ``dtype`` (a buffer reused per batch size)."""
-    geometry = (k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left, out_h, out_w, fill)
-    kernel = compiled.im2col
-    scratch = compiled.SCRATCH
-
-    def im2col(x):
-        # Shared scratch: the loop writes every entry, padding included.
-        return kernel(x, *geometry, scratch.get("patches", (x.shape[0] * out_h * out_w, patch), dtype))
-
-    return im2col
+    return _window_im2col(g, fill, dtype)
 
 
 def _aligned(array):
@@ -349,11 +348,6 @@ def _geometry(op, graph) -> ConvGeometry:
                         pad_top, pad_left, taps)
 
 
-def _compiled_im2col_for(g: ConvGeometry, fill, dtype):
-    return _compiled_im2col(g.k_h, g.k_w, g.stride_h, g.stride_w, g.dil_h, g.dil_w, g.pad_top, g.pad_left,
-                            g.out_h, g.out_w, g.k_h * g.k_w * g.in_c, fill, dtype)
-
-
 def _patches(x_float, columns, taps):
     """Fill the [n, OH, OW, KH, KW, C] buffer ``columns`` (padding entries already set) from x."""
     for ky, kx, (out_rows, in_rows), (out_cols, in_cols) in taps:
@@ -383,8 +377,6 @@ def _integer_gemm(op, graph, gemm_dtype, fill_value):
         return pointwise
     chunk = max(1, IM2COL_BUDGET_BYTES // (out_h * out_w * patch * np.dtype(gemm_dtype).itemsize))
     buffers = {}
-    if compiled.enabled():
-        return _compiled_integer_gemm(g, weights, gemm_dtype, fill_value, chunk)
 
     def gemm(x):
         n = x.shape[0]
@@ -397,24 +389,6 @@ def _integer_gemm(op, graph, gemm_dtype, fill_value):
                 columns = buffers[m] = np.full((m, out_h, out_w, k_h, k_w, in_c), fill_value, gemm_dtype)
             np.matmul(_patches(part, columns, taps), weights,
                       out=out[start:start + m].reshape(m * out_h * out_w, out_c))
-        return out
-
-    return gemm
-
-
-def _compiled_integer_gemm(g: ConvGeometry, weights, gemm_dtype, fill_value, chunk):
-    """``_integer_gemm``'s eval with the compiled im2col, which reads the integer input as is."""
-    out_h, out_w, out_c = g.out_h, g.out_w, g.out_c
-    im2col = _compiled_im2col_for(g, float(fill_value), gemm_dtype)
-    outputs = compiled.OutputBuffers((out_h, out_w, out_c), gemm_dtype)
-
-    def gemm(x):
-        n = x.shape[0]
-        out = outputs.get(n)
-        for start in range(0, n, chunk):
-            part = x[start:start + chunk]
-            m = part.shape[0]
-            np.matmul(im2col(part), weights, out=out[start:start + m].reshape(m * out_h * out_w, out_c))
         return out
 
     return gemm
@@ -456,8 +430,8 @@ def _prepare_int8(op, graph):
         patches = _im2col_for(g, input_zero_point, np.float32)
     rows_per_sample = out_h * out_w
     chunk = max(1, IM2COL_BUDGET_BYTES // (rows_per_sample * g.k_h * g.k_w * g.in_c * 4))
-    outputs = compiled.OutputBuffers((out_h, out_w, out_c), np.int8)
-    scratch = compiled.SCRATCH
+    outputs = OutputBuffers((out_h, out_w, out_c), np.int8)
+    scratch = SCRATCH
 
     def conv_2d_int8(x, _filters=None, _bias=None):
         n = x.shape[0]
@@ -478,17 +452,9 @@ def _prepare_int8(op, graph):
 def _per_channel_requantizer(constant_term, multipliers, shifts, output_offset, low, high, accumulator_bound):
     """requantize(acc [rows, C] exact integers, out int8 [rows, C]): TFLite's per-channel
     MultiplyByQuantizedMultiplier of acc + constant_term, + output_offset, clamped to [low, high].
-    The folded form (requantize.fold_requantization) whenever the accumulators' bound allows it,
-    compiled when numba is there; the general fixed-point functions otherwise."""
+    The folded form (requantize.fold_requantization) whenever the accumulators' bound allows it; the
+    general fixed-point functions otherwise."""
     folded = fold_requantization(constant_term, multipliers, shifts, output_offset, accumulator_bound)
-    if compiled.enabled():
-        if folded is not None:
-            kernel, constants = compiled.requantize_rows_folded, tuple(folded[:5])
-        else:
-            kernel = compiled.requantize_rows
-            constants = tuple(np.ascontiguousarray(a, dtype=np.int64) for a in (constant_term, multipliers, shifts))
-            constants += (output_offset,)
-        return lambda acc, out: kernel(acc, *constants, low, high, out)
     if folded is not None:
         return folded_requantizer(folded, low, high)
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeq.runtime.kernels import check, compiled, native_int8, register
+from edgeq.runtime.kernels import check, native_float, native_int8, register
+from edgeq.runtime.kernels.buffers import OutputBuffers
 from edgeq.runtime.kernels.common import (
     constant_input,
+    float_activation_bounds,
     fused_activation,
     input_tensor,
     padded_column_phases,
@@ -96,10 +98,13 @@ def _prepare_float(op, graph):
      (pad_top, pad_bottom, pad_left, pad_right), taps) = _geometry(op, graph, filters)
     bias = None
     if input_tensor(op, graph, 2) is not None:
-        bias = np.tile(constant_input(op, graph, 2, "bias").astype(np.float32), out_w)
-    bounds = compiled.float_activation_bounds(op)
-    if compiled.enabled() and bounds is not None:
-        return _compiled_float(filters, bias, op.options, pad_top, pad_left, multiplier, bounds, out_h, out_w, out_c)
+        bias = constant_input(op, graph, 2, "bias").astype(np.float32)
+    native_depthwise = native_float.prepare_depthwise(graph[op.inputs[0]].shape, filters, bias, op.options, out_h,
+                                                      out_w, pad_top, pad_left, float_activation_bounds(op))
+    if native_depthwise is not None:
+        return native_depthwise
+    if bias is not None:
+        bias = np.tile(bias, out_w)
     column_phases = padded_column_phases(in_h, in_w, out_c, (pad_top, pad_bottom, pad_left, pad_right), stride_w)
 
     def phases(x):
@@ -121,22 +126,6 @@ def _prepare_float(op, graph):
         return acc.reshape(x.shape[0], out_h, out_w, out_c)
 
     return with_activation(depthwise_conv_2d, fused_activation(op))
-
-
-def _compiled_float(filters, tiled_bias, options, pad_top, pad_left, multiplier, bounds, out_h, out_w, out_c):
-    """The same sums in one compiled pass per output pixel (runtime.kernels.compiled)."""
-    taps = np.ascontiguousarray(filters[0])  # [KH, KW, C*M]
-    bias = np.zeros(0, np.float32) if tiled_bias is None else np.ascontiguousarray(tiled_bias[:out_c])
-    geometry = (options.get("stride_h", 1), options.get("stride_w", 1), options.get("dilation_h_factor", 1),
-                options.get("dilation_w_factor", 1), pad_top, pad_left, multiplier)
-    low, high = bounds
-    outputs = compiled.OutputBuffers((out_h, out_w, out_c), np.float32)
-    kernel = compiled.depthwise_float
-
-    def depthwise_conv_2d_compiled(x, _filters=None, _bias=None):
-        return kernel(x, taps, bias, *geometry, low, high, outputs.get(x.shape[0]))
-
-    return depthwise_conv_2d_compiled
 
 
 # -- int8 ------------------------------------------------------------------------------------------
@@ -186,9 +175,6 @@ def _prepare_int8(op, graph):
     if native_depthwise is not None:
         return native_depthwise
     accumulate, out_c = _integer_taps(op, graph)
-    if compiled.enabled():
-        return _compiled_int8(op, graph, bias, input_offset, output_multiplier, output_shift, output_offset,
-                              activation_min, activation_max)
 
     # |x + input_offset| <= 255, so each channel's sum is bounded by 255 * sum |w|.
     filters = constant_input(op, graph, 1, "filter").astype(np.int64).reshape(-1, out_c)
@@ -197,7 +183,7 @@ def _prepare_int8(op, graph):
     folded = fold_requantization(constant_term, output_multiplier, output_shift, output_offset, accumulator_bound)
     if folded is not None:
         requantize = folded_requantizer(folded, activation_min, activation_max)
-        outputs = compiled.OutputBuffers(graph[op.outputs[0]].shape[1:], np.int8)
+        outputs = OutputBuffers(graph[op.outputs[0]].shape[1:], np.int8)
 
         def depthwise_conv_2d_int8_folded(x, _filters=None, _bias=None):
             acc = accumulate(x.astype(np.int32) + input_offset)
@@ -247,39 +233,6 @@ def _native_int8(op, graph, bias, input_zero_point, output_multiplier, output_sh
     return native_int8.prepare_depthwise(graph[op.inputs[0]].shape, filters, bias, input_zero_point,
                                          output_multiplier, output_shift, output_offset, activation_min,
                                          activation_max, op.options, out_h, out_w, pad_top, pad_left)
-
-
-def _compiled_int8(op, graph, bias, input_offset, output_multiplier, output_shift, output_offset,
-                   activation_min, activation_max):
-    """DepthwiseConvPerChannel in one compiled pass: taps, bias, requantization, clamp."""
-    _, in_h, in_w, in_c = graph[op.inputs[0]].shape
-    filters = constant_input(op, graph, 1, "filter").astype(np.int32)
-    _, k_h, k_w, out_c = filters.shape
-    options = op.options
-    stride_h, stride_w = options.get("stride_h", 1), options.get("stride_w", 1)
-    dil_h, dil_w = options.get("dilation_h_factor", 1), options.get("dilation_w_factor", 1)
-    out_h, out_w, (pad_top, _, pad_left, _) = _padding(options, in_h, in_w, k_h, k_w)
-    taps = np.ascontiguousarray(filters[0])
-    bias = np.zeros(0, np.int64) if bias is None else np.ascontiguousarray(bias, dtype=np.int64)
-    arguments = (taps, bias, np.int32(input_offset), stride_h, stride_w, dil_h, dil_w, pad_top, pad_left,
-                 out_c // in_c, np.ascontiguousarray(output_multiplier, dtype=np.int64),
-                 np.ascontiguousarray(output_shift, dtype=np.int64), output_offset, activation_min, activation_max)
-    outputs = compiled.OutputBuffers((out_h, out_w, out_c), np.int8)
-    # |x + input_offset| <= 255: each channel's sum is bounded by 255 * sum |w|.
-    accumulator_bound = 255 * int(np.abs(taps).astype(np.int64).reshape(-1, out_c).sum(axis=0).max(initial=0))
-    constant_term = bias if bias.size else np.zeros(out_c, np.int64)
-    folded = fold_requantization(constant_term, output_multiplier, output_shift, output_offset, accumulator_bound)
-    if folded is not None:
-        kernel = compiled.depthwise_int8_folded
-        arguments = (taps, np.int32(input_offset), stride_h, stride_w, dil_h, dil_w, pad_top, pad_left,
-                     out_c // in_c) + tuple(folded[:5]) + (activation_min, activation_max)
-    else:
-        kernel = compiled.depthwise_int8
-
-    def depthwise_conv_2d_int8_compiled(x, _filters=None, _bias=None):
-        return kernel(x, *arguments, outputs.get(x.shape[0]))
-
-    return depthwise_conv_2d_int8_compiled
 
 
 # -- hybrid (dynamic range): int8 filter (per channel), float input and output ------------------

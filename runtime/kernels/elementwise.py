@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from edgeq.runtime import native
-from edgeq.runtime.kernels import check, compiled, register
+from edgeq.runtime.kernels import check, register
+from edgeq.runtime.kernels.buffers import OutputBuffers
 from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier, rounding_divide_by_pot
 from edgeq.runtime.kernels.int16_tables import check_symmetric, checked_log2
 from edgeq.runtime.kernels.common import fused_activation, require_float, with_activation
@@ -102,7 +103,7 @@ def _prepare_add_sub_int(op, graph):
         params = native.AddParams(input1_offset, input2_offset, left_shift, input1_multiplier, input1_shift,
                                   input2_multiplier, input2_shift, output_multiplier, output_shift, output_offset,
                                   activation_min, activation_max, subtract)
-        native_outputs = compiled.OutputBuffers(shapes[2][1:], dtype)
+        native_outputs = OutputBuffers(shapes[2][1:], dtype)
         isa = native.isa()
         if int(np.prod(shapes[2])) >= PAIR_TABLE_MIN_VALUES:
             # A large tensor reads each output from the table of all 65536 input pairs, made once here
@@ -120,22 +121,6 @@ def _prepare_add_sub_int(op, graph):
                     return add_sub_int(a, b)
                 return native.add_int8(isa, params, np.ascontiguousarray(a), np.ascontiguousarray(b),
                                        native_outputs.get(a.shape[0]))
-
-    use_compiled = not use_native and compiled.enabled() and dtype != np.int16 and shapes[0] == shapes[1] == shapes[2]
-    if use_compiled:
-        # Same-shape inputs (a residual connection): one compiled pass, no int64 temporaries.
-        outputs = compiled.OutputBuffers(shapes[2][1:], dtype)
-        arguments = (input1_offset, input2_offset, left_shift, input1_multiplier, input1_shift, input2_multiplier,
-                     input2_shift, output_multiplier, output_shift, subtract, output_offset, activation_min,
-                     activation_max)
-        kernel = compiled.add_sub_int
-
-        def add_sub_int_compiled(a, b):
-            if a.shape != b.shape:  # a batch run against a constant: numpy broadcasts
-                return add_sub_int(a, b)
-            out = outputs.get(a.shape[0])
-            kernel(a.reshape(-1), b.reshape(-1), *arguments, out.reshape(-1))
-            return out
 
     def add_sub_int(a, b):
         shifted_1 = (a.astype(np.int64) + input1_offset) << left_shift
@@ -164,8 +149,6 @@ def _prepare_add_sub_int(op, graph):
         return add_sub_int16
     if use_native:
         return add_sub_int8_native
-    if use_compiled:
-        return add_sub_int_compiled
     return add_sub_int
 
 

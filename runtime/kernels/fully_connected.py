@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeq.runtime.kernels import check, compiled, native_int8, register
+from edgeq.runtime.kernels import check, native_int8, register
+from edgeq.runtime.kernels.buffers import SCRATCH
 from edgeq.runtime.kernels.common import fused_activation, input_tensor, require_float, with_activation
 from edgeq.runtime.kernels.common import constant_input
 from edgeq.runtime.fixedpoint import round_half_away
@@ -111,27 +112,10 @@ def _prepare_int8(op, graph):
     chunks = exact_float32_chunks(weights, 128)
     gemm = exact_gemm(np.ascontiguousarray(weights.T, dtype=np.float32), chunks)
     accumulator_dtype = exact_gemm_dtype(chunks)
-    scratch = compiled.SCRATCH
+    scratch = SCRATCH
     constant_term = input_offset * weights.sum(axis=1)
     if bias is not None:
         constant_term = constant_term + bias
-
-    if compiled.enabled():
-        constant_term_ = np.ascontiguousarray(np.broadcast_to(constant_term, (out_c,)), dtype=np.int64)
-        scales = np.ascontiguousarray(effective_scale, dtype=np.float64).reshape(-1)
-        requantize = compiled.requantize_rows_float_scale
-
-        outputs = {}
-
-        def fully_connected_int8_compiled(x, _weights=None, _bias=None):
-            acc = _exact_product(x, in_c, out_c, gemm, accumulator_dtype, scratch)
-            out = outputs.get(acc.shape[0])
-            if out is None:
-                out = outputs[acc.shape[0]] = np.empty(acc.shape, np.int8)
-            requantize(acc, constant_term_, scales, output_offset, activation_min, activation_max, out)
-            return out.reshape(_output_shape(x, in_c, out_c, keep_num_dims))
-
-        return fully_connected_int8_compiled
 
     def fully_connected_int8(x, _weights=None, _bias=None):
         acc = _exact_product(x, in_c, out_c, gemm, accumulator_dtype, scratch).astype(np.int64)

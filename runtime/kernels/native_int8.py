@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeq.runtime import native
-from edgeq.runtime.kernels.compiled import OutputBuffers
+from edgeq.runtime.kernels.buffers import OutputBuffers
 from edgeq.runtime.kernels.requantize import fold_requantization
 
 INT32_LIMIT = 2**31

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from edgeq.runtime import native
-from edgeq.runtime.kernels import compiled, register
+from edgeq.runtime.kernels import native_float, register
+from edgeq.runtime.kernels.buffers import OutputBuffers
 from edgeq.runtime.kernels.common import (
+    float_activation_bounds,
     fused_activation,
     padded_column_phases,
     require_float,
@@ -38,9 +40,10 @@ def prepare_max_pool_2d(op, graph):
         return _prepare_max_pool_int(op, graph)
     require_float(op, graph)
     in_h, in_w, channels, out_h, out_w, stride_w, pads, taps, _ = _geometry(op, graph)
-    bounds = compiled.float_activation_bounds(op)
-    if compiled.enabled() and bounds is not None:
-        return _compiled_max_pool(op, pads, out_h, out_w, channels, np.float32, bounds)
+    native_pool = native_float.prepare_pool(False, graph[op.inputs[0]].shape, op.options, out_h, out_w, pads,
+                                            float_activation_bounds(op))
+    if native_pool is not None:
+        return native_pool
     column_phases = padded_column_phases(in_h, in_w, channels, pads, stride_w, fill=-np.inf)
     (first_phase, first_rows, first_cols), other_taps = taps[0], taps[1:]
 
@@ -54,21 +57,6 @@ def prepare_max_pool_2d(op, graph):
     return with_activation(max_pool_2d, fused_activation(op))
 
 
-def _compiled_max_pool(op, pads, out_h, out_w, channels, dtype, bounds):
-    """The window max over in-input positions in one compiled pass (runtime.kernels.compiled)."""
-    options = op.options
-    geometry = (options["filter_height"], options["filter_width"], options.get("stride_h", 1),
-                options.get("stride_w", 1), pads[0], pads[2])
-    low, high = bounds
-    outputs = compiled.OutputBuffers((out_h, out_w, channels), dtype)
-    kernel = compiled.max_pool
-
-    def max_pool_2d_compiled(x):
-        return kernel(x, *geometry, low, high, outputs.get(x.shape[0]))
-
-    return max_pool_2d_compiled
-
-
 @register("AVERAGE_POOL_2D")
 def prepare_average_pool_2d(op, graph):
     if graph[op.inputs[0]].dtype in (np.int8, np.uint8, np.int16):
@@ -80,6 +68,10 @@ def prepare_average_pool_2d(op, graph):
             return x.mean(axis=(1, 2), keepdims=True, dtype=np.float32)
 
         return with_activation(global_average_pool_2d, fused_activation(op))
+    native_pool = native_float.prepare_pool(True, graph[op.inputs[0]].shape, op.options, out_h, out_w, pads,
+                                            float_activation_bounds(op))
+    if native_pool is not None:
+        return native_pool
 
     column_phases = padded_column_phases(in_h, in_w, channels, pads, stride_w, fill=0.0)
     # TFLite divides by the number of window elements inside the input, not by the filter size:
@@ -125,8 +117,6 @@ def _prepare_max_pool_int(op, graph):
     activation_min, activation_max = _integer_range(op, graph)
     if native.enabled() and dtype == np.int8:
         return _native_max_pool_int8(op, in_h, in_w, channels, out_h, out_w, pads, activation_min, activation_max)
-    if compiled.enabled():
-        return _compiled_max_pool(op, pads, out_h, out_w, channels, dtype, (activation_min, activation_max))
     column_phases = padded_column_phases(in_h, in_w, channels, pads, stride_w, fill=np.iinfo(dtype).min)
     (first_phase, first_rows, first_cols), other_taps = taps[0], taps[1:]
 
@@ -148,7 +138,7 @@ def _native_max_pool_int8(op, in_h, in_w, channels, out_h, out_w, pads, low, hig
                   stride_h=options.get("stride_h", 1), stride_w=options.get("stride_w", 1), dil_h=1, dil_w=1,
                   pad_top=pads[0], pad_left=pads[2], input_zero_point=0)
     geometries = {}
-    outputs = compiled.OutputBuffers((out_h, out_w, channels), np.int8)
+    outputs = OutputBuffers((out_h, out_w, channels), np.int8)
     isa = native.isa()
 
     def max_pool_2d_int8_native(x):
@@ -164,10 +154,15 @@ def _native_max_pool_int8(op, in_h, in_w, channels, out_h, out_w, pads, low, hig
 def _prepare_average_pool_int(op, graph):
     in_h, in_w, channels, out_h, out_w, stride_w, pads, taps, _ = _geometry(op, graph)
     dtype = graph[op.inputs[0]].dtype
+    activation_min, activation_max = _integer_range(op, graph)
+    if dtype == np.int8:
+        native_pool = native_float.prepare_average_pool_int8(graph[op.inputs[0]].shape, op.options, out_h, out_w,
+                                                             pads, activation_min, activation_max)
+        if native_pool is not None:
+            return native_pool
     column_phases = padded_column_phases(in_h, in_w, channels, pads, stride_w, fill=0)
     window_counts = _window_counts(in_h, in_w, channels, pads, stride_w, taps)
     (first_phase, first_rows, first_cols), other_taps = taps[0], taps[1:]
-    activation_min, activation_max = _integer_range(op, graph)
 
     def average_pool_2d_int(x):
         sources = column_phases(x.astype(np.int32))

@@ -14,7 +14,7 @@ import numpy as np
 
 from edgeq.runtime import native
 from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier, round_half_away
-from edgeq.runtime.kernels import check, compiled, register
+from edgeq.runtime.kernels import check, register
 from edgeq.runtime.kernels.requantize import double_to_int32, saturate, scale_and_zero_point
 from edgeq.runtime.ir import ModelError
 
@@ -64,16 +64,6 @@ def prepare_quantize(op, graph):
                                         outputs.get(x.shape), isa)
 
         return quantize_native
-
-    if input_tensor.dtype in (np.float32, np.float16) and compiled.enabled():
-        kernel, scale = compiled.quantize_float, np.float32(output_scale)
-
-        def quantize_compiled(x):
-            out = np.empty(x.shape, dtype)
-            kernel(x.reshape(-1), scale, output_zero_point, low, high, out.reshape(-1))
-            return out
-
-        return quantize_compiled
 
     if input_tensor.dtype in (np.float32, np.float16):
         def quantize(x):

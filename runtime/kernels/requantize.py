@@ -281,7 +281,7 @@ def exact_gemm(weights: np.ndarray, chunks: list):
             return np.matmul(lhs, weights, out=out)
 
         return gemm
-    from edgeq.runtime.kernels.compiled import SCRATCH
+    from edgeq.runtime.kernels.buffers import SCRATCH
 
     pieces = [np.ascontiguousarray(weights[chunk]) for chunk in chunks]
     channels = weights.shape[1]
@@ -356,7 +356,7 @@ def fold_requantization(constant_term, multipliers, shifts, output_offset: int, 
 def folded_requantizer(folded: FoldedRequantization, low: int, high: int):
     """requantize(acc [rows, channels] exact integers (float or int), out int8 [rows, channels]):
     the folded form in numpy, a few whole-array int64 passes over shared scratch."""
-    from edgeq.runtime.kernels.compiled import SCRATCH
+    from edgeq.runtime.kernels.buffers import SCRATCH
 
     # -C as a mask: (t - T) >> 63 is all ones where t < T, so ANDing it with -C gives -C there and 0
     # elsewhere (a masked subtract or a bool multiply is several times slower in numpy).

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier
-from edgeq.runtime.kernels import check, compiled, register
+from edgeq.runtime.kernels import check, register
 from edgeq.runtime.kernels.common import (
     batched_shape,
     constant_input,
@@ -175,22 +175,6 @@ def _prepare_int8(op, graph):
         acc = _col2im(patches, np.zeros((n, out_h, out_w, out_c), accumulate_dtype), taps).astype(np.int64)
         acc += constant_term
         return acc
-
-    if compiled.enabled():
-        # The requantization in one compiled pass (numpy's takes several int64 passes).
-        no_channel_term = np.zeros(out_c, np.int64)
-        multipliers = np.ascontiguousarray(output_multiplier, dtype=np.int64)
-        shifts = np.ascontiguousarray(output_shift, dtype=np.int64)
-        requantize_rows = compiled.requantize_rows
-
-        def transpose_conv_int8_compiled(_output_shape, _filters, x, _bias=None):
-            acc = accumulate(x)
-            out = np.empty(acc.shape, np.int8)
-            requantize_rows(acc.reshape(-1, out_c), no_channel_term, multipliers, shifts, output_offset,
-                            activation_min, activation_max, out.reshape(-1, out_c))
-            return out.reshape(batched_shape(g.output_shape, g.static_batch, x.shape[0]))
-
-        return transpose_conv_int8_compiled
 
     def transpose_conv_int8(_output_shape, _filters, x, _bias=None):
         scaled = multiply_by_quantized_multiplier(accumulate(x), output_multiplier, output_shift)

@@ -92,7 +92,18 @@ def _open_library():
             ("edgeq_lookup_pairs_int8", None, [int32, pointer, pointer, ctypes.c_size_t, pointer, pointer]),
             ("edgeq_quantize_to_int8", None,
              [int32, pointer, ctypes.c_size_t, ctypes.c_float, int32, int32, int32, pointer]),
-            ("edgeq_dequantize_int8", None, [int32, pointer, ctypes.c_size_t, ctypes.c_double, int32, pointer])):
+            ("edgeq_dequantize_int8", None, [int32, pointer, ctypes.c_size_t, ctypes.c_double, int32, pointer]),
+            ("edgeq_depthwise_f32", int32, [int32, pointer, int32, pointer, pointer, pointer, ctypes.c_float,
+                                            ctypes.c_float, pointer, int32]),
+            ("edgeq_bias_activation_f32", None, [int32, pointer, ctypes.c_size_t, int32, pointer, ctypes.c_float,
+                                                 ctypes.c_float]),
+            ("edgeq_pool_f32", None, [int32, int32, pointer, pointer, ctypes.c_float, ctypes.c_float, pointer]),
+            ("edgeq_average_pool_int8", None, [int32, pointer, pointer, int32, int32, pointer, pointer]),
+            ("edgeq_im2col_f32", None, [pointer, pointer, ctypes.c_float, pointer]),
+            ("edgeq_sgemm_packed_floats", ctypes.c_size_t, [int32, int32, int32]),
+            ("edgeq_sgemm_pack", None, [int32, int32, int32, pointer, pointer]),
+            ("edgeq_sgemm", int32, [int32, int32, int32, int32, pointer, ctypes.c_size_t, pointer, pointer,
+                                    ctypes.c_float, ctypes.c_float, pointer, int32])):
         function = getattr(library, name, None)
         if function is None:
             return None, f"the extension is out of date (no {name}); reinstall edgeq to rebuild it"
@@ -329,4 +340,78 @@ def max_pool_int8(geometry: ConvGeometry, x: np.ndarray, low: int, high: int, ou
     on ``isa_name``)."""
     _library.edgeq_max_pool_int8_isa(ISA_CODES[isa_name or "portable"], ctypes.byref(geometry), _address(x),
                                      int(low), int(high), _address(out))
+    return out
+
+
+# -- float32 kernels (and int8 average pooling) --------------------------------------------------------
+# They run on the vector unit of the variant ``isa_name`` names (AVX-512, AVX2 + FMA, NEON, or portable C).
+
+def depthwise_f32(isa_name: str, geometry: ConvGeometry, depth_multiplier: int, x: np.ndarray, filters: np.ndarray,
+                  bias, low: float, high: float, out: np.ndarray) -> np.ndarray:
+    """out = float32 DEPTHWISE_CONV_2D of contiguous x with filters [k_h, k_w, out_c], + bias (or None),
+    clamped to [low, high]."""
+    status = _library.edgeq_depthwise_f32(ISA_CODES[isa_name], ctypes.byref(geometry), depth_multiplier,
+                                          x.ctypes.data, filters.ctypes.data, None if bias is None else bias.ctypes.data,
+                                          low, high, out.ctypes.data, _threads)
+    if status:
+        raise NativeError(f"native float depthwise convolution failed ({status})")
+    return out
+
+
+def bias_activation_f32(isa_name: str, out: np.ndarray, bias, low: float, high: float) -> np.ndarray:
+    """out [rows, channels] (contiguous float32) = clamp(out + bias, low, high) in place; bias may be None."""
+    rows, channels = out.shape
+    _library.edgeq_bias_activation_f32(ISA_CODES[isa_name], out.ctypes.data, rows, channels,
+                                       None if bias is None else bias.ctypes.data, low, high)
+    return out
+
+
+def pool_f32(isa_name: str, average: bool, geometry: ConvGeometry, x: np.ndarray, low: float, high: float,
+             out: np.ndarray) -> np.ndarray:
+    """float32 MAX_POOL_2D (or AVERAGE_POOL_2D) of contiguous NHWC x over in-input positions, clamped."""
+    _library.edgeq_pool_f32(ISA_CODES[isa_name], int(average), ctypes.byref(geometry), x.ctypes.data, low, high,
+                            out.ctypes.data)
+    return out
+
+
+def average_pool_int8(isa_name: str, geometry: ConvGeometry, x: np.ndarray, low: int, high: int,
+                      scratch: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """int8 AVERAGE_POOL_2D of contiguous NHWC x; ``scratch`` holds in_c int32."""
+    _library.edgeq_average_pool_int8(ISA_CODES[isa_name], ctypes.byref(geometry), x.ctypes.data, int(low), int(high),
+                                     scratch.ctypes.data, out.ctypes.data)
+    return out
+
+
+def im2col_f32(geometry: ConvGeometry, x: np.ndarray, fill: float, columns: np.ndarray) -> np.ndarray:
+    """columns [batch * out_h * out_w, k_h * k_w * in_c] = the patches of contiguous float32 x."""
+    _library.edgeq_im2col_f32(ctypes.byref(geometry), x.ctypes.data, fill, columns.ctypes.data)
+    return columns
+
+
+# Bias of the float GEMM: padded with zeros to a multiple of the widest panel.
+SGEMM_BIAS_MULTIPLE = 32
+
+
+def sgemm_pack(isa_name: str, weights: np.ndarray) -> np.ndarray:
+    """float32 weights [n, k] in the panels the variant's GEMM micro-kernel reads (64-byte aligned, made
+    once in prepare)."""
+    weights = np.ascontiguousarray(weights, dtype=np.float32)
+    n, k = weights.shape
+    count = int(_library.edgeq_sgemm_packed_floats(ISA_CODES[isa_name], k, n))
+    raw = np.empty(count * 4 + 64, np.uint8)
+    offset = (-raw.ctypes.data) % 64
+    packed = raw[offset:offset + count * 4].view(np.float32)
+    _library.edgeq_sgemm_pack(ISA_CODES[isa_name], k, n, weights.ctypes.data, packed.ctypes.data)
+    return packed
+
+
+def sgemm(isa_name: str, a: np.ndarray, packed: np.ndarray, n: int, bias, low: float, high: float,
+          out: np.ndarray) -> np.ndarray:
+    """out [m, n] = clamp(a [m, k] (float32, rows contiguous) . weights^T + bias, low, high); ``bias``
+    None or padded (``SGEMM_BIAS_MULTIPLE``)."""
+    m, k = a.shape
+    status = _library.edgeq_sgemm(ISA_CODES[isa_name], m, k, n, a.ctypes.data, a.strides[0] // 4, packed.ctypes.data,
+                                  None if bias is None else bias.ctypes.data, low, high, out.ctypes.data, _threads)
+    if status:
+        raise NativeError(f"native float GEMM failed ({status})")
     return out

@@ -125,6 +125,35 @@ EDGEQ_API void edgeq_max_pool_int8_isa(int isa, const edgeq_conv_geometry *g, co
 EDGEQ_API void edgeq_lookup_pairs_int8(int isa, const int8_t *a, const int8_t *b, size_t count, const int8_t *table,
                                        int8_t *out);
 
+/* dwconv_f32.c: which float code the int8 variant `isa` goes with: its vector unit, if the CPU has
+ * what the float kernels need of it (FMA beside AVX2). */
+enum { EDGEQ_FLOAT_PORTABLE = 0, EDGEQ_FLOAT_AVX2 = 1, EDGEQ_FLOAT_AVX512 = 2, EDGEQ_FLOAT_NEON = 3 };
+int edgeq_float_level(int isa);
+
+/* sgemm.c: c [m][n] = clamp(a [m][k] (rows lda apart) . w^T + bias, low, high), w [n][k] packed once in
+ * panels of edgeq_sgemm_panel_width(isa) columns; bias NULL or padded with zeros to whole panels of 32. */
+EDGEQ_API size_t edgeq_sgemm_packed_floats(int isa, int k, int n);
+EDGEQ_API int edgeq_sgemm_panel_width(int isa);
+EDGEQ_API void edgeq_sgemm_pack(int isa, int k, int n, const float *w, float *packed);
+EDGEQ_API int edgeq_sgemm(int isa, int m, int k, int n, const float *a, size_t lda, const float *packed,
+                          const float *bias, float low, float high, float *c, int threads);
+
+/* dwconv_f32.c: float32 depthwise convolution, filters [k_h][k_w][out_c], with the bias (or NULL) and
+ * the fused activation as a clamp to [low, high]; the bias + clamp pass over a GEMM's [rows][channels]. */
+EDGEQ_API int edgeq_depthwise_f32(int isa, const edgeq_conv_geometry *g, int depth_multiplier, const float *x,
+                                  const float *filters, const float *bias, float low, float high, float *out,
+                                  int threads);
+EDGEQ_API void edgeq_bias_activation_f32(int isa, float *out, size_t rows, int channels, const float *bias,
+                                         float low, float high);
+
+/* pool.c: float32 max (average = 0) or average (1) pool, int8 average pool (scratch: in_c int32), and
+ * the float32 im2col of a convolution ([batch * out_h * out_w][k_h * k_w * in_c], fill on padding). */
+EDGEQ_API void edgeq_pool_f32(int isa, int average, const edgeq_conv_geometry *g, const float *x, float low,
+                              float high, float *out);
+EDGEQ_API void edgeq_average_pool_int8(int isa, const edgeq_conv_geometry *g, const int8_t *x, int32_t low,
+                                       int32_t high, int32_t *scratch, int8_t *out);
+EDGEQ_API void edgeq_im2col_f32(const edgeq_conv_geometry *g, const float *x, float fill, float *columns);
+
 /* threads.c: run work(context, index) for index in [0, count) on up to `threads` threads. */
 void edgeq_parallel_for(int count, int threads, void (*work)(void *context, int index), void *context);
 

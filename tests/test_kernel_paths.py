@@ -1,8 +1,10 @@
-"""The compiled kernels (runtime.kernels.compiled, numba) against the numpy kernels and LiteRT.
+"""Every kernel with a native twin (runtime.native) against the numpy kernels and LiteRT.
 
-Every kernel with a compiled twin runs here twice, with the compiled path off and on: int8 results
-must equal LiteRT's BUILTIN_REF integers both times, and float results must be identical between
-the two paths. The compiled half is skipped where numba is not installed.
+Each runs on the numpy path and on every native variant this machine has: int8 results must equal
+LiteRT's BUILTIN_REF integers every time; float results must equal the numpy path's, exactly where
+the native loop does the same operations in the same order (pools, im2col), and within a few float32
+roundings where it fuses multiply and add (depthwise convolution). The native half is skipped where the
+extension is not built.
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ import numpy as np
 import pytest
 
 from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier
+from edgeq.runtime import native
 from edgeq.runtime.interpreter import Interpreter
-from edgeq.runtime.kernels import compiled
 from edgeq.runtime.padding import output_size
 from edgeq.runtime.ir import Graph, Op, Tensor
 
@@ -29,25 +31,45 @@ from edgeq.testing.int8_graphs import (  # noqa: E402
 )
 from edgeq.testing.referees import assert_exact, mismatches_in_every_tensor  # noqa: E402
 
-needs_numba = pytest.mark.skipif(not compiled.available(), reason="numba is not installed (pip install edgeq[fast])")
+
+
+@pytest.fixture(params=native.supported_isas() or ["none"])
+def native_variant(request, monkeypatch):
+    """One native variant the machine runs (the numpy path is the reference each is compared to)."""
+    if request.param == "none":
+        pytest.skip(f"no native kernels: {native.describe()}")
+    monkeypatch.setattr(native, "_isa", request.param)
+    return request.param
 
 
 def outputs_on_both_paths(graph: Graph, inputs, monkeypatch) -> tuple:
-    """Every non-constant tensor of one run, with the compiled path off and on."""
+    """Every non-constant tensor of one run, on the numpy path and on the native one."""
     results = []
     for enabled in (False, True):
-        monkeypatch.setattr(compiled, "ENABLED", enabled)
+        monkeypatch.setattr(native, "ENABLED", enabled)
         results.append(Interpreter.from_graph(graph).run(inputs, keep="all"))
     return tuple(results)
 
 
-def assert_identical_on_both_paths(graph, inputs, monkeypatch):
-    numpy_outputs, compiled_outputs = outputs_on_both_paths(graph, inputs, monkeypatch)
-    assert numpy_outputs.keys() == compiled_outputs.keys()
+def assert_equal_on_both_paths(graph, inputs, monkeypatch, rtol=0.0):
+    """The native path's tensors equal the numpy path's: exactly, or within ``rtol`` of the tensor's
+    largest magnitude, at least of 1 (the float32 roundings a fused multiply-add changes; an activation
+    that clamps to [-1, 1] hides how large the sums it clamps were)."""
+    numpy_outputs, native_outputs = outputs_on_both_paths(graph, inputs, monkeypatch)
+    assert numpy_outputs.keys() == native_outputs.keys()
     for name, expected in numpy_outputs.items():
-        got = compiled_outputs[name]
+        got = native_outputs[name]
         assert got.dtype == expected.dtype and got.shape == expected.shape, name
-        assert np.array_equal(got, expected), f"{name}: {np.count_nonzero(got != expected)} elements differ"
+        if rtol == 0.0:
+            assert np.array_equal(got, expected), f"{name}: {np.count_nonzero(got != expected)} elements differ"
+        else:
+            scale = max(float(np.max(np.abs(expected), initial=0.0)), 1.0)
+            np.testing.assert_allclose(got, expected, rtol=0, atol=rtol * scale, err_msg=name)
+
+
+# What summing a few dozen products of order 1-10 with fused multiply-adds instead of separate ones
+# can change, relative to the largest output: a few dozen float32 roundings (2^-23 each).
+FMA_RTOL = 1e-5
 
 
 # -- int8: equal to LiteRT's reference kernels on both paths ------------------------------------------
@@ -100,7 +122,7 @@ def test_max_pool_int8(kernel_path, k, stride, padding, act):
     assert_exact(graph, inputs)
 
 
-# -- float: the compiled path gives the numpy path's very values ------------------------------------
+# -- float: the native path gives the numpy path's values ---------------------------------------------
 
 def float_depthwise_graph(x_shape, k, stride, dilation, padding, multiplier, act, bias=True, seed=0):
     rng = np.random.default_rng(seed)
@@ -121,68 +143,126 @@ def float_depthwise_graph(x_shape, k, stride, dilation, padding, multiplier, act
     return g, [(rng.standard_normal(x_shape) * 3).astype(np.float32)]
 
 
-@needs_numba
 @pytest.mark.parametrize("k, stride, dilation, padding", DEPTHWISE_GEOMETRIES)
 @pytest.mark.parametrize("multiplier, act", [(1, "RELU6"), (2, "NONE"), (1, "RELU_N1_TO_1")])
-def test_depthwise_conv_2d_float_identical(monkeypatch, k, stride, dilation, padding, multiplier, act):
+def test_depthwise_conv_2d_float(native_variant, monkeypatch, k, stride, dilation, padding, multiplier, act):
     graph, inputs = float_depthwise_graph((2, 10, 9, 5), k, stride, dilation, padding, multiplier, act)
-    assert_identical_on_both_paths(graph, inputs, monkeypatch)
+    assert_equal_on_both_paths(graph, inputs, monkeypatch, rtol=FMA_RTOL)
 
 
-@needs_numba
-def test_depthwise_conv_2d_float_without_bias_identical(monkeypatch):
+@pytest.mark.parametrize("channels", [1, 7, 16, 31, 32, 33, 64, 70, 144])
+def test_depthwise_conv_2d_float_every_channel_block_and_tail(native_variant, monkeypatch, channels):
+    graph, inputs = float_depthwise_graph((1, 9, 8, channels), 3, 1, 1, "SAME", 1, "RELU6", seed=channels)
+    assert_equal_on_both_paths(graph, inputs, monkeypatch, rtol=FMA_RTOL)
+
+
+def test_depthwise_conv_2d_float_without_bias(native_variant, monkeypatch):
     graph, inputs = float_depthwise_graph((1, 7, 7, 16), 3, 1, 1, "SAME", 1, "RELU", bias=False)
-    assert_identical_on_both_paths(graph, inputs, monkeypatch)
+    assert_equal_on_both_paths(graph, inputs, monkeypatch, rtol=FMA_RTOL)
 
 
-@needs_numba
-@pytest.mark.parametrize("k, stride, padding, act", list(itertools.product([2, 3], [1, 2], ["SAME", "VALID"],
-                                                                           ["NONE", "RELU"])))
-def test_max_pool_float_identical(monkeypatch, k, stride, padding, act):
-    y_shape = (2, output_size(padding, 9, k, stride), output_size(padding, 8, k, stride), 3)
+def test_depthwise_conv_2d_float_prepares_the_native_kernel(native_variant, monkeypatch):
+    from edgeq.runtime.kernels import REGISTRY, load_all_kernels
+
+    load_all_kernels()
+    monkeypatch.setattr(native, "ENABLED", True)
+    graph, _ = float_depthwise_graph((1, 7, 7, 16), 3, 1, 1, "SAME", 1, "RELU6")
+    assert REGISTRY["DEPTHWISE_CONV_2D"](graph.ops[0], graph).__name__ == "depthwise_conv_2d_native"
+
+
+def test_depthwise_conv_2d_float_tanh_stays_on_numpy(native_variant, monkeypatch):
+    # TANH is not a clamp: the numpy kernel and its activation run.
+    graph, inputs = float_depthwise_graph((1, 7, 7, 8), 3, 1, 1, "SAME", 1, "TANH")
+    assert_equal_on_both_paths(graph, inputs, monkeypatch)
+
+
+def test_depthwise_conv_2d_float_same_on_two_threads(native_variant, monkeypatch):
+    monkeypatch.setattr(native, "ENABLED", True)
+    graph, inputs = float_depthwise_graph((2, 40, 40, 64), 3, 1, 1, "SAME", 1, "RELU6")
+    one = Interpreter.from_graph(graph, num_threads=1).run(inputs)["y"]
+    two = Interpreter.from_graph(graph, num_threads=2).run(inputs)["y"]
+    assert np.array_equal(one, two)
+
+
+POOL_CASES = list(itertools.product([2, 3], [1, 2], ["SAME", "VALID"], ["NONE", "RELU"]))
+
+
+def pool_graph(op_type, k, stride, padding, act, dtype, q=None, channels=3):
+    y_shape = (2, output_size(padding, 9, k, stride), output_size(padding, 8, k, stride), channels)
     options = {"padding": padding, "stride_w": stride, "stride_h": stride, "filter_width": k,
                "filter_height": k, "fused_activation_function": act}
-    graph, inputs = unary_graph("MAX_POOL_2D", (2, 9, 8, 3), y_shape, None, None, options, dtype=np.float32)
-    assert_identical_on_both_paths(graph, inputs, monkeypatch)
+    return unary_graph(op_type, (2, 9, 8, channels), y_shape, q, q, options, dtype=dtype)
 
 
-@needs_numba
-def test_batch_run_reuses_no_stale_buffer(monkeypatch):
+@pytest.mark.parametrize("k, stride, padding, act", POOL_CASES)
+@pytest.mark.parametrize("op_type", ["MAX_POOL_2D", "AVERAGE_POOL_2D"])
+def test_pool_float_identical(native_variant, monkeypatch, op_type, k, stride, padding, act):
+    graph, inputs = pool_graph(op_type, k, stride, padding, act, np.float32, channels=19)
+    assert_equal_on_both_paths(graph, inputs, monkeypatch)
+
+
+@pytest.mark.parametrize("k, stride, padding, act", POOL_CASES)
+def test_average_pool_int8(kernel_path, k, stride, padding, act):
+    graph, inputs = pool_graph("AVERAGE_POOL_2D", k, stride, padding, act, np.int8, q=(0.05, 3), channels=5)
+    assert_exact(graph, inputs)
+
+
+def pointwise_conv_graph(x_shape, out_c, act, bias=True, seed=21):
+    rng = np.random.default_rng(seed)
+    g = Graph()
+    g.add_tensor(Tensor("x", x_shape, np.float32))
+    names = ["x", g.add_constant("w", rng.standard_normal((out_c, 1, 1, x_shape[3])).astype(np.float32))]
+    names.append(g.add_constant("b", rng.standard_normal(out_c).astype(np.float32)) if bias else "")
+    g.add_tensor(Tensor("y", x_shape[:3] + (out_c,), np.float32))
+    g.add_op(Op("CONV_2D", names, ["y"], {"padding": "SAME", "stride_h": 1, "stride_w": 1,
+                                           "fused_activation_function": act}))
+    g.inputs, g.outputs = ["x"], ["y"]
+    return g, [rng.standard_normal(x_shape).astype(np.float32)]
+
+
+@pytest.mark.parametrize("act", ["NONE", "RELU", "RELU6", "RELU_N1_TO_1"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_conv_2d_float_bias_and_activation(native_variant, monkeypatch, act, bias):
+    # A 1x1 convolution is the GEMM alone: bias and clamp in its output stage (or the native pass after BLAS).
+    graph, inputs = pointwise_conv_graph((2, 6, 5, 12), 37, act, bias)
+    assert_equal_on_both_paths(graph, inputs, monkeypatch, rtol=FMA_RTOL)
+
+
+@pytest.mark.parametrize("in_c", [1, 16, 33, 200])
+@pytest.mark.parametrize("out_c", [1, 15, 16, 17, 31, 32, 33, 70])
+def test_pointwise_conv_2d_float_every_tile_and_tail(native_variant, monkeypatch, in_c, out_c):
+    # 7 x 9 = 63 pixels: a partial row tile for every micro-kernel height (4, 6, 8).
+    graph, inputs = pointwise_conv_graph((1, 7, 9, in_c), out_c, "RELU6", seed=in_c * 100 + out_c)
+    assert_equal_on_both_paths(graph, inputs, monkeypatch, rtol=FMA_RTOL)
+
+
+def test_float_conv_2d_takes_the_native_gemm_with_avx512(monkeypatch):
+    if "avx512vnni" not in native.supported_isas():
+        pytest.skip("needs AVX-512")
+    from edgeq.runtime.kernels import REGISTRY, load_all_kernels
+
+    load_all_kernels()
+    monkeypatch.setattr(native, "ENABLED", True)
+    monkeypatch.setattr(native, "_isa", "avx512vnni")
+    graph, _ = pointwise_conv_graph((1, 7, 9, 64), 40, "RELU6")
+    assert REGISTRY["CONV_2D"](graph.ops[0], graph).__name__ == "conv_2d_native"
+
+
+def test_batch_run_reuses_no_stale_buffer(native_variant, monkeypatch):
     # run() on a batch, then on one sample: each result is its own array, right for its input.
     graph, inputs = float_depthwise_graph((1, 6, 6, 4), 3, 1, 1, "SAME", 1, "NONE")
-    monkeypatch.setattr(compiled, "ENABLED", True)
+    monkeypatch.setattr(native, "ENABLED", True)
     interpreter = Interpreter.from_graph(graph)
     batch = np.concatenate([inputs[0], inputs[0] * 2])
     first = interpreter.run(batch)["y"]
     second = interpreter.run(inputs[0])["y"]
-    monkeypatch.setattr(compiled, "ENABLED", False)
+    monkeypatch.setattr(native, "ENABLED", False)
     reference = Interpreter.from_graph(graph)
-    assert np.array_equal(first, reference.run(batch)["y"])
-    assert np.array_equal(second, reference.run(inputs[0])["y"])
+    np.testing.assert_allclose(first, reference.run(batch)["y"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(second, reference.run(inputs[0])["y"], rtol=0, atol=1e-5)
 
 
-# -- the requantization itself ----------------------------------------------------------------------
-
-@needs_numba
-def test_requantize_rows_equals_fixedpoint_on_edge_values():
-    rng = np.random.default_rng(7)
-    channels = 64
-    multipliers = np.concatenate([[0, 1 << 30, (1 << 31) - 1, 1518500250],
-                                  rng.integers(1 << 30, 1 << 31, channels - 4)]).astype(np.int64)
-    shifts = np.concatenate([[0, -31, 5, 30], rng.integers(-31, 8, channels - 4)]).astype(np.int64)
-    constant_term = rng.integers(-(1 << 20), 1 << 20, channels).astype(np.int64)
-    acc = rng.integers(-(1 << 24), 1 << 24, (300, channels)).astype(np.float64)
-    acc[:4] = [[-(2**31)], [2**31 - 1], [0], [-1]]  # int32 extremes (after the constant term, wrapped)
-    acc[:4] -= constant_term
-    expected = multiply_by_quantized_multiplier(acc.astype(np.int64) + constant_term, multipliers, shifts)
-    expected = np.clip(expected.astype(np.int64) + 3, -128, 127).astype(np.int8)
-    out = np.empty(acc.shape, np.int8)
-    compiled.requantize_rows(acc, constant_term, multipliers, shifts, 3, -128, 127, out)
-    assert np.array_equal(out, expected)
-
-
-@needs_numba
-def test_whole_int8_model_identical_on_both_paths(monkeypatch):
+def test_whole_int8_model_identical_on_both_paths(native_variant, monkeypatch):
     import json
     from pathlib import Path
 
@@ -191,11 +271,11 @@ def test_whole_int8_model_identical_on_both_paths(monkeypatch):
     samples = Path(__file__).resolve().parent.parent / "sample_models"
     entry = next(m for m in json.loads((samples / "manifest.json").read_text())["models"]
                  if m["name"] == "digits_mobilenetv2")
-    monkeypatch.setattr(compiled, "ENABLED", False)
+    monkeypatch.setattr(native, "ENABLED", False)
     result = convert(str(samples / entry["file"]), quantize="int8", calibration=str(samples / entry["calib_file"]),
                      num_calibration_samples=16)
     x = np.load(samples / entry["test_file"])[entry["input_name"]][:4].astype(np.float32).transpose(0, 2, 3, 1)
-    assert_identical_on_both_paths(result.graph, [np.ascontiguousarray(x)], monkeypatch)
+    assert_equal_on_both_paths(result.graph, [np.ascontiguousarray(x)], monkeypatch)
 
 
 @pytest.mark.parametrize("params", sorted(PARAMS))
@@ -205,9 +285,8 @@ def test_fully_connected_int8(kernel_path, params, per_channel):
     assert_exact(graph, inputs)
 
 
-@needs_numba
 @pytest.mark.parametrize("k, stride, dilation, padding", list(itertools.product([3, 7], [1, 2], [1, 2], ["SAME", "VALID"])))
-def test_conv_2d_float_compiled_im2col_identical(monkeypatch, k, stride, dilation, padding):
+def test_conv_2d_float_im2col_and_gemm(native_variant, monkeypatch, k, stride, dilation, padding):
     rng = np.random.default_rng(11)
     x_shape, out_c = (2, 15, 14, 3), 6  # the widest filter (7, dilation 2) spans 13
     g = Graph()
@@ -221,7 +300,7 @@ def test_conv_2d_float_compiled_im2col_identical(monkeypatch, k, stride, dilatio
                                            "dilation_h_factor": dilation, "dilation_w_factor": dilation,
                                            "fused_activation_function": "RELU"}))
     g.inputs, g.outputs = ["x"], ["y"]
-    assert_identical_on_both_paths(g, [rng.standard_normal(x_shape).astype(np.float32)], monkeypatch)
+    assert_equal_on_both_paths(g, [rng.standard_normal(x_shape).astype(np.float32)], monkeypatch, rtol=FMA_RTOL)
 
 
 @pytest.mark.parametrize("out_dtype, q_out", [(np.int8, (0.0123, -128)), (np.uint8, (0.1, 128)),
@@ -276,10 +355,6 @@ def test_folded_requantization_equals_fixedpoint():
         wide = np.empty(acc.shape, np.int64)
         folded_requantizer(folded, -(1 << 40), 1 << 40)(acc.astype(np.float64), wide)
         assert np.array_equal(wide, expected), trial
-        if compiled.available():
-            got = np.empty(acc.shape, np.int8)
-            compiled.requantize_rows_folded(acc.astype(np.float64), *folded[:5], -128, 127, got)
-            assert np.array_equal(got, np.clip(expected, -128, 127)), trial
     assert checked > 50
     # Every tie of a small shift, where the two roundings of the double-rounding form show.
     acc = np.arange(-70000, 70000).reshape(-1, 1)

@@ -1,0 +1,344 @@
+/* float32 DEPTHWISE_CONV_2D with the bias and the fused activation (a clamp) in the same pass, and the
+ * float bias + activation pass that ends a float GEMM (CONV_2D, FULLY_CONNECTED).
+ *
+ * Per output pixel, the filter taps that fall inside the input are listed once (padding contributes
+ * nothing, as in TFLite's reference kernel), then each block of channels accumulates over that list in
+ * registers, adds the bias and clamps before its one store. Taps are summed in (ky, kx) order, as the
+ * numpy kernel sums them; the SIMD variants fuse multiply and add (FMA), so they differ from numpy by
+ * a rounding or two, the portable one not at all. */
+#include "native.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define EDGEQ_X86 1
+#endif
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+
+/* Filters with more taps go through the per-tap loop instead of the tap list. */
+#define MAX_TAPS 64
+
+/* out[c] = clamp(bias[c] + sum over taps of src[t][c] * w[t][c]) for c < width; the pointers are
+ * already offset to the block's first channel; bias may be NULL. */
+typedef void (*block_f32_fn)(float *out, int width, int taps, const float *const *src, const float *const *w,
+                             const float *bias, float low, float high);
+
+static inline float clampf(float v, float low, float high) {
+    v = v < low ? low : v;
+    return v > high ? high : v;
+}
+
+#define PORTABLE_BLOCK 16
+
+static void block_portable(float *out, int width, int taps, const float *const *src, const float *const *w,
+                           const float *bias, float low, float high) {
+    for (int c0 = 0; c0 < width; c0 += PORTABLE_BLOCK) {
+        const int n = width - c0 < PORTABLE_BLOCK ? width - c0 : PORTABLE_BLOCK;
+        float acc[PORTABLE_BLOCK];
+        for (int c = 0; c < n; c++) acc[c] = 0.0f;
+        for (int t = 0; t < taps; t++) {
+            const float *s = src[t] + c0, *k = w[t] + c0;
+            for (int c = 0; c < n; c++) acc[c] += s[c] * k[c];
+        }
+        for (int c = 0; c < n; c++) out[c0 + c] = clampf(bias ? acc[c] + bias[c0 + c] : acc[c], low, high);
+    }
+}
+
+#if defined(EDGEQ_X86)
+/* AVX2 + FMA: 32 channels in four registers, then 8 at a time, then a masked tail. */
+__attribute__((target("avx2,fma"))) static void block_avx2(float *out, int width, int taps, const float *const *src,
+                                                           const float *const *w, const float *bias, float low,
+                                                           float high) {
+    const __m256 lo = _mm256_set1_ps(low), hi = _mm256_set1_ps(high);
+    int c = 0;
+    for (; c + 32 <= width; c += 32) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int t = 0; t < taps; t++) {
+            const float *s = src[t] + c, *k = w[t] + c;
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(s), _mm256_loadu_ps(k), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(s + 8), _mm256_loadu_ps(k + 8), a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(s + 16), _mm256_loadu_ps(k + 16), a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(s + 24), _mm256_loadu_ps(k + 24), a3);
+        }
+        if (bias) {
+            a0 = _mm256_add_ps(a0, _mm256_loadu_ps(bias + c));
+            a1 = _mm256_add_ps(a1, _mm256_loadu_ps(bias + c + 8));
+            a2 = _mm256_add_ps(a2, _mm256_loadu_ps(bias + c + 16));
+            a3 = _mm256_add_ps(a3, _mm256_loadu_ps(bias + c + 24));
+        }
+        /* max/min with the value second: a NaN passes through, as numpy's clip lets it */
+        _mm256_storeu_ps(out + c, _mm256_min_ps(hi, _mm256_max_ps(lo, a0)));
+        _mm256_storeu_ps(out + c + 8, _mm256_min_ps(hi, _mm256_max_ps(lo, a1)));
+        _mm256_storeu_ps(out + c + 16, _mm256_min_ps(hi, _mm256_max_ps(lo, a2)));
+        _mm256_storeu_ps(out + c + 24, _mm256_min_ps(hi, _mm256_max_ps(lo, a3)));
+    }
+    for (; c < width; c += 8) {
+        const int n = width - c < 8 ? width - c : 8;
+        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        __m256 a = _mm256_setzero_ps();
+        for (int t = 0; t < taps; t++)
+            a = _mm256_fmadd_ps(_mm256_maskload_ps(src[t] + c, mask), _mm256_maskload_ps(w[t] + c, mask), a);
+        if (bias) a = _mm256_add_ps(a, _mm256_maskload_ps(bias + c, mask));
+        _mm256_maskstore_ps(out + c, mask, _mm256_min_ps(hi, _mm256_max_ps(lo, a)));
+    }
+}
+
+/* AVX-512: 64 channels in four registers, then 16 at a time with a masked tail. */
+__attribute__((target("avx512f"))) static void block_avx512(float *out, int width, int taps, const float *const *src,
+                                                            const float *const *w, const float *bias, float low,
+                                                            float high) {
+    const __m512 lo = _mm512_set1_ps(low), hi = _mm512_set1_ps(high);
+    int c = 0;
+    for (; c + 64 <= width; c += 64) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int t = 0; t < taps; t++) {
+            const float *s = src[t] + c, *k = w[t] + c;
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(s), _mm512_loadu_ps(k), a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(s + 16), _mm512_loadu_ps(k + 16), a1);
+            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(s + 32), _mm512_loadu_ps(k + 32), a2);
+            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(s + 48), _mm512_loadu_ps(k + 48), a3);
+        }
+        if (bias) {
+            a0 = _mm512_add_ps(a0, _mm512_loadu_ps(bias + c));
+            a1 = _mm512_add_ps(a1, _mm512_loadu_ps(bias + c + 16));
+            a2 = _mm512_add_ps(a2, _mm512_loadu_ps(bias + c + 32));
+            a3 = _mm512_add_ps(a3, _mm512_loadu_ps(bias + c + 48));
+        }
+        _mm512_storeu_ps(out + c, _mm512_min_ps(hi, _mm512_max_ps(lo, a0)));
+        _mm512_storeu_ps(out + c + 16, _mm512_min_ps(hi, _mm512_max_ps(lo, a1)));
+        _mm512_storeu_ps(out + c + 32, _mm512_min_ps(hi, _mm512_max_ps(lo, a2)));
+        _mm512_storeu_ps(out + c + 48, _mm512_min_ps(hi, _mm512_max_ps(lo, a3)));
+    }
+    for (; c < width; c += 16) {
+        const int n = width - c < 16 ? width - c : 16;
+        const __mmask16 mask = (__mmask16)((1u << n) - 1);
+        __m512 a = _mm512_setzero_ps();
+        for (int t = 0; t < taps; t++)
+            a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, src[t] + c), _mm512_maskz_loadu_ps(mask, w[t] + c), a);
+        if (bias) a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(mask, bias + c));
+        _mm512_mask_storeu_ps(out + c, mask, _mm512_min_ps(hi, _mm512_max_ps(lo, a)));
+    }
+}
+#endif
+
+#if defined(__aarch64__)
+/* NEON: 16 channels in four registers, then 4 at a time, then one by one. */
+static void block_neon(float *out, int width, int taps, const float *const *src, const float *const *w,
+                       const float *bias, float low, float high) {
+    const float32x4_t lo = vdupq_n_f32(low), hi = vdupq_n_f32(high);
+    int c = 0;
+    for (; c + 16 <= width; c += 16) {
+        float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
+        for (int t = 0; t < taps; t++) {
+            const float *s = src[t] + c, *k = w[t] + c;
+            a0 = vfmaq_f32(a0, vld1q_f32(s), vld1q_f32(k));
+            a1 = vfmaq_f32(a1, vld1q_f32(s + 4), vld1q_f32(k + 4));
+            a2 = vfmaq_f32(a2, vld1q_f32(s + 8), vld1q_f32(k + 8));
+            a3 = vfmaq_f32(a3, vld1q_f32(s + 12), vld1q_f32(k + 12));
+        }
+        if (bias) {
+            a0 = vaddq_f32(a0, vld1q_f32(bias + c));
+            a1 = vaddq_f32(a1, vld1q_f32(bias + c + 4));
+            a2 = vaddq_f32(a2, vld1q_f32(bias + c + 8));
+            a3 = vaddq_f32(a3, vld1q_f32(bias + c + 12));
+        }
+        vst1q_f32(out + c, vminq_f32(vmaxq_f32(a0, lo), hi));
+        vst1q_f32(out + c + 4, vminq_f32(vmaxq_f32(a1, lo), hi));
+        vst1q_f32(out + c + 8, vminq_f32(vmaxq_f32(a2, lo), hi));
+        vst1q_f32(out + c + 12, vminq_f32(vmaxq_f32(a3, lo), hi));
+    }
+    for (; c + 4 <= width; c += 4) {
+        float32x4_t a = vdupq_n_f32(0.0f);
+        for (int t = 0; t < taps; t++) a = vfmaq_f32(a, vld1q_f32(src[t] + c), vld1q_f32(w[t] + c));
+        if (bias) a = vaddq_f32(a, vld1q_f32(bias + c));
+        vst1q_f32(out + c, vminq_f32(vmaxq_f32(a, lo), hi));
+    }
+    if (c < width) {
+        const float *tail_src[MAX_TAPS], *tail_w[MAX_TAPS];
+        for (int t = 0; t < taps; t++) {
+            tail_src[t] = src[t] + c;
+            tail_w[t] = w[t] + c;
+        }
+        block_portable(out + c, width - c, taps, tail_src, tail_w, bias ? bias + c : 0, low, high);
+    }
+}
+#endif
+
+typedef struct {
+    const edgeq_conv_geometry *g;
+    int depth_multiplier;
+    const float *x, *filters, *bias;
+    float low, high;
+    block_f32_fn block;
+    float *out;
+} depthwise_f32_job;
+
+/* One output row (image n, row oy): index = n * out_h + oy. */
+static void depthwise_f32_row(void *context, int index) {
+    const depthwise_f32_job *job = (const depthwise_f32_job *)context;
+    const edgeq_conv_geometry *g = job->g;
+    const int out_c = g->out_c, in_c = g->in_c, multiplier = job->depth_multiplier;
+    const int n = index / g->out_h, oy = index % g->out_h;
+    const float *image = job->x + (size_t)n * g->in_h * g->in_w * in_c;
+    float *out_row = job->out + ((size_t)n * g->out_h + oy) * g->out_w * out_c;
+    const int tap_list = multiplier == 1 && g->k_h * g->k_w <= MAX_TAPS;
+    /* Output columns whose every tap column is inside the input: there the tap list of one pixel,
+     * shifted by the stride, is the next pixel's, so it is made once for the whole run. */
+    int inner_first = g->out_w, inner_last = g->out_w;
+    if (tap_list) {
+        const int reach = (g->k_w - 1) * g->dil_w;
+        inner_first = g->pad_left > 0 ? (g->pad_left + g->stride_w - 1) / g->stride_w : 0;
+        inner_last = g->in_w - 1 - reach + g->pad_left >= 0 ? (g->in_w - 1 - reach + g->pad_left) / g->stride_w + 1 : 0;
+        if (inner_last > g->out_w) inner_last = g->out_w;
+        if (inner_first > inner_last) inner_first = inner_last = g->out_w;
+    }
+    if (inner_first < inner_last) {
+        const float *sources[MAX_TAPS], *weights[MAX_TAPS];
+        int taps = 0;
+        const int ix0 = inner_first * g->stride_w - g->pad_left;
+        for (int ky = 0; ky < g->k_h; ky++) {
+            const int iy = oy * g->stride_h - g->pad_top + ky * g->dil_h;
+            if (iy < 0 || iy >= g->in_h) continue;
+            for (int kx = 0; kx < g->k_w; kx++) {
+                sources[taps] = image + ((size_t)iy * g->in_w + ix0 + kx * g->dil_w) * in_c;
+                weights[taps++] = job->filters + ((size_t)ky * g->k_w + kx) * out_c;
+            }
+        }
+        const size_t step = (size_t)g->stride_w * in_c;
+        for (int ox = inner_first; ox < inner_last; ox++) {
+            job->block(out_row + (size_t)ox * out_c, out_c, taps, sources, weights, job->bias, job->low, job->high);
+            for (int t = 0; t < taps; t++) sources[t] += step;
+        }
+    }
+    for (int ox = 0; ox < g->out_w; ox++) {
+        float *target = out_row + (size_t)ox * out_c;
+        if (ox == inner_first && inner_first < inner_last) {
+            ox = inner_last - 1; /* done above */
+            continue;
+        }
+        if (tap_list) {
+            const float *sources[MAX_TAPS], *weights[MAX_TAPS];
+            int taps = 0;
+            for (int ky = 0; ky < g->k_h; ky++) {
+                const int iy = oy * g->stride_h - g->pad_top + ky * g->dil_h;
+                if (iy < 0 || iy >= g->in_h) continue;
+                for (int kx = 0; kx < g->k_w; kx++) {
+                    const int ix = ox * g->stride_w - g->pad_left + kx * g->dil_w;
+                    if (ix < 0 || ix >= g->in_w) continue;
+                    sources[taps] = image + ((size_t)iy * g->in_w + ix) * in_c;
+                    weights[taps++] = job->filters + ((size_t)ky * g->k_w + kx) * out_c;
+                }
+            }
+            job->block(target, out_c, taps, sources, weights, job->bias, job->low, job->high);
+            continue;
+        }
+        /* A channel multiplier or a very large filter: one tap at a time, in the output. */
+        for (int c = 0; c < out_c; c++) target[c] = 0.0f;
+        for (int ky = 0; ky < g->k_h; ky++) {
+            const int iy = oy * g->stride_h - g->pad_top + ky * g->dil_h;
+            if (iy < 0 || iy >= g->in_h) continue;
+            for (int kx = 0; kx < g->k_w; kx++) {
+                const int ix = ox * g->stride_w - g->pad_left + kx * g->dil_w;
+                if (ix < 0 || ix >= g->in_w) continue;
+                const float *src = image + ((size_t)iy * g->in_w + ix) * in_c;
+                const float *w = job->filters + ((size_t)ky * g->k_w + kx) * out_c;
+                for (int c = 0; c < out_c; c++) target[c] += src[c / multiplier] * w[c];
+            }
+        }
+        for (int c = 0; c < out_c; c++)
+            target[c] = clampf(job->bias ? target[c] + job->bias[c] : target[c], job->low, job->high);
+    }
+}
+
+int edgeq_float_level(int isa) {
+#if defined(EDGEQ_X86)
+    if (isa == EDGEQ_ISA_AVX512VNNI && edgeq_cpu_supports(isa)) return EDGEQ_FLOAT_AVX512;
+    if ((isa == EDGEQ_ISA_AVX2 || isa == EDGEQ_ISA_AVXVNNI || isa == EDGEQ_ISA_AVX512VNNI) &&
+        edgeq_cpu_supports(EDGEQ_ISA_AVX2)) {
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("fma")) return EDGEQ_FLOAT_AVX2;
+    }
+#endif
+#if defined(__aarch64__)
+    if (isa == EDGEQ_ISA_NEON || isa == EDGEQ_ISA_NEON_DOTPROD) return EDGEQ_FLOAT_NEON;
+#endif
+    (void)isa;
+    return EDGEQ_FLOAT_PORTABLE;
+}
+
+static block_f32_fn block_for(int level) {
+    switch (level) {
+#if defined(EDGEQ_X86)
+    case EDGEQ_FLOAT_AVX512:
+        return block_avx512;
+    case EDGEQ_FLOAT_AVX2:
+        return block_avx2;
+#endif
+#if defined(__aarch64__)
+    case EDGEQ_FLOAT_NEON:
+        return block_neon;
+#endif
+    default:
+        return block_portable;
+    }
+}
+
+#define PARALLEL_MIN_MACS 1000000LL
+
+int edgeq_depthwise_f32(int isa, const edgeq_conv_geometry *g, int depth_multiplier, const float *x,
+                        const float *filters, const float *bias, float low, float high, float *out, int threads) {
+    if (!edgeq_isa_supported(isa) || depth_multiplier < 1) return -1;
+    depthwise_f32_job job = {g, depth_multiplier, x, filters, bias, low, high, block_for(edgeq_float_level(isa)), out};
+    const int rows = g->batch * g->out_h;
+    if ((long long)rows * g->out_w * g->out_c * g->k_h * g->k_w < PARALLEL_MIN_MACS) threads = 1;
+    edgeq_parallel_for(rows, threads, depthwise_f32_row, &job);
+    return 0;
+}
+
+/* -- bias + activation over a GEMM's [rows, channels] output, in place ------------------------------- */
+
+static inline __attribute__((always_inline)) void bias_activation_body(float *restrict out, size_t rows,
+                                                                      int channels, const float *restrict bias,
+                                                                      float low, float high) {
+    for (size_t r = 0; r < rows; r++) {
+        float *row = out + r * (size_t)channels;
+        if (bias)
+            for (int c = 0; c < channels; c++) row[c] = clampf(row[c] + bias[c], low, high);
+        else
+            for (int c = 0; c < channels; c++) row[c] = clampf(row[c], low, high);
+    }
+}
+
+static void bias_activation_portable(float *out, size_t rows, int channels, const float *bias, float low,
+                                     float high) {
+    bias_activation_body(out, rows, channels, bias, low, high);
+}
+
+#if defined(EDGEQ_X86)
+__attribute__((target("avx2,fma"))) static void bias_activation_avx2(float *out, size_t rows, int channels,
+                                                                     const float *bias, float low, float high) {
+    bias_activation_body(out, rows, channels, bias, low, high);
+}
+
+__attribute__((target("avx512f"))) static void bias_activation_avx512(float *out, size_t rows, int channels,
+                                                                      const float *bias, float low, float high) {
+    bias_activation_body(out, rows, channels, bias, low, high);
+}
+#endif
+
+void edgeq_bias_activation_f32(int isa, float *out, size_t rows, int channels, const float *bias, float low,
+                               float high) {
+    switch (edgeq_float_level(isa)) {
+#if defined(EDGEQ_X86)
+    case EDGEQ_FLOAT_AVX512:
+        bias_activation_avx512(out, rows, channels, bias, low, high);
+        return;
+    case EDGEQ_FLOAT_AVX2:
+        bias_activation_avx2(out, rows, channels, bias, low, high);
+        return;
+#endif
+    default: /* aarch64's baseline is NEON: the portable loop vectorizes there */
+        bias_activation_portable(out, rows, channels, bias, low, high);
+    }
+}

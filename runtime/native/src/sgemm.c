@@ -1,0 +1,230 @@
+/* float32 GEMM with the bias and the fused activation (a clamp) in its output stage: the float
+ * CONV_2D's C[M][N] = A[M][K] (patches or pixels, rows lda apart) . W^T + bias, clamped.
+ *
+ * W [N][K] is packed once (prepare) into panels of NR columns, [N/NR][K][NR], zero-padded to whole
+ * panels, so the micro-kernel reads NR consecutive weights per depth step. Each variant has one
+ * register-blocked micro-kernel of MR rows x NR columns (AVX-512 8 x 32, AVX2 + FMA 6 x 16, NEON 8 x 8,
+ * portable C 4 x 16); partial tiles go through a zero-padded copy. Work is split over threads by row
+ * blocks; inside a block, the loop runs panel by panel so a panel stays in cache across its rows. */
+#include <string.h>
+
+#include "native.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define EDGEQ_X86 1
+#endif
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+
+#define MAX_MR 8
+#define MAX_NR 32
+
+/* c[r][0..NR) = clamp(bias + sum_p a[r][p] * b[p][0..NR)) for r < MR, b one packed panel. */
+typedef void (*tile_fn)(const float *a, size_t lda, const float *b, int k, const float *bias, float low, float high,
+                        float *c, size_t ldc);
+
+typedef struct {
+    int mr, nr;
+    tile_fn tile;
+} sgemm_kernel;
+
+static void tile_portable(const float *a, size_t lda, const float *b, int k, const float *bias, float low, float high,
+                          float *c, size_t ldc) {
+    float acc[4][16];
+    for (int r = 0; r < 4; r++)
+        for (int j = 0; j < 16; j++) acc[r][j] = 0.0f;
+    for (int p = 0; p < k; p++) {
+        const float *bp = b + 16 * (size_t)p;
+        for (int r = 0; r < 4; r++) {
+            const float ar = a[r * lda + p];
+            for (int j = 0; j < 16; j++) acc[r][j] += ar * bp[j];
+        }
+    }
+    for (int r = 0; r < 4; r++)
+        for (int j = 0; j < 16; j++) {
+            float v = acc[r][j] + (bias ? bias[j] : 0.0f);
+            v = v < low ? low : v;
+            c[r * ldc + j] = v > high ? high : v;
+        }
+}
+
+#if defined(EDGEQ_X86)
+__attribute__((target("avx512f"))) static void tile_avx512(const float *a, size_t lda, const float *b, int k,
+                                                           const float *bias, float low, float high, float *c,
+                                                           size_t ldc) {
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+    __m512 c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
+    const float *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda;
+    const float *a4 = a + 4 * lda, *a5 = a + 5 * lda, *a6 = a + 6 * lda, *a7 = a + 7 * lda;
+    for (int p = 0; p < k; p++) {
+        const __m512 b0 = _mm512_loadu_ps(b + 32 * (size_t)p), b1 = _mm512_loadu_ps(b + 32 * (size_t)p + 16);
+        __m512 x;
+#define SGEMM_ROW(i)                                                                                      \
+    x = _mm512_set1_ps(a##i[p]);                                                                          \
+    c##i##0 = _mm512_fmadd_ps(x, b0, c##i##0);                                                            \
+    c##i##1 = _mm512_fmadd_ps(x, b1, c##i##1);
+        SGEMM_ROW(0) SGEMM_ROW(1) SGEMM_ROW(2) SGEMM_ROW(3) SGEMM_ROW(4) SGEMM_ROW(5) SGEMM_ROW(6) SGEMM_ROW(7)
+#undef SGEMM_ROW
+    }
+    const __m512 lo = _mm512_set1_ps(low), hi = _mm512_set1_ps(high);
+    const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+    const __m512 bias1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
+#define SGEMM_STORE(i)                                                                                    \
+    _mm512_storeu_ps(c + i * ldc, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c##i##0, bias0))));      \
+    _mm512_storeu_ps(c + i * ldc + 16, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c##i##1, bias1))));
+    SGEMM_STORE(0) SGEMM_STORE(1) SGEMM_STORE(2) SGEMM_STORE(3) SGEMM_STORE(4) SGEMM_STORE(5) SGEMM_STORE(6)
+    SGEMM_STORE(7)
+#undef SGEMM_STORE
+}
+
+__attribute__((target("avx2,fma"))) static void tile_avx2(const float *a, size_t lda, const float *b, int k,
+                                                          const float *bias, float low, float high, float *c,
+                                                          size_t ldc) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    const float *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda, *a4 = a + 4 * lda, *a5 = a + 5 * lda;
+    for (int p = 0; p < k; p++) {
+        const __m256 b0 = _mm256_loadu_ps(b + 16 * (size_t)p), b1 = _mm256_loadu_ps(b + 16 * (size_t)p + 8);
+        __m256 x;
+#define SGEMM_ROW(i)                                                                                      \
+    x = _mm256_broadcast_ss(a##i + p);                                                                    \
+    c##i##0 = _mm256_fmadd_ps(x, b0, c##i##0);                                                            \
+    c##i##1 = _mm256_fmadd_ps(x, b1, c##i##1);
+        SGEMM_ROW(0) SGEMM_ROW(1) SGEMM_ROW(2) SGEMM_ROW(3) SGEMM_ROW(4) SGEMM_ROW(5)
+#undef SGEMM_ROW
+    }
+    const __m256 lo = _mm256_set1_ps(low), hi = _mm256_set1_ps(high);
+    const __m256 bias0 = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+    const __m256 bias1 = bias ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
+#define SGEMM_STORE(i)                                                                                    \
+    _mm256_storeu_ps(c + i * ldc, _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_add_ps(c##i##0, bias0))));      \
+    _mm256_storeu_ps(c + i * ldc + 8, _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_add_ps(c##i##1, bias1))));
+    SGEMM_STORE(0) SGEMM_STORE(1) SGEMM_STORE(2) SGEMM_STORE(3) SGEMM_STORE(4) SGEMM_STORE(5)
+#undef SGEMM_STORE
+}
+#endif
+
+#if defined(__aarch64__)
+static void tile_neon(const float *a, size_t lda, const float *b, int k, const float *bias, float low, float high,
+                      float *c, size_t ldc) {
+    float32x4_t acc[8][2];
+    for (int r = 0; r < 8; r++) acc[r][0] = acc[r][1] = vdupq_n_f32(0.0f);
+    for (int p = 0; p < k; p++) {
+        const float32x4_t b0 = vld1q_f32(b + 8 * (size_t)p), b1 = vld1q_f32(b + 8 * (size_t)p + 4);
+        for (int r = 0; r < 8; r++) {
+            const float32x4_t x = vdupq_n_f32(a[r * lda + p]);
+            acc[r][0] = vfmaq_f32(acc[r][0], x, b0);
+            acc[r][1] = vfmaq_f32(acc[r][1], x, b1);
+        }
+    }
+    const float32x4_t lo = vdupq_n_f32(low), hi = vdupq_n_f32(high);
+    const float32x4_t bias0 = bias ? vld1q_f32(bias) : vdupq_n_f32(0.0f);
+    const float32x4_t bias1 = bias ? vld1q_f32(bias + 4) : vdupq_n_f32(0.0f);
+    for (int r = 0; r < 8; r++) {
+        vst1q_f32(c + r * ldc, vminq_f32(vmaxq_f32(vaddq_f32(acc[r][0], bias0), lo), hi));
+        vst1q_f32(c + r * ldc + 4, vminq_f32(vmaxq_f32(vaddq_f32(acc[r][1], bias1), lo), hi));
+    }
+}
+#endif
+
+static sgemm_kernel kernel_for(int isa) {
+    sgemm_kernel kernel = {4, 16, tile_portable};
+    switch (edgeq_float_level(isa)) {
+#if defined(EDGEQ_X86)
+    case EDGEQ_FLOAT_AVX512:
+        kernel.mr = 8, kernel.nr = 32, kernel.tile = tile_avx512;
+        break;
+    case EDGEQ_FLOAT_AVX2:
+        kernel.mr = 6, kernel.nr = 16, kernel.tile = tile_avx2;
+        break;
+#endif
+#if defined(__aarch64__)
+    case EDGEQ_FLOAT_NEON:
+        kernel.mr = 8, kernel.nr = 8, kernel.tile = tile_neon;
+        break;
+#endif
+    default:
+        break;
+    }
+    return kernel;
+}
+
+size_t edgeq_sgemm_packed_floats(int isa, int k, int n) {
+    const int nr = kernel_for(isa).nr;
+    return (size_t)((n + nr - 1) / nr) * nr * (size_t)k;
+}
+
+int edgeq_sgemm_panel_width(int isa) { return kernel_for(isa).nr; }
+
+void edgeq_sgemm_pack(int isa, int k, int n, const float *w, float *packed) {
+    const int nr = kernel_for(isa).nr, panels = (n + nr - 1) / nr;
+    for (int q = 0; q < panels; q++)
+        for (int p = 0; p < k; p++)
+            for (int j = 0; j < nr; j++) {
+                const int col = q * nr + j;
+                packed[((size_t)q * k + p) * nr + j] = col < n ? w[(size_t)col * k + p] : 0.0f;
+            }
+}
+
+typedef struct {
+    sgemm_kernel kernel;
+    int m, k, n;
+    const float *a;
+    size_t lda;
+    const float *packed, *bias;
+    float low, high;
+    float *c;
+    int blocks_per_task;
+} sgemm_job;
+
+/* Row blocks [first, last) of one task, panel by panel. */
+static void sgemm_task(void *context, int index) {
+    const sgemm_job *job = (const sgemm_job *)context;
+    const int mr = job->kernel.mr, nr = job->kernel.nr, k = job->k, n = job->n;
+    const int row_blocks = (job->m + mr - 1) / mr, panels = (n + nr - 1) / nr;
+    const int first = index * job->blocks_per_task;
+    const int last = first + job->blocks_per_task < row_blocks ? first + job->blocks_per_task : row_blocks;
+    float tile[MAX_MR * MAX_NR];
+    for (int q = 0; q < panels; q++) {
+        const float *panel = job->packed + (size_t)q * k * nr;
+        const float *bias = job->bias ? job->bias + (size_t)q * nr : NULL;
+        const int col0 = q * nr, cols = n - col0 < nr ? n - col0 : nr;
+        for (int block = first; block < last; block++) {
+            const int row0 = block * mr, rows = job->m - row0 < mr ? job->m - row0 : mr;
+            const float *a = job->a + (size_t)row0 * job->lda;
+            float *c = job->c + (size_t)row0 * n + col0;
+            if (rows == mr && cols == nr) {
+                job->kernel.tile(a, job->lda, panel, k, bias, job->low, job->high, c, (size_t)n);
+                continue;
+            }
+            /* A partial tile lands in a buffer and its valid part is copied out: columns past the end
+             * are zero weights; a block of fewer rows runs one kernel call per row with lda and ldc 0,
+             * every kernel row reading (and writing) that one row. */
+            if (rows == mr) {
+                job->kernel.tile(a, job->lda, panel, k, bias, job->low, job->high, tile, (size_t)nr);
+            } else {
+                for (int r = 0; r < rows; r++)
+                    job->kernel.tile(a + (size_t)r * job->lda, 0, panel, k, bias, job->low, job->high,
+                                     tile + (size_t)r * nr, 0);
+            }
+            for (int r = 0; r < rows; r++) memcpy(c + (size_t)r * n, tile + (size_t)r * nr, sizeof(float) * cols);
+        }
+    }
+}
+
+#define PARALLEL_MIN_MACS 2000000LL
+
+int edgeq_sgemm(int isa, int m, int k, int n, const float *a, size_t lda, const float *packed, const float *bias,
+                float low, float high, float *c, int threads) {
+    if (!edgeq_isa_supported(isa) || m < 0 || k < 1 || n < 1) return -1;
+    sgemm_job job = {kernel_for(isa), m, k, n, a, lda, packed, bias, low, high, c, 1};
+    const int row_blocks = (m + job.kernel.mr - 1) / job.kernel.mr;
+    if ((long long)m * k * n < PARALLEL_MIN_MACS || threads < 1) threads = 1;
+    if (threads > row_blocks) threads = row_blocks > 0 ? row_blocks : 1;
+    job.blocks_per_task = (row_blocks + threads - 1) / threads;
+    const int tasks = job.blocks_per_task ? (row_blocks + job.blocks_per_task - 1) / job.blocks_per_task : 0;
+    edgeq_parallel_for(tasks, threads, sgemm_task, &job);
+    return 0;
+}
