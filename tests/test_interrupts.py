@@ -39,10 +39,12 @@ def session_processes(session_id: int) -> list:
     return pids
 
 
-def start(args, cwd) -> subprocess.Popen:
-    def terminal_like_signals():  # a job started in the background inherits SIGINT ignored
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+def terminal_like_signals():
+    """A job started in the background inherits SIGINT ignored; a terminal's command does not."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
+
+def start(args, cwd) -> subprocess.Popen:
     return subprocess.Popen([EDGEQ, *map(str, args)], cwd=cwd, start_new_session=True,
                             preexec_fn=terminal_like_signals, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -203,7 +205,8 @@ except KeyboardInterrupt:
 def test_report_waiting_for_its_variants_notices_a_ctrl_c_taken_by_another_thread():
     started = time.monotonic()
     completed = subprocess.run([sys.executable, "-c", WAITING_FOR_VARIANTS], capture_output=True, text=True,
-                               timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                               timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               preexec_fn=terminal_like_signals)
     assert completed.stdout.strip() == "interrupted", (completed.returncode, completed.stderr)
     assert time.monotonic() - started < EXIT_WITHIN_SECONDS
 
@@ -232,5 +235,6 @@ print(",".join(events))
 
 def test_a_ctrl_c_while_the_report_starts_its_workers_waits_until_they_have_started():
     completed = subprocess.run([sys.executable, "-c", STARTING_WORKERS], capture_output=True, text=True,
-                               timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                               timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               preexec_fn=terminal_like_signals)
     assert completed.stdout.strip() == "workers started,interrupted", completed.stderr
