@@ -326,8 +326,8 @@ def _float_choice_summary(choice) -> dict:
               help="Calibration methods, one full-int8 variant each: minmax, percentile, entropy, mse.")
 @click.option("--prune-sparsity", metavar="F1,F2,...", help="int8 variants with this fraction of weights pruned.")
 @click.option("--prune-channels", metavar="F1,F2,...", help="int8 variants with this fraction of channels removed.")
-@click.option("--reconstruct/--no-reconstruct", default=None, help="Channel-pruned variants: refit the layers "
-              "after removed channels by least squares on the calibration samples [default: on].")
+@click.option("--reconstruct/--no-reconstruct", default=None, help="Pruned variants: refit the layers "
+              "pruning changed by least squares on the calibration samples [default: on].")
 @click.option("--target-size", metavar="SIZE", help="Also run the size-budget search of edgeq convert --target-size "
               "(e.g. 150kB) and draw its path on the accuracy-vs-size plot.")
 @click.option("--max-drop", type=click.FloatRange(0), default=1.0, show_default=True,

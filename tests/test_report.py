@@ -29,7 +29,7 @@ SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 EVAL_SAMPLES = 64
 REPORT_FILES = ("report.md", "report.html", "report.json", "accuracy_vs_size.png", "layer_sqnr.png")
 BASE_VARIANTS = ["float32", "float16", "dynamic-int8", "int8-minmax"]
-CNN_VARIANTS = BASE_VARIANTS + ["int8-entropy", "int8-sparse50", "int8-channels25-reconstruct"]
+CNN_VARIANTS = BASE_VARIANTS + ["int8-entropy", "int8-sparse50-reconstruct", "int8-channels25-reconstruct"]
 
 
 def invoke(*args):
@@ -327,9 +327,9 @@ def test_a_user_metric_replaces_the_builtin_ones_and_a_new_report_replaces_the_o
 @pytest.mark.slow
 def test_pruned_variants_carry_their_pruning_and_compress_better(cnn_report):
     _, report, _ = cnn_report
-    sparse, narrow = variant(report, "int8-sparse50"), variant(report, "int8-channels25-reconstruct")
+    sparse, narrow = variant(report, "int8-sparse50-reconstruct"), variant(report, "int8-channels25-reconstruct")
     dense = variant(report, "int8-minmax")
-    assert sparse["prune_sparsity"] == 0.5 and sparse["pruning"][0]["sparsity"] >= 0.45
+    assert sparse["prune_sparsity"] == 0.5 and sparse["reconstruct"] and sparse["pruning"][0]["sparsity"] >= 0.45
     assert narrow["prune_channels"] == 0.25 and narrow["reconstruct"] and narrow["pruning"]
     assert sparse["size"]["gzip_bytes"] < dense["size"]["gzip_bytes"]
     assert narrow["size"]["bytes"] < dense["size"]["bytes"]
@@ -358,6 +358,13 @@ def test_channel_pruned_report_variants_are_reconstructed_by_default(monkeypatch
     assert [(v.name, v.reconstruct) for v in pruned] == [("int8-channels25-reconstruct", True),
                                                          ("int8-channels50-reconstruct", True)]
     assert all(v.convert_options()["reconstruct"] is True for v in pruned)
+
+
+def test_sparse_report_variants_refit_their_remaining_weights_by_default(monkeypatch):
+    sparse = [v for v in planned_variants(monkeypatch, "--prune-sparsity", "0.5,0.7") if v.prune_sparsity]
+    assert [(v.name, v.reconstruct) for v in sparse] == [("int8-sparse50-reconstruct", True),
+                                                         ("int8-sparse70-reconstruct", True)]
+    assert all(v.convert_options()["reconstruct"] is True for v in sparse)
 
 
 def test_no_reconstruct_opts_the_report_variants_out(monkeypatch):
@@ -399,7 +406,7 @@ def test_memory_columns_say_what_they_count_and_name_a_library_a_variant_loads(c
     (["--methods", "minmax,kl"], "unknown calibration method(s) kl"),
     (["--eval", sample("digits_mlp", "test")], "eval input 'input'"),  # 64 values for an 8x8 image model
     (["--prune-sparsity", "1.5"], "between 0 and 1"),
-    (["--reconstruct"], "needs --prune-channels"),
+    (["--reconstruct"], "needs --prune-channels or --prune-sparsity"),
     (["--jobs", "0"], "--jobs 0"),
 ])
 def test_bad_input_gets_one_line_exit_2_and_no_report_folder(tmp_path, monkeypatch, extra, message):

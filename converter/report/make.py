@@ -52,7 +52,7 @@ class ReportOptions:
     methods: tuple = ("minmax",)
     prune_sparsities: tuple = ()
     prune_channels: tuple = ()
-    reconstruct: Optional[bool] = None  # None: on for channel-pruned variants, as for convert
+    reconstruct: Optional[bool] = None  # None: on for pruned variants, as for convert
     target_size: Optional[str] = None   # a size budget (e.g. "150kB"): the budget search's path is drawn
     max_drop: float = 1.0
     metric: Optional[str] = None

@@ -31,7 +31,7 @@ class VariantSpec:
             options["debug"] = self.layer_errors
         if self.prune_sparsity is not None:
             options["prune_sparsity"] = self.prune_sparsity
-            options["reconstruct"] = self.reconstruct  # plain magnitude pruning, as the name says
+            options["reconstruct"] = self.reconstruct  # explicit: the variant's name says which it is
         if self.prune_channels is not None:
             options["prune_channels"] = self.prune_channels
             options["reconstruct"] = self.reconstruct  # explicit: the variant's name says which it is
@@ -47,9 +47,9 @@ def plan_variants(methods=("minmax",), prune_sparsities=(), prune_channels=(), r
     """The variants to build, float32 first: it is the reference that fidelity is measured against.
 
     Pruned variants are full int8 calibrated with the first method asked for; ``reconstruct`` (a
-    least-squares refit on the calibration samples) applies to the channel-pruned ones. As for convert,
-    it is on unless turned off (``False``): a report always has calibration samples, and channels removed
-    without a refit leave a model that barely beats chance.
+    least-squares refit on the calibration samples) applies to every pruned one. As for convert, it is on
+    unless turned off (``False``): a report always has calibration samples, and channels removed (or 70% of
+    the weights zeroed) without a refit leave a model that barely beats chance.
     """
     from edgeq.converter.api import CALIBRATION_METHODS
 
@@ -62,12 +62,14 @@ def plan_variants(methods=("minmax",), prune_sparsities=(), prune_channels=(), r
     specs = [VariantSpec("float32", "none"), VariantSpec("float16", "float16"), VariantSpec("dynamic-int8", "dynamic")]
     debug_method = "minmax" if "minmax" in methods else methods[0]
     specs += [VariantSpec(f"int8-{m}", "int8", m, layer_errors=(m == debug_method)) for m in methods]
-    if reconstruct and not prune_channels:  # asked for explicitly
-        raise ModelError("--reconstruct refits the layers after removed channels: it needs --prune-channels")
+    if reconstruct and not (prune_channels or prune_sparsities):  # asked for explicitly
+        raise ModelError("--reconstruct refits the layers pruning changed: it needs --prune-channels or "
+                         "--prune-sparsity")
     reconstruct = reconstruct is not False
     suffix = "-reconstruct" if reconstruct else ""
     for sparsity in prune_sparsities:
-        specs.append(VariantSpec(f"int8-sparse{_percent(sparsity)}", "int8", methods[0], prune_sparsity=sparsity))
+        specs.append(VariantSpec(f"int8-sparse{_percent(sparsity)}{suffix}", "int8", methods[0],
+                                 prune_sparsity=sparsity, reconstruct=reconstruct))
     for channels in prune_channels:
         specs.append(VariantSpec(f"int8-channels{_percent(channels)}{suffix}", "int8", methods[0],
                                  prune_channels=channels, reconstruct=reconstruct))
