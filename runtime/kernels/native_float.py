@@ -9,20 +9,17 @@ from __future__ import annotations
 import numpy as np
 
 from edgeq.runtime import native
+from edgeq.runtime.native import GeometryPerBatch
 from edgeq.runtime.kernels.buffers import SCRATCH, OutputBuffers
 
 
-class GeometryPerBatch:
-    """One ctypes geometry per batch size (the rest is fixed in prepare)."""
-
-    def __init__(self, **fields):
-        self.fields, self.by_batch = {name: int(value) for name, value in fields.items()}, {}
-
-    def get(self, batch):
-        geometry = self.by_batch.get(batch)
-        if geometry is None:
-            geometry = self.by_batch[batch] = native.conv_geometry(batch=batch, **self.fields)
-        return geometry
+def pool_geometries(in_h, in_w, channels, out_h, out_w, options, pads) -> GeometryPerBatch:
+    """The geometry of a MAX/AVERAGE_POOL_2D window over NHWC input, per batch size."""
+    return GeometryPerBatch(
+        in_h=in_h, in_w=in_w, in_c=channels, out_h=out_h, out_w=out_w, out_c=channels,
+        k_h=options.get("filter_height", 1), k_w=options.get("filter_width", 1),
+        stride_h=options.get("stride_h", 1), stride_w=options.get("stride_w", 1), dil_h=1, dil_w=1,
+        pad_top=pads[0], pad_left=pads[2], input_zero_point=0)
 
 
 def _float32(x):
@@ -75,11 +72,7 @@ def prepare_pool(average, in_shape, options, out_h, out_w, pads, bounds):
     if isa is None or bounds is None:
         return None
     _, in_h, in_w, channels = in_shape
-    geometries = GeometryPerBatch(
-        in_h=in_h, in_w=in_w, in_c=channels, out_h=out_h, out_w=out_w, out_c=channels,
-        k_h=options["filter_height"], k_w=options["filter_width"], stride_h=options.get("stride_h", 1),
-        stride_w=options.get("stride_w", 1), dil_h=1, dil_w=1, pad_top=pads[0], pad_left=pads[2],
-        input_zero_point=0)
+    geometries = pool_geometries(in_h, in_w, channels, out_h, out_w, options, pads)
     low, high = bounds
     outputs = OutputBuffers((out_h, out_w, channels), np.float32)
     pool = native.pool_f32
@@ -98,11 +91,7 @@ def prepare_average_pool_int8(in_shape, options, out_h, out_w, pads, low, high):
     if isa is None:
         return None
     _, in_h, in_w, channels = in_shape
-    geometries = GeometryPerBatch(
-        in_h=in_h, in_w=in_w, in_c=channels, out_h=out_h, out_w=out_w, out_c=channels,
-        k_h=options["filter_height"], k_w=options["filter_width"], stride_h=options.get("stride_h", 1),
-        stride_w=options.get("stride_w", 1), dil_h=1, dil_w=1, pad_top=pads[0], pad_left=pads[2],
-        input_zero_point=0)
+    geometries = pool_geometries(in_h, in_w, channels, out_h, out_w, options, pads)
     outputs = OutputBuffers((out_h, out_w, channels), np.int8)
     sums = np.empty(max(channels, 1), np.int32)
     pool = native.average_pool_int8

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeq.runtime import native
+from edgeq.runtime.native import GeometryPerBatch
 from edgeq.runtime.kernels.buffers import OutputBuffers
 from edgeq.runtime.kernels.requantize import fold_requantization
 
@@ -41,19 +42,6 @@ def _shifted_folded_stage(folded, weight_sums, shift, low, high):
     return native.folded_stage(folded._replace(bias_term=bias_term), low, high)
 
 
-class _Geometries:
-    """One ctypes geometry per batch size (the rest is fixed in prepare)."""
-
-    def __init__(self, **fields):
-        self.fields, self.by_batch = fields, {}
-
-    def get(self, batch):
-        geometry = self.by_batch.get(batch)
-        if geometry is None:
-            geometry = self.by_batch[batch] = native.conv_geometry(batch=batch, **self.fields)
-        return geometry
-
-
 def prepare_conv(g, filters, bias, input_zero_point, multipliers, shifts, output_offset, low, high):
     """CONV_2D (reference ConvPerChannel) for conv.ConvGeometry ``g``; ``filters`` int8 [O, KH, KW, I]."""
     isa = native.isa()
@@ -73,10 +61,10 @@ def prepare_conv(g, filters, bias, input_zero_point, multipliers, shifts, output
         return None
     stage = _shifted_folded_stage(folded, weight_sums, shift, low, high)
     packed = native.pack_weights(weights)
-    geometries = _Geometries(in_h=g.in_h, in_w=g.in_w, in_c=g.in_c, out_h=g.out_h, out_w=g.out_w, out_c=g.out_c,
-                             k_h=g.k_h, k_w=g.k_w, stride_h=g.stride_h, stride_w=g.stride_w, dil_h=g.dil_h,
-                             dil_w=g.dil_w, pad_top=g.pad_top, pad_left=g.pad_left,
-                             input_zero_point=input_zero_point)
+    geometries = GeometryPerBatch(in_h=g.in_h, in_w=g.in_w, in_c=g.in_c, out_h=g.out_h, out_w=g.out_w, out_c=g.out_c,
+                                  k_h=g.k_h, k_w=g.k_w, stride_h=g.stride_h, stride_w=g.stride_w, dil_h=g.dil_h,
+                                  dil_w=g.dil_w, pad_top=g.pad_top, pad_left=g.pad_left,
+                                  input_zero_point=input_zero_point)
     outputs = OutputBuffers((g.out_h, g.out_w, g.out_c), np.int8)
     conv = native.conv
 
@@ -134,7 +122,7 @@ def prepare_depthwise(in_shape, filters, bias, input_zero_point, multipliers, sh
     if in_c == 0 or out_c % in_c:
         return None  # the numpy path reports the bad filter depth
     multiplier = out_c // in_c
-    geometries = _Geometries(
+    geometries = GeometryPerBatch(
         in_h=in_h, in_w=in_w, in_c=in_c, out_h=out_h, out_w=out_w, out_c=out_c, k_h=k_h, k_w=k_w,
         stride_h=options.get("stride_h", 1), stride_w=options.get("stride_w", 1),
         dil_h=options.get("dilation_h_factor", 1), dil_w=options.get("dilation_w_factor", 1),

@@ -132,21 +132,13 @@ def _prepare_max_pool_int(op, graph):
 
 
 def _native_max_pool_int8(op, in_h, in_w, channels, out_h, out_w, pads, low, high):
-    options = op.options
-    fields = dict(in_h=in_h, in_w=in_w, in_c=channels, out_h=out_h, out_w=out_w, out_c=channels,
-                  k_h=options.get("filter_height", 1), k_w=options.get("filter_width", 1),
-                  stride_h=options.get("stride_h", 1), stride_w=options.get("stride_w", 1), dil_h=1, dil_w=1,
-                  pad_top=pads[0], pad_left=pads[2], input_zero_point=0)
-    geometries = {}
+    geometries = native_float.pool_geometries(in_h, in_w, channels, out_h, out_w, op.options, pads)
     outputs = OutputBuffers((out_h, out_w, channels), np.int8)
     isa = native.isa()
 
     def max_pool_2d_int8_native(x):
         n = x.shape[0]
-        geometry = geometries.get(n)
-        if geometry is None:
-            geometry = geometries[n] = native.conv_geometry(batch=n, **fields)
-        return native.max_pool_int8(geometry, np.ascontiguousarray(x), low, high, outputs.get(n), isa)
+        return native.max_pool_int8(geometries.get(n), np.ascontiguousarray(x), low, high, outputs.get(n), isa)
 
     return max_pool_2d_int8_native
 

@@ -83,7 +83,6 @@ def _open_library():
             ("edgeq_conv", int32, [int32, pointer, pointer, pointer, pointer, pointer, int32]),
             ("edgeq_depthwise", int32, [int32, pointer, int32, pointer, pointer, pointer, pointer, int32]),
             ("edgeq_add_int8", None, [int32, pointer, pointer, ctypes.c_size_t, pointer, pointer]),
-            ("edgeq_quantize_int8", None, [pointer, ctypes.c_size_t, ctypes.c_float, int32, int32, int32, pointer]),
             ("edgeq_max_pool_int8", None, [pointer, pointer, int32, int32, pointer]),
             ("edgeq_depthwise_pairs_packed_bytes", ctypes.c_size_t, [int32, int32, int32]),
             ("edgeq_depthwise_pairs_pack", int32, [int32, int32, int32, pointer, pointer]),
@@ -242,6 +241,19 @@ def pack_weights(weights: np.ndarray) -> np.ndarray:
 
 def conv_geometry(**fields) -> ConvGeometry:
     return ConvGeometry(**{name: int(value) for name, value in fields.items()})
+
+
+class GeometryPerBatch:
+    """One ctypes geometry per batch size (the rest is fixed in prepare)."""
+
+    def __init__(self, **fields):
+        self.fields, self.by_batch = fields, {}
+
+    def get(self, batch) -> ConvGeometry:
+        geometry = self.by_batch.get(batch)
+        if geometry is None:
+            geometry = self.by_batch[batch] = conv_geometry(batch=batch, **self.fields)
+        return geometry
 
 
 class NativeError(RuntimeError):

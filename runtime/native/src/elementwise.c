@@ -1,8 +1,6 @@
-/* int8 ADD/SUB of same-shape inputs, float32 -> int8 QUANTIZE and int8 MAX_POOL_2D, as TFLite's
- * reference kernels compute them (runtime/kernels/elementwise.py, quantize_ops.py, pooling.py hold
- * the numpy forms these equal). Plain C: the compiler vectorizes what it can. */
-#include <math.h>
-
+/* int8 ADD/SUB of same-shape inputs and int8 MAX_POOL_2D, as TFLite's reference kernels compute them
+ * (runtime/kernels/elementwise.py and pooling.py hold the numpy forms these equal); QUANTIZE is in
+ * quantize.c. Plain C: the compiler vectorizes what it can. */
 #include "native.h"
 
 /* TFLite's MultiplyByQuantizedMultiplier (double rounding) on an int32: x * 2^left wraps in int32,
@@ -75,18 +73,6 @@ void edgeq_add_int8(int isa, const int8_t *a, const int8_t *b, size_t count, con
 #endif
     (void)isa;
     add_int8_portable(a, b, count, p, out);
-}
-
-void edgeq_quantize_int8(const float *x, size_t count, float scale, int32_t zero_point, int32_t low, int32_t high,
-                         int8_t *out) {
-    for (size_t i = 0; i < count; i++) {
-        const float rounded = roundf(x[i] / scale); /* float32 division; ties away from zero */
-        /* static_cast<int32_t>(rounded) + zero_point as TFLite's reference kernel computes it on x86-64, on
-         * every machine: NaN and values outside int32 give INT32_MIN, and the sum wraps in int32. */
-        const int32_t whole = (rounded >= -2147483648.0f && rounded < 2147483648.0f) ? (int32_t)rounded : INT32_MIN;
-        const int32_t value = (int32_t)((uint32_t)whole + (uint32_t)zero_point);
-        out[i] = (int8_t)(value < low ? low : (value > high ? high : value));
-    }
 }
 
 void edgeq_max_pool_int8(const edgeq_conv_geometry *g, const int8_t *x, int32_t low, int32_t high, int8_t *out) {

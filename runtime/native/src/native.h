@@ -106,8 +106,6 @@ EDGEQ_API void edgeq_add_int8(int isa, const int8_t *a, const int8_t *b, size_t 
  * variant's, where its parameters allow); returns how many values it did. */
 size_t edgeq_add_int8_vectors(int isa, const int8_t *a, const int8_t *b, size_t count, const edgeq_add_params *p,
                               int8_t *out);
-EDGEQ_API void edgeq_quantize_int8(const float *x, size_t count, float scale, int32_t zero_point, int32_t low,
-                                   int32_t high, int8_t *out);
 EDGEQ_API void edgeq_max_pool_int8(const edgeq_conv_geometry *g, const int8_t *x, int32_t low, int32_t high,
                                    int8_t *out);
 
