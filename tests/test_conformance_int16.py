@@ -30,6 +30,7 @@ from edgeq.testing.conformance import (  # noqa: E402
     load_listed_cases,
     observed_ranges,
     perturbed,
+    worst_error_in_steps,
 )
 from edgeq.testing.referees import integer_tensor_mismatches, run_litert  # noqa: E402
 
@@ -73,17 +74,9 @@ def check_case(case) -> dict:
     assert int16_compared, "no int16 tensor to compare"
     assert sum(counts.values()) == 0, {k: v for k, v in counts.items() if v}
 
-    # (3) close to the case's expected outputs
-    worst = 0.0
-    for name, got, want in zip(graph.outputs, reference_outputs, expected):
-        got = got.reshape(want.shape).astype(np.float64)
-        lo, hi = ranges.get(name, (float(np.min(want, initial=0)), float(np.max(want, initial=0))))
-        lo, hi = min(lo, 0.0), max(hi, 0.0)
-        step = 2 * max(-lo, hi) / 65535 or 1e-9
-        bound = STEPS * step + RANGE_FRACTION * (hi - lo)
-        error = float(np.max(np.abs(got - want), initial=0.0))
-        assert error <= bound, f"output {name}: max error {error:.4g} > {bound:.4g} ({error / step:.1f} steps)"
-        worst = max(worst, error / step)
+    # (3) close to the case's expected outputs (one int16 step: symmetric, zero point 0)
+    worst = worst_error_in_steps(graph.outputs, reference_outputs, expected, ranges,
+                                 lambda lo, hi: 2 * max(-lo, hi) / 65535 or 1e-9, STEPS, RANGE_FRACTION)
     return {"int16_tensors": len(int16_compared), "worst_steps": worst}
 
 

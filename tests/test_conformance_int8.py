@@ -32,6 +32,7 @@ from edgeq.testing.conformance import (  # noqa: E402
     load_listed_cases,
     observed_ranges,
     perturbed,
+    worst_error_in_steps,
 )
 
 UNSUPPORTED_INT8_FILE = Path(__file__).with_name("conformance_int8_unsupported.txt")
@@ -88,16 +89,8 @@ def check_case(case) -> dict:
     assert sum(counts.values()) == 0, {k: v for k, v in counts.items() if v}
 
     # (3) close to the case's expected outputs
-    worst = 0.0
-    for name, got, want in zip(graph.outputs, reference_outputs, expected):
-        got = got.reshape(want.shape).astype(np.float64)
-        lo, hi = ranges.get(name, (float(np.min(want, initial=0)), float(np.max(want, initial=0))))
-        lo, hi = min(lo, 0.0), max(hi, 0.0)
-        step = (hi - lo) / 255 or 1e-6
-        bound = STEPS * step + RANGE_FRACTION * (hi - lo)
-        error = float(np.max(np.abs(got - want), initial=0.0))
-        assert error <= bound, f"output {name}: max error {error:.4g} > {bound:.4g} ({error / step:.1f} steps)"
-        worst = max(worst, error / step)
+    worst = worst_error_in_steps(graph.outputs, reference_outputs, expected, ranges,
+                                 lambda lo, hi: (hi - lo) / 255 or 1e-6, STEPS, RANGE_FRACTION)
     return {"int8_tensors": len(counts), "worst_steps": worst}
 
 

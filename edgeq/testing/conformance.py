@@ -139,3 +139,22 @@ def observed_ranges(graph, feed_sets: list) -> dict:
                 observe(name, value)
             FloatRunner.from_graph(graph).run(samples, observe=observe)
     return merged
+
+
+def worst_error_in_steps(output_names, outputs, expected, ranges, step_of, steps: float,
+                         range_fraction: float) -> float:
+    """Asserts every quantized output is within ``steps`` output quantization steps plus
+    ``range_fraction`` of its calibrated range (taken from the expected output when not calibrated,
+    widened to hold 0) of the case's expected output; returns the worst error in steps.
+    ``step_of(lo, hi)`` is one step of the output's type over that range."""
+    worst = 0.0
+    for name, got, want in zip(output_names, outputs, expected):
+        got = got.reshape(want.shape).astype(np.float64)
+        lo, hi = ranges.get(name, (float(np.min(want, initial=0)), float(np.max(want, initial=0))))
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        step = step_of(lo, hi)
+        bound = steps * step + range_fraction * (hi - lo)
+        error = float(np.max(np.abs(got - want), initial=0.0))
+        assert error <= bound, f"output {name}: max error {error:.4g} > {bound:.4g} ({error / step:.1f} steps)"
+        worst = max(worst, error / step)
+    return worst
