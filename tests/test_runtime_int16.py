@@ -361,12 +361,14 @@ def test_int16_sum_equals_the_builtin_kernel(shape, axes, keep, scales):
 
 def test_int16_sum_on_litert_reference_kernels_is_not_the_sum():
     """The finding behind the referee above: with equal scales the SUM is the clamped integer sum; LiteRT
-    2.3's BUILTIN_REF int16 SUM gives something else (mostly -1) for most of the sums, its builtin kernel
-    gives exactly that."""
+    2.3's BUILTIN_REF int16 SUM gives something else for some or all of the sums, its builtin kernel gives
+    exactly that. Which sums go wrong varies from run to run (mostly -1 or leftovers of earlier work: it
+    reads memory it never wrote), so this asserts only that three fresh interpreters are not all right."""
     graph, (x,) = _int16_reduce("SUM", (2, 5, 7, 6), (3,), True, 1e-3, 1e-3)
-    reference = run_litert(write_tflite(graph), [x], reference_kernels=True)[0]
+    content = write_tflite(graph)
     exact = np.clip(x.astype(np.int64).sum(axis=3, keepdims=True), -32768, 32767)
-    assert np.count_nonzero(reference != exact) > exact.size // 2
+    wrong = [np.count_nonzero(run_litert(content, [x], reference_kernels=True)[0] != exact) for _ in range(3)]
+    assert max(wrong) > 0, "LiteRT's reference int16 SUM is right now: its referee could be BUILTIN_REF again"
     np.testing.assert_array_equal(_builtin_kernel_output(graph, [x]), exact)
 
 
