@@ -17,7 +17,7 @@ from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier
 from edgeq.runtime import native
 from edgeq.runtime.interpreter import Interpreter
 from edgeq.runtime.padding import output_size
-from edgeq.runtime.ir import Graph, Op, Tensor
+from edgeq.runtime.ir import Graph, Op, QuantParams, Tensor
 
 pytest.importorskip("ai_edge_litert")
 
@@ -120,6 +120,109 @@ def test_max_pool_int8(kernel_path, k, stride, padding, act):
                "filter_height": k, "fused_activation_function": act}
     graph, inputs = unary_graph("MAX_POOL_2D", (2, 9, 8, 3), y_shape, q, q, options)
     assert_exact(graph, inputs)
+
+
+SOFTMAX_OUTPUT = {np.int8: (1.0 / 256, -128), np.int16: (1.0 / 65536, -32768)}
+
+
+@pytest.mark.parametrize("depth", [1, 7, 64, 256])
+@pytest.mark.parametrize("input_scale, beta", [(0.05, 1.0), (0.3, 0.7), (0.004, 2.0), (2.0, 1.0)])
+def test_softmax_int8(kernel_path, depth, input_scale, beta):
+    graph, [x] = unary_graph("SOFTMAX", (3, depth), (3, depth), (input_scale, 5), SOFTMAX_OUTPUT[np.int8],
+                             {"beta": beta}, seed=depth)
+    x[1] = -128  # a row of equal values, and one that spans the whole int8 range
+    x[2, ::2], x[2, 1::2] = 127, -128
+    assert_exact(graph, [x])
+
+
+@pytest.mark.parametrize("input_scale", [0.5, 3.0])
+def test_softmax_int8_classifier_rows(kernel_path, input_scale):
+    # LiteRT's reference kernel aborts on long rows whose sum of exponentials needs a shift > 31; coarse
+    # input scales (as a classifier's logits have) keep it within reach.
+    graph, inputs = unary_graph("SOFTMAX", (2, 1000), (2, 1000), (input_scale, -20), SOFTMAX_OUTPUT[np.int8],
+                                {"beta": 1.0}, seed=9)
+    assert_exact(graph, inputs)
+
+
+def test_softmax_int8_to_int16(kernel_path):
+    graph, inputs = unary_graph("SOFTMAX", (2, 3, 50), (2, 3, 50), (0.1, -3), SOFTMAX_OUTPUT[np.int16],
+                                {"beta": 1.0, "_out_dtype": np.int16}, seed=5)
+    assert_exact(graph, inputs)
+
+
+MEAN_CASES = {  # shape, axes, keep_dims, (input scale, zero point), (output scale, zero point)
+    "global_pool": ((1, 13, 13, 100), (1, 2), True, (0.05, 3), (0.02, -5)),
+    "global_pool_flat": ((2, 7, 7, 40), (2, 1), False, (0.5, -128), (0.001, 127)),
+    "one_axis": ((2, 5, 7, 6), (2,), True, (0.01, 127), (3.0, 0)),
+    "last_axis": ((2, 5, 7, 6), (-1,), False, (0.02, 0), (0.02, 0)),
+    "three_axes": ((2, 5, 7, 6), (1, 2, 3), False, (0.05, -7), (0.03, 9)),
+    "batch_axis": ((3, 5, 7, 6), (0, 1), True, (0.05, 3), (0.02, -5)),  # numpy's form on every path
+    "apart": ((2, 5, 7, 6), (1, 3), True, (0.05, 3), (0.02, -5)),  # not adjacent: numpy's form too
+}
+
+
+@pytest.mark.parametrize("case", sorted(MEAN_CASES))
+def test_mean_int8(kernel_path, case):
+    shape, axes, keep, q_in, q_out = MEAN_CASES[case]
+    rank, reduced = len(shape), {a % len(shape) for a in axes}
+    y_shape = tuple(1 if i in reduced else d for i, d in enumerate(shape) if keep or i not in reduced)
+    graph, inputs = unary_graph("MEAN", shape, y_shape, q_in, q_out, {"keep_dims": keep},
+                                [("axis", np.array(axes, np.int32))], seed=rank)
+    assert_exact(graph, inputs)
+
+
+def concatenation_graph(shapes, axis, q=(0.05, 3), dtype=np.int8, seed=0):
+    rng = np.random.default_rng(seed)
+    g = Graph()
+    names = [f"x{k}" for k in range(len(shapes))]
+    quant = QuantParams(*q) if q else None
+    for name, shape in zip(names, shapes):
+        g.add_tensor(Tensor(name, shape, dtype, quant=quant))
+    out_shape = list(shapes[0])
+    out_shape[axis] = sum(shape[axis] for shape in shapes)
+    g.add_tensor(Tensor("y", tuple(out_shape), dtype, quant=quant))
+    g.add_op(Op("CONCATENATION", names, ["y"], {"axis": axis, "fused_activation_function": "NONE"}))
+    g.inputs, g.outputs = names, ["y"]
+    return g, [random_int8(rng, shape) if q else rng.standard_normal(shape).astype(dtype) for shape in shapes]
+
+
+@pytest.mark.parametrize("shapes, axis", [
+    (((1, 5, 5, 3), (1, 5, 5, 4)), 3),
+    (((2, 5, 5, 3), (2, 5, 5, 4), (2, 5, 5, 1)), -1),
+    (((2, 2, 5, 3), (2, 3, 5, 3)), 1),
+    (((2, 5), (2, 7)), 1),
+    (((2, 5), (3, 5)), 0),
+])
+def test_concatenation_int8(kernel_path, shapes, axis):
+    assert_exact(*concatenation_graph(shapes, axis))
+
+
+def test_softmax_mean_and_concatenation_prepare_native_kernels(native_variant, monkeypatch):
+    from edgeq.runtime.kernels import REGISTRY, load_all_kernels
+
+    monkeypatch.setattr(native, "ENABLED", True)
+    load_all_kernels()
+    graphs = [unary_graph("SOFTMAX", (1, 10), (1, 10), (0.05, 3), SOFTMAX_OUTPUT[np.int8], {"beta": 1.0})[0],
+              unary_graph("MEAN", (1, 3, 3, 4), (1, 1, 1, 4), (0.05, 3), (0.02, 1), {"keep_dims": True},
+                          [("axis", np.array([1, 2], np.int32))])[0],
+              concatenation_graph(((1, 2, 2, 3), (1, 2, 2, 5)), 3)[0],
+              concatenation_graph(((1, 2, 2, 3), (1, 2, 2, 5)), 3, q=None, dtype=np.float32)[0]]
+    for graph in graphs:
+        op = graph.ops[0]
+        assert REGISTRY[op.type](op, graph).__name__.endswith("_native"), op.type
+
+
+def test_float_concatenation_identical(native_variant, monkeypatch):
+    graph, inputs = concatenation_graph(((2, 3, 4, 5), (2, 3, 4, 2)), 3, q=None, dtype=np.float32)
+    assert_equal_on_both_paths(graph, inputs, monkeypatch)
+
+
+def test_native_concatenation_refuses_inputs_of_different_batches(native_variant, monkeypatch):
+    monkeypatch.setattr(native, "ENABLED", True)
+    graph, _ = concatenation_graph(((1, 2, 2, 3), (1, 2, 2, 5)), 3)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="cannot be joined"):
+        Interpreter.from_graph(graph).run([random_int8(rng, (2, 2, 2, 3)), random_int8(rng, (3, 2, 2, 5))])
 
 
 # -- float: the native path gives the numpy path's values ---------------------------------------------

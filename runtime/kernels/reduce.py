@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeq.runtime import native
 from edgeq.runtime.fixedpoint import round_half_away
 from edgeq.runtime.kernels import check, register
 from edgeq.runtime.kernels.common import constant_input, require_float
@@ -90,6 +91,11 @@ def _prepare_quantized(op, graph):
         multiplier = (multiplier << fold) // count
         shift -= fold
     zero_point_term = input_zero_point * count
+    if native.isa() is not None and dtype == np.int8 and input_tensor.dtype == np.int8:
+        native_mean = _native_mean_int8(input_tensor.shape, axes, tuple(output_tensor.shape[1:]), count,
+                                        zero_point_term, multiplier, shift, output_zero_point)
+        if native_mean is not None:
+            return native_mean
 
     def reduce_mean(x, _axes=None):
         total = np.sum(x, axis=axes, keepdims=keep_dims, dtype=np.int64)
@@ -97,6 +103,32 @@ def _prepare_quantized(op, graph):
         return saturate(scaled.astype(np.int64) + output_zero_point, info.min, info.max, dtype)
 
     return reduce_mean
+
+
+def _native_mean_int8(shape, axes, shape_tail, count, zero_point_term, multiplier, shift, output_zero_point):
+    """The int8 MEAN as one native call, where the reduced axes are adjacent and none is the batch
+    axis (the input is then [outer, reduced, inner] for every batch) and the sums stay inside int32;
+    None otherwise."""
+    from edgeq.runtime import fixedpoint
+    from edgeq.runtime.kernels.buffers import OutputBuffers
+
+    if (not axes or axes[0] == 0 or list(axes) != list(range(axes[0], axes[-1] + 1)) or count * 255 >= 2**31
+            or not -2**31 <= zero_point_term < 2**31 or not 0 <= multiplier < 2**31 or not -31 <= shift < 31):
+        return None
+    inner = int(np.prod(shape[axes[-1] + 1:], dtype=np.int64))
+    outer_per_sample = int(np.prod(shape[1:axes[0]], dtype=np.int64))
+    sums = np.zeros(max(inner, 1), np.int32)
+    outputs = OutputBuffers(shape_tail, np.int8)
+    single_rounding = bool(fixedpoint.SINGLE_ROUNDING)
+    arguments = (int(zero_point_term), int(multiplier), int(shift), single_rounding, int(output_zero_point), -128,
+                 127, sums)
+
+    def reduce_mean_native(x, _axes=None):
+        n = x.shape[0]
+        return native.mean_int8(np.ascontiguousarray(x), n * outer_per_sample, count, inner, *arguments,
+                                outputs.get(n))
+
+    return reduce_mean_native
 
 
 # The rounded float32 sum is cast to int32, which C++ leaves undefined outside the int32 range

@@ -82,9 +82,60 @@ def prepare_concatenation(op, graph):
         return np.concatenate(align(xs), axis=axis)
 
     output = graph[op.outputs[0]]
-    if output.dtype in (np.int8, np.uint8, np.int16) and output.quant is not None:
+    quantized = output.dtype in (np.int8, np.uint8, np.int16) and output.quant is not None
+    if _is_plain_copy(op, graph, axis, quantized):
+        return _native_concatenation(op, graph, axis)
+    if quantized:
         return _quantized_concatenation(op, graph, axis, align)
     return with_activation(concatenation, fused_activation(op))
+
+
+def _is_plain_copy(op, graph, axis, quantized) -> bool:
+    """Whether the join is a byte copy the native kernel does: computed inputs of the output's type
+    and quantization (nothing to requantize, no activation), joined on an axis after the batch (so
+    each input's bytes per outer index are fixed)."""
+    from edgeq.runtime import native
+
+    output = graph[op.outputs[0]]
+    if native.isa() is None or axis == 0 or not op.inputs or len(output.shape) < 2:
+        return False
+    if not quantized and fused_activation(op) is not None:
+        return False
+    for name in op.inputs:
+        tensor = graph[name]
+        if tensor.data is not None or tensor.dtype != output.dtype or len(tensor.shape) != len(output.shape):
+            return False
+        if quantized and (tensor.quant is None or not _same_quantization(tensor.quant, output.quant)):
+            return False
+    return True
+
+
+def _same_quantization(quant, output_quant) -> bool:
+    return (np.float32(quant.scale[0]) == np.float32(output_quant.scale[0])
+            and int(quant.zero_point[0]) == int(output_quant.zero_point[0]))
+
+
+def _native_concatenation(op, graph, axis):
+    """CONCATENATION as one memcpy per input slice into an output buffer reused from call to call."""
+    from edgeq.runtime import native
+    from edgeq.runtime.kernels.buffers import OutputBuffers
+
+    output = graph[op.outputs[0]]
+    itemsize = np.dtype(output.dtype).itemsize
+    widths = [int(np.prod(graph[name].shape[axis:], dtype=np.int64)) * itemsize for name in op.inputs]
+    outer_per_sample = int(np.prod(output.shape[1:axis], dtype=np.int64))
+    copy = native.Concatenation(widths)
+    outputs = OutputBuffers(tuple(output.shape[1:]), output.dtype)
+    contiguous = np.ascontiguousarray
+
+    def concatenation_native(*xs):
+        n = xs[0].shape[0]
+        for x in xs:
+            if x.shape[0] != n:
+                raise ModelError(f"op {op}: inputs of batch {n} and {x.shape[0]} cannot be joined")
+        return copy(n * outer_per_sample, [contiguous(x) for x in xs], outputs.get(n))
+
+    return concatenation_native
 
 
 def _batch_aligner(op, graph, axis):

@@ -73,7 +73,7 @@ def _open_library():
         library = ctypes.CDLL(_kernels.__file__)
     except OSError as error:
         return None, f"the extension does not load ({error})"
-    pointer, int32 = ctypes.c_void_p, ctypes.c_int
+    pointer, int32, size = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
     for name, result, arguments in (
             ("edgeq_isa_compiled", int32, [int32]),
             ("edgeq_isa_supported", int32, [int32]),
@@ -102,7 +102,10 @@ def _open_library():
             ("edgeq_sgemm_packed_floats", ctypes.c_size_t, [int32, int32, int32]),
             ("edgeq_sgemm_pack", None, [int32, int32, int32, pointer, pointer]),
             ("edgeq_sgemm", int32, [int32, int32, int32, int32, pointer, ctypes.c_size_t, pointer, pointer,
-                                    ctypes.c_float, ctypes.c_float, pointer, int32])):
+                                    ctypes.c_float, ctypes.c_float, pointer, int32]),
+            ("edgeq_softmax_int8", None, [size, size, pointer, pointer, pointer, int32, pointer]),
+            ("edgeq_mean_int8", None, [size, size, size, pointer] + [int32] * 7 + [pointer, pointer]),
+            ("edgeq_concat", None, [size, int32, pointer, pointer, pointer])):
         function = getattr(library, name, None)
         if function is None:
             return None, f"the extension is out of date (no {name}); reinstall edgeq to rebuild it"
@@ -427,3 +430,44 @@ def sgemm(isa_name: str, a: np.ndarray, packed: np.ndarray, n: int, bias, low: f
     if status:
         raise NativeError(f"native float GEMM failed ({status})")
     return out
+
+
+# -- int8 SOFTMAX, MEAN and CONCATENATION (portable C: their cost is the Python around them) -----------
+
+SOFTMAX_MAX_DEPTH = 4096  # past it the reference's int32 sum of exponentials may wrap
+
+
+def softmax_int8(x: np.ndarray, exp_table: np.ndarray, sum_term_table: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """int8 SOFTMAX over the last axis of contiguous x into ``out`` (int8 or int16) through softmax.py's
+    int32 tables of 256 entries."""
+    depth = x.shape[-1] if x.ndim else 1
+    _library.edgeq_softmax_int8(x.size // max(depth, 1), depth, _address(x), _address(exp_table),
+                                _address(sum_term_table), 8 * out.itemsize, _address(out))
+    return out
+
+
+def mean_int8(x: np.ndarray, outer: int, reduced: int, inner: int, zero_point_term: int, multiplier: int,
+              shift: int, single_rounding: bool, output_zero_point: int, low: int, high: int, sums: np.ndarray,
+              out: np.ndarray) -> np.ndarray:
+    """int8 MEAN of contiguous x seen as [outer, reduced, inner] over its middle axis into ``out``;
+    ``sums`` holds ``inner`` int32."""
+    _library.edgeq_mean_int8(outer, reduced, inner, _address(x), zero_point_term, multiplier, shift,
+                             int(single_rounding), output_zero_point, low, high, _address(sums), _address(out))
+    return out
+
+
+class Concatenation:
+    """Inputs side by side on one axis, a memcpy per slice: made in prepare with each input's bytes
+    per outer index; ``__call__(outer, xs, out)`` copies contiguous ``xs`` into ``out``."""
+
+    def __init__(self, widths):
+        self.count = len(widths)
+        self.widths = (ctypes.c_size_t * self.count)(*widths)
+        self.pointers = (ctypes.c_void_p * self.count)()
+
+    def __call__(self, outer: int, xs, out: np.ndarray) -> np.ndarray:
+        pointers = self.pointers
+        for k, x in enumerate(xs):
+            pointers[k] = _address(x)
+        _library.edgeq_concat(outer, self.count, pointers, self.widths, _address(out))
+        return out

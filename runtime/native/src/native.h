@@ -152,6 +152,20 @@ EDGEQ_API void edgeq_average_pool_int8(int isa, const edgeq_conv_geometry *g, co
                                        int32_t high, int32_t *scratch, int8_t *out);
 EDGEQ_API void edgeq_im2col_f32(const edgeq_conv_geometry *g, const float *x, float fill, float *columns);
 
+/* softmax_int8.c: int8 SOFTMAX of rows [rows][depth] through the 256-entry Q0.31 exponential and Q12.19
+ * sum-term tables of softmax.py, int8 (output_bits 8) or int16 (16) out; depth <= 4096. */
+EDGEQ_API void edgeq_softmax_int8(size_t rows, size_t depth, const int8_t *x, const int32_t *exp_table,
+                                  const int32_t *sum_term_table, int output_bits, void *out);
+
+/* mean_int8.c: int8 MEAN of x [outer][reduced][inner] over the middle axis (reduce.py's folded
+ * multiplier), sums: inner int32 of scratch. */
+EDGEQ_API void edgeq_mean_int8(size_t outer, size_t reduced, size_t inner, const int8_t *x, int32_t zero_point_term,
+                               int32_t multiplier, int32_t shift, int32_t single_rounding, int32_t output_zero_point,
+                               int32_t low, int32_t high, int32_t *sums, int8_t *out);
+
+/* concat.c: out [outer][sum of widths] bytes = each input's [outer][widths[k]] bytes side by side. */
+EDGEQ_API void edgeq_concat(size_t outer, int count, const void *const *inputs, const size_t *widths, void *out);
+
 /* threads.c: run work(context, index) for index in [0, count) on up to `threads` threads. */
 void edgeq_parallel_for(int count, int threads, void (*work)(void *context, int index), void *context);
 
