@@ -22,6 +22,7 @@ import numpy as np
 
 from edgeq.runtime.threads import thread_limit
 from edgeq.runtime.ir import Graph, InvokeError, ModelError, naming_file
+from edgeq.runtime.kernels.buffers import holders_made_by
 from edgeq.runtime.op_runner import has_kernel, prepare_op, run_op
 from edgeq.runtime.tflite_format.reader import read_tflite
 from edgeq.runtime.validate import validate_graph, with_implied_shapes
@@ -106,6 +107,7 @@ class Interpreter:
         self._arena: Optional[list] = None
         self._steps = None
         self._invoke_steps = None
+        self._buffer_holders = {}  # prepared kernel -> the output-buffer holders it made
 
     def _indices(self, names, op):
         indices = []
@@ -131,6 +133,7 @@ class Interpreter:
             self._readable = sorted(i for i in self._keep_for_invoke()
                                     if self._tensors[i].data is None and i not in self._input_indices)
             self._invoke_steps = self._with_releases(self._keep_for_invoke(), self._fused_steps)
+            self._reserve_buffers(self._invoke_steps)
             self._invoke_ops = [self._graph.ops[position] for position in self._fused_ops]
         arena = [None] * (self._absent + 1)
         for i, tensor in enumerate(self._tensors):
@@ -143,13 +146,34 @@ class Interpreter:
         self._arena = arena
         self._produced = False
 
+    def _prepare(self, op):
+        """``op``'s prepared kernel; the output buffers it made are noted, for ``_reserve_buffers``."""
+        with holders_made_by() as made:
+            evaluate = prepare_op(op, self._graph)
+        if made:
+            self._buffer_holders[evaluate] = made
+        return evaluate
+
+    def _reserve_buffers(self, steps) -> None:
+        """Make and touch now the output buffers ``steps`` write on the graph's own shapes, so that the
+        first invoke finds them as every later one does instead of paying for their pages."""
+        tensors = self._tensors + [None]
+        for evaluate, inputs, outputs, _ in steps:
+            holders = self._buffer_holders.get(evaluate)
+            if not holders:
+                continue
+            first_input = tensors[inputs[0]] if inputs else None
+            output = tensors[outputs[0] if type(outputs) is tuple else outputs]
+            for holder in holders:
+                holder.reserve(first_input.shape if first_input is not None else None, output.shape)
+
     def _prepare_ops(self, lazy=()):
         """Every op's prepared kernel; those at positions in ``lazy`` are prepared on their first call
         (ops that invoke skips: only ``run(keep=...)`` and ``observe`` run them)."""
         unsupported = sorted({op.kind for op in self._graph.ops if not has_kernel(op)})
         if unsupported:
             raise ModelError(f"no kernel for op type(s): {', '.join(unsupported)}")
-        return [((_prepared_on_first_call if position in lazy else prepare_op)(op, self._graph), inputs,
+        return [(_prepared_on_first_call(op, self._graph) if position in lazy else self._prepare(op), inputs,
                  outputs[0] if len(outputs) == 1 else outputs)
                 for position, (op, (inputs, outputs)) in enumerate(zip(self._graph.ops, self._op_io))]
 
@@ -205,7 +229,7 @@ class Interpreter:
             if position in islands:
                 op = islands[position][2]
                 _, _, outputs = step
-                step = (prepare_op(op, self._graph), (self._index[op.inputs[0]],), outputs)
+                step = (self._prepare(op), (self._index[op.inputs[0]],), outputs)
             fused.append(step)
             kept.append(position)
         return fused, kept
@@ -235,7 +259,7 @@ class Interpreter:
             if folded is None:
                 continue
             try:
-                evaluate = prepare_op(folded, graph)
+                evaluate = self._prepare(folded)
             except Exception:  # the op as written still runs; folding is only a shortcut
                 continue
             _, inputs, outputs = steps[conv_position]

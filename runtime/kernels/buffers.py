@@ -2,6 +2,30 @@
 from __future__ import annotations
 
 
+# While the interpreter prepares an op, the buffer holders its kernel makes (``holders_made_by``).
+_made = None
+
+
+class holders_made_by:
+    """``with holders_made_by() as made:`` collects in ``made`` every output-buffer holder made inside,
+    so that the interpreter can ``reserve`` their buffers at allocate time instead of on the first invoke."""
+
+    def __enter__(self):
+        global _made
+        self.outer, _made = _made, []
+        return _made
+
+    def __exit__(self, *_):
+        global _made
+        _made = self.outer
+
+
+def _touched(buffer):
+    # Writing each page once now takes its page faults here rather than in the first invoke.
+    buffer.reshape(-1).view("u1")[::4096] = 0
+    return buffer
+
+
 class OutputBuffers:
     """One output array per batch size, made on first use and reused by every later call: the
     kernel writes into it instead of allocating (the interpreter copies what it hands out)."""
@@ -10,6 +34,8 @@ class OutputBuffers:
 
     def __init__(self, shape_tail, dtype):
         self.shape_tail, self.dtype, self.buffers = tuple(shape_tail), dtype, {}
+        if _made is not None:
+            _made.append(self)
 
     def get(self, n):
         buffer = self.buffers.get(n)
@@ -18,6 +44,42 @@ class OutputBuffers:
 
             buffer = self.buffers[n] = np.empty((n,) + self.shape_tail, self.dtype)
         return buffer
+
+    def reserve(self, input_shape, output_shape) -> None:
+        """Make (and touch) now the buffer a call on the graph's own shapes will use."""
+        n = output_shape[0] if output_shape else 1
+        size = n
+        for d in self.shape_tail:
+            size *= d
+        expected = 1
+        for d in output_shape:
+            expected *= d
+        if output_shape and size == expected:
+            _touched(self.get(n))
+
+
+class BuffersByShape:
+    """One output array per input shape (elementwise kernels: the output has the input's shape), made
+    on first use and reused, so an invoke allocates nothing."""
+
+    __slots__ = ("dtype", "buffers")
+
+    def __init__(self, dtype):
+        self.dtype, self.buffers = dtype, {}
+        if _made is not None:
+            _made.append(self)
+
+    def get(self, shape):
+        buffer = self.buffers.get(shape)
+        if buffer is None:
+            import numpy as np
+
+            buffer = self.buffers[shape] = np.empty(shape, self.dtype)
+        return buffer
+
+    def reserve(self, input_shape, output_shape) -> None:
+        if input_shape is not None and tuple(input_shape) == tuple(output_shape):
+            _touched(self.get(tuple(input_shape)))
 
 
 class SharedScratch:

@@ -15,6 +15,7 @@ import numpy as np
 from edgeq.runtime import native
 from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier, round_half_away
 from edgeq.runtime.kernels import check, register
+from edgeq.runtime.kernels.buffers import BuffersByShape
 from edgeq.runtime.kernels.requantize import double_to_int32, saturate, scale_and_zero_point
 from edgeq.runtime.ir import ModelError
 
@@ -57,7 +58,7 @@ def prepare_quantize(op, graph):
     dtype = output_tensor.dtype
 
     if input_tensor.dtype == np.float32 and dtype == np.int8 and native.enabled():
-        isa, outputs = native.isa(), _BuffersByShape(dtype)
+        isa, outputs = native.isa(), BuffersByShape(dtype)
 
         def quantize_native(x):
             return native.quantize_int8(np.ascontiguousarray(x), output_scale, output_zero_point, low, high,
@@ -104,7 +105,7 @@ def prepare_dequantize(op, graph):
         scale = np.float64(np.float32(quant.scale[0]))
         zero_point = np.int64(quant.zero_point[0])
         if input_tensor.dtype == np.int8 and native.enabled():
-            isa, outputs = native.isa(), _BuffersByShape(np.float32)
+            isa, outputs = native.isa(), BuffersByShape(np.float32)
 
             def dequantize_native(x):
                 return native.dequantize_int8(isa, np.ascontiguousarray(x), scale, int(zero_point),
@@ -116,19 +117,3 @@ def prepare_dequantize(op, graph):
         return ((x.astype(np.int64) - zero_point) * scale).astype(np.float32)
 
     return dequantize
-
-
-class _BuffersByShape:
-    """One output array per input shape, made on first use and reused (the interpreter copies what it
-    hands out), so an invoke allocates nothing."""
-
-    __slots__ = ("dtype", "buffers")
-
-    def __init__(self, dtype):
-        self.dtype, self.buffers = dtype, {}
-
-    def get(self, shape):
-        buffer = self.buffers.get(shape)
-        if buffer is None:
-            buffer = self.buffers[shape] = np.empty(shape, self.dtype)
-        return buffer
