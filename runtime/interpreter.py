@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 
 from edgeq.runtime.threads import thread_limit
-from edgeq.runtime.ir import Graph, InvokeError, ModelError, naming_file
+from edgeq.runtime.ir import Graph, InvokeError, ModelError, Op, naming_file
 from edgeq.runtime.kernels.buffers import holders_made_by
 from edgeq.runtime.op_runner import has_kernel, prepare_op, run_op
 from edgeq.runtime.tflite_format.reader import read_tflite
@@ -146,10 +146,10 @@ class Interpreter:
         self._arena = arena
         self._produced = False
 
-    def _prepare(self, op):
+    def _prepare(self, op, graph=None):
         """``op``'s prepared kernel; the output buffers it made are noted, for ``_reserve_buffers``."""
         with holders_made_by() as made:
-            evaluate = prepare_op(op, self._graph)
+            evaluate = prepare_op(op, self._graph if graph is None else graph)
         if made:
             self._buffer_holders[evaluate] = made
         return evaluate
@@ -253,6 +253,12 @@ class Interpreter:
             consumers = readers.get(padded, [])
             if padded in boundary or len(consumers) != 1:
                 continue
+            if graph.ops[consumers[0]].type == "DEQUANTIZE":
+                folds = self._fold_pad_through_dequantize(op, consumers[0], steps, readers, boundary)
+                if folds:
+                    replaced.update(folds)
+                    skipped.add(position)
+                continue
             conv_position = consumers[0]
             conv = graph.ops[conv_position]
             folded = _conv_with_folded_pad(op, conv, graph)
@@ -271,6 +277,40 @@ class Interpreter:
                 fused.append(replaced.get(position, step))
                 positions.append(position)
         return fused, positions
+
+    def _fold_pad_through_dequantize(self, pad, dequantize_position, steps, readers, boundary) -> dict:
+        """For int8 PAD -> DEQUANTIZE -> VALID float convolution (an int8 model's float island), the
+        replaced steps {position: step} that dequantize the unpadded tensor and give the convolution the
+        padding: the PAD fills with the zero point, which dequantizes to exactly 0.0, the float
+        convolution's own padding value. Empty when the chain does not have that form."""
+        graph = self._graph
+        dequantize = graph.ops[dequantize_position]
+        source = graph[pad.inputs[0]]
+        dequantized = self._index[dequantize.outputs[0]]
+        consumers = readers.get(dequantized, [])
+        if dequantized in boundary or len(consumers) != 1 or len(dequantize.outputs) != 1:
+            return {}
+        if source.dtype != np.int8 or not _pads_with_zero_point(pad, graph):
+            return {}
+        conv_position = consumers[0]
+        conv = graph.ops[conv_position]
+        # The convolution reads the dequantized tensor at the unpadded shape: prepare it on a copy of
+        # the graph that says so, as if it read the source directly.
+        unpadded = graph.copy()
+        unpadded.tensors[dequantize.outputs[0]] = dataclasses.replace(
+            unpadded.tensors[dequantize.outputs[0]], shape=tuple(source.shape))
+        virtual_pad = Op("PAD", [dequantize.outputs[0]] + list(pad.inputs[1:]), [dequantize.outputs[0]], {})
+        folded = _conv_with_folded_pad(virtual_pad, conv, unpadded)
+        if folded is None:  # (it also needs float weights: an int8 convolution reads no DEQUANTIZE)
+            return {}
+        try:
+            evaluate = self._prepare(folded, unpadded)
+        except Exception:  # the ops as written still run; folding is only a shortcut
+            return {}
+        dequantize_evaluate, _, dequantize_outputs = steps[dequantize_position]
+        _, conv_inputs, conv_outputs = steps[conv_position]
+        return {dequantize_position: (dequantize_evaluate, (self._index[pad.inputs[0]],), dequantize_outputs),
+                conv_position: (evaluate, conv_inputs, conv_outputs)}
 
     def _keep_for_invoke(self) -> set:
         if self._preserve_all_tensors:
@@ -571,6 +611,15 @@ def _conv_with_folded_pad(pad, conv, graph):
     (top, bottom), (left, right) = pads[1].tolist(), pads[2].tolist()
     options = dict(conv.options, explicit_padding=(top, bottom, left, right))
     return Op(conv.type, [pad.inputs[0]] + list(conv.inputs[1:]), list(conv.outputs), options)
+
+
+def _pads_with_zero_point(pad, graph) -> bool:
+    """Whether an int8 PAD fills with its input's zero point and keeps its quantization (per tensor)."""
+    source, padded = graph[pad.inputs[0]], graph[pad.outputs[0]]
+    if pad.type != "PAD" or source.quant is None or padded.quant is None:
+        return False
+    return (np.asarray(source.quant.scale).size == 1 and np.array_equal(source.quant.scale, padded.quant.scale)
+            and np.array_equal(source.quant.zero_point, padded.quant.zero_point))
 
 
 def _prepared_on_first_call(op, graph):

@@ -595,6 +595,52 @@ def test_pad_folded_into_convolution(kernel_path, op_type, pads, dtype):
         assert np.array_equal(theirs.get_tensor(theirs.get_output_details()[0]["index"]), results[0])
 
 
+def padded_float_island_graph(op_type, pads, zero_point=-128):
+    """int8 x0 -> PAD -> DEQUANTIZE -> VALID float ``op_type``: the edge of a float island."""
+    graph, _ = padded_conv_graph(op_type, pads, np.float32)
+    graph.tensors["x0"] = Tensor("x0", graph["x0"].shape, np.int8, quant=QuantParams(0.05, zero_point))
+    x = graph["x"]
+    graph.tensors["x"] = Tensor("x", x.shape, np.int8, quant=QuantParams(0.05, zero_point))
+    graph.add_tensor(Tensor("x_float", x.shape, np.float32))
+    conv = graph.ops[1]
+    graph.ops[1] = Op(conv.type, ["x_float"] + conv.inputs[1:], conv.outputs, conv.options)
+    graph.ops.insert(1, Op("DEQUANTIZE", ["x"], ["x_float"], {}))
+    return graph, random_int8(np.random.default_rng(21), graph["x0"].shape)
+
+
+@pytest.mark.parametrize("op_type", ["CONV_2D", "DEPTHWISE_CONV_2D"])
+@pytest.mark.parametrize("pads", [((1, 1), (1, 1)), ((0, 2), (1, 0))])
+@pytest.mark.parametrize("zero_point", [-128, 7])
+def test_pad_folded_through_a_dequantize_into_a_float_convolution(kernel_path, op_type, pads, zero_point):
+    from edgeq.runtime.tflite_format.writer import write_tflite
+    from edgeq.testing import litert
+
+    graph, x = padded_float_island_graph(op_type, pads, zero_point)
+    content = write_tflite(graph)
+    folded = Interpreter(model_content=content)
+    folded.allocate_tensors()
+    assert [op.type for op in folded._invoke_ops] == ["DEQUANTIZE", op_type]  # no PAD: the convolution pads
+    as_written = Interpreter(model_content=content, experimental_preserve_all_tensors=True)
+    theirs = litert.Interpreter(model_content=content, num_threads=1,
+                                experimental_op_resolver_type=litert.OpResolverType.BUILTIN_REF)
+    results = []
+    for interpreter in (folded, as_written, theirs):
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+        interpreter.invoke()
+        results.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+    assert np.array_equal(results[0], results[1])
+    np.testing.assert_allclose(results[0], results[2], rtol=1e-5, atol=1e-5)
+
+
+def test_pad_with_another_quantization_than_its_input_is_not_folded_through_a_dequantize(kernel_path):
+    graph, x = padded_float_island_graph("DEPTHWISE_CONV_2D", ((1, 1), (1, 1)))
+    graph.tensors["x"] = Tensor("x", graph["x"].shape, np.int8, quant=QuantParams(0.05, 3))
+    interpreter = Interpreter.from_graph(graph)
+    interpreter.allocate_tensors()
+    assert [op.type for op in interpreter._invoke_ops] == ["PAD", "DEQUANTIZE", "DEPTHWISE_CONV_2D"]
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.int8])
 def test_pad_folded_into_a_pointwise_convolution_grows_its_output(kernel_path, stride, dtype):

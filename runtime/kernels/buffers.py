@@ -78,7 +78,7 @@ class BuffersByShape:
         return buffer
 
     def reserve(self, input_shape, output_shape) -> None:
-        if input_shape is not None and tuple(input_shape) == tuple(output_shape):
+        if input_shape is not None:
             _touched(self.get(tuple(input_shape)))
 
 
