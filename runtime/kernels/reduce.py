@@ -123,9 +123,11 @@ def _native_mean_int8(shape, axes, shape_tail, count, zero_point_term, multiplie
     arguments = (int(zero_point_term), int(multiplier), int(shift), single_rounding, int(output_zero_point), -128,
                  127, sums)
 
+    isa = native.isa()
+
     def reduce_mean_native(x, _axes=None):
         n = x.shape[0]
-        return native.mean_int8(np.ascontiguousarray(x), n * outer_per_sample, count, inner, *arguments,
+        return native.mean_int8(isa, np.ascontiguousarray(x), n * outer_per_sample, count, inner, *arguments,
                                 outputs.get(n))
 
     return reduce_mean_native

@@ -104,7 +104,7 @@ def _open_library():
             ("edgeq_sgemm", int32, [int32, int32, int32, int32, pointer, ctypes.c_size_t, pointer, pointer,
                                     ctypes.c_float, ctypes.c_float, pointer, int32]),
             ("edgeq_softmax_int8", None, [size, size, pointer, pointer, pointer, int32, pointer]),
-            ("edgeq_mean_int8", None, [size, size, size, pointer] + [int32] * 7 + [pointer, pointer]),
+            ("edgeq_mean_int8", None, [int32, size, size, size, pointer] + [int32] * 7 + [pointer, pointer]),
             ("edgeq_concat", None, [size, int32, pointer, pointer, pointer])):
         function = getattr(library, name, None)
         if function is None:
@@ -446,12 +446,12 @@ def softmax_int8(x: np.ndarray, exp_table: np.ndarray, sum_term_table: np.ndarra
     return out
 
 
-def mean_int8(x: np.ndarray, outer: int, reduced: int, inner: int, zero_point_term: int, multiplier: int,
-              shift: int, single_rounding: bool, output_zero_point: int, low: int, high: int, sums: np.ndarray,
-              out: np.ndarray) -> np.ndarray:
+def mean_int8(isa_name: str, x: np.ndarray, outer: int, reduced: int, inner: int, zero_point_term: int,
+              multiplier: int, shift: int, single_rounding: bool, output_zero_point: int, low: int, high: int,
+              sums: np.ndarray, out: np.ndarray) -> np.ndarray:
     """int8 MEAN of contiguous x seen as [outer, reduced, inner] over its middle axis into ``out``;
     ``sums`` holds ``inner`` int32."""
-    _library.edgeq_mean_int8(outer, reduced, inner, _address(x), zero_point_term, multiplier, shift,
+    _library.edgeq_mean_int8(ISA_CODES[isa_name], outer, reduced, inner, _address(x), zero_point_term, multiplier, shift,
                              int(single_rounding), output_zero_point, low, high, _address(sums), _address(out))
     return out
 

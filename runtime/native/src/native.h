@@ -158,8 +158,8 @@ EDGEQ_API void edgeq_softmax_int8(size_t rows, size_t depth, const int8_t *x, co
                                   const int32_t *sum_term_table, int output_bits, void *out);
 
 /* mean_int8.c: int8 MEAN of x [outer][reduced][inner] over the middle axis (reduce.py's folded
- * multiplier), sums: inner int32 of scratch. */
-EDGEQ_API void edgeq_mean_int8(size_t outer, size_t reduced, size_t inner, const int8_t *x, int32_t zero_point_term,
+ * multiplier), sums: inner int32 of scratch; the column sums vectorized for the variant `isa`. */
+EDGEQ_API void edgeq_mean_int8(int isa, size_t outer, size_t reduced, size_t inner, const int8_t *x, int32_t zero_point_term,
                                int32_t multiplier, int32_t shift, int32_t single_rounding, int32_t output_zero_point,
                                int32_t low, int32_t high, int32_t *sums, int8_t *out);
 
