@@ -5,7 +5,8 @@ installed (scripts/check_arm64.sh runs it under qemu on arm64 and armhf). It nee
 edgeq.testing.int8_graphs. Cases: FULLY_CONNECTED, CONV_2D and DEPTHWISE_CONV_2D on random shapes (odd depths
 and channel counts, dilation, both paddings) with zero points at the int8 range's ends, saturating and tiny
 scales, per-channel and per-tensor weights, every fused activation; same-shape int8 ADD/SUB (the native one)
-with saturating scales; QUANTIZE of floats with ties, huge values, infinities and NaN; int8 MAX_POOL_2D.
+with saturating scales; QUANTIZE of floats with ties, huge values, infinities and NaN; int8 MAX_POOL_2D;
+int8 SOFTMAX (to int8 and int16), MEAN over adjacent axes and CONCATENATION.
 
 Usage: python scripts/check_native_exactness.py   (exit 1 when a variant differs, 2 without native kernels)
 """
@@ -18,6 +19,7 @@ import numpy as np
 
 from edgeq.runtime import native
 from edgeq.runtime.interpreter import Interpreter
+from edgeq.runtime.ir import Graph, Op, QuantParams, Tensor
 from edgeq.runtime.padding import output_size
 from edgeq.testing.int8_graphs import BINARY_CASES, binary_graph, unary_graph, weighted_op
 
@@ -82,6 +84,34 @@ def elementwise_cases():
                                                                        options)
 
 
+def softmax_mean_concatenation_cases():
+    for input_scale, beta, depth in itertools.product((0.004, 0.05, 0.5, 3.0), (1.0, 0.7), (1, 10, 1000)):
+        for out_dtype, q_out in ((np.int8, (1 / 256, -128)), (np.int16, (1 / 65536, -32768))):
+            graph, inputs = unary_graph("SOFTMAX", (2, depth), (2, depth), (input_scale, 5), q_out,
+                                        options={"beta": beta, "_out_dtype": out_dtype}, seed=depth)
+            inputs[0][1] = -128
+            yield f"SOFTMAX scale {input_scale} beta {beta} depth {depth} to {np.dtype(out_dtype).name}", \
+                (graph, inputs)
+    for (shape, axes), keep, params in itertools.product(
+            (((1, 13, 13, 100), (1, 2)), ((2, 5, 7, 6), (2,)), ((2, 5, 7, 6), (1, 2, 3)), ((1, 300, 600), (1,))),
+            (True, False), ("typical", "saturating", "coarse_output", "tiny_output_scale")):
+        y_shape = tuple(1 if i in axes else d for i, d in enumerate(shape) if keep or i not in axes)
+        yield f"MEAN {shape} over {axes} keep={keep} {params}", \
+            unary_graph("MEAN", shape, y_shape, *EDGE_PARAMS[params], {"keep_dims": keep},
+                        [("axis", np.array(axes, np.int32))], seed=len(shape))
+    rng = np.random.default_rng(5)
+    for widths in ((3, 4), (64, 64), (17, 33, 1), (256, 256)):
+        graph = Graph()
+        names = [f"x{k}" for k in range(len(widths))]
+        for name, width in zip(names, widths):
+            graph.add_tensor(Tensor(name, (2, 5, 7, width), np.int8, quant=QuantParams(0.05, 3)))
+        graph.add_tensor(Tensor("y", (2, 5, 7, sum(widths)), np.int8, quant=QuantParams(0.05, 3)))
+        graph.add_op(Op("CONCATENATION", names, ["y"], {"axis": 3}))
+        graph.inputs, graph.outputs = names, ["y"]
+        yield f"CONCATENATION of widths {widths}", \
+            (graph, [rng.integers(-128, 128, (2, 5, 7, width)).astype(np.int8) for width in widths])
+
+
 def run(graph, inputs, isa):
     """The graph's output with the numpy kernels (isa None) or native variant ``isa``."""
     native.ENABLED = isa is not None
@@ -96,7 +126,7 @@ def main() -> int:
     print(native.describe())
     if not variants:
         return 2
-    cases = list(weighted_cases()) + list(elementwise_cases())
+    cases = list(weighted_cases()) + list(elementwise_cases()) + list(softmax_mean_concatenation_cases())
     failures = 0
     for isa in variants:
         differing = []
