@@ -124,7 +124,7 @@ class Interpreter:
     def allocate_tensors(self) -> None:
         if self._steps is None:
             islands = {} if self._preserve_all_tensors else self._int8_max_pool_islands()
-            self._steps = self._prepare_ops(lazy={p for d, m, _ in islands.values() for p in (d, m)})
+            self._steps = self._prepare_ops(lazy={p for skipped, _ in islands.values() for p in skipped})
             if self._preserve_all_tensors:  # every tensor must be readable: run each op as written
                 self._fused_steps, self._fused_ops = self._steps, list(range(len(self._steps)))
             else:
@@ -178,11 +178,14 @@ class Interpreter:
                 for position, (op, (inputs, outputs)) in enumerate(zip(self._graph.ops, self._op_io))]
 
     def _int8_max_pool_islands(self) -> dict:
-        """{QUANTIZE position: (DEQUANTIZE position, MAX_POOL_2D position, the int8 MAX_POOL_2D op)} for
-        every int8 -> DEQUANTIZE -> float MAX_POOL_2D -> QUANTIZE chain that the int8 max pool computes
+        """{QUANTIZE position: (positions of the ops it replaces, the int8 MAX_POOL_2D op)} for every
+        int8 -> DEQUANTIZE -> float MAX_POOL_2D -> QUANTIZE chain that the int8 max pool computes
         exactly: the same scale and zero point in and out, no fused activation, and intermediates no
         other op reads. Dequantizing is strictly increasing, so it commutes with the max, and
-        quantizing a dequantized int8 value with the same parameters gives it back."""
+        quantizing a dequantized int8 value with the same parameters gives it back. A spatial PAD before
+        the DEQUANTIZE that fills with -128 joins the island as the pool's own padding: the int8 pool
+        takes the max over the window's positions inside the input, and -128 never exceeds it (a window
+        wholly in the padding gives -128 either way)."""
         from edgeq.runtime.ir import Op
 
         graph, islands = self._graph, {}
@@ -214,20 +217,27 @@ class Interpreter:
             middles = (dequantize.outputs[0], pool.outputs[0])
             if any(name in boundary or len(readers.get(name, ())) != 1 for name in middles):
                 continue
-            islands[position] = (dequantize_position, pool_position,
-                                 Op("MAX_POOL_2D", [dequantize.inputs[0]], list(quantize.outputs), dict(pool.options)))
+            skipped, source_name, options = (dequantize_position, pool_position), dequantize.inputs[0], dict(pool.options)
+            pad_position = producer.get(source_name)
+            pads = _lowest_value_padding(graph.ops[pad_position], graph) if pad_position is not None else None
+            if (pads is not None and source_name not in boundary and len(readers.get(source_name, ())) == 1
+                    and not any(pads[:2]) and not any(pads[6:])):
+                skipped += (pad_position,)
+                source_name = graph.ops[pad_position].inputs[0]
+                options["explicit_padding"] = tuple(int(p) for p in pads[2:6])
+            islands[position] = (skipped, Op("MAX_POOL_2D", [source_name], list(quantize.outputs), options))
         return islands
 
     def _fold_max_pool_islands(self, steps, positions, islands):
         """``steps`` (at graph positions ``positions``) with each island's QUANTIZE step running the
         int8 max pool on the DEQUANTIZE's input, and its DEQUANTIZE and MAX_POOL_2D steps gone."""
-        skipped = {p for dequantize, pool, _ in islands.values() for p in (dequantize, pool)}
+        skipped = {p for replaced, _ in islands.values() for p in replaced}
         fused, kept = [], []
         for step, position in zip(steps, positions):
             if position in skipped:
                 continue
             if position in islands:
-                op = islands[position][2]
+                op = islands[position][1]
                 _, _, outputs = step
                 step = (self._prepare(op), (self._index[op.inputs[0]],), outputs)
             fused.append(step)
@@ -615,11 +625,31 @@ def _conv_with_folded_pad(pad, conv, graph):
 
 def _pads_with_zero_point(pad, graph) -> bool:
     """Whether an int8 PAD fills with its input's zero point and keeps its quantization (per tensor)."""
-    source, padded = graph[pad.inputs[0]], graph[pad.outputs[0]]
-    if pad.type != "PAD" or source.quant is None or padded.quant is None:
-        return False
-    return (np.asarray(source.quant.scale).size == 1 and np.array_equal(source.quant.scale, padded.quant.scale)
-            and np.array_equal(source.quant.zero_point, padded.quant.zero_point))
+    return pad.type == "PAD" and _keeps_quantization(pad, graph)
+
+
+def _lowest_value_padding(pad, graph):
+    """The paddings (8 values, NHWC before/after) of an int8 PAD or PADV2 that fills with -128 and keeps
+    its input's quantization, or None."""
+    if pad.type not in ("PAD", "PADV2") or len(pad.inputs) < 2 or not _keeps_quantization(pad, graph):
+        return None
+    source, paddings = graph[pad.inputs[0]], graph[pad.inputs[1]]
+    if source.dtype != np.int8 or paddings.data is None or np.asarray(paddings.data).size != 8:
+        return None
+    if pad.type == "PADV2" and len(pad.inputs) > 2 and pad.inputs[2]:
+        value = graph[pad.inputs[2]].data
+        fill = None if value is None or np.asarray(value).size != 1 else int(np.ravel(value)[0])
+    else:  # PAD fills a quantized tensor with its zero point
+        fill = int(source.quant.zero_point[0])
+    pads = np.asarray(paddings.data).reshape(-1)
+    return pads if fill == -128 and np.all(pads >= 0) else None
+
+
+def _keeps_quantization(op, graph) -> bool:
+    source, result = graph[op.inputs[0]], graph[op.outputs[0]]
+    return (source.quant is not None and result.quant is not None and np.asarray(source.quant.scale).size == 1
+            and np.array_equal(source.quant.scale, result.quant.scale)
+            and np.array_equal(source.quant.zero_point, result.quant.zero_point))
 
 
 def _prepared_on_first_call(op, graph):

@@ -73,3 +73,36 @@ def test_preserving_every_tensor_runs_the_chain_as_written():
     interpreter.invoke()
     index = {d["name"]: d["index"] for d in interpreter.get_tensor_details()}
     assert interpreter.get_tensor(index["pooled"]).dtype == np.float32
+
+
+def padded_island_graph(pad_type="PADV2", fill=-128, zero_point=-3, pads=((1, 1), (0, 2))):
+    """x0 -> PAD/PADV2 (spatial) -> the island chain, as a ResNet's stem pads before its max pool."""
+    g = island_graph(out_quant=(0.05, zero_point))
+    for name in ("x", "y"):
+        g.tensors[name] = Tensor(name, g[name].shape, np.int8, quant=QuantParams(0.05, zero_point))
+    (top, bottom), (left, right) = pads
+    x0_shape = (1, 9 - top - bottom, 8 - left - right, 5)
+    g.add_tensor(Tensor("x0", x0_shape, np.int8, quant=QuantParams(0.05, zero_point)))
+    names = ["x0", g.add_constant("paddings", np.array([[0, 0], [top, bottom], [left, right], [0, 0]], np.int32))]
+    if pad_type == "PADV2":
+        names.append(g.add_constant("fill", np.array(fill, np.int8), quant=QuantParams(0.05, zero_point)))
+    g.ops.insert(0, Op(pad_type, names, ["x"], {}))
+    g.inputs = ["x0"]
+    return g, [np.random.default_rng(4).integers(-128, 128, x0_shape).astype(np.int8)]
+
+
+@pytest.mark.parametrize("pad_type, zero_point", [("PADV2", -3), ("PAD", -128)])
+@pytest.mark.parametrize("pads", [((1, 1), (0, 2)), ((2, 0), (1, 1))])
+def test_a_pad_that_fills_with_the_lowest_int8_joins_the_chain_as_the_pools_padding(kernel_path, pad_type, zero_point,
+                                                                                    pads):
+    graph, inputs = padded_island_graph(pad_type, zero_point=zero_point, pads=pads)
+    assert invoked_steps(graph) == 1
+    content = write_tflite(graph)
+    assert np.array_equal(run_edgeq(content, inputs)[0], run_litert(content, inputs, reference_kernels=True)[0])
+
+
+def test_a_pad_that_fills_with_another_value_stays_a_pad():
+    graph, inputs = padded_island_graph("PADV2", fill=0)
+    assert invoked_steps(graph) == 2  # the PAD, then the chain as one int8 max pool
+    content = write_tflite(graph)
+    assert np.array_equal(run_edgeq(content, inputs)[0], run_litert(content, inputs, reference_kernels=True)[0])

@@ -15,7 +15,7 @@ from edgeq.runtime.kernels.common import (
     window_taps,
     with_activation,
 )
-from edgeq.runtime.padding import output_and_padding
+from edgeq.runtime.padding import explicit_output_size, output_and_padding
 from edgeq.runtime.kernels.requantize import activation_range, rounding_divide, saturate, scale_and_zero_point
 
 
@@ -24,9 +24,15 @@ def _geometry(op, graph):
     options = op.options
     k_h, k_w = options["filter_height"], options["filter_width"]
     stride_h, stride_w = options.get("stride_h", 1), options.get("stride_w", 1)
-    padding = options.get("padding", "VALID")
-    out_h, pad_top, pad_bottom = output_and_padding(padding, in_h, k_h, stride_h)
-    out_w, pad_left, pad_right = output_and_padding(padding, in_w, k_w, stride_w)
+    explicit = options.get("explicit_padding")
+    if explicit is not None:  # (top, bottom, left, right): a PAD the interpreter folded in
+        pad_top, pad_bottom, pad_left, pad_right = explicit
+        out_h = explicit_output_size(in_h, pad_top, pad_bottom, k_h, stride_h, 1)
+        out_w = explicit_output_size(in_w, pad_left, pad_right, k_w, stride_w, 1)
+    else:
+        padding = options.get("padding", "VALID")
+        out_h, pad_top, pad_bottom = output_and_padding(padding, in_h, k_h, stride_h)
+        out_w, pad_left, pad_right = output_and_padding(padding, in_w, k_w, stride_w)
     pads = (pad_top, pad_bottom, pad_left, pad_right)
     taps = [(phase, rows, cols) for _, _, phase, rows, cols
             in window_taps(k_h, k_w, stride_h, stride_w, 1, 1, out_h, out_w, channels)]
