@@ -156,6 +156,15 @@ def test_depthwise_conv_2d_float_every_channel_block_and_tail(native_variant, mo
     assert_equal_on_both_paths(graph, inputs, monkeypatch, rtol=FMA_RTOL)
 
 
+@pytest.mark.parametrize("stride, dilation, padding", list(itertools.product([1, 2], [1, 2], ["SAME", "VALID"])))
+def test_depthwise_conv_2d_float_3x3_rows_longer_than_a_pixel_tile(native_variant, monkeypatch, stride, dilation,
+                                                                   padding):
+    # 3x3 filters run in tiles of pixels along a row, channel blocks inside a tile: 45 columns make
+    # several tiles and a partial one, 37 channels whole blocks and a tail.
+    graph, inputs = float_depthwise_graph((2, 11, 45, 37), 3, stride, dilation, padding, 1, "RELU6", seed=stride)
+    assert_equal_on_both_paths(graph, inputs, monkeypatch, rtol=FMA_RTOL)
+
+
 def test_depthwise_conv_2d_float_without_bias(native_variant, monkeypatch):
     graph, inputs = float_depthwise_graph((1, 7, 7, 16), 3, 1, 1, "SAME", 1, "RELU", bias=False)
     assert_equal_on_both_paths(graph, inputs, monkeypatch, rtol=FMA_RTOL)

@@ -122,6 +122,108 @@ __attribute__((target("avx512f"))) static void block_avx512(float *out, int widt
 }
 #endif
 
+/* A 3x3 filter over a few pixels of one output row (a tile of at most DW3X3_TILE), every tap inside
+ * the input: for each block of channels, the nine taps and the bias stay in registers while the block
+ * runs over the tile's pixels, whose inputs stay in L1 across the channel blocks. rows[ky] is the
+ * input row of tap row ky at the first pixel's first tap; `step` floats from one pixel to the next,
+ * `gap` floats from one tap column to the next. Same sums in the same order as the block kernels. */
+#define DW3X3_TILE 8
+
+typedef void (*row3x3_fn)(float *out, int pixels, int channels, const float *const *rows, size_t step, size_t gap,
+                          const float *filters, const float *bias, float low, float high);
+
+/* acc = x[t] * w[t] summed over the nine taps of pixel `in` (row pointers r0..r2), in (ky, kx) order. */
+#define DW3X3_TAPS(MUL, FMA, LOAD, in)                                                                     \
+    acc = MUL(LOAD(r0 + (in)), w0);                                                                        \
+    acc = FMA(LOAD(r0 + (in) + gap), w1, acc);                                                             \
+    acc = FMA(LOAD(r0 + (in) + 2 * gap), w2, acc);                                                         \
+    acc = FMA(LOAD(r1 + (in)), w3, acc);                                                                   \
+    acc = FMA(LOAD(r1 + (in) + gap), w4, acc);                                                             \
+    acc = FMA(LOAD(r1 + (in) + 2 * gap), w5, acc);                                                         \
+    acc = FMA(LOAD(r2 + (in)), w6, acc);                                                                   \
+    acc = FMA(LOAD(r2 + (in) + gap), w7, acc);                                                             \
+    acc = FMA(LOAD(r2 + (in) + 2 * gap), w8, acc);
+
+#if defined(EDGEQ_X86)
+__attribute__((target("avx512f"))) static void row3x3_avx512(float *out, int pixels, int channels,
+                                                             const float *const *rows, size_t step, size_t gap,
+                                                             const float *filters, const float *bias, float low,
+                                                             float high) {
+    const __m512 lo = _mm512_set1_ps(low), hi = _mm512_set1_ps(high);
+    for (int c = 0; c < channels; c += 16) {
+        const int n = channels - c < 16 ? channels - c : 16;
+        const __mmask16 mask = (__mmask16)((1u << n) - 1);
+        const float *f = filters + c;
+        const size_t C = (size_t)channels;
+        const __m512 w0 = _mm512_maskz_loadu_ps(mask, f), w1 = _mm512_maskz_loadu_ps(mask, f + C),
+                     w2 = _mm512_maskz_loadu_ps(mask, f + 2 * C), w3 = _mm512_maskz_loadu_ps(mask, f + 3 * C),
+                     w4 = _mm512_maskz_loadu_ps(mask, f + 4 * C), w5 = _mm512_maskz_loadu_ps(mask, f + 5 * C),
+                     w6 = _mm512_maskz_loadu_ps(mask, f + 6 * C), w7 = _mm512_maskz_loadu_ps(mask, f + 7 * C),
+                     w8 = _mm512_maskz_loadu_ps(mask, f + 8 * C);
+        const __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias + c) : _mm512_setzero_ps();
+        const float *r0 = rows[0] + c, *r1 = rows[1] + c, *r2 = rows[2] + c;
+        float *o = out + c;
+        __m512 acc;
+        if (n == 16) {
+            for (int p = 0; p < pixels; p++, o += C) {
+#define LOAD16(q) _mm512_loadu_ps(q)
+                DW3X3_TAPS(_mm512_mul_ps, _mm512_fmadd_ps, LOAD16, p * step)
+#undef LOAD16
+                acc = bias ? _mm512_add_ps(acc, b) : acc;
+                _mm512_storeu_ps(o, _mm512_min_ps(hi, _mm512_max_ps(lo, acc)));
+            }
+        } else {
+            for (int p = 0; p < pixels; p++, o += C) {
+#define LOADM(q) _mm512_maskz_loadu_ps(mask, q)
+                DW3X3_TAPS(_mm512_mul_ps, _mm512_fmadd_ps, LOADM, p * step)
+#undef LOADM
+                acc = bias ? _mm512_add_ps(acc, b) : acc;
+                _mm512_mask_storeu_ps(o, mask, _mm512_min_ps(hi, _mm512_max_ps(lo, acc)));
+            }
+        }
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void row3x3_avx2(float *out, int pixels, int channels,
+                                                            const float *const *rows, size_t step, size_t gap,
+                                                            const float *filters, const float *bias, float low,
+                                                            float high) {
+    const __m256 lo = _mm256_set1_ps(low), hi = _mm256_set1_ps(high);
+    for (int c = 0; c < channels; c += 8) {
+        const int n = channels - c < 8 ? channels - c : 8;
+        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        const float *f = filters + c;
+        const size_t C = (size_t)channels;
+        const __m256 w0 = _mm256_maskload_ps(f, mask), w1 = _mm256_maskload_ps(f + C, mask),
+                     w2 = _mm256_maskload_ps(f + 2 * C, mask), w3 = _mm256_maskload_ps(f + 3 * C, mask),
+                     w4 = _mm256_maskload_ps(f + 4 * C, mask), w5 = _mm256_maskload_ps(f + 5 * C, mask),
+                     w6 = _mm256_maskload_ps(f + 6 * C, mask), w7 = _mm256_maskload_ps(f + 7 * C, mask),
+                     w8 = _mm256_maskload_ps(f + 8 * C, mask);
+        const __m256 b = bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
+        const float *r0 = rows[0] + c, *r1 = rows[1] + c, *r2 = rows[2] + c;
+        float *o = out + c;
+        __m256 acc;
+        if (n == 8) {
+            for (int p = 0; p < pixels; p++, o += C) {
+#define LOAD8(q) _mm256_loadu_ps(q)
+                DW3X3_TAPS(_mm256_mul_ps, _mm256_fmadd_ps, LOAD8, p * step)
+#undef LOAD8
+                acc = bias ? _mm256_add_ps(acc, b) : acc;
+                _mm256_storeu_ps(o, _mm256_min_ps(hi, _mm256_max_ps(lo, acc)));
+            }
+        } else {
+            for (int p = 0; p < pixels; p++, o += C) {
+#define LOADM(q) _mm256_maskload_ps(q, mask)
+                DW3X3_TAPS(_mm256_mul_ps, _mm256_fmadd_ps, LOADM, p * step)
+#undef LOADM
+                acc = bias ? _mm256_add_ps(acc, b) : acc;
+                _mm256_maskstore_ps(o, mask, _mm256_min_ps(hi, _mm256_max_ps(lo, acc)));
+            }
+        }
+    }
+}
+#endif
+
 #if defined(__aarch64__)
 /* NEON: 16 channels in four registers, then 4 at a time, then one by one. */
 static void block_neon(float *out, int width, int taps, const float *const *src, const float *const *w,
@@ -171,6 +273,7 @@ typedef struct {
     const float *x, *filters, *bias;
     float low, high;
     block_f32_fn block;
+    row3x3_fn row3x3; /* NULL: every pixel goes through `block` */
     float *out;
 } depthwise_f32_job;
 
@@ -193,7 +296,23 @@ static void depthwise_f32_row(void *context, int index) {
         if (inner_last > g->out_w) inner_last = g->out_w;
         if (inner_first > inner_last) inner_first = inner_last = g->out_w;
     }
-    if (inner_first < inner_last) {
+    const int row_inside = oy * g->stride_h - g->pad_top >= 0 &&
+                           oy * g->stride_h - g->pad_top + (g->k_h - 1) * g->dil_h < g->in_h;
+    if (inner_first < inner_last && job->row3x3 && row_inside) {
+        const float *rows[3];
+        const int ix0 = inner_first * g->stride_w - g->pad_left;
+        const size_t step = (size_t)g->stride_w * in_c;
+        for (int ky = 0; ky < 3; ky++) {
+            const int iy = oy * g->stride_h - g->pad_top + ky * g->dil_h;
+            rows[ky] = image + ((size_t)iy * g->in_w + ix0) * in_c;
+        }
+        for (int ox = inner_first; ox < inner_last; ox += DW3X3_TILE) {
+            const int pixels = inner_last - ox < DW3X3_TILE ? inner_last - ox : DW3X3_TILE;
+            job->row3x3(out_row + (size_t)ox * out_c, pixels, out_c, rows, step, (size_t)g->dil_w * in_c,
+                        job->filters, job->bias, job->low, job->high);
+            for (int ky = 0; ky < 3; ky++) rows[ky] += DW3X3_TILE * step;
+        }
+    } else if (inner_first < inner_last) {
         const float *sources[MAX_TAPS], *weights[MAX_TAPS];
         int taps = 0;
         const int ix0 = inner_first * g->stride_w - g->pad_left;
@@ -267,6 +386,20 @@ int edgeq_float_level(int isa) {
     return EDGEQ_FLOAT_PORTABLE;
 }
 
+/* The 3x3 row kernel of a variant, or NULL where there is none (the block kernels run). */
+static row3x3_fn row3x3_for(int level) {
+    switch (level) {
+#if defined(EDGEQ_X86)
+    case EDGEQ_FLOAT_AVX512:
+        return row3x3_avx512;
+    case EDGEQ_FLOAT_AVX2:
+        return row3x3_avx2;
+#endif
+    default:
+        return NULL;
+    }
+}
+
 static block_f32_fn block_for(int level) {
     switch (level) {
 #if defined(EDGEQ_X86)
@@ -289,7 +422,10 @@ static block_f32_fn block_for(int level) {
 int edgeq_depthwise_f32(int isa, const edgeq_conv_geometry *g, int depth_multiplier, const float *x,
                         const float *filters, const float *bias, float low, float high, float *out, int threads) {
     if (!edgeq_isa_supported(isa) || depth_multiplier < 1) return -1;
-    depthwise_f32_job job = {g, depth_multiplier, x, filters, bias, low, high, block_for(edgeq_float_level(isa)), out};
+    const int level = edgeq_float_level(isa);
+    const int three_by_three = g->k_h == 3 && g->k_w == 3 && depth_multiplier == 1;
+    depthwise_f32_job job = {g,    depth_multiplier, x, filters, bias, low, high, block_for(level),
+                             three_by_three ? row3x3_for(level) : NULL, out};
     const int rows = g->batch * g->out_h;
     if ((long long)rows * g->out_w * g->out_c * g->k_h * g->k_w < PARALLEL_MIN_MACS) threads = 1;
     edgeq_parallel_for(rows, threads, depthwise_f32_row, &job);
