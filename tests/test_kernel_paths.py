@@ -245,6 +245,12 @@ def test_pointwise_conv_2d_float_every_tile_and_tail(native_variant, monkeypatch
     assert_equal_on_both_paths(graph, inputs, monkeypatch, rtol=FMA_RTOL)
 
 
+def test_pointwise_conv_2d_float_with_weights_too_large_to_run_row_block_by_row_block(native_variant, monkeypatch):
+    # Past 512 KiB of packed weights the GEMM runs panel by panel instead of row block by row block.
+    graph, inputs = pointwise_conv_graph((1, 7, 9, 1200), 120, "RELU6")
+    assert_equal_on_both_paths(graph, inputs, monkeypatch, rtol=FMA_RTOL)
+
+
 def test_float_conv_2d_takes_the_native_gemm_with_avx512(monkeypatch):
     if "avx512vnni" not in native.supported_isas():
         pytest.skip("needs AVX-512")

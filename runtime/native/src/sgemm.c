@@ -4,8 +4,10 @@
  * W [N][K] is packed once (prepare) into panels of NR columns, [N/NR][K][NR], zero-padded to whole
  * panels, so the micro-kernel reads NR consecutive weights per depth step. Each variant has one
  * register-blocked micro-kernel of MR rows x NR columns (AVX-512 8 x 32, AVX2 + FMA 6 x 16, NEON 8 x 8,
- * portable C 4 x 16); partial tiles go through a zero-padded copy. Work is split over threads by row
- * blocks; inside a block, the loop runs panel by panel so a panel stays in cache across its rows. */
+ * portable C 4 x 16); partial tiles go through a zero-padded copy, except with AVX-512, whose edge
+ * tiles repeat a row and mask their stores instead. Work is split over threads by row blocks; inside a
+ * block, the loop runs panel by panel so a panel stays in cache across its rows, or, with AVX-512 and
+ * packed weights that fit in L2, row block by row block so each output row is written whole. */
 #include <string.h>
 
 #include "native.h"
@@ -78,6 +80,71 @@ __attribute__((target("avx512f"))) static void tile_avx512(const float *a, size_
     SGEMM_STORE(7)
 #undef SGEMM_STORE
 }
+
+/* The AVX-512 tile for any edge: `rows` <= 8 rows (missing rows repeat the last one, which is computed
+ * and stored twice over itself) and `cols` <= 32 columns (masked stores; at most 16 columns skip the
+ * second half's multiply-adds). Whole tiles go through the same code, so there is no copy out of a
+ * buffer. */
+#define SGEMM512_ROW_POINTERS                                                                              \
+    const float *a0 = a, *a1 = rows > 1 ? a0 + lda : a0, *a2 = rows > 2 ? a1 + lda : a1;                     \
+    const float *a3 = rows > 3 ? a2 + lda : a2, *a4 = rows > 4 ? a3 + lda : a3, *a5 = rows > 5 ? a4 + lda : a4; \
+    const float *a6 = rows > 6 ? a5 + lda : a5, *a7 = rows > 7 ? a6 + lda : a6;                              \
+    float *o0 = c, *o1 = rows > 1 ? o0 + ldc : o0, *o2 = rows > 2 ? o1 + ldc : o1;                           \
+    float *o3 = rows > 3 ? o2 + ldc : o2, *o4 = rows > 4 ? o3 + ldc : o3, *o5 = rows > 5 ? o4 + ldc : o4;     \
+    float *o6 = rows > 6 ? o5 + ldc : o5, *o7 = rows > 7 ? o6 + ldc : o6;
+
+__attribute__((target("avx512f"))) static void edge_tile_avx512_32(const float *a, size_t lda, int rows,
+                                                                   const float *b, int k, const float *bias,
+                                                                   float low, float high, float *c, size_t ldc,
+                                                                   int cols) {
+    SGEMM512_ROW_POINTERS
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+    __m512 c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
+    for (int p = 0; p < k; p++) {
+        const __m512 b0 = _mm512_loadu_ps(b + 32 * (size_t)p), b1 = _mm512_loadu_ps(b + 32 * (size_t)p + 16);
+        __m512 x;
+#define SGEMM_ROW(i)                                                                                      \
+    x = _mm512_set1_ps(a##i[p]);                                                                          \
+    c##i##0 = _mm512_fmadd_ps(x, b0, c##i##0);                                                            \
+    c##i##1 = _mm512_fmadd_ps(x, b1, c##i##1);
+        SGEMM_ROW(0) SGEMM_ROW(1) SGEMM_ROW(2) SGEMM_ROW(3) SGEMM_ROW(4) SGEMM_ROW(5) SGEMM_ROW(6) SGEMM_ROW(7)
+#undef SGEMM_ROW
+    }
+    const __m512 lo = _mm512_set1_ps(low), hi = _mm512_set1_ps(high);
+    const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+    const __m512 bias1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
+    const __mmask16 mask1 = (__mmask16)(cols >= 32 ? 0xffffu : (1u << (cols - 16)) - 1);
+#define SGEMM_STORE(i)                                                                                    \
+    _mm512_storeu_ps(o##i, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c##i##0, bias0))));           \
+    _mm512_mask_storeu_ps(o##i + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c##i##1, bias1))));
+    SGEMM_STORE(0) SGEMM_STORE(1) SGEMM_STORE(2) SGEMM_STORE(3) SGEMM_STORE(4) SGEMM_STORE(5) SGEMM_STORE(6)
+    SGEMM_STORE(7)
+#undef SGEMM_STORE
+}
+
+/* The same for a last panel of at most 16 columns: only the panel's first half is read. */
+__attribute__((target("avx512f"))) static void edge_tile_avx512_16(const float *a, size_t lda, int rows,
+                                                                   const float *b, int k, const float *bias,
+                                                                   float low, float high, float *c, size_t ldc,
+                                                                   int cols) {
+    SGEMM512_ROW_POINTERS
+    __m512 c00 = _mm512_setzero_ps(), c10 = c00, c20 = c00, c30 = c00, c40 = c00, c50 = c00, c60 = c00, c70 = c00;
+    for (int p = 0; p < k; p++) {
+        const __m512 b0 = _mm512_loadu_ps(b + 32 * (size_t)p);
+#define SGEMM_ROW(i) c##i##0 = _mm512_fmadd_ps(_mm512_set1_ps(a##i[p]), b0, c##i##0);
+        SGEMM_ROW(0) SGEMM_ROW(1) SGEMM_ROW(2) SGEMM_ROW(3) SGEMM_ROW(4) SGEMM_ROW(5) SGEMM_ROW(6) SGEMM_ROW(7)
+#undef SGEMM_ROW
+    }
+    const __m512 lo = _mm512_set1_ps(low), hi = _mm512_set1_ps(high);
+    const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+    const __mmask16 mask0 = (__mmask16)(cols >= 16 ? 0xffffu : (1u << cols) - 1);
+#define SGEMM_STORE(i)                                                                                    \
+    _mm512_mask_storeu_ps(o##i, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c##i##0, bias0))));
+    SGEMM_STORE(0) SGEMM_STORE(1) SGEMM_STORE(2) SGEMM_STORE(3) SGEMM_STORE(4) SGEMM_STORE(5) SGEMM_STORE(6)
+    SGEMM_STORE(7)
+#undef SGEMM_STORE
+}
+#undef SGEMM512_ROW_POINTERS
 
 __attribute__((target("avx2,fma"))) static void tile_avx2(const float *a, size_t lda, const float *b, int k,
                                                           const float *bias, float low, float high, float *c,
@@ -214,6 +281,34 @@ static void sgemm_task(void *context, int index) {
     }
 }
 
+/* Packed weights up to this size stay in L2 while a row block runs across all its panels, so each
+ * output row is written whole before the next; larger ones run panel by panel. */
+#define ROW_MAJOR_MAX_PACKED_BYTES (512 * 1024)
+
+#if defined(EDGEQ_X86)
+/* sgemm_task for AVX-512: every tile, whole or at an edge, in one call without a copy. */
+static void sgemm_task_avx512(void *context, int index) {
+    const sgemm_job *job = (const sgemm_job *)context;
+    const int k = job->k, n = job->n, m = job->m;
+    const int row_blocks = (m + 7) / 8, panels = (n + 31) / 32;
+    const int first = index * job->blocks_per_task;
+    const int last = first + job->blocks_per_task < row_blocks ? first + job->blocks_per_task : row_blocks;
+    const int row_major = (size_t)panels * k * 32 * sizeof(float) <= ROW_MAJOR_MAX_PACKED_BYTES;
+    const int outer = row_major ? last - first : panels, inner = row_major ? panels : last - first;
+    for (int i = 0; i < outer; i++)
+        for (int j = 0; j < inner; j++) {
+            const int block = first + (row_major ? i : j), q = row_major ? j : i;
+            const int row0 = block * 8, rows = m - row0 < 8 ? m - row0 : 8;
+            const int col0 = q * 32, cols = n - col0 < 32 ? n - col0 : 32;
+            const float *panel = job->packed + (size_t)q * k * 32;
+            const float *bias = job->bias ? job->bias + col0 : NULL;
+            (cols > 16 ? edge_tile_avx512_32 : edge_tile_avx512_16)(job->a + (size_t)row0 * job->lda, job->lda, rows,
+                                                                    panel, k, bias, job->low, job->high,
+                                                                    job->c + (size_t)row0 * n + col0, (size_t)n, cols);
+        }
+}
+#endif
+
 #define PARALLEL_MIN_MACS 2000000LL
 
 int edgeq_sgemm(int isa, int m, int k, int n, const float *a, size_t lda, const float *packed, const float *bias,
@@ -225,6 +320,10 @@ int edgeq_sgemm(int isa, int m, int k, int n, const float *a, size_t lda, const 
     if (threads > row_blocks) threads = row_blocks > 0 ? row_blocks : 1;
     job.blocks_per_task = (row_blocks + threads - 1) / threads;
     const int tasks = job.blocks_per_task ? (row_blocks + job.blocks_per_task - 1) / job.blocks_per_task : 0;
-    edgeq_parallel_for(tasks, threads, sgemm_task, &job);
+    void (*task)(void *, int) = sgemm_task;
+#if defined(EDGEQ_X86)
+    if (job.kernel.tile == tile_avx512) task = sgemm_task_avx512;
+#endif
+    edgeq_parallel_for(tasks, threads, task, &job);
     return 0;
 }
