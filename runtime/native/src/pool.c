@@ -182,13 +182,24 @@ void edgeq_average_pool_int8(int isa, const edgeq_conv_geometry *g, const int8_t
 void edgeq_im2col_f32(const edgeq_conv_geometry *g, const float *x, float fill, float *columns) {
     const int in_c = g->in_c;
     const size_t patch = (size_t)g->k_h * g->k_w * in_c;
+    /* Without dilation, a filter row whose taps are all inside the input is k_w * in_c consecutive
+     * floats of the input row: one copy instead of k_w bounds checks and copies. */
+    const int span = g->k_w * in_c, contiguous = g->dil_w == 1;
     for (int n = 0; n < g->batch; n++) {
         const float *image = x + (size_t)n * g->in_h * g->in_w * in_c;
         for (int oy = 0; oy < g->out_h; oy++)
             for (int ox = 0; ox < g->out_w; ox++) {
                 float *row = columns + (((size_t)n * g->out_h + oy) * g->out_w + ox) * patch;
+                const int left = ox * g->stride_w - g->pad_left;
+                const int row_inside = contiguous && left >= 0 && left + g->k_w <= g->in_w;
                 for (int ky = 0; ky < g->k_h; ky++) {
                     const int iy = oy * g->stride_h - g->pad_top + ky * g->dil_h;
+                    if (row_inside && iy >= 0 && iy < g->in_h) {
+                        const float *src = image + ((size_t)iy * g->in_w + left) * in_c;
+                        for (int j = 0; j < span; j++) row[j] = src[j];
+                        row += span;
+                        continue;
+                    }
                     for (int kx = 0; kx < g->k_w; kx++, row += in_c) {
                         const int ix = ox * g->stride_w - g->pad_left + kx * g->dil_w;
                         if (iy < 0 || iy >= g->in_h || ix < 0 || ix >= g->in_w) {
