@@ -6,6 +6,8 @@ The float results equal numpy's up to the rounding of fused multiply-adds; the p
 """
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 
 from edgeq.runtime import native
@@ -43,13 +45,19 @@ def prepare_depthwise(in_shape, filters, bias, options, out_h, out_w, pad_top, p
         stride_h=options.get("stride_h", 1), stride_w=options.get("stride_w", 1),
         dil_h=options.get("dilation_h_factor", 1), dil_w=options.get("dilation_w_factor", 1),
         pad_top=pad_top, pad_left=pad_left, input_zero_point=0)
-    multiplier, (low, high) = out_c // in_c, bounds
+    low, high = bounds
     outputs = OutputBuffers((out_h, out_w, out_c), np.float32)
-    depthwise = native.depthwise_f32
+    depthwise = native.depthwise_f32_caller(isa, out_c // in_c, taps, bias, low, high)
+    by_reference = {}  # batch size -> ctypes.byref(its geometry), made once
 
     def depthwise_conv_2d_native(x, _filters=None, _bias=None):
         n = x.shape[0]
-        return depthwise(isa, geometries.get(n), multiplier, _float32(x), taps, bias, low, high, outputs.get(n))
+        geometry = by_reference.get(n)
+        if geometry is None:
+            geometry = by_reference[n] = ctypes.byref(geometries.get(n))
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            x = _float32(x)
+        return depthwise(geometry, x, outputs.get(n))
 
     return depthwise_conv_2d_native
 
@@ -148,11 +156,11 @@ def gemm(weights, bias, bounds):
         padded[:channels] = bias
         bias = padded
     low, high = bounds
-    run = native.sgemm
+    run = native.sgemm_caller(isa, packed, channels, bias, low, high)
 
     def gemm_native(a, out):
         if a.strides[-1] != 4 or a.dtype != np.float32:
             a = np.ascontiguousarray(a, dtype=np.float32)
-        return run(isa, a, packed, channels, bias, low, high, out)
+        return run(a, out)
 
     return gemm_native

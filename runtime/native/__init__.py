@@ -417,6 +417,39 @@ def sgemm_pack(isa_name: str, weights: np.ndarray) -> np.ndarray:
     return packed
 
 
+def sgemm_caller(isa_name: str, packed: np.ndarray, n: int, bias, low: float, high: float):
+    """``sgemm`` with everything but ``a`` and ``out`` bound once: call(a, out) -> out. Made in prepare,
+    so a call converts only the two arrays (a kernel's fixed cost matters on small layers)."""
+    function, code = _library.edgeq_sgemm, ISA_CODES[isa_name]
+    packed_address = packed.ctypes.data
+    bias_address = None if bias is None else bias.ctypes.data
+    low, high = ctypes.c_float(low), ctypes.c_float(high)
+
+    def call(a, out, _keep=(packed, bias)):
+        if function(code, a.shape[0], a.shape[1], n, _address(a), a.strides[0] >> 2, packed_address, bias_address,
+                    low, high, _address(out), _threads):
+            raise NativeError("native float GEMM failed")
+        return out
+
+    return call
+
+
+def depthwise_f32_caller(isa_name: str, depth_multiplier: int, filters: np.ndarray, bias, low: float, high: float):
+    """``depthwise_f32`` with the filters, bias and clamp bound once: call(geometry, x, out) -> out."""
+    function, code = _library.edgeq_depthwise_f32, ISA_CODES[isa_name]
+    filters_address = filters.ctypes.data
+    bias_address = None if bias is None else bias.ctypes.data
+    low, high = ctypes.c_float(low), ctypes.c_float(high)
+
+    def call(geometry, x, out, _keep=(filters, bias)):
+        if function(code, geometry, depth_multiplier, _address(x), filters_address, bias_address, low, high,
+                    _address(out), _threads):
+            raise NativeError("native float depthwise convolution failed")
+        return out
+
+    return call
+
+
 def sgemm(isa_name: str, a: np.ndarray, packed: np.ndarray, n: int, bias, low: float, high: float,
           out: np.ndarray) -> np.ndarray:
     """out [m, n] = clamp(a [m, k] (float32, rows contiguous) . weights^T + bias, low, high); ``bias``
