@@ -157,11 +157,13 @@ def test_depthwise_conv_2d_float_every_channel_block_and_tail(native_variant, mo
 
 
 @pytest.mark.parametrize("stride, dilation, padding", list(itertools.product([1, 2], [1, 2], ["SAME", "VALID"])))
+@pytest.mark.parametrize("channels", [37, 83])
 def test_depthwise_conv_2d_float_3x3_rows_longer_than_a_pixel_tile(native_variant, monkeypatch, stride, dilation,
-                                                                   padding):
-    # 3x3 filters run in tiles of pixels along a row, channel blocks inside a tile: 45 columns make
-    # several tiles and a partial one, 37 channels whole blocks and a tail.
-    graph, inputs = float_depthwise_graph((2, 11, 45, 37), 3, stride, dilation, padding, 1, "RELU6", seed=stride)
+                                                                   padding, channels):
+    # 3x3 filters run in tiles of pixels along a row: 45 columns make several tiles and a partial one;
+    # 37 channels (blocks inside a pixel tile) and 83 (pixel by pixel), each whole blocks and a tail.
+    graph, inputs = float_depthwise_graph((2, 11, 45, channels), 3, stride, dilation, padding, 1, "RELU6",
+                                          seed=stride)
     assert_equal_on_both_paths(graph, inputs, monkeypatch, rtol=FMA_RTOL)
 
 
