@@ -304,20 +304,45 @@ def test_fully_connected_int8(kernel_path, params, per_channel):
 
 @pytest.mark.parametrize("k, stride, dilation, padding", list(itertools.product([3, 7], [1, 2], [1, 2], ["SAME", "VALID"])))
 def test_conv_2d_float_im2col_and_gemm(native_variant, monkeypatch, k, stride, dilation, padding):
-    rng = np.random.default_rng(11)
-    x_shape, out_c = (2, 15, 14, 3), 6  # the widest filter (7, dilation 2) spans 13
+    # the widest filter (7, dilation 2) spans 13
+    g, inputs = float_conv_graph((2, 15, 14, 3), 6, k, stride, dilation, padding)
+    assert_equal_on_both_paths(g, inputs, monkeypatch, rtol=FMA_RTOL)
+
+
+def float_conv_graph(x_shape, out_c, k, stride, dilation, padding, seed=11):
+    rng = np.random.default_rng(seed)
+    n, h, w, in_c = x_shape
     g = Graph()
     g.add_tensor(Tensor("x", x_shape, np.float32))
-    names = ["x", g.add_constant("w", rng.standard_normal((out_c, k, k, 3)).astype(np.float32)),
+    names = ["x", g.add_constant("w", rng.standard_normal((out_c, k, k, in_c)).astype(np.float32)),
              g.add_constant("b", rng.standard_normal(out_c).astype(np.float32))]
-    y_shape = (2, output_size(padding, 15, k, stride, dilation), output_size(padding, 14, k, stride, dilation),
-               out_c)
+    y_shape = (n, output_size(padding, h, k, stride, dilation), output_size(padding, w, k, stride, dilation), out_c)
     g.add_tensor(Tensor("y", y_shape, np.float32))
     g.add_op(Op("CONV_2D", names, ["y"], {"padding": padding, "stride_h": stride, "stride_w": stride,
                                            "dilation_h_factor": dilation, "dilation_w_factor": dilation,
                                            "fused_activation_function": "RELU"}))
     g.inputs, g.outputs = ["x"], ["y"]
-    assert_equal_on_both_paths(g, [rng.standard_normal(x_shape).astype(np.float32)], monkeypatch, rtol=FMA_RTOL)
+    return g, [rng.standard_normal(x_shape).astype(np.float32)]
+
+
+@pytest.mark.parametrize("stride, padding", list(itertools.product([1, 2], ["SAME", "VALID"])))
+def test_conv_2d_float_im2col_a_band_of_pixels_at_a_time(native_variant, monkeypatch, stride, padding):
+    # Patches of 3 * 3 * 8 floats: bands of 336 output pixels, so 2 x 40 x 36 pixels make several bands
+    # (one crossing from the first image into the second) and a partial last one.
+    g, inputs = float_conv_graph((2, 40, 36, 8), 40, 3, stride, 1, padding, seed=stride)
+    assert_equal_on_both_paths(g, inputs, monkeypatch, rtol=FMA_RTOL)
+
+
+def test_float_conv_2d_3x3_takes_the_native_banded_im2col_with_avx512(monkeypatch):
+    if "avx512vnni" not in native.supported_isas():
+        pytest.skip("needs AVX-512")
+    from edgeq.runtime.kernels import REGISTRY, load_all_kernels
+
+    load_all_kernels()
+    monkeypatch.setattr(native, "ENABLED", True)
+    monkeypatch.setattr(native, "_isa", "avx512vnni")
+    graph, _ = float_conv_graph((1, 9, 9, 16), 24, 3, 1, 1, "SAME")
+    assert REGISTRY["CONV_2D"](graph.ops[0], graph).__name__ == "conv_2d_banded_native"
 
 
 @pytest.mark.parametrize("out_dtype, q_out", [(np.int8, (0.0123, -128)), (np.uint8, (0.1, 128)),

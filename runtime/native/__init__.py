@@ -102,7 +102,9 @@ def _open_library():
             ("edgeq_sgemm_packed_floats", ctypes.c_size_t, [int32, int32, int32]),
             ("edgeq_sgemm_pack", None, [int32, int32, int32, pointer, pointer]),
             ("edgeq_sgemm", int32, [int32, int32, int32, int32, pointer, ctypes.c_size_t, pointer, pointer,
-                                    ctypes.c_float, ctypes.c_float, pointer, int32])):
+                                    ctypes.c_float, ctypes.c_float, pointer, int32]),
+            ("edgeq_conv_f32", int32, [int32, pointer, pointer, pointer, pointer, ctypes.c_float, ctypes.c_float,
+                                       pointer, int32])):
         function = getattr(library, name, None)
         if function is None:
             return None, f"the extension is out of date (no {name}); reinstall edgeq to rebuild it"
@@ -429,6 +431,22 @@ def sgemm_caller(isa_name: str, packed: np.ndarray, n: int, bias, low: float, hi
         if function(code, a.shape[0], a.shape[1], n, _address(a), a.strides[0] >> 2, packed_address, bias_address,
                     low, high, _address(out), _threads):
             raise NativeError("native float GEMM failed")
+        return out
+
+    return call
+
+
+def conv_f32_caller(isa_name: str, packed: np.ndarray, bias, low: float, high: float):
+    """A float CONV_2D as im2col + GEMM a band of pixels at a time (weights packed by ``sgemm_pack``, bias
+    None or padded): call(geometry, x, out) -> out [batch, out_h, out_w, out_c], geometry by reference."""
+    function, code = _library.edgeq_conv_f32, ISA_CODES[isa_name]
+    packed_address = packed.ctypes.data
+    bias_address = None if bias is None else bias.ctypes.data
+    low, high = ctypes.c_float(low), ctypes.c_float(high)
+
+    def call(geometry, x, out, _keep=(packed, bias)):
+        if function(code, geometry, _address(x), packed_address, bias_address, low, high, _address(out), _threads):
+            raise NativeError("native float convolution failed")
         return out
 
     return call

@@ -135,6 +135,11 @@ EDGEQ_API int edgeq_sgemm_panel_width(int isa);
 EDGEQ_API void edgeq_sgemm_pack(int isa, int k, int n, const float *w, float *packed);
 EDGEQ_API int edgeq_sgemm(int isa, int m, int k, int n, const float *a, size_t lda, const float *packed,
                           const float *bias, float low, float high, float *c, int threads);
+/* sgemm.c: a float CONV_2D as im2col + GEMM, a band of output pixels at a time, so the patches never
+ * take more than a band (in L2): out [batch * out_h * out_w][out_c] = clamp(patches . w^T + bias), w
+ * packed as for edgeq_sgemm with k = k_h * k_w * in_c; padding taps are zero. */
+EDGEQ_API int edgeq_conv_f32(int isa, const edgeq_conv_geometry *g, const float *x, const float *packed,
+                             const float *bias, float low, float high, float *out, int threads);
 
 /* dwconv_f32.c: float32 depthwise convolution, filters [k_h][k_w][out_c], with the bias (or NULL) and
  * the fused activation as a clamp to [low, high]; the bias + clamp pass over a GEMM's [rows][channels]. */
@@ -151,6 +156,9 @@ EDGEQ_API void edgeq_pool_f32(int isa, int average, const edgeq_conv_geometry *g
 EDGEQ_API void edgeq_average_pool_int8(int isa, const edgeq_conv_geometry *g, const int8_t *x, int32_t low,
                                        int32_t high, int32_t *scratch, int8_t *out);
 EDGEQ_API void edgeq_im2col_f32(const edgeq_conv_geometry *g, const float *x, float fill, float *columns);
+/* The same for the output pixels [first, first + count) only, into columns [count][patch]. */
+void edgeq_im2col_rows_f32(const edgeq_conv_geometry *g, const float *x, float fill, size_t first, size_t count,
+                           float *columns);
 
 /* threads.c: run work(context, index) for index in [0, count) on up to `threads` threads. */
 void edgeq_parallel_for(int count, int threads, void (*work)(void *context, int index), void *context);

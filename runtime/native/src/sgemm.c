@@ -8,6 +8,7 @@
  * tiles repeat a row and mask their stores instead. Work is split over threads by row blocks; inside a
  * block, the loop runs panel by panel so a panel stays in cache across its rows, or, with AVX-512 and
  * packed weights that fit in L2, row block by row block so each output row is written whole. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "native.h"
@@ -325,5 +326,65 @@ int edgeq_sgemm(int isa, int m, int k, int n, const float *a, size_t lda, const 
     if (job.kernel.tile == tile_avx512) task = sgemm_task_avx512;
 #endif
     edgeq_parallel_for(tasks, threads, task, &job);
+    return 0;
+}
+
+/* -- CONV_2D: im2col a band at a time ------------------------------------------------------------ */
+
+/* Patches per band: about this many bytes (L2 holds them while the GEMM reads them), in whole row
+ * blocks of the widest micro-kernel. */
+#define BAND_BYTES (96 * 1024)
+
+typedef struct {
+    const edgeq_conv_geometry *g;
+    const float *x;
+    sgemm_job gemm; /* a and c unset: each band sets its own */
+    int band_rows, bands_per_task;
+    float *columns; /* one band of patches per task */
+} conv_job;
+
+static void conv_task(void *context, int index) {
+    const conv_job *job = (const conv_job *)context;
+    const size_t rows = (size_t)job->g->batch * job->g->out_h * job->g->out_w;
+    const int k = job->gemm.k;
+    float *columns = job->columns + (size_t)index * job->band_rows * k;
+    for (int band = index * job->bands_per_task; band < (index + 1) * job->bands_per_task; band++) {
+        const size_t first = (size_t)band * job->band_rows;
+        if (first >= rows) break;
+        const int count = rows - first < (size_t)job->band_rows ? (int)(rows - first) : job->band_rows;
+        edgeq_im2col_rows_f32(job->g, job->x, 0.0f, first, (size_t)count, columns);
+        sgemm_job gemm = job->gemm;
+        gemm.m = count, gemm.a = columns, gemm.lda = (size_t)k, gemm.c = job->gemm.c + first * gemm.n;
+        gemm.blocks_per_task = (count + gemm.kernel.mr - 1) / gemm.kernel.mr;
+#if defined(EDGEQ_X86)
+        if (gemm.kernel.tile == tile_avx512) {
+            sgemm_task_avx512(&gemm, 0);
+            continue;
+        }
+#endif
+        sgemm_task(&gemm, 0);
+    }
+}
+
+int edgeq_conv_f32(int isa, const edgeq_conv_geometry *g, const float *x, const float *packed, const float *bias,
+                   float low, float high, float *out, int threads) {
+    const int k = g->k_h * g->k_w * g->in_c, n = g->out_c;
+    if (!edgeq_isa_supported(isa) || k < 1 || n < 1 || g->batch < 0) return -1;
+    const size_t rows = (size_t)g->batch * g->out_h * g->out_w;
+    conv_job job = {g, x, {kernel_for(isa), 0, k, n, NULL, 0, packed, bias, low, high, out, 1}, 0, 0, NULL};
+    const int block = 8; /* a multiple of every micro-kernel's height */
+    int band_rows = (int)(BAND_BYTES / (sizeof(float) * (size_t)k)) / block * block;
+    if (band_rows < block) band_rows = block;
+    job.band_rows = band_rows;
+    const long long bands = (long long)((rows + band_rows - 1) / band_rows);
+    if (bands == 0) return 0;
+    if ((long long)rows * k * n < PARALLEL_MIN_MACS || threads < 1) threads = 1;
+    if (threads > bands) threads = (int)bands;
+    job.bands_per_task = (int)((bands + threads - 1) / threads);
+    const int tasks = (int)((bands + job.bands_per_task - 1) / job.bands_per_task);
+    job.columns = (float *)malloc(sizeof(float) * (size_t)tasks * band_rows * k);
+    if (!job.columns) return -2;
+    edgeq_parallel_for(tasks, threads, conv_task, &job);
+    free(job.columns);
     return 0;
 }
