@@ -104,7 +104,10 @@ def _open_library():
             ("edgeq_sgemm", int32, [int32, int32, int32, int32, pointer, ctypes.c_size_t, pointer, pointer,
                                     ctypes.c_float, ctypes.c_float, pointer, int32]),
             ("edgeq_conv_f32", int32, [int32, pointer, pointer, pointer, pointer, ctypes.c_float, ctypes.c_float,
-                                       pointer, int32])):
+                                       pointer, int32]),
+            ("edgeq_pointwise_depthwise_f32", int32, [int32, pointer, int32, pointer, pointer, pointer, ctypes.c_float,
+                                                      ctypes.c_float, pointer, pointer, ctypes.c_float, ctypes.c_float,
+                                                      pointer, int32])):
         function = getattr(library, name, None)
         if function is None:
             return None, f"the extension is out of date (no {name}); reinstall edgeq to rebuild it"
@@ -447,6 +450,25 @@ def conv_f32_caller(isa_name: str, packed: np.ndarray, bias, low: float, high: f
     def call(geometry, x, out, _keep=(packed, bias)):
         if function(code, geometry, _address(x), packed_address, bias_address, low, high, _address(out), _threads):
             raise NativeError("native float convolution failed")
+        return out
+
+    return call
+
+
+def pointwise_depthwise_f32_caller(isa_name: str, in_c: int, packed: np.ndarray, conv_bias, conv_bounds, filters,
+                                   bias, bounds):
+    """A float 1x1 CONV_2D (weights packed by ``sgemm_pack``, bias None or padded) feeding a 3x3
+    DEPTHWISE_CONV_2D (filters [3, 3, C], bias None or [C]), each with its clamp, without the tensor
+    between them: call(depthwise geometry by reference, x, out) -> out."""
+    function, code = _library.edgeq_pointwise_depthwise_f32, ISA_CODES[isa_name]
+    addresses = [None if a is None else a.ctypes.data for a in (packed, conv_bias, filters, bias)]
+    conv_low, conv_high = (ctypes.c_float(v) for v in conv_bounds)
+    low, high = (ctypes.c_float(v) for v in bounds)
+
+    def call(geometry, x, out, _keep=(packed, conv_bias, filters, bias)):
+        if function(code, geometry, in_c, _address(x), addresses[0], addresses[1], conv_low, conv_high, addresses[2],
+                    addresses[3], low, high, _address(out), _threads):
+            raise NativeError("native float 1x1 + depthwise convolution failed")
         return out
 
     return call

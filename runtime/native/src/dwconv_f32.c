@@ -6,6 +6,8 @@
  * registers, adds the bias and clamps before its one store. Taps are summed in (ky, kx) order, as the
  * numpy kernel sums them; the SIMD variants fuse multiply and add (FMA), so they differ from numpy by
  * a rounding or two, the portable one not at all. */
+#include <stdlib.h>
+
 #include "native.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -310,7 +312,15 @@ typedef struct {
     block_f32_fn block;
     row3x3_fn row3x3; /* NULL: every pixel goes through `block` */
     float *out;
+    const float *const *input_rows; /* NULL, or where each input row of image 0 is (the only image then) */
 } depthwise_f32_job;
+
+/* Where input row iy of image n starts. */
+static inline const float *input_row(const depthwise_f32_job *job, int n, int iy) {
+    const edgeq_conv_geometry *g = job->g;
+    if (job->input_rows) return job->input_rows[iy];
+    return job->x + ((size_t)n * g->in_h + iy) * g->in_w * g->in_c;
+}
 
 /* One output row (image n, row oy): index = n * out_h + oy. */
 static void depthwise_f32_row(void *context, int index) {
@@ -318,7 +328,6 @@ static void depthwise_f32_row(void *context, int index) {
     const edgeq_conv_geometry *g = job->g;
     const int out_c = g->out_c, in_c = g->in_c, multiplier = job->depth_multiplier;
     const int n = index / g->out_h, oy = index % g->out_h;
-    const float *image = job->x + (size_t)n * g->in_h * g->in_w * in_c;
     float *out_row = job->out + ((size_t)n * g->out_h + oy) * g->out_w * out_c;
     const int tap_list = multiplier == 1 && g->k_h * g->k_w <= MAX_TAPS;
     /* Output columns whose every tap column is inside the input: there the tap list of one pixel,
@@ -339,7 +348,7 @@ static void depthwise_f32_row(void *context, int index) {
         const size_t step = (size_t)g->stride_w * in_c;
         for (int ky = 0; ky < 3; ky++) {
             const int iy = oy * g->stride_h - g->pad_top + ky * g->dil_h;
-            rows[ky] = image + ((size_t)iy * g->in_w + ix0) * in_c;
+            rows[ky] = input_row(job, n, iy) + (size_t)ix0 * in_c;
         }
         for (int ox = inner_first; ox < inner_last; ox += DW3X3_TILE) {
             const int pixels = inner_last - ox < DW3X3_TILE ? inner_last - ox : DW3X3_TILE;
@@ -355,7 +364,7 @@ static void depthwise_f32_row(void *context, int index) {
             const int iy = oy * g->stride_h - g->pad_top + ky * g->dil_h;
             if (iy < 0 || iy >= g->in_h) continue;
             for (int kx = 0; kx < g->k_w; kx++) {
-                sources[taps] = image + ((size_t)iy * g->in_w + ix0 + kx * g->dil_w) * in_c;
+                sources[taps] = input_row(job, n, iy) + ((size_t)ix0 + kx * g->dil_w) * in_c;
                 weights[taps++] = job->filters + ((size_t)ky * g->k_w + kx) * out_c;
             }
         }
@@ -380,7 +389,7 @@ static void depthwise_f32_row(void *context, int index) {
                 for (int kx = 0; kx < g->k_w; kx++) {
                     const int ix = ox * g->stride_w - g->pad_left + kx * g->dil_w;
                     if (ix < 0 || ix >= g->in_w) continue;
-                    sources[taps] = image + ((size_t)iy * g->in_w + ix) * in_c;
+                    sources[taps] = input_row(job, n, iy) + (size_t)ix * in_c;
                     weights[taps++] = job->filters + ((size_t)ky * g->k_w + kx) * out_c;
                 }
             }
@@ -395,7 +404,7 @@ static void depthwise_f32_row(void *context, int index) {
             for (int kx = 0; kx < g->k_w; kx++) {
                 const int ix = ox * g->stride_w - g->pad_left + kx * g->dil_w;
                 if (ix < 0 || ix >= g->in_w) continue;
-                const float *src = image + ((size_t)iy * g->in_w + ix) * in_c;
+                const float *src = input_row(job, n, iy) + (size_t)ix * in_c;
                 const float *w = job->filters + ((size_t)ky * g->k_w + kx) * out_c;
                 for (int c = 0; c < out_c; c++) target[c] += src[c / multiplier] * w[c];
             }
@@ -463,10 +472,75 @@ int edgeq_depthwise_f32(int isa, const edgeq_conv_geometry *g, int depth_multipl
     const int level = edgeq_float_level(isa);
     const int three_by_three = g->k_h == 3 && g->k_w == 3 && depth_multiplier == 1;
     depthwise_f32_job job = {g,    depth_multiplier, x, filters, bias, low, high, block_for(level),
-                             three_by_three ? row3x3_for(level, g->out_c) : NULL, out};
+                             three_by_three ? row3x3_for(level, g->out_c) : NULL, out, NULL};
     const int rows = g->batch * g->out_h;
     if ((long long)rows * g->out_w * g->out_c * g->k_h * g->k_w < PARALLEL_MIN_MACS) threads = 1;
     edgeq_parallel_for(rows, threads, depthwise_f32_row, &job);
+    return 0;
+}
+
+/* -- a 1x1 CONV_2D straight into a 3x3 DEPTHWISE_CONV_2D ------------------------------------------- */
+
+typedef struct {
+    depthwise_f32_job depthwise; /* g: the depthwise's geometry; x, out: unset (per image) */
+    int isa, in_c;               /* in_c: the 1x1 convolution's input channels */
+    const float *x, *packed, *conv_bias;
+    float conv_low, conv_high;
+    float *out, *rings; /* rings: 3 expanded rows per task */
+    int rows_per_task;
+} pointwise_depthwise_job;
+
+/* Output rows [first, last) of every image: each expanded input row is made by the 1x1 GEMM once, into
+ * a ring of three rows (input row iy in slot iy % 3), just before the first output row that reads it. */
+static void pointwise_depthwise_task(void *context, int index) {
+    const pointwise_depthwise_job *job = (const pointwise_depthwise_job *)context;
+    const edgeq_conv_geometry *g = job->depthwise.g;
+    const size_t row_floats = (size_t)g->in_w * g->in_c;
+    float *ring = job->rings + (size_t)index * 3 * row_floats;
+    const float *slots[3] = {ring, ring + row_floats, ring + 2 * row_floats};
+    const int first = index * job->rows_per_task;
+    const int last = first + job->rows_per_task < g->out_h ? first + job->rows_per_task : g->out_h;
+    const float *input_rows[EDGEQ_FUSED_MAX_ROWS];
+    depthwise_f32_job depthwise = job->depthwise;
+    depthwise.input_rows = input_rows;
+    for (int n = 0; n < g->batch; n++) {
+        const float *image = job->x + (size_t)n * g->in_h * g->in_w * job->in_c;
+        depthwise.out = job->out + (size_t)n * g->out_h * g->out_w * g->out_c;
+        int made = -1; /* the last input row made for this image and task */
+        for (int oy = first; oy < last; oy++) {
+            const int top = oy * g->stride_h - g->pad_top;
+            for (int iy = top < 0 ? 0 : top; iy <= top + 2 && iy < g->in_h; iy++) {
+                if (iy <= made && made - iy < 3) continue; /* still in the ring */
+                float *slot = (float *)slots[iy % 3];
+                edgeq_sgemm(job->isa, g->in_w, job->in_c, g->in_c, image + (size_t)iy * g->in_w * job->in_c,
+                            (size_t)job->in_c, job->packed, job->conv_bias, job->conv_low, job->conv_high, slot, 1);
+                input_rows[iy] = slot;
+                made = iy;
+            }
+            depthwise_f32_row(&depthwise, oy);
+        }
+    }
+}
+
+int edgeq_pointwise_depthwise_f32(int isa, const edgeq_conv_geometry *g, int in_c, const float *x,
+                                  const float *packed, const float *conv_bias, float conv_low, float conv_high,
+                                  const float *filters, const float *bias, float low, float high, float *out,
+                                  int threads) {
+    if (!edgeq_isa_supported(isa) || g->k_h != 3 || g->k_w != 3 || g->dil_h != 1 || g->dil_w != 1 ||
+        g->stride_h < 1 || g->stride_h > 3 || g->in_h > EDGEQ_FUSED_MAX_ROWS || g->out_c != g->in_c || in_c < 1)
+        return -1;
+    const int level = edgeq_float_level(isa);
+    pointwise_depthwise_job job = {
+        {g, 1, NULL, filters, bias, low, high, block_for(level), row3x3_for(level, g->out_c), NULL, NULL},
+        isa, in_c, x, packed, conv_bias, conv_low, conv_high, out, NULL, 0};
+    if ((long long)g->out_h * g->out_w * g->out_c * (9 + in_c) < PARALLEL_MIN_MACS || threads < 1) threads = 1;
+    if (threads > g->out_h) threads = g->out_h > 0 ? g->out_h : 1;
+    job.rows_per_task = (g->out_h + threads - 1) / threads;
+    const int tasks = job.rows_per_task ? (g->out_h + job.rows_per_task - 1) / job.rows_per_task : 0;
+    job.rings = (float *)malloc(sizeof(float) * 3 * (size_t)g->in_w * g->in_c * (tasks > 0 ? tasks : 1));
+    if (!job.rings) return -2;
+    edgeq_parallel_for(tasks, threads, pointwise_depthwise_task, &job);
+    free(job.rings);
     return 0;
 }
 

@@ -1,0 +1,75 @@
+"""A float 1x1 CONV_2D whose only reader is a 3x3 DEPTHWISE_CONV_2D, run as one native kernel: the
+convolution's output rows are made three at a time, just before the depthwise reads them, so the
+expanded tensor between the two (MobileNetV2's largest) is never written to memory and read back.
+The interpreter fuses such pairs at invoke (``Interpreter._fold_pointwise_into_depthwise``); the
+values are those of the two native kernels run one after the other.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from edgeq.runtime import native
+from edgeq.runtime.kernels import native_float
+from edgeq.runtime.kernels.buffers import OutputBuffers
+from edgeq.runtime.kernels.common import constant_input, float_activation_bounds, input_tensor
+from edgeq.runtime.kernels.conv import SMALL_GEMM_WEIGHTS, _bias, _geometry
+from edgeq.runtime.kernels.depthwise_conv import _padding
+from edgeq.runtime.native import GeometryPerBatch
+
+
+def prepare_pointwise_then_depthwise(conv, depthwise, graph):
+    """evaluate(x) -> the depthwise's output for ``conv``'s input x, or None where the pair does not
+    qualify: both float32 with constant weights and a clamp activation; the convolution 1x1, stride 1,
+    unpadded, on the native GEMM; the depthwise 3x3, multiplier 1, no dilation."""
+    if native.isa() is None or isa_of_native_gemm() is None:
+        return None
+    if any(graph[name].dtype != np.float32 for name in (conv.inputs[0], conv.inputs[1], depthwise.inputs[1])):
+        return None
+    g = _geometry(conv, graph)
+    pointwise = (g.k_h == g.k_w == 1 and g.stride_h == g.stride_w == 1 and g.pad_top == g.pad_left == 0
+                 and (g.out_h, g.out_w) == (g.in_h, g.in_w))
+    conv_bounds, bounds = float_activation_bounds(conv), float_activation_bounds(depthwise)
+    if not pointwise or conv_bounds is None or bounds is None or g.in_c * g.out_c > SMALL_GEMM_WEIGHTS:
+        return None
+    filters = constant_input(depthwise, graph, 1, "filter").astype(np.float32)
+    options = depthwise.options
+    if (filters.shape != (1, 3, 3, g.out_c) or options.get("dilation_h_factor", 1) != 1
+            or options.get("dilation_w_factor", 1) != 1 or options.get("stride_h", 1) != options.get("stride_w", 1)
+            or options.get("stride_h", 1) not in (1, 2)):
+        return None
+    weights = constant_input(conv, graph, 1, "filter").astype(np.float32).reshape(g.out_c, g.in_c)
+    prepared = native_float._packed_gemm_operands(weights, _bias(conv, graph, g.out_c), conv_bounds)
+    if prepared is None:
+        return None
+    isa, packed, conv_bias, _ = prepared
+    bias = None
+    if input_tensor(depthwise, graph, 2) is not None:
+        bias = constant_input(depthwise, graph, 2, "bias").astype(np.float32)
+    out_h, out_w, (pad_top, _, pad_left, _) = _padding(options, g.out_h, g.out_w, 3, 3)
+    stride = options.get("stride_h", 1)
+    geometries = GeometryPerBatch(
+        in_h=g.out_h, in_w=g.out_w, in_c=g.out_c, out_h=out_h, out_w=out_w, out_c=g.out_c, k_h=3, k_w=3,
+        stride_h=stride, stride_w=stride, dil_h=1, dil_w=1, pad_top=pad_top, pad_left=pad_left, input_zero_point=0)
+    outputs = OutputBuffers((out_h, out_w, g.out_c), np.float32)
+    run = native.pointwise_depthwise_f32_caller(isa, g.in_c, packed, conv_bias, conv_bounds,
+                                                np.ascontiguousarray(filters[0]), bias, bounds)
+    by_reference = {}  # batch size -> ctypes.byref(its geometry), made once
+
+    def conv_2d_then_depthwise_native(x):
+        n = x.shape[0]
+        geometry = by_reference.get(n)
+        if geometry is None:
+            geometry = by_reference[n] = ctypes.byref(geometries.get(n))
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+        return run(geometry, x, outputs.get(n))
+
+    return conv_2d_then_depthwise_native
+
+
+def isa_of_native_gemm():
+    """The variant whose float GEMM runs 1x1 convolutions of any depth natively, or None."""
+    isa = native.isa()
+    return isa if isa is not None and native_float.NATIVE_GEMM_MAX_DEPTH.get(isa, 0) is None else None
