@@ -251,7 +251,8 @@ class Interpreter:
     def _fold_pointwise_into_depthwise(self, steps, positions):
         """(steps, positions) with every float 1x1 CONV_2D step whose output only a 3x3 DEPTHWISE_CONV_2D
         step reads run together with it as one kernel (kernels/pointwise_depthwise.py), where it
-        qualifies: the convolution's output tensor never exists during invoke."""
+        qualifies, and with the 1x1 CONV_2D that alone reads the depthwise's output if there is one:
+        the tensors between them never exist during invoke."""
         from edgeq.runtime.kernels.pointwise_depthwise import isa_of_native_gemm, prepare_pointwise_then_depthwise
 
         if isa_of_native_gemm() is None:
@@ -272,8 +273,8 @@ class Interpreter:
                 continue
             middle = inputs[0]
             i = producer.get(middle)
-            if i is None or middle in boundary or readers.get(middle) != [j]:
-                continue
+            if i is None or i in replaced or middle in boundary or readers.get(middle) != [j]:
+                continue  # (a convolution already fused as the last of three is not the first of more)
             conv = graph.ops[positions[i]]
             if conv.type != "CONV_2D" or self._index[conv.outputs[0]] != middle:
                 continue
@@ -282,14 +283,21 @@ class Interpreter:
                 depthwise = None if pad is None else _conv_with_folded_pad(pad, depthwise, graph)
                 if depthwise is None or self._index[depthwise.inputs[0]] != middle:
                     continue
-            try:
-                evaluate = prepare_pointwise_then_depthwise(conv, depthwise, graph)
-            except Exception:  # the two ops as written still run; fusing is only a shortcut
-                continue
-            if evaluate is None:
-                continue
-            replaced[j] = (evaluate, (steps[i][1][0],), outputs)
-            skipped.add(i)
+            # The 1x1 CONV_2D that is the depthwise's only reader, if there is one, joins them.
+            k = None if isinstance(outputs, tuple) or outputs in boundary else readers.get(outputs, [None])
+            k = k[0] if k is not None and len(k) == 1 else None
+            project = graph.ops[positions[k]] if k is not None else None
+            if project is not None and (project.type != "CONV_2D" or steps[k][1][0] != outputs):
+                k = project = None
+            for last, last_op in ((k, project), (j, None)) if k is not None else ((j, None),):
+                try:  # the ops as written still run; fusing is only a shortcut
+                    evaluate = prepare_pointwise_then_depthwise(conv, depthwise, graph, last_op)
+                except Exception:
+                    evaluate = None
+                if evaluate is not None:
+                    replaced[last] = (evaluate, (steps[i][1][0],), steps[last][2])
+                    skipped.update({i, j} - {last})
+                    break
         fused, kept = [], []
         for j, (step, position) in enumerate(zip(steps, positions)):
             if j not in skipped:

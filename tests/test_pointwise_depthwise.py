@@ -1,6 +1,7 @@
-"""A float 1x1 CONV_2D feeding a 3x3 DEPTHWISE_CONV_2D runs as one native kernel during invoke (the
-tensor between them never exists): its outputs are the numpy path's, within the roundings of fused
-multiply-adds, and exactly those of the two native kernels run one after the other."""
+"""A float 1x1 CONV_2D feeding a 3x3 DEPTHWISE_CONV_2D (and the 1x1 CONV_2D after it, if it alone reads
+the depthwise's output) runs as one native kernel during invoke (the tensors between them never
+exist): its outputs are the numpy path's, within the roundings of fused multiply-adds, and exactly
+those of the native kernels run one after the other."""
 from __future__ import annotations
 
 import itertools
@@ -25,8 +26,10 @@ def fused_kernels(monkeypatch):
         pytest.skip(f"the 1x1 + depthwise kernel needs the AVX-512 float GEMM: {native.describe()}")
 
 
-def expand_then_depthwise(x_shape, expanded, stride, padding, pad_op=False, also_output_middle=False, seed=0):
-    """x -> 1x1 CONV_2D (RELU6) -> [PAD ->] 3x3 DEPTHWISE_CONV_2D (RELU6) -> y, as in MobileNetV2."""
+def expand_then_depthwise(x_shape, expanded, stride, padding, pad_op=False, also_output_middle=False, seed=0,
+                          project=None, also_output_y=False):
+    """x -> 1x1 CONV_2D (RELU6) -> [PAD ->] 3x3 DEPTHWISE_CONV_2D (RELU6) -> y [-> 1x1 CONV_2D to
+    ``project`` channels, no activation -> z], as in MobileNetV2."""
     rng = np.random.default_rng(seed)
     n, h, w, in_c = x_shape
     g = Graph()
@@ -51,6 +54,13 @@ def expand_then_depthwise(x_shape, expanded, stride, padding, pad_op=False, also
         "padding": padding, "stride_h": stride, "stride_w": stride, "depth_multiplier": 1,
         "fused_activation_function": "RELU6"}))
     g.inputs, g.outputs = ["x"], ["y", "middle"] if also_output_middle else ["y"]
+    if project is not None:
+        g.add_tensor(Tensor("z", y_shape[:3] + (project,), np.float32))
+        project_inputs = ["y", g.add_constant("pw", rng.standard_normal((project, 1, 1, expanded)).astype(np.float32)),
+                          g.add_constant("pb", rng.standard_normal(project).astype(np.float32))]
+        g.add_op(Op("CONV_2D", project_inputs, ["z"], {"padding": "SAME", "stride_h": 1, "stride_w": 1,
+                                                        "fused_activation_function": "NONE"}))
+        g.outputs = ["z", "y"] if also_output_y else ["z"]
     return g, [rng.standard_normal(x_shape).astype(np.float32)]
 
 
@@ -126,4 +136,42 @@ def test_two_threads_give_what_one_gives(fused_kernels):
     graph, inputs = expand_then_depthwise((2, 40, 40, 16), 64, 1, "SAME")
     one = Interpreter.from_graph(graph, num_threads=1).run(inputs)["y"]
     two = Interpreter.from_graph(graph, num_threads=2).run(inputs)["y"]
+    assert np.array_equal(one, two)
+
+
+def assert_close_to_numpy(got, expected):
+    np.testing.assert_allclose(got, expected, rtol=0, atol=FMA_RTOL * max(float(np.abs(expected).max()), 1.0))
+
+
+@pytest.mark.parametrize("stride, padding", list(itertools.product([1, 2], ["SAME", "VALID"])))
+@pytest.mark.parametrize("expanded, project", [(24, 8), (96, 40)])
+def test_expand_depthwise_and_project_give_the_numpy_paths_values(fused_kernels, monkeypatch, stride, padding,
+                                                                   expanded, project):
+    graph, inputs = expand_then_depthwise((2, 13, 21, 8), expanded, stride, padding, seed=expanded + stride,
+                                          project=project)
+    interpreter = Interpreter.from_graph(graph)
+    assert fused_steps(interpreter) == 1 and len(interpreter._invoke_steps) == 1
+    assert_close_to_numpy(interpreter.run(inputs)["z"], numpy_path(graph, inputs, monkeypatch)["z"])
+
+
+def test_expand_depthwise_and_project_equal_the_three_native_kernels_exactly(fused_kernels, monkeypatch):
+    graph, inputs = expand_then_depthwise((1, 15, 15, 12), 72, 1, "SAME", project=24)
+    fused = Interpreter.from_graph(graph).run(inputs)["z"]
+    monkeypatch.setattr(Interpreter, "_fold_pointwise_into_depthwise", lambda self, steps, positions: (steps, positions))
+    assert np.array_equal(fused, Interpreter.from_graph(graph).run(inputs)["z"])
+
+
+def test_a_depthwise_output_the_graph_outputs_keeps_the_project_apart(fused_kernels, monkeypatch):
+    graph, inputs = expand_then_depthwise((1, 9, 9, 8), 32, 1, "SAME", project=16, also_output_y=True)
+    interpreter = Interpreter.from_graph(graph)
+    assert fused_steps(interpreter) == 1 and len(interpreter._invoke_steps) == 2
+    got, expected = interpreter.run(inputs), numpy_path(graph, inputs, monkeypatch)
+    for name in ("y", "z"):
+        assert_close_to_numpy(got[name], expected[name])
+
+
+def test_expand_depthwise_and_project_on_two_threads_give_what_one_gives(fused_kernels):
+    graph, inputs = expand_then_depthwise((2, 40, 40, 16), 64, 2, "SAME", project=24)
+    one = Interpreter.from_graph(graph, num_threads=1).run(inputs)["z"]
+    two = Interpreter.from_graph(graph, num_threads=2).run(inputs)["z"]
     assert np.array_equal(one, two)

@@ -1,8 +1,10 @@
-"""A float 1x1 CONV_2D whose only reader is a 3x3 DEPTHWISE_CONV_2D, run as one native kernel: the
-convolution's output rows are made three at a time, just before the depthwise reads them, so the
-expanded tensor between the two (MobileNetV2's largest) is never written to memory and read back.
-The interpreter fuses such pairs at invoke (``Interpreter._fold_pointwise_into_depthwise``); the
-values are those of the two native kernels run one after the other.
+"""A float 1x1 CONV_2D whose only reader is a 3x3 DEPTHWISE_CONV_2D, and the 1x1 CONV_2D that is the
+depthwise's only reader if there is one (MobileNetV2's expand, depthwise and project), run as one
+native kernel: the first convolution's output rows are made three at a time, just before the
+depthwise reads them, and each depthwise output row goes straight into the last convolution, so the
+tensors between them (MobileNetV2's largest) are never written to memory and read back. The
+interpreter fuses such ops at invoke (``Interpreter._fold_pointwise_into_depthwise``); the values are
+those of the native kernels run one after the other.
 """
 from __future__ import annotations
 
@@ -19,42 +21,63 @@ from edgeq.runtime.kernels.depthwise_conv import _padding
 from edgeq.runtime.native import GeometryPerBatch
 
 
-def prepare_pointwise_then_depthwise(conv, depthwise, graph):
-    """evaluate(x) -> the depthwise's output for ``conv``'s input x, or None where the pair does not
-    qualify: both float32 with constant weights and a clamp activation; the convolution 1x1, stride 1,
-    unpadded, on the native GEMM; the depthwise 3x3, multiplier 1, no dilation."""
-    if native.isa() is None or isa_of_native_gemm() is None:
-        return None
-    if any(graph[name].dtype != np.float32 for name in (conv.inputs[0], conv.inputs[1], depthwise.inputs[1])):
+def pointwise_operands(conv, graph):
+    """(geometry, (isa, packed weights, padded bias, bounds)) of a float 1x1 CONV_2D, stride 1, unpadded,
+    with a clamp activation, that the native GEMM runs; None for any other."""
+    if any(graph[name].dtype != np.float32 for name in conv.inputs[:2]):
         return None
     g = _geometry(conv, graph)
     pointwise = (g.k_h == g.k_w == 1 and g.stride_h == g.stride_w == 1 and g.pad_top == g.pad_left == 0
                  and (g.out_h, g.out_w) == (g.in_h, g.in_w))
-    conv_bounds, bounds = float_activation_bounds(conv), float_activation_bounds(depthwise)
-    if not pointwise or conv_bounds is None or bounds is None or g.in_c * g.out_c > SMALL_GEMM_WEIGHTS:
+    bounds = float_activation_bounds(conv)
+    if not pointwise or bounds is None or g.in_c * g.out_c > SMALL_GEMM_WEIGHTS:
         return None
+    weights = constant_input(conv, graph, 1, "filter").astype(np.float32).reshape(g.out_c, g.in_c)
+    prepared = native_float._packed_gemm_operands(weights, _bias(conv, graph, g.out_c), bounds)
+    return None if prepared is None else (g, prepared)
+
+
+def prepare_pointwise_then_depthwise(conv, depthwise, graph, project=None):
+    """evaluate(x) -> the depthwise's output (or ``project``'s, when given) for ``conv``'s input x, or
+    None where the ops do not qualify: all float32 with constant weights and a clamp activation; the
+    convolutions 1x1, stride 1, unpadded, on the native GEMM; the depthwise 3x3, multiplier 1, no
+    dilation."""
+    if native.isa() is None or isa_of_native_gemm() is None:
+        return None
+    expand = pointwise_operands(conv, graph)
+    if expand is None or graph[depthwise.inputs[1]].dtype != np.float32:
+        return None
+    g, (isa, packed, conv_bias, conv_bounds) = expand
+    bounds = float_activation_bounds(depthwise)
+    if bounds is None:
+        return None
+    project_operands = None
+    if project is not None:
+        projected = pointwise_operands(project, graph)
+        if projected is None or projected[0].in_c != g.out_c:
+            return None
+        project_g, (_, project_packed, project_bias, project_bounds) = projected
+        project_operands = (project_packed, project_g.out_c, project_bias, project_bounds)
     filters = constant_input(depthwise, graph, 1, "filter").astype(np.float32)
     options = depthwise.options
     if (filters.shape != (1, 3, 3, g.out_c) or options.get("dilation_h_factor", 1) != 1
             or options.get("dilation_w_factor", 1) != 1 or options.get("stride_h", 1) != options.get("stride_w", 1)
             or options.get("stride_h", 1) not in (1, 2)):
         return None
-    weights = constant_input(conv, graph, 1, "filter").astype(np.float32).reshape(g.out_c, g.in_c)
-    prepared = native_float._packed_gemm_operands(weights, _bias(conv, graph, g.out_c), conv_bounds)
-    if prepared is None:
-        return None
-    isa, packed, conv_bias, _ = prepared
     bias = None
     if input_tensor(depthwise, graph, 2) is not None:
         bias = constant_input(depthwise, graph, 2, "bias").astype(np.float32)
     out_h, out_w, (pad_top, _, pad_left, _) = _padding(options, g.out_h, g.out_w, 3, 3)
+    if project is not None and (projected[0].in_h, projected[0].in_w) != (out_h, out_w):
+        return None
     stride = options.get("stride_h", 1)
     geometries = GeometryPerBatch(
         in_h=g.out_h, in_w=g.out_w, in_c=g.out_c, out_h=out_h, out_w=out_w, out_c=g.out_c, k_h=3, k_w=3,
         stride_h=stride, stride_w=stride, dil_h=1, dil_w=1, pad_top=pad_top, pad_left=pad_left, input_zero_point=0)
-    outputs = OutputBuffers((out_h, out_w, g.out_c), np.float32)
+    out_c = g.out_c if project_operands is None else project_operands[1]
+    outputs = OutputBuffers((out_h, out_w, out_c), np.float32)
     run = native.pointwise_depthwise_f32_caller(isa, g.in_c, packed, conv_bias, conv_bounds,
-                                                np.ascontiguousarray(filters[0]), bias, bounds)
+                                                np.ascontiguousarray(filters[0]), bias, bounds, project_operands)
     by_reference = {}  # batch size -> ctypes.byref(its geometry), made once
 
     def conv_2d_then_depthwise_native(x):

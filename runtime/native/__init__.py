@@ -50,6 +50,12 @@ class ConvGeometry(ctypes.Structure):
         "dil_h", "dil_w", "pad_top", "pad_left", "input_zero_point")]
 
 
+class PointwiseF32(ctypes.Structure):
+    """native.h's edgeq_pointwise_f32; the arrays it points to are kept alive by ``arrays``."""
+    _fields_ = [("n", ctypes.c_int32), ("packed", ctypes.c_void_p), ("bias", ctypes.c_void_p),
+                ("low", ctypes.c_float), ("high", ctypes.c_float)]
+
+
 class AddParams(ctypes.Structure):
     """native.h's edgeq_add_params."""
     _fields_ = [(name, ctypes.c_int32) for name in (
@@ -107,7 +113,7 @@ def _open_library():
                                        pointer, int32]),
             ("edgeq_pointwise_depthwise_f32", int32, [int32, pointer, int32, pointer, pointer, pointer, ctypes.c_float,
                                                       ctypes.c_float, pointer, pointer, ctypes.c_float, ctypes.c_float,
-                                                      pointer, int32])):
+                                                      pointer, pointer, int32])):
         function = getattr(library, name, None)
         if function is None:
             return None, f"the extension is out of date (no {name}); reinstall edgeq to rebuild it"
@@ -456,18 +462,27 @@ def conv_f32_caller(isa_name: str, packed: np.ndarray, bias, low: float, high: f
 
 
 def pointwise_depthwise_f32_caller(isa_name: str, in_c: int, packed: np.ndarray, conv_bias, conv_bounds, filters,
-                                   bias, bounds):
+                                   bias, bounds, project=None):
     """A float 1x1 CONV_2D (weights packed by ``sgemm_pack``, bias None or padded) feeding a 3x3
-    DEPTHWISE_CONV_2D (filters [3, 3, C], bias None or [C]), each with its clamp, without the tensor
-    between them: call(depthwise geometry by reference, x, out) -> out."""
+    DEPTHWISE_CONV_2D (filters [3, 3, C], bias None or [C]), each with its clamp, and optionally the
+    depthwise feeding a 1x1 CONV_2D ``project`` = (packed, out channels, bias, bounds), without the
+    tensors between them: call(depthwise geometry by reference, x, out) -> out."""
     function, code = _library.edgeq_pointwise_depthwise_f32, ISA_CODES[isa_name]
     addresses = [None if a is None else a.ctypes.data for a in (packed, conv_bias, filters, bias)]
     conv_low, conv_high = (ctypes.c_float(v) for v in conv_bounds)
     low, high = (ctypes.c_float(v) for v in bounds)
+    project_stage = None
+    if project is not None:
+        project_packed, channels, project_bias, (project_low, project_high) = project
+        project_stage = PointwiseF32(channels, project_packed.ctypes.data,
+                                     None if project_bias is None else project_bias.ctypes.data, project_low,
+                                     project_high)
+        project_stage.arrays = (project_packed, project_bias)
+    project_address = None if project_stage is None else ctypes.addressof(project_stage)
 
-    def call(geometry, x, out, _keep=(packed, conv_bias, filters, bias)):
+    def call(geometry, x, out, _keep=(packed, conv_bias, filters, bias, project_stage)):
         if function(code, geometry, in_c, _address(x), addresses[0], addresses[1], conv_low, conv_high, addresses[2],
-                    addresses[3], low, high, _address(out), _threads):
+                    addresses[3], low, high, project_address, _address(out), _threads):
             raise NativeError("native float 1x1 + depthwise convolution failed")
         return out
 

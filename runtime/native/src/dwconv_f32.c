@@ -313,6 +313,7 @@ typedef struct {
     row3x3_fn row3x3; /* NULL: every pixel goes through `block` */
     float *out;
     const float *const *input_rows; /* NULL, or where each input row of image 0 is (the only image then) */
+    float *row_out;                 /* NULL, or where every output row goes instead of its place in out */
 } depthwise_f32_job;
 
 /* Where input row iy of image n starts. */
@@ -328,7 +329,7 @@ static void depthwise_f32_row(void *context, int index) {
     const edgeq_conv_geometry *g = job->g;
     const int out_c = g->out_c, in_c = g->in_c, multiplier = job->depth_multiplier;
     const int n = index / g->out_h, oy = index % g->out_h;
-    float *out_row = job->out + ((size_t)n * g->out_h + oy) * g->out_w * out_c;
+    float *out_row = job->row_out ? job->row_out : job->out + ((size_t)n * g->out_h + oy) * g->out_w * out_c;
     const int tap_list = multiplier == 1 && g->k_h * g->k_w <= MAX_TAPS;
     /* Output columns whose every tap column is inside the input: there the tap list of one pixel,
      * shifted by the stride, is the next pixel's, so it is made once for the whole run. */
@@ -472,7 +473,7 @@ int edgeq_depthwise_f32(int isa, const edgeq_conv_geometry *g, int depth_multipl
     const int level = edgeq_float_level(isa);
     const int three_by_three = g->k_h == 3 && g->k_w == 3 && depth_multiplier == 1;
     depthwise_f32_job job = {g,    depth_multiplier, x, filters, bias, low, high, block_for(level),
-                             three_by_three ? row3x3_for(level, g->out_c) : NULL, out, NULL};
+                             three_by_three ? row3x3_for(level, g->out_c) : NULL, out, NULL, NULL};
     const int rows = g->batch * g->out_h;
     if ((long long)rows * g->out_w * g->out_c * g->k_h * g->k_w < PARALLEL_MIN_MACS) threads = 1;
     edgeq_parallel_for(rows, threads, depthwise_f32_row, &job);
@@ -486,7 +487,8 @@ typedef struct {
     int isa, in_c;               /* in_c: the 1x1 convolution's input channels */
     const float *x, *packed, *conv_bias;
     float conv_low, conv_high;
-    float *out, *rings; /* rings: 3 expanded rows per task */
+    const edgeq_pointwise_f32 *project; /* NULL, or a 1x1 convolution of the depthwise's output rows */
+    float *out, *rings; /* rings: 3 expanded rows per task, and a depthwise row if there is a project */
     int rows_per_task;
 } pointwise_depthwise_job;
 
@@ -496,13 +498,16 @@ static void pointwise_depthwise_task(void *context, int index) {
     const pointwise_depthwise_job *job = (const pointwise_depthwise_job *)context;
     const edgeq_conv_geometry *g = job->depthwise.g;
     const size_t row_floats = (size_t)g->in_w * g->in_c;
-    float *ring = job->rings + (size_t)index * 3 * row_floats;
+    const size_t out_row_floats = (size_t)g->out_w * g->out_c;
+    float *ring = job->rings + (size_t)index * (3 * row_floats + (job->project ? out_row_floats : 0));
     const float *slots[3] = {ring, ring + row_floats, ring + 2 * row_floats};
     const int first = index * job->rows_per_task;
     const int last = first + job->rows_per_task < g->out_h ? first + job->rows_per_task : g->out_h;
     const float *input_rows[EDGEQ_FUSED_MAX_ROWS];
     depthwise_f32_job depthwise = job->depthwise;
     depthwise.input_rows = input_rows;
+    const edgeq_pointwise_f32 *project = job->project;
+    if (project) depthwise.row_out = ring + 3 * row_floats;
     for (int n = 0; n < g->batch; n++) {
         const float *image = job->x + (size_t)n * g->in_h * g->in_w * job->in_c;
         depthwise.out = job->out + (size_t)n * g->out_h * g->out_w * g->out_c;
@@ -518,26 +523,33 @@ static void pointwise_depthwise_task(void *context, int index) {
                 made = iy;
             }
             depthwise_f32_row(&depthwise, oy);
+            if (project)
+                edgeq_sgemm(job->isa, g->out_w, g->out_c, project->n, depthwise.row_out, (size_t)g->out_c,
+                            project->packed, project->bias, project->low, project->high,
+                            job->out + ((size_t)n * g->out_h + oy) * g->out_w * project->n, 1);
         }
     }
 }
 
 int edgeq_pointwise_depthwise_f32(int isa, const edgeq_conv_geometry *g, int in_c, const float *x,
                                   const float *packed, const float *conv_bias, float conv_low, float conv_high,
-                                  const float *filters, const float *bias, float low, float high, float *out,
-                                  int threads) {
+                                  const float *filters, const float *bias, float low, float high,
+                                  const edgeq_pointwise_f32 *project, float *out, int threads) {
     if (!edgeq_isa_supported(isa) || g->k_h != 3 || g->k_w != 3 || g->dil_h != 1 || g->dil_w != 1 ||
         g->stride_h < 1 || g->stride_h > 3 || g->in_h > EDGEQ_FUSED_MAX_ROWS || g->out_c != g->in_c || in_c < 1)
         return -1;
     const int level = edgeq_float_level(isa);
     pointwise_depthwise_job job = {
-        {g, 1, NULL, filters, bias, low, high, block_for(level), row3x3_for(level, g->out_c), NULL, NULL},
-        isa, in_c, x, packed, conv_bias, conv_low, conv_high, out, NULL, 0};
-    if ((long long)g->out_h * g->out_w * g->out_c * (9 + in_c) < PARALLEL_MIN_MACS || threads < 1) threads = 1;
+        {g, 1, NULL, filters, bias, low, high, block_for(level), row3x3_for(level, g->out_c), NULL, NULL, NULL},
+        isa, in_c, x, packed, conv_bias, conv_low, conv_high, project, out, NULL, 0};
+    if (project && project->n < 1) return -1;
+    const long long macs = (long long)g->out_h * g->out_w * g->out_c * (9 + in_c + (project ? project->n : 0));
+    if (macs < PARALLEL_MIN_MACS || threads < 1) threads = 1;
     if (threads > g->out_h) threads = g->out_h > 0 ? g->out_h : 1;
     job.rows_per_task = (g->out_h + threads - 1) / threads;
     const int tasks = job.rows_per_task ? (g->out_h + job.rows_per_task - 1) / job.rows_per_task : 0;
-    job.rings = (float *)malloc(sizeof(float) * 3 * (size_t)g->in_w * g->in_c * (tasks > 0 ? tasks : 1));
+    const size_t per_task = 3 * (size_t)g->in_w * g->in_c + (project ? (size_t)g->out_w * g->out_c : 0);
+    job.rings = (float *)malloc(sizeof(float) * per_task * (tasks > 0 ? tasks : 1));
     if (!job.rings) return -2;
     edgeq_parallel_for(tasks, threads, pointwise_depthwise_task, &job);
     free(job.rings);

@@ -148,15 +148,26 @@ EDGEQ_API int edgeq_depthwise_f32(int isa, const edgeq_conv_geometry *g, int dep
                                   int threads);
 EDGEQ_API void edgeq_bias_activation_f32(int isa, float *out, size_t rows, int channels, const float *bias,
                                          float low, float high);
+/* A float 1x1 CONV_2D as a GEMM: weights packed as for edgeq_sgemm into n output channels, bias NULL or
+ * padded, the clamp. */
+typedef struct {
+    int32_t n;
+    const float *packed, *bias;
+    float low, high;
+} edgeq_pointwise_f32;
+
 /* dwconv_f32.c: a float 1x1 CONV_2D (x [batch][in_h][in_w][in_c], weights packed as for edgeq_sgemm, bias
- * or NULL, clamp) feeding a 3x3 DEPTHWISE_CONV_2D of geometry g (multiplier 1, no dilation, stride 1-3):
- * the convolution's output rows are made three at a time, just before the depthwise reads them, so
- * the tensor between the two never exists. */
+ * or NULL, clamp) feeding a 3x3 DEPTHWISE_CONV_2D of geometry g (multiplier 1, no dilation, stride 1-3),
+ * and, if `project` is not NULL, the depthwise feeding that 1x1 CONV_2D (out then has project->n
+ * channels): the first convolution's output rows are made three at a time, just before the depthwise
+ * reads them, and each depthwise output row goes straight into `project`, so the tensors between the
+ * ops never exist. */
 #define EDGEQ_FUSED_MAX_ROWS 4096
 EDGEQ_API int edgeq_pointwise_depthwise_f32(int isa, const edgeq_conv_geometry *g, int in_c, const float *x,
                                             const float *packed, const float *conv_bias, float conv_low,
                                             float conv_high, const float *filters, const float *bias, float low,
-                                            float high, float *out, int threads);
+                                            float high, const edgeq_pointwise_f32 *project, float *out,
+                                            int threads);
 
 /* pool.c: float32 max (average = 0) or average (1) pool, int8 average pool (scratch: in_c int32), and
  * the float32 im2col of a convolution ([batch * out_h * out_w][k_h * k_w * in_c], fill on padding). */
