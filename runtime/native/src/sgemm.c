@@ -82,70 +82,250 @@ __attribute__((target("avx512f"))) static void tile_avx512(const float *a, size_
 #undef SGEMM_STORE
 }
 
-/* The AVX-512 tile for any edge: `rows` <= 8 rows (missing rows repeat the last one, which is computed
- * and stored twice over itself) and `cols` <= 32 columns (masked stores; at most 16 columns skip the
- * second half's multiply-adds). Whole tiles go through the same code, so there is no copy out of a
- * buffer. */
-#define SGEMM512_ROW_POINTERS                                                                              \
-    const float *a0 = a, *a1 = rows > 1 ? a0 + lda : a0, *a2 = rows > 2 ? a1 + lda : a1;                     \
-    const float *a3 = rows > 3 ? a2 + lda : a2, *a4 = rows > 4 ? a3 + lda : a3, *a5 = rows > 5 ? a4 + lda : a4; \
-    const float *a6 = rows > 6 ? a5 + lda : a5, *a7 = rows > 7 ? a6 + lda : a6;                              \
-    float *o0 = c, *o1 = rows > 1 ? o0 + ldc : o0, *o2 = rows > 2 ? o1 + ldc : o1;                           \
-    float *o3 = rows > 3 ? o2 + ldc : o2, *o4 = rows > 4 ? o3 + ldc : o3, *o5 = rows > 5 ? o4 + ldc : o4;     \
-    float *o6 = rows > 6 ? o5 + ldc : o5, *o7 = rows > 7 ? o6 + ldc : o6;
-
-__attribute__((target("avx512f"))) static void edge_tile_avx512_32(const float *a, size_t lda, int rows,
-                                                                   const float *b, int k, const float *bias,
-                                                                   float low, float high, float *c, size_t ldc,
-                                                                   int cols) {
-    SGEMM512_ROW_POINTERS
-    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
-    __m512 c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
+/* The AVX-512 tiles for any edge, of 8 or 7 rows (7 where a GEMM's rows are a multiple of 7 and not
+ * of 8, as every row of MobileNetV2's 112, 56, 28, 14 and 7 pixel wide layers is): `rows` <= the tile's
+ * height (missing rows repeat the last one, which is computed and stored twice over itself) and `cols`
+ * <= 32 columns (masked stores; at most 16 columns skip the second half's multiply-adds). Whole tiles go
+ * through the same code, so there is no copy out of a buffer. Written out by row, as the whole-tile
+ * kernels above are. */
+__attribute__((target("avx512f"))) static void edge_tile_avx512_32x8(const float *a, size_t lda, int rows, const float *b,
+                                                                           int k, const float *bias, float low, float high, float *c,
+                                                                           size_t ldc, int cols) {
+    const float *a0 = a;
+    float *o0 = c;
+    const float *a1 = rows > 1 ? a0 + lda : a0;
+    float *o1 = rows > 1 ? o0 + ldc : o0;
+    const float *a2 = rows > 2 ? a1 + lda : a1;
+    float *o2 = rows > 2 ? o1 + ldc : o1;
+    const float *a3 = rows > 3 ? a2 + lda : a2;
+    float *o3 = rows > 3 ? o2 + ldc : o2;
+    const float *a4 = rows > 4 ? a3 + lda : a3;
+    float *o4 = rows > 4 ? o3 + ldc : o3;
+    const float *a5 = rows > 5 ? a4 + lda : a4;
+    float *o5 = rows > 5 ? o4 + ldc : o4;
+    const float *a6 = rows > 6 ? a5 + lda : a5;
+    float *o6 = rows > 6 ? o5 + ldc : o5;
+    const float *a7 = rows > 7 ? a6 + lda : a6;
+    float *o7 = rows > 7 ? o6 + ldc : o6;
+    __m512 c00 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(), c20 = _mm512_setzero_ps(), c30 = _mm512_setzero_ps(), c40 = _mm512_setzero_ps(), c50 = _mm512_setzero_ps(), c60 = _mm512_setzero_ps(), c70 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps();
     for (int p = 0; p < k; p++) {
-        const __m512 b0 = _mm512_loadu_ps(b + 32 * (size_t)p), b1 = _mm512_loadu_ps(b + 32 * (size_t)p + 16);
+        const __m512 b0 = _mm512_loadu_ps(b + 32 * (size_t)p);
+        const __m512 b1 = _mm512_loadu_ps(b + 32 * (size_t)p + 16);
         __m512 x;
-#define SGEMM_ROW(i)                                                                                      \
-    x = _mm512_set1_ps(a##i[p]);                                                                          \
-    c##i##0 = _mm512_fmadd_ps(x, b0, c##i##0);                                                            \
-    c##i##1 = _mm512_fmadd_ps(x, b1, c##i##1);
-        SGEMM_ROW(0) SGEMM_ROW(1) SGEMM_ROW(2) SGEMM_ROW(3) SGEMM_ROW(4) SGEMM_ROW(5) SGEMM_ROW(6) SGEMM_ROW(7)
-#undef SGEMM_ROW
+        x = _mm512_set1_ps(a0[p]);
+        c00 = _mm512_fmadd_ps(x, b0, c00);
+        c01 = _mm512_fmadd_ps(x, b1, c01);
+        x = _mm512_set1_ps(a1[p]);
+        c10 = _mm512_fmadd_ps(x, b0, c10);
+        c11 = _mm512_fmadd_ps(x, b1, c11);
+        x = _mm512_set1_ps(a2[p]);
+        c20 = _mm512_fmadd_ps(x, b0, c20);
+        c21 = _mm512_fmadd_ps(x, b1, c21);
+        x = _mm512_set1_ps(a3[p]);
+        c30 = _mm512_fmadd_ps(x, b0, c30);
+        c31 = _mm512_fmadd_ps(x, b1, c31);
+        x = _mm512_set1_ps(a4[p]);
+        c40 = _mm512_fmadd_ps(x, b0, c40);
+        c41 = _mm512_fmadd_ps(x, b1, c41);
+        x = _mm512_set1_ps(a5[p]);
+        c50 = _mm512_fmadd_ps(x, b0, c50);
+        c51 = _mm512_fmadd_ps(x, b1, c51);
+        x = _mm512_set1_ps(a6[p]);
+        c60 = _mm512_fmadd_ps(x, b0, c60);
+        c61 = _mm512_fmadd_ps(x, b1, c61);
+        x = _mm512_set1_ps(a7[p]);
+        c70 = _mm512_fmadd_ps(x, b0, c70);
+        c71 = _mm512_fmadd_ps(x, b1, c71);
     }
     const __m512 lo = _mm512_set1_ps(low), hi = _mm512_set1_ps(high);
     const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
     const __m512 bias1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
     const __mmask16 mask1 = (__mmask16)(cols >= 32 ? 0xffffu : (1u << (cols - 16)) - 1);
-#define SGEMM_STORE(i)                                                                                    \
-    _mm512_storeu_ps(o##i, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c##i##0, bias0))));           \
-    _mm512_mask_storeu_ps(o##i + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c##i##1, bias1))));
-    SGEMM_STORE(0) SGEMM_STORE(1) SGEMM_STORE(2) SGEMM_STORE(3) SGEMM_STORE(4) SGEMM_STORE(5) SGEMM_STORE(6)
-    SGEMM_STORE(7)
-#undef SGEMM_STORE
+    _mm512_storeu_ps(o0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c00, bias0))));
+    _mm512_mask_storeu_ps(o0 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c01, bias1))));
+    _mm512_storeu_ps(o1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c10, bias0))));
+    _mm512_mask_storeu_ps(o1 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c11, bias1))));
+    _mm512_storeu_ps(o2, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c20, bias0))));
+    _mm512_mask_storeu_ps(o2 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c21, bias1))));
+    _mm512_storeu_ps(o3, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c30, bias0))));
+    _mm512_mask_storeu_ps(o3 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c31, bias1))));
+    _mm512_storeu_ps(o4, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c40, bias0))));
+    _mm512_mask_storeu_ps(o4 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c41, bias1))));
+    _mm512_storeu_ps(o5, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c50, bias0))));
+    _mm512_mask_storeu_ps(o5 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c51, bias1))));
+    _mm512_storeu_ps(o6, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c60, bias0))));
+    _mm512_mask_storeu_ps(o6 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c61, bias1))));
+    _mm512_storeu_ps(o7, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c70, bias0))));
+    _mm512_mask_storeu_ps(o7 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c71, bias1))));
 }
 
-/* The same for a last panel of at most 16 columns: only the panel's first half is read. */
-__attribute__((target("avx512f"))) static void edge_tile_avx512_16(const float *a, size_t lda, int rows,
-                                                                   const float *b, int k, const float *bias,
-                                                                   float low, float high, float *c, size_t ldc,
-                                                                   int cols) {
-    SGEMM512_ROW_POINTERS
-    __m512 c00 = _mm512_setzero_ps(), c10 = c00, c20 = c00, c30 = c00, c40 = c00, c50 = c00, c60 = c00, c70 = c00;
+__attribute__((target("avx512f"))) static void edge_tile_avx512_16x8(const float *a, size_t lda, int rows, const float *b,
+                                                                           int k, const float *bias, float low, float high, float *c,
+                                                                           size_t ldc, int cols) {
+    const float *a0 = a;
+    float *o0 = c;
+    const float *a1 = rows > 1 ? a0 + lda : a0;
+    float *o1 = rows > 1 ? o0 + ldc : o0;
+    const float *a2 = rows > 2 ? a1 + lda : a1;
+    float *o2 = rows > 2 ? o1 + ldc : o1;
+    const float *a3 = rows > 3 ? a2 + lda : a2;
+    float *o3 = rows > 3 ? o2 + ldc : o2;
+    const float *a4 = rows > 4 ? a3 + lda : a3;
+    float *o4 = rows > 4 ? o3 + ldc : o3;
+    const float *a5 = rows > 5 ? a4 + lda : a4;
+    float *o5 = rows > 5 ? o4 + ldc : o4;
+    const float *a6 = rows > 6 ? a5 + lda : a5;
+    float *o6 = rows > 6 ? o5 + ldc : o5;
+    const float *a7 = rows > 7 ? a6 + lda : a6;
+    float *o7 = rows > 7 ? o6 + ldc : o6;
+    __m512 c00 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(), c20 = _mm512_setzero_ps(), c30 = _mm512_setzero_ps(), c40 = _mm512_setzero_ps(), c50 = _mm512_setzero_ps(), c60 = _mm512_setzero_ps(), c70 = _mm512_setzero_ps();
     for (int p = 0; p < k; p++) {
         const __m512 b0 = _mm512_loadu_ps(b + 32 * (size_t)p);
-#define SGEMM_ROW(i) c##i##0 = _mm512_fmadd_ps(_mm512_set1_ps(a##i[p]), b0, c##i##0);
-        SGEMM_ROW(0) SGEMM_ROW(1) SGEMM_ROW(2) SGEMM_ROW(3) SGEMM_ROW(4) SGEMM_ROW(5) SGEMM_ROW(6) SGEMM_ROW(7)
-#undef SGEMM_ROW
+        __m512 x;
+        x = _mm512_set1_ps(a0[p]);
+        c00 = _mm512_fmadd_ps(x, b0, c00);
+        x = _mm512_set1_ps(a1[p]);
+        c10 = _mm512_fmadd_ps(x, b0, c10);
+        x = _mm512_set1_ps(a2[p]);
+        c20 = _mm512_fmadd_ps(x, b0, c20);
+        x = _mm512_set1_ps(a3[p]);
+        c30 = _mm512_fmadd_ps(x, b0, c30);
+        x = _mm512_set1_ps(a4[p]);
+        c40 = _mm512_fmadd_ps(x, b0, c40);
+        x = _mm512_set1_ps(a5[p]);
+        c50 = _mm512_fmadd_ps(x, b0, c50);
+        x = _mm512_set1_ps(a6[p]);
+        c60 = _mm512_fmadd_ps(x, b0, c60);
+        x = _mm512_set1_ps(a7[p]);
+        c70 = _mm512_fmadd_ps(x, b0, c70);
     }
     const __m512 lo = _mm512_set1_ps(low), hi = _mm512_set1_ps(high);
     const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
     const __mmask16 mask0 = (__mmask16)(cols >= 16 ? 0xffffu : (1u << cols) - 1);
-#define SGEMM_STORE(i)                                                                                    \
-    _mm512_mask_storeu_ps(o##i, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c##i##0, bias0))));
-    SGEMM_STORE(0) SGEMM_STORE(1) SGEMM_STORE(2) SGEMM_STORE(3) SGEMM_STORE(4) SGEMM_STORE(5) SGEMM_STORE(6)
-    SGEMM_STORE(7)
-#undef SGEMM_STORE
+    _mm512_mask_storeu_ps(o0, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c00, bias0))));
+    _mm512_mask_storeu_ps(o1, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c10, bias0))));
+    _mm512_mask_storeu_ps(o2, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c20, bias0))));
+    _mm512_mask_storeu_ps(o3, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c30, bias0))));
+    _mm512_mask_storeu_ps(o4, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c40, bias0))));
+    _mm512_mask_storeu_ps(o5, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c50, bias0))));
+    _mm512_mask_storeu_ps(o6, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c60, bias0))));
+    _mm512_mask_storeu_ps(o7, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c70, bias0))));
 }
-#undef SGEMM512_ROW_POINTERS
+
+__attribute__((target("avx512f"))) static void edge_tile_avx512_32x7(const float *a, size_t lda, int rows, const float *b,
+                                                                           int k, const float *bias, float low, float high, float *c,
+                                                                           size_t ldc, int cols) {
+    const float *a0 = a;
+    float *o0 = c;
+    const float *a1 = rows > 1 ? a0 + lda : a0;
+    float *o1 = rows > 1 ? o0 + ldc : o0;
+    const float *a2 = rows > 2 ? a1 + lda : a1;
+    float *o2 = rows > 2 ? o1 + ldc : o1;
+    const float *a3 = rows > 3 ? a2 + lda : a2;
+    float *o3 = rows > 3 ? o2 + ldc : o2;
+    const float *a4 = rows > 4 ? a3 + lda : a3;
+    float *o4 = rows > 4 ? o3 + ldc : o3;
+    const float *a5 = rows > 5 ? a4 + lda : a4;
+    float *o5 = rows > 5 ? o4 + ldc : o4;
+    const float *a6 = rows > 6 ? a5 + lda : a5;
+    float *o6 = rows > 6 ? o5 + ldc : o5;
+    __m512 c00 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(), c20 = _mm512_setzero_ps(), c30 = _mm512_setzero_ps(), c40 = _mm512_setzero_ps(), c50 = _mm512_setzero_ps(), c60 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps();
+    for (int p = 0; p < k; p++) {
+        const __m512 b0 = _mm512_loadu_ps(b + 32 * (size_t)p);
+        const __m512 b1 = _mm512_loadu_ps(b + 32 * (size_t)p + 16);
+        __m512 x;
+        x = _mm512_set1_ps(a0[p]);
+        c00 = _mm512_fmadd_ps(x, b0, c00);
+        c01 = _mm512_fmadd_ps(x, b1, c01);
+        x = _mm512_set1_ps(a1[p]);
+        c10 = _mm512_fmadd_ps(x, b0, c10);
+        c11 = _mm512_fmadd_ps(x, b1, c11);
+        x = _mm512_set1_ps(a2[p]);
+        c20 = _mm512_fmadd_ps(x, b0, c20);
+        c21 = _mm512_fmadd_ps(x, b1, c21);
+        x = _mm512_set1_ps(a3[p]);
+        c30 = _mm512_fmadd_ps(x, b0, c30);
+        c31 = _mm512_fmadd_ps(x, b1, c31);
+        x = _mm512_set1_ps(a4[p]);
+        c40 = _mm512_fmadd_ps(x, b0, c40);
+        c41 = _mm512_fmadd_ps(x, b1, c41);
+        x = _mm512_set1_ps(a5[p]);
+        c50 = _mm512_fmadd_ps(x, b0, c50);
+        c51 = _mm512_fmadd_ps(x, b1, c51);
+        x = _mm512_set1_ps(a6[p]);
+        c60 = _mm512_fmadd_ps(x, b0, c60);
+        c61 = _mm512_fmadd_ps(x, b1, c61);
+    }
+    const __m512 lo = _mm512_set1_ps(low), hi = _mm512_set1_ps(high);
+    const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+    const __m512 bias1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
+    const __mmask16 mask1 = (__mmask16)(cols >= 32 ? 0xffffu : (1u << (cols - 16)) - 1);
+    _mm512_storeu_ps(o0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c00, bias0))));
+    _mm512_mask_storeu_ps(o0 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c01, bias1))));
+    _mm512_storeu_ps(o1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c10, bias0))));
+    _mm512_mask_storeu_ps(o1 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c11, bias1))));
+    _mm512_storeu_ps(o2, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c20, bias0))));
+    _mm512_mask_storeu_ps(o2 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c21, bias1))));
+    _mm512_storeu_ps(o3, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c30, bias0))));
+    _mm512_mask_storeu_ps(o3 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c31, bias1))));
+    _mm512_storeu_ps(o4, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c40, bias0))));
+    _mm512_mask_storeu_ps(o4 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c41, bias1))));
+    _mm512_storeu_ps(o5, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c50, bias0))));
+    _mm512_mask_storeu_ps(o5 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c51, bias1))));
+    _mm512_storeu_ps(o6, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c60, bias0))));
+    _mm512_mask_storeu_ps(o6 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c61, bias1))));
+}
+
+__attribute__((target("avx512f"))) static void edge_tile_avx512_16x7(const float *a, size_t lda, int rows, const float *b,
+                                                                           int k, const float *bias, float low, float high, float *c,
+                                                                           size_t ldc, int cols) {
+    const float *a0 = a;
+    float *o0 = c;
+    const float *a1 = rows > 1 ? a0 + lda : a0;
+    float *o1 = rows > 1 ? o0 + ldc : o0;
+    const float *a2 = rows > 2 ? a1 + lda : a1;
+    float *o2 = rows > 2 ? o1 + ldc : o1;
+    const float *a3 = rows > 3 ? a2 + lda : a2;
+    float *o3 = rows > 3 ? o2 + ldc : o2;
+    const float *a4 = rows > 4 ? a3 + lda : a3;
+    float *o4 = rows > 4 ? o3 + ldc : o3;
+    const float *a5 = rows > 5 ? a4 + lda : a4;
+    float *o5 = rows > 5 ? o4 + ldc : o4;
+    const float *a6 = rows > 6 ? a5 + lda : a5;
+    float *o6 = rows > 6 ? o5 + ldc : o5;
+    __m512 c00 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(), c20 = _mm512_setzero_ps(), c30 = _mm512_setzero_ps(), c40 = _mm512_setzero_ps(), c50 = _mm512_setzero_ps(), c60 = _mm512_setzero_ps();
+    for (int p = 0; p < k; p++) {
+        const __m512 b0 = _mm512_loadu_ps(b + 32 * (size_t)p);
+        __m512 x;
+        x = _mm512_set1_ps(a0[p]);
+        c00 = _mm512_fmadd_ps(x, b0, c00);
+        x = _mm512_set1_ps(a1[p]);
+        c10 = _mm512_fmadd_ps(x, b0, c10);
+        x = _mm512_set1_ps(a2[p]);
+        c20 = _mm512_fmadd_ps(x, b0, c20);
+        x = _mm512_set1_ps(a3[p]);
+        c30 = _mm512_fmadd_ps(x, b0, c30);
+        x = _mm512_set1_ps(a4[p]);
+        c40 = _mm512_fmadd_ps(x, b0, c40);
+        x = _mm512_set1_ps(a5[p]);
+        c50 = _mm512_fmadd_ps(x, b0, c50);
+        x = _mm512_set1_ps(a6[p]);
+        c60 = _mm512_fmadd_ps(x, b0, c60);
+    }
+    const __m512 lo = _mm512_set1_ps(low), hi = _mm512_set1_ps(high);
+    const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+    const __mmask16 mask0 = (__mmask16)(cols >= 16 ? 0xffffu : (1u << cols) - 1);
+    _mm512_mask_storeu_ps(o0, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c00, bias0))));
+    _mm512_mask_storeu_ps(o1, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c10, bias0))));
+    _mm512_mask_storeu_ps(o2, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c20, bias0))));
+    _mm512_mask_storeu_ps(o3, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c30, bias0))));
+    _mm512_mask_storeu_ps(o4, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c40, bias0))));
+    _mm512_mask_storeu_ps(o5, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c50, bias0))));
+    _mm512_mask_storeu_ps(o6, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c60, bias0))));
+}
+
+typedef void (*edge_tile_fn)(const float *a, size_t lda, int rows, const float *b, int k, const float *bias,
+                             float low, float high, float *c, size_t ldc, int cols);
 
 __attribute__((target("avx2,fma"))) static void tile_avx2(const float *a, size_t lda, const float *b, int k,
                                                           const float *bias, float low, float high, float *c,
@@ -290,8 +470,8 @@ static void sgemm_task(void *context, int index) {
 /* sgemm_task for AVX-512: every tile, whole or at an edge, in one call without a copy. */
 static void sgemm_task_avx512(void *context, int index) {
     const sgemm_job *job = (const sgemm_job *)context;
-    const int k = job->k, n = job->n, m = job->m;
-    const int row_blocks = (m + 7) / 8, panels = (n + 31) / 32;
+    const int k = job->k, n = job->n, m = job->m, mr = job->kernel.mr;
+    const int row_blocks = (m + mr - 1) / mr, panels = (n + 31) / 32;
     const int first = index * job->blocks_per_task;
     const int last = first + job->blocks_per_task < row_blocks ? first + job->blocks_per_task : row_blocks;
     const int row_major = (size_t)panels * k * 32 * sizeof(float) <= ROW_MAJOR_MAX_PACKED_BYTES;
@@ -299,13 +479,14 @@ static void sgemm_task_avx512(void *context, int index) {
     for (int i = 0; i < outer; i++)
         for (int j = 0; j < inner; j++) {
             const int block = first + (row_major ? i : j), q = row_major ? j : i;
-            const int row0 = block * 8, rows = m - row0 < 8 ? m - row0 : 8;
+            const int row0 = block * mr, rows = m - row0 < mr ? m - row0 : mr;
             const int col0 = q * 32, cols = n - col0 < 32 ? n - col0 : 32;
             const float *panel = job->packed + (size_t)q * k * 32;
             const float *bias = job->bias ? job->bias + col0 : NULL;
-            (cols > 16 ? edge_tile_avx512_32 : edge_tile_avx512_16)(job->a + (size_t)row0 * job->lda, job->lda, rows,
-                                                                    panel, k, bias, job->low, job->high,
-                                                                    job->c + (size_t)row0 * n + col0, (size_t)n, cols);
+            const edge_tile_fn tile = mr == 8 ? (cols > 16 ? edge_tile_avx512_32x8 : edge_tile_avx512_16x8)
+                                              : (cols > 16 ? edge_tile_avx512_32x7 : edge_tile_avx512_16x7);
+            tile(job->a + (size_t)row0 * job->lda, job->lda, rows, panel, k, bias, job->low, job->high,
+                 job->c + (size_t)row0 * n + col0, (size_t)n, cols);
         }
 }
 #endif
@@ -316,6 +497,9 @@ int edgeq_sgemm(int isa, int m, int k, int n, const float *a, size_t lda, const 
                 float low, float high, float *c, int threads) {
     if (!edgeq_isa_supported(isa) || m < 0 || k < 1 || n < 1) return -1;
     sgemm_job job = {kernel_for(isa), m, k, n, a, lda, packed, bias, low, high, c, 1};
+#if defined(EDGEQ_X86)
+    if (job.kernel.tile == tile_avx512 && m % 8 && m % 7 == 0) job.kernel.mr = 7; /* no repeated rows */
+#endif
     const int row_blocks = (m + job.kernel.mr - 1) / job.kernel.mr;
     if ((long long)m * k * n < PARALLEL_MIN_MACS || threads < 1) threads = 1;
     if (threads > row_blocks) threads = row_blocks > 0 ? row_blocks : 1;
