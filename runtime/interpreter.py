@@ -249,7 +249,7 @@ class Interpreter:
         return fused, positions
 
     def _fold_pointwise_into_depthwise(self, steps, positions):
-        """(steps, positions) with every float 1x1 CONV_2D step whose output only a 3x3 DEPTHWISE_CONV_2D
+        """(steps, positions) with every float CONV_2D step whose output only a 3x3 DEPTHWISE_CONV_2D
         step reads run together with it as one kernel (kernels/pointwise_depthwise.py), where it
         qualifies, and with the 1x1 CONV_2D that alone reads the depthwise's output if there is one:
         the tensors between them never exist during invoke."""
@@ -278,6 +278,11 @@ class Interpreter:
             conv = graph.ops[positions[i]]
             if conv.type != "CONV_2D" or self._index[conv.outputs[0]] != middle:
                 continue
+            if self._index[conv.inputs[0]] != steps[i][1][0]:  # a PAD before it, folded into its step
+                pad = made_by.get(conv.inputs[0])
+                conv = None if pad is None else _conv_with_folded_pad(pad, conv, graph)
+                if conv is None or self._index[conv.inputs[0]] != steps[i][1][0]:
+                    continue
             if self._index[depthwise.inputs[0]] != middle:  # a PAD in between, folded into the step
                 pad = made_by.get(depthwise.inputs[0])
                 depthwise = None if pad is None else _conv_with_folded_pad(pad, depthwise, graph)

@@ -27,18 +27,20 @@ def fused_kernels(monkeypatch):
 
 
 def expand_then_depthwise(x_shape, expanded, stride, padding, pad_op=False, also_output_middle=False, seed=0,
-                          project=None, also_output_y=False):
-    """x -> 1x1 CONV_2D (RELU6) -> [PAD ->] 3x3 DEPTHWISE_CONV_2D (RELU6) -> y [-> 1x1 CONV_2D to
-    ``project`` channels, no activation -> z], as in MobileNetV2."""
+                          project=None, also_output_y=False, first=(1, 1, "SAME")):
+    """x -> CONV_2D (``first`` = (kernel size, stride, padding); RELU6) -> [PAD ->] 3x3 DEPTHWISE_CONV_2D
+    (RELU6) -> y [-> 1x1 CONV_2D to ``project`` channels, no activation -> z], as in MobileNetV2."""
     rng = np.random.default_rng(seed)
-    n, h, w, in_c = x_shape
+    n, x_h, x_w, in_c = x_shape
+    k, first_stride, first_padding = first
+    h, w = output_size(first_padding, x_h, k, first_stride), output_size(first_padding, x_w, k, first_stride)
     g = Graph()
     g.add_tensor(Tensor("x", x_shape, np.float32))
     g.add_tensor(Tensor("middle", (n, h, w, expanded), np.float32))
-    conv_inputs = ["x", g.add_constant("cw", rng.standard_normal((expanded, 1, 1, in_c)).astype(np.float32)),
+    conv_inputs = ["x", g.add_constant("cw", rng.standard_normal((expanded, k, k, in_c)).astype(np.float32)),
                    g.add_constant("cb", rng.standard_normal(expanded).astype(np.float32))]
-    g.add_op(Op("CONV_2D", conv_inputs, ["middle"], {"padding": "SAME", "stride_h": 1, "stride_w": 1,
-                                                      "fused_activation_function": "RELU6"}))
+    g.add_op(Op("CONV_2D", conv_inputs, ["middle"], {"padding": first_padding, "stride_h": first_stride,
+                                                      "stride_w": first_stride, "fused_activation_function": "RELU6"}))
     depthwise_input = "middle"
     if pad_op:  # TFLite's form of a stride-2 SAME depthwise: PAD, then VALID
         depthwise_input = "padded"
@@ -175,3 +177,27 @@ def test_expand_depthwise_and_project_on_two_threads_give_what_one_gives(fused_k
     one = Interpreter.from_graph(graph, num_threads=1).run(inputs)["z"]
     two = Interpreter.from_graph(graph, num_threads=2).run(inputs)["z"]
     assert np.array_equal(one, two)
+
+
+@pytest.mark.parametrize("k, stride, padding", [(3, 2, "SAME"), (3, 1, "VALID"), (5, 2, "VALID")])
+def test_a_first_convolution_wider_than_1x1_is_fused_through_rows_of_im2col(fused_kernels, monkeypatch, k, stride,
+                                                                          padding):
+    # MobileNetV2's stem: a 3x3 stride-2 convolution of the image, then a depthwise and a 1x1 projection.
+    graph, inputs = expand_then_depthwise((2, 23, 19, 3), 32, 1, "SAME", project=16, first=(k, stride, padding),
+                                          seed=k + stride)
+    interpreter = Interpreter.from_graph(graph)
+    assert fused_steps(interpreter) == 1 and len(interpreter._invoke_steps) == 1
+    assert_close_to_numpy(interpreter.run(inputs)["z"], numpy_path(graph, inputs, monkeypatch)["z"])
+
+
+def test_a_pad_folded_into_the_first_convolution_is_fused_too(fused_kernels, monkeypatch):
+    # TFLite's MobileNetV2 stem: PAD the image, then a 3x3 stride-2 VALID convolution.
+    # 23 x 23 padded to 24 x 24 gives the 11 x 11 of the unpadded 23 x 23 VALID convolution built here.
+    graph, inputs = expand_then_depthwise((1, 23, 23, 3), 32, 1, "SAME", project=16, first=(3, 2, "VALID"))
+    graph.add_tensor(Tensor("padded_x", (1, 24, 24, 3), np.float32))
+    paddings = graph.add_constant("x_paddings", np.array([[0, 0], [0, 1], [0, 1], [0, 0]], np.int32))
+    graph.ops[0].inputs[0] = "padded_x"
+    graph.ops.insert(0, Op("PAD", ["x", paddings], ["padded_x"], {}))
+    interpreter = Interpreter.from_graph(graph)
+    assert fused_steps(interpreter) == 1 and len(interpreter._invoke_steps) == 1
+    assert_close_to_numpy(interpreter.run(inputs)["z"], numpy_path(graph, inputs, monkeypatch)["z"])

@@ -1,8 +1,9 @@
-"""A float 1x1 CONV_2D whose only reader is a 3x3 DEPTHWISE_CONV_2D, and the 1x1 CONV_2D that is the
-depthwise's only reader if there is one (MobileNetV2's expand, depthwise and project), run as one
-native kernel: the first convolution's output rows are made three at a time, just before the
-depthwise reads them, and each depthwise output row goes straight into the last convolution, so the
-tensors between them (MobileNetV2's largest) are never written to memory and read back. The
+"""A float CONV_2D (1x1, or any other through im2col) whose only reader is a 3x3 DEPTHWISE_CONV_2D, and
+the 1x1 CONV_2D that is the depthwise's only reader if there is one (MobileNetV2's expand, depthwise and
+project), run as one native kernel: the first convolution's output rows are made as the depthwise
+needs them, three at most kept, and each depthwise output row goes straight into the last
+convolution, so the tensors between them (MobileNetV2's largest) are never written to memory and read
+back. The
 interpreter fuses such ops at invoke (``Interpreter._fold_pointwise_into_depthwise``); the values are
 those of the native kernels run one after the other.
 """
@@ -21,18 +22,22 @@ from edgeq.runtime.kernels.depthwise_conv import _padding
 from edgeq.runtime.native import GeometryPerBatch
 
 
-def pointwise_operands(conv, graph):
-    """(geometry, (isa, packed weights, padded bias, bounds)) of a float 1x1 CONV_2D, stride 1, unpadded,
-    with a clamp activation, that the native GEMM runs; None for any other."""
+def is_pointwise(g) -> bool:
+    """A 1x1 convolution, stride 1, unpadded: a GEMM over the input's pixels as they are."""
+    return (g.k_h == g.k_w == 1 and g.stride_h == g.stride_w == 1 and g.pad_top == g.pad_left == 0
+            and (g.out_h, g.out_w) == (g.in_h, g.in_w))
+
+
+def gemm_operands(conv, graph):
+    """(geometry, (isa, packed weights, padded bias, bounds)) of a float CONV_2D with a clamp activation
+    whose GEMM the native kernel runs; None for any other."""
     if any(graph[name].dtype != np.float32 for name in conv.inputs[:2]):
         return None
     g = _geometry(conv, graph)
-    pointwise = (g.k_h == g.k_w == 1 and g.stride_h == g.stride_w == 1 and g.pad_top == g.pad_left == 0
-                 and (g.out_h, g.out_w) == (g.in_h, g.in_w))
     bounds = float_activation_bounds(conv)
-    if not pointwise or bounds is None or g.in_c * g.out_c > SMALL_GEMM_WEIGHTS:
+    if bounds is None or g.k_h * g.k_w * g.in_c * g.out_c > SMALL_GEMM_WEIGHTS:
         return None
-    weights = constant_input(conv, graph, 1, "filter").astype(np.float32).reshape(g.out_c, g.in_c)
+    weights = constant_input(conv, graph, 1, "filter").astype(np.float32).reshape(g.out_c, -1)
     prepared = native_float._packed_gemm_operands(weights, _bias(conv, graph, g.out_c), bounds)
     return None if prepared is None else (g, prepared)
 
@@ -40,21 +45,29 @@ def pointwise_operands(conv, graph):
 def prepare_pointwise_then_depthwise(conv, depthwise, graph, project=None):
     """evaluate(x) -> the depthwise's output (or ``project``'s, when given) for ``conv``'s input x, or
     None where the ops do not qualify: all float32 with constant weights and a clamp activation; the
-    convolutions 1x1, stride 1, unpadded, on the native GEMM; the depthwise 3x3, multiplier 1, no
-    dilation."""
+    convolutions on the native GEMM, ``project`` 1x1, stride 1, unpadded, ``conv`` that or any other
+    without dilation (MobileNetV2's first); the depthwise 3x3, multiplier 1, no dilation."""
     if native.isa() is None or isa_of_native_gemm() is None:
         return None
-    expand = pointwise_operands(conv, graph)
+    expand = gemm_operands(conv, graph)
     if expand is None or graph[depthwise.inputs[1]].dtype != np.float32:
         return None
     g, (isa, packed, conv_bias, conv_bounds) = expand
+    first = None
+    if not is_pointwise(g):  # MobileNetV2's first convolution: 3x3, stride 2, through a row of im2col
+        if g.dil_h != 1 or g.dil_w != 1:
+            return None
+        first = GeometryPerBatch(
+            in_h=g.in_h, in_w=g.in_w, in_c=g.in_c, out_h=g.out_h, out_w=g.out_w, out_c=g.out_c, k_h=g.k_h,
+            k_w=g.k_w, stride_h=g.stride_h, stride_w=g.stride_w, dil_h=1, dil_w=1, pad_top=g.pad_top,
+            pad_left=g.pad_left, input_zero_point=0)
     bounds = float_activation_bounds(depthwise)
     if bounds is None:
         return None
     project_operands = None
     if project is not None:
-        projected = pointwise_operands(project, graph)
-        if projected is None or projected[0].in_c != g.out_c:
+        projected = gemm_operands(project, graph)
+        if projected is None or not is_pointwise(projected[0]) or projected[0].in_c != g.out_c:
             return None
         project_g, (_, project_packed, project_bias, project_bounds) = projected
         project_operands = (project_packed, project_g.out_c, project_bias, project_bounds)
@@ -78,16 +91,17 @@ def prepare_pointwise_then_depthwise(conv, depthwise, graph, project=None):
     outputs = OutputBuffers((out_h, out_w, out_c), np.float32)
     run = native.pointwise_depthwise_f32_caller(isa, g.in_c, packed, conv_bias, conv_bounds,
                                                 np.ascontiguousarray(filters[0]), bias, bounds, project_operands)
-    by_reference = {}  # batch size -> ctypes.byref(its geometry), made once
+    by_reference = {}  # batch size -> ctypes.byref of its geometries, made once
 
     def conv_2d_then_depthwise_native(x):
         n = x.shape[0]
-        geometry = by_reference.get(n)
-        if geometry is None:
-            geometry = by_reference[n] = ctypes.byref(geometries.get(n))
+        references = by_reference.get(n)
+        if references is None:
+            references = by_reference[n] = (ctypes.byref(geometries.get(n)),
+                                            None if first is None else ctypes.byref(first.get(n)))
         if x.dtype != np.float32 or not x.flags.c_contiguous:
             x = np.ascontiguousarray(x, dtype=np.float32)
-        return run(geometry, x, outputs.get(n))
+        return run(references[0], references[1], x, outputs.get(n))
 
     return conv_2d_then_depthwise_native
 

@@ -111,7 +111,7 @@ def _open_library():
                                     ctypes.c_float, ctypes.c_float, pointer, int32]),
             ("edgeq_conv_f32", int32, [int32, pointer, pointer, pointer, pointer, ctypes.c_float, ctypes.c_float,
                                        pointer, int32]),
-            ("edgeq_pointwise_depthwise_f32", int32, [int32, pointer, int32, pointer, pointer, pointer, ctypes.c_float,
+            ("edgeq_pointwise_depthwise_f32", int32, [int32, pointer, pointer, int32, pointer, pointer, pointer, ctypes.c_float,
                                                       ctypes.c_float, pointer, pointer, ctypes.c_float, ctypes.c_float,
                                                       pointer, pointer, int32])):
         function = getattr(library, name, None)
@@ -463,10 +463,11 @@ def conv_f32_caller(isa_name: str, packed: np.ndarray, bias, low: float, high: f
 
 def pointwise_depthwise_f32_caller(isa_name: str, in_c: int, packed: np.ndarray, conv_bias, conv_bounds, filters,
                                    bias, bounds, project=None):
-    """A float 1x1 CONV_2D (weights packed by ``sgemm_pack``, bias None or padded) feeding a 3x3
+    """A float CONV_2D (weights packed by ``sgemm_pack``, bias None or padded) feeding a 3x3
     DEPTHWISE_CONV_2D (filters [3, 3, C], bias None or [C]), each with its clamp, and optionally the
     depthwise feeding a 1x1 CONV_2D ``project`` = (packed, out channels, bias, bounds), without the
-    tensors between them: call(depthwise geometry by reference, x, out) -> out."""
+    tensors between them: call(depthwise geometry, first convolution's geometry or None for a 1x1, x, out)
+    -> out, geometries by reference; ``in_c`` is x's channels."""
     function, code = _library.edgeq_pointwise_depthwise_f32, ISA_CODES[isa_name]
     addresses = [None if a is None else a.ctypes.data for a in (packed, conv_bias, filters, bias)]
     conv_low, conv_high = (ctypes.c_float(v) for v in conv_bounds)
@@ -480,8 +481,8 @@ def pointwise_depthwise_f32_caller(isa_name: str, in_c: int, packed: np.ndarray,
         project_stage.arrays = (project_packed, project_bias)
     project_address = None if project_stage is None else ctypes.addressof(project_stage)
 
-    def call(geometry, x, out, _keep=(packed, conv_bias, filters, bias, project_stage)):
-        if function(code, geometry, in_c, _address(x), addresses[0], addresses[1], conv_low, conv_high, addresses[2],
+    def call(geometry, first, x, out, _keep=(packed, conv_bias, filters, bias, project_stage)):
+        if function(code, geometry, first, in_c, _address(x), addresses[0], addresses[1], conv_low, conv_high, addresses[2],
                     addresses[3], low, high, project_address, _address(out), _threads):
             raise NativeError("native float 1x1 + depthwise convolution failed")
         return out

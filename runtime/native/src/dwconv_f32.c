@@ -480,15 +480,17 @@ int edgeq_depthwise_f32(int isa, const edgeq_conv_geometry *g, int depth_multipl
     return 0;
 }
 
-/* -- a 1x1 CONV_2D straight into a 3x3 DEPTHWISE_CONV_2D ------------------------------------------- */
+/* -- a CONV_2D straight into a 3x3 DEPTHWISE_CONV_2D (and on into a 1x1 CONV_2D) ------------------- */
 
 typedef struct {
     depthwise_f32_job depthwise; /* g: the depthwise's geometry; x, out: unset (per image) */
-    int isa, in_c;               /* in_c: the 1x1 convolution's input channels */
+    int isa, depth;              /* depth: the first convolution's GEMM depth (in_c for a 1x1) */
+    const edgeq_conv_geometry *first; /* NULL for a 1x1 first convolution, else its geometry (im2col) */
     const float *x, *packed, *conv_bias;
     float conv_low, conv_high;
     const edgeq_pointwise_f32 *project; /* NULL, or a 1x1 convolution of the depthwise's output rows */
-    float *out, *rings; /* rings: 3 expanded rows per task, and a depthwise row if there is a project */
+    float *out, *rings; /* per task: 3 expanded rows, a depthwise row if there is a project, and a row
+                         * of patches if the first convolution is not 1x1 */
     int rows_per_task;
 } pointwise_depthwise_job;
 
@@ -498,8 +500,10 @@ static void pointwise_depthwise_task(void *context, int index) {
     const pointwise_depthwise_job *job = (const pointwise_depthwise_job *)context;
     const edgeq_conv_geometry *g = job->depthwise.g;
     const size_t row_floats = (size_t)g->in_w * g->in_c;
-    const size_t out_row_floats = (size_t)g->out_w * g->out_c;
-    float *ring = job->rings + (size_t)index * (3 * row_floats + (job->project ? out_row_floats : 0));
+    const size_t out_row_floats = (size_t)g->out_w * g->out_c, patch_floats = (size_t)g->in_w * job->depth;
+    float *ring = job->rings + (size_t)index * (3 * row_floats + (job->project ? out_row_floats : 0) +
+                                                (job->first ? patch_floats : 0));
+    float *patches = ring + 3 * row_floats + (job->project ? out_row_floats : 0);
     const float *slots[3] = {ring, ring + row_floats, ring + 2 * row_floats};
     const int first = index * job->rows_per_task;
     const int last = first + job->rows_per_task < g->out_h ? first + job->rows_per_task : g->out_h;
@@ -509,7 +513,7 @@ static void pointwise_depthwise_task(void *context, int index) {
     const edgeq_pointwise_f32 *project = job->project;
     if (project) depthwise.row_out = ring + 3 * row_floats;
     for (int n = 0; n < g->batch; n++) {
-        const float *image = job->x + (size_t)n * g->in_h * g->in_w * job->in_c;
+        const float *image = job->x + (size_t)n * g->in_h * g->in_w * job->depth; /* a 1x1's input */
         depthwise.out = job->out + (size_t)n * g->out_h * g->out_w * g->out_c;
         int made = -1; /* the last input row made for this image and task */
         for (int oy = first; oy < last; oy++) {
@@ -517,8 +521,14 @@ static void pointwise_depthwise_task(void *context, int index) {
             for (int iy = top < 0 ? 0 : top; iy <= top + 2 && iy < g->in_h; iy++) {
                 if (iy <= made && made - iy < 3) continue; /* still in the ring */
                 float *slot = (float *)slots[iy % 3];
-                edgeq_sgemm(job->isa, g->in_w, job->in_c, g->in_c, image + (size_t)iy * g->in_w * job->in_c,
-                            (size_t)job->in_c, job->packed, job->conv_bias, job->conv_low, job->conv_high, slot, 1);
+                const float *a = image + (size_t)iy * g->in_w * job->depth;
+                if (job->first) {
+                    edgeq_im2col_rows_f32(job->first, job->x, 0.0f, ((size_t)n * g->in_h + iy) * g->in_w,
+                                          (size_t)g->in_w, patches);
+                    a = patches;
+                }
+                edgeq_sgemm(job->isa, g->in_w, job->depth, g->in_c, a, (size_t)job->depth, job->packed,
+                            job->conv_bias, job->conv_low, job->conv_high, slot, 1);
                 input_rows[iy] = slot;
                 made = iy;
             }
@@ -531,24 +541,29 @@ static void pointwise_depthwise_task(void *context, int index) {
     }
 }
 
-int edgeq_pointwise_depthwise_f32(int isa, const edgeq_conv_geometry *g, int in_c, const float *x,
-                                  const float *packed, const float *conv_bias, float conv_low, float conv_high,
-                                  const float *filters, const float *bias, float low, float high,
-                                  const edgeq_pointwise_f32 *project, float *out, int threads) {
+int edgeq_pointwise_depthwise_f32(int isa, const edgeq_conv_geometry *g, const edgeq_conv_geometry *first,
+                                  int in_c, const float *x, const float *packed, const float *conv_bias,
+                                  float conv_low, float conv_high, const float *filters, const float *bias, float low,
+                                  float high, const edgeq_pointwise_f32 *project, float *out, int threads) {
     if (!edgeq_isa_supported(isa) || g->k_h != 3 || g->k_w != 3 || g->dil_h != 1 || g->dil_w != 1 ||
         g->stride_h < 1 || g->stride_h > 3 || g->in_h > EDGEQ_FUSED_MAX_ROWS || g->out_c != g->in_c || in_c < 1)
         return -1;
+    if (first && (first->batch != g->batch || first->out_h != g->in_h || first->out_w != g->in_w ||
+                  first->out_c != g->in_c || first->in_c != in_c))
+        return -1;
+    const int depth = first ? first->k_h * first->k_w * in_c : in_c;
     const int level = edgeq_float_level(isa);
     pointwise_depthwise_job job = {
         {g, 1, NULL, filters, bias, low, high, block_for(level), row3x3_for(level, g->out_c), NULL, NULL, NULL},
-        isa, in_c, x, packed, conv_bias, conv_low, conv_high, project, out, NULL, 0};
+        isa, depth, first, x, packed, conv_bias, conv_low, conv_high, project, out, NULL, 0};
     if (project && project->n < 1) return -1;
-    const long long macs = (long long)g->out_h * g->out_w * g->out_c * (9 + in_c + (project ? project->n : 0));
+    const long long macs = (long long)g->out_h * g->out_w * g->out_c * (9 + depth + (project ? project->n : 0));
     if (macs < PARALLEL_MIN_MACS || threads < 1) threads = 1;
     if (threads > g->out_h) threads = g->out_h > 0 ? g->out_h : 1;
     job.rows_per_task = (g->out_h + threads - 1) / threads;
     const int tasks = job.rows_per_task ? (g->out_h + job.rows_per_task - 1) / job.rows_per_task : 0;
-    const size_t per_task = 3 * (size_t)g->in_w * g->in_c + (project ? (size_t)g->out_w * g->out_c : 0);
+    const size_t per_task = 3 * (size_t)g->in_w * g->in_c + (project ? (size_t)g->out_w * g->out_c : 0) +
+                            (first ? (size_t)g->in_w * depth : 0);
     job.rings = (float *)malloc(sizeof(float) * per_task * (tasks > 0 ? tasks : 1));
     if (!job.rings) return -2;
     edgeq_parallel_for(tasks, threads, pointwise_depthwise_task, &job);

@@ -156,18 +156,18 @@ typedef struct {
     float low, high;
 } edgeq_pointwise_f32;
 
-/* dwconv_f32.c: a float 1x1 CONV_2D (x [batch][in_h][in_w][in_c], weights packed as for edgeq_sgemm, bias
- * or NULL, clamp) feeding a 3x3 DEPTHWISE_CONV_2D of geometry g (multiplier 1, no dilation, stride 1-3),
- * and, if `project` is not NULL, the depthwise feeding that 1x1 CONV_2D (out then has project->n
- * channels): the first convolution's output rows are made three at a time, just before the depthwise
- * reads them, and each depthwise output row goes straight into `project`, so the tensors between the
- * ops never exist. */
+/* dwconv_f32.c: a float CONV_2D (x [batch][..][..][in_c]: a 1x1 one when `first` is NULL, else one of
+ * geometry `first`, through im2col; weights packed as for edgeq_sgemm, bias or NULL, clamp) feeding a
+ * 3x3 DEPTHWISE_CONV_2D of geometry g (multiplier 1, no dilation, stride 1-3), and, if `project` is not
+ * NULL, the depthwise feeding that 1x1 CONV_2D (out then has project->n channels): the first
+ * convolution's output rows are made as the depthwise needs them, three at most kept, and each depthwise
+ * output row goes straight into `project`, so the tensors between the ops never exist. */
 #define EDGEQ_FUSED_MAX_ROWS 4096
-EDGEQ_API int edgeq_pointwise_depthwise_f32(int isa, const edgeq_conv_geometry *g, int in_c, const float *x,
-                                            const float *packed, const float *conv_bias, float conv_low,
-                                            float conv_high, const float *filters, const float *bias, float low,
-                                            float high, const edgeq_pointwise_f32 *project, float *out,
-                                            int threads);
+EDGEQ_API int edgeq_pointwise_depthwise_f32(int isa, const edgeq_conv_geometry *g, const edgeq_conv_geometry *first,
+                                            int in_c, const float *x, const float *packed, const float *conv_bias,
+                                            float conv_low, float conv_high, const float *filters,
+                                            const float *bias, float low, float high,
+                                            const edgeq_pointwise_f32 *project, float *out, int threads);
 
 /* pool.c: float32 max (average = 0) or average (1) pool, int8 average pool (scratch: in_c int32), and
  * the float32 im2col of a convolution ([batch * out_h * out_w][k_h * k_w * in_c], fill on padding). */
