@@ -129,7 +129,7 @@ class Interpreter:
                 self._fused_steps, self._fused_ops = self._steps, list(range(len(self._steps)))
             else:
                 self._fused_steps, self._fused_ops = self._fold_max_pool_islands(
-                    *self._fold_pads(self._steps), islands)
+                    *self._fold_pointwise_into_depthwise(*self._fold_pads(self._steps)), islands)
             self._readable = sorted(i for i in self._keep_for_invoke()
                                     if self._tensors[i].data is None and i not in self._input_indices)
             self._invoke_steps = self._with_releases(self._keep_for_invoke(), self._fused_steps)
@@ -321,6 +321,68 @@ class Interpreter:
         _, conv_inputs, conv_outputs = steps[conv_position]
         return {dequantize_position: (dequantize_evaluate, (self._index[pad.inputs[0]],), dequantize_outputs),
                 conv_position: (evaluate, conv_inputs, conv_outputs)}
+
+    def _fold_pointwise_into_depthwise(self, steps, positions):
+        """(steps, positions) with every float CONV_2D step whose output only a 3x3 DEPTHWISE_CONV_2D
+        step reads run together with it as one kernel (kernels/pointwise_depthwise.py), where it
+        qualifies, and with the 1x1 CONV_2D that alone reads the depthwise's output if there is one:
+        the tensors between them never exist during invoke."""
+        from edgeq.runtime.kernels.pointwise_depthwise import isa_of_native_gemm, prepare_pointwise_then_depthwise
+
+        if isa_of_native_gemm() is None:
+            return steps, positions
+        graph = self._graph
+        readers, producer = {}, {}
+        for j, (_, inputs, outputs) in enumerate(steps):
+            for i in set(inputs):
+                readers.setdefault(i, []).append(j)
+            if not isinstance(outputs, tuple):
+                producer[outputs] = j
+        boundary = set(self._output_indices) | set(self._input_indices)
+        made_by = {name: op for op in graph.ops for name in op.outputs}
+        replaced, skipped = {}, set()
+        for j, (_, inputs, outputs) in enumerate(steps):
+            depthwise = graph.ops[positions[j]]
+            if depthwise.type != "DEPTHWISE_CONV_2D" or not inputs:
+                continue
+            middle = inputs[0]
+            i = producer.get(middle)
+            if i is None or i in replaced or middle in boundary or readers.get(middle) != [j]:
+                continue  # (a convolution already fused as the last of three is not the first of more)
+            conv = graph.ops[positions[i]]
+            if conv.type != "CONV_2D" or self._index[conv.outputs[0]] != middle:
+                continue
+            if self._index[conv.inputs[0]] != steps[i][1][0]:  # a PAD before it, folded into its step
+                pad = made_by.get(conv.inputs[0])
+                conv = None if pad is None else _conv_with_folded_pad(pad, conv, graph)
+                if conv is None or self._index[conv.inputs[0]] != steps[i][1][0]:
+                    continue
+            if self._index[depthwise.inputs[0]] != middle:  # a PAD in between, folded into the step
+                pad = made_by.get(depthwise.inputs[0])
+                depthwise = None if pad is None else _conv_with_folded_pad(pad, depthwise, graph)
+                if depthwise is None or self._index[depthwise.inputs[0]] != middle:
+                    continue
+            # The 1x1 CONV_2D that is the depthwise's only reader, if there is one, joins them.
+            k = None if isinstance(outputs, tuple) or outputs in boundary else readers.get(outputs, [None])
+            k = k[0] if k is not None and len(k) == 1 else None
+            project = graph.ops[positions[k]] if k is not None else None
+            if project is not None and (project.type != "CONV_2D" or steps[k][1][0] != outputs):
+                k = project = None
+            for last, last_op in ((k, project), (j, None)) if k is not None else ((j, None),):
+                try:  # the ops as written still run; fusing is only a shortcut
+                    evaluate = prepare_pointwise_then_depthwise(conv, depthwise, graph, last_op)
+                except Exception:
+                    evaluate = None
+                if evaluate is not None:
+                    replaced[last] = (evaluate, (steps[i][1][0],), steps[last][2])
+                    skipped.update({i, j} - {last})
+                    break
+        fused, kept = [], []
+        for j, (step, position) in enumerate(zip(steps, positions)):
+            if j not in skipped:
+                fused.append(replaced.get(j, step))
+                kept.append(position)
+        return fused, kept
 
     def _keep_for_invoke(self) -> set:
         if self._preserve_all_tensors:

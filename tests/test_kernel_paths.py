@@ -259,6 +259,17 @@ def test_depthwise_conv_2d_float_every_channel_block_and_tail(native_variant, mo
     assert_equal_on_both_paths(graph, inputs, monkeypatch, rtol=FMA_RTOL)
 
 
+@pytest.mark.parametrize("stride, dilation, padding", list(itertools.product([1, 2], [1, 2], ["SAME", "VALID"])))
+@pytest.mark.parametrize("channels", [37, 83])
+def test_depthwise_conv_2d_float_3x3_rows_longer_than_a_pixel_tile(native_variant, monkeypatch, stride, dilation,
+                                                                   padding, channels):
+    # 3x3 filters run in tiles of pixels along a row: 45 columns make several tiles and a partial one;
+    # 37 channels (blocks inside a pixel tile) and 83 (pixel by pixel), each whole blocks and a tail.
+    graph, inputs = float_depthwise_graph((2, 11, 45, channels), 3, stride, dilation, padding, 1, "RELU6",
+                                          seed=stride)
+    assert_equal_on_both_paths(graph, inputs, monkeypatch, rtol=FMA_RTOL)
+
+
 def test_depthwise_conv_2d_float_without_bias(native_variant, monkeypatch):
     graph, inputs = float_depthwise_graph((1, 7, 7, 16), 3, 1, 1, "SAME", 1, "RELU", bias=False)
     assert_equal_on_both_paths(graph, inputs, monkeypatch, rtol=FMA_RTOL)
@@ -336,6 +347,12 @@ def test_pointwise_conv_2d_float_bias_and_activation(native_variant, monkeypatch
 def test_pointwise_conv_2d_float_every_tile_and_tail(native_variant, monkeypatch, in_c, out_c):
     # 7 x 9 = 63 pixels: a partial row tile for every micro-kernel height (4, 6, 8).
     graph, inputs = pointwise_conv_graph((1, 7, 9, in_c), out_c, "RELU6", seed=in_c * 100 + out_c)
+    assert_equal_on_both_paths(graph, inputs, monkeypatch, rtol=FMA_RTOL)
+
+
+def test_pointwise_conv_2d_float_with_weights_too_large_to_run_row_block_by_row_block(native_variant, monkeypatch):
+    # Past 512 KiB of packed weights the GEMM runs panel by panel instead of row block by row block.
+    graph, inputs = pointwise_conv_graph((1, 7, 9, 1200), 120, "RELU6")
     assert_equal_on_both_paths(graph, inputs, monkeypatch, rtol=FMA_RTOL)
 
 
@@ -432,20 +449,45 @@ def test_fully_connected_int8(kernel_path, params, per_channel):
 
 @pytest.mark.parametrize("k, stride, dilation, padding", list(itertools.product([3, 7], [1, 2], [1, 2], ["SAME", "VALID"])))
 def test_conv_2d_float_im2col_and_gemm(native_variant, monkeypatch, k, stride, dilation, padding):
-    rng = np.random.default_rng(11)
-    x_shape, out_c = (2, 15, 14, 3), 6  # the widest filter (7, dilation 2) spans 13
+    # the widest filter (7, dilation 2) spans 13
+    g, inputs = float_conv_graph((2, 15, 14, 3), 6, k, stride, dilation, padding)
+    assert_equal_on_both_paths(g, inputs, monkeypatch, rtol=FMA_RTOL)
+
+
+def float_conv_graph(x_shape, out_c, k, stride, dilation, padding, seed=11):
+    rng = np.random.default_rng(seed)
+    n, h, w, in_c = x_shape
     g = Graph()
     g.add_tensor(Tensor("x", x_shape, np.float32))
-    names = ["x", g.add_constant("w", rng.standard_normal((out_c, k, k, 3)).astype(np.float32)),
+    names = ["x", g.add_constant("w", rng.standard_normal((out_c, k, k, in_c)).astype(np.float32)),
              g.add_constant("b", rng.standard_normal(out_c).astype(np.float32))]
-    y_shape = (2, output_size(padding, 15, k, stride, dilation), output_size(padding, 14, k, stride, dilation),
-               out_c)
+    y_shape = (n, output_size(padding, h, k, stride, dilation), output_size(padding, w, k, stride, dilation), out_c)
     g.add_tensor(Tensor("y", y_shape, np.float32))
     g.add_op(Op("CONV_2D", names, ["y"], {"padding": padding, "stride_h": stride, "stride_w": stride,
                                            "dilation_h_factor": dilation, "dilation_w_factor": dilation,
                                            "fused_activation_function": "RELU"}))
     g.inputs, g.outputs = ["x"], ["y"]
-    assert_equal_on_both_paths(g, [rng.standard_normal(x_shape).astype(np.float32)], monkeypatch, rtol=FMA_RTOL)
+    return g, [rng.standard_normal(x_shape).astype(np.float32)]
+
+
+@pytest.mark.parametrize("stride, padding", list(itertools.product([1, 2], ["SAME", "VALID"])))
+def test_conv_2d_float_im2col_a_band_of_pixels_at_a_time(native_variant, monkeypatch, stride, padding):
+    # Patches of 3 * 3 * 8 floats: bands of 336 output pixels, so 2 x 40 x 36 pixels make several bands
+    # (one crossing from the first image into the second) and a partial last one.
+    g, inputs = float_conv_graph((2, 40, 36, 8), 40, 3, stride, 1, padding, seed=stride)
+    assert_equal_on_both_paths(g, inputs, monkeypatch, rtol=FMA_RTOL)
+
+
+def test_float_conv_2d_3x3_takes_the_native_banded_im2col_with_avx512(monkeypatch):
+    if "avx512vnni" not in native.supported_isas():
+        pytest.skip("needs AVX-512")
+    from edgeq.runtime.kernels import REGISTRY, load_all_kernels
+
+    load_all_kernels()
+    monkeypatch.setattr(native, "ENABLED", True)
+    monkeypatch.setattr(native, "_isa", "avx512vnni")
+    graph, _ = float_conv_graph((1, 9, 9, 16), 24, 3, 1, 1, "SAME")
+    assert REGISTRY["CONV_2D"](graph.ops[0], graph).__name__ == "conv_2d_banded_native"
 
 
 @pytest.mark.parametrize("out_dtype, q_out", [(np.int8, (0.0123, -128)), (np.uint8, (0.1, 128)),

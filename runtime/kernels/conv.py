@@ -85,14 +85,18 @@ def _prepare_float(op, graph):
     # The native GEMM packs its own copy of the weights: only for layers small enough that the copy
     # costs little (the same budget as BLAS's contiguous copies).
     native_gemm = None
+    patches = _pointwise_patches(g, np.float32)
     if weights.size <= SMALL_GEMM_WEIGHTS:
+        if patches is None:  # im2col, a band of pixels at a time inside the native kernel
+            native_conv = native_float.conv(g, filters, bias, float_activation_bounds(op))
+            if native_conv is not None:
+                return native_conv
         native_gemm = native_float.gemm(filters.reshape(out_c, -1), bias, float_activation_bounds(op))
     if native_gemm is None and out_h * out_w <= SMALL_GEMM_ROWS and weights.size <= SMALL_GEMM_WEIGHTS:
         weights = np.ascontiguousarray(weights)
     epilogue = _float_epilogue(bias, op)
     patch = k_h * k_w * in_c
     chunk = max(1, IM2COL_BUDGET_BYTES // (out_h * out_w * patch * 4))
-    patches = _pointwise_patches(g, np.float32)
     if patches is None:
         patches = _im2col_for(g, 0.0, np.float32)
     outputs = OutputBuffers((out_h * out_w, out_c), np.float32)

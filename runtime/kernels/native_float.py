@@ -6,6 +6,8 @@ The float results equal numpy's up to the rounding of fused multiply-adds; the p
 """
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 
 from edgeq.runtime import native
@@ -43,13 +45,19 @@ def prepare_depthwise(in_shape, filters, bias, options, out_h, out_w, pad_top, p
         stride_h=options.get("stride_h", 1), stride_w=options.get("stride_w", 1),
         dil_h=options.get("dilation_h_factor", 1), dil_w=options.get("dilation_w_factor", 1),
         pad_top=pad_top, pad_left=pad_left, input_zero_point=0)
-    multiplier, (low, high) = out_c // in_c, bounds
+    low, high = bounds
     outputs = OutputBuffers((out_h, out_w, out_c), np.float32)
-    depthwise = native.depthwise_f32
+    depthwise = native.depthwise_f32_caller(isa, out_c // in_c, taps, bias, low, high)
+    by_reference = {}  # batch size -> ctypes.byref(its geometry), made once
 
     def depthwise_conv_2d_native(x, _filters=None, _bias=None):
         n = x.shape[0]
-        return depthwise(isa, geometries.get(n), multiplier, _float32(x), taps, bias, low, high, outputs.get(n))
+        geometry = by_reference.get(n)
+        if geometry is None:
+            geometry = by_reference[n] = ctypes.byref(geometries.get(n))
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            x = _float32(x)
+        return depthwise(geometry, x, outputs.get(n))
 
     return depthwise_conv_2d_native
 
@@ -130,11 +138,36 @@ def im2col(g, fill):
 NATIVE_GEMM_MAX_DEPTH = {"avx512vnni": None, "avxvnni": 32, "avx2": 32}
 
 
-def gemm(weights, bias, bounds):
-    """gemm(a [rows, depth] float32, out [rows, channels] float32) -> out = clamp(a . weights^T + bias)
-    for ``weights`` [channels, depth], on the native micro-kernel where it beats BLAS; None elsewhere (or
-    when the activation is not a clamp). The packed weights are a copy: callers keep to layers whose
-    weights they would copy anyway, or small ones."""
+def conv(g, filters, bias, bounds):
+    """conv(x float32 [N, H, W, C]) -> [N, OH, OW, out_c] = clamp(CONV_2D + bias) for conv.ConvGeometry ``g``,
+    ``filters`` [out_c, KH, KW, C]: im2col and the native GEMM a band of output pixels at a time, so the
+    patches never fill more than L2. None where the native GEMM does not run (see ``gemm``)."""
+    prepared = _packed_gemm_operands(filters.reshape(filters.shape[0], -1), bias, bounds)
+    if prepared is None:
+        return None
+    isa, packed, bias, (low, high) = prepared
+    geometries = GeometryPerBatch(
+        in_h=g.in_h, in_w=g.in_w, in_c=g.in_c, out_h=g.out_h, out_w=g.out_w, out_c=g.out_c, k_h=g.k_h, k_w=g.k_w,
+        stride_h=g.stride_h, stride_w=g.stride_w, dil_h=g.dil_h, dil_w=g.dil_w, pad_top=g.pad_top,
+        pad_left=g.pad_left, input_zero_point=0)
+    outputs = OutputBuffers((g.out_h, g.out_w, g.out_c), np.float32)
+    run = native.conv_f32_caller(isa, packed, bias, low, high)
+    by_reference = {}  # batch size -> ctypes.byref(its geometry), made once
+
+    def conv_2d_banded_native(x, _filters=None, _bias=None):
+        n = x.shape[0]
+        geometry = by_reference.get(n)
+        if geometry is None:
+            geometry = by_reference[n] = ctypes.byref(geometries.get(n))
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            x = _float32(x)
+        return run(geometry, x, outputs.get(n))
+
+    return conv_2d_banded_native
+
+
+def _packed_gemm_operands(weights, bias, bounds):
+    """(isa, packed weights, padded bias, bounds) for the native GEMM, or None where it does not run."""
     isa = native.isa()
     if isa is None or bounds is None or isa not in NATIVE_GEMM_MAX_DEPTH:
         return None
@@ -147,12 +180,23 @@ def gemm(weights, bias, bounds):
         padded = np.zeros(-(-channels // native.SGEMM_BIAS_MULTIPLE) * native.SGEMM_BIAS_MULTIPLE, np.float32)
         padded[:channels] = bias
         bias = padded
-    low, high = bounds
-    run = native.sgemm
+    return isa, packed, bias, bounds
+
+
+def gemm(weights, bias, bounds):
+    """gemm(a [rows, depth] float32, out [rows, channels] float32) -> out = clamp(a . weights^T + bias)
+    for ``weights`` [channels, depth], on the native micro-kernel where it beats BLAS; None elsewhere (or
+    when the activation is not a clamp). The packed weights are a copy: callers keep to layers whose
+    weights they would copy anyway, or small ones."""
+    prepared = _packed_gemm_operands(weights, bias, bounds)
+    if prepared is None:
+        return None
+    isa, packed, bias, (low, high) = prepared
+    run = native.sgemm_caller(isa, packed, weights.shape[0], bias, low, high)
 
     def gemm_native(a, out):
         if a.strides[-1] != 4 or a.dtype != np.float32:
             a = np.ascontiguousarray(a, dtype=np.float32)
-        return run(isa, a, packed, channels, bias, low, high, out)
+        return run(a, out)
 
     return gemm_native

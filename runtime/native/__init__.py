@@ -50,6 +50,12 @@ class ConvGeometry(ctypes.Structure):
         "dil_h", "dil_w", "pad_top", "pad_left", "input_zero_point")]
 
 
+class PointwiseF32(ctypes.Structure):
+    """native.h's edgeq_pointwise_f32; the arrays it points to are kept alive by ``arrays``."""
+    _fields_ = [("n", ctypes.c_int32), ("packed", ctypes.c_void_p), ("bias", ctypes.c_void_p),
+                ("low", ctypes.c_float), ("high", ctypes.c_float)]
+
+
 class AddParams(ctypes.Structure):
     """native.h's edgeq_add_params."""
     _fields_ = [(name, ctypes.c_int32) for name in (
@@ -105,7 +111,12 @@ def _open_library():
                                     ctypes.c_float, ctypes.c_float, pointer, int32]),
             ("edgeq_softmax_int8", None, [size, size, pointer, pointer, pointer, int32, pointer]),
             ("edgeq_mean_int8", None, [int32, size, size, size, pointer] + [int32] * 7 + [pointer, pointer]),
-            ("edgeq_concat", None, [size, int32, pointer, pointer, pointer])):
+            ("edgeq_concat", None, [size, int32, pointer, pointer, pointer]),
+            ("edgeq_conv_f32", int32, [int32, pointer, pointer, pointer, pointer, ctypes.c_float, ctypes.c_float,
+                                       pointer, int32]),
+            ("edgeq_pointwise_depthwise_f32", int32, [int32, pointer, pointer, int32, pointer, pointer, pointer, ctypes.c_float,
+                                                      ctypes.c_float, pointer, pointer, ctypes.c_float, ctypes.c_float,
+                                                      pointer, pointer, int32])):
         function = getattr(library, name, None)
         if function is None:
             return None, f"the extension is out of date (no {name}); reinstall edgeq to rebuild it"
@@ -418,6 +429,84 @@ def sgemm_pack(isa_name: str, weights: np.ndarray) -> np.ndarray:
     packed = raw[offset:offset + count * 4].view(np.float32)
     _library.edgeq_sgemm_pack(ISA_CODES[isa_name], k, n, weights.ctypes.data, packed.ctypes.data)
     return packed
+
+
+def sgemm_caller(isa_name: str, packed: np.ndarray, n: int, bias, low: float, high: float):
+    """``sgemm`` with everything but ``a`` and ``out`` bound once: call(a, out) -> out. Made in prepare,
+    so a call converts only the two arrays (a kernel's fixed cost matters on small layers)."""
+    function, code = _library.edgeq_sgemm, ISA_CODES[isa_name]
+    packed_address = packed.ctypes.data
+    bias_address = None if bias is None else bias.ctypes.data
+    low, high = ctypes.c_float(low), ctypes.c_float(high)
+
+    def call(a, out, _keep=(packed, bias)):
+        if function(code, a.shape[0], a.shape[1], n, _address(a), a.strides[0] >> 2, packed_address, bias_address,
+                    low, high, _address(out), _threads):
+            raise NativeError("native float GEMM failed")
+        return out
+
+    return call
+
+
+def conv_f32_caller(isa_name: str, packed: np.ndarray, bias, low: float, high: float):
+    """A float CONV_2D as im2col + GEMM a band of pixels at a time (weights packed by ``sgemm_pack``, bias
+    None or padded): call(geometry, x, out) -> out [batch, out_h, out_w, out_c], geometry by reference."""
+    function, code = _library.edgeq_conv_f32, ISA_CODES[isa_name]
+    packed_address = packed.ctypes.data
+    bias_address = None if bias is None else bias.ctypes.data
+    low, high = ctypes.c_float(low), ctypes.c_float(high)
+
+    def call(geometry, x, out, _keep=(packed, bias)):
+        if function(code, geometry, _address(x), packed_address, bias_address, low, high, _address(out), _threads):
+            raise NativeError("native float convolution failed")
+        return out
+
+    return call
+
+
+def pointwise_depthwise_f32_caller(isa_name: str, in_c: int, packed: np.ndarray, conv_bias, conv_bounds, filters,
+                                   bias, bounds, project=None):
+    """A float CONV_2D (weights packed by ``sgemm_pack``, bias None or padded) feeding a 3x3
+    DEPTHWISE_CONV_2D (filters [3, 3, C], bias None or [C]), each with its clamp, and optionally the
+    depthwise feeding a 1x1 CONV_2D ``project`` = (packed, out channels, bias, bounds), without the
+    tensors between them: call(depthwise geometry, first convolution's geometry or None for a 1x1, x, out)
+    -> out, geometries by reference; ``in_c`` is x's channels."""
+    function, code = _library.edgeq_pointwise_depthwise_f32, ISA_CODES[isa_name]
+    addresses = [None if a is None else a.ctypes.data for a in (packed, conv_bias, filters, bias)]
+    conv_low, conv_high = (ctypes.c_float(v) for v in conv_bounds)
+    low, high = (ctypes.c_float(v) for v in bounds)
+    project_stage = None
+    if project is not None:
+        project_packed, channels, project_bias, (project_low, project_high) = project
+        project_stage = PointwiseF32(channels, project_packed.ctypes.data,
+                                     None if project_bias is None else project_bias.ctypes.data, project_low,
+                                     project_high)
+        project_stage.arrays = (project_packed, project_bias)
+    project_address = None if project_stage is None else ctypes.addressof(project_stage)
+
+    def call(geometry, first, x, out, _keep=(packed, conv_bias, filters, bias, project_stage)):
+        if function(code, geometry, first, in_c, _address(x), addresses[0], addresses[1], conv_low, conv_high, addresses[2],
+                    addresses[3], low, high, project_address, _address(out), _threads):
+            raise NativeError("native float 1x1 + depthwise convolution failed")
+        return out
+
+    return call
+
+
+def depthwise_f32_caller(isa_name: str, depth_multiplier: int, filters: np.ndarray, bias, low: float, high: float):
+    """``depthwise_f32`` with the filters, bias and clamp bound once: call(geometry, x, out) -> out."""
+    function, code = _library.edgeq_depthwise_f32, ISA_CODES[isa_name]
+    filters_address = filters.ctypes.data
+    bias_address = None if bias is None else bias.ctypes.data
+    low, high = ctypes.c_float(low), ctypes.c_float(high)
+
+    def call(geometry, x, out, _keep=(filters, bias)):
+        if function(code, geometry, depth_multiplier, _address(x), filters_address, bias_address, low, high,
+                    _address(out), _threads):
+            raise NativeError("native float depthwise convolution failed")
+        return out
+
+    return call
 
 
 def sgemm(isa_name: str, a: np.ndarray, packed: np.ndarray, n: int, bias, low: float, high: float,

@@ -135,6 +135,11 @@ EDGEQ_API int edgeq_sgemm_panel_width(int isa);
 EDGEQ_API void edgeq_sgemm_pack(int isa, int k, int n, const float *w, float *packed);
 EDGEQ_API int edgeq_sgemm(int isa, int m, int k, int n, const float *a, size_t lda, const float *packed,
                           const float *bias, float low, float high, float *c, int threads);
+/* sgemm.c: a float CONV_2D as im2col + GEMM, a band of output pixels at a time, so the patches never
+ * take more than a band (in L2): out [batch * out_h * out_w][out_c] = clamp(patches . w^T + bias), w
+ * packed as for edgeq_sgemm with k = k_h * k_w * in_c; padding taps are zero. */
+EDGEQ_API int edgeq_conv_f32(int isa, const edgeq_conv_geometry *g, const float *x, const float *packed,
+                             const float *bias, float low, float high, float *out, int threads);
 
 /* dwconv_f32.c: float32 depthwise convolution, filters [k_h][k_w][out_c], with the bias (or NULL) and
  * the fused activation as a clamp to [low, high]; the bias + clamp pass over a GEMM's [rows][channels]. */
@@ -143,6 +148,26 @@ EDGEQ_API int edgeq_depthwise_f32(int isa, const edgeq_conv_geometry *g, int dep
                                   int threads);
 EDGEQ_API void edgeq_bias_activation_f32(int isa, float *out, size_t rows, int channels, const float *bias,
                                          float low, float high);
+/* A float 1x1 CONV_2D as a GEMM: weights packed as for edgeq_sgemm into n output channels, bias NULL or
+ * padded, the clamp. */
+typedef struct {
+    int32_t n;
+    const float *packed, *bias;
+    float low, high;
+} edgeq_pointwise_f32;
+
+/* dwconv_f32.c: a float CONV_2D (x [batch][..][..][in_c]: a 1x1 one when `first` is NULL, else one of
+ * geometry `first`, through im2col; weights packed as for edgeq_sgemm, bias or NULL, clamp) feeding a
+ * 3x3 DEPTHWISE_CONV_2D of geometry g (multiplier 1, no dilation, stride 1-3), and, if `project` is not
+ * NULL, the depthwise feeding that 1x1 CONV_2D (out then has project->n channels): the first
+ * convolution's output rows are made as the depthwise needs them, three at most kept, and each depthwise
+ * output row goes straight into `project`, so the tensors between the ops never exist. */
+#define EDGEQ_FUSED_MAX_ROWS 4096
+EDGEQ_API int edgeq_pointwise_depthwise_f32(int isa, const edgeq_conv_geometry *g, const edgeq_conv_geometry *first,
+                                            int in_c, const float *x, const float *packed, const float *conv_bias,
+                                            float conv_low, float conv_high, const float *filters,
+                                            const float *bias, float low, float high,
+                                            const edgeq_pointwise_f32 *project, float *out, int threads);
 
 /* pool.c: float32 max (average = 0) or average (1) pool, int8 average pool (scratch: in_c int32), and
  * the float32 im2col of a convolution ([batch * out_h * out_w][k_h * k_w * in_c], fill on padding). */
@@ -151,6 +176,9 @@ EDGEQ_API void edgeq_pool_f32(int isa, int average, const edgeq_conv_geometry *g
 EDGEQ_API void edgeq_average_pool_int8(int isa, const edgeq_conv_geometry *g, const int8_t *x, int32_t low,
                                        int32_t high, int32_t *scratch, int8_t *out);
 EDGEQ_API void edgeq_im2col_f32(const edgeq_conv_geometry *g, const float *x, float fill, float *columns);
+/* The same for the output pixels [first, first + count) only, into columns [count][patch]. */
+void edgeq_im2col_rows_f32(const edgeq_conv_geometry *g, const float *x, float fill, size_t first, size_t count,
+                           float *columns);
 
 /* softmax_int8.c: int8 SOFTMAX of rows [rows][depth] through the 256-entry Q0.31 exponential and Q12.19
  * sum-term tables of softmax.py, int8 (output_bits 8) or int16 (16) out; depth <= 4096. */

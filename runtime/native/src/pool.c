@@ -178,27 +178,43 @@ void edgeq_average_pool_int8(int isa, const edgeq_conv_geometry *g, const int8_t
     }
 }
 
-/* columns[(n, oy, ox)][(ky, kx, c)] = x[n, iy, ix, c], or `fill` where the tap falls on padding. */
-void edgeq_im2col_f32(const edgeq_conv_geometry *g, const float *x, float fill, float *columns) {
+/* columns[r - first][(ky, kx, c)] = x[n, iy, ix, c] for the output pixels r = (n, oy, ox) in
+ * [first, first + count), or `fill` where the tap falls on padding. */
+void edgeq_im2col_rows_f32(const edgeq_conv_geometry *g, const float *x, float fill, size_t first, size_t count,
+                           float *columns) {
     const int in_c = g->in_c;
-    const size_t patch = (size_t)g->k_h * g->k_w * in_c;
-    for (int n = 0; n < g->batch; n++) {
+    const size_t patch = (size_t)g->k_h * g->k_w * in_c, pixels = (size_t)g->out_h * g->out_w;
+    /* Without dilation, a filter row whose taps are all inside the input is k_w * in_c consecutive
+     * floats of the input row: one copy instead of k_w bounds checks and copies. */
+    const int span = g->k_w * in_c, contiguous = g->dil_w == 1;
+    for (size_t r = first; r < first + count; r++) {
+        const int n = (int)(r / pixels), oy = (int)(r % pixels / g->out_w), ox = (int)(r % g->out_w);
         const float *image = x + (size_t)n * g->in_h * g->in_w * in_c;
-        for (int oy = 0; oy < g->out_h; oy++)
-            for (int ox = 0; ox < g->out_w; ox++) {
-                float *row = columns + (((size_t)n * g->out_h + oy) * g->out_w + ox) * patch;
-                for (int ky = 0; ky < g->k_h; ky++) {
-                    const int iy = oy * g->stride_h - g->pad_top + ky * g->dil_h;
-                    for (int kx = 0; kx < g->k_w; kx++, row += in_c) {
-                        const int ix = ox * g->stride_w - g->pad_left + kx * g->dil_w;
-                        if (iy < 0 || iy >= g->in_h || ix < 0 || ix >= g->in_w) {
-                            for (int c = 0; c < in_c; c++) row[c] = fill;
-                        } else {
-                            const float *src = image + ((size_t)iy * g->in_w + ix) * in_c;
-                            for (int c = 0; c < in_c; c++) row[c] = src[c];
-                        }
-                    }
+        float *row = columns + (r - first) * patch;
+        const int left = ox * g->stride_w - g->pad_left;
+        const int row_inside = contiguous && left >= 0 && left + g->k_w <= g->in_w;
+        for (int ky = 0; ky < g->k_h; ky++) {
+            const int iy = oy * g->stride_h - g->pad_top + ky * g->dil_h;
+            if (row_inside && iy >= 0 && iy < g->in_h) {
+                const float *src = image + ((size_t)iy * g->in_w + left) * in_c;
+                for (int j = 0; j < span; j++) row[j] = src[j];
+                row += span;
+                continue;
+            }
+            for (int kx = 0; kx < g->k_w; kx++, row += in_c) {
+                const int ix = ox * g->stride_w - g->pad_left + kx * g->dil_w;
+                if (iy < 0 || iy >= g->in_h || ix < 0 || ix >= g->in_w) {
+                    for (int c = 0; c < in_c; c++) row[c] = fill;
+                } else {
+                    const float *src = image + ((size_t)iy * g->in_w + ix) * in_c;
+                    for (int c = 0; c < in_c; c++) row[c] = src[c];
                 }
             }
+        }
     }
+}
+
+/* columns[(n, oy, ox)][(ky, kx, c)] = x[n, iy, ix, c], or `fill` where the tap falls on padding. */
+void edgeq_im2col_f32(const edgeq_conv_geometry *g, const float *x, float fill, float *columns) {
+    edgeq_im2col_rows_f32(g, x, fill, 0, (size_t)g->batch * g->out_h * g->out_w, columns);
 }

@@ -4,8 +4,11 @@
  * W [N][K] is packed once (prepare) into panels of NR columns, [N/NR][K][NR], zero-padded to whole
  * panels, so the micro-kernel reads NR consecutive weights per depth step. Each variant has one
  * register-blocked micro-kernel of MR rows x NR columns (AVX-512 8 x 32, AVX2 + FMA 6 x 16, NEON 8 x 8,
- * portable C 4 x 16); partial tiles go through a zero-padded copy. Work is split over threads by row
- * blocks; inside a block, the loop runs panel by panel so a panel stays in cache across its rows. */
+ * portable C 4 x 16); partial tiles go through a zero-padded copy, except with AVX-512, whose edge
+ * tiles repeat a row and mask their stores instead. Work is split over threads by row blocks; inside a
+ * block, the loop runs panel by panel so a panel stays in cache across its rows, or, with AVX-512 and
+ * packed weights that fit in L2, row block by row block so each output row is written whole. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "native.h"
@@ -78,6 +81,251 @@ __attribute__((target("avx512f"))) static void tile_avx512(const float *a, size_
     SGEMM_STORE(7)
 #undef SGEMM_STORE
 }
+
+/* The AVX-512 tiles for any edge, of 8 or 7 rows (7 where a GEMM's rows are a multiple of 7 and not
+ * of 8, as every row of MobileNetV2's 112, 56, 28, 14 and 7 pixel wide layers is): `rows` <= the tile's
+ * height (missing rows repeat the last one, which is computed and stored twice over itself) and `cols`
+ * <= 32 columns (masked stores; at most 16 columns skip the second half's multiply-adds). Whole tiles go
+ * through the same code, so there is no copy out of a buffer. Written out by row, as the whole-tile
+ * kernels above are. */
+__attribute__((target("avx512f"))) static void edge_tile_avx512_32x8(const float *a, size_t lda, int rows, const float *b,
+                                                                           int k, const float *bias, float low, float high, float *c,
+                                                                           size_t ldc, int cols) {
+    const float *a0 = a;
+    float *o0 = c;
+    const float *a1 = rows > 1 ? a0 + lda : a0;
+    float *o1 = rows > 1 ? o0 + ldc : o0;
+    const float *a2 = rows > 2 ? a1 + lda : a1;
+    float *o2 = rows > 2 ? o1 + ldc : o1;
+    const float *a3 = rows > 3 ? a2 + lda : a2;
+    float *o3 = rows > 3 ? o2 + ldc : o2;
+    const float *a4 = rows > 4 ? a3 + lda : a3;
+    float *o4 = rows > 4 ? o3 + ldc : o3;
+    const float *a5 = rows > 5 ? a4 + lda : a4;
+    float *o5 = rows > 5 ? o4 + ldc : o4;
+    const float *a6 = rows > 6 ? a5 + lda : a5;
+    float *o6 = rows > 6 ? o5 + ldc : o5;
+    const float *a7 = rows > 7 ? a6 + lda : a6;
+    float *o7 = rows > 7 ? o6 + ldc : o6;
+    __m512 c00 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(), c20 = _mm512_setzero_ps(), c30 = _mm512_setzero_ps(), c40 = _mm512_setzero_ps(), c50 = _mm512_setzero_ps(), c60 = _mm512_setzero_ps(), c70 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps();
+    for (int p = 0; p < k; p++) {
+        const __m512 b0 = _mm512_loadu_ps(b + 32 * (size_t)p);
+        const __m512 b1 = _mm512_loadu_ps(b + 32 * (size_t)p + 16);
+        __m512 x;
+        x = _mm512_set1_ps(a0[p]);
+        c00 = _mm512_fmadd_ps(x, b0, c00);
+        c01 = _mm512_fmadd_ps(x, b1, c01);
+        x = _mm512_set1_ps(a1[p]);
+        c10 = _mm512_fmadd_ps(x, b0, c10);
+        c11 = _mm512_fmadd_ps(x, b1, c11);
+        x = _mm512_set1_ps(a2[p]);
+        c20 = _mm512_fmadd_ps(x, b0, c20);
+        c21 = _mm512_fmadd_ps(x, b1, c21);
+        x = _mm512_set1_ps(a3[p]);
+        c30 = _mm512_fmadd_ps(x, b0, c30);
+        c31 = _mm512_fmadd_ps(x, b1, c31);
+        x = _mm512_set1_ps(a4[p]);
+        c40 = _mm512_fmadd_ps(x, b0, c40);
+        c41 = _mm512_fmadd_ps(x, b1, c41);
+        x = _mm512_set1_ps(a5[p]);
+        c50 = _mm512_fmadd_ps(x, b0, c50);
+        c51 = _mm512_fmadd_ps(x, b1, c51);
+        x = _mm512_set1_ps(a6[p]);
+        c60 = _mm512_fmadd_ps(x, b0, c60);
+        c61 = _mm512_fmadd_ps(x, b1, c61);
+        x = _mm512_set1_ps(a7[p]);
+        c70 = _mm512_fmadd_ps(x, b0, c70);
+        c71 = _mm512_fmadd_ps(x, b1, c71);
+    }
+    const __m512 lo = _mm512_set1_ps(low), hi = _mm512_set1_ps(high);
+    const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+    const __m512 bias1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
+    const __mmask16 mask1 = (__mmask16)(cols >= 32 ? 0xffffu : (1u << (cols - 16)) - 1);
+    _mm512_storeu_ps(o0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c00, bias0))));
+    _mm512_mask_storeu_ps(o0 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c01, bias1))));
+    _mm512_storeu_ps(o1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c10, bias0))));
+    _mm512_mask_storeu_ps(o1 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c11, bias1))));
+    _mm512_storeu_ps(o2, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c20, bias0))));
+    _mm512_mask_storeu_ps(o2 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c21, bias1))));
+    _mm512_storeu_ps(o3, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c30, bias0))));
+    _mm512_mask_storeu_ps(o3 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c31, bias1))));
+    _mm512_storeu_ps(o4, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c40, bias0))));
+    _mm512_mask_storeu_ps(o4 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c41, bias1))));
+    _mm512_storeu_ps(o5, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c50, bias0))));
+    _mm512_mask_storeu_ps(o5 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c51, bias1))));
+    _mm512_storeu_ps(o6, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c60, bias0))));
+    _mm512_mask_storeu_ps(o6 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c61, bias1))));
+    _mm512_storeu_ps(o7, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c70, bias0))));
+    _mm512_mask_storeu_ps(o7 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c71, bias1))));
+}
+
+__attribute__((target("avx512f"))) static void edge_tile_avx512_16x8(const float *a, size_t lda, int rows, const float *b,
+                                                                           int k, const float *bias, float low, float high, float *c,
+                                                                           size_t ldc, int cols) {
+    const float *a0 = a;
+    float *o0 = c;
+    const float *a1 = rows > 1 ? a0 + lda : a0;
+    float *o1 = rows > 1 ? o0 + ldc : o0;
+    const float *a2 = rows > 2 ? a1 + lda : a1;
+    float *o2 = rows > 2 ? o1 + ldc : o1;
+    const float *a3 = rows > 3 ? a2 + lda : a2;
+    float *o3 = rows > 3 ? o2 + ldc : o2;
+    const float *a4 = rows > 4 ? a3 + lda : a3;
+    float *o4 = rows > 4 ? o3 + ldc : o3;
+    const float *a5 = rows > 5 ? a4 + lda : a4;
+    float *o5 = rows > 5 ? o4 + ldc : o4;
+    const float *a6 = rows > 6 ? a5 + lda : a5;
+    float *o6 = rows > 6 ? o5 + ldc : o5;
+    const float *a7 = rows > 7 ? a6 + lda : a6;
+    float *o7 = rows > 7 ? o6 + ldc : o6;
+    __m512 c00 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(), c20 = _mm512_setzero_ps(), c30 = _mm512_setzero_ps(), c40 = _mm512_setzero_ps(), c50 = _mm512_setzero_ps(), c60 = _mm512_setzero_ps(), c70 = _mm512_setzero_ps();
+    for (int p = 0; p < k; p++) {
+        const __m512 b0 = _mm512_loadu_ps(b + 32 * (size_t)p);
+        __m512 x;
+        x = _mm512_set1_ps(a0[p]);
+        c00 = _mm512_fmadd_ps(x, b0, c00);
+        x = _mm512_set1_ps(a1[p]);
+        c10 = _mm512_fmadd_ps(x, b0, c10);
+        x = _mm512_set1_ps(a2[p]);
+        c20 = _mm512_fmadd_ps(x, b0, c20);
+        x = _mm512_set1_ps(a3[p]);
+        c30 = _mm512_fmadd_ps(x, b0, c30);
+        x = _mm512_set1_ps(a4[p]);
+        c40 = _mm512_fmadd_ps(x, b0, c40);
+        x = _mm512_set1_ps(a5[p]);
+        c50 = _mm512_fmadd_ps(x, b0, c50);
+        x = _mm512_set1_ps(a6[p]);
+        c60 = _mm512_fmadd_ps(x, b0, c60);
+        x = _mm512_set1_ps(a7[p]);
+        c70 = _mm512_fmadd_ps(x, b0, c70);
+    }
+    const __m512 lo = _mm512_set1_ps(low), hi = _mm512_set1_ps(high);
+    const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+    const __mmask16 mask0 = (__mmask16)(cols >= 16 ? 0xffffu : (1u << cols) - 1);
+    _mm512_mask_storeu_ps(o0, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c00, bias0))));
+    _mm512_mask_storeu_ps(o1, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c10, bias0))));
+    _mm512_mask_storeu_ps(o2, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c20, bias0))));
+    _mm512_mask_storeu_ps(o3, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c30, bias0))));
+    _mm512_mask_storeu_ps(o4, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c40, bias0))));
+    _mm512_mask_storeu_ps(o5, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c50, bias0))));
+    _mm512_mask_storeu_ps(o6, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c60, bias0))));
+    _mm512_mask_storeu_ps(o7, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c70, bias0))));
+}
+
+__attribute__((target("avx512f"))) static void edge_tile_avx512_32x7(const float *a, size_t lda, int rows, const float *b,
+                                                                           int k, const float *bias, float low, float high, float *c,
+                                                                           size_t ldc, int cols) {
+    const float *a0 = a;
+    float *o0 = c;
+    const float *a1 = rows > 1 ? a0 + lda : a0;
+    float *o1 = rows > 1 ? o0 + ldc : o0;
+    const float *a2 = rows > 2 ? a1 + lda : a1;
+    float *o2 = rows > 2 ? o1 + ldc : o1;
+    const float *a3 = rows > 3 ? a2 + lda : a2;
+    float *o3 = rows > 3 ? o2 + ldc : o2;
+    const float *a4 = rows > 4 ? a3 + lda : a3;
+    float *o4 = rows > 4 ? o3 + ldc : o3;
+    const float *a5 = rows > 5 ? a4 + lda : a4;
+    float *o5 = rows > 5 ? o4 + ldc : o4;
+    const float *a6 = rows > 6 ? a5 + lda : a5;
+    float *o6 = rows > 6 ? o5 + ldc : o5;
+    __m512 c00 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(), c20 = _mm512_setzero_ps(), c30 = _mm512_setzero_ps(), c40 = _mm512_setzero_ps(), c50 = _mm512_setzero_ps(), c60 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps();
+    for (int p = 0; p < k; p++) {
+        const __m512 b0 = _mm512_loadu_ps(b + 32 * (size_t)p);
+        const __m512 b1 = _mm512_loadu_ps(b + 32 * (size_t)p + 16);
+        __m512 x;
+        x = _mm512_set1_ps(a0[p]);
+        c00 = _mm512_fmadd_ps(x, b0, c00);
+        c01 = _mm512_fmadd_ps(x, b1, c01);
+        x = _mm512_set1_ps(a1[p]);
+        c10 = _mm512_fmadd_ps(x, b0, c10);
+        c11 = _mm512_fmadd_ps(x, b1, c11);
+        x = _mm512_set1_ps(a2[p]);
+        c20 = _mm512_fmadd_ps(x, b0, c20);
+        c21 = _mm512_fmadd_ps(x, b1, c21);
+        x = _mm512_set1_ps(a3[p]);
+        c30 = _mm512_fmadd_ps(x, b0, c30);
+        c31 = _mm512_fmadd_ps(x, b1, c31);
+        x = _mm512_set1_ps(a4[p]);
+        c40 = _mm512_fmadd_ps(x, b0, c40);
+        c41 = _mm512_fmadd_ps(x, b1, c41);
+        x = _mm512_set1_ps(a5[p]);
+        c50 = _mm512_fmadd_ps(x, b0, c50);
+        c51 = _mm512_fmadd_ps(x, b1, c51);
+        x = _mm512_set1_ps(a6[p]);
+        c60 = _mm512_fmadd_ps(x, b0, c60);
+        c61 = _mm512_fmadd_ps(x, b1, c61);
+    }
+    const __m512 lo = _mm512_set1_ps(low), hi = _mm512_set1_ps(high);
+    const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+    const __m512 bias1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
+    const __mmask16 mask1 = (__mmask16)(cols >= 32 ? 0xffffu : (1u << (cols - 16)) - 1);
+    _mm512_storeu_ps(o0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c00, bias0))));
+    _mm512_mask_storeu_ps(o0 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c01, bias1))));
+    _mm512_storeu_ps(o1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c10, bias0))));
+    _mm512_mask_storeu_ps(o1 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c11, bias1))));
+    _mm512_storeu_ps(o2, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c20, bias0))));
+    _mm512_mask_storeu_ps(o2 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c21, bias1))));
+    _mm512_storeu_ps(o3, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c30, bias0))));
+    _mm512_mask_storeu_ps(o3 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c31, bias1))));
+    _mm512_storeu_ps(o4, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c40, bias0))));
+    _mm512_mask_storeu_ps(o4 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c41, bias1))));
+    _mm512_storeu_ps(o5, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c50, bias0))));
+    _mm512_mask_storeu_ps(o5 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c51, bias1))));
+    _mm512_storeu_ps(o6, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c60, bias0))));
+    _mm512_mask_storeu_ps(o6 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c61, bias1))));
+}
+
+__attribute__((target("avx512f"))) static void edge_tile_avx512_16x7(const float *a, size_t lda, int rows, const float *b,
+                                                                           int k, const float *bias, float low, float high, float *c,
+                                                                           size_t ldc, int cols) {
+    const float *a0 = a;
+    float *o0 = c;
+    const float *a1 = rows > 1 ? a0 + lda : a0;
+    float *o1 = rows > 1 ? o0 + ldc : o0;
+    const float *a2 = rows > 2 ? a1 + lda : a1;
+    float *o2 = rows > 2 ? o1 + ldc : o1;
+    const float *a3 = rows > 3 ? a2 + lda : a2;
+    float *o3 = rows > 3 ? o2 + ldc : o2;
+    const float *a4 = rows > 4 ? a3 + lda : a3;
+    float *o4 = rows > 4 ? o3 + ldc : o3;
+    const float *a5 = rows > 5 ? a4 + lda : a4;
+    float *o5 = rows > 5 ? o4 + ldc : o4;
+    const float *a6 = rows > 6 ? a5 + lda : a5;
+    float *o6 = rows > 6 ? o5 + ldc : o5;
+    __m512 c00 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(), c20 = _mm512_setzero_ps(), c30 = _mm512_setzero_ps(), c40 = _mm512_setzero_ps(), c50 = _mm512_setzero_ps(), c60 = _mm512_setzero_ps();
+    for (int p = 0; p < k; p++) {
+        const __m512 b0 = _mm512_loadu_ps(b + 32 * (size_t)p);
+        __m512 x;
+        x = _mm512_set1_ps(a0[p]);
+        c00 = _mm512_fmadd_ps(x, b0, c00);
+        x = _mm512_set1_ps(a1[p]);
+        c10 = _mm512_fmadd_ps(x, b0, c10);
+        x = _mm512_set1_ps(a2[p]);
+        c20 = _mm512_fmadd_ps(x, b0, c20);
+        x = _mm512_set1_ps(a3[p]);
+        c30 = _mm512_fmadd_ps(x, b0, c30);
+        x = _mm512_set1_ps(a4[p]);
+        c40 = _mm512_fmadd_ps(x, b0, c40);
+        x = _mm512_set1_ps(a5[p]);
+        c50 = _mm512_fmadd_ps(x, b0, c50);
+        x = _mm512_set1_ps(a6[p]);
+        c60 = _mm512_fmadd_ps(x, b0, c60);
+    }
+    const __m512 lo = _mm512_set1_ps(low), hi = _mm512_set1_ps(high);
+    const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+    const __mmask16 mask0 = (__mmask16)(cols >= 16 ? 0xffffu : (1u << cols) - 1);
+    _mm512_mask_storeu_ps(o0, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c00, bias0))));
+    _mm512_mask_storeu_ps(o1, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c10, bias0))));
+    _mm512_mask_storeu_ps(o2, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c20, bias0))));
+    _mm512_mask_storeu_ps(o3, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c30, bias0))));
+    _mm512_mask_storeu_ps(o4, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c40, bias0))));
+    _mm512_mask_storeu_ps(o5, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c50, bias0))));
+    _mm512_mask_storeu_ps(o6, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c60, bias0))));
+}
+
+typedef void (*edge_tile_fn)(const float *a, size_t lda, int rows, const float *b, int k, const float *bias,
+                             float low, float high, float *c, size_t ldc, int cols);
 
 __attribute__((target("avx2,fma"))) static void tile_avx2(const float *a, size_t lda, const float *b, int k,
                                                           const float *bias, float low, float high, float *c,
@@ -214,17 +462,113 @@ static void sgemm_task(void *context, int index) {
     }
 }
 
+/* Packed weights up to this size stay in L2 while a row block runs across all its panels, so each
+ * output row is written whole before the next; larger ones run panel by panel. */
+#define ROW_MAJOR_MAX_PACKED_BYTES (512 * 1024)
+
+#if defined(EDGEQ_X86)
+/* sgemm_task for AVX-512: every tile, whole or at an edge, in one call without a copy. */
+static void sgemm_task_avx512(void *context, int index) {
+    const sgemm_job *job = (const sgemm_job *)context;
+    const int k = job->k, n = job->n, m = job->m, mr = job->kernel.mr;
+    const int row_blocks = (m + mr - 1) / mr, panels = (n + 31) / 32;
+    const int first = index * job->blocks_per_task;
+    const int last = first + job->blocks_per_task < row_blocks ? first + job->blocks_per_task : row_blocks;
+    const int row_major = (size_t)panels * k * 32 * sizeof(float) <= ROW_MAJOR_MAX_PACKED_BYTES;
+    const int outer = row_major ? last - first : panels, inner = row_major ? panels : last - first;
+    for (int i = 0; i < outer; i++)
+        for (int j = 0; j < inner; j++) {
+            const int block = first + (row_major ? i : j), q = row_major ? j : i;
+            const int row0 = block * mr, rows = m - row0 < mr ? m - row0 : mr;
+            const int col0 = q * 32, cols = n - col0 < 32 ? n - col0 : 32;
+            const float *panel = job->packed + (size_t)q * k * 32;
+            const float *bias = job->bias ? job->bias + col0 : NULL;
+            const edge_tile_fn tile = mr == 8 ? (cols > 16 ? edge_tile_avx512_32x8 : edge_tile_avx512_16x8)
+                                              : (cols > 16 ? edge_tile_avx512_32x7 : edge_tile_avx512_16x7);
+            tile(job->a + (size_t)row0 * job->lda, job->lda, rows, panel, k, bias, job->low, job->high,
+                 job->c + (size_t)row0 * n + col0, (size_t)n, cols);
+        }
+}
+#endif
+
 #define PARALLEL_MIN_MACS 2000000LL
 
 int edgeq_sgemm(int isa, int m, int k, int n, const float *a, size_t lda, const float *packed, const float *bias,
                 float low, float high, float *c, int threads) {
     if (!edgeq_isa_supported(isa) || m < 0 || k < 1 || n < 1) return -1;
     sgemm_job job = {kernel_for(isa), m, k, n, a, lda, packed, bias, low, high, c, 1};
+#if defined(EDGEQ_X86)
+    if (job.kernel.tile == tile_avx512 && m % 8 && m % 7 == 0) job.kernel.mr = 7; /* no repeated rows */
+#endif
     const int row_blocks = (m + job.kernel.mr - 1) / job.kernel.mr;
     if ((long long)m * k * n < PARALLEL_MIN_MACS || threads < 1) threads = 1;
     if (threads > row_blocks) threads = row_blocks > 0 ? row_blocks : 1;
     job.blocks_per_task = (row_blocks + threads - 1) / threads;
     const int tasks = job.blocks_per_task ? (row_blocks + job.blocks_per_task - 1) / job.blocks_per_task : 0;
-    edgeq_parallel_for(tasks, threads, sgemm_task, &job);
+    void (*task)(void *, int) = sgemm_task;
+#if defined(EDGEQ_X86)
+    if (job.kernel.tile == tile_avx512) task = sgemm_task_avx512;
+#endif
+    edgeq_parallel_for(tasks, threads, task, &job);
+    return 0;
+}
+
+/* -- CONV_2D: im2col a band at a time ------------------------------------------------------------ */
+
+/* Patches per band: about this many bytes (L2 holds them while the GEMM reads them), in whole row
+ * blocks of the widest micro-kernel. */
+#define BAND_BYTES (96 * 1024)
+
+typedef struct {
+    const edgeq_conv_geometry *g;
+    const float *x;
+    sgemm_job gemm; /* a and c unset: each band sets its own */
+    int band_rows, bands_per_task;
+    float *columns; /* one band of patches per task */
+} conv_job;
+
+static void conv_task(void *context, int index) {
+    const conv_job *job = (const conv_job *)context;
+    const size_t rows = (size_t)job->g->batch * job->g->out_h * job->g->out_w;
+    const int k = job->gemm.k;
+    float *columns = job->columns + (size_t)index * job->band_rows * k;
+    for (int band = index * job->bands_per_task; band < (index + 1) * job->bands_per_task; band++) {
+        const size_t first = (size_t)band * job->band_rows;
+        if (first >= rows) break;
+        const int count = rows - first < (size_t)job->band_rows ? (int)(rows - first) : job->band_rows;
+        edgeq_im2col_rows_f32(job->g, job->x, 0.0f, first, (size_t)count, columns);
+        sgemm_job gemm = job->gemm;
+        gemm.m = count, gemm.a = columns, gemm.lda = (size_t)k, gemm.c = job->gemm.c + first * gemm.n;
+        gemm.blocks_per_task = (count + gemm.kernel.mr - 1) / gemm.kernel.mr;
+#if defined(EDGEQ_X86)
+        if (gemm.kernel.tile == tile_avx512) {
+            sgemm_task_avx512(&gemm, 0);
+            continue;
+        }
+#endif
+        sgemm_task(&gemm, 0);
+    }
+}
+
+int edgeq_conv_f32(int isa, const edgeq_conv_geometry *g, const float *x, const float *packed, const float *bias,
+                   float low, float high, float *out, int threads) {
+    const int k = g->k_h * g->k_w * g->in_c, n = g->out_c;
+    if (!edgeq_isa_supported(isa) || k < 1 || n < 1 || g->batch < 0) return -1;
+    const size_t rows = (size_t)g->batch * g->out_h * g->out_w;
+    conv_job job = {g, x, {kernel_for(isa), 0, k, n, NULL, 0, packed, bias, low, high, out, 1}, 0, 0, NULL};
+    const int block = 8; /* a multiple of every micro-kernel's height */
+    int band_rows = (int)(BAND_BYTES / (sizeof(float) * (size_t)k)) / block * block;
+    if (band_rows < block) band_rows = block;
+    job.band_rows = band_rows;
+    const long long bands = (long long)((rows + band_rows - 1) / band_rows);
+    if (bands == 0) return 0;
+    if ((long long)rows * k * n < PARALLEL_MIN_MACS || threads < 1) threads = 1;
+    if (threads > bands) threads = (int)bands;
+    job.bands_per_task = (int)((bands + threads - 1) / threads);
+    const int tasks = (int)((bands + job.bands_per_task - 1) / job.bands_per_task);
+    job.columns = (float *)malloc(sizeof(float) * (size_t)tasks * band_rows * k);
+    if (!job.columns) return -2;
+    edgeq_parallel_for(tasks, threads, conv_task, &job);
+    free(job.columns);
     return 0;
 }
