@@ -340,6 +340,14 @@ edgeq_stage_fn edgeq_stage_for(int isa) {
     return kernels ? kernels->stage : stage_portable;
 }
 
+int edgeq_output_stage_rows(int isa, const edgeq_output_stage *stage, const int32_t *acc, int rows, int count,
+                            int8_t *out) {
+    const isa_kernels *kernels = kernels_for(isa);
+    if (!kernels || !edgeq_cpu_supports(isa)) return -1;
+    kernels->stage(stage, acc, count, rows, 0, count, out, (size_t)count);
+    return 0;
+}
+
 int edgeq_isa_compiled(int isa) { return kernels_for(isa) != NULL; }
 
 int edgeq_isa_supported(int isa) { return kernels_for(isa) != NULL && edgeq_cpu_supports(isa); }
