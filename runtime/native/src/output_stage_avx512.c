@@ -98,31 +98,66 @@ static inline STAGE512 __m512i folded_lanes(__m512i acc, const column_constants 
 int edgeq_stage_avx512_narrow(const edgeq_output_stage *stage, const int32_t *acc, int acc_stride, int rows,
                               int col0, int count, int8_t *out, size_t out_stride) STAGE512;
 
-/* The stage from the rearranged constants; col0 is a multiple of 16. */
+typedef struct {
+    __m512i m_even, m_odd, k_even, k_odd, limit, shift;
+} lane_constants;
+
+static inline STAGE512 lane_constants lane_constants_of(const stage_lane_group *group) {
+    lane_constants k;
+    k.m_even = _mm512_loadu_si512(group->doubled_multiplier[0]);
+    k.m_odd = _mm512_loadu_si512(group->doubled_multiplier[1]);
+    k.k_even = _mm512_loadu_si512(group->doubled_bias[0]);
+    k.k_odd = _mm512_loadu_si512(group->doubled_bias[1]);
+    k.limit = _mm512_loadu_si512(group->limit);
+    k.shift = _mm512_loadu_si512(group->shift);
+    return k;
+}
+
+/* 16 accumulators to their int32 results before the clamp. */
+static inline STAGE512 __m512i lane_values(__m512i acc, const lane_constants *k) {
+    const __m512i high_halves = _mm512_setr_epi32(1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+    const __m512i biased = _mm512_xor_si512(acc, _mm512_set1_epi32(INT32_MIN));
+    const __m512i even = _mm512_add_epi64(_mm512_mul_epu32(biased, k->m_even), k->k_even);
+    const __m512i odd = _mm512_add_epi64(_mm512_mul_epu32(_mm512_srli_epi64(biased, 32), k->m_odd), k->k_odd);
+    __m512i u = _mm512_permutex2var_epi32(even, high_halves, odd);
+    u = _mm512_mask_sub_epi32(u, _mm512_cmple_epi32_mask(u, k->limit), u, _mm512_set1_epi32(1));
+    return _mm512_srav_epi32(u, k->shift);
+}
+
+/* The stage from the rearranged constants; col0 is a multiple of 16. Whole groups of 32 columns are
+ * narrowed with two saturating packs and one dword permute into one 32-byte store, the clamp then on
+ * bytes; a last group of 16 or fewer columns with a masked saturating store. */
 static STAGE512 void lanes_stage(const edgeq_output_stage *stage, const int32_t *acc, int acc_stride, int rows,
                                  int col0, int count, int8_t *out, size_t out_stride) {
     const stage_lane_group *groups = (const stage_lane_group *)stage->lanes + col0 / 16;
-    const __m512i high_halves = _mm512_setr_epi32(1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
-    const __m512i sign = _mm512_set1_epi32(INT32_MIN), one = _mm512_set1_epi32(1);
-    const __m512i low = _mm512_set1_epi32(stage->low), high = _mm512_set1_epi32(stage->high);
     const int clamp = stage->low > -128 || stage->high < 127;
-    for (int j = 0; j < count; j += 16) {
-        const stage_lane_group *group = groups + j / 16;
+    int j = 0;
+    if (count >= 32) {
+        const __m256i low = _mm256_set1_epi8((char)stage->low), high = _mm256_set1_epi8((char)stage->high);
+        const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        for (; j + 32 <= count; j += 32) {
+            const lane_constants first = lane_constants_of(groups + j / 16);
+            const lane_constants second = lane_constants_of(groups + j / 16 + 1);
+            for (int r = 0; r < rows; r++) {
+                const int32_t *row = acc + (size_t)r * acc_stride + j;
+                const __m512i values0 = lane_values(_mm512_loadu_si512(row), &first);
+                const __m512i values1 = lane_values(_mm512_loadu_si512(row + 16), &second);
+                /* per 128-bit lane L: int16 [v0 4L..4L+3, v1 4L..4L+3], then bytes of those twice */
+                const __m512i words = _mm512_packs_epi32(values0, values1);
+                const __m512i bytes = _mm512_permutexvar_epi32(order, _mm512_packs_epi16(words, words));
+                __m256i result = _mm512_castsi512_si256(bytes);
+                if (clamp) result = _mm256_min_epi8(_mm256_max_epi8(result, low), high);
+                _mm256_storeu_si256((__m256i *)(out + r * out_stride + j), result);
+            }
+        }
+    }
+    const __m512i low = _mm512_set1_epi32(stage->low), high = _mm512_set1_epi32(stage->high);
+    for (; j < count; j += 16) {
         const int left = count - j;
         const __mmask16 mask = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-        const __m512i m_even = _mm512_loadu_si512(group->doubled_multiplier[0]);
-        const __m512i m_odd = _mm512_loadu_si512(group->doubled_multiplier[1]);
-        const __m512i k_even = _mm512_loadu_si512(group->doubled_bias[0]);
-        const __m512i k_odd = _mm512_loadu_si512(group->doubled_bias[1]);
-        const __m512i limit = _mm512_loadu_si512(group->limit);
-        const __m512i shift = _mm512_loadu_si512(group->shift);
+        const lane_constants k = lane_constants_of(groups + j / 16);
         for (int r = 0; r < rows; r++) {
-            const __m512i biased = _mm512_xor_si512(_mm512_maskz_loadu_epi32(mask, acc + (size_t)r * acc_stride + j), sign);
-            const __m512i even = _mm512_add_epi64(_mm512_mul_epu32(biased, m_even), k_even);
-            const __m512i odd = _mm512_add_epi64(_mm512_mul_epu32(_mm512_srli_epi64(biased, 32), m_odd), k_odd);
-            __m512i u = _mm512_permutex2var_epi32(even, high_halves, odd);
-            u = _mm512_mask_sub_epi32(u, _mm512_cmple_epi32_mask(u, limit), u, one);
-            __m512i value = _mm512_srav_epi32(u, shift);
+            __m512i value = lane_values(_mm512_maskz_loadu_epi32(mask, acc + (size_t)r * acc_stride + j), &k);
             if (clamp) value = _mm512_min_epi32(_mm512_max_epi32(value, low), high);
             _mm512_mask_cvtsepi32_storeu_epi8(out + r * out_stride + j, mask, value);
         }

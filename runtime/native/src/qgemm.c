@@ -429,17 +429,19 @@ static void fill_rows(const conv_job *job, int row0, int rows, uint8_t *buf) {
                     const int8_t *src = image + ((size_t)iy * g->in_w + ix0) * in_c;
                     uint8_t *tap_row = dst + (size_t)ky * g->k_w * in_c;
                     const size_t run = (size_t)g->k_w * in_c;
-                    if (run <= 16 && src + 16 <= job->x_end) {
-                        /* A short filter row (few channels) as two 8-byte words: the bytes written past
-                         * it are overwritten by the next filter row, the depth padding or the next
-                         * patch row, and the buffer has 16 spare bytes at its end. */
-                        uint64_t low, high;
-                        memcpy(&low, src, 8);
-                        memcpy(&high, src + 8, 8);
-                        low ^= flip ? 0x8080808080808080ull : 0;
-                        high ^= flip ? 0x8080808080808080ull : 0;
-                        memcpy(tap_row, &low, 8);
-                        memcpy(tap_row + 8, &high, 8);
+                    const size_t words = (run + 7) / 8;
+                    if (run <= 32 && src + 8 * words <= job->x_end) {
+                        /* A short filter row (few channels, as a first convolution's 7 x 3) in 8-byte
+                         * words: the up to 7 bytes written past it are overwritten by the next filter
+                         * row, the depth padding or the next patch row, and the buffer has 16 spare
+                         * bytes at its end. */
+                        const uint64_t flips = flip ? 0x8080808080808080ull : 0;
+                        for (size_t w = 0; w < words; w++) {
+                            uint64_t word;
+                            memcpy(&word, src + 8 * w, 8);
+                            word ^= flips;
+                            memcpy(tap_row + 8 * w, &word, 8);
+                        }
                         continue;
                     }
                     copy_shifted(tap_row, src, run, flip);
