@@ -29,6 +29,7 @@ static inline uint32_t load_u32(const void *p) {
     return v;
 }
 
+typedef void (*copy_fn)(uint8_t *dst, const int8_t *src, size_t count, uint8_t flip);
 typedef void (*tile_fn)(const uint8_t *a, size_t lda, const int8_t *w, size_t k4, int32_t *acc);
 
 typedef struct {
@@ -36,6 +37,7 @@ typedef struct {
     int input_shift;     /* 128 when the kernel reads activations as unsigned bytes (x ^ 0x80) */
     tile_fn tile;        /* acc[MR][NR] = a[MR][4*k4] . w (NR columns from the block at w) */
     edgeq_stage_fn stage;
+    copy_fn copy;        /* the im2col copy of count bytes ^ flip, or NULL for copy_shifted */
 } isa_kernels;
 
 /* -- portable C ------------------------------------------------------------------------------ */
@@ -212,6 +214,20 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512vn
     _mm512_storeu_si512((void *)(acc + 240), c71);
 }
 
+/* The im2col copy in masked 64-byte steps: a first convolution's filter row of 7 x 3 bytes is one load,
+ * one xor and one store, where the portable form takes a loop of 8-byte words. */
+__attribute__((target("avx512f,avx512bw"))) static void copy_avx512(uint8_t *dst, const int8_t *src, size_t count,
+                                                                    uint8_t flip) {
+    const __m512i flips = _mm512_set1_epi8((char)flip);
+    size_t i = 0;
+    for (; i + 64 <= count; i += 64)
+        _mm512_storeu_si512(dst + i, _mm512_xor_si512(_mm512_loadu_si512(src + i), flips));
+    if (i < count) {
+        const __mmask64 mask = ((__mmask64)1 << (count - i)) - 1; /* count - i < 64 */
+        _mm512_mask_storeu_epi8(dst + i, mask, _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, src + i), flips));
+    }
+}
+
 /* The folded output stage, 8 columns per step with masked loads for the tail (a compiler-vectorized
  * loop leaves rows of 16 or 32 columns to its scalar epilogue). Wrapping 64-bit products, as the
  * portable form. */
@@ -307,7 +323,7 @@ static const isa_kernels *kernels_for(int isa) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     static const isa_kernels avx2 = {2, 16, 128, tile_avx2, stage_avx2};
     static const isa_kernels avxvnni = {4, 16, 128, tile_avxvnni, stage_avx2};
-    static const isa_kernels avx512vnni = {8, 32, 128, tile_avx512vnni_8x32, stage_avx512};
+    static const isa_kernels avx512vnni = {8, 32, 128, tile_avx512vnni_8x32, stage_avx512, copy_avx512};
 #endif
 #if defined(__aarch64__)
     static const isa_kernels neon = {4, 16, 0, tile_neon, stage_portable};
@@ -407,18 +423,29 @@ static inline void copy_shifted(uint8_t *dst, const int8_t *src, size_t count, u
 static void fill_rows(const conv_job *job, int row0, int rows, uint8_t *buf) {
     const edgeq_conv_geometry *g = job->g;
     const uint8_t flip = job->kernels->input_shift ? 0x80 : 0;
+    const copy_fn copy = job->kernels->copy;
     const uint8_t pad = (uint8_t)(int8_t)g->input_zero_point ^ flip;
     const int pixels = g->out_h * g->out_w;
     const size_t in_c = (size_t)g->in_c;
     const int direct = g->k_h == 1 && g->k_w == 1 && g->stride_h == 1 && g->stride_w == 1 && g->pad_top == 0 &&
                        g->pad_left == 0 && g->out_h == g->in_h && g->out_w == g->in_w;
-    for (int r = 0; r < rows; r++) {
+    /* The output pixel of the current row, stepped along (no divisions per row). */
+    int n = row0 / pixels, oy = row0 % pixels / g->out_w, ox = row0 % pixels % g->out_w;
+    for (int r = 0; r < rows; r++, ox++) {
         const int row = row0 + r;
         uint8_t *dst = buf + (size_t)r * job->lda;
-        if (direct) {
+        if (ox == g->out_w) {
+            ox = 0;
+            if (++oy == g->out_h) {
+                oy = 0;
+                n++;
+            }
+        }
+        if (direct && copy) {
+            copy(dst, job->x + (size_t)row * in_c, in_c, flip);
+        } else if (direct) {
             copy_shifted(dst, job->x + (size_t)row * in_c, in_c, flip);
         } else {
-            const int n = row / pixels, pixel = row % pixels, oy = pixel / g->out_w, ox = pixel % g->out_w;
             const int8_t *image = job->x + (size_t)n * g->in_h * g->in_w * in_c;
             const int ix0 = ox * g->stride_w - g->pad_left;
             /* With dilation 1 a filter row that lies inside the input is one contiguous run. */
@@ -430,6 +457,10 @@ static void fill_rows(const conv_job *job, int row0, int rows, uint8_t *buf) {
                     uint8_t *tap_row = dst + (size_t)ky * g->k_w * in_c;
                     const size_t run = (size_t)g->k_w * in_c;
                     const size_t words = (run + 7) / 8;
+                    if (copy) {
+                        copy(tap_row, src, run, flip);
+                        continue;
+                    }
                     if (run <= 32 && src + 8 * words <= job->x_end) {
                         /* A short filter row (few channels, as a first convolution's 7 x 3) in 8-byte
                          * words: the up to 7 bytes written past it are overwritten by the next filter
@@ -450,7 +481,9 @@ static void fill_rows(const conv_job *job, int row0, int rows, uint8_t *buf) {
                 for (int kx = 0; kx < g->k_w; kx++) {
                     const int ix = ox * g->stride_w - g->pad_left + kx * g->dil_w;
                     uint8_t *tap = dst + ((size_t)ky * g->k_w + kx) * in_c;
-                    if (iy >= 0 && iy < g->in_h && ix >= 0 && ix < g->in_w)
+                    if (iy >= 0 && iy < g->in_h && ix >= 0 && ix < g->in_w && copy)
+                        copy(tap, image + ((size_t)iy * g->in_w + ix) * in_c, in_c, flip);
+                    else if (iy >= 0 && iy < g->in_h && ix >= 0 && ix < g->in_w)
                         copy_shifted(tap, image + ((size_t)iy * g->in_w + ix) * in_c, in_c, flip);
                     else
                         memset(tap, pad, in_c);
