@@ -64,6 +64,13 @@ def test_fully_connected_odd_shapes(native_isa, depth, out_c, rows):
     assert_exact(graph, inputs)
 
 
+@pytest.mark.parametrize("depth", [36, 40])  # an odd and an even number of 4-deep groups
+@pytest.mark.parametrize("rows", list(range(1, 18)) + [49])
+def test_rows_past_the_last_whole_tile(native_isa, depth, rows):
+    graph, inputs = weighted_op("FULLY_CONNECTED", (rows, depth), (0.05, 3), (0.2, -5), out_c=40, seed=rows)
+    assert_exact(graph, inputs)
+
+
 @pytest.mark.parametrize("params", sorted(EDGE_PARAMS))
 @pytest.mark.parametrize("act", ACTIVATIONS)
 @pytest.mark.parametrize("per_channel", [True, False])
