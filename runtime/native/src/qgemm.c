@@ -30,6 +30,9 @@ static inline uint32_t load_u32(const void *p) {
 }
 
 typedef void (*copy_fn)(uint8_t *dst, const int8_t *src, size_t count, uint8_t flip);
+struct conv_job;
+/* Patch rows [row0, row0 + rows) of the convolution into buf. */
+typedef void (*fill_fn)(const struct conv_job *job, int row0, int rows, uint8_t *buf);
 typedef void (*tile_fn)(const uint8_t *a, size_t lda, const int8_t *w, size_t k4, int32_t *acc);
 
 typedef struct {
@@ -37,7 +40,7 @@ typedef struct {
     int input_shift;     /* 128 when the kernel reads activations as unsigned bytes (x ^ 0x80) */
     tile_fn tile;        /* acc[MR][NR] = a[MR][4*k4] . w (NR columns from the block at w) */
     edgeq_stage_fn stage;
-    copy_fn copy;        /* the im2col copy of count bytes ^ flip, or NULL for copy_shifted */
+    fill_fn fill;        /* the patch-row fill with the variant's copy, or NULL for the portable one */
     tile_fn tile_row;    /* acc[1][NR] for one row, or NULL: the last rows then take a whole tile */
 } isa_kernels;
 
@@ -244,7 +247,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512vn
 
 /* The im2col copy in masked 64-byte steps: a first convolution's filter row of 7 x 3 bytes is one load,
  * one xor and one store, where the portable form takes a loop of 8-byte words. */
-__attribute__((target("avx512f,avx512bw"))) static void copy_avx512(uint8_t *dst, const int8_t *src, size_t count,
+__attribute__((target("avx512f,avx512bw"))) static inline void copy_avx512(uint8_t *dst, const int8_t *src, size_t count,
                                                                     uint8_t flip) {
     const __m512i flips = _mm512_set1_epi8((char)flip);
     size_t i = 0;
@@ -346,12 +349,16 @@ static void tile_neon(const uint8_t *a, size_t lda, const int8_t *w, size_t k4, 
 }
 #endif
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+static void fill_rows_avx512(const struct conv_job *job, int row0, int rows, uint8_t *buf);
+#endif
+
 static const isa_kernels *kernels_for(int isa) {
     static const isa_kernels portable = {4, 16, 128, tile_portable, stage_portable};
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     static const isa_kernels avx2 = {2, 16, 128, tile_avx2, stage_avx2};
     static const isa_kernels avxvnni = {4, 16, 128, tile_avxvnni, stage_avx2};
-    static const isa_kernels avx512vnni = {8, 32, 128, tile_avx512vnni_8x32, stage_avx512, copy_avx512,
+    static const isa_kernels avx512vnni = {8, 32, 128, tile_avx512vnni_8x32, stage_avx512, fill_rows_avx512,
                                            tile_avx512vnni_1x32};
 #endif
 #if defined(__aarch64__)
@@ -421,7 +428,7 @@ void edgeq_pack_weights(int out_c, int depth, const int8_t *weights, int8_t *pac
 
 /* -- the convolution driver ------------------------------------------------------------------- */
 
-typedef struct {
+typedef struct conv_job {
     const isa_kernels *kernels;
     const edgeq_conv_geometry *g;
     const int8_t *x, *x_end; /* the input and the byte past it */
@@ -449,10 +456,10 @@ static inline void copy_shifted(uint8_t *dst, const int8_t *src, size_t count, u
 
 /* Patch rows [row0, row0 + rows) of the convolution into buf (lda bytes each): taps outside the
  * input hold the input zero point, depth padding 0. */
-static void fill_rows(const conv_job *job, int row0, int rows, uint8_t *buf) {
+static inline __attribute__((always_inline)) void fill_rows_with(const conv_job *job, int row0, int rows,
+                                                                 uint8_t *buf, copy_fn copy) {
     const edgeq_conv_geometry *g = job->g;
     const uint8_t flip = job->kernels->input_shift ? 0x80 : 0;
-    const copy_fn copy = job->kernels->copy;
     const uint8_t pad = (uint8_t)(int8_t)g->input_zero_point ^ flip;
     const int pixels = g->out_h * g->out_w;
     const size_t in_c = (size_t)g->in_c;
@@ -523,6 +530,16 @@ static void fill_rows(const conv_job *job, int row0, int rows, uint8_t *buf) {
     }
 }
 
+static void fill_rows(const conv_job *job, int row0, int rows, uint8_t *buf) { fill_rows_with(job, row0, rows, buf, NULL); }
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* The fill with the masked AVX-512 copy inlined (through a pointer it cost a call per filter row). */
+__attribute__((target("avx512f,avx512bw"))) static void fill_rows_avx512(const conv_job *job, int row0, int rows,
+                                                                         uint8_t *buf) {
+    fill_rows_with(job, row0, rows, buf, copy_avx512);
+}
+#endif
+
 static void conv_work(void *context, int index) {
     conv_job *job = (conv_job *)context;
     const isa_kernels *kernels = job->kernels;
@@ -543,7 +560,7 @@ static void conv_work(void *context, int index) {
         job->failed = 1;
         return;
     }
-    fill_rows(job, row0, rows, buf);
+    (kernels->fill ? kernels->fill : fill_rows)(job, row0, rows, buf);
     memset(buf + (size_t)rows * job->lda, 0, (size_t)(buffer_rows - rows) * job->lda);
     for (int panel = panel0; panel < panel1; panel++) {
         const int col0 = panel * nr;
