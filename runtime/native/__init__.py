@@ -79,6 +79,7 @@ def _open_library():
             ("edgeq_isa_supported", int32, [int32]),
             ("edgeq_isa_input_shift", int32, [int32]),
             ("edgeq_packed_bytes", ctypes.c_size_t, [int32, int32]),
+            ("edgeq_amx_set", int32, [int32]),
             ("edgeq_pack_weights", None, [int32, int32, pointer, pointer]),
             ("edgeq_stage_lanes_bytes", ctypes.c_size_t, [int32]),
             ("edgeq_stage_lanes_prepare", int32, [pointer, int32, pointer]),
@@ -126,6 +127,7 @@ def _load():
         LOG.warning("edgeq: native int8 kernels off, numpy kernels run: %s", _unavailable_reason)
         return
     _isa = best_isa()
+    _library.edgeq_amx_set(0 if os.environ.get("EDGEQ_NO_AMX", "").strip() not in ("", "0") else 1)
     forced = os.environ.get("EDGEQ_NATIVE_ISA", "").strip().lower()
     if forced:
         if forced in supported_isas():
@@ -172,6 +174,19 @@ def use_isa(name: str) -> None:
     if name not in supported_isas():
         raise ValueError(f"native variant {name!r} is not available here (have: {supported_isas()})")
     _isa = name
+
+
+def use_amx(on: bool) -> bool:
+    """Let avx512vnni convolutions of 32 rows and more run on AMX tiles (where the CPU and OS have them;
+    on by default, EDGEQ_NO_AMX=1 turns it off); returns whether they now do."""
+    return bool(available() and _library.edgeq_amx_set(1 if on else 0))
+
+
+def amx() -> bool:
+    """Whether avx512vnni convolutions run on AMX tiles now."""
+    if not available():
+        return False
+    return bool(_library.edgeq_amx_set(-1))
 
 
 def describe() -> str:

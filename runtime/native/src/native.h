@@ -90,6 +90,9 @@ EDGEQ_API int edgeq_isa_compiled(int isa);
 EDGEQ_API int edgeq_isa_supported(int isa);
 EDGEQ_API int edgeq_isa_input_shift(int isa);
 EDGEQ_API size_t edgeq_packed_bytes(int out_c, int depth);
+/* Whether AVX512-VNNI convolutions may run on AMX tiles where the CPU and the OS allow (on: asks Linux
+ * for the tile state once; -1: changes nothing); returns whether they do. */
+EDGEQ_API int edgeq_amx_set(int on);
 EDGEQ_API void edgeq_pack_weights(int out_c, int depth, const int8_t *weights, int8_t *packed);
 EDGEQ_API int edgeq_conv(int isa, const edgeq_conv_geometry *g, const int8_t *x, const int8_t *packed,
                          const edgeq_output_stage *stage, int8_t *out, int threads);

@@ -19,6 +19,12 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define EDGEQ_HAVE_AMX 1
+#endif
 #if defined(__aarch64__)
 #include <arm_neon.h>
 #endif
@@ -245,6 +251,53 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512vn
     _mm512_storeu_si512((void *)(acc + 16), _mm512_add_epi32(c1, d1));
 }
 
+#if defined(EDGEQ_HAVE_AMX)
+/* AMX (Sapphire Rapids and later): tdpbusd multiplies a 16-row x 64-byte tile of unsigned activations by
+ * a 16 x 64-byte tile of signed weights in exactly the packed layout (16 groups of 4 depth entries of 16
+ * columns) and adds four-byte dot products into 16 x 16 int32 lanes, without saturation, as vpdpbusd:
+ * the same integers, about 8 times the multiply-adds per cycle. Tiles 0-3 hold 32 rows x 32 columns of
+ * accumulators, 4-5 the two 16-row activation tiles, 6-7 the two 16-column weight tiles. */
+typedef struct {
+    uint8_t palette, start_row;
+    uint8_t reserved[14];
+    uint16_t bytes_per_row[16];
+    uint8_t rows[16];
+} amx_config;
+
+/* Static data: GCC 12 drops stores into a local configuration as dead, unaware that ldtilecfg reads them. */
+static const amx_config amx_tiles = {1, 0, {0}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+
+__attribute__((target("amx-tile,amx-int8"))) static void amx_configure(void) { _tile_loadconfig(&amx_tiles); }
+
+__attribute__((target("amx-tile"))) static void amx_release(void) { _tile_release(); }
+
+/* acc[32][32] (rows 32 apart) = a[32 rows, lda apart] . the two 16-column blocks at w, 64 bytes of depth
+ * a step: lda is a multiple of 64 with zeros past the depth, and the weights read past a block's last
+ * group meet those zeros (the packed buffer has a step of slack at its end). */
+__attribute__((target("amx-tile,amx-int8"))) static void tile_amx_32x32(const uint8_t *a, size_t lda, const int8_t *w,
+                                                                       size_t k4, int32_t *acc) {
+    const int8_t *w1 = w + 64 * k4;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (size_t k = 0; k < k4; k += 16) {
+        _tile_loadd(4, a + 4 * k, lda);
+        _tile_loadd(5, a + 16 * lda + 4 * k, lda);
+        _tile_loadd(6, w + 64 * k, 64);
+        _tile_loadd(7, w1 + 64 * k, 64);
+        _tile_dpbusd(0, 4, 6);
+        _tile_dpbusd(1, 4, 7);
+        _tile_dpbusd(2, 5, 6);
+        _tile_dpbusd(3, 5, 7);
+    }
+    _tile_stored(0, acc, 128);
+    _tile_stored(1, acc + 16, 128);
+    _tile_stored(2, acc + 16 * 32, 128);
+    _tile_stored(3, acc + 16 * 32 + 16, 128);
+}
+#endif
+
 /* The im2col copy in masked 64-byte steps: a first convolution's filter row of 7 x 3 bytes is one load,
  * one xor and one store, where the portable form takes a loop of 8-byte words. */
 __attribute__((target("avx512f,avx512bw"))) static inline void copy_avx512(uint8_t *dst, const int8_t *src, size_t count,
@@ -392,6 +445,28 @@ edgeq_stage_fn edgeq_stage_for(int isa) {
     return kernels ? kernels->stage : stage_portable;
 }
 
+/* Whether AVX512-VNNI convolutions of 32 rows or more run on AMX tiles (edgeq_amx_set). */
+static int amx_on = 0;
+
+int edgeq_amx_set(int on) {
+    if (on < 0) return amx_on; /* only asks */
+#if defined(EDGEQ_HAVE_AMX)
+    static int permitted = -1;
+    if (on && permitted < 0) {
+        unsigned a, b, c, d;
+        permitted = 0;
+        /* AMX-TILE and AMX-INT8 (CPUID 7.0 EDX bits 24, 25), then Linux's permission for the tile state */
+        if (edgeq_cpu_supports(EDGEQ_ISA_AVX512VNNI) && __get_cpuid_count(7, 0, &a, &b, &c, &d) &&
+            (d & (1u << 24)) && (d & (1u << 25)))
+            permitted = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+    }
+    amx_on = on && permitted > 0;
+#else
+    (void)on;
+#endif
+    return amx_on;
+}
+
 int edgeq_output_stage_rows(int isa, const edgeq_output_stage *stage, const int32_t *acc, int rows, int count,
                             int8_t *out) {
     const isa_kernels *kernels = kernels_for(isa);
@@ -409,13 +484,17 @@ int edgeq_isa_input_shift(int isa) {
     return kernels ? kernels->input_shift : -1;
 }
 
+/* Packed weights end with PACKED_SLACK zero bytes: an AMX step of 16 groups reads up to 15 past the last. */
+#define PACKED_SLACK (15 * 64)
+
 size_t edgeq_packed_bytes(int out_c, int depth) {
     const size_t blocks = ((size_t)out_c + 31) / 32 * 2, k4 = ((size_t)depth + 3) / 4;
-    return blocks * k4 * 64;
+    return blocks * k4 * 64 + PACKED_SLACK;
 }
 
 void edgeq_pack_weights(int out_c, int depth, const int8_t *weights, int8_t *packed) {
     const size_t blocks = ((size_t)out_c + 31) / 32 * 2, k4 = ((size_t)depth + 3) / 4;
+    memset(packed + blocks * k4 * 64, 0, PACKED_SLACK);
     for (size_t b = 0; b < blocks; b++)
         for (size_t k = 0; k < k4; k++)
             for (size_t j = 0; j < 16; j++)
@@ -437,6 +516,7 @@ typedef struct conv_job {
     int8_t *out;
     size_t depth, k4, lda;
     int rows, chunk_rows, row_chunks, column_parts, panels;
+    int amx; /* tile_amx_32x32 instead of the variant's tile */
     int failed;
 } conv_job;
 
@@ -549,7 +629,8 @@ static void conv_work(void *context, int index) {
     const int panel0 = (int)((long long)job->panels * part / job->column_parts);
     const int panel1 = (int)((long long)job->panels * (part + 1) / job->column_parts);
     const int out_c = job->g->out_c, nr = kernels->nr, mr = kernels->mr;
-    const int buffer_rows = (rows + mr - 1) / mr * mr;
+    const int step = job->amx ? 32 : mr;
+    const int buffer_rows = (rows + step - 1) / step * step;
     uint8_t *buf = (uint8_t *)malloc((size_t)buffer_rows * job->lda + 16);
     /* The whole chunk's accumulators of one panel: the output stage then loads each column's
      * constants once per chunk instead of once per micro-tile. */
@@ -562,10 +643,22 @@ static void conv_work(void *context, int index) {
     }
     (kernels->fill ? kernels->fill : fill_rows)(job, row0, rows, buf);
     memset(buf + (size_t)rows * job->lda, 0, (size_t)(buffer_rows - rows) * job->lda);
+#if defined(EDGEQ_HAVE_AMX)
+    if (job->amx) amx_configure(); /* per thread: the tile configuration is thread state */
+#endif
     for (int panel = panel0; panel < panel1; panel++) {
         const int col0 = panel * nr;
         const int count = out_c - col0 < nr ? out_c - col0 : nr;
         const int8_t *w = job->packed + (size_t)(col0 / 16) * job->k4 * 64;
+#if defined(EDGEQ_HAVE_AMX)
+        if (job->amx) {
+            for (int m = 0; m < rows; m += 32)
+                tile_amx_32x32(buf + (size_t)m * job->lda, job->lda, w, job->k4, acc + (size_t)m * nr);
+            kernels->stage(job->stage, acc, nr, rows, col0, count, job->out + (size_t)row0 * out_c + col0,
+                           (size_t)out_c);
+            continue;
+        }
+#endif
         int m = 0;
         for (; m + mr <= rows; m += mr)
             kernels->tile(buf + (size_t)m * job->lda, job->lda, w, job->k4, acc + (size_t)m * nr);
@@ -577,6 +670,9 @@ static void conv_work(void *context, int index) {
         }
         kernels->stage(job->stage, acc, nr, rows, col0, count, job->out + (size_t)row0 * out_c + col0, (size_t)out_c);
     }
+#if defined(EDGEQ_HAVE_AMX)
+    if (job->amx) amx_release();
+#endif
     free(acc);
     free(buf);
 }
@@ -601,14 +697,16 @@ int edgeq_conv(int isa, const edgeq_conv_geometry *g, const int8_t *x, const int
     job.out = out;
     job.depth = (size_t)g->k_h * g->k_w * g->in_c;
     job.k4 = (job.depth + 3) / 4;
-    job.lda = job.k4 * 4;
     job.rows = g->batch * g->out_h * g->out_w;
+    /* AMX for 32 rows and more (below, a tile step's fixed cost outweighs its speed) */
+    job.amx = amx_on && isa == EDGEQ_ISA_AVX512VNNI && job.rows >= 32;
+    job.lda = job.amx ? (job.k4 * 4 + 63) / 64 * 64 : job.k4 * 4;
     job.panels = (g->out_c + job.kernels->nr - 1) / job.kernels->nr;
     job.failed = 0;
     if (job.rows == 0 || g->out_c == 0) return 0;
     if ((long long)job.rows * g->out_c * (long long)job.depth < PARALLEL_MIN_MACS) threads = 1;
     int chunk = (int)(PATCH_BUFFER_BYTES / job.lda);
-    const int mr = job.kernels->mr;
+    const int mr = job.amx ? 32 : job.kernels->mr;
     chunk = chunk < mr ? mr : (chunk > 256 ? 256 : chunk / mr * mr);
     if (threads > 1) { /* at least two chunks per thread when the rows allow it */
         const int balanced = (job.rows + 2 * threads - 1) / (2 * threads);
