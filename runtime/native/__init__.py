@@ -6,7 +6,9 @@ The library is an optional extension built at ``pip install`` time (setup.py); i
 called through ctypes, so it needs nothing beyond a C compiler. Without it, or with EDGEQ_NO_NATIVE=1,
 the numpy kernels run, and the first kernel that asks says so once. EDGEQ_NATIVE_ISA=avx2|portable|...
 forces a lower variant (tests run every variant the machine has that way, or through ``use_isa``).
-``describe()`` tells which path runs.
+``describe()`` tells which path runs. Where the CPU has AMX and Linux grants its tile state, avx512vnni
+convolutions of 32 rows and more multiply on AMX tiles (same integers; ``amx()`` says whether they do,
+EDGEQ_NO_AMX=1 or ``use_amx(False)`` keeps them on vector tiles).
 
 Kernels ask ``isa()`` in prepare (None: use numpy) and keep the answer; everything static (packed
 weights, the folded output stage) is made then, and eval is one call into the library.
