@@ -64,6 +64,13 @@ def test_fully_connected_odd_shapes(native_isa, depth, out_c, rows):
     assert_exact(graph, inputs)
 
 
+@pytest.mark.parametrize("depth", [36, 40])  # an odd and an even number of 4-deep groups
+@pytest.mark.parametrize("rows", list(range(1, 18)) + [49])
+def test_rows_past_the_last_whole_tile(native_isa, depth, rows):
+    graph, inputs = weighted_op("FULLY_CONNECTED", (rows, depth), (0.05, 3), (0.2, -5), out_c=40, seed=rows)
+    assert_exact(graph, inputs)
+
+
 @pytest.mark.parametrize("params", sorted(EDGE_PARAMS))
 @pytest.mark.parametrize("act", ACTIVATIONS)
 @pytest.mark.parametrize("per_channel", [True, False])
@@ -80,6 +87,61 @@ def test_conv_2d_odd_shapes(native_isa, in_c, out_c, k, stride, padding):
     graph, inputs = weighted_op("CONV_2D", (2, 9, 11, in_c), (0.05, 3), (0.2, -5), k=k, stride=stride,
                                 padding=padding, out_c=out_c, seed=in_c * 10 + k)
     assert_exact(graph, inputs)
+
+
+@pytest.fixture
+def without_amx():
+    """Convolutions prepared and run inside the test use the variant's own tiles, not AMX."""
+    was_on = native.amx()
+    native.use_amx(False)
+    yield
+    native.use_amx(was_on)
+
+
+@pytest.mark.parametrize("in_c, out_c", [(3, 17), (20, 40)])
+@pytest.mark.parametrize("k, stride, padding", [(1, 1, "VALID"), (3, 1, "SAME"), (5, 2, "SAME")])
+def test_conv_2d_without_amx(native_isa, without_amx, in_c, out_c, k, stride, padding):
+    graph, inputs = weighted_op("CONV_2D", (2, 9, 11, in_c), (0.05, 3), (0.2, -5), k=k, stride=stride,
+                                padding=padding, out_c=out_c, seed=in_c * 10 + k)
+    assert_exact(graph, inputs)
+
+
+def _random_conv(rng, image, in_c, out_c, k, stride):
+    """(geometry, x, packed weights, output stage) of a random int8 convolution with SAME-like padding."""
+    from edgeq.runtime.kernels.native_int8 import _shifted_folded_stage, _weight_sums
+    from edgeq.runtime.kernels.requantize import fold_requantization
+
+    pad, out_hw = k // 2, (image + 2 * (k // 2) - k) // stride + 1
+    x = rng.integers(-128, 128, (1, image, image, in_c), dtype=np.int8)
+    weights = rng.integers(-127, 128, (out_c, k * k * in_c), dtype=np.int8)
+    weight_sums, abs_sums = _weight_sums(weights)
+    constant_term = 128 * weight_sums + rng.integers(-5000, 5000, out_c)
+    folded = fold_requantization(constant_term, rng.integers(1 << 30, (1 << 31) - 1, out_c),
+                                 rng.integers(-11, -7, out_c), -3, 128 * int(abs_sums.max()))
+    stage = _shifted_folded_stage(folded, weight_sums, native.input_shift("avx512vnni"), -128, 127)
+    geometry = native.conv_geometry(batch=1, in_h=image, in_w=image, in_c=in_c, out_h=out_hw, out_w=out_hw,
+                                    out_c=out_c, k_h=k, k_w=k, stride_h=stride, stride_w=stride, dil_h=1, dil_w=1,
+                                    pad_top=pad, pad_left=pad, input_zero_point=-128)
+    return geometry, x, native.pack_weights(weights), stage, (1, out_hw, out_hw, out_c)
+
+
+@needs_native
+@pytest.mark.parametrize("image, in_c, out_c, k, stride", [
+    (56, 64, 64, 1, 1), (14, 64, 40, 3, 1), (7, 512, 48, 3, 1), (33, 3, 17, 7, 2), (9, 100, 96, 1, 1)])
+def test_amx_tiles_give_the_integers_of_the_vnni_tiles(image, in_c, out_c, k, stride):
+    """Depths that are and are not multiples of the 64-byte AMX step, row counts around 32, columns
+    around the 32-column panel."""
+    if "avx512vnni" not in native.supported_isas() or not native.use_amx(True):
+        pytest.skip("no AMX tiles here")
+    geometry, x, packed, stage, shape = _random_conv(np.random.default_rng(image * in_c + k), image, in_c, out_c, k,
+                                                     stride)
+    with_amx = native.conv("avx512vnni", geometry, x, packed, stage, np.empty(shape, np.int8))
+    native.use_amx(False)
+    try:
+        without = native.conv("avx512vnni", geometry, x, packed, stage, np.empty(shape, np.int8))
+    finally:
+        native.use_amx(True)
+    assert np.array_equal(with_amx, without)
 
 
 @pytest.mark.parametrize("params", sorted(EDGE_PARAMS))
@@ -265,6 +327,13 @@ def test_no_native_environment_runs_numpy_and_says_so_once():
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "numpy int8 kernels (native: disabled by EDGEQ_NO_NATIVE)"
     assert result.stderr.count("native int8 kernels off") == 1, result.stderr
+
+
+@needs_native
+def test_no_amx_environment_keeps_convolutions_off_the_amx_tiles():
+    result = _python("from edgeq.runtime import native; print(native.amx())", EDGEQ_NO_AMX="1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
 
 
 @needs_native

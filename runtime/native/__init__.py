@@ -6,7 +6,9 @@ The library is an optional extension built at ``pip install`` time (setup.py); i
 called through ctypes, so it needs nothing beyond a C compiler. Without it, or with EDGEQ_NO_NATIVE=1,
 the numpy kernels run, and the first kernel that asks says so once. EDGEQ_NATIVE_ISA=avx2|portable|...
 forces a lower variant (tests run every variant the machine has that way, or through ``use_isa``).
-``describe()`` tells which path runs.
+``describe()`` tells which path runs. Where the CPU has AMX and Linux grants its tile state, avx512vnni
+convolutions of 32 rows and more multiply on AMX tiles (same integers; ``amx()`` says whether they do,
+EDGEQ_NO_AMX=1 or ``use_amx(False)`` keeps them on vector tiles).
 
 Kernels ask ``isa()`` in prepare (None: use numpy) and keep the answer; everything static (packed
 weights, the folded output stage) is made then, and eval is one call into the library.
@@ -40,7 +42,7 @@ class OutputStage(ctypes.Structure):
     _fields_ = [("kind", ctypes.c_int32), ("offset", ctypes.c_int32), ("low", ctypes.c_int32),
                 ("high", ctypes.c_int32), ("multiplier", ctypes.c_void_p), ("bias", ctypes.c_void_p),
                 ("threshold", ctypes.c_void_p), ("correction", ctypes.c_void_p), ("shift", ctypes.c_void_p),
-                ("scale", ctypes.c_void_p)]
+                ("scale", ctypes.c_void_p), ("lanes", ctypes.c_void_p)]
 
 
 class ConvGeometry(ctypes.Structure):
@@ -85,7 +87,11 @@ def _open_library():
             ("edgeq_isa_supported", int32, [int32]),
             ("edgeq_isa_input_shift", int32, [int32]),
             ("edgeq_packed_bytes", ctypes.c_size_t, [int32, int32]),
+            ("edgeq_amx_set", int32, [int32]),
             ("edgeq_pack_weights", None, [int32, int32, pointer, pointer]),
+            ("edgeq_stage_lanes_bytes", ctypes.c_size_t, [int32]),
+            ("edgeq_stage_lanes_prepare", int32, [pointer, int32, pointer]),
+            ("edgeq_output_stage_rows", int32, [int32, pointer, pointer, int32, int32, pointer]),
             ("edgeq_conv", int32, [int32, pointer, pointer, pointer, pointer, pointer, int32]),
             ("edgeq_depthwise", int32, [int32, pointer, int32, pointer, pointer, pointer, pointer, int32]),
             ("edgeq_add_int8", None, [int32, pointer, pointer, ctypes.c_size_t, pointer, pointer]),
@@ -134,6 +140,7 @@ def _load():
         LOG.warning("edgeq: native int8 kernels off, numpy kernels run: %s", _unavailable_reason)
         return
     _isa = best_isa()
+    _library.edgeq_amx_set(0 if os.environ.get("EDGEQ_NO_AMX", "").strip() not in ("", "0") else 1)
     forced = os.environ.get("EDGEQ_NATIVE_ISA", "").strip().lower()
     if forced:
         if forced in supported_isas():
@@ -182,6 +189,19 @@ def use_isa(name: str) -> None:
     _isa = name
 
 
+def use_amx(on: bool) -> bool:
+    """Let avx512vnni convolutions of 32 rows and more run on AMX tiles (where the CPU and OS have them;
+    on by default, EDGEQ_NO_AMX=1 turns it off); returns whether they now do."""
+    return bool(available() and _library.edgeq_amx_set(1 if on else 0))
+
+
+def amx() -> bool:
+    """Whether avx512vnni convolutions run on AMX tiles now."""
+    if not available():
+        return False
+    return bool(_library.edgeq_amx_set(-1))
+
+
 def describe() -> str:
     """One line naming the path int8 convolutions and FULLY_CONNECTED take."""
     if enabled():
@@ -225,9 +245,20 @@ def _address(array) -> int:
 def folded_stage(folded, low: int, high: int) -> OutputStage:
     """An output stage in the folded fixed-point form (requantize.fold_requantization)."""
     arrays = [np.ascontiguousarray(a, dtype=np.int64) for a in folded[:5]]
-    stage = OutputStage(0, 0, int(low), int(high), *[_address(a) for a in arrays], None)
+    stage = OutputStage(0, 0, int(low), int(high), *[_address(a) for a in arrays], None, None)
+    lanes = _aligned_bytes(int(_library.edgeq_stage_lanes_bytes(arrays[0].size)))
+    if _library.edgeq_stage_lanes_prepare(ctypes.byref(stage), arrays[0].size, _address(lanes)):
+        stage.lanes = _address(lanes)
+        arrays.append(lanes)
     stage.arrays = arrays
     return stage
+
+
+def _aligned_bytes(size: int) -> np.ndarray:
+    """A zeroed writable uint8 buffer of ``size`` bytes starting on a 64-byte boundary."""
+    raw = np.zeros(size + 64, np.uint8)
+    offset = (-_address(raw)) % 64
+    return raw[offset:offset + size]
 
 
 def float_scale_stage(bias, scale, offset: int, low: int, high: int) -> OutputStage:
@@ -235,9 +266,21 @@ def float_scale_stage(bias, scale, offset: int, low: int, high: int) -> OutputSt
     FULLY_CONNECTED), + offset, clamped."""
     bias = np.ascontiguousarray(bias, dtype=np.int64)
     scale = np.ascontiguousarray(scale, dtype=np.float64)
-    stage = OutputStage(1, int(offset), int(low), int(high), None, _address(bias), None, None, None, _address(scale))
+    stage = OutputStage(1, int(offset), int(low), int(high), None, _address(bias), None, None, None, _address(scale),
+                        None)
     stage.arrays = [bias, scale]
     return stage
+
+
+def output_stage(isa_name: str, stage: OutputStage, acc: np.ndarray) -> np.ndarray:
+    """int8 [rows, channels] = ``stage`` applied to int32 accumulators [rows, channels] as the variant
+    ``isa_name`` runs it after its GEMM (for tests: the stage alone, on chosen accumulators)."""
+    acc = np.ascontiguousarray(acc, dtype=np.int32)
+    out = np.empty(acc.shape, np.int8)
+    if _library.edgeq_output_stage_rows(ISA_CODES[isa_name], ctypes.byref(stage), _address(acc), acc.shape[0],
+                                        acc.shape[1], _address(out)):
+        raise NativeError(f"native variant {isa_name} does not run here")
+    return out
 
 
 def pack_weights(weights: np.ndarray) -> np.ndarray:

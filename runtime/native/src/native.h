@@ -47,6 +47,8 @@ typedef struct {
     const int64_t *correction;
     const int64_t *shift;
     const double *scale;
+    /* FOLDED only, or NULL: the same constants in the 32-bit-lane layout of edgeq_stage_lanes_prepare. */
+    const void *lanes;
 } edgeq_output_stage;
 
 /* A convolution's geometry, NHWC; a plain GEMM [rows, depth] is a 1x1 convolution over a
@@ -65,6 +67,17 @@ int edgeq_cpu_supports(int isa);
 typedef void (*edgeq_stage_fn)(const edgeq_output_stage *stage, const int32_t *acc, int acc_stride, int rows,
                                int col0, int count, int8_t *out, size_t out_stride);
 edgeq_stage_fn edgeq_stage_for(int isa);
+/* qgemm.c: out [rows][count] = the stage of acc [rows][count] as variant `isa` runs it (-1: not here). */
+EDGEQ_API int edgeq_output_stage_rows(int isa, const edgeq_output_stage *stage, const int32_t *acc, int rows, int count,
+                                      int8_t *out);
+
+/* output_stage_avx512.c: a folded stage's constants rearranged (once, in prepare) for the AVX-512 stage
+ * in 32-bit lanes: EDGEQ_STAGE_LANE_GROUP_BYTES per 16 columns (ceil(count / 16) groups). Returns 0 when
+ * some column's constants do not allow that form (a multiplier above INT32_MAX, an unusual shift), and
+ * the stage then runs without it. */
+#define EDGEQ_STAGE_LANE_GROUP_BYTES 384
+EDGEQ_API size_t edgeq_stage_lanes_bytes(int count);
+EDGEQ_API int edgeq_stage_lanes_prepare(const edgeq_output_stage *stage, int count, void *lanes);
 
 #if defined(__x86_64__)
 /* output_stage_avx512.c: the folded stage in 32-bit lanes where multipliers fit in int32 (0: not done). */
@@ -77,6 +90,9 @@ EDGEQ_API int edgeq_isa_compiled(int isa);
 EDGEQ_API int edgeq_isa_supported(int isa);
 EDGEQ_API int edgeq_isa_input_shift(int isa);
 EDGEQ_API size_t edgeq_packed_bytes(int out_c, int depth);
+/* Whether AVX512-VNNI convolutions may run on AMX tiles where the CPU and the OS allow (on: asks Linux
+ * for the tile state once; -1: changes nothing); returns whether they do. */
+EDGEQ_API int edgeq_amx_set(int on);
 EDGEQ_API void edgeq_pack_weights(int out_c, int depth, const int8_t *weights, int8_t *packed);
 EDGEQ_API int edgeq_conv(int isa, const edgeq_conv_geometry *g, const int8_t *x, const int8_t *packed,
                          const edgeq_output_stage *stage, int8_t *out, int threads);
