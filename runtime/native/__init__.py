@@ -111,6 +111,8 @@ def _open_library():
             ("edgeq_pool_f32", None, [int32, int32, pointer, pointer, ctypes.c_float, ctypes.c_float, pointer]),
             ("edgeq_average_pool_int8", None, [int32, pointer, pointer, int32, int32, pointer, pointer]),
             ("edgeq_im2col_f32", None, [pointer, pointer, ctypes.c_float, pointer]),
+            ("edgeq_pool_workers", int32, []),
+            ("edgeq_pool_shutdown", None, []),
             ("edgeq_sgemm_packed_floats", ctypes.c_size_t, [int32, int32, int32]),
             ("edgeq_sgemm_pack", None, [int32, int32, int32, pointer, pointer]),
             ("edgeq_sgemm", int32, [int32, int32, int32, int32, pointer, ctypes.c_size_t, pointer, pointer,
@@ -220,6 +222,17 @@ def set_threads(count: int) -> int:
 
 def threads() -> int:
     return _threads
+
+
+def pool_workers() -> int:
+    """Worker threads the native kernels' pool has started (they stay, parked, between calls)."""
+    return int(_library.edgeq_pool_workers()) if available() else 0
+
+
+def shutdown_pool() -> None:
+    """Stop and join the pool's workers; the next parallel kernel starts them again."""
+    if available():
+        _library.edgeq_pool_shutdown()
 
 
 def input_shift(isa_name: str) -> int:

@@ -210,7 +210,11 @@ EDGEQ_API void edgeq_mean_int8(int isa, size_t outer, size_t reduced, size_t inn
 /* concat.c: out [outer][sum of widths] bytes = each input's [outer][widths[k]] bytes side by side. */
 EDGEQ_API void edgeq_concat(size_t outer, int count, const void *const *inputs, const size_t *widths, void *out);
 
-/* threads.c: run work(context, index) for index in [0, count) on up to `threads` threads. */
+/* threads.c: run work(context, index) for index in [0, count) on up to `threads` threads (the caller
+ * and workers of a pool started once, parked between calls); the workers started so far; stopping
+ * and joining them (the next call starts them again). */
 void edgeq_parallel_for(int count, int threads, void (*work)(void *context, int index), void *context);
+EDGEQ_API int edgeq_pool_workers(void);
+EDGEQ_API void edgeq_pool_shutdown(void);
 
 #endif
