@@ -14,7 +14,7 @@ NATIVE_SOURCES = ("module.c", "cpu.c", "qgemm.c", "dwconv.c", "elementwise.c", "
                   "quantize.c", "add_int8_simd.c", "dwconv_pairs.c",
                   "output_stage_avx512.c", "lookup_int8.c",
                   "maxpool_int8.c", "dwconv_f32.c", "pool.c", "sgemm.c",
-                  "softmax_int8.c", "mean_int8.c", "concat.c")
+                  "softmax_int8.c", "mean_int8.c", "concat.c", "split.c")
 
 
 def edgeq_packages():

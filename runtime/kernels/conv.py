@@ -42,6 +42,7 @@ from edgeq.runtime.kernels.requantize import (
     weight_zero_points_are_zero,
 )
 from edgeq.runtime.ir import ModelError
+from edgeq.runtime.threads import matmul
 
 # Larger batches are run in chunks so the im2col buffer stays around this size.
 IM2COL_BUDGET_BYTES = 32 << 20
@@ -116,12 +117,11 @@ def _prepare_float(op, graph):
         n = x.shape[0]
         out = outputs.get(n).reshape(n * rows_per_sample, out_c)
         if n <= chunk:
-            np.matmul(patches(x), weights, out=out)
+            matmul(patches(x), weights, out)
         else:
             for start in range(0, n, chunk):
                 part = x[start:start + chunk]
-                np.matmul(patches(part), weights,
-                          out=out[start * rows_per_sample:(start + part.shape[0]) * rows_per_sample])
+                matmul(patches(part), weights, out[start * rows_per_sample:(start + part.shape[0]) * rows_per_sample])
         epilogue(out)
         return out.reshape(n, out_h, out_w, out_c)
 

@@ -112,6 +112,17 @@ def _open_library():
             ("edgeq_average_pool_int8", None, [int32, pointer, pointer, int32, int32, pointer, pointer]),
             ("edgeq_im2col_f32", None, [pointer, pointer, ctypes.c_float, pointer]),
             ("edgeq_pool_workers", int32, []),
+            ("edgeq_blas_sgemm_rows", None, [pointer, int32, int32, int32, int32, pointer, ctypes.c_size_t, pointer,
+                                             ctypes.c_size_t, int32, pointer, int32]),
+            ("edgeq_quantize_to_int8_split", None,
+             [int32, pointer, ctypes.c_size_t, ctypes.c_float, int32, int32, int32, pointer, int32]),
+            ("edgeq_dequantize_int8_split", None,
+             [int32, pointer, ctypes.c_size_t, ctypes.c_double, int32, pointer, int32]),
+            ("edgeq_add_int8_split", None, [int32, pointer, pointer, ctypes.c_size_t, pointer, pointer, int32]),
+            ("edgeq_lookup_pairs_int8_split", None,
+             [int32, pointer, pointer, ctypes.c_size_t, pointer, pointer, int32]),
+            ("edgeq_bias_activation_f32_split", None,
+             [int32, pointer, ctypes.c_size_t, int32, pointer, ctypes.c_float, ctypes.c_float, int32]),
             ("edgeq_pool_shutdown", None, []),
             ("edgeq_sgemm_packed_floats", ctypes.c_size_t, [int32, int32, int32]),
             ("edgeq_sgemm_pack", None, [int32, int32, int32, pointer, pointer]),
@@ -227,6 +238,19 @@ def threads() -> int:
 def pool_workers() -> int:
     """Worker threads the native kernels' pool has started (they stay, parked, between calls)."""
     return int(_library.edgeq_pool_workers()) if available() else 0
+
+
+def blas_sgemm_rows(function: int, ilp64: bool, a, b, out, threads: int) -> bool:
+    """out = a @ b through the cblas_sgemm at address ``function``, ranges of a's rows on the pool's
+    threads; a's rows and b's rows or columns must be contiguous. False when the library is absent."""
+    if not available():
+        return False
+    rows, depth = a.shape
+    transpose_b = b.strides[1] != 4  # b is the transpose of a row-major [columns][depth]
+    ldb = (b.strides[1] if transpose_b else b.strides[0]) // 4
+    _library.edgeq_blas_sgemm_rows(function, int(ilp64), rows, b.shape[1], depth, a.ctypes.data, a.strides[0] // 4,
+                                   b.ctypes.data, ldb, int(transpose_b), out.ctypes.data, threads)
+    return True
 
 
 def shutdown_pool() -> None:
@@ -377,7 +401,8 @@ def depthwise_pairs(isa_name: str, geometry: ConvGeometry, x: np.ndarray, packed
 
 def add_int8(isa_name: str, params: AddParams, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """TFLite's int8 ADD/SUB of same-shape contiguous arrays into ``out``."""
-    _library.edgeq_add_int8(ISA_CODES[isa_name], _address(a), _address(b), a.size, ctypes.byref(params), _address(out))
+    _library.edgeq_add_int8_split(ISA_CODES[isa_name], _address(a), _address(b), a.size, ctypes.byref(params),
+                                  _address(out), _threads)
     return out
 
 
@@ -395,24 +420,24 @@ def pair_table(isa_name: str, params: AddParams) -> np.ndarray:
 
 def lookup_pairs_int8(isa_name: str, table: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out = table[(a & 255) * 256 + (b & 255)] for same-shape contiguous int8 a, b."""
-    _library.edgeq_lookup_pairs_int8(ISA_CODES[isa_name], _address(a), _address(b), a.size, _address(table),
-                                     _address(out))
+    _library.edgeq_lookup_pairs_int8_split(ISA_CODES[isa_name], _address(a), _address(b), a.size, _address(table),
+                                           _address(out), _threads)
     return out
 
 
 def quantize_int8(x: np.ndarray, scale, zero_point: int, low: int, high: int, out: np.ndarray,
                   isa_name=None) -> np.ndarray:
     """float32 -> int8 QUANTIZE of a contiguous array into ``out`` (vectorized on ``isa_name``)."""
-    _library.edgeq_quantize_to_int8(ISA_CODES[isa_name or "portable"], _address(x), x.size, float(scale),
-                                    int(zero_point), int(low), int(high), _address(out))
+    _library.edgeq_quantize_to_int8_split(ISA_CODES[isa_name or "portable"], _address(x), x.size, float(scale),
+                                          int(zero_point), int(low), int(high), _address(out), _threads)
     return out
 
 
 def dequantize_int8(isa_name: str, x: np.ndarray, scale, zero_point: int, out: np.ndarray) -> np.ndarray:
     """int8 -> float32 DEQUANTIZE (per-tensor) of a contiguous array into ``out``: float((x - zp) * scale)
     with the product in double, as the reference kernel."""
-    _library.edgeq_dequantize_int8(ISA_CODES[isa_name], _address(x), x.size, float(scale), int(zero_point),
-                                   _address(out))
+    _library.edgeq_dequantize_int8_split(ISA_CODES[isa_name], _address(x), x.size, float(scale), int(zero_point),
+                                         _address(out), _threads)
     return out
 
 
@@ -443,8 +468,8 @@ def depthwise_f32(isa_name: str, geometry: ConvGeometry, depth_multiplier: int, 
 def bias_activation_f32(isa_name: str, out: np.ndarray, bias, low: float, high: float) -> np.ndarray:
     """out [rows, channels] (contiguous float32) = clamp(out + bias, low, high) in place; bias may be None."""
     rows, channels = out.shape
-    _library.edgeq_bias_activation_f32(ISA_CODES[isa_name], out.ctypes.data, rows, channels,
-                                       None if bias is None else bias.ctypes.data, low, high)
+    _library.edgeq_bias_activation_f32_split(ISA_CODES[isa_name], out.ctypes.data, rows, channels,
+                                             None if bias is None else bias.ctypes.data, low, high, _threads)
     return out
 
 

@@ -217,4 +217,20 @@ void edgeq_parallel_for(int count, int threads, void (*work)(void *context, int 
 EDGEQ_API int edgeq_pool_workers(void);
 EDGEQ_API void edgeq_pool_shutdown(void);
 
+/* split.c: QUANTIZE, DEQUANTIZE, int8 ADD/SUB, the pair-table lookup and the float bias + clamp pass as
+ * above, split into ranges over up to `threads` threads when large enough. */
+EDGEQ_API void edgeq_quantize_to_int8_split(int isa, const float *x, size_t count, float scale, int32_t zero_point,
+                                            int32_t low, int32_t high, int8_t *out, int threads);
+EDGEQ_API void edgeq_dequantize_int8_split(int isa, const int8_t *x, size_t count, double scale, int32_t zero_point,
+                                           float *out, int threads);
+EDGEQ_API void edgeq_add_int8_split(int isa, const int8_t *a, const int8_t *b, size_t count,
+                                    const edgeq_add_params *params, int8_t *out, int threads);
+EDGEQ_API void edgeq_lookup_pairs_int8_split(int isa, const int8_t *a, const int8_t *b, size_t count,
+                                             const int8_t *table, int8_t *out, int threads);
+EDGEQ_API void edgeq_bias_activation_f32_split(int isa, float *out, size_t rows, int channels, const float *bias,
+                                               float low, float high, int threads);
+/* split.c: the cblas_sgemm at `function` (64-bit integers if ilp64) on ranges of rows over the pool. */
+EDGEQ_API void edgeq_blas_sgemm_rows(void *function, int ilp64, int m, int n, int k, const float *a, size_t lda,
+                                     const float *b, size_t ldb, int transpose_b, float *c, int threads);
+
 #endif

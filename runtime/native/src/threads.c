@@ -12,6 +12,7 @@
  * kernel called from a worker) runs on its own thread. Workers block every signal, so Ctrl-C reaches
  * the Python thread. After fork the child starts with no workers (it starts its own when asked); at
  * exit the workers are woken and joined. */
+#define _GNU_SOURCE /* pthread_setname_np */
 #include "native.h"
 
 #if defined(_WIN32)

@@ -1,0 +1,167 @@
+/* Elementwise kernels split into ranges over the thread pool (threads.c). Each value depends on its
+ * own inputs only, so the ranges give exactly what one call over the whole array gives; below
+ * SPLIT_MIN_VALUES per thread, waking a worker costs more than it saves and one thread runs it. */
+#include "native.h"
+
+/* Values per range: a multiple of every vector width, large enough to pay for handing it out. */
+#define SPLIT_CHUNK 32768
+#define SPLIT_MIN_VALUES 65536
+
+typedef struct {
+    void (*range)(const void *args, size_t first, size_t count);
+    const void *args;
+    size_t count, chunk;
+} split_job;
+
+static void split_work(void *context, int index) {
+    const split_job *job = (const split_job *)context;
+    const size_t first = (size_t)index * job->chunk;
+    const size_t count = job->count - first < job->chunk ? job->count - first : job->chunk;
+    job->range(job->args, first, count);
+}
+
+/* range(args, first, count) over [0, count) in ranges of `chunk` items of `item_values` values each. */
+static void run_split(void (*range)(const void *, size_t, size_t), const void *args, size_t count,
+                      size_t item_values, int threads) {
+    if (threads <= 1 || count * item_values < SPLIT_MIN_VALUES || count < 2) {
+        range(args, 0, count);
+        return;
+    }
+    const size_t chunk = (SPLIT_CHUNK + item_values - 1) / item_values;
+    split_job job = {range, args, count, chunk};
+    edgeq_parallel_for((int)((count + chunk - 1) / chunk), threads, split_work, &job);
+}
+
+typedef struct {
+    int isa;
+    const void *a, *b;
+    const void *table;
+    const edgeq_add_params *params;
+    double dscale;
+    float scale, low, high;
+    int32_t zero_point, ilow, ihigh;
+    void *out;
+} elementwise_args;
+
+static void quantize_range(const void *args, size_t first, size_t count) {
+    const elementwise_args *e = (const elementwise_args *)args;
+    edgeq_quantize_to_int8(e->isa, (const float *)e->a + first, count, e->scale, e->zero_point, e->ilow, e->ihigh,
+                           (int8_t *)e->out + first);
+}
+
+EDGEQ_API void edgeq_quantize_to_int8_split(int isa, const float *x, size_t count, float scale, int32_t zero_point,
+                                            int32_t low, int32_t high, int8_t *out, int threads) {
+    elementwise_args e = {.isa = isa, .a = x, .scale = scale, .zero_point = zero_point, .ilow = low, .ihigh = high,
+                          .out = out};
+    run_split(quantize_range, &e, count, 1, threads);
+}
+
+static void dequantize_range(const void *args, size_t first, size_t count) {
+    const elementwise_args *e = (const elementwise_args *)args;
+    edgeq_dequantize_int8(e->isa, (const int8_t *)e->a + first, count, e->dscale, e->zero_point,
+                          (float *)e->out + first);
+}
+
+EDGEQ_API void edgeq_dequantize_int8_split(int isa, const int8_t *x, size_t count, double scale, int32_t zero_point,
+                                           float *out, int threads) {
+    elementwise_args e = {.isa = isa, .a = x, .dscale = scale, .zero_point = zero_point, .out = out};
+    run_split(dequantize_range, &e, count, 1, threads);
+}
+
+static void add_int8_range(const void *args, size_t first, size_t count) {
+    const elementwise_args *e = (const elementwise_args *)args;
+    edgeq_add_int8(e->isa, (const int8_t *)e->a + first, (const int8_t *)e->b + first, count, e->params,
+                   (int8_t *)e->out + first);
+}
+
+EDGEQ_API void edgeq_add_int8_split(int isa, const int8_t *a, const int8_t *b, size_t count,
+                                    const edgeq_add_params *params, int8_t *out, int threads) {
+    elementwise_args e = {.isa = isa, .a = a, .b = b, .params = params, .out = out};
+    run_split(add_int8_range, &e, count, 1, threads);
+}
+
+static void lookup_range(const void *args, size_t first, size_t count) {
+    const elementwise_args *e = (const elementwise_args *)args;
+    edgeq_lookup_pairs_int8(e->isa, (const int8_t *)e->a + first, (const int8_t *)e->b + first, count,
+                            (const int8_t *)e->table, (int8_t *)e->out + first);
+}
+
+EDGEQ_API void edgeq_lookup_pairs_int8_split(int isa, const int8_t *a, const int8_t *b, size_t count,
+                                             const int8_t *table, int8_t *out, int threads) {
+    elementwise_args e = {.isa = isa, .a = a, .b = b, .table = table, .out = out};
+    run_split(lookup_range, &e, count, 1, threads);
+}
+
+/* The bias + clamp pass over a GEMM's [rows][channels], split by whole rows. */
+typedef struct {
+    int isa, channels;
+    float *out;
+    const float *bias;
+    float low, high;
+} bias_activation_args;
+
+static void bias_activation_rows(const void *args, size_t first, size_t count) {
+    const bias_activation_args *e = (const bias_activation_args *)args;
+    edgeq_bias_activation_f32(e->isa, e->out + first * e->channels, count, e->channels, e->bias, e->low, e->high);
+}
+
+EDGEQ_API void edgeq_bias_activation_f32_split(int isa, float *out, size_t rows, int channels, const float *bias,
+                                               float low, float high, int threads) {
+    bias_activation_args e = {isa, channels, out, bias, low, high};
+    run_split(bias_activation_rows, &e, rows, channels > 0 ? (size_t)channels : 1, threads);
+}
+
+/* A float GEMM of the BLAS numpy loaded (cblas_sgemm, 32- or 64-bit integers), split into ranges of
+ * rows over the pool while that BLAS itself runs on one thread: each row's sums are BLAS's own, in the
+ * order one call over all rows takes (its blocking runs along k and n, not m). */
+typedef void (*cblas_sgemm_lp64)(int order, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                                 const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
+typedef void (*cblas_sgemm_ilp64)(int order, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
+                                  int64_t ldc);
+enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_TRANS = 112 };
+
+typedef struct {
+    void *function;
+    int ilp64, n, k, trans_b;
+    const float *a, *b;
+    size_t lda, ldb;
+    float *c;
+} blas_rows_args;
+
+static void blas_rows(const void *args, size_t first, size_t count) {
+    const blas_rows_args *e = (const blas_rows_args *)args;
+    const float *a = e->a + first * e->lda;
+    float *c = e->c + first * (size_t)e->n;
+    if (e->ilp64)
+        ((cblas_sgemm_ilp64)e->function)(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, e->trans_b, (int64_t)count, e->n, e->k, 1.0f,
+                                         a, (int64_t)e->lda, e->b, (int64_t)e->ldb, 0.0f, c, e->n);
+    else
+        ((cblas_sgemm_lp64)e->function)(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, e->trans_b, (int)count, e->n, e->k, 1.0f, a,
+                                        (int)e->lda, e->b, (int)e->ldb, 0.0f, c, e->n);
+}
+
+typedef struct {
+    const blas_rows_args *args;
+    size_t rows, chunk;
+} blas_rows_job;
+
+static void blas_rows_work(void *context, int index) {
+    const blas_rows_job *job = (const blas_rows_job *)context;
+    const size_t first = (size_t)index * job->chunk;
+    blas_rows(job->args, first, job->rows - first < job->chunk ? job->rows - first : job->chunk);
+}
+
+/* c [m][n] (rows n apart) = a [m][k] (rows lda apart) . b, b [k][n] rows ldb apart, or with
+ * transpose_b its transpose stored [n][k]; one range of rows per thread. */
+EDGEQ_API void edgeq_blas_sgemm_rows(void *function, int ilp64, int m, int n, int k, const float *a, size_t lda,
+                                     const float *b, size_t ldb, int transpose_b, float *c, int threads) {
+    blas_rows_args e = {function, ilp64, n, k, transpose_b ? CBLAS_TRANS : CBLAS_NO_TRANS, a, b, lda, ldb, c};
+    if (threads > m) threads = m;
+    if (threads <= 1) {
+        blas_rows(&e, 0, (size_t)m);
+        return;
+    }
+    blas_rows_job job = {&e, (size_t)m, ((size_t)m + threads - 1) / threads};
+    edgeq_parallel_for((int)((job.rows + job.chunk - 1) / job.chunk), threads, blas_rows_work, &job);
+}
