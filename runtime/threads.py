@@ -90,36 +90,49 @@ def blas_controls() -> list:
     return _controls
 
 
-# The smallest range of rows BLAS's sgemm is given on a thread: OpenBLAS takes other paths for small
-# products (its small-matrix kernels, GEMV for one row) whose sums come in another order, so a range
-# below this could round differently from the one call over all rows. Measured: ranges of at least 8
-# rows and 4M multiply-adds gave bit-identical results on 688 shapes (k 27-4608, n 16-2048).
+# The smallest part of a GEMM BLAS's sgemm is given on a thread: OpenBLAS takes other paths for small
+# products (its small-matrix kernels, GEMV for one row) whose sums come in another order, so a smaller
+# part could round differently from the one call over the whole. Measured with numpy's OpenBLAS: parts
+# of at least 8 rows (or 32 columns of at least 8 rows) and 4M multiply-adds gave bit-identical results
+# on 688 row splits and 534 column splits (k 27-4608, n 16-2048).
 SPLIT_GEMM_MIN_ROWS = 8
+SPLIT_GEMM_MIN_COLUMNS = 32
 SPLIT_GEMM_MIN_MACS = 4_000_000
 
 
-def _blas_ranges(rows: int, depth: int, columns: int, threads: int) -> int:
-    """How many ranges of rows a GEMM is split into (1: not split): at most ``threads``, each at least
-    SPLIT_GEMM_MIN_ROWS rows and SPLIT_GEMM_MIN_MACS multiply-adds."""
-    for ranges in range(min(threads, rows), 1, -1):
-        chunk = -(-rows // ranges)
-        smallest = min(chunk, rows - (-(-rows // chunk) - 1) * chunk)
-        if smallest >= SPLIT_GEMM_MIN_ROWS and smallest * depth * columns >= SPLIT_GEMM_MIN_MACS:
+def _ranges(length: int, smallest_allowed: int, macs_per_unit: int, threads: int) -> int:
+    """How many equal ranges (the last may be shorter) ``length`` units are split into: at most
+    ``threads``, each at least ``smallest_allowed`` units and SPLIT_GEMM_MIN_MACS; 1 when none fits."""
+    for ranges in range(min(threads, length), 1, -1):
+        chunk = -(-length // ranges)
+        smallest = min(chunk, length - (-(-length // chunk) - 1) * chunk)
+        if smallest >= smallest_allowed and smallest * macs_per_unit >= SPLIT_GEMM_MIN_MACS:
             return ranges
     return 1
 
 
+def gemm_split(rows: int, depth: int, columns: int, threads: int):
+    """(by_columns, ranges) for a float GEMM on ``threads`` threads: columns where the weights outweigh
+    the activations (each thread then packs only its share of them), rows otherwise; ranges 1: one call."""
+    if rows < SPLIT_GEMM_MIN_ROWS:
+        return False, 1
+    if columns > rows:
+        return True, _ranges(columns, SPLIT_GEMM_MIN_COLUMNS, rows * depth, threads)
+    return False, _ranges(rows, SPLIT_GEMM_MIN_ROWS, depth * columns, threads)
+
+
 def matmul(a, b, out):
     """out = a @ b (float32, 2-D; ``out`` C-contiguous), as np.matmul computes it; while the native
-    kernels have more than one thread, BLAS's own sgemm runs on ranges of a's rows on their threads
-    (BLAS holds one thread of its own then, see above), each range large enough that BLAS sums it as
-    it sums the whole: the result does not depend on the thread count."""
+    kernels have more than one thread, BLAS's own sgemm runs on parts of the product on their threads
+    (BLAS holds one thread of its own then, see above), each large enough that BLAS sums it as it sums
+    the whole: the result does not depend on the thread count."""
     threads = native.threads()
     if threads > 1 and a.dtype == b.dtype == out.dtype == np.float32 and a.strides[1] == 4 \
             and out.flags.c_contiguous and (b.strides[1] == 4 or b.strides[0] == 4):
-        ranges = _blas_ranges(a.shape[0], a.shape[1], b.shape[1], threads)
+        by_columns, ranges = gemm_split(a.shape[0], a.shape[1], b.shape[1], threads)
         control = next((c for c in blas_controls() if c.sgemm is not None), None) if ranges > 1 else None
-        if control is not None and native.blas_sgemm_rows(control.sgemm, control.ilp64, a, b, out, ranges):
+        if control is not None and native.blas_sgemm_split(control.sgemm, control.ilp64, a, b, out, by_columns,
+                                                           ranges):
             return out
     return np.matmul(a, b, out=out)
 

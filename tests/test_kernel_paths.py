@@ -701,3 +701,22 @@ def test_pad_folded_into_a_pointwise_convolution_grows_its_output(kernel_path, s
         outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
     assert outputs[0].shape == graph["y"].shape
     assert np.array_equal(outputs[0], outputs[1])
+
+
+def float_add_graph(shape, act, seed=31):
+    rng = np.random.default_rng(seed)
+    g = Graph()
+    for name in ("a", "b", "y"):
+        g.add_tensor(Tensor(name, shape, np.float32))
+    g.add_op(Op("ADD", ["a", "b"], ["y"], {"fused_activation_function": act}))
+    g.inputs, g.outputs = ["a", "b"], ["y"]
+    a, b = (rng.standard_normal(shape).astype(np.float32) * 4 for _ in range(2))
+    a.flat[:3] = [np.inf, -np.inf, -0.0]
+    return g, [a, b]
+
+
+@pytest.mark.parametrize("act", ["NONE", "RELU", "RELU6", "RELU_N1_TO_1"])
+@pytest.mark.parametrize("shape", [(1, 5, 7, 3), (2, 56, 56, 64)])
+def test_add_float_same_shape_identical(native_variant, monkeypatch, act, shape):
+    graph, inputs = float_add_graph(shape, act)
+    assert_equal_on_both_paths(graph, inputs, monkeypatch)

@@ -209,6 +209,7 @@ def test_elementwise_kernels_give_the_same_values_on_one_and_three_threads():
         "ADD": lambda: native.add_int8(isa, params, a, b, np.empty(count, np.int8)),
         "ADD from the pair table": lambda: native.lookup_pairs_int8(isa, table, a, b, np.empty(count, np.int8)),
         "bias and clamp": lambda: native.bias_activation_f32(isa, rows.copy(), bias, 0.0, 6.0),
+        "float ADD": lambda: native.add_f32(floats, floats[::-1].copy(), 0.0, 6.0, np.empty(count, np.float32)),
     }
     for name, kernel in kernels.items():
         assert np.array_equal(_on_threads(1, kernel), _on_threads(3, kernel)), name
@@ -216,15 +217,16 @@ def test_elementwise_kernels_give_the_same_values_on_one_and_three_threads():
 
 @needs_native
 @pytest.mark.parametrize("rows, depth, columns, transposed", [(49, 1024, 2048, True), (196, 4608, 512, True),
-                                                             (50, 700, 300, False), (3136, 27, 32, True)])
-def test_blas_gemms_split_by_rows_are_bit_identical_to_one_call(rows, depth, columns, transposed):
+                                                             (50, 700, 300, False), (3136, 27, 32, True),
+                                                             (784, 1152, 128, False), (9, 2048, 1000, True)])
+def test_blas_gemms_split_into_parts_are_bit_identical_to_one_call(rows, depth, columns, transposed):
     rng = np.random.default_rng(rows)
     a = rng.standard_normal((rows, depth)).astype(np.float32)
     b = rng.standard_normal((columns, depth)).astype(np.float32).T if transposed else \
         rng.standard_normal((depth, columns)).astype(np.float32)
     for count in (2, 3):
         out = _on_threads(count, lambda: threads.matmul(a, b, np.empty((rows, columns), np.float32)))
-        assert np.array_equal(out, a @ b), count
+        assert np.array_equal(out, a @ b), (count, threads.gemm_split(rows, depth, columns, count))
 
 
 def _float_conv_graph(x_shape, out_c, k, seed):

@@ -8,7 +8,7 @@ from edgeq.runtime.kernels import check, register
 from edgeq.runtime.kernels.buffers import OutputBuffers
 from edgeq.runtime.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier, rounding_divide_by_pot
 from edgeq.runtime.kernels.int16_tables import check_symmetric, checked_log2
-from edgeq.runtime.kernels.common import fused_activation, require_float, with_activation
+from edgeq.runtime.kernels.common import float_activation_bounds, fused_activation, require_float, with_activation
 from edgeq.runtime.kernels.requantize import activation_range, saturate, scale_and_zero_point
 from edgeq.runtime.ir import ModelError
 
@@ -67,9 +67,34 @@ def _truncating_divide(a, b):
 def _prepare_float(op, graph):
     function = _FLOAT_FUNCTIONS[op.type]
     activation = fused_activation(op) if op.type in ("ADD", "SUB", "MUL", "DIV") else None
+    if op.type == "ADD":
+        native_add = _prepare_add_float_native(op, graph, function, activation)
+        if native_add is not None:
+            return native_add
     if activation is None:
         return function
     return with_activation(function, activation)
+
+
+def _prepare_add_float_native(op, graph, add, activation):
+    """Same-shape float32 ADD (a residual connection) with a clamp or no activation: one native pass
+    into a buffer kept between runs, split over the native threads; None where it does not apply."""
+    bounds = float_activation_bounds(op)
+    shapes = [tuple(graph[name].shape) for name in (op.inputs[0], op.inputs[1], op.outputs[0])]
+    all_float32 = all(graph[name].dtype == np.float32 for name in (op.inputs[0], op.inputs[1], op.outputs[0]))
+    if not native.enabled() or bounds is None or not all_float32 or len(set(shapes)) != 1 or not shapes[0]:
+        return None
+    low, high = bounds
+    outputs = OutputBuffers(shapes[0][1:], np.float32)
+    run = native.add_f32
+
+    def add_float_native(a, b):
+        if a.shape != b.shape or a.dtype != np.float32 or b.dtype != np.float32:
+            out = add(a, b)
+            return activation(out) if activation is not None else out
+        return run(np.ascontiguousarray(a), np.ascontiguousarray(b), low, high, outputs.get(a.shape[0]))
+
+    return add_float_native
 
 
 # -- int8 / uint8 ----------------------------------------------------------------------------------

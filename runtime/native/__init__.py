@@ -112,8 +112,10 @@ def _open_library():
             ("edgeq_average_pool_int8", None, [int32, pointer, pointer, int32, int32, pointer, pointer]),
             ("edgeq_im2col_f32", None, [pointer, pointer, ctypes.c_float, pointer]),
             ("edgeq_pool_workers", int32, []),
-            ("edgeq_blas_sgemm_rows", None, [pointer, int32, int32, int32, int32, pointer, ctypes.c_size_t, pointer,
-                                             ctypes.c_size_t, int32, pointer, int32]),
+            ("edgeq_add_f32", None, [pointer, pointer, ctypes.c_size_t, ctypes.c_float, ctypes.c_float, pointer,
+                                     int32]),
+            ("edgeq_blas_sgemm_split", None, [pointer, int32, int32, int32, int32, pointer, ctypes.c_size_t,
+                                              pointer, ctypes.c_size_t, int32, pointer, int32, int32, int32]),
             ("edgeq_quantize_to_int8_split", None,
              [int32, pointer, ctypes.c_size_t, ctypes.c_float, int32, int32, int32, pointer, int32]),
             ("edgeq_dequantize_int8_split", None,
@@ -240,16 +242,18 @@ def pool_workers() -> int:
     return int(_library.edgeq_pool_workers()) if available() else 0
 
 
-def blas_sgemm_rows(function: int, ilp64: bool, a, b, out, threads: int) -> bool:
-    """out = a @ b through the cblas_sgemm at address ``function``, ranges of a's rows on the pool's
-    threads; a's rows and b's rows or columns must be contiguous. False when the library is absent."""
+def blas_sgemm_split(function: int, ilp64: bool, a, b, out, by_columns: bool, ranges: int) -> bool:
+    """out = a @ b through the cblas_sgemm at address ``function``, in ``ranges`` ranges of a's rows (or
+    of b's columns) on the pool's threads; a's rows and b's rows or columns must be contiguous. False
+    when the library is absent."""
     if not available():
         return False
     rows, depth = a.shape
     transpose_b = b.strides[1] != 4  # b is the transpose of a row-major [columns][depth]
     ldb = (b.strides[1] if transpose_b else b.strides[0]) // 4
-    _library.edgeq_blas_sgemm_rows(function, int(ilp64), rows, b.shape[1], depth, a.ctypes.data, a.strides[0] // 4,
-                                   b.ctypes.data, ldb, int(transpose_b), out.ctypes.data, threads)
+    _library.edgeq_blas_sgemm_split(function, int(ilp64), rows, b.shape[1], depth, a.ctypes.data, a.strides[0] // 4,
+                                    b.ctypes.data, ldb, int(transpose_b), out.ctypes.data, int(by_columns), ranges,
+                                    _threads)
     return True
 
 
@@ -470,6 +474,12 @@ def bias_activation_f32(isa_name: str, out: np.ndarray, bias, low: float, high: 
     rows, channels = out.shape
     _library.edgeq_bias_activation_f32_split(ISA_CODES[isa_name], out.ctypes.data, rows, channels,
                                              None if bias is None else bias.ctypes.data, low, high, _threads)
+    return out
+
+
+def add_f32(a: np.ndarray, b: np.ndarray, low: float, high: float, out: np.ndarray) -> np.ndarray:
+    """out = clamp(a + b, low, high) for same-shape contiguous float32 arrays."""
+    _library.edgeq_add_f32(a.ctypes.data, b.ctypes.data, a.size, low, high, out.ctypes.data, _threads)
     return out
 
 

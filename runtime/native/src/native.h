@@ -229,8 +229,13 @@ EDGEQ_API void edgeq_lookup_pairs_int8_split(int isa, const int8_t *a, const int
                                              const int8_t *table, int8_t *out, int threads);
 EDGEQ_API void edgeq_bias_activation_f32_split(int isa, float *out, size_t rows, int channels, const float *bias,
                                                float low, float high, int threads);
-/* split.c: the cblas_sgemm at `function` (64-bit integers if ilp64) on ranges of rows over the pool. */
-EDGEQ_API void edgeq_blas_sgemm_rows(void *function, int ilp64, int m, int n, int k, const float *a, size_t lda,
-                                     const float *b, size_t ldb, int transpose_b, float *c, int threads);
+/* split.c: out = clamp(a + b, low, high) of float32 arrays of `count` values. */
+EDGEQ_API void edgeq_add_f32(const float *a, const float *b, size_t count, float low, float high, float *out,
+                             int threads);
+/* split.c: the cblas_sgemm at `function` (64-bit integers if ilp64) on ranges of rows (or columns)
+ * over the pool. */
+EDGEQ_API void edgeq_blas_sgemm_split(void *function, int ilp64, int m, int n, int k, const float *a, size_t lda,
+                                      const float *b, size_t ldb, int transpose_b, float *c, int by_columns,
+                                      int ranges, int threads);
 
 #endif

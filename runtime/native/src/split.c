@@ -112,8 +112,10 @@ EDGEQ_API void edgeq_bias_activation_f32_split(int isa, float *out, size_t rows,
 }
 
 /* A float GEMM of the BLAS numpy loaded (cblas_sgemm, 32- or 64-bit integers), split into ranges of
- * rows over the pool while that BLAS itself runs on one thread: each row's sums are BLAS's own, in the
- * order one call over all rows takes (its blocking runs along k and n, not m). */
+ * rows, or of columns, over the pool while that BLAS itself runs on one thread. Callers keep every
+ * range large enough that BLAS sums each output as one call over the whole product does (its blocking
+ * runs along k; small products take other kernels). Columns when the weights are the larger operand:
+ * each range then packs only its own part of them. */
 typedef void (*cblas_sgemm_lp64)(int order, int trans_a, int trans_b, int m, int n, int k, float alpha,
                                  const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
 typedef void (*cblas_sgemm_ilp64)(int order, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
@@ -123,45 +125,85 @@ enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_TRANS = 112 };
 
 typedef struct {
     void *function;
-    int ilp64, n, k, trans_b;
+    int ilp64, m, n, k, transpose_b, by_columns;
     const float *a, *b;
     size_t lda, ldb;
     float *c;
-} blas_rows_args;
+} blas_split_args;
 
-static void blas_rows(const void *args, size_t first, size_t count) {
-    const blas_rows_args *e = (const blas_rows_args *)args;
-    const float *a = e->a + first * e->lda;
-    float *c = e->c + first * (size_t)e->n;
+static void blas_range(const void *args, size_t first, size_t count) {
+    const blas_split_args *e = (const blas_split_args *)args;
+    const float *a = e->a, *b = e->b;
+    float *c = e->c;
+    int64_t m = e->m, n = e->n;
+    if (e->by_columns) {
+        b += e->transpose_b ? first * e->ldb : first;
+        c += first;
+        n = (int64_t)count;
+    } else {
+        a += first * e->lda;
+        c += first * (size_t)e->n;
+        m = (int64_t)count;
+    }
+    const int trans_b = e->transpose_b ? CBLAS_TRANS : CBLAS_NO_TRANS;
     if (e->ilp64)
-        ((cblas_sgemm_ilp64)e->function)(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, e->trans_b, (int64_t)count, e->n, e->k, 1.0f,
-                                         a, (int64_t)e->lda, e->b, (int64_t)e->ldb, 0.0f, c, e->n);
+        ((cblas_sgemm_ilp64)e->function)(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, trans_b, m, n, e->k, 1.0f, a,
+                                         (int64_t)e->lda, b, (int64_t)e->ldb, 0.0f, c, e->n);
     else
-        ((cblas_sgemm_lp64)e->function)(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, e->trans_b, (int)count, e->n, e->k, 1.0f, a,
-                                        (int)e->lda, e->b, (int)e->ldb, 0.0f, c, e->n);
+        ((cblas_sgemm_lp64)e->function)(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, trans_b, (int)m, (int)n, e->k, 1.0f, a,
+                                        (int)e->lda, b, (int)e->ldb, 0.0f, c, e->n);
 }
 
 typedef struct {
-    const blas_rows_args *args;
-    size_t rows, chunk;
-} blas_rows_job;
+    const blas_split_args *args;
+    size_t count, chunk;
+} blas_split_job;
 
-static void blas_rows_work(void *context, int index) {
-    const blas_rows_job *job = (const blas_rows_job *)context;
+static void blas_split_work(void *context, int index) {
+    const blas_split_job *job = (const blas_split_job *)context;
     const size_t first = (size_t)index * job->chunk;
-    blas_rows(job->args, first, job->rows - first < job->chunk ? job->rows - first : job->chunk);
+    blas_range(job->args, first, job->count - first < job->chunk ? job->count - first : job->chunk);
 }
 
 /* c [m][n] (rows n apart) = a [m][k] (rows lda apart) . b, b [k][n] rows ldb apart, or with
- * transpose_b its transpose stored [n][k]; one range of rows per thread. */
-EDGEQ_API void edgeq_blas_sgemm_rows(void *function, int ilp64, int m, int n, int k, const float *a, size_t lda,
-                                     const float *b, size_t ldb, int transpose_b, float *c, int threads) {
-    blas_rows_args e = {function, ilp64, n, k, transpose_b ? CBLAS_TRANS : CBLAS_NO_TRANS, a, b, lda, ldb, c};
-    if (threads > m) threads = m;
-    if (threads <= 1) {
-        blas_rows(&e, 0, (size_t)m);
+ * transpose_b its transpose stored [n][k]; `ranges` ranges of rows (or of columns), ceil(m / ranges)
+ * (or n) each but the last, on up to `threads` threads. */
+EDGEQ_API void edgeq_blas_sgemm_split(void *function, int ilp64, int m, int n, int k, const float *a, size_t lda,
+                                      const float *b, size_t ldb, int transpose_b, float *c, int by_columns,
+                                      int ranges, int threads) {
+    blas_split_args e = {function, ilp64, m, n, k, transpose_b, by_columns, a, b, lda, ldb, c};
+    const size_t count = (size_t)(by_columns ? n : m);
+    if (ranges < 1) ranges = 1;
+    blas_split_job job = {&e, count, (count + ranges - 1) / ranges};
+    if (ranges == 1 || threads <= 1 || job.chunk == 0) {
+        blas_range(&e, 0, count);
         return;
     }
-    blas_rows_job job = {&e, (size_t)m, ((size_t)m + threads - 1) / threads};
-    edgeq_parallel_for((int)((job.rows + job.chunk - 1) / job.chunk), threads, blas_rows_work, &job);
+    edgeq_parallel_for((int)((count + job.chunk - 1) / job.chunk), threads, blas_split_work, &job);
+}
+
+/* Float ADD of same-shape arrays with the fused activation as a clamp: one pass, the sum rounded as
+ * numpy rounds it (one float add), then clamped as the other float kernels clamp. */
+typedef struct {
+    const float *a, *b;
+    float low, high;
+    float *out;
+} add_f32_args;
+
+static void add_f32_range(const void *args, size_t first, size_t count) {
+    const add_f32_args *e = (const add_f32_args *)args;
+    const float *restrict a = e->a + first, *restrict b = e->b + first;
+    float *restrict out = e->out + first;
+    const float low = e->low, high = e->high;
+    for (size_t i = 0; i < count; i++) {
+        float v = a[i] + b[i];
+        v = v < low ? low : v;
+        out[i] = v > high ? high : v;
+    }
+}
+
+EDGEQ_API void edgeq_add_f32(const float *a, const float *b, size_t count, float low, float high, float *out,
+                             int threads) {
+    add_f32_args e = {a, b, low, high, out};
+    run_split(add_f32_range, &e, count, 1, threads);
 }
