@@ -116,8 +116,8 @@ def gemm_split(rows: int, depth: int, columns: int, threads: int):
     the activations (each thread then packs only its share of them), rows otherwise; ranges 1: one call."""
     if rows < SPLIT_GEMM_MIN_ROWS:
         return False, 1
-    if columns > rows:
-        return True, _ranges(columns, SPLIT_GEMM_MIN_COLUMNS, rows * depth, threads)
+    if columns > rows:  # several ranges a thread: one whose core is taken leaves its ranges to the others
+        return True, _ranges(columns, SPLIT_GEMM_MIN_COLUMNS, rows * depth, threads * 2)
     return False, _ranges(rows, SPLIT_GEMM_MIN_ROWS, depth * columns, threads)
 
 

@@ -503,7 +503,9 @@ int edgeq_sgemm(int isa, int m, int k, int n, const float *a, size_t lda, const 
     const int row_blocks = (m + job.kernel.mr - 1) / job.kernel.mr;
     if ((long long)m * k * n < PARALLEL_MIN_MACS || threads < 1) threads = 1;
     if (threads > row_blocks) threads = row_blocks > 0 ? row_blocks : 1;
-    job.blocks_per_task = (row_blocks + threads - 1) / threads;
+    /* Several tasks per thread: one whose core is taken for a while leaves its tasks to the others. */
+    const int wanted = threads > 1 ? threads * 4 : 1;
+    job.blocks_per_task = (row_blocks + wanted - 1) / wanted;
     const int tasks = job.blocks_per_task ? (row_blocks + job.blocks_per_task - 1) / job.blocks_per_task : 0;
     void (*task)(void *, int) = sgemm_task;
 #if defined(EDGEQ_X86)
