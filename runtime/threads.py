@@ -131,8 +131,10 @@ def matmul(a, b, out):
             and out.flags.c_contiguous and (b.strides[1] == 4 or b.strides[0] == 4):
         by_columns, ranges = gemm_split(a.shape[0], a.shape[1], b.shape[1], threads)
         control = next((c for c in blas_controls() if c.sgemm is not None), None) if ranges > 1 else None
-        if control is not None and native.blas_sgemm_split(control.sgemm, control.ilp64, a, b, out, by_columns,
-                                                           ranges):
+        # Only while BLAS runs on one thread of its own (Interpreter(num_threads=N) holds it there; with
+        # num_threads=None it keeps its own count, and its threads split the product themselves).
+        if control is not None and control.get() == 1 \
+                and native.blas_sgemm_split(control.sgemm, control.ilp64, a, b, out, by_columns, ranges):
             return out
     return np.matmul(a, b, out=out)
 

@@ -219,14 +219,21 @@ def test_elementwise_kernels_give_the_same_values_on_one_and_three_threads():
 @pytest.mark.parametrize("rows, depth, columns, transposed", [(49, 1024, 2048, True), (196, 4608, 512, True),
                                                              (50, 700, 300, False), (3136, 27, 32, True),
                                                              (784, 1152, 128, False), (9, 2048, 1000, True)])
-def test_blas_gemms_split_into_parts_are_bit_identical_to_one_call(rows, depth, columns, transposed):
+def test_blas_gemms_split_into_parts_are_bit_identical_to_one_call(monkeypatch, rows, depth, columns, transposed):
+    splits = []
+    split = native.blas_sgemm_split
+    monkeypatch.setattr(native, "blas_sgemm_split", lambda *args: splits.append(args[-1]) or split(*args))
     rng = np.random.default_rng(rows)
     a = rng.standard_normal((rows, depth)).astype(np.float32)
     b = rng.standard_normal((columns, depth)).astype(np.float32).T if transposed else \
         rng.standard_normal((depth, columns)).astype(np.float32)
+    with threads.ThreadLimit(1, threads.blas_controls(), blas_threads=1):  # as Interpreter(num_threads=1)
+        expected = threads.matmul(a, b, np.empty((rows, columns), np.float32))
     for count in (2, 3):
-        out = _on_threads(count, lambda: threads.matmul(a, b, np.empty((rows, columns), np.float32)))
-        assert np.array_equal(out, a @ b), (count, threads.gemm_split(rows, depth, columns, count))
+        with threads.ThreadLimit(count, threads.blas_controls(), blas_threads=1):  # as Interpreter(num_threads=N)
+            out = threads.matmul(a, b, np.empty((rows, columns), np.float32))
+        assert np.array_equal(out, expected), (count, threads.gemm_split(rows, depth, columns, count))
+    assert len(splits) == (0 if rows * depth * columns < 2 * threads.SPLIT_GEMM_MIN_MACS else 2), splits
 
 
 def _float_conv_graph(x_shape, out_c, k, seed):
