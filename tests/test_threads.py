@@ -216,6 +216,28 @@ def test_elementwise_kernels_give_the_same_values_on_one_and_three_threads():
 
 
 @needs_native
+@pytest.mark.parametrize("kind", ["float max", "float average", "int8 max"])
+@pytest.mark.parametrize("k, stride, pad", [(3, 2, 1), (2, 2, 0), (3, 1, 1)])
+def test_pools_give_the_same_values_on_one_and_three_threads(kind, k, stride, pad):
+    rng = np.random.default_rng(k * 10 + stride)
+    batch, size, channels = 2, 57, 64  # every case large enough to split
+    out_size = (size + 2 * pad - k) // stride + 1
+    geometry = native.conv_geometry(batch=batch, in_h=size, in_w=size, in_c=channels, out_h=out_size, out_w=out_size,
+                                    out_c=channels, k_h=k, k_w=k, stride_h=stride, stride_w=stride, dil_h=1, dil_w=1,
+                                    pad_top=pad, pad_left=pad, input_zero_point=0)
+    isa = native.best_isa()
+    shape = (batch, out_size, out_size, channels)
+    if kind == "int8 max":
+        x = rng.integers(-128, 128, (batch, size, size, channels), dtype=np.int8)
+        kernel = lambda: native.max_pool_int8(geometry, x, -100, 120, np.empty(shape, np.int8), isa)  # noqa: E731
+    else:
+        x = rng.standard_normal((batch, size, size, channels)).astype(np.float32)
+        kernel = lambda: native.pool_f32(isa, kind == "float average", geometry, x, -1.5, 2.0,  # noqa: E731
+                                         np.empty(shape, np.float32))
+    assert np.array_equal(_on_threads(1, kernel), _on_threads(3, kernel))
+
+
+@needs_native
 @pytest.mark.parametrize("rows, depth, columns, transposed", [(49, 1024, 2048, True), (196, 4608, 512, True),
                                                              (50, 700, 300, False), (3136, 27, 32, True),
                                                              (784, 1152, 128, False), (9, 2048, 1000, True)])

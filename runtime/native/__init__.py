@@ -112,6 +112,9 @@ def _open_library():
             ("edgeq_average_pool_int8", None, [int32, pointer, pointer, int32, int32, pointer, pointer]),
             ("edgeq_im2col_f32", None, [pointer, pointer, ctypes.c_float, pointer]),
             ("edgeq_pool_workers", int32, []),
+            ("edgeq_pool_f32_split", None, [int32, int32, pointer, pointer, ctypes.c_float, ctypes.c_float, pointer,
+                                            int32]),
+            ("edgeq_max_pool_int8_split", None, [int32, pointer, pointer, int32, int32, pointer, int32]),
             ("edgeq_add_f32", None, [pointer, pointer, ctypes.c_size_t, ctypes.c_float, ctypes.c_float, pointer,
                                      int32]),
             ("edgeq_blas_sgemm_split", None, [pointer, int32, int32, int32, int32, pointer, ctypes.c_size_t,
@@ -449,8 +452,8 @@ def max_pool_int8(geometry: ConvGeometry, x: np.ndarray, low: int, high: int, ou
                   isa_name=None) -> np.ndarray:
     """int8 MAX_POOL_2D (window max over in-input positions, clamped) of contiguous NHWC x (vectorized
     on ``isa_name``)."""
-    _library.edgeq_max_pool_int8_isa(ISA_CODES[isa_name or "portable"], ctypes.byref(geometry), _address(x),
-                                     int(low), int(high), _address(out))
+    _library.edgeq_max_pool_int8_split(ISA_CODES[isa_name or "portable"], ctypes.byref(geometry), _address(x),
+                                       int(low), int(high), _address(out), _threads)
     return out
 
 
@@ -486,8 +489,8 @@ def add_f32(a: np.ndarray, b: np.ndarray, low: float, high: float, out: np.ndarr
 def pool_f32(isa_name: str, average: bool, geometry: ConvGeometry, x: np.ndarray, low: float, high: float,
              out: np.ndarray) -> np.ndarray:
     """float32 MAX_POOL_2D (or AVERAGE_POOL_2D) of contiguous NHWC x over in-input positions, clamped."""
-    _library.edgeq_pool_f32(ISA_CODES[isa_name], int(average), ctypes.byref(geometry), x.ctypes.data, low, high,
-                            out.ctypes.data)
+    _library.edgeq_pool_f32_split(ISA_CODES[isa_name], int(average), ctypes.byref(geometry), x.ctypes.data, low,
+                                  high, out.ctypes.data, _threads)
     return out
 
 

@@ -232,6 +232,11 @@ EDGEQ_API void edgeq_bias_activation_f32_split(int isa, float *out, size_t rows,
 /* split.c: out = clamp(a + b, low, high) of float32 arrays of `count` values. */
 EDGEQ_API void edgeq_add_f32(const float *a, const float *b, size_t count, float low, float high, float *out,
                              int threads);
+/* split.c: edgeq_pool_f32 and edgeq_max_pool_int8_isa split into ranges of output rows. */
+EDGEQ_API void edgeq_pool_f32_split(int isa, int average, const edgeq_conv_geometry *g, const float *x, float low,
+                                    float high, float *out, int threads);
+EDGEQ_API void edgeq_max_pool_int8_split(int isa, const edgeq_conv_geometry *g, const int8_t *x, int32_t low,
+                                         int32_t high, int8_t *out, int threads);
 /* split.c: the cblas_sgemm at `function` (64-bit integers if ilp64) on ranges of rows (or columns)
  * over the pool. */
 EDGEQ_API void edgeq_blas_sgemm_split(void *function, int ilp64, int m, int n, int k, const float *a, size_t lda,

@@ -207,3 +207,62 @@ EDGEQ_API void edgeq_add_f32(const float *a, const float *b, size_t count, float
     add_f32_args e = {a, b, low, high, out};
     run_split(add_f32_range, &e, count, 1, threads);
 }
+
+/* MAX/AVERAGE_POOL_2D split into ranges of output rows: a range is the same pool over one image with
+ * fewer output rows and the padding above moved by the rows skipped, so every window is the one the
+ * whole call takes. */
+typedef struct {
+    const edgeq_conv_geometry *g;
+    int chunk_rows, chunks_per_image;
+    int isa, kind; /* kind: 0 float max, 1 float average, 2 int8 max */
+    const void *x;
+    void *out;
+    float low, high;
+    int32_t ilow, ihigh;
+} pool_split_job;
+
+static void pool_rows(void *context, int index) {
+    const pool_split_job *job = (const pool_split_job *)context;
+    const edgeq_conv_geometry *g = job->g;
+    const int n = index / job->chunks_per_image, r0 = (index % job->chunks_per_image) * job->chunk_rows;
+    edgeq_conv_geometry part = *g;
+    part.batch = 1;
+    part.out_h = g->out_h - r0 < job->chunk_rows ? g->out_h - r0 : job->chunk_rows;
+    part.pad_top = g->pad_top - r0 * g->stride_h;
+    const size_t image = (size_t)n * g->in_h * g->in_w * g->in_c;
+    const size_t first = ((size_t)n * g->out_h + r0) * g->out_w * g->out_c;
+    if (job->kind == 2)
+        edgeq_max_pool_int8_isa(job->isa, &part, (const int8_t *)job->x + image, job->ilow, job->ihigh,
+                                (int8_t *)job->out + first);
+    else
+        edgeq_pool_f32(job->isa, job->kind, &part, (const float *)job->x + image, job->low, job->high,
+                       (float *)job->out + first);
+}
+
+static void run_pool_split(pool_split_job *job, int threads) {
+    const edgeq_conv_geometry *g = job->g;
+    const long long work = (long long)g->batch * g->out_h * g->out_w * g->out_c * g->k_h * g->k_w;
+    if (threads > 1 && g->out_h > 1 && work >= 4 * SPLIT_MIN_VALUES) {
+        const int wanted = threads * 2 > g->out_h ? g->out_h : threads * 2; /* ranges per image */
+        job->chunk_rows = (g->out_h + wanted - 1) / wanted;
+        job->chunks_per_image = (g->out_h + job->chunk_rows - 1) / job->chunk_rows;
+        edgeq_parallel_for(g->batch * job->chunks_per_image, threads, pool_rows, job);
+        return;
+    }
+    if (job->kind == 2)
+        edgeq_max_pool_int8_isa(job->isa, g, (const int8_t *)job->x, job->ilow, job->ihigh, (int8_t *)job->out);
+    else
+        edgeq_pool_f32(job->isa, job->kind, g, (const float *)job->x, job->low, job->high, (float *)job->out);
+}
+
+EDGEQ_API void edgeq_pool_f32_split(int isa, int average, const edgeq_conv_geometry *g, const float *x, float low,
+                                    float high, float *out, int threads) {
+    pool_split_job job = {g, 0, 0, isa, average ? 1 : 0, x, out, low, high, 0, 0};
+    run_pool_split(&job, threads);
+}
+
+EDGEQ_API void edgeq_max_pool_int8_split(int isa, const edgeq_conv_geometry *g, const int8_t *x, int32_t low,
+                                         int32_t high, int8_t *out, int threads) {
+    pool_split_job job = {g, 0, 0, isa, 2, x, out, 0.0f, 0.0f, low, high};
+    run_pool_split(&job, threads);
+}
