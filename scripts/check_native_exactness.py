@@ -8,7 +8,11 @@ scales, per-channel and per-tensor weights, every fused activation; same-shape i
 with saturating scales; QUANTIZE of floats with ties, huge values, infinities and NaN; int8 MAX_POOL_2D;
 int8 SOFTMAX (to int8 and int16), MEAN over adjacent axes and CONCATENATION.
 
-Usage: python scripts/check_native_exactness.py   (exit 1 when a variant differs, 2 without native kernels)
+First, each variant must prepare native int8 CONV_2D, FULLY_CONNECTED and DEPTHWISE_CONV_2D kernels (the tap-pair
+depthwise where the variant has one), and with --expect ISA the variant chosen on this CPU must be ISA.
+
+Usage: python scripts/check_native_exactness.py [--expect ISA]
+       (exit 1 when a variant differs or prepares other kernels, 2 without native kernels)
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import numpy as np
 from edgeq.runtime import native
 from edgeq.runtime.interpreter import Interpreter
 from edgeq.runtime.ir import Graph, Op, QuantParams, Tensor
+from edgeq.runtime.op_runner import prepare_op
 from edgeq.runtime.padding import output_size
 from edgeq.testing.int8_graphs import BINARY_CASES, binary_graph, unary_graph, weighted_op
 
@@ -61,6 +66,21 @@ def weighted_cases():
     for channels, k in ((1, 3), (16, 3), (33, 5), (64, 3), (70, 9)):  # > 64 taps: the per-tap loop
         yield f"DW {k}x{k} c={channels}", weighted_op("DEPTHWISE_CONV_2D", (1, 11, 10, channels), (0.05, -128),
                                                       (0.02, 127), k=k, out_c=channels, seed=channels)
+    # The tap-pair kernels: even and odd tap counts, channel tails, strides, dilation.
+    for channels, k, stride, dilation in ((17, 2, 1, 1), (24, 3, 2, 1), (40, 3, 1, 2), (31, 5, 2, 1), (8, 7, 1, 1)):
+        yield f"DW pairs {k}x{k}/{stride} dil{dilation} c={channels}", weighted_op(
+            "DEPTHWISE_CONV_2D", (1, 12, 13, channels), (0.05, 7), (0.1, -3), k=k, stride=stride, dilation=dilation,
+            out_c=channels, seed=channels + k)
+    # The largest int16 sum of two products NEON's pair kernel forms: x = -128 against weights of -127.
+    graph, inputs = weighted_op("DEPTHWISE_CONV_2D", (1, 6, 6, 20), (0.05, 0), (2.0, 0), k=3, out_c=20, seed=5)
+    graph.tensors["w"].data[...] = -127
+    inputs[0][...] = -128
+    yield "DW pairs extreme products", (graph, inputs)
+    # A weight of -128 could overflow that sum: the kernel refuses such weights, another one runs.
+    graph, inputs = weighted_op("DEPTHWISE_CONV_2D", (1, 6, 6, 20), (0.05, -128), (2.0, 0), k=3, out_c=20, seed=6)
+    graph.tensors["w"].data[0, 1, 1, ::3] = -128
+    inputs[0][..., ::2] = -128
+    yield "DW weight -128", (graph, inputs)
 
 
 def elementwise_cases():
@@ -121,11 +141,50 @@ def run(graph, inputs, isa):
         return next(iter(Interpreter.from_graph(graph).run(inputs).values()))
 
 
+# Which prepared kernel each of these ops gets on a native variant (the numpy one's name has no "_native").
+PATH_CASES = {
+    "CONV_2D": weighted_op("CONV_2D", (1, 6, 6, 8), (0.05, 3), (0.2, -5), out_c=16, seed=1),
+    "FULLY_CONNECTED": weighted_op("FULLY_CONNECTED", (2, 40), (0.05, 3), (0.2, -5), out_c=24, seed=2),
+    "DEPTHWISE_CONV_2D": weighted_op("DEPTHWISE_CONV_2D", (1, 6, 6, 24), (0.05, 3), (0.2, -5), out_c=24, seed=3),
+}
+# Variants with a tap-pair depthwise kernel for depth multiplier 1.
+PAIR_DEPTHWISE_VARIANTS = {"avx2", "avxvnni", "avx512vnni", "neon", "neon-dotprod"}
+
+
+def prepared_kernel_names(isa) -> dict:
+    native.ENABLED = True
+    native.use_isa(isa)
+    return {op_type: prepare_op(graph.ops[0], graph).__name__ for op_type, (graph, _) in PATH_CASES.items()}
+
+
+def wrong_kernel_paths(isa) -> list:
+    """What is not as it should be among the kernels ``isa`` prepares."""
+    names = prepared_kernel_names(isa)
+    wrong = [f"{op_type} prepared {name}, not a native kernel" for op_type, name in names.items()
+             if not name.endswith("_int8_native") and not name.endswith("_int8_pairs_native")]
+    pairs = names["DEPTHWISE_CONV_2D"].endswith("_pairs_native")
+    if pairs != (isa in PAIR_DEPTHWISE_VARIANTS):
+        wrong.append(f"DEPTHWISE_CONV_2D prepared {names['DEPTHWISE_CONV_2D']}")
+    return wrong
+
+
 def main() -> int:
+    arguments = sys.argv[1:]
+    expected_best = arguments[arguments.index("--expect") + 1] if "--expect" in arguments else None
     variants = native.supported_isas()
     print(native.describe())
     if not variants:
         return 2
+    if expected_best is not None and native.best_isa() != expected_best:
+        print(f"FAIL: the variant chosen here is {native.best_isa()}, expected {expected_best}")
+        return 1
+    for isa in variants:
+        wrong = wrong_kernel_paths(isa)
+        for line in wrong:
+            print(f"  FAIL {isa}: {line}")
+        if wrong:
+            return 1
+        print(f"{isa}: kernels prepared: {', '.join(sorted(set(prepared_kernel_names(isa).values())))}")
     cases = list(weighted_cases()) + list(elementwise_cases()) + list(softmax_mean_concatenation_cases())
     failures = 0
     for isa in variants:

@@ -154,8 +154,9 @@ def prepare_depthwise(in_shape, filters, bias, input_zero_point, multipliers, sh
 
 def _prepare_depthwise_pairs(isa, taps, bias, input_zero_point, multipliers, shifts, output_offset, low, high,
                              geometries, outputs):
-    """The int16 pair kernel (depth multiplier 1, x86-64 variants): every tap is read, those outside the
-    input from a row of the zero point, so the bias takes -input_zero_point * sum(weights) once."""
+    """The tap-pair kernel (depth multiplier 1; x86-64's vector variants and aarch64's NEON ones): every tap
+    is read, those outside the input from a row of the zero point, so the bias takes
+    -input_zero_point * sum(weights) once."""
     packed = native.pack_depthwise_pairs(isa, taps)
     if packed is None:
         return None
@@ -172,8 +173,8 @@ def _prepare_depthwise_pairs(isa, taps, bias, input_zero_point, multipliers, shi
     stage = native.folded_stage(folded, low, high)
     depthwise_pairs = native.depthwise_pairs
 
-    def depthwise_conv_2d_int8_native(x, _filters=None, _bias=None):
+    def depthwise_conv_2d_int8_pairs_native(x, _filters=None, _bias=None):
         n = x.shape[0]
         return depthwise_pairs(isa, geometries.get(n), np.ascontiguousarray(x), packed, stage, outputs.get(n))
 
-    return depthwise_conv_2d_int8_native
+    return depthwise_conv_2d_int8_pairs_native

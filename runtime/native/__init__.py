@@ -383,8 +383,9 @@ def depthwise(isa_name: str, geometry: ConvGeometry, depth_multiplier: int, x: n
 
 
 def pack_depthwise_pairs(isa_name: str, filters: np.ndarray):
-    """int8 depthwise filters [taps, channels] packed as int16 tap pairs for ``isa_name``'s pair kernel
-    (made once in prepare), or None where the variant has no such kernel."""
+    """int8 depthwise filters [taps, channels] packed in tap pairs for ``isa_name``'s pair kernel (made
+    once in prepare), or None where the variant has no such kernel or refuses these weights (NEON's
+    int16 pair sums: a weight of -128)."""
     filters = np.ascontiguousarray(filters, dtype=np.int8)
     taps, channels = filters.shape
     size = int(_library.edgeq_depthwise_pairs_packed_bytes(ISA_CODES[isa_name], taps, channels))

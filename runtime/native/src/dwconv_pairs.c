@@ -1,24 +1,44 @@
-/* int8 DEPTHWISE_CONV_2D (depth multiplier 1) on x86-64 as int16 pair dot products: the taps of an
- * output pixel are taken two at a time, their inputs widened to int16 and interleaved channel by
- * channel, so one vpmaddwd (AVX2) or vpdpwssd (AVX512-VNNI) adds x_t * w_t + x_t' * w_t' into each
- * channel's int32 lane: a quarter of the instructions of a widen-to-int32-and-multiply loop.
+/* int8 DEPTHWISE_CONV_2D (depth multiplier 1) as pair products: the taps of an output pixel are
+ * taken two at a time.
+ *
+ * x86-64: their inputs widened to int16 and interleaved channel by channel, so one vpmaddwd (AVX2) or
+ * vpdpwssd (AVX512-VNNI) adds x_t * w_t + x_t' * w_t' into each channel's int32 lane: a quarter of the
+ * instructions of a widen-to-int32-and-multiply loop. Weights are packed once (prepare) as int16 per
+ * block of B channels (32 for AVX512, 16 for AVX2) and tap pair as the unpack instructions order
+ * channels: within each 128-bit lane of 8 channels, the low unpack holds channels 0-3 and the high one
+ * 4-7.
+ *
+ * aarch64 (both NEON variants): smull and smlal multiply 16 channels of int8 inputs by int8 weights of
+ * two taps into int16 sums, which saddw adds into int32 lanes: 12 instructions per 32 multiply-adds,
+ * loads included. The int16 sum of two products is exact because no weight is -128 (|x * w| <= 128 *
+ * 127, two of them below 2^15; packing refuses other weights, and the tap-by-tap kernel runs them).
+ * Weights are packed once as int8 [blocks of 16 channels][tap pairs][2][16].
  *
  * Every pixel has all its taps: one outside the input reads a row of the input zero point, whose
  * product the bias takes back (prepare folds -zero_point * sum of the channel's weights into it), so
- * the loop has no branch and no per-pixel correction. Weights are packed once (prepare) per block of
- * B channels (32 for AVX512, 16 for AVX2) and tap pair as the unpack instructions order channels:
- * within each 128-bit lane of 8 channels, the low unpack holds channels 0-3 and the high one 4-7. An
- * odd last tap pairs with zero weights. The accumulators of a whole output row then go through the
- * output stage at once. */
+ * the loop has no branch and no per-pixel correction. An odd last tap pairs with zero weights. The
+ * accumulators of a whole output row then go through the output stage at once. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "native.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define PAIRS_X86 1
 #include <immintrin.h>
+#endif
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#endif
 
+#if defined(PAIRS_X86) || defined(__aarch64__)
 #define MAX_TAPS 64
+
+typedef void (*pixel_fn)(int32_t *acc, int channels, int pairs, const int8_t *const *sources,
+                         const int16_t *packed);
+#endif
+
+#if defined(PAIRS_X86)
 
 static int block_width(int isa) {
     if (isa == EDGEQ_ISA_AVX512VNNI) return 32;
@@ -53,9 +73,6 @@ int edgeq_depthwise_pairs_pack(int isa, int taps, int channels, const int8_t *fi
             }
     return 0;
 }
-
-typedef void (*pixel_fn)(int32_t *acc, int channels, int pairs, const int8_t *const *sources,
-                         const int16_t *packed);
 
 #define DW512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")))
 
@@ -127,6 +144,85 @@ static __attribute__((target("avx2"))) void pixel_avx2(int32_t *acc, int channel
     }
 }
 
+static pixel_fn pixel_for(int isa) { return isa == EDGEQ_ISA_AVX512VNNI ? pixel_avx512 : pixel_avx2; }
+#endif
+
+#if defined(__aarch64__)
+#define NEON_BLOCK 16
+
+static int block_width(int isa) { return isa == EDGEQ_ISA_NEON || isa == EDGEQ_ISA_NEON_DOTPROD ? NEON_BLOCK : 0; }
+
+size_t edgeq_depthwise_pairs_packed_bytes(int isa, int taps, int channels) {
+    if (!block_width(isa) || taps < 1 || taps > MAX_TAPS) return 0;
+    const size_t blocks = ((size_t)channels + NEON_BLOCK - 1) / NEON_BLOCK, pairs = ((size_t)taps + 1) / 2;
+    return blocks * pairs * 2 * NEON_BLOCK;
+}
+
+/* filters: int8 [taps][channels]; packed holds int8 [blocks][pairs][2][16] (its int16 type is the
+ * x86-64 variants'). A weight of -128 could overflow the int16 pair sum: no packing, -1. */
+int edgeq_depthwise_pairs_pack(int isa, int taps, int channels, const int8_t *filters, int16_t *packed) {
+    if (!block_width(isa) || taps < 1 || taps > MAX_TAPS) return -1;
+    for (size_t i = 0; i < (size_t)taps * channels; i++)
+        if (filters[i] == -128) return -1;
+    int8_t *bytes = (int8_t *)packed;
+    const int blocks = (channels + NEON_BLOCK - 1) / NEON_BLOCK, pairs = (taps + 1) / 2;
+    for (int b = 0; b < blocks; b++)
+        for (int tap = 0; tap < 2 * pairs; tap++)
+            for (int j = 0; j < NEON_BLOCK; j++) {
+                const int channel = b * NEON_BLOCK + j;
+                bytes[((size_t)b * pairs * 2 + tap) * NEON_BLOCK + j] =
+                    (channel < channels && tap < taps) ? filters[(size_t)tap * channels + channel] : 0;
+            }
+    return 0;
+}
+
+static inline int8x16_t load_16(const int8_t *src, int count) {
+    if (count >= NEON_BLOCK) return vld1q_s8(src);
+    int8_t buffer[NEON_BLOCK] = {0};
+    memcpy(buffer, src, (size_t)count);
+    return vld1q_s8(buffer);
+}
+
+static void pixel_neon(int32_t *acc, int channels, int pairs, const int8_t *const *sources,
+                       const int16_t *packed) {
+    for (int c0 = 0; c0 < channels; c0 += NEON_BLOCK) {
+        const int left = channels - c0;
+        const int8_t *w = (const int8_t *)packed + (size_t)(c0 / NEON_BLOCK) * pairs * 2 * NEON_BLOCK;
+        int32x4_t a0 = vdupq_n_s32(0), a1 = a0, a2 = a0, a3 = a0;
+        for (int p = 0; p < pairs; p++) {
+            const int8x16_t x0 = load_16(sources[2 * p] + c0, left), x1 = load_16(sources[2 * p + 1] + c0, left);
+            const int8x16_t w0 = vld1q_s8(w + 32 * p), w1 = vld1q_s8(w + 32 * p + 16);
+            const int16x8_t low = vmlal_s8(vmull_s8(vget_low_s8(x0), vget_low_s8(w0)), vget_low_s8(x1),
+                                           vget_low_s8(w1));
+            const int16x8_t high = vmlal_high_s8(vmull_high_s8(x0, w0), x1, w1);
+            a0 = vaddw_s16(a0, vget_low_s16(low));
+            a1 = vaddw_high_s16(a1, low);
+            a2 = vaddw_s16(a2, vget_low_s16(high));
+            a3 = vaddw_high_s16(a3, high);
+        }
+        if (left >= NEON_BLOCK) {
+            vst1q_s32(acc + c0, a0);
+            vst1q_s32(acc + c0 + 4, a1);
+            vst1q_s32(acc + c0 + 8, a2);
+            vst1q_s32(acc + c0 + 12, a3);
+        } else {
+            int32_t lanes[NEON_BLOCK];
+            vst1q_s32(lanes, a0);
+            vst1q_s32(lanes + 4, a1);
+            vst1q_s32(lanes + 8, a2);
+            vst1q_s32(lanes + 12, a3);
+            memcpy(acc + c0, lanes, sizeof(int32_t) * (size_t)left);
+        }
+    }
+}
+
+static pixel_fn pixel_for(int isa) {
+    (void)isa;
+    return pixel_neon;
+}
+#endif
+
+#if defined(PAIRS_X86) || defined(__aarch64__)
 typedef struct {
     const edgeq_conv_geometry *g;
     const int8_t *x;
@@ -178,8 +274,7 @@ int edgeq_depthwise_pairs(int isa, const edgeq_conv_geometry *g, const int8_t *x
     int8_t *filler = (int8_t *)malloc((size_t)g->in_c + 64);
     if (!filler) return -2;
     memset(filler, (int8_t)g->input_zero_point, (size_t)g->in_c + 64);
-    pairs_job job = {g, x, packed, filler, stage, edgeq_stage_for(isa),
-                     isa == EDGEQ_ISA_AVX512VNNI ? pixel_avx512 : pixel_avx2, out, 0};
+    pairs_job job = {g, x, packed, filler, stage, edgeq_stage_for(isa), pixel_for(isa), out, 0};
     const int rows = g->batch * g->out_h;
     if ((long long)rows * g->out_w * g->out_c * taps < PARALLEL_MIN_MACS) threads = 1;
     edgeq_parallel_for(rows, threads, pairs_row, &job);
@@ -187,7 +282,7 @@ int edgeq_depthwise_pairs(int isa, const edgeq_conv_geometry *g, const int8_t *x
     return job.failed ? -2 : 0;
 }
 
-#else /* no x86-64 vector variants: the tap-by-tap kernel in dwconv.c runs */
+#else /* no vector variants (portable C): the tap-by-tap kernel in dwconv.c runs */
 
 size_t edgeq_depthwise_pairs_packed_bytes(int isa, int taps, int channels) {
     (void)isa, (void)taps, (void)channels;

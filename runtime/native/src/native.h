@@ -101,7 +101,8 @@ EDGEQ_API int edgeq_conv(int isa, const edgeq_conv_geometry *g, const int8_t *x,
 EDGEQ_API int edgeq_depthwise(int isa, const edgeq_conv_geometry *g, int depth_multiplier, const int8_t *x,
                               const int16_t *filters, const edgeq_output_stage *stage, int8_t *out, int threads);
 
-/* dwconv_pairs.c: depth multiplier 1 as int16 pair dot products (x86-64 AVX2/AVX-VNNI/AVX512-VNNI;
+/* dwconv_pairs.c: depth multiplier 1 as tap-pair products (x86-64 AVX2/AVX-VNNI/AVX512-VNNI, int16
+ * pair dot products; aarch64 NEON, int8 products summed in int16 pairs, which refuses weights of -128;
  * 0 bytes / -1 where the variant has none). Filters int8 [taps][channels] pack once; the stage's bias
  * must hold -input_zero_point * the sum of each channel's weights over all taps. */
 EDGEQ_API size_t edgeq_depthwise_pairs_packed_bytes(int isa, int taps, int channels);
