@@ -4,8 +4,9 @@
 # of tests/models, float and int8: once on the numpy kernels and once per emulated CPU on the native ones
 # (arm64: -cpu cortex-a72, no dot product, the smlal kernels, as a Raspberry Pi 4; -cpu max, the sdot kernels,
 # as a Pi 5; armhf: the portable C path). Every run's outputs must equal the x86-64 ones: int8 exactly, float
-# within 1e-5 of the output's scale. Under each CPU, scripts/check_native_exactness.py also holds every
-# native variant to the numpy kernels op by op. Slow (minutes); not part of CI.
+# within 1e-5 of the output's scale. Each native run must get the variant its CPU calls for (neon, neon-dotprod,
+# portable), and under each CPU scripts/check_native_exactness.py also checks which kernels every native variant
+# prepares and holds each to the numpy kernels op by op. Slow (minutes); not part of CI.
 #
 # Machines without binfmt_misc cannot exec ARM binaries inside a chroot, so the root is only unpacked: apt
 # (with a private state directory, the root's architecture) downloads python3, numpy, gcc, libc6-dev and
@@ -26,6 +27,15 @@ case "$ARCH" in
     armhf) QEMU=qemu-arm-static TRIPLET=arm-linux-gnueabihf CPUS=(cortex-a7) ;;
     *) echo "ARCH must be arm64 or armhf, not $ARCH" >&2; exit 2 ;;
 esac
+# The native variant each emulated CPU must get: smlal NEON without the dot product (Raspberry Pi 4), sdot with
+# it (Pi 5), portable C on 32-bit ARM.
+expected_variant() {
+    case "$1" in
+        cortex-a72) echo neon ;;
+        max) echo neon-dotprod ;;
+        *) echo portable ;;
+    esac
+}
 WORK=${1:-/tmp/edgeq-$ARCH}
 ROOT=$WORK/root
 CASES=$WORK/cases
@@ -220,16 +230,20 @@ RUNS=(numpy "${CPUS[@]}")
 cd "$WORK"
 for run in "${RUNS[@]}"; do
     if [ "$run" = numpy ]; then cpu="" no_native=1; else cpu=$run no_native=""; fi
+    expected=$([ "$run" = numpy ] && echo none || expected_variant "$run")
     ARM_CPU=$cpu PYTHONPATH="$PYDEPS" PYTHONDONTWRITEBYTECODE=1 EDGEQ_NO_NATIVE=$no_native \
-        arm "$ROOT/usr/bin/python3.11" - "$CASES" "$ARCH" "$run" <<'EOF' 2>&1 | grep -v "native int8 kernels off"
+        arm "$ROOT/usr/bin/python3.11" - "$CASES" "$ARCH" "$run" "$expected" <<'EOF' 2>&1 | grep -v "native int8 kernels off"
 import platform, sys
 from pathlib import Path
 import numpy as np
 from edgeq.runtime import native
 from edgeq.runtime.interpreter import Interpreter
-cases, arch, run = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+cases, arch, run, expected = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 label = f"{arch} ({'default CPU' if run == 'numpy' else f'qemu -cpu {run}'})"
 print(f"{label}: {platform.machine()}, Python {platform.python_version()}, numpy {np.__version__}: {native.describe()}")
+if (native.isa() or "none") != expected:
+    print(f"FAIL {label}: the models would run on {native.isa() or 'the numpy kernels'}, not {expected}")
+    sys.exit(1)
 for model in sorted(cases.glob("*.tflite")):
     interpreter = Interpreter(model_path=str(model))
     if (cases / f"{model.stem}_input.npz").exists():  # inputs by name
@@ -251,7 +265,8 @@ EXACTNESS_FAILED=0
 for cpu in "${CPUS[@]}"; do
     echo "$ARCH (qemu -cpu $cpu): native variants against the numpy kernels"
     ARM_CPU=$cpu PYTHONPATH="$PYDEPS" PYTHONDONTWRITEBYTECODE=1 \
-        arm "$ROOT/usr/bin/python3.11" "$REPO/scripts/check_native_exactness.py" || EXACTNESS_FAILED=1
+        arm "$ROOT/usr/bin/python3.11" "$REPO/scripts/check_native_exactness.py" --expect "$(expected_variant "$cpu")" ||
+        EXACTNESS_FAILED=1
     stage_time "$ARCH op-by-op exactness, $cpu"
 done
 

@@ -56,6 +56,31 @@ def test_native_path_is_what_int8_convolutions_prepare(native_isa):
         assert prepared_kernel_name(graph).endswith("_native"), op_type
 
 
+# Variants with a tap-pair kernel for depthwise convolutions of depth multiplier 1 (dwconv_pairs.c).
+PAIR_DEPTHWISE_VARIANTS = {"avx2", "avxvnni", "avx512vnni", "neon", "neon-dotprod"}
+
+
+def test_depthwise_of_multiplier_one_prepares_the_tap_pair_kernel_where_the_variant_has_one(native_isa):
+    graph, _ = weighted_op("DEPTHWISE_CONV_2D", (1, 6, 6, 24), (0.05, 3), (0.2, -5), out_c=24)
+    uses_pairs = prepared_kernel_name(graph) == "depthwise_conv_2d_int8_pairs_native"
+    assert uses_pairs == (native_isa in PAIR_DEPTHWISE_VARIANTS)
+
+
+def test_depthwise_of_the_largest_pair_products_is_exact(native_isa):
+    # x = -128 against weights of -127 everywhere: the largest sum of two products NEON's kernel keeps in int16.
+    graph, inputs = weighted_op("DEPTHWISE_CONV_2D", (1, 6, 6, 20), (0.05, 0), (2.0, 0), k=3, out_c=20, seed=5)
+    graph.tensors["w"].data[...] = -127
+    inputs[0][...] = -128
+    assert_exact(graph, inputs)
+
+
+def test_depthwise_with_a_weight_of_minus_128_is_exact(native_isa):
+    graph, inputs = weighted_op("DEPTHWISE_CONV_2D", (1, 6, 6, 20), (0.05, -128), (2.0, 0), k=3, out_c=20, seed=6)
+    graph.tensors["w"].data[0, 1, 1, ::3] = -128
+    inputs[0][..., ::2] = -128
+    assert_exact(graph, inputs)
+
+
 @pytest.mark.parametrize("depth, out_c", [(1, 1), (3, 7), (5, 16), (17, 17), (33, 31), (64, 33), (100, 65)])
 @pytest.mark.parametrize("rows", [1, 5])
 def test_fully_connected_odd_shapes(native_isa, depth, out_c, rows):
