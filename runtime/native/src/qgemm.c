@@ -346,6 +346,58 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) static void stage_
 /* -- aarch64 ---------------------------------------------------------------------------------- */
 #if defined(__aarch64__)
 
+/* The folded output stage, 8 columns per step where their multipliers fit in int32 (TFLite's Q31
+ * multiplier, shifted left only for multipliers above one): smull gives the exact int64 product, the
+ * bias, the correction and the arithmetic shift (sshl by minus the shift) stay int64 as in the scalar
+ * form, and the saturating narrows to int32 keep the order, so the clamp in int32 gives its result.
+ * Other columns (a wide multiplier, the last few, the float-scale stage) run the scalar form. */
+static inline int multipliers_fit_int32(const int64_t *multiplier, int count) {
+    for (int j = 0; j < count; j++)
+        if (multiplier[j] != (int64_t)(int32_t)multiplier[j]) return 0;
+    return 1;
+}
+
+static inline int32x4_t folded_quad(int32x4_t a, int32x4_t m, const int64x2_t *k) {
+    /* k: bias, threshold, correction, -shift, each for columns 0-1 then 2-3 */
+    int64x2_t low = vaddq_s64(vmull_s32(vget_low_s32(a), vget_low_s32(m)), k[0]);
+    int64x2_t high = vaddq_s64(vmull_high_s32(a, m), k[1]);
+    low = vsubq_s64(low, vandq_s64(vreinterpretq_s64_u64(vcltq_s64(low, k[2])), k[4]));
+    high = vsubq_s64(high, vandq_s64(vreinterpretq_s64_u64(vcltq_s64(high, k[3])), k[5]));
+    return vcombine_s32(vqmovn_s64(vshlq_s64(low, k[6])), vqmovn_s64(vshlq_s64(high, k[7])));
+}
+
+static void stage_neon(const edgeq_output_stage *stage, const int32_t *acc, int acc_stride, int rows, int col0,
+                       int count, int8_t *out, size_t out_stride) {
+    int j = 0;
+    if (stage->kind == EDGEQ_STAGE_FOLDED) {
+        const int32x4_t low = vdupq_n_s32(stage->low), high = vdupq_n_s32(stage->high);
+        for (; j + 8 <= count && multipliers_fit_int32(stage->multiplier + col0 + j, 8); j += 8) {
+            const int c = col0 + j;
+            int64x2_t k[2][8];
+            int32x4_t m[2];
+            for (int h = 0; h < 2; h++) {
+                const int q = c + 4 * h;
+                m[h] = vcombine_s32(vmovn_s64(vld1q_s64(stage->multiplier + q)),
+                                    vmovn_s64(vld1q_s64(stage->multiplier + q + 2)));
+                k[h][0] = vld1q_s64(stage->bias + q), k[h][1] = vld1q_s64(stage->bias + q + 2);
+                k[h][2] = vld1q_s64(stage->threshold + q), k[h][3] = vld1q_s64(stage->threshold + q + 2);
+                k[h][4] = vld1q_s64(stage->correction + q), k[h][5] = vld1q_s64(stage->correction + q + 2);
+                k[h][6] = vnegq_s64(vld1q_s64(stage->shift + q)), k[h][7] = vnegq_s64(vld1q_s64(stage->shift + q + 2));
+            }
+            for (int r = 0; r < rows; r++) {
+                const int32_t *a = acc + r * acc_stride + j;
+                int32x4_t t0 = folded_quad(vld1q_s32(a), m[0], k[0]);
+                int32x4_t t1 = folded_quad(vld1q_s32(a + 4), m[1], k[1]);
+                t0 = vminq_s32(vmaxq_s32(t0, low), high);
+                t1 = vminq_s32(vmaxq_s32(t1, low), high);
+                vst1_s8(out + r * out_stride + j, vqmovn_s16(vcombine_s16(vqmovn_s32(t0), vqmovn_s32(t1))));
+            }
+        }
+    }
+    for (int r = 0; r < rows && j < count; r++)
+        output_stage_row(stage, acc + r * acc_stride + j, col0 + j, count - j, out + r * out_stride + j);
+}
+
 /* sdot: signed x signed bytes, 4 rows x 16 columns; the packed group of 16 columns x 4 depth is
  * four registers whose 32-bit lanes are columns. */
 __attribute__((target("arch=armv8.2-a+dotprod"))) static void tile_neon_dotprod(const uint8_t *a, size_t lda,
@@ -415,8 +467,8 @@ static const isa_kernels *kernels_for(int isa) {
                                            tile_avx512vnni_1x32};
 #endif
 #if defined(__aarch64__)
-    static const isa_kernels neon = {4, 16, 0, tile_neon, stage_portable};
-    static const isa_kernels neon_dotprod = {4, 16, 0, tile_neon_dotprod, stage_portable};
+    static const isa_kernels neon = {4, 16, 0, tile_neon, stage_neon};
+    static const isa_kernels neon_dotprod = {4, 16, 0, tile_neon_dotprod, stage_neon};
 #endif
     switch (isa) {
     case EDGEQ_ISA_PORTABLE:
