@@ -399,14 +399,38 @@ static void stage_neon(const edgeq_output_stage *stage, const int32_t *acc, int 
 }
 
 /* sdot: signed x signed bytes, 4 rows x 16 columns; the packed group of 16 columns x 4 depth is
- * four registers whose 32-bit lanes are columns. */
+ * four registers whose 32-bit lanes are columns. Four groups at a time, each row's 16 activation
+ * bytes are one load, and the indexed sdot takes group l's 4 bytes from lane l: 84 instructions per
+ * 1024 multiply-adds instead of 96 with a broadcast load per row and group. */
+#define SDOT_GROUP(l)                                                                                \
+    do {                                                                                             \
+        const int8_t *wk = w + 64 * (k + (l));                                                       \
+        const int8x16_t b0 = vld1q_s8(wk), b1 = vld1q_s8(wk + 16), b2 = vld1q_s8(wk + 32),           \
+                        b3 = vld1q_s8(wk + 48);                                                      \
+        for (int r = 0; r < 4; r++) {                                                                \
+            c[r][0] = vdotq_laneq_s32(c[r][0], b0, x[r], l);                                         \
+            c[r][1] = vdotq_laneq_s32(c[r][1], b1, x[r], l);                                         \
+            c[r][2] = vdotq_laneq_s32(c[r][2], b2, x[r], l);                                         \
+            c[r][3] = vdotq_laneq_s32(c[r][3], b3, x[r], l);                                         \
+        }                                                                                            \
+    } while (0)
+
 __attribute__((target("arch=armv8.2-a+dotprod"))) static void tile_neon_dotprod(const uint8_t *a, size_t lda,
                                                                                 const int8_t *w, size_t k4,
                                                                                 int32_t *acc) {
     int32x4_t c[4][4];
     for (int r = 0; r < 4; r++)
         for (int q = 0; q < 4; q++) c[r][q] = vdupq_n_s32(0);
-    for (size_t k = 0; k < k4; k++) {
+    size_t k = 0;
+    for (; k + 4 <= k4; k += 4) {
+        int8x16_t x[4];
+        for (int r = 0; r < 4; r++) x[r] = vld1q_s8((const int8_t *)(a + r * lda + 4 * k));
+        SDOT_GROUP(0);
+        SDOT_GROUP(1);
+        SDOT_GROUP(2);
+        SDOT_GROUP(3);
+    }
+    for (; k < k4; k++) {
         const int8_t *wk = w + 64 * k;
         const int8x16_t b0 = vld1q_s8(wk), b1 = vld1q_s8(wk + 16), b2 = vld1q_s8(wk + 32), b3 = vld1q_s8(wk + 48);
         for (int r = 0; r < 4; r++) {
