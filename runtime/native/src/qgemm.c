@@ -445,36 +445,48 @@ __attribute__((target("arch=armv8.2-a+dotprod"))) static void tile_neon_dotprod(
         for (int q = 0; q < 4; q++) vst1q_s32(acc + 16 * r + 4 * q, c[r][q]);
 }
 
-#define SMLAL_DEPTH(t)                                                                    \
-    do {                                                                                  \
-        const int16x8_t lo = vmovl_s8(vget_low_s8(group.val[t]));                         \
-        const int16x8_t hi = vmovl_high_s8(group.val[t]);                                 \
-        for (int r = 0; r < 4; r++) {                                                     \
-            c[r][0] = vmlal_lane_s16(c[r][0], vget_low_s16(lo), x[r], t);                 \
-            c[r][1] = vmlal_high_lane_s16(c[r][1], lo, x[r], t);                          \
-            c[r][2] = vmlal_lane_s16(c[r][2], vget_low_s16(hi), x[r], t);                 \
-            c[r][3] = vmlal_high_lane_s16(c[r][3], hi, x[r], t);                          \
-        }                                                                                 \
+/* One depth entry t of a packed group (16 columns, widened to int16) times row r's activation t,
+ * into the row's four accumulators. */
+#define SMLAL_ROW(r, t, lo, hi)                                      \
+    c##r##0 = vmlal_lane_s16(c##r##0, vget_low_s16(lo), x##r, t);    \
+    c##r##1 = vmlal_high_lane_s16(c##r##1, lo, x##r, t);             \
+    c##r##2 = vmlal_lane_s16(c##r##2, vget_low_s16(hi), x##r, t);    \
+    c##r##3 = vmlal_high_lane_s16(c##r##3, hi, x##r, t)
+
+#define SMLAL_DEPTH(t)                                                \
+    do {                                                              \
+        const int16x8_t lo = vmovl_s8(vget_low_s8(group.val[t]));     \
+        const int16x8_t hi = vmovl_high_s8(group.val[t]);             \
+        SMLAL_ROW(0, t, lo, hi);                                      \
+        SMLAL_ROW(1, t, lo, hi);                                      \
+        SMLAL_ROW(2, t, lo, hi);                                      \
+        SMLAL_ROW(3, t, lo, hi);                                      \
     } while (0)
 
+static inline int16x4_t widened_activations(const uint8_t *p) {
+    return vget_low_s16(vmovl_s8(vreinterpret_s8_u32(vdup_n_u32(load_u32(p)))));
+}
+
 /* Without sdot (Cortex-A72): vld4 splits a packed group into its four depth entries over 16
- * columns, widened to int16 and multiply-accumulated into int32 by activation lane. */
+ * columns, widened to int16 and multiply-accumulated into int32 by activation lane. The 16
+ * accumulators are named variables: as an array, GCC 12 stored them to the stack every step. */
 static void tile_neon(const uint8_t *a, size_t lda, const int8_t *w, size_t k4, int32_t *acc) {
-    int32x4_t c[4][4];
-    for (int r = 0; r < 4; r++)
-        for (int q = 0; q < 4; q++) c[r][q] = vdupq_n_s32(0);
+    int32x4_t c00 = vdupq_n_s32(0), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+    int32x4_t c20 = c00, c21 = c00, c22 = c00, c23 = c00, c30 = c00, c31 = c00, c32 = c00, c33 = c00;
+    const uint8_t *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda;
     for (size_t k = 0; k < k4; k++) {
         const int8x16x4_t group = vld4q_s8(w + 64 * k);
-        int16x4_t x[4];
-        for (int r = 0; r < 4; r++)
-            x[r] = vget_low_s16(vmovl_s8(vreinterpret_s8_u32(vdup_n_u32(load_u32(a + r * lda + 4 * k)))));
+        const int16x4_t x0 = widened_activations(a + 4 * k), x1 = widened_activations(a1 + 4 * k);
+        const int16x4_t x2 = widened_activations(a2 + 4 * k), x3 = widened_activations(a3 + 4 * k);
         SMLAL_DEPTH(0);
         SMLAL_DEPTH(1);
         SMLAL_DEPTH(2);
         SMLAL_DEPTH(3);
     }
-    for (int r = 0; r < 4; r++)
-        for (int q = 0; q < 4; q++) vst1q_s32(acc + 16 * r + 4 * q, c[r][q]);
+    vst1q_s32(acc, c00), vst1q_s32(acc + 4, c01), vst1q_s32(acc + 8, c02), vst1q_s32(acc + 12, c03);
+    vst1q_s32(acc + 16, c10), vst1q_s32(acc + 20, c11), vst1q_s32(acc + 24, c12), vst1q_s32(acc + 28, c13);
+    vst1q_s32(acc + 32, c20), vst1q_s32(acc + 36, c21), vst1q_s32(acc + 40, c22), vst1q_s32(acc + 44, c23);
+    vst1q_s32(acc + 48, c30), vst1q_s32(acc + 52, c31), vst1q_s32(acc + 56, c32), vst1q_s32(acc + 60, c33);
 }
 #endif
 
