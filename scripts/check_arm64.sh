@@ -42,6 +42,8 @@ CASES=$WORK/cases
 PYDEPS=$WORK/pydeps
 TOOLS=$WORK/toolbin
 PYTHON_X86=${PYTHON:-python3}  # with edgeq installed (pip install -e ".[convert]")
+# A relative path (PYTHON=.venv/bin/python) made absolute: the ARM runs change directory.
+case "$PYTHON_X86" in */*) PYTHON_X86=$(cd "$(dirname "$PYTHON_X86")" && pwd)/$(basename "$PYTHON_X86") ;; esac
 PACKAGES=(python3 python3-numpy gcc libc6-dev python3-dev python3-setuptools)
 mkdir -p "$WORK" "$CASES" "$PYDEPS" "$TOOLS"
 STARTED=$SECONDS
