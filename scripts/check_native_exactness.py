@@ -168,6 +168,21 @@ def wrong_kernel_paths(isa) -> list:
     return wrong
 
 
+def kernel_paths_as_expected(variants, expected_best) -> bool:
+    """Whether this CPU gets ``expected_best`` (when given) and every variant prepares its native kernels."""
+    if expected_best is not None and native.best_isa() != expected_best:
+        print(f"FAIL: the variant chosen here is {native.best_isa()}, expected {expected_best}")
+        return False
+    right = True
+    for isa in variants:
+        wrong = wrong_kernel_paths(isa)
+        for line in wrong:
+            print(f"  FAIL {isa}: {line}")
+        right = right and not wrong
+        print(f"{isa}: kernels prepared: {', '.join(sorted(set(prepared_kernel_names(isa).values())))}")
+    return right
+
+
 def main() -> int:
     arguments = sys.argv[1:]
     expected_best = arguments[arguments.index("--expect") + 1] if "--expect" in arguments else None
@@ -175,16 +190,6 @@ def main() -> int:
     print(native.describe())
     if not variants:
         return 2
-    if expected_best is not None and native.best_isa() != expected_best:
-        print(f"FAIL: the variant chosen here is {native.best_isa()}, expected {expected_best}")
-        return 1
-    for isa in variants:
-        wrong = wrong_kernel_paths(isa)
-        for line in wrong:
-            print(f"  FAIL {isa}: {line}")
-        if wrong:
-            return 1
-        print(f"{isa}: kernels prepared: {', '.join(sorted(set(prepared_kernel_names(isa).values())))}")
     cases = list(weighted_cases()) + list(elementwise_cases()) + list(softmax_mean_concatenation_cases())
     failures = 0
     for isa in variants:
@@ -197,7 +202,7 @@ def main() -> int:
             print(f"  FAIL {isa}: {line}")
         print(f"{isa}: native equals numpy on {len(cases) - len(differing)} of {len(cases)} cases")
         failures += len(differing)
-    return 1 if failures else 0
+    return 1 if failures or not kernel_paths_as_expected(variants, expected_best) else 0
 
 
 if __name__ == "__main__":
