@@ -94,7 +94,8 @@ def main():
     print(f"{'block':>22} {'whole ms':>9} {'bands ms':>9} {'gain':>6}")
     for size, in_c, expanded in BLOCKS:
         whole, banded = measure(size, in_c, expanded, args.band_rows)
-        print(f"{size:>3}x{size:<3} {in_c:>3}->{expanded:>3}->{in_c:<3} {whole:9.3f} {banded:9.3f} {whole / banded:5.2f}x")
+        block = f"{size:>3}x{size:<3} {in_c:>3}->{expanded:>3}->{in_c:<3}"
+        print(f"{block} {whole:9.3f} {banded:9.3f} {whole / banded:5.2f}x")
 
 
 if __name__ == "__main__":
