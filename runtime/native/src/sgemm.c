@@ -54,274 +54,71 @@ static void tile_portable(const float *a, size_t lda, const float *b, int k, con
 }
 
 #if defined(EDGEQ_X86)
+/* The AVX-512 tile for any edge, of MR = 8 or 7 rows (7 where a GEMM's rows are a multiple of 7 and not
+ * of 8, as every row of MobileNetV2's 112, 56, 28, 14 and 7 pixel wide layers is) and HALVES = 2 or 1
+ * sixteen-column halves: `rows` <= MR (missing rows repeat the last one, which is computed and stored
+ * twice over itself) and `cols` <= 16 * HALVES (masked stores). Whole tiles go through the same code,
+ * so there is no copy out of a buffer. Always inlined with constant MR and HALVES, so the loops over
+ * rows and halves unroll and the accumulators live in registers: one kernel per tile shape below. */
+__attribute__((target("avx512f"), always_inline)) static inline void edge_tile_avx512(
+    const float *a, size_t lda, int rows, const float *b, int k, const float *bias, float low, float high, float *c,
+    size_t ldc, int cols, const int mr, const int halves) {
+    const float *row[MAX_MR];
+    float *out[MAX_MR];
+    row[0] = a, out[0] = c;
+#pragma GCC unroll 8
+    for (int r = 1; r < mr; r++) {
+        row[r] = rows > r ? row[r - 1] + lda : row[r - 1];
+        out[r] = rows > r ? out[r - 1] + ldc : out[r - 1];
+    }
+    __m512 acc[MAX_MR][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < mr; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int p = 0; p < k; p++) {
+        const __m512 b0 = _mm512_loadu_ps(b + 32 * (size_t)p);
+        const __m512 b1 = halves == 2 ? _mm512_loadu_ps(b + 32 * (size_t)p + 16) : b0;
+#pragma GCC unroll 8
+        for (int r = 0; r < mr; r++) {
+            const __m512 x = _mm512_set1_ps(row[r][p]);
+            acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
+            if (halves == 2) acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
+        }
+    }
+    const __m512 lo = _mm512_set1_ps(low), hi = _mm512_set1_ps(high);
+    const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+    const __m512 bias1 = bias && halves == 2 ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
+    const int last_cols = cols - 16 * (halves - 1);
+    const __mmask16 last_mask = (__mmask16)(last_cols >= 16 ? 0xffffu : (1u << last_cols) - 1);
+#pragma GCC unroll 8
+    for (int r = 0; r < mr; r++) {
+        const __m512 first = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(acc[r][0], bias0)));
+        if (halves == 2) {
+            _mm512_storeu_ps(out[r], first);
+            _mm512_mask_storeu_ps(out[r] + 16, last_mask,
+                                  _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(acc[r][1], bias1))));
+        } else {
+            _mm512_mask_storeu_ps(out[r], last_mask, first);
+        }
+    }
+}
+
+#define EDGE_TILE_AVX512(NAME, MR, HALVES)                                                                       \
+    __attribute__((target("avx512f"))) static void NAME(const float *a, size_t lda, int rows, const float *b,    \
+                                                        int k, const float *bias, float low, float high,       \
+                                                        float *c, size_t ldc, int cols) {                      \
+        edge_tile_avx512(a, lda, rows, b, k, bias, low, high, c, ldc, cols, MR, HALVES);                       \
+    }
+EDGE_TILE_AVX512(edge_tile_avx512_32x8, 8, 2)
+EDGE_TILE_AVX512(edge_tile_avx512_16x8, 8, 1)
+EDGE_TILE_AVX512(edge_tile_avx512_32x7, 7, 2)
+EDGE_TILE_AVX512(edge_tile_avx512_16x7, 7, 1)
+#undef EDGE_TILE_AVX512
+
+/* The whole 8 x 32 tile, the kernel table's entry for AVX-512 (its GEMMs run every tile as an edge tile). */
 __attribute__((target("avx512f"))) static void tile_avx512(const float *a, size_t lda, const float *b, int k,
                                                            const float *bias, float low, float high, float *c,
                                                            size_t ldc) {
-    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
-    __m512 c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
-    const float *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda;
-    const float *a4 = a + 4 * lda, *a5 = a + 5 * lda, *a6 = a + 6 * lda, *a7 = a + 7 * lda;
-    for (int p = 0; p < k; p++) {
-        const __m512 b0 = _mm512_loadu_ps(b + 32 * (size_t)p), b1 = _mm512_loadu_ps(b + 32 * (size_t)p + 16);
-        __m512 x;
-#define SGEMM_ROW(i)                                                                                      \
-    x = _mm512_set1_ps(a##i[p]);                                                                          \
-    c##i##0 = _mm512_fmadd_ps(x, b0, c##i##0);                                                            \
-    c##i##1 = _mm512_fmadd_ps(x, b1, c##i##1);
-        SGEMM_ROW(0) SGEMM_ROW(1) SGEMM_ROW(2) SGEMM_ROW(3) SGEMM_ROW(4) SGEMM_ROW(5) SGEMM_ROW(6) SGEMM_ROW(7)
-#undef SGEMM_ROW
-    }
-    const __m512 lo = _mm512_set1_ps(low), hi = _mm512_set1_ps(high);
-    const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
-    const __m512 bias1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
-#define SGEMM_STORE(i)                                                                                    \
-    _mm512_storeu_ps(c + i * ldc, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c##i##0, bias0))));      \
-    _mm512_storeu_ps(c + i * ldc + 16, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c##i##1, bias1))));
-    SGEMM_STORE(0) SGEMM_STORE(1) SGEMM_STORE(2) SGEMM_STORE(3) SGEMM_STORE(4) SGEMM_STORE(5) SGEMM_STORE(6)
-    SGEMM_STORE(7)
-#undef SGEMM_STORE
-}
-
-/* The AVX-512 tiles for any edge, of 8 or 7 rows (7 where a GEMM's rows are a multiple of 7 and not
- * of 8, as every row of MobileNetV2's 112, 56, 28, 14 and 7 pixel wide layers is): `rows` <= the tile's
- * height (missing rows repeat the last one, which is computed and stored twice over itself) and `cols`
- * <= 32 columns (masked stores; at most 16 columns skip the second half's multiply-adds). Whole tiles go
- * through the same code, so there is no copy out of a buffer. Written out by row, as the whole-tile
- * kernels above are. */
-__attribute__((target("avx512f"))) static void edge_tile_avx512_32x8(const float *a, size_t lda, int rows, const float *b,
-                                                                           int k, const float *bias, float low, float high, float *c,
-                                                                           size_t ldc, int cols) {
-    const float *a0 = a;
-    float *o0 = c;
-    const float *a1 = rows > 1 ? a0 + lda : a0;
-    float *o1 = rows > 1 ? o0 + ldc : o0;
-    const float *a2 = rows > 2 ? a1 + lda : a1;
-    float *o2 = rows > 2 ? o1 + ldc : o1;
-    const float *a3 = rows > 3 ? a2 + lda : a2;
-    float *o3 = rows > 3 ? o2 + ldc : o2;
-    const float *a4 = rows > 4 ? a3 + lda : a3;
-    float *o4 = rows > 4 ? o3 + ldc : o3;
-    const float *a5 = rows > 5 ? a4 + lda : a4;
-    float *o5 = rows > 5 ? o4 + ldc : o4;
-    const float *a6 = rows > 6 ? a5 + lda : a5;
-    float *o6 = rows > 6 ? o5 + ldc : o5;
-    const float *a7 = rows > 7 ? a6 + lda : a6;
-    float *o7 = rows > 7 ? o6 + ldc : o6;
-    __m512 c00 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(), c20 = _mm512_setzero_ps(), c30 = _mm512_setzero_ps(), c40 = _mm512_setzero_ps(), c50 = _mm512_setzero_ps(), c60 = _mm512_setzero_ps(), c70 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps();
-    for (int p = 0; p < k; p++) {
-        const __m512 b0 = _mm512_loadu_ps(b + 32 * (size_t)p);
-        const __m512 b1 = _mm512_loadu_ps(b + 32 * (size_t)p + 16);
-        __m512 x;
-        x = _mm512_set1_ps(a0[p]);
-        c00 = _mm512_fmadd_ps(x, b0, c00);
-        c01 = _mm512_fmadd_ps(x, b1, c01);
-        x = _mm512_set1_ps(a1[p]);
-        c10 = _mm512_fmadd_ps(x, b0, c10);
-        c11 = _mm512_fmadd_ps(x, b1, c11);
-        x = _mm512_set1_ps(a2[p]);
-        c20 = _mm512_fmadd_ps(x, b0, c20);
-        c21 = _mm512_fmadd_ps(x, b1, c21);
-        x = _mm512_set1_ps(a3[p]);
-        c30 = _mm512_fmadd_ps(x, b0, c30);
-        c31 = _mm512_fmadd_ps(x, b1, c31);
-        x = _mm512_set1_ps(a4[p]);
-        c40 = _mm512_fmadd_ps(x, b0, c40);
-        c41 = _mm512_fmadd_ps(x, b1, c41);
-        x = _mm512_set1_ps(a5[p]);
-        c50 = _mm512_fmadd_ps(x, b0, c50);
-        c51 = _mm512_fmadd_ps(x, b1, c51);
-        x = _mm512_set1_ps(a6[p]);
-        c60 = _mm512_fmadd_ps(x, b0, c60);
-        c61 = _mm512_fmadd_ps(x, b1, c61);
-        x = _mm512_set1_ps(a7[p]);
-        c70 = _mm512_fmadd_ps(x, b0, c70);
-        c71 = _mm512_fmadd_ps(x, b1, c71);
-    }
-    const __m512 lo = _mm512_set1_ps(low), hi = _mm512_set1_ps(high);
-    const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
-    const __m512 bias1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
-    const __mmask16 mask1 = (__mmask16)(cols >= 32 ? 0xffffu : (1u << (cols - 16)) - 1);
-    _mm512_storeu_ps(o0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c00, bias0))));
-    _mm512_mask_storeu_ps(o0 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c01, bias1))));
-    _mm512_storeu_ps(o1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c10, bias0))));
-    _mm512_mask_storeu_ps(o1 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c11, bias1))));
-    _mm512_storeu_ps(o2, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c20, bias0))));
-    _mm512_mask_storeu_ps(o2 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c21, bias1))));
-    _mm512_storeu_ps(o3, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c30, bias0))));
-    _mm512_mask_storeu_ps(o3 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c31, bias1))));
-    _mm512_storeu_ps(o4, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c40, bias0))));
-    _mm512_mask_storeu_ps(o4 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c41, bias1))));
-    _mm512_storeu_ps(o5, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c50, bias0))));
-    _mm512_mask_storeu_ps(o5 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c51, bias1))));
-    _mm512_storeu_ps(o6, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c60, bias0))));
-    _mm512_mask_storeu_ps(o6 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c61, bias1))));
-    _mm512_storeu_ps(o7, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c70, bias0))));
-    _mm512_mask_storeu_ps(o7 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c71, bias1))));
-}
-
-__attribute__((target("avx512f"))) static void edge_tile_avx512_16x8(const float *a, size_t lda, int rows, const float *b,
-                                                                           int k, const float *bias, float low, float high, float *c,
-                                                                           size_t ldc, int cols) {
-    const float *a0 = a;
-    float *o0 = c;
-    const float *a1 = rows > 1 ? a0 + lda : a0;
-    float *o1 = rows > 1 ? o0 + ldc : o0;
-    const float *a2 = rows > 2 ? a1 + lda : a1;
-    float *o2 = rows > 2 ? o1 + ldc : o1;
-    const float *a3 = rows > 3 ? a2 + lda : a2;
-    float *o3 = rows > 3 ? o2 + ldc : o2;
-    const float *a4 = rows > 4 ? a3 + lda : a3;
-    float *o4 = rows > 4 ? o3 + ldc : o3;
-    const float *a5 = rows > 5 ? a4 + lda : a4;
-    float *o5 = rows > 5 ? o4 + ldc : o4;
-    const float *a6 = rows > 6 ? a5 + lda : a5;
-    float *o6 = rows > 6 ? o5 + ldc : o5;
-    const float *a7 = rows > 7 ? a6 + lda : a6;
-    float *o7 = rows > 7 ? o6 + ldc : o6;
-    __m512 c00 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(), c20 = _mm512_setzero_ps(), c30 = _mm512_setzero_ps(), c40 = _mm512_setzero_ps(), c50 = _mm512_setzero_ps(), c60 = _mm512_setzero_ps(), c70 = _mm512_setzero_ps();
-    for (int p = 0; p < k; p++) {
-        const __m512 b0 = _mm512_loadu_ps(b + 32 * (size_t)p);
-        __m512 x;
-        x = _mm512_set1_ps(a0[p]);
-        c00 = _mm512_fmadd_ps(x, b0, c00);
-        x = _mm512_set1_ps(a1[p]);
-        c10 = _mm512_fmadd_ps(x, b0, c10);
-        x = _mm512_set1_ps(a2[p]);
-        c20 = _mm512_fmadd_ps(x, b0, c20);
-        x = _mm512_set1_ps(a3[p]);
-        c30 = _mm512_fmadd_ps(x, b0, c30);
-        x = _mm512_set1_ps(a4[p]);
-        c40 = _mm512_fmadd_ps(x, b0, c40);
-        x = _mm512_set1_ps(a5[p]);
-        c50 = _mm512_fmadd_ps(x, b0, c50);
-        x = _mm512_set1_ps(a6[p]);
-        c60 = _mm512_fmadd_ps(x, b0, c60);
-        x = _mm512_set1_ps(a7[p]);
-        c70 = _mm512_fmadd_ps(x, b0, c70);
-    }
-    const __m512 lo = _mm512_set1_ps(low), hi = _mm512_set1_ps(high);
-    const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
-    const __mmask16 mask0 = (__mmask16)(cols >= 16 ? 0xffffu : (1u << cols) - 1);
-    _mm512_mask_storeu_ps(o0, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c00, bias0))));
-    _mm512_mask_storeu_ps(o1, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c10, bias0))));
-    _mm512_mask_storeu_ps(o2, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c20, bias0))));
-    _mm512_mask_storeu_ps(o3, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c30, bias0))));
-    _mm512_mask_storeu_ps(o4, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c40, bias0))));
-    _mm512_mask_storeu_ps(o5, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c50, bias0))));
-    _mm512_mask_storeu_ps(o6, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c60, bias0))));
-    _mm512_mask_storeu_ps(o7, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c70, bias0))));
-}
-
-__attribute__((target("avx512f"))) static void edge_tile_avx512_32x7(const float *a, size_t lda, int rows, const float *b,
-                                                                           int k, const float *bias, float low, float high, float *c,
-                                                                           size_t ldc, int cols) {
-    const float *a0 = a;
-    float *o0 = c;
-    const float *a1 = rows > 1 ? a0 + lda : a0;
-    float *o1 = rows > 1 ? o0 + ldc : o0;
-    const float *a2 = rows > 2 ? a1 + lda : a1;
-    float *o2 = rows > 2 ? o1 + ldc : o1;
-    const float *a3 = rows > 3 ? a2 + lda : a2;
-    float *o3 = rows > 3 ? o2 + ldc : o2;
-    const float *a4 = rows > 4 ? a3 + lda : a3;
-    float *o4 = rows > 4 ? o3 + ldc : o3;
-    const float *a5 = rows > 5 ? a4 + lda : a4;
-    float *o5 = rows > 5 ? o4 + ldc : o4;
-    const float *a6 = rows > 6 ? a5 + lda : a5;
-    float *o6 = rows > 6 ? o5 + ldc : o5;
-    __m512 c00 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(), c20 = _mm512_setzero_ps(), c30 = _mm512_setzero_ps(), c40 = _mm512_setzero_ps(), c50 = _mm512_setzero_ps(), c60 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps();
-    for (int p = 0; p < k; p++) {
-        const __m512 b0 = _mm512_loadu_ps(b + 32 * (size_t)p);
-        const __m512 b1 = _mm512_loadu_ps(b + 32 * (size_t)p + 16);
-        __m512 x;
-        x = _mm512_set1_ps(a0[p]);
-        c00 = _mm512_fmadd_ps(x, b0, c00);
-        c01 = _mm512_fmadd_ps(x, b1, c01);
-        x = _mm512_set1_ps(a1[p]);
-        c10 = _mm512_fmadd_ps(x, b0, c10);
-        c11 = _mm512_fmadd_ps(x, b1, c11);
-        x = _mm512_set1_ps(a2[p]);
-        c20 = _mm512_fmadd_ps(x, b0, c20);
-        c21 = _mm512_fmadd_ps(x, b1, c21);
-        x = _mm512_set1_ps(a3[p]);
-        c30 = _mm512_fmadd_ps(x, b0, c30);
-        c31 = _mm512_fmadd_ps(x, b1, c31);
-        x = _mm512_set1_ps(a4[p]);
-        c40 = _mm512_fmadd_ps(x, b0, c40);
-        c41 = _mm512_fmadd_ps(x, b1, c41);
-        x = _mm512_set1_ps(a5[p]);
-        c50 = _mm512_fmadd_ps(x, b0, c50);
-        c51 = _mm512_fmadd_ps(x, b1, c51);
-        x = _mm512_set1_ps(a6[p]);
-        c60 = _mm512_fmadd_ps(x, b0, c60);
-        c61 = _mm512_fmadd_ps(x, b1, c61);
-    }
-    const __m512 lo = _mm512_set1_ps(low), hi = _mm512_set1_ps(high);
-    const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
-    const __m512 bias1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
-    const __mmask16 mask1 = (__mmask16)(cols >= 32 ? 0xffffu : (1u << (cols - 16)) - 1);
-    _mm512_storeu_ps(o0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c00, bias0))));
-    _mm512_mask_storeu_ps(o0 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c01, bias1))));
-    _mm512_storeu_ps(o1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c10, bias0))));
-    _mm512_mask_storeu_ps(o1 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c11, bias1))));
-    _mm512_storeu_ps(o2, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c20, bias0))));
-    _mm512_mask_storeu_ps(o2 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c21, bias1))));
-    _mm512_storeu_ps(o3, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c30, bias0))));
-    _mm512_mask_storeu_ps(o3 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c31, bias1))));
-    _mm512_storeu_ps(o4, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c40, bias0))));
-    _mm512_mask_storeu_ps(o4 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c41, bias1))));
-    _mm512_storeu_ps(o5, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c50, bias0))));
-    _mm512_mask_storeu_ps(o5 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c51, bias1))));
-    _mm512_storeu_ps(o6, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c60, bias0))));
-    _mm512_mask_storeu_ps(o6 + 16, mask1, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c61, bias1))));
-}
-
-__attribute__((target("avx512f"))) static void edge_tile_avx512_16x7(const float *a, size_t lda, int rows, const float *b,
-                                                                           int k, const float *bias, float low, float high, float *c,
-                                                                           size_t ldc, int cols) {
-    const float *a0 = a;
-    float *o0 = c;
-    const float *a1 = rows > 1 ? a0 + lda : a0;
-    float *o1 = rows > 1 ? o0 + ldc : o0;
-    const float *a2 = rows > 2 ? a1 + lda : a1;
-    float *o2 = rows > 2 ? o1 + ldc : o1;
-    const float *a3 = rows > 3 ? a2 + lda : a2;
-    float *o3 = rows > 3 ? o2 + ldc : o2;
-    const float *a4 = rows > 4 ? a3 + lda : a3;
-    float *o4 = rows > 4 ? o3 + ldc : o3;
-    const float *a5 = rows > 5 ? a4 + lda : a4;
-    float *o5 = rows > 5 ? o4 + ldc : o4;
-    const float *a6 = rows > 6 ? a5 + lda : a5;
-    float *o6 = rows > 6 ? o5 + ldc : o5;
-    __m512 c00 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(), c20 = _mm512_setzero_ps(), c30 = _mm512_setzero_ps(), c40 = _mm512_setzero_ps(), c50 = _mm512_setzero_ps(), c60 = _mm512_setzero_ps();
-    for (int p = 0; p < k; p++) {
-        const __m512 b0 = _mm512_loadu_ps(b + 32 * (size_t)p);
-        __m512 x;
-        x = _mm512_set1_ps(a0[p]);
-        c00 = _mm512_fmadd_ps(x, b0, c00);
-        x = _mm512_set1_ps(a1[p]);
-        c10 = _mm512_fmadd_ps(x, b0, c10);
-        x = _mm512_set1_ps(a2[p]);
-        c20 = _mm512_fmadd_ps(x, b0, c20);
-        x = _mm512_set1_ps(a3[p]);
-        c30 = _mm512_fmadd_ps(x, b0, c30);
-        x = _mm512_set1_ps(a4[p]);
-        c40 = _mm512_fmadd_ps(x, b0, c40);
-        x = _mm512_set1_ps(a5[p]);
-        c50 = _mm512_fmadd_ps(x, b0, c50);
-        x = _mm512_set1_ps(a6[p]);
-        c60 = _mm512_fmadd_ps(x, b0, c60);
-    }
-    const __m512 lo = _mm512_set1_ps(low), hi = _mm512_set1_ps(high);
-    const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
-    const __mmask16 mask0 = (__mmask16)(cols >= 16 ? 0xffffu : (1u << cols) - 1);
-    _mm512_mask_storeu_ps(o0, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c00, bias0))));
-    _mm512_mask_storeu_ps(o1, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c10, bias0))));
-    _mm512_mask_storeu_ps(o2, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c20, bias0))));
-    _mm512_mask_storeu_ps(o3, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c30, bias0))));
-    _mm512_mask_storeu_ps(o4, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c40, bias0))));
-    _mm512_mask_storeu_ps(o5, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c50, bias0))));
-    _mm512_mask_storeu_ps(o6, mask0, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(c60, bias0))));
+    edge_tile_avx512(a, lda, 8, b, k, bias, low, high, c, ldc, 32, 8, 2);
 }
 
 typedef void (*edge_tile_fn)(const float *a, size_t lda, int rows, const float *b, int k, const float *bias,
