@@ -48,18 +48,7 @@ def prepare_depthwise(in_shape, filters, bias, options, out_h, out_w, pad_top, p
     low, high = bounds
     outputs = OutputBuffers((out_h, out_w, out_c), np.float32)
     depthwise = native.depthwise_f32_caller(isa, out_c // in_c, taps, bias, low, high)
-    by_reference = {}  # batch size -> ctypes.byref(its geometry), made once
-
-    def depthwise_conv_2d_native(x, _filters=None, _bias=None):
-        n = x.shape[0]
-        geometry = by_reference.get(n)
-        if geometry is None:
-            geometry = by_reference[n] = ctypes.byref(geometries.get(n))
-        if x.dtype != np.float32 or not x.flags.c_contiguous:
-            x = _float32(x)
-        return depthwise(geometry, x, outputs.get(n))
-
-    return depthwise_conv_2d_native
+    return _per_batch_kernel(depthwise, geometries, outputs, "depthwise_conv_2d_native")
 
 
 def bias_activation(bias, bounds):
@@ -152,9 +141,15 @@ def conv(g, filters, bias, bounds):
         pad_left=g.pad_left, input_zero_point=0)
     outputs = OutputBuffers((g.out_h, g.out_w, g.out_c), np.float32)
     run = native.conv_f32_caller(isa, packed, bias, low, high)
-    by_reference = {}  # batch size -> ctypes.byref(its geometry), made once
+    return _per_batch_kernel(run, geometries, outputs, "conv_2d_banded_native")
 
-    def conv_2d_banded_native(x, _filters=None, _bias=None):
+
+def _per_batch_kernel(run, geometries: GeometryPerBatch, outputs: OutputBuffers, name: str):
+    """kernel(x) = run(geometry, x, out) with the geometry (by reference, made once) and the output
+    buffer of x's batch size, x made contiguous float32 if it is not; ``name`` is the kernel's name."""
+    by_reference = {}  # batch size -> ctypes.byref(its geometry)
+
+    def kernel(x, _filters=None, _bias=None):
         n = x.shape[0]
         geometry = by_reference.get(n)
         if geometry is None:
@@ -163,7 +158,8 @@ def conv(g, filters, bias, bounds):
             x = _float32(x)
         return run(geometry, x, outputs.get(n))
 
-    return conv_2d_banded_native
+    kernel.__name__ = kernel.__qualname__ = name
+    return kernel
 
 
 def _packed_gemm_operands(weights, bias, bounds):
