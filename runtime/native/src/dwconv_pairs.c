@@ -46,11 +46,47 @@ static int block_width(int isa) {
     return 0;
 }
 
+static size_t general_packed_bytes(int width, int taps, int channels) {
+    const size_t blocks = ((size_t)channels + width - 1) / width, pairs = ((size_t)taps + 1) / 2;
+    return blocks * pairs * 2 * width * sizeof(int16_t);
+}
+
+/* A 3x3 filter on AVX512-VNNI also gets the layout of the 3x3 row kernel, after the general one. */
+static int has_3x3_layout(int isa, int taps) { return isa == EDGEQ_ISA_AVX512VNNI && taps == 9; }
+
+#define BLOCK_3X3 32
+#define VECTORS_3X3 12 /* per block of 32 channels: 3 columns x (2 paired-row vectors + 2 third-row ones) */
+
+static size_t layout_3x3_elements(int channels) {
+    return (size_t)((channels + BLOCK_3X3 - 1) / BLOCK_3X3) * VECTORS_3X3 * 32;
+}
+
 size_t edgeq_depthwise_pairs_packed_bytes(int isa, int taps, int channels) {
     const int width = block_width(isa);
     if (!width || taps < 1 || taps > MAX_TAPS) return 0;
-    const size_t blocks = ((size_t)channels + width - 1) / width, pairs = ((size_t)taps + 1) / 2;
-    return blocks * pairs * 2 * width * sizeof(int16_t);
+    return general_packed_bytes(width, taps, channels) +
+           (has_3x3_layout(isa, taps) ? layout_3x3_elements(channels) * sizeof(int16_t) : 0);
+}
+
+/* The 3x3 row kernel's weights, per block of 32 channels and filter column kx: rows 0 and 1 interleaved
+ * as the byte unpacks of two input pixels order channels (int32 lane i holds channel i < 8 ? i : i + 8 of
+ * the low vector, 8 more of the high one), then row 2 beside a zero, channels 0-15 and 16-31 in order. */
+static void pack_3x3(int channels, const int8_t *filters, int16_t *packed) {
+    const int blocks = (channels + BLOCK_3X3 - 1) / BLOCK_3X3;
+    for (int b = 0; b < blocks; b++)
+        for (int kx = 0; kx < 3; kx++) {
+            int16_t *vectors = packed + ((size_t)b * VECTORS_3X3 + 4 * kx) * 32;
+            for (int i = 0; i < 16; i++) {
+                const int paired[2] = {i < 8 ? i : i + 8, i < 8 ? i + 8 : i + 16}, alone[2] = {i, i + 16};
+                for (int v = 0; v < 2; v++) {
+                    const int c = b * BLOCK_3X3 + paired[v], d = b * BLOCK_3X3 + alone[v];
+                    vectors[32 * v + 2 * i] = c < channels ? filters[(size_t)kx * channels + c] : 0;
+                    vectors[32 * v + 2 * i + 1] = c < channels ? filters[(size_t)(3 + kx) * channels + c] : 0;
+                    vectors[32 * (2 + v) + 2 * i] = d < channels ? filters[(size_t)(6 + kx) * channels + d] : 0;
+                    vectors[32 * (2 + v) + 2 * i + 1] = 0;
+                }
+            }
+        }
 }
 
 /* filters: int8 [taps][channels]. */
@@ -71,6 +107,8 @@ int edgeq_depthwise_pairs_pack(int isa, int taps, int channels, const int8_t *fi
                                                                : 0;
                         }
             }
+    if (has_3x3_layout(isa, taps))
+        pack_3x3(channels, filters, packed + general_packed_bytes(width, taps, channels) / sizeof(int16_t));
     return 0;
 }
 
@@ -107,6 +145,95 @@ static DW512 void pixel_avx512(int32_t *acc, int channels, int pairs, const int8
         const __mmask16 first = (__mmask16)mask, second = (__mmask16)(mask >> 16);
         _mm512_mask_storeu_epi32(acc + c0, first, _mm512_permutex2var_epi32(low, order_low, high));
         _mm512_mask_storeu_epi32(acc + c0 + 16, second, _mm512_permutex2var_epi32(low, order_high, high));
+    }
+}
+
+/* The 3x3 row kernel: one output row, 32 channels at a time, the block's 12 weight vectors held in
+ * registers. Filter rows 0 and 1 pair up (one vpdpwssd per column for both), row 2 sits beside a zero
+ * weight; each input column is widened once and serves every output pixel it reaches (3 at stride 1). */
+typedef struct {
+    __m512i low, high, first, second; /* rows 0+1 (unpack order), row 2 (channels 0-15, 16-31) */
+} column_3x3;
+
+static inline __attribute__((always_inline)) DW512 column_3x3 load_column(const int8_t *const *columns,
+                                                                          int ncols, int j, int c0,
+                                                                          __mmask32 mask, int full) {
+    const int8_t *top = columns[j] + c0, *middle = columns[ncols + j] + c0, *bottom = columns[2 * ncols + j] + c0;
+    __m256i a, b;
+    __m128i e, f;
+    if (full) {
+        a = _mm256_loadu_si256((const __m256i *)top);
+        b = _mm256_loadu_si256((const __m256i *)middle);
+        e = _mm_loadu_si128((const __m128i *)bottom);
+        f = _mm_loadu_si128((const __m128i *)(bottom + 16));
+    } else {
+        a = _mm256_maskz_loadu_epi8(mask, top);
+        b = _mm256_maskz_loadu_epi8(mask, middle);
+        e = _mm_maskz_loadu_epi8((__mmask16)mask, bottom);
+        f = _mm_maskz_loadu_epi8((__mmask16)(mask >> 16), bottom + 16);
+    }
+    column_3x3 column;
+    column.low = _mm512_cvtepi8_epi16(_mm256_unpacklo_epi8(a, b));
+    column.high = _mm512_cvtepi8_epi16(_mm256_unpackhi_epi8(a, b));
+    column.first = _mm512_cvtepi8_epi32(e); /* int16 pairs (x, sign of x): the zero weight drops the sign */
+    column.second = _mm512_cvtepi8_epi32(f);
+    return column;
+}
+
+static inline __attribute__((always_inline)) DW512 void block_3x3(const int8_t *const *columns, int ncols,
+                                                                  int stride, int out_w, int channels, int c0,
+                                                                  const int16_t *w, int32_t *row_acc, int full) {
+    const int left = channels - c0;
+    const __mmask32 mask = left >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << left) - 1);
+    __m512i weights[VECTORS_3X3];
+    for (int v = 0; v < VECTORS_3X3; v++) weights[v] = _mm512_loadu_si512(w + 32 * v);
+    column_3x3 c[3];
+    c[0] = load_column(columns, ncols, 0, c0, mask, full);
+    c[1] = stride == 1 ? load_column(columns, ncols, 1, c0, mask, full) : c[0];
+    for (int ox = 0; ox < out_w; ox++) {
+        const int j = ox * stride;
+        if (stride != 1) c[1] = load_column(columns, ncols, j + 1, c0, mask, full);
+        c[2] = load_column(columns, ncols, j + 2, c0, mask, full);
+        __m512i low = _mm512_setzero_si512(), high = low, first = low, second = low;
+        for (int kx = 0; kx < 3; kx++) {
+            low = _mm512_dpwssd_epi32(low, c[kx].low, weights[4 * kx]);
+            high = _mm512_dpwssd_epi32(high, c[kx].high, weights[4 * kx + 1]);
+            first = _mm512_dpwssd_epi32(first, c[kx].first, weights[4 * kx + 2]);
+            second = _mm512_dpwssd_epi32(second, c[kx].second, weights[4 * kx + 3]);
+        }
+        /* low's 128-bit lanes hold channels 0-3, 4-7, 16-19, 20-23; high's 8-11, 12-15, 24-27, 28-31 */
+        first = _mm512_add_epi32(first, _mm512_shuffle_i64x2(low, high, 0x44));
+        second = _mm512_add_epi32(second, _mm512_shuffle_i64x2(low, high, 0xEE));
+        int32_t *acc = row_acc + (size_t)ox * channels + c0;
+        if (full) {
+            _mm512_storeu_si512(acc, first);
+            _mm512_storeu_si512(acc + 16, second);
+        } else {
+            _mm512_mask_storeu_epi32(acc, (__mmask16)mask, first);
+            _mm512_mask_storeu_epi32(acc + 16, (__mmask16)(mask >> 16), second);
+        }
+        if (stride == 1) {
+            c[0] = c[1];
+            c[1] = c[2];
+        } else {
+            c[0] = c[2];
+        }
+    }
+}
+
+/* columns: 3 rows of ncols pointers to input pixels (the zero point's row outside the input). */
+static DW512 void row_3x3_avx512(const int8_t *const *columns, int ncols, int stride, int out_w, int channels,
+                                 const int16_t *packed, int32_t *row_acc) {
+    for (int c0 = 0; c0 < channels; c0 += BLOCK_3X3) {
+        const int16_t *w = packed + (size_t)(c0 / BLOCK_3X3) * VECTORS_3X3 * 32;
+        if (channels - c0 >= BLOCK_3X3) {
+            if (stride == 1)
+                block_3x3(columns, ncols, 1, out_w, channels, c0, w, row_acc, 1);
+            else
+                block_3x3(columns, ncols, 2, out_w, channels, c0, w, row_acc, 1);
+        } else {
+            block_3x3(columns, ncols, stride, out_w, channels, c0, w, row_acc, 0);
+        }
     }
 }
 
@@ -233,19 +360,50 @@ typedef struct {
     pixel_fn pixel;
     int8_t *out;
     int failed;
+    const int16_t *packed_3x3; /* the 3x3 row kernel's weights when it runs, else NULL */
 } pairs_job;
+
+/* int32 slots of a row's accumulators, even so that the 3x3 kernel's column pointers after them align */
+static size_t accumulator_slots(const edgeq_conv_geometry *g) { return ((size_t)g->out_c * g->out_w + 1) & ~(size_t)1; }
+
+#if defined(PAIRS_X86)
+static void row_3x3(pairs_job *job, const int8_t *image, int n, int oy, int32_t *row_acc) {
+    const edgeq_conv_geometry *g = job->g;
+    const int channels = g->out_c, ncols = (g->out_w - 1) * g->stride_w + 3;
+    const int8_t **columns = (const int8_t **)(row_acc + accumulator_slots(g));
+    for (int ky = 0; ky < 3; ky++) {
+        const int iy = oy * g->stride_h - g->pad_top + ky;
+        for (int j = 0; j < ncols; j++) {
+            const int ix = j - g->pad_left;
+            const int inside = iy >= 0 && iy < g->in_h && ix >= 0 && ix < g->in_w;
+            columns[ky * ncols + j] = inside ? image + ((size_t)iy * g->in_w + ix) * channels : job->filler;
+        }
+    }
+    row_3x3_avx512(columns, ncols, g->stride_w, g->out_w, channels, job->packed_3x3, row_acc);
+    job->run_stage(job->stage, row_acc, channels, g->out_w, 0, channels,
+                   job->out + ((size_t)n * g->out_h + oy) * g->out_w * channels, (size_t)channels);
+}
+#endif
 
 static void pairs_row(void *context, int index) {
     pairs_job *job = (pairs_job *)context;
     const edgeq_conv_geometry *g = job->g;
     const int channels = g->out_c, taps = g->k_h * g->k_w, pairs = (taps + 1) / 2;
     const int n = index / g->out_h, oy = index % g->out_h;
-    int32_t *row_acc = (int32_t *)malloc(sizeof(int32_t) * (size_t)channels * g->out_w);
+    int32_t *row_acc = (int32_t *)malloc(sizeof(int32_t) * accumulator_slots(g) +
+                                         (job->packed_3x3 ? sizeof(int8_t *) * 3 * ((g->out_w - 1) * g->stride_w + 3) : 0));
     if (!row_acc) {
         job->failed = 1;
         return;
     }
     const int8_t *image = job->x + (size_t)n * g->in_h * g->in_w * channels;
+#if defined(PAIRS_X86)
+    if (job->packed_3x3) {
+        row_3x3(job, image, n, oy, row_acc);
+        free(row_acc);
+        return;
+    }
+#endif
     const int8_t *sources[MAX_TAPS + 1];
     sources[taps] = job->filler; /* the odd tap's partner, under zero weights */
     for (int ox = 0; ox < g->out_w; ox++) {
@@ -274,7 +432,13 @@ int edgeq_depthwise_pairs(int isa, const edgeq_conv_geometry *g, const int8_t *x
     int8_t *filler = (int8_t *)malloc((size_t)g->in_c + 64);
     if (!filler) return -2;
     memset(filler, (int8_t)g->input_zero_point, (size_t)g->in_c + 64);
-    pairs_job job = {g, x, packed, filler, stage, edgeq_stage_for(isa), pixel_for(isa), out, 0};
+    pairs_job job = {g, x, packed, filler, stage, edgeq_stage_for(isa), pixel_for(isa), out, 0, NULL};
+#if defined(PAIRS_X86)
+    /* the 3x3 row kernel: undilated 3x3, horizontal stride 1 or 2 (any vertical one) */
+    if (has_3x3_layout(isa, taps) && g->k_h == 3 && g->k_w == 3 && g->dil_h == 1 && g->dil_w == 1 &&
+        (g->stride_w == 1 || g->stride_w == 2))
+        job.packed_3x3 = packed + general_packed_bytes(block_width(isa), taps, g->out_c) / sizeof(int16_t);
+#endif
     const int rows = g->batch * g->out_h;
     if ((long long)rows * g->out_w * g->out_c * taps < PARALLEL_MIN_MACS) threads = 1;
     edgeq_parallel_for(rows, threads, pairs_row, &job);
