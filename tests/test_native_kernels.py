@@ -207,6 +207,44 @@ def test_depthwise_conv_2d_odd_shapes(native_isa, channels, k, stride, dilation,
     assert_exact(graph, inputs)
 
 
+def depthwise_3x3(x_shape, in_q, out_q, stride_h, stride_w, padding, act="NONE", seed=0):
+    """A 3x3 DEPTHWISE_CONV_2D of depth multiplier 1, its vertical and horizontal strides apart."""
+    graph, inputs = weighted_op("DEPTHWISE_CONV_2D", x_shape, in_q, out_q, k=3, stride=stride_w, padding=padding,
+                                out_c=x_shape[-1], act=act, seed=seed)
+    graph.ops[0].options["stride_h"] = stride_h
+    n, h, _, _ = x_shape
+    y = graph.tensors["y"]
+    y.shape = (n, output_size(padding, h, 3, stride_h, 1)) + tuple(y.shape[2:])
+    return graph, inputs
+
+
+# The 3x3 row kernel (AVX512-VNNI) takes 32 channels at a time, horizontal strides 1 and 2 under any
+# vertical one: channel tails, outputs one pixel wide and wider, taps in the padding on every side.
+@pytest.mark.parametrize("channels", [1, 31, 32, 33, 64, 103])
+@pytest.mark.parametrize("stride_h, stride_w, padding, height, width", [
+    (1, 1, "SAME", 7, 9), (2, 2, "SAME", 9, 8), (2, 2, "SAME", 8, 9), (1, 2, "VALID", 6, 11), (2, 1, "SAME", 5, 3),
+    (1, 1, "VALID", 3, 3), (2, 2, "VALID", 4, 5), (3, 1, "SAME", 7, 1)])
+def test_depthwise_3x3_strides_paddings_and_channel_tails(native_isa, channels, stride_h, stride_w, padding, height,
+                                                          width):
+    graph, inputs = depthwise_3x3((2, height, width, channels), (0.05, 3), (0.2, -5), stride_h, stride_w, padding,
+                                  seed=channels + 7 * width)
+    assert_exact(graph, inputs)
+
+
+@pytest.mark.parametrize("input_zero_point", [-128, -1, 0, 77, 127])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_3x3_zero_points_with_extreme_weights_and_relu6(native_isa, input_zero_point, stride):
+    # Padding reads the zero point, whose products the bias takes back: exact at both ends of the int8 range.
+    graph, inputs = depthwise_3x3((1, 10, 11, 45), (0.03, input_zero_point), (0.05, -20), stride, stride, "SAME",
+                                  act="RELU6", seed=input_zero_point + 300)
+    weights = graph.tensors["w"].data
+    weights[..., ::3] = 127
+    weights[..., 1::3] = -127
+    inputs[0][..., ::4] = -128
+    inputs[0][..., 1::4] = 127
+    assert_exact(graph, inputs)
+
+
 @pytest.mark.parametrize("case", sorted(BINARY_CASES))
 @pytest.mark.parametrize("op_type", ["ADD", "SUB"])
 @pytest.mark.parametrize("act", ["NONE", "RELU6"])
@@ -291,6 +329,7 @@ def test_native_quantize_matches_the_c_conversion_of_nan_and_infinities(native_i
 
 @pytest.mark.parametrize("op_type, x_shape, out_c", [("CONV_2D", (2, 33, 31, 32), 40),
                                                      ("DEPTHWISE_CONV_2D", (2, 40, 40, 64), 64),
+                                                     ("DEPTHWISE_CONV_2D", (1, 41, 43, 71), 71),
                                                      ("FULLY_CONNECTED", (1, 4000), 700)])
 def test_threads_give_the_same_integers(native_isa, op_type, x_shape, out_c):
     # Large enough that the kernels split the work (rows, or columns for one FULLY_CONNECTED row).
