@@ -182,7 +182,7 @@ static inline __attribute__((always_inline)) DW512 column_3x3 load_column(const 
 
 static inline __attribute__((always_inline)) DW512 void block_3x3(const int8_t *const *columns, int ncols,
                                                                   int stride, int out_w, int channels, int c0,
-                                                                  const int16_t *w, int32_t *row_acc, int full) {
+                                                                  const int16_t *w, int32_t *block_acc, int full) {
     const int left = channels - c0;
     const __mmask32 mask = left >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << left) - 1);
     __m512i weights[VECTORS_3X3];
@@ -204,7 +204,7 @@ static inline __attribute__((always_inline)) DW512 void block_3x3(const int8_t *
         /* low's 128-bit lanes hold channels 0-3, 4-7, 16-19, 20-23; high's 8-11, 12-15, 24-27, 28-31 */
         first = _mm512_add_epi32(first, _mm512_shuffle_i64x2(low, high, 0x44));
         second = _mm512_add_epi32(second, _mm512_shuffle_i64x2(low, high, 0xEE));
-        int32_t *acc = row_acc + (size_t)ox * channels + c0;
+        int32_t *acc = block_acc + (size_t)ox * BLOCK_3X3;
         if (full) {
             _mm512_storeu_si512(acc, first);
             _mm512_storeu_si512(acc + 16, second);
@@ -221,19 +221,23 @@ static inline __attribute__((always_inline)) DW512 void block_3x3(const int8_t *
     }
 }
 
-/* columns: 3 rows of ncols pointers to input pixels (the zero point's row outside the input). */
+/* columns: 3 rows of ncols pointers to input pixels (the zero point's row outside the input). Each block
+ * of 32 channels goes through the output stage while its accumulators (out_w x 32) are still in L1. */
 static DW512 void row_3x3_avx512(const int8_t *const *columns, int ncols, int stride, int out_w, int channels,
-                                 const int16_t *packed, int32_t *row_acc) {
+                                 const int16_t *packed, int32_t *block_acc, const edgeq_output_stage *stage,
+                                 edgeq_stage_fn run_stage, int8_t *out_row) {
     for (int c0 = 0; c0 < channels; c0 += BLOCK_3X3) {
         const int16_t *w = packed + (size_t)(c0 / BLOCK_3X3) * VECTORS_3X3 * 32;
-        if (channels - c0 >= BLOCK_3X3) {
+        const int count = channels - c0 < BLOCK_3X3 ? channels - c0 : BLOCK_3X3;
+        if (count == BLOCK_3X3) {
             if (stride == 1)
-                block_3x3(columns, ncols, 1, out_w, channels, c0, w, row_acc, 1);
+                block_3x3(columns, ncols, 1, out_w, channels, c0, w, block_acc, 1);
             else
-                block_3x3(columns, ncols, 2, out_w, channels, c0, w, row_acc, 1);
+                block_3x3(columns, ncols, 2, out_w, channels, c0, w, block_acc, 1);
         } else {
-            block_3x3(columns, ncols, stride, out_w, channels, c0, w, row_acc, 0);
+            block_3x3(columns, ncols, stride, out_w, channels, c0, w, block_acc, 0);
         }
+        run_stage(stage, block_acc, BLOCK_3X3, out_w, c0, count, out_row + c0, (size_t)channels);
     }
 }
 
@@ -363,8 +367,11 @@ typedef struct {
     const int16_t *packed_3x3; /* the 3x3 row kernel's weights when it runs, else NULL */
 } pairs_job;
 
-/* int32 slots of a row's accumulators, even so that the 3x3 kernel's column pointers after them align */
-static size_t accumulator_slots(const edgeq_conv_geometry *g) { return ((size_t)g->out_c * g->out_w + 1) & ~(size_t)1; }
+/* int32 slots of a row's accumulators (at least 32 channels' worth, as the 3x3 kernel's blocks take),
+ * even so that the 3x3 kernel's column pointers after them align */
+static size_t accumulator_slots(const edgeq_conv_geometry *g) {
+    return ((size_t)(g->out_c < 32 ? 32 : g->out_c) * g->out_w + 1) & ~(size_t)1;
+}
 
 #if defined(PAIRS_X86)
 static void row_3x3(pairs_job *job, const int8_t *image, int n, int oy, int32_t *row_acc) {
@@ -379,9 +386,8 @@ static void row_3x3(pairs_job *job, const int8_t *image, int n, int oy, int32_t 
             columns[ky * ncols + j] = inside ? image + ((size_t)iy * g->in_w + ix) * channels : job->filler;
         }
     }
-    row_3x3_avx512(columns, ncols, g->stride_w, g->out_w, channels, job->packed_3x3, row_acc);
-    job->run_stage(job->stage, row_acc, channels, g->out_w, 0, channels,
-                   job->out + ((size_t)n * g->out_h + oy) * g->out_w * channels, (size_t)channels);
+    row_3x3_avx512(columns, ncols, g->stride_w, g->out_w, channels, job->packed_3x3, row_acc, job->stage,
+                   job->run_stage, job->out + ((size_t)n * g->out_h + oy) * g->out_w * channels);
 }
 #endif
 
