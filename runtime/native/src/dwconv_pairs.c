@@ -57,7 +57,8 @@ static int has_3x3_layout(int isa, int taps) { return isa == EDGEQ_ISA_AVX512VNN
 #define BLOCK_3X3 32
 #define VECTORS_3X3 12 /* per block of 32 channels: 3 columns x (2 paired-row vectors + 2 third-row ones) */
 
-static size_t layout_3x3_elements(int channels) {
+/* int8 weights, widened to int16 per block and row: a quarter of the bytes the rows stream through */
+static size_t layout_3x3_bytes(int channels) {
     return (size_t)((channels + BLOCK_3X3 - 1) / BLOCK_3X3) * VECTORS_3X3 * 32;
 }
 
@@ -65,17 +66,17 @@ size_t edgeq_depthwise_pairs_packed_bytes(int isa, int taps, int channels) {
     const int width = block_width(isa);
     if (!width || taps < 1 || taps > MAX_TAPS) return 0;
     return general_packed_bytes(width, taps, channels) +
-           (has_3x3_layout(isa, taps) ? layout_3x3_elements(channels) * sizeof(int16_t) : 0);
+           (has_3x3_layout(isa, taps) ? layout_3x3_bytes(channels) : 0);
 }
 
 /* The 3x3 row kernel's weights, per block of 32 channels and filter column kx: rows 0 and 1 interleaved
  * as the byte unpacks of two input pixels order channels (int32 lane i holds channel i < 8 ? i : i + 8 of
  * the low vector, 8 more of the high one), then row 2 beside a zero, channels 0-15 and 16-31 in order. */
-static void pack_3x3(int channels, const int8_t *filters, int16_t *packed) {
+static void pack_3x3(int channels, const int8_t *filters, int8_t *packed) {
     const int blocks = (channels + BLOCK_3X3 - 1) / BLOCK_3X3;
     for (int b = 0; b < blocks; b++)
         for (int kx = 0; kx < 3; kx++) {
-            int16_t *vectors = packed + ((size_t)b * VECTORS_3X3 + 4 * kx) * 32;
+            int8_t *vectors = packed + ((size_t)b * VECTORS_3X3 + 4 * kx) * 32;
             for (int i = 0; i < 16; i++) {
                 const int paired[2] = {i < 8 ? i : i + 8, i < 8 ? i + 8 : i + 16}, alone[2] = {i, i + 16};
                 for (int v = 0; v < 2; v++) {
@@ -108,7 +109,7 @@ int edgeq_depthwise_pairs_pack(int isa, int taps, int channels, const int8_t *fi
                         }
             }
     if (has_3x3_layout(isa, taps))
-        pack_3x3(channels, filters, packed + general_packed_bytes(width, taps, channels) / sizeof(int16_t));
+        pack_3x3(channels, filters, (int8_t *)packed + general_packed_bytes(width, taps, channels));
     return 0;
 }
 
@@ -182,11 +183,12 @@ static inline __attribute__((always_inline)) DW512 column_3x3 load_column(const 
 
 static inline __attribute__((always_inline)) DW512 void block_3x3(const int8_t *const *columns, int ncols,
                                                                   int stride, int out_w, int channels, int c0,
-                                                                  const int16_t *w, int32_t *block_acc, int full) {
+                                                                  const int8_t *w, int32_t *block_acc, int full) {
     const int left = channels - c0;
     const __mmask32 mask = left >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << left) - 1);
     __m512i weights[VECTORS_3X3];
-    for (int v = 0; v < VECTORS_3X3; v++) weights[v] = _mm512_loadu_si512(w + 32 * v);
+    for (int v = 0; v < VECTORS_3X3; v++)
+        weights[v] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + 32 * v)));
     column_3x3 c[3];
     c[0] = load_column(columns, ncols, 0, c0, mask, full);
     c[1] = stride == 1 ? load_column(columns, ncols, 1, c0, mask, full) : c[0];
@@ -224,10 +226,10 @@ static inline __attribute__((always_inline)) DW512 void block_3x3(const int8_t *
 /* columns: 3 rows of ncols pointers to input pixels (the zero point's row outside the input). Each block
  * of 32 channels goes through the output stage while its accumulators (out_w x 32) are still in L1. */
 static DW512 void row_3x3_avx512(const int8_t *const *columns, int ncols, int stride, int out_w, int channels,
-                                 const int16_t *packed, int32_t *block_acc, const edgeq_output_stage *stage,
+                                 const int8_t *packed, int32_t *block_acc, const edgeq_output_stage *stage,
                                  edgeq_stage_fn run_stage, int8_t *out_row) {
     for (int c0 = 0; c0 < channels; c0 += BLOCK_3X3) {
-        const int16_t *w = packed + (size_t)(c0 / BLOCK_3X3) * VECTORS_3X3 * 32;
+        const int8_t *w = packed + (size_t)(c0 / BLOCK_3X3) * VECTORS_3X3 * 32;
         const int count = channels - c0 < BLOCK_3X3 ? channels - c0 : BLOCK_3X3;
         if (count == BLOCK_3X3) {
             if (stride == 1)
@@ -364,7 +366,7 @@ typedef struct {
     pixel_fn pixel;
     int8_t *out;
     int failed;
-    const int16_t *packed_3x3; /* the 3x3 row kernel's weights when it runs, else NULL */
+    const int8_t *packed_3x3; /* the 3x3 row kernel's weights when it runs, else NULL */
 } pairs_job;
 
 /* int32 slots of a row's accumulators (at least 32 channels' worth, as the 3x3 kernel's blocks take),
@@ -443,7 +445,7 @@ int edgeq_depthwise_pairs(int isa, const edgeq_conv_geometry *g, const int8_t *x
     /* the 3x3 row kernel: undilated 3x3, horizontal stride 1 or 2 (any vertical one) */
     if (has_3x3_layout(isa, taps) && g->k_h == 3 && g->k_w == 3 && g->dil_h == 1 && g->dil_w == 1 &&
         (g->stride_w == 1 || g->stride_w == 2))
-        job.packed_3x3 = packed + general_packed_bytes(block_width(isa), taps, g->out_c) / sizeof(int16_t);
+        job.packed_3x3 = (const int8_t *)packed + general_packed_bytes(block_width(isa), taps, g->out_c);
 #endif
     const int rows = g->batch * g->out_h;
     if ((long long)rows * g->out_w * g->out_c * taps < PARALLEL_MIN_MACS) threads = 1;
