@@ -398,8 +398,8 @@ static void pairs_row(void *context, int index) {
     const edgeq_conv_geometry *g = job->g;
     const int channels = g->out_c, taps = g->k_h * g->k_w, pairs = (taps + 1) / 2;
     const int n = index / g->out_h, oy = index % g->out_h;
-    int32_t *row_acc = (int32_t *)malloc(sizeof(int32_t) * accumulator_slots(g) +
-                                         (job->packed_3x3 ? sizeof(int8_t *) * 3 * ((g->out_w - 1) * g->stride_w + 3) : 0));
+    const size_t column_pointers = job->packed_3x3 ? 3 * ((size_t)(g->out_w - 1) * g->stride_w + 3) : 0;
+    int32_t *row_acc = (int32_t *)malloc(sizeof(int32_t) * accumulator_slots(g) + sizeof(int8_t *) * column_pointers);
     if (!row_acc) {
         job->failed = 1;
         return;
