@@ -380,13 +380,17 @@ static void row_3x3(pairs_job *job, const int8_t *image, int n, int oy, int32_t 
     const edgeq_conv_geometry *g = job->g;
     const int channels = g->out_c, ncols = (g->out_w - 1) * g->stride_w + 3;
     const int8_t **columns = (const int8_t **)(row_acc + accumulator_slots(g));
+    /* columns [first, last) are inside the input; the others read the zero point's row */
+    const int first = g->pad_left < ncols ? g->pad_left : ncols;
+    const int last = g->pad_left + g->in_w < ncols ? g->pad_left + g->in_w : ncols;
     for (int ky = 0; ky < 3; ky++) {
         const int iy = oy * g->stride_h - g->pad_top + ky;
-        for (int j = 0; j < ncols; j++) {
-            const int ix = j - g->pad_left;
-            const int inside = iy >= 0 && iy < g->in_h && ix >= 0 && ix < g->in_w;
-            columns[ky * ncols + j] = inside ? image + ((size_t)iy * g->in_w + ix) * channels : job->filler;
-        }
+        const int8_t **row = columns + (size_t)ky * ncols;
+        const int inside = iy >= 0 && iy < g->in_h;
+        for (int j = 0; j < ncols; j++) row[j] = job->filler;
+        if (!inside) continue;
+        const int8_t *pixel = image + ((size_t)iy * g->in_w + (first - g->pad_left)) * channels;
+        for (int j = first; j < last; j++, pixel += channels) row[j] = pixel;
     }
     row_3x3_avx512(columns, ncols, g->stride_w, g->out_w, channels, job->packed_3x3, row_acc, job->stage,
                    job->run_stage, job->out + ((size_t)n * g->out_h + oy) * g->out_w * channels);
