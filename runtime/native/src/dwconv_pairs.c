@@ -52,39 +52,52 @@ static size_t general_packed_bytes(int width, int taps, int channels) {
 }
 
 /* A 3x3 filter on AVX512-VNNI also gets the layout of the 3x3 row kernel, after the general one. */
-static int has_3x3_layout(int isa, int taps) { return isa == EDGEQ_ISA_AVX512VNNI && taps == 9; }
+/* A 3x3 filter also gets the layout of the 3x3 row kernel, after the general one: blocks of 32 channels
+ * on AVX512-VNNI, 16 on AVX2 and AVX-VNNI. */
+static int block_3x3_width(int isa) {
+    if (isa == EDGEQ_ISA_AVX512VNNI) return 32;
+    if (isa == EDGEQ_ISA_AVX2 || isa == EDGEQ_ISA_AVXVNNI) return 16;
+    return 0;
+}
+
+static int has_3x3_layout(int isa, int taps) { return block_3x3_width(isa) && taps == 9; }
 
 #define BLOCK_3X3 32
 #define VECTORS_3X3 12 /* per block of 32 channels: 3 columns x (2 paired-row vectors + 2 third-row ones) */
 
 /* int8 weights, widened to int16 per block and row: a quarter of the bytes the rows stream through */
-static size_t layout_3x3_bytes(int channels) {
-    return (size_t)((channels + BLOCK_3X3 - 1) / BLOCK_3X3) * VECTORS_3X3 * 32;
+static size_t layout_3x3_bytes(int isa, int channels) {
+    const int width = block_3x3_width(isa);
+    return (size_t)((channels + width - 1) / width) * VECTORS_3X3 * width;
 }
 
 size_t edgeq_depthwise_pairs_packed_bytes(int isa, int taps, int channels) {
     const int width = block_width(isa);
     if (!width || taps < 1 || taps > MAX_TAPS) return 0;
     return general_packed_bytes(width, taps, channels) +
-           (has_3x3_layout(isa, taps) ? layout_3x3_bytes(channels) : 0);
+           (has_3x3_layout(isa, taps) ? layout_3x3_bytes(isa, channels) : 0);
 }
 
-/* The 3x3 row kernel's weights, per block of 32 channels and filter column kx: rows 0 and 1 interleaved
- * as the byte unpacks of two input pixels order channels (int32 lane i holds channel i < 8 ? i : i + 8 of
- * the low vector, 8 more of the high one), then row 2 beside a zero, channels 0-15 and 16-31 in order. */
-static void pack_3x3(int channels, const int8_t *filters, int8_t *packed) {
-    const int blocks = (channels + BLOCK_3X3 - 1) / BLOCK_3X3;
+/* The 3x3 row kernel's weights, per block of W channels and filter column kx, int8 pairs (widened to
+ * int16 by the kernel): rows 0 and 1 interleaved as the byte unpacks of two input pixels order channels,
+ * then row 2 beside a zero, channels in order, each as two vectors of W / 2 channels. With W = 32 (AVX-512)
+ * the unpacks work per 128-bit lane: int32 lane i of the low vector holds channel i < 8 ? i : i + 8, of the
+ * high one 8 more; with W = 16 the low vector holds channels 0-7, the high one 8-15. */
+static void pack_3x3(int isa, int channels, const int8_t *filters, int8_t *packed) {
+    const int width = block_3x3_width(isa), lanes = width / 2, blocks = (channels + width - 1) / width;
     for (int b = 0; b < blocks; b++)
         for (int kx = 0; kx < 3; kx++) {
-            int8_t *vectors = packed + ((size_t)b * VECTORS_3X3 + 4 * kx) * 32;
-            for (int i = 0; i < 16; i++) {
-                const int paired[2] = {i < 8 ? i : i + 8, i < 8 ? i + 8 : i + 16}, alone[2] = {i, i + 16};
+            int8_t *vectors = packed + ((size_t)b * VECTORS_3X3 + 4 * kx) * width;
+            for (int i = 0; i < lanes; i++) {
+                int paired[2] = {i, i + 8};
+                if (width == 32) paired[0] = i < 8 ? i : i + 8, paired[1] = i < 8 ? i + 8 : i + 16;
+                const int alone[2] = {i, i + lanes};
                 for (int v = 0; v < 2; v++) {
-                    const int c = b * BLOCK_3X3 + paired[v], d = b * BLOCK_3X3 + alone[v];
-                    vectors[32 * v + 2 * i] = c < channels ? filters[(size_t)kx * channels + c] : 0;
-                    vectors[32 * v + 2 * i + 1] = c < channels ? filters[(size_t)(3 + kx) * channels + c] : 0;
-                    vectors[32 * (2 + v) + 2 * i] = d < channels ? filters[(size_t)(6 + kx) * channels + d] : 0;
-                    vectors[32 * (2 + v) + 2 * i + 1] = 0;
+                    const int c = b * width + paired[v], d = b * width + alone[v];
+                    vectors[width * v + 2 * i] = c < channels ? filters[(size_t)kx * channels + c] : 0;
+                    vectors[width * v + 2 * i + 1] = c < channels ? filters[(size_t)(3 + kx) * channels + c] : 0;
+                    vectors[width * (2 + v) + 2 * i] = d < channels ? filters[(size_t)(6 + kx) * channels + d] : 0;
+                    vectors[width * (2 + v) + 2 * i + 1] = 0;
                 }
             }
         }
@@ -109,7 +122,7 @@ int edgeq_depthwise_pairs_pack(int isa, int taps, int channels, const int8_t *fi
                         }
             }
     if (has_3x3_layout(isa, taps))
-        pack_3x3(channels, filters, (int8_t *)packed + general_packed_bytes(width, taps, channels));
+        pack_3x3(isa, channels, filters, (int8_t *)packed + general_packed_bytes(width, taps, channels));
     return 0;
 }
 
@@ -243,6 +256,85 @@ static DW512 void row_3x3_avx512(const int8_t *const *columns, int ncols, int st
     }
 }
 
+#define DW256 __attribute__((target("avx2")))
+
+/* The 3x3 row kernel on AVX2 (and AVX-VNNI): 16 channels at a time, in order, vpmaddwd for the pairs. */
+typedef struct {
+    __m256i low, high, first, second; /* rows 0+1 (channels 0-7, 8-15), row 2 (channels 0-7, 8-15) */
+} column_3x3_avx2;
+
+static inline __attribute__((always_inline)) DW256 __m128i load_up_to_16(const int8_t *src, int count) {
+    if (count >= 16) return _mm_loadu_si128((const __m128i *)src);
+    int8_t buffer[16] = {0};
+    memcpy(buffer, src, (size_t)count);
+    return _mm_loadu_si128((const __m128i *)buffer);
+}
+
+static inline __attribute__((always_inline)) DW256 column_3x3_avx2 load_column_avx2(const int8_t *const *columns,
+                                                                                    int ncols, int j, int c0,
+                                                                                    int count) {
+    const __m128i a = load_up_to_16(columns[j] + c0, count), b = load_up_to_16(columns[ncols + j] + c0, count);
+    const __m128i e = load_up_to_16(columns[2 * ncols + j] + c0, count);
+    column_3x3_avx2 column;
+    column.low = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a, b));
+    column.high = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(a, b));
+    column.first = _mm256_cvtepi8_epi32(e); /* int16 pairs (x, sign of x): the zero weight drops the sign */
+    column.second = _mm256_cvtepi8_epi32(_mm_srli_si128(e, 8));
+    return column;
+}
+
+static inline __attribute__((always_inline)) DW256 void block_3x3_avx2(const int8_t *const *columns, int ncols,
+                                                                       int stride, int out_w, int c0, int count,
+                                                                       const int8_t *w, int32_t *block_acc) {
+    __m256i weights[VECTORS_3X3];
+    for (int v = 0; v < VECTORS_3X3; v++)
+        weights[v] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + 16 * v)));
+    column_3x3_avx2 c[3];
+    c[0] = load_column_avx2(columns, ncols, 0, c0, count);
+    c[1] = stride == 1 ? load_column_avx2(columns, ncols, 1, c0, count) : c[0];
+    for (int ox = 0; ox < out_w; ox++) {
+        const int j = ox * stride;
+        if (stride != 1) c[1] = load_column_avx2(columns, ncols, j + 1, c0, count);
+        c[2] = load_column_avx2(columns, ncols, j + 2, c0, count);
+        __m256i low = _mm256_madd_epi16(c[0].low, weights[0]), high = _mm256_madd_epi16(c[0].high, weights[1]);
+        __m256i first = _mm256_madd_epi16(c[0].first, weights[2]);
+        __m256i second = _mm256_madd_epi16(c[0].second, weights[3]);
+        for (int kx = 1; kx < 3; kx++) {
+            low = _mm256_add_epi32(low, _mm256_madd_epi16(c[kx].low, weights[4 * kx]));
+            high = _mm256_add_epi32(high, _mm256_madd_epi16(c[kx].high, weights[4 * kx + 1]));
+            first = _mm256_add_epi32(first, _mm256_madd_epi16(c[kx].first, weights[4 * kx + 2]));
+            second = _mm256_add_epi32(second, _mm256_madd_epi16(c[kx].second, weights[4 * kx + 3]));
+        }
+        int32_t *acc = block_acc + (size_t)ox * 16; /* lanes past count are never read */
+        _mm256_storeu_si256((__m256i *)acc, _mm256_add_epi32(low, first));
+        _mm256_storeu_si256((__m256i *)(acc + 8), _mm256_add_epi32(high, second));
+        if (stride == 1) {
+            c[0] = c[1];
+            c[1] = c[2];
+        } else {
+            c[0] = c[2];
+        }
+    }
+}
+
+static DW256 void row_3x3_avx2(const int8_t *const *columns, int ncols, int stride, int out_w, int channels,
+                               const int8_t *packed, int32_t *block_acc, const edgeq_output_stage *stage,
+                               edgeq_stage_fn run_stage, int8_t *out_row) {
+    for (int c0 = 0; c0 < channels; c0 += 16) {
+        const int8_t *w = packed + (size_t)(c0 / 16) * VECTORS_3X3 * 16;
+        const int count = channels - c0 < 16 ? channels - c0 : 16;
+        if (count == 16) {
+            if (stride == 1)
+                block_3x3_avx2(columns, ncols, 1, out_w, c0, 16, w, block_acc);
+            else
+                block_3x3_avx2(columns, ncols, 2, out_w, c0, 16, w, block_acc);
+        } else {
+            block_3x3_avx2(columns, ncols, stride, out_w, c0, count, w, block_acc);
+        }
+        run_stage(stage, block_acc, 16, out_w, c0, count, out_row + c0, (size_t)channels);
+    }
+}
+
 static __attribute__((target("avx2"))) __m256i load_16(const int8_t *src, int count) {
     if (count >= 16) return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)src));
     int8_t buffer[16] = {0};
@@ -367,6 +459,7 @@ typedef struct {
     int8_t *out;
     int failed;
     const int8_t *packed_3x3; /* the 3x3 row kernel's weights when it runs, else NULL */
+    int isa;
 } pairs_job;
 
 /* int32 slots of a row's accumulators (at least 32 channels' worth, as the 3x3 kernel's blocks take),
@@ -392,8 +485,13 @@ static void row_3x3(pairs_job *job, const int8_t *image, int n, int oy, int32_t 
         const int8_t *pixel = image + ((size_t)iy * g->in_w + (first - g->pad_left)) * channels;
         for (int j = first; j < last; j++, pixel += channels) row[j] = pixel;
     }
-    row_3x3_avx512(columns, ncols, g->stride_w, g->out_w, channels, job->packed_3x3, row_acc, job->stage,
-                   job->run_stage, job->out + ((size_t)n * g->out_h + oy) * g->out_w * channels);
+    int8_t *out_row = job->out + ((size_t)n * g->out_h + oy) * g->out_w * channels;
+    if (job->isa == EDGEQ_ISA_AVX512VNNI)
+        row_3x3_avx512(columns, ncols, g->stride_w, g->out_w, channels, job->packed_3x3, row_acc, job->stage,
+                       job->run_stage, out_row);
+    else
+        row_3x3_avx2(columns, ncols, g->stride_w, g->out_w, channels, job->packed_3x3, row_acc, job->stage,
+                     job->run_stage, out_row);
 }
 #endif
 
@@ -444,7 +542,7 @@ int edgeq_depthwise_pairs(int isa, const edgeq_conv_geometry *g, const int8_t *x
     int8_t *filler = (int8_t *)malloc((size_t)g->in_c + 64);
     if (!filler) return -2;
     memset(filler, (int8_t)g->input_zero_point, (size_t)g->in_c + 64);
-    pairs_job job = {g, x, packed, filler, stage, edgeq_stage_for(isa), pixel_for(isa), out, 0, NULL};
+    pairs_job job = {g, x, packed, filler, stage, edgeq_stage_for(isa), pixel_for(isa), out, 0, NULL, isa};
 #if defined(PAIRS_X86)
     /* the 3x3 row kernel: undilated 3x3, horizontal stride 1 or 2 (any vertical one) */
     if (has_3x3_layout(isa, taps) && g->k_h == 3 && g->k_w == 3 && g->dil_h == 1 && g->dil_w == 1 &&
