@@ -218,8 +218,8 @@ def depthwise_3x3(x_shape, in_q, out_q, stride_h, stride_w, padding, act="NONE",
     return graph, inputs
 
 
-# The 3x3 row kernel (AVX512-VNNI) takes 32 channels at a time, horizontal strides 1 and 2 under any
-# vertical one: channel tails, outputs one pixel wide and wider, taps in the padding on every side.
+# The 3x3 row kernel takes 32 channels at a time (AVX512-VNNI) or 16 (AVX2, AVX-VNNI), horizontal strides
+# 1 and 2 under any vertical one: channel tails, outputs one pixel wide and wider, padding on every side.
 @pytest.mark.parametrize("channels", [1, 31, 32, 33, 64, 103])
 @pytest.mark.parametrize("stride_h, stride_w, padding, height, width", [
     (1, 1, "SAME", 7, 9), (2, 2, "SAME", 9, 8), (2, 2, "SAME", 8, 9), (1, 2, "VALID", 6, 11), (2, 1, "SAME", 5, 3),
