@@ -17,7 +17,11 @@
  * Every pixel has all its taps: one outside the input reads a row of the input zero point, whose
  * product the bias takes back (prepare folds -zero_point * sum of the channel's weights into it), so
  * the loop has no branch and no per-pixel correction. An odd last tap pairs with zero weights. The
- * accumulators of a whole output row then go through the output stage at once. */
+ * accumulators of a whole output row then go through the output stage at once.
+ *
+ * Undilated 3x3 filters of horizontal stride 1 or 2 on x86-64 take a row kernel instead (below): it walks
+ * an output row by input columns, so each column is widened once for the 3 (stride 1) or 2 (stride 2)
+ * outputs that read it, with the block's weights in registers. */
 #include <stdlib.h>
 #include <string.h>
 
