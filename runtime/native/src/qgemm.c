@@ -350,7 +350,8 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) static void stage_
  * multiplier, shifted left only for multipliers above one): smull gives the exact int64 product, the
  * bias, the correction and the arithmetic shift (sshl by minus the shift) stay int64 as in the scalar
  * form, and the saturating narrows to int32 keep the order, so the clamp in int32 gives its result.
- * Other columns (a wide multiplier, the last few, the float-scale stage) run the scalar form. */
+ * It serves stages without the 32-bit-lane constants (a multiplier above one); other columns (a wide
+ * multiplier, the last few, the float-scale stage) run the scalar form. */
 static inline int multipliers_fit_int32(const int64_t *multiplier, int count) {
     for (int j = 0; j < count; j++)
         if (multiplier[j] != (int64_t)(int32_t)multiplier[j]) return 0;
@@ -366,9 +367,124 @@ static inline int32x4_t folded_quad(int32x4_t a, int32x4_t m, const int64x2_t *k
     return vcombine_s32(vqmovn_s64(vshlq_s64(low, k[6])), vqmovn_s64(vshlq_s64(high, k[7])));
 }
 
+/* The folded stage in 32-bit lanes from the constants prepare rearranged (stage->lanes, laid out by
+ * edgeq_stage_lanes_prepare in output_stage_avx512.c): per group of 16 columns, 2M' and K2 of the even
+ * columns then of the odd ones (uint64), then per column the limit and R (int32). With x + 2^31 as an
+ * unsigned lane (x ^ 0x80000000), umlal gives the true 2t = 2(x M' + K) modulo 2^64, whose high half is
+ * u = floor(t / 2^31); the folded r is (u - [u <= limit]) >> R. ld2 splits 8 accumulators into their
+ * even and odd columns, so each umlal pairs one column with its own constants, and trn2 of the even and
+ * the odd products puts their high halves back in column order: GCC 12's loop is 56 instructions per row
+ * of 16 columns, against 84 for the int64 products, bias, correction and shift below. */
+typedef struct {
+    uint64_t doubled_multiplier[2][8];
+    uint64_t doubled_bias[2][8];
+    int32_t limit[16];
+    int32_t shift[16];
+} neon_lane_group;
+_Static_assert(sizeof(neon_lane_group) == EDGEQ_STAGE_LANE_GROUP_BYTES, "the layout of edgeq_stage_lanes_prepare");
+
+/* The constants of 8 columns (half h of a group): 2M' of the even and the odd ones as uint32 lanes, K2 of
+ * the even ones (columns 0, 2 then 4, 6) and the odd ones, the limits and minus the shifts in order. */
+typedef struct {
+    uint32x4_t m_even, m_odd;
+    uint64x2_t k_even[2], k_odd[2];
+    int32x4_t limit[2], right[2];
+} neon_lane_half;
+
+static inline neon_lane_half neon_lane_half_of(const neon_lane_group *group, int h) {
+    neon_lane_half k;
+    const uint64_t *m_even = group->doubled_multiplier[0] + 4 * h, *m_odd = group->doubled_multiplier[1] + 4 * h;
+    const uint64_t *k_even = group->doubled_bias[0] + 4 * h, *k_odd = group->doubled_bias[1] + 4 * h;
+    k.m_even = vcombine_u32(vmovn_u64(vld1q_u64(m_even)), vmovn_u64(vld1q_u64(m_even + 2)));
+    k.m_odd = vcombine_u32(vmovn_u64(vld1q_u64(m_odd)), vmovn_u64(vld1q_u64(m_odd + 2)));
+    k.k_even[0] = vld1q_u64(k_even), k.k_even[1] = vld1q_u64(k_even + 2);
+    k.k_odd[0] = vld1q_u64(k_odd), k.k_odd[1] = vld1q_u64(k_odd + 2);
+    for (int q = 0; q < 2; q++) {
+        k.limit[q] = vld1q_s32(group->limit + 8 * h + 4 * q);
+        k.right[q] = vnegq_s32(vld1q_s32(group->shift + 8 * h + 4 * q));
+    }
+    return k;
+}
+
+/* 8 accumulators (in column order at a) to their int32 results before the clamp, in two registers. */
+static inline int32x4x2_t neon_lane_values(const int32_t *a, const neon_lane_half *k) {
+    const uint32x4x2_t split = vld2q_u32((const uint32_t *)a);
+    const uint32x4_t sign = vdupq_n_u32(0x80000000u);
+    const uint32x4_t even = veorq_u32(split.val[0], sign), odd = veorq_u32(split.val[1], sign);
+    const uint64x2_t e0 = vmlal_u32(k->k_even[0], vget_low_u32(even), vget_low_u32(k->m_even));
+    const uint64x2_t e1 = vmlal_high_u32(k->k_even[1], even, k->m_even);
+    const uint64x2_t o0 = vmlal_u32(k->k_odd[0], vget_low_u32(odd), vget_low_u32(k->m_odd));
+    const uint64x2_t o1 = vmlal_high_u32(k->k_odd[1], odd, k->m_odd);
+    int32x4x2_t u;
+    u.val[0] = vreinterpretq_s32_u32(vtrn2q_u32(vreinterpretq_u32_u64(e0), vreinterpretq_u32_u64(o0)));
+    u.val[1] = vreinterpretq_s32_u32(vtrn2q_u32(vreinterpretq_u32_u64(e1), vreinterpretq_u32_u64(o1)));
+    for (int q = 0; q < 2; q++) {
+        /* the compare's all-ones lanes are -1 */
+        u.val[q] = vaddq_s32(u.val[q], vreinterpretq_s32_u32(vcleq_s32(u.val[q], k->limit[q])));
+        u.val[q] = vshlq_s32(u.val[q], k->right[q]);
+    }
+    return u;
+}
+
+static inline int8x8_t neon_narrow8(int32x4x2_t v) {
+    return vqmovn_s16(vcombine_s16(vqmovn_s32(v.val[0]), vqmovn_s32(v.val[1])));
+}
+
+/* The stage of whole groups of 16 columns from stage->lanes; col0 a multiple of 16. A last group of fewer
+ * columns reads its accumulators straight from the row where the row's stride covers the whole group (the
+ * GEMM's tiles of 16), else from a copy; the outputs past count are never stored. The saturating narrows
+ * clamp to int8, so a clamp is needed only for an activation's narrower range, on bytes. */
+static void stage_neon_lanes(const edgeq_output_stage *stage, const int32_t *acc, int acc_stride, int rows, int col0,
+                             int count, int8_t *out, size_t out_stride) {
+    const neon_lane_group *groups = (const neon_lane_group *)stage->lanes + col0 / 16;
+    const int clamp = stage->low > -128 || stage->high < 127;
+    const int8x16_t low = vdupq_n_s8((int8_t)stage->low), high = vdupq_n_s8((int8_t)stage->high);
+    for (int j = 0; j < count; j += 16) {
+        const int left = count - j;
+        const neon_lane_half first = neon_lane_half_of(groups + j / 16, 0);
+        const neon_lane_half second = neon_lane_half_of(groups + j / 16, 1);
+        if (left >= 16) {
+            for (int r = 0; r < rows; r++) {
+                const int32_t *a = acc + (size_t)r * acc_stride + j;
+                int8x16_t bytes = vcombine_s8(neon_narrow8(neon_lane_values(a, &first)),
+                                              neon_narrow8(neon_lane_values(a + 8, &second)));
+                if (clamp) bytes = vminq_s8(vmaxq_s8(bytes, low), high);
+                vst1q_s8(out + r * out_stride + j, bytes);
+            }
+            continue;
+        }
+        const int in_row = j + 16 <= acc_stride;
+        for (int r = 0; r < rows; r++) {
+            int32_t copy[16] = {0};
+            const int32_t *a = acc + (size_t)r * acc_stride + j;
+            if (!in_row) {
+                for (int c = 0; c < left; c++) copy[c] = a[c];
+                a = copy;
+            }
+            int8x16_t bytes = vcombine_s8(neon_narrow8(neon_lane_values(a, &first)),
+                                          neon_narrow8(neon_lane_values(a + 8, &second)));
+            if (clamp) bytes = vminq_s8(vmaxq_s8(bytes, low), high);
+            int8_t *o = out + r * out_stride + j;
+            int c = 0;
+            if (left >= 8) {
+                vst1_s8(o, vget_low_s8(bytes));
+                bytes = vextq_s8(bytes, bytes, 8);
+                c = 8;
+            }
+            int8_t tail[16];
+            vst1q_s8(tail, bytes);
+            for (int t = 0; c < left; c++, t++) o[c] = tail[t];
+        }
+    }
+}
+
 static void stage_neon(const edgeq_output_stage *stage, const int32_t *acc, int acc_stride, int rows, int col0,
                        int count, int8_t *out, size_t out_stride) {
     int j = 0;
+    if (stage->kind == EDGEQ_STAGE_FOLDED && stage->lanes && col0 % 16 == 0) {
+        stage_neon_lanes(stage, acc, acc_stride, rows, col0, count, out, out_stride);
+        return;
+    }
     if (stage->kind == EDGEQ_STAGE_FOLDED) {
         const int32x4_t low = vdupq_n_s32(stage->low), high = vdupq_n_s32(stage->high);
         for (; j + 8 <= count && multipliers_fit_int32(stage->multiplier + col0 + j, 8); j += 8) {
