@@ -1,7 +1,7 @@
 """The native output stage alone (edgeq.runtime.native.output_stage): int32 accumulators to int8 as every
 variant this machine runs does it after its GEMM, against TFLite's MultiplyByQuantizedMultiplier written
-out in numpy (edgeq.runtime.fixedpoint), + output offset, clamped. The AVX-512 variant computes the folded
-form in 32-bit lanes from constants rearranged in prepare (stage.lanes); these tests pin that it gives the
+out in numpy (edgeq.runtime.fixedpoint), + output offset, clamped. The AVX-512 and NEON variants compute the
+folded form in 32-bit lanes from constants rearranged in prepare (stage.lanes); these tests pin that they give the
 same integers for every multiplier and shift the converter emits, ties and extremes included.
 """
 from __future__ import annotations

@@ -71,7 +71,7 @@ edgeq_stage_fn edgeq_stage_for(int isa);
 EDGEQ_API int edgeq_output_stage_rows(int isa, const edgeq_output_stage *stage, const int32_t *acc, int rows, int count,
                                       int8_t *out);
 
-/* output_stage_avx512.c: a folded stage's constants rearranged (once, in prepare) for the AVX-512 stage
+/* output_stage_avx512.c: a folded stage's constants rearranged (once, in prepare) for the AVX-512 and NEON stages
  * in 32-bit lanes: EDGEQ_STAGE_LANE_GROUP_BYTES per 16 columns (ceil(count / 16) groups). Returns 0 when
  * some column's constants do not allow that form (a multiplier above INT32_MAX, an unusual shift), and
  * the stage then runs without it. */
