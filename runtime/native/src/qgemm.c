@@ -384,11 +384,12 @@ typedef struct {
 _Static_assert(sizeof(neon_lane_group) == EDGEQ_STAGE_LANE_GROUP_BYTES, "the layout of edgeq_stage_lanes_prepare");
 
 /* The constants of 8 columns (half h of a group): 2M' of the even and the odd ones as uint32 lanes, K2 of
- * the even ones (columns 0, 2 then 4, 6) and the odd ones, the limits and minus the shifts in order. */
+ * the even ones (columns 0, 2 then 4, 6) and the odd ones, the limits and minus the shifts in order. Named
+ * registers, not arrays: GCC kept arrays of them on the stack and reloaded them every row. */
 typedef struct {
     uint32x4_t m_even, m_odd;
-    uint64x2_t k_even[2], k_odd[2];
-    int32x4_t limit[2], right[2];
+    uint64x2_t k_even0, k_even1, k_odd0, k_odd1;
+    int32x4_t limit0, limit1, right0, right1;
 } neon_lane_half;
 
 static inline neon_lane_half neon_lane_half_of(const neon_lane_group *group, int h) {
@@ -397,83 +398,74 @@ static inline neon_lane_half neon_lane_half_of(const neon_lane_group *group, int
     const uint64_t *k_even = group->doubled_bias[0] + 4 * h, *k_odd = group->doubled_bias[1] + 4 * h;
     k.m_even = vcombine_u32(vmovn_u64(vld1q_u64(m_even)), vmovn_u64(vld1q_u64(m_even + 2)));
     k.m_odd = vcombine_u32(vmovn_u64(vld1q_u64(m_odd)), vmovn_u64(vld1q_u64(m_odd + 2)));
-    k.k_even[0] = vld1q_u64(k_even), k.k_even[1] = vld1q_u64(k_even + 2);
-    k.k_odd[0] = vld1q_u64(k_odd), k.k_odd[1] = vld1q_u64(k_odd + 2);
-    for (int q = 0; q < 2; q++) {
-        k.limit[q] = vld1q_s32(group->limit + 8 * h + 4 * q);
-        k.right[q] = vnegq_s32(vld1q_s32(group->shift + 8 * h + 4 * q));
-    }
+    k.k_even0 = vld1q_u64(k_even), k.k_even1 = vld1q_u64(k_even + 2);
+    k.k_odd0 = vld1q_u64(k_odd), k.k_odd1 = vld1q_u64(k_odd + 2);
+    k.limit0 = vld1q_s32(group->limit + 8 * h), k.limit1 = vld1q_s32(group->limit + 8 * h + 4);
+    k.right0 = vnegq_s32(vld1q_s32(group->shift + 8 * h)), k.right1 = vnegq_s32(vld1q_s32(group->shift + 8 * h + 4));
     return k;
 }
 
-/* 8 accumulators (in column order at a) to their int32 results before the clamp, in two registers. */
-static inline int32x4x2_t neon_lane_values(const int32_t *a, const neon_lane_half *k) {
+/* (u - [u <= limit]) >> R of 4 columns; the compare's all-ones lanes are -1. */
+static inline int32x4_t neon_lane_round(uint32x4_t u, int32x4_t limit, int32x4_t right) {
+    const int32x4_t v = vreinterpretq_s32_u32(u);
+    return vshlq_s32(vaddq_s32(v, vreinterpretq_s32_u32(vcleq_s32(v, limit))), right);
+}
+
+/* 8 accumulators (in column order at a) to their results, saturated to int8. */
+static inline int8x8_t neon_lane_bytes(const int32_t *a, const neon_lane_half *k) {
     const uint32x4x2_t split = vld2q_u32((const uint32_t *)a);
     const uint32x4_t sign = vdupq_n_u32(0x80000000u);
     const uint32x4_t even = veorq_u32(split.val[0], sign), odd = veorq_u32(split.val[1], sign);
-    const uint64x2_t e0 = vmlal_u32(k->k_even[0], vget_low_u32(even), vget_low_u32(k->m_even));
-    const uint64x2_t e1 = vmlal_high_u32(k->k_even[1], even, k->m_even);
-    const uint64x2_t o0 = vmlal_u32(k->k_odd[0], vget_low_u32(odd), vget_low_u32(k->m_odd));
-    const uint64x2_t o1 = vmlal_high_u32(k->k_odd[1], odd, k->m_odd);
-    int32x4x2_t u;
-    u.val[0] = vreinterpretq_s32_u32(vtrn2q_u32(vreinterpretq_u32_u64(e0), vreinterpretq_u32_u64(o0)));
-    u.val[1] = vreinterpretq_s32_u32(vtrn2q_u32(vreinterpretq_u32_u64(e1), vreinterpretq_u32_u64(o1)));
-    for (int q = 0; q < 2; q++) {
-        /* the compare's all-ones lanes are -1 */
-        u.val[q] = vaddq_s32(u.val[q], vreinterpretq_s32_u32(vcleq_s32(u.val[q], k->limit[q])));
-        u.val[q] = vshlq_s32(u.val[q], k->right[q]);
+    const uint64x2_t e0 = vmlal_u32(k->k_even0, vget_low_u32(even), vget_low_u32(k->m_even));
+    const uint64x2_t e1 = vmlal_high_u32(k->k_even1, even, k->m_even);
+    const uint64x2_t o0 = vmlal_u32(k->k_odd0, vget_low_u32(odd), vget_low_u32(k->m_odd));
+    const uint64x2_t o1 = vmlal_high_u32(k->k_odd1, odd, k->m_odd);
+    const int32x4_t v0 = neon_lane_round(vtrn2q_u32(vreinterpretq_u32_u64(e0), vreinterpretq_u32_u64(o0)),
+                                         k->limit0, k->right0);
+    const int32x4_t v1 = neon_lane_round(vtrn2q_u32(vreinterpretq_u32_u64(e1), vreinterpretq_u32_u64(o1)),
+                                         k->limit1, k->right1);
+    return vqmovn_s16(vcombine_s16(vqmovn_s32(v0), vqmovn_s32(v1)));
+}
+
+/* The last width (< 8) columns, or 8 that reach past a narrow row's stride: from a copy, to a copy. */
+static __attribute__((noinline)) void neon_lane_columns(const neon_lane_half *k, const int32_t *a, int acc_stride,
+                                                        int rows, int width, int in_row, int clamp, int8x8_t low,
+                                                        int8x8_t high, int8_t *o, size_t out_stride) {
+    for (int r = 0; r < rows; r++, a += acc_stride, o += out_stride) {
+        int32_t copy[8] = {0};
+        if (!in_row)
+            for (int c = 0; c < width; c++) copy[c] = a[c];
+        int8x8_t bytes = neon_lane_bytes(in_row ? a : copy, k);
+        if (clamp) bytes = vmin_s8(vmax_s8(bytes, low), high);
+        int8_t result[8];
+        vst1_s8(result, bytes);
+        for (int c = 0; c < width; c++) o[c] = result[c];
     }
-    return u;
 }
 
-static inline int8x8_t neon_narrow8(int32x4x2_t v) {
-    return vqmovn_s16(vcombine_s16(vqmovn_s32(v.val[0]), vqmovn_s32(v.val[1])));
-}
-
-/* The stage of whole groups of 16 columns from stage->lanes; col0 a multiple of 16. A last group of fewer
- * columns reads its accumulators straight from the row where the row's stride covers the whole group (the
- * GEMM's tiles of 16), else from a copy; the outputs past count are never stored. The saturating narrows
- * clamp to int8, so a clamp is needed only for an activation's narrower range, on bytes. */
-static void stage_neon_lanes(const edgeq_output_stage *stage, const int32_t *acc, int acc_stride, int rows, int col0,
-                             int count, int8_t *out, size_t out_stride) {
+/* The stage from stage->lanes, col0 a multiple of 16, 8 columns at a time over all rows: the constants of
+ * 8 columns take 13 registers and stay in them. Columns whose 8 accumulators lie inside the row's stride
+ * (all of the GEMM's tiles of 16) are read in place, the last few of a narrower row from a copy; outputs
+ * past count are never stored. The saturating narrows clamp to int8, so a clamp is needed only for an
+ * activation's narrower range, on bytes. */
+static __attribute__((noinline)) void stage_neon_lanes(const edgeq_output_stage *stage, const int32_t *acc,
+                                                       int acc_stride, int rows, int col0, int count, int8_t *out,
+                                                       size_t out_stride) {
     const neon_lane_group *groups = (const neon_lane_group *)stage->lanes + col0 / 16;
     const int clamp = stage->low > -128 || stage->high < 127;
-    const int8x16_t low = vdupq_n_s8((int8_t)stage->low), high = vdupq_n_s8((int8_t)stage->high);
-    for (int j = 0; j < count; j += 16) {
-        const int left = count - j;
-        const neon_lane_half first = neon_lane_half_of(groups + j / 16, 0);
-        const neon_lane_half second = neon_lane_half_of(groups + j / 16, 1);
-        if (left >= 16) {
-            for (int r = 0; r < rows; r++) {
-                const int32_t *a = acc + (size_t)r * acc_stride + j;
-                int8x16_t bytes = vcombine_s8(neon_narrow8(neon_lane_values(a, &first)),
-                                              neon_narrow8(neon_lane_values(a + 8, &second)));
-                if (clamp) bytes = vminq_s8(vmaxq_s8(bytes, low), high);
-                vst1q_s8(out + r * out_stride + j, bytes);
-            }
-            continue;
-        }
-        const int in_row = j + 16 <= acc_stride;
-        for (int r = 0; r < rows; r++) {
-            int32_t copy[16] = {0};
-            const int32_t *a = acc + (size_t)r * acc_stride + j;
-            if (!in_row) {
-                for (int c = 0; c < left; c++) copy[c] = a[c];
-                a = copy;
-            }
-            int8x16_t bytes = vcombine_s8(neon_narrow8(neon_lane_values(a, &first)),
-                                          neon_narrow8(neon_lane_values(a + 8, &second)));
-            if (clamp) bytes = vminq_s8(vmaxq_s8(bytes, low), high);
-            int8_t *o = out + r * out_stride + j;
-            int c = 0;
-            if (left >= 8) {
-                vst1_s8(o, vget_low_s8(bytes));
-                bytes = vextq_s8(bytes, bytes, 8);
-                c = 8;
-            }
-            int8_t tail[16];
-            vst1q_s8(tail, bytes);
-            for (int t = 0; c < left; c++, t++) o[c] = tail[t];
+    const int8x8_t low = vdup_n_s8((int8_t)stage->low), high = vdup_n_s8((int8_t)stage->high);
+    for (int j = 0; j < count; j += 8) {
+        const int width = count - j < 8 ? count - j : 8;
+        const neon_lane_half k = neon_lane_half_of(groups + j / 16, j / 8 % 2);
+        const int32_t *a = acc + j;
+        int8_t *o = out + j;
+        if (width < 8 || j + 8 > acc_stride) {
+            neon_lane_columns(&k, a, acc_stride, rows, width, j + 8 <= acc_stride, clamp, low, high, o, out_stride);
+        } else if (clamp) {
+            for (int r = 0; r < rows; r++, a += acc_stride, o += out_stride)
+                vst1_s8(o, vmin_s8(vmax_s8(neon_lane_bytes(a, &k), low), high));
+        } else {
+            for (int r = 0; r < rows; r++, a += acc_stride, o += out_stride) vst1_s8(o, neon_lane_bytes(a, &k));
         }
     }
 }
