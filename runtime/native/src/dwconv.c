@@ -125,16 +125,11 @@ static inline __attribute__((always_inline)) void depthwise_row(depthwise_job *j
         if (tap_list) {
             const int8_t *sources[MAX_TAPS];
             const int16_t *weights[MAX_TAPS];
-            int taps = 0;
-            for (int ky = 0; ky < g->k_h; ky++) {
-                const int iy = oy * g->stride_h - g->pad_top + ky * g->dil_h;
-                if (iy < 0 || iy >= g->in_h) continue;
-                for (int kx = 0; kx < g->k_w; kx++) {
-                    const int ix = ox * g->stride_w - g->pad_left + kx * g->dil_w;
-                    if (ix < 0 || ix >= g->in_w) continue;
-                    sources[taps] = image + ((size_t)iy * g->in_w + ix) * in_c;
-                    weights[taps++] = job->filters + ((size_t)ky * g->k_w + kx) * out_c;
-                }
+            int rows[MAX_TAPS], cols[MAX_TAPS], index[MAX_TAPS];
+            const int taps = edgeq_window_taps(g, oy, ox, rows, cols, index);
+            for (int t = 0; t < taps; t++) {
+                sources[t] = image + ((size_t)rows[t] * g->in_w + cols[t]) * in_c;
+                weights[t] = job->filters + (size_t)index[t] * out_c;
             }
             for (int c0 = 0; c0 < out_c; c0 += CHANNEL_BLOCK) {
                 const int width = out_c - c0 < CHANNEL_BLOCK ? out_c - c0 : CHANNEL_BLOCK;

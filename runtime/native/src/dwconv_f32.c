@@ -323,6 +323,19 @@ static inline const float *input_row(const depthwise_f32_job *job, int n, int iy
     return job->x + ((size_t)n * g->in_h + iy) * g->in_w * g->in_c;
 }
 
+/* The tap list of output pixel (oy, ox) of image n (at most MAX_TAPS taps): where each tap inside the
+ * input reads, and its weights. */
+static int pixel_taps(const depthwise_f32_job *job, int n, int oy, int ox, const float **sources,
+                      const float **weights) {
+    int rows[MAX_TAPS], cols[MAX_TAPS], index[MAX_TAPS];
+    const int taps = edgeq_window_taps(job->g, oy, ox, rows, cols, index);
+    for (int t = 0; t < taps; t++) {
+        sources[t] = input_row(job, n, rows[t]) + (size_t)cols[t] * job->g->in_c;
+        weights[t] = job->filters + (size_t)index[t] * job->g->out_c;
+    }
+    return taps;
+}
+
 /* One output row (image n, row oy): index = n * out_h + oy. */
 static void depthwise_f32_row(void *context, int index) {
     const depthwise_f32_job *job = (const depthwise_f32_job *)context;
@@ -359,16 +372,7 @@ static void depthwise_f32_row(void *context, int index) {
         }
     } else if (inner_first < inner_last) {
         const float *sources[MAX_TAPS], *weights[MAX_TAPS];
-        int taps = 0;
-        const int ix0 = inner_first * g->stride_w - g->pad_left;
-        for (int ky = 0; ky < g->k_h; ky++) {
-            const int iy = oy * g->stride_h - g->pad_top + ky * g->dil_h;
-            if (iy < 0 || iy >= g->in_h) continue;
-            for (int kx = 0; kx < g->k_w; kx++) {
-                sources[taps] = input_row(job, n, iy) + ((size_t)ix0 + kx * g->dil_w) * in_c;
-                weights[taps++] = job->filters + ((size_t)ky * g->k_w + kx) * out_c;
-            }
-        }
+        const int taps = pixel_taps(job, n, oy, inner_first, sources, weights);
         const size_t step = (size_t)g->stride_w * in_c;
         for (int ox = inner_first; ox < inner_last; ox++) {
             job->block(out_row + (size_t)ox * out_c, out_c, taps, sources, weights, job->bias, job->low, job->high);
@@ -383,17 +387,7 @@ static void depthwise_f32_row(void *context, int index) {
         }
         if (tap_list) {
             const float *sources[MAX_TAPS], *weights[MAX_TAPS];
-            int taps = 0;
-            for (int ky = 0; ky < g->k_h; ky++) {
-                const int iy = oy * g->stride_h - g->pad_top + ky * g->dil_h;
-                if (iy < 0 || iy >= g->in_h) continue;
-                for (int kx = 0; kx < g->k_w; kx++) {
-                    const int ix = ox * g->stride_w - g->pad_left + kx * g->dil_w;
-                    if (ix < 0 || ix >= g->in_w) continue;
-                    sources[taps] = input_row(job, n, iy) + (size_t)ix * in_c;
-                    weights[taps++] = job->filters + ((size_t)ky * g->k_w + kx) * out_c;
-                }
-            }
+            const int taps = pixel_taps(job, n, oy, ox, sources, weights);
             job->block(target, out_c, taps, sources, weights, job->bias, job->low, job->high);
             continue;
         }

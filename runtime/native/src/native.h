@@ -60,6 +60,23 @@ typedef struct {
     int32_t input_zero_point;
 } edgeq_conv_geometry;
 
+/* The taps of output pixel (oy, ox) whose input pixel lies inside the input (the others read padding),
+ * in the filter's order: their number, and for each its input row, input column and filter index
+ * ky * k_w + kx. The arrays hold k_h * k_w entries. */
+static inline int edgeq_window_taps(const edgeq_conv_geometry *g, int oy, int ox, int *rows, int *cols, int *index) {
+    int taps = 0;
+    for (int ky = 0; ky < g->k_h; ky++) {
+        const int iy = oy * g->stride_h - g->pad_top + ky * g->dil_h;
+        if (iy < 0 || iy >= g->in_h) continue;
+        for (int kx = 0; kx < g->k_w; kx++) {
+            const int ix = ox * g->stride_w - g->pad_left + kx * g->dil_w;
+            if (ix < 0 || ix >= g->in_w) continue;
+            rows[taps] = iy, cols[taps] = ix, index[taps++] = ky * g->k_w + kx;
+        }
+    }
+    return taps;
+}
+
 /* cpu.c */
 int edgeq_cpu_supports(int isa);
 
